@@ -1,0 +1,47 @@
+//! # arbiter-engine
+//!
+//! The policy engine behind arbiter: it loads Rego policies and data the way OPA does, compiles
+//! them once, and turns every evaluation into a [`Decision`] that fails closed.
+//!
+//! The crate knows nothing of transport: no gRPC, no Envoy protobufs, no async runtime. The
+//! `arbiter-ext-authz` crate converts Envoy's `CheckRequest` into this crate's request model and a
+//! [`Decision`] back into a `CheckResponse`; the CLI and embedders call the same API.
+//!
+//! ```
+//! use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
+//!
+//! let mut sources = PolicySources::default();
+//! sources.add_rego("authz.rego", r#"
+//!     package envoy.authz
+//!     default allow := false
+//!     allow if input.attributes.request.http.method == "GET"
+//! "#);
+//! let policies = PolicySet::from_sources(&sources, &LoadOptions::default())?;
+//! let path = DataRef::parse("envoy/authz/allow")?;
+//!
+//! let input = serde_json::json!({"attributes": {"request": {"http": {"method": "GET"}}}});
+//! let decision = policies.decide(&path, arbiter_engine::value::from_json(&input));
+//! assert!(decision.allowed);
+//!
+//! let input = serde_json::json!({"attributes": {"request": {"http": {"method": "DELETE"}}}});
+//! let decision = policies.decide(&path, arbiter_engine::value::from_json(&input));
+//! assert!(!decision.allowed);
+//! assert_eq!(decision.reason_code(), "policy_denied");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod builtins;
+pub mod data_ref;
+pub mod decision;
+pub mod diagnostic;
+pub mod loader;
+pub mod policy_set;
+pub mod rego;
+pub mod value;
+
+pub use data_ref::DataRef;
+pub use decision::{Decision, DenyReason, Header};
+pub use diagnostic::{Diagnostic, LoadError};
+pub use loader::{PolicySources, RegoVersion};
+pub use policy_set::{LoadOptions, PolicySet};
+pub use regorus;

@@ -1,0 +1,449 @@
+//! Finding and reading policy files the way OPA does.
+//!
+//! Each path given is a file or a folder. Folders are walked recursively in a stable (sorted)
+//! order, hidden entries (names starting with `.`) are skipped, and each file is classified by
+//! its name:
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `*.rego` | a Rego module |
+//! | `*_test.rego` | a Rego test module, loaded only by the test runner |
+//! | `data.json`, `data.yaml`, `data.yml` | a data document, placed under the document path of its folder (`a/b/data.json` → `data.a.b`), as in OPA bundles |
+//! | `*.cel.yaml`, `*.cel.yml` | a CEL policy |
+//! | `*_test.yaml`, `*_test.yml` | decision tests |
+//!
+//! A `.json`/`.yaml` file named directly on the command line is a data document merged at the
+//! root, as `opa eval -d roles.json` does. Everything else is ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::diagnostic::{Diagnostic, LoadError};
+
+/// Which Rego syntax modules are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegoVersion {
+    /// Rego v1 (OPA 1.0 and later): `if` and `contains` are required. The default.
+    #[default]
+    V1,
+    /// Pre-1.0 syntax, as `opa --v0-compatible` accepts it.
+    V0Compatible,
+}
+
+/// What a file found under a policy path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Rego,
+    RegoTest,
+    Data,
+    Cel,
+    DecisionTest,
+}
+
+/// A file's text with the name it is reported under.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The path as the user would write it (relative to the current directory when given so).
+    pub name: String,
+    pub text: String,
+}
+
+/// A data document and where it goes in `data`.
+#[derive(Debug, Clone)]
+pub struct DataDocument {
+    pub file: String,
+    /// Document path segments: `a/b/data.json` → `["a", "b"]`.
+    pub prefix: Vec<String>,
+    pub value: Json,
+}
+
+/// Everything found under the policy paths, read but not yet compiled.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySources {
+    pub rego: Vec<SourceFile>,
+    pub rego_tests: Vec<SourceFile>,
+    pub data: Vec<DataDocument>,
+    pub cel: Vec<SourceFile>,
+    pub decision_tests: Vec<SourceFile>,
+}
+
+/// Largest policy or data file read, in bytes (regorus's own policy limit is the same).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Largest data file read, in bytes. Data documents for roles and entitlements can be large.
+pub const MAX_DATA_FILE_BYTES: u64 = 64 << 20;
+
+impl PolicySources {
+    /// Read every policy, test and data file under `paths`. All problems are collected and
+    /// reported together.
+    pub fn discover<P: AsRef<Path>>(paths: &[P]) -> Result<Self, LoadError> {
+        let mut sources = PolicySources::default();
+        let mut diagnostics = Vec::new();
+        for root in paths {
+            let root = root.as_ref();
+            let meta = match std::fs::metadata(root) {
+                Ok(m) => m,
+                Err(e) => {
+                    diagnostics.push(Diagnostic::file(
+                        root.display().to_string(),
+                        format!("cannot read policy path: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                let mut files = Vec::new();
+                if let Err(d) = walk(root, &mut files) {
+                    diagnostics.push(d);
+                }
+                for file in files {
+                    let prefix = document_prefix(root, &file);
+                    sources.add_file(&file, prefix, false, &mut diagnostics);
+                }
+            } else {
+                sources.add_file(root, Vec::new(), true, &mut diagnostics);
+            }
+        }
+        if diagnostics.is_empty() {
+            Ok(sources)
+        } else {
+            Err(LoadError { diagnostics })
+        }
+    }
+
+    /// Add a module given as text (embedding, tests, `arbiter eval` on stdin).
+    pub fn add_rego(&mut self, name: impl Into<String>, text: impl Into<String>) {
+        self.rego.push(SourceFile {
+            name: name.into(),
+            text: text.into(),
+        });
+    }
+
+    /// Add a data document at the root of `data`.
+    pub fn add_data(&mut self, file: impl Into<String>, value: Json) {
+        self.data.push(DataDocument {
+            file: file.into(),
+            prefix: Vec::new(),
+            value,
+        });
+    }
+
+    fn add_file(
+        &mut self,
+        path: &Path,
+        prefix: Vec<String>,
+        named_explicitly: bool,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        let Some(kind) = classify(path, named_explicitly) else {
+            return;
+        };
+        let name = path.display().to_string();
+        let limit = if kind == SourceKind::Data {
+            MAX_DATA_FILE_BYTES
+        } else {
+            MAX_FILE_BYTES
+        };
+        let text = match read_limited(path, limit) {
+            Ok(t) => t,
+            Err(message) => {
+                diagnostics.push(Diagnostic::file(name, message));
+                return;
+            }
+        };
+        let file = SourceFile {
+            name: name.clone(),
+            text,
+        };
+        match kind {
+            SourceKind::Rego => self.rego.push(file),
+            SourceKind::RegoTest => self.rego_tests.push(file),
+            SourceKind::Cel => self.cel.push(file),
+            SourceKind::DecisionTest => self.decision_tests.push(file),
+            SourceKind::Data => match parse_data(&name, &file.text) {
+                Ok(value) => self.data.push(DataDocument {
+                    file: name,
+                    prefix,
+                    value,
+                }),
+                Err(d) => diagnostics.push(d),
+            },
+        }
+    }
+
+    /// Merge all data documents into one `data` object. Objects merge key by key; any other
+    /// clash (two files setting the same key to different non-object values) is an error that
+    /// names both files.
+    pub fn merged_data(&self) -> Result<Json, LoadError> {
+        let mut root = Json::Object(serde_json::Map::new());
+        let mut owners: Vec<(Vec<String>, String)> = Vec::new();
+        let mut diagnostics = Vec::new();
+        for doc in &self.data {
+            let mut wrapped = doc.value.clone();
+            for seg in doc.prefix.iter().rev() {
+                let mut m = serde_json::Map::new();
+                m.insert(seg.clone(), wrapped);
+                wrapped = Json::Object(m);
+            }
+            if !wrapped.is_object() {
+                diagnostics.push(Diagnostic::file(
+                    &doc.file,
+                    "a data document at the root must be a JSON object",
+                ));
+                continue;
+            }
+            let mut at = Vec::new();
+            if let Err(conflict_path) = merge(&mut root, wrapped, &mut at) {
+                let other = owners
+                    .iter()
+                    .rev()
+                    .find(|(p, _)| conflict_path.starts_with(p) || p.starts_with(&conflict_path))
+                    .map(|(_, f)| f.as_str())
+                    .unwrap_or("another data file");
+                diagnostics.push(Diagnostic::file(
+                    &doc.file,
+                    format!(
+                        "data conflict at `data.{}`: also set by {other}",
+                        conflict_path.join(".")
+                    ),
+                ));
+            }
+            owners.push((doc.prefix.clone(), doc.file.clone()));
+        }
+        if diagnostics.is_empty() {
+            Ok(root)
+        } else {
+            Err(LoadError { diagnostics })
+        }
+    }
+}
+
+fn merge(into: &mut Json, from: Json, at: &mut Vec<String>) -> Result<(), Vec<String>> {
+    match (into, from) {
+        (Json::Object(a), Json::Object(b)) => {
+            for (k, v) in b {
+                at.push(k.clone());
+                match a.get_mut(&k) {
+                    Some(existing) => merge(existing, v, at)?,
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+                at.pop();
+            }
+            Ok(())
+        }
+        (a, b) if *a == b => Ok(()),
+        _ => Err(at.clone()),
+    }
+}
+
+/// Classify a file by its name. `named_explicitly` is true for files given directly as paths.
+pub fn classify(path: &Path, named_explicitly: bool) -> Option<SourceKind> {
+    let name = path.file_name()?.to_str()?;
+    if name.ends_with("_test.rego") {
+        return Some(SourceKind::RegoTest);
+    }
+    if name.ends_with(".rego") {
+        return Some(SourceKind::Rego);
+    }
+    if name.ends_with(".cel.yaml") || name.ends_with(".cel.yml") {
+        return Some(SourceKind::Cel);
+    }
+    if name.ends_with("_test.yaml") || name.ends_with("_test.yml") {
+        return Some(SourceKind::DecisionTest);
+    }
+    if matches!(name, "data.json" | "data.yaml" | "data.yml") {
+        return Some(SourceKind::Data);
+    }
+    if named_explicitly
+        && (name.ends_with(".json") || name.ends_with(".yaml") || name.ends_with(".yml"))
+    {
+        return Some(SourceKind::Data);
+    }
+    None
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Diagnostic::file(
+            dir.display().to_string(),
+            format!("cannot read folder: {e}"),
+        )
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    for p in paths {
+        // Symlinked folders are followed once; a cycle would be bounded by the OS path limit,
+        // so refuse symlinks to folders outright.
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(|e| Diagnostic::file(p.display().to_string(), format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            walk(&p, out)?;
+        } else if meta.is_file() || meta.file_type().is_symlink() && p.is_file() {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// `root/a/b/data.json` → `["a", "b"]`.
+fn document_prefix(root: &Path, file: &Path) -> Vec<String> {
+    file.parent()
+        .and_then(|parent| parent.strip_prefix(root).ok())
+        .map(|rel| {
+            rel.components()
+                .filter_map(|c| c.as_os_str().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > limit {
+        return Err(format!(
+            "file is {} bytes, over the limit of {limit} bytes",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("file is not valid UTF-8: {e}"))
+}
+
+/// Parse a JSON or YAML data document, reporting the position of a syntax error.
+pub fn parse_data(name: &str, text: &str) -> Result<Json, Diagnostic> {
+    if name.ends_with(".json") {
+        serde_json::from_str(text).map_err(|e| {
+            Diagnostic::at(
+                name,
+                u32::try_from(e.line()).unwrap_or(0),
+                u32::try_from(e.column()).unwrap_or(0),
+                format!("invalid JSON: {}", strip_position(&e.to_string())),
+            )
+        })
+    } else {
+        yaml_serde::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .location()
+                .map(|l| {
+                    (
+                        u32::try_from(l.line()).unwrap_or(0),
+                        u32::try_from(l.column()).unwrap_or(0),
+                    )
+                })
+                .unwrap_or((0, 0));
+            Diagnostic::at(name, line, col, format!("invalid YAML: {e}"))
+        })
+    }
+}
+
+/// serde_json appends " at line X column Y"; the diagnostic carries the position already.
+fn strip_position(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("arbiter-loader-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn classifies_by_name() {
+        assert_eq!(
+            classify(Path::new("a/x.rego"), false),
+            Some(SourceKind::Rego)
+        );
+        assert_eq!(
+            classify(Path::new("a/x_test.rego"), false),
+            Some(SourceKind::RegoTest)
+        );
+        assert_eq!(
+            classify(Path::new("a/data.yaml"), false),
+            Some(SourceKind::Data)
+        );
+        assert_eq!(classify(Path::new("a/roles.json"), false), None);
+        assert_eq!(
+            classify(Path::new("roles.json"), true),
+            Some(SourceKind::Data)
+        );
+        assert_eq!(
+            classify(Path::new("p/api.cel.yaml"), false),
+            Some(SourceKind::Cel)
+        );
+        assert_eq!(
+            classify(Path::new("p/api_test.yaml"), false),
+            Some(SourceKind::DecisionTest)
+        );
+    }
+
+    #[test]
+    fn data_goes_under_its_folder_path() {
+        let d = tmpdir("prefix");
+        fs::create_dir_all(d.join("a/b")).unwrap();
+        fs::write(d.join("data.json"), r#"{"top": 1}"#).unwrap();
+        fs::write(d.join("a/b/data.json"), r#"{"x": [1, 2]}"#).unwrap();
+        fs::write(d.join("a/data.yaml"), "y: yes\n").unwrap();
+        fs::write(d.join("a/notes.json"), "not data").unwrap();
+        let s = PolicySources::discover(&[&d]).unwrap();
+        let merged = s.merged_data().unwrap();
+        assert_eq!(
+            merged,
+            serde_json::json!({"top": 1, "a": {"b": {"x": [1, 2]}, "y": "yes"}})
+        );
+    }
+
+    #[test]
+    fn conflicting_data_names_both_files() {
+        let d = tmpdir("conflict");
+        fs::create_dir_all(d.join("a")).unwrap();
+        fs::write(d.join("data.json"), r#"{"a": {"k": 1}}"#).unwrap();
+        fs::write(d.join("a/data.json"), r#"{"k": 2}"#).unwrap();
+        let s = PolicySources::discover(&[&d]).unwrap();
+        let err = s.merged_data().unwrap_err().to_string();
+        assert!(err.contains("data conflict at `data.a.k`"), "{err}");
+        assert!(err.contains("data.json"), "{err}");
+    }
+
+    #[test]
+    fn json_syntax_error_has_position() {
+        let d = tmpdir("badjson");
+        fs::write(d.join("data.json"), "{\n  \"a\": [1,\n}").unwrap();
+        let err = PolicySources::discover(&[&d]).unwrap_err();
+        let diag = &err.diagnostics[0];
+        assert_eq!(diag.line, 3);
+        assert!(diag.message.starts_with("invalid JSON"), "{}", diag.message);
+    }
+
+    #[test]
+    fn tests_and_hidden_files_are_separated() {
+        let d = tmpdir("tests");
+        fs::create_dir_all(d.join(".git")).unwrap();
+        fs::write(d.join(".git/x.rego"), "package hidden").unwrap();
+        fs::write(d.join("p.rego"), "package p").unwrap();
+        fs::write(d.join("p_test.rego"), "package p_test").unwrap();
+        let s = PolicySources::discover(&[&d]).unwrap();
+        assert_eq!(s.rego.len(), 1);
+        assert_eq!(s.rego_tests.len(), 1);
+    }
+
+    #[test]
+    fn missing_path_is_an_error() {
+        let err = PolicySources::discover(&["/nonexistent/arbiter"]).unwrap_err();
+        assert!(err.to_string().contains("cannot read policy path"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Conversions between JSON (`serde_json::Value`) and Rego values (`regorus::Value`).
+//!
+//! regorus's own `From<serde_json::Value>` turns a failure into `Undefined` silently, which would
+//! make an `allow` rule quietly false or, worse, a `deny` rule quietly not fire. These
+//! conversions are total instead.
+
+use regorus::Value;
+use serde_json::Value as Json;
+
+/// JSON → Rego value. Never fails: every JSON value has a Rego value.
+pub fn from_json(json: &Json) -> Value {
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                // Not an integer that fits 64 bits: go through the decimal text so regorus keeps
+                // as much precision as it can.
+                Value::from_numeric_string(&n.to_string())
+                    .unwrap_or_else(|_| Value::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(items) => Value::from(items.iter().map(from_json).collect::<Vec<_>>()),
+        Json::Object(map) => {
+            let mut obj = Value::new_object();
+            if let Ok(o) = obj.as_object_mut() {
+                for (k, v) in map {
+                    o.insert(Value::from(k.as_str()), from_json(v));
+                }
+            }
+            obj
+        }
+    }
+}
+
+/// Rego value → JSON, as OPA writes values: sets become (sorted) arrays, non-string object
+/// keys become their JSON text, numbers stay integers when they are integers.
+/// `Undefined` (which cannot occur inside a value) becomes `null`.
+pub fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Null | Value::Undefined => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                let text = n.format_decimal();
+                text.parse::<serde_json::Number>()
+                    .map(Json::Number)
+                    .unwrap_or_else(|_| {
+                        n.as_f64()
+                            .and_then(serde_json::Number::from_f64)
+                            .map_or(Json::Null, Json::Number)
+                    })
+            }
+        }
+        Value::String(s) => Json::String(s.to_string()),
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Set(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Object(obj) => {
+            let mut map = serde_json::Map::with_capacity(obj.len());
+            for (k, val) in obj.iter() {
+                let key = match k {
+                    Value::String(s) => s.to_string(),
+                    other => to_json(other).to_string(),
+                };
+                map.insert(key, to_json(val));
+            }
+            Json::Object(map)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let j = serde_json::json!({
+            "a": [1, -2, 3.5, "x", null, true],
+            "b": {"c": 18446744073709551615u64}
+        });
+        assert_eq!(to_json(&from_json(&j)), j);
+    }
+
+    #[test]
+    fn sets_become_arrays() {
+        let mut s = Value::new_set();
+        s.as_set_mut().unwrap().insert(Value::from(2));
+        s.as_set_mut().unwrap().insert(Value::from(1));
+        assert_eq!(to_json(&s), serde_json::json!([1, 2]));
+    }
+}
