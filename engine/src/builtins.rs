@@ -1,6 +1,112 @@
 //! Built-ins OPA users rely on that regorus lacks, added as regorus extensions.
+//!
+//! | family | functions |
+//! |---|---|
+//! | JWT | `io.jwt.decode`, `io.jwt.decode_verify`, `io.jwt.verify_{hs,rs,ps,es}*`, `io.jwt.verify_eddsa`, `io.jwt.encode_sign_raw`, `io.jwt.encode_sign` (HS*, ES*) |
+//! | X.509 | `crypto.x509.parse_certificates`, `crypto.x509.parse_and_verify_certificates` |
+//! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
+//! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
+//!
+//! Results follow OPA's byte for byte (the OPA conformance suite checks them; see
+//! `conformance/opa-results.md`). Errors carry OPA's messages. When an engine runs without strict
+//! built-in errors (only the conformance runner does), an error makes the call undefined, as in
+//! OPA.
+
+use regorus::Value;
+
+pub mod crypto;
+pub mod encoding;
+pub mod jose;
+pub mod jwt;
+pub mod net;
+pub mod x509;
 
 /// Register every arbiter built-in on `engine`.
-pub fn register(engine: &mut regorus::Engine) {
-    let _ = engine;
+pub fn register(engine: &mut regorus::Engine, strict: bool) {
+    let mut r = Registrar { engine, strict };
+    jwt::register(&mut r);
+    crypto::register(&mut r);
+    net::register(&mut r);
+    x509::register(&mut r);
+}
+
+/// Adds extensions, wrapping them for the engine's error mode.
+pub(crate) struct Registrar<'a> {
+    engine: &'a mut regorus::Engine,
+    strict: bool,
+}
+
+impl Registrar<'_> {
+    pub(crate) fn add<F>(&mut self, name: &str, nargs: u8, f: F)
+    where
+        F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
+    {
+        let strict = self.strict;
+        let ext = move |args: Vec<Value>| -> anyhow::Result<Value> {
+            match f(&args) {
+                Ok(v) => Ok(v),
+                Err(e) if strict => Err(e),
+                Err(_) => Ok(Value::Undefined),
+            }
+        };
+        // Registration only fails for a duplicate name, which would be a bug caught by the
+        // tests that call every built-in.
+        let _ = self
+            .engine
+            .add_extension(name.to_string(), nargs, Box::new(ext));
+    }
+}
+
+/// The string operand at 1-based position `pos`, with OPA's error for anything else.
+pub(crate) fn string_arg<'a>(
+    args: &'a [Value],
+    pos: usize,
+    fname: &str,
+) -> anyhow::Result<&'a str> {
+    match args.get(pos - 1) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => anyhow::bail!(
+            "{fname}: operand {pos} must be string but got {}",
+            crate::decision::type_name(other)
+        ),
+        None => anyhow::bail!("{fname}: missing operand {pos}"),
+    }
+}
+
+/// Parse JSON text into a Rego value (numbers keep their precision; duplicate keys: last wins,
+/// as Go's `encoding/json` does).
+pub(crate) fn json_to_value(text: &str) -> anyhow::Result<Value> {
+    let json: serde_json::Value = serde_json::from_str(text)?;
+    Ok(crate::value::from_json(&json))
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use crate::value::{from_json, to_json};
+    use regorus::Value;
+
+    /// Evaluate a Rego expression with arbiter's built-ins (strict errors).
+    pub fn eval(expr: &str) -> anyhow::Result<serde_json::Value> {
+        let mut engine = crate::rego::new_engine(&crate::rego::EngineOptions::default());
+        engine.add_policy("t.rego".into(), format!("package t\nx := {expr}\n"))?;
+        let v = engine.eval_rule("data.t.x".into())?;
+        if v == Value::Undefined {
+            anyhow::bail!("undefined");
+        }
+        Ok(to_json(&v))
+    }
+
+    pub fn eval_with_input(
+        expr: &str,
+        input: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut engine = crate::rego::new_engine(&crate::rego::EngineOptions::default());
+        engine.add_policy("t.rego".into(), format!("package t\nx := {expr}\n"))?;
+        engine.set_input(from_json(&input));
+        let v = engine.eval_rule("data.t.x".into())?;
+        if v == Value::Undefined {
+            anyhow::bail!("undefined");
+        }
+        Ok(to_json(&v))
+    }
 }

@@ -47,7 +47,7 @@ pub fn new_engine(opts: &EngineOptions) -> regorus::Engine {
             check_interval: NonZeroU32::MIN.saturating_add(63),
         });
     }
-    builtins::register(&mut engine);
+    builtins::register(&mut engine, opts.strict_builtin_errors);
     engine
 }
 

@@ -1,0 +1,481 @@
+//! `io.jwt.*`, following OPA's `topdown/tokens.go`: the same results, the same checks in the same
+//! order, the same error messages.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use regorus::Value;
+
+use super::encoding::{base64url_decode, base64url_encode_raw};
+use super::jose::{self, Key, KeyEntry};
+use super::{Registrar, json_to_value, string_arg};
+
+pub(super) fn register(r: &mut Registrar<'_>) {
+    r.add("io.jwt.decode", 1, |a| decode(&a[0]));
+    r.add("io.jwt.decode_verify", 2, |a| decode_verify(&a[0], &a[1]));
+    for (name, alg) in [
+        ("io.jwt.verify_rs256", "RS256"),
+        ("io.jwt.verify_rs384", "RS384"),
+        ("io.jwt.verify_rs512", "RS512"),
+        ("io.jwt.verify_ps256", "PS256"),
+        ("io.jwt.verify_ps384", "PS384"),
+        ("io.jwt.verify_ps512", "PS512"),
+        ("io.jwt.verify_es256", "ES256"),
+        ("io.jwt.verify_es384", "ES384"),
+        ("io.jwt.verify_es512", "ES512"),
+        ("io.jwt.verify_eddsa", "EdDSA"),
+    ] {
+        r.add(name, 2, move |a| verify_with_keys(a, alg, name));
+    }
+    for (name, alg) in [
+        ("io.jwt.verify_hs256", "HS256"),
+        ("io.jwt.verify_hs384", "HS384"),
+        ("io.jwt.verify_hs512", "HS512"),
+    ] {
+        r.add(name, 2, move |a| verify_hmac(a, alg, name));
+    }
+    r.add("io.jwt.encode_sign_raw", 3, |a| {
+        let headers = string_arg(a, 1, "io.jwt.encode_sign_raw")?;
+        let payload = string_arg(a, 2, "io.jwt.encode_sign_raw")?;
+        let jwk = string_arg(a, 3, "io.jwt.encode_sign_raw")?;
+        encode_sign(headers, payload, jwk)
+    });
+    r.add("io.jwt.encode_sign", 3, |a| {
+        let headers = go_json(&a[0]);
+        let payload = go_json(&a[1]);
+        let jwk = go_json(&a[2]);
+        encode_sign(&headers, &payload, &jwk)
+    });
+}
+
+/// A token split into its three segments.
+struct Token<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+fn split(token: &Value) -> anyhow::Result<Token<'_>> {
+    let Value::String(s) = token else {
+        anyhow::bail!(
+            "operand 1 must be string but got {}",
+            crate::decision::type_name(token)
+        );
+    };
+    if !s.contains('.') {
+        anyhow::bail!("encoded JWT had no period separators");
+    }
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() != 3 {
+        anyhow::bail!("encoded JWT must have 3 sections, found {}", parts.len());
+    }
+    Ok(Token {
+        header: parts[0],
+        payload: parts[1],
+        signature: parts[2],
+    })
+}
+
+fn to_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn json_object(text: &str) -> anyhow::Result<Value> {
+    let v = json_to_value(text).map_err(|e| anyhow::anyhow!("invalid JSON: {e}"))?;
+    if !matches!(v, Value::Object(_)) {
+        anyhow::bail!("decoded JSON type was not an Object");
+    }
+    Ok(v)
+}
+
+impl Token<'_> {
+    fn decoded_header(&self) -> anyhow::Result<Value> {
+        let bytes = base64url_decode(self.header)
+            .map_err(|e| anyhow::anyhow!("JWT header had invalid encoding: {e}"))?;
+        let header =
+            json_object(&to_text(bytes)).map_err(|e| anyhow::anyhow!("bad JWT header: {e}"))?;
+        if header["enc"] != Value::Undefined {
+            anyhow::bail!("JWT is a JWE object, which is not supported");
+        }
+        Ok(header)
+    }
+
+    fn decoded_payload_text(&self) -> anyhow::Result<String> {
+        let bytes = base64url_decode(self.payload)
+            .map_err(|e| anyhow::anyhow!("JWT payload had invalid encoding: {e}"))?;
+        Ok(to_text(bytes))
+    }
+
+    fn decoded_signature(&self) -> anyhow::Result<Vec<u8>> {
+        base64url_decode(self.signature).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn signing_input(&self) -> String {
+        format!("{}.{}", self.header, self.payload)
+    }
+}
+
+/// `io.jwt.decode(token)` → `[header, payload, signature_hex]`.
+fn decode(token: &Value) -> anyhow::Result<Value> {
+    let t = split(token)?;
+    let header = t.decoded_header()?;
+    let payload_text = t.decoded_payload_text()?;
+    if header["cty"] == Value::from("JWT") {
+        // A nested token: its payload is the inner token, possibly quoted.
+        let inner = payload_text.trim_matches(|c| c == '"' || c == '\'');
+        return decode(&Value::from(inner));
+    }
+    let payload = json_object(&payload_text)?;
+    let sig = base64url_decode(t.signature)
+        .map_err(|e| anyhow::anyhow!("JWT signature had invalid encoding: {e}"))?;
+    Ok(Value::from(vec![
+        header,
+        payload,
+        Value::from(hex::encode(sig)),
+    ]))
+}
+
+/// The header fields OPA recognises.
+#[derive(Default)]
+struct Header {
+    alg: String,
+    kid: String,
+    cty: String,
+    crit: Vec<String>,
+    unknown: Vec<String>,
+}
+
+fn parse_header(h: &Value) -> anyhow::Result<Header> {
+    let mut out = Header::default();
+    let Ok(obj) = h.as_object() else {
+        return Ok(out);
+    };
+    for (k, v) in obj.iter() {
+        let Value::String(name) = k else { continue };
+        let string = |what: &str| -> anyhow::Result<String> {
+            match v {
+                Value::String(s) => Ok(s.to_string()),
+                _ => anyhow::bail!("{what}: must be a string"),
+            }
+        };
+        match name.as_ref() {
+            "alg" => out.alg = string("alg")?,
+            "kid" => out.kid = string("kid")?,
+            "typ" => {
+                string("typ")?;
+            }
+            "cty" => out.cty = string("cty")?,
+            "crit" => {
+                let Value::Array(items) = v else {
+                    anyhow::bail!("crit: must be a list");
+                };
+                for item in items.iter() {
+                    if let Value::String(s) = item {
+                        out.crit.push(s.to_string());
+                    }
+                }
+                if out.crit.is_empty() {
+                    anyhow::bail!("crit: must be a nonempty list");
+                }
+            }
+            other => out.unknown.push(other.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+impl Header {
+    fn valid(&self) -> bool {
+        !self.alg.is_empty() && !self.unknown.iter().any(|u| self.crit.contains(u))
+    }
+}
+
+/// OPA's `builtinJWTVerify`: a key whose `kid` matches is used alone; otherwise every key is
+/// tried, skipping JWKS keys whose `alg` differs from the token's.
+fn verify_with_keys(a: &[Value], alg: &str, fname: &str) -> anyhow::Result<Value> {
+    let t = split(&a[0])?;
+    let keys = jose::parse_keys(string_arg(a, 2, fname)?)?;
+    let sig = t.decoded_signature()?;
+    let header = parse_header(&t.decoded_header()?)?;
+    let input = t.signing_input();
+    let ok = verify_any(&keys, &header, alg, input.as_bytes(), &sig);
+    Ok(Value::Bool(ok))
+}
+
+fn verify_any(keys: &[KeyEntry], header: &Header, alg: &str, msg: &[u8], sig: &[u8]) -> bool {
+    if !header.kid.is_empty()
+        && let Some(k) = keys.iter().find(|k| k.kid == header.kid)
+    {
+        return jose::verify(&k.key, alg, msg, sig);
+    }
+    keys.iter()
+        .filter(|k| k.alg.is_empty() || k.alg == header.alg)
+        .any(|k| jose::verify(&k.key, alg, msg, sig))
+}
+
+fn verify_hmac(a: &[Value], alg: &str, fname: &str) -> anyhow::Result<Value> {
+    string_arg(a, 1, fname)?;
+    let secret = string_arg(a, 2, fname)?;
+    let t = split(&a[0])?;
+    let sig = t.decoded_signature()?;
+    let input = t.signing_input();
+    Ok(Value::Bool(jose::hmac_verify(
+        alg,
+        secret.as_bytes(),
+        input.as_bytes(),
+        &sig,
+    )))
+}
+
+/// Parsed `io.jwt.decode_verify` constraints.
+struct Constraints {
+    keys: Option<Vec<KeyEntry>>,
+    secret: String,
+    alg: String,
+    iss: String,
+    aud: String,
+    /// Nanoseconds since the epoch.
+    time: f64,
+}
+
+fn parse_constraints(c: &Value) -> anyhow::Result<Constraints> {
+    let Ok(obj) = c.as_object() else {
+        anyhow::bail!(
+            "operand 2 must be object but got {}",
+            crate::decision::type_name(c)
+        );
+    };
+    let mut out = Constraints {
+        keys: None,
+        secret: String::new(),
+        alg: String::new(),
+        iss: String::new(),
+        aud: String::new(),
+        time: -1.0,
+    };
+    for (k, v) in obj.iter() {
+        let name = match k {
+            Value::String(s) => s.to_string(),
+            other => crate::value::to_json(other).to_string(),
+        };
+        let string = |what: &str| -> anyhow::Result<String> {
+            match v {
+                Value::String(s) => Ok(s.to_string()),
+                _ => anyhow::bail!("{what} constraint: must be a string"),
+            }
+        };
+        match name.as_str() {
+            "cert" => {
+                let Value::String(s) = v else {
+                    anyhow::bail!("cert constraint: must be a string");
+                };
+                out.keys = Some(jose::parse_keys(s)?);
+            }
+            "secret" => out.secret = string("secret")?,
+            "alg" => out.alg = string("alg")?,
+            "iss" => out.iss = string("iss")?,
+            "aud" => out.aud = string("aud")?,
+            "time" => out.time = time_from_value(v)?,
+            other => anyhow::bail!("unknown token validation constraint: {other}"),
+        }
+    }
+    if out.time < 0.0 {
+        out.time = now_ns();
+    }
+    let n = usize::from(out.keys.is_some()) + usize::from(!out.secret.is_empty());
+    if n > 1 {
+        anyhow::bail!("duplicate key constraints");
+    }
+    if n < 1 {
+        anyhow::bail!("no key constraint");
+    }
+    Ok(out)
+}
+
+fn time_from_value(v: &Value) -> anyhow::Result<f64> {
+    if !matches!(v, Value::Number(_)) {
+        anyhow::bail!("token time constraint: must be a number");
+    }
+    let t =
+        lossy_f64(v).ok_or_else(|| anyhow::anyhow!("token time constraint: unvalid float64"))?;
+    if t < 0.0 {
+        anyhow::bail!("token time constraint: must not be negative");
+    }
+    Ok(t)
+}
+
+/// A number as the nearest `f64` (Go's `json.Number.Float64`), even when not exact.
+fn lossy_f64(v: &Value) -> Option<f64> {
+    crate::value::to_json(v).as_f64()
+}
+
+fn now_ns() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as f64)
+        .unwrap_or(0.0)
+}
+
+fn unverified() -> Value {
+    Value::from(vec![
+        Value::Bool(false),
+        Value::new_object(),
+        Value::new_object(),
+    ])
+}
+
+/// `io.jwt.decode_verify(token, constraints)` → `[valid, header, payload]`.
+fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Result<Value> {
+    let c = parse_constraints(constraints)?;
+    let mut current = token.clone();
+    let (header, payload_text) = loop {
+        let t = split(&current)?;
+        let header = t.decoded_header()?;
+        let h = parse_header(&header)?;
+        if !h.valid() {
+            return Ok(unverified());
+        }
+        if !c.alg.is_empty() && c.alg != h.alg {
+            return Ok(unverified());
+        }
+        let sig = t.decoded_signature()?;
+        let input = t.signing_input();
+        let verified = match &c.keys {
+            Some(keys) => verify_any(keys, &h, &h.alg, input.as_bytes(), &sig),
+            None => jose::verify(
+                &Key::Secret(c.secret.as_bytes().to_vec()),
+                &h.alg,
+                input.as_bytes(),
+                &sig,
+            ),
+        };
+        if !verified {
+            return Ok(unverified());
+        }
+        let payload_text = t.decoded_payload_text()?;
+        if h.cty.eq_ignore_ascii_case("JWT") {
+            current = Value::from(payload_text);
+            continue;
+        }
+        break (header, payload_text);
+    };
+    let payload = json_object(&payload_text)?;
+
+    if !c.iss.is_empty() {
+        match &payload["iss"] {
+            Value::String(s) if s.as_ref() == c.iss => {}
+            _ => return Ok(unverified()),
+        }
+    }
+    match &payload["aud"] {
+        Value::Undefined => {
+            if !c.aud.is_empty() {
+                return Ok(unverified());
+            }
+        }
+        aud => {
+            let ok = match aud {
+                Value::String(s) => s.as_ref() == c.aud,
+                Value::Array(items) => items
+                    .iter()
+                    .any(|i| matches!(i, Value::String(s) if s.as_ref() == c.aud)),
+                _ => false,
+            };
+            if !ok {
+                return Ok(unverified());
+            }
+        }
+    }
+    let now_s = c.time / 1_000_000_000.0;
+    match &payload["exp"] {
+        Value::Undefined => {}
+        n @ Value::Number(_) => {
+            if now_s >= lossy_f64(n).unwrap_or(f64::INFINITY) {
+                return Ok(unverified());
+            }
+        }
+        _ => anyhow::bail!("exp value must be a number"),
+    }
+    match &payload["nbf"] {
+        Value::Undefined => {}
+        n @ Value::Number(_) => {
+            if now_s < lossy_f64(n).unwrap_or(f64::NEG_INFINITY) {
+                return Ok(unverified());
+            }
+        }
+        _ => anyhow::bail!("nbf value must be a number"),
+    }
+    Ok(Value::from(vec![Value::Bool(true), header, payload]))
+}
+
+/// `io.jwt.encode_sign*`: sign with the first key of a JWK (set).
+fn encode_sign(headers: &str, payload: &str, jwk_text: &str) -> anyhow::Result<Value> {
+    let jwk: serde_json::Value = serde_json::from_str(jwk_text)?;
+    let key = match jwk.get("keys") {
+        Some(serde_json::Value::Array(keys)) => keys
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no keys found in JWK set"))?,
+        _ => jwk,
+    };
+    let header: serde_json::Value = serde_json::from_str(headers)
+        .map_err(|e| anyhow::anyhow!("missing or invalid 'alg' header: {e}"))?;
+    let alg = header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("missing or invalid 'alg' header"))?;
+    if !matches!(
+        alg,
+        "RS256"
+            | "RS384"
+            | "RS512"
+            | "PS256"
+            | "PS384"
+            | "PS512"
+            | "ES256"
+            | "ES384"
+            | "ES512"
+            | "HS256"
+            | "HS384"
+            | "HS512"
+            | "EdDSA"
+    ) {
+        anyhow::bail!("unknown JWS algorithm: {alg}");
+    }
+    let typ = header.get("typ").and_then(serde_json::Value::as_str);
+    if (typ.is_none() || typ == Some("JWT"))
+        && serde_json::from_str::<serde_json::Value>(payload).is_err()
+    {
+        anyhow::bail!("type is JWT but payload is not JSON");
+    }
+    let signing_input = format!(
+        "{}.{}",
+        base64url_encode_raw(headers.as_bytes()),
+        base64url_encode_raw(payload.as_bytes())
+    );
+    let sig = jose::sign(&key, alg, signing_input.as_bytes())?;
+    Ok(Value::from(format!(
+        "{signing_input}.{}",
+        base64url_encode_raw(&sig)
+    )))
+}
+
+/// A value as Go's `json.Marshal` writes it: compact, keys sorted, `<`, `>`, `&`, U+2028 and
+/// U+2029 escaped.
+pub(crate) fn go_json(v: &Value) -> String {
+    let text = crate::value::to_json(v).to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
