@@ -42,10 +42,12 @@ impl Registrar<'_> {
         F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
     {
         let strict = self.strict;
+        let fname = name.to_string();
+        // OPA reports built-in errors as `<name>: <message>`.
         let ext = move |args: Vec<Value>| -> anyhow::Result<Value> {
             match f(&args) {
                 Ok(v) => Ok(v),
-                Err(e) if strict => Err(e),
+                Err(e) if strict => Err(anyhow::anyhow!("{fname}: {e}")),
                 Err(_) => Ok(Value::Undefined),
             }
         };
@@ -58,18 +60,14 @@ impl Registrar<'_> {
 }
 
 /// The string operand at 1-based position `pos`, with OPA's error for anything else.
-pub(crate) fn string_arg<'a>(
-    args: &'a [Value],
-    pos: usize,
-    fname: &str,
-) -> anyhow::Result<&'a str> {
+pub(crate) fn string_arg(args: &[Value], pos: usize) -> anyhow::Result<&str> {
     match args.get(pos - 1) {
         Some(Value::String(s)) => Ok(s),
         Some(other) => anyhow::bail!(
-            "{fname}: operand {pos} must be string but got {}",
+            "operand {pos} must be string but got {}",
             crate::decision::type_name(other)
         ),
-        None => anyhow::bail!("{fname}: missing operand {pos}"),
+        None => anyhow::bail!("missing operand {pos}"),
     }
 }
 

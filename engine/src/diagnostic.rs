@@ -14,6 +14,8 @@ pub struct Diagnostic {
     pub col: u32,
     /// What is wrong, without the location.
     pub message: String,
+    /// OPA's error code for this kind of problem (`rego_parse_error`, `rego_compile_error`, ...).
+    pub code: &'static str,
 }
 
 impl Diagnostic {
@@ -24,7 +26,14 @@ impl Diagnostic {
             line,
             col,
             message: message.into(),
+            code: "load_error",
         }
+    }
+
+    /// The same diagnostic with OPA's error code set.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 
     /// A problem with a file as a whole (unreadable, too large, ...).

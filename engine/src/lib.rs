@@ -45,3 +45,8 @@ pub use diagnostic::{Diagnostic, LoadError};
 pub use loader::{PolicySources, RegoVersion};
 pub use policy_set::{LoadOptions, PolicySet};
 pub use regorus;
+
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -318,9 +318,32 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("file is not valid UTF-8: {e}"))
 }
 
-/// Parse a JSON or YAML data document, reporting the position of a syntax error.
+/// How a document is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocFormat {
+    Json,
+    Yaml,
+}
+
+impl DocFormat {
+    /// YAML for `.yaml`/`.yml` files, JSON otherwise.
+    pub fn from_name(name: &str) -> Self {
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            DocFormat::Yaml
+        } else {
+            DocFormat::Json
+        }
+    }
+}
+
+/// Parse a JSON or YAML data document (by its name), reporting the position of a syntax error.
 pub fn parse_data(name: &str, text: &str) -> Result<Json, Diagnostic> {
-    if name.ends_with(".json") {
+    parse_document(name, text, DocFormat::from_name(name))
+}
+
+/// Parse a document in the given format; errors name `name` and the position.
+pub fn parse_document(name: &str, text: &str, format: DocFormat) -> Result<Json, Diagnostic> {
+    if format == DocFormat::Json {
         serde_json::from_str(text).map_err(|e| {
             Diagnostic::at(
                 name,

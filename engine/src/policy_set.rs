@@ -49,6 +49,7 @@ impl LoadOptions {
             rego_version: self.rego_version,
             strict_builtin_errors: true,
             eval_timeout: self.eval_timeout,
+            ..EngineOptions::default()
         }
     }
 }
@@ -94,7 +95,8 @@ impl PolicySet {
         for file in files {
             match engine.add_policy(file.name.clone(), file.text.clone()) {
                 Ok(_) => modules.push(file.name.clone()),
-                Err(e) => diagnostics.push(Diagnostic::from_regorus(&e, &file.name)),
+                Err(e) => diagnostics
+                    .push(Diagnostic::from_regorus(&e, &file.name).with_code("rego_parse_error")),
             }
         }
         match sources.merged_data() {
@@ -112,7 +114,9 @@ impl PolicySet {
         // clones start warm.
         if let Err(e) = engine.eval_query("true".to_string(), false) {
             let fallback = modules.first().map_or("policy", String::as_str);
-            return Err(LoadError::one(Diagnostic::from_regorus(&e, fallback)));
+            let d = Diagnostic::from_regorus(&e, fallback);
+            let code = compile_error_code(&d.message);
+            return Err(LoadError::one(d.with_code(code)));
         }
         let revision = revision_of(sources, options.include_tests);
         Ok(PolicySet {
@@ -212,6 +216,20 @@ impl PolicySet {
                 _ => Ok(()),
             },
         }
+    }
+}
+
+/// OPA's code for a compile-stage error, from its message.
+fn compile_error_code(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("unsafe") {
+        "rego_unsafe_var_error"
+    } else if m.contains("recursion") {
+        "rego_recursion_error"
+    } else if m.contains("type") {
+        "rego_type_error"
+    } else {
+        "rego_compile_error"
     }
 }
 

@@ -4,9 +4,10 @@
 //! conformance runner, `arbiter eval` and the server all see the same built-ins, the same strict
 //! built-in errors and the same limits.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use regorus::PolicyLengthConfig;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use crate::builtins;
@@ -14,7 +15,7 @@ use crate::decision::DenyReason;
 use crate::loader::RegoVersion;
 
 /// How a regorus engine is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     pub rego_version: RegoVersion,
     /// Built-in errors are errors (OPA's `--strict-builtin-errors`). On by default: with it off,
@@ -22,6 +23,19 @@ pub struct EngineOptions {
     pub strict_builtin_errors: bool,
     /// Wall-clock budget per evaluation; `None` means no limit (`arbiter eval`).
     pub eval_timeout: Option<Duration>,
+    /// Largest policy file, in bytes, lines and columns.
+    pub policy_length: PolicyLengthConfig,
+}
+
+/// Policy size limits: 1 MiB, 20,000 lines (regorus's defaults) and 16,384 columns. regorus
+/// allows 1,024 columns, which refuses ordinary policies that embed a JWT or a certificate on
+/// one line; OPA has no column limit at all.
+pub fn default_policy_length() -> PolicyLengthConfig {
+    PolicyLengthConfig {
+        max_col: NonZeroU32::new(16_384).unwrap_or(NonZeroU32::MIN),
+        max_file_bytes: NonZeroUsize::new(1 << 20).unwrap_or(NonZeroUsize::MIN),
+        max_lines: NonZeroUsize::new(20_000).unwrap_or(NonZeroUsize::MIN),
+    }
 }
 
 impl Default for EngineOptions {
@@ -30,6 +44,7 @@ impl Default for EngineOptions {
             rego_version: RegoVersion::V1,
             strict_builtin_errors: true,
             eval_timeout: None,
+            policy_length: default_policy_length(),
         }
     }
 }
@@ -39,6 +54,7 @@ pub fn new_engine(opts: &EngineOptions) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(opts.rego_version == RegoVersion::V0Compatible);
     engine.set_strict_builtin_errors(opts.strict_builtin_errors);
+    engine.set_policy_length_config(opts.policy_length);
     if let Some(limit) = opts.eval_timeout {
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit,
@@ -59,6 +75,8 @@ pub struct EvalError {
     /// The message for people, with the location when regorus gave one
     /// (`file:line:col: message`).
     pub message: String,
+    /// The location and bare message, when regorus gave a location.
+    pub location: Option<crate::diagnostic::Diagnostic>,
 }
 
 /// Broad classes of evaluation errors, matching OPA's error codes where one exists.
@@ -104,6 +122,7 @@ impl EvalError {
             diag.to_string()
         };
         let lower = diag.message.to_ascii_lowercase();
+        let at_call = caret_at_call(&text);
         let kind = if let Some(k) = limit {
             EvalErrorKind::Limit(k)
         } else if lower.contains("time limit") || lower.contains("execution exceeded") {
@@ -114,20 +133,26 @@ impl EvalError {
             EvalErrorKind::Limit("regex")
         } else if lower.contains("multiple outputs") || lower.contains("conflict") {
             EvalErrorKind::Conflict
-        } else if lower.contains("expects") && lower.contains("argument")
-            || lower.contains("type")
-                && (lower.contains("mismatch")
-                    || lower.contains("expected")
-                    || lower.contains("invalid"))
-            || lower.contains("operand")
+        } else if (lower.contains("expects") && lower.contains("argument"))
+            || (lower.contains("operand") && lower.contains("must be"))
+            || lower.contains("but got")
         {
             EvalErrorKind::Type
-        } else if text.contains("builtin") || lower.contains("failed to") {
+        } else if at_call
+            || lower.contains("divide by zero")
+            || lower.contains("modulo by zero")
+            || text.contains("builtin")
+        {
             EvalErrorKind::Builtin
         } else {
             EvalErrorKind::Other
         };
-        EvalError { kind, message }
+        let location = (diag.line != 0).then(|| diag.clone().with_code(kind.opa_code()));
+        EvalError {
+            kind,
+            message,
+            location,
+        }
     }
 
     /// The denial this error causes.
@@ -138,6 +163,28 @@ impl EvalError {
             _ => DenyReason::EvalError(self.message.clone()),
         }
     }
+}
+
+/// True when regorus's source excerpt puts the caret on a function call (`name(` or
+/// `a.b.name(`): errors raised there come from a built-in.
+fn caret_at_call(text: &str) -> bool {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(caret) = l.find('^') else { continue };
+        let Some(src) = i.checked_sub(1).and_then(|j| lines.get(j)) else {
+            continue;
+        };
+        // Both lines start with the same gutter (`NN | ` / `   | `), so the caret's byte offset
+        // indexes the source line directly.
+        let Some(rest) = src.get(caret..) else {
+            continue;
+        };
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(rest.len());
+        return name_len > 0 && rest[name_len..].starts_with('(');
+    }
+    false
 }
 
 fn limit_kind(e: &regorus::LimitError) -> &'static str {

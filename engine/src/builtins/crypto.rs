@@ -9,37 +9,33 @@ use super::{Registrar, string_arg};
 
 pub(super) fn register(r: &mut Registrar<'_>) {
     r.add("crypto.md5", 1, |a| {
-        let s = string_arg(a, 1, "crypto.md5")?;
+        let s = string_arg(a, 1)?;
         Ok(Value::from(hex::encode(Md5::digest(s.as_bytes()))))
     });
     r.add("crypto.sha1", 1, |a| {
-        let s = string_arg(a, 1, "crypto.sha1")?;
+        let s = string_arg(a, 1)?;
         Ok(hex_digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, s))
     });
     r.add("crypto.sha256", 1, |a| {
-        let s = string_arg(a, 1, "crypto.sha256")?;
+        let s = string_arg(a, 1)?;
         Ok(hex_digest(&digest::SHA256, s))
     });
     r.add("crypto.hmac.md5", 2, |a| {
-        let x = string_arg(a, 1, "crypto.hmac.md5")?;
-        let key = string_arg(a, 2, "crypto.hmac.md5")?;
+        let x = string_arg(a, 1)?;
+        let key = string_arg(a, 2)?;
         Ok(Value::from(hex::encode(hmac_md5(
             key.as_bytes(),
             x.as_bytes(),
         ))))
     });
     r.add("crypto.hmac.sha1", 2, |a| {
-        hex_hmac(a, "crypto.hmac.sha1", hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY)
+        hex_hmac(a, hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY)
     });
-    r.add("crypto.hmac.sha256", 2, |a| {
-        hex_hmac(a, "crypto.hmac.sha256", hmac::HMAC_SHA256)
-    });
-    r.add("crypto.hmac.sha512", 2, |a| {
-        hex_hmac(a, "crypto.hmac.sha512", hmac::HMAC_SHA512)
-    });
+    r.add("crypto.hmac.sha256", 2, |a| hex_hmac(a, hmac::HMAC_SHA256));
+    r.add("crypto.hmac.sha512", 2, |a| hex_hmac(a, hmac::HMAC_SHA512));
     r.add("crypto.hmac.equal", 2, |a| {
-        let m1 = string_arg(a, 1, "crypto.hmac.equal")?;
-        let m2 = string_arg(a, 2, "crypto.hmac.equal")?;
+        let m1 = string_arg(a, 1)?;
+        let m2 = string_arg(a, 2)?;
         Ok(Value::Bool(constant_time_eq(m1.as_bytes(), m2.as_bytes())))
     });
 }
@@ -48,9 +44,9 @@ fn hex_digest(alg: &'static digest::Algorithm, s: &str) -> Value {
     Value::from(hex::encode(digest::digest(alg, s.as_bytes())))
 }
 
-fn hex_hmac(a: &[Value], fname: &str, alg: hmac::Algorithm) -> anyhow::Result<Value> {
-    let x = string_arg(a, 1, fname)?;
-    let key = string_arg(a, 2, fname)?;
+fn hex_hmac(a: &[Value], alg: hmac::Algorithm) -> anyhow::Result<Value> {
+    let x = string_arg(a, 1)?;
+    let key = string_arg(a, 2)?;
     let k = hmac::Key::new(alg, key.as_bytes());
     Ok(Value::from(hex::encode(hmac::sign(&k, x.as_bytes()))))
 }

@@ -24,19 +24,19 @@ pub(super) fn register(r: &mut Registrar<'_>) {
         ("io.jwt.verify_es512", "ES512"),
         ("io.jwt.verify_eddsa", "EdDSA"),
     ] {
-        r.add(name, 2, move |a| verify_with_keys(a, alg, name));
+        r.add(name, 2, move |a| verify_with_keys(a, alg));
     }
     for (name, alg) in [
         ("io.jwt.verify_hs256", "HS256"),
         ("io.jwt.verify_hs384", "HS384"),
         ("io.jwt.verify_hs512", "HS512"),
     ] {
-        r.add(name, 2, move |a| verify_hmac(a, alg, name));
+        r.add(name, 2, move |a| verify_hmac(a, alg));
     }
     r.add("io.jwt.encode_sign_raw", 3, |a| {
-        let headers = string_arg(a, 1, "io.jwt.encode_sign_raw")?;
-        let payload = string_arg(a, 2, "io.jwt.encode_sign_raw")?;
-        let jwk = string_arg(a, 3, "io.jwt.encode_sign_raw")?;
+        let headers = string_arg(a, 1)?;
+        let payload = string_arg(a, 2)?;
+        let jwk = string_arg(a, 3)?;
         encode_sign(headers, payload, jwk)
     });
     r.add("io.jwt.encode_sign", 3, |a| {
@@ -191,9 +191,9 @@ impl Header {
 
 /// OPA's `builtinJWTVerify`: a key whose `kid` matches is used alone; otherwise every key is
 /// tried, skipping JWKS keys whose `alg` differs from the token's.
-fn verify_with_keys(a: &[Value], alg: &str, fname: &str) -> anyhow::Result<Value> {
+fn verify_with_keys(a: &[Value], alg: &str) -> anyhow::Result<Value> {
     let t = split(&a[0])?;
-    let keys = jose::parse_keys(string_arg(a, 2, fname)?)?;
+    let keys = jose::parse_keys(string_arg(a, 2)?)?;
     let sig = t.decoded_signature()?;
     let header = parse_header(&t.decoded_header()?)?;
     let input = t.signing_input();
@@ -212,9 +212,9 @@ fn verify_any(keys: &[KeyEntry], header: &Header, alg: &str, msg: &[u8], sig: &[
         .any(|k| jose::verify(&k.key, alg, msg, sig))
 }
 
-fn verify_hmac(a: &[Value], alg: &str, fname: &str) -> anyhow::Result<Value> {
-    string_arg(a, 1, fname)?;
-    let secret = string_arg(a, 2, fname)?;
+fn verify_hmac(a: &[Value], alg: &str) -> anyhow::Result<Value> {
+    string_arg(a, 1)?;
+    let secret = string_arg(a, 2)?;
     let t = split(&a[0])?;
     let sig = t.decoded_signature()?;
     let input = t.signing_input();

@@ -125,15 +125,15 @@ fn contains(cidr: &str, other: &str) -> anyhow::Result<bool> {
 
 pub(super) fn register(r: &mut Registrar<'_>) {
     r.add("net.cidr_intersects", 2, |a| {
-        let x = parse_cidr(string_arg(a, 1, "net.cidr_intersects")?)?;
-        let y = parse_cidr(string_arg(a, 2, "net.cidr_intersects")?)?;
+        let x = parse_cidr(string_arg(a, 1)?)?;
+        let y = parse_cidr(string_arg(a, 2)?)?;
         Ok(Value::Bool(
             x.contains_ip(y.v6, y.first()) || y.contains_ip(x.v6, x.first()),
         ))
     });
     r.add("net.cidr_overlap", 2, |a| {
-        let x = string_arg(a, 1, "net.cidr_overlap")?;
-        let y = string_arg(a, 2, "net.cidr_overlap")?;
+        let x = string_arg(a, 1)?;
+        let y = string_arg(a, 2)?;
         Ok(Value::Bool(contains(x, y)?))
     });
     r.add("net.cidr_merge", 1, |a| cidr_merge(&a[0]));
@@ -146,12 +146,12 @@ fn cidr_merge(arg: &Value) -> anyhow::Result<Value> {
     let items: Vec<&Value> = match arg {
         Value::Array(a) => a.iter().collect(),
         Value::Set(s) => s.iter().collect(),
-        _ => anyhow::bail!("net.cidr_merge: operand must be an array"),
+        _ => anyhow::bail!("operand must be an array"),
     };
     let mut nets = Vec::with_capacity(items.len());
     for item in items {
         let Value::String(s) = item else {
-            anyhow::bail!("net.cidr_merge: element must be string");
+            anyhow::bail!("element must be string");
         };
         let net = match parse_ip(s) {
             Some((false, ip)) => Net {
@@ -159,8 +159,8 @@ fn cidr_merge(arg: &Value) -> anyhow::Result<Value> {
                 ip,
                 prefix: default_prefix(ip),
             },
-            Some((true, _)) => anyhow::bail!("net.cidr_merge: IPv6 invalid: needs prefix length"),
-            None => parse_cidr(s).map_err(|e| anyhow::anyhow!("net.cidr_merge: {e}"))?,
+            Some((true, _)) => anyhow::bail!("IPv6 invalid: needs prefix length"),
+            None => parse_cidr(s)?,
         };
         nets.push(net);
     }

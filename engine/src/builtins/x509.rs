@@ -19,7 +19,7 @@ use super::{Registrar, string_arg};
 
 pub(super) fn register(r: &mut Registrar<'_>) {
     r.add("crypto.x509.parse_certificates", 1, |a| {
-        let input = string_arg(a, 1, "crypto.x509.parse_certificates")?;
+        let input = string_arg(a, 1)?;
         let ders = certificate_ders(input)?;
         let certs = parse_all(&ders)?;
         Ok(Value::from(
@@ -30,7 +30,7 @@ pub(super) fn register(r: &mut Registrar<'_>) {
         ))
     });
     r.add("crypto.x509.parse_and_verify_certificates", 1, |a| {
-        let input = string_arg(a, 1, "crypto.x509.parse_and_verify_certificates")?;
+        let input = string_arg(a, 1)?;
         let invalid = Value::from(vec![Value::Bool(false), Value::new_array()]);
         let Ok(ders) = certificate_ders(input) else {
             return Ok(invalid);

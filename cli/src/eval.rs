@@ -1,0 +1,267 @@
+//! `arbiter eval`: the `opa eval` subset people script against.
+//!
+//! `-f json` prints exactly the shape of `opa eval -f json`:
+//! `{"result":[{"expressions":[{"value":…,"text":…,"location":{"row":…,"col":…}}],"bindings":{…}}]}`
+//! (an undefined result prints `{}`), and errors as
+//! `{"errors":[{"message":…,"code":…,"location":{"file":…,"row":…,"col":…}}]}` with exit status 1.
+
+use std::path::PathBuf;
+
+use arbiter_engine::value::{from_json, to_json};
+use arbiter_engine::{Diagnostic, LoadOptions, PolicySet, PolicySources, RegoVersion};
+use serde_json::{Map, Value as Json, json};
+
+use crate::Exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// OPA's JSON result set.
+    Json,
+    /// Expression values only; strings without quotes.
+    Raw,
+    /// Human-readable: the value, or a table of bindings.
+    Pretty,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The Rego query, e.g. `data.envoy.authz.allow`.
+    pub query: String,
+    /// Policy or data file or folder (repeatable).
+    #[arg(short = 'd', long = "data", value_name = "PATH")]
+    pub data: Vec<PathBuf>,
+    /// Input document (JSON, or YAML by extension); `-` reads stdin.
+    #[arg(short = 'i', long = "input", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Read the input document from stdin.
+    #[arg(short = 'I', long = "stdin-input", conflicts_with = "input")]
+    pub stdin_input: bool,
+    /// Output format.
+    #[arg(short = 'f', long = "format", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Exit with status 1 when the result is undefined.
+    #[arg(long)]
+    pub fail: bool,
+    /// Exit with status 1 when the result is defined.
+    #[arg(long, conflicts_with = "fail")]
+    pub fail_defined: bool,
+    /// Accept pre-1.0 Rego syntax, as `opa --v0-compatible`.
+    #[arg(long)]
+    pub v0_compatible: bool,
+}
+
+/// One error in OPA's JSON shape.
+fn error_json(d: &Diagnostic) -> Json {
+    let mut e = Map::new();
+    e.insert("message".into(), json!(d.message));
+    e.insert("code".into(), json!(d.code));
+    if d.line != 0 {
+        e.insert(
+            "location".into(),
+            json!({"file": d.file, "row": d.line, "col": d.col}),
+        );
+    }
+    Json::Object(e)
+}
+
+fn print_errors(format: Format, diagnostics: &[Diagnostic]) {
+    match format {
+        Format::Json => {
+            let errors: Vec<Json> = diagnostics.iter().map(error_json).collect();
+            println!("{}", pretty(&json!({ "errors": errors })));
+        }
+        Format::Raw | Format::Pretty => {
+            let n = diagnostics.len();
+            eprintln!("{n} error{} occurred:", if n == 1 { "" } else { "s" });
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+        }
+    }
+}
+
+/// JSON indented by two spaces, as OPA prints it.
+fn pretty(v: &Json) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// The query results in `opa eval -f json` shape.
+pub fn results_json(results: &arbiter_engine::regorus::QueryResults) -> Json {
+    if results.result.is_empty() {
+        return json!({});
+    }
+    let list: Vec<Json> = results
+        .result
+        .iter()
+        .map(|r| {
+            let expressions: Vec<Json> = r
+                .expressions
+                .iter()
+                .map(|e| {
+                    let mut m = Map::new();
+                    m.insert("value".into(), to_json(&e.value));
+                    m.insert("text".into(), json!(e.text.as_ref()));
+                    m.insert(
+                        "location".into(),
+                        json!({"row": e.location.row, "col": e.location.col}),
+                    );
+                    Json::Object(m)
+                })
+                .collect();
+            let mut m = Map::new();
+            m.insert("expressions".into(), Json::Array(expressions));
+            let bindings = to_json(&r.bindings);
+            if bindings.as_object().is_some_and(|b| !b.is_empty()) {
+                m.insert("bindings".into(), bindings);
+            }
+            Json::Object(m)
+        })
+        .collect();
+    json!({ "result": list })
+}
+
+fn print_results(format: Format, results: &arbiter_engine::regorus::QueryResults) {
+    match format {
+        Format::Json => println!("{}", pretty(&results_json(results))),
+        Format::Raw => {
+            for r in &results.result {
+                for e in &r.expressions {
+                    match to_json(&e.value) {
+                        Json::String(s) => println!("{s}"),
+                        other => println!("{}", pretty(&other)),
+                    }
+                }
+            }
+        }
+        Format::Pretty => print_pretty(results),
+    }
+}
+
+fn print_pretty(results: &arbiter_engine::regorus::QueryResults) {
+    if results.result.is_empty() {
+        println!("undefined");
+        return;
+    }
+    let has_bindings = results.result.iter().any(|r| {
+        to_json(&r.bindings)
+            .as_object()
+            .is_some_and(|b| !b.is_empty())
+    });
+    if !has_bindings && results.result.len() == 1 && results.result[0].expressions.len() == 1 {
+        println!(
+            "{}",
+            pretty(&to_json(&results.result[0].expressions[0].value))
+        );
+        return;
+    }
+    // A table: one column per binding, one row per result.
+    let mut columns: Vec<String> = Vec::new();
+    for r in &results.result {
+        if let Json::Object(b) = to_json(&r.bindings) {
+            for k in b.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = results
+        .result
+        .iter()
+        .map(|r| {
+            let b = to_json(&r.bindings);
+            columns
+                .iter()
+                .map(|c| b.get(c).map_or(String::new(), Json::to_string))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("| {c:<w$} "))
+            .collect::<String>()
+            + "|"
+    };
+    println!("{rule}");
+    println!("{}", line(&columns));
+    println!("{rule}");
+    for r in &rows {
+        println!("{}", line(r));
+    }
+    println!("{rule}");
+}
+
+pub fn run(args: &Args) -> Exit {
+    let options = LoadOptions {
+        rego_version: if args.v0_compatible {
+            RegoVersion::V0Compatible
+        } else {
+            RegoVersion::V1
+        },
+        ..LoadOptions::default()
+    };
+    let set = if args.data.is_empty() {
+        PolicySet::from_sources(&PolicySources::default(), &options)
+    } else {
+        PolicySet::load(&args.data, &options)
+    };
+    let set = match set {
+        Ok(s) => s,
+        Err(e) => {
+            print_errors(args.format, &e.diagnostics);
+            return Exit::Failed;
+        }
+    };
+    let input_path = if args.stdin_input {
+        Some(PathBuf::from("-"))
+    } else {
+        args.input.clone()
+    };
+    let input = match input_path.as_deref().map(crate::input::read_document) {
+        None => None,
+        Some(Ok(doc)) => Some(from_json(&doc)),
+        Some(Err(message)) => {
+            print_errors(
+                args.format,
+                &[Diagnostic::file("input", message).with_code("input_error")],
+            );
+            return Exit::Failed;
+        }
+    };
+    match set.query(&args.query, input) {
+        Ok(results) => {
+            print_results(args.format, &results);
+            let defined = !results.result.is_empty();
+            if (args.fail && !defined) || (args.fail_defined && defined) {
+                Exit::Failed
+            } else {
+                Exit::Ok
+            }
+        }
+        Err(e) => {
+            let d = e.location.clone().unwrap_or_else(|| {
+                Diagnostic::file("query", e.message.clone()).with_code(e.kind.opa_code())
+            });
+            print_errors(args.format, &[d]);
+            Exit::Failed
+        }
+    }
+}

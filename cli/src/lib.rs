@@ -1,0 +1,56 @@
+//! The `arbiter` command line: each subcommand is a module with an `Args` struct and a `run`
+//! function, so tests reach the logic without spawning a process.
+//!
+//! Exit codes tell "the tool failed" from "the policy said no" from "a check or test failed":
+//! see [`Exit`].
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod check;
+pub mod eval;
+pub mod input;
+
+/// What an exit status means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success: everything loaded, passed, or the query was defined.
+    Ok = 0,
+    /// The command ran and found a problem: policy errors, failing tests, an undefined result
+    /// under `--fail`.
+    Failed = 1,
+    /// The command could not run: bad arguments, unreadable files, load errors for `test`.
+    Usage = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// arbiter: a policy engine and Envoy external authorization service for zero-trust meshes.
+#[derive(Debug, Parser)]
+#[command(name = "arbiter", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate a Rego query against policies, data and an input (like `opa eval`).
+    Eval(eval::Args),
+    /// Load and compile policies; print every error as `file:line:col: message`.
+    Check(check::Args),
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let exit = match cli.command {
+        Command::Eval(args) => eval::run(&args),
+        Command::Check(args) => check::run(&args),
+    };
+    exit.into()
+}

@@ -1,0 +1,146 @@
+//! `arbiter eval` and `arbiter check` as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn arbiter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run arbiter")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// What `opa eval -f json -d policies -i policies/inputs/frontend-get-products.json
+/// data.envoy.authz.allow` prints: one result with one expression whose value is `true`
+/// (OPA's documented output shape; `text` and `location` describe the query).
+#[test]
+fn eval_bundled_policy_matches_opa_shape() {
+    let out = arbiter(&[
+        "eval",
+        "-f",
+        "json",
+        "-d",
+        "policies",
+        "-i",
+        "policies/inputs/frontend-get-products.json",
+        "data.envoy.authz.allow",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({
+            "result": [{
+                "expressions": [{
+                    "value": true,
+                    "text": "data.envoy.authz.allow",
+                    "location": {"row": 1, "col": 1}
+                }]
+            }]
+        })
+    );
+}
+
+#[test]
+fn eval_bindings_and_undefined() {
+    let out = arbiter(&["eval", "-d", "policies", "x := data.authz.roles[\"order-writer\"][0].methods"]);
+    assert!(out.status.success());
+    let v = json(&out);
+    assert_eq!(v["result"][0]["bindings"]["x"], serde_json::json!(["GET", "POST"]));
+    assert_eq!(v["result"][0]["expressions"][0]["value"], true);
+
+    // Undefined prints `{}`; with --fail the exit status is 1.
+    let out = arbiter(&["eval", "-d", "policies", "data.envoy.authz.nope"]);
+    assert!(out.status.success());
+    assert_eq!(json(&out), serde_json::json!({}));
+    let out = arbiter(&["eval", "--fail", "-d", "policies", "data.envoy.authz.nope"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The denied case: no identity, no token, so `allow` is false (defined).
+    let out = arbiter(&[
+        "eval",
+        "-f",
+        "raw",
+        "-d",
+        "policies",
+        "data.envoy.authz.allow",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "false");
+}
+
+fn broken_policy_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("arbiter-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("broken.rego"),
+        "package broken\n\nallow if {\n    input.user ==\n}\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn check_reports_file_line_col_and_exits_1() {
+    let dir = broken_policy_dir("check");
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = dir.join("broken.rego");
+    let expected = format!("{}:5:1: expecting expression", file.display());
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+
+    let out = arbiter(&["check", "policies"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn eval_errors_use_opa_error_shape() {
+    let dir = broken_policy_dir("eval");
+    let out = arbiter(&["eval", "-d", dir.to_str().unwrap(), "data.broken.allow"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let e = &v["errors"][0];
+    assert_eq!(e["code"], "rego_parse_error");
+    assert_eq!(e["message"], "expecting expression");
+    assert_eq!(e["location"]["row"], 5);
+    assert_eq!(e["location"]["col"], 1);
+    assert!(
+        Path::new(e["location"]["file"].as_str().unwrap()).ends_with("broken.rego"),
+        "{e}"
+    );
+
+    // An evaluation error (a conflict) is reported the same way.
+    std::fs::write(
+        dir.join("broken.rego"),
+        "package broken\n\nx := input.a\nx := input.b\n",
+    )
+    .unwrap();
+    let input = dir.join("input.json");
+    std::fs::write(&input, r#"{"a": 1, "b": 2}"#).unwrap();
+    let out = arbiter(&[
+        "eval",
+        "-d",
+        dir.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "data.broken.x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["errors"][0]["code"], "eval_conflict_error");
+}
