@@ -1,4 +1,5 @@
 //! Engine-only decision costs, and what a regorus `Engine::clone` costs next to them.
+#![expect(clippy::panic, reason = "a benchmark without its fixture must stop")]
 
 use std::hint::black_box;
 
@@ -15,7 +16,9 @@ fn clone_vs_reuse(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("regorus_engine");
     let proto = set.engine();
-    g.bench_function("clone_prepared_engine", |b| b.iter(|| black_box(proto.clone())));
+    g.bench_function("clone_prepared_engine", |b| {
+        b.iter(|| black_box(proto.clone()))
+    });
     g.bench_function("reused_engine_set_input_eval_rule", |b| {
         let mut engine = set.engine();
         b.iter(|| {

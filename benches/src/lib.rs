@@ -1,4 +1,8 @@
 //! Shared fixtures for arbiter's benchmarks: the reference policy set and inputs.
+#![expect(
+    clippy::panic,
+    reason = "benchmark fixtures: a missing fixture must stop the benchmark"
+)]
 
 use std::path::PathBuf;
 

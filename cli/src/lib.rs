@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod check;
 pub mod eval;
 pub mod input;
+pub mod serve;
 
 /// What an exit status means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Load and compile policies; print every error as `file:line:col: message`.
     Check(check::Args),
+    /// Serve Envoy's ext_authz gRPC API (and health, metrics, OPA's Data API over HTTP).
+    Serve(serve::Args),
 }
 
 /// Run a parsed command line.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let exit = match cli.command {
         Command::Eval(args) => eval::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     exit.into()
 }

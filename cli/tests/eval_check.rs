@@ -41,7 +41,11 @@ fn eval_bundled_policy_matches_opa_shape() {
         "policies/inputs/frontend-get-products.json",
         "data.envoy.authz.allow",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         json(&out),
         serde_json::json!({
@@ -58,10 +62,18 @@ fn eval_bundled_policy_matches_opa_shape() {
 
 #[test]
 fn eval_bindings_and_undefined() {
-    let out = arbiter(&["eval", "-d", "policies", "x := data.authz.roles[\"order-writer\"][0].methods"]);
+    let out = arbiter(&[
+        "eval",
+        "-d",
+        "policies",
+        "x := data.authz.roles[\"order-writer\"][0].methods",
+    ]);
     assert!(out.status.success());
     let v = json(&out);
-    assert_eq!(v["result"][0]["bindings"]["x"], serde_json::json!(["GET", "POST"]));
+    assert_eq!(
+        v["result"][0]["bindings"]["x"],
+        serde_json::json!(["GET", "POST"])
+    );
     assert_eq!(v["result"][0]["expressions"][0]["value"], true);
 
     // Undefined prints `{}`; with --fail the exit status is 1.
@@ -106,7 +118,11 @@ fn check_reports_file_line_col_and_exits_1() {
     assert!(stderr.contains(&expected), "stderr: {stderr}");
 
     let out = arbiter(&["check", "policies"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+pub mod envoy;
+pub mod harness;
 pub mod opa;
 
 /// The folder of a suite: `$env_var` when set, else `../shared/conformance/<name>` next to the

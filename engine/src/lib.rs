@@ -30,13 +30,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod authorizer;
+pub mod body;
 pub mod builtins;
 pub mod data_ref;
 pub mod decision;
 pub mod diagnostic;
+pub mod input;
 pub mod loader;
+pub mod path;
 pub mod policy_set;
+pub mod record;
 pub mod rego;
+pub mod request;
 pub mod value;
 
 pub use data_ref::DataRef;

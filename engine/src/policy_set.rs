@@ -352,7 +352,7 @@ mod tests {
         let mut s = PolicySources::default();
         s.add_rego(
             "slow.rego",
-            "package slow\nallow if { some i in numbers.range(1, 100000000); i < 0 }\n",
+            "package slow\nallow if { some x in numbers.range(1, 100000); some y in numbers.range(1, 100000); x + y < 0 }\n",
         );
         let opts = LoadOptions {
             eval_timeout: Some(Duration::from_millis(20)),

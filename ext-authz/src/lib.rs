@@ -1,1 +1,25 @@
+//! # arbiter-ext-authz
+//!
+//! arbiter's servers on top of `arbiter-engine`:
+//! - gRPC: `envoy.service.auth.v3.Authorization/Check` (Envoy's ext_authz) and the gRPC health
+//!   service;
+//! - HTTP: `GET /health`, `GET /metrics` (Prometheus) and OPA's Data API.
+//!
+//! This crate owns transport only: it converts Envoy's `CheckRequest` into the engine's request
+//! model ([`convert`]), runs the decision on a bounded evaluation pool with a deadline
+//! ([`pool`], [`state`]) and converts the engine's `Decision` back into a `CheckResponse`.
+//! Every request it can decode gets a `CheckResponse`; errors, timeouts and overload are
+//! denials with a reason, never gRPC errors, so the outcome never depends on Envoy's
+//! `failure_mode_allow`.
 
+pub mod convert;
+pub mod decision_log;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod pool;
+pub mod server;
+pub mod state;
+
+pub use server::{ListenAddr, RunningServer, ServerConfig, start};
+pub use state::ServeOptions;

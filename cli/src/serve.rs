@@ -1,0 +1,465 @@
+//! `arbiter serve`: the Envoy ext_authz server.
+//!
+//! Settings come from flags, then from the YAML file given with `--config`, then from defaults.
+//! The file takes the flags' names as keys (`grpc-addr: 127.0.0.1:9191`, `dry-run: true`, …);
+//! an OPA configuration with `plugins.envoy_ext_authz_grpc` (`addr`, `path`, `dry-run`,
+//! `skip-request-body-parse`) is read too, so an OPA-Envoy deployment's file works unchanged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arbiter_engine::authorizer::Authorizer;
+use arbiter_engine::input::InputOptions;
+use arbiter_engine::path::PathPolicy;
+use arbiter_engine::record::InstanceLabels;
+use arbiter_engine::{DataRef, LoadOptions, PolicySet, RegoVersion};
+use arbiter_ext_authz::decision_log::{DecisionLogConfig, LogTarget};
+use arbiter_ext_authz::{ListenAddr, ServeOptions, ServerConfig};
+use serde_json::Value as Json;
+
+use crate::Exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathNormalization {
+    /// Deny ambiguous paths with 400 (the default).
+    Strict,
+    /// OPA-Envoy's parsing; nothing is rejected. For migration testing only.
+    Lenient,
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// Policy files or folders (default: the bundled `policies/`).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Policy file or folder (repeatable; the same as a positional path).
+    #[arg(long = "policies", value_name = "PATH")]
+    pub policies: Vec<PathBuf>,
+    /// YAML configuration file; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listener: `host:port` or `unix:///path` [default: 127.0.0.1:9191].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<String>,
+    /// HTTP listener for health, metrics and the Data API [default: 127.0.0.1:8181].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Decision path, as OPA-Envoy's `path` [default: envoy/authz/allow].
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Write decision events as JSON lines to this file (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub decision_log: Option<String>,
+    /// Answer every check with OK but log the real decision.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not parse request bodies (no `parsed_body`/`truncated_body` in the input).
+    #[arg(long)]
+    pub skip_request_body_parse: bool,
+    /// Accept pre-1.0 Rego syntax.
+    #[arg(long)]
+    pub v0_compatible: bool,
+    /// Deadline for one decision, e.g. `50ms` [default: 50ms].
+    #[arg(long, value_name = "DURATION")]
+    pub eval_timeout: Option<String>,
+    /// Evaluation threads [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Checks that may wait for an evaluation thread before new ones are denied with
+    /// `overload` [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+    /// How request paths are checked [default: strict].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// The settings after flags, file and defaults are combined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub policies: Vec<PathBuf>,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub path: String,
+    pub decision_log: Option<String>,
+    pub dry_run: bool,
+    pub skip_request_body_parse: bool,
+    pub v0_compatible: bool,
+    pub eval_timeout: Duration,
+    pub workers: usize,
+    pub queue: usize,
+    pub path_normalization: PathNormalization,
+}
+
+/// Parse `50ms`, `1s`, `250us`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as `50ms`"))?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}`")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("`{s}` must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn cfg_str(v: &Json, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| v.get(*k)).and_then(|x| match x {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn cfg_bool(v: &Json, keys: &[&str]) -> Option<bool> {
+    keys.iter().find_map(|k| v.get(*k)).and_then(Json::as_bool)
+}
+
+/// The bundled policies: `./policies` when run from the repository, else the folder next to the
+/// sources this binary was built from.
+fn bundled_policies() -> PathBuf {
+    let here = PathBuf::from("policies");
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+impl Args {
+    /// Combine flags, the config file and defaults.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file: Json = match &self.config {
+            Some(p) => crate::input::read_document(p)?,
+            None => Json::Null,
+        };
+        if !(file.is_null() || file.is_object()) {
+            return Err("the configuration file must hold a mapping".into());
+        }
+        // OPA-Envoy's plugin configuration, when present.
+        let opa = file
+            .get("plugins")
+            .and_then(|p| p.get("envoy_ext_authz_grpc"))
+            .cloned()
+            .unwrap_or(Json::Null);
+        let mut policies: Vec<PathBuf> = self.paths.iter().chain(&self.policies).cloned().collect();
+        if policies.is_empty()
+            && let Some(list) = file.get("policies")
+        {
+            // Paths in the file are relative to the file.
+            let base = self
+                .config
+                .as_deref()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(""));
+            let items: Vec<&Json> = match list {
+                Json::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                let s = item
+                    .as_str()
+                    .ok_or("`policies` must be a path or a list of paths")?;
+                policies.push(base.join(s));
+            }
+        }
+        if policies.is_empty() {
+            policies.push(bundled_policies());
+        }
+        let eval_timeout = match self
+            .eval_timeout
+            .clone()
+            .or_else(|| cfg_str(&file, &["eval-timeout", "eval_timeout"]))
+        {
+            Some(s) => parse_duration(&s)?,
+            None => Duration::from_millis(50),
+        };
+        let number =
+            |flag: Option<usize>, keys: &[&str], default: usize| -> Result<usize, String> {
+                match flag {
+                    Some(n) => Ok(n),
+                    None => match cfg_str(&file, keys) {
+                        Some(s) => s
+                            .parse()
+                            .map_err(|_| format!("`{}` must be a number", keys[0])),
+                        None => Ok(default),
+                    },
+                }
+            };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let path_normalization = match self.path_normalization {
+            Some(p) => p,
+            None => {
+                match cfg_str(&file, &["path-normalization", "path_normalization"]).as_deref() {
+                    None | Some("strict") => PathNormalization::Strict,
+                    Some("lenient") => PathNormalization::Lenient,
+                    Some(other) => {
+                        return Err(format!(
+                            "`path-normalization` must be `strict` or `lenient`, not `{other}`"
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(Settings {
+            policies,
+            grpc_addr: self
+                .grpc_addr
+                .clone()
+                .or_else(|| cfg_str(&file, &["grpc-addr", "grpc_addr"]))
+                .or_else(|| cfg_str(&opa, &["addr"]))
+                .unwrap_or_else(|| "127.0.0.1:9191".into()),
+            http_addr: self
+                .http_addr
+                .clone()
+                .or_else(|| cfg_str(&file, &["http-addr", "http_addr"]))
+                .unwrap_or_else(|| "127.0.0.1:8181".into()),
+            path: self
+                .path
+                .clone()
+                .or_else(|| cfg_str(&file, &["path"]))
+                .or_else(|| cfg_str(&opa, &["path", "query"]))
+                .unwrap_or_else(|| "envoy/authz/allow".into()),
+            decision_log: self
+                .decision_log
+                .clone()
+                .or_else(|| cfg_str(&file, &["decision-log", "decision_log"])),
+            dry_run: self.dry_run
+                || cfg_bool(&file, &["dry-run", "dry_run"])
+                    .or_else(|| cfg_bool(&opa, &["dry-run"]))
+                    .unwrap_or(false),
+            skip_request_body_parse: self.skip_request_body_parse
+                || cfg_bool(
+                    &file,
+                    &["skip-request-body-parse", "skip_request_body_parse"],
+                )
+                .or_else(|| cfg_bool(&opa, &["skip-request-body-parse"]))
+                .unwrap_or(false),
+            v0_compatible: self.v0_compatible
+                || cfg_bool(&file, &["v0-compatible", "v0_compatible"]).unwrap_or(false),
+            eval_timeout,
+            workers: number(self.workers, &["workers"], cpus)?.max(1),
+            queue: number(self.queue, &["queue"], 1024)?.max(1),
+            path_normalization,
+        })
+    }
+}
+
+/// Load policies and build the authorizer the settings describe.
+pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
+    let options = LoadOptions {
+        rego_version: if s.v0_compatible {
+            RegoVersion::V0Compatible
+        } else {
+            RegoVersion::V1
+        },
+        include_tests: false,
+        eval_timeout: Some(s.eval_timeout),
+    };
+    let set = PolicySet::load(&s.policies, &options).map_err(|e| e.to_string())?;
+    let path = DataRef::parse(&s.path).map_err(|e| e.to_string())?;
+    if let Err(reason) = set.check_entrypoint(&path) {
+        eprintln!(
+            "arbiter: warning: {reason}; every check will be denied until a policy defines it"
+        );
+    }
+    Ok(Authorizer::new(
+        Arc::new(set),
+        path,
+        InputOptions {
+            path_policy: match s.path_normalization {
+                PathNormalization::Strict => PathPolicy::Strict,
+                PathNormalization::Lenient => PathPolicy::Lenient,
+            },
+            skip_body_parse: s.skip_request_body_parse,
+            ..InputOptions::default()
+        },
+    ))
+}
+
+/// The server configuration the settings describe.
+pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
+    Ok(ServerConfig {
+        grpc: s.grpc_addr.parse::<ListenAddr>()?,
+        http: Some(s.http_addr.parse::<ListenAddr>()?),
+        options: ServeOptions {
+            dry_run: s.dry_run,
+            deadline: s.eval_timeout,
+            labels: InstanceLabels {
+                id: uuid::Uuid::new_v4().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        },
+        workers: s.workers,
+        queue: s.queue,
+        decision_log: s.decision_log.as_deref().map(|t| DecisionLogConfig {
+            target: LogTarget::parse(t),
+            queue: 10_000,
+        }),
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub fn run(args: &Args) -> Exit {
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("arbiter: {e}");
+            return Exit::Usage;
+        }
+    };
+    let authorizer = match authorizer(&settings) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::Failed;
+        }
+    };
+    let config = match server_config(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("arbiter: {e}");
+            return Exit::Usage;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("arbiter-io")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("arbiter: cannot start the runtime: {e}");
+            return Exit::Failed;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let revision = authorizer.policies().revision().to_string();
+        let modules = authorizer.policies().modules().len();
+        let running = arbiter_ext_authz::start(config, authorizer)
+            .await
+            .context("cannot start")?;
+        eprintln!(
+            "arbiter: serving `{}` from {} ({modules} modules, revision {revision})",
+            settings.path,
+            settings
+                .policies
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        eprintln!(
+            "arbiter: gRPC ext_authz on {}, HTTP (health, metrics, Data API) on {}",
+            running
+                .grpc_addr
+                .map_or(settings.grpc_addr.clone(), |a| a.to_string()),
+            running
+                .http_addr
+                .map_or(settings.http_addr.clone(), |a| a.to_string()),
+        );
+        running.wait_for_signal(shutdown_signal()).await?;
+        eprintln!("arbiter: stopped");
+        Ok(())
+    });
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("arbiter: {e:#}");
+            Exit::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("0ms").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_opa_config_is_read() {
+        let dir = std::env::temp_dir().join(format!("arbiter-serve-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "plugins:\n  envoy_ext_authz_grpc:\n    addr: :9292\n    path: envoy/authz/result\n    dry-run: true\ndecision-log: '-'\neval-timeout: 20ms\npolicies: [p1, p2]\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            http_addr: Some("127.0.0.1:0".into()),
+            ..Args::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.grpc_addr, ":9292");
+        assert_eq!(s.http_addr, "127.0.0.1:0");
+        assert_eq!(s.path, "envoy/authz/result");
+        assert!(s.dry_run);
+        assert_eq!(s.decision_log.as_deref(), Some("-"));
+        assert_eq!(s.eval_timeout, Duration::from_millis(20));
+        assert_eq!(s.policies, vec![dir.join("p1"), dir.join("p2")]);
+
+        let args = Args {
+            config: args.config.clone(),
+            path: Some("x/y".into()),
+            paths: vec!["here".into()],
+            ..Args::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.path, "x/y");
+        assert_eq!(s.policies, vec![PathBuf::from("here")]);
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Args::default().settings().unwrap();
+        assert_eq!(s.grpc_addr, "127.0.0.1:9191");
+        assert_eq!(s.http_addr, "127.0.0.1:8181");
+        assert_eq!(s.path, "envoy/authz/allow");
+        assert_eq!(s.eval_timeout, Duration::from_millis(50));
+        assert!(s.policies[0].ends_with("policies"));
+    }
+}

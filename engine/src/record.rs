@@ -1,0 +1,196 @@
+//! Decision records: who asked what, what was decided, why, under which policy revision.
+//!
+//! A [`DecisionRecord`] is captured on the decision path with no encoding work (the input stays a
+//! shared Rego value); [`DecisionRecord::to_event`] turns it into OPA's decision-log event
+//! (`decision_id`, `timestamp`, `path`, `input`, `result`, `labels`, `bundles`, `metrics`,
+//! `error`, `requested_by`) plus arbiter's own fields (`allowed`, `http_status`, `reason`,
+//! `revision`, `dry_run`) — off the decision path, on the log writer.
+
+use regorus::Value;
+use serde_json::{Map, Value as Json, json};
+
+use crate::authorizer::Timings;
+use crate::decision::Decision;
+use crate::value::to_json;
+
+/// Who this arbiter instance is, for the `labels` of every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceLabels {
+    /// A UUID chosen at start-up.
+    pub id: String,
+    /// arbiter's version.
+    pub version: String,
+}
+
+/// Everything an event needs, captured cheaply.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub decision_id: String,
+    /// Nanoseconds since the Unix epoch when the check arrived.
+    pub timestamp_ns: i128,
+    /// Decision path in slash form (`envoy/authz/allow`).
+    pub path: String,
+    pub input: Option<Value>,
+    pub decision: Decision,
+    pub timings: Timings,
+    /// Whole handling time, from receipt to answer.
+    pub server_ns: u64,
+    /// The caller's address (Envoy's, for gRPC checks; the HTTP client's for the Data API).
+    pub requested_by: String,
+    /// Policy revision the decision was made under.
+    pub revision: String,
+    pub dry_run: bool,
+    /// W3C trace context from the request's `traceparent` header, when present.
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+}
+
+/// RFC 3339 with nanoseconds, UTC, as OPA writes `timestamp`.
+pub fn rfc3339_nanos(ns: i128) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The trace and span id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`).
+pub fn parse_traceparent(h: &str) -> Option<(String, String)> {
+    let mut parts = h.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && hex(trace, 32)
+        && hex(span, 16)
+        && trace.bytes().any(|b| b != b'0')
+        && span.bytes().any(|b| b != b'0'))
+    .then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+}
+
+impl DecisionRecord {
+    /// OPA's decision-log event with arbiter's additions.
+    pub fn to_event(&self, labels: &InstanceLabels) -> Json {
+        let mut e = Map::new();
+        e.insert(
+            "labels".into(),
+            json!({"id": labels.id, "version": labels.version}),
+        );
+        e.insert("decision_id".into(), json!(self.decision_id));
+        if let Some(t) = &self.trace_id {
+            e.insert("trace_id".into(), json!(t));
+        }
+        if let Some(s) = &self.span_id {
+            e.insert("span_id".into(), json!(s));
+        }
+        e.insert(
+            "bundles".into(),
+            json!({"policies": {"revision": self.revision}}),
+        );
+        e.insert("path".into(), json!(self.path));
+        if let Some(input) = &self.input {
+            e.insert("input".into(), to_json(input));
+        }
+        let d = &self.decision;
+        let failed = d.reason.as_ref().filter(|r| r.is_error());
+        match (failed, &d.result) {
+            (Some(r), _) => {
+                e.insert(
+                    "error".into(),
+                    json!({"code": r.code(), "message": r.to_string()}),
+                );
+            }
+            (None, Some(result)) => {
+                e.insert("result".into(), result.clone());
+            }
+            (None, None) => {}
+        }
+        e.insert("requested_by".into(), json!(self.requested_by));
+        e.insert("timestamp".into(), json!(rfc3339_nanos(self.timestamp_ns)));
+        e.insert(
+            "metrics".into(),
+            json!({
+                "timer_rego_input_parse_ns": self.timings.input_ns,
+                "timer_rego_query_eval_ns": self.timings.eval_ns,
+                "timer_server_handler_ns": self.server_ns,
+            }),
+        );
+        e.insert("allowed".into(), json!(d.allowed));
+        e.insert(
+            "http_status".into(),
+            json!(if d.allowed { 200 } else { d.http_status }),
+        );
+        e.insert("reason".into(), json!(d.reason_code()));
+        e.insert("revision".into(), json!(self.revision));
+        e.insert("dry_run".into(), json!(self.dry_run));
+        Json::Object(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::DenyReason;
+
+    fn record(decision: Decision) -> DecisionRecord {
+        DecisionRecord {
+            decision_id: "d-1".into(),
+            timestamp_ns: 1_795_690_800_123_456_789,
+            path: "envoy/authz/allow".into(),
+            input: Some(Value::from_json_str(r#"{"a": 1}"#).unwrap()),
+            decision,
+            timings: Timings {
+                input_ns: 10,
+                eval_ns: 20,
+            },
+            server_ns: 40,
+            requested_by: "127.0.0.1:5000".into(),
+            revision: "rev".into(),
+            dry_run: false,
+            trace_id: None,
+            span_id: None,
+        }
+    }
+
+    #[test]
+    fn event_has_opa_fields() {
+        let labels = InstanceLabels {
+            id: "i".into(),
+            version: "0.1.0".into(),
+        };
+        let e = record(Decision::from_result(&Value::Bool(true))).to_event(&labels);
+        assert_eq!(e["decision_id"], "d-1");
+        assert_eq!(e["path"], "envoy/authz/allow");
+        assert_eq!(e["input"], json!({"a": 1}));
+        assert_eq!(e["result"], true);
+        assert_eq!(e["timestamp"], "2026-11-26T11:00:00.123456789Z");
+        assert_eq!(e["metrics"]["timer_rego_query_eval_ns"], 20);
+        assert_eq!(e["labels"]["id"], "i");
+        assert_eq!(e["allowed"], true);
+        assert_eq!(e["reason"], "allowed");
+
+        let e = record(Decision::deny(DenyReason::Timeout)).to_event(&labels);
+        assert_eq!(e["error"]["code"], "timeout");
+        assert!(e.get("result").is_none());
+        assert_eq!(e["http_status"], 403);
+    }
+
+    #[test]
+    fn traceparent() {
+        assert_eq!(
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                "00f067aa0ba902b7".into()
+            ))
+        );
+        assert_eq!(parse_traceparent("00-0000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The HTTP listener: `GET /health`, `GET /metrics`, and OPA's Data API
+//! (`POST /v1/data/{path}` with `{"input": …}`, `GET /v1/data/{path}`), so existing OPA clients
+//! can switch.
+//!
+//! The data reference is built from the URL's segments (each percent-decoded once), never from
+//! query text (OPA's CVE-2025-46569).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arbiter_engine::DataRef;
+use arbiter_engine::value::{from_json, to_json};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State as AxState};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value as Json, json};
+
+use crate::state::State;
+
+/// Largest request body the Data API accepts.
+pub const MAX_BODY: usize = 4 << 20;
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(data_api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: &Json, pretty: bool) -> Response {
+    let text = if pretty {
+        serde_json::to_string_pretty(body)
+    } else {
+        serde_json::to_string(body)
+    }
+    .unwrap_or_default();
+    let mut r = (status, text).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_response(
+        status,
+        &json!({"code": code, "message": message.into()}),
+        false,
+    )
+}
+
+async fn health(AxState(state): AxState<Arc<State>>) -> Response {
+    let a = state.authorizer.load();
+    let body = json!({
+        "revision": a.policies().revision(),
+        "path": a.path().slash_path(),
+    });
+    if state.ready() {
+        json_response(StatusCode::OK, &body, false)
+    } else {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false)
+    }
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    let a = state.authorizer.load();
+    let text = state.metrics.render(
+        a.policies().revision(),
+        &a.path().slash_path(),
+        state.ready(),
+    );
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            let plus = v.replace('+', " ");
+            arbiter_engine::path::percent_decode(&plus)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        })
+    })
+}
+
+/// `/v1/data[/a/b/c]` → a data reference, each segment decoded once.
+pub fn data_ref_of(path: &str) -> Option<Result<DataRef, String>> {
+    let rest = path.strip_prefix("/v1/data")?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let mut segments = Vec::new();
+    for raw in rest.split('/').filter(|s| !s.is_empty()) {
+        let Some(bytes) = arbiter_engine::path::percent_decode(raw) else {
+            return Some(Err(format!(
+                "invalid percent-escape in path segment `{raw}`"
+            )));
+        };
+        match String::from_utf8(bytes) {
+            Ok(s) => segments.push(s),
+            Err(_) => return Some(Err("path segment is not valid UTF-8".into())),
+        }
+    }
+    Some(DataRef::from_segments(segments, path).map_err(|e| e.to_string()))
+}
+
+async fn data_api(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let Some(reference) = data_ref_of(uri.path()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "no such endpoint",
+        );
+    };
+    let reference = match reference {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+    };
+    let pretty = query_param(&uri, "pretty").is_some_and(|v| v != "false");
+    let input = match method {
+        Method::POST => {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                match serde_json::from_slice::<Json>(&body) {
+                    Ok(Json::Object(mut m)) => m.remove("input").map(|i| from_json(&i)),
+                    Ok(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_parameter",
+                            "request body must be an object with an `input` field",
+                        );
+                    }
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_parameter",
+                            format!("request body is not JSON: {e}"),
+                        );
+                    }
+                }
+            }
+        }
+        Method::GET => match query_param(&uri, "input") {
+            None => None,
+            Some(text) => match serde_json::from_str::<Json>(&text) {
+                Ok(i) => Some(from_json(&i)),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_parameter",
+                        format!("`input` is not JSON: {e}"),
+                    );
+                }
+            },
+        },
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET or POST",
+            );
+        }
+    };
+    let (result, decision_id) = state.data(reference, input, peer.to_string()).await;
+    match result {
+        Ok(v) => {
+            let mut body = serde_json::Map::new();
+            body.insert("decision_id".into(), json!(decision_id));
+            if v != arbiter_engine::regorus::Value::Undefined {
+                body.insert("result".into(), to_json(&v));
+            }
+            json_response(StatusCode::OK, &Json::Object(body), pretty)
+        }
+        Err(message) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"code": "internal_error", "message": message, "decision_id": decision_id}),
+            pretty,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_refs_come_from_segments() {
+        let r = data_ref_of("/v1/data/envoy/authz/allow").unwrap().unwrap();
+        assert_eq!(r.as_rego(), "data.envoy.authz.allow");
+        assert!(data_ref_of("/v1/data").unwrap().unwrap().is_root());
+        let injected = data_ref_of("/v1/data/a%7Bx%20%3D%201%7D/b")
+            .unwrap()
+            .unwrap();
+        assert_eq!(injected.as_rego(), "data[\"a{x = 1}\"].b");
+        assert!(data_ref_of("/v1/database").is_none());
+        assert!(data_ref_of("/v1/data/a%zz").unwrap().is_err());
+        assert!(data_ref_of("/v1/data/a%0Ab").unwrap().is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics, kept in atomics so recording a decision never takes a lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Machine-readable deny reasons, in the order their counters are kept.
+const REASONS: &[&str] = &[
+    "policy_denied",
+    "undefined_decision",
+    "invalid_decision_type",
+    "invalid_decision_field",
+    "eval_conflict",
+    "eval_error",
+    "limit_exceeded:time",
+    "limit_exceeded:memory",
+    "limit_exceeded:regex",
+    "limit_exceeded",
+    "timeout",
+    "overload",
+    "bad_input",
+    "non_canonical_path",
+    "body_parse_error",
+    "input_too_large",
+    "no_policy",
+    "audit_unavailable",
+    "identity_invalid",
+];
+
+/// Upper bounds of the decision-latency histogram, in seconds.
+const BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25,
+];
+
+/// Where a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Grpc,
+    DataApi,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allow: [AtomicU64; 2],
+    deny: [AtomicU64; 2],
+    error: [AtomicU64; 2],
+    reasons: [AtomicU64; REASONS.len()],
+    other_reason: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    log_dropped: [AtomicU64; 3],
+    log_written: AtomicU64,
+}
+
+/// Why a decision-log event was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull = 0,
+    SinkError = 1,
+    Encode = 2,
+}
+
+impl Metrics {
+    /// Count one decision: its outcome, its reason, its latency.
+    pub fn record(
+        &self,
+        origin: Origin,
+        allowed: bool,
+        reason: Option<(&str, bool)>,
+        latency_ns: u64,
+    ) {
+        let i = match origin {
+            Origin::Grpc => 0,
+            Origin::DataApi => 1,
+        };
+        match reason {
+            None if allowed => self.allow[i].fetch_add(1, Ordering::Relaxed),
+            None => self.deny[i].fetch_add(1, Ordering::Relaxed),
+            Some((_, true)) => self.error[i].fetch_add(1, Ordering::Relaxed),
+            Some((_, false)) => self.deny[i].fetch_add(1, Ordering::Relaxed),
+        };
+        if let Some((code, _)) = reason {
+            match REASONS.iter().position(|r| *r == code) {
+                Some(p) => self.reasons[p].fetch_add(1, Ordering::Relaxed),
+                None => self.other_reason.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
+        let secs = latency_ns as f64 / 1e9;
+        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
+            if secs <= *bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+    }
+
+    pub fn log_dropped(&self, why: DropReason) {
+        self.log_dropped[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn log_written(&self) {
+        self.log_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.log_dropped
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, revision: &str, path: &str, ready: bool) -> String {
+        let mut s = String::with_capacity(4096);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decisions_total Decisions made, by outcome and origin."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decisions_total counter");
+        for (i, origin) in ["grpc", "data_api"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "arbiter_decisions_total{{outcome=\"allow\",origin=\"{origin}\"}} {}",
+                l(&self.allow[i])
+            );
+            let _ = writeln!(
+                s,
+                "arbiter_decisions_total{{outcome=\"deny\",origin=\"{origin}\"}} {}",
+                l(&self.deny[i])
+            );
+            let _ = writeln!(
+                s,
+                "arbiter_decisions_total{{outcome=\"error\",origin=\"{origin}\"}} {}",
+                l(&self.error[i])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_denials_total Denials, by machine-readable reason."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_denials_total counter");
+        for (r, a) in REASONS.iter().zip(&self.reasons) {
+            let _ = writeln!(
+                s,
+                "arbiter_decision_denials_total{{reason=\"{r}\"}} {}",
+                l(a)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "arbiter_decision_denials_total{{reason=\"other\"}} {}",
+            l(&self.other_reason)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_duration_seconds Time from receiving a check to answering it."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_duration_seconds histogram");
+        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                s,
+                "arbiter_decision_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                l(b)
+            );
+        }
+        let count = l(&self.latency_count);
+        let _ = writeln!(
+            s,
+            "arbiter_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
+        let sum = l(&self.latency_sum_ns) as f64 / 1e9;
+        let _ = writeln!(s, "arbiter_decision_duration_seconds_sum {sum}");
+        let _ = writeln!(s, "arbiter_decision_duration_seconds_count {count}");
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_logs_dropped_total Decision-log events not written, by reason."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_logs_dropped_total counter");
+        for (i, why) in ["queue_full", "sink_error", "encode_error"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "arbiter_decision_logs_dropped_total{{reason=\"{why}\"}} {}",
+                l(&self.log_dropped[i])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_logs_written_total Decision-log events written."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_logs_written_total counter");
+        let _ = writeln!(
+            s,
+            "arbiter_decision_logs_written_total {}",
+            l(&self.log_written)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_policy_info The active policy revision and decision path."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_policy_info gauge");
+        let _ = writeln!(
+            s,
+            "arbiter_policy_info{{revision=\"{}\",path=\"{}\"}} 1",
+            escape(revision),
+            escape(path)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_ready Whether policies are loaded and the gRPC listener is up."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_ready gauge");
+        let _ = writeln!(s, "arbiter_ready {}", u8::from(ready));
+        s
+    }
+}
+
+/// Escape a Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let m = Metrics::default();
+        m.record(Origin::Grpc, true, None, 30_000);
+        m.record(Origin::Grpc, false, Some(("policy_denied", false)), 40_000);
+        m.record(Origin::Grpc, false, Some(("timeout", true)), 50_000_000);
+        let text = m.render("abc", "envoy/authz/allow", true);
+        assert!(text.contains("arbiter_decisions_total{outcome=\"allow\",origin=\"grpc\"} 1"));
+        assert!(text.contains("arbiter_decisions_total{outcome=\"deny\",origin=\"grpc\"} 1"));
+        assert!(text.contains("arbiter_decisions_total{outcome=\"error\",origin=\"grpc\"} 1"));
+        assert!(text.contains("arbiter_decision_denials_total{reason=\"timeout\"} 1"));
+        assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 2"));
+        assert!(text.contains("arbiter_decision_duration_seconds_count 3"));
+        assert!(
+            text.contains("arbiter_policy_info{revision=\"abc\",path=\"envoy/authz/allow\"} 1")
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Starting and stopping the servers.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use arbiter_engine::authorizer::Authorizer;
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::decision_log::{DecisionLog, DecisionLogConfig};
+use crate::grpc::AuthzService;
+use crate::metrics::Metrics;
+use crate::pool::EvalPool;
+use crate::state::{ServeOptions, State};
+
+/// Where a server listens: `host:port` (`:9191` means every interface, as in OPA) or
+/// `unix:///path/to/socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err(format!("`{s}`: missing socket path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(p)));
+        }
+        let s = s.strip_prefix("grpc://").unwrap_or(s);
+        let addr = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_string()
+        };
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return Err(format!("`{s}` is not `host:port` or `unix:///path`"));
+        }
+        Ok(ListenAddr::Tcp(addr))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => f.write_str(a),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc: ListenAddr,
+    /// `None` to run without the HTTP listener.
+    pub http: Option<ListenAddr>,
+    pub options: ServeOptions,
+    /// Evaluation threads.
+    pub workers: usize,
+    /// Checks that may wait for a worker before new ones are shed.
+    pub queue: usize,
+    pub decision_log: Option<DecisionLogConfig>,
+}
+
+/// Servers that are running.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound gRPC address (`None` for a Unix socket).
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub state: Arc<State>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve `{addr}`"))?
+        .next()
+        .with_context(|| format!("`{addr}` resolves to no address"))
+}
+
+/// Bind the listeners and start serving `authorizer`.
+pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Result<RunningServer> {
+    let metrics = Arc::new(Metrics::default());
+    let decision_log = match &config.decision_log {
+        Some(c) => Some(
+            DecisionLog::start(c, config.options.labels.clone(), metrics.clone())
+                .with_context(|| format!("cannot open decision log {:?}", c.target))?,
+        ),
+        None => None,
+    };
+    let state = Arc::new(State {
+        authorizer: ArcSwap::from_pointee(authorizer),
+        pool: EvalPool::new(config.workers, config.queue)
+            .context("cannot start evaluation threads")?,
+        metrics,
+        decision_log,
+        options: config.options.clone(),
+        grpc_ready: Default::default(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(AuthzService::new(state.clone())));
+    let mut grpc_addr = None;
+    let shutdown = wait_for(stopped.clone());
+    match &config.grpc {
+        ListenAddr::Tcp(a) => {
+            let listener = tokio::net::TcpListener::bind(resolve(a)?)
+                .await
+                .with_context(|| format!("cannot listen on {a} (gRPC)"))?;
+            grpc_addr = Some(listener.local_addr()?);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tasks.push(tokio::spawn(async move {
+                grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .context("gRPC server failed")
+            }));
+        }
+        ListenAddr::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            let listener = tokio::net::UnixListener::bind(p)
+                .with_context(|| format!("cannot listen on {} (gRPC)", p.display()))?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            tasks.push(tokio::spawn(async move {
+                grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .context("gRPC server failed")
+            }));
+        }
+    }
+    state.grpc_ready.store(true, Ordering::Release);
+
+    let mut http_addr = None;
+    if let Some(addr) = &config.http {
+        let ListenAddr::Tcp(a) = addr else {
+            anyhow::bail!("the HTTP listener needs `host:port`, not {addr}");
+        };
+        let listener = tokio::net::TcpListener::bind(resolve(a)?)
+            .await
+            .with_context(|| format!("cannot listen on {a} (HTTP)"))?;
+        http_addr = Some(listener.local_addr()?);
+        let app =
+            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let shutdown = wait_for(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("HTTP server failed")
+        }));
+    }
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        state,
+        stop,
+        tasks,
+    })
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl RunningServer {
+    /// Stop accepting connections, let in-flight checks finish, then flush the decision log.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.grpc_ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("server task failed: {e}"));
+                }
+            }
+        }
+        // The servers are gone; the last reference to the state drains the decision log.
+        drop(self.state);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Run until one of the servers stops on its own (an error), then shut down.
+    pub async fn wait_for_signal(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        signal.await;
+        self.shutdown().await
+    }
+}

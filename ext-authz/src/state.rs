@@ -1,0 +1,221 @@
+//! What the gRPC and HTTP servers share: the active authorizer, the evaluation pool, metrics and
+//! the decision log, and the one function that runs a decision with a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arbiter_engine::authorizer::{Authorizer, CheckOutcome, Timings};
+use arbiter_engine::record::{DecisionRecord, InstanceLabels};
+use arbiter_engine::regorus::Value;
+use arbiter_engine::request::AuthzRequest;
+use arbiter_engine::{DataRef, Decision, DenyReason};
+use arc_swap::ArcSwap;
+
+use crate::decision_log::DecisionLog;
+use crate::metrics::{Metrics, Origin};
+use crate::pool::EvalPool;
+
+/// Behaviour switches of a running server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// OPA-Envoy's `dry-run`: answer OK always, log the real decision.
+    pub dry_run: bool,
+    /// Deadline for one decision; past it the answer is a denial with reason `timeout`.
+    pub deadline: Duration,
+    pub labels: InstanceLabels,
+}
+
+pub struct State {
+    pub authorizer: ArcSwap<Authorizer>,
+    pub pool: EvalPool,
+    pub metrics: Arc<Metrics>,
+    pub decision_log: Option<DecisionLog>,
+    pub options: ServeOptions,
+    pub grpc_ready: AtomicBool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+pub fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+        .unwrap_or(0)
+}
+
+fn denied(reason: DenyReason) -> CheckOutcome {
+    CheckOutcome {
+        decision: Decision::deny(reason),
+        input: None,
+        timings: Timings::default(),
+    }
+}
+
+impl State {
+    pub fn ready(&self) -> bool {
+        self.grpc_ready.load(Ordering::Acquire)
+    }
+
+    /// Run `work` on the evaluation pool within the deadline; overload, timeout and a lost
+    /// worker are denials.
+    pub async fn run<F>(&self, work: F) -> CheckOutcome
+    where
+        F: FnOnce() -> CheckOutcome + Send + 'static,
+    {
+        let Ok(rx) = self.pool.try_run(work) else {
+            return denied(DenyReason::Overload);
+        };
+        match tokio::time::timeout(self.options.deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => denied(DenyReason::EvalError(
+                "the evaluation worker stopped before answering".into(),
+            )),
+            Err(_) => denied(DenyReason::Timeout),
+        }
+    }
+
+    /// Decide an Envoy check.
+    pub async fn check(
+        &self,
+        request: AuthzRequest,
+        requested_by: String,
+    ) -> (CheckOutcome, String) {
+        let received = Instant::now();
+        let timestamp_ns = now_ns();
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let trace = request
+            .http
+            .as_ref()
+            .and_then(|h| h.header("traceparent"))
+            .and_then(|t| arbiter_engine::record::parse_traceparent(&t));
+        let authorizer = self.authorizer.load_full();
+        let path = authorizer.path().slash_path();
+        let revision = authorizer.policies().revision().to_string();
+        let outcome = self.run(move || authorizer.check(&request)).await;
+        self.finish(
+            Origin::Grpc,
+            &outcome,
+            received,
+            Finish {
+                decision_id: &decision_id,
+                timestamp_ns,
+                path,
+                requested_by,
+                revision,
+                trace,
+            },
+        );
+        (outcome, decision_id)
+    }
+
+    /// Evaluate a data reference for the Data API.
+    pub async fn data(
+        &self,
+        reference: DataRef,
+        input: Option<Value>,
+        requested_by: String,
+    ) -> (Result<Value, String>, String) {
+        let received = Instant::now();
+        let timestamp_ns = now_ns();
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let authorizer = self.authorizer.load_full();
+        let revision = authorizer.policies().revision().to_string();
+        let path = reference.slash_path();
+        let logged_input = input.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let outcome = self
+            .run(move || {
+                let start = Instant::now();
+                let value =
+                    authorizer.evaluate_value(&reference, input.unwrap_or(Value::Undefined));
+                let eval_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let decision = match &value {
+                    Ok(v) => {
+                        let mut d = Decision::allow();
+                        d.result =
+                            (*v != Value::Undefined).then(|| arbiter_engine::value::to_json(v));
+                        d
+                    }
+                    Err(e) => Decision::deny(e.deny_reason()),
+                };
+                let _ = tx.send(value.map_err(|e| e.message));
+                CheckOutcome {
+                    decision,
+                    input: None,
+                    timings: Timings {
+                        input_ns: 0,
+                        eval_ns,
+                    },
+                }
+            })
+            .await;
+        let result = match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(outcome
+                .decision
+                .reason
+                .as_ref()
+                .map_or_else(|| "evaluation failed".to_string(), ToString::to_string)),
+        };
+        let outcome = CheckOutcome {
+            input: logged_input,
+            ..outcome
+        };
+        self.finish(
+            Origin::DataApi,
+            &outcome,
+            received,
+            Finish {
+                decision_id: &decision_id,
+                timestamp_ns,
+                path,
+                requested_by,
+                revision,
+                trace: None,
+            },
+        );
+        (result, decision_id)
+    }
+
+    fn finish(&self, origin: Origin, outcome: &CheckOutcome, received: Instant, f: Finish<'_>) {
+        let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let d = &outcome.decision;
+        self.metrics.record(
+            origin,
+            d.allowed,
+            d.reason.as_ref().map(|r| (r.code(), r.is_error())),
+            server_ns,
+        );
+        if let Some(log) = &self.decision_log {
+            let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
+            log.submit(Box::new(DecisionRecord {
+                decision_id: f.decision_id.to_string(),
+                timestamp_ns: f.timestamp_ns,
+                path: f.path,
+                input: outcome.input.clone(),
+                decision: d.clone(),
+                timings: outcome.timings,
+                server_ns,
+                requested_by: f.requested_by,
+                revision: f.revision,
+                dry_run: self.options.dry_run && origin == Origin::Grpc,
+                trace_id,
+                span_id,
+            }));
+        }
+    }
+}
+
+struct Finish<'a> {
+    decision_id: &'a str,
+    timestamp_ns: i128,
+    path: String,
+    requested_by: String,
+    revision: String,
+    trace: Option<(String, String)>,
+}
