@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use regorus::Value;
 
+use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
-use crate::decision::{Decision, DenyReason};
-use crate::input::{InputOptions, build_input};
+use crate::decision::{DecidedBy, Decision, DenyReason};
+use crate::input::{Input, InputOptions, build_input};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
 
@@ -35,11 +36,45 @@ pub struct CheckOutcome {
 }
 
 /// A policy set, the decision path and how inputs are built.
+///
+/// When the policy set has both a Rego decision at the path and CEL policies, a request is
+/// allowed only if both allow (deny overrides); with only one of them, that one decides; with
+/// neither, every request is denied (`no_policy`).
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     policies: Arc<PolicySet>,
     path: DataRef,
     input_options: InputOptions,
+    /// Whether Rego defines the decision path (computed once).
+    rego_decides: bool,
+}
+
+/// A CEL verdict as a decision.
+fn cel_decision(v: CelVerdict) -> Decision {
+    let decided_by = match (&v.file, &v.rule) {
+        (Some(f), r) => vec![DecidedBy {
+            policy: f.clone(),
+            rule: r.clone(),
+        }],
+        _ => Vec::new(),
+    };
+    let mut d = if v.allowed {
+        let mut d = Decision::allow();
+        d.headers = v.headers;
+        d
+    } else if v.rule.is_some() && v.errored {
+        Decision::deny(DenyReason::EvalError(v.errors.join("; ")))
+    } else {
+        let mut d = Decision::deny(DenyReason::PolicyDenied);
+        if let Some(s) = v.status {
+            d.http_status = s;
+        }
+        d.headers = v.headers;
+        d.body = v.body;
+        d
+    };
+    d.decided_by = decided_by;
+    d
 }
 
 fn elapsed_ns(since: Instant) -> u64 {
@@ -48,10 +83,12 @@ fn elapsed_ns(since: Instant) -> u64 {
 
 impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
+        let rego_decides = policies.defines(&path);
         Self {
             policies,
             path,
             input_options,
+            rego_decides,
         }
     }
 
@@ -85,7 +122,13 @@ impl Authorizer {
         };
         let input_ns = elapsed_ns(start);
         let eval_start = Instant::now();
-        let decision = self.decide_value(&self.path, input.value.clone());
+        let decision = match catch_unwind(AssertUnwindSafe(|| self.decide_request(request, &input)))
+        {
+            Ok(d) => d,
+            Err(_) => Decision::deny(DenyReason::EvalError(
+                "the policy engine panicked while evaluating this request".into(),
+            )),
+        };
         CheckOutcome {
             decision,
             input: Some(input.value),
@@ -93,6 +136,47 @@ impl Authorizer {
                 input_ns,
                 eval_ns: elapsed_ns(eval_start),
             },
+        }
+    }
+
+    /// Rego and CEL together: CEL first (it is cheap, and a CEL denial makes the Rego result
+    /// irrelevant), then Rego.
+    fn decide_request(&self, request: &AuthzRequest, input: &Input) -> Decision {
+        let cel = self.policies.cel().map(|c| {
+            c.evaluate(&CelRequest {
+                request,
+                path: &input.path,
+                input: Some(&input.value),
+                identity: None,
+            })
+        });
+        let rego = || {
+            let mut d = self.policies.decide(&self.path, input.value.clone());
+            d.decided_by.push(DecidedBy {
+                policy: self.path.as_rego().to_string(),
+                rule: None,
+            });
+            d
+        };
+        match (cel, self.rego_decides) {
+            (None, true) => rego(),
+            (None, false) => Decision::deny(DenyReason::NoPolicy(format!(
+                "no Rego rule at `{}` and no CEL policies",
+                self.path
+            ))),
+            (Some(v), false) => cel_decision(v),
+            (Some(v), true) => {
+                if !v.allowed {
+                    return cel_decision(v);
+                }
+                let cel_allow = cel_decision(v);
+                let mut d = rego();
+                if d.allowed {
+                    d.headers.extend(cel_allow.headers);
+                    d.decided_by.extend(cel_allow.decided_by);
+                }
+                d
+            }
         }
     }
 

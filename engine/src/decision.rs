@@ -139,6 +139,15 @@ pub struct Header {
     pub value: String,
 }
 
+/// The policy (a Rego decision path, or a CEL file) and rule that contributed to a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedBy {
+    /// `data.envoy.authz.allow` for Rego, the file name for CEL.
+    pub policy: String,
+    /// The CEL rule's name; `None` for Rego.
+    pub rule: Option<String>,
+}
+
 /// What arbiter answers for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -159,6 +168,8 @@ pub struct Decision {
     /// The policy's raw result, for decision logs and the Data API (`None` when undefined or
     /// when evaluation failed).
     pub result: Option<Json>,
+    /// Which policies and rules decided: the one that denied, or every one that allowed.
+    pub decided_by: Vec<DecidedBy>,
 }
 
 impl Decision {
@@ -176,6 +187,7 @@ impl Decision {
             query_parameters_to_remove: Vec::new(),
             dynamic_metadata: None,
             result: None,
+            decided_by: Vec::new(),
         }
     }
 

@@ -33,9 +33,11 @@
 pub mod authorizer;
 pub mod body;
 pub mod builtins;
+pub mod cel;
 pub mod data_ref;
 pub mod decision;
 pub mod diagnostic;
+pub mod identity;
 pub mod input;
 pub mod loader;
 pub mod path;
@@ -46,7 +48,7 @@ pub mod request;
 pub mod value;
 
 pub use data_ref::DataRef;
-pub use decision::{Decision, DenyReason, Header};
+pub use decision::{DecidedBy, Decision, DenyReason, Header};
 pub use diagnostic::{Diagnostic, LoadError};
 pub use loader::{PolicySources, RegoVersion};
 pub use policy_set::{LoadOptions, PolicySet};

@@ -227,9 +227,67 @@ fn query_unescape(s: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Segment-wise path matching: `*` matches one segment, `**` any number of segments (zero
+/// included), and `*` inside a segment matches any characters except `/`. Both sides are
+/// compared as written (pass the canonical path).
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+    let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match_segments(&p, &s)
+}
+
+fn match_segments(p: &[&str], s: &[&str]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((&"**", rest)) => (0..=s.len()).any(|i| match_segments(rest, &s[i..])),
+        Some((first, rest)) => match s.split_first() {
+            Some((seg, srest)) => segment_match(first, seg) && match_segments(rest, srest),
+            None => false,
+        },
+    }
+}
+
+fn segment_match(p: &str, s: &str) -> bool {
+    if p == "*" {
+        return true;
+    }
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first)
+        || !s[first.len()..].ends_with(last)
+        || s.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("/api/*/orders/**", "/api/v1/orders"));
+        assert!(glob_match("/api/*/orders/**", "/api/v1/orders/1/items"));
+        assert!(!glob_match("/api/*/orders/**", "/api/orders"));
+        assert!(!glob_match("/api/v1/*", "/api/v1/a/b"));
+        assert!(glob_match("/files/*.json", "/files/a.json"));
+        assert!(!glob_match("/files/*.json", "/files/a.yaml"));
+        assert!(glob_match("/**", "/anything/at/all"));
+        assert!(!glob_match("/public/**", "/publicity"));
+        assert!(glob_match("/public/**", "/public"));
+    }
 
     fn ok(p: &str) -> CanonicalPath {
         canonicalize(p, PathPolicy::Strict).unwrap_or_else(|e| panic!("{p}: {e}"))

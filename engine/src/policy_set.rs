@@ -12,15 +12,17 @@
 //! loading prepares it.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::Value;
 
+use crate::cel::CelPolicies;
 use crate::data_ref::DataRef;
 use crate::decision::{Decision, DenyReason};
 use crate::diagnostic::{Diagnostic, LoadError};
 use crate::loader::{PolicySources, RegoVersion};
-use crate::rego::{self, EngineOptions, EvalError, EvalErrorKind};
+use crate::rego::{self, EngineOptions, EvalError};
 use crate::value::from_json;
 
 /// How a policy set is loaded and evaluated.
@@ -54,11 +56,12 @@ impl LoadOptions {
     }
 }
 
-/// Compiled Rego modules plus data, ready to evaluate.
+/// Compiled Rego modules, CEL policies and data, ready to evaluate.
 #[derive(Clone)]
 pub struct PolicySet {
     prototype: regorus::Engine,
     modules: Vec<String>,
+    cel: Option<Arc<CelPolicies>>,
     revision: String,
     options: LoadOptions,
 }
@@ -99,14 +102,27 @@ impl PolicySet {
                     .push(Diagnostic::from_regorus(&e, &file.name).with_code("rego_parse_error")),
             }
         }
+        let mut data_value = Value::new_object();
         match sources.merged_data() {
             Ok(data) => {
-                if let Err(e) = engine.add_data(from_json(&data)) {
+                data_value = from_json(&data);
+                if let Err(e) = engine.add_data(data_value.clone()) {
                     diagnostics.push(Diagnostic::file("data", format!("cannot load data: {e}")));
                 }
             }
             Err(e) => diagnostics.extend(e.diagnostics),
         }
+        let cel = if sources.cel.is_empty() {
+            None
+        } else {
+            match CelPolicies::compile(&sources.cel, &data_value) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(mut e) => {
+                    diagnostics.append(&mut e);
+                    None
+                }
+            }
+        };
         if !diagnostics.is_empty() {
             return Err(LoadError { diagnostics });
         }
@@ -122,6 +138,7 @@ impl PolicySet {
         Ok(PolicySet {
             prototype: engine,
             modules,
+            cel,
             revision,
             options: options.clone(),
         })
@@ -130,6 +147,11 @@ impl PolicySet {
     /// The files compiled into this set, in load order.
     pub fn modules(&self) -> &[String] {
         &self.modules
+    }
+
+    /// The CEL policies, when any are loaded.
+    pub fn cel(&self) -> Option<&Arc<CelPolicies>> {
+        self.cel.as_ref()
     }
 
     /// A digest of every module and data document: the same sources give the same revision,
@@ -196,25 +218,30 @@ impl PolicySet {
             .map_err(|e| EvalError::from_regorus(&e))
     }
 
-    /// Check that `reference` names a rule or a document that exists, so a server can refuse to
-    /// start with a decision path that would deny every request.
-    pub fn check_entrypoint(&self, reference: &DataRef) -> Result<(), DenyReason> {
+    /// Whether Rego defines something at `reference`: a rule (whatever it evaluates to), a
+    /// package or a data document.
+    pub fn defines(&self, reference: &DataRef) -> bool {
         let mut engine = self.prototype.clone();
         match engine.eval_rule(reference.as_rego().to_string()) {
-            Ok(_) => Ok(()),
-            Err(e) if rego::is_not_a_rule(&e) => {
-                match self.evaluate(reference, Value::new_object()) {
-                    Ok(Value::Undefined) => Err(DenyReason::NoPolicy(format!(
-                        "no rule or document at `{reference}`"
-                    ))),
-                    _ => Ok(()),
-                }
-            }
-            // An evaluation error with an empty input is fine: the rule exists.
-            Err(e) => match EvalError::from_regorus(&e).kind {
-                EvalErrorKind::Other | EvalErrorKind::Type | EvalErrorKind::Builtin => Ok(()),
-                _ => Ok(()),
-            },
+            Ok(_) => true,
+            Err(e) if rego::is_not_a_rule(&e) => !matches!(
+                self.evaluate(reference, Value::new_object()),
+                Ok(Value::Undefined)
+            ),
+            // An evaluation error with an empty input: the rule exists.
+            Err(_) => true,
+        }
+    }
+
+    /// Check that a server can decide at `reference` (Rego defines it, or CEL policies are
+    /// loaded), so it can warn instead of silently denying every request.
+    pub fn check_entrypoint(&self, reference: &DataRef) -> Result<(), DenyReason> {
+        if self.defines(reference) || self.cel.is_some() {
+            Ok(())
+        } else {
+            Err(DenyReason::NoPolicy(format!(
+                "no Rego rule or document at `{reference}` and no CEL policies"
+            )))
         }
     }
 }
@@ -242,6 +269,13 @@ fn revision_of(sources: &PolicySources, include_tests: bool) -> String {
         .flatten();
     for f in sources.rego.iter().chain(tests) {
         ctx.update(b"rego\0");
+        ctx.update(f.name.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(f.text.as_bytes());
+        ctx.update(b"\0");
+    }
+    for f in &sources.cel {
+        ctx.update(b"cel\0");
         ctx.update(f.name.as_bytes());
         ctx.update(b"\0");
         ctx.update(f.text.as_bytes());

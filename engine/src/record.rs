@@ -124,6 +124,23 @@ impl DecisionRecord {
             json!(if d.allowed { 200 } else { d.http_status }),
         );
         e.insert("reason".into(), json!(d.reason_code()));
+        if let Some(first) = d.decided_by.first() {
+            e.insert("policy".into(), json!(first.policy));
+            if let Some(rule) = &first.rule {
+                e.insert("rule".into(), json!(rule));
+            }
+        }
+        if d.decided_by.len() > 1 {
+            e.insert(
+                "decided_by".into(),
+                Json::Array(
+                    d.decided_by
+                        .iter()
+                        .map(|x| json!({"policy": x.policy, "rule": x.rule}))
+                        .collect(),
+                ),
+            );
+        }
         e.insert("revision".into(), json!(self.revision));
         e.insert("dry_run".into(), json!(self.dry_run));
         Json::Object(e)

@@ -112,7 +112,7 @@ fn default_prefix(ip: u128) -> u32 {
 }
 
 /// `net.cidr_contains(cidr, cidr_or_ip)`.
-fn contains(cidr: &str, other: &str) -> anyhow::Result<bool> {
+pub(crate) fn contains(cidr: &str, other: &str) -> anyhow::Result<bool> {
     let a = parse_cidr(cidr)?;
     if let Some((v6, ip)) = parse_ip(other) {
         return Ok(a.contains_ip(v6, ip));

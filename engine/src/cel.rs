@@ -1,0 +1,620 @@
+//! CEL policies (`*.cel.yaml`) beside Rego.
+//!
+//! Semantics, as Istio's AuthorizationPolicy: any matching `deny` rule denies (with its status,
+//! 403 by default); otherwise any matching `allow` rule allows; otherwise the request is denied.
+//! A rule whose condition errors counts as matching if it is a `deny` rule and as not matching
+//! if it is an `allow` rule, so an error can only ever deny. A file's `match` decides whether its
+//! rules apply; a `match` that errors applies the file (again: errors never widen access).
+//!
+//! Every expression is checked and compiled once at load: size and shape guards before the
+//! parser sees it ([`guard`]), then undeclared variables, unknown attributes and comprehension
+//! depth on the AST, then a probe evaluation against an empty request that turns type errors and
+//! unknown functions into load errors. Problems are reported with the file, line and column.
+
+pub mod file;
+pub mod guard;
+pub mod vars;
+
+use std::sync::Arc;
+
+use cel::common::ast::IdedExpr;
+use cel::common::value::Val;
+use cel::{Context, Env, ExecutionError, Value as CelValue};
+
+use crate::decision::Header;
+use crate::diagnostic::Diagnostic;
+use crate::loader::SourceFile;
+use crate::path::CanonicalPath;
+use crate::request::{Address, AuthzRequest, Peer};
+use file::{Effect, FileSpec};
+use vars::{LenientMap, MapBuilder};
+
+/// The variables CEL expressions may use.
+pub const VARIABLES: &[&str] = &[
+    "request",
+    "source",
+    "destination",
+    "connection",
+    "identity",
+    "data",
+    "input",
+];
+
+#[derive(Debug)]
+struct Compiled {
+    expr: IdedExpr,
+}
+
+#[derive(Debug)]
+pub struct CelRule {
+    pub name: String,
+    pub effect: Effect,
+    when: Compiled,
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct CelFile {
+    pub file: String,
+    pub name: String,
+    matcher: Option<Compiled>,
+    pub rules: Vec<CelRule>,
+}
+
+/// Which request-dependent variables the loaded expressions use (the rest are not built).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    pub request: bool,
+    pub source: bool,
+    pub destination: bool,
+    pub connection: bool,
+    pub identity: bool,
+    pub input: bool,
+}
+
+/// Compiled CEL policy files, ready to evaluate from many threads.
+pub struct CelPolicies {
+    files: Vec<CelFile>,
+    root: Context<'static, 'static>,
+    uses: Uses,
+}
+
+impl std::fmt::Debug for CelPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CelPolicies")
+            .field("files", &self.files)
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the CEL policies need to know about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct CelRequest<'a> {
+    pub request: &'a AuthzRequest,
+    pub path: &'a CanonicalPath,
+    /// The OPA-Envoy input document (for `input`).
+    pub input: Option<&'a regorus::Value>,
+    /// The caller's identity document (for `identity`).
+    pub identity: Option<&'a regorus::Value>,
+}
+
+/// What the CEL policies decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CelVerdict {
+    pub allowed: bool,
+    /// The file and rule that decided: the matching deny rule, or the first matching allow rule;
+    /// `None` when nothing matched.
+    pub file: Option<String>,
+    pub rule: Option<String>,
+    pub status: Option<u16>,
+    pub headers: Vec<Header>,
+    pub body: Option<String>,
+    /// Conditions that failed to evaluate (`file: rule: message`).
+    pub errors: Vec<String>,
+    /// The deciding deny rule matched because its condition failed to evaluate.
+    pub errored: bool,
+}
+
+/// The CEL environment: the standard library and the strings, lists, math and encoders
+/// extensions.
+pub fn env() -> Env {
+    let mut env = Env::stdlib();
+    for ext in [
+        cel::extensions::strings as fn(&mut Env) -> Result<(), cel::DeclarationError>,
+        cel::extensions::lists,
+        cel::extensions::math,
+        cel::extensions::encoders,
+    ] {
+        let _ = env.add_extension(ext);
+    }
+    env
+}
+
+/// Add arbiter's helper functions to a root context: `path.glob(pattern, path)`,
+/// `net.cidr_contains(cidr, ip_or_cidr)`, `spiffe.match(id, pattern)`, `spiffe.parse(id)`.
+pub fn add_functions(ctx: &mut Context<'static, 'static>) {
+    let _ = ctx.add_function(
+        "path.glob",
+        |pattern: Arc<String>, path: Arc<String>| -> bool {
+            crate::path::glob_match(&pattern, &path)
+        },
+    );
+    let _ = ctx.add_function(
+        "net.cidr_contains",
+        |cidr: Arc<String>, ip: Arc<String>| -> Result<bool, ExecutionError> {
+            crate::builtins::net::contains(&cidr, &ip)
+                .map_err(|e| ExecutionError::function_error("net.cidr_contains", e))
+        },
+    );
+    let _ = ctx.add_function(
+        "spiffe.match",
+        |id: Arc<String>, pattern: Arc<String>| -> bool {
+            crate::identity::spiffe_match(&id, &pattern)
+        },
+    );
+    let _ = ctx.add_function(
+        "spiffe.parse",
+        |id: Arc<String>| -> Result<CelValue, ExecutionError> {
+            match crate::identity::SpiffeId::parse(&id) {
+                Ok(s) => Ok(rego_to_cel_value(&s.to_value())),
+                Err(e) => Err(ExecutionError::function_error("spiffe.parse", e)),
+            }
+        },
+    );
+}
+
+fn rego_to_cel_value(v: &regorus::Value) -> CelValue {
+    let boxed = vars::from_rego(v);
+    CelValue::try_from(boxed.as_ref()).unwrap_or(CelValue::Null)
+}
+
+/// `line`/`col` of a byte offset inside an expression that starts at `at` in the file.
+fn position(at: (u32, u32), source: &str, offset: usize) -> (u32, u32) {
+    let before = &source[..offset.min(source.len())];
+    let lines = u32::try_from(before.matches('\n').count()).unwrap_or(0);
+    let col =
+        u32::try_from(before.rsplit('\n').next().map_or(0, |l| l.chars().count())).unwrap_or(0);
+    if lines == 0 {
+        (at.0, at.1 + col)
+    } else {
+        (at.0 + lines, col + 1)
+    }
+}
+
+fn compile_expr(
+    env: &Env,
+    file: &str,
+    source: &str,
+    at: (u32, u32),
+    root: &Context<'static, 'static>,
+    data_probe: &ProbeInputs,
+) -> Result<(Compiled, Vec<String>), Vec<Diagnostic>> {
+    let err = |pos: (u32, u32), msg: String| {
+        Diagnostic::at(file, pos.0, pos.1, msg).with_code("cel_compile_error")
+    };
+    guard::pre_parse(source).map_err(|m| vec![err(at, m)])?;
+    let parser = env
+        .parser()
+        .max_recursion_depth(u16::try_from(guard::MAX_NESTING).unwrap_or(32));
+    let (expr, info) = parser.parse_with_source_info(source).map_err(|errors| {
+        errors
+            .errors
+            .iter()
+            .map(|e| {
+                let line = usize::try_from(e.pos.0).unwrap_or(1).max(1);
+                let col = usize::try_from(e.pos.1).unwrap_or(0);
+                let offset = source
+                    .split_inclusive('\n')
+                    .take(line - 1)
+                    .map(str::len)
+                    .sum::<usize>()
+                    + col;
+                err(
+                    position(at, source, offset),
+                    format!("syntax error: {}", e.msg),
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let problems = guard::check_ast(&expr, VARIABLES);
+    if !problems.is_empty() {
+        return Err(problems
+            .into_iter()
+            .map(|p| {
+                let offset = info
+                    .offset_for(p.id)
+                    .map_or(0, |(s, _)| usize::try_from(s).unwrap_or(0));
+                err(position(at, source, offset), p.message)
+            })
+            .collect());
+    }
+    let roots = root_idents(&expr);
+    // Probe: evaluate against an empty request. Unknown functions and type errors that do not
+    // depend on the request's values surface here, at load time.
+    let mut child = root.new_inner_scope();
+    data_probe.bind(&mut child);
+    match CelValue::resolve(&expr, &child) {
+        Err(ExecutionError::UndeclaredReference(name)) => {
+            return Err(vec![err(
+                at,
+                format!("unknown function or variable `{name}`"),
+            )]);
+        }
+        Err(
+            e @ (ExecutionError::NoSuchOverload(_)
+            | ExecutionError::UnsupportedBinaryOperator(..)
+            | ExecutionError::ValuesNotComparable(..)),
+        ) => {
+            return Err(vec![err(at, format!("type error: {e}"))]);
+        }
+        _ => {}
+    }
+    Ok((Compiled { expr }, roots))
+}
+
+fn root_idents(e: &IdedExpr) -> Vec<String> {
+    use cel::common::ast::Expr;
+    fn go(e: &IdedExpr, out: &mut Vec<String>) {
+        match &e.expr {
+            Expr::Ident(n) => out.push(n.clone()),
+            Expr::Select(s) => go(&s.operand, out),
+            Expr::Call(c) => {
+                if let Some(t) = &c.target {
+                    go(t, out);
+                }
+                c.args.iter().for_each(|a| go(a, out));
+            }
+            Expr::Comprehension(c) => {
+                for x in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    go(x, out);
+                }
+            }
+            Expr::List(l) => l.elements.iter().for_each(|x| go(x, out)),
+            Expr::Map(m) => {
+                for en in &m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &en.expr {
+                        go(&me.key, out);
+                        go(&me.value, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    go(e, &mut out);
+    out
+}
+
+/// The empty request used by the load-time probe.
+struct ProbeInputs {
+    request: AuthzRequest,
+    path: CanonicalPath,
+}
+
+impl ProbeInputs {
+    fn new() -> Self {
+        Self {
+            request: AuthzRequest::default(),
+            path: CanonicalPath {
+                path: String::new(),
+                segments: vec![String::new()],
+                raw_query: String::new(),
+            },
+        }
+    }
+
+    fn bind<'p>(&self, ctx: &mut Context<'p, 'static>) {
+        let req = CelRequest {
+            request: &self.request,
+            path: &self.path,
+            input: None,
+            identity: None,
+        };
+        let all = Uses {
+            request: true,
+            source: true,
+            destination: true,
+            connection: true,
+            identity: true,
+            input: true,
+        };
+        bind_variables(ctx, &req, all);
+    }
+}
+
+fn peer_map(p: Option<&Peer>) -> LenientMap {
+    let (address, port) = match p.and_then(|p| p.address.as_ref()) {
+        Some(Address::Socket(s)) => (s.address.as_str(), i64::from(s.port_value)),
+        Some(Address::Pipe { path, .. }) => (path.as_str(), 0),
+        _ => ("", 0),
+    };
+    MapBuilder::new()
+        .str("address", address)
+        .int("port", port)
+        .str("principal", p.map_or("", |p| p.principal.as_str()))
+        .lenient()
+}
+
+fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: Uses) {
+    let empty_http = crate::request::HttpRequest::default();
+    let http = r.request.http.as_ref().unwrap_or(&empty_http);
+    if uses.request {
+        let mut headers: Vec<(String, String)> = Vec::with_capacity(http.headers.len());
+        if http.headers.is_empty() {
+            for h in http.header_map.iter().flatten() {
+                let name = h.key.to_ascii_lowercase();
+                match headers.iter_mut().find(|(k, _)| *k == name) {
+                    Some((_, v)) => {
+                        v.push(',');
+                        v.push_str(&h.text());
+                    }
+                    None => headers.push((name, h.text())),
+                }
+            }
+        } else {
+            headers.extend(
+                http.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+            );
+        }
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let useragent = header("user-agent").to_string();
+        let referer = header("referer").to_string();
+        let body = if http.body.is_empty() {
+            String::from_utf8_lossy(&http.raw_body).into_owned()
+        } else {
+            http.body.clone()
+        };
+        let time = r.request.time.unwrap_or_default();
+        let host = http.host.to_ascii_lowercase();
+        let m = MapBuilder::new()
+            .str("method", &http.method)
+            .str("path", &http.path)
+            .str("url_path", &r.path.path)
+            .str("host", host.trim_end_matches('.'))
+            .str("scheme", &http.scheme)
+            .val(
+                "headers",
+                Box::new(vars::string_map(
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                )),
+            )
+            .str("query", &r.path.raw_query)
+            .val("time", vars::timestamp(time.seconds, time.nanos))
+            .str("id", &http.id)
+            .str("protocol", &http.protocol)
+            .str("body", &body)
+            .int("size", http.size)
+            .str("useragent", &useragent)
+            .str("referer", &referer)
+            .lenient();
+        ctx.add_variable_as_val("request", Box::new(m));
+    }
+    if uses.source {
+        ctx.add_variable_as_val("source", Box::new(peer_map(r.request.source.as_ref())));
+    }
+    if uses.destination {
+        ctx.add_variable_as_val(
+            "destination",
+            Box::new(peer_map(r.request.destination.as_ref())),
+        );
+    }
+    if uses.connection {
+        let src = r.request.source.as_ref();
+        let mtls = src.is_some_and(|p| !p.principal.is_empty() || !p.certificate.is_empty());
+        let uri_san = src
+            .map(|p| p.principal.as_str())
+            .filter(|p| p.contains("://"))
+            .unwrap_or("");
+        let sni = r
+            .request
+            .tls_session
+            .as_ref()
+            .map_or("", |t| t.sni.as_str());
+        let m = MapBuilder::new()
+            .bool("mtls", mtls)
+            .str("requested_server_name", sni)
+            .str("uri_san_peer_certificate", uri_san)
+            .lenient();
+        ctx.add_variable_as_val("connection", Box::new(m));
+    }
+    if uses.identity {
+        let v: Box<dyn Val> = match r.identity {
+            Some(id) => match vars::from_rego(id) {
+                b if b.downcast_ref::<cel::common::types::CelMap>().is_some() => {
+                    let map = b
+                        .downcast_ref::<cel::common::types::CelMap>()
+                        .map(Clone::clone)
+                        .unwrap_or_default();
+                    Box::new(LenientMap::new(map))
+                }
+                b => b,
+            },
+            None => Box::new(LenientMap::default()),
+        };
+        ctx.add_variable_as_val("identity", v);
+    }
+    if uses.input {
+        let v = match r.input {
+            Some(i) => vars::from_rego(i),
+            None => Box::new(LenientMap::default()),
+        };
+        ctx.add_variable_as_val("input", v);
+    }
+}
+
+fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, String> {
+    match r {
+        Ok(CelValue::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("condition is not a boolean but {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl CelPolicies {
+    /// Compile CEL policy files, with `data` bound once for every evaluation.
+    pub fn compile(sources: &[SourceFile], data: &regorus::Value) -> Result<Self, Vec<Diagnostic>> {
+        let env = Arc::new(env());
+        let mut root = Context::with_env(env.clone());
+        add_functions(&mut root);
+        root.add_variable_as_val("data", vars::from_rego(data));
+        let probe = ProbeInputs::new();
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        let mut roots: Vec<String> = Vec::new();
+        for src in sources {
+            let spec: FileSpec = match file::parse(&src.name, &src.text) {
+                Ok(s) => s,
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    continue;
+                }
+            };
+            let mut compile = |text: &str, at: (u32, u32)| match compile_expr(
+                &env, &spec.file, text, at, &root, &probe,
+            ) {
+                Ok((c, r)) => {
+                    roots.extend(r);
+                    Some(c)
+                }
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    None
+                }
+            };
+            let matcher = spec.match_expr.as_ref().and_then(|(m, at)| compile(m, *at));
+            let mut rules = Vec::new();
+            for r in &spec.rules {
+                if let Some(when) = compile(&r.when, r.when_at) {
+                    rules.push(CelRule {
+                        name: r.name.clone(),
+                        effect: r.effect,
+                        when,
+                        status: r.status,
+                        headers: r.headers.clone(),
+                        body: r.body.clone(),
+                    });
+                }
+            }
+            files.push(CelFile {
+                file: spec.file.clone(),
+                name: spec.name.clone(),
+                matcher,
+                rules,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let used = |v: &str| roots.iter().any(|r| r == v);
+        let uses = Uses {
+            request: used("request"),
+            source: used("source"),
+            destination: used("destination"),
+            connection: used("connection"),
+            identity: used("identity"),
+            input: used("input"),
+        };
+        Ok(Self { files, root, uses })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn files(&self) -> &[CelFile] {
+        &self.files
+    }
+
+    /// Which request-dependent variables the policies use.
+    pub fn uses(&self) -> Uses {
+        self.uses
+    }
+
+    /// Decide one request: deny-overrides, then allow, else deny.
+    pub fn evaluate(&self, req: &CelRequest<'_>) -> CelVerdict {
+        let mut ctx = self.root.new_inner_scope();
+        bind_variables(&mut ctx, req, self.uses);
+        let mut verdict = CelVerdict::default();
+        let mut applicable: Vec<&CelFile> = Vec::with_capacity(self.files.len());
+        for f in &self.files {
+            match &f.matcher {
+                None => applicable.push(f),
+                Some(m) => match truthy(CelValue::resolve(&m.expr, &ctx)) {
+                    Ok(true) => applicable.push(f),
+                    Ok(false) => {}
+                    Err(e) => {
+                        verdict.errors.push(format!("{}: match: {e}", f.file));
+                        applicable.push(f);
+                    }
+                },
+            }
+        }
+        // Deny rules first: any match (or error) denies.
+        for f in &applicable {
+            for r in f.rules.iter().filter(|r| r.effect == Effect::Deny) {
+                let (hit, errored) = match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
+                    Ok(b) => (b, false),
+                    Err(e) => {
+                        verdict.errors.push(format!("{}: {}: {e}", f.file, r.name));
+                        (true, true)
+                    }
+                };
+                if hit {
+                    verdict.errored = errored;
+                    verdict.allowed = false;
+                    verdict.file = Some(f.file.clone());
+                    verdict.rule = Some(r.name.clone());
+                    verdict.status = r.status;
+                    verdict.headers = headers(&r.headers);
+                    verdict.body = r.body.clone();
+                    return verdict;
+                }
+            }
+        }
+        for f in &applicable {
+            for r in f.rules.iter().filter(|r| r.effect == Effect::Allow) {
+                match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
+                    Ok(true) => {
+                        verdict.allowed = true;
+                        verdict.file = Some(f.file.clone());
+                        verdict.rule = Some(r.name.clone());
+                        verdict.headers = headers(&r.headers);
+                        return verdict;
+                    }
+                    Ok(false) => {}
+                    Err(e) => verdict.errors.push(format!("{}: {}: {e}", f.file, r.name)),
+                }
+            }
+        }
+        verdict
+    }
+}
+
+fn headers(h: &[(String, String)]) -> Vec<Header> {
+    h.iter()
+        .map(|(k, v)| Header {
+            name: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

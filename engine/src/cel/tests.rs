@@ -1,0 +1,209 @@
+use super::*;
+use crate::input::{InputOptions, build_input};
+use crate::request::{HttpRequest, SocketAddress};
+
+fn policies(files: &[(&str, &str)]) -> Result<CelPolicies, Vec<Diagnostic>> {
+    let sources: Vec<SourceFile> = files
+        .iter()
+        .map(|(n, t)| SourceFile {
+            name: n.to_string(),
+            text: t.to_string(),
+        })
+        .collect();
+    let data = crate::value::from_json(
+        &serde_json::json!({"admins": ["spiffe://cluster.local/ns/ops/sa/admin"]}),
+    );
+    CelPolicies::compile(&sources, &data)
+}
+
+fn req(method: &str, path: &str, principal: &str, headers: &[(&str, &str)]) -> AuthzRequest {
+    AuthzRequest {
+        source: Some(Peer {
+            address: Some(Address::Socket(SocketAddress {
+                address: "10.1.2.3".into(),
+                port_value: 5000,
+                ..SocketAddress::default()
+            })),
+            principal: principal.into(),
+            ..Peer::default()
+        }),
+        http: Some(HttpRequest {
+            method: method.into(),
+            path: path.into(),
+            host: "Shop.Example.com".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..HttpRequest::default()
+        }),
+        ..AuthzRequest::default()
+    }
+}
+
+fn decide(p: &CelPolicies, r: &AuthzRequest) -> CelVerdict {
+    let input = build_input(r, &InputOptions::default()).unwrap();
+    p.evaluate(&CelRequest {
+        request: r,
+        path: &input.path,
+        input: Some(&input.value),
+        identity: None,
+    })
+}
+
+const ORDERS: &str = r#"name: orders-api
+match: request.url_path.startsWith("/api/orders")
+rules:
+  - name: block-debug
+    effect: deny
+    when: request.headers["x-debug"] == "1"
+    status: 429
+  - name: frontend-reads
+    effect: allow
+    when: source.principal == "spiffe://cluster.local/ns/shop/sa/frontend" && request.method == "GET"
+  - name: admins
+    effect: allow
+    when: source.principal in data.admins
+"#;
+
+#[test]
+fn deny_overrides_then_allow_then_deny() {
+    let p = policies(&[("orders.cel.yaml", ORDERS)]).unwrap();
+    let fe = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let v = decide(&p, &req("GET", "/api/orders/1", fe, &[]));
+    assert!(v.allowed);
+    assert_eq!(v.rule.as_deref(), Some("frontend-reads"));
+    assert_eq!(v.file.as_deref(), Some("orders.cel.yaml"));
+    // A header that was not sent reads as "": no has() guard needed, no error.
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+
+    let v = decide(&p, &req("GET", "/api/orders/1", fe, &[("x-debug", "1")]));
+    assert!(!v.allowed);
+    assert_eq!(v.rule.as_deref(), Some("block-debug"));
+    assert_eq!(v.status, Some(429));
+
+    let v = decide(&p, &req("DELETE", "/api/orders/1", fe, &[]));
+    assert!(!v.allowed);
+    assert_eq!(v.rule, None);
+
+    // data is bound once and visible to every rule.
+    let v = decide(
+        &p,
+        &req(
+            "DELETE",
+            "/api/orders/1",
+            "spiffe://cluster.local/ns/ops/sa/admin",
+            &[],
+        ),
+    );
+    assert!(v.allowed);
+    assert_eq!(v.rule.as_deref(), Some("admins"));
+
+    // `match` false: the file does not apply, nothing allows.
+    let v = decide(&p, &req("GET", "/api/products", fe, &[]));
+    assert!(!v.allowed);
+}
+
+#[test]
+fn errors_deny_in_deny_rules_and_never_allow() {
+    let p = policies(&[(
+        "e.cel.yaml",
+        r#"name: errors
+rules:
+  - name: bad-deny
+    effect: deny
+    when: int(request.headers["x-n"]) > 5
+  - name: bad-allow
+    effect: allow
+    when: int(request.headers["x-m"]) > 5
+  - name: fine
+    effect: allow
+    when: request.method == "GET"
+"#,
+    )])
+    .unwrap();
+    // x-n is not a number: the deny rule errors and counts as matching.
+    let v = decide(&p, &req("GET", "/x", "", &[("x-n", "many")]));
+    assert!(!v.allowed);
+    assert_eq!(v.rule.as_deref(), Some("bad-deny"));
+    assert_eq!(v.errors.len(), 1, "{:?}", v.errors);
+    // The allow rule errors and does not match; another allow rule still can.
+    let v = decide(&p, &req("POST", "/x", "", &[("x-n", "1"), ("x-m", "lots")]));
+    assert!(!v.allowed, "{v:?}");
+    let v = decide(&p, &req("GET", "/x", "", &[("x-n", "1"), ("x-m", "lots")]));
+    assert!(v.allowed);
+}
+
+#[test]
+fn vocabulary_and_helpers() {
+    let p = policies(&[(
+        "v.cel.yaml",
+        r#"name: vocab
+rules:
+  - name: all
+    effect: allow
+    when: >
+      request.host == "shop.example.com" && request.path == "/api/v1/items?a=1" &&
+      request.url_path == "/api/v1/items" && request.query == "a=1" &&
+      source.address == "10.1.2.3" && source.port == 5000 && destination.principal == "" &&
+      connection.mtls && path.glob("/api/*/items", request.url_path) &&
+      net.cidr_contains("10.0.0.0/8", source.address) &&
+      spiffe.match(source.principal, "spiffe://td/ns/*/sa/**") &&
+      spiffe.parse(source.principal).trust_domain == "td" &&
+      input.parsed_path == ["api", "v1", "items"] && identity.spiffe_id == ""
+"#,
+    )])
+    .unwrap();
+    let v = decide(
+        &p,
+        &req("GET", "/api/v1/items?a=1", "spiffe://td/ns/a/sa/b", &[]),
+    );
+    assert!(v.allowed, "{v:?}");
+    assert!(p.uses().input && p.uses().request && !p.uses().identity || p.uses().identity);
+}
+
+fn load_error(text: &str) -> String {
+    let errs = policies(&[("bad.cel.yaml", text)]).unwrap_err();
+    errs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn rule_with(when: &str) -> String {
+    format!("name: bad\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n")
+}
+
+#[test]
+fn bad_cel_is_a_load_error_with_a_location() {
+    let e = load_error(&rule_with("request.method == "));
+    assert!(e.starts_with("bad.cel.yaml:5:"), "{e}");
+    assert!(e.contains("syntax error"), "{e}");
+
+    let e = load_error(&rule_with("requets.method == \"GET\""));
+    assert!(
+        e.starts_with("bad.cel.yaml:5:12: undeclared variable `requets`"),
+        "{e}"
+    );
+
+    let e = load_error(&rule_with("request.methdo == \"GET\""));
+    assert!(e.contains("`request` has no attribute `methdo`"), "{e}");
+
+    let e = load_error(&rule_with("request.size + \"x\" == 1"));
+    assert!(e.contains("type error"), "{e}");
+
+    let e = load_error(&rule_with("nosuchfn(request.method)"));
+    assert!(e.contains("nosuchfn"), "{e}");
+
+    // The parser-bomb shape and deep nesting never reach the parser.
+    let bomb = format!("{}1", "!!(!!!!!!(!!!!(((((!!(!!(!!!!((".repeat(4));
+    let e = load_error(&rule_with(&bomb));
+    assert!(e.contains("denial-of-service"), "{e}");
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let e = load_error(&rule_with(&deep));
+    assert!(e.starts_with("bad.cel.yaml:5:"), "{e}");
+    assert!(e.contains("nests 200 levels"), "{e}");
+
+    let e = load_error(&rule_with("[[[1]]].all(a, a.all(b, b.all(c, c > 0)))"));
+    assert!(e.contains("comprehensions nest deeper"), "{e}");
+}
