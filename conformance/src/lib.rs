@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub mod cel_spec;
 pub mod envoy;
 pub mod harness;
 pub mod opa;

@@ -134,7 +134,9 @@ pub fn env() -> Env {
 }
 
 /// Add arbiter's helper functions to a root context: `path.glob(pattern, path)`,
-/// `net.cidr_contains(cidr, ip_or_cidr)`, `spiffe.match(id, pattern)`, `spiffe.parse(id)`.
+/// `net.cidr_contains(cidr, ip_or_cidr)`, `spiffe.match(id, pattern)`, `spiffe.parse(id)` and
+/// `jwt.decode_verify(token, constraints)` (OPA's `io.jwt.decode_verify`: `[valid, header,
+/// claims]`).
 pub fn add_functions(ctx: &mut Context<'static, 'static>) {
     let _ = ctx.add_function(
         "path.glob",
@@ -164,6 +166,44 @@ pub fn add_functions(ctx: &mut Context<'static, 'static>) {
             }
         },
     );
+    let _ = ctx.add_function(
+        "jwt.decode_verify",
+        |token: Arc<String>, constraints: CelValue| -> Result<CelValue, ExecutionError> {
+            let c = cel_to_rego(&constraints);
+            crate::builtins::jwt::decode_verify(&regorus::Value::from(token.as_str()), &c)
+                .map(|v| rego_to_cel_value(&v))
+                .map_err(|e| ExecutionError::function_error("jwt.decode_verify", e))
+        },
+    );
+}
+
+/// A CEL value as a Rego value (arguments of helpers shared with Rego).
+fn cel_to_rego(v: &CelValue) -> regorus::Value {
+    use regorus::Value as R;
+    match v {
+        CelValue::List(items) => R::from(items.iter().map(cel_to_rego).collect::<Vec<_>>()),
+        CelValue::Map(m) => {
+            let mut o = R::new_object();
+            if let Ok(obj) = o.as_object_mut() {
+                for (k, val) in m.map.iter() {
+                    let key = match k {
+                        cel::objects::Key::String(s) => R::from(s.as_str()),
+                        cel::objects::Key::Int(i) => R::from(*i),
+                        cel::objects::Key::Uint(u) => R::from(*u),
+                        cel::objects::Key::Bool(b) => R::Bool(*b),
+                    };
+                    obj.insert(key, cel_to_rego(val));
+                }
+            }
+            o
+        }
+        CelValue::Int(i) => R::from(*i),
+        CelValue::UInt(u) => R::from(*u),
+        CelValue::Float(f) => R::from(*f),
+        CelValue::String(s) => R::from(s.as_str()),
+        CelValue::Bool(b) => R::Bool(*b),
+        _ => R::Null,
+    }
 }
 
 fn rego_to_cel_value(v: &regorus::Value) -> CelValue {
@@ -436,16 +476,15 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
     }
     if uses.identity {
         let v: Box<dyn Val> = match r.identity {
-            Some(id) => match vars::from_rego(id) {
-                b if b.downcast_ref::<cel::common::types::CelMap>().is_some() => {
-                    let map = b
-                        .downcast_ref::<cel::common::types::CelMap>()
-                        .map(Clone::clone)
-                        .unwrap_or_default();
-                    Box::new(LenientMap::new(map))
+            // The identity document is a map: missing fields read as "" like the rest of the
+            // vocabulary.
+            Some(id) => {
+                let b = vars::from_rego(id);
+                match b.downcast_ref::<cel::common::types::CelMap>() {
+                    Some(map) => Box::new(LenientMap::new(map.clone())),
+                    None => b,
                 }
-                b => b,
-            },
+            }
             None => Box::new(LenientMap::default()),
         };
         ctx.add_variable_as_val("identity", v);

@@ -231,7 +231,8 @@ fn query_unescape(s: &str) -> Result<String, String> {
 /// included), and `*` inside a segment matches any characters except `/`. Both sides are
 /// compared as written (pass the canonical path).
 pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let p: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+    // Empty pattern segments (`//`) carry nothing: `"/" + [].join("/") + "/**"` means `/**`.
+    let p: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
     let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match_segments(&p, &s)
 }
@@ -287,6 +288,9 @@ mod tests {
         assert!(glob_match("/**", "/anything/at/all"));
         assert!(!glob_match("/public/**", "/publicity"));
         assert!(glob_match("/public/**", "/public"));
+        assert!(glob_match("//**", "/api/v1"));
+        assert!(glob_match("/**", "/"));
+        assert!(glob_match("/api//v1/**", "/api/v1/x"));
     }
 
     fn ok(p: &str) -> CanonicalPath {

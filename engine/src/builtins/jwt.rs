@@ -324,7 +324,7 @@ fn unverified() -> Value {
 }
 
 /// `io.jwt.decode_verify(token, constraints)` → `[valid, header, payload]`.
-fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Result<Value> {
+pub(crate) fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Result<Value> {
     let c = parse_constraints(constraints)?;
     let mut current = token.clone();
     let (header, payload_text) = loop {

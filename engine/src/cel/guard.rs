@@ -13,7 +13,7 @@ pub const MAX_NESTING: usize = 32;
 /// the shape of the parser's known denial-of-service inputs.
 pub const MAX_PREFIX_RUN: usize = 12;
 /// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter`, …).
-pub const MAX_COMPREHENSION_NESTING: usize = 2;
+pub const MAX_COMPREHENSION_NESTING: usize = 3;
 
 /// Check an expression's text before parsing it.
 pub fn pre_parse(expr: &str) -> Result<(), String> {
@@ -87,8 +87,9 @@ pub struct AstProblem {
 }
 
 /// Namespaces of arbiter's helper functions (`path.glob`, `net.cidr_contains`,
-/// `spiffe.match`, `spiffe.parse`): a call on them is not a variable reference.
-pub const FUNCTION_NAMESPACES: &[&str] = &["path", "net", "spiffe"];
+/// `spiffe.match`, `spiffe.parse`, `jwt.decode_verify`): a call on them is not a variable
+/// reference.
+pub const FUNCTION_NAMESPACES: &[&str] = &["path", "net", "spiffe", "jwt"];
 
 /// Attributes each structured variable has (Envoy's vocabulary).
 pub fn attributes_of(var: &str) -> Option<&'static [&'static str]> {

@@ -204,6 +204,8 @@ fn bad_cel_is_a_load_error_with_a_location() {
     assert!(e.starts_with("bad.cel.yaml:5:"), "{e}");
     assert!(e.contains("nests 200 levels"), "{e}");
 
-    let e = load_error(&rule_with("[[[1]]].all(a, a.all(b, b.all(c, c > 0)))"));
+    let e = load_error(&rule_with(
+        "[[[[1]]]].all(a, a.all(b, b.all(c, c.all(d, d > 0))))",
+    ));
     assert!(e.contains("comprehensions nest deeper"), "{e}");
 }
