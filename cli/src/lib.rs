@@ -46,7 +46,7 @@ pub enum Command {
     /// Load and compile policies; print every error as `file:line:col: message`.
     Check(check::Args),
     /// Serve Envoy's ext_authz gRPC API (and health, metrics, OPA's Data API over HTTP).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
 }
 
 /// Run a parsed command line.

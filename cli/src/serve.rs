@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arbiter_engine::authorizer::Authorizer;
+use arbiter_engine::identity::{IdentityOptions, SpiffeId};
 use arbiter_engine::input::InputOptions;
 use arbiter_engine::path::PathPolicy;
 use arbiter_engine::record::InstanceLabels;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, RegoVersion};
 use arbiter_ext_authz::decision_log::{DecisionLogConfig, LogTarget};
+use arbiter_ext_authz::tls::TlsSettings;
 use arbiter_ext_authz::{ListenAddr, ServeOptions, ServerConfig};
 use serde_json::Value as Json;
 
@@ -74,6 +76,26 @@ pub struct Args {
     /// How request paths are checked [default: strict].
     #[arg(long, value_enum, value_name = "MODE")]
     pub path_normalization: Option<PathNormalization>,
+    /// Verify peer certificates against this trust domain's bundle: `TD=FILE` (PEM), repeatable.
+    /// With any bundle, certificates of other trust domains are refused.
+    #[arg(long, value_name = "TD=FILE")]
+    pub trust_bundle: Vec<String>,
+    /// Trust `x-forwarded-client-cert` elements appended by this hop (a SPIFFE ID).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub trust_xfcc_by: Option<String>,
+    /// Serve TLS on both listeners with this certificate chain (PEM); reloaded when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Only callers whose certificate's SPIFFE ID matches may connect (repeatable; `*` and `**`
+    /// match path segments).
+    #[arg(long, value_name = "PATTERN")]
+    pub allowed_caller: Vec<String>,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -91,6 +113,10 @@ pub struct Settings {
     pub workers: usize,
     pub queue: usize,
     pub path_normalization: PathNormalization,
+    /// `(trust domain, bundle file)` pairs.
+    pub trust_bundles: Vec<(String, PathBuf)>,
+    pub trust_xfcc_by: Option<String>,
+    pub tls: Option<TlsSettings>,
 }
 
 /// Parse `50ms`, `1s`, `250us`, `2m`.
@@ -123,6 +149,17 @@ fn cfg_str(v: &Json, keys: &[&str]) -> Option<String> {
         Json::Number(n) => Some(n.to_string()),
         _ => None,
     })
+}
+
+fn cfg_list(v: &Json, keys: &[&str]) -> Vec<String> {
+    match keys.iter().find_map(|k| v.get(*k)) {
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        Some(Json::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
 }
 
 fn cfg_bool(v: &Json, keys: &[&str]) -> Option<bool> {
@@ -214,7 +251,67 @@ impl Args {
                 }
             }
         };
+        let base = self
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        let mut trust_bundles = Vec::new();
+        for spec in &self.trust_bundle {
+            let (td, file) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--trust-bundle `{spec}` is not TD=FILE"))?;
+            trust_bundles.push((td.to_string(), PathBuf::from(file)));
+        }
+        if self.trust_bundle.is_empty()
+            && let Some(Json::Object(m)) = file
+                .get("trust-bundles")
+                .or_else(|| file.get("trust_bundles"))
+        {
+            for (td, f) in m {
+                let f = f
+                    .as_str()
+                    .ok_or("`trust-bundles` maps trust domains to files")?;
+                trust_bundles.push((td.clone(), base.join(f)));
+            }
+        }
+        let path_of = |flag: &Option<PathBuf>, keys: &[&str]| {
+            flag.clone()
+                .or_else(|| cfg_str(&file, keys).map(|p| base.join(p)))
+        };
+        let tls_cert = path_of(&self.tls_cert, &["tls-cert", "tls_cert"]);
+        let tls_key = path_of(&self.tls_key, &["tls-key", "tls_key"]);
+        let tls_client_ca = path_of(&self.tls_client_ca, &["tls-client-ca", "tls_client_ca"]);
+        let allowed_callers = if self.allowed_caller.is_empty() {
+            cfg_list(&file, &["allowed-callers", "allowed_callers"])
+        } else {
+            self.allowed_caller.clone()
+        };
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+                allowed_callers,
+            }),
+            (None, None) => {
+                if tls_client_ca.is_some() || !allowed_callers.is_empty() {
+                    return Err(
+                        "--tls-client-ca and --allowed-caller need --tls-cert and --tls-key".into(),
+                    );
+                }
+                None
+            }
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
         Ok(Settings {
+            trust_bundles,
+            trust_xfcc_by: self
+                .trust_xfcc_by
+                .clone()
+                .or_else(|| cfg_str(&file, &["trust-xfcc-by", "trust_xfcc_by"])),
+            tls,
             policies,
             grpc_addr: self
                 .grpc_addr
@@ -271,6 +368,19 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
     };
     let set = PolicySet::load(&s.policies, &options).map_err(|e| e.to_string())?;
     let path = DataRef::parse(&s.path).map_err(|e| e.to_string())?;
+    let mut identity = IdentityOptions::default();
+    for (td, file) in &s.trust_bundles {
+        let pem = std::fs::read_to_string(file)
+            .map_err(|e| format!("--trust-bundle {td}={}: {e}", file.display()))?;
+        identity
+            .add_bundle_pem(td, &pem)
+            .map_err(|e| format!("--trust-bundle {td}={}: {e}", file.display()))?;
+    }
+    if let Some(hop) = &s.trust_xfcc_by {
+        identity.trusted_xfcc_hop = Some(
+            SpiffeId::parse_workload(hop).map_err(|e| format!("--trust-xfcc-by `{hop}`: {e}"))?,
+        );
+    }
     if let Err(reason) = set.check_entrypoint(&path) {
         eprintln!(
             "arbiter: warning: {reason}; every check will be denied until a policy defines it"
@@ -287,7 +397,8 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
             skip_body_parse: s.skip_request_body_parse,
             ..InputOptions::default()
         },
-    ))
+    )
+    .with_identity_options(identity))
 }
 
 /// The server configuration the settings describe.
@@ -309,6 +420,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             target: LogTarget::parse(t),
             queue: 10_000,
         }),
+        tls: s.tls.clone(),
     })
 }
 

@@ -48,6 +48,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         workers: 2,
         queue: 256,
         decision_log,
+        tls: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cel_spec;
 pub mod envoy;
 pub mod harness;
 pub mod opa;
+pub mod pki;
 
 /// The folder of a suite: `$env_var` when set, else `../shared/conformance/<name>` next to the
 /// workspace.

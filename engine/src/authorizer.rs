@@ -13,6 +13,7 @@ use regorus::Value;
 use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
+use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
 use crate::input::{Input, InputOptions, build_input};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
@@ -33,6 +34,8 @@ pub struct CheckOutcome {
     /// The input document the policy saw (`None` when the request was refused before).
     pub input: Option<Value>,
     pub timings: Timings,
+    /// Who the caller is, or why that is not known.
+    pub identity: IdentityOutcome,
 }
 
 /// A policy set, the decision path and how inputs are built.
@@ -45,6 +48,7 @@ pub struct Authorizer {
     policies: Arc<PolicySet>,
     path: DataRef,
     input_options: InputOptions,
+    identity_options: IdentityOptions,
     /// Whether Rego defines the decision path (computed once).
     rego_decides: bool,
 }
@@ -77,6 +81,13 @@ fn cel_decision(v: CelVerdict) -> Decision {
     d
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 fn elapsed_ns(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -88,8 +99,19 @@ impl Authorizer {
             policies,
             path,
             input_options,
+            identity_options: IdentityOptions::default(),
             rego_decides,
         }
+    }
+
+    /// How caller identities are established (trust bundles, a trusted XFCC hop).
+    pub fn with_identity_options(mut self, options: IdentityOptions) -> Self {
+        self.identity_options = options;
+        self
+    }
+
+    pub fn identity_options(&self) -> &IdentityOptions {
+        &self.identity_options
     }
 
     pub fn policies(&self) -> &Arc<PolicySet> {
@@ -107,7 +129,8 @@ impl Authorizer {
     /// Decide one request.
     pub fn check(&self, request: &AuthzRequest) -> CheckOutcome {
         let start = Instant::now();
-        let input = match build_input(request, &self.input_options) {
+        let identity = identity::resolve(request, &self.identity_options, now_secs());
+        let mut input = match build_input(request, &self.input_options) {
             Ok(i) => i,
             Err(reason) => {
                 return CheckOutcome {
@@ -117,13 +140,19 @@ impl Authorizer {
                         input_ns: elapsed_ns(start),
                         eval_ns: 0,
                     },
+                    identity,
                 };
             }
         };
+        let identity_value = identity.identity().map(Identity::to_value);
+        if let (Some(v), Ok(m)) = (&identity_value, input.value.as_object_mut()) {
+            m.insert(Value::from("identity"), v.clone());
+        }
         let input_ns = elapsed_ns(start);
         let eval_start = Instant::now();
-        let decision = match catch_unwind(AssertUnwindSafe(|| self.decide_request(request, &input)))
-        {
+        let decision = match catch_unwind(AssertUnwindSafe(|| {
+            self.decide_request(request, &input, identity_value.as_ref())
+        })) {
             Ok(d) => d,
             Err(_) => Decision::deny(DenyReason::EvalError(
                 "the policy engine panicked while evaluating this request".into(),
@@ -136,18 +165,24 @@ impl Authorizer {
                 input_ns,
                 eval_ns: elapsed_ns(eval_start),
             },
+            identity,
         }
     }
 
     /// Rego and CEL together: CEL first (it is cheap, and a CEL denial makes the Rego result
     /// irrelevant), then Rego.
-    fn decide_request(&self, request: &AuthzRequest, input: &Input) -> Decision {
+    fn decide_request(
+        &self,
+        request: &AuthzRequest,
+        input: &Input,
+        identity: Option<&Value>,
+    ) -> Decision {
         let cel = self.policies.cel().map(|c| {
             c.evaluate(&CelRequest {
                 request,
                 path: &input.path,
                 input: Some(&input.value),
-                identity: None,
+                identity,
             })
         });
         let rego = || {

@@ -6,6 +6,7 @@
 //! | X.509 | `crypto.x509.parse_certificates`, `crypto.x509.parse_and_verify_certificates` |
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
+//! | SPIFFE | `spiffe.parse`, `spiffe.match` (arbiter's own; the same functions CEL has) |
 //!
 //! Results follow OPA's byte for byte (the OPA conformance suite checks them; see
 //! `conformance/opa-results.md`). Errors carry OPA's messages. When an engine runs without strict
@@ -19,6 +20,7 @@ pub mod encoding;
 pub mod jose;
 pub mod jwt;
 pub mod net;
+pub mod spiffe;
 pub mod x509;
 
 /// Register every arbiter built-in on `engine`.
@@ -27,6 +29,7 @@ pub fn register(engine: &mut regorus::Engine, strict: bool) {
     jwt::register(&mut r);
     crypto::register(&mut r);
     net::register(&mut r);
+    spiffe::register(&mut r);
     x509::register(&mut r);
 }
 

@@ -10,6 +10,16 @@ use std::fmt;
 
 use regorus::Value;
 
+#[cfg(test)]
+mod props;
+mod resolve;
+pub mod xfcc;
+
+pub use resolve::{
+    Identity, IdentityOptions, IdentityOutcome, IdentitySource, SvidInfo, resolve,
+    svid_from_certificate,
+};
+
 /// Longest SPIFFE ID accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 2048;
 /// Longest trust domain accepted, in bytes.

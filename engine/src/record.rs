@@ -43,6 +43,8 @@ pub struct DecisionRecord {
     /// W3C trace context from the request's `traceparent` header, when present.
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
+    /// Who the caller was, or why that was not established.
+    pub identity: crate::identity::IdentityOutcome,
 }
 
 /// RFC 3339 with nanoseconds, UTC, as OPA writes `timestamp`.
@@ -141,6 +143,16 @@ impl DecisionRecord {
                 ),
             );
         }
+        e.insert(
+            "identity".into(),
+            match &self.identity {
+                crate::identity::IdentityOutcome::Valid(i) => {
+                    json!({"spiffe_id": i.id.as_str(), "source": i.source.as_str()})
+                }
+                crate::identity::IdentityOutcome::Absent => Json::Null,
+                crate::identity::IdentityOutcome::Invalid(why) => json!({"error": why}),
+            },
+        );
         e.insert("revision".into(), json!(self.revision));
         e.insert("dry_run".into(), json!(self.dry_run));
         Json::Object(e)
@@ -169,6 +181,7 @@ mod tests {
             dry_run: false,
             trace_id: None,
             span_id: None,
+            identity: crate::identity::IdentityOutcome::Absent,
         }
     }
 

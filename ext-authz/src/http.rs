@@ -20,6 +20,29 @@ use serde_json::{Value as Json, json};
 
 use crate::state::State;
 
+/// The client's address, for plaintext and TLS listeners alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::tls::AxumTlsListener>,
+    > for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::AxumTlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
 /// Largest request body the Data API accepts.
 pub const MAX_BODY: usize = 4 << 20;
 
@@ -118,7 +141,7 @@ pub fn data_ref_of(path: &str) -> Option<Result<DataRef, String>> {
 
 async fn data_api(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     method: Method,
     uri: Uri,
     body: Bytes,

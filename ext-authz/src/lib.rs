@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use server::{ListenAddr, RunningServer, ServerConfig, start};
 pub use state::ServeOptions;

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     /// Checks that may wait for a worker before new ones are shed.
     pub queue: usize,
     pub decision_log: Option<DecisionLogConfig>,
+    /// TLS (and mTLS) on both listeners; `None` for plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Servers that are running.
@@ -133,12 +135,29 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
                 .await
                 .with_context(|| format!("cannot listen on {a} (gRPC)"))?;
             grpc_addr = Some(listener.local_addr()?);
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            tasks.push(tokio::spawn(async move {
-                grpc.serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                    .context("gRPC server failed")
-            }));
+            match &config.tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    tasks.push(tokio::spawn(async move {
+                        grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                            .await
+                            .context("gRPC server failed")
+                    }));
+                }
+                Some(t) => {
+                    let tls = crate::tls::server_config(t, &[b"h2"])?;
+                    let rx = crate::tls::accept_tls(listener, tls);
+                    let incoming = tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                        Ok::<_, std::io::Error>,
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                            .await
+                            .context("gRPC server failed")
+                    }));
+                }
+            }
         }
         ListenAddr::Unix(p) => {
             let _ = std::fs::remove_file(p);
@@ -162,16 +181,30 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
         let listener = tokio::net::TcpListener::bind(resolve(a)?)
             .await
             .with_context(|| format!("cannot listen on {a} (HTTP)"))?;
-        http_addr = Some(listener.local_addr()?);
-        let app =
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let local = listener.local_addr()?;
+        http_addr = Some(local);
+        let app = crate::http::router(state.clone())
+            .into_make_service_with_connect_info::<crate::http::PeerAddr>();
         let shutdown = wait_for(stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("HTTP server failed")
-        }));
+        match &config.tls {
+            None => tasks.push(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .context("HTTP server failed")
+            })),
+            Some(t) => {
+                let tls = crate::tls::server_config(t, &[b"http/1.1"])?;
+                let rx = crate::tls::accept_tls(listener, tls);
+                let tls_listener = crate::tls::AxumTlsListener { rx, local };
+                tasks.push(tokio::spawn(async move {
+                    axum::serve(tls_listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .context("HTTP server failed")
+                }));
+            }
+        }
     }
     Ok(RunningServer {
         grpc_addr,

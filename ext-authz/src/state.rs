@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arbiter_engine::authorizer::{Authorizer, CheckOutcome, Timings};
+use arbiter_engine::identity::IdentityOutcome;
 use arbiter_engine::record::{DecisionRecord, InstanceLabels};
 use arbiter_engine::regorus::Value;
 use arbiter_engine::request::AuthzRequest;
@@ -53,6 +54,7 @@ fn denied(reason: DenyReason) -> CheckOutcome {
         decision: Decision::deny(reason),
         input: None,
         timings: Timings::default(),
+        identity: IdentityOutcome::Absent,
     }
 }
 
@@ -151,6 +153,7 @@ impl State {
                         input_ns: 0,
                         eval_ns,
                     },
+                    identity: IdentityOutcome::Absent,
                 }
             })
             .await;
@@ -206,6 +209,7 @@ impl State {
                 dry_run: self.options.dry_run && origin == Origin::Grpc,
                 trace_id,
                 span_id,
+                identity: outcome.identity.clone(),
             }));
         }
     }

@@ -77,6 +77,7 @@ fn config(
         workers,
         queue,
         decision_log: log,
+        tls: None,
     }
 }
 
