@@ -139,6 +139,44 @@ fn start(p: &Pki, authorizer: Authorizer, upstream_client: &Pair) -> Harness {
     Harness::start(authorizer, config, mtls(p, upstream_client)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `curl` over mTLS with one SVID; the HTTP status. Fails (never skips) when curl is missing:
+/// `.ci/run` installs it.
+fn curl_status(
+    port: u16,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    path: &str,
+    header: &str,
+) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["-X", "POST", "-H", header])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct Table {
     principals: BTreeMap<String, String>,
@@ -225,6 +263,20 @@ fn two_svids_two_decisions_and_the_table_through_envoy() {
         )
         .unwrap();
         assert_eq!(r.status, 403, "{name}: products may not order");
+        // The same with curl, as an operator would try it.
+        let curl = |id: &str| {
+            let s = &svids[id];
+            curl_status(
+                h.envoy.port,
+                &p.ca.file,
+                &s.cert,
+                &s.key,
+                "/api/v1/orders",
+                "x-tenant-id: acme",
+            )
+        };
+        assert_eq!(curl(&frontend), 200, "{name}: curl as frontend");
+        assert_eq!(curl(&products), 403, "{name}: curl as products");
 
         // Every row of the table that needs a caller identity.
         let mut run = 0;
