@@ -1,5 +1,5 @@
-//! `arbiter check PATH…`: load and compile everything, print every problem as
-//! `file:line:col: message`, exit 0 when clean and 1 otherwise.
+//! `arbiter check PATH…`: load and compile everything (policies, Rego tests, decision tests),
+//! print every problem as `file:line:col: message`, exit 0 when clean and 1 otherwise.
 
 use std::path::PathBuf;
 
@@ -28,13 +28,28 @@ pub fn run(args: &Args) -> Exit {
         include_tests: true,
         ..LoadOptions::default()
     };
-    match PolicySet::load(&args.paths, &options) {
-        Ok(_) => Exit::Ok,
-        Err(e) => {
-            for d in &e.diagnostics {
-                eprintln!("{d}");
-            }
-            Exit::Failed
-        }
+    let sources = match arbiter_engine::PolicySources::discover(&args.paths) {
+        Ok(s) => s,
+        Err(e) => return report(&e),
+    };
+    let mut diagnostics = Vec::new();
+    if let Err(e) = PolicySet::from_sources(&sources, &options) {
+        diagnostics.extend(e.diagnostics);
     }
+    // Decision tests are checked too: a typo in one should not wait for `arbiter test`.
+    if let Err(e) = arbiter_engine::testing::decision::parse_all(&sources) {
+        diagnostics.extend(e.diagnostics);
+    }
+    if diagnostics.is_empty() {
+        Exit::Ok
+    } else {
+        report(&arbiter_engine::LoadError { diagnostics })
+    }
+}
+
+fn report(e: &arbiter_engine::LoadError) -> Exit {
+    for d in &e.diagnostics {
+        eprintln!("{d}");
+    }
+    Exit::Failed
 }

@@ -12,6 +12,7 @@ pub mod check;
 pub mod eval;
 pub mod input;
 pub mod serve;
+pub mod test;
 
 /// What an exit status means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Load and compile policies; print every error as `file:line:col: message`.
     Check(check::Args),
+    /// Run Rego tests (`test_*` rules) and decision tests (`*_test.yaml`), like `opa test`.
+    Test(test::Args),
     /// Serve Envoy's ext_authz gRPC API (and health, metrics, OPA's Data API over HTTP).
     Serve(Box<serve::Args>),
 }
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Test(args) => test::run(&args),
     };
     exit.into()
 }

@@ -81,13 +81,6 @@ fn cel_decision(v: CelVerdict) -> Decision {
     d
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn elapsed_ns(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -129,7 +122,7 @@ impl Authorizer {
     /// Decide one request.
     pub fn check(&self, request: &AuthzRequest) -> CheckOutcome {
         let start = Instant::now();
-        let identity = identity::resolve(request, &self.identity_options, now_secs());
+        let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
         let mut input = match build_input(request, &self.input_options) {
             Ok(i) => i,
             Err(reason) => {

@@ -34,6 +34,7 @@ pub mod authorizer;
 pub mod body;
 pub mod builtins;
 pub mod cel;
+pub mod clock;
 pub mod data_ref;
 pub mod decision;
 pub mod diagnostic;
@@ -45,6 +46,7 @@ pub mod policy_set;
 pub mod record;
 pub mod rego;
 pub mod request;
+pub mod testing;
 pub mod value;
 
 pub use data_ref::DataRef;

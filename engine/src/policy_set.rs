@@ -85,6 +85,24 @@ impl PolicySet {
     /// Compile already-read sources. All parse errors are reported together; compile errors
     /// (found when the engine is prepared) follow once every module parsed.
     pub fn from_sources(sources: &PolicySources, options: &LoadOptions) -> Result<Self, LoadError> {
+        Self::build(sources, options, None)
+    }
+
+    /// Compile with `overrides` deep-merged over the data documents (objects merge key by key,
+    /// anything else replaces): decision tests that change a role or an entitlement.
+    pub fn from_sources_with_data(
+        sources: &PolicySources,
+        options: &LoadOptions,
+        overrides: &serde_json::Value,
+    ) -> Result<Self, LoadError> {
+        Self::build(sources, options, Some(overrides))
+    }
+
+    fn build(
+        sources: &PolicySources,
+        options: &LoadOptions,
+        overrides: Option<&serde_json::Value>,
+    ) -> Result<Self, LoadError> {
         let mut engine = rego::new_engine(&options.engine_options());
         let mut diagnostics = Vec::new();
         let mut modules = Vec::new();
@@ -104,7 +122,10 @@ impl PolicySet {
         }
         let mut data_value = Value::new_object();
         match sources.merged_data() {
-            Ok(data) => {
+            Ok(mut data) => {
+                if let Some(o) = overrides {
+                    merge_over(&mut data, o);
+                }
                 data_value = from_json(&data);
                 if let Err(e) = engine.add_data(data_value.clone()) {
                     diagnostics.push(Diagnostic::file("data", format!("cannot load data: {e}")));
@@ -123,6 +144,9 @@ impl PolicySet {
                 }
             }
         };
+        if diagnostics.is_empty() {
+            diagnostics.extend(rule_data_conflicts(&mut engine, sources, &data_value));
+        }
         if !diagnostics.is_empty() {
             return Err(LoadError { diagnostics });
         }
@@ -174,6 +198,17 @@ impl PolicySet {
     pub fn evaluate(&self, reference: &DataRef, input: Value) -> Result<Value, EvalError> {
         let mut engine = self.prototype.clone();
         engine.set_input(input);
+        if let Some(ns) = crate::clock::frozen_ns() {
+            // A frozen clock (decision tests): pin Rego's `time.now_ns()` as well.
+            return first_value(
+                engine
+                    .eval_query(
+                        format!("{} with time.now_ns as {ns}", reference.as_rego()),
+                        false,
+                    )
+                    .map_err(|e| EvalError::from_regorus(&e))?,
+            );
+        }
         if !reference.is_root() {
             match engine.eval_rule(reference.as_rego().to_string()) {
                 Ok(v) => return Ok(v),
@@ -183,15 +218,11 @@ impl PolicySet {
         }
         // Not a rule: a data document, a package, or the root. A query reads it; the text is
         // built from escaped segments (see `DataRef`), never from user-supplied query text.
-        let results = engine
-            .eval_query(reference.as_rego().to_string(), false)
-            .map_err(|e| EvalError::from_regorus(&e))?;
-        Ok(results
-            .result
-            .into_iter()
-            .next()
-            .and_then(|r| r.expressions.into_iter().next())
-            .map_or(Value::Undefined, |e| e.value))
+        first_value(
+            engine
+                .eval_query(reference.as_rego().to_string(), false)
+                .map_err(|e| EvalError::from_regorus(&e))?,
+        )
     }
 
     /// Decide: evaluate `reference` and turn the result into a [`Decision`], failing closed.
@@ -244,6 +275,106 @@ impl PolicySet {
             )))
         }
     }
+}
+
+/// Rules whose path is also a data document (`package abac` with rule `hours`, and
+/// `abac/data.json` with key `hours`). OPA refuses these; regorus reports them only while
+/// evaluating, as "recursion detected".
+fn rule_data_conflicts(
+    engine: &mut regorus::Engine,
+    sources: &PolicySources,
+    data: &Value,
+) -> Vec<Diagnostic> {
+    use regorus::unstable::{Rule, RuleHead};
+    let mut out = Vec::new();
+    for module in engine.get_modules().iter() {
+        let package = module.package.refr.span().text();
+        let mut seen = std::collections::BTreeSet::new();
+        for rule in &module.policy {
+            let (span, refr) = match rule.as_ref() {
+                Rule::Spec { span, head, .. } => match head {
+                    RuleHead::Compr { refr, .. }
+                    | RuleHead::Set { refr, .. }
+                    | RuleHead::Func { refr, .. } => (span, refr),
+                },
+                Rule::Default { span, refr, .. } => (span, refr),
+            };
+            let text = refr.span().text();
+            let ground = text.split('[').next().unwrap_or(text).trim();
+            let path: Vec<&str> = package.split('.').chain(ground.split('.')).collect();
+            if !seen.insert(path.join(".")) {
+                continue;
+            }
+            let mut v = data;
+            let mut found = true;
+            for seg in &path {
+                match v {
+                    Value::Object(m) => match m.get(&Value::from(*seg)) {
+                        Some(next) => v = next,
+                        None => {
+                            found = false;
+                            break;
+                        }
+                    },
+                    _ => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found {
+                let owner = sources
+                    .data
+                    .iter()
+                    .find(|d| {
+                        path.starts_with(
+                            &d.prefix.iter().map(String::as_str).collect::<Vec<_>>()[..],
+                        )
+                    })
+                    .map_or_else(|| "a data document".to_string(), |d| d.file.clone());
+                out.push(
+                    Diagnostic::at(
+                        span.source.file().as_str(),
+                        span.line,
+                        span.col,
+                        format!(
+                            "rule `data.{}` conflicts with the data document at the same path (from {owner})",
+                            path.join(".")
+                        ),
+                    )
+                    .with_code("rego_compile_error"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Deep-merge `over` into `base`: objects merge key by key, anything else replaces.
+pub fn merge_over(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) => merge_over(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// The value of a one-expression query: `Undefined` when it had no result.
+fn first_value(results: regorus::QueryResults) -> Result<Value, EvalError> {
+    Ok(results
+        .result
+        .into_iter()
+        .next()
+        .and_then(|r| r.expressions.into_iter().next())
+        .map_or(Value::Undefined, |e| e.value))
 }
 
 /// OPA's code for a compile-stage error, from its message.
@@ -360,6 +491,26 @@ mod tests {
         assert_eq!(d.file, "broken.rego");
         assert!(d.line >= 4, "{d}");
         assert!(d.col > 0, "{d}");
+    }
+
+    #[test]
+    fn a_rule_and_a_data_document_at_one_path_is_a_load_error() {
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "abac.rego",
+            "package abac\n\nhours if { data.abac.hours.start < 9 }\nok := 1\n",
+        );
+        sources.data.push(crate::loader::DataDocument {
+            file: "abac/data.json".into(),
+            prefix: vec!["abac".into()],
+            value: serde_json::json!({"hours": {"start": 8}, "other": 1}),
+        });
+        let e = PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e:?}");
+        let d = &e.diagnostics[0];
+        assert_eq!((d.file.as_str(), d.line, d.col), ("abac.rego", 3, 1));
+        assert!(d.message.contains("`data.abac.hours`"), "{d}");
+        assert!(d.message.contains("abac/data.json"), "{d}");
     }
 
     #[test]

@@ -33,6 +33,6 @@ user := claims if {
 
 business_hours if {
 	[hour, _, _] := time.clock([time.now_ns(), "UTC"])
-	hour >= data.abac.business_hours.start
-	hour < data.abac.business_hours.end
+	hour >= data.abac.office_hours.start
+	hour < data.abac.office_hours.end
 }

@@ -1,8 +1,6 @@
 //! `io.jwt.*`, following OPA's `topdown/tokens.go`: the same results, the same checks in the same
 //! order, the same error messages.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use regorus::Value;
 
 use super::encoding::{base64url_decode, base64url_encode_raw};
@@ -309,10 +307,7 @@ fn lossy_f64(v: &Value) -> Option<f64> {
 }
 
 fn now_ns() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as f64)
-        .unwrap_or(0.0)
+    crate::clock::now_ns() as f64
 }
 
 fn unverified() -> Value {

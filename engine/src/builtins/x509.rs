@@ -6,8 +6,6 @@
 //! lists. Chain verification (leaf to root, signatures, validity, CA constraints) is shared with
 //! the identity code through [`verify_chain`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use regorus::Value;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
@@ -66,10 +64,7 @@ pub(super) fn register(r: &mut Registrar<'_>) {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_secs()
 }
 
 /// OPA's `getX509CertsFromString`: PEM text, base64 of PEM, or base64 of concatenated DER.

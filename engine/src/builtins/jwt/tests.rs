@@ -342,3 +342,26 @@ fn encode_sign_round_trips() {
     assert!(valid(&r), "{r}");
     assert_eq!(r[2]["sub"], "dave");
 }
+
+#[test]
+fn output_argument_form_like_opa() {
+    // `io.jwt.decode(t, [h, p, s])` binds the result to the last argument (vendored regorus,
+    // patch 2).
+    let token = hs256("k", &json!({"alg": "HS256"}), &json!({"sub": "ann"}));
+    let mut engine = crate::rego::new_engine(&crate::rego::EngineOptions::default());
+    engine
+        .add_policy(
+            "t.rego".into(),
+            "package t\nsub := p.sub if { io.jwt.decode(input.token, [_, p, _]) }\nok if { io.jwt.verify_hs256(input.token, \"k\", true) }\n".into(),
+        )
+        .unwrap();
+    engine.set_input(crate::value::from_json(&json!({"token": token})));
+    assert_eq!(
+        engine.eval_rule("data.t.sub".into()).unwrap(),
+        regorus::Value::from("ann")
+    );
+    assert_eq!(
+        engine.eval_rule("data.t.ok".into()).unwrap(),
+        regorus::Value::Bool(true)
+    );
+}

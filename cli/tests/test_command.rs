@@ -1,0 +1,356 @@
+//! `arbiter test` as a user runs it: verdicts, exit codes, output formats and coverage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Run `arbiter test` in the fixtures folder.
+fn arbiter_test(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .arg("test")
+        .args(args)
+        .current_dir(fixtures())
+        .output()
+        .expect("run arbiter")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+}
+
+/// `# opa: VERDICT` comments before each test rule of the fixture: what `opa test` reports,
+/// from OPA's documented behaviour.
+fn expected_verdicts() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (file, package) in [
+        ("verdicts/policy.rego", "data.verdicts"),
+        ("verdicts/verdicts_test.rego", "data.verdicts_test"),
+    ] {
+        let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
+        let mut pending: Option<String> = None;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("# opa: ") {
+                pending = Some(v.trim().to_string());
+                continue;
+            }
+            if let Some(v) = pending.take() {
+                let name: String = line
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let mut key = format!("{package}.{name}");
+                let mut n = 1;
+                while out.contains_key(&key) {
+                    key = format!("{package}.{name}#{n:02}");
+                    n += 1;
+                }
+                out.insert(key, v);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn verdicts_match_opa_test() {
+    let expected = expected_verdicts();
+    assert!(expected.len() >= 17, "{expected:?}");
+    let o = arbiter_test(&["-f", "json", "verdicts"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let mut got = BTreeMap::new();
+    for r in json(&o).as_array().unwrap() {
+        let name = format!(
+            "{}.{}",
+            r["package"].as_str().unwrap(),
+            r["name"].as_str().unwrap()
+        );
+        let verdict = if r["skip"] == true {
+            "SKIPPED"
+        } else if r["fail"] == true {
+            "FAIL"
+        } else if r.get("error").is_some() {
+            "ERROR"
+        } else {
+            "PASS"
+        };
+        assert!(
+            r["location"]["row"].as_u64().unwrap() > 0,
+            "every result has a location: {r}"
+        );
+        got.insert(name, verdict.to_string());
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn failures_show_the_expression_and_both_values() {
+    let o = arbiter_test(&["verdicts", "-r", "test_twice"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("data.verdicts_test.test_twice#01: FAIL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("verdicts/verdicts_test.rego:83:5: `1 == 2` does not hold"),
+        "{out}"
+    );
+    assert!(out.contains("expected: 2"), "{out}");
+    assert!(out.contains("actual:   1"), "{out}");
+    // Not verbose: the passing test is only counted.
+    assert!(!out.contains("test_twice: PASS"), "{out}");
+    assert!(out.contains("PASS: 1/2\nFAIL: 1/2\n"), "{out}");
+
+    let o = arbiter_test(&["verdicts", "-r", "mock_does_not_leak"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "`verdicts.allow with input as {\"method\": \"GET\", \"user\": \"eve\"}` is false"
+        ),
+        "{out}"
+    );
+
+    let o = arbiter_test(&["-v", "verdicts", "-r", "test_true$"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("verdicts/verdicts_test.rego:\n"), "{out}");
+    assert!(
+        out.contains("data.verdicts_test.test_true: PASS ("),
+        "{out}"
+    );
+}
+
+#[test]
+fn exit_codes() {
+    // Load errors: 2, with file:line:col.
+    let o = arbiter_test(&["broken"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("broken/broken_test.rego:5:1:"),
+        "{}",
+        stderr(&o)
+    );
+    // Skipped tests fail the run unless -z.
+    assert_eq!(arbiter_test(&["skipped"]).status.code(), Some(1));
+    assert_eq!(arbiter_test(&["-z", "skipped"]).status.code(), Some(0));
+    assert_eq!(
+        arbiter_test(&["--exit-zero-on-skipped", "skipped"])
+            .status
+            .code(),
+        Some(0)
+    );
+    // No tests at all is not a success.
+    let o = arbiter_test(&["none"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no tests found"), "{}", stderr(&o));
+    // A filter that matches nothing neither.
+    assert_eq!(
+        arbiter_test(&["-r", "nothing-matches", "skipped"])
+            .status
+            .code(),
+        Some(1)
+    );
+    // Bad arguments: 2.
+    assert_eq!(arbiter_test(&["-r", "(", "skipped"]).status.code(), Some(2));
+    assert_eq!(
+        arbiter_test(&["--timeout", "soon", "skipped"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(arbiter_test(&["missing-folder"]).status.code(), Some(2));
+}
+
+/// The coverage of OPA's own documented examples (`cmd/test_test.go`,
+/// `TestCoverageThreshold`): 40.00 for one file, 33.33 for three, with the same lines.
+#[test]
+fn coverage_matches_opa_examples() {
+    let o = arbiter_test(&["--coverage", "-f", "json", "coverage/opa-single"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let c = json(&o);
+    assert_eq!(c["coverage"], serde_json::json!(40.0));
+    let f = &c["files"]["coverage/opa-single/test.rego"];
+    assert_eq!(
+        f["not_covered"],
+        serde_json::json!([
+            {"start": {"row": 3}, "end": {"row": 4}},
+            {"start": {"row": 7}, "end": {"row": 7}}
+        ])
+    );
+    assert_eq!(
+        (f["covered_lines"].as_u64(), f["not_covered_lines"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(c["tests"][0]["name"], "test_q");
+
+    let o = arbiter_test(&[
+        "--coverage",
+        "--threshold",
+        "100",
+        "-v",
+        "coverage/opa-single",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Code coverage threshold not met: got 40.00 instead of 100.00\nLines not covered:\n\tcoverage/opa-single/test.rego:3-4\n\tcoverage/opa-single/test.rego:7\n"
+    );
+    let o = arbiter_test(&["--coverage", "--threshold", "40", "coverage/opa-single"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let o = arbiter_test(&[
+        "--coverage",
+        "--threshold",
+        "100",
+        "-v",
+        "coverage/opa-multi",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Code coverage threshold not met: got 33.33 instead of 100.00\nLines not covered:\n\tcoverage/opa-multi/policy1.rego:3-4\n\tcoverage/opa-multi/policy1.rego:7\n\tcoverage/opa-multi/policy2.rego:3-5\n\tcoverage/opa-multi/policy2.rego:8-9\n"
+    );
+}
+
+/// A fixture counted by hand (see the comments): rule values and body expressions are
+/// lines; a line is covered when a test evaluated it.
+#[test]
+fn coverage_matches_a_hand_count() {
+    // hand.rego, with input {"score": 90}:
+    //   4  grade := "high" if {   value evaluated          covered
+    //   5    input.score > 80     true                     covered
+    //   8  grade := "low" if {    body failed, no value    not covered
+    //   9    input.score <= 80    evaluated (false)        covered
+    //  12  bonus := amount if {   never referenced         not covered
+    //  13    input.score > 95                              not covered
+    //  14    amount := ...                                 not covered
+    //  17  unused := 7                                     not covered
+    // → 3 of 8 lines, 37.5%. hand_test.rego: line 3, 1 of 1. Overall 4 of 9, 44.44%.
+    let o = arbiter_test(&["--coverage", "-f", "json", "coverage/hand"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let c = json(&o);
+    let f = &c["files"]["coverage/hand/hand.rego"];
+    assert_eq!(
+        f["covered"],
+        serde_json::json!([
+            {"start": {"row": 4}, "end": {"row": 5}},
+            {"start": {"row": 9}, "end": {"row": 9}}
+        ])
+    );
+    assert_eq!(
+        f["not_covered"],
+        serde_json::json!([
+            {"start": {"row": 8}, "end": {"row": 8}},
+            {"start": {"row": 12}, "end": {"row": 14}},
+            {"start": {"row": 17}, "end": {"row": 17}}
+        ])
+    );
+    assert_eq!(f["coverage"], serde_json::json!(37.5));
+    assert_eq!(
+        c["files"]["coverage/hand/hand_test.rego"]["coverage"],
+        serde_json::json!(100.0)
+    );
+    assert_eq!(c["coverage"], serde_json::json!(44.44));
+
+    let o = arbiter_test(&["--coverage", "coverage/hand"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("coverage/hand/hand.rego        37.50%     3/8     not covered: 8, 12-14, 17"),
+        "{out}"
+    );
+}
+
+#[test]
+fn junit_is_valid_xml_with_the_counts() {
+    let o = arbiter_test(&["-f", "junit", "verdicts", "skipped"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("19"));
+    assert_eq!(root.attribute("failures"), Some("7"));
+    assert_eq!(root.attribute("errors"), Some("0"));
+    assert_eq!(root.attribute("skipped"), Some("2"));
+    let suites: Vec<_> = root
+        .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .collect();
+    assert_eq!(suites.len(), 3);
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 19);
+    let failing = cases
+        .iter()
+        .find(|c| c.attribute("name") == Some("test_twice#01"))
+        .unwrap();
+    assert_eq!(failing.attribute("classname"), Some("data.verdicts_test"));
+    let failure = failing
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap();
+    assert_eq!(failure.attribute("message"), Some("`1 == 2` does not hold"));
+    assert!(failure.text().unwrap().contains("expected: 2"));
+    // Quotes and brackets in names and messages are escaped, not breaking the document.
+    assert!(text.contains("&quot;"), "{text}");
+}
+
+#[test]
+fn bench_reports_ns_per_op() {
+    let o = arbiter_test(&["--bench", "--benchtime", "20ms", "skipped"]);
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("data.s_test.test_ok"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.ends_with(" ns/op"), "{line}");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let n: u64 = fields[1].parse().unwrap();
+    let ns: f64 = fields[2].parse().unwrap();
+    assert!(n >= 10 && ns > 0.0, "{line}");
+}
+
+#[test]
+fn the_bundled_policies_pass_their_own_tests() {
+    let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["test", "-f", "json", "policies"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let results = json(&o);
+    let kinds: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "rego").count() >= 10,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| **k == "decision").count() >= 10,
+        "{kinds:?}"
+    );
+}

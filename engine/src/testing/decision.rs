@@ -1,0 +1,863 @@
+//! Decision tests: `*_test.yaml` files of requests and the decisions they must get, decided
+//! exactly as `arbiter serve` decides (CEL and Rego together, same input, same identity rules).
+//!
+//! ```yaml
+//! path: envoy/authz/allow          # optional: the decision path (serve's default)
+//! now: "2026-11-26T10:00:00Z"      # optional: the time every case is decided at
+//! data: {}                         # optional: deep-merged over the data documents
+//! cases:
+//!   - name: frontend reads products
+//!     request:                     # short form, or a whole OPA-Envoy input (`attributes: …`)
+//!       method: GET
+//!       path: /api/v1/products
+//!       headers: {x-tenant-id: acme}
+//!       principal: spiffe://cluster.local/ns/shop/sa/frontend
+//!     expect:
+//!       allowed: true
+//!       http_status: 200
+//! ```
+//!
+//! A file may also be a bare list of cases. `expect` takes any of `allowed`, `http_status`,
+//! `headers` (each named header must be set to that value), `rule` (a rule, file or
+//! `file:rule` that decided) and `reason` (the denial's reason code, `allowed` when allowed).
+//! A decision that comes from an evaluation error is a test error unless `reason` expects it:
+//! a test that expects a denial must not pass because the policy crashed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::{Bench, Failure, Mismatch, Outcome, TestKind, TestOptions, TestResult};
+use crate::authorizer::Authorizer;
+use crate::data_ref::DataRef;
+use crate::decision::{Decision, DenyReason};
+use crate::diagnostic::{Diagnostic, LoadError};
+use crate::identity::SpiffeId;
+use crate::input::InputOptions;
+use crate::loader::{PolicySources, SourceFile};
+use crate::policy_set::{LoadOptions, PolicySet, merge_over};
+use crate::request::AuthzRequest;
+
+const DEFAULT_PATH: &str = "envoy/authz/allow";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    now: Option<String>,
+    #[serde(default)]
+    data: Option<Json>,
+    cases: Vec<CaseDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseDoc {
+    name: String,
+    request: Json,
+    #[serde(default)]
+    data: Option<Json>,
+    #[serde(default)]
+    now: Option<String>,
+    expect: Expect,
+}
+
+/// What a case expects. At least one field must be set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub allowed: Option<bool>,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Expect {
+    fn is_empty(&self) -> bool {
+        self.allowed.is_none()
+            && self.http_status.is_none()
+            && self.headers.is_none()
+            && self.rule.is_none()
+            && self.reason.is_none()
+    }
+}
+
+/// The short request form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShortRequest {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Envoy's `source.principal`.
+    #[serde(default)]
+    principal: Option<String>,
+    /// Like `principal`, but must be a valid SPIFFE ID (checked when the file loads).
+    #[serde(default)]
+    spiffe_id: Option<String>,
+    /// A string is sent as is; anything else as JSON (`content-type: application/json`).
+    #[serde(default)]
+    body: Option<Json>,
+    #[serde(default)]
+    source_address: Option<String>,
+    /// The caller's certificate (PEM), as Envoy forwards it with `include_peer_certificate`.
+    #[serde(default)]
+    certificate: Option<String>,
+}
+
+/// One case, ready to run.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub line: u32,
+    pub request: AuthzRequest,
+    /// File and case data, merged.
+    pub data: Option<Json>,
+    pub now_ns: Option<i64>,
+    pub expect: Expect,
+}
+
+/// One file of cases.
+#[derive(Debug, Clone)]
+pub struct DecisionFile {
+    pub file: String,
+    pub path: DataRef,
+    pub cases: Vec<Case>,
+}
+
+/// Parse every decision-test file; all problems are reported together.
+pub fn parse_all(sources: &PolicySources) -> Result<Vec<DecisionFile>, LoadError> {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    for f in &sources.decision_tests {
+        match parse(f) {
+            Ok(d) => files.push(d),
+            Err(mut e) => diagnostics.append(&mut e),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(files)
+    } else {
+        Err(LoadError { diagnostics })
+    }
+}
+
+fn yaml_error(file: &str, e: &yaml_serde::Error) -> Diagnostic {
+    let (line, col) = e
+        .location()
+        .map(|l| {
+            (
+                u32::try_from(l.line()).unwrap_or(0),
+                u32::try_from(l.column()).unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    let msg = e.to_string();
+    // yaml_serde appends " at line X column Y": the diagnostic carries the position.
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m)
+        .to_string();
+    Diagnostic::at(file, line, col, msg).with_code("decision_test_error")
+}
+
+/// Parse one file.
+pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
+    let top: Json =
+        crate::loader::parse_data(&format!("{}.yaml", f.name), &f.text).map_err(|mut d| {
+            d.file = f.name.clone();
+            vec![d.with_code("decision_test_error")]
+        })?;
+    let doc: FileDoc = match top {
+        Json::Array(_) => FileDoc {
+            path: None,
+            now: None,
+            data: None,
+            cases: yaml_serde::from_str(&f.text).map_err(|e| vec![yaml_error(&f.name, &e)])?,
+        },
+        Json::Object(_) => {
+            yaml_serde::from_str(&f.text).map_err(|e| vec![yaml_error(&f.name, &e)])?
+        }
+        _ => {
+            return Err(vec![
+                Diagnostic::at(
+                    &f.name,
+                    1,
+                    1,
+                    "a decision test file is a mapping with `cases`, or a list of cases",
+                )
+                .with_code("decision_test_error"),
+            ]);
+        }
+    };
+    let mut errors = Vec::new();
+    let err = |line: u32, msg: String| {
+        Diagnostic::at(&f.name, line, 0, msg).with_code("decision_test_error")
+    };
+    let path = match DataRef::parse(doc.path.as_deref().unwrap_or(DEFAULT_PATH)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(err(line_of(&f.text, "path:", ""), format!("`path`: {e}")));
+            None
+        }
+    };
+    let file_now = match doc.now.as_deref().map(parse_time).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(err(line_of(&f.text, "now:", ""), format!("`now`: {e}")));
+            None
+        }
+    };
+    if doc.cases.is_empty() {
+        errors.push(err(line_of(&f.text, "cases:", ""), "no cases".into()));
+    }
+    let mut cases = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for c in &doc.cases {
+        let line = line_of(&f.text, "name:", &c.name);
+        let mut case_err =
+            |msg: String| errors.push(err(line, format!("case `{}`: {msg}", c.name)));
+        if c.name.trim().is_empty() {
+            case_err("`name` must not be empty".into());
+        }
+        if names.contains(&c.name.as_str()) {
+            case_err("duplicate case name".into());
+        }
+        names.push(&c.name);
+        if c.expect.is_empty() {
+            case_err(
+                "`expect` must name at least one of allowed, http_status, headers, rule, reason"
+                    .into(),
+            );
+        }
+        let now_ns = match c.now.as_deref().map(parse_time).transpose() {
+            Ok(n) => n.or(file_now),
+            Err(e) => {
+                case_err(format!("`now`: {e}"));
+                None
+            }
+        };
+        let request = match build_request(&c.request, now_ns) {
+            Ok(r) => r,
+            Err(e) => {
+                case_err(format!("request: {e}"));
+                continue;
+            }
+        };
+        let data = match (&doc.data, &c.data) {
+            (None, None) => None,
+            (a, b) => {
+                let mut d = a.clone().unwrap_or_else(|| json!({}));
+                if let Some(b) = b {
+                    merge_over(&mut d, b);
+                }
+                if !d.is_object() {
+                    case_err("`data` must be a mapping".into());
+                }
+                Some(d)
+            }
+        };
+        cases.push(Case {
+            name: c.name.clone(),
+            line,
+            request,
+            data,
+            now_ns,
+            expect: c.expect.clone(),
+        });
+    }
+    match path {
+        Some(path) if errors.is_empty() => Ok(DecisionFile {
+            file: f.name.clone(),
+            path,
+            cases,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The 1-based line of the first line holding `key` and `value`; 0 when not found.
+fn line_of(text: &str, key: &str, value: &str) -> u32 {
+    text.lines()
+        .position(|l| l.contains(key) && l.contains(value))
+        .and_then(|i| u32::try_from(i + 1).ok())
+        .unwrap_or(0)
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+        format!("`{s}` is not an RFC 3339 time such as 2026-11-26T10:00:00Z ({e})")
+    })?;
+    i64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("`{s}` is out of range"))
+}
+
+fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// A request from a case: a whole OPA-Envoy input (it has `attributes`) or the short form.
+fn build_request(request: &Json, now_ns: Option<i64>) -> Result<AuthzRequest, String> {
+    if request.get("attributes").is_some() {
+        return AuthzRequest::from_check_request_json(request);
+    }
+    let r: ShortRequest = serde_json::from_value(request.clone()).map_err(|e| e.to_string())?;
+    if let Some(id) = &r.spiffe_id {
+        SpiffeId::parse(id).map_err(|e| format!("`spiffe_id`: {e}"))?;
+    }
+    if r.principal.is_some() && r.spiffe_id.is_some() {
+        return Err("give `principal` or `spiffe_id`, not both".into());
+    }
+    let method = r
+        .method
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
+    let path = r.path.unwrap_or_else(|| "/".into());
+    let host = r.host.unwrap_or_else(|| "example.com".into());
+    let scheme = r.scheme.unwrap_or_else(|| "http".into());
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &r.headers {
+        headers.insert(k.to_ascii_lowercase(), Json::String(v.clone()));
+    }
+    // What Envoy always sends.
+    headers.insert(":method".into(), Json::String(method.clone()));
+    headers.insert(":path".into(), Json::String(path.clone()));
+    headers.insert(":authority".into(), Json::String(host.clone()));
+    headers.insert(":scheme".into(), Json::String(scheme.clone()));
+    let body = match r.body {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(s)) => s,
+        Some(v) => {
+            headers
+                .entry("content-type")
+                .or_insert_with(|| Json::String("application/json".into()));
+            v.to_string()
+        }
+    };
+    if !body.is_empty() {
+        headers
+            .entry("content-length")
+            .or_insert_with(|| Json::String(body.len().to_string()));
+    }
+    let mut source = serde_json::Map::new();
+    source.insert(
+        "address".into(),
+        json!({"socketAddress": {"address": r.source_address.unwrap_or_else(|| "10.0.0.1".into()), "portValue": 40000}}),
+    );
+    if let Some(p) = r.principal.or(r.spiffe_id) {
+        source.insert("principal".into(), Json::String(p));
+    }
+    if let Some(c) = r.certificate {
+        source.insert("certificate".into(), Json::String(percent_encode_pem(&c)));
+    }
+    let now = now_ns.unwrap_or_else(crate::clock::now_ns);
+    let check = json!({
+        "attributes": {
+            "source": source,
+            "destination": {"address": {"socketAddress": {"address": "10.0.0.2", "portValue": 8080}}},
+            "request": {
+                "time": rfc3339(now),
+                "http": {
+                    "id": "decision-test",
+                    "method": method,
+                    "path": path,
+                    "host": host,
+                    "scheme": scheme,
+                    "protocol": r.protocol.unwrap_or_else(|| "HTTP/1.1".into()),
+                    "headers": headers,
+                    "body": body,
+                    "size": body.len(),
+                }
+            }
+        }
+    });
+    AuthzRequest::from_check_request_json(&check)
+}
+
+/// Envoy URL-encodes the PEM it forwards.
+fn percent_encode_pem(pem: &str) -> String {
+    let mut out = String::with_capacity(pem.len() * 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Denials that mean the policy broke, not that it said no.
+fn is_policy_failure(r: &DenyReason) -> bool {
+    matches!(
+        r,
+        DenyReason::EvalConflict(_)
+            | DenyReason::EvalError(_)
+            | DenyReason::LimitExceeded(_, _)
+            | DenyReason::Timeout
+            | DenyReason::InvalidDecisionType(_)
+            | DenyReason::InvalidDecisionField(_)
+            | DenyReason::NoPolicy(_)
+    )
+}
+
+fn describe(d: &Decision) -> String {
+    let by: Vec<String> = d
+        .decided_by
+        .iter()
+        .map(|b| match &b.rule {
+            Some(r) => format!("{}:{r}", b.policy),
+            None => b.policy.clone(),
+        })
+        .collect();
+    let mut s = format!(
+        "{} ({}), status {}",
+        if d.allowed { "allowed" } else { "denied" },
+        d.reason
+            .as_ref()
+            .map_or_else(|| "allowed".to_string(), ToString::to_string),
+        d.http_status
+    );
+    if !by.is_empty() {
+        s.push_str(&format!(", decided by {}", by.join(" + ")));
+    }
+    s
+}
+
+fn rule_matches(d: &Decision, want: &str) -> bool {
+    d.decided_by.iter().any(|b| {
+        let full = b
+            .rule
+            .as_ref()
+            .map_or_else(|| b.policy.clone(), |r| format!("{}:{r}", b.policy));
+        b.rule.as_deref() == Some(want)
+            || b.policy == want
+            || b.policy.ends_with(&format!("/{want}"))
+            || full == want
+            || full.ends_with(&format!("/{want}"))
+    })
+}
+
+/// Compare a decision with what the case expects.
+pub fn compare(d: &Decision, e: &Expect) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    if let Some(a) = e.allowed
+        && a != d.allowed
+    {
+        out.push(Mismatch {
+            what: "allowed".into(),
+            expected: a.to_string(),
+            actual: d.allowed.to_string(),
+        });
+    }
+    if let Some(s) = e.http_status
+        && s != d.http_status
+    {
+        out.push(Mismatch {
+            what: "http_status".into(),
+            expected: s.to_string(),
+            actual: d.http_status.to_string(),
+        });
+    }
+    if let Some(r) = &e.reason
+        && r != d.reason_code()
+    {
+        out.push(Mismatch {
+            what: "reason".into(),
+            expected: r.clone(),
+            actual: d.reason_code().to_string(),
+        });
+    }
+    if let Some(hs) = &e.headers {
+        for (name, want) in hs {
+            let got: Vec<&str> = d
+                .headers
+                .iter()
+                .chain(&d.response_headers_to_add)
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.as_str())
+                .collect();
+            if !got.contains(&want.as_str()) {
+                out.push(Mismatch {
+                    what: format!("headers.{name}"),
+                    expected: want.clone(),
+                    actual: if got.is_empty() {
+                        "absent".into()
+                    } else {
+                        got.join(", ")
+                    },
+                });
+            }
+        }
+    }
+    if let Some(r) = &e.rule
+        && !rule_matches(d, r)
+    {
+        out.push(Mismatch {
+            what: "rule".into(),
+            expected: r.clone(),
+            actual: if d.decided_by.is_empty() {
+                "none".into()
+            } else {
+                d.decided_by
+                    .iter()
+                    .map(|b| match &b.rule {
+                        Some(r) => format!("{}:{r}", b.policy),
+                        None => b.policy.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        });
+    }
+    out
+}
+
+/// Run every case.
+pub(crate) fn run(
+    sources: &PolicySources,
+    files: &[DecisionFile],
+    options: &TestOptions,
+) -> Result<Vec<TestResult>, LoadError> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let load = LoadOptions {
+        rego_version: options.rego_version,
+        include_tests: false,
+        eval_timeout: Some(options.timeout),
+    };
+    let base = Arc::new(PolicySet::from_sources(sources, &load)?);
+    let mut with_data: HashMap<String, Arc<PolicySet>> = HashMap::new();
+    let mut results = Vec::new();
+    for f in files {
+        for case in &f.cases {
+            let mut result = TestResult {
+                kind: TestKind::Decision,
+                file: f.file.clone(),
+                line: case.line,
+                col: 0,
+                package: f.path.as_rego().to_string(),
+                name: case.name.clone(),
+                outcome: Outcome::Pass,
+                duration: Duration::ZERO,
+                output: Vec::new(),
+                bench: None,
+            };
+            if let Some(re) = &options.filter
+                && !re.is_match(&result.full_name())
+            {
+                continue;
+            }
+            let set = match &case.data {
+                None => base.clone(),
+                Some(d) => {
+                    let key = d.to_string();
+                    match with_data.get(&key) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = Arc::new(PolicySet::from_sources_with_data(sources, &load, d)?);
+                            with_data.insert(key, s.clone());
+                            s
+                        }
+                    }
+                }
+            };
+            let authorizer = Authorizer::new(set, f.path.clone(), InputOptions::default());
+            let decide = || {
+                let _frozen = case.now_ns.map(crate::clock::freeze);
+                authorizer.check(&case.request).decision
+            };
+            let start = Instant::now();
+            let decision = decide();
+            result.duration = start.elapsed();
+            result.outcome = match &decision.reason {
+                Some(r) if is_policy_failure(r) && case.expect.reason.is_none() => {
+                    Outcome::Error(format!("the decision failed: {r}"))
+                }
+                _ => {
+                    let mismatches = compare(&decision, &case.expect);
+                    if mismatches.is_empty() {
+                        Outcome::Pass
+                    } else {
+                        Outcome::Fail(Failure {
+                            message: format!("got: {}", describe(&decision)),
+                            failed_at: None,
+                            mismatches,
+                        })
+                    }
+                }
+            };
+            if let (Some(budget), Outcome::Pass) = (options.bench, &result.outcome) {
+                let start = Instant::now();
+                let mut iterations: u64 = 0;
+                while iterations < 10 || start.elapsed() < budget {
+                    let _ = decide();
+                    iterations += 1;
+                }
+                result.bench = Some(Bench {
+                    iterations,
+                    ns_per_op: start.elapsed().as_nanos() as f64 / iterations as f64,
+                });
+            }
+            results.push(result);
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TestReport, run as run_all};
+
+    fn sources(rego: &str, cel: Option<&str>, test: &str) -> PolicySources {
+        let mut s = PolicySources::default();
+        if !rego.is_empty() {
+            s.add_rego("authz.rego", rego);
+        }
+        if let Some(c) = cel {
+            s.cel.push(SourceFile {
+                name: "authz.cel.yaml".into(),
+                text: c.into(),
+            });
+        }
+        s.decision_tests.push(SourceFile {
+            name: "authz_test.yaml".into(),
+            text: test.into(),
+        });
+        s
+    }
+
+    const REGO: &str = r#"package envoy.authz
+default allow := false
+allow if {
+    input.attributes.request.http.method == "GET"
+    input.attributes.source.principal in data.readers
+}
+allow if {
+    input.parsed_path == ["night"]
+    [h, _, _] := time.clock([time.now_ns(), "UTC"])
+    h >= 22
+}
+"#;
+
+    fn labels(r: &TestReport) -> Vec<(&str, &'static str)> {
+        r.results
+            .iter()
+            .map(|t| (t.name.as_str(), t.outcome.label()))
+            .collect()
+    }
+
+    #[test]
+    fn short_and_full_requests_data_overrides_and_now() {
+        let s = sources(
+            REGO,
+            None,
+            r#"
+data: {readers: ["spiffe://td/ns/a/sa/reader"]}
+cases:
+  - name: reader reads
+    request: {method: GET, path: /x, spiffe_id: spiffe://td/ns/a/sa/reader}
+    expect: {allowed: true, http_status: 200}
+  - name: stranger denied
+    request: {method: GET, path: /x, principal: spiffe://td/ns/a/sa/other}
+    expect: {allowed: false, http_status: 403, reason: policy_denied}
+  - name: stranger with an override
+    request: {method: GET, path: /x, principal: spiffe://td/ns/a/sa/other}
+    data: {readers: ["spiffe://td/ns/a/sa/other"]}
+    expect: {allowed: true}
+  - name: full input
+    request:
+      attributes:
+        source: {principal: spiffe://td/ns/a/sa/reader}
+        request: {http: {method: GET, path: /x, headers: {":path": /x, ":method": GET}}}
+    expect: {allowed: true}
+  - name: at night
+    now: "2026-11-26T23:00:00Z"
+    request: {path: /night}
+    expect: {allowed: true}
+  - name: by day
+    now: "2026-11-26T12:00:00Z"
+    request: {path: /night}
+    expect: {allowed: false}
+  - name: wrong expectation
+    request: {method: POST, path: /x, spiffe_id: spiffe://td/ns/a/sa/reader}
+    expect: {allowed: true, http_status: 200}
+  - name: dot segments are refused
+    request: {path: /a/../x}
+    expect: {allowed: false, http_status: 400, reason: non_canonical_path}
+"#,
+        );
+        let r = run_all(&s, &TestOptions::default()).unwrap();
+        assert_eq!(
+            labels(&r),
+            vec![
+                ("reader reads", "PASS"),
+                ("stranger denied", "PASS"),
+                ("stranger with an override", "PASS"),
+                ("full input", "PASS"),
+                ("at night", "PASS"),
+                ("by day", "PASS"),
+                ("wrong expectation", "FAIL"),
+                ("dot segments are refused", "PASS"),
+            ],
+            "{r:#?}"
+        );
+        let Outcome::Fail(f) = &r.results[6].outcome else {
+            panic!()
+        };
+        assert_eq!(
+            f.mismatches,
+            vec![
+                Mismatch {
+                    what: "allowed".into(),
+                    expected: "true".into(),
+                    actual: "false".into()
+                },
+                Mismatch {
+                    what: "http_status".into(),
+                    expected: "200".into(),
+                    actual: "403".into()
+                }
+            ]
+        );
+        assert!(f.message.contains("policy_denied"), "{}", f.message);
+    }
+
+    #[test]
+    fn cel_and_rego_together_with_rules_and_headers() {
+        let cel = r#"
+name: api
+rules:
+  - name: block-debug
+    effect: deny
+    when: request.headers["x-debug"] == "1"
+    status: 429
+  - name: readers
+    effect: allow
+    when: request.method == "GET"
+    headers: {x-checked: "yes"}
+"#;
+        let s = sources(
+            REGO,
+            Some(cel),
+            r#"
+- name: debug is blocked by CEL
+  request: {method: GET, path: /x, headers: {x-debug: "1"}, principal: spiffe://td/ns/a/sa/reader}
+  expect: {allowed: false, http_status: 429, rule: block-debug}
+- name: both allow
+  request: {method: GET, path: /x, principal: spiffe://td/ns/a/sa/reader}
+  data: {readers: ["spiffe://td/ns/a/sa/reader"]}
+  expect: {allowed: true, rule: "authz.cel.yaml:readers", headers: {x-checked: "yes"}}
+- name: CEL allows, Rego does not
+  request: {method: GET, path: /x}
+  expect: {allowed: false, rule: data.envoy.authz.allow}
+- name: wrong rule
+  request: {method: GET, path: /x, headers: {x-debug: "1"}}
+  expect: {rule: readers}
+"#,
+        );
+        let r = run_all(&s, &TestOptions::default()).unwrap();
+        assert_eq!(
+            labels(&r),
+            vec![
+                ("debug is blocked by CEL", "PASS"),
+                ("both allow", "PASS"),
+                ("CEL allows, Rego does not", "PASS"),
+                ("wrong rule", "FAIL"),
+            ],
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn policy_errors_are_test_errors_not_denials() {
+        let rego = r#"package envoy.authz
+allow if to_number("abc") > 0
+"#;
+        let s = sources(
+            rego,
+            None,
+            r#"
+- name: expects a denial
+  request: {path: /x}
+  expect: {allowed: false}
+- name: expects the error
+  request: {path: /x}
+  expect: {allowed: false, reason: eval_error}
+"#,
+        );
+        let r = run_all(&s, &TestOptions::default()).unwrap();
+        assert_eq!(
+            labels(&r),
+            vec![("expects a denial", "ERROR"), ("expects the error", "PASS")],
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_load_errors_with_lines() {
+        let cases = [
+            (
+                "cases:\n  - name: a\n    request: {path: /}\n    expected: {allowed: true}\n",
+                "unknown field `expected`",
+                4,
+            ),
+            (
+                "cases:\n  - name: a\n    request: {path: /}\n    expect: {}\n",
+                "`expect` must name",
+                2,
+            ),
+            (
+                "cases:\n  - name: a\n    request: {methdo: GET}\n    expect: {allowed: true}\n",
+                "unknown field `methdo`",
+                2,
+            ),
+            (
+                "cases:\n  - name: a\n    request: {spiffe_id: \"spiffe://TD/x\"}\n    expect: {allowed: true}\n",
+                "spiffe_id",
+                2,
+            ),
+            (
+                "now: yesterday\ncases:\n  - name: a\n    request: {}\n    expect: {allowed: true}\n",
+                "RFC 3339",
+                1,
+            ),
+        ];
+        for (text, want, line) in cases {
+            let s = sources(REGO, None, text);
+            let e = run_all(&s, &TestOptions::default()).unwrap_err();
+            let d = &e.diagnostics[0];
+            assert!(d.message.contains(want), "{text}: {d}");
+            assert_eq!(d.line, line, "{text}: {d}");
+            assert_eq!(d.file, "authz_test.yaml");
+        }
+    }
+}
