@@ -8,9 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod check;
 pub mod eval;
 pub mod input;
+pub mod logconfig;
 pub mod serve;
 pub mod test;
 
@@ -48,6 +50,9 @@ pub enum Command {
     Check(check::Args),
     /// Run Rego tests (`test_*` rules) and decision tests (`*_test.yaml`), like `opa test`.
     Test(test::Args),
+    /// Verify and summarize decision logs.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Serve Envoy's ext_authz gRPC API (and health, metrics, OPA's Data API over HTTP).
     Serve(Box<serve::Args>),
 }
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Audit(cmd) => audit::run(&cmd),
     };
     exit.into()
 }

@@ -16,7 +16,7 @@ use arbiter_engine::input::InputOptions;
 use arbiter_engine::path::PathPolicy;
 use arbiter_engine::record::InstanceLabels;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, RegoVersion};
-use arbiter_ext_authz::decision_log::{DecisionLogConfig, LogTarget};
+use arbiter_ext_authz::decision_log::DecisionLogConfig;
 use arbiter_ext_authz::tls::TlsSettings;
 use arbiter_ext_authz::{ListenAddr, ServeOptions, ServerConfig};
 use serde_json::Value as Json;
@@ -51,9 +51,8 @@ pub struct Args {
     /// Decision path, as OPA-Envoy's `path` [default: envoy/authz/allow].
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
-    /// Write decision events as JSON lines to this file (`-` for stdout).
-    #[arg(long, value_name = "PATH")]
-    pub decision_log: Option<String>,
+    #[command(flatten)]
+    pub log: crate::logconfig::LogArgs,
     /// Answer every check with OK but log the real decision.
     #[arg(long)]
     pub dry_run: bool,
@@ -105,7 +104,7 @@ pub struct Settings {
     pub grpc_addr: String,
     pub http_addr: String,
     pub path: String,
-    pub decision_log: Option<String>,
+    pub decision_log: Option<DecisionLogConfig>,
     pub dry_run: bool,
     pub skip_request_body_parse: bool,
     pub v0_compatible: bool,
@@ -330,10 +329,7 @@ impl Args {
                 .or_else(|| cfg_str(&file, &["path"]))
                 .or_else(|| cfg_str(&opa, &["path", "query"]))
                 .unwrap_or_else(|| "envoy/authz/allow".into()),
-            decision_log: self
-                .decision_log
-                .clone()
-                .or_else(|| cfg_str(&file, &["decision-log", "decision_log"])),
+            decision_log: crate::logconfig::decision_log_config(&self.log, &file, &base)?,
             dry_run: self.dry_run
                 || cfg_bool(&file, &["dry-run", "dry_run"])
                     .or_else(|| cfg_bool(&opa, &["dry-run"]))
@@ -416,10 +412,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         },
         workers: s.workers,
         queue: s.queue,
-        decision_log: s.decision_log.as_deref().map(|t| DecisionLogConfig {
-            target: LogTarget::parse(t),
-            queue: 10_000,
-        }),
+        decision_log: s.decision_log.clone(),
         tls: s.tls.clone(),
     })
 }
@@ -550,7 +543,7 @@ mod tests {
         assert_eq!(s.http_addr, "127.0.0.1:0");
         assert_eq!(s.path, "envoy/authz/result");
         assert!(s.dry_run);
-        assert_eq!(s.decision_log.as_deref(), Some("-"));
+        assert!(s.decision_log.as_ref().is_some_and(|l| l.stdout));
         assert_eq!(s.eval_timeout, Duration::from_millis(20));
         assert_eq!(s.policies, vec![dir.join("p1"), dir.join("p2")]);
 

@@ -45,6 +45,9 @@ pub struct DecisionRecord {
     pub span_id: Option<String>,
     /// Who the caller was, or why that was not established.
     pub identity: crate::identity::IdentityOutcome,
+    /// The policy set that decided: the log writer evaluates its `system.log.mask` and
+    /// `system.log.drop` policies, if any.
+    pub policies: Option<std::sync::Arc<crate::PolicySet>>,
 }
 
 /// RFC 3339 with nanoseconds, UTC, as OPA writes `timestamp`.
@@ -76,6 +79,16 @@ pub fn parse_traceparent(h: &str) -> Option<(String, String)> {
 impl DecisionRecord {
     /// OPA's decision-log event with arbiter's additions.
     pub fn to_event(&self, labels: &InstanceLabels) -> Json {
+        let mut e = self.event_fields(labels);
+        if let Some(input) = &self.input {
+            e.insert("input".into(), to_json(input));
+        }
+        Json::Object(e)
+    }
+
+    /// Every field of the event but `input`, which writers serialize straight from the Rego
+    /// value (see [`crate::audit::chain::seal_with_input`]).
+    pub fn event_fields(&self, labels: &InstanceLabels) -> Map<String, Json> {
         let mut e = Map::new();
         e.insert(
             "labels".into(),
@@ -93,9 +106,6 @@ impl DecisionRecord {
             json!({"policies": {"revision": self.revision}}),
         );
         e.insert("path".into(), json!(self.path));
-        if let Some(input) = &self.input {
-            e.insert("input".into(), to_json(input));
-        }
         let d = &self.decision;
         let failed = d.reason.as_ref().filter(|r| r.is_error());
         match (failed, &d.result) {
@@ -155,7 +165,7 @@ impl DecisionRecord {
         );
         e.insert("revision".into(), json!(self.revision));
         e.insert("dry_run".into(), json!(self.dry_run));
-        Json::Object(e)
+        e
     }
 }
 
@@ -182,6 +192,7 @@ mod tests {
             trace_id: None,
             span_id: None,
             identity: crate::identity::IdentityOutcome::Absent,
+            policies: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arbiter_engine::DenyReason;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
@@ -38,7 +39,9 @@ impl Authorization for AuthzService {
             &outcome.decision,
             ResponseContext {
                 decision_id: &decision_id,
-                dry_run: self.state.options.dry_run,
+                // An unaudited request is denied even in dry-run mode.
+                dry_run: self.state.options.dry_run
+                    && !matches!(outcome.decision.reason, Some(DenyReason::AuditUnavailable)),
             },
         )))
     }

@@ -49,16 +49,38 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
-    log_dropped: [AtomicU64; 3],
+    log_dropped: [AtomicU64; DROP_REASONS.len()],
     log_written: AtomicU64,
+    log_uploaded: AtomicU64,
+    log_upload_failures: AtomicU64,
+    log_upload_buffered: AtomicU64,
 }
+
+/// Labels of `arbiter_decision_logs_dropped_total`, indexed by [`DropReason`].
+const DROP_REASONS: &[&str] = &[
+    "queue_full",
+    "sink_error",
+    "encode_error",
+    "upload_buffer_full",
+    "shutdown",
+    "drop_policy",
+];
 
 /// Why a decision-log event was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// The writer's queue was full.
     QueueFull = 0,
+    /// A sink failed to write the event.
     SinkError = 1,
+    /// The event could not be encoded.
     Encode = 2,
+    /// The upload buffer was full (the collector is down or slow).
+    UploadBufferFull = 3,
+    /// Shutdown's grace period ended before the collector took the event.
+    Shutdown = 4,
+    /// OPA's `system.log.drop` policy said so.
+    Policy = 5,
 }
 
 impl Metrics {
@@ -103,6 +125,38 @@ impl Metrics {
 
     pub fn log_written(&self) {
         self.log_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sink failed; the event may still have reached another sink.
+    pub fn log_sink_error(&self) {
+        self.log_dropped[DropReason::SinkError as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn log_uploaded(&self, n: usize) {
+        self.log_uploaded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn upload_failed(&self) {
+        self.log_upload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_upload_buffered(&self, n: usize) {
+        self.log_upload_buffered.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Events delivered to the collector.
+    pub fn uploaded_total(&self) -> u64 {
+        self.log_uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting in the upload buffer.
+    pub fn upload_buffered(&self) -> u64 {
+        self.log_upload_buffered.load(Ordering::Relaxed)
+    }
+
+    /// Dropped events for one reason.
+    pub fn dropped(&self, why: DropReason) -> u64 {
+        self.log_dropped[why as usize].load(Ordering::Relaxed)
     }
 
     pub fn dropped_total(&self) -> u64 {
@@ -181,10 +235,7 @@ impl Metrics {
             "# HELP arbiter_decision_logs_dropped_total Decision-log events not written, by reason."
         );
         let _ = writeln!(s, "# TYPE arbiter_decision_logs_dropped_total counter");
-        for (i, why) in ["queue_full", "sink_error", "encode_error"]
-            .iter()
-            .enumerate()
-        {
+        for (i, why) in DROP_REASONS.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "arbiter_decision_logs_dropped_total{{reason=\"{why}\"}} {}",
@@ -200,6 +251,39 @@ impl Metrics {
             s,
             "arbiter_decision_logs_written_total {}",
             l(&self.log_written)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_logs_uploaded_total Decision-log events the collector accepted."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_logs_uploaded_total counter");
+        let _ = writeln!(
+            s,
+            "arbiter_decision_logs_uploaded_total {}",
+            l(&self.log_uploaded)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_logs_upload_failures_total Uploads that failed and will be retried."
+        );
+        let _ = writeln!(
+            s,
+            "# TYPE arbiter_decision_logs_upload_failures_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "arbiter_decision_logs_upload_failures_total {}",
+            l(&self.log_upload_failures)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_decision_logs_upload_buffered Decision-log events waiting for the collector."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_decision_logs_upload_buffered gauge");
+        let _ = writeln!(
+            s,
+            "arbiter_decision_logs_upload_buffered {}",
+            l(&self.log_upload_buffered)
         );
         let _ = writeln!(
             s,

@@ -101,7 +101,7 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
     let decision_log = match &config.decision_log {
         Some(c) => Some(
             DecisionLog::start(c, config.options.labels.clone(), metrics.clone())
-                .with_context(|| format!("cannot open decision log {:?}", c.target))?,
+                .context("cannot start the decision log")?,
         ),
         None => None,
     };

@@ -97,9 +97,10 @@ impl State {
             .and_then(|t| arbiter_engine::record::parse_traceparent(&t));
         let authorizer = self.authorizer.load_full();
         let path = authorizer.path().slash_path();
-        let revision = authorizer.policies().revision().to_string();
+        let policies = authorizer.policies().clone();
         let outcome = self.run(move || authorizer.check(&request)).await;
-        self.finish(
+        let mut outcome = outcome;
+        let logged = self.finish(
             Origin::Grpc,
             &outcome,
             received,
@@ -108,10 +109,14 @@ impl State {
                 timestamp_ns,
                 path,
                 requested_by,
-                revision,
+                policies,
                 trace,
             },
         );
+        if !logged {
+            // `audit: required`: no event, no access.
+            outcome.decision = Decision::deny(DenyReason::AuditUnavailable);
+        }
         (outcome, decision_id)
     }
 
@@ -126,7 +131,7 @@ impl State {
         let timestamp_ns = now_ns();
         let decision_id = uuid::Uuid::new_v4().to_string();
         let authorizer = self.authorizer.load_full();
-        let revision = authorizer.policies().revision().to_string();
+        let policies = authorizer.policies().clone();
         let path = reference.slash_path();
         let logged_input = input.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -137,6 +142,12 @@ impl State {
                     authorizer.evaluate_value(&reference, input.unwrap_or(Value::Undefined));
                 let eval_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let decision = match &value {
+                    // A decision-shaped result (a boolean, or an object with `allowed`) is
+                    // logged as that decision; any other document as an allowed read.
+                    Ok(v @ Value::Bool(_)) => Decision::from_result(v),
+                    Ok(v @ Value::Object(o)) if o.contains_key(&Value::from("allowed")) => {
+                        Decision::from_result(v)
+                    }
                     Ok(v) => {
                         let mut d = Decision::allow();
                         d.result =
@@ -169,7 +180,7 @@ impl State {
             input: logged_input,
             ..outcome
         };
-        self.finish(
+        let logged = self.finish(
             Origin::DataApi,
             &outcome,
             received,
@@ -178,14 +189,27 @@ impl State {
                 timestamp_ns,
                 path,
                 requested_by,
-                revision,
+                policies,
                 trace: None,
             },
         );
+        let result = if logged {
+            result
+        } else {
+            Err(DenyReason::AuditUnavailable.to_string())
+        };
         (result, decision_id)
     }
 
-    fn finish(&self, origin: Origin, outcome: &CheckOutcome, received: Instant, f: Finish<'_>) {
+    /// Count the decision and queue its event. False only when the event could not be
+    /// queued and auditing is required: the caller must then deny.
+    fn finish(
+        &self,
+        origin: Origin,
+        outcome: &CheckOutcome,
+        received: Instant,
+        f: Finish<'_>,
+    ) -> bool {
         let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let d = &outcome.decision;
         self.metrics.record(
@@ -194,24 +218,27 @@ impl State {
             d.reason.as_ref().map(|r| (r.code(), r.is_error())),
             server_ns,
         );
-        if let Some(log) = &self.decision_log {
-            let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
-            log.submit(Box::new(DecisionRecord {
-                decision_id: f.decision_id.to_string(),
-                timestamp_ns: f.timestamp_ns,
-                path: f.path,
-                input: outcome.input.clone(),
-                decision: d.clone(),
-                timings: outcome.timings,
-                server_ns,
-                requested_by: f.requested_by,
-                revision: f.revision,
-                dry_run: self.options.dry_run && origin == Origin::Grpc,
-                trace_id,
-                span_id,
-                identity: outcome.identity.clone(),
-            }));
-        }
+        let Some(log) = &self.decision_log else {
+            return true;
+        };
+        let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
+        let queued = log.submit(Box::new(DecisionRecord {
+            decision_id: f.decision_id.to_string(),
+            timestamp_ns: f.timestamp_ns,
+            path: f.path,
+            input: outcome.input.clone(),
+            decision: d.clone(),
+            timings: outcome.timings,
+            server_ns,
+            requested_by: f.requested_by,
+            revision: f.policies.revision().to_string(),
+            dry_run: self.options.dry_run && origin == Origin::Grpc,
+            trace_id,
+            span_id,
+            identity: outcome.identity.clone(),
+            policies: Some(f.policies),
+        }));
+        queued || !log.audit_required()
     }
 }
 
@@ -220,6 +247,6 @@ struct Finish<'a> {
     timestamp_ns: i128,
     path: String,
     requested_by: String,
-    revision: String,
+    policies: Arc<arbiter_engine::PolicySet>,
     trace: Option<(String, String)>,
 }

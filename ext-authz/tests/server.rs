@@ -240,8 +240,8 @@ async fn dry_run_allows_and_logs_the_real_decision() {
             64,
             true,
             Some(DecisionLogConfig {
-                target: LogTarget::File(log.clone()),
                 queue: 100,
+                ..DecisionLogConfig::to(LogTarget::File(log.clone()))
             }),
         ),
         authorizer(POLICY),

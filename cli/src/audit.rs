@@ -1,0 +1,300 @@
+//! `arbiter audit verify FILE…` and `arbiter audit summary FILE…`: check a decision log's hash
+//! chain, and summarize what it says.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+
+use arbiter_engine::audit::chain::{self, GENESIS};
+use arbiter_engine::audit::summary::{Count, Summary, SummaryBuilder};
+use arbiter_ext_authz::decision_log::file::chronological;
+
+use crate::Exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check the hash chain of decision-log files: report the first modified, missing or
+    /// reordered event (exit 1). Rotated files (`x.2 x.1 x`) are put in order.
+    Verify(VerifyArgs),
+    /// Totals, allow/deny over time, top denied identities, paths and rules, error reasons,
+    /// latency percentiles, per policy revision.
+    Summary(SummaryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[arg(short, long, value_enum, default_value = "pretty")]
+    pub format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SummaryArgs {
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[arg(short, long, value_enum, default_value = "pretty")]
+    pub format: Format,
+    /// Entries in each ranking.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+pub fn run(cmd: &Command) -> Exit {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    run_to(cmd, &mut stdout.lock(), &mut stderr.lock())
+}
+
+pub fn run_to(cmd: &Command, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    match cmd {
+        Command::Verify(a) => verify(a, out, err),
+        Command::Summary(a) => summary(a, out, err),
+    }
+}
+
+fn open_all(files: &[PathBuf], err: &mut dyn Write) -> Option<Vec<(String, BufReader<File>)>> {
+    let mut readers = Vec::new();
+    for p in chronological(files) {
+        match File::open(&p) {
+            Ok(f) => readers.push((p.display().to_string(), BufReader::new(f))),
+            Err(e) => {
+                let _ = writeln!(err, "arbiter audit: {}: {e}", p.display());
+                return None;
+            }
+        }
+    }
+    Some(readers)
+}
+
+fn verify(a: &VerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    let Some(readers) = open_all(&a.files, err) else {
+        return Exit::Usage;
+    };
+    let order: Vec<String> = readers.iter().map(|(n, _)| n.clone()).collect();
+    let report = match chain::verify(readers) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: {e}");
+            return Exit::Usage;
+        }
+    };
+    let from_genesis = report.first_prev_hash.as_deref() == Some(GENESIS);
+    match a.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "ok": report.failure.is_none(),
+                "files": order,
+                "events": report.events,
+                "first_prev_hash": report.first_prev_hash,
+                "from_genesis": from_genesis,
+                "last_hash": report.last_hash,
+                "failure": report.failure.as_ref().map(|f| serde_json::json!({
+                    "file": f.file, "line": f.line, "error": f.error.to_string(),
+                })),
+            });
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            );
+        }
+        Format::Pretty => match &report.failure {
+            Some(f) => {
+                let _ = writeln!(out, "FAILED: {}:{}: {}", f.file, f.line, f.error);
+                let _ = writeln!(
+                    out,
+                    "{} events verified before it (files in order: {})",
+                    report.events,
+                    order.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "OK: {} events in {} file{}, chain intact",
+                    report.events,
+                    report.files,
+                    if report.files == 1 { "" } else { "s" }
+                );
+                match (&report.first_prev_hash, from_genesis) {
+                    (_, true) => {
+                        let _ = writeln!(out, "starts: at the beginning of the chain");
+                    }
+                    (Some(p), false) => {
+                        let _ = writeln!(
+                            out,
+                            "starts: after event {p} (earlier files were not given or were rotated away)"
+                        );
+                    }
+                    (None, _) => {}
+                }
+                if let Some(h) = &report.last_hash {
+                    let _ = writeln!(out, "last hash: {h}");
+                }
+            }
+        },
+    }
+    if report.failure.is_some() {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    }
+}
+
+fn summary(a: &SummaryArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    let Some(readers) = open_all(&a.files, err) else {
+        return Exit::Usage;
+    };
+    let mut b = SummaryBuilder::default();
+    for (name, mut r) in readers {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let l = line.strip_suffix(b"\n").unwrap_or(&line);
+                    if !l.is_empty() {
+                        b.add_line(l);
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "arbiter audit: {name}: {e}");
+                    return Exit::Usage;
+                }
+            }
+        }
+    }
+    let s = b.finish(a.top);
+    let text = match a.format {
+        Format::Json => serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
+        Format::Pretty => pretty(&s),
+    };
+    let _ = out.write_all(text.as_bytes());
+    Exit::Ok
+}
+
+fn pct(n: u64, of: u64) -> String {
+    if of == 0 {
+        "0.0%".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
+    }
+}
+
+fn dur(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    }
+}
+
+fn ranking(s: &mut String, title: &str, list: &[Count], of: u64) {
+    let _ = writeln!(s, "\n{title}:");
+    if list.is_empty() {
+        let _ = writeln!(s, "  (none)");
+    }
+    for c in list {
+        let _ = writeln!(s, "  {:>8}  {:>6}  {}", c.count, pct(c.count, of), c.name);
+    }
+}
+
+fn pretty(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} decisions{}",
+        s.events,
+        match (&s.first, &s.last) {
+            (Some(f), Some(l)) => format!(" from {f} to {l}"),
+            _ => String::new(),
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  allowed {} ({}), denied {} ({}), of which errors {}{}",
+        s.allowed,
+        pct(s.allowed, s.events),
+        s.denied,
+        pct(s.denied, s.events),
+        s.errors,
+        if s.dry_run > 0 {
+            format!("; dry-run {}", s.dry_run)
+        } else {
+            String::new()
+        }
+    );
+    if s.unreadable > 0 {
+        let _ = writeln!(o, "  {} lines were not decision events", s.unreadable);
+    }
+    if !s.timeline.is_empty() {
+        let _ = writeln!(o, "\nover time (per {}s):", s.bucket_seconds);
+        let widest = s
+            .timeline
+            .iter()
+            .map(|b| b.allowed + b.denied)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        for b in &s.timeline {
+            let total = b.allowed + b.denied;
+            let bar = usize::try_from(total * 40 / widest).unwrap_or(0);
+            let denied_bar = usize::try_from(b.denied * 40 / widest).unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "  {}  {:>7} allowed {:>7} denied  {}{}",
+                b.start,
+                b.allowed,
+                b.denied,
+                "#".repeat(bar.saturating_sub(denied_bar)),
+                "x".repeat(denied_bar)
+            );
+        }
+    }
+    ranking(
+        &mut o,
+        "top denied identities",
+        &s.top_denied_identities,
+        s.denied,
+    );
+    ranking(&mut o, "top denied paths", &s.top_denied_paths, s.denied);
+    ranking(
+        &mut o,
+        "top denying policies and rules",
+        &s.top_deny_rules,
+        s.denied,
+    );
+    ranking(&mut o, "denial reasons", &s.reasons, s.denied);
+    let l = &s.latency;
+    let _ = writeln!(
+        o,
+        "\nlatency ({} decisions): p50 {}  p90 {}  p99 {}  max {}",
+        l.count,
+        dur(l.p50_ns),
+        dur(l.p90_ns),
+        dur(l.p99_ns),
+        dur(l.max_ns)
+    );
+    let _ = writeln!(o, "\nper policy revision:");
+    for r in &s.revisions {
+        let short: String = r.revision.chars().take(12).collect();
+        let _ = writeln!(
+            o,
+            "  {short}  {:>8} decisions  {:>6} allowed  {} .. {}",
+            r.events,
+            pct(r.allowed, r.events),
+            r.first,
+            r.last
+        );
+    }
+    o
+}

@@ -1,0 +1,367 @@
+//! Decision-log settings of `arbiter serve`: flags, arbiter's config keys, and OPA's
+//! `services` / `decision_logs` configuration, so an OPA config file keeps working.
+
+use std::path::Path;
+use std::time::Duration;
+
+use arbiter_engine::DataRef;
+use arbiter_ext_authz::decision_log::{
+    DecisionLogConfig, FileSinkConfig, Fsync, LogTarget, UploadConfig,
+};
+use serde_json::Value as Json;
+
+use crate::serve::parse_duration;
+
+/// Whether a decision may go unaudited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditMode {
+    /// Log what can be logged; count what is dropped.
+    BestEffort,
+    /// Deny a request when its event cannot be queued.
+    Required,
+}
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Write decision events as JSON lines to this file (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub decision_log: Option<String>,
+    /// Also upload decision events to this collector (OPA's format: gzip JSON arrays POSTed to
+    /// the URL, e.g. `http://collector:8080/logs`).
+    #[arg(long, value_name = "URL")]
+    pub decision_log_url: Option<String>,
+    /// Rotate the decision-log file at this size (`100MiB`, `10MB`, `500000`) [default: 100MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub decision_log_max_size: Option<String>,
+    /// Rotated decision-log files kept [default: 10].
+    #[arg(long, value_name = "N")]
+    pub decision_log_max_files: Option<u32>,
+    /// When decision events are forced to disk: never, batch (after each batch of queued
+    /// events) or always [default: batch].
+    #[arg(long, value_name = "WHEN")]
+    pub decision_log_fsync: Option<String>,
+    /// Request headers erased from decision events, comma-separated; `""` erases none
+    /// [default: authorization,proxy-authorization,cookie,x-api-key].
+    #[arg(long, value_name = "NAMES")]
+    pub decision_log_mask_headers: Option<String>,
+    /// Events that may wait for the log writer [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub decision_log_queue: Option<usize>,
+    /// `required`: deny a request whose decision event cannot be queued [default: best-effort].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub audit: Option<AuditMode>,
+}
+
+/// `100MiB`, `10MB`, `64k`, `500000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as `100MiB`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        u => return Err(format!("`{s}`: unknown size unit `{u}`")),
+    };
+    n.checked_mul(mult)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{s}` must be a positive size"))
+}
+
+fn get<'a>(v: &'a Json, keys: &[&str]) -> Option<&'a Json> {
+    keys.iter().find_map(|k| v.get(*k))
+}
+
+fn get_str(v: &Json, keys: &[&str]) -> Option<String> {
+    get(v, keys).and_then(|x| match x {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn get_u64(v: &Json, keys: &[&str]) -> Result<Option<u64>, String> {
+    match get(v, keys) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("`{}` must be a whole number", keys[0])),
+        Some(Json::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("`{}` must be a whole number", keys[0])),
+        Some(_) => Err(format!("`{}` must be a number", keys[0])),
+    }
+}
+
+/// OPA's `services`: a map of name → service, or a list of services with `name`.
+fn opa_service<'a>(file: &'a Json, name: Option<&str>) -> Option<&'a Json> {
+    match file.get("services")? {
+        Json::Object(m) => match name {
+            Some(n) => m.get(n),
+            None if m.len() == 1 => m.values().next(),
+            None => None,
+        },
+        Json::Array(a) => match name {
+            Some(n) => a
+                .iter()
+                .find(|s| s.get("name").and_then(Json::as_str) == Some(n)),
+            None if a.len() == 1 => a.first(),
+            None => None,
+        },
+        _ => None,
+    }
+}
+
+/// Combine flags, arbiter's keys and OPA's `decision_logs` into a decision-log configuration;
+/// `None` when no sink is configured.
+pub fn decision_log_config(
+    args: &LogArgs,
+    file: &Json,
+    base: &Path,
+) -> Result<Option<DecisionLogConfig>, String> {
+    let opa = file.get("decision_logs").cloned().unwrap_or(Json::Null);
+    let mut config = DecisionLogConfig::none();
+    // Where.
+    let target = args
+        .decision_log
+        .clone()
+        .or_else(|| get_str(file, &["decision-log", "decision_log"]));
+    match target.map(|t| LogTarget::parse(&t)) {
+        Some(LogTarget::Stdout) => config.stdout = true,
+        Some(LogTarget::File(p)) => {
+            let p = if p.is_relative() && args.decision_log.is_none() {
+                base.join(p)
+            } else {
+                p
+            };
+            config.file = Some(FileSinkConfig::new(p));
+        }
+        None => {}
+    }
+    if opa.get("console").and_then(Json::as_bool) == Some(true) {
+        config.stdout = true;
+    }
+    let url = match args
+        .decision_log_url
+        .clone()
+        .or_else(|| get_str(file, &["decision-log-url", "decision_log_url"]))
+    {
+        Some(u) => Some((u, None)),
+        None => {
+            // OPA uploads to `decision_logs.service`, or to the only service there is.
+            let named = get_str(&opa, &["service"]);
+            let uploading = named.is_some()
+                || (opa.is_object() && opa.get("console").and_then(Json::as_bool) != Some(true));
+            match (uploading, opa_service(file, named.as_deref())) {
+                (true, Some(svc)) => {
+                    let name = named.unwrap_or_else(|| "the service".into());
+                    let base_url = get_str(svc, &["url"])
+                        .ok_or_else(|| format!("service `{name}` has no `url`"))?;
+                    let resource = get_str(&opa, &["resource"]).unwrap_or_else(|| "/logs".into());
+                    let token = svc
+                        .pointer("/credentials/bearer/token")
+                        .and_then(Json::as_str)
+                        .map(str::to_string);
+                    Some((
+                        format!(
+                            "{}/{}",
+                            base_url.trim_end_matches('/'),
+                            resource.trim_start_matches('/')
+                        ),
+                        token,
+                    ))
+                }
+                (true, None) if named.is_some() => {
+                    return Err(format!(
+                        "decision_logs.service `{}` is not in `services`",
+                        named.unwrap_or_default()
+                    ));
+                }
+                _ => None,
+            }
+        }
+    };
+    if let Some((url, token)) = url {
+        let mut u = UploadConfig::new(url);
+        u.bearer_token = token;
+        let reporting = opa.get("reporting").cloned().unwrap_or(Json::Null);
+        if let Some(n) = get_u64(&reporting, &["buffer_size_limit_events"])? {
+            u.buffer_events = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+        }
+        if let Some(n) = get_u64(&reporting, &["max_delay_seconds"])? {
+            u.max_delay = Duration::from_secs(n.max(1));
+        }
+        if let Some(n) = get_u64(&reporting, &["upload_size_limit_bytes"])? {
+            // OPA's limit is on compressed bytes; decision events compress about 8:1.
+            u.batch_bytes = usize::try_from(n.saturating_mul(8)).unwrap_or(usize::MAX);
+        }
+        if let Some(s) = get_str(file, &["decision-log-upload-interval"]) {
+            u.max_delay = parse_duration(&s)?;
+        }
+        config.upload = Some(u);
+    }
+    // How.
+    if let Some(f) = config.file.as_mut() {
+        if let Some(s) = args
+            .decision_log_max_size
+            .clone()
+            .or_else(|| get_str(file, &["decision-log-max-size"]))
+        {
+            f.max_bytes = parse_size(&s)?;
+        }
+        match args.decision_log_max_files {
+            Some(n) => f.max_files = n.max(1),
+            None => {
+                if let Some(n) = get_u64(file, &["decision-log-max-files"])? {
+                    f.max_files = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+                }
+            }
+        }
+        if let Some(s) = args
+            .decision_log_fsync
+            .clone()
+            .or_else(|| get_str(file, &["decision-log-fsync"]))
+        {
+            f.fsync = s.parse::<Fsync>()?;
+        }
+    }
+    if let Some(list) = args
+        .decision_log_mask_headers
+        .clone()
+        .or_else(|| get_str(file, &["decision-log-mask-headers"]))
+    {
+        config.mask_headers = list
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+    }
+    if let Some(n) = args.decision_log_queue {
+        config.queue = n.max(1);
+    } else if let Some(n) = get_u64(file, &["decision-log-queue"])? {
+        config.queue = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    }
+    for (key, slot) in [
+        ("mask_decision", &mut config.mask_decision),
+        ("drop_decision", &mut config.drop_decision),
+    ] {
+        if let Some(p) = get_str(&opa, &[key]) {
+            *slot = DataRef::parse(&p).map_err(|e| format!("decision_logs.{key}: {e}"))?;
+        }
+    }
+    let audit = match args.audit {
+        Some(a) => a,
+        None => match get_str(file, &["audit"]).as_deref() {
+            None | Some("best-effort") => AuditMode::BestEffort,
+            Some("required") => AuditMode::Required,
+            Some(other) => {
+                return Err(format!(
+                    "`audit` must be best-effort or required, not `{other}`"
+                ));
+            }
+        },
+    };
+    config.audit_required = audit == AuditMode::Required;
+    let any_sink = config.file.is_some() || config.stdout || config.upload.is_some();
+    if !any_sink {
+        if config.audit_required {
+            return Err(
+                "--audit required needs a decision log (--decision-log or --decision-log-url)"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5XB").is_err());
+    }
+
+    #[test]
+    fn nothing_configured_is_no_log() {
+        assert_eq!(
+            decision_log_config(&LogArgs::default(), &Json::Null, Path::new("")),
+            Ok(None)
+        );
+        let required = LogArgs {
+            audit: Some(AuditMode::Required),
+            ..LogArgs::default()
+        };
+        assert!(decision_log_config(&required, &Json::Null, Path::new("")).is_err());
+    }
+
+    #[test]
+    fn flags_and_opa_config() {
+        let args = LogArgs {
+            decision_log: Some("/var/log/d.log".into()),
+            decision_log_max_size: Some("1MiB".into()),
+            decision_log_fsync: Some("always".into()),
+            decision_log_mask_headers: Some("Authorization, X-Secret".into()),
+            audit: Some(AuditMode::Required),
+            ..LogArgs::default()
+        };
+        let file = json!({
+            "services": [{"name": "acme", "url": "http://127.0.0.1:9000/v1/", "credentials": {"bearer": {"token": "t0k"}}}],
+            "decision_logs": {
+                "service": "acme",
+                "resource": "/logs",
+                "mask_decision": "custom/mask",
+                "reporting": {"buffer_size_limit_events": 50, "max_delay_seconds": 3}
+            }
+        });
+        let c = decision_log_config(&args, &file, Path::new("/etc/arbiter"))
+            .unwrap()
+            .unwrap();
+        let f = c.file.unwrap();
+        assert_eq!(f.path, Path::new("/var/log/d.log"));
+        assert_eq!((f.max_bytes, f.fsync), (1 << 20, Fsync::Always));
+        assert_eq!(c.mask_headers, vec!["authorization", "x-secret"]);
+        assert!(c.audit_required);
+        let u = c.upload.unwrap();
+        assert_eq!(u.url, "http://127.0.0.1:9000/v1/logs");
+        assert_eq!(u.bearer_token.as_deref(), Some("t0k"));
+        assert_eq!((u.buffer_events, u.max_delay), (50, Duration::from_secs(3)));
+        assert_eq!(c.mask_decision, DataRef::parse("custom/mask").unwrap());
+
+        let c = decision_log_config(
+            &LogArgs::default(),
+            &json!({"decision-log": "logs/d.log", "decision_logs": {"console": true}}),
+            Path::new("/etc/arbiter"),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(c.stdout);
+        assert_eq!(c.file.unwrap().path, Path::new("/etc/arbiter/logs/d.log"));
+        assert_eq!(
+            c.mask_headers,
+            vec![
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "x-api-key"
+            ]
+        );
+    }
+}

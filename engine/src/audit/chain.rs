@@ -1,0 +1,329 @@
+//! The hash chain of a decision log.
+//!
+//! Each event carries `prev_hash`, the `hash` of the event before it, and `hash`, the SHA-256 of
+//! the event's own JSON bytes as written — everything before `,"hash":"…"}`, `prev_hash`
+//! included — with `}` closing them. Hashing the written bytes rather than a re-encoding means
+//! the verifier needs no canonicalization that could disagree with the writer.
+//!
+//! Changing any byte of an event breaks its `hash`; deleting, inserting or swapping events
+//! breaks the next event's `prev_hash`. The chain continues across restarts and rotated files:
+//! the writer starts from the last hash it finds. A chain with no predecessor starts from
+//! [`GENESIS`].
+//!
+//! Without a secret, someone who can rewrite the whole log can recompute the whole chain; the
+//! chain proves that a log agrees with any hash copied out of it earlier (a later event's
+//! hash, a hash shipped to the collector), which is what makes tampering evident.
+
+use std::io::BufRead;
+
+use serde_json::{Map, Value as Json};
+
+/// `prev_hash` of the first event of a new chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const HASH_PREFIX: &[u8] = b",\"hash\":\"";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+/// Add `prev_hash` and `hash` to `event` and encode it as one line (with `\n`).
+/// Returns the line and the event's hash.
+pub fn seal(mut event: Map<String, Json>, prev_hash: &str) -> (Vec<u8>, String) {
+    event.remove("hash");
+    event.insert("prev_hash".into(), Json::String(prev_hash.to_string()));
+    // An object of strings, numbers and nested values always encodes.
+    let mut body = serde_json::to_vec(&Json::Object(event)).unwrap_or_else(|_| b"{}".to_vec());
+    let hash = sha256_hex(&body);
+    body.pop(); // the closing brace
+    body.extend_from_slice(HASH_PREFIX);
+    body.extend_from_slice(hash.as_bytes());
+    body.extend_from_slice(b"\"}\n");
+    (body, hash)
+}
+
+/// [`seal`] for an event whose `input` is a Rego value: it is serialized straight into the
+/// line, skipping the conversion to a JSON tree (the writer's largest cost).
+pub fn seal_with_input(
+    mut fields: Map<String, Json>,
+    input: Option<&regorus::Value>,
+    prev_hash: &str,
+) -> (Vec<u8>, String) {
+    fields.remove("hash");
+    fields.remove("input");
+    fields.insert("prev_hash".into(), Json::String(prev_hash.to_string()));
+    let mut body = Vec::with_capacity(2048);
+    if serde_json::to_writer(&mut body, &Json::Object(fields)).is_err() {
+        body = b"{}".to_vec();
+    }
+    if let Some(input) = input {
+        let mark = body.len();
+        body.pop(); // the closing brace
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"\"input\":");
+        if serde_json::to_writer(&mut body, input).is_ok() {
+            body.push(b'}');
+        } else {
+            body.truncate(mark - 1);
+            body.push(b'}');
+        }
+    }
+    let hash = sha256_hex(&body);
+    body.pop();
+    body.extend_from_slice(HASH_PREFIX);
+    body.extend_from_slice(hash.as_bytes());
+    body.extend_from_slice(b"\"}\n");
+    (body, hash)
+}
+
+/// What is wrong with one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    /// Not an event written by arbiter: not JSON, or no trailing `hash`.
+    Malformed(String),
+    /// The bytes do not hash to the recorded `hash`: the event was changed.
+    Modified,
+    /// `prev_hash` is not the previous event's hash: events are missing, inserted or out of
+    /// order.
+    BrokenLink { expected: String, found: String },
+    /// The last line has no newline: a write was cut short or the file was truncated.
+    Incomplete,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineError::Malformed(why) => write!(f, "not a sealed decision event ({why})"),
+            LineError::Modified => {
+                f.write_str("the event does not match its hash: it was modified")
+            }
+            LineError::BrokenLink { expected, found } => write!(
+                f,
+                "prev_hash {found} is not the previous event's hash {expected}: events are missing, inserted or out of order"
+            ),
+            LineError::Incomplete => {
+                f.write_str("the last line is incomplete (a cut-short write or a truncated file)")
+            }
+        }
+    }
+}
+
+/// One line's own check: its hash, and its recorded `prev_hash` and `hash`.
+pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
+    let tail = HASH_PREFIX.len() + 64 + 2;
+    if line.len() < tail + 1 || !line.ends_with(b"\"}") {
+        return Err(LineError::Malformed("no trailing hash".into()));
+    }
+    let split = line.len() - tail;
+    if &line[split..split + HASH_PREFIX.len()] != HASH_PREFIX {
+        return Err(LineError::Malformed("no trailing hash".into()));
+    }
+    let recorded = std::str::from_utf8(&line[split + HASH_PREFIX.len()..line.len() - 2])
+        .map_err(|_| LineError::Malformed("the hash is not text".into()))?
+        .to_string();
+    let event: Json = serde_json::from_slice(line)
+        .map_err(|e| LineError::Malformed(format!("invalid JSON: {e}")))?;
+    let prev = event
+        .get("prev_hash")
+        .and_then(Json::as_str)
+        .ok_or_else(|| LineError::Malformed("no prev_hash".into()))?
+        .to_string();
+    let mut body = line[..split].to_vec();
+    body.push(b'}');
+    if sha256_hex(&body) != recorded {
+        return Err(LineError::Modified);
+    }
+    Ok((prev, recorded))
+}
+
+/// The first problem found, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyFailure {
+    pub file: String,
+    /// 1-based line number in `file`.
+    pub line: usize,
+    pub error: LineError,
+}
+
+/// What verifying a log found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    pub files: usize,
+    /// Events that verified before the first failure (all of them when there is none).
+    pub events: usize,
+    /// `prev_hash` of the first event: [`GENESIS`] for a complete chain, else the hash of an
+    /// event in an earlier file that was not given.
+    pub first_prev_hash: Option<String>,
+    /// Hash of the last event that verified.
+    pub last_hash: Option<String>,
+    pub failure: Option<VerifyFailure>,
+}
+
+/// Verify files in order (oldest first), stopping at the first problem.
+pub fn verify<R: BufRead>(files: Vec<(String, R)>) -> std::io::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut prev: Option<String> = None;
+    for (name, mut reader) in files {
+        report.files += 1;
+        let mut line = Vec::new();
+        let mut n = 0;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            n += 1;
+            let fail = |error| VerifyFailure {
+                file: name.clone(),
+                line: n,
+                error,
+            };
+            if line.last() != Some(&b'\n') {
+                report.failure = Some(fail(LineError::Incomplete));
+                return Ok(report);
+            }
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            match check_line(&line) {
+                Err(e) => {
+                    report.failure = Some(fail(e));
+                    return Ok(report);
+                }
+                Ok((p, h)) => {
+                    match &prev {
+                        None => report.first_prev_hash = Some(p),
+                        Some(expected) if *expected != p => {
+                            report.failure = Some(fail(LineError::BrokenLink {
+                                expected: expected.clone(),
+                                found: p,
+                            }));
+                            return Ok(report);
+                        }
+                        Some(_) => {}
+                    }
+                    report.events += 1;
+                    report.last_hash = Some(h.clone());
+                    prev = Some(h);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The hash of the last complete, sealed line of `text` (how a writer continues a chain).
+pub fn last_hash(text: &[u8]) -> Option<String> {
+    text.split(|b| *b == b'\n')
+        .rev()
+        .skip(1) // whatever follows the last newline is not a complete line
+        .find(|l| !l.is_empty())
+        .and_then(|l| check_line(l).ok())
+        .map(|(_, h)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(i: usize) -> Map<String, Json> {
+        match json!({"decision_id": format!("d{i}"), "input": {"s": "a\n{\"allowed\":true}"}, "allowed": i.is_multiple_of(2)})
+        {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn log(n: usize) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS.to_string();
+        (0..n)
+            .map(|i| {
+                let (line, h) = seal(event(i), &prev);
+                prev = h;
+                line
+            })
+            .collect()
+    }
+
+    fn verify_lines(lines: &[Vec<u8>]) -> VerifyReport {
+        let text: Vec<u8> = lines.concat();
+        verify(vec![("log".to_string(), std::io::Cursor::new(text))]).unwrap()
+    }
+
+    #[test]
+    fn an_untouched_log_verifies() {
+        let lines = log(5);
+        let r = verify_lines(&lines);
+        assert_eq!(r.failure, None);
+        assert_eq!(r.events, 5);
+        assert_eq!(r.first_prev_hash.as_deref(), Some(GENESIS));
+        // Each line is one JSON object with the chain fields.
+        for l in &lines {
+            let v: Json = serde_json::from_slice(l).unwrap();
+            assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+        }
+        assert_eq!(last_hash(&lines.concat()), r.last_hash);
+    }
+
+    #[test]
+    fn one_changed_byte_a_deletion_and_a_swap_are_caught() {
+        let lines = log(5);
+        // Flip one byte of line 3's body.
+        let mut changed = lines.clone();
+        let pos = changed[2].iter().position(|b| *b == b'd').unwrap();
+        changed[2][pos] = b'e';
+        let r = verify_lines(&changed);
+        let f = r.failure.unwrap();
+        assert_eq!((f.line, f.error), (3, LineError::Modified));
+        assert_eq!(r.events, 2);
+
+        let mut deleted = lines.clone();
+        deleted.remove(1);
+        let f = verify_lines(&deleted).failure.unwrap();
+        assert_eq!(f.line, 2);
+        assert!(matches!(f.error, LineError::BrokenLink { .. }));
+
+        let mut swapped = lines.clone();
+        swapped.swap(3, 4);
+        let f = verify_lines(&swapped).failure.unwrap();
+        assert_eq!(f.line, 4);
+        assert!(matches!(f.error, LineError::BrokenLink { .. }));
+
+        let mut truncated = lines.concat();
+        truncated.truncate(truncated.len() - 10);
+        let r = verify(vec![("log".to_string(), std::io::Cursor::new(truncated))]).unwrap();
+        assert_eq!(r.failure.unwrap().error, LineError::Incomplete);
+
+        let mut forged = lines.clone();
+        forged[0] = b"{\"allowed\":true}\n".to_vec();
+        assert!(matches!(
+            verify_lines(&forged).failure.unwrap().error,
+            LineError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn the_chain_spans_files() {
+        let lines = log(6);
+        let a: Vec<u8> = lines[..3].concat();
+        let b: Vec<u8> = lines[3..].concat();
+        let r = verify(vec![
+            ("log.1".to_string(), std::io::Cursor::new(a.clone())),
+            ("log".to_string(), std::io::Cursor::new(b.clone())),
+        ])
+        .unwrap();
+        assert_eq!((r.files, r.events, r.failure), (2, 6, None));
+        // In the wrong order, the second file's first event does not link.
+        let r = verify(vec![
+            ("log".to_string(), std::io::Cursor::new(b)),
+            ("log.1".to_string(), std::io::Cursor::new(a)),
+        ])
+        .unwrap();
+        let f = r.failure.unwrap();
+        assert_eq!((f.file.as_str(), f.line), ("log.1", 1));
+    }
+}

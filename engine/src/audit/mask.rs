@@ -1,0 +1,397 @@
+//! Masking decision events before they leave the process, as OPA does.
+//!
+//! - Headers that carry credentials (by default `authorization`, `proxy-authorization`,
+//!   `cookie`, `x-api-key`) are erased from the input, in `headers` and in `headerMap`.
+//! - OPA's `system.log.mask` policy, when the policy set defines it, gets the event as `input`
+//!   and returns JSON pointers to erase (`"/input/password"`) or operations
+//!   (`{"op": "upsert", "path": "/input/ssn", "value": "***"}`, `{"op": "remove", …}`). Only
+//!   paths under `/input`, `/result` and `/nd_builtin_cache` may be touched.
+//!
+//! What was removed is listed in the event's `erased`, what was replaced in `masked`.
+
+use serde_json::{Map, Value as Json};
+
+/// The headers erased when nothing else is configured.
+pub const DEFAULT_MASKED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+/// One masking operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaskOp {
+    Remove(String),
+    Upsert(String, Json),
+}
+
+/// Read a mask policy's result: a set or array of pointers and operation objects.
+pub fn parse_ops(result: &Json) -> Result<Vec<MaskOp>, String> {
+    let items: Vec<&Json> = match result {
+        Json::Null => return Ok(Vec::new()),
+        Json::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let mut ops = Vec::new();
+    for item in items {
+        match item {
+            Json::String(p) => ops.push(MaskOp::Remove(p.clone())),
+            Json::Object(o) => {
+                let path = o
+                    .get("path")
+                    .and_then(Json::as_str)
+                    .ok_or("a mask operation needs a string `path`")?
+                    .to_string();
+                match o.get("op").and_then(Json::as_str).unwrap_or("remove") {
+                    "remove" => ops.push(MaskOp::Remove(path)),
+                    "upsert" => ops.push(MaskOp::Upsert(
+                        path,
+                        o.get("value").cloned().unwrap_or(Json::Null),
+                    )),
+                    other => return Err(format!("unknown mask operation `{other}`")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "a mask entry must be a pointer or an object, not {other}"
+                ));
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// `/a/b~1c/0` → `["a", "b/c", "0"]` (RFC 6901).
+fn pointer_segments(pointer: &str) -> Option<Vec<String>> {
+    let rest = pointer.strip_prefix('/')?;
+    Some(
+        rest.split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
+
+fn allowed_root(segments: &[String]) -> bool {
+    matches!(
+        segments.first().map(String::as_str),
+        Some("input" | "result" | "nd_builtin_cache")
+    )
+}
+
+/// The parent container of the pointed-to value, and the last segment.
+fn parent_mut<'a>(root: &'a mut Json, segments: &[String]) -> Option<&'a mut Json> {
+    let (_, parents) = segments.split_last()?;
+    let mut v = root;
+    for s in parents {
+        v = match v {
+            Json::Object(m) => m.get_mut(s)?,
+            Json::Array(a) => a.get_mut(s.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// Apply operations to an event; returns whether anything changed. Pointers that do not
+/// exist are skipped, as OPA skips them.
+pub fn apply(event: &mut Map<String, Json>, ops: &[MaskOp]) -> bool {
+    let mut erased: Vec<Json> = Vec::new();
+    let mut masked: Vec<Json> = Vec::new();
+    let mut root = Json::Object(std::mem::take(event));
+    for op in ops {
+        let (pointer, upsert) = match op {
+            MaskOp::Remove(p) => (p, None),
+            MaskOp::Upsert(p, v) => (p, Some(v)),
+        };
+        let Some(segments) = pointer_segments(pointer).filter(|s| allowed_root(s)) else {
+            continue;
+        };
+        let Some(last) = segments.last().cloned() else {
+            continue;
+        };
+        let Some(parent) = parent_mut(&mut root, &segments) else {
+            continue;
+        };
+        match (parent, upsert) {
+            (Json::Object(m), None) => {
+                let removed = m.shift_remove(&last).is_some();
+                if removed {
+                    erased.push(Json::String(pointer.clone()));
+                }
+            }
+            (Json::Object(m), Some(v)) => {
+                m.insert(last, v.clone());
+                masked.push(Json::String(pointer.clone()));
+            }
+            (Json::Array(a), None) => {
+                if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < a.len()) {
+                    a.remove(i);
+                    erased.push(Json::String(pointer.clone()));
+                }
+            }
+            (Json::Array(a), Some(v)) => {
+                if let Some(slot) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *slot = v.clone();
+                    masked.push(Json::String(pointer.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Json::Object(m) = root {
+        *event = m;
+    }
+    let changed = !(erased.is_empty() && masked.is_empty());
+    for (key, list) in [("erased", erased), ("masked", masked)] {
+        if list.is_empty() {
+            continue;
+        }
+        match event.get_mut(key) {
+            Some(Json::Array(existing)) => existing.extend(list),
+            _ => {
+                event.insert(key.into(), Json::Array(list));
+            }
+        }
+    }
+    changed
+}
+
+/// Operations erasing `headers` (lower-case names) from an OPA-Envoy input in `event`:
+/// the `headers` map entries and the `headerMap` entries with those keys.
+pub fn header_ops(event: &Map<String, Json>, headers: &[String]) -> Vec<MaskOp> {
+    let mut ops = Vec::new();
+    let Some(http) = event
+        .get("input")
+        .and_then(|i| i.get("attributes"))
+        .and_then(|a| a.get("request"))
+        .and_then(|r| r.get("http"))
+    else {
+        return ops;
+    };
+    if let Some(Json::Object(h)) = http.get("headers") {
+        for k in h.keys() {
+            if headers.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                ops.push(MaskOp::Remove(format!(
+                    "/input/attributes/request/http/headers/{}",
+                    k.replace('~', "~0").replace('/', "~1")
+                )));
+            }
+        }
+    }
+    if let Some(Json::Array(list)) = http.get("headerMap").and_then(|m| m.get("headers")) {
+        // From the end, so earlier indices stay valid while removing.
+        for (i, entry) in list.iter().enumerate().rev() {
+            let key = entry.get("key").and_then(Json::as_str).unwrap_or("");
+            if headers.iter().any(|n| n.eq_ignore_ascii_case(key)) {
+                ops.push(MaskOp::Remove(format!(
+                    "/input/attributes/request/http/headerMap/headers/{i}"
+                )));
+            }
+        }
+    }
+    ops
+}
+
+/// Erase `headers` (lower-case names) from an OPA-Envoy input held as a Rego value, in
+/// `headers` and in `headerMap`; returns the pointers erased, as [`header_ops`] names them.
+/// Only the objects on the way are copied: the rest stays shared with the decision's input.
+pub fn mask_input_headers(input: &mut regorus::Value, headers: &[String]) -> Vec<String> {
+    use regorus::Value;
+    let mut erased = Vec::new();
+    if headers.is_empty() {
+        return erased;
+    }
+    let hit = |k: &str| headers.iter().any(|n| n.eq_ignore_ascii_case(k));
+    let key = |s: &str| Value::from(s);
+    let Some(http) = input
+        .as_object_mut()
+        .ok()
+        .and_then(|o| o.get_mut(&key("attributes")))
+        .and_then(|a| a.as_object_mut().ok())
+        .and_then(|a| a.get_mut(&key("request")))
+        .and_then(|r| r.as_object_mut().ok())
+        .and_then(|r| r.get_mut(&key("http")))
+    else {
+        return erased;
+    };
+    // Look before copying: most requests carry none of the masked headers.
+    let in_headers: Vec<String> = match http.as_object().ok().and_then(|h| h.get(&key("headers"))) {
+        Some(Value::Object(h)) => h
+            .keys()
+            .filter_map(|k| match k {
+                Value::String(s) if hit(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !in_headers.is_empty()
+        && let Some(h) = http
+            .as_object_mut()
+            .ok()
+            .and_then(|o| o.get_mut(&key("headers")))
+            .and_then(|h| h.as_object_mut().ok())
+    {
+        for k in in_headers {
+            h.remove(&key(&k));
+            erased.push(format!(
+                "/input/attributes/request/http/headers/{}",
+                k.replace('~', "~0").replace('/', "~1")
+            ));
+        }
+    }
+    let map_hits: Vec<usize> = match http
+        .as_object()
+        .ok()
+        .and_then(|o| o.get(&key("headerMap")))
+        .and_then(|m| m.as_object().ok())
+        .and_then(|m| m.get(&key("headers")))
+    {
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.as_object()
+                    .ok()
+                    .and_then(|o| o.get(&key("key")))
+                    .is_some_and(|k| matches!(k, Value::String(s) if hit(s)))
+            })
+            .map(|(i, _)| i)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !map_hits.is_empty()
+        && let Some(list) = http
+            .as_object_mut()
+            .ok()
+            .and_then(|o| o.get_mut(&key("headerMap")))
+            .and_then(|m| m.as_object_mut().ok())
+            .and_then(|m| m.get_mut(&key("headers")))
+            .and_then(|l| l.as_array_mut().ok())
+    {
+        for i in map_hits.into_iter().rev() {
+            let mut n = 0usize;
+            list.retain(|_| {
+                let keep = n != i;
+                n += 1;
+                keep
+            });
+            erased.push(format!(
+                "/input/attributes/request/http/headerMap/headers/{i}"
+            ));
+        }
+    }
+    erased
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event() -> Map<String, Json> {
+        match json!({
+            "decision_id": "d",
+            "input": {
+                "attributes": {"request": {"http": {
+                    "headers": {"authorization": "Bearer secret", "cookie": "s=1", "x-ok": "1"},
+                    "headerMap": {"headers": [
+                        {"key": "authorization", "value": "Bearer secret"},
+                        {"key": "x-ok", "value": "1"},
+                        {"key": "Cookie", "value": "s=1"}
+                    ]}
+                }}},
+                "password": "hunter2",
+                "user": {"ssn": "123"}
+            },
+            "result": {"allowed": true, "list": [1, 2, 3]}
+        }) {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn default_headers_are_erased_everywhere() {
+        let mut e = event();
+        let names: Vec<String> = DEFAULT_MASKED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ops = header_ops(&e, &names);
+        assert!(apply(&mut e, &ops));
+        let http = &e["input"]["attributes"]["request"]["http"];
+        assert_eq!(http["headers"], json!({"x-ok": "1"}));
+        assert_eq!(
+            http["headerMap"]["headers"],
+            json!([{"key": "x-ok", "value": "1"}])
+        );
+        assert_eq!(
+            e["erased"],
+            json!([
+                "/input/attributes/request/http/headers/authorization",
+                "/input/attributes/request/http/headers/cookie",
+                "/input/attributes/request/http/headerMap/headers/2",
+                "/input/attributes/request/http/headerMap/headers/0"
+            ])
+        );
+        assert!(!e.to_string_for_test().contains("secret"));
+    }
+
+    #[test]
+    fn masking_the_rego_value_matches_masking_the_json() {
+        let e = event();
+        let names: Vec<String> = DEFAULT_MASKED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut json_event = e.clone();
+        apply(&mut json_event, &header_ops(&e, &names));
+        let original = crate::value::from_json(&e["input"]);
+        let mut v = original.clone();
+        let erased = mask_input_headers(&mut v, &names);
+        assert_eq!(crate::value::to_json(&v), json_event["input"]);
+        assert_eq!(Json::from(erased), json_event["erased"]);
+        // The decision's own input is untouched.
+        assert_eq!(crate::value::to_json(&original), e["input"]);
+        // Nothing to mask: nothing copied, nothing listed.
+        let mut plain = crate::value::from_json(
+            &json!({"attributes": {"request": {"http": {"headers": {"x": "1"}}}}}),
+        );
+        assert!(mask_input_headers(&mut plain, &names).is_empty());
+    }
+
+    trait Dump {
+        fn to_string_for_test(&self) -> String;
+    }
+    impl Dump for Map<String, Json> {
+        fn to_string_for_test(&self) -> String {
+            Json::Object(self.clone()).to_string()
+        }
+    }
+
+    #[test]
+    fn mask_policy_results_as_opa_defines_them() {
+        let result = json!([
+            "/input/password",
+            {"op": "upsert", "path": "/input/user/ssn", "value": "***"},
+            {"op": "upsert", "path": "/result/list/1", "value": 0},
+            "/input/absent",
+            "/decision_id",
+            "/result/list/0"
+        ]);
+        let ops = parse_ops(&result).unwrap();
+        let mut e = event();
+        apply(&mut e, &ops);
+        assert!(e["input"].get("password").is_none());
+        assert_eq!(e["input"]["user"]["ssn"], "***");
+        assert_eq!(e["result"]["list"], json!([0, 3]));
+        // Outside /input, /result and /nd_builtin_cache nothing is touched.
+        assert_eq!(e["decision_id"], "d");
+        assert_eq!(e["erased"], json!(["/input/password", "/result/list/0"]));
+        assert_eq!(e["masked"], json!(["/input/user/ssn", "/result/list/1"]));
+        assert!(parse_ops(&json!([{"op": "explode", "path": "/input"}])).is_err());
+        assert!(parse_ops(&json!([7])).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! What a decision log says, in numbers: totals, allow/deny over time, the most denied callers,
+//! paths and rules, error reasons, latency percentiles, and the same per policy revision.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+/// Counts per bucket of time.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Bucket {
+    pub start: String,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// Decision latency (`metrics.timer_server_handler_ns`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+/// One policy revision's share.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Revision {
+    pub revision: String,
+    pub events: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub first: String,
+    pub last: String,
+}
+
+/// A name and how often it was seen.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Count {
+    pub name: String,
+    pub count: u64,
+}
+
+/// The summary of one or more log files.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub events: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    /// Denials caused by errors (evaluation errors, timeouts, overload, bad input, …).
+    pub errors: u64,
+    pub dry_run: u64,
+    /// Lines that were not decision events.
+    pub unreadable: u64,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub allow_rate: f64,
+    pub bucket_seconds: i64,
+    pub timeline: Vec<Bucket>,
+    pub top_denied_identities: Vec<Count>,
+    pub top_denied_paths: Vec<Count>,
+    pub top_deny_rules: Vec<Count>,
+    pub reasons: Vec<Count>,
+    pub latency: Latency,
+    pub revisions: Vec<Revision>,
+}
+
+/// Collects events one at a time.
+#[derive(Debug, Default)]
+pub struct SummaryBuilder {
+    events: u64,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    dry_run: u64,
+    unreadable: u64,
+    first: Option<(i128, String)>,
+    last: Option<(i128, String)>,
+    times: Vec<(i128, bool)>,
+    identities: HashMap<String, u64>,
+    paths: HashMap<String, u64>,
+    rules: HashMap<String, u64>,
+    reasons: HashMap<String, u64>,
+    latencies: Vec<u64>,
+    revisions: BTreeMap<String, Revision>,
+}
+
+/// Reasons that are the policy saying no rather than something failing.
+fn is_policy_reason(r: &str) -> bool {
+    matches!(r, "policy_denied" | "undefined_decision")
+}
+
+fn parse_ts(s: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+fn fmt_ts(ns: i128) -> String {
+    crate::record::rfc3339_nanos(ns)
+}
+
+impl SummaryBuilder {
+    /// Count one line of a log; lines that are not events are counted as unreadable.
+    pub fn add_line(&mut self, line: &[u8]) {
+        match serde_json::from_slice::<Json>(line) {
+            Ok(e) if e.get("decision_id").is_some() => self.add(&e),
+            _ => self.unreadable += 1,
+        }
+    }
+
+    /// Count one event.
+    pub fn add(&mut self, e: &Json) {
+        self.events += 1;
+        let allowed = e.get("allowed").and_then(Json::as_bool).unwrap_or(false);
+        let reason = e
+            .get("reason")
+            .and_then(Json::as_str)
+            .unwrap_or(if allowed { "allowed" } else { "unknown" });
+        if allowed {
+            self.allowed += 1;
+        } else {
+            self.denied += 1;
+            if !is_policy_reason(reason) {
+                self.errors += 1;
+            }
+            *self.reasons.entry(reason.to_string()).or_default() += 1;
+            let who = match e.get("identity") {
+                Some(Json::Object(i)) => i
+                    .get("spiffe_id")
+                    .and_then(Json::as_str)
+                    .map_or_else(|| "(invalid identity)".to_string(), str::to_string),
+                _ => "(no identity)".to_string(),
+            };
+            *self.identities.entry(who).or_default() += 1;
+            let path = e
+                .pointer("/input/attributes/request/http/path")
+                .and_then(Json::as_str)
+                .map(|p| p.split('?').next().unwrap_or(p).to_string())
+                .or_else(|| {
+                    e.get("path")
+                        .and_then(Json::as_str)
+                        .map(|p| format!("data api: {p}"))
+                })
+                .unwrap_or_else(|| "(none)".into());
+            *self.paths.entry(path).or_default() += 1;
+            let rule = match (
+                e.get("policy").and_then(Json::as_str),
+                e.get("rule").and_then(Json::as_str),
+            ) {
+                (Some(p), Some(r)) => format!("{p}:{r}"),
+                (Some(p), None) => p.to_string(),
+                _ => "(none)".to_string(),
+            };
+            *self.rules.entry(rule).or_default() += 1;
+        }
+        if e.get("dry_run").and_then(Json::as_bool) == Some(true) {
+            self.dry_run += 1;
+        }
+        if let Some(ns) = e
+            .pointer("/metrics/timer_server_handler_ns")
+            .and_then(Json::as_u64)
+        {
+            self.latencies.push(ns);
+        }
+        let ts = e.get("timestamp").and_then(Json::as_str).unwrap_or("");
+        if let Some(t) = parse_ts(ts) {
+            if self.first.as_ref().is_none_or(|(f, _)| t < *f) {
+                self.first = Some((t, ts.to_string()));
+            }
+            if self.last.as_ref().is_none_or(|(l, _)| t > *l) {
+                self.last = Some((t, ts.to_string()));
+            }
+            self.times.push((t, allowed));
+        }
+        let revision = e
+            .get("revision")
+            .and_then(Json::as_str)
+            .or_else(|| {
+                e.pointer("/bundles/policies/revision")
+                    .and_then(Json::as_str)
+            })
+            .unwrap_or("(unknown)");
+        let r = self
+            .revisions
+            .entry(revision.to_string())
+            .or_insert_with(|| Revision {
+                revision: revision.to_string(),
+                events: 0,
+                allowed: 0,
+                denied: 0,
+                first: ts.to_string(),
+                last: ts.to_string(),
+            });
+        r.events += 1;
+        if allowed {
+            r.allowed += 1;
+        } else {
+            r.denied += 1;
+        }
+        if parse_ts(&r.first).is_none_or(|f| parse_ts(ts).is_some_and(|t| t < f)) {
+            r.first = ts.to_string();
+        }
+        if parse_ts(&r.last).is_none_or(|l| parse_ts(ts).is_some_and(|t| t > l)) {
+            r.last = ts.to_string();
+        }
+    }
+
+    /// The summary, with `top` entries in each ranking.
+    pub fn finish(mut self, top: usize) -> Summary {
+        let rank = |m: HashMap<String, u64>| -> Vec<Count> {
+            let mut v: Vec<Count> = m
+                .into_iter()
+                .map(|(name, count)| Count { name, count })
+                .collect();
+            v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+            v.truncate(top);
+            v
+        };
+        self.latencies.sort_unstable();
+        let pct = |p: usize| -> u64 {
+            if self.latencies.is_empty() {
+                return 0;
+            }
+            let idx = (self.latencies.len() * p).div_ceil(100).saturating_sub(1);
+            self.latencies[idx.min(self.latencies.len() - 1)]
+        };
+        let latency = Latency {
+            count: self.latencies.len() as u64,
+            p50_ns: pct(50),
+            p90_ns: pct(90),
+            p99_ns: pct(99),
+            max_ns: self.latencies.last().copied().unwrap_or(0),
+        };
+        let (bucket_seconds, timeline) = match (&self.first, &self.last) {
+            (Some((f, _)), Some((l, _))) => {
+                let span_s = ((l - f) / 1_000_000_000) as i64;
+                let size = [60, 300, 900, 3600, 21_600, 86_400, 604_800]
+                    .into_iter()
+                    .find(|s| span_s / s < 24)
+                    .unwrap_or(2_592_000);
+                let size_ns = i128::from(size) * 1_000_000_000;
+                let start = f - f.rem_euclid(size_ns);
+                let mut buckets: BTreeMap<i128, (u64, u64)> = BTreeMap::new();
+                for (t, allowed) in &self.times {
+                    let b = buckets.entry((t - start) / size_ns).or_default();
+                    if *allowed {
+                        b.0 += 1;
+                    } else {
+                        b.1 += 1;
+                    }
+                }
+                (
+                    size,
+                    buckets
+                        .into_iter()
+                        .map(|(i, (a, d))| Bucket {
+                            start: fmt_ts(start + i * size_ns),
+                            allowed: a,
+                            denied: d,
+                        })
+                        .collect(),
+                )
+            }
+            _ => (0, Vec::new()),
+        };
+        Summary {
+            events: self.events,
+            allowed: self.allowed,
+            denied: self.denied,
+            errors: self.errors,
+            dry_run: self.dry_run,
+            unreadable: self.unreadable,
+            first: self.first.map(|(_, s)| s),
+            last: self.last.map(|(_, s)| s),
+            allow_rate: if self.events == 0 {
+                0.0
+            } else {
+                self.allowed as f64 / self.events as f64
+            },
+            bucket_seconds,
+            timeline,
+            top_denied_identities: rank(self.identities),
+            top_denied_paths: rank(self.paths),
+            top_deny_rules: rank(self.rules),
+            reasons: rank(self.reasons),
+            latency,
+            revisions: self.revisions.into_values().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counts_rankings_percentiles_and_revisions() {
+        let mut b = SummaryBuilder::default();
+        for i in 0..100u64 {
+            let allowed = i % 4 != 0; // 25 denials
+            let e = json!({
+                "decision_id": format!("d{i}"),
+                "timestamp": format!("2026-11-26T10:{:02}:00Z", i % 60),
+                "allowed": allowed,
+                "reason": if allowed { "allowed" } else if i % 8 == 0 { "policy_denied" } else { "timeout" },
+                "identity": if i % 3 == 0 { json!({"spiffe_id": "spiffe://td/a"}) } else { json!(null) },
+                "input": {"attributes": {"request": {"http": {"path": format!("/p{}?q=1", i % 2)}}}},
+                "policy": "authz.cel.yaml",
+                "rule": "deny-all",
+                "metrics": {"timer_server_handler_ns": (i + 1) * 1000},
+                "revision": if i < 50 { "r1" } else { "r2" },
+            });
+            b.add(&e);
+        }
+        b.add_line(b"not json");
+        let s = b.finish(3);
+        assert_eq!(
+            (s.events, s.allowed, s.denied, s.unreadable),
+            (100, 75, 25, 1)
+        );
+        assert_eq!(s.errors, 12, "timeouts are errors, policy denials are not");
+        assert_eq!(
+            s.reasons[0],
+            Count {
+                name: "policy_denied".into(),
+                count: 13
+            }
+        );
+        assert_eq!(s.top_denied_paths[0].name, "/p0");
+        assert_eq!(s.top_denied_paths[0].count, 25);
+        assert_eq!(s.top_deny_rules[0].name, "authz.cel.yaml:deny-all");
+        assert_eq!(
+            s.top_denied_identities.iter().map(|c| c.count).sum::<u64>(),
+            25
+        );
+        assert_eq!(s.latency.p50_ns, 50_000);
+        assert_eq!(s.latency.p99_ns, 99_000);
+        assert_eq!(s.latency.max_ns, 100_000);
+        assert_eq!(s.revisions.len(), 2);
+        assert_eq!(s.revisions[0].events, 50);
+        assert_eq!(s.bucket_seconds, 300);
+        assert_eq!(
+            s.timeline.iter().map(|b| b.allowed + b.denied).sum::<u64>(),
+            100
+        );
+        assert_eq!(s.timeline[0].start, "2026-11-26T10:00:00Z");
+        assert_eq!(s.first.as_deref(), Some("2026-11-26T10:00:00Z"));
+    }
+}

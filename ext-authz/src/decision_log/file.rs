@@ -1,0 +1,343 @@
+//! A JSON-lines file with size-based rotation and a choice of fsync.
+//!
+//! `decisions.log` grows to `max_bytes`, then becomes `decisions.log.1` (the older ones shift
+//! to `.2`, `.3`, … and the oldest beyond `max_files` is deleted) and a new `decisions.log`
+//! starts. The hash chain continues across rotations and restarts: on opening, the writer reads
+//! the last sealed event of `decisions.log` (or of `decisions.log.1` when the current file is
+//! empty) and continues from its hash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use arbiter_engine::audit::chain;
+
+/// When written events are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Leave it to the operating system.
+    Never,
+    /// After a batch of queued events (the writer drains the queue, then syncs), at most
+    /// every [`BATCH_SYNC_INTERVAL`]: an event reaches the disk within that time.
+    #[default]
+    Batch,
+    /// After every event.
+    Always,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Fsync::Never),
+            "batch" => Ok(Fsync::Batch),
+            "always" => Ok(Fsync::Always),
+            _ => Err(format!("fsync must be never, batch or always, not `{s}`")),
+        }
+    }
+}
+
+/// With [`Fsync::Batch`], the longest an event waits for its sync under steady load.
+pub const BATCH_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    /// Rotate when the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`.1` … `.N`).
+    pub max_files: u32,
+    pub fsync: Fsync,
+}
+
+impl FileSinkConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_bytes: 100 << 20,
+            max_files: 10,
+            fsync: Fsync::Batch,
+        }
+    }
+}
+
+pub struct FileSink {
+    config: FileSinkConfig,
+    out: BufWriter<File>,
+    size: u64,
+    /// Written since the last sync.
+    unsynced: bool,
+    last_sync: std::time::Instant,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("path", &self.config.path)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The hash of the last sealed event of a file, reading only its end.
+pub fn tail_hash(path: &Path) -> io::Result<Option<String>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut pos = len;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let step = pos.min(64 << 10);
+        pos -= step;
+        f.seek(SeekFrom::Start(pos))?;
+        let mut chunk = vec![0; usize::try_from(step).unwrap_or(0)];
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        // The last complete line ends at the last newline and starts after the one before.
+        if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
+            match buf[..end].iter().rposition(|b| *b == b'\n') {
+                Some(start) => return Ok(chain::last_hash(&buf[start + 1..=end])),
+                None if pos == 0 => return Ok(chain::last_hash(&buf[..=end])),
+                None => {}
+            }
+        }
+        if pos == 0 || buf.len() > 256 << 20 {
+            return Ok(None);
+        }
+    }
+}
+
+impl FileSink {
+    /// Open (append) the log, and find the hash the chain continues from.
+    pub fn open(config: FileSinkConfig) -> io::Result<(Self, Option<String>)> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut prev = tail_hash(&config.path)?;
+        if prev.is_none() {
+            prev = tail_hash(&rotated(&config.path, 1))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&config.path)?;
+        let mut size = file.metadata()?.len();
+        // A line cut short by a crash stays visible to `audit verify`, but the next event must
+        // start on its own line.
+        if size > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(size - 1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+                size += 1;
+            }
+        }
+        Ok((
+            Self {
+                out: BufWriter::with_capacity(256 << 10, file),
+                config,
+                size,
+                unsynced: false,
+                last_sync: std::time::Instant::now(),
+            },
+            prev,
+        ))
+    }
+
+    pub fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        let len = line.len() as u64;
+        if self.size > 0 && self.size + len > self.config.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line)?;
+        self.size += len;
+        self.unsynced = true;
+        if self.config.fsync == Fsync::Always {
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The end of a batch of events: flush, and sync when configured and due.
+    pub fn end_batch(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.config.fsync == Fsync::Batch
+            && self.unsynced
+            && self.last_sync.elapsed() >= BATCH_SYNC_INTERVAL
+        {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Flush and sync whatever is written (at shutdown, and when a sync is due).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.unsynced && self.config.fsync != Fsync::Never {
+            self.out.get_ref().sync_data()?;
+        }
+        self.unsynced = false;
+        self.last_sync = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Whether written events wait for a sync that [`FileSink::end_batch`] did not do yet.
+    pub fn sync_pending(&self) -> bool {
+        self.unsynced && self.config.fsync == Fsync::Batch
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        let p = &self.config.path;
+        let keep = self.config.max_files.max(1);
+        let _ = std::fs::remove_file(rotated(p, keep));
+        for n in (1..keep).rev() {
+            let from = rotated(p, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(p, n + 1))?;
+            }
+        }
+        std::fs::rename(p, rotated(p, 1))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(p)?;
+        self.out = BufWriter::with_capacity(256 << 10, file);
+        self.size = 0;
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+/// The files of a rotated log, oldest first: `x.N`, …, `x.1`, `x`. Paths that are not part of
+/// a rotation keep their place.
+pub fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn key(p: &Path) -> (String, i64) {
+        let s = p.to_string_lossy().into_owned();
+        if let Some((base, n)) = s.rsplit_once('.')
+            && let Ok(n) = n.parse::<i64>()
+        {
+            return (base.to_string(), -n);
+        }
+        (s, 0)
+    }
+    let mut v: Vec<PathBuf> = paths.to_vec();
+    v.sort_by_key(|p| key(p));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use arbiter_engine::audit::chain::{GENESIS, seal};
+    use serde_json::json;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("arbiter-file-sink-{}-{}", std::process::id(), name));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn rotates_and_continues_the_chain_across_reopening() {
+        let dir = tmp("rotate");
+        let path = dir.join("decisions.log");
+        let config = FileSinkConfig {
+            path: path.clone(),
+            max_bytes: 1000,
+            max_files: 3,
+            fsync: Fsync::Batch,
+        };
+        let mut prev = GENESIS.to_string();
+        for round in 0..2 {
+            let (mut sink, tail) = FileSink::open(config.clone()).unwrap();
+            if round == 1 {
+                assert_eq!(
+                    tail.as_deref(),
+                    Some(prev.as_str()),
+                    "continues after restart"
+                );
+            }
+            for i in 0..20 {
+                let serde_json::Value::Object(m) = json!({"decision_id": format!("{round}-{i}")})
+                else {
+                    unreachable!()
+                };
+                let (line, h) = seal(m, &prev);
+                sink.write(&line).unwrap();
+                prev = h;
+            }
+            sink.end_batch().unwrap();
+        }
+        // Rotated into at most 3 older files, each under the size limit.
+        assert!(rotated(&path, 1).exists() && rotated(&path, 3).exists());
+        assert!(!rotated(&path, 4).exists());
+        for n in 1..=3 {
+            assert!(std::fs::metadata(rotated(&path, n)).unwrap().len() <= 1000);
+        }
+        let files = chronological(&[
+            path.clone(),
+            rotated(&path, 1),
+            rotated(&path, 3),
+            rotated(&path, 2),
+        ]);
+        assert_eq!(files[0], rotated(&path, 3));
+        assert_eq!(files[3], path);
+        let readers = files
+            .iter()
+            .map(|p| {
+                (
+                    p.display().to_string(),
+                    io::BufReader::new(File::open(p).unwrap()),
+                )
+            })
+            .collect();
+        let report = chain::verify(readers).unwrap();
+        assert_eq!(report.failure, None);
+        assert_eq!(report.last_hash.as_deref(), Some(prev.as_str()));
+        // The oldest files were deleted, so the chain starts at a hash, not at genesis.
+        assert_ne!(report.first_prev_hash.as_deref(), Some(GENESIS));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_cut_short_line_is_closed_and_left_for_verify() {
+        let dir = tmp("partial");
+        let path = dir.join("d.log");
+        let serde_json::Value::Object(m) = json!({"decision_id": "a"}) else {
+            unreachable!()
+        };
+        let (line, h) = seal(m, GENESIS);
+        std::fs::write(&path, [line.as_slice(), b"{\"decision_id\":\"cut"].concat()).unwrap();
+        let (mut sink, tail) = FileSink::open(FileSinkConfig::new(&path)).unwrap();
+        assert_eq!(tail.as_deref(), Some(h.as_str()));
+        let serde_json::Value::Object(m) = json!({"decision_id": "b"}) else {
+            unreachable!()
+        };
+        sink.write(&seal(m, &h).0).unwrap();
+        sink.end_batch().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        let r = chain::verify(vec![("d.log".into(), io::Cursor::new(text.into_bytes()))]).unwrap();
+        assert_eq!(r.failure.unwrap().line, 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

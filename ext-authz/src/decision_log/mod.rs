@@ -1,0 +1,373 @@
+//! Decision logs, written off the decision path.
+//!
+//! A decision hands its [`DecisionRecord`] to a bounded queue without waiting. One writer
+//! thread turns records into OPA decision-log events, drops or masks them (default credential
+//! headers, OPA's `system.log.drop` and `system.log.mask` policies), seals each into the hash
+//! chain ([`arbiter_engine::audit::chain`]) and hands the line to the sinks: a rotating file,
+//! stdout, and an HTTP uploader with its own bounded buffer. When the queue is full the event
+//! is dropped and counted (`arbiter_decision_logs_dropped_total{reason="queue_full"}`), and
+//! with `audit: required` the server denies the request instead (see
+//! [`crate::state::State::check`]). Shutdown drains the queue, then the upload buffer.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use arbiter_engine::audit::{chain, mask};
+use arbiter_engine::record::{DecisionRecord, InstanceLabels};
+use arbiter_engine::value::{from_json, to_json};
+use arbiter_engine::{DataRef, PolicySet};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use serde_json::{Map, Value as Json};
+
+use crate::metrics::{DropReason, Metrics};
+
+pub mod file;
+pub mod upload;
+
+pub use file::{FileSinkConfig, Fsync};
+pub use upload::UploadConfig;
+
+/// Where events go (`--decision-log`): `-` is stdout, anything else a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+impl LogTarget {
+    pub fn parse(s: &str) -> Self {
+        if s == "-" {
+            LogTarget::Stdout
+        } else {
+            LogTarget::File(std::path::PathBuf::from(s))
+        }
+    }
+}
+
+/// How decision logs are written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionLogConfig {
+    pub file: Option<FileSinkConfig>,
+    pub stdout: bool,
+    pub upload: Option<UploadConfig>,
+    /// Events that may wait for the writer.
+    pub queue: usize,
+    /// Request headers erased from every event (lower case).
+    pub mask_headers: Vec<String>,
+    /// OPA's `decision_logs.mask_decision` (default `system/log/mask`).
+    pub mask_decision: DataRef,
+    /// OPA's `decision_logs.drop_decision` (default `system/log/drop`).
+    pub drop_decision: DataRef,
+    /// Deny requests whose event cannot be queued.
+    pub audit_required: bool,
+}
+
+impl DecisionLogConfig {
+    /// Defaults for one target (`-` or a file).
+    pub fn to(target: LogTarget) -> Self {
+        let (file, stdout) = match target {
+            LogTarget::Stdout => (None, true),
+            LogTarget::File(p) => (Some(FileSinkConfig::new(p)), false),
+        };
+        Self {
+            file,
+            stdout,
+            upload: None,
+            queue: 10_000,
+            mask_headers: mask::DEFAULT_MASKED_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            mask_decision: default_ref("system/log/mask"),
+            drop_decision: default_ref("system/log/drop"),
+            audit_required: false,
+        }
+    }
+
+    /// Defaults with no sink (add `file`, `stdout` or `upload`).
+    pub fn none() -> Self {
+        Self {
+            file: None,
+            stdout: false,
+            ..Self::to(LogTarget::Stdout)
+        }
+    }
+}
+
+fn default_ref(s: &str) -> DataRef {
+    // Constant, valid paths.
+    DataRef::parse(s).unwrap_or_else(|_| unreachable_ref())
+}
+
+#[expect(
+    clippy::panic,
+    reason = "only reachable if a constant path stopped parsing"
+)]
+fn unreachable_ref() -> DataRef {
+    panic!("constant decision-log policy paths parse")
+}
+
+/// The sending half, held by the servers.
+#[derive(Debug)]
+pub struct DecisionLog {
+    tx: Option<Sender<Box<DecisionRecord>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    audit_required: bool,
+}
+
+struct Sinks {
+    file: Option<file::FileSink>,
+    stdout: Option<std::io::Stdout>,
+    upload: Option<upload::Uploader>,
+}
+
+impl DecisionLog {
+    /// Open the sinks and start the writer.
+    pub fn start(
+        config: &DecisionLogConfig,
+        labels: InstanceLabels,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let mut prev = chain::GENESIS.to_string();
+        let file = match &config.file {
+            Some(c) => {
+                let (sink, tail) = file::FileSink::open(c.clone())?;
+                if let Some(h) = tail {
+                    prev = h;
+                }
+                Some(sink)
+            }
+            None => None,
+        };
+        let upload = match &config.upload {
+            Some(c) => Some(
+                upload::Uploader::start(c.clone(), metrics.clone())
+                    .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
+        let sinks = Sinks {
+            file,
+            stdout: config.stdout.then(std::io::stdout),
+            upload,
+        };
+        let (tx, rx) = bounded(config.queue.max(1));
+        let m = metrics.clone();
+        let c = config.clone();
+        let writer = std::thread::Builder::new()
+            .name("arbiter-decision-log".into())
+            .spawn(move || {
+                let mut w = Writer {
+                    sinks,
+                    labels,
+                    metrics: m,
+                    config: c,
+                    prev,
+                    policy_flags: HashMap::new(),
+                };
+                w.run(&rx);
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            writer: Some(writer),
+            metrics,
+            audit_required: config.audit_required,
+        })
+    }
+
+    /// Whether requests must be denied when their event cannot be queued.
+    pub fn audit_required(&self) -> bool {
+        self.audit_required
+    }
+
+    /// Queue an event without waiting. Returns false when it was dropped.
+    pub fn submit(&self, record: Box<DecisionRecord>) -> bool {
+        match self.tx.as_ref().map(|t| t.try_send(record)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
+                self.metrics.log_dropped(DropReason::QueueFull);
+                false
+            }
+        }
+    }
+
+    /// Stop accepting events, write every queued one, deliver the upload buffer, and wait.
+    pub fn shutdown(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for DecisionLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Writer {
+    sinks: Sinks,
+    labels: InstanceLabels,
+    metrics: Arc<Metrics>,
+    config: DecisionLogConfig,
+    /// Hash of the last sealed event.
+    prev: String,
+    /// Per policy revision: (defines the mask policy, defines the drop policy).
+    policy_flags: HashMap<String, (bool, bool)>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<Box<DecisionRecord>>) {
+        loop {
+            // While a sync is pending, wake up for it even if no event comes.
+            let first = if self
+                .sinks
+                .file
+                .as_ref()
+                .is_some_and(file::FileSink::sync_pending)
+            {
+                match rx.recv_timeout(file::BATCH_SYNC_INTERVAL) {
+                    Ok(r) => Some(r),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            };
+            // Write what is queued, then flush (and sync when due) once.
+            let mut next = first;
+            while let Some(record) = next.take() {
+                self.one(&record);
+                next = rx.try_recv().ok();
+            }
+            self.end_batch();
+        }
+        if let Some(f) = self.sinks.file.as_mut()
+            && f.sync().is_err()
+        {
+            self.metrics.log_sink_error();
+        }
+        self.end_batch();
+        if let Some(u) = self.sinks.upload.as_mut() {
+            u.shutdown();
+        }
+    }
+
+    fn end_batch(&mut self) {
+        if let Some(f) = self.sinks.file.as_mut()
+            && f.end_batch().is_err()
+        {
+            self.metrics.log_sink_error();
+        }
+        if let Some(s) = self.sinks.stdout.as_mut() {
+            let _ = s.flush();
+        }
+    }
+
+    fn one(&mut self, record: &DecisionRecord) {
+        let (has_mask, has_drop) = match &record.policies {
+            Some(p) => *self
+                .policy_flags
+                .entry(p.revision().to_string())
+                .or_insert_with(|| {
+                    (
+                        p.defines(&self.config.mask_decision),
+                        p.defines(&self.config.drop_decision),
+                    )
+                }),
+            None => (false, false),
+        };
+        let (line, hash) = match (&record.policies, has_mask || has_drop) {
+            (Some(p), true) => {
+                // OPA's mask and drop policies see the whole event as JSON.
+                let Json::Object(mut event) = record.to_event(&self.labels) else {
+                    self.metrics.log_dropped(DropReason::Encode);
+                    return;
+                };
+                if has_drop && policy_says_drop(p, &self.config.drop_decision, &event) {
+                    self.metrics.log_dropped(DropReason::Policy);
+                    return;
+                }
+                let mut ops = mask::header_ops(&event, &self.config.mask_headers);
+                if has_mask {
+                    match mask_ops(p, &self.config.mask_decision, &event) {
+                        Ok(more) => ops.extend(more),
+                        Err(why) => {
+                            // Fail closed: when the mask policy breaks, nothing it might have
+                            // hidden is written.
+                            ops.push(mask::MaskOp::Remove("/input".into()));
+                            ops.push(mask::MaskOp::Remove("/result".into()));
+                            event.insert("mask_error".into(), Json::String(why));
+                        }
+                    }
+                }
+                mask::apply(&mut event, &ops);
+                chain::seal(event, &self.prev)
+            }
+            _ => {
+                // The common case: the input goes from the Rego value straight to bytes, with
+                // the credential headers taken out of a copy-on-write view of it.
+                let mut fields = record.event_fields(&self.labels);
+                let mut input = record.input.clone();
+                if let Some(i) = input.as_mut() {
+                    let erased = mask::mask_input_headers(i, &self.config.mask_headers);
+                    if !erased.is_empty() {
+                        fields.insert(
+                            "erased".into(),
+                            Json::Array(erased.into_iter().map(Json::String).collect()),
+                        );
+                    }
+                }
+                chain::seal_with_input(fields, input.as_ref(), &self.prev)
+            }
+        };
+        self.prev = hash;
+        let mut written = false;
+        if let Some(f) = self.sinks.file.as_mut() {
+            if f.write(&line).is_ok() {
+                written = true;
+            } else {
+                self.metrics.log_sink_error();
+            }
+        }
+        if let Some(s) = self.sinks.stdout.as_mut() {
+            if s.write_all(&line).is_ok() {
+                written = true;
+            } else {
+                self.metrics.log_sink_error();
+            }
+        }
+        if let Some(u) = self.sinks.upload.as_ref()
+            && u.push(&line)
+        {
+            written = true;
+        }
+        if written {
+            self.metrics.log_written();
+        }
+    }
+}
+
+fn policy_says_drop(p: &PolicySet, reference: &DataRef, event: &Map<String, Json>) -> bool {
+    matches!(
+        p.evaluate(reference, from_json(&Json::Object(event.clone()))),
+        Ok(arbiter_engine::regorus::Value::Bool(true))
+    )
+}
+
+fn mask_ops(
+    p: &PolicySet,
+    reference: &DataRef,
+    event: &Map<String, Json>,
+) -> Result<Vec<mask::MaskOp>, String> {
+    let v = p
+        .evaluate(reference, from_json(&Json::Object(event.clone())))
+        .map_err(|e| format!("mask policy failed: {e}"))?;
+    mask::parse_ops(&to_json(&v)).map_err(|e| format!("mask policy result: {e}"))
+}
