@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod audit;
+pub mod bench;
 pub mod check;
 pub mod eval;
 pub mod input;
@@ -50,6 +51,8 @@ pub enum Command {
     Check(check::Args),
     /// Run Rego tests (`test_*` rules) and decision tests (`*_test.yaml`), like `opa test`.
     Test(test::Args),
+    /// Measure a query or a whole decision, like `opa bench`.
+    Bench(bench::Args),
     /// Verify and summarize decision logs.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Audit(cmd) => audit::run(&cmd),
+        Command::Bench(args) => bench::run(&args),
     };
     exit.into()
 }

@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The system allocator; `arbiter bench` switches on its counting.
+#[global_allocator]
+static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
+
 fn main() -> ExitCode {
     let cli = arbiter_cli::Cli::parse();
     arbiter_cli::run(cli)

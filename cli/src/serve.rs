@@ -65,7 +65,8 @@ pub struct Args {
     /// Deadline for one decision, e.g. `50ms` [default: 50ms].
     #[arg(long, value_name = "DURATION")]
     pub eval_timeout: Option<String>,
-    /// Evaluation threads [default: number of CPUs].
+    /// Evaluation threads; 0 evaluates on the server's own threads, saving two hand-offs per
+    /// check (the engines' time limits still apply) [default: 0].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Checks that may wait for an evaluation thread before new ones are denied with
@@ -235,7 +236,6 @@ impl Args {
                     },
                 }
             };
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let path_normalization = match self.path_normalization {
             Some(p) => p,
             None => {
@@ -344,7 +344,7 @@ impl Args {
             v0_compatible: self.v0_compatible
                 || cfg_bool(&file, &["v0-compatible", "v0_compatible"]).unwrap_or(false),
             eval_timeout,
-            workers: number(self.workers, &["workers"], cpus)?.max(1),
+            workers: number(self.workers, &["workers"], 0)?,
             queue: number(self.queue, &["queue"], 1024)?.max(1),
             path_normalization,
         })
@@ -475,11 +475,18 @@ pub fn run(args: &Args) -> Exit {
     let result: anyhow::Result<()> = runtime.block_on(async {
         let revision = authorizer.policies().revision().to_string();
         let modules = authorizer.policies().modules().len();
+        let engine = match authorizer.rego_engine() {
+            Ok(arbiter_engine::authorizer::RegoEngine::Rvm) => "Rego on the RVM".to_string(),
+            Ok(arbiter_engine::authorizer::RegoEngine::Interpreter) => {
+                "Rego on the interpreter".to_string()
+            }
+            Err(why) => format!("Rego on the interpreter ({why})"),
+        };
         let running = arbiter_ext_authz::start(config, authorizer)
             .await
             .context("cannot start")?;
         eprintln!(
-            "arbiter: serving `{}` from {} ({modules} modules, revision {revision})",
+            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine})",
             settings.path,
             settings
                 .policies

@@ -17,6 +17,7 @@ use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
 use crate::input::{Input, InputOptions, build_input};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
+use crate::rvm::RvmDecider;
 
 /// How long each step of a decision took, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +52,20 @@ pub struct Authorizer {
     identity_options: IdentityOptions,
     /// Whether Rego defines the decision path (computed once).
     rego_decides: bool,
+    /// The decision path compiled for the RVM, when it compiles (see [`crate::rvm`]).
+    rvm: Option<Arc<RvmDecider>>,
+    /// Why the RVM is not used, when it is not.
+    rvm_unavailable: Option<String>,
+}
+
+/// Which Rego evaluator decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegoEngine {
+    /// The bytecode VM, falling back to the interpreter for what it cannot run.
+    #[default]
+    Rvm,
+    /// The tree-walking interpreter only.
+    Interpreter,
 }
 
 /// A CEL verdict as a decision.
@@ -88,13 +103,63 @@ fn elapsed_ns(since: Instant) -> u64 {
 impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
         let rego_decides = policies.defines(&path);
+        let (rvm, rvm_unavailable) = if rego_decides {
+            match RvmDecider::compile(&policies, &path) {
+                Ok(d) => (Some(Arc::new(d)), None),
+                Err(why) => (None, Some(why)),
+            }
+        } else {
+            (None, Some("Rego does not define the decision path".into()))
+        };
         Self {
             policies,
             path,
             input_options,
             identity_options: IdentityOptions::default(),
             rego_decides,
+            rvm,
+            rvm_unavailable,
         }
+    }
+
+    /// Choose the Rego evaluator (the RVM by default).
+    pub fn with_rego_engine(mut self, engine: RegoEngine) -> Self {
+        if engine == RegoEngine::Interpreter {
+            self.rvm = None;
+            self.rvm_unavailable = Some("the interpreter was chosen".into());
+        }
+        self
+    }
+
+    /// `Ok` when decisions run on the RVM; else why they run on the interpreter.
+    pub fn rego_engine(&self) -> Result<RegoEngine, &str> {
+        match (&self.rvm, &self.rvm_unavailable) {
+            (Some(_), _) => Ok(RegoEngine::Rvm),
+            (None, Some(why)) => Err(why),
+            (None, None) => Ok(RegoEngine::Interpreter),
+        }
+    }
+
+    /// Evaluate the decision path for an input: on the RVM when it is available and the clock
+    /// is not frozen (decision tests pin `time.now_ns` with `with`, which the RVM lacks), else
+    /// on the interpreter. A failed RVM run is re-evaluated by the interpreter, so errors are
+    /// always the interpreter's; limits are not retried.
+    fn decide_rego(&self, input: &Value) -> Decision {
+        if let (Some(vm), None) = (&self.rvm, crate::clock::frozen_ns()) {
+            match vm.evaluate(input.clone()) {
+                Ok(v) => return Decision::from_result(&v),
+                Err(e) => {
+                    if e.chain()
+                        .any(|c| c.downcast_ref::<regorus::LimitError>().is_some())
+                    {
+                        return Decision::deny(
+                            crate::rego::EvalError::from_regorus(&e).deny_reason(),
+                        );
+                    }
+                }
+            }
+        }
+        self.policies.decide(&self.path, input.clone())
     }
 
     /// How caller identities are established (trust bundles, a trusted XFCC hop).
@@ -179,7 +244,7 @@ impl Authorizer {
             })
         });
         let rego = || {
-            let mut d = self.policies.decide(&self.path, input.value.clone());
+            let mut d = self.decide_rego(&input.value);
             d.decided_by.push(DecidedBy {
                 policy: self.path.as_rego().to_string(),
                 rule: None,

@@ -46,6 +46,7 @@ impl Registrar<'_> {
     {
         let strict = self.strict;
         let fname = name.to_string();
+        let vm_f = f.clone();
         // OPA reports built-in errors as `<name>: <message>`.
         let ext = move |args: Vec<Value>| -> anyhow::Result<Value> {
             match f(&args) {
@@ -59,6 +60,16 @@ impl Registrar<'_> {
         let _ = self
             .engine
             .add_extension(name.to_string(), nargs, Box::new(ext));
+        // The same function for the RVM, which resolves built-ins by name (vendored regorus,
+        // patch 4). Its errors are always strict; the VM makes them undefined when it is not.
+        let vm_name = name.to_string();
+        regorus::register_vm_extension(
+            name,
+            nargs,
+            std::sync::Arc::new(move |args: &[Value]| {
+                vm_f(args).map_err(|e| anyhow::anyhow!("{vm_name}: {e}"))
+            }),
+        );
     }
 }
 

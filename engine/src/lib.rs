@@ -47,6 +47,7 @@ pub mod policy_set;
 pub mod record;
 pub mod rego;
 pub mod request;
+pub mod rvm;
 pub mod testing;
 pub mod value;
 

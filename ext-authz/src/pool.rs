@@ -19,9 +19,61 @@ pub struct Overloaded;
 pub struct EvalPool {
     tx: Option<Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// No threads: evaluations run on the caller's thread (see [`EvalPool::inline`]).
+    inline: Option<Inline>,
+}
+
+/// Admission for inline evaluation: at most `limit` evaluations at once.
+#[derive(Debug)]
+struct Inline {
+    running: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+/// A slot of an inline pool; frees itself when dropped.
+#[derive(Debug)]
+pub struct InlineSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl EvalPool {
+    /// Evaluate on the caller's thread (the async runtime's), admitting at most `limit`
+    /// evaluations at once. This saves two thread hand-offs per decision; the engines' own
+    /// time limits bound each evaluation, and a decision that overran the deadline is still
+    /// a `timeout` denial (see [`crate::state::State::run`]).
+    pub fn inline(limit: usize) -> Self {
+        Self {
+            tx: None,
+            workers: Vec::new(),
+            inline: Some(Inline {
+                running: std::sync::atomic::AtomicUsize::new(0),
+                limit: limit.max(1),
+            }),
+        }
+    }
+
+    /// Whether evaluations run inline.
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// A slot for one inline evaluation, or [`Overloaded`].
+    pub fn try_inline(&self) -> Result<InlineSlot<'_>, Overloaded> {
+        let Some(i) = &self.inline else {
+            return Err(Overloaded);
+        };
+        let before = i.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let slot = InlineSlot(&i.running);
+        if before >= i.limit {
+            return Err(Overloaded);
+        }
+        Ok(slot)
+    }
+
     /// `threads` workers and room for `queue` waiting jobs.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(queue.max(1));
@@ -43,6 +95,7 @@ impl EvalPool {
         Ok(Self {
             tx: Some(tx),
             workers,
+            inline: None,
         })
     }
 

@@ -68,7 +68,7 @@ pub struct ServerConfig {
     /// `None` to run without the HTTP listener.
     pub http: Option<ListenAddr>,
     pub options: ServeOptions,
-    /// Evaluation threads.
+    /// Evaluation threads; 0 evaluates on the async runtime's threads (no hand-off).
     pub workers: usize,
     /// Checks that may wait for a worker before new ones are shed.
     pub queue: usize,
@@ -107,8 +107,12 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
     };
     let state = Arc::new(State {
         authorizer: ArcSwap::from_pointee(authorizer),
-        pool: EvalPool::new(config.workers, config.queue)
-            .context("cannot start evaluation threads")?,
+        pool: if config.workers == 0 {
+            EvalPool::inline(config.queue)
+        } else {
+            EvalPool::new(config.workers, config.queue)
+                .context("cannot start evaluation threads")?
+        },
         metrics,
         decision_log,
         options: config.options.clone(),

@@ -69,6 +69,18 @@ impl State {
     where
         F: FnOnce() -> CheckOutcome + Send + 'static,
     {
+        if self.pool.is_inline() {
+            let Ok(_slot) = self.pool.try_inline() else {
+                return denied(DenyReason::Overload);
+            };
+            let start = Instant::now();
+            let outcome = work();
+            // Fail closed on the deadline even though nothing could interrupt the work.
+            if start.elapsed() > self.options.deadline {
+                return denied(DenyReason::Timeout);
+            }
+            return outcome;
+        }
         let Ok(rx) = self.pool.try_run(work) else {
             return denied(DenyReason::Overload);
         };

@@ -188,6 +188,8 @@ pub use engine::{Engine, InvalidRuleRootError, PolicyPackageComponents};
 pub use lexer::Source;
 pub use policy_info::PolicyInfo;
 pub use utils::limits::LimitError;
+#[cfg(feature = "std")]
+pub use utils::{register_vm_extension, vm_extension, VmExtensionFn};
 pub use utils::limits::PolicyLengthConfig;
 #[cfg(all(feature = "allocator-memory-limits", not(miri)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "allocator-memory-limits")))]

@@ -208,6 +208,49 @@ fn extension_arity(_path: &str) -> Option<u8> {
     None
 }
 
+// arbiter patch: extensions the RVM can call. The interpreter's extensions live in each engine
+// (`Engine::add_extension`); the RVM resolves built-ins from a program-independent table, so
+// pure extensions are registered here once, by name, to be callable from compiled programs.
+
+/// A pure extension the RVM can call: its arguments, its value or error.
+pub type VmExtensionFn =
+    alloc::sync::Arc<dyn Fn(&[Value]) -> anyhow::Result<Value> + Send + Sync + 'static>;
+
+/// A VM extension in a program's builtin table.
+#[derive(Clone)]
+pub struct VmExtension(pub VmExtensionFn);
+
+impl core::fmt::Debug for VmExtension {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("<vm extension>")
+    }
+}
+
+#[cfg(feature = "std")]
+static VM_EXTENSIONS: std::sync::RwLock<BTreeMap<String, (u8, VmExtensionFn)>> =
+    std::sync::RwLock::new(BTreeMap::new());
+
+/// Register (or replace) a pure extension callable from RVM programs, with its arity. Also
+/// makes the output-argument call form work in the interpreter.
+#[cfg(feature = "std")]
+pub fn register_vm_extension(path: &str, nargs: u8, f: VmExtensionFn) {
+    register_extension_arity(path, nargs);
+    if let Ok(mut m) = VM_EXTENSIONS.write() {
+        m.insert(path.to_string(), (nargs, f));
+    }
+}
+
+/// A registered VM extension.
+#[cfg(feature = "std")]
+pub fn vm_extension(path: &str) -> Option<(u8, VmExtensionFn)> {
+    VM_EXTENSIONS.read().ok()?.get(path).cloned()
+}
+
+#[cfg(not(feature = "std"))]
+pub fn vm_extension(_path: &str) -> Option<(u8, VmExtensionFn)> {
+    None
+}
+
 fn get_extra_arg_impl(
     expr: &Expr,
     module: Option<&str>,

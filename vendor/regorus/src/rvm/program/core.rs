@@ -68,6 +68,11 @@ pub struct Program {
     #[serde(skip)]
     pub resolved_builtins: Vec<BuiltinFcn>,
 
+    /// arbiter patch: for each builtin-table entry, the VM extension that implements it, if
+    /// it is not one of regorus's own built-ins.
+    #[serde(skip)]
+    pub resolved_extensions: Vec<Option<crate::utils::VmExtension>>,
+
     /// Flag indicating that VirtualDataDocumentLookup instruction was used and runtime recursion checking is needed
     pub needs_runtime_recursion_check: bool,
 
@@ -133,6 +138,7 @@ impl Program {
             },
             rule_tree: Value::new_object(),
             resolved_builtins: Vec::new(),
+            resolved_extensions: Vec::new(),
             needs_runtime_recursion_check: false,
             has_host_await: false,
             needs_recompilation: false,
@@ -375,9 +381,16 @@ impl Program {
         self.resolved_builtins
             .reserve(self.builtin_info_table.len());
 
+        self.resolved_extensions.clear();
         for builtin_info in &self.builtin_info_table {
             if let Some(&builtin_fcn) = crate::builtins::BUILTINS.get(builtin_info.name.as_str()) {
                 self.resolved_builtins.push(builtin_fcn);
+                self.resolved_extensions.push(None);
+            } else if let Some((nargs, f)) = crate::utils::vm_extension(builtin_info.name.as_str())
+            {
+                self.resolved_builtins.push((extension_placeholder, nargs));
+                self.resolved_extensions
+                    .push(Some(crate::utils::VmExtension(f)));
             } else {
                 return Err(anyhow::anyhow!(
                     "Missing builtin function: {}",
@@ -387,6 +400,13 @@ impl Program {
         }
 
         Ok(())
+    }
+
+    /// The VM extension at a builtin-table index, when that entry is one.
+    pub fn get_resolved_extension(&self, index: u16) -> Option<&crate::utils::VmExtension> {
+        self.resolved_extensions
+            .get(usize::from(index))
+            .and_then(Option::as_ref)
     }
 
     /// Get resolved builtin function by index
@@ -439,4 +459,14 @@ impl Default for Program {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Stands in the builtin table for a VM extension (the VM calls the extension instead).
+fn extension_placeholder(
+    _span: &crate::lexer::Span,
+    _params: &[crate::ast::Ref<crate::ast::Expr>],
+    _args: &[Value],
+    _strict: bool,
+) -> AnyResult<Value> {
+    Err(anyhow::anyhow!("internal error: VM extension called as a builtin"))
 }

@@ -713,7 +713,8 @@ impl RegoVM {
         // They represent engine-level constraints, not rule-level failures.
         // Returning Ok(false) causes the caller to clear execution_stack and
         // propagate the error, terminating the evaluation entirely.
-        if RegoVM::is_fatal_vm_error(&err) {
+        // arbiter patch: with strict built-in errors, every error ends the evaluation.
+        if RegoVM::is_fatal_vm_error(&err) || self.is_strict_error(&err) {
             return Ok(false);
         }
 

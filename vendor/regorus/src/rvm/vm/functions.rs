@@ -80,6 +80,30 @@ impl RegoVM {
             return Ok(());
         }
 
+        // arbiter patch: VM extensions.
+        if let Some(ext) = program.get_resolved_extension(params.builtin_index) {
+            let f = ext.0.clone();
+            drop(program);
+            let result = match f(&args) {
+                Ok(value) => value,
+                Err(e) if !self.strict_builtin_errors => {
+                    if e.downcast_ref::<crate::LimitError>().is_some() {
+                        self.cached_builtin_args = args;
+                        return Err(e.into());
+                    }
+                    Value::Undefined
+                }
+                Err(err) => {
+                    self.cached_builtin_args = args;
+                    return Err(err.into());
+                }
+            };
+            self.cached_builtin_args = args;
+            self.set_register(params.dest, result)?;
+            self.memory_check()?;
+            return Ok(());
+        }
+
         // Extract everything we need from program before releasing the borrow.
         let builtin_fn = match program.get_resolved_builtin(params.builtin_index) {
             Some(fcn) => fcn.0,

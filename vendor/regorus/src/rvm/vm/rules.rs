@@ -31,6 +31,12 @@ impl RegoVM {
         )
     }
 
+    /// arbiter patch: with strict built-in errors, every error but a failed condition
+    /// (`AssertionFailed`, how a body fails) is the evaluation's error.
+    pub(super) const fn is_strict_error(&self, err: &VmError) -> bool {
+        self.strict_builtin_errors && !matches!(err, VmError::AssertionFailed { .. })
+    }
+
     /// Restore VM state that was swapped out for rule execution.
     /// Must be called before returning an error from `execute_rule_definitions_common`
     /// to avoid leaving the VM in an inconsistent state.
@@ -111,7 +117,10 @@ impl RegoVM {
                 {
                     match self.jump_to(destructuring_entry_point) {
                         Ok(_result) => {}
-                        Err(e) if Self::is_fatal_vm_error(&e) => {
+                        // arbiter patch: with strict built-in errors, an error in a rule body
+                        // is the evaluation's error, as in the interpreter; swallowing it made
+                        // the rule undefined, and `not rule` true (fail-open).
+                        Err(e) if Self::is_fatal_vm_error(&e) || self.is_strict_error(&e) => {
                             self.restore_rule_state(
                                 &mut previous_loop_stack,
                                 &mut previous_comprehension_stack,
@@ -167,7 +176,8 @@ impl RegoVM {
                             break;
                         }
                     }
-                    Err(e) if Self::is_fatal_vm_error(&e) => {
+                    // arbiter patch: see above.
+                    Err(e) if Self::is_fatal_vm_error(&e) || self.is_strict_error(&e) => {
                         self.restore_rule_state(
                             &mut previous_loop_stack,
                             &mut previous_comprehension_stack,

@@ -21,7 +21,10 @@ use alloc::string::{String, ToString};
 impl<'a> Compiler<'a> {
     /// Check if a function path is a builtin function (similar to interpreter's is_builtin)
     pub(super) fn is_builtin(&self, path: &str) -> bool {
-        path == "print" || builtins::BUILTINS.contains_key(path)
+        // arbiter patch: registered VM extensions are built-ins too.
+        path == "print"
+            || builtins::BUILTINS.contains_key(path)
+            || crate::utils::vm_extension(path).is_some()
     }
 
     /// Check if a function path is a user-defined function rule
@@ -48,6 +51,8 @@ impl<'a> Compiler<'a> {
             2 // Special case for print
         } else if let Some(builtin_fcn) = builtins::BUILTINS.get(builtin_name) {
             builtin_fcn.1 as u16 // Second element is the number of arguments
+        } else if let Some((nargs, _)) = crate::utils::vm_extension(builtin_name) {
+            u16::from(nargs)
         } else {
             return Err(CompilerError::UnknownBuiltinFunction {
                 name: builtin_name.to_string(),

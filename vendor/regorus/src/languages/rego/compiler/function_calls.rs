@@ -432,6 +432,7 @@ impl<'a> Compiler<'a> {
             builtins::BUILTINS
                 .get(name)
                 .map(|(_, arity)| *arity as usize)
+                .or_else(|| crate::utils::vm_extension(name).map(|(n, _)| usize::from(n)))
         }
     }
 }

@@ -215,6 +215,7 @@ impl Program {
             },
             rule_tree,
             resolved_builtins: Vec::new(),
+            resolved_extensions: Vec::new(),
             needs_runtime_recursion_check,
             has_host_await,
             needs_recompilation,

