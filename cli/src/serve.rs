@@ -96,6 +96,15 @@ pub struct Args {
     /// match path segments).
     #[arg(long, value_name = "PATTERN")]
     pub allowed_caller: Vec<String>,
+    /// Reload the policies when their files change (SIGHUP always reloads).
+    #[arg(long)]
+    pub watch: bool,
+    /// How often `--watch` looks at the files [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub watch_interval: Option<String>,
+    /// A reload must also pass the set's own tests (`*_test.rego`, `*_test.yaml`).
+    #[arg(long)]
+    pub reload_require_tests: bool,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -106,6 +115,7 @@ pub struct Settings {
     pub http_addr: String,
     pub path: String,
     pub decision_log: Option<DecisionLogConfig>,
+    pub limits: arbiter_engine::limits::Limits,
     pub dry_run: bool,
     pub skip_request_body_parse: bool,
     pub v0_compatible: bool,
@@ -117,6 +127,8 @@ pub struct Settings {
     pub trust_bundles: Vec<(String, PathBuf)>,
     pub trust_xfcc_by: Option<String>,
     pub tls: Option<TlsSettings>,
+    pub watch: Option<Duration>,
+    pub reload_require_tests: bool,
 }
 
 /// Parse `50ms`, `1s`, `250us`, `2m`.
@@ -216,14 +228,19 @@ impl Args {
         if policies.is_empty() {
             policies.push(bundled_policies());
         }
+        let mut limits: arbiter_engine::limits::Limits = match file.get("limits") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("`limits`: {e}"))?,
+            None => arbiter_engine::limits::Limits::default(),
+        };
         let eval_timeout = match self
             .eval_timeout
             .clone()
             .or_else(|| cfg_str(&file, &["eval-timeout", "eval_timeout"]))
         {
             Some(s) => parse_duration(&s)?,
-            None => Duration::from_millis(50),
+            None => limits.eval_timeout,
         };
+        limits.eval_timeout = eval_timeout;
         let number =
             |flag: Option<usize>, keys: &[&str], default: usize| -> Result<usize, String> {
                 match flag {
@@ -311,6 +328,23 @@ impl Args {
                 .clone()
                 .or_else(|| cfg_str(&file, &["trust-xfcc-by", "trust_xfcc_by"])),
             tls,
+            watch: if self.watch || cfg_bool(&file, &["watch"]).unwrap_or(false) {
+                Some(
+                    match self
+                        .watch_interval
+                        .clone()
+                        .or_else(|| cfg_str(&file, &["watch-interval", "watch_interval"]))
+                    {
+                        Some(s) => parse_duration(&s)?,
+                        None => Duration::from_secs(1),
+                    },
+                )
+            } else {
+                None
+            },
+            reload_require_tests: self.reload_require_tests
+                || cfg_bool(&file, &["reload-require-tests", "reload_require_tests"])
+                    .unwrap_or(false),
             policies,
             grpc_addr: self
                 .grpc_addr
@@ -330,6 +364,7 @@ impl Args {
                 .or_else(|| cfg_str(&opa, &["path", "query"]))
                 .unwrap_or_else(|| "envoy/authz/allow".into()),
             decision_log: crate::logconfig::decision_log_config(&self.log, &file, &base)?,
+            limits,
             dry_run: self.dry_run
                 || cfg_bool(&file, &["dry-run", "dry_run"])
                     .or_else(|| cfg_bool(&opa, &["dry-run"]))
@@ -391,10 +426,48 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
                 PathNormalization::Lenient => PathPolicy::Lenient,
             },
             skip_body_parse: s.skip_request_body_parse,
-            ..InputOptions::default()
+            ..InputOptions::with_limits(&s.limits)
         },
     )
     .with_identity_options(identity))
+}
+
+/// A complete authorizer for a reload: like [`authorizer`], and, with
+/// `--reload-require-tests`, only if the set's own tests pass.
+pub fn validated_authorizer(s: &Settings) -> Result<Authorizer, String> {
+    let a = authorizer(s)?;
+    if s.reload_require_tests {
+        let sources =
+            arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?;
+        let options = arbiter_engine::testing::TestOptions {
+            rego_version: a.policies().options().rego_version,
+            ..Default::default()
+        };
+        let report = arbiter_engine::testing::run(&sources, &options).map_err(|e| e.to_string())?;
+        let sum = report.summary();
+        if sum.fail + sum.error > 0 {
+            let failing: Vec<String> = report
+                .results
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.outcome,
+                        arbiter_engine::testing::Outcome::Fail(_)
+                            | arbiter_engine::testing::Outcome::Error(_)
+                    )
+                })
+                .map(|r| r.full_name())
+                .take(5)
+                .collect();
+            return Err(format!(
+                "{} of {} tests fail: {}",
+                sum.fail + sum.error,
+                sum.total,
+                failing.join(", ")
+            ));
+        }
+    }
+    Ok(a)
 }
 
 /// The server configuration the settings describe.
@@ -414,6 +487,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         queue: s.queue,
         decision_log: s.decision_log.clone(),
         tls: s.tls.clone(),
+        max_request_bytes: s.limits.max_request_bytes,
     })
 }
 
@@ -504,6 +578,53 @@ pub fn run(args: &Args) -> Exit {
                 .http_addr
                 .map_or(settings.http_addr.clone(), |a| a.to_string()),
         );
+        // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
+        let build: arbiter_ext_authz::reload::Build = {
+            let s = settings.clone();
+            Arc::new(move || validated_authorizer(&s))
+        };
+        let lock = Arc::new(std::sync::Mutex::new(()));
+        let do_reload = {
+            let state = Arc::downgrade(&running.state);
+            let (build, lock) = (build.clone(), lock.clone());
+            move |why: &str| -> bool {
+                let Some(state) = state.upgrade() else {
+                    return false;
+                };
+                let _one = lock.lock();
+                match arbiter_ext_authz::reload::reload(&state, &build) {
+                    Ok(rev) => eprintln!("arbiter: reloaded ({why}): revision {rev}"),
+                    Err(e) => eprintln!(
+                        "arbiter: reload ({why}) failed, still serving revision {}:\n{e}",
+                        state.authorizer.load().policies().revision()
+                    ),
+                }
+                true
+            }
+        };
+        if let Some(interval) = settings.watch {
+            let paths = settings.policies.clone();
+            let on_change = do_reload.clone();
+            std::thread::Builder::new()
+                .name("arbiter-watch".into())
+                .spawn(move || {
+                    arbiter_ext_authz::reload::watch(paths, interval, || on_change("files changed"))
+                })
+                .context("cannot start the file watcher")?;
+        }
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                let on_hup = do_reload.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let f = on_hup.clone();
+                        let _ = tokio::task::spawn_blocking(move || f("SIGHUP")).await;
+                    }
+                });
+            }
+        }
         running.wait_for_signal(shutdown_signal()).await?;
         eprintln!("arbiter: stopped");
         Ok(())

@@ -18,7 +18,7 @@
 
 use regorus::Value;
 
-use crate::body::{self, DEFAULT_MAX_DEPTH};
+use crate::body;
 use crate::decision::DenyReason;
 use crate::path::{self, CanonicalPath, PathPolicy};
 use crate::request::{Address, AuthzRequest, HttpRequest, Metadata, Peer};
@@ -32,14 +32,33 @@ pub struct InputOptions {
     pub skip_body_parse: bool,
     /// Nesting limit for JSON bodies.
     pub max_body_depth: usize,
+    /// Request body size, bytes.
+    pub max_body_bytes: usize,
+    /// Distinct header names.
+    pub max_headers: usize,
+    /// Total value bytes of one header name.
+    pub max_header_bytes: usize,
+    /// Request target length, bytes.
+    pub max_path_bytes: usize,
 }
 
 impl Default for InputOptions {
     fn default() -> Self {
+        Self::with_limits(&crate::limits::Limits::default())
+    }
+}
+
+impl InputOptions {
+    /// Strict paths, bodies parsed, and the input limits of `limits`.
+    pub fn with_limits(limits: &crate::limits::Limits) -> Self {
         Self {
             path_policy: PathPolicy::Strict,
             skip_body_parse: false,
-            max_body_depth: DEFAULT_MAX_DEPTH,
+            max_body_depth: limits.max_body_depth,
+            max_body_bytes: limits.max_body_bytes,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+            max_path_bytes: limits.max_path_bytes,
         }
     }
 }
@@ -180,35 +199,78 @@ fn check_header(name: &str, value: &str) -> Result<(), DenyReason> {
 }
 
 /// `headers` as policies see it: Envoy's map, or one built from `headerMap`, names lower-cased.
-fn effective_headers(h: &HttpRequest) -> Result<Vec<(String, String)>, DenyReason> {
-    let mut out: Vec<(String, String)> = Vec::with_capacity(h.headers.len());
-    if h.headers.is_empty() {
-        for raw in h.header_map.iter().flatten() {
-            let name = raw.key.to_ascii_lowercase();
-            let value = raw.text();
-            check_header(&name, &value)?;
-            match out.iter_mut().find(|(k, _)| *k == name) {
-                Some((_, v)) => {
-                    v.push(',');
-                    v.push_str(&value);
-                }
-                None => out.push((name, value)),
-            }
-        }
+fn effective_headers(
+    h: &HttpRequest,
+    opts: &InputOptions,
+) -> Result<Vec<(String, String)>, DenyReason> {
+    let raw: Vec<(String, std::borrow::Cow<'_, str>)> = if h.headers.is_empty() {
+        h.header_map
+            .iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r.key.to_ascii_lowercase(),
+                    std::borrow::Cow::Owned(r.text()),
+                )
+            })
+            .collect()
     } else {
-        for (k, v) in &h.headers {
-            check_header(k, v)?;
-            let name = k.to_ascii_lowercase();
-            match out.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, existing)) => {
-                    existing.push(',');
-                    existing.push_str(v);
+        h.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    std::borrow::Cow::Borrowed(v.as_str()),
+                )
+            })
+            .collect()
+    };
+    // Bound the work before doing it: the count is checked on the raw entries.
+    if raw.len() > opts.max_headers.saturating_mul(4) {
+        return Err(too_many_headers(raw.len(), opts));
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    let mut index: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(raw.len());
+    for (name, value) in raw {
+        check_header(&name, &value)?;
+        match index.get(&name) {
+            Some(&i) => {
+                let v = &mut out[i].1;
+                v.push(',');
+                v.push_str(&value);
+                if v.len() > opts.max_header_bytes {
+                    return Err(header_too_large(&name, opts));
                 }
-                None => out.push((name, v.clone())),
+            }
+            None => {
+                if value.len() > opts.max_header_bytes {
+                    return Err(header_too_large(&name, opts));
+                }
+                index.insert(name.clone(), out.len());
+                out.push((name, value.into_owned()));
             }
         }
     }
+    if out.len() > opts.max_headers {
+        return Err(too_many_headers(out.len(), opts));
+    }
     Ok(out)
+}
+
+fn too_many_headers(n: usize, opts: &InputOptions) -> DenyReason {
+    DenyReason::InputTooLarge(format!(
+        "{n} headers, more than the limit of {}",
+        opts.max_headers
+    ))
+}
+
+fn header_too_large(name: &str, opts: &InputOptions) -> DenyReason {
+    DenyReason::InputTooLarge(format!(
+        "header `{}` is larger than the limit of {} bytes",
+        name.escape_default(),
+        opts.max_header_bytes
+    ))
 }
 
 fn http_request(h: &HttpRequest, headers: &[(String, String)]) -> Value {
@@ -256,7 +318,21 @@ fn http_request(h: &HttpRequest, headers: &[(String, String)]) -> Value {
 pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, DenyReason> {
     let empty = HttpRequest::default();
     let http = req.http.as_ref().unwrap_or(&empty);
-    let headers = effective_headers(http)?;
+    if http.path.len() > opts.max_path_bytes {
+        return Err(DenyReason::InputTooLarge(format!(
+            "the request target is {} bytes, more than the limit of {}",
+            http.path.len(),
+            opts.max_path_bytes
+        )));
+    }
+    let body_len = http.body.len().max(http.raw_body.len());
+    if body_len > opts.max_body_bytes {
+        return Err(DenyReason::InputTooLarge(format!(
+            "the request body is {body_len} bytes, more than the limit of {}",
+            opts.max_body_bytes
+        )));
+    }
+    let headers = effective_headers(http, opts)?;
     let header = |name: &str| {
         headers
             .iter()

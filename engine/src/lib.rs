@@ -41,6 +41,7 @@ pub mod decision;
 pub mod diagnostic;
 pub mod identity;
 pub mod input;
+pub mod limits;
 pub mod loader;
 pub mod path;
 pub mod policy_set;

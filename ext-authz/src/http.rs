@@ -80,9 +80,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 async fn health(AxState(state): AxState<Arc<State>>) -> Response {
     let a = state.authorizer.load();
+    let reload = state.reload_status.load();
     let body = json!({
         "revision": a.policies().revision(),
         "path": a.path().slash_path(),
+        "reloads": reload.reloads,
+        "reload_failures": reload.failures,
+        // The set that failed to load did not replace this one: still healthy, but stale.
+        "last_reload_error": reload.last_error,
+        "last_reload_error_at": reload.last_error_at,
     });
     if state.ready() {
         json_response(StatusCode::OK, &body, false)

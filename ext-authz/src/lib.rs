@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -54,6 +54,8 @@ pub struct Metrics {
     log_uploaded: AtomicU64,
     log_upload_failures: AtomicU64,
     log_upload_buffered: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 /// Labels of `arbiter_decision_logs_dropped_total`, indexed by [`DropReason`].
@@ -125,6 +127,15 @@ impl Metrics {
 
     pub fn log_written(&self) {
         self.log_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A policy reload attempt.
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A sink failed; the event may still have reached another sink.
@@ -284,6 +295,21 @@ impl Metrics {
             s,
             "arbiter_decision_logs_upload_buffered {}",
             l(&self.log_upload_buffered)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_policy_reloads_total Policy reload attempts, by result (an error keeps the previous set)."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_policy_reloads_total counter");
+        let _ = writeln!(
+            s,
+            "arbiter_policy_reloads_total{{result=\"ok\"}} {}",
+            l(&self.reloads_ok)
+        );
+        let _ = writeln!(
+            s,
+            "arbiter_policy_reloads_total{{result=\"error\"}} {}",
+            l(&self.reloads_failed)
         );
         let _ = writeln!(
             s,

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub decision_log: Option<DecisionLogConfig>,
     /// TLS (and mTLS) on both listeners; `None` for plaintext.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Largest `CheckRequest` accepted (bigger: gRPC `RESOURCE_EXHAUSTED`).
+    pub max_request_bytes: usize,
 }
 
 /// Servers that are running.
@@ -107,6 +109,7 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
     };
     let state = Arc::new(State {
         authorizer: ArcSwap::from_pointee(authorizer),
+        reload_status: ArcSwap::from_pointee(crate::reload::ReloadStatus::default()),
         pool: if config.workers == 0 {
             EvalPool::inline(config.queue)
         } else {
@@ -130,7 +133,10 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
         .await;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(state.clone())));
+        .add_service(
+            AuthorizationServer::new(AuthzService::new(state.clone()))
+                .max_decoding_message_size(config.max_request_bytes),
+        );
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
     match &config.grpc {

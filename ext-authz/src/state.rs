@@ -29,6 +29,8 @@ pub struct ServeOptions {
 
 pub struct State {
     pub authorizer: ArcSwap<Authorizer>,
+    /// What reloading last did (read by `/health`; never touched by decisions).
+    pub reload_status: ArcSwap<crate::reload::ReloadStatus>,
     pub pool: EvalPool,
     pub metrics: Arc<Metrics>,
     pub decision_log: Option<DecisionLog>,
@@ -59,6 +61,13 @@ fn denied(reason: DenyReason) -> CheckOutcome {
 }
 
 impl State {
+    /// Change the reload status (reloads are serialized by their caller).
+    pub fn update_reload_status(&self, f: impl FnOnce(&mut crate::reload::ReloadStatus)) {
+        let mut s = (**self.reload_status.load()).clone();
+        f(&mut s);
+        self.reload_status.store(Arc::new(s));
+    }
+
     pub fn ready(&self) -> bool {
         self.grpc_ready.load(Ordering::Acquire)
     }

@@ -1,0 +1,187 @@
+//! `arbiter serve --watch` and SIGHUP: a changed folder replaces the running set only when it
+//! is valid; a broken one leaves the last good set serving and shows in `/health` and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("arbiter-reload-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
+fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "serve",
+            dir.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
+            // Keep draining stderr so the server never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, rest.trim().to_string());
+        }
+    }
+}
+
+fn http(addr: &str, method: &str, target: &str, body: &str) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+fn health(addr: &str) -> serde_json::Value {
+    serde_json::from_str(&http(addr, "GET", "/health", "").1).unwrap()
+}
+
+fn allowed(addr: &str, path: &str) -> bool {
+    let body = format!(r#"{{"input": {{"parsed_path": ["{path}"]}}}}"#);
+    let (code, text) = http(addr, "POST", "/v1/data/envoy/authz/allow", &body);
+    assert_eq!(code, 200, "{text}");
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["result"] == true
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn policy(allow: &str) -> String {
+    format!(
+        "package envoy.authz\n\ndefault allow := false\n\nallow if input.parsed_path[0] == \"{allow}\"\n"
+    )
+}
+
+#[test]
+fn watch_reloads_good_sets_and_keeps_serving_through_broken_ones() {
+    let dir = tmp("watch");
+    let file = dir.join("authz.rego");
+    std::fs::write(&file, policy("a")).unwrap();
+    let (child, addr) = serve(&dir, &["--watch", "--watch-interval", "100ms"]);
+    assert!(allowed(&addr, "a") && !allowed(&addr, "b"));
+    let first = health(&addr)["revision"].as_str().unwrap().to_string();
+
+    // Broken: the previous set keeps serving; the error is visible.
+    std::fs::write(&file, "package envoy.authz\n\nallow if {\n").unwrap();
+    wait("the reload error", || {
+        !health(&addr)["last_reload_error"].is_null()
+    });
+    let h = health(&addr);
+    assert_eq!(h["revision"], first.as_str());
+    assert!(
+        h["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("authz.rego:"),
+        "{h}"
+    );
+    assert!(allowed(&addr, "a"), "still the last good set");
+    let (_, metrics) = http(&addr, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("arbiter_policy_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+
+    // Fixed: the new set serves.
+    std::fs::write(&file, policy("b")).unwrap();
+    wait("the new revision", || {
+        health(&addr)["revision"] != first.as_str()
+    });
+    assert!(allowed(&addr, "b") && !allowed(&addr, "a"));
+    assert!(health(&addr)["last_reload_error"].is_null());
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sighup_reloads_and_bundled_tests_can_be_required() {
+    let dir = tmp("hup");
+    let file = dir.join("authz.rego");
+    std::fs::write(&file, policy("a")).unwrap();
+    // The set's own test expects `a` to be allowed.
+    std::fs::write(
+        dir.join("authz_test.rego"),
+        "package envoy.authz_test\n\nimport data.envoy.authz\n\ntest_a if authz.allow with input as {\"parsed_path\": [\"a\"]}\n",
+    )
+    .unwrap();
+    let (child, addr) = serve(&dir, &["--reload-require-tests"]);
+    let first = health(&addr)["revision"].as_str().unwrap().to_string();
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    // Valid Rego that fails the set's own test: refused.
+    std::fs::write(&file, policy("b")).unwrap();
+    hup();
+    wait("the test failure", || {
+        !health(&addr)["last_reload_error"].is_null()
+    });
+    let h = health(&addr);
+    assert!(
+        h["last_reload_error"].as_str().unwrap().contains("test_a"),
+        "{h}"
+    );
+    assert_eq!(h["revision"], first.as_str());
+    assert!(allowed(&addr, "a"));
+    // A change that keeps the test green: accepted on the next SIGHUP.
+    std::fs::write(
+        &file,
+        "package envoy.authz\n\ndefault allow := false\n\nallow if input.parsed_path[0] in {\"a\", \"c\"}\n",
+    )
+    .unwrap();
+    hup();
+    wait("the new revision", || {
+        health(&addr)["revision"] != first.as_str()
+    });
+    assert!(allowed(&addr, "c"));
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

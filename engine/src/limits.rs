@@ -1,0 +1,99 @@
+//! Every limit in one place, with its default and why (`../shared/reference/reliability.md` §5
+//! is the starting point). Each violation is a denial with a reason — `input_too_large`,
+//! `limit_exceeded:time`, `body_parse_error`, … — or, for policies, a load error; never a
+//! crash, a hang or an allow.
+//!
+//! | limit | default | enforced by |
+//! |---|---|---|
+//! | `eval_timeout` | 50 ms | the engines' execution timers, and the server's deadline |
+//! | `max_request_bytes` | 4 MiB | the gRPC server (tonic's default): larger `CheckRequest`s get `RESOURCE_EXHAUSTED` |
+//! | `max_body_bytes` | 1 MiB | input building: a larger request body is `input_too_large` before parsing |
+//! | `max_body_depth` | 64 | the strict JSON body parser (`body_parse_error`) |
+//! | `max_headers` | 200 | input building: more distinct header names is `input_too_large` |
+//! | `max_header_bytes` | 64 KiB | input building: a header whose values total more is `input_too_large` |
+//! | `max_path_bytes` | 64 KiB | input building: a longer request target is `input_too_large` |
+//! | policy files | 1 MiB, 20,000 lines, 16,384 columns | loading (`rego::default_policy_length`, fixed) |
+//! | CEL expressions | 16 KiB, nesting 32, comprehensions nested 3 | loading (`cel::guard`, fixed) |
+//! | Rego regex size | 100 KB compiled | regorus (fixed) |
+//! | SPIFFE IDs | 2048 bytes, trust domain 255 | `identity` (fixed, from the SPIFFE standard) |
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configurable limits (`limits:` in `arbiter serve --config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    #[serde(with = "duration")]
+    pub eval_timeout: Duration,
+    pub max_request_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_body_depth: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_path_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            eval_timeout: Duration::from_millis(50),
+            max_request_bytes: 4 << 20,
+            max_body_bytes: 1 << 20,
+            max_body_depth: crate::body::DEFAULT_MAX_DEPTH,
+            max_headers: 200,
+            max_header_bytes: 64 << 10,
+            max_path_bytes: 64 << 10,
+        }
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: f64 = n.parse().map_err(|_| {
+            serde::de::Error::custom(format!("`{s}` is not a duration such as 50ms"))
+        })?;
+        let secs = match unit {
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" => n,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{s}`: unit must be us, ms or s"
+                )));
+            }
+        };
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(serde::de::Error::custom(format!("`{s}` must be positive")));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_partial_config() {
+        let l: Limits = serde_json::from_value(serde_json::json!({
+            "max_headers": 50, "eval_timeout": "20ms"
+        }))
+        .unwrap();
+        assert_eq!(l.max_headers, 50);
+        assert_eq!(l.eval_timeout, Duration::from_millis(20));
+        assert_eq!(l.max_body_depth, 64);
+        assert!(serde_json::from_value::<Limits>(serde_json::json!({"max_header": 1})).is_err());
+    }
+}
