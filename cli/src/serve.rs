@@ -436,6 +436,9 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
 /// `--reload-require-tests`, only if the set's own tests pass.
 pub fn validated_authorizer(s: &Settings) -> Result<Authorizer, String> {
     let a = authorizer(s)?;
+    a.policies()
+        .check_entrypoint(a.path())
+        .map_err(|reason| reason.to_string())?;
     if s.reload_require_tests {
         let sources =
             arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?;

@@ -273,7 +273,10 @@ fn compile_expr(
     }
     let roots = root_idents(&expr);
     // Probe: evaluate against an empty request. Unknown functions and type errors that do not
-    // depend on the request's values surface here, at load time.
+    // depend on the request's values surface here, at load time. `input` is OPA's whole input
+    // document, whose shape the empty request does not have: an expression that reads it is
+    // only checked for unknown names.
+    let reads_input = roots.iter().any(|r| r == "input");
     let mut child = root.new_inner_scope();
     data_probe.bind(&mut child);
     match CelValue::resolve(&expr, &child) {
@@ -287,7 +290,7 @@ fn compile_expr(
             e @ (ExecutionError::NoSuchOverload(_)
             | ExecutionError::UnsupportedBinaryOperator(..)
             | ExecutionError::ValuesNotComparable(..)),
-        ) => {
+        ) if !reads_input => {
             return Err(vec![err(at, format!("type error: {e}"))]);
         }
         _ => {}

@@ -351,6 +351,12 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
         }
     }
 
+    // Only CONNECT has no request target (and a check without HTTP attributes has no path).
+    if req.http.is_some() && http.path.is_empty() && !http.method.eq_ignore_ascii_case("CONNECT") {
+        return Err(DenyReason::NonCanonicalPath(
+            "empty request target (only CONNECT has none)".into(),
+        ));
+    }
     let canonical = path::canonicalize(&http.path, opts.path_policy).map_err(|e| {
         DenyReason::NonCanonicalPath(format!("{e}: `{}`", http.path.escape_default()))
     })?;

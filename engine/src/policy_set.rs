@@ -114,6 +114,7 @@ impl PolicySet {
                 .flatten(),
         );
         for file in files {
+            diagnostics.extend(forbidden_calls(&file.name, &file.text));
             match engine.add_policy(file.name.clone(), file.text.clone()) {
                 Ok(_) => modules.push(file.name.clone()),
                 Err(e) => diagnostics
@@ -350,6 +351,71 @@ fn rule_data_conflicts(
     out
 }
 
+/// Built-ins that would do I/O on the decision path; a policy that calls (or mocks) one does
+/// not load.
+const FORBIDDEN_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr", "opa.runtime"];
+
+/// Calls of [`FORBIDDEN_BUILTINS`] in a Rego source, outside comments and strings.
+fn forbidden_calls(file: &str, text: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        // Blank out strings and the comment, keeping columns.
+        let mut code = String::with_capacity(line.len());
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' && q == '"' {
+                        escaped = true;
+                    } else if c == q {
+                        quote = None;
+                    }
+                    code.push(' ');
+                }
+                None => {
+                    if c == '#' {
+                        break;
+                    }
+                    if c == '"' || c == '`' {
+                        quote = Some(c);
+                    }
+                    code.push(c);
+                }
+            }
+        }
+        for name in FORBIDDEN_BUILTINS {
+            let mut from = 0;
+            while let Some(pos) = code[from..].find(name).map(|p| p + from) {
+                from = pos + name.len();
+                let before_ok = code[..pos]
+                    .chars()
+                    .last()
+                    .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+                let after = code[pos + name.len()..].trim_start();
+                let called = after.starts_with('(');
+                let mocked = code[..pos].trim_end().ends_with("with");
+                if before_ok && (called || mocked) {
+                    out.push(
+                        Diagnostic::at(
+                            file,
+                            u32::try_from(i + 1).unwrap_or(u32::MAX),
+                            u32::try_from(code[..pos].chars().count() + 1).unwrap_or(u32::MAX),
+                            format!(
+                                "`{name}` is not allowed: arbiter never does network I/O while deciding"
+                            ),
+                        )
+                        .with_code("rego_compile_error"),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Deep-merge `over` into `base`: objects merge key by key, anything else replaces.
 pub fn merge_over(base: &mut serde_json::Value, over: &serde_json::Value) {
     match (base, over) {
@@ -511,6 +577,23 @@ mod tests {
         assert_eq!((d.file.as_str(), d.line, d.col), ("abac.rego", 3, 1));
         assert!(d.message.contains("`data.abac.hours`"), "{d}");
         assert!(d.message.contains("abac/data.json"), "{d}");
+    }
+
+    #[test]
+    fn network_builtins_do_not_load() {
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "p.rego",
+            "package p\n# http.send(x) in a comment is fine\ns := \"http.send(\"\nx := http.send({\"url\": \"u\"})\ny := 1 if { true with net.lookup_ip_addr as \"1.2.3.4\" }\n",
+        );
+        let e = PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap_err();
+        let at: Vec<(u32, u32)> = e.diagnostics.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(at, vec![(4, 6), (5, 23)], "{e:?}");
+        assert!(
+            e.diagnostics[0]
+                .message
+                .contains("`http.send` is not allowed")
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ fn floor(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     ))
 }
 
+/// arbiter patch: the largest array `numbers.range` and `numbers.range_step` build.
+const MAX_RANGE_ELEMENTS: usize = 1_000_000;
+
 fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "numbers.range";
     ensure_args_count(span, name, params, args, 2)?;
@@ -106,6 +109,13 @@ fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Res
         _ => bail!(span.error("could not determine number of elements")),
     };
 
+    // arbiter patch: one built-in call cannot be interrupted by the time limit, so it may not
+    // build an arbitrarily large array (numbers.range(1, 1e8) took seconds and gigabytes).
+    if num_elements > MAX_RANGE_ELEMENTS {
+        bail!(span.error(&format!(
+            "{name}: the range has {num_elements} elements, more than the limit of {MAX_RANGE_ELEMENTS}"
+        )));
+    }
     let mut values = Vec::with_capacity(num_elements);
     let mut v = v1;
     let incr = Number::from(incr);
@@ -150,6 +160,12 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         _ => bail!(span.error("could not determine number of elements")),
     };
 
+    // arbiter patch: see `range`.
+    if num_elements as usize > MAX_RANGE_ELEMENTS {
+        bail!(span.error(&format!(
+            "{name}: the range has {num_elements} elements, more than the limit of {MAX_RANGE_ELEMENTS}"
+        )));
+    }
     let mut values = Vec::with_capacity(num_elements as usize);
     let incr = Number::from(incr);
     let mut v = v1;

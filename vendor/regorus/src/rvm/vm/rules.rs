@@ -140,6 +140,20 @@ impl RegoVM {
                             if current_result != Value::Undefined {
                                 if let Some(ref expected) = first_successful_result {
                                     if *expected != current_result {
+                                        // arbiter patch: with strict errors, two values of a
+                                        // complete rule are an evaluation error (as in the
+                                        // interpreter and OPA), not an undefined rule that
+                                        // `not` would turn into true.
+                                        if self.strict_builtin_errors {
+                                            self.restore_rule_state(
+                                                &mut previous_loop_stack,
+                                                &mut previous_comprehension_stack,
+                                            );
+                                            return Err(VmError::Internal {
+                                                message: "eval_conflict_error: complete rules should not produce multiple outputs".into(),
+                                                pc: self.pc,
+                                            });
+                                        }
                                         rule_failed_due_to_inconsistency = true;
                                         self.set_register(result_reg, Value::Undefined)?;
                                         break;

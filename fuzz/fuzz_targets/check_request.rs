@@ -1,0 +1,44 @@
+//! Arbitrary bytes as an Envoy `CheckRequest` (reliability.md §4 `check_request`): decoding,
+//! conversion, input building and a decision never panic, and an error is never an allow.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use arbiter_engine::authorizer::Authorizer;
+use arbiter_engine::input::InputOptions;
+use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+fn authorizer() -> &'static Authorizer {
+    static A: OnceLock<Authorizer> = OnceLock::new();
+    A.get_or_init(|| {
+        let mut s = PolicySources::default();
+        // P-admin: deny /admin and below, allow the rest; plus a body and a header rule.
+        s.add_rego(
+            "p.rego",
+            "package envoy.authz\ndefault allow := false\nallow if { not admin; not input.parsed_body.deny }\nadmin if input.parsed_path[0] == \"admin\"\nadmin if \"admin\" in split(input.attributes.request.http.headers[\"x-role\"], \",\")\n",
+        );
+        let set = PolicySet::from_sources(&s, &LoadOptions::default()).expect("fixture loads");
+        Authorizer::new(Arc::new(set), DataRef::parse("envoy/authz/allow").expect("path"), InputOptions::default())
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(req) = CheckRequest::decode(data) else { return };
+    let model = arbiter_ext_authz::convert::authz_request(&req);
+    let outcome = authorizer().check(&model);
+    let d = &outcome.decision;
+    assert!(!(d.allowed && d.reason.is_some()), "an allow with a denial reason: {d:?}");
+    if d.allowed {
+        // An allowed request was canonical, and not under /admin.
+        let input = outcome.input.as_ref().expect("an allowed request has an input");
+        let first = &input["parsed_path"][0];
+        assert_ne!(*first, arbiter_engine::regorus::Value::from("admin"));
+    }
+    let _ = arbiter_ext_authz::convert::check_response(
+        d,
+        arbiter_ext_authz::convert::ResponseContext { decision_id: "fuzz", dry_run: false },
+    );
+});
