@@ -57,9 +57,38 @@ fn inputs_equal_what_opa_envoy_built() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let built = build_input(&req, &InputOptions::default());
         if observed.get("__error__").is_some() {
-            // opa-envoy refused this request (malformed JSON body); arbiter refuses it too.
+            // opa-envoy refused this request (malformed JSON body); arbiter refuses it too (in
+            // strict mode an empty request target is refused first).
             let reason = built.expect_err(&name);
-            assert_eq!(reason.code(), "body_parse_error", "{name}");
+            let lenient = InputOptions {
+                path_policy: arbiter_engine::path::PathPolicy::Lenient,
+                ..InputOptions::default()
+            };
+            let lenient_reason = build_input(&req, &lenient).expect_err(&name);
+            assert!(
+                ["body_parse_error", "non_canonical_path"].contains(&reason.code()),
+                "{name}: {reason}"
+            );
+            assert_eq!(lenient_reason.code(), "body_parse_error", "{name}");
+            continue;
+        }
+        if req.http.as_ref().is_some_and(|h| h.path.is_empty()) {
+            // A request target Envoy never sends for HTTP (only CONNECT has none): refused in
+            // strict mode (adversarial case A13c), read as OPA-Envoy does in lenient mode.
+            assert_eq!(
+                built.as_ref().map(|_| ()).map_err(|r| r.code()),
+                Err("non_canonical_path"),
+                "{name}"
+            );
+            let lenient = InputOptions {
+                path_policy: arbiter_engine::path::PathPolicy::Lenient,
+                ..InputOptions::default()
+            };
+            let built = to_json(&build_input(&req, &lenient).unwrap().value);
+            assert_eq!(
+                built, observed,
+                "{name} (lenient): differs from opa-envoy's"
+            );
             continue;
         }
         let built = to_json(&built.unwrap_or_else(|e| panic!("{name}: {e}")).value);

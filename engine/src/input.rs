@@ -352,7 +352,12 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
     }
 
     // Only CONNECT has no request target (and a check without HTTP attributes has no path).
-    if req.http.is_some() && http.path.is_empty() && !http.method.eq_ignore_ascii_case("CONNECT") {
+    // Lenient mode keeps OPA-Envoy's reading (`parsed_path` [""]).
+    if opts.path_policy == PathPolicy::Strict
+        && req.http.is_some()
+        && http.path.is_empty()
+        && !http.method.eq_ignore_ascii_case("CONNECT")
+    {
         return Err(DenyReason::NonCanonicalPath(
             "empty request target (only CONNECT has none)".into(),
         ));
