@@ -279,6 +279,46 @@ def run_variant(name, args, work):
         procs.stop()
 
 
+def soak(args, work):
+    """One long bounded run through Envoy: RSS sampled each second, errors counted."""
+    procs = Procs()
+    try:
+        listen, admin, port, http = free_port(), free_port(), free_port(), free_port()
+        cmd = [args.arbiter, "serve", os.path.join(REPO, "policies"), "--grpc-addr", f"127.0.0.1:{port}",
+               "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers),
+               "--decision-log", os.path.join(work, "soak.log")]
+        server = procs.start(taskset(1, cmd))
+        wait_port(port, server, "arbiter")
+        cfg = os.path.join(work, "soak.yaml")
+        with open(cfg, "w") as f:
+            f.write(envoy_config(listen, admin, ("127.0.0.1", port)))
+        envoy = procs.start(taskset(0, [args.envoy, "-c", cfg, "--concurrency", "1",
+                                        "--disable-hot-restart", "-l", "warning"]))
+        wait_port(listen, envoy, "envoy")
+        if get(listen) != 200:
+            raise RuntimeError("soak: the request is not allowed")
+        wrk = ["wrk", "-t1", "-c50", "--latency", f"-d{args.soak}s"]
+        for k, v in HEADERS.items():
+            wrk += ["-H", f"{k}: {v}"]
+        proc = subprocess.Popen(taskset(1, wrk + [f"http://127.0.0.1:{listen}{PATH}"]),
+                                stdout=subprocess.PIPE, text=True)
+        samples = []
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < args.soak + 30:
+            time.sleep(1)
+            samples.append(rss_kib(server.pid).get("VmRSS", 0) / 1024)
+        out, _ = proc.communicate(timeout=60)
+        r = parse_wrk(out)
+        m = re.search(r"(\d+) requests in", out)
+        r["requests"] = int(m.group(1)) if m else 0
+        r["rss_first"] = samples[1] if len(samples) > 1 else samples[0]
+        r["rss_last"] = samples[-1]
+        r["rss_max"] = max(samples)
+        return r
+    finally:
+        procs.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arbiter", default=os.path.join(REPO, "target/release/arbiter"))
@@ -289,6 +329,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--workers", type=int, default=0, help="arbiter's --workers (0: inline, the default)")
     ap.add_argument("--write", action="store_true", help="append the table to benches/RESULTS.md")
+    ap.add_argument("--soak", type=int, default=0, help="instead: one soak run of this many seconds")
     args = ap.parse_args()
     args.envoy = args.envoy or envoy_path()
     for tool in ("wrk",):
@@ -305,6 +346,25 @@ def main():
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
     work = tempfile.mkdtemp(prefix="arbiter-load-")
+    if args.soak:
+        try:
+            r = soak(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        line = (f"| {args.soak} s | {r['requests']} | {r['rps']:.0f} | {r['p99']:.2f} ms | {r['non2xx']} | "
+                f"{r['socket_errors'] or 'none'} | {r['rss_first']:.1f} MiB | {r['rss_last']:.1f} MiB | {r['rss_max']:.1f} MiB |")
+        print(line)
+        if args.write:
+            with open(os.path.join(REPO, "benches/RESULTS.md"), "a") as f:
+                f.write(f"\n## Soak through Envoy ({datetime.date.today().isoformat()})\n\n")
+                f.write(f"Command: `bash benches/envoy-load.sh {' '.join(sys.argv[1:])}`\n\n")
+                f.write("Envoy 1.40 on core 0; arbiter (reference Rego + CEL, decision log to a file) and "
+                        "wrk -t1 -c50 on core 1; the customer's bearer-token request. RSS is sampled "
+                        "every second (first sample after 1 s).\n\n")
+                f.write("| duration | requests | req/s | p99 | non-2xx | socket errors | RSS after 1 s | RSS at the end | RSS max |\n")
+                f.write("|---|---|---|---|---|---|---|---|---|\n")
+                f.write(line + "\n")
+        return
     try:
         # Policy folders for the single-language variants.
         os.makedirs(os.path.join(work, "allow/envoy"))

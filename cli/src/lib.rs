@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 pub mod audit;
 pub mod bench;
+pub mod build;
 pub mod check;
 pub mod eval;
 pub mod input;
@@ -51,6 +52,8 @@ pub enum Command {
     Check(check::Args),
     /// Run Rego tests (`test_*` rules) and decision tests (`*_test.yaml`), like `opa test`.
     Test(test::Args),
+    /// Build an OPA bundle (`.tar.gz`, optionally signed) from a policy folder, like `opa build`.
+    Build(build::Args),
     /// Measure a query or a whole decision, like `opa bench`.
     Bench(bench::Args),
     /// Verify and summarize decision logs.
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Audit(cmd) => audit::run(&cmd),
         Command::Bench(args) => bench::run(&args),
+        Command::Build(args) => build::run(&args),
     };
     exit.into()
 }

@@ -105,6 +105,26 @@ pub struct Args {
     /// A reload must also pass the set's own tests (`*_test.rego`, `*_test.yaml`).
     #[arg(long)]
     pub reload_require_tests: bool,
+    /// An OPA bundle to serve: a `.tar.gz` file, a folder in bundle layout, or an
+    /// `http(s)://` URL polled with ETags.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub bundle: Option<String>,
+    /// How often a bundle URL is polled [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub bundle_poll: Option<String>,
+    /// Verify bundle signatures with this key: a PEM public key or certificate file, or an
+    /// HMAC secret. A bundle without a valid signature is then refused.
+    #[arg(long, value_name = "KEY")]
+    pub verification_key: Option<String>,
+    /// The key id signatures must name (`kid`).
+    #[arg(long, value_name = "ID")]
+    pub verification_key_id: Option<String>,
+    /// The signature algorithm [default: RS256].
+    #[arg(long, value_name = "ALG")]
+    pub verification_alg: Option<String>,
+    /// The scope signatures must carry.
+    #[arg(long, value_name = "SCOPE")]
+    pub verification_scope: Option<String>,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -129,6 +149,10 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub watch: Option<Duration>,
     pub reload_require_tests: bool,
+    /// A bundle file, folder or URL.
+    pub bundle: Option<String>,
+    pub bundle_poll: Duration,
+    pub verification: Option<arbiter_engine::bundle::Verification>,
 }
 
 /// Parse `50ms`, `1s`, `250us`, `2m`.
@@ -225,7 +249,60 @@ impl Args {
                 policies.push(base.join(s));
             }
         }
-        if policies.is_empty() {
+        // A bundle: the flag, or OPA's `bundles` (the first) with its service and signing key.
+        let mut bundle = self.bundle.clone();
+        let mut verification_key = self.verification_key.clone();
+        let mut verification_key_id = self.verification_key_id.clone();
+        let mut verification_alg = self.verification_alg.clone();
+        let mut verification_scope = self.verification_scope.clone();
+        if bundle.is_none()
+            && let Some(Json::Object(bundles)) = file.get("bundles")
+            && let Some((_, b)) = bundles.iter().next()
+        {
+            let resource =
+                cfg_str(b, &["resource"]).unwrap_or_else(|| "bundles/bundle.tar.gz".into());
+            let service = cfg_str(b, &["service"]);
+            let base_url = match (&service, file.get("services")) {
+                (Some(name), Some(Json::Object(svcs))) => {
+                    svcs.get(name).and_then(|s| cfg_str(s, &["url"]))
+                }
+                (Some(name), Some(Json::Array(svcs))) => svcs
+                    .iter()
+                    .find(|s| s.get("name").and_then(Json::as_str) == Some(name))
+                    .and_then(|s| cfg_str(s, &["url"])),
+                _ => None,
+            };
+            bundle = Some(match base_url {
+                Some(u) => format!(
+                    "{}/{}",
+                    u.trim_end_matches('/'),
+                    resource.trim_start_matches('/')
+                ),
+                None => resource,
+            });
+            if let Some(signing) = b.get("signing") {
+                let keyid = cfg_str(signing, &["keyid"]);
+                if let (Some(id), Some(Json::Object(keys))) = (&keyid, file.get("keys"))
+                    && let Some(k) = keys.get(id)
+                {
+                    verification_key = verification_key.or_else(|| cfg_str(k, &["key"]));
+                    verification_alg = verification_alg.or_else(|| cfg_str(k, &["algorithm"]));
+                    verification_scope = verification_scope.or_else(|| cfg_str(k, &["scope"]));
+                }
+                verification_key_id = verification_key_id.or(keyid);
+                verification_scope = verification_scope.or_else(|| cfg_str(signing, &["scope"]));
+            }
+        }
+        let verification = match verification_key {
+            None => None,
+            Some(k) => Some(arbiter_engine::bundle::Verification {
+                key_id: verification_key_id.unwrap_or_default(),
+                algorithm: verification_alg.unwrap_or_else(|| "RS256".into()),
+                key: crate::build::key_material(&k)?,
+                scope: verification_scope.unwrap_or_default(),
+            }),
+        };
+        if policies.is_empty() && bundle.is_none() {
             policies.push(bundled_policies());
         }
         let mut limits: arbiter_engine::limits::Limits = match file.get("limits") {
@@ -342,6 +419,12 @@ impl Args {
             } else {
                 None
             },
+            bundle,
+            bundle_poll: match self.bundle_poll.clone() {
+                Some(p) => parse_duration(&p)?,
+                None => Duration::from_secs(30),
+            },
+            verification,
             reload_require_tests: self.reload_require_tests
                 || cfg_bool(&file, &["reload-require-tests", "reload_require_tests"])
                     .unwrap_or(false),
@@ -387,7 +470,44 @@ impl Args {
 }
 
 /// Load policies and build the authorizer the settings describe.
+/// The latest bytes of a bundle fetched from a URL (shared with the poller).
+pub type FetchedBundle = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
 pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
+    authorizer_with(s, None)
+}
+
+/// The policy sources: the folders and files, plus the bundle (a file, a folder, or the bytes
+/// last fetched from its URL), verified when a key is configured.
+fn sources(
+    s: &Settings,
+    fetched: Option<&FetchedBundle>,
+) -> Result<arbiter_engine::PolicySources, String> {
+    let mut sources = if s.policies.is_empty() {
+        arbiter_engine::PolicySources::default()
+    } else {
+        arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?
+    };
+    if let Some(b) = &s.bundle {
+        let bundle = if b.starts_with("http://") || b.starts_with("https://") {
+            let bytes = fetched
+                .and_then(|f| f.lock().ok().and_then(|g| g.clone()))
+                .ok_or_else(|| format!("{b}: the bundle has not been fetched"))?;
+            let files = arbiter_engine::bundle::untar(&bytes).map_err(|e| format!("{b}: {e}"))?;
+            arbiter_engine::bundle::from_files(files, b, s.verification.as_ref())
+                .map_err(|e| format!("{b}: {e}"))?
+        } else {
+            arbiter_engine::bundle::load(Path::new(b), s.verification.as_ref())?
+        };
+        sources.extend(bundle.sources);
+    }
+    Ok(sources)
+}
+
+pub fn authorizer_with(
+    s: &Settings,
+    fetched: Option<&FetchedBundle>,
+) -> Result<Authorizer, String> {
     let options = LoadOptions {
         rego_version: if s.v0_compatible {
             RegoVersion::V0Compatible
@@ -397,7 +517,8 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
         include_tests: false,
         eval_timeout: Some(s.eval_timeout),
     };
-    let set = PolicySet::load(&s.policies, &options).map_err(|e| e.to_string())?;
+    let set =
+        PolicySet::from_sources(&sources(s, fetched)?, &options).map_err(|e| e.to_string())?;
     let path = DataRef::parse(&s.path).map_err(|e| e.to_string())?;
     let mut identity = IdentityOptions::default();
     for (td, file) in &s.trust_bundles {
@@ -434,14 +555,16 @@ pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
 
 /// A complete authorizer for a reload: like [`authorizer`], and, with
 /// `--reload-require-tests`, only if the set's own tests pass.
-pub fn validated_authorizer(s: &Settings) -> Result<Authorizer, String> {
-    let a = authorizer(s)?;
+pub fn validated_authorizer(
+    s: &Settings,
+    fetched: Option<&FetchedBundle>,
+) -> Result<Authorizer, String> {
+    let a = authorizer_with(s, fetched)?;
     a.policies()
         .check_entrypoint(a.path())
         .map_err(|reason| reason.to_string())?;
     if s.reload_require_tests {
-        let sources =
-            arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?;
+        let sources = sources(s, fetched)?;
         let options = arbiter_engine::testing::TestOptions {
             rego_version: a.policies().options().rego_version,
             ..Default::default()
@@ -524,7 +647,28 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    let authorizer = match authorizer(&settings) {
+    // A bundle URL is fetched once before serving: no policy, no server.
+    let fetched: FetchedBundle = Default::default();
+    let mut etag: Option<String> = None;
+    if let Some(url) = settings.bundle.as_deref().filter(|b| b.starts_with("http")) {
+        match arbiter_ext_authz::fetch::get(url, None, None, Duration::from_secs(30)) {
+            Ok(arbiter_ext_authz::fetch::Fetched::New { body, etag: e }) => {
+                if let Ok(mut g) = fetched.lock() {
+                    *g = Some(body);
+                }
+                etag = e;
+            }
+            Ok(arbiter_ext_authz::fetch::Fetched::Unchanged) => {
+                eprintln!("arbiter: {url}: unexpected 304 without an ETag");
+                return Exit::Failed;
+            }
+            Err(e) => {
+                eprintln!("arbiter: cannot fetch the bundle: {e}");
+                return Exit::Failed;
+            }
+        }
+    }
+    let authorizer = match authorizer_with(&settings, Some(&fetched)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -569,6 +713,7 @@ pub fn run(args: &Args) -> Exit {
                 .policies
                 .iter()
                 .map(|p| p.display().to_string())
+                .chain(settings.bundle.iter().map(|b| format!("bundle {b}")))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
@@ -583,8 +728,8 @@ pub fn run(args: &Args) -> Exit {
         );
         // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
         let build: arbiter_ext_authz::reload::Build = {
-            let s = settings.clone();
-            Arc::new(move || validated_authorizer(&s))
+            let (s, f) = (settings.clone(), fetched.clone());
+            Arc::new(move || validated_authorizer(&s, Some(&f)))
         };
         let lock = Arc::new(std::sync::Mutex::new(()));
         let do_reload = {
@@ -605,8 +750,46 @@ pub fn run(args: &Args) -> Exit {
                 true
             }
         };
+        if let Some(url) = settings.bundle.clone().filter(|b| b.starts_with("http")) {
+            // Poll with the ETag; a new bundle goes through the same validated reload.
+            let (on_new, fetched, every) =
+                (do_reload.clone(), fetched.clone(), settings.bundle_poll);
+            let mut etag = etag.clone();
+            std::thread::Builder::new()
+                .name("arbiter-bundle-poll".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(every);
+                        match arbiter_ext_authz::fetch::get(
+                            &url,
+                            etag.as_deref(),
+                            None,
+                            Duration::from_secs(30),
+                        ) {
+                            Ok(arbiter_ext_authz::fetch::Fetched::Unchanged) => {}
+                            Ok(arbiter_ext_authz::fetch::Fetched::New { body, etag: e }) => {
+                                if let Ok(mut g) = fetched.lock() {
+                                    *g = Some(body);
+                                }
+                                etag = e;
+                                if !on_new("a new bundle") {
+                                    return;
+                                }
+                            }
+                            Err(e) => eprintln!(
+                                "arbiter: bundle poll failed (still serving the last good set): {e}"
+                            ),
+                        }
+                    }
+                })
+                .context("cannot start the bundle poller")?;
+        }
+        let mut watched = settings.policies.clone();
+        if let Some(b) = settings.bundle.as_ref().filter(|b| !b.starts_with("http")) {
+            watched.push(PathBuf::from(b));
+        }
         if let Some(interval) = settings.watch {
-            let paths = settings.policies.clone();
+            let paths = watched.clone();
             let on_change = do_reload.clone();
             std::thread::Builder::new()
                 .name("arbiter-watch".into())

@@ -34,6 +34,7 @@ pub mod audit;
 pub mod authorizer;
 pub mod body;
 pub mod builtins;
+pub mod bundle;
 pub mod cel;
 pub mod clock;
 pub mod data_ref;

@@ -66,6 +66,8 @@ pub struct PolicySources {
     pub data: Vec<DataDocument>,
     pub cel: Vec<SourceFile>,
     pub decision_tests: Vec<SourceFile>,
+    /// A bundle's manifest revision: the policy set's revision instead of a digest.
+    pub revision: Option<String>,
 }
 
 /// Largest policy or data file read, in bytes (regorus's own policy limit is the same).
@@ -100,6 +102,11 @@ impl PolicySources {
                     let prefix = document_prefix(root, &file);
                     sources.add_file(&file, prefix, false, &mut diagnostics);
                 }
+            } else if is_bundle_file(root) {
+                match crate::bundle::load(root, None) {
+                    Ok(b) => sources.extend(b.sources),
+                    Err(e) => diagnostics.push(Diagnostic::file(root.display().to_string(), e)),
+                }
             } else {
                 sources.add_file(root, Vec::new(), true, &mut diagnostics);
             }
@@ -108,6 +115,18 @@ impl PolicySources {
             Ok(sources)
         } else {
             Err(LoadError { diagnostics })
+        }
+    }
+
+    /// Add everything of `other` (a bundle's sources); its revision wins.
+    pub fn extend(&mut self, other: PolicySources) {
+        self.rego.extend(other.rego);
+        self.rego_tests.extend(other.rego_tests);
+        self.data.extend(other.data);
+        self.cel.extend(other.cel);
+        self.decision_tests.extend(other.decision_tests);
+        if other.revision.is_some() {
+            self.revision = other.revision;
         }
     }
 
@@ -239,6 +258,12 @@ fn merge(into: &mut Json, from: Json, at: &mut Vec<String>) -> Result<(), Vec<St
 }
 
 /// Classify a file by its name. `named_explicitly` is true for files given directly as paths.
+/// A path named like an OPA bundle archive (`.tar.gz`, `.tgz`).
+pub fn is_bundle_file(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
 pub fn classify(path: &Path, named_explicitly: bool) -> Option<SourceKind> {
     let name = path.file_name()?.to_str()?;
     if name.ends_with("_test.rego") {

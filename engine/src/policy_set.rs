@@ -459,6 +459,9 @@ fn compile_error_code(message: &str) -> &'static str {
 
 fn revision_of(sources: &PolicySources, include_tests: bool) -> String {
     use aws_lc_rs::digest::{Context, SHA256};
+    if let Some(r) = &sources.revision {
+        return r.clone();
+    }
     let mut ctx = Context::new(&SHA256);
     let tests = include_tests
         .then_some(&sources.rego_tests)

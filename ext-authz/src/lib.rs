@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod decision_log;
+pub mod fetch;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

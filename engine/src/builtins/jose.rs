@@ -331,6 +331,56 @@ pub fn sign(jwk: &Json, alg: &str, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Sign with a PEM private key (PKCS #8; or PKCS #1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`):
+/// bundle signing (`arbiter build --signing-key`), as `opa build` takes keys.
+pub fn sign_pem(pem: &str, alg: &str, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|_| anyhow::anyhow!("not a PEM private key"))?;
+    let der = block.contents;
+    let rng = SystemRandom::new();
+    match alg {
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {
+            let pair = signature::RsaKeyPair::from_pkcs8(&der)
+                .or_else(|_| signature::RsaKeyPair::from_der(&der))
+                .map_err(|e| anyhow::anyhow!("invalid RSA private key: {e}"))?;
+            let padding: &'static dyn signature::RsaEncoding = match alg {
+                "RS256" => &signature::RSA_PKCS1_SHA256,
+                "RS384" => &signature::RSA_PKCS1_SHA384,
+                "RS512" => &signature::RSA_PKCS1_SHA512,
+                "PS256" => &signature::RSA_PSS_SHA256,
+                "PS384" => &signature::RSA_PSS_SHA384,
+                _ => &signature::RSA_PSS_SHA512,
+            };
+            let mut sig = vec![0u8; pair.public_modulus_len()];
+            pair.sign(padding, &rng, msg, &mut sig)
+                .map_err(|_| anyhow::anyhow!("failed to sign"))?;
+            Ok(sig)
+        }
+        "ES256" | "ES384" | "ES512" => {
+            let fixed = match alg {
+                "ES256" => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                "ES384" => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                _ => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+            };
+            let pair = signature::EcdsaKeyPair::from_pkcs8(fixed, &der)
+                .or_else(|_| signature::EcdsaKeyPair::from_private_key_der(fixed, &der))
+                .map_err(|e| anyhow::anyhow!("invalid EC private key: {e}"))?;
+            Ok(pair
+                .sign(&rng, msg)
+                .map_err(|_| anyhow::anyhow!("failed to sign"))?
+                .as_ref()
+                .to_vec())
+        }
+        "EdDSA" => {
+            let pair = signature::Ed25519KeyPair::from_pkcs8(&der)
+                .or_else(|_| signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der))
+                .map_err(|e| anyhow::anyhow!("invalid Ed25519 private key: {e}"))?;
+            Ok(pair.sign(msg).as_ref().to_vec())
+        }
+        other => anyhow::bail!("unsupported signing algorithm `{other}`"),
+    }
+}
+
 /// DER `RSAPrivateKey` (PKCS #1) from a private RSA JWK.
 fn rsa_private_der(jwk: &Json) -> anyhow::Result<Vec<u8>> {
     let mut body = der_integer(&[0]);

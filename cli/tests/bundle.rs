@@ -1,0 +1,284 @@
+//! Bundles end to end: `arbiter build`, `arbiter serve --bundle` from a file and from a URL
+//! polled with ETags, signatures, and `arbiter test` on a bundle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("arbiter-bundle-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn arbiter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn policy(dir: &Path, allow: &str) {
+    std::fs::create_dir_all(dir.join("envoy")).unwrap();
+    std::fs::write(
+        dir.join("envoy/authz.rego"),
+        format!("package envoy.authz\n\ndefault allow := false\n\nallow if input.parsed_path[0] == \"{allow}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("envoy/authz_test.rego"),
+        format!("package envoy.authz_test\n\nimport data.envoy.authz\n\ntest_allow if authz.allow with input as {{\"parsed_path\": [\"{allow}\"]}}\n"),
+    )
+    .unwrap();
+}
+
+/// Start `arbiter serve`; `Err(stderr)` if it exits instead of listening.
+#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
+fn serve(args: &[&str]) -> Result<(Child, String), String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.wait();
+            return Err(seen);
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((child, rest.trim().to_string()));
+        }
+    }
+    panic!("serve did not start: {seen}");
+}
+
+fn http(addr: &str, method: &str, target: &str, body: &str) -> String {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+fn revision(addr: &str) -> String {
+    let h: serde_json::Value = serde_json::from_str(&http(addr, "GET", "/health", "")).unwrap();
+    h["revision"].as_str().unwrap().to_string()
+}
+
+fn allowed(addr: &str, seg: &str) -> bool {
+    let v: serde_json::Value = serde_json::from_str(&http(
+        addr,
+        "POST",
+        "/v1/data/envoy/authz/allow",
+        &format!(r#"{{"input": {{"parsed_path": ["{seg}"]}}}}"#),
+    ))
+    .unwrap();
+    v["result"] == true
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn build_serve_and_test_a_bundle_file() {
+    let dir = tmp("file");
+    policy(&dir.join("src"), "a");
+    let bundle = dir.join("b.tar.gz");
+    let o = arbiter(&[
+        "build",
+        dir.join("src").to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--revision",
+        "r1",
+        "--root",
+        "envoy",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The bundle's own tests run from the archive.
+    let o = arbiter(&["test", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PASS: 1/1"));
+    let (child, addr) = serve(&["--bundle", bundle.to_str().unwrap()]).unwrap();
+    assert_eq!(revision(&addr), "r1");
+    assert!(allowed(&addr, "a") && !allowed(&addr, "b"));
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn signatures_are_required_and_checked() {
+    let dir = tmp("signed");
+    policy(&dir.join("src"), "a");
+    let bundle = dir.join("b.tar.gz");
+    let o = arbiter(&[
+        "build",
+        dir.join("src").to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--signing-key",
+        "s3cret",
+        "--signing-alg",
+        "HS256",
+        "--signing-key-id",
+        "k",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = bundle.to_str().unwrap();
+    let e = serve(&[
+        "--bundle",
+        b,
+        "--verification-key",
+        "wrong",
+        "--verification-alg",
+        "HS256",
+    ])
+    .unwrap_err();
+    assert!(e.contains("signature verification failed"), "{e}");
+    let e = serve(&["--bundle", b]).unwrap_err();
+    assert!(e.contains("no verification key"), "{e}");
+    let (child, addr) = serve(&[
+        "--bundle",
+        b,
+        "--verification-key",
+        "s3cret",
+        "--verification-alg",
+        "HS256",
+        "--verification-key-id",
+        "k",
+    ])
+    .unwrap();
+    assert!(allowed(&addr, "a"));
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_bundle_url_is_polled_with_etags() {
+    let dir = tmp("url");
+    let build = |allow: &str, rev: &str| -> Vec<u8> {
+        let src = dir.join(format!("src-{rev}"));
+        policy(&src, allow);
+        let out = dir.join(format!("{rev}.tar.gz"));
+        let o = arbiter(&[
+            "build",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--revision",
+            rev,
+        ]);
+        assert!(o.status.success());
+        std::fs::read(out).unwrap()
+    };
+    let current = Arc::new(Mutex::new(("v1".to_string(), build("a", "r1"))));
+    let not_modified = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/bundles/authz.tar.gz",
+        listener.local_addr().unwrap()
+    );
+    {
+        let (current, not_modified) = (current.clone(), not_modified.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut if_none_match = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("if-none-match:") {
+                        if_none_match = Some(v.trim().to_string());
+                    }
+                }
+                let (etag, bytes) = current.lock().unwrap().clone();
+                if if_none_match.as_deref() == Some(etag.as_str()) {
+                    not_modified.fetch_add(1, Ordering::SeqCst);
+                    let _ =
+                        conn.write_all(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n");
+                } else {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\netag: {etag}\r\ncontent-length: {}\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = conn.write_all(&bytes);
+                }
+            }
+        });
+    }
+    let (child, addr) = serve(&["--bundle", &url, "--bundle-poll", "100ms"]).unwrap();
+    assert_eq!(revision(&addr), "r1");
+    assert!(allowed(&addr, "a"));
+    let start = Instant::now();
+    while not_modified.load(Ordering::SeqCst) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no conditional GETs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    *current.lock().unwrap() = ("v2".to_string(), build("b", "r2"));
+    while revision(&addr) != "r2" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new bundle was not loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(allowed(&addr, "b") && !allowed(&addr, "a"));
+    // A broken bundle at the URL is refused; r2 keeps serving.
+    *current.lock().unwrap() = ("v3".to_string(), b"not a bundle".to_vec());
+    let start = Instant::now();
+    loop {
+        let h: serde_json::Value =
+            serde_json::from_str(&http(&addr, "GET", "/health", "")).unwrap();
+        if !h["last_reload_error"].is_null() {
+            assert_eq!(h["revision"], "r2");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the broken bundle was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(allowed(&addr, "b"));
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,789 @@
+//! OPA bundles: `.tar.gz` archives (or folders in the same layout) with a `.manifest`
+//! (`revision`, `roots`), data documents, Rego modules — and, as arbiter's extension, CEL
+//! policies and decision tests — optionally signed with a `.signatures.json`.
+//!
+//! The layout and the signature format are OPA's (OPA docs "Bundles", `v1/bundle`):
+//!
+//! - paths in the archive may start with `/`; `data.json`/`data.yaml` go under the document
+//!   path of their folder; `.manifest` is JSON; modules must declare packages inside `roots`,
+//!   and data must lie inside them;
+//! - `.signatures.json` is `{"signatures": ["<JWS>"]}`; the JWS payload lists every file as
+//!   `{"name", "hash", "algorithm": "SHA-256"}` (plus `keyid`, `scope`, `iat`, `iss`);
+//!   structured files (`data.json`, `data.yaml`, `.manifest`) are hashed over their JSON with
+//!   object keys sorted and no whitespace (as Go encodes it), the rest over their bytes; every
+//!   file must be listed and match, and no listed file may be missing.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use crate::builtins::jose;
+use crate::loader::{DataDocument, PolicySources, SourceFile};
+
+/// Total uncompressed bytes read from one bundle (a gzip bomb stops here).
+pub const MAX_BUNDLE_BYTES: u64 = 256 << 20;
+
+/// The `.manifest`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifest {
+    pub revision: String,
+    /// `None`: the whole `data` tree (OPA's default root `""`).
+    pub roots: Option<Vec<String>>,
+    pub rego_version: Option<i64>,
+    pub metadata: Option<Json>,
+}
+
+/// How signatures are checked (OPA's `keys` and `bundles.*.signing` configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Key id expected in the JWS (`kid`) when the configuration does not name one.
+    pub key_id: String,
+    /// `HS256` (secret) or `RS256`/`PS256`/`ES256`/… (PEM public key or certificate).
+    pub algorithm: String,
+    pub key: String,
+    pub scope: String,
+}
+
+/// What signing a bundle takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    pub algorithm: String,
+    /// The HMAC secret, or a PEM private key (PKCS #8, or PKCS #1 for RSA, SEC1 for EC).
+    pub key: String,
+    pub key_id: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// A read bundle: its files, manifest, and the policy sources they make.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    /// Every file, by path without a leading `/`.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub sources: PolicySources,
+    pub signed: bool,
+}
+
+fn clean(path: &str) -> Result<String, String> {
+    let p = path.trim_start_matches("./").trim_start_matches('/');
+    if p.split('/').any(|s| s == "..") || p.contains('\\') || p.contains('\0') {
+        return Err(format!("unsafe path `{path}` in the bundle"));
+    }
+    Ok(p.to_string())
+}
+
+/// The files of a `.tar.gz` bundle.
+pub fn untar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let gz = flate2::read::GzDecoder::new(bytes);
+    let mut archive = tar::Archive::new(gz.take(MAX_BUNDLE_BYTES + 1));
+    let mut files = BTreeMap::new();
+    let mut total: u64 = 0;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar.gz bundle: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("bundle read failed: {e}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| format!("bundle read failed: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        let name = clean(&path)?;
+        let mut buf = Vec::new();
+        entry
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("bundle read failed on {name}: {e}"))?;
+        total += buf.len() as u64;
+        if total > MAX_BUNDLE_BYTES {
+            return Err(format!(
+                "the bundle is larger than {MAX_BUNDLE_BYTES} bytes uncompressed"
+            ));
+        }
+        if files.insert(name.clone(), buf).is_some() {
+            return Err(format!("`{name}` appears twice in the bundle"));
+        }
+    }
+    Ok(files)
+}
+
+/// The files of a folder in bundle layout.
+pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(std::fs::DirEntry::path);
+        for e in entries {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out)?;
+            } else {
+                let rel = p
+                    .strip_prefix(base)
+                    .map_err(|e| e.to_string())?
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                out.insert(rel, bytes);
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// Read a bundle from its files, verifying signatures when `verification` is given (a bundle
+/// without `.signatures.json` is then refused) and refusing signed bundles without one.
+pub fn from_files(
+    files: BTreeMap<String, Vec<u8>>,
+    name: &str,
+    verification: Option<&Verification>,
+) -> Result<Bundle, String> {
+    let signed = files.contains_key(".signatures.json");
+    match (signed, verification) {
+        (true, Some(v)) => verify_signatures(&files, v)?,
+        (false, Some(_)) => return Err("bundle missing .signatures.json file".into()),
+        (true, None) => {
+            return Err("the bundle is signed but no verification key is configured".into());
+        }
+        (false, None) => {}
+    }
+    let manifest = match files.get(".manifest") {
+        None => Manifest::default(),
+        Some(b) => parse_manifest(b)?,
+    };
+    let mut sources = PolicySources::default();
+    for (path, bytes) in &files {
+        let file = Path::new(path);
+        let base = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let display = format!("{name}:/{path}");
+        let err_name = display.clone();
+        let text =
+            || String::from_utf8(bytes.clone()).map_err(|_| format!("{err_name}: not UTF-8 text"));
+        if base.starts_with('.') {
+            continue; // .manifest, .signatures.json
+        }
+        match crate::loader::classify(file, false) {
+            Some(crate::loader::SourceKind::Rego) => sources.rego.push(SourceFile {
+                name: display,
+                text: text()?,
+            }),
+            Some(crate::loader::SourceKind::RegoTest) => sources.rego_tests.push(SourceFile {
+                name: display,
+                text: text()?,
+            }),
+            Some(crate::loader::SourceKind::Cel) => sources.cel.push(SourceFile {
+                name: display,
+                text: text()?,
+            }),
+            Some(crate::loader::SourceKind::DecisionTest) => {
+                sources.decision_tests.push(SourceFile {
+                    name: display,
+                    text: text()?,
+                });
+            }
+            Some(crate::loader::SourceKind::Data) => {
+                let value = crate::loader::parse_data(base, &text()?)
+                    .map_err(|d| format!("{display}:{}:{}: {}", d.line, d.col, d.message))?;
+                let prefix: Vec<String> = file
+                    .parent()
+                    .map(|p| {
+                        p.components()
+                            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sources.data.push(DataDocument {
+                    file: display,
+                    prefix,
+                    value,
+                });
+            }
+            None => {}
+        }
+    }
+    check_roots(&manifest, &sources)?;
+    if !manifest.revision.is_empty() {
+        sources.revision = Some(manifest.revision.clone());
+    }
+    Ok(Bundle {
+        manifest,
+        files,
+        sources,
+        signed,
+    })
+}
+
+/// Read a `.tar.gz` bundle file or a folder in bundle layout.
+pub fn load(path: &Path, verification: Option<&Verification>) -> Result<Bundle, String> {
+    let name = path.display().to_string();
+    let files = if path.is_dir() {
+        read_dir(path)?
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        untar(&bytes).map_err(|e| format!("{name}: {e}"))?
+    };
+    from_files(files, &name, verification).map_err(|e| format!("{name}: {e}"))
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let v: Json = serde_json::from_slice(bytes)
+        .map_err(|e| format!("bundle load failed on manifest decode: {e}"))?;
+    let Json::Object(m) = &v else {
+        return Err("the .manifest must be a JSON object".into());
+    };
+    let revision = match m.get("revision") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(s)) => s.clone(),
+        Some(_) => return Err("manifest `revision` must be a string".into()),
+    };
+    let roots = match m.get("roots") {
+        None | Some(Json::Null) => None,
+        Some(Json::Array(a)) => Some(
+            a.iter()
+                .map(|r| {
+                    r.as_str()
+                        .map(|s| s.trim_matches('/').to_string())
+                        .ok_or_else(|| "manifest `roots` must be strings".to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err("manifest `roots` must be a list".into()),
+    };
+    Ok(Manifest {
+        revision,
+        roots,
+        rego_version: m.get("rego_version").and_then(Json::as_i64),
+        metadata: m.get("metadata").cloned(),
+    })
+}
+
+fn root_contains(root: &str, path: &str) -> bool {
+    root.is_empty() || path == root || path.starts_with(&format!("{root}/"))
+}
+
+/// OPA's rule: packages and data lie inside the roots; roots do not overlap.
+fn check_roots(manifest: &Manifest, sources: &PolicySources) -> Result<(), String> {
+    let Some(roots) = &manifest.roots else {
+        return Ok(());
+    };
+    for (i, a) in roots.iter().enumerate() {
+        for b in &roots[i + 1..] {
+            if root_contains(a, b) || root_contains(b, a) {
+                return Err(format!("manifest has overlapped roots: '{a}' and '{b}'"));
+            }
+        }
+    }
+    for f in sources.rego.iter().chain(&sources.rego_tests) {
+        let package = f
+            .text
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("package "))
+            .map(|p| p.split('#').next().unwrap_or(p).trim().replace('.', "/"))
+            .unwrap_or_default();
+        if !roots.iter().any(|r| root_contains(r, &package)) {
+            return Err(format!(
+                "manifest roots {roots:?} do not permit '{}' in module '{}'",
+                package.replace('/', "."),
+                f.name
+            ));
+        }
+    }
+    fn dfs(v: &Json, path: &str, roots: &[String]) -> Result<(), String> {
+        if roots.iter().any(|r| root_contains(r, path)) {
+            return Ok(());
+        }
+        match v {
+            Json::Object(m) if roots.iter().any(|r| root_contains(path, r)) || path.is_empty() => {
+                for (k, v) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}/{k}")
+                    };
+                    dfs(v, &p, roots)?;
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "manifest roots {roots:?} do not permit data at path '/{path}'"
+            )),
+        }
+    }
+    for d in &sources.data {
+        let mut v = d.value.clone();
+        for seg in d.prefix.iter().rev() {
+            let mut m = serde_json::Map::new();
+            m.insert(seg.clone(), v);
+            v = Json::Object(m);
+        }
+        dfs(&v, "", roots)?;
+    }
+    Ok(())
+}
+
+/// A JSON value with its numbers kept as written (OPA hashes `json.Number` text).
+enum Canon {
+    Null,
+    Bool(bool),
+    Number(String),
+    String(String),
+    Array(Vec<Canon>),
+    Object(Vec<(String, Canon)>),
+}
+
+/// Parse JSON text keeping number literals.
+fn parse_canon(text: &str) -> Result<Canon, String> {
+    struct P<'a> {
+        s: &'a [u8],
+        i: usize,
+        depth: usize,
+    }
+    impl P<'_> {
+        fn ws(&mut self) {
+            while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            }
+        }
+        fn value(&mut self) -> Result<Canon, String> {
+            self.ws();
+            self.depth += 1;
+            if self.depth > 512 {
+                return Err("JSON nested too deep".into());
+            }
+            let v = match self.s.get(self.i) {
+                Some(b'{') => {
+                    self.i += 1;
+                    let mut out = Vec::new();
+                    self.ws();
+                    if self.s.get(self.i) == Some(&b'}') {
+                        self.i += 1;
+                    } else {
+                        loop {
+                            self.ws();
+                            let Canon::String(k) = self.string()? else {
+                                return Err("object key".into());
+                            };
+                            self.ws();
+                            if self.s.get(self.i) != Some(&b':') {
+                                return Err("expected `:`".into());
+                            }
+                            self.i += 1;
+                            let v = self.value()?;
+                            out.push((k, v));
+                            self.ws();
+                            match self.s.get(self.i) {
+                                Some(b',') => self.i += 1,
+                                Some(b'}') => {
+                                    self.i += 1;
+                                    break;
+                                }
+                                _ => return Err("expected `,` or `}`".into()),
+                            }
+                        }
+                    }
+                    Canon::Object(out)
+                }
+                Some(b'[') => {
+                    self.i += 1;
+                    let mut out = Vec::new();
+                    self.ws();
+                    if self.s.get(self.i) == Some(&b']') {
+                        self.i += 1;
+                    } else {
+                        loop {
+                            out.push(self.value()?);
+                            self.ws();
+                            match self.s.get(self.i) {
+                                Some(b',') => self.i += 1,
+                                Some(b']') => {
+                                    self.i += 1;
+                                    break;
+                                }
+                                _ => return Err("expected `,` or `]`".into()),
+                            }
+                        }
+                    }
+                    Canon::Array(out)
+                }
+                Some(b'"') => self.string()?,
+                Some(b't') if self.s[self.i..].starts_with(b"true") => {
+                    self.i += 4;
+                    Canon::Bool(true)
+                }
+                Some(b'f') if self.s[self.i..].starts_with(b"false") => {
+                    self.i += 5;
+                    Canon::Bool(false)
+                }
+                Some(b'n') if self.s[self.i..].starts_with(b"null") => {
+                    self.i += 4;
+                    Canon::Null
+                }
+                Some(_) => {
+                    let start = self.i;
+                    while self.i < self.s.len()
+                        && matches!(
+                            self.s[self.i],
+                            b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                        )
+                    {
+                        self.i += 1;
+                    }
+                    if start == self.i {
+                        return Err("unexpected character".into());
+                    }
+                    let n =
+                        std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
+                    n.parse::<f64>().map_err(|_| format!("bad number `{n}`"))?;
+                    Canon::Number(n.to_string())
+                }
+                None => return Err("unexpected end".into()),
+            };
+            self.depth -= 1;
+            Ok(v)
+        }
+        fn string(&mut self) -> Result<Canon, String> {
+            // Find the end, then let serde_json decode the escapes.
+            let start = self.i;
+            if self.s.get(self.i) != Some(&b'"') {
+                return Err("expected a string".into());
+            }
+            self.i += 1;
+            while self.i < self.s.len() {
+                match self.s[self.i] {
+                    b'\\' => self.i += 2,
+                    b'"' => {
+                        self.i += 1;
+                        let s: String = serde_json::from_slice(&self.s[start..self.i])
+                            .map_err(|e| e.to_string())?;
+                        return Ok(Canon::String(s));
+                    }
+                    _ => self.i += 1,
+                }
+            }
+            Err("unterminated string".into())
+        }
+    }
+    let mut p = P {
+        s: text.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
+    let v = p.value()?;
+    p.ws();
+    if p.i != p.s.len() {
+        return Err("trailing characters".into());
+    }
+    Ok(v)
+}
+
+fn canon_from_json(v: &Json) -> Canon {
+    match v {
+        Json::Null => Canon::Null,
+        Json::Bool(b) => Canon::Bool(*b),
+        Json::Number(n) => Canon::Number(n.to_string()),
+        Json::String(s) => Canon::String(s.clone()),
+        Json::Array(a) => Canon::Array(a.iter().map(canon_from_json).collect()),
+        Json::Object(m) => Canon::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), canon_from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A string as Go's `encoding/json` writes it with HTML escaping off.
+fn go_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{2028}' => out.extend_from_slice(b"\\u2028"),
+            '\u{2029}' => out.extend_from_slice(b"\\u2029"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn write_canon(v: &Canon, out: &mut Vec<u8>) {
+    match v {
+        Canon::Null => out.extend_from_slice(b"null"),
+        Canon::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Canon::Number(n) => out.extend_from_slice(n.as_bytes()),
+        Canon::String(s) => go_string(s, out),
+        Canon::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canon(x, out);
+            }
+            out.push(b']');
+        }
+        Canon::Object(m) => {
+            let mut sorted: Vec<&(String, Canon)> = m.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(b'{');
+            for (i, (k, x)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_string(k, out);
+                out.push(b':');
+                write_canon(x, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn is_structured(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    matches!(
+        base,
+        "data.json" | "data.yaml" | ".signatures.json" | ".manifest"
+    )
+}
+
+/// OPA's file digest (`bundle.SignatureHasher`), SHA-256, hex.
+pub fn file_hash(path: &str, bytes: &[u8]) -> Result<String, String> {
+    let input: Vec<u8> = if is_structured(path) {
+        let text = std::str::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))?;
+        let canon = if path.ends_with(".yaml") {
+            let v: Json = yaml_serde::from_str(text).map_err(|e| format!("{path}: {e}"))?;
+            canon_from_json(&v)
+        } else {
+            parse_canon(text).map_err(|e| format!("{path}: {e}"))?
+        };
+        let mut out = Vec::new();
+        write_canon(&canon, &mut out);
+        out
+    } else {
+        bytes.to_vec()
+    };
+    Ok(hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &input,
+    )))
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn verify_signatures(files: &BTreeMap<String, Vec<u8>>, v: &Verification) -> Result<(), String> {
+    let sig: Json = serde_json::from_slice(&files[".signatures.json"])
+        .map_err(|e| format!(".signatures.json: {e}"))?;
+    let tokens: Vec<&str> = sig
+        .get("signatures")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_str).collect())
+        .unwrap_or_default();
+    let token = match tokens.as_slice() {
+        [] => return Err(".signatures.json: missing JWT (expected exactly one)".into()),
+        [t] => *t,
+        _ => {
+            return Err(
+                ".signatures.json: multiple JWTs not supported (expected exactly one)".into(),
+            );
+        }
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    let [h, p, s] = parts.as_slice() else {
+        return Err(".signatures.json: the signature is not a compact JWS".into());
+    };
+    let dec = |x: &str| {
+        crate::builtins::encoding::base64url_decode(x).map_err(|e| format!(".signatures.json: {e}"))
+    };
+    let header: Json = serde_json::from_slice(&dec(h)?).map_err(|e| e.to_string())?;
+    let payload: Json = serde_json::from_slice(&dec(p)?).map_err(|e| e.to_string())?;
+    let alg = header.get("alg").and_then(Json::as_str).unwrap_or("");
+    if alg != v.algorithm {
+        return Err(format!(
+            "signature algorithm `{alg}` is not the configured `{}`",
+            v.algorithm
+        ));
+    }
+    let kid = header
+        .get("kid")
+        .and_then(Json::as_str)
+        .or_else(|| payload.get("keyid").and_then(Json::as_str))
+        .unwrap_or("");
+    if !v.key_id.is_empty() && !kid.is_empty() && kid != v.key_id {
+        return Err(format!(
+            "signature key id `{kid}` is not the configured `{}`",
+            v.key_id
+        ));
+    }
+    let signing_input = format!("{h}.{p}");
+    let signature = dec(s)?;
+    let ok = if alg.starts_with("HS") {
+        jose::hmac_verify(alg, v.key.as_bytes(), signing_input.as_bytes(), &signature)
+    } else {
+        let keys = jose::parse_keys(&v.key).map_err(|e| format!("verification key: {e}"))?;
+        keys.iter()
+            .any(|k| jose::verify(&k.key, alg, signing_input.as_bytes(), &signature))
+    };
+    if !ok {
+        return Err("bundle signature verification failed".into());
+    }
+    let scope = payload.get("scope").and_then(Json::as_str).unwrap_or("");
+    if scope != v.scope {
+        return Err("scope mismatch".into());
+    }
+    let mut listed: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for f in payload
+        .get("files")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = f.get("name").and_then(Json::as_str).unwrap_or("");
+        let hash = f.get("hash").and_then(Json::as_str).unwrap_or("");
+        let algo = f.get("algorithm").and_then(Json::as_str).unwrap_or("");
+        listed.insert(
+            name.trim_start_matches('/').to_string(),
+            (hash.to_string(), algo.to_string()),
+        );
+    }
+    for (path, bytes) in files {
+        if path == ".signatures.json" {
+            continue;
+        }
+        let Some((hash, algo)) = listed.remove(path) else {
+            return Err(format!("file {path} not included in bundle signature"));
+        };
+        if algo != "SHA-256" {
+            return Err(format!("{path}: unsupported hashing algorithm `{algo}`"));
+        }
+        let got = file_hash(path, bytes)?;
+        if !got.eq_ignore_ascii_case(&hash) {
+            return Err(format!(
+                "{path}: digest mismatch (want: {hash}, got: {got})"
+            ));
+        }
+    }
+    if !listed.is_empty() {
+        let extra: Vec<&String> = listed.keys().collect();
+        return Err(format!(
+            "file(s) {extra:?} specified in bundle signatures but not found in the target bundle"
+        ));
+    }
+    Ok(())
+}
+
+/// The `.signatures.json` for `files` (all but itself), as `opa sign` writes it.
+pub fn sign(files: &BTreeMap<String, Vec<u8>>, s: &Signing) -> Result<Vec<u8>, String> {
+    let mut list = Vec::new();
+    for (path, bytes) in files {
+        if path == ".signatures.json" {
+            continue;
+        }
+        list.push(serde_json::json!({
+            "name": path,
+            "hash": file_hash(path, bytes)?,
+            "algorithm": "SHA-256",
+        }));
+    }
+    let mut payload = serde_json::json!({"files": list});
+    if let Some(scope) = &s.scope {
+        payload["scope"] = Json::String(scope.clone());
+    }
+    let mut header = serde_json::json!({"alg": s.algorithm});
+    if let Some(kid) = &s.key_id {
+        header["kid"] = Json::String(kid.clone());
+    }
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(payload.to_string().as_bytes())
+    );
+    let signature = if s.algorithm.starts_with("HS") {
+        jose::hmac_sign(&s.algorithm, s.key.as_bytes(), signing_input.as_bytes())
+            .ok_or_else(|| format!("unknown algorithm `{}`", s.algorithm))?
+    } else {
+        jose::sign_pem(&s.key, &s.algorithm, signing_input.as_bytes())
+            .map_err(|e| format!("signing key: {e}"))?
+    };
+    let token = format!("{signing_input}.{}", b64url(&signature));
+    serde_json::to_vec_pretty(&serde_json::json!({"signatures": [token]}))
+        .map_err(|e| e.to_string())
+}
+
+/// Build a bundle from a folder: every policy, data, CEL and test file under `dir` (hidden
+/// files skipped), a `.manifest` with `revision` (and `roots` when given), signed when
+/// `signing` is given. The result is a gzip-compressed tar with relative entry names, as
+/// `tar -czf` writes them (OPA reads names with and without a leading `/`).
+pub fn build(
+    dir: &Path,
+    revision: &str,
+    roots: Option<&[String]>,
+    signing: Option<&Signing>,
+) -> Result<Vec<u8>, String> {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (path, bytes) in read_dir(dir)? {
+        let hidden = path.split('/').any(|s| s.starts_with('.'));
+        if hidden || crate::loader::classify(Path::new(&path), false).is_none() {
+            continue;
+        }
+        files.insert(path, bytes);
+    }
+    let mut manifest = serde_json::json!({"revision": revision});
+    if let Some(r) = roots {
+        manifest["roots"] = Json::from(r.to_vec());
+    }
+    files.insert(
+        ".manifest".into(),
+        serde_json::to_vec(&manifest).map_err(|e| e.to_string())?,
+    );
+    // Refuse to build what would not load.
+    from_files(files.clone(), &dir.display().to_string(), None)?;
+    if let Some(s) = signing {
+        let sig = sign(&files, s)?;
+        files.insert(".signatures.json".into(), sig);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    {
+        let mut tar = tar::Builder::new(&mut gz);
+        for (path, bytes) in &files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_cksum();
+            tar.append_data(&mut header, path, bytes.as_slice())
+                .map_err(|e| format!("{path}: {e}"))?;
+        }
+        tar.finish().map_err(|e| e.to_string())?;
+    }
+    let mut out = gz.finish().map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::{DataRef, LoadOptions, PolicySet};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("arbiter-bundle-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A policy folder: a module under `example/`, data under `example/`, a CEL file, a test.
+fn policy_dir(name: &str) -> PathBuf {
+    let d = tmp(name);
+    std::fs::create_dir_all(d.join("example")).unwrap();
+    std::fs::write(
+        d.join("example/authz.rego"),
+        "package example.authz\n\ndefault allow := false\n\nallow if input.user in data.example.admins\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("example/data.json"), r#"{"admins": ["ann"]}"#).unwrap();
+    std::fs::write(
+        d.join("example/authz_test.rego"),
+        "package example.authz_test\n\nimport data.example.authz\n\ntest_ann if authz.allow with input as {\"user\": \"ann\"}\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("notes.txt"), "not part of a bundle").unwrap();
+    d
+}
+
+fn decide(sources: &PolicySources, user: &str) -> bool {
+    let set = PolicySet::from_sources(sources, &LoadOptions::default()).unwrap();
+    let v = set
+        .evaluate(
+            &DataRef::parse("example/authz/allow").unwrap(),
+            crate::value::from_json(&serde_json::json!({"user": user})),
+        )
+        .unwrap();
+    v == regorus::Value::Bool(true)
+}
+
+#[test]
+fn build_then_load_like_opa_reads_it() {
+    let dir = policy_dir("build");
+    let roots = vec!["example".to_string()];
+    let bytes = build(&dir, "rev-42", Some(&roots), None).unwrap();
+    let files = untar(&bytes).unwrap();
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        vec![
+            ".manifest",
+            "example/authz.rego",
+            "example/authz_test.rego",
+            "example/data.json"
+        ]
+    );
+    // Entries are relative names, as `tar -czf` writes them (OPA reads both forms).
+    let gz = flate2::read::GzDecoder::new(bytes.as_slice());
+    let mut archive = tar::Archive::new(gz);
+    let raw: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        raw.iter()
+            .all(|p| !p.starts_with('/') && !p.starts_with("./")),
+        "{raw:?}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&files[".manifest"]).unwrap();
+    assert_eq!(
+        manifest,
+        serde_json::json!({"revision": "rev-42", "roots": ["example"]})
+    );
+
+    let b = from_files(files, "b.tar.gz", None).unwrap();
+    assert_eq!(b.manifest.revision, "rev-42");
+    assert!(decide(&b.sources, "ann") && !decide(&b.sources, "bob"));
+    let set = PolicySet::from_sources(&b.sources, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        set.revision(),
+        "rev-42",
+        "the manifest revision names the policy set"
+    );
+    assert_eq!(b.sources.rego_tests.len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn structured_files_hash_as_opa_does() {
+    // OPA hashes data.json over its JSON with sorted keys, no whitespace, numbers as written
+    // and no HTML escaping (bundle/hash.go); other files over their bytes.
+    let data = br#"{ "b": 1, "a": [1.50, "x<y", {"d": null, "c": true}] }"#;
+    let canonical = r#"{"a":[1.50,"x<y",{"c":true,"d":null}],"b":1}"#;
+    let want = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canonical.as_bytes(),
+    ));
+    assert_eq!(file_hash("data.json", data).unwrap(), want);
+    assert_eq!(file_hash("x/data.json", data).unwrap(), want);
+    let rego = b"package x\n";
+    assert_eq!(
+        file_hash("x.rego", rego).unwrap(),
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rego))
+    );
+    // Go escapes control characters as \u00XX, and U+2028.
+    let mut out = Vec::new();
+    go_string("a\u{8}\u{2028}\"", &mut out);
+    assert_eq!(String::from_utf8(out).unwrap(), r#""a\u0008\u2028\"""#);
+}
+
+fn keys(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
+    let k = rcgen::KeyPair::generate_for(alg).unwrap();
+    (k.serialize_pem(), k.public_key_pem())
+}
+
+#[test]
+fn signed_bundles_verify_and_tampering_is_refused() {
+    let dir = policy_dir("signed");
+    let hs = (
+        Signing {
+            algorithm: "HS256".into(),
+            key: "secret".into(),
+            key_id: Some("k1".into()),
+            scope: Some("write".into()),
+        },
+        Verification {
+            key_id: "k1".into(),
+            algorithm: "HS256".into(),
+            key: "secret".into(),
+            scope: "write".into(),
+        },
+    );
+    let (es_priv, es_pub) = keys(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let es = (
+        Signing {
+            algorithm: "ES256".into(),
+            key: es_priv,
+            key_id: None,
+            scope: None,
+        },
+        Verification {
+            key_id: String::new(),
+            algorithm: "ES256".into(),
+            key: es_pub,
+            scope: String::new(),
+        },
+    );
+    let (rs_priv, rs_pub) = keys(&rcgen::PKCS_RSA_SHA256);
+    let rs = (
+        Signing {
+            algorithm: "RS256".into(),
+            key: rs_priv,
+            key_id: Some("global".into()),
+            scope: None,
+        },
+        Verification {
+            key_id: "global".into(),
+            algorithm: "RS256".into(),
+            key: rs_pub,
+            scope: String::new(),
+        },
+    );
+    for (signing, verification) in [hs, es, rs] {
+        let alg = signing.algorithm.clone();
+        let bytes = build(&dir, "r1", None, Some(&signing)).unwrap();
+        let files = untar(&bytes).unwrap();
+        let sig: serde_json::Value = serde_json::from_slice(&files[".signatures.json"]).unwrap();
+        assert_eq!(sig["signatures"].as_array().unwrap().len(), 1, "{alg}");
+        let ok = from_files(files.clone(), "b", Some(&verification)).unwrap();
+        assert!(ok.signed && decide(&ok.sources, "ann"), "{alg}");
+
+        let refuse = |files: BTreeMap<String, Vec<u8>>, v: &Verification, want: &str| {
+            let e = from_files(files, "b", Some(v)).unwrap_err();
+            assert!(e.contains(want), "{alg}: `{e}` lacks `{want}`");
+        };
+        // One changed byte in the data.
+        let mut t = files.clone();
+        t.insert(
+            "example/data.json".into(),
+            br#"{"admins": ["bob"]}"#.to_vec(),
+        );
+        refuse(t, &verification, "digest mismatch");
+        // Whitespace alone is not a change (hashes are over the JSON).
+        let mut t = files.clone();
+        t.insert(
+            "example/data.json".into(),
+            br#"{ "admins" : [ "ann" ] }"#.to_vec(),
+        );
+        assert!(from_files(t, "b", Some(&verification)).is_ok(), "{alg}");
+        // A file the signature does not list.
+        let mut t = files.clone();
+        t.insert(
+            "example/extra.rego".into(),
+            b"package example.extra\n".to_vec(),
+        );
+        refuse(t, &verification, "not included in bundle signature");
+        // A listed file removed.
+        let mut t = files.clone();
+        t.remove("example/authz_test.rego");
+        refuse(t, &verification, "not found in the target bundle");
+        // Another key.
+        let other = Verification {
+            key: if alg == "HS256" {
+                "other".into()
+            } else {
+                keys(if alg == "ES256" {
+                    &rcgen::PKCS_ECDSA_P256_SHA256
+                } else {
+                    &rcgen::PKCS_RSA_SHA256
+                })
+                .1
+            },
+            ..verification.clone()
+        };
+        refuse(files.clone(), &other, "verification failed");
+        // Unsigned, or signed without a key configured.
+        let mut t = files.clone();
+        t.remove(".signatures.json");
+        refuse(t, &verification, "missing .signatures.json");
+        assert!(
+            from_files(files, "b", None)
+                .unwrap_err()
+                .contains("no verification key")
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_opa_built_bundle_loads() {
+    // The layout `opa build -b` writes (OPA docs "Bundles" → "Bundle File Format"): data
+    // merged into one root data.json, modules at their paths, the manifest, and a signature
+    // whose payload lists every file with OPA's hash (written here the way OPA computes it).
+    let data = br#"{"example":{"admins":["ann"]}}"#.to_vec();
+    let module = b"package example.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.user in data.example.admins\n".to_vec();
+    let manifest = br#"{"revision":"opa-7","roots":["example"]}"#.to_vec();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert("data.json".into(), data);
+    files.insert("example/authz.rego".into(), module);
+    files.insert(".manifest".into(), manifest);
+    let listed: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(n, b)| {
+            serde_json::json!({"name": n, "hash": file_hash(n, b).unwrap(), "algorithm": "SHA-256"})
+        })
+        .collect();
+    let header = b64url(br#"{"alg":"HS256","kid":"opa-key"}"#);
+    let payload = b64url(
+        serde_json::json!({"files": listed, "iat": 1_700_000_000, "iss": "JWTService"})
+            .to_string()
+            .as_bytes(),
+    );
+    let sig =
+        jose::hmac_sign("HS256", b"s3cret", format!("{header}.{payload}").as_bytes()).unwrap();
+    files.insert(
+        ".signatures.json".into(),
+        serde_json::to_vec(
+            &serde_json::json!({"signatures": [format!("{header}.{payload}.{}", b64url(&sig))]}),
+        )
+        .unwrap(),
+    );
+    let v = Verification {
+        key_id: "opa-key".into(),
+        algorithm: "HS256".into(),
+        key: "s3cret".into(),
+        scope: String::new(),
+    };
+    let b = from_files(files, "opa.tar.gz", Some(&v)).unwrap();
+    assert_eq!(b.manifest.revision, "opa-7");
+    assert!(decide(&b.sources, "ann") && !decide(&b.sources, "bob"));
+}
+
+#[test]
+fn roots_and_paths_are_enforced() {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert(
+        ".manifest".into(),
+        br#"{"revision":"r","roots":["example"]}"#.to_vec(),
+    );
+    files.insert("other/p.rego".into(), b"package other\nx := 1\n".to_vec());
+    assert!(
+        from_files(files.clone(), "b", None)
+            .unwrap_err()
+            .contains("do not permit 'other'")
+    );
+    files.remove("other/p.rego");
+    files.insert("other/data.json".into(), br#"{"x": 1}"#.to_vec());
+    assert!(
+        from_files(files.clone(), "b", None)
+            .unwrap_err()
+            .contains("do not permit data at path '/other")
+    );
+    files.remove("other/data.json");
+    files.insert("data.json".into(), br#"{"example": {"ok": 1}}"#.to_vec());
+    assert!(
+        from_files(files.clone(), "b", None).is_ok(),
+        "data inside the roots through a parent"
+    );
+    files.insert(".manifest".into(), br#"{"roots":["a", "a/b"]}"#.to_vec());
+    assert!(
+        from_files(files.clone(), "b", None)
+            .unwrap_err()
+            .contains("overlapped roots")
+    );
+    assert!(clean("../etc/passwd").is_err() && clean("a/../b").is_err());
+    assert_eq!(clean("/a/b.rego").unwrap(), "a/b.rego");
+    assert!(untar(b"not a gzip").is_err());
+}
