@@ -15,6 +15,9 @@ pub struct Args {
     /// Accept pre-1.0 Rego syntax, as `opa --v0-compatible`.
     #[arg(long)]
     pub v0_compatible: bool,
+    /// Fail (exit 1) on warnings too, such as Istio's best-practice advice.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -33,15 +36,26 @@ pub fn run(args: &Args) -> Exit {
         Err(e) => return report(&e),
     };
     let mut diagnostics = Vec::new();
-    if let Err(e) = PolicySet::from_sources(&sources, &options) {
-        diagnostics.extend(e.diagnostics);
+    let mut warnings = 0;
+    match PolicySet::from_sources(&sources, &options) {
+        Ok(set) => {
+            for w in set.warnings() {
+                eprintln!("{}", warning(w));
+                warnings += 1;
+            }
+        }
+        Err(e) => diagnostics.extend(e.diagnostics),
     }
     // Decision tests are checked too: a typo in one should not wait for `arbiter test`.
     if let Err(e) = arbiter_engine::testing::decision::parse_all(&sources) {
         diagnostics.extend(e.diagnostics);
     }
     if diagnostics.is_empty() {
-        Exit::Ok
+        if args.strict && warnings > 0 {
+            Exit::Failed
+        } else {
+            Exit::Ok
+        }
     } else {
         report(&arbiter_engine::LoadError { diagnostics })
     }
@@ -52,4 +66,11 @@ fn report(e: &arbiter_engine::LoadError) -> Exit {
         eprintln!("{d}");
     }
     Exit::Failed
+}
+
+/// `file:line: warning: message`.
+pub fn warning(d: &arbiter_engine::Diagnostic) -> String {
+    let mut w = d.clone();
+    w.message = format!("warning: {}", d.message);
+    w.to_string()
 }

@@ -125,6 +125,14 @@ pub struct Args {
     /// The scope signatures must carry.
     #[arg(long, value_name = "SCOPE")]
     pub verification_scope: Option<String>,
+    /// Istio's root namespace: its AuthorizationPolicies apply to every workload
+    /// [default: istio-system].
+    #[arg(long, value_name = "NS")]
+    pub istio_root_namespace: Option<String>,
+    /// Allow a workload that no Istio ALLOW policy selects, as Istio does (arbiter denies it by
+    /// default).
+    #[arg(long)]
+    pub istio_allow_without_allow_policies: bool,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -153,6 +161,7 @@ pub struct Settings {
     pub bundle: Option<String>,
     pub bundle_poll: Duration,
     pub verification: Option<arbiter_engine::bundle::Verification>,
+    pub istio: arbiter_engine::istio::IstioOptions,
 }
 
 /// Parse `50ms`, `1s`, `250us`, `2m`.
@@ -425,6 +434,22 @@ impl Args {
                 None => Duration::from_secs(30),
             },
             verification,
+            istio: arbiter_engine::istio::IstioOptions {
+                root_namespace: self
+                    .istio_root_namespace
+                    .clone()
+                    .or_else(|| cfg_str(&file, &["istio-root-namespace", "istio_root_namespace"]))
+                    .unwrap_or_else(|| "istio-system".into()),
+                allow_without_allow_policies: self.istio_allow_without_allow_policies
+                    || cfg_bool(
+                        &file,
+                        &[
+                            "istio-allow-without-allow-policies",
+                            "istio_allow_without_allow_policies",
+                        ],
+                    )
+                    .unwrap_or(false),
+            },
             reload_require_tests: self.reload_require_tests
                 || cfg_bool(&file, &["reload-require-tests", "reload_require_tests"])
                     .unwrap_or(false),
@@ -516,6 +541,7 @@ pub fn authorizer_with(
         },
         include_tests: false,
         eval_timeout: Some(s.eval_timeout),
+        istio: s.istio.clone(),
     };
     let set =
         PolicySet::from_sources(&sources(s, fetched)?, &options).map_err(|e| e.to_string())?;
@@ -532,6 +558,9 @@ pub fn authorizer_with(
         identity.trusted_xfcc_hop = Some(
             SpiffeId::parse_workload(hop).map_err(|e| format!("--trust-xfcc-by `{hop}`: {e}"))?,
         );
+    }
+    for w in set.warnings() {
+        eprintln!("arbiter: {}", crate::check::warning(w));
     }
     if let Err(reason) = set.check_entrypoint(&path) {
         eprintln!(
@@ -567,6 +596,7 @@ pub fn validated_authorizer(
         let sources = sources(s, fetched)?;
         let options = arbiter_engine::testing::TestOptions {
             rego_version: a.policies().options().rego_version,
+            istio: a.policies().options().istio.clone(),
             ..Default::default()
         };
         let report = arbiter_engine::testing::run(&sources, &options).map_err(|e| e.to_string())?;

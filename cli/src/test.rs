@@ -61,6 +61,12 @@ pub struct Args {
     /// Accept pre-1.0 Rego syntax, as `opa --v0-compatible`.
     #[arg(long)]
     pub v0_compatible: bool,
+    /// Istio's root namespace, as for `arbiter serve` [default: istio-system].
+    #[arg(long, value_name = "NS")]
+    pub istio_root_namespace: Option<String>,
+    /// Allow a workload that no Istio ALLOW policy selects, as for `arbiter serve`.
+    #[arg(long)]
+    pub istio_allow_without_allow_policies: bool,
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -108,6 +114,13 @@ pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             RegoVersion::V0Compatible
         } else {
             RegoVersion::V1
+        },
+        istio: arbiter_engine::istio::IstioOptions {
+            root_namespace: args
+                .istio_root_namespace
+                .clone()
+                .unwrap_or_else(|| "istio-system".into()),
+            allow_without_allow_policies: args.istio_allow_without_allow_policies,
         },
     };
     let report = match testing::run(&sources, &options) {

@@ -160,3 +160,83 @@ fn eval_errors_use_opa_error_shape() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json(&out)["errors"][0]["code"], "eval_conflict_error");
 }
+
+/// Istio AuthorizationPolicies: Istio's own validation rules are errors with file and line,
+/// its best-practice advice is a warning (exit 0, or 1 with `--strict`), and the table of
+/// documentation cases checks clean.
+#[test]
+fn check_validates_istio_policies() {
+    let dir = std::env::temp_dir().join(format!("arbiter-cli-istio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.istio.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad\n  namespace: foo\nspec:\n  rules:\n  - from:\n    - source:\n        principals: [\"spiffe://cluster.local/ns/a/sa/b\"]\n        namespace: [\"x\"]\n",
+    )
+    .unwrap();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:11:9: `bad`: spec.rules[0].from[0].source: unknown field `namespace`",
+            bad.display()
+        )),
+        "stderr: {stderr}"
+    );
+    std::fs::write(
+        &bad,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad\n  namespace: foo\nspec:\n  rules:\n  - from:\n    - source:\n        principals: [\"spiffe://cluster.local/ns/a/sa/b\"]\n",
+    )
+    .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&arbiter(&["check", dir.to_str().unwrap()]).stderr).into_owned();
+    assert!(
+        stderr.contains(
+            "principal `spiffe://cluster.local/ns/a/sa/b` must not start with `spiffe://`"
+        ),
+        "stderr: {stderr}"
+    );
+    // Only negative matching in an ALLOW rule: a warning.
+    std::fs::write(
+        &bad,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: lax\n  namespace: foo\nspec:\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        notPaths: [\"/admin\"]\n",
+    )
+    .unwrap();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: warning: `foo/lax` rule 0: an ALLOW rule with only `not…` fields",
+            bad.display()
+        )),
+        "stderr: {stderr}"
+    );
+    let out = arbiter(&["check", "--strict", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out = arbiter(&["check", "conformance/cases/istio"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The JWT scenario's RequestAuthentication is skipped with a note.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`RequestAuthentication` `jwt-example`"));
+}
+
+/// `arbiter test` runs decision tests against Istio policies like any other.
+#[test]
+fn test_runs_decision_tests_against_istio_policies() {
+    let out = arbiter(&["test", "conformance/cases/istio/02-authz-deny"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PASS: 6/6"), "{stdout}");
+}

@@ -56,6 +56,10 @@ pub struct EnvoyOptions {
     pub filter_chain_extra: String,
     /// Extra text for the ext_authz cluster (a `transport_socket` for mTLS to arbiter).
     pub authz_cluster_extra: String,
+    /// HTTP filters before ext_authz (list items indented 10 spaces), e.g. `jwt_authn`.
+    pub http_filters_before: String,
+    /// Routes replacing the default `prefix: /` route (list items indented 14 spaces).
+    pub routes: String,
 }
 
 impl EnvoyOptions {
@@ -66,6 +70,8 @@ impl EnvoyOptions {
             ext_authz_extra: String::new(),
             filter_chain_extra: String::new(),
             authz_cluster_extra: String::new(),
+            http_filters_before: String::new(),
+            routes: String::new(),
         }
     }
 }
@@ -89,9 +95,9 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
             - name: all
               domains: ["*"]
               routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream, timeout: 5s}}
+{routes}
           http_filters:
+{before}
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
@@ -132,6 +138,12 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 "#,
         ext = o.ext_authz_extra,
+        routes = if o.routes.is_empty() {
+            "              - match: {prefix: \"/\"}\n                route: {cluster: upstream, timeout: 5s}"
+        } else {
+            o.routes.trim_end()
+        },
+        before = o.http_filters_before.trim_end(),
         chain = o.filter_chain_extra,
         authz_port = o.authz.port(),
         authz_extra = o.authz_cluster_extra,
@@ -211,9 +223,16 @@ impl Envoy {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = envoy.child.try_wait() {
+                let config_text = std::fs::read_to_string(&config).unwrap_or_default();
+                let numbered: Vec<String> = config_text
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| format!("{:4} {l}", i + 1))
+                    .collect();
                 return Err(format!(
-                    "Envoy exited ({status}) before listening:\n{}",
-                    envoy.log_text()
+                    "Envoy exited ({status}) before listening:\n{}\nconfiguration:\n{}",
+                    envoy.log_text(),
+                    numbered.join("\n")
                 ));
             }
             if get(envoy.admin, "/ready").is_ok_and(|r| r.status == 200)
@@ -405,7 +424,10 @@ pub fn request_tls(
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("host: localhost\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

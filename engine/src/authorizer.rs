@@ -235,6 +235,61 @@ impl Authorizer {
         input: &Input,
         identity: Option<&Value>,
     ) -> Decision {
+        // Istio's AuthorizationPolicies first: a denial there decides; an allow is one vote
+        // among the languages loaded (deny overrides).
+        let Some(istio) = self.policies.istio() else {
+            return self.decide_cel_and_rego(request, input, identity);
+        };
+        let v = istio.evaluate(&crate::istio::Request::from_check(
+            request,
+            &input.path,
+            identity,
+        ));
+        let decided_by = v.decided_by.as_ref().map(|(policy, rule)| DecidedBy {
+            policy: format!("istio:{policy}"),
+            rule: Some(format!("rules[{rule}]")),
+        });
+        let dry_run = v.dry_run.as_ref().map(|s| {
+            serde_json::json!({
+                "allowed": s.allowed,
+                "policy": s.decided_by.as_ref().map(|(p, _)| p),
+                "rule": s.decided_by.as_ref().map(|(_, r)| format!("rules[{r}]")),
+            })
+        });
+        let others = self.policies.cel().is_some() || self.rego_decides;
+        // A workload no ALLOW policy selects: the other languages decide alone when loaded.
+        let others_decide = v.abstained && others;
+        if !v.allowed && !others_decide {
+            let mut d = Decision::deny(DenyReason::PolicyDenied);
+            d.decided_by.extend(decided_by);
+            d.audit = v.audit;
+            d.istio_dry_run = dry_run;
+            if let Some(note) = v.note {
+                d.body = None;
+                d.result = Some(serde_json::json!({"istio": note}));
+            }
+            return d;
+        }
+        let mut d = if others {
+            self.decide_cel_and_rego(request, input, identity)
+        } else {
+            Decision::allow()
+        };
+        if d.allowed {
+            d.decided_by.extend(decided_by);
+        }
+        d.audit.extend(v.audit);
+        d.istio_dry_run = dry_run;
+        d
+    }
+
+    /// Rego and CEL together.
+    fn decide_cel_and_rego(
+        &self,
+        request: &AuthzRequest,
+        input: &Input,
+        identity: Option<&Value>,
+    ) -> Decision {
         let cel = self.policies.cel().map(|c| {
             c.evaluate(&CelRequest {
                 request,

@@ -208,7 +208,21 @@ pub fn from_files(
                     value,
                 });
             }
-            None => {}
+            Some(crate::loader::SourceKind::Istio) => sources.istio.push(SourceFile {
+                name: display,
+                text: text()?,
+            }),
+            None => {
+                if (path.ends_with(".yaml") || path.ends_with(".yml"))
+                    && let Ok(t) = text()
+                    && crate::istio::looks_like_istio(&t)
+                {
+                    sources.istio.push(SourceFile {
+                        name: display,
+                        text: t,
+                    });
+                }
+            }
         }
     }
     check_roots(&manifest, &sources)?;

@@ -170,6 +170,10 @@ pub struct Decision {
     pub result: Option<Json>,
     /// Which policies and rules decided: the one that denied, or every one that allowed.
     pub decided_by: Vec<DecidedBy>,
+    /// Istio AUDIT policies that matched (the decision record lists them).
+    pub audit: Vec<String>,
+    /// What Istio `istio.io/dry-run` policies would have decided (`allowed`, `policy`, `rule`).
+    pub istio_dry_run: Option<Json>,
 }
 
 impl Decision {
@@ -188,6 +192,8 @@ impl Decision {
             dynamic_metadata: None,
             result: None,
             decided_by: Vec::new(),
+            audit: Vec::new(),
+            istio_dry_run: None,
         }
     }
 

@@ -42,6 +42,7 @@ pub mod decision;
 pub mod diagnostic;
 pub mod identity;
 pub mod input;
+pub mod istio;
 pub mod limits;
 pub mod loader;
 pub mod path;

@@ -39,6 +39,7 @@ pub enum SourceKind {
     Data,
     Cel,
     DecisionTest,
+    Istio,
 }
 
 /// A file's text with the name it is reported under.
@@ -66,6 +67,8 @@ pub struct PolicySources {
     pub data: Vec<DataDocument>,
     pub cel: Vec<SourceFile>,
     pub decision_tests: Vec<SourceFile>,
+    /// Istio `AuthorizationPolicy` files.
+    pub istio: Vec<SourceFile>,
     /// A bundle's manifest revision: the policy set's revision instead of a digest.
     pub revision: Option<String>,
 }
@@ -125,6 +128,7 @@ impl PolicySources {
         self.data.extend(other.data);
         self.cel.extend(other.cel);
         self.decision_tests.extend(other.decision_tests);
+        self.istio.extend(other.istio);
         if other.revision.is_some() {
             self.revision = other.revision;
         }
@@ -154,8 +158,14 @@ impl PolicySources {
         named_explicitly: bool,
         diagnostics: &mut Vec<Diagnostic>,
     ) {
-        let Some(kind) = classify(path, named_explicitly) else {
-            return;
+        let kind = match classify(path, named_explicitly) {
+            Some(k) => k,
+            // Other YAML files hold Istio policies when they say so.
+            None if is_yaml(path) => match read_limited(path, MAX_FILE_BYTES) {
+                Ok(t) if crate::istio::looks_like_istio(&t) => SourceKind::Istio,
+                _ => return,
+            },
+            None => return,
         };
         let name = path.display().to_string();
         let limit = if kind == SourceKind::Data {
@@ -179,6 +189,7 @@ impl PolicySources {
             SourceKind::RegoTest => self.rego_tests.push(file),
             SourceKind::Cel => self.cel.push(file),
             SourceKind::DecisionTest => self.decision_tests.push(file),
+            SourceKind::Istio => self.istio.push(file),
             SourceKind::Data => match parse_data(&name, &file.text) {
                 Ok(value) => self.data.push(DataDocument {
                     file: name,
@@ -258,6 +269,10 @@ fn merge(into: &mut Json, from: Json, at: &mut Vec<String>) -> Result<(), Vec<St
 }
 
 /// Classify a file by its name. `named_explicitly` is true for files given directly as paths.
+fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
 /// A path named like an OPA bundle archive (`.tar.gz`, `.tgz`).
 pub fn is_bundle_file(path: &Path) -> bool {
     let name = path.to_string_lossy();
@@ -274,6 +289,9 @@ pub fn classify(path: &Path, named_explicitly: bool) -> Option<SourceKind> {
     }
     if name.ends_with(".cel.yaml") || name.ends_with(".cel.yml") {
         return Some(SourceKind::Cel);
+    }
+    if name.ends_with(".istio.yaml") || name.ends_with(".istio.yml") {
+        return Some(SourceKind::Istio);
     }
     if name.ends_with("_test.yaml") || name.ends_with("_test.yml") {
         return Some(SourceKind::DecisionTest);

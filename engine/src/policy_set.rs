@@ -33,6 +33,8 @@ pub struct LoadOptions {
     pub include_tests: bool,
     /// Wall-clock budget for one evaluation; `None` for no limit.
     pub eval_timeout: Option<Duration>,
+    /// How Istio `AuthorizationPolicy` files are applied.
+    pub istio: crate::istio::IstioOptions,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +43,7 @@ impl Default for LoadOptions {
             rego_version: RegoVersion::V1,
             include_tests: false,
             eval_timeout: None,
+            istio: crate::istio::IstioOptions::default(),
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct PolicySet {
     prototype: regorus::Engine,
     modules: Vec<String>,
     cel: Option<Arc<CelPolicies>>,
+    istio: Option<Arc<crate::istio::IstioPolicies>>,
+    warnings: Vec<Diagnostic>,
     revision: String,
     options: LoadOptions,
 }
@@ -145,6 +150,23 @@ impl PolicySet {
                 }
             }
         };
+        let mut istio_policies = Vec::new();
+        let mut warnings = Vec::new();
+        for f in &sources.istio {
+            match crate::istio::parse(&f.name, &f.text) {
+                Ok((mut p, mut w)) => {
+                    istio_policies.append(&mut p);
+                    warnings.append(&mut w);
+                }
+                Err(mut e) => diagnostics.append(&mut e),
+            }
+        }
+        let istio = (!istio_policies.is_empty()).then(|| {
+            Arc::new(crate::istio::IstioPolicies {
+                policies: istio_policies,
+                options: options.istio.clone(),
+            })
+        });
         if diagnostics.is_empty() {
             diagnostics.extend(rule_data_conflicts(&mut engine, sources, &data_value));
         }
@@ -164,6 +186,8 @@ impl PolicySet {
             prototype: engine,
             modules,
             cel,
+            istio,
+            warnings,
             revision,
             options: options.clone(),
         })
@@ -172,6 +196,16 @@ impl PolicySet {
     /// The files compiled into this set, in load order.
     pub fn modules(&self) -> &[String] {
         &self.modules
+    }
+
+    /// The Istio authorization policies, when any are loaded.
+    pub fn istio(&self) -> Option<&Arc<crate::istio::IstioPolicies>> {
+        self.istio.as_ref()
+    }
+
+    /// Advice found while loading (Istio's best-practice warnings): not errors.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// The CEL policies, when any are loaded.
@@ -268,11 +302,11 @@ impl PolicySet {
     /// Check that a server can decide at `reference` (Rego defines it, or CEL policies are
     /// loaded), so it can warn instead of silently denying every request.
     pub fn check_entrypoint(&self, reference: &DataRef) -> Result<(), DenyReason> {
-        if self.defines(reference) || self.cel.is_some() {
+        if self.defines(reference) || self.cel.is_some() || self.istio.is_some() {
             Ok(())
         } else {
             Err(DenyReason::NoPolicy(format!(
-                "no Rego rule or document at `{reference}` and no CEL policies"
+                "no Rego rule or document at `{reference}`, no CEL and no Istio policies"
             )))
         }
     }
@@ -469,6 +503,13 @@ fn revision_of(sources: &PolicySources, include_tests: bool) -> String {
         .flatten();
     for f in sources.rego.iter().chain(tests) {
         ctx.update(b"rego\0");
+        ctx.update(f.name.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(f.text.as_bytes());
+        ctx.update(b"\0");
+    }
+    for f in &sources.istio {
+        ctx.update(b"istio\0");
         ctx.update(f.name.as_bytes());
         ctx.update(b"\0");
         ctx.update(f.text.as_bytes());

@@ -163,6 +163,12 @@ impl DecisionRecord {
                 crate::identity::IdentityOutcome::Invalid(why) => json!({"error": why}),
             },
         );
+        if !d.audit.is_empty() {
+            e.insert("audit".into(), json!(d.audit));
+        }
+        if let Some(shadow) = &d.istio_dry_run {
+            e.insert("istio_dry_run".into(), shadow.clone());
+        }
         e.insert("revision".into(), json!(self.revision));
         e.insert("dry_run".into(), json!(self.dry_run));
         e

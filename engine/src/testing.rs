@@ -36,6 +36,8 @@ pub struct TestOptions {
     /// Benchmark each passing test for about this long.
     pub bench: Option<Duration>,
     pub rego_version: RegoVersion,
+    /// How Istio AuthorizationPolicies apply (as `arbiter serve` is configured).
+    pub istio: crate::istio::IstioOptions,
 }
 
 impl Default for TestOptions {
@@ -46,6 +48,7 @@ impl Default for TestOptions {
             coverage: false,
             bench: None,
             rego_version: RegoVersion::V1,
+            istio: crate::istio::IstioOptions::default(),
         }
     }
 }

@@ -52,6 +52,13 @@ struct FileDoc {
     now: Option<String>,
     #[serde(default)]
     data: Option<Json>,
+    /// Short-form request fields every case starts from (a case's own fields win; `headers`
+    /// and `context_extensions` are merged).
+    #[serde(default)]
+    request: Option<Json>,
+    /// Where the cases come from (a URL, a document): shown when one fails.
+    #[serde(default)]
+    doc: Option<String>,
     cases: Vec<CaseDoc>,
 }
 
@@ -64,6 +71,8 @@ struct CaseDoc {
     data: Option<Json>,
     #[serde(default)]
     now: Option<String>,
+    #[serde(default)]
+    doc: Option<String>,
     expect: Expect,
 }
 
@@ -123,6 +132,20 @@ struct ShortRequest {
     /// The caller's certificate (PEM), as Envoy forwards it with `include_peer_certificate`.
     #[serde(default)]
     certificate: Option<String>,
+    /// The destination (the workload's) port; 8080 when not given.
+    #[serde(default)]
+    destination_port: Option<u32>,
+    /// The route's `check_settings.context_extensions` (for Istio policies: the workload's
+    /// `namespace` and labels).
+    #[serde(default)]
+    context_extensions: BTreeMap<String, String>,
+    /// The payload of a JWT that Envoy's `jwt_authn` filter verified, as it appears in the
+    /// `envoy.filters.http.jwt_authn` metadata under its issuer (Istio's RequestAuthentication).
+    #[serde(default)]
+    jwt_payload: Option<Json>,
+    /// The TLS server name the caller asked for.
+    #[serde(default)]
+    sni: Option<String>,
 }
 
 /// One case, ready to run.
@@ -135,12 +158,18 @@ pub struct Case {
     pub data: Option<Json>,
     pub now_ns: Option<i64>,
     pub expect: Expect,
+    /// Where the case comes from (the case's `doc`, else the file's).
+    pub doc: Option<String>,
+    /// The short-form request after the file's defaults were applied (`None` for a whole
+    /// OPA-Envoy input): what a test that replays the case through Envoy needs.
+    pub short: Option<Json>,
 }
 
 /// One file of cases.
 #[derive(Debug, Clone)]
 pub struct DecisionFile {
     pub file: String,
+    pub doc: Option<String>,
     pub path: DataRef,
     pub cases: Vec<Case>,
 }
@@ -193,6 +222,8 @@ pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
             path: None,
             now: None,
             data: None,
+            request: None,
+            doc: None,
             cases: yaml_serde::from_str(&f.text).map_err(|e| vec![yaml_error(&f.name, &e)])?,
         },
         Json::Object(_) => {
@@ -257,7 +288,19 @@ pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
                 None
             }
         };
-        let request = match build_request(&c.request, now_ns) {
+        let short = match (&doc.request, c.request.get("attributes")) {
+            (_, Some(_)) => None,
+            (None, None) => Some(c.request.clone()),
+            (Some(defaults), None) => {
+                if !defaults.is_object() {
+                    case_err("the file's `request` must be a mapping".into());
+                }
+                let mut merged = defaults.clone();
+                merge_over(&mut merged, &c.request);
+                Some(merged)
+            }
+        };
+        let request = match build_request(short.as_ref().unwrap_or(&c.request), now_ns) {
             Ok(r) => r,
             Err(e) => {
                 case_err(format!("request: {e}"));
@@ -284,11 +327,14 @@ pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
             data,
             now_ns,
             expect: c.expect.clone(),
+            doc: c.doc.clone().or_else(|| doc.doc.clone()),
+            short,
         });
     }
     match path {
         Some(path) if errors.is_empty() => Ok(DecisionFile {
             file: f.name.clone(),
+            doc: doc.doc.clone(),
             path,
             cases,
         }),
@@ -377,10 +423,25 @@ fn build_request(request: &Json, now_ns: Option<i64>) -> Result<AuthzRequest, St
         source.insert("certificate".into(), Json::String(percent_encode_pem(&c)));
     }
     let now = now_ns.unwrap_or_else(crate::clock::now_ns);
+    let mut metadata = serde_json::Map::new();
+    if let Some(p) = r.jwt_payload {
+        let iss = p
+            .get("iss")
+            .and_then(Json::as_str)
+            .ok_or("`jwt_payload` needs an `iss` claim (Envoy files the payload under its issuer)")?
+            .to_string();
+        metadata.insert(
+            "filterMetadata".into(),
+            json!({"envoy.filters.http.jwt_authn": {iss: p}}),
+        );
+    }
     let check = json!({
         "attributes": {
             "source": source,
-            "destination": {"address": {"socketAddress": {"address": "10.0.0.2", "portValue": 8080}}},
+            "destination": {"address": {"socketAddress": {"address": "10.0.0.2", "portValue": r.destination_port.unwrap_or(8080)}}},
+            "contextExtensions": r.context_extensions,
+            "metadataContext": metadata,
+            "tlsSession": r.sni.map(|s| json!({"sni": s})),
             "request": {
                 "time": rfc3339(now),
                 "http": {
@@ -552,6 +613,7 @@ pub(crate) fn run(
         rego_version: options.rego_version,
         include_tests: false,
         eval_timeout: Some(options.timeout),
+        istio: options.istio.clone(),
     };
     let base = Arc::new(PolicySet::from_sources(sources, &load)?);
     let mut with_data: HashMap<String, Arc<PolicySet>> = HashMap::new();
@@ -607,7 +669,10 @@ pub(crate) fn run(
                         Outcome::Pass
                     } else {
                         Outcome::Fail(Failure {
-                            message: format!("got: {}", describe(&decision)),
+                            message: match &case.doc {
+                                Some(doc) => format!("got: {} (see {doc})", describe(&decision)),
+                                None => format!("got: {}", describe(&decision)),
+                            },
                             failed_at: None,
                             mismatches,
                         })
@@ -673,6 +738,71 @@ allow if {
             .iter()
             .map(|t| (t.name.as_str(), t.outcome.label()))
             .collect()
+    }
+
+    #[test]
+    fn file_request_defaults_and_envoy_fields_reach_the_input() {
+        let f = parse(&SourceFile {
+            name: "t_test.yaml".into(),
+            text: r#"
+doc: https://example.com/cases
+request:
+  host: api.example.com
+  headers: {x-a: "1"}
+  context_extensions: {namespace: foo, app: web}
+cases:
+  - name: merged
+    doc: https://example.com/one
+    request:
+      headers: {x-b: "2"}
+      context_extensions: {app: api}
+      destination_port: 9000
+      sni: www.example.com
+      jwt_payload: {iss: issuer.example.com, sub: u}
+    expect: {allowed: true}
+  - name: defaults only
+    request: {}
+    expect: {allowed: false}
+"#
+            .into(),
+        })
+        .unwrap();
+        let c = &f.cases[0];
+        assert_eq!(c.doc.as_deref(), Some("https://example.com/one"));
+        assert_eq!(f.cases[1].doc.as_deref(), Some("https://example.com/cases"));
+        let input = crate::input::build_input(&c.request, &InputOptions::default()).unwrap();
+        let v = crate::value::to_json(&input.value);
+        let a = &v["attributes"];
+        assert_eq!(
+            a["contextExtensions"],
+            json!({"namespace": "foo", "app": "api"})
+        );
+        assert_eq!(
+            a["destination"]["address"]["socketAddress"]["portValue"],
+            json!(9000)
+        );
+        assert_eq!(a["tlsSession"]["sni"], json!("www.example.com"));
+        assert_eq!(
+            a["metadataContext"]["filterMetadata"]["envoy.filters.http.jwt_authn"]["issuer.example.com"]
+                ["sub"],
+            json!("u")
+        );
+        assert_eq!(a["request"]["http"]["host"], json!("api.example.com"));
+        assert_eq!(a["request"]["http"]["headers"]["x-a"], json!("1"));
+        assert_eq!(a["request"]["http"]["headers"]["x-b"], json!("2"));
+        assert_eq!(
+            c.short.as_ref().unwrap()["context_extensions"]["namespace"],
+            json!("foo")
+        );
+        let e = parse(&SourceFile {
+            name: "t_test.yaml".into(),
+            text: "cases:\n  - name: no issuer\n    request: {jwt_payload: {sub: u}}\n    expect: {allowed: true}\n".into(),
+        })
+        .unwrap_err();
+        assert!(
+            e[0].message.contains("`jwt_payload` needs an `iss` claim"),
+            "{e:?}"
+        );
     }
 
     #[test]

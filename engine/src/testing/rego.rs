@@ -219,6 +219,7 @@ fn load_options(options: &TestOptions) -> LoadOptions {
         rego_version: options.rego_version,
         include_tests: true,
         eval_timeout: Some(options.timeout),
+        ..LoadOptions::default()
     }
 }
 
