@@ -44,6 +44,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
         decision_log: log,
         tls: None,
         max_request_bytes: 4 << 20,
+        ui: None,
     };
     rt.block_on(arbiter_ext_authz::start(config, authorizer))
         .unwrap_or_else(|e| panic!("{e}"))

@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 use arbiter_engine::audit::chain::{self, GENESIS};
+use arbiter_engine::audit::index::chronological;
 use arbiter_engine::audit::summary::{Count, Summary, SummaryBuilder};
-use arbiter_ext_authz::decision_log::file::chronological;
 
 use crate::Exit;
 
@@ -26,6 +26,41 @@ pub enum Command {
     /// Totals, allow/deny over time, top denied identities, paths and rules, error reasons,
     /// latency percentiles, per policy revision.
     Summary(SummaryArgs),
+    /// A read-only web page over decision-log files: decisions over time, top denied
+    /// identities, paths and rules, latency, revisions, a filterable table of events and the
+    /// hash chain's verdict. Loopback by default; any other address needs a token or mTLS.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Decision-log files (a rotated set in any order: `x.2 x.1 x`).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8282", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// A file holding the bearer token callers must present (required off loopback unless
+    /// mTLS with allowed callers is configured).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates from this CA.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// SPIFFE ID patterns allowed to look (`*`, `**` by segment); repeatable; needs
+    /// --tls-client-ca.
+    #[arg(
+        long = "allowed-caller",
+        value_name = "PATTERN",
+        requires = "tls_client_ca"
+    )]
+    pub allowed_callers: Vec<String>,
+    /// How often to look for new events.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub refresh: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +92,111 @@ pub fn run_to(cmd: &Command, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     match cmd {
         Command::Verify(a) => verify(a, out, err),
         Command::Summary(a) => summary(a, out, err),
+        Command::Serve(a) => serve(a, err),
+    }
+}
+
+/// Read a bearer token: the file's first line, printable ASCII without spaces or `;` (it also
+/// travels in a cookie), at least 16 characters.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+    {
+        return Err(format!(
+            "{}: the token must be at least 16 printable characters without `;` or `,`",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
+fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
+    use arbiter_ext_authz::dashboard::{Auth, Dashboard, check_exposure};
+    let addr: std::net::SocketAddr = match a.addr.parse() {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: --addr `{}`: {e}", a.addr);
+            return Exit::Usage;
+        }
+    };
+    let refresh = match crate::serve::parse_duration(&a.refresh) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: --refresh: {e}");
+            return Exit::Usage;
+        }
+    };
+    let auth = match &a.token_file {
+        None => Auth::None,
+        Some(p) => match read_token(p) {
+            Ok(t) => Auth::Token(t),
+            Err(e) => {
+                let _ = writeln!(err, "arbiter audit: --token-file {e}");
+                return Exit::Usage;
+            }
+        },
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(arbiter_ext_authz::tls::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+            allowed_callers: a.allowed_callers.clone(),
+        }),
+        _ => None,
+    };
+    if let Err(e) = check_exposure(&addr, &auth, !a.allowed_callers.is_empty()) {
+        let _ = writeln!(err, "arbiter audit: refusing to start: {e}");
+        return Exit::Usage;
+    }
+    let dashboard = match Dashboard::open(&a.files, auth, "") {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: {e}");
+            return Exit::Usage;
+        }
+    };
+    dashboard.spawn_refresher(refresh);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: {e}");
+            return Exit::Failed;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "arbiter audit: indexed {} events in {:.2} s; serving {}://{local}/",
+            dashboard.events(),
+            dashboard.loaded_in.as_secs_f64(),
+            if tls.is_some() { "https" } else { "http" }
+        );
+        arbiter_ext_authz::dashboard::serve(
+            dashboard.clone(),
+            listener,
+            tls.as_ref(),
+            crate::serve::shutdown_signal(),
+        )
+        .await
+    });
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter audit: {e:#}");
+            Exit::Failed
+        }
     }
 }
 

@@ -133,6 +133,14 @@ pub struct Args {
     /// default).
     #[arg(long)]
     pub istio_allow_without_allow_policies: bool,
+    /// Mount the audit dashboard over the decision-log file at `/ui/` on the HTTP listener
+    /// (needs --decision-log FILE).
+    #[arg(long)]
+    pub ui: bool,
+    /// The bearer token the dashboard asks for (required when the HTTP listener is not on
+    /// loopback, unless mTLS with allowed callers protects it).
+    #[arg(long, value_name = "FILE")]
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -162,6 +170,8 @@ pub struct Settings {
     pub bundle_poll: Duration,
     pub verification: Option<arbiter_engine::bundle::Verification>,
     pub istio: arbiter_engine::istio::IstioOptions,
+    pub ui: bool,
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// Parse `50ms`, `1s`, `250us`, `2m`.
@@ -434,6 +444,11 @@ impl Args {
                 None => Duration::from_secs(30),
             },
             verification,
+            ui: self.ui || cfg_bool(&file, &["ui"]).unwrap_or(false),
+            ui_token_file: self
+                .ui_token_file
+                .clone()
+                .or_else(|| cfg_str(&file, &["ui-token-file", "ui_token_file"]).map(PathBuf::from)),
             istio: arbiter_engine::istio::IstioOptions {
                 root_namespace: self
                     .istio_root_namespace
@@ -644,10 +659,46 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         decision_log: s.decision_log.clone(),
         tls: s.tls.clone(),
         max_request_bytes: s.limits.max_request_bytes,
+        ui: ui_dashboard(s)?,
     })
 }
 
-async fn shutdown_signal() {
+/// The dashboard for `--ui`: over the decision-log file, protected off loopback.
+fn ui_dashboard(
+    s: &Settings,
+) -> Result<Option<Arc<arbiter_ext_authz::dashboard::Dashboard>>, String> {
+    use arbiter_ext_authz::dashboard::{Auth, Dashboard, check_exposure};
+    if !s.ui {
+        return Ok(None);
+    }
+    let Some(file) = s.decision_log.as_ref().and_then(|l| l.file.as_ref()) else {
+        return Err("--ui shows the decision log: give --decision-log FILE".into());
+    };
+    let auth = match &s.ui_token_file {
+        Some(p) => {
+            Auth::Token(crate::audit::read_token(p).map_err(|e| format!("--ui-token-file {e}"))?)
+        }
+        None => Auth::None,
+    };
+    let mtls = s
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some() && !t.allowed_callers.is_empty());
+    // `:port` listens on every interface.
+    let addr: std::net::SocketAddr = match s.http_addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.http_addr.clone(),
+    }
+    .parse()
+    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    check_exposure(&addr, &auth, mtls)
+        .map_err(|e| format!("refusing to start: {e} (--ui-token-file for --ui)"))?;
+    let d = Dashboard::follow(&file.path, auth, "/ui");
+    d.spawn_refresher(Duration::from_secs(1));
+    Ok(Some(d))
+}
+
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -756,6 +807,18 @@ pub fn run(args: &Args) -> Exit {
                 .http_addr
                 .map_or(settings.http_addr.clone(), |a| a.to_string()),
         );
+        if settings.ui
+            && let Some(a) = running.http_addr
+        {
+            eprintln!(
+                "arbiter: audit dashboard on {}://{a}/ui/",
+                if settings.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            );
+        }
         // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
         let build: arbiter_ext_authz::reload::Build = {
             let (s, f) = (settings.clone(), fetched.clone());

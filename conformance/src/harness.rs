@@ -50,6 +50,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         decision_log,
         tls: None,
         max_request_bytes: 4 << 20,
+        ui: None,
     }
 }
 

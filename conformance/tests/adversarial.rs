@@ -490,6 +490,7 @@ async fn server(a: Authorizer) -> RunningServer {
             decision_log: None,
             tls: None,
             max_request_bytes: 4 << 20,
+            ui: None,
         },
         a,
     )

@@ -5,5 +5,6 @@
 //! that calls it runs off the decision path.
 
 pub mod chain;
+pub mod index;
 pub mod mask;
 pub mod summary;

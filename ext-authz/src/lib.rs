@@ -13,6 +13,7 @@
 //! `failure_mode_allow`.
 
 pub mod convert;
+pub mod dashboard;
 pub mod decision_log;
 pub mod fetch;
 pub mod grpc;

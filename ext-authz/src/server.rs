@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Largest `CheckRequest` accepted (bigger: gRPC `RESOURCE_EXHAUSTED`).
     pub max_request_bytes: usize,
+    /// The audit dashboard, mounted at `/ui/` on the HTTP listener.
+    pub ui: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 /// Servers that are running.
@@ -193,8 +195,16 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
             .with_context(|| format!("cannot listen on {a} (HTTP)"))?;
         let local = listener.local_addr()?;
         http_addr = Some(local);
-        let app = crate::http::router(state.clone())
-            .into_make_service_with_connect_info::<crate::http::PeerAddr>();
+        let mut router = crate::http::router(state.clone());
+        if let Some(d) = &config.ui {
+            router = router
+                .route(
+                    "/ui",
+                    axum::routing::get(|| async { axum::response::Redirect::permanent("/ui/") }),
+                )
+                .nest("/ui/", crate::dashboard::router(d.clone()));
+        }
+        let app = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
         let shutdown = wait_for(stopped.clone());
         match &config.tls {
             None => tasks.push(tokio::spawn(async move {

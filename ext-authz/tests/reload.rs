@@ -101,6 +101,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
             }),
             tls: None,
             max_request_bytes: 4 << 20,
+            ui: None,
         },
         build_a().unwrap(),
     )

@@ -79,6 +79,7 @@ fn config(
         decision_log: log,
         tls: None,
         max_request_bytes: 4 << 20,
+        ui: None,
     }
 }
 

@@ -152,6 +152,7 @@ async fn certificates_reload_without_dropping_connections() {
             queue: 8,
             decision_log: None,
             max_request_bytes: 4 << 20,
+            ui: None,
             tls: Some(TlsSettings {
                 cert: cert_path.clone(),
                 key: key_path.clone(),

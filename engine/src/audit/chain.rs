@@ -120,11 +120,25 @@ pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
     if &line[split..split + HASH_PREFIX.len()] != HASH_PREFIX {
         return Err(LineError::Malformed("no trailing hash".into()));
     }
+    let event: Json = serde_json::from_slice(line)
+        .map_err(|e| LineError::Malformed(format!("invalid JSON: {e}")))?;
+    check_parsed(line, &event)
+}
+
+/// [`check_line`] for a line already parsed into `event` (one JSON parse per line for
+/// readers that also need the event's fields).
+pub fn check_parsed(line: &[u8], event: &Json) -> Result<(String, String), LineError> {
+    let tail = HASH_PREFIX.len() + 64 + 2;
+    if line.len() < tail + 1 || !line.ends_with(b"\"}") {
+        return Err(LineError::Malformed("no trailing hash".into()));
+    }
+    let split = line.len() - tail;
+    if &line[split..split + HASH_PREFIX.len()] != HASH_PREFIX {
+        return Err(LineError::Malformed("no trailing hash".into()));
+    }
     let recorded = std::str::from_utf8(&line[split + HASH_PREFIX.len()..line.len() - 2])
         .map_err(|_| LineError::Malformed("the hash is not text".into()))?
         .to_string();
-    let event: Json = serde_json::from_slice(line)
-        .map_err(|e| LineError::Malformed(format!("invalid JSON: {e}")))?;
     let prev = event
         .get("prev_hash")
         .and_then(Json::as_str)

@@ -12,6 +12,8 @@ pub struct Bucket {
     pub start: String,
     pub allowed: u64,
     pub denied: u64,
+    /// Of `denied`, those caused by errors.
+    pub errors: u64,
 }
 
 /// Decision latency (`metrics.timer_server_handler_ns`).
@@ -67,7 +69,7 @@ pub struct Summary {
 }
 
 /// Collects events one at a time.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SummaryBuilder {
     events: u64,
     allowed: u64,
@@ -77,7 +79,8 @@ pub struct SummaryBuilder {
     unreadable: u64,
     first: Option<(i128, String)>,
     last: Option<(i128, String)>,
-    times: Vec<(i128, bool)>,
+    /// Time, allowed, an error.
+    times: Vec<(i128, bool, bool)>,
     identities: HashMap<String, u64>,
     paths: HashMap<String, u64>,
     rules: HashMap<String, u64>,
@@ -87,7 +90,7 @@ pub struct SummaryBuilder {
 }
 
 /// Reasons that are the policy saying no rather than something failing.
-fn is_policy_reason(r: &str) -> bool {
+pub fn is_policy_reason(r: &str) -> bool {
     matches!(r, "policy_denied" | "undefined_decision")
 }
 
@@ -172,7 +175,8 @@ impl SummaryBuilder {
             if self.last.as_ref().is_none_or(|(l, _)| t > *l) {
                 self.last = Some((t, ts.to_string()));
             }
-            self.times.push((t, allowed));
+            self.times
+                .push((t, allowed, !allowed && !is_policy_reason(reason)));
         }
         let revision = e
             .get("revision")
@@ -242,23 +246,27 @@ impl SummaryBuilder {
                     .unwrap_or(2_592_000);
                 let size_ns = i128::from(size) * 1_000_000_000;
                 let start = f - f.rem_euclid(size_ns);
-                let mut buckets: BTreeMap<i128, (u64, u64)> = BTreeMap::new();
-                for (t, allowed) in &self.times {
+                let mut buckets: BTreeMap<i128, (u64, u64, u64)> = BTreeMap::new();
+                for (t, allowed, error) in &self.times {
                     let b = buckets.entry((t - start) / size_ns).or_default();
                     if *allowed {
                         b.0 += 1;
                     } else {
                         b.1 += 1;
                     }
+                    if *error {
+                        b.2 += 1;
+                    }
                 }
                 (
                     size,
                     buckets
                         .into_iter()
-                        .map(|(i, (a, d))| Bucket {
+                        .map(|(i, (a, d, e))| Bucket {
                             start: fmt_ts(start + i * size_ns),
                             allowed: a,
                             denied: d,
+                            errors: e,
                         })
                         .collect(),
                 )
@@ -347,6 +355,7 @@ mod tests {
             100
         );
         assert_eq!(s.timeline[0].start, "2026-11-26T10:00:00Z");
+        assert_eq!(s.timeline.iter().map(|b| b.errors).sum::<u64>(), 12);
         assert_eq!(s.first.as_deref(), Some("2026-11-26T10:00:00Z"));
     }
 }

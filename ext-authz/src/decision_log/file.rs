@@ -224,22 +224,8 @@ impl FileSink {
     }
 }
 
-/// The files of a rotated log, oldest first: `x.N`, …, `x.1`, `x`. Paths that are not part of
-/// a rotation keep their place.
-pub fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn key(p: &Path) -> (String, i64) {
-        let s = p.to_string_lossy().into_owned();
-        if let Some((base, n)) = s.rsplit_once('.')
-            && let Ok(n) = n.parse::<i64>()
-        {
-            return (base.to_string(), -n);
-        }
-        (s, 0)
-    }
-    let mut v: Vec<PathBuf> = paths.to_vec();
-    v.sort_by_key(|p| key(p));
-    v
-}
+/// The files of a rotated log, oldest first: `x.N`, …, `x.1`, `x`.
+pub use arbiter_engine::audit::index::chronological;
 
 #[cfg(test)]
 mod tests {

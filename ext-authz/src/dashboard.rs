@@ -1,0 +1,979 @@
+//! The audit dashboard: a read-only web page over decision-log files — decisions over time,
+//! deny rate, top denied identities, paths and rules, latency percentiles, counts per policy
+//! revision, a filterable, paged table of events that open whole, and the hash chain's verdict.
+//!
+//! - Served by `arbiter audit serve FILE…` (after the fact) and mounted at `/ui/` by
+//!   `arbiter serve --ui` (live, following the log as it grows and rotates).
+//! - Server-rendered HTML with hand-written SVG charts, one small stylesheet and one small
+//!   script, all compiled into the binary: no CDN, no network. Everything shown is escaped
+//!   (paths, headers and identities come from callers), and a strict Content-Security-Policy
+//!   allows only the page's own script and stylesheet.
+//! - The log is indexed once ([`LogIndex`]) and re-read incrementally by a background thread;
+//!   requests only read the index. Totals come from the same code as `arbiter audit summary`.
+//! - Access: a bearer token (header, or a cookie set by `/login`), or mTLS on the listener
+//!   (`crate::tls`), or neither on loopback only — [`check_exposure`] refuses the rest.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use arbiter_engine::audit::index::{Filter, LogIndex, Outcome, Verdict};
+use arbiter_engine::audit::summary::{Count, Summary};
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+const APP_JS: &str = include_str!("dashboard/app.js");
+const APP_CSS: &str = include_str!("dashboard/app.css");
+const PER_PAGE: usize = 50;
+const TOP: usize = 10;
+const COOKIE: &str = "arbiter_audit_token";
+
+/// How callers prove who they are (mTLS is the listener's business).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Loopback, or mTLS with allowed callers on the listener.
+    None,
+    /// `Authorization: Bearer <token>`, or the cookie `/login` sets.
+    Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token(_) => f.write_str("Token(…)"),
+        }
+    }
+}
+
+/// Whether a dashboard may listen on `addr` with this protection: loopback always; any other
+/// address only with a token or with mTLS restricted to allowed SPIFFE IDs.
+pub fn check_exposure(
+    addr: &SocketAddr,
+    auth: &Auth,
+    mtls_allowed_callers: bool,
+) -> Result<(), String> {
+    if addr.ip().is_loopback() || *auth != Auth::None || mtls_allowed_callers {
+        Ok(())
+    } else {
+        Err(format!(
+            "the audit dashboard would be open to anyone on {addr}: give a bearer token file (--token-file) or mTLS with allowed callers (--tls-cert, --tls-key, --tls-client-ca, --allowed-caller), or listen on loopback"
+        ))
+    }
+}
+
+/// A dashboard over one set of files.
+#[derive(Debug)]
+pub struct Dashboard {
+    index: RwLock<LogIndex>,
+    summary: RwLock<(u64, Arc<Summary>)>,
+    generation: AtomicU64,
+    auth: Auth,
+    /// Where the page is mounted (`""` or `/ui`).
+    prefix: String,
+    /// Whether the log is live (the page offers auto-refresh).
+    live: bool,
+    pub loaded_in: Duration,
+}
+
+impl Dashboard {
+    /// Index `files` (a finished log; rotated sets are put in order).
+    pub fn open(files: &[PathBuf], auth: Auth, prefix: &str) -> std::io::Result<Arc<Self>> {
+        let start = Instant::now();
+        let index = LogIndex::open(files)?;
+        Ok(Self::new(index, auth, prefix, false, start.elapsed()))
+    }
+
+    /// Follow a live log file and its rotations. Nothing is read here: the refresher (or
+    /// [`Dashboard::refresh`]) reads the log, so a large one does not delay the server.
+    pub fn follow(file: &std::path::Path, auth: Auth, prefix: &str) -> Arc<Self> {
+        Self::new(LogIndex::unread(file), auth, prefix, true, Duration::ZERO)
+    }
+
+    fn new(
+        index: LogIndex,
+        auth: Auth,
+        prefix: &str,
+        live: bool,
+        loaded_in: Duration,
+    ) -> Arc<Self> {
+        let summary = Arc::new(index.summary(TOP));
+        Arc::new(Self {
+            index: RwLock::new(index),
+            summary: RwLock::new((0, summary)),
+            generation: AtomicU64::new(0),
+            auth,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            live,
+            loaded_in,
+        })
+    }
+
+    /// Events indexed.
+    pub fn events(&self) -> usize {
+        self.index.read().map(|i| i.rows.len()).unwrap_or(0)
+    }
+
+    /// Re-read what changed. Appended events are read under the write lock (a few, between
+    /// two looks); a rebuild (rotation) happens on a new index beside the one pages read.
+    pub fn refresh(&self) -> std::io::Result<bool> {
+        let rebuild = match self.index.read() {
+            Ok(i) => i.needs_rebuild()?.then(|| i.reopen()),
+            Err(_) => return Ok(false),
+        };
+        let changed = match rebuild {
+            Some(fresh) => {
+                let fresh = fresh?;
+                if let Ok(mut i) = self.index.write() {
+                    *i = fresh;
+                }
+                true
+            }
+            None => match self.index.write() {
+                Ok(mut i) => i.refresh()?,
+                Err(_) => false,
+            },
+        };
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(changed)
+    }
+
+    /// Refresh now and then every `every`, on a thread of its own, until the dashboard is
+    /// dropped.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("arbiter-audit-index".into())
+            .spawn(move || {
+                while let Some(d) = weak.upgrade() {
+                    // A file that disappears for a moment (rotation) is retried next time.
+                    let _ = d.refresh();
+                    drop(d);
+                    std::thread::sleep(every);
+                }
+            });
+    }
+
+    /// The summary of what is indexed, computed again only after the index changed.
+    fn summary(&self) -> Arc<Summary> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Ok(s) = self.summary.read()
+            && s.0 == generation
+        {
+            return s.1.clone();
+        }
+        let fresh = match self.index.read() {
+            Ok(i) => Arc::new(i.summary(TOP)),
+            Err(_) => return Arc::new(empty_summary()),
+        };
+        if let Ok(mut s) = self.summary.write() {
+            *s = (generation, fresh.clone());
+        }
+        fresh
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Auth::Token(token) = &self.auth else {
+            return true;
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")))
+            .next();
+        [bearer, cookie]
+            .into_iter()
+            .flatten()
+            .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+}
+
+fn empty_summary() -> Summary {
+    arbiter_engine::audit::summary::SummaryBuilder::default().finish(TOP)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The routes, relative to where they are mounted.
+pub fn router(d: Arc<Dashboard>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/event/{n}", get(event_page))
+        .route("/api/summary", get(api_summary))
+        .route("/api/events", get(api_events))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset(APP_JS, "text/javascript") }),
+        )
+        .route(
+            "/assets/app.css",
+            get(|| async { asset(APP_CSS, "text/css") }),
+        )
+        .route("/login", get(login_form).post(login))
+        .with_state(d)
+}
+
+/// Listen on `addr` (TLS when `tls` is given) until `shutdown` resolves.
+pub async fn serve(
+    d: Arc<Dashboard>,
+    listener: tokio::net::TcpListener,
+    tls: Option<&crate::tls::TlsSettings>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(d);
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Into::into),
+        Some(t) => {
+            let local = listener.local_addr()?;
+            let config = crate::tls::server_config(t, &[b"http/1.1"])?;
+            let rx = crate::tls::accept_tls(listener, config);
+            axum::serve(crate::tls::AxumTlsListener { rx, local }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(Into::into)
+        }
+    }
+}
+
+fn secure(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    secure(r)
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure(r)
+}
+
+fn json(body: &impl serde::Serialize) -> Response {
+    let mut r = serde_json::to_string_pretty(body)
+        .unwrap_or_default()
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    secure(r)
+}
+
+fn unauthorized(d: &Dashboard) -> Response {
+    let mut r = html(
+        StatusCode::UNAUTHORIZED,
+        layout(
+            d,
+            "sign in",
+            &format!(
+                "<p>This dashboard needs its bearer token. <a href=\"{}/login\">Sign in</a>.</p>",
+                esc(&d.prefix)
+            ),
+        ),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// HTML-escape text for element content and quoted attributes.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => {
+                let _ = write!(o, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Percent-encode a query value.
+fn enc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(char::from(b));
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+fn layout(d: &Dashboard, title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{} · arbiter audit</title><link rel=\"stylesheet\" href=\"{p}/assets/app.css\"><script src=\"{p}/assets/app.js\" defer></script></head>\
+<body><header><a class=\"brand\" href=\"{p}/\">arbiter audit</a>{live}</header><main>{body}</main></body></html>\n",
+        esc(title),
+        p = esc(&d.prefix),
+        live = if d.live {
+            "<label class=\"live\"><input type=\"checkbox\" id=\"autorefresh\"> refresh every 5 s</label>"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The filter as given in the query string.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct Params {
+    #[serde(default)]
+    identity: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    page: Option<usize>,
+}
+
+fn parse_time(s: &str) -> Result<Option<i64>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let rfc = time::format_description::well_known::Rfc3339;
+    // RFC 3339, or a datetime-local value (`2026-11-26T10:00`, seconds optional), read as UTC.
+    let candidates = [
+        s.to_string(),
+        format!("{s}Z"),
+        format!("{s}:00Z"),
+        format!("{}Z", s.replace(' ', "T")),
+    ];
+    candidates
+        .iter()
+        .find_map(|c| time::OffsetDateTime::parse(c, &rfc).ok())
+        .map(|t| Some(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)))
+        .ok_or_else(|| format!("`{s}` is not a time (2026-11-26T10:00:00Z)"))
+}
+
+impl Params {
+    fn filter(&self) -> Result<Filter, String> {
+        let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        Ok(Filter {
+            identity: opt(&self.identity),
+            path: opt(&self.path),
+            rule: opt(&self.rule),
+            outcome: match self.decision.as_str() {
+                "" | "all" => None,
+                "allowed" => Some(Outcome::Allowed),
+                "denied" => Some(Outcome::Denied),
+                "error" => Some(Outcome::Error),
+                other => return Err(format!("unknown decision `{other}`")),
+            },
+            from_ns: parse_time(&self.from)?,
+            to_ns: parse_time(&self.to)?.map(|t| t.saturating_add(999_999_999)),
+        })
+    }
+
+    /// The query string for these parameters on another page.
+    fn query(&self, page: usize) -> String {
+        let mut q = Vec::new();
+        for (k, v) in [
+            ("identity", &self.identity),
+            ("path", &self.path),
+            ("rule", &self.rule),
+            ("decision", &self.decision),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", enc(v)));
+            }
+        }
+        if page > 0 {
+            q.push(format!("page={page}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
+fn pct(n: u64, of: u64) -> String {
+    if of == 0 {
+        "0.0%".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
+    }
+}
+
+fn dur(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+fn fmt_time(ns: i64) -> String {
+    if ns == i64::MIN {
+        return "—".into();
+    }
+    arbiter_engine::record::rfc3339_nanos(i128::from(ns))
+}
+
+fn verdict_html(v: &Verdict, files: &[String]) -> String {
+    let files = files.iter().map(|f| esc(f)).collect::<Vec<_>>().join(", ");
+    match &v.failure {
+        None => {
+            let start = match v.first_prev_hash.as_deref() {
+                Some(arbiter_engine::audit::chain::GENESIS) => {
+                    "from the start of the chain".to_string()
+                }
+                Some(h) => format!("continuing after event {}", esc(&h[..h.len().min(16)])),
+                None => "no events".to_string(),
+            };
+            format!(
+                "<section class=\"verdict ok\" data-k=\"chain\" data-ok=\"true\"><strong>Hash chain verified</strong>: <span data-k=\"verified\">{}</span> events, {start}. <span class=\"files\">Files: {files}</span></section>",
+                v.verified
+            )
+        }
+        Some(f) => format!(
+            "<section class=\"verdict broken\" data-k=\"chain\" data-ok=\"false\"><strong>Hash chain BROKEN</strong> at <span data-k=\"broken-at\">{}:{}</span>: {}. {} events verified before it. <span class=\"files\">Files: {files}</span></section>",
+            esc(&f.file),
+            f.line,
+            esc(&f.error.to_string()),
+            v.verified
+        ),
+    }
+}
+
+fn card(key: &str, label: &str, value: &str, note: &str) -> String {
+    format!(
+        "<div class=\"card\"><div class=\"label\">{}</div><div class=\"value\" data-k=\"{key}\">{}</div><div class=\"note\">{}</div></div>",
+        esc(label),
+        esc(value),
+        esc(note)
+    )
+}
+
+/// Stacked bars per time bucket: allowed, denied by policy, errors.
+fn timeline_svg(s: &Summary) -> String {
+    if s.timeline.is_empty() {
+        return "<p class=\"empty\">No timestamps.</p>".into();
+    }
+    let (w, h, pad) = (960.0_f64, 180.0_f64, 24.0_f64);
+    let max = s
+        .timeline
+        .iter()
+        .map(|b| b.allowed + b.denied)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let n = s.timeline.len() as f64;
+    let bw = ((w - 2.0 * pad) / n).max(1.0);
+    let mut o = format!(
+        "<svg class=\"timeline\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"decisions over time\">",
+        h + 20.0
+    );
+    for (i, b) in s.timeline.iter().enumerate() {
+        let x = pad + i as f64 * bw;
+        let scale = |v: u64| v as f64 / max * (h - pad);
+        let policy_denied = b.denied.saturating_sub(b.errors);
+        let mut y = h;
+        for (v, class) in [
+            (b.allowed, "allowed"),
+            (policy_denied, "denied"),
+            (b.errors, "error"),
+        ] {
+            let bh = scale(v);
+            if bh > 0.0 {
+                y -= bh;
+                let _ = write!(
+                    o,
+                    "<rect class=\"{class}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{}: {v} {class}</title></rect>",
+                    (bw - 1.0).max(0.5),
+                    esc(&b.start)
+                );
+            }
+        }
+    }
+    let _ = write!(
+        o,
+        "<text x=\"{pad}\" y=\"{}\" class=\"axis\">{}</text><text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"end\">{}</text><text x=\"{pad}\" y=\"12\" class=\"axis\">{} per bar (max {})</text></svg>",
+        h + 16.0,
+        esc(&s.timeline[0].start),
+        w - pad,
+        h + 16.0,
+        esc(&s.timeline[s.timeline.len() - 1].start),
+        esc(&bucket_name(s.bucket_seconds)),
+        max as u64
+    );
+    o
+}
+
+fn bucket_name(s: i64) -> String {
+    match s {
+        60 => "1 minute".into(),
+        300 => "5 minutes".into(),
+        900 => "15 minutes".into(),
+        3600 => "1 hour".into(),
+        21_600 => "6 hours".into(),
+        86_400 => "1 day".into(),
+        604_800 => "1 week".into(),
+        s => format!("{s} s"),
+    }
+}
+
+fn ranking(d: &Dashboard, key: &str, title: &str, list: &[Count], of: u64, param: &str) -> String {
+    let mut o = format!(
+        "<section class=\"rank\"><h3>{}</h3><table data-k=\"{key}\"><tbody>",
+        esc(title)
+    );
+    if list.is_empty() {
+        o.push_str("<tr><td class=\"empty\">none</td></tr>");
+    }
+    for c in list {
+        let name = if param.is_empty() {
+            esc(&c.name)
+        } else {
+            format!(
+                "<a href=\"{}/?{param}={}&amp;decision=denied#events\">{}</a>",
+                esc(&d.prefix),
+                enc(&c.name),
+                esc(&c.name)
+            )
+        };
+        let _ = write!(
+            o,
+            "<tr data-name=\"{}\" data-count=\"{}\"><td class=\"name\">{name}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            esc(&c.name),
+            c.count,
+            c.count,
+            pct(c.count, of)
+        );
+    }
+    o.push_str("</tbody></table></section>");
+    o
+}
+
+async fn page(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    if !d.authorized(&headers) {
+        return unauthorized(&d);
+    }
+    let s = d.summary();
+    let Ok(index) = d.index.read() else {
+        return html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index unavailable".into(),
+        );
+    };
+    let mut o = String::with_capacity(64 << 10);
+    let files: Vec<String> = index
+        .files()
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let range = match (&s.first, &s.last) {
+        (Some(f), Some(l)) => format!("from {f} to {l}"),
+        _ => String::new(),
+    };
+    let _ = write!(
+        o,
+        "<h1>{} decisions <small>{}</small></h1>",
+        s.events,
+        esc(&range)
+    );
+    o.push_str(&verdict_html(&index.verdict(), &files));
+    o.push_str("<section class=\"cards\">");
+    o.push_str(&card(
+        "events",
+        "decisions",
+        &s.events.to_string(),
+        &format!("{} unreadable lines", s.unreadable),
+    ));
+    o.push_str(&card(
+        "allowed",
+        "allowed",
+        &s.allowed.to_string(),
+        &pct(s.allowed, s.events),
+    ));
+    o.push_str(&card(
+        "denied",
+        "denied",
+        &s.denied.to_string(),
+        &format!("deny rate {}", pct(s.denied, s.events)),
+    ));
+    o.push_str(&card(
+        "errors",
+        "errors",
+        &s.errors.to_string(),
+        "denials caused by errors",
+    ));
+    o.push_str(&card(
+        "dry_run",
+        "dry-run",
+        &s.dry_run.to_string(),
+        "decisions not enforced",
+    ));
+    let l = &s.latency;
+    o.push_str(&card(
+        "p99",
+        "latency p99",
+        &dur(l.p99_ns),
+        &format!(
+            "p50 {} · p90 {} · max {}",
+            dur(l.p50_ns),
+            dur(l.p90_ns),
+            dur(l.max_ns)
+        ),
+    ));
+    o.push_str("</section>");
+    o.push_str("<section><h2>Decisions over time</h2><div class=\"legend\"><span class=\"allowed\">allowed</span><span class=\"denied\">denied</span><span class=\"error\">errors</span></div>");
+    o.push_str(&timeline_svg(&s));
+    o.push_str("</section><section class=\"ranks\">");
+    o.push_str(&ranking(
+        &d,
+        "top_denied_identities",
+        "Top denied identities",
+        &s.top_denied_identities,
+        s.denied,
+        "identity",
+    ));
+    o.push_str(&ranking(
+        &d,
+        "top_denied_paths",
+        "Top denied paths",
+        &s.top_denied_paths,
+        s.denied,
+        "path",
+    ));
+    o.push_str(&ranking(
+        &d,
+        "top_deny_rules",
+        "Top denying rules",
+        &s.top_deny_rules,
+        s.denied,
+        "rule",
+    ));
+    o.push_str(&ranking(
+        &d,
+        "reasons",
+        "Denial reasons",
+        &s.reasons,
+        s.denied,
+        "",
+    ));
+    o.push_str("</section>");
+    o.push_str("<section><h2>Per policy revision</h2><table data-k=\"revisions\"><thead><tr><th>revision</th><th>decisions</th><th>allowed</th><th>denied</th><th>first</th><th>last</th></tr></thead><tbody>");
+    for r in &s.revisions {
+        let _ = write!(
+            o,
+            "<tr data-name=\"{}\" data-count=\"{}\"><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.revision),
+            r.events,
+            esc(&r.revision),
+            r.events,
+            r.allowed,
+            r.denied,
+            esc(&r.first),
+            esc(&r.last)
+        );
+    }
+    o.push_str("</tbody></table></section>");
+    events_section(&d, &index, &p, &mut o);
+    drop(index);
+    html(StatusCode::OK, layout(&d, "dashboard", &o))
+}
+
+fn events_section(d: &Dashboard, index: &LogIndex, p: &Params, o: &mut String) {
+    let sel = |v: &str| if p.decision == v { " selected" } else { "" };
+    let _ = write!(
+        o,
+        "<section id=\"events\"><h2>Events</h2><form class=\"filter\" method=\"get\" action=\"{pre}/#events\" id=\"filter\">\
+<label>identity <input name=\"identity\" value=\"{}\" placeholder=\"spiffe://…\"></label>\
+<label>path <input name=\"path\" value=\"{}\" placeholder=\"/api\"></label>\
+<label>rule <input name=\"rule\" value=\"{}\"></label>\
+<label>decision <select name=\"decision\" id=\"decision\"><option value=\"\">all</option><option value=\"allowed\"{}>allowed</option><option value=\"denied\"{}>denied</option><option value=\"error\"{}>error</option></select></label>\
+<label>from <input name=\"from\" value=\"{}\" placeholder=\"2026-11-26T10:00:00Z\"></label>\
+<label>to <input name=\"to\" value=\"{}\" placeholder=\"2026-11-26T11:00:00Z\"></label>\
+<button type=\"submit\">filter</button> <a href=\"{pre}/#events\">clear</a></form>",
+        esc(&p.identity),
+        esc(&p.path),
+        esc(&p.rule),
+        sel("allowed"),
+        sel("denied"),
+        sel("error"),
+        esc(&p.from),
+        esc(&p.to),
+        pre = esc(&d.prefix),
+    );
+    let filter = match p.filter() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = write!(
+                o,
+                "<p class=\"error\" data-k=\"filter-error\">{}</p></section>",
+                esc(&e)
+            );
+            return;
+        }
+    };
+    let page = p.page.unwrap_or(0);
+    let (total, rows) = index.query(&filter, page, PER_PAGE);
+    let first = page * PER_PAGE;
+    let _ = write!(
+        o,
+        "<p class=\"count\"><span data-k=\"matching\">{total}</span> matching events{}</p>",
+        if total > 0 {
+            format!(", showing {}–{}", first + 1, first + rows.len())
+        } else {
+            String::new()
+        }
+    );
+    o.push_str("<table class=\"events\" data-k=\"events-table\"><thead><tr><th>time</th><th>decision</th><th>identity</th><th>path</th><th>rule</th><th>reason</th><th>latency</th></tr></thead><tbody>");
+    for i in rows {
+        let r = index.rows[i];
+        let link = format!("{}/event/{i}", esc(&d.prefix));
+        let _ = write!(
+            o,
+            "<tr class=\"{}\" data-href=\"{link}\"><td><a href=\"{link}\">{}</a></td><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            r.outcome.as_str(),
+            esc(&fmt_time(r.time_ns)),
+            r.outcome.as_str(),
+            esc(index.strings.get(r.identity)),
+            esc(index.strings.get(r.path)),
+            esc(index.strings.get(r.rule)),
+            esc(index.strings.get(r.reason)),
+            dur(r.latency_ns)
+        );
+    }
+    o.push_str("</tbody></table><nav class=\"pages\">");
+    if page > 0 {
+        let _ = write!(
+            o,
+            "<a rel=\"prev\" href=\"{}/{}#events\">← newer</a>",
+            esc(&d.prefix),
+            esc(&p.query(page - 1))
+        );
+    }
+    if (page + 1) * PER_PAGE < total {
+        let _ = write!(
+            o,
+            "<a rel=\"next\" href=\"{}/{}#events\">older →</a>",
+            esc(&d.prefix),
+            esc(&p.query(page + 1))
+        );
+    }
+    o.push_str("</nav></section>");
+}
+
+async fn event_page(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(n): Path<usize>,
+) -> Response {
+    if !d.authorized(&headers) {
+        return unauthorized(&d);
+    }
+    let (event, location) = {
+        let Ok(index) = d.index.read() else {
+            return html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index unavailable".into(),
+            );
+        };
+        (index.event(n), index.location(n))
+    };
+    let body = match event {
+        Ok(e) => format!(
+            "<h1>Event <span class=\"mono\">{}</span></h1><p class=\"where\">{} · <a href=\"{}/#events\">back</a></p><pre class=\"event\" data-k=\"event\">{}</pre>",
+            esc(e
+                .get("decision_id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")),
+            esc(&location),
+            esc(&d.prefix),
+            esc(&serde_json::to_string_pretty(&e).unwrap_or_default())
+        ),
+        Err(e) => {
+            return html(
+                StatusCode::NOT_FOUND,
+                layout(
+                    &d,
+                    "event",
+                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                ),
+            );
+        }
+    };
+    html(StatusCode::OK, layout(&d, "event", &body))
+}
+
+async fn api_summary(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
+    if !d.authorized(&headers) {
+        return unauthorized(&d);
+    }
+    json(&*d.summary())
+}
+
+async fn api_events(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    if !d.authorized(&headers) {
+        return unauthorized(&d);
+    }
+    let filter = match p.filter() {
+        Ok(f) => f,
+        Err(e) => {
+            let mut r = json(&serde_json::json!({"error": e}));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+    };
+    let Ok(index) = d.index.read() else {
+        return html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index unavailable".into(),
+        );
+    };
+    let (total, rows) = index.query(&filter, p.page.unwrap_or(0), PER_PAGE);
+    let v = index.verdict();
+    let events: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|&i| {
+            let r = index.rows[i];
+            serde_json::json!({
+                "id": i,
+                "time": fmt_time(r.time_ns),
+                "decision": r.outcome.as_str(),
+                "identity": index.strings.get(r.identity),
+                "path": index.strings.get(r.path),
+                "rule": index.strings.get(r.rule),
+                "reason": index.strings.get(r.reason),
+                "latency_ns": r.latency_ns,
+                "location": index.location(i),
+            })
+        })
+        .collect();
+    json(&serde_json::json!({
+        "matching": total,
+        "events": events,
+        "chain": {
+            "ok": v.failure.is_none(),
+            "verified": v.verified,
+            "failure": v.failure.map(|f| serde_json::json!({"file": f.file, "line": f.line, "error": f.error.to_string()})),
+        },
+    }))
+}
+
+async fn login_form(State(d): State<Arc<Dashboard>>) -> Response {
+    html(
+        StatusCode::OK,
+        layout(
+            &d,
+            "sign in",
+            &format!(
+                "<form class=\"login\" method=\"post\" action=\"{}/login\"><label>token <input type=\"password\" name=\"token\" autocomplete=\"current-password\"></label> <button type=\"submit\">sign in</button></form>",
+                esc(&d.prefix)
+            ),
+        ),
+    )
+}
+
+async fn login(
+    State(d): State<Arc<Dashboard>>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let given = f.get("token").map(String::as_str).unwrap_or("");
+    match &d.auth {
+        Auth::Token(t) if constant_time_eq(given.as_bytes(), t.as_bytes()) => {
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            let path = if d.prefix.is_empty() {
+                "/".to_string()
+            } else {
+                format!("{}/", d.prefix)
+            };
+            if let Ok(v) = HeaderValue::from_str(&path) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{COOKIE}={t}; HttpOnly; SameSite=Strict; Path={path}"
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            secure(r)
+        }
+        Auth::None => {
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            r.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("./"));
+            secure(r)
+        }
+        Auth::Token(_) => unauthorized(&d),
+    }
+}
+
+#[cfg(test)]
+mod tests;
