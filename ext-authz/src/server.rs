@@ -260,8 +260,17 @@ impl RunningServer {
                 }
             }
         }
-        // The servers are gone; the last reference to the state drains the decision log.
-        drop(self.state);
+        // The servers are gone: drain the decision log now, whoever else holds the state.
+        let state = self.state;
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Some(log) = &state.decision_log {
+                log.close();
+            }
+        })
+        .await;
+        if let Err(e) = closed {
+            first_error.get_or_insert(anyhow::anyhow!("decision log did not close: {e}"));
+        }
         first_error.map_or(Ok(()), Err)
     }
 

@@ -160,7 +160,7 @@ proptest! {
         let file = dir.join("d.log");
         let m = Arc::new(Metrics::default());
         let a = authorizer(policies(""));
-        let mut log = DecisionLog::start(&file_log(&file), labels(), m.clone()).unwrap();
+        let log = DecisionLog::start(&file_log(&file), labels(), m.clone()).unwrap();
         let n = values.len();
         for (i, v) in values.iter().enumerate() {
             let headers = vec![
@@ -171,7 +171,7 @@ proptest! {
                 raw.iter().map(|b| ("x-raw".to_string(), b.clone())).collect();
             prop_assert!(log.submit(record(&a, &request(&path, headers, raw), i)));
         }
-        log.shutdown();
+        log.close();
         let bytes = std::fs::read(&file).unwrap();
         prop_assert!(bytes.ends_with(b"\n"));
         let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
@@ -203,7 +203,7 @@ drop if input.input.parsed_path[0] == "health"
     );
     let a = authorizer(p);
     let m = Arc::new(Metrics::default());
-    let mut log = DecisionLog::start(&file_log(&file), labels(), m.clone()).unwrap();
+    let log = DecisionLog::start(&file_log(&file), labels(), m.clone()).unwrap();
     let headers = vec![
         ("x-user".to_string(), "ann".to_string()),
         ("cookie".to_string(), "session=1".to_string()),
@@ -211,7 +211,7 @@ drop if input.input.parsed_path[0] == "health"
     ];
     assert!(log.submit(record(&a, &request("/ok?card=4111", headers, vec![]), 1)));
     assert!(log.submit(record(&a, &request("/health", vec![], vec![]), 2)));
-    log.shutdown();
+    log.close();
     let events = read_events(&file);
     assert_eq!(events.len(), 1, "the drop policy removed the health check");
     assert_eq!(m.dropped(DropReason::Policy), 1);
@@ -240,10 +240,9 @@ fn a_broken_mask_policy_hides_the_input() {
     let a = authorizer(policies(
         "package system.log\nmask contains x if { x := to_number(\"nope\") }\n",
     ));
-    let mut log =
-        DecisionLog::start(&file_log(&file), labels(), Arc::new(Metrics::default())).unwrap();
+    let log = DecisionLog::start(&file_log(&file), labels(), Arc::new(Metrics::default())).unwrap();
     log.submit(record(&a, &request("/ok", vec![], vec![]), 1));
-    log.shutdown();
+    log.close();
     let e = &read_events(&file)[0];
     assert!(e.get("input").is_none());
     assert!(e["mask_error"].as_str().unwrap().contains("mask policy"));
@@ -267,12 +266,12 @@ fn the_chain_survives_restarts_and_rotation_and_catches_tampering() {
     };
     let mut id = 0;
     for _restart in 0..3 {
-        let mut log = DecisionLog::start(&config, labels(), Arc::new(Metrics::default())).unwrap();
+        let log = DecisionLog::start(&config, labels(), Arc::new(Metrics::default())).unwrap();
         for _ in 0..25 {
             id += 1;
             assert!(log.submit(record(&a, &request("/ok", vec![], vec![]), id)));
         }
-        log.shutdown();
+        log.close();
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -395,7 +394,7 @@ fn a_collector_that_fails_stalls_and_recovers() {
         ..DecisionLogConfig::none()
     };
     let a = authorizer(policies(""));
-    let mut log = DecisionLog::start(&config, labels(), m.clone()).unwrap();
+    let log = DecisionLog::start(&config, labels(), m.clone()).unwrap();
     let mut accepted = Vec::new();
     let submit = |log: &DecisionLog, id: usize| {
         // Submitting never waits for the network: the writer queue takes it at once.
@@ -432,7 +431,7 @@ fn a_collector_that_fails_stalls_and_recovers() {
     for id in 100..110 {
         submit(&log, id);
     }
-    log.shutdown();
+    log.close();
     let received = c.received.lock().unwrap().clone();
     let dropped = m.dropped(DropReason::UploadBufferFull);
     assert_eq!(
@@ -465,11 +464,11 @@ fn shutdown_delivers_what_is_buffered() {
         ..DecisionLogConfig::none()
     };
     let a = authorizer(policies(""));
-    let mut log = DecisionLog::start(&config, labels(), m.clone()).unwrap();
+    let log = DecisionLog::start(&config, labels(), m.clone()).unwrap();
     for id in 0..50 {
         assert!(log.submit(record(&a, &request("/ok", vec![], vec![]), id)));
     }
-    log.shutdown();
+    log.close();
     assert_eq!(c.received.lock().unwrap().len(), 50);
 }
 
@@ -495,6 +494,7 @@ mod through_the_server {
             decision_log: Some(log),
             tls: None,
             max_request_bytes: 4 << 20,
+            ui: None,
         }
     }
 

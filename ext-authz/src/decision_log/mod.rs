@@ -111,8 +111,11 @@ fn unreachable_ref() -> DataRef {
 /// The sending half, held by the servers.
 #[derive(Debug)]
 pub struct DecisionLog {
-    tx: Option<Sender<Box<DecisionRecord>>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// `None` on the queue tells the writer to finish: write what is queued and stop.
+    tx: Sender<Option<Box<DecisionRecord>>>,
+    closed: std::sync::atomic::AtomicBool,
+    /// Taken once, by [`DecisionLog::close`]; never touched on the decision path.
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     audit_required: bool,
 }
@@ -170,8 +173,9 @@ impl DecisionLog {
                 w.run(&rx);
             })?;
         Ok(Self {
-            tx: Some(tx),
-            writer: Some(writer),
+            tx,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            writer: std::sync::Mutex::new(Some(writer)),
             metrics,
             audit_required: config.audit_required,
         })
@@ -184,9 +188,13 @@ impl DecisionLog {
 
     /// Queue an event without waiting. Returns false when it was dropped.
     pub fn submit(&self, record: Box<DecisionRecord>) -> bool {
-        match self.tx.as_ref().map(|t| t.try_send(record)) {
-            Some(Ok(())) => true,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            self.metrics.log_dropped(DropReason::QueueFull);
+            return false;
+        }
+        match self.tx.try_send(Some(record)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.metrics.log_dropped(DropReason::QueueFull);
                 false
             }
@@ -194,9 +202,18 @@ impl DecisionLog {
     }
 
     /// Stop accepting events, write every queued one, deliver the upload buffer, and wait.
-    pub fn shutdown(&mut self) {
-        self.tx = None;
-        if let Some(w) = self.writer.take() {
+    /// Blocks; safe to call more than once and from any holder of a shared reference, so a
+    /// server's shutdown does not depend on who else still holds its state.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let writer = match self.writer.lock() {
+            Ok(mut w) => w.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(w) = writer {
+            // The writer drains the queue, so this waits at most for the queued events.
+            let _ = self.tx.send(None);
             let _ = w.join();
         }
     }
@@ -204,7 +221,7 @@ impl DecisionLog {
 
 impl Drop for DecisionLog {
     fn drop(&mut self) {
-        self.shutdown();
+        self.close();
     }
 }
 
@@ -220,10 +237,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: &Receiver<Box<DecisionRecord>>) {
+    fn run(&mut self, rx: &Receiver<Option<Box<DecisionRecord>>>) {
         loop {
             // While a sync is pending, wake up for it even if no event comes.
-            let first = if self
+            let first: Option<Option<Box<DecisionRecord>>> = if self
                 .sinks
                 .file
                 .as_ref()
@@ -242,11 +259,18 @@ impl Writer {
             };
             // Write what is queued, then flush (and sync when due) once.
             let mut next = first;
-            while let Some(record) = next.take() {
-                self.one(&record);
+            let mut stop = false;
+            while let Some(msg) = next.take() {
+                match msg {
+                    Some(record) => self.one(&record),
+                    None => stop = true,
+                }
                 next = rx.try_recv().ok();
             }
             self.end_batch();
+            if stop {
+                break;
+            }
         }
         if let Some(f) = self.sinks.file.as_mut()
             && f.sync().is_err()
