@@ -177,19 +177,14 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr()?;
+        let stop = crate::serve::shutdown_signal();
         eprintln!(
             "arbiter audit: indexed {} events in {:.2} s; serving {}://{local}/",
             dashboard.events(),
             dashboard.loaded_in.as_secs_f64(),
             if tls.is_some() { "https" } else { "http" }
         );
-        arbiter_ext_authz::dashboard::serve(
-            dashboard.clone(),
-            listener,
-            tls.as_ref(),
-            crate::serve::shutdown_signal(),
-        )
-        .await
+        arbiter_ext_authz::dashboard::serve(dashboard.clone(), listener, tls.as_ref(), stop).await
     });
     match result {
         Ok(()) => Exit::Ok,

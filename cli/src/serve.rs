@@ -698,25 +698,41 @@ fn ui_dashboard(
     Ok(Some(d))
 }
 
-pub async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C. The handlers are installed when this is called (inside the runtime),
+/// not when the future is first polled: call it before announcing that the server is up, so
+/// a signal sent right after the announcement drains gracefully instead of killing the
+/// process with the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn next(s: Option<&mut Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending().await,
             }
-            Err(_) => {
+        }
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let (mut term, mut int) = (term, int);
+            if term.is_none() && int.is_none() {
                 let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = next(term.as_mut()) => {}
+                () = next(int.as_mut()) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -787,38 +803,6 @@ pub fn run(args: &Args) -> Exit {
         let running = arbiter_ext_authz::start(config, authorizer)
             .await
             .context("cannot start")?;
-        eprintln!(
-            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine})",
-            settings.path,
-            settings
-                .policies
-                .iter()
-                .map(|p| p.display().to_string())
-                .chain(settings.bundle.iter().map(|b| format!("bundle {b}")))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        eprintln!(
-            "arbiter: gRPC ext_authz on {}, HTTP (health, metrics, Data API) on {}",
-            running
-                .grpc_addr
-                .map_or(settings.grpc_addr.clone(), |a| a.to_string()),
-            running
-                .http_addr
-                .map_or(settings.http_addr.clone(), |a| a.to_string()),
-        );
-        if settings.ui
-            && let Some(a) = running.http_addr
-        {
-            eprintln!(
-                "arbiter: audit dashboard on {}://{a}/ui/",
-                if settings.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                }
-            );
-        }
         // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
         let build: arbiter_ext_authz::reload::Build = {
             let (s, f) = (settings.clone(), fetched.clone());
@@ -904,7 +888,41 @@ pub fn run(args: &Args) -> Exit {
                 });
             }
         }
-        running.wait_for_signal(shutdown_signal()).await?;
+        // Every handler is installed: only now say that the server is up.
+        let stop = shutdown_signal();
+        eprintln!(
+            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine})",
+            settings.path,
+            settings
+                .policies
+                .iter()
+                .map(|p| p.display().to_string())
+                .chain(settings.bundle.iter().map(|b| format!("bundle {b}")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        eprintln!(
+            "arbiter: gRPC ext_authz on {}, HTTP (health, metrics, Data API) on {}",
+            running
+                .grpc_addr
+                .map_or(settings.grpc_addr.clone(), |a| a.to_string()),
+            running
+                .http_addr
+                .map_or(settings.http_addr.clone(), |a| a.to_string()),
+        );
+        if settings.ui
+            && let Some(a) = running.http_addr
+        {
+            eprintln!(
+                "arbiter: audit dashboard on {}://{a}/ui/",
+                if settings.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            );
+        }
+        running.wait_for_signal(stop).await?;
         eprintln!("arbiter: stopped");
         Ok(())
     });

@@ -185,3 +185,51 @@ fn sighup_reloads_and_bundled_tests_can_be_required() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The announcement comes after every signal handler is installed: a SIGHUP or SIGTERM sent
+/// the moment the server says it is up reloads or drains, never kills the process outright.
+#[test]
+fn signals_sent_right_after_the_announcement_are_handled() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tmp("early-signals");
+    std::fs::write(dir.join("authz.rego"), policy("a")).unwrap();
+    for signal in ["-HUP", "-TERM"] {
+        for _ in 0..5 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+                .args(["serve", dir.to_str().unwrap()])
+                .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let addr = loop {
+                let line = lines.next().unwrap().unwrap();
+                if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
+                    break rest.trim().to_string();
+                }
+            };
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            if signal == "-HUP" {
+                // Still up after the reload, and it answers.
+                wait("the SIGHUP reload", || health(&addr)["reloads"] != 0);
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "SIGHUP killed the server"
+                );
+                stop(child);
+            } else {
+                let status = child.wait().unwrap();
+                assert_eq!(
+                    (status.code(), status.signal()),
+                    (Some(0), None),
+                    "SIGTERM drains and exits 0"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
