@@ -380,6 +380,8 @@ mod tests {
             "/a%20b/c?d=e",
             "/x/.y",
             "/100%25",
+            // Found by the fuzz target: decodes to a two-byte character.
+            "/%DE%ADF",
         ] {
             let once = ok(p);
             let again = ok(&encode(&once.path));
