@@ -318,19 +318,95 @@ fn unverified() -> Value {
     ])
 }
 
+/// What `decode_verify` found about a token apart from the clock: every check but `exp` and
+/// `nbf` depends only on the token and the constraints.
+#[derive(Clone)]
+enum Checked {
+    Unverified,
+    Verified { header: Value, payload: Value },
+}
+
+/// Tokens decided recently on this thread, keyed by the token and the constraints without
+/// `time`. A service mesh sees the same bearer token on many requests, and a policy often
+/// verifies it more than once (Rego and CEL, or several rules); OPA caches verified tokens
+/// too. Per thread, so no lock sits on the decision path; bounded, and emptied when full.
+struct VerifyCache {
+    entries: std::collections::HashMap<Box<str>, (Value, Checked)>,
+}
+
+/// Entries per thread, and the longest token cached (longer ones are checked every time).
+const CACHE_ENTRIES: usize = 512;
+const CACHE_TOKEN_BYTES: usize = 8 * 1024;
+
+thread_local! {
+    static VERIFIED: std::cell::RefCell<VerifyCache> = std::cell::RefCell::new(VerifyCache {
+        entries: std::collections::HashMap::new(),
+    });
+}
+
+/// The constraints that decide a token once and for all: all of them but `time`.
+fn cache_key(constraints: &Value) -> Value {
+    let time = Value::from("time");
+    match constraints {
+        Value::Object(m) if m.contains_key(&time) => {
+            let mut m = (**m).clone();
+            m.remove(&time);
+            Value::from(m)
+        }
+        other => other.clone(),
+    }
+}
+
 /// `io.jwt.decode_verify(token, constraints)` → `[valid, header, payload]`.
 pub(crate) fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Result<Value> {
+    let text = match token {
+        Value::String(s) if s.len() <= CACHE_TOKEN_BYTES => Some(s.as_ref()),
+        _ => None,
+    };
+    if let Some(text) = text {
+        let key = cache_key(constraints);
+        let hit = VERIFIED.with(|c| {
+            c.borrow()
+                .entries
+                .get(text)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, checked)| checked.clone())
+        });
+        if let Some(checked) = hit {
+            // The constraints were valid when this entry was made; only `time` can differ.
+            let now = match constraints.as_object()?.get(&Value::from("time")) {
+                Some(t) => time_from_value(t)?,
+                None => now_ns(),
+            };
+            return at_time(checked, now);
+        }
+        let c = parse_constraints(constraints)?;
+        let checked = check(token, &c)?;
+        VERIFIED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.entries.len() >= CACHE_ENTRIES {
+                cache.entries.clear();
+            }
+            cache.entries.insert(text.into(), (key, checked.clone()));
+        });
+        return at_time(checked, c.time);
+    }
     let c = parse_constraints(constraints)?;
+    at_time(check(token, &c)?, c.time)
+}
+
+/// Signature, algorithm, issuer and audience: OPA's checks before the clock, in its order.
+fn check(token: &Value, c: &Constraints) -> anyhow::Result<Checked> {
     let mut current = token.clone();
     let (header, payload_text) = loop {
         let t = split(&current)?;
         let header = t.decoded_header()?;
         let h = parse_header(&header)?;
         if !h.valid() {
-            return Ok(unverified());
+            return Ok(Checked::Unverified);
         }
         if !c.alg.is_empty() && c.alg != h.alg {
-            return Ok(unverified());
+            return Ok(Checked::Unverified);
         }
         let sig = t.decoded_signature()?;
         let input = t.signing_input();
@@ -344,7 +420,7 @@ pub(crate) fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Resul
             ),
         };
         if !verified {
-            return Ok(unverified());
+            return Ok(Checked::Unverified);
         }
         let payload_text = t.decoded_payload_text()?;
         if h.cty.eq_ignore_ascii_case("JWT") {
@@ -358,13 +434,13 @@ pub(crate) fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Resul
     if !c.iss.is_empty() {
         match &payload["iss"] {
             Value::String(s) if s.as_ref() == c.iss => {}
-            _ => return Ok(unverified()),
+            _ => return Ok(Checked::Unverified),
         }
     }
     match &payload["aud"] {
         Value::Undefined => {
             if !c.aud.is_empty() {
-                return Ok(unverified());
+                return Ok(Checked::Unverified);
             }
         }
         aud => {
@@ -376,11 +452,19 @@ pub(crate) fn decode_verify(token: &Value, constraints: &Value) -> anyhow::Resul
                 _ => false,
             };
             if !ok {
-                return Ok(unverified());
+                return Ok(Checked::Unverified);
             }
         }
     }
-    let now_s = c.time / 1_000_000_000.0;
+    Ok(Checked::Verified { header, payload })
+}
+
+/// `exp` and `nbf` against the evaluation time (ns), then the result.
+fn at_time(checked: Checked, time_ns: f64) -> anyhow::Result<Value> {
+    let Checked::Verified { header, payload } = checked else {
+        return Ok(unverified());
+    };
+    let now_s = time_ns / 1_000_000_000.0;
     match &payload["exp"] {
         Value::Undefined => {}
         n @ Value::Number(_) => {

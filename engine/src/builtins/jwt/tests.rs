@@ -365,3 +365,51 @@ fn output_argument_form_like_opa() {
         regorus::Value::Bool(true)
     );
 }
+
+/// The per-thread cache of decided tokens keeps every answer the uncached path gives: the
+/// clock (and a `time` constraint) is applied on every call, other constraints are part of the
+/// key, errors are never cached, and a full cache starts over.
+#[test]
+fn the_verification_cache_never_changes_an_answer() {
+    use super::{CACHE_ENTRIES, decode_verify as direct};
+    use regorus::Value;
+    let value = |j: Json| crate::value::from_json(&j);
+    let valid_direct = |token: &str, c: Json| -> anyhow::Result<bool> {
+        let r = direct(&Value::from(token), &value(c))?;
+        Ok(r[0] == Value::Bool(true))
+    };
+    let h = json!({"alg": "HS256"});
+    let exp = now() + 60;
+    let token = hs256("k", &h, &json!({"exp": exp, "aud": "orders"}));
+    let at = |s: i64| json!({"secret": "k", "aud": "orders", "time": s * 1_000_000_000});
+    // Before, after, before again: the cached entry never pins the clock.
+    for _ in 0..2 {
+        assert!(valid_direct(&token, at(exp - 1)).unwrap());
+        assert!(!valid_direct(&token, at(exp)).unwrap());
+    }
+    assert!(valid_direct(&token, json!({"secret": "k", "aud": "orders"})).unwrap());
+    // Other constraints are part of the key.
+    assert!(!valid_direct(&token, json!({"secret": "other", "aud": "orders"})).unwrap());
+    assert!(!valid_direct(&token, json!({"secret": "k", "aud": "payments"})).unwrap());
+    assert!(valid_direct(&token, json!({"secret": "k", "aud": "orders"})).unwrap());
+    // A bad `time` is an error on a cached token as on a new one.
+    let bad_time = json!({"secret": "k", "aud": "orders", "time": "noon"});
+    let e = valid_direct(&token, bad_time).unwrap_err().to_string();
+    assert!(e.contains("time constraint"), "{e}");
+    // Errors are not cached: a non-numeric exp fails every time.
+    let bad = hs256("k", &h, &json!({"exp": "tomorrow"}));
+    for _ in 0..2 {
+        let e = valid_direct(&bad, json!({"secret": "k"})).unwrap_err();
+        assert!(e.to_string().contains("exp value must be a number"));
+    }
+    // More tokens than the cache holds: it starts over, and answers stay right.
+    let tokens: Vec<String> = (0..CACHE_ENTRIES + 10)
+        .map(|i| hs256("k", &h, &json!({"exp": exp, "aud": "orders", "n": i})))
+        .collect();
+    for t in &tokens {
+        assert!(valid_direct(t, at(exp - 1)).unwrap());
+    }
+    assert!(valid_direct(&tokens[0], at(exp - 1)).unwrap());
+    assert!(!valid_direct(&tokens[0], at(exp + 1)).unwrap());
+    assert!(!valid_direct(&tamper(&tokens[1]), at(exp - 1)).unwrap());
+}
