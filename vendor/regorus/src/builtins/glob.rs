@@ -51,7 +51,9 @@ fn make_delimiters_unix_style(s: &str, delimiters: &[char]) -> Result<String> {
     Ok(s)
 }
 
-fn make_glob(pattern: &str, span: &Span) -> Result<GlobMatcher> {
+/// arbiter patch: cached matchers are shared as `Arc<GlobMatcher>`; a cloned matcher's regex
+/// starts with an empty match-cache pool, so every call rebuilt it.
+fn make_glob(pattern: &str, span: &Span) -> Result<alloc::sync::Arc<GlobMatcher>> {
     #[cfg(feature = "cache")]
     {
         {
@@ -60,11 +62,13 @@ fn make_glob(pattern: &str, span: &Span) -> Result<GlobMatcher> {
                 return Ok(matcher.clone());
             }
         }
-        let matcher = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .or_else(|_| bail!(span.error("invalid glob")))?
-            .compile_matcher();
+        let matcher = alloc::sync::Arc::new(
+            GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .or_else(|_| bail!(span.error("invalid glob")))?
+                .compile_matcher(),
+        );
         {
             let mut cache = crate::cache::GLOB_CACHE.lock();
             cache.put(alloc::string::String::from(pattern), matcher.clone());
@@ -73,11 +77,13 @@ fn make_glob(pattern: &str, span: &Span) -> Result<GlobMatcher> {
     }
     #[cfg(not(feature = "cache"))]
     {
-        Ok(GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .or_else(|_| bail!(span.error("invalid glob")))?
-            .compile_matcher())
+        Ok(alloc::sync::Arc::new(
+            GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .or_else(|_| bail!(span.error("invalid glob")))?
+                .compile_matcher(),
+        ))
     }
 }
 

@@ -38,7 +38,46 @@ fn compile_regex(pattern: &str) -> core::result::Result<Regex, regex::Error> {
 
 /// Compile a regex pattern, using the cache when the `cache` feature
 /// is enabled and falling back to direct compilation otherwise.
-fn get_or_compile_regex(pattern: &str) -> core::result::Result<Regex, regex::Error> {
+///
+/// arbiter patch: the cache holds `Arc<Regex>` and a small per-thread cache sits in front
+/// of it. Returning a clone of a cached `Regex` gave every call a fresh, empty match-cache
+/// pool (`Regex::clone` does not share it), so each `regex.match` rebuilt the lazy DFA's
+/// cache, and every call took the global lock.
+fn get_or_compile_regex(
+    pattern: &str,
+) -> core::result::Result<alloc::sync::Arc<Regex>, regex::Error> {
+    #[cfg(feature = "std")]
+    {
+        if let Some(re) = LOCAL_REGEX.with(|c| c.borrow().get(pattern).cloned()) {
+            return Ok(re);
+        }
+    }
+    let re = shared_regex(pattern)?;
+    #[cfg(feature = "std")]
+    {
+        LOCAL_REGEX.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= LOCAL_REGEX_ENTRIES {
+                c.clear();
+            }
+            c.insert(alloc::string::String::from(pattern), re.clone());
+        });
+    }
+    Ok(re)
+}
+
+/// Patterns each thread keeps without locking (arbiter patch).
+#[cfg(feature = "std")]
+const LOCAL_REGEX_ENTRIES: usize = 64;
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    static LOCAL_REGEX: core::cell::RefCell<
+        alloc::collections::BTreeMap<alloc::string::String, alloc::sync::Arc<Regex>>,
+    > = const { core::cell::RefCell::new(alloc::collections::BTreeMap::new()) };
+}
+
+fn shared_regex(pattern: &str) -> core::result::Result<alloc::sync::Arc<Regex>, regex::Error> {
     #[cfg(feature = "cache")]
     {
         {
@@ -47,7 +86,7 @@ fn get_or_compile_regex(pattern: &str) -> core::result::Result<Regex, regex::Err
                 return Ok(re.clone());
             }
         }
-        let re = compile_regex(pattern)?;
+        let re = alloc::sync::Arc::new(compile_regex(pattern)?);
         {
             let mut cache = crate::cache::REGEX_CACHE.lock();
             cache.put(alloc::string::String::from(pattern), re.clone());
@@ -56,7 +95,7 @@ fn get_or_compile_regex(pattern: &str) -> core::result::Result<Regex, regex::Err
     }
     #[cfg(not(feature = "cache"))]
     {
-        compile_regex(pattern)
+        compile_regex(pattern).map(alloc::sync::Arc::new)
     }
 }
 
@@ -66,7 +105,7 @@ fn get_or_compile_regex(pattern: &str) -> core::result::Result<Regex, regex::Err
 ///   that it propagates as a hard error even in non-strict mode.
 /// - Syntax errors produce a span-attached "invalid regex" error that the
 ///   evaluator may swallow to `Undefined` in non-strict mode (OPA-compatible).
-fn compile_regex_for_builtin(span: &Span, pattern: &str) -> Result<Regex> {
+fn compile_regex_for_builtin(span: &Span, pattern: &str) -> Result<alloc::sync::Arc<Regex>> {
     get_or_compile_regex(pattern).map_err(|e| match e {
         regex::Error::CompiledTooBig(_) => {
             anyhow::Error::new(crate::utils::limits::LimitError::RegexSizeLimitExceeded {
