@@ -1,21 +1,26 @@
-//! A global allocator that counts allocations while counting is switched on (`arbiter bench`
-//! reports allocations per operation, as `opa bench` does). Switched off — always, except
-//! inside a benchmark — it costs one relaxed atomic load per allocation on top of the system
-//! allocator.
+//! arbiter's global allocator: mimalloc, counting allocations while counting is switched on
+//! (`arbiter bench` reports allocations per operation, as `opa bench` does). Switched off —
+//! always, except inside a benchmark — it costs one relaxed atomic load per allocation.
+//!
+//! Why mimalloc: a decision allocates and frees a few hundred small objects (Rego and CEL
+//! values, the input document), and glibc's malloc/free were about a quarter of a decision's
+//! profile. See `benches/RESULTS.md` for the measured difference.
 //!
 //! This is the only crate of arbiter with `unsafe` code: `GlobalAlloc` is an unsafe trait. Each
-//! method forwards to [`std::alloc::System`] with the caller's arguments unchanged, so the
-//! safety contract the caller upholds for this allocator is exactly the one it upholds for
-//! `System`.
+//! method forwards to [`MiMalloc`] with the caller's arguments unchanged, so the safety
+//! contract the caller upholds for this allocator is exactly the one it upholds for
+//! `MiMalloc`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as Inner;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// The system allocator, counting while [`start`] is in effect.
+/// mimalloc, counting while [`start`] is in effect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counting;
 
@@ -27,30 +32,30 @@ fn count(size: usize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the same arguments; counting touches only
+// SAFETY: every method forwards to `MiMalloc` with the same arguments; counting touches only
 // atomics and never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
         // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
+        unsafe { Inner.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
         // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { Inner.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (every allocation went through it).
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: `ptr` was allocated by `MiMalloc` (every allocation went through it).
+        unsafe { Inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(new_size);
         // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { Inner.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -1,6 +1,10 @@
 //! Engine-only decision costs, and what a regorus `Engine::clone` costs next to them.
 #![expect(clippy::panic, reason = "a benchmark without its fixture must stop")]
 
+/// The allocator the `arbiter` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
+
 use std::hint::black_box;
 
 use arbiter_benches::{reference_input, reference_policies};

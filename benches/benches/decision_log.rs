@@ -5,6 +5,10 @@
 //! share is measured against the decision alone — the least favourable comparison.
 #![expect(clippy::panic, reason = "a benchmark without its fixture must stop")]
 
+/// The allocator the `arbiter` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

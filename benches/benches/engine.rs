@@ -2,6 +2,10 @@
 //! both together, the scale series, and pathological inputs.
 #![expect(clippy::panic, reason = "a benchmark without its fixture must stop")]
 
+/// The allocator the `arbiter` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
+
 use std::hint::black_box;
 use std::sync::Arc;
 

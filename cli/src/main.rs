@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The system allocator; `arbiter bench` switches on its counting.
+/// mimalloc behind a counter; `arbiter bench` switches on its counting.
 #[global_allocator]
 static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
 
