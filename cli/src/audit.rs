@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use arbiter_engine::audit::chain::{self, GENESIS};
 use arbiter_engine::audit::index::chronological;
-use arbiter_engine::audit::summary::{Count, Summary, SummaryBuilder};
+use arbiter_engine::audit::summary::{Count, Summary, SummaryBuilder, percent};
 
 use crate::Exit;
 
@@ -317,14 +317,6 @@ fn summary(a: &SummaryArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     Exit::Ok
 }
 
-fn pct(n: u64, of: u64) -> String {
-    if of == 0 {
-        "0.0%".into()
-    } else {
-        format!("{:.1}%", n as f64 * 100.0 / of as f64)
-    }
-}
-
 fn dur(ns: u64) -> String {
     if ns >= 1_000_000 {
         format!("{:.2}ms", ns as f64 / 1e6)
@@ -339,7 +331,13 @@ fn ranking(s: &mut String, title: &str, list: &[Count], of: u64) {
         let _ = writeln!(s, "  (none)");
     }
     for c in list {
-        let _ = writeln!(s, "  {:>8}  {:>6}  {}", c.count, pct(c.count, of), c.name);
+        let _ = writeln!(
+            s,
+            "  {:>8}  {:>6}  {}",
+            c.count,
+            percent(c.count, of),
+            c.name
+        );
     }
 }
 
@@ -358,9 +356,9 @@ fn pretty(s: &Summary) -> String {
         o,
         "  allowed {} ({}), denied {} ({}), of which errors {}{}",
         s.allowed,
-        pct(s.allowed, s.events),
+        percent(s.allowed, s.events),
         s.denied,
-        pct(s.denied, s.events),
+        percent(s.denied, s.events),
         s.errors,
         if s.dry_run > 0 {
             format!("; dry-run {}", s.dry_run)
@@ -426,7 +424,7 @@ fn pretty(s: &Summary) -> String {
             o,
             "  {short}  {:>8} decisions  {:>6} allowed  {} .. {}",
             r.events,
-            pct(r.allowed, r.events),
+            percent(r.allowed, r.events),
             r.first,
             r.last
         );

@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arbiter_engine::audit::index::{Filter, LogIndex, Outcome, Verdict};
-use arbiter_engine::audit::summary::{Count, Summary};
+use arbiter_engine::audit::summary::{Count, Summary, percent};
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -454,14 +454,6 @@ impl Params {
     }
 }
 
-fn pct(n: u64, of: u64) -> String {
-    if of == 0 {
-        "0.0%".into()
-    } else {
-        format!("{:.1}%", n as f64 * 100.0 / of as f64)
-    }
-}
-
 fn dur(ns: u64) -> String {
     if ns >= 1_000_000 {
         format!("{:.2} ms", ns as f64 / 1e6)
@@ -605,7 +597,7 @@ fn ranking(d: &Dashboard, key: &str, title: &str, list: &[Count], of: u64, param
             esc(&c.name),
             c.count,
             c.count,
-            pct(c.count, of)
+            percent(c.count, of)
         );
     }
     o.push_str("</tbody></table></section>");
@@ -655,13 +647,13 @@ async fn page(
         "allowed",
         "allowed",
         &s.allowed.to_string(),
-        &pct(s.allowed, s.events),
+        &percent(s.allowed, s.events),
     ));
     o.push_str(&card(
         "denied",
         "denied",
         &s.denied.to_string(),
-        &format!("deny rate {}", pct(s.denied, s.events)),
+        &format!("deny rate {}", percent(s.denied, s.events)),
     ));
     o.push_str(&card(
         "errors",

@@ -110,8 +110,8 @@ impl std::fmt::Display for LineError {
     }
 }
 
-/// One line's own check: its hash, and its recorded `prev_hash` and `hash`.
-pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
+/// Where the trailing `,"hash":"<64 hex>"}` of a sealed line starts.
+fn hash_tail(line: &[u8]) -> Result<usize, LineError> {
     let tail = HASH_PREFIX.len() + 64 + 2;
     if line.len() < tail + 1 || !line.ends_with(b"\"}") {
         return Err(LineError::Malformed("no trailing hash".into()));
@@ -120,6 +120,13 @@ pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
     if &line[split..split + HASH_PREFIX.len()] != HASH_PREFIX {
         return Err(LineError::Malformed("no trailing hash".into()));
     }
+    Ok(split)
+}
+
+/// One line's own check: its hash, and its recorded `prev_hash` and `hash`.
+pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
+    // The cheap check first: a line without the trailing hash is not parsed.
+    hash_tail(line)?;
     let event: Json = serde_json::from_slice(line)
         .map_err(|e| LineError::Malformed(format!("invalid JSON: {e}")))?;
     check_parsed(line, &event)
@@ -128,14 +135,7 @@ pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
 /// [`check_line`] for a line already parsed into `event` (one JSON parse per line for
 /// readers that also need the event's fields).
 pub fn check_parsed(line: &[u8], event: &Json) -> Result<(String, String), LineError> {
-    let tail = HASH_PREFIX.len() + 64 + 2;
-    if line.len() < tail + 1 || !line.ends_with(b"\"}") {
-        return Err(LineError::Malformed("no trailing hash".into()));
-    }
-    let split = line.len() - tail;
-    if &line[split..split + HASH_PREFIX.len()] != HASH_PREFIX {
-        return Err(LineError::Malformed("no trailing hash".into()));
-    }
+    let split = hash_tail(line)?;
     let recorded = std::str::from_utf8(&line[split + HASH_PREFIX.len()..line.len() - 2])
         .map_err(|_| LineError::Malformed("the hash is not text".into()))?
         .to_string();

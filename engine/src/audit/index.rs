@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use super::chain::{self, LineError, VerifyFailure};
-use super::summary::{Summary, SummaryBuilder, is_policy_reason};
+use super::summary::{Summary, SummaryBuilder, identity_of, is_policy_reason, path_of, rule_of};
 
 /// What a decision was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,46 +198,9 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     }
 }
 
+/// A timestamp in nanoseconds, as the index keeps it.
 fn parse_ts(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos()).ok())
-}
-
-/// The identity an event is filed under (as `audit summary` names it).
-pub fn identity_of(e: &Json) -> String {
-    match e.get("identity") {
-        Some(Json::Object(i)) => i
-            .get("spiffe_id")
-            .and_then(Json::as_str)
-            .map_or_else(|| "(invalid identity)".to_string(), str::to_string),
-        _ => "(no identity)".to_string(),
-    }
-}
-
-/// The request path (without the query), or the Data API path.
-pub fn path_of(e: &Json) -> String {
-    e.pointer("/input/attributes/request/http/path")
-        .and_then(Json::as_str)
-        .map(|p| p.split('?').next().unwrap_or(p).to_string())
-        .or_else(|| {
-            e.get("path")
-                .and_then(Json::as_str)
-                .map(|p| format!("data api: {p}"))
-        })
-        .unwrap_or_else(|| "(none)".into())
-}
-
-/// `policy:rule`, `policy`, or `(none)`.
-pub fn rule_of(e: &Json) -> String {
-    match (
-        e.get("policy").and_then(Json::as_str),
-        e.get("rule").and_then(Json::as_str),
-    ) {
-        (Some(p), Some(r)) => format!("{p}:{r}"),
-        (Some(p), None) => p.to_string(),
-        _ => "(none)".to_string(),
-    }
+    super::summary::parse_ts(s).and_then(|t| i64::try_from(t).ok())
 }
 
 /// A line parsed and its own hash checked.

@@ -94,10 +94,56 @@ pub fn is_policy_reason(r: &str) -> bool {
     matches!(r, "policy_denied" | "undefined_decision")
 }
 
-fn parse_ts(s: &str) -> Option<i128> {
+/// An RFC 3339 timestamp in nanoseconds since the epoch.
+pub(crate) fn parse_ts(s: &str) -> Option<i128> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// The identity a denied event is filed under.
+pub fn identity_of(e: &Json) -> String {
+    match e.get("identity") {
+        Some(Json::Object(i)) => i
+            .get("spiffe_id")
+            .and_then(Json::as_str)
+            .map_or_else(|| "(invalid identity)".to_string(), str::to_string),
+        _ => "(no identity)".to_string(),
+    }
+}
+
+/// The request path (without the query), or the Data API path.
+pub fn path_of(e: &Json) -> String {
+    e.pointer("/input/attributes/request/http/path")
+        .and_then(Json::as_str)
+        .map(|p| p.split('?').next().unwrap_or(p).to_string())
+        .or_else(|| {
+            e.get("path")
+                .and_then(Json::as_str)
+                .map(|p| format!("data api: {p}"))
+        })
+        .unwrap_or_else(|| "(none)".into())
+}
+
+/// `policy:rule`, `policy`, or `(none)`.
+pub fn rule_of(e: &Json) -> String {
+    match (
+        e.get("policy").and_then(Json::as_str),
+        e.get("rule").and_then(Json::as_str),
+    ) {
+        (Some(p), Some(r)) => format!("{p}:{r}"),
+        (Some(p), None) => p.to_string(),
+        _ => "(none)".to_string(),
+    }
+}
+
+/// A percentage with one decimal, `0.0%` of nothing.
+pub fn percent(n: u64, of: u64) -> String {
+    if of == 0 {
+        "0.0%".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
+    }
 }
 
 fn fmt_ts(ns: i128) -> String {
@@ -129,33 +175,9 @@ impl SummaryBuilder {
                 self.errors += 1;
             }
             *self.reasons.entry(reason.to_string()).or_default() += 1;
-            let who = match e.get("identity") {
-                Some(Json::Object(i)) => i
-                    .get("spiffe_id")
-                    .and_then(Json::as_str)
-                    .map_or_else(|| "(invalid identity)".to_string(), str::to_string),
-                _ => "(no identity)".to_string(),
-            };
-            *self.identities.entry(who).or_default() += 1;
-            let path = e
-                .pointer("/input/attributes/request/http/path")
-                .and_then(Json::as_str)
-                .map(|p| p.split('?').next().unwrap_or(p).to_string())
-                .or_else(|| {
-                    e.get("path")
-                        .and_then(Json::as_str)
-                        .map(|p| format!("data api: {p}"))
-                })
-                .unwrap_or_else(|| "(none)".into());
-            *self.paths.entry(path).or_default() += 1;
-            let rule = match (
-                e.get("policy").and_then(Json::as_str),
-                e.get("rule").and_then(Json::as_str),
-            ) {
-                (Some(p), Some(r)) => format!("{p}:{r}"),
-                (Some(p), None) => p.to_string(),
-                _ => "(none)".to_string(),
-            };
+            *self.identities.entry(identity_of(e)).or_default() += 1;
+            *self.paths.entry(path_of(e)).or_default() += 1;
+            let rule = rule_of(e);
             *self.rules.entry(rule).or_default() += 1;
         }
         if e.get("dry_run").and_then(Json::as_bool) == Some(true) {
