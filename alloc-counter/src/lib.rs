@@ -75,6 +75,13 @@ pub fn stop() -> (u64, u64) {
     )
 }
 
+/// Hand memory that is free but still held back to the operating system (after a large
+/// one-off job, such as indexing a decision log, whose peak the process need not keep).
+pub fn release_free_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

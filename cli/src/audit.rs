@@ -160,6 +160,9 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
             return Exit::Usage;
         }
     };
+    // Indexing peaks well above what the index keeps (every line parsed, in batches, on
+    // several threads): give the difference back before serving.
+    arbiter_alloc_counter::release_free_memory();
     dashboard.spawn_refresher(refresh);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
