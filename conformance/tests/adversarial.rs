@@ -79,6 +79,11 @@ struct Req {
     source_address: Option<String>,
     #[serde(default)]
     principal: Option<String>,
+    /// `attributes.request.http.host` (default `example.com`).
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +206,8 @@ fn check_request(r: &Req, generate: Option<&BTreeMap<String, usize>>) -> CheckRe
             http: Some(attribute_context::HttpRequest {
                 method: r.method.clone(),
                 path,
-                host: "example.com".into(),
+                host: r.host.clone().unwrap_or_else(|| "example.com".into()),
+                scheme: r.scheme.clone().unwrap_or_default(),
                 headers: if header_map.is_some() {
                     Default::default()
                 } else {

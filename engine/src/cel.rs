@@ -425,12 +425,12 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             http.body.clone()
         };
         let time = r.request.time.unwrap_or_default();
-        let host = http.host.to_ascii_lowercase();
+        let host = crate::path::canonical_host(&http.host, &http.scheme);
         let m = MapBuilder::new()
             .str("method", &http.method)
             .str("path", &http.path)
             .str("url_path", &r.path.path)
-            .str("host", host.trim_end_matches('.'))
+            .str("host", &host)
             .str("scheme", &http.scheme)
             .val(
                 "headers",

@@ -273,7 +273,7 @@ fn header_too_large(name: &str, opts: &InputOptions) -> DenyReason {
     ))
 }
 
-fn http_request(h: &HttpRequest, headers: &[(String, String)]) -> Value {
+fn http_request(h: &HttpRequest, headers: &[(String, String)], policy: PathPolicy) -> Value {
     let mut o = Obj::new();
     o.str("id", &h.id);
     o.str("method", &h.method);
@@ -298,7 +298,11 @@ fn http_request(h: &HttpRequest, headers: &[(String, String)]) -> Value {
         o.set("headerMap", hm.done());
     }
     o.str("path", &h.path);
-    o.str("host", &h.host);
+    // Strict mode gives the host one spelling, as it gives the path one (see the README).
+    match policy {
+        PathPolicy::Strict => o.str("host", &crate::path::canonical_host(&h.host, &h.scheme)),
+        PathPolicy::Lenient => o.str("host", &h.host),
+    }
     o.str("scheme", &h.scheme);
     o.str("query", &h.query);
     o.str("fragment", &h.fragment);
@@ -387,7 +391,7 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
             r.set("time", to.done());
         }
         if req.http.is_some() {
-            r.set("http", http_request(http, &headers));
+            r.set("http", http_request(http, &headers, opts.path_policy));
         }
         attributes.set("request", r.done());
     }

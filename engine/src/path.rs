@@ -227,6 +227,37 @@ fn query_unescape(s: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// A request's host as one spelling (RFC 4343, RFC 3986 §6.2.3): lower case, without the
+/// trailing dot of a fully qualified name, and without the port when it is the scheme's default
+/// (`:80` for `http`, `:443` for `https`). `Secret.COM`, `secret.com.` and, over https,
+/// `secret.com:443` all read `secret.com`, so a rule about a host cannot be bypassed by
+/// spelling it differently (CVE-2021-39155). Other ports stay: `secret.com:8443` is another
+/// origin, and a rule about it names it.
+pub fn canonical_host(host: &str, scheme: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    // `[v6]:443` keeps its brackets; a bare IPv6 address has no port.
+    let (name, port) = match host.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (host.as_str(), None),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some("80"),
+        "https" => Some("443"),
+        _ => None,
+    };
+    match port {
+        Some(p) if Some(p) != default => format!("{name}:{p}"),
+        _ => name.to_string(),
+    }
+}
+
 /// Segment-wise path matching: `*` matches one segment, `**` any number of segments (zero
 /// included), and `*` inside a segment matches any characters except `/`. Both sides are
 /// compared as written (pass the canonical path).
@@ -369,6 +400,28 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn hosts_have_one_spelling() {
+        for (host, scheme, want) in [
+            ("secret.com", "https", "secret.com"),
+            ("Secret.COM", "https", "secret.com"),
+            ("secret.com.", "http", "secret.com"),
+            ("secret.com:443", "https", "secret.com"),
+            ("SECRET.com.:80", "http", "secret.com"),
+            ("secret.com:443", "http", "secret.com:443"),
+            ("secret.com:8443", "https", "secret.com:8443"),
+            ("secret.com:80", "", "secret.com:80"),
+            ("[::1]:443", "https", "[::1]"),
+            ("[::1]:8080", "https", "[::1]:8080"),
+            ("::1", "https", "::1"),
+            ("", "https", ""),
+        ] {
+            assert_eq!(canonical_host(host, scheme), want, "{host} over {scheme}");
+            // Idempotent.
+            assert_eq!(canonical_host(want, scheme), want);
+        }
     }
 
     #[test]
