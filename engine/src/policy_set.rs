@@ -118,6 +118,10 @@ impl PolicySet {
                 .into_iter()
                 .flatten(),
         );
+        let mut warnings = Vec::new();
+        for file in &sources.rego {
+            warnings.extend(risky_defaults(&file.name, &file.text));
+        }
         for file in files {
             diagnostics.extend(forbidden_calls(&file.name, &file.text));
             match engine.add_policy(file.name.clone(), file.text.clone()) {
@@ -151,7 +155,6 @@ impl PolicySet {
             }
         };
         let mut istio_policies = Vec::new();
-        let mut warnings = Vec::new();
         for f in &sources.istio {
             match crate::istio::parse(&f.name, &f.text) {
                 Ok((mut p, mut w)) => {
@@ -203,7 +206,8 @@ impl PolicySet {
         self.istio.as_ref()
     }
 
-    /// Advice found while loading (Istio's best-practice warnings): not errors.
+    /// Advice found while loading (Istio's best-practice warnings, `default allow := true` in
+    /// Rego): not errors; `arbiter check --strict` fails on them.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }
@@ -390,6 +394,39 @@ fn rule_data_conflicts(
 const FORBIDDEN_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr", "opa.runtime"];
 
 /// Calls of [`FORBIDDEN_BUILTINS`] in a Rego source, outside comments and strings.
+/// `default allow := true` (or `=`): every request that no rule decides is allowed, the
+/// opposite of zero trust's deny by default (reliability.md §3 H9). A warning, not an error:
+/// a deliberately open policy is valid Rego.
+fn risky_defaults(file: &str, text: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let Some(rest) = code.trim_start().strip_prefix("default") else {
+            continue;
+        };
+        if !rest.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let Some((name, value)) = rest.split_once(":=").or_else(|| rest.split_once('=')) else {
+            continue;
+        };
+        if name.trim() == "allow" && value.trim() == "true" {
+            let col = code.len() - code.trim_start().len() + 1;
+            out.push(
+                Diagnostic::at(
+                    file,
+                    u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    u32::try_from(col).unwrap_or(u32::MAX),
+                    "`default allow := true` allows every request that no rule decides; deny by \
+                     default (`default allow := false`) and write the rules that allow",
+                )
+                .with_code("rego_policy_warning"),
+            );
+        }
+    }
+    out
+}
+
 fn forbidden_calls(file: &str, text: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -590,6 +627,38 @@ mod tests {
         assert_eq!(d.reason_code(), "eval_conflict", "{:?}", d.reason);
         let d = p.decide(&DataRef::parse("t/missing").unwrap(), Value::new_object());
         assert_eq!(d.reason_code(), "undefined_decision");
+    }
+
+    #[test]
+    fn default_allow_true_is_a_warning_with_its_line() {
+        let mut s = PolicySources::default();
+        s.add_rego(
+            "open.rego",
+            "package envoy.authz\n\n# default allow := true (a comment)\n  default allow := true\ndefault deny = true\n",
+        );
+        s.add_rego("closed.rego", "package other\n\ndefault allow := false\n");
+        let set = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap();
+        let w = set.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            (w[0].file.as_str(), w[0].line, w[0].col),
+            ("open.rego", 4, 3)
+        );
+        assert!(
+            w[0].message.contains("default allow := false"),
+            "{}",
+            w[0].message
+        );
+        // `=` is the same rule.
+        let mut s = PolicySources::default();
+        s.add_rego("old.rego", "package p\ndefault allow = true\n");
+        assert_eq!(
+            PolicySet::from_sources(&s, &LoadOptions::default())
+                .unwrap()
+                .warnings()
+                .len(),
+            1
+        );
     }
 
     #[test]
