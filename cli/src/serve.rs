@@ -597,6 +597,21 @@ pub fn authorizer_with(
     .with_identity_options(identity))
 }
 
+/// How often a bundle URL is tried while the server has no policy.
+const AWAITING_RETRY: Duration = Duration::from_secs(2);
+
+/// What serves while a bundle URL has not been loaded: no policy at all (not the local
+/// policies alone, which would be a partial policy), so every check is denied with
+/// `no_policy`.
+fn awaiting_bundle(s: &Settings) -> Result<Authorizer, String> {
+    let nothing = Settings {
+        policies: Vec::new(),
+        bundle: None,
+        ..s.clone()
+    };
+    authorizer_with(&nothing, None)
+}
+
 /// A complete authorizer for a reload: like [`authorizer`], and, with
 /// `--reload-require-tests`, only if the set's own tests pass.
 pub fn validated_authorizer(
@@ -744,10 +759,14 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    // A bundle URL is fetched once before serving: no policy, no server.
+    // A bundle URL is fetched before serving. If it cannot be fetched or loaded, the server
+    // starts anyway, as OPA does: every check is denied (`no_policy`) and health says
+    // NOT_SERVING until the poller loads a good bundle.
     let fetched: FetchedBundle = Default::default();
     let mut etag: Option<String> = None;
-    if let Some(url) = settings.bundle.as_deref().filter(|b| b.starts_with("http")) {
+    let url_bundle = settings.bundle.clone().filter(|b| b.starts_with("http"));
+    let mut awaiting: Option<String> = None;
+    if let Some(url) = url_bundle.as_deref() {
         match arbiter_ext_authz::fetch::get(url, None, None, Duration::from_secs(30)) {
             Ok(arbiter_ext_authz::fetch::Fetched::New { body, etag: e }) => {
                 if let Ok(mut g) = fetched.lock() {
@@ -756,20 +775,31 @@ pub fn run(args: &Args) -> Exit {
                 etag = e;
             }
             Ok(arbiter_ext_authz::fetch::Fetched::Unchanged) => {
-                eprintln!("arbiter: {url}: unexpected 304 without an ETag");
-                return Exit::Failed;
+                awaiting = Some(format!("{url}: unexpected 304 without an ETag"));
             }
-            Err(e) => {
-                eprintln!("arbiter: cannot fetch the bundle: {e}");
-                return Exit::Failed;
-            }
+            Err(e) => awaiting = Some(format!("cannot fetch the bundle: {e}")),
         }
     }
-    let authorizer = match authorizer_with(&settings, Some(&fetched)) {
-        Ok(a) => a,
-        Err(e) => {
+    let loaded = awaiting
+        .is_none()
+        .then(|| authorizer_with(&settings, Some(&fetched)));
+    let authorizer = match loaded {
+        Some(Ok(a)) => a,
+        Some(Err(e)) if url_bundle.is_none() => {
             eprintln!("{e}");
             return Exit::Failed;
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                awaiting = Some(e);
+            }
+            match awaiting_bundle(&settings) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Exit::Failed;
+                }
+            }
         }
     };
     let config = match server_config(&settings) {
@@ -800,7 +830,7 @@ pub fn run(args: &Args) -> Exit {
             }
             Err(why) => format!("Rego on the interpreter ({why})"),
         };
-        let running = arbiter_ext_authz::start(config, authorizer)
+        let running = arbiter_ext_authz::start_with(config, authorizer, awaiting.is_some())
             .await
             .context("cannot start")?;
         // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
@@ -832,11 +862,20 @@ pub fn run(args: &Args) -> Exit {
             let (on_new, fetched, every) =
                 (do_reload.clone(), fetched.clone(), settings.bundle_poll);
             let mut etag = etag.clone();
+            let state = Arc::downgrade(&running.state);
             std::thread::Builder::new()
                 .name("arbiter-bundle-poll".into())
                 .spawn(move || {
                     loop {
-                        std::thread::sleep(every);
+                        // Without a policy, try again soon.
+                        let awaiting = state.upgrade().is_some_and(|s| {
+                            s.awaiting_policy.load(std::sync::atomic::Ordering::Acquire)
+                        });
+                        std::thread::sleep(if awaiting {
+                            every.min(AWAITING_RETRY)
+                        } else {
+                            every
+                        });
                         match arbiter_ext_authz::fetch::get(
                             &url,
                             etag.as_deref(),
@@ -920,6 +959,11 @@ pub fn run(args: &Args) -> Exit {
                 } else {
                     "http"
                 }
+            );
+        }
+        if let Some(why) = &awaiting {
+            eprintln!(
+                "arbiter: awaiting the bundle, denying every check and reporting NOT_SERVING until it loads: {why}"
             );
         }
         running.wait_for_signal(stop).await?;

@@ -282,3 +282,87 @@ fn a_bundle_url_is_polled_with_etags() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A bundle URL that cannot be fetched at start: the server starts anyway, as OPA does, but
+/// decides nothing — `/health` 503 with `awaiting_policy`, every query undefined — and loads
+/// the bundle as soon as the URL answers.
+#[test]
+fn a_bundle_url_down_at_start_is_awaited() {
+    let dir = tmp("url-down");
+    let src = dir.join("src");
+    policy(&src, "a");
+    let out = dir.join("b.tar.gz");
+    let o = arbiter(&[
+        "build",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--revision",
+        "r1",
+    ]);
+    assert!(o.status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    let up = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/b.tar.gz", listener.local_addr().unwrap());
+    {
+        let up = up.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                if up.load(Ordering::SeqCst) == 0 {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+                    );
+                } else {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\netag: v1\r\ncontent-length: {}\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = conn.write_all(&bytes);
+                }
+            }
+        });
+    }
+    let (child, addr) = serve(&["--bundle", &url, "--bundle-poll", "60s"]).unwrap();
+    let health = || -> (u16, serde_json::Value) {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+        (code, serde_json::from_str(body).unwrap())
+    };
+    let (code, h) = health();
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["awaiting_policy"], true);
+    assert!(!allowed(&addr, "a"), "no policy, nothing is allowed");
+    // The URL comes up: the bundle loads within the retry interval, not the 60 s poll.
+    up.store(1, Ordering::SeqCst);
+    let start = Instant::now();
+    while health().0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the bundle was not loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(revision(&addr), "r1");
+    assert_eq!(health().1["awaiting_policy"], false);
+    assert!(allowed(&addr, "a") && !allowed(&addr, "b"));
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

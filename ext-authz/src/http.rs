@@ -84,6 +84,8 @@ async fn health(AxState(state): AxState<Arc<State>>) -> Response {
     let body = json!({
         "revision": a.policies().revision(),
         "path": a.path().slash_path(),
+        // Serving a stand-in that denies every check until the configured policy loads.
+        "awaiting_policy": state.awaiting_policy.load(std::sync::atomic::Ordering::Acquire),
         "reloads": reload.reloads,
         "reload_failures": reload.failures,
         // The set that failed to load did not replace this one: still healthy, but stale.

@@ -25,5 +25,5 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
-pub use server::{ListenAddr, RunningServer, ServerConfig, start};
+pub use server::{ListenAddr, RunningServer, ServerConfig, start, start_with};
 pub use state::ServeOptions;

@@ -51,6 +51,12 @@ pub fn reload(state: &State, build: &Build) -> Result<String, String> {
                 s.last_error = None;
                 s.last_error_at = None;
             });
+            if state
+                .awaiting_policy
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                state.readiness_changed.notify_one();
+            }
             Ok(revision)
         }
         Err(e) => {

@@ -4,7 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use arbiter_engine::authorizer::Authorizer;
@@ -99,8 +99,34 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("`{addr}` resolves to no address"))
 }
 
+async fn report_health(reporter: &tonic_health::server::HealthReporter, state: &State) {
+    let status = if state.awaiting_policy.load(Ordering::Acquire) {
+        tonic_health::ServingStatus::NotServing
+    } else {
+        tonic_health::ServingStatus::Serving
+    };
+    reporter
+        .set_service_status(
+            <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter.set_service_status("", status).await;
+}
+
 /// Bind the listeners and start serving `authorizer`.
 pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Result<RunningServer> {
+    start_with(config, authorizer, false).await
+}
+
+/// [`start`], optionally *awaiting its policy*: `authorizer` is a stand-in that denies every
+/// check, and health (gRPC and `/health`) says NOT_SERVING until the first successful
+/// [`crate::reload::reload`] — OPA's behaviour while a bundle has not been activated.
+pub async fn start_with(
+    config: ServerConfig,
+    authorizer: Authorizer,
+    awaiting_policy: bool,
+) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::default());
     let decision_log = match &config.decision_log {
         Some(c) => Some(
@@ -122,17 +148,28 @@ pub async fn start(config: ServerConfig, authorizer: Authorizer) -> anyhow::Resu
         decision_log,
         options: config.options.clone(),
         grpc_ready: Default::default(),
+        awaiting_policy: AtomicBool::new(awaiting_policy),
+        readiness_changed: tokio::sync::Notify::new(),
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    // gRPC health follows the policy: NOT_SERVING while awaiting it, from the first answer.
+    report_health(&health_reporter, &state).await;
+    {
+        let (state, reporter, mut stopped) =
+            (state.clone(), health_reporter.clone(), stopped.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = state.readiness_changed.notified() => {}
+                    _ = stopped.changed() => return,
+                }
+                report_health(&reporter, &state).await;
+            }
+        });
+    }
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(

@@ -36,6 +36,11 @@ pub struct State {
     pub decision_log: Option<DecisionLog>,
     pub options: ServeOptions,
     pub grpc_ready: AtomicBool,
+    /// Serving without the policy it was configured with (a bundle URL not fetched yet):
+    /// every check is denied (`no_policy`) and health is NOT_SERVING until a reload succeeds.
+    pub awaiting_policy: AtomicBool,
+    /// Signalled when readiness changes, so the gRPC health service follows it.
+    pub readiness_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for State {
@@ -68,8 +73,9 @@ impl State {
         self.reload_status.store(Arc::new(s));
     }
 
+    /// Serving, with the configured policy.
     pub fn ready(&self) -> bool {
-        self.grpc_ready.load(Ordering::Acquire)
+        self.grpc_ready.load(Ordering::Acquire) && !self.awaiting_policy.load(Ordering::Acquire)
     }
 
     /// Run `work` on the evaluation pool within the deadline; overload, timeout and a lost

@@ -398,3 +398,80 @@ async fn health_metrics_and_data_api() {
     );
     s.shutdown().await.unwrap();
 }
+
+/// Awaiting its policy (a bundle URL not fetched yet), the server denies every check, and
+/// both health checks say NOT_SERVING; the first good reload makes it SERVING and deciding.
+#[tokio::test]
+async fn awaiting_policy_is_not_serving_until_a_reload() {
+    let empty = {
+        let set =
+            PolicySet::from_sources(&PolicySources::default(), &LoadOptions::default()).unwrap();
+        Authorizer::new(
+            Arc::new(set),
+            DataRef::parse("envoy/authz/allow").unwrap(),
+            InputOptions::default(),
+        )
+    };
+    let s = arbiter_ext_authz::start_with(config(0, 16, false, None), empty, true)
+        .await
+        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let health = |service: &'static str| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        assert_eq!(
+            health(service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
+    let (code, body) = http(&s, "GET", "/health", "").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"awaiting_policy\":true"), "{body}");
+    let mut c = client(&s).await;
+    let r = c.check(check_request("/ok")).await.unwrap().into_inner();
+    assert_eq!(status(&r), 7, "denied");
+    assert_eq!(
+        metadata_str(&r, "arbiter_reason").as_deref(),
+        Some("no_policy")
+    );
+
+    // The policy arrives.
+    let build: arbiter_ext_authz::reload::Build =
+        Arc::new(|| Ok(authorizer("package envoy.authz\n\nallow := true\n")));
+    arbiter_ext_authz::reload::reload(&s.state, &build).unwrap();
+    let start = std::time::Instant::now();
+    while health("").await != ServingStatus::Serving as i32 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gRPC health stayed NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        health("envoy.service.auth.v3.Authorization").await,
+        ServingStatus::Serving as i32
+    );
+    let (code, body) = http(&s, "GET", "/health", "").await;
+    assert_eq!(code, 200, "{body}");
+    let r = c.check(check_request("/ok")).await.unwrap().into_inner();
+    assert_eq!(status(&r), 0, "allowed");
+    s.shutdown().await.unwrap();
+}
