@@ -2,7 +2,7 @@
 //! polled with ETags, signatures, and `arbiter test` on a bundle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::stop;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-bundle-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("bundle-cli", name)
+}
+
+fn http(addr: &str, method: &str, target: &str, body: &str) -> String {
+    common::http(addr, method, target, body).1
 }
 
 fn arbiter(args: &[&str]) -> Output {
@@ -71,19 +75,6 @@ fn serve(args: &[&str]) -> Result<(Child, String), String> {
     panic!("serve did not start: {seen}");
 }
 
-fn http(addr: &str, method: &str, target: &str, body: &str) -> String {
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
-}
-
 fn revision(addr: &str) -> String {
     let h: serde_json::Value = serde_json::from_str(&http(addr, "GET", "/health", "")).unwrap();
     h["revision"].as_str().unwrap().to_string()
@@ -98,17 +89,6 @@ fn allowed(addr: &str, seg: &str) -> bool {
     ))
     .unwrap();
     v["result"] == true
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -334,17 +314,8 @@ fn a_bundle_url_down_at_start_is_awaited() {
     }
     let (child, addr) = serve(&["--bundle", &url, "--bundle-poll", "60s"]).unwrap();
     let health = || -> (u16, serde_json::Value) {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            c,
-            "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-        (code, serde_json::from_str(body).unwrap())
+        let (code, body) = common::http(&addr, "GET", "/health", "");
+        (code, serde_json::from_str(&body).unwrap())
     };
     let (code, h) = health();
     assert_eq!(code, 503, "{h}");

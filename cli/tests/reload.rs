@@ -2,16 +2,16 @@
 //! is valid; a broken one leaves the last good set serving and shows in `/health` and metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{http, stop};
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-reload-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("reload-cli", name)
 }
 
 #[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
@@ -42,23 +42,6 @@ fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
     }
 }
 
-fn http(addr: &str, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    )
-}
-
 fn health(addr: &str) -> serde_json::Value {
     serde_json::from_str(&http(addr, "GET", "/health", "").1).unwrap()
 }
@@ -78,17 +61,6 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
             "timed out: {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,52 @@
+//! Helpers shared by the CLI's end-to-end tests: a scratch folder, plain HTTP/1.1 requests to
+//! a server under test, and stopping it the way an operator would.
+#![allow(
+    dead_code,
+    reason = "each test crate uses its own subset of these helpers"
+)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// An empty folder for this test process: `$TMPDIR/arbiter-<suite>-<pid>-<name>`.
+pub fn tmp(suite: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("arbiter-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One request with `connection: close`; the status and the body.
+pub fn http(addr: &str, method: &str, target: &str, body: &str) -> (u16, String) {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+/// SIGTERM (the server drains its decision log first), then wait up to 20 s for the exit.
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
