@@ -91,6 +91,42 @@ fn allowed(addr: &str, seg: &str) -> bool {
     v["result"] == true
 }
 
+/// A bundle server on `listener`: `respond` gets the request's `If-None-Match` and returns
+/// the whole response.
+fn bundle_server(
+    listener: TcpListener,
+    respond: impl Fn(Option<String>) -> Vec<u8> + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut if_none_match = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("if-none-match:") {
+                    if_none_match = Some(v.trim().to_string());
+                }
+            }
+            let _ = conn.write_all(&respond(if_none_match));
+        }
+    });
+}
+
+/// `200 OK` with an ETag and the bundle's bytes.
+fn ok(etag: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\netag: {etag}\r\ncontent-length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(bytes);
+    r
+}
+
 #[test]
 fn build_serve_and_test_a_bundle_file() {
     let dir = tmp("file");
@@ -192,33 +228,13 @@ fn a_bundle_url_is_polled_with_etags() {
     );
     {
         let (current, not_modified) = (current.clone(), not_modified.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut if_none_match = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("if-none-match:") {
-                        if_none_match = Some(v.trim().to_string());
-                    }
-                }
-                let (etag, bytes) = current.lock().unwrap().clone();
-                if if_none_match.as_deref() == Some(etag.as_str()) {
-                    not_modified.fetch_add(1, Ordering::SeqCst);
-                    let _ =
-                        conn.write_all(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n");
-                } else {
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\netag: {etag}\r\ncontent-length: {}\r\n\r\n",
-                        bytes.len()
-                    );
-                    let _ = conn.write_all(&bytes);
-                }
+        bundle_server(listener, move |if_none_match| {
+            let (etag, bytes) = current.lock().unwrap().clone();
+            if if_none_match.as_deref() == Some(etag.as_str()) {
+                not_modified.fetch_add(1, Ordering::SeqCst);
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n".to_vec()
+            } else {
+                ok(&etag, &bytes)
             }
         });
     }
@@ -287,28 +303,11 @@ fn a_bundle_url_down_at_start_is_awaited() {
     let url = format!("http://{}/b.tar.gz", listener.local_addr().unwrap());
     {
         let up = up.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                }
-                if up.load(Ordering::SeqCst) == 0 {
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
-                    );
-                } else {
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\netag: v1\r\ncontent-length: {}\r\n\r\n",
-                        bytes.len()
-                    );
-                    let _ = conn.write_all(&bytes);
-                }
+        bundle_server(listener, move |_| {
+            if up.load(Ordering::SeqCst) == 0 {
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec()
+            } else {
+                ok("v1", &bytes)
             }
         });
     }
