@@ -79,6 +79,7 @@ pub struct CelPolicies {
     files: Vec<CelFile>,
     root: Context<'static, 'static>,
     uses: Uses,
+    warnings: Vec<Diagnostic>,
 }
 
 impl std::fmt::Debug for CelPolicies {
@@ -501,6 +502,14 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
     }
 }
 
+/// Whether a condition compares the request path with `==` (a deny-list on exact paths).
+fn compares_path_exactly(when: &str) -> bool {
+    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
+    ["request.url_path", "request.path"]
+        .iter()
+        .any(|p| w.contains(&format!("{p}==")) || w.contains(&format!("=={p}")))
+}
+
 fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, String> {
     match r {
         Ok(CelValue::Bool(b)) => Ok(b),
@@ -519,6 +528,7 @@ impl CelPolicies {
         let probe = ProbeInputs::new();
         let mut files = Vec::new();
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let mut roots: Vec<String> = Vec::new();
         for src in sources {
             let spec: FileSpec = match file::parse(&src.name, &src.text) {
@@ -543,6 +553,20 @@ impl CelPolicies {
             let matcher = spec.match_expr.as_ref().and_then(|(m, at)| compile(m, *at));
             let mut rules = Vec::new();
             for r in &spec.rules {
+                if r.effect == Effect::Deny && compares_path_exactly(&r.when) {
+                    warnings.push(
+                        Diagnostic::at(
+                            &spec.file,
+                            r.when_at.0,
+                            r.when_at.1,
+                            format!(
+                                "rule `{}` denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
+                                r.name
+                            ),
+                        )
+                        .with_code("cel_policy_warning"),
+                    );
+                }
                 if let Some(when) = compile(&r.when, r.when_at) {
                     rules.push(CelRule {
                         name: r.name.clone(),
@@ -573,7 +597,18 @@ impl CelPolicies {
             identity: used("identity"),
             input: used("input"),
         };
-        Ok(Self { files, root, uses })
+        Ok(Self {
+            files,
+            root,
+            uses,
+            warnings,
+        })
+    }
+
+    /// Advice found while compiling: deny rules that compare the path exactly
+    /// (reliability.md §3 H9).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     pub fn is_empty(&self) -> bool {

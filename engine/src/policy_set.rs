@@ -147,7 +147,10 @@ impl PolicySet {
             None
         } else {
             match CelPolicies::compile(&sources.cel, &data_value) {
-                Ok(c) => Some(Arc::new(c)),
+                Ok(c) => {
+                    warnings.extend(c.warnings().iter().cloned());
+                    Some(Arc::new(c))
+                }
                 Err(mut e) => {
                     diagnostics.append(&mut e);
                     None
@@ -207,7 +210,7 @@ impl PolicySet {
     }
 
     /// Advice found while loading (Istio's best-practice warnings, `default allow := true` in
-    /// Rego): not errors; `arbiter check --strict` fails on them.
+    /// Rego, CEL deny rules on exact paths): not errors; `arbiter check --strict` fails on them.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }

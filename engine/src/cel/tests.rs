@@ -209,3 +209,16 @@ fn bad_cel_is_a_load_error_with_a_location() {
     ));
     assert!(e.contains("comprehensions nest deeper"), "{e}");
 }
+
+#[test]
+fn deny_rules_on_exact_paths_are_warnings() {
+    let p = policies(&[(
+        "deny.cel.yaml",
+        "name: d\nrules:\n  - name: no-admin\n    effect: deny\n    when: request.url_path == \"/admin\"\n  - name: no-admin-tree\n    effect: deny\n    when: path.glob(\"/admin/**\", request.url_path)\n  - name: health\n    effect: allow\n    when: request.path == \"/healthz\"\n",
+    )])
+    .unwrap();
+    let w = p.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].file.as_str(), w[0].line), ("deny.cel.yaml", 5));
+    assert!(w[0].message.contains("no-admin"), "{}", w[0].message);
+}
