@@ -169,8 +169,13 @@ impl Drop for Served {
 }
 
 fn serve(files: &[&Path], extra: &[&str]) -> Served {
+    serve_at("127.0.0.1:0", files, extra)
+}
+
+/// `arbiter audit serve --addr ADDR`, up once it says where it serves.
+fn serve_at(addr: &str, files: &[&Path], extra: &[&str]) -> Served {
     let mut child = arbiter()
-        .args(["audit", "serve", "--addr", "127.0.0.1:0"])
+        .args(["audit", "serve", "--addr", addr])
         .args(extra)
         .args(files)
         .stderr(Stdio::piped())
@@ -420,20 +425,13 @@ fn off_loopback_without_authentication_refuses_to_start() {
     let served = serve(&[&log], &["--token-file", token.to_str().unwrap()]);
     assert!(served.url.starts_with("http://127.0.0.1:"));
     drop(served);
-    let mut child = arbiter()
-        .args(["audit", "serve", "--addr", "0.0.0.0:0", "--token-file"])
-        .arg(&token)
-        .arg(&log)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.contains("serving http://0.0.0.0:"), "{line}");
+    let served = serve_at(
+        "0.0.0.0:0",
+        &[&log],
+        &["--token-file", token.to_str().unwrap()],
+    );
+    assert!(served.url.starts_with("http://0.0.0.0:"), "{}", served.url);
+    drop(served);
 
     // `arbiter serve --ui` on every interface without a token: refused too.
     let out = arbiter()
@@ -575,35 +573,27 @@ fn mtls_with_allowed_callers_guards_the_dashboard() {
     let other = ca
         .issue("other", Some("spiffe://td/ns/shop/sa/frontend"), &[], &[])
         .unwrap();
-    let mut child = arbiter()
-        .args([
-            "audit",
-            "serve",
-            "--addr",
-            "0.0.0.0:0",
+    let served = serve_at(
+        "0.0.0.0:0",
+        &[&log],
+        &[
             "--allowed-caller",
             "spiffe://td/ns/audit/sa/*",
-        ])
-        .arg("--tls-cert")
-        .arg(&server.cert)
-        .arg("--tls-key")
-        .arg(&server.key)
-        .arg("--tls-client-ca")
-        .arg(&ca.file)
-        .arg(&log)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
+            "--tls-cert",
+            server.cert.to_str().unwrap(),
+            "--tls-key",
+            server.key.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.file.to_str().unwrap(),
+        ],
+    );
+    assert!(served.url.starts_with("https://0.0.0.0:"), "{}", served.url);
+    let port: u16 = served
+        .url
         .rsplit(':')
         .next()
-        .and_then(|p| p.trim().trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!(line.contains("serving https://0.0.0.0:"), "{line}");
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", served.url));
     let config = |pair: &arbiter_conformance::pki::Pair| {
         tls_client_config(
             &ca.pem,
@@ -622,6 +612,5 @@ fn mtls_with_allowed_callers_guards_the_dashboard() {
     );
     let no_cert = tls_client_config(&ca.pem, None, &[b"http/1.1"]).unwrap();
     assert!(request_tls(port, no_cert, "GET", "/", &[]).is_err());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(served);
 }
