@@ -216,11 +216,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The routes, relative to where they are mounted.
 pub fn router(d: Arc<Dashboard>) -> Router {
-    Router::new()
+    // Everything that shows the log sits behind one check; only the assets and the login
+    // form are open.
+    let protected = Router::new()
         .route("/", get(page))
         .route("/event/{n}", get(event_page))
         .route("/api/summary", get(api_summary))
         .route("/api/events", get(api_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            d.clone(),
+            require_auth,
+        ));
+    Router::new()
+        .merge(protected)
         .route(
             "/assets/app.js",
             get(|| async { asset(APP_JS, "text/javascript") }),
@@ -231,6 +239,27 @@ pub fn router(d: Arc<Dashboard>) -> Router {
         )
         .route("/login", get(login_form).post(login))
         .with_state(d)
+}
+
+/// Refuse callers without the token (a no-op without token auth; mTLS is checked at the
+/// handshake).
+async fn require_auth(
+    State(d): State<Arc<Dashboard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !d.authorized(req.headers()) {
+        return unauthorized(&d);
+    }
+    next.run(req).await
+}
+
+/// The answer when a writer panicked while holding the index.
+fn index_unavailable() -> Response {
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "index unavailable".into(),
+    )
 }
 
 /// Listen on `addr` (TLS when `tls` is given) until `shutdown` resolves.
@@ -604,20 +633,10 @@ fn ranking(d: &Dashboard, key: &str, title: &str, list: &[Count], of: u64, param
     o
 }
 
-async fn page(
-    State(d): State<Arc<Dashboard>>,
-    headers: HeaderMap,
-    Query(p): Query<Params>,
-) -> Response {
-    if !d.authorized(&headers) {
-        return unauthorized(&d);
-    }
+async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Response {
     let s = d.summary();
     let Ok(index) = d.index.read() else {
-        return html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "index unavailable".into(),
-        );
+        return index_unavailable();
     };
     let mut o = String::with_capacity(64 << 10);
     let files: Vec<String> = index
@@ -819,20 +838,10 @@ fn events_section(d: &Dashboard, index: &LogIndex, p: &Params, o: &mut String) {
     o.push_str("</nav></section>");
 }
 
-async fn event_page(
-    State(d): State<Arc<Dashboard>>,
-    headers: HeaderMap,
-    Path(n): Path<usize>,
-) -> Response {
-    if !d.authorized(&headers) {
-        return unauthorized(&d);
-    }
+async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Response {
     let (event, location) = {
         let Ok(index) = d.index.read() else {
-            return html(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "index unavailable".into(),
-            );
+            return index_unavailable();
         };
         (index.event(n), index.location(n))
     };
@@ -861,21 +870,11 @@ async fn event_page(
     html(StatusCode::OK, layout(&d, "event", &body))
 }
 
-async fn api_summary(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if !d.authorized(&headers) {
-        return unauthorized(&d);
-    }
+async fn api_summary(State(d): State<Arc<Dashboard>>) -> Response {
     json(&*d.summary())
 }
 
-async fn api_events(
-    State(d): State<Arc<Dashboard>>,
-    headers: HeaderMap,
-    Query(p): Query<Params>,
-) -> Response {
-    if !d.authorized(&headers) {
-        return unauthorized(&d);
-    }
+async fn api_events(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Response {
     let filter = match p.filter() {
         Ok(f) => f,
         Err(e) => {
@@ -885,10 +884,7 @@ async fn api_events(
         }
     };
     let Ok(index) = d.index.read() else {
-        return html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "index unavailable".into(),
-        );
+        return index_unavailable();
     };
     let (total, rows) = index.query(&filter, p.page.unwrap_or(0), PER_PAGE);
     let v = index.verdict();
