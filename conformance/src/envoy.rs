@@ -60,6 +60,9 @@ pub struct EnvoyOptions {
     pub http_filters_before: String,
     /// Routes replacing the default `prefix: /` route (list items indented 14 spaces).
     pub routes: String,
+    /// HTTP filters in place of ext_authz (list items indented 10 spaces): an Envoy that
+    /// decides by itself, such as the RBAC filters istiod would configure.
+    pub authz_filters: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -72,6 +75,7 @@ impl EnvoyOptions {
             authz_cluster_extra: String::new(),
             http_filters_before: String::new(),
             routes: String::new(),
+            authz_filters: None,
         }
     }
 }
@@ -79,6 +83,23 @@ impl EnvoyOptions {
 /// The Envoy configuration: one listener with the ext_authz filter (fail closed, request body
 /// forwarded, peer certificate included) routing to the upstream.
 pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
+    let authz = match &o.authz_filters {
+        Some(filters) => filters.trim_end().to_string(),
+        None => format!(
+            r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              include_peer_certificate: true
+              with_request_body: {{max_request_bytes: 65536, allow_partial_message: true}}
+              grpc_service:
+                envoy_grpc: {{cluster_name: ext_authz}}
+                timeout: 0.5s
+{ext}"#,
+            ext = o.ext_authz_extra
+        ),
+    };
     format!(
         r#"static_resources:
   listeners:
@@ -98,17 +119,7 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
 {routes}
           http_filters:
 {before}
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              include_peer_certificate: true
-              with_request_body: {{max_request_bytes: 65536, allow_partial_message: true}}
-              grpc_service:
-                envoy_grpc: {{cluster_name: ext_authz}}
-                timeout: 0.5s
-{ext}
+{authz}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
 {chain}
@@ -137,7 +148,6 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 "#,
-        ext = o.ext_authz_extra,
         routes = if o.routes.is_empty() {
             "              - match: {prefix: \"/\"}\n                route: {cluster: upstream, timeout: 5s}"
         } else {

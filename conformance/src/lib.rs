@@ -9,8 +9,10 @@ use std::path::PathBuf;
 pub mod cel_spec;
 pub mod envoy;
 pub mod harness;
+pub mod istio_envoy;
 pub mod opa;
 pub mod pki;
+pub mod rbac;
 
 /// The folder of a suite: `$env_var` when set, else `../shared/conformance/<name>` next to the
 /// workspace.

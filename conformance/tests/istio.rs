@@ -15,20 +15,19 @@
 //!   sent through a loopback Envoy and run in-process only; the test counts both.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arbiter_conformance::envoy::{EnvoyOptions, TempDir, request_tls, tls_client_config};
+use arbiter_conformance::envoy::{EnvoyOptions, request_tls, tls_client_config};
 use arbiter_conformance::harness::{Harness, loopback_config};
-use arbiter_conformance::pki::{Ca, Pair};
+use arbiter_conformance::istio_envoy::{Pki, Signer, ext_authz_per_route, jwt_filter, routes};
 use arbiter_engine::authorizer::Authorizer;
 use arbiter_engine::input::InputOptions;
 use arbiter_engine::testing::decision::{self, Case, Expect};
 use arbiter_engine::testing::{self, Outcome, TestOptions};
 use arbiter_engine::{LoadOptions, PolicySet, PolicySources};
-use base64::Engine as _;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 fn scenarios() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases/istio");
@@ -224,133 +223,6 @@ fn wire(case: &Case) -> Result<Wire, String> {
     })
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// An ES256 key: signs tokens, and is the JWKS Envoy's `jwt_authn` verifies them with.
-struct Signer {
-    pem: String,
-    jwks: String,
-}
-
-impl Signer {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let point = key.public_key_raw();
-        assert_eq!(point.len(), 65, "an uncompressed P-256 point");
-        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "test",
-            "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
-        Self {
-            pem: key.serialize_pem(),
-            jwks: jwks.to_string(),
-        }
-    }
-
-    fn token(&self, payload: &Json) -> String {
-        let head = b64(json!({"alg": "ES256", "kid": "test", "typ": "JWT"})
-            .to_string()
-            .as_bytes());
-        let body = b64(payload.to_string().as_bytes());
-        let signing_input = format!("{head}.{body}");
-        let sig =
-            arbiter_engine::builtins::jose::sign_pem(&self.pem, "ES256", signing_input.as_bytes())
-                .unwrap();
-        format!("{signing_input}.{}", b64(&sig))
-    }
-}
-
-/// Envoy's `jwt_authn` filter as Istio configures it for a RequestAuthentication: one provider
-/// per issuer, the payload in the metadata under the issuer, a missing token allowed (a bad
-/// one is rejected by Envoy with 401).
-fn jwt_filter(issuers: &[String], jwks: &str) -> String {
-    let mut providers = String::new();
-    let mut requirements = String::new();
-    for (i, iss) in issuers.iter().enumerate() {
-        providers.push_str(&format!(
-            "                p{i}:\n                  issuer: '{iss}'\n                  local_jwks:\n                    inline_string: '{jwks}'\n                  payload_in_metadata: '{iss}'\n"
-        ));
-        requirements.push_str(&format!("                    - provider_name: p{i}\n"));
-    }
-    format!(
-        r#"          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-{providers}              rules:
-              - match: {{prefix: "/"}}
-                requires:
-                  requires_any:
-                    requirements:
-{requirements}                    - allow_missing: {{}}
-"#
-    )
-}
-
-/// One route per workload, chosen by the `x-arbiter-workload` header, with the workload as
-/// the ext_authz context extensions (as Istio's per-workload sidecars would describe it).
-fn routes(workloads: &[BTreeMap<String, String>]) -> String {
-    let mut out = String::new();
-    for (i, w) in workloads.iter().enumerate() {
-        let ext: Vec<String> = w.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
-        out.push_str(&format!(
-            r#"              - match:
-                  prefix: "/"
-                  headers: [{{name: x-arbiter-workload, string_match: {{exact: "{i}"}}}}]
-                route: {{cluster: upstream, timeout: 5s}}
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings:
-                      context_extensions: {{{}}}
-"#,
-            ext.join(", ")
-        ));
-    }
-    out.push_str("              - match: {prefix: \"/\"}\n                route: {cluster: upstream, timeout: 5s}\n");
-    out
-}
-
-struct Pki {
-    _dir: TempDir,
-    ca: Ca,
-    listener: Pair,
-    clients: HashMap<String, Pair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = TempDir::new("istio-pki").unwrap();
-        let ca = Ca::new(&dir.0, "cluster.local istio CA").unwrap();
-        let listener = ca
-            .issue(
-                "listener",
-                Some("spiffe://cluster.local/ns/foo/sa/httpbin"),
-                &["localhost"],
-                &["127.0.0.1"],
-            )
-            .unwrap();
-        Self {
-            _dir: dir,
-            ca,
-            listener,
-            clients: HashMap::new(),
-        }
-    }
-
-    fn client(&mut self, id: &str) -> Pair {
-        let n = self.clients.len();
-        let ca = &self.ca;
-        self.clients
-            .entry(id.to_string())
-            .or_insert_with(|| {
-                ca.issue(&format!("client-{n}"), Some(id), &[], &[])
-                    .unwrap()
-            })
-            .clone()
-    }
-}
-
 #[test]
 fn istio_cases_through_envoy() {
     let signer = Signer::new();
@@ -384,29 +256,13 @@ fn istio_cases_through_envoy() {
                 issuers.push(iss.to_string());
             }
         }
-        let chain = format!(
-            r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: false
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{filename: "{}"}}
-              private_key: {{filename: "{}"}}
-            validation_context:
-              trusted_ca: {{filename: "{}"}}
-"#,
-            pki.listener.cert.display(),
-            pki.listener.key.display(),
-            pki.ca.file.display()
-        );
+        let chain = pki.listener_tls();
         let before = if issuers.is_empty() {
             String::new()
         } else {
             jwt_filter(&issuers, &signer.jwks)
         };
-        let route_text = routes(&workloads);
+        let route_text = routes(&workloads, &|i| ext_authz_per_route(&workloads[i]));
         let mut config = loopback_config(None);
         config.workers = 0;
         let harness = Harness::start(s.istio, config, |o: &mut EnvoyOptions| {

@@ -237,7 +237,8 @@ pub struct Request<'a> {
     pub source_ip: String,
     pub destination_ip: String,
     pub destination_port: u32,
-    pub host: String,
+    /// The request's host, read once ([`crate::path::Host`]); `hosts` match its authority.
+    pub host: crate::path::Host,
     pub method: &'a str,
     /// Canonical path, without the query.
     pub path: &'a str,
@@ -290,18 +291,7 @@ impl<'a> Request<'a> {
         });
         let (source_ip, _) = socket(req.source.as_ref());
         let (destination_ip, destination_port) = socket(req.destination.as_ref());
-        let host = http.host.to_ascii_lowercase();
-        // Without the port (`[v6]:443` keeps its brackets).
-        let host = match host.rsplit_once(':') {
-            Some((h, port))
-                if !port.is_empty()
-                    && port.chars().all(|c| c.is_ascii_digit())
-                    && (!h.contains(':') || h.ends_with(']')) =>
-            {
-                h.to_string()
-            }
-            _ => host.clone(),
-        };
+        let host = crate::path::Host::parse(&http.host, &http.scheme);
         let headers: Vec<(String, String)> = if http.headers.is_empty() {
             http.header_map
                 .iter()
@@ -330,7 +320,7 @@ impl<'a> Request<'a> {
             source_ip,
             destination_ip,
             destination_port,
-            host: host.trim_end_matches('.').to_string(),
+            host,
             method: &http.method,
             path: &path.path,
             headers,
@@ -405,7 +395,8 @@ fn line_of(text: &str, needle: &str) -> u32 {
         .unwrap_or(1)
 }
 
-/// Istio string matching: exact, `prefix*`, `*suffix`, `*` (present).
+/// Istio string matching: exact, `prefix*`, `*suffix`, and `*` for any non-empty value
+/// (istiod's `.+`; on a header, `*` is a presence match instead: see `condition_matches`).
 pub fn string_match(pattern: &str, value: &str) -> bool {
     if pattern == "*" {
         return !value.is_empty();
@@ -575,12 +566,24 @@ fn source_matches(s: &Source, r: &Request<'_>) -> bool {
         })
 }
 
-fn operation_matches(o: &Operation, r: &Request<'_>) -> bool {
-    let host = r.host.to_ascii_lowercase();
+/// Istio `hosts`: istiod turns each into a case-insensitive matcher on `:authority` (exact,
+/// `prefix*`, `*suffix`; `*` is a presence match), so the port is part of what is matched
+/// (`shop.example.com:8080` is not `shop.example.com`). With `also_canonical`, the canonical
+/// spelling matches too (`Shop.example.com.` for `shop.example.com`): used where a match
+/// restricts access (DENY `hosts`, ALLOW `notHosts`), so a second spelling of a host can never
+/// slip past a rule about it, while a match that grants access is exactly Envoy's.
+fn host_matches(pattern: &str, host: &crate::path::Host, also_canonical: bool) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    string_match(&pattern, &host.authority)
+        || (also_canonical && string_match(&pattern, &host.canonical()))
+}
+
+/// `deny`: the rule belongs to a DENY policy, where a match takes access away.
+fn operation_matches(o: &Operation, r: &Request<'_>, deny: bool) -> bool {
     let port = r.destination_port.to_string();
-    field(&o.hosts, &o.not_hosts, |v| {
-        string_match(&v.to_ascii_lowercase(), &host)
-    }) && field(&o.ports, &o.not_ports, |v| v == port)
+    (o.hosts.is_empty() || o.hosts.iter().any(|v| host_matches(v, &r.host, deny)))
+        && !o.not_hosts.iter().any(|v| host_matches(v, &r.host, !deny))
+        && field(&o.ports, &o.not_ports, |v| v == port)
         && field(&o.methods, &o.not_methods, |v| string_match(v, r.method))
         && field(&o.paths, &o.not_paths, |v| path_match(v, r.path))
 }
@@ -625,12 +628,20 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
     let (base, parts) = parse_key(&c.key);
     // Every value the attribute has (a claim may be a list); none when absent.
     let values: Vec<String> = match base.as_str() {
-        "request.headers" => r
-            .headers
-            .iter()
-            .filter(|(k, _)| parts.first().is_some_and(|n| k.eq_ignore_ascii_case(n)))
-            .map(|(_, v)| v.clone())
-            .collect(),
+        // Envoy's header matchers see one value: repeated lines joined with commas.
+        "request.headers" => {
+            let lines: Vec<&str> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| parts.first().is_some_and(|n| k.eq_ignore_ascii_case(n)))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if lines.is_empty() {
+                Vec::new()
+            } else {
+                vec![lines.join(",")]
+            }
+        }
         "source.ip" | "remote.ip" => vec![r.source_ip.clone()],
         "destination.ip" => vec![r.destination_ip.clone()],
         "destination.port" => vec![r.destination_port.to_string()],
@@ -665,7 +676,12 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
         _ => Vec::new(),
     };
     let ip_key = matches!(base.as_str(), "source.ip" | "remote.ip" | "destination.ip");
+    let header_key = base == "request.headers";
     let hit = |pattern: &str| {
+        // istiod turns `*` on a header into Envoy's presence match: an empty value is present.
+        if header_key && pattern == "*" {
+            return !values.is_empty();
+        }
         values.iter().any(|v| {
             if ip_key {
                 ip_in(pattern, v)
@@ -677,9 +693,9 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
     (c.values.is_empty() || c.values.iter().any(|p| hit(p))) && !c.not_values.iter().any(|p| hit(p))
 }
 
-fn rule_matches(rule: &Rule, r: &Request<'_>) -> bool {
+fn rule_matches(rule: &Rule, r: &Request<'_>, deny: bool) -> bool {
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, r)))
-        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r, deny)))
         && rule.when.iter().all(|c| condition_matches(c, r))
 }
 
@@ -749,9 +765,10 @@ impl IstioPolicies {
 
 /// The first rule of `p` that matches.
 fn matching_rule(p: &Policy, r: &Request<'_>) -> Option<usize> {
-    p.rules
-        .as_ref()
-        .and_then(|rules| rules.iter().position(|rule| rule_matches(rule, r)))
+    p.rules.as_ref().and_then(|rules| {
+        let deny = p.action == Action::Deny;
+        rules.iter().position(|rule| rule_matches(rule, r, deny))
+    })
 }
 
 /// DENY, then ALLOW, over `policies` (all applying to the workload). `None` when no DENY

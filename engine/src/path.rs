@@ -227,35 +227,70 @@ fn query_unescape(s: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// A request's host as one spelling (RFC 4343, RFC 3986 §6.2.3): lower case, without the
-/// trailing dot of a fully qualified name, and without the port when it is the scheme's default
-/// (`:80` for `http`, `:443` for `https`). `Secret.COM`, `secret.com.` and, over https,
-/// `secret.com:443` all read `secret.com`, so a rule about a host cannot be bypassed by
-/// spelling it differently (CVE-2021-39155). Other ports stay: `secret.com:8443` is another
-/// origin, and a rule about it names it.
-pub fn canonical_host(host: &str, scheme: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    // `[v6]:443` keeps its brackets; a bare IPv6 address has no port.
-    let (name, port) = match host.rsplit_once(':') {
-        Some((h, p))
-            if !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']')) =>
-        {
-            (h, Some(p))
+/// A request's host, read once. Every language sees a projection of this one reading:
+/// Rego (strict mode) and CEL see [`Host::canonical`], Istio's `hosts` match
+/// [`Host::authority`] the way Envoy's RBAC filter matches `:authority` (port included), and
+/// an Istio DENY rule also matches the canonical spelling (stricter than Envoy, never looser).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    /// Lower case, without the trailing dot of a fully qualified name (RFC 4343, RFC 3986
+    /// §6.2.3). `[v6]` keeps its brackets.
+    pub name: String,
+    /// The port as written, when the authority carries one.
+    pub port: Option<String>,
+    /// The authority as sent, lower-cased (trailing dot and port kept): what Envoy's RBAC
+    /// filter compares case-insensitively with Istio's `hosts`.
+    pub authority: String,
+    /// The port is the scheme's default (`:80` for `http`, `:443` for `https`).
+    default_port: bool,
+}
+
+impl Host {
+    /// Read `host` (the `:authority` or `Host` header) of a request over `scheme`.
+    pub fn parse(host: &str, scheme: &str) -> Host {
+        let authority = host.to_ascii_lowercase();
+        // `[v6]:443` keeps its brackets; a bare IPv6 address has no port.
+        let (name, port) = match authority.rsplit_once(':') {
+            Some((h, p))
+                if !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && (!h.contains(':') || h.ends_with(']')) =>
+            {
+                (h, Some(p))
+            }
+            _ => (authority.as_str(), None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name).to_string();
+        let default = match scheme.to_ascii_lowercase().as_str() {
+            "http" => Some("80"),
+            "https" => Some("443"),
+            _ => None,
+        };
+        let default_port = port.is_some() && port == default;
+        let port = port.map(str::to_string);
+        Host {
+            name,
+            port,
+            default_port,
+            authority,
         }
-        _ => (host.as_str(), None),
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let default = match scheme.to_ascii_lowercase().as_str() {
-        "http" => Some("80"),
-        "https" => Some("443"),
-        _ => None,
-    };
-    match port {
-        Some(p) if Some(p) != default => format!("{name}:{p}"),
-        _ => name.to_string(),
     }
+
+    /// One spelling: `Secret.COM`, `secret.com.` and, over https, `secret.com:443` all read
+    /// `secret.com`, so a rule about a host cannot be bypassed by spelling it differently
+    /// (CVE-2021-39155). Other ports stay: `secret.com:8443` is another origin, and a rule
+    /// about it names it.
+    pub fn canonical(&self) -> String {
+        match &self.port {
+            Some(p) if !self.default_port => format!("{}:{p}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// [`Host::canonical`] of `host` over `scheme`.
+pub fn canonical_host(host: &str, scheme: &str) -> String {
+    Host::parse(host, scheme).canonical()
 }
 
 /// Segment-wise path matching: `*` matches one segment, `**` any number of segments (zero

@@ -43,7 +43,7 @@ fn req<'a>(method: &'a str, path: &'a str) -> Request<'a> {
     Request {
         method,
         path,
-        host: "httpbin.foo".into(),
+        host: crate::path::Host::parse("httpbin.foo", "http"),
         source_ip: "10.0.0.1".into(),
         destination_port: 8000,
         workload_namespace: "foo".into(),
@@ -292,7 +292,7 @@ spec:
 "#;
     let p = policies(text);
     let mut r = req("GET", "/x");
-    r.host = "api.example.com".into();
+    r.host = crate::path::Host::parse("api.example.com", "http");
     assert_eq!(p.evaluate(&r).decided_by.map(|d| d.1), Some(0));
     let mut admin = r.clone();
     admin.path = "/admin/x";
@@ -300,6 +300,112 @@ spec:
     let mut port = req("PUT", "/x");
     port.destination_port = 9000;
     assert_eq!(p.evaluate(&port).decided_by.map(|d| d.1), Some(1));
+}
+
+fn on_host<'a>(host: &str, scheme: &str) -> Request<'a> {
+    let mut r = req("GET", "/x");
+    r.host = crate::path::Host::parse(host, scheme);
+    r
+}
+
+/// istiod turns `hosts` into case-insensitive `:authority` matchers (exact, prefix, suffix;
+/// `*` present), and Envoy's RBAC filter compares the authority as sent, port included
+/// (istio `pilot/pkg/security/authz/matcher/header.go`, `HostMatcher`).
+#[test]
+fn hosts_match_the_authority_with_its_port() {
+    let allow = policies(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {hosts: ["shop.example.com"]}}]
+"#,
+    );
+    assert!(allow.evaluate(&on_host("shop.example.com", "http")).allowed);
+    assert!(allow.evaluate(&on_host("SHOP.example.COM", "http")).allowed);
+    // A port is part of the authority: Envoy's exact matcher does not match it.
+    assert!(
+        !allow
+            .evaluate(&on_host("shop.example.com:8080", "http"))
+            .allowed
+    );
+    // Even the scheme's default port, and a trailing dot: Envoy compares what was sent.
+    assert!(
+        !allow
+            .evaluate(&on_host("shop.example.com:80", "http"))
+            .allowed
+    );
+    assert!(
+        !allow
+            .evaluate(&on_host("shop.example.com.", "http"))
+            .allowed
+    );
+
+    let deny = policies(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-shop, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ["shop.example.com"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: all, namespace: foo}
+spec:
+  rules: [{}]
+"#,
+    );
+    assert!(!deny.evaluate(&on_host("shop.example.com", "http")).allowed);
+    // Envoy lets these past the DENY (another spelling); arbiter also matches the canonical
+    // spelling in a DENY rule: stricter, never looser.
+    assert!(!deny.evaluate(&on_host("shop.example.com.", "http")).allowed);
+    assert!(
+        !deny
+            .evaluate(&on_host("Shop.Example.com:80", "http"))
+            .allowed
+    );
+    // Another port is another origin: the DENY rule does not name it (as in Envoy).
+    assert!(
+        deny.evaluate(&on_host("shop.example.com:8080", "http"))
+            .allowed
+    );
+}
+
+/// `values: ["*"]` on a header is Envoy's presence match (istiod's `HeaderMatcher`): a header
+/// sent with an empty value is present.
+#[test]
+fn a_header_presence_condition_matches_an_empty_value() {
+    let p = policies(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: h, namespace: foo}
+spec:
+  rules:
+  - when: [{key: "request.headers[x-h]", values: ["*"]}]
+"#,
+    );
+    let mut r = req("GET", "/x");
+    r.headers = vec![("x-h".into(), String::new())];
+    assert!(p.evaluate(&r).allowed, "present with an empty value");
+    r.headers = vec![("x-h".into(), "v".into())];
+    assert!(p.evaluate(&r).allowed);
+    r.headers = vec![("x-other".into(), "v".into())];
+    assert!(!p.evaluate(&r).allowed, "absent");
+    // Repeated lines are one comma-joined value, as Envoy's header matchers see them.
+    let exact = policies(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: h, namespace: foo}
+spec:
+  rules:
+  - when: [{key: "request.headers[x-h]", values: ["a,b"]}]
+"#,
+    );
+    r.headers = vec![("x-h".into(), "a".into()), ("x-h".into(), "b".into())];
+    assert!(exact.evaluate(&r).allowed);
 }
 
 #[test]
@@ -520,7 +626,9 @@ fn request_attributes_come_from_the_check() {
         a.request_principal.as_deref(),
         Some("testing@secure.istio.io/u1")
     );
-    assert_eq!(a.host, "httpbin.foo");
+    // Istio's hosts see the authority with its port, lower-cased.
+    assert_eq!(a.host.authority, "httpbin.foo:8000");
+    assert_eq!(a.host.canonical(), "httpbin.foo:8000");
     assert_eq!(a.path, "/ip");
     assert_eq!(a.source_ip, "10.1.2.3");
     assert_eq!(a.destination_port, 8000);
