@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod check;
+pub mod config;
 pub mod eval;
 pub mod input;
 pub mod logconfig;

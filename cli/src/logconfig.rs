@@ -10,6 +10,7 @@ use arbiter_ext_authz::decision_log::{
 };
 use serde_json::Value as Json;
 
+use crate::config::ConfigFile;
 use crate::serve::parse_duration;
 
 /// Whether a decision may go unaudited.
@@ -52,59 +53,11 @@ pub struct LogArgs {
     pub audit: Option<AuditMode>,
 }
 
-/// `100MiB`, `10MB`, `64k`, `500000`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size such as `100MiB`"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "ki" | "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mi" | "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gi" | "gib" => 1 << 30,
-        u => return Err(format!("`{s}`: unknown size unit `{u}`")),
-    };
-    n.checked_mul(mult)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("`{s}` must be a positive size"))
-}
-
-fn get<'a>(v: &'a Json, keys: &[&str]) -> Option<&'a Json> {
-    keys.iter().find_map(|k| v.get(*k))
-}
-
-fn get_str(v: &Json, keys: &[&str]) -> Option<String> {
-    get(v, keys).and_then(|x| match x {
-        Json::String(s) => Some(s.clone()),
-        Json::Number(n) => Some(n.to_string()),
-        _ => None,
-    })
-}
-
-fn get_u64(v: &Json, keys: &[&str]) -> Result<Option<u64>, String> {
-    match get(v, keys) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("`{}` must be a whole number", keys[0])),
-        Some(Json::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("`{}` must be a whole number", keys[0])),
-        Some(_) => Err(format!("`{}` must be a number", keys[0])),
-    }
-}
+pub use arbiter_engine::units::parse_size;
 
 /// OPA's `services`: a map of name → service, or a list of services with `name`.
-fn opa_service<'a>(file: &'a Json, name: Option<&str>) -> Option<&'a Json> {
-    match file.get("services")? {
+pub fn opa_service<'a>(services: Option<&'a Json>, name: Option<&str>) -> Option<&'a Json> {
+    match services? {
         Json::Object(m) => match name {
             Some(n) => m.get(n),
             None if m.len() == 1 => m.values().next(),
@@ -125,16 +78,16 @@ fn opa_service<'a>(file: &'a Json, name: Option<&str>) -> Option<&'a Json> {
 /// `None` when no sink is configured.
 pub fn decision_log_config(
     args: &LogArgs,
-    file: &Json,
+    file: &ConfigFile,
     base: &Path,
 ) -> Result<Option<DecisionLogConfig>, String> {
-    let opa = file.get("decision_logs").cloned().unwrap_or(Json::Null);
+    let opa = file.decision_logs.clone();
     let mut config = DecisionLogConfig::none();
     // Where.
     let target = args
         .decision_log
         .clone()
-        .or_else(|| get_str(file, &["decision-log", "decision_log"]));
+        .or_else(|| file.decision_log.clone());
     match target.map(|t| LogTarget::parse(&t)) {
         Some(LogTarget::Stdout) => config.stdout = true,
         Some(LogTarget::File(p)) => {
@@ -147,26 +100,34 @@ pub fn decision_log_config(
         }
         None => {}
     }
-    if opa.get("console").and_then(Json::as_bool) == Some(true) {
+    let console = opa.as_ref().and_then(|o| o.console) == Some(true);
+    if console {
         config.stdout = true;
     }
     let url = match args
         .decision_log_url
         .clone()
-        .or_else(|| get_str(file, &["decision-log-url", "decision_log_url"]))
+        .or_else(|| file.decision_log_url.clone())
     {
         Some(u) => Some((u, None)),
         None => {
             // OPA uploads to `decision_logs.service`, or to the only service there is.
-            let named = get_str(&opa, &["service"]);
-            let uploading = named.is_some()
-                || (opa.is_object() && opa.get("console").and_then(Json::as_bool) != Some(true));
-            match (uploading, opa_service(file, named.as_deref())) {
+            let named = opa.as_ref().and_then(|o| o.service.clone());
+            let uploading = named.is_some() || (opa.is_some() && !console);
+            match (
+                uploading,
+                opa_service(file.services.as_ref(), named.as_deref()),
+            ) {
                 (true, Some(svc)) => {
                     let name = named.unwrap_or_else(|| "the service".into());
-                    let base_url = get_str(svc, &["url"])
+                    let base_url = svc
+                        .get("url")
+                        .and_then(Json::as_str)
                         .ok_or_else(|| format!("service `{name}` has no `url`"))?;
-                    let resource = get_str(&opa, &["resource"]).unwrap_or_else(|| "/logs".into());
+                    let resource = opa
+                        .as_ref()
+                        .and_then(|o| o.resource.clone())
+                        .unwrap_or_else(|| "/logs".into());
                     let token = svc
                         .pointer("/credentials/bearer/token")
                         .and_then(Json::as_str)
@@ -193,19 +154,22 @@ pub fn decision_log_config(
     if let Some((url, token)) = url {
         let mut u = UploadConfig::new(url);
         u.bearer_token = token;
-        let reporting = opa.get("reporting").cloned().unwrap_or(Json::Null);
-        if let Some(n) = get_u64(&reporting, &["buffer_size_limit_events"])? {
+        let reporting = opa
+            .as_ref()
+            .and_then(|o| o.reporting.clone())
+            .unwrap_or_default();
+        if let Some(n) = reporting.buffer_size_limit_events {
             u.buffer_events = usize::try_from(n).unwrap_or(usize::MAX).max(1);
         }
-        if let Some(n) = get_u64(&reporting, &["max_delay_seconds"])? {
+        if let Some(n) = reporting.max_delay_seconds {
             u.max_delay = Duration::from_secs(n.max(1));
         }
-        if let Some(n) = get_u64(&reporting, &["upload_size_limit_bytes"])? {
+        if let Some(n) = reporting.upload_size_limit_bytes {
             // OPA's limit is on compressed bytes; decision events compress about 8:1.
             u.batch_bytes = usize::try_from(n.saturating_mul(8)).unwrap_or(usize::MAX);
         }
-        if let Some(s) = get_str(file, &["decision-log-upload-interval"]) {
-            u.max_delay = parse_duration(&s)?;
+        if let Some(s) = &file.decision_log_upload_interval {
+            u.max_delay = parse_duration(&s.to_string())?;
         }
         config.upload = Some(u);
     }
@@ -214,14 +178,14 @@ pub fn decision_log_config(
         if let Some(s) = args
             .decision_log_max_size
             .clone()
-            .or_else(|| get_str(file, &["decision-log-max-size"]))
+            .or_else(|| file.decision_log_max_size.as_ref().map(ToString::to_string))
         {
             f.max_bytes = parse_size(&s)?;
         }
         match args.decision_log_max_files {
             Some(n) => f.max_files = n.max(1),
             None => {
-                if let Some(n) = get_u64(file, &["decision-log-max-files"])? {
+                if let Some(n) = file.decision_log_max_files {
                     f.max_files = u32::try_from(n).unwrap_or(u32::MAX).max(1);
                 }
             }
@@ -229,7 +193,7 @@ pub fn decision_log_config(
         if let Some(s) = args
             .decision_log_fsync
             .clone()
-            .or_else(|| get_str(file, &["decision-log-fsync"]))
+            .or_else(|| file.decision_log_fsync.clone())
         {
             f.fsync = s.parse::<Fsync>()?;
         }
@@ -237,7 +201,7 @@ pub fn decision_log_config(
     if let Some(list) = args
         .decision_log_mask_headers
         .clone()
-        .or_else(|| get_str(file, &["decision-log-mask-headers"]))
+        .or_else(|| file.decision_log_mask_headers.clone())
     {
         config.mask_headers = list
             .split(',')
@@ -247,20 +211,24 @@ pub fn decision_log_config(
     }
     if let Some(n) = args.decision_log_queue {
         config.queue = n.max(1);
-    } else if let Some(n) = get_u64(file, &["decision-log-queue"])? {
+    } else if let Some(n) = file.decision_log_queue {
         config.queue = usize::try_from(n).unwrap_or(usize::MAX).max(1);
     }
-    for (key, slot) in [
-        ("mask_decision", &mut config.mask_decision),
-        ("drop_decision", &mut config.drop_decision),
+    let (mask, drop) = opa
+        .as_ref()
+        .map(|o| (o.mask_decision.clone(), o.drop_decision.clone()))
+        .unwrap_or_default();
+    for (key, value, slot) in [
+        ("mask_decision", mask, &mut config.mask_decision),
+        ("drop_decision", drop, &mut config.drop_decision),
     ] {
-        if let Some(p) = get_str(&opa, &[key]) {
+        if let Some(p) = value {
             *slot = DataRef::parse(&p).map_err(|e| format!("decision_logs.{key}: {e}"))?;
         }
     }
     let audit = match args.audit {
         Some(a) => a,
-        None => match get_str(file, &["audit"]).as_deref() {
+        None => match file.audit.as_deref() {
             None | Some("best-effort") => AuditMode::BestEffort,
             Some("required") => AuditMode::Required,
             Some(other) => {
@@ -289,27 +257,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
-        assert_eq!(parse_size("10MB"), Ok(10_000_000));
-        assert_eq!(parse_size("512"), Ok(512));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("5XB").is_err());
+    fn config(j: Json) -> ConfigFile {
+        ConfigFile::parse("test.yaml", &j.to_string()).unwrap()
     }
 
     #[test]
     fn nothing_configured_is_no_log() {
         assert_eq!(
-            decision_log_config(&LogArgs::default(), &Json::Null, Path::new("")),
+            decision_log_config(&LogArgs::default(), &ConfigFile::default(), Path::new("")),
             Ok(None)
         );
         let required = LogArgs {
             audit: Some(AuditMode::Required),
             ..LogArgs::default()
         };
-        assert!(decision_log_config(&required, &Json::Null, Path::new("")).is_err());
+        assert!(decision_log_config(&required, &ConfigFile::default(), Path::new("")).is_err());
     }
 
     #[test]
@@ -322,7 +284,7 @@ mod tests {
             audit: Some(AuditMode::Required),
             ..LogArgs::default()
         };
-        let file = json!({
+        let file = config(json!({
             "services": [{"name": "acme", "url": "http://127.0.0.1:9000/v1/", "credentials": {"bearer": {"token": "t0k"}}}],
             "decision_logs": {
                 "service": "acme",
@@ -330,7 +292,7 @@ mod tests {
                 "mask_decision": "custom/mask",
                 "reporting": {"buffer_size_limit_events": 50, "max_delay_seconds": 3}
             }
-        });
+        }));
         let c = decision_log_config(&args, &file, Path::new("/etc/arbiter"))
             .unwrap()
             .unwrap();
@@ -347,7 +309,7 @@ mod tests {
 
         let c = decision_log_config(
             &LogArgs::default(),
-            &json!({"decision-log": "logs/d.log", "decision_logs": {"console": true}}),
+            &config(json!({"decision-log": "logs/d.log", "decision_logs": {"console": true}})),
             Path::new("/etc/arbiter"),
         )
         .unwrap()

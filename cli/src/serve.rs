@@ -174,52 +174,7 @@ pub struct Settings {
     pub ui_token_file: Option<PathBuf>,
 }
 
-/// Parse `50ms`, `1s`, `250us`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as `50ms`"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}`")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("`{s}` must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn cfg_str(v: &Json, keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| v.get(*k)).and_then(|x| match x {
-        Json::String(s) => Some(s.clone()),
-        Json::Number(n) => Some(n.to_string()),
-        _ => None,
-    })
-}
-
-fn cfg_list(v: &Json, keys: &[&str]) -> Vec<String> {
-    match keys.iter().find_map(|k| v.get(*k)) {
-        Some(Json::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        Some(Json::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    }
-}
-
-fn cfg_bool(v: &Json, keys: &[&str]) -> Option<bool> {
-    keys.iter().find_map(|k| v.get(*k)).and_then(Json::as_bool)
-}
+pub use arbiter_engine::units::parse_duration;
 
 /// The bundled policies: `./policies` when run from the repository, else the folder next to the
 /// sources this binary was built from.
@@ -234,39 +189,28 @@ fn bundled_policies() -> PathBuf {
 impl Args {
     /// Combine flags, the config file and defaults.
     pub fn settings(&self) -> Result<Settings, String> {
-        let file: Json = match &self.config {
-            Some(p) => crate::input::read_document(p)?,
-            None => Json::Null,
+        let file = match &self.config {
+            Some(p) => crate::config::ConfigFile::read(p)?,
+            None => crate::config::ConfigFile::default(),
         };
-        if !(file.is_null() || file.is_object()) {
-            return Err("the configuration file must hold a mapping".into());
-        }
         // OPA-Envoy's plugin configuration, when present.
         let opa = file
-            .get("plugins")
-            .and_then(|p| p.get("envoy_ext_authz_grpc"))
-            .cloned()
-            .unwrap_or(Json::Null);
+            .plugins
+            .as_ref()
+            .and_then(|p| p.envoy_ext_authz_grpc.clone())
+            .unwrap_or_default();
+        // Paths in the file are relative to the file.
+        let base = self
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
         let mut policies: Vec<PathBuf> = self.paths.iter().chain(&self.policies).cloned().collect();
         if policies.is_empty()
-            && let Some(list) = file.get("policies")
+            && let Some(list) = &file.policies
         {
-            // Paths in the file are relative to the file.
-            let base = self
-                .config
-                .as_deref()
-                .and_then(Path::parent)
-                .unwrap_or(Path::new(""));
-            let items: Vec<&Json> = match list {
-                Json::Array(a) => a.iter().collect(),
-                other => vec![other],
-            };
-            for item in items {
-                let s = item
-                    .as_str()
-                    .ok_or("`policies` must be a path or a list of paths")?;
-                policies.push(base.join(s));
-            }
+            policies.extend(list.to_vec().iter().map(|p| base.join(p)));
         }
         // A bundle: the flag, or OPA's `bundles` (the first) with its service and signing key.
         let mut bundle = self.bundle.clone();
@@ -275,22 +219,19 @@ impl Args {
         let mut verification_alg = self.verification_alg.clone();
         let mut verification_scope = self.verification_scope.clone();
         if bundle.is_none()
-            && let Some(Json::Object(bundles)) = file.get("bundles")
+            && let Some(bundles) = &file.bundles
             && let Some((_, b)) = bundles.iter().next()
         {
-            let resource =
-                cfg_str(b, &["resource"]).unwrap_or_else(|| "bundles/bundle.tar.gz".into());
-            let service = cfg_str(b, &["service"]);
-            let base_url = match (&service, file.get("services")) {
-                (Some(name), Some(Json::Object(svcs))) => {
-                    svcs.get(name).and_then(|s| cfg_str(s, &["url"]))
-                }
-                (Some(name), Some(Json::Array(svcs))) => svcs
-                    .iter()
-                    .find(|s| s.get("name").and_then(Json::as_str) == Some(name))
-                    .and_then(|s| cfg_str(s, &["url"])),
-                _ => None,
-            };
+            let resource = b
+                .resource
+                .clone()
+                .unwrap_or_else(|| "bundles/bundle.tar.gz".into());
+            let base_url = b.service.as_deref().and_then(|name| {
+                crate::logconfig::opa_service(file.services.as_ref(), Some(name))
+                    .and_then(|s| s.get("url"))
+                    .and_then(Json::as_str)
+                    .map(str::to_string)
+            });
             bundle = Some(match base_url {
                 Some(u) => format!(
                     "{}/{}",
@@ -299,17 +240,17 @@ impl Args {
                 ),
                 None => resource,
             });
-            if let Some(signing) = b.get("signing") {
-                let keyid = cfg_str(signing, &["keyid"]);
-                if let (Some(id), Some(Json::Object(keys))) = (&keyid, file.get("keys"))
+            if let Some(signing) = &b.signing {
+                let keyid = signing.keyid.clone();
+                if let (Some(id), Some(keys)) = (&keyid, &file.keys)
                     && let Some(k) = keys.get(id)
                 {
-                    verification_key = verification_key.or_else(|| cfg_str(k, &["key"]));
-                    verification_alg = verification_alg.or_else(|| cfg_str(k, &["algorithm"]));
-                    verification_scope = verification_scope.or_else(|| cfg_str(k, &["scope"]));
+                    verification_key = verification_key.or_else(|| k.key.clone());
+                    verification_alg = verification_alg.or_else(|| k.algorithm.clone());
+                    verification_scope = verification_scope.or_else(|| k.scope.clone());
                 }
                 verification_key_id = verification_key_id.or(keyid);
-                verification_scope = verification_scope.or_else(|| cfg_str(signing, &["scope"]));
+                verification_scope = verification_scope.or_else(|| signing.scope.clone());
             }
         }
         let verification = match verification_key {
@@ -324,51 +265,42 @@ impl Args {
         if policies.is_empty() && bundle.is_none() {
             policies.push(bundled_policies());
         }
-        let mut limits: arbiter_engine::limits::Limits = match file.get("limits") {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("`limits`: {e}"))?,
-            None => arbiter_engine::limits::Limits::default(),
-        };
+        let mut limits = file.limits.unwrap_or_default();
         let eval_timeout = match self
             .eval_timeout
             .clone()
-            .or_else(|| cfg_str(&file, &["eval-timeout", "eval_timeout"]))
+            .or_else(|| file.eval_timeout.as_ref().map(ToString::to_string))
         {
             Some(s) => parse_duration(&s)?,
             None => limits.eval_timeout,
         };
         limits.eval_timeout = eval_timeout;
-        let number =
-            |flag: Option<usize>, keys: &[&str], default: usize| -> Result<usize, String> {
-                match flag {
-                    Some(n) => Ok(n),
-                    None => match cfg_str(&file, keys) {
-                        Some(s) => s
-                            .parse()
-                            .map_err(|_| format!("`{}` must be a number", keys[0])),
-                        None => Ok(default),
-                    },
-                }
-            };
-        let path_normalization = match self.path_normalization {
-            Some(p) => p,
-            None => {
-                match cfg_str(&file, &["path-normalization", "path_normalization"]).as_deref() {
-                    None | Some("strict") => PathNormalization::Strict,
-                    Some("lenient") => PathNormalization::Lenient,
-                    Some(other) => {
-                        return Err(format!(
-                            "`path-normalization` must be `strict` or `lenient`, not `{other}`"
-                        ));
-                    }
-                }
+        let number = |flag: Option<usize>,
+                      key: &str,
+                      value: &Option<crate::config::Scalar>,
+                      default: usize|
+         -> Result<usize, String> {
+            match (flag, value) {
+                (Some(n), _) => Ok(n),
+                (None, Some(v)) => v
+                    .to_string()
+                    .parse()
+                    .map_err(|_| format!("`{key}` must be a number")),
+                (None, None) => Ok(default),
             }
         };
-        let base = self
-            .config
-            .as_deref()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new(""))
-            .to_path_buf();
+        let path_normalization = match self.path_normalization {
+            Some(p) => p,
+            None => match file.path_normalization.as_deref() {
+                None | Some("strict") => PathNormalization::Strict,
+                Some("lenient") => PathNormalization::Lenient,
+                Some(other) => {
+                    return Err(format!(
+                        "`path-normalization` must be `strict` or `lenient`, not `{other}`"
+                    ));
+                }
+            },
+        };
         let mut trust_bundles = Vec::new();
         for spec in &self.trust_bundle {
             let (td, file) = spec
@@ -377,26 +309,24 @@ impl Args {
             trust_bundles.push((td.to_string(), PathBuf::from(file)));
         }
         if self.trust_bundle.is_empty()
-            && let Some(Json::Object(m)) = file
-                .get("trust-bundles")
-                .or_else(|| file.get("trust_bundles"))
+            && let Some(m) = &file.trust_bundles
         {
             for (td, f) in m {
-                let f = f
-                    .as_str()
-                    .ok_or("`trust-bundles` maps trust domains to files")?;
                 trust_bundles.push((td.clone(), base.join(f)));
             }
         }
-        let path_of = |flag: &Option<PathBuf>, keys: &[&str]| {
+        let path_of = |flag: &Option<PathBuf>, value: &Option<String>| {
             flag.clone()
-                .or_else(|| cfg_str(&file, keys).map(|p| base.join(p)))
+                .or_else(|| value.as_ref().map(|p| base.join(p)))
         };
-        let tls_cert = path_of(&self.tls_cert, &["tls-cert", "tls_cert"]);
-        let tls_key = path_of(&self.tls_key, &["tls-key", "tls_key"]);
-        let tls_client_ca = path_of(&self.tls_client_ca, &["tls-client-ca", "tls_client_ca"]);
+        let tls_cert = path_of(&self.tls_cert, &file.tls_cert);
+        let tls_key = path_of(&self.tls_key, &file.tls_key);
+        let tls_client_ca = path_of(&self.tls_client_ca, &file.tls_client_ca);
         let allowed_callers = if self.allowed_caller.is_empty() {
-            cfg_list(&file, &["allowed-callers", "allowed_callers"])
+            file.allowed_callers
+                .as_ref()
+                .map(crate::config::OneOrMany::to_vec)
+                .unwrap_or_default()
         } else {
             self.allowed_caller.clone()
         };
@@ -422,14 +352,14 @@ impl Args {
             trust_xfcc_by: self
                 .trust_xfcc_by
                 .clone()
-                .or_else(|| cfg_str(&file, &["trust-xfcc-by", "trust_xfcc_by"])),
+                .or_else(|| file.trust_xfcc_by.clone()),
             tls,
-            watch: if self.watch || cfg_bool(&file, &["watch"]).unwrap_or(false) {
+            watch: if self.watch || file.watch.unwrap_or(false) {
                 Some(
                     match self
                         .watch_interval
                         .clone()
-                        .or_else(|| cfg_str(&file, &["watch-interval", "watch_interval"]))
+                        .or_else(|| file.watch_interval.as_ref().map(ToString::to_string))
                     {
                         Some(s) => parse_duration(&s)?,
                         None => Duration::from_secs(1),
@@ -444,66 +374,53 @@ impl Args {
                 None => Duration::from_secs(30),
             },
             verification,
-            ui: self.ui || cfg_bool(&file, &["ui"]).unwrap_or(false),
+            ui: self.ui || file.ui.unwrap_or(false),
             ui_token_file: self
                 .ui_token_file
                 .clone()
-                .or_else(|| cfg_str(&file, &["ui-token-file", "ui_token_file"]).map(PathBuf::from)),
+                .or_else(|| file.ui_token_file.clone().map(PathBuf::from)),
             istio: arbiter_engine::istio::IstioOptions {
                 root_namespace: self
                     .istio_root_namespace
                     .clone()
-                    .or_else(|| cfg_str(&file, &["istio-root-namespace", "istio_root_namespace"]))
+                    .or_else(|| file.istio_root_namespace.clone())
                     .unwrap_or_else(|| "istio-system".into()),
                 allow_without_allow_policies: self.istio_allow_without_allow_policies
-                    || cfg_bool(
-                        &file,
-                        &[
-                            "istio-allow-without-allow-policies",
-                            "istio_allow_without_allow_policies",
-                        ],
-                    )
-                    .unwrap_or(false),
+                    || file.istio_allow_without_allow_policies.unwrap_or(false),
             },
             reload_require_tests: self.reload_require_tests
-                || cfg_bool(&file, &["reload-require-tests", "reload_require_tests"])
-                    .unwrap_or(false),
+                || file.reload_require_tests.unwrap_or(false),
             policies,
             grpc_addr: self
                 .grpc_addr
                 .clone()
-                .or_else(|| cfg_str(&file, &["grpc-addr", "grpc_addr"]))
-                .or_else(|| cfg_str(&opa, &["addr"]))
+                .or_else(|| file.grpc_addr.clone())
+                .or_else(|| opa.addr.clone())
                 .unwrap_or_else(|| "127.0.0.1:9191".into()),
             http_addr: self
                 .http_addr
                 .clone()
-                .or_else(|| cfg_str(&file, &["http-addr", "http_addr"]))
+                .or_else(|| file.http_addr.clone())
                 .unwrap_or_else(|| "127.0.0.1:8181".into()),
             path: self
                 .path
                 .clone()
-                .or_else(|| cfg_str(&file, &["path"]))
-                .or_else(|| cfg_str(&opa, &["path", "query"]))
+                .or_else(|| file.path.clone())
+                .or_else(|| opa.path.clone())
+                .or_else(|| opa.query.clone())
                 .unwrap_or_else(|| "envoy/authz/allow".into()),
             decision_log: crate::logconfig::decision_log_config(&self.log, &file, &base)?,
             limits,
-            dry_run: self.dry_run
-                || cfg_bool(&file, &["dry-run", "dry_run"])
-                    .or_else(|| cfg_bool(&opa, &["dry-run"]))
-                    .unwrap_or(false),
+            dry_run: self.dry_run || file.dry_run.or(opa.dry_run).unwrap_or(false),
             skip_request_body_parse: self.skip_request_body_parse
-                || cfg_bool(
-                    &file,
-                    &["skip-request-body-parse", "skip_request_body_parse"],
-                )
-                .or_else(|| cfg_bool(&opa, &["skip-request-body-parse"]))
-                .unwrap_or(false),
-            v0_compatible: self.v0_compatible
-                || cfg_bool(&file, &["v0-compatible", "v0_compatible"]).unwrap_or(false),
+                || file
+                    .skip_request_body_parse
+                    .or(opa.skip_request_body_parse)
+                    .unwrap_or(false),
+            v0_compatible: self.v0_compatible || file.v0_compatible.unwrap_or(false),
             eval_timeout,
-            workers: number(self.workers, &["workers"], 0)?,
-            queue: number(self.queue, &["queue"], 1024)?.max(1),
+            workers: number(self.workers, "workers", &file.workers, 0)?,
+            queue: number(self.queue, "queue", &file.queue, 1024)?.max(1),
             path_normalization,
         })
     }
@@ -982,15 +899,6 @@ pub fn run(args: &Args) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("0ms").is_err());
-    }
 
     #[test]
     fn flags_override_file_and_opa_config_is_read() {

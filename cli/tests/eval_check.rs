@@ -240,3 +240,26 @@ fn test_runs_decision_tests_against_istio_policies() {
     );
     assert!(stdout.contains("PASS: 6/6"), "{stdout}");
 }
+
+/// A typo in `serve --config` stops the server before it listens: exit 2, with the key, the
+/// file, its line and column (a security configuration must not ignore a key it does not know).
+#[test]
+fn serve_refuses_a_misspelled_config_key() {
+    let dir = std::env::temp_dir().join(format!("arbiter-cfg-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("arbiter.yaml");
+    std::fs::write(
+        &file,
+        "grpc-addr: 127.0.0.1:0\nhttp-addr: 127.0.0.1:0\ndecison-log: /tmp/x.log\n",
+    )
+    .unwrap();
+    let out = arbiter(&["serve", "--config", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let want = format!(
+        "arbiter: {}:3:1: unknown field `decison-log`, expected one of",
+        file.display()
+    );
+    assert!(stderr.starts_with(&want), "stderr: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

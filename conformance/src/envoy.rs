@@ -321,9 +321,59 @@ pub fn request(
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     s.write_all(&bytes).map_err(|e| e.to_string())?;
+    parse_response(&read_response(&mut s, method == "HEAD")?)
+}
+
+/// Whether `raw` holds a whole response: its head, and the body its `content-length` or
+/// chunked encoding announces (none after HEAD, 1xx, 204 and 304).
+fn response_complete(raw: &[u8], head_only: bool) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if head_only || status.starts_with('1') || status == "204" || status == "304" {
+        return true;
+    }
+    let body = &raw[split + 4..];
+    let header = |name: &str| {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        return body.len() >= n;
+    }
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
+}
+
+/// Read a response until it is whole or the peer closes. Envoy delays its close after
+/// `connection: close` (its `delayed_close_timeout`, 1 s): waiting for the close would cost
+/// that much per request.
+fn read_response(r: &mut impl Read, head_only: bool) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    parse_response(&raw)
+    let mut buf = [0u8; 16384];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if response_complete(&raw, head_only) {
+                    return Ok(raw);
+                }
+            }
+            // Envoy may close without close_notify after `connection: close`.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
+                return Ok(raw);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 pub fn get(port: u16, target: &str) -> Result<HttpResponse, String> {
@@ -443,12 +493,5 @@ pub fn request_tls(
     }
     req.push_str("\r\n");
     tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // Envoy may close without close_notify after `connection: close`.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    parse_response(&raw)
+    parse_response(&read_response(&mut tls, method == "HEAD")?)
 }

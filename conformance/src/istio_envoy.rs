@@ -50,11 +50,18 @@ impl Signer {
 /// per issuer, the payload in the metadata under the issuer, a missing token allowed (a bad
 /// one is rejected by Envoy with 401).
 pub fn jwt_filter(issuers: &[String], jwks: &str) -> String {
+    jwt_filter_keyed(issuers, jwks, None)
+}
+
+/// [`jwt_filter`] with every payload filed under `key` (istiod's `payload`) instead of under
+/// its issuer.
+pub fn jwt_filter_keyed(issuers: &[String], jwks: &str, key: Option<&str>) -> String {
     let mut providers = String::new();
     let mut requirements = String::new();
     for (i, iss) in issuers.iter().enumerate() {
         providers.push_str(&format!(
-            "                p{i}:\n                  issuer: '{iss}'\n                  local_jwks:\n                    inline_string: '{jwks}'\n                  payload_in_metadata: '{iss}'\n"
+            "                p{i}:\n                  issuer: '{iss}'\n                  local_jwks:\n                    inline_string: '{jwks}'\n                  payload_in_metadata: '{}'\n",
+            key.unwrap_or(iss)
         ));
         requirements.push_str(&format!("                    - provider_name: p{i}\n"));
     }
@@ -156,16 +163,16 @@ impl Pki {
     pub fn listener_tls(&self) -> String {
         format!(
             r#"      transport_socket:
-    name: envoy.transport_sockets.tls
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-      require_client_certificate: false
-      common_tls_context:
-        tls_certificates:
-        - certificate_chain: {{filename: "{}"}}
-          private_key: {{filename: "{}"}}
-        validation_context:
-          trusted_ca: {{filename: "{}"}}
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: false
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: "{}"}}
+              private_key: {{filename: "{}"}}
+            validation_context:
+              trusted_ca: {{filename: "{}"}}
 "#,
             self.listener.cert.display(),
             self.listener.key.display(),

@@ -242,7 +242,11 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Canonical path, without the query.
     pub path: &'a str,
+    /// Lower-case names. One entry per header line when Envoy sent the lines (`header_map`,
+    /// `encode_raw_headers: true`: `header_lines` is true); otherwise Envoy's `headers`, where
+    /// repeated lines arrive joined with commas.
     pub headers: Vec<(String, String)>,
+    pub header_lines: bool,
     pub sni: String,
     /// The target workload: namespace, labels and service (from context extensions).
     pub workload_namespace: String,
@@ -292,7 +296,8 @@ impl<'a> Request<'a> {
         let (source_ip, _) = socket(req.source.as_ref());
         let (destination_ip, destination_port) = socket(req.destination.as_ref());
         let host = crate::path::Host::parse(&http.host, &http.scheme);
-        let headers: Vec<(String, String)> = if http.headers.is_empty() {
+        let header_lines = http.header_map.is_some();
+        let headers: Vec<(String, String)> = if header_lines {
             http.header_map
                 .iter()
                 .flatten()
@@ -329,6 +334,7 @@ impl<'a> Request<'a> {
                 .as_ref()
                 .map(|t| t.sni.clone())
                 .unwrap_or_default(),
+            header_lines,
             workload_namespace,
             workload_labels: labels,
         }
@@ -624,24 +630,41 @@ const CONDITION_KEYS: &[&str] = &[
     "connection.sni",
 ];
 
-fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
+/// Whether a header pattern matches. Envoy's RBAC filter (1.40) matches each header line on its
+/// own and any line may match (checked against real Envoy in the differential test). When only
+/// Envoy's comma-joined value is known, the lines are not: a match that takes access away
+/// (`restrictive`) also tries every run of comma-separated pieces, which includes every line
+/// the value could have been joined from; a match that grants access tries the value as sent.
+fn header_matches(pattern: &str, values: &[String], lines_known: bool, restrictive: bool) -> bool {
+    if pattern == "*" {
+        // istiod turns `*` on a header into Envoy's presence match: an empty value is present.
+        return !values.is_empty();
+    }
+    values.iter().any(|v| {
+        if string_match(pattern, v) {
+            return true;
+        }
+        if lines_known || !restrictive || !v.contains(',') {
+            return false;
+        }
+        let pieces: Vec<&str> = v.split(',').collect();
+        (0..pieces.len())
+            .any(|i| (i + 1..=pieces.len()).any(|j| string_match(pattern, &pieces[i..j].join(","))))
+    })
+}
+
+/// `deny`: the rule belongs to a DENY policy (where `values` take access away; in an ALLOW
+/// policy `notValues` do).
+fn condition_matches(c: &Condition, r: &Request<'_>, deny: bool) -> bool {
     let (base, parts) = parse_key(&c.key);
     // Every value the attribute has (a claim may be a list); none when absent.
     let values: Vec<String> = match base.as_str() {
-        // Envoy's header matchers see one value: repeated lines joined with commas.
-        "request.headers" => {
-            let lines: Vec<&str> = r
-                .headers
-                .iter()
-                .filter(|(k, _)| parts.first().is_some_and(|n| k.eq_ignore_ascii_case(n)))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            if lines.is_empty() {
-                Vec::new()
-            } else {
-                vec![lines.join(",")]
-            }
-        }
+        "request.headers" => r
+            .headers
+            .iter()
+            .filter(|(k, _)| parts.first().is_some_and(|n| k.eq_ignore_ascii_case(n)))
+            .map(|(_, v)| v.clone())
+            .collect(),
         "source.ip" | "remote.ip" => vec![r.source_ip.clone()],
         "destination.ip" => vec![r.destination_ip.clone()],
         "destination.port" => vec![r.destination_port.to_string()],
@@ -676,12 +699,12 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
         _ => Vec::new(),
     };
     let ip_key = matches!(base.as_str(), "source.ip" | "remote.ip" | "destination.ip");
-    let header_key = base == "request.headers";
+    if base == "request.headers" {
+        let hit = |p: &str, restrictive| header_matches(p, &values, r.header_lines, restrictive);
+        return (c.values.is_empty() || c.values.iter().any(|p| hit(p, deny)))
+            && !c.not_values.iter().any(|p| hit(p, !deny));
+    }
     let hit = |pattern: &str| {
-        // istiod turns `*` on a header into Envoy's presence match: an empty value is present.
-        if header_key && pattern == "*" {
-            return !values.is_empty();
-        }
         values.iter().any(|v| {
             if ip_key {
                 ip_in(pattern, v)
@@ -696,7 +719,7 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
 fn rule_matches(rule: &Rule, r: &Request<'_>, deny: bool) -> bool {
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, r)))
         && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r, deny)))
-        && rule.when.iter().all(|c| condition_matches(c, r))
+        && rule.when.iter().all(|c| condition_matches(c, r, deny))
 }
 
 impl IstioPolicies {

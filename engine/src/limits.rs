@@ -25,13 +25,17 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(with = "duration")]
+    #[serde(deserialize_with = "crate::units::serde_units::duration")]
     pub eval_timeout: Duration,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_request_bytes: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_body_bytes: usize,
     pub max_body_depth: usize,
     pub max_headers: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_header_bytes: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_path_bytes: usize,
 }
 
@@ -49,38 +53,6 @@ impl Default for Limits {
     }
 }
 
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (n, unit) = t.split_at(split);
-        let n: f64 = n.parse().map_err(|_| {
-            serde::de::Error::custom(format!("`{s}` is not a duration such as 50ms"))
-        })?;
-        let secs = match unit {
-            "us" | "µs" => n / 1e6,
-            "ms" => n / 1e3,
-            "s" => n,
-            _ => {
-                return Err(serde::de::Error::custom(format!(
-                    "`{s}`: unit must be us, ms or s"
-                )));
-            }
-        };
-        if !(secs.is_finite() && secs > 0.0) {
-            return Err(serde::de::Error::custom(format!("`{s}` must be positive")));
-        }
-        Ok(Duration::from_secs_f64(secs))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,12 +60,13 @@ mod tests {
     #[test]
     fn defaults_and_partial_config() {
         let l: Limits = serde_json::from_value(serde_json::json!({
-            "max_headers": 50, "eval_timeout": "20ms"
+            "max_headers": 50, "eval_timeout": "20ms", "max_body_bytes": "2MiB"
         }))
         .unwrap();
         assert_eq!(l.max_headers, 50);
         assert_eq!(l.eval_timeout, Duration::from_millis(20));
         assert_eq!(l.max_body_depth, 64);
+        assert_eq!(l.max_body_bytes, 2 << 20);
         assert!(serde_json::from_value::<Limits>(serde_json::json!({"max_header": 1})).is_err());
     }
 }

@@ -394,18 +394,56 @@ spec:
     assert!(p.evaluate(&r).allowed);
     r.headers = vec![("x-other".into(), "v".into())];
     assert!(!p.evaluate(&r).allowed, "absent");
-    // Repeated lines are one comma-joined value, as Envoy's header matchers see them.
-    let exact = policies(
-        r#"apiVersion: security.istio.io/v1
+}
+
+/// Envoy 1.40's RBAC filter matches each line of a repeated header on its own (measured:
+/// `x-token: admin` + `x-token: second` matches `exact: admin`; one line `admin,second` does
+/// not). arbiter sees the lines when Envoy sends `header_map`; from Envoy's comma-joined
+/// `headers` it cannot, so a match that takes access away tries every comma-separated run.
+#[test]
+fn repeated_header_lines_match_as_envoy_rbac_matches_them() {
+    let rule = |action: &str| {
+        format!(
+            r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: h, namespace: foo}
+metadata: {{name: h, namespace: foo}}
 spec:
+  action: {action}
   rules:
-  - when: [{key: "request.headers[x-h]", values: ["a,b"]}]
-"#,
-    );
-    r.headers = vec![("x-h".into(), "a".into()), ("x-h".into(), "b".into())];
-    assert!(exact.evaluate(&r).allowed);
+  - when: [{{key: "request.headers[x-token]", values: ["admin"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: other, namespace: foo}}
+spec:
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{paths: ["/open"]}}}}]
+"#
+        )
+    };
+    let allow = policies(&rule("ALLOW"));
+    let deny = policies(&rule("DENY"));
+    let mut lines = req("GET", "/x");
+    lines.header_lines = true;
+    lines.headers = vec![
+        ("x-token".into(), "second".into()),
+        ("x-token".into(), "admin".into()),
+    ];
+    assert!(allow.evaluate(&lines).allowed, "any line may match");
+    let mut open = lines.clone();
+    open.path = "/open";
+    assert!(!deny.evaluate(&open).allowed, "any line may match a DENY");
+
+    let mut joined = req("GET", "/open");
+    joined.headers = vec![("x-token".into(), "second,admin".into())];
+    // Either one line `second,admin` or two lines: a DENY takes the lines it could be.
+    assert!(!deny.evaluate(&joined).allowed);
+    // An ALLOW grants only on the value as sent: stricter than Envoy for two lines.
+    joined.path = "/x";
+    assert!(!allow.evaluate(&joined).allowed);
+    joined.headers = vec![("x-token".into(), "admin".into())];
+    assert!(allow.evaluate(&joined).allowed);
 }
 
 #[test]

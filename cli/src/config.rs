@@ -1,0 +1,277 @@
+//! `arbiter serve --config FILE`: the file read once, into one typed structure.
+//!
+//! Keys are arbiter's (written with dashes, as the flags; the underscore spelling is accepted
+//! as an alias) and the parts of OPA's configuration an Envoy deployment uses (`plugins`,
+//! `services`, `bundles`, `keys`, `decision_logs`), with OPA's spellings. A key the structure
+//! does not know is an error naming the key, the file, its line and column: a typo in a
+//! security configuration must not be silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// A path, or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A value written as text or as a number (`workers: 4`, `eval-timeout: 50ms`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Text(s) => f.write_str(s),
+            Scalar::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    // ---- arbiter's keys: the flags of `arbiter serve` ----
+    pub policies: Option<OneOrMany>,
+    #[serde(rename = "grpc-addr", alias = "grpc_addr")]
+    pub grpc_addr: Option<String>,
+    #[serde(rename = "http-addr", alias = "http_addr")]
+    pub http_addr: Option<String>,
+    pub path: Option<String>,
+    #[serde(rename = "eval-timeout", alias = "eval_timeout")]
+    pub eval_timeout: Option<Scalar>,
+    pub workers: Option<Scalar>,
+    pub queue: Option<Scalar>,
+    #[serde(rename = "path-normalization", alias = "path_normalization")]
+    pub path_normalization: Option<String>,
+    #[serde(rename = "dry-run", alias = "dry_run")]
+    pub dry_run: Option<bool>,
+    #[serde(rename = "skip-request-body-parse", alias = "skip_request_body_parse")]
+    pub skip_request_body_parse: Option<bool>,
+    #[serde(rename = "v0-compatible", alias = "v0_compatible")]
+    pub v0_compatible: Option<bool>,
+    pub limits: Option<arbiter_engine::limits::Limits>,
+    #[serde(rename = "trust-bundles", alias = "trust_bundles")]
+    pub trust_bundles: Option<BTreeMap<String, String>>,
+    #[serde(rename = "trust-xfcc-by", alias = "trust_xfcc_by")]
+    pub trust_xfcc_by: Option<String>,
+    #[serde(rename = "tls-cert", alias = "tls_cert")]
+    pub tls_cert: Option<String>,
+    #[serde(rename = "tls-key", alias = "tls_key")]
+    pub tls_key: Option<String>,
+    #[serde(rename = "tls-client-ca", alias = "tls_client_ca")]
+    pub tls_client_ca: Option<String>,
+    #[serde(rename = "allowed-callers", alias = "allowed_callers")]
+    pub allowed_callers: Option<OneOrMany>,
+    pub watch: Option<bool>,
+    #[serde(rename = "watch-interval", alias = "watch_interval")]
+    pub watch_interval: Option<Scalar>,
+    #[serde(rename = "reload-require-tests", alias = "reload_require_tests")]
+    pub reload_require_tests: Option<bool>,
+    pub ui: Option<bool>,
+    #[serde(rename = "ui-token-file", alias = "ui_token_file")]
+    pub ui_token_file: Option<String>,
+    #[serde(rename = "istio-root-namespace", alias = "istio_root_namespace")]
+    pub istio_root_namespace: Option<String>,
+    #[serde(
+        rename = "istio-allow-without-allow-policies",
+        alias = "istio_allow_without_allow_policies"
+    )]
+    pub istio_allow_without_allow_policies: Option<bool>,
+    #[serde(rename = "decision-log", alias = "decision_log")]
+    pub decision_log: Option<String>,
+    #[serde(rename = "decision-log-url", alias = "decision_log_url")]
+    pub decision_log_url: Option<String>,
+    #[serde(
+        rename = "decision-log-upload-interval",
+        alias = "decision_log_upload_interval"
+    )]
+    pub decision_log_upload_interval: Option<Scalar>,
+    #[serde(rename = "decision-log-max-size", alias = "decision_log_max_size")]
+    pub decision_log_max_size: Option<Scalar>,
+    #[serde(rename = "decision-log-max-files", alias = "decision_log_max_files")]
+    pub decision_log_max_files: Option<u64>,
+    #[serde(rename = "decision-log-fsync", alias = "decision_log_fsync")]
+    pub decision_log_fsync: Option<String>,
+    #[serde(
+        rename = "decision-log-mask-headers",
+        alias = "decision_log_mask_headers"
+    )]
+    pub decision_log_mask_headers: Option<String>,
+    #[serde(rename = "decision-log-queue", alias = "decision_log_queue")]
+    pub decision_log_queue: Option<u64>,
+    pub audit: Option<String>,
+
+    // ---- OPA's configuration ----
+    pub plugins: Option<Plugins>,
+    /// A map of name → service, or a list of services with `name` (both are OPA's).
+    pub services: Option<Json>,
+    pub bundles: Option<BTreeMap<String, BundleConfig>>,
+    pub keys: Option<BTreeMap<String, KeyConfig>>,
+    pub decision_logs: Option<DecisionLogs>,
+}
+
+/// OPA's `plugins`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    pub envoy_ext_authz_grpc: Option<EnvoyPlugin>,
+}
+
+/// `plugins.envoy_ext_authz_grpc`, as OPA-Envoy spells it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyPlugin {
+    pub addr: Option<String>,
+    pub path: Option<String>,
+    pub query: Option<String>,
+    #[serde(rename = "dry-run")]
+    pub dry_run: Option<bool>,
+    #[serde(rename = "skip-request-body-parse")]
+    pub skip_request_body_parse: Option<bool>,
+}
+
+/// One of OPA's `bundles`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    pub service: Option<String>,
+    pub resource: Option<String>,
+    pub signing: Option<Signing>,
+}
+
+/// `bundles.*.signing`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    pub keyid: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// One of OPA's `keys`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub key: Option<String>,
+    pub algorithm: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// OPA's `decision_logs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogs {
+    pub console: Option<bool>,
+    pub service: Option<String>,
+    pub resource: Option<String>,
+    pub reporting: Option<Reporting>,
+    pub mask_decision: Option<String>,
+    pub drop_decision: Option<String>,
+}
+
+/// `decision_logs.reporting`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reporting {
+    pub buffer_size_limit_events: Option<u64>,
+    pub max_delay_seconds: Option<u64>,
+    pub min_delay_seconds: Option<u64>,
+    pub upload_size_limit_bytes: Option<u64>,
+}
+
+impl ConfigFile {
+    /// Read and check `path` (YAML, or JSON, which is YAML too). Errors name the file, the line
+    /// and column, and the key or value that is wrong.
+    pub fn read(path: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the configuration: {e}", path.display()))?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<ConfigFile, String> {
+        if text.trim().is_empty() {
+            return Ok(ConfigFile::default());
+        }
+        yaml_serde::from_str::<Option<ConfigFile>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                let msg = e.to_string();
+                // The message without yaml's own position, which is given in front.
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                match e.location() {
+                    Some(l) => format!("{name}:{}:{}: {msg}", l.line(), l.column()),
+                    None => format!("{name}: {msg}"),
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelled_key_names_the_key_file_line_and_column() {
+        let e = ConfigFile::parse(
+            "arbiter.yaml",
+            "grpc-addr: 127.0.0.1:9191\neval-timeout: 20ms\ngrpc_adr: :9292\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("arbiter.yaml:3:1: unknown field `grpc_adr`, expected one of"),
+            "{e}"
+        );
+        // Nested sections too, with OPA's spellings.
+        let e = ConfigFile::parse(
+            "opa.yaml",
+            "plugins:\n  envoy_ext_authz_grpc:\n    addr: :9191\n    dryrun: true\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "opa.yaml:4:5: plugins.envoy_ext_authz_grpc: unknown field `dryrun`, expected one of"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn both_spellings_and_opa_sections_are_read() {
+        let c = ConfigFile::parse(
+            "c.yaml",
+            "grpc_addr: :1\nhttp-addr: :2\nworkers: 4\nlimits: {max_headers: 10}\nplugins: {envoy_ext_authz_grpc: {path: a/b, dry-run: true}}\ndecision_logs: {console: true}\n",
+        )
+        .unwrap();
+        assert_eq!(c.grpc_addr.as_deref(), Some(":1"));
+        assert_eq!(c.http_addr.as_deref(), Some(":2"));
+        assert_eq!(c.workers.map(|w| w.to_string()).as_deref(), Some("4"));
+        assert_eq!(c.limits.map(|l| l.max_headers), Some(10));
+        let plugin = c.plugins.and_then(|p| p.envoy_ext_authz_grpc).unwrap();
+        assert_eq!(plugin.path.as_deref(), Some("a/b"));
+        assert_eq!(plugin.dry_run, Some(true));
+        assert_eq!(c.decision_logs.and_then(|d| d.console), Some(true));
+        // A wrong type is an error with its place too.
+        let e = ConfigFile::parse("c.yaml", "watch: sometimes\n").unwrap_err();
+        assert!(e.starts_with("c.yaml:1:8: "), "{e}");
+        assert!(ConfigFile::parse("c.yaml", "").is_ok());
+    }
+}
