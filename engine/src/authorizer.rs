@@ -227,8 +227,8 @@ impl Authorizer {
         }
     }
 
-    /// Rego and CEL together: CEL first (it is cheap, and a CEL denial makes the Rego result
-    /// irrelevant), then Rego.
+    /// Istio first (a DENY or a missing ALLOW decides alone; an allow is one vote), then CEL and
+    /// Rego ([`Self::decide_cel_and_rego`]).
     fn decide_request(
         &self,
         request: &AuthzRequest,
@@ -283,7 +283,8 @@ impl Authorizer {
         d
     }
 
-    /// Rego and CEL together.
+    /// Rego and CEL together: CEL first (it is cheap, and a CEL denial makes the Rego result
+    /// irrelevant), then Rego; both must allow.
     fn decide_cel_and_rego(
         &self,
         request: &AuthzRequest,

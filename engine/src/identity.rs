@@ -10,6 +10,7 @@ use std::fmt;
 
 use regorus::Value;
 
+pub mod chain;
 #[cfg(test)]
 mod props;
 mod resolve;

@@ -396,7 +396,6 @@ fn rule_data_conflicts(
 /// not load.
 const FORBIDDEN_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr", "opa.runtime"];
 
-/// Calls of [`FORBIDDEN_BUILTINS`] in a Rego source, outside comments and strings.
 /// `default allow := true` (or `=`): every request that no rule decides is allowed, the
 /// opposite of zero trust's deny by default (reliability.md §3 H9). A warning, not an error:
 /// a deliberately open policy is valid Rego.
@@ -430,6 +429,7 @@ fn risky_defaults(file: &str, text: &str) -> Vec<Diagnostic> {
     out
 }
 
+/// Calls of [`FORBIDDEN_BUILTINS`] in a Rego source, outside comments and strings.
 fn forbidden_calls(file: &str, text: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

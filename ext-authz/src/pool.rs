@@ -1,9 +1,12 @@
-//! A fixed set of evaluation threads behind a bounded queue.
+//! Where evaluations run, and how many at once.
 //!
+//! By default (`--workers 0`, [`EvalPool::inline`]) a check is evaluated on the async
+//! runtime's thread that received it: the fastest way, with admission bounded by `--queue`.
 //! Policy evaluation is CPU-bound and, with a runaway policy or a built-in that cannot be
-//! interrupted, can take longer than the deadline. It therefore never runs on the async
-//! runtime's threads: a check hands its work to this pool and waits for the answer with a
-//! deadline. When the queue is full the check is refused at once (the caller denies with
+//! interrupted, can take longer than the deadline, holding that thread; `--workers N` moves
+//! evaluation to a fixed set of threads behind a bounded queue instead, so the network threads
+//! stay free: a check hands its work to the pool and waits for the answer with a deadline. In
+//! both modes, when the bound is reached the check is refused at once (the caller denies with
 //! `overload`), so load beyond capacity is shed instead of queued without bound.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};

@@ -239,33 +239,40 @@ impl State {
     ) -> bool {
         let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let d = &outcome.decision;
+        let logged = match &self.decision_log {
+            None => true,
+            Some(log) => {
+                let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
+                let queued = log.submit(Box::new(DecisionRecord {
+                    decision_id: f.decision_id.to_string(),
+                    timestamp_ns: f.timestamp_ns,
+                    path: f.path,
+                    input: outcome.input.clone(),
+                    decision: d.clone(),
+                    timings: outcome.timings,
+                    server_ns,
+                    requested_by: f.requested_by,
+                    revision: f.policies.revision().to_string(),
+                    dry_run: self.options.dry_run && origin == Origin::Grpc,
+                    trace_id,
+                    span_id,
+                    identity: outcome.identity.clone(),
+                    policies: Some(f.policies),
+                }));
+                queued || !log.audit_required()
+            }
+        };
+        // Metrics count what the caller is told: under `--audit required` a check whose event
+        // could not be queued is the `audit_unavailable` denial the caller turns it into.
+        let unaudited = Decision::deny(DenyReason::AuditUnavailable);
+        let told = if logged { d } else { &unaudited };
         self.metrics.record(
             origin,
-            d.allowed,
-            d.reason.as_ref().map(|r| (r.code(), r.is_error())),
+            told.allowed,
+            told.reason.as_ref().map(|r| (r.code(), r.is_error())),
             server_ns,
         );
-        let Some(log) = &self.decision_log else {
-            return true;
-        };
-        let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
-        let queued = log.submit(Box::new(DecisionRecord {
-            decision_id: f.decision_id.to_string(),
-            timestamp_ns: f.timestamp_ns,
-            path: f.path,
-            input: outcome.input.clone(),
-            decision: d.clone(),
-            timings: outcome.timings,
-            server_ns,
-            requested_by: f.requested_by,
-            revision: f.policies.revision().to_string(),
-            dry_run: self.options.dry_run && origin == Origin::Grpc,
-            trace_id,
-            span_id,
-            identity: outcome.identity.clone(),
-            policies: Some(f.policies),
-        }));
-        queued || !log.audit_required()
+        logged
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use arbiter_engine::identity::{SpiffeId, spiffe_match};
+use arbiter_engine::identity::spiffe_match;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -123,33 +123,8 @@ impl ResolvesServerCert for ReloadingResolver {
     }
 }
 
-/// The SPIFFE ID in a certificate's single URI SAN.
-pub fn certificate_spiffe_id(der: &[u8]) -> Result<SpiffeId, String> {
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
-        .map_err(|e| format!("not a certificate: {e}"))?;
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    match uris.as_slice() {
-        [u] => SpiffeId::parse_workload(u).map_err(|e| e.to_string()),
-        [] => Err("no URI SAN".into()),
-        _ => Err("more than one URI SAN".into()),
-    }
-}
+/// The SPIFFE ID in a certificate's single URI SAN: the engine's one reading of it.
+pub use arbiter_engine::identity::chain::spiffe_id_of_der as certificate_spiffe_id;
 
 /// Verifies the chain with WebPKI, then the caller's SPIFFE ID against the allowed patterns.
 #[derive(Debug)]

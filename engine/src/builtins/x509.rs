@@ -3,8 +3,8 @@
 //! OPA returns Go's `x509.Certificate` as JSON (field names such as `Subject`, `DNSNames`,
 //! `IsCA`, `URIs`), plus `URIStrings`. This module builds the same object from x509-parser's
 //! parse: byte fields as base64, big integers as numbers, times as RFC 3339, `null` for absent
-//! lists. Chain verification (leaf to root, signatures, validity, CA constraints) is shared with
-//! the identity code through [`verify_chain`].
+//! lists. Chains are verified by rustls-webpki through [`crate::identity::chain::verify`], as
+//! forwarded peer certificates are.
 
 use regorus::Value;
 use x509_parser::certificate::X509Certificate;
@@ -40,20 +40,19 @@ pub(super) fn register(r: &mut Registrar<'_>) {
             return Ok(invalid);
         }
         // OPA: the first certificate is the root, the last the leaf, the rest intermediates.
-        let root = &certs[0].1;
-        let leaf = &certs[certs.len() - 1].1;
-        let intermediates: Vec<&X509Certificate<'_>> =
-            certs[1..certs.len() - 1].iter().map(|(_, c)| c).collect();
-        match verify_chain(leaf, &intermediates, &[root], now_secs(), true) {
+        let root = ders[0].as_slice();
+        let leaf = ders[ders.len() - 1].as_slice();
+        let intermediates: Vec<&[u8]> = ders[1..ders.len() - 1].iter().map(Vec::as_slice).collect();
+        let usage = crate::identity::chain::Usage::ServerAuth;
+        match crate::identity::chain::verify(leaf, &intermediates, &[root], now_secs(), usage) {
             Ok(chain) => {
                 let values = chain
                     .iter()
-                    .map(|c| {
-                        let der = certs
+                    .filter_map(|der| {
+                        certs
                             .iter()
-                            .find(|(_, x)| x.as_raw() == c.as_raw())
-                            .map_or(&[][..], |(d, _)| d.as_slice());
-                        cert_value(der, c)
+                            .find(|(d, _)| d == der)
+                            .map(|(d, c)| cert_value(d, c))
                     })
                     .collect::<Vec<_>>();
                 Ok(Value::from(vec![Value::Bool(true), Value::from(values)]))
@@ -655,9 +654,7 @@ pub fn cert_value(der: &[u8], cert: &X509Certificate<'_>) -> Value {
     ])
 }
 
-// ---------------------------------------------------------------------------------------------
-// Chain verification.
-
+/// The hash of an RSASSA-PSS signature (Go numbers the PSS signature algorithms by it).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Hash {
     Sha256,
@@ -666,8 +663,7 @@ enum Hash {
 }
 
 fn pss_hash(cert: &X509Certificate<'_>) -> Option<Hash> {
-    // RSASSA-PSS-params: the hash algorithm is the first [0] field; absent means SHA-1, which
-    // we do not accept.
+    // RSASSA-PSS-params: the hash algorithm is the first [0] field; absent means SHA-1.
     let params = cert.signature_algorithm.parameters.as_ref()?;
     let data = params.data;
     let contains = |oid_der: &[u8]| data.windows(oid_der.len()).any(|w| w == oid_der);
@@ -681,157 +677,6 @@ fn pss_hash(cert: &X509Certificate<'_>) -> Option<Hash> {
         Some(Hash::Sha512)
     } else {
         None
-    }
-}
-
-/// Check that `issuer`'s key signed `cert`.
-pub fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
-    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-    let spki = issuer.public_key();
-    let key_oid = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string())
-        .unwrap_or_default();
-    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
-    let alg: Option<&'static dyn VerificationAlgorithm> = match (sig_oid.as_str(), key_oid.as_str())
-    {
-        ("1.2.840.113549.1.1.11", "1.2.840.113549.1.1.1") => {
-            Some(&signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY)
-        }
-        ("1.2.840.113549.1.1.12", "1.2.840.113549.1.1.1") => {
-            Some(&signature::RSA_PKCS1_2048_8192_SHA384)
-        }
-        ("1.2.840.113549.1.1.13", "1.2.840.113549.1.1.1") => {
-            Some(&signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY)
-        }
-        ("1.2.840.113549.1.1.10", "1.2.840.113549.1.1.1") => match pss_hash(cert) {
-            Some(Hash::Sha256) => Some(&signature::RSA_PSS_2048_8192_SHA256),
-            Some(Hash::Sha384) => Some(&signature::RSA_PSS_2048_8192_SHA384),
-            Some(Hash::Sha512) => Some(&signature::RSA_PSS_2048_8192_SHA512),
-            None => None,
-        },
-        ("1.2.840.10045.4.3.2", "1.2.840.10045.2.1") => match curve.as_str() {
-            "1.2.840.10045.3.1.7" => Some(&signature::ECDSA_P256_SHA256_ASN1),
-            "1.3.132.0.34" => Some(&signature::ECDSA_P384_SHA256_ASN1),
-            "1.3.132.0.35" => Some(&signature::ECDSA_P521_SHA256_ASN1),
-            _ => None,
-        },
-        ("1.2.840.10045.4.3.3", "1.2.840.10045.2.1") => match curve.as_str() {
-            "1.2.840.10045.3.1.7" => Some(&signature::ECDSA_P256_SHA384_ASN1),
-            "1.3.132.0.34" => Some(&signature::ECDSA_P384_SHA384_ASN1),
-            "1.3.132.0.35" => Some(&signature::ECDSA_P521_SHA384_ASN1),
-            _ => None,
-        },
-        ("1.2.840.10045.4.3.4", "1.2.840.10045.2.1") => match curve.as_str() {
-            "1.2.840.10045.3.1.7" => Some(&signature::ECDSA_P256_SHA512_ASN1),
-            "1.3.132.0.34" => Some(&signature::ECDSA_P384_SHA512_ASN1),
-            "1.3.132.0.35" => Some(&signature::ECDSA_P521_SHA512_ASN1),
-            _ => None,
-        },
-        ("1.3.101.112", "1.3.101.112") => Some(&signature::ED25519),
-        // SHA-1 and MD5 signatures are refused, as Go does.
-        _ => None,
-    };
-    let Some(alg) = alg else {
-        return false;
-    };
-    let key: &[u8] = if key_oid == "1.3.101.112" {
-        &spki.subject_public_key.data
-    } else {
-        spki.raw
-    };
-    UnparsedPublicKey::new(alg, key)
-        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-        .is_ok()
-}
-
-/// Why a chain did not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("certificate `{0}` is expired or not yet valid")]
-    Validity(String),
-    #[error("no trusted issuer found for `{0}`")]
-    UnknownIssuer(String),
-    #[error("certificate `{0}` is not authorized to sign other certificates")]
-    NotCa(String),
-    #[error("certificate chain exceeds a path length constraint")]
-    PathLen,
-    #[error("leaf certificate does not allow the required key usage")]
-    KeyUsage,
-    #[error("certificate chain is too long")]
-    TooLong,
-}
-
-fn display_name(c: &X509Certificate<'_>) -> String {
-    c.subject().to_string()
-}
-
-/// Build and verify a chain from `leaf` through `intermediates` to one of `roots`, checking
-/// signatures, validity at `now` (seconds since the epoch), that issuers are CAs and path length
-/// constraints. With `server_auth`, a leaf with an extended key usage extension must allow
-/// server authentication (Go's default in `Verify`). Returns the chain, leaf first.
-pub fn verify_chain<'c, 'a>(
-    leaf: &'c X509Certificate<'a>,
-    intermediates: &[&'c X509Certificate<'a>],
-    roots: &[&'c X509Certificate<'a>],
-    now: i64,
-    server_auth: bool,
-) -> Result<Vec<&'c X509Certificate<'a>>, ChainError> {
-    let valid_at = |c: &X509Certificate<'_>| {
-        c.validity().not_before.timestamp() <= now && now <= c.validity().not_after.timestamp()
-    };
-    if !valid_at(leaf) {
-        return Err(ChainError::Validity(display_name(leaf)));
-    }
-    if server_auth
-        && let Ok(Some(eku)) = leaf.extended_key_usage()
-        && !(eku.value.any || eku.value.server_auth)
-    {
-        return Err(ChainError::KeyUsage);
-    }
-    let mut chain = vec![leaf];
-    let mut current = leaf;
-    for _ in 0..16 {
-        let issuer_ok = |cand: &X509Certificate<'_>| {
-            cand.subject().as_raw() == current.issuer().as_raw() && signed_by(current, cand)
-        };
-        if let Some(root) = roots.iter().find(|r| issuer_ok(r)) {
-            check_issuer(root, chain.len() - 1, valid_at(root))?;
-            chain.push(root);
-            return Ok(chain);
-        }
-        let Some(next) = intermediates
-            .iter()
-            .find(|i| issuer_ok(i) && !chain.iter().any(|c| c.as_raw() == i.as_raw()))
-        else {
-            return Err(ChainError::UnknownIssuer(display_name(current)));
-        };
-        check_issuer(next, chain.len() - 1, valid_at(next))?;
-        chain.push(next);
-        current = next;
-    }
-    Err(ChainError::TooLong)
-}
-
-/// An issuer must be valid now, a CA, and allow `below` intermediates under it.
-fn check_issuer(c: &X509Certificate<'_>, below: usize, valid: bool) -> Result<(), ChainError> {
-    if !valid {
-        return Err(ChainError::Validity(display_name(c)));
-    }
-    match c.basic_constraints() {
-        Ok(Some(bc)) if bc.value.ca => {
-            if let Some(max) = bc.value.path_len_constraint
-                && below > usize::try_from(max).unwrap_or(usize::MAX)
-            {
-                return Err(ChainError::PathLen);
-            }
-            Ok(())
-        }
-        _ => Err(ChainError::NotCa(display_name(c))),
     }
 }
 

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 
 use regorus::Value;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 use super::{SpiffeId, xfcc};
@@ -234,37 +233,7 @@ pub fn svid_from_certificate(
     let leaf_der = ders.first().ok_or("no PEM certificate")?;
     let (_, leaf) =
         X509Certificate::from_der(leaf_der).map_err(|e| format!("not a certificate: {e}"))?;
-    let uris: Vec<&str> = leaf
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let uri = match uris.as_slice() {
-        [u] => *u,
-        [] => return Err("no URI SAN (an X.509-SVID has exactly one)".into()),
-        _ => {
-            return Err(format!(
-                "{} URI SANs (an X.509-SVID has exactly one)",
-                uris.len()
-            ));
-        }
-    };
-    let id = SpiffeId::parse_workload(uri).map_err(|e| {
-        format!(
-            "URI SAN `{}` is not a workload SPIFFE ID: {e}",
-            uri.escape_default()
-        )
-    })?;
+    let id = super::chain::spiffe_id_of(&leaf)?;
     if leaf.is_ca() {
         return Err("the certificate is a CA (an X.509-SVID leaf must not be)".into());
     }
@@ -286,24 +255,15 @@ pub fn svid_from_certificate(
                 id.trust_domain()
             ));
         };
-        let roots: Vec<X509Certificate<'_>> = bundle
-            .iter()
-            .filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
-            .collect();
-        let intermediates_owned: Vec<X509Certificate<'_>> = ders[1..]
-            .iter()
-            .filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
-            .collect();
-        let roots_ref: Vec<&X509Certificate<'_>> = roots.iter().collect();
-        let inter_ref: Vec<&X509Certificate<'_>> = intermediates_owned.iter().collect();
-        crate::builtins::x509::verify_chain(&leaf, &inter_ref, &roots_ref, now, false).map_err(
-            |e| {
-                format!(
-                    "does not chain to the `{}` trust bundle: {e}",
-                    id.trust_domain()
-                )
-            },
-        )?;
+        let roots: Vec<&[u8]> = bundle.iter().map(Vec::as_slice).collect();
+        let intermediates: Vec<&[u8]> = ders[1..].iter().map(Vec::as_slice).collect();
+        let usage = super::chain::Usage::ClientAuth;
+        super::chain::verify(leaf_der, &intermediates, &roots, now, usage).map_err(|e| {
+            format!(
+                "does not chain to the `{}` trust bundle: {e}",
+                id.trust_domain()
+            )
+        })?;
     }
     let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf_der);
     let time = |t: &x509_parser::time::ASN1Time| {
