@@ -393,24 +393,16 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
     let empty_http = crate::request::HttpRequest::default();
     let http = r.request.http.as_ref().unwrap_or(&empty_http);
     if uses.request {
+        // Repeated lines joined with commas, as Envoy joins them.
         let mut headers: Vec<(String, String)> = Vec::with_capacity(http.headers.len());
-        if http.headers.is_empty() {
-            for h in http.header_map.iter().flatten() {
-                let name = h.key.to_ascii_lowercase();
-                match headers.iter_mut().find(|(k, _)| *k == name) {
-                    Some((_, v)) => {
-                        v.push(',');
-                        v.push_str(&h.text());
-                    }
-                    None => headers.push((name, h.text())),
+        for (name, value) in http.header_lines().lines {
+            match headers.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, v)) => {
+                    v.push(',');
+                    v.push_str(&value);
                 }
+                None => headers.push((name, value.into_owned())),
             }
-        } else {
-            headers.extend(
-                http.headers
-                    .iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-            );
         }
         let header = |n: &str| {
             headers

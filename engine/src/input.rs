@@ -203,28 +203,7 @@ fn effective_headers(
     h: &HttpRequest,
     opts: &InputOptions,
 ) -> Result<Vec<(String, String)>, DenyReason> {
-    let raw: Vec<(String, std::borrow::Cow<'_, str>)> = if h.headers.is_empty() {
-        h.header_map
-            .iter()
-            .flatten()
-            .map(|r| {
-                (
-                    r.key.to_ascii_lowercase(),
-                    std::borrow::Cow::Owned(r.text()),
-                )
-            })
-            .collect()
-    } else {
-        h.headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_ascii_lowercase(),
-                    std::borrow::Cow::Borrowed(v.as_str()),
-                )
-            })
-            .collect()
-    };
+    let raw = h.header_lines().lines;
     // Bound the work before doing it: the count is checked on the raw entries.
     if raw.len() > opts.max_headers.saturating_mul(4) {
         return Err(too_many_headers(raw.len(), opts));

@@ -296,19 +296,13 @@ impl<'a> Request<'a> {
         let (source_ip, _) = socket(req.source.as_ref());
         let (destination_ip, destination_port) = socket(req.destination.as_ref());
         let host = crate::path::Host::parse(&http.host, &http.scheme);
-        let header_lines = http.header_map.is_some();
-        let headers: Vec<(String, String)> = if header_lines {
-            http.header_map
-                .iter()
-                .flatten()
-                .map(|h| (h.key.to_ascii_lowercase(), h.text()))
-                .collect()
-        } else {
-            http.headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect()
-        };
+        let lines = http.header_lines();
+        let header_lines = lines.separate;
+        let headers: Vec<(String, String)> = lines
+            .lines
+            .into_iter()
+            .map(|(k, v)| (k, v.into_owned()))
+            .collect();
         let mut labels: BTreeMap<String, String> = req.context_extensions.iter().cloned().collect();
         let workload_namespace = labels.remove("namespace").unwrap_or_else(|| {
             let dp = req

@@ -87,7 +87,43 @@ pub struct HttpRequest {
     pub raw_body: Vec<u8>,
 }
 
+/// A request's header lines, read once ([`HttpRequest::header_lines`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderLines<'a> {
+    /// Lower-case names, in arrival order.
+    pub lines: Vec<(String, std::borrow::Cow<'a, str>)>,
+    /// Each header line is on its own (Envoy's `header_map`). Otherwise the lines are Envoy's
+    /// `headers` map, where repeated lines arrive joined with commas.
+    pub separate: bool,
+}
+
 impl HttpRequest {
+    /// The header lines every language reads: Envoy's `headers` map, or, when Envoy sent only
+    /// `header_map` (`encode_raw_headers: true`), each of its lines. The Rego `input`, the CEL
+    /// bindings and the Istio matcher are projections of this one reading.
+    pub fn header_lines(&self) -> HeaderLines<'_> {
+        use std::borrow::Cow;
+        if self.headers.is_empty()
+            && let Some(map) = &self.header_map
+        {
+            return HeaderLines {
+                lines: map
+                    .iter()
+                    .map(|h| (h.key.to_ascii_lowercase(), Cow::Owned(h.text())))
+                    .collect(),
+                separate: true,
+            };
+        }
+        HeaderLines {
+            lines: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), Cow::Borrowed(v.as_str())))
+                .collect(),
+            separate: false,
+        }
+    }
+
     /// The value of a header (names compared case-insensitively), from `headers`, or from
     /// `header_map` joined with commas when only that was sent.
     pub fn header(&self, name: &str) -> Option<String> {
