@@ -16,7 +16,6 @@ use arbiter_benches::{policies_dir, reference_input};
 use arbiter_engine::authorizer::Authorizer;
 use arbiter_engine::input::InputOptions;
 use arbiter_engine::record::InstanceLabels;
-use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet};
 use arbiter_ext_authz::decision_log::{DecisionLogConfig, Fsync, LogTarget};
 use arbiter_ext_authz::{ListenAddr, RunningServer, ServeOptions, ServerConfig};
@@ -60,8 +59,8 @@ fn bench_logging(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let request =
-        AuthzRequest::from_check_request_json(&reference_input()).unwrap_or_else(|e| panic!("{e}"));
+    let request = arbiter_ext_authz::protojson::authz_request(&reference_input())
+        .unwrap_or_else(|e| panic!("{e}"));
     let dir = std::env::temp_dir().join(format!("arbiter-bench-log-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let file = |name: &str, fsync: Fsync| {
@@ -125,8 +124,8 @@ fn bench_event_encoding(c: &mut Criterion) {
         DataRef::parse("envoy/authz/allow").unwrap_or_else(|e| panic!("{e}")),
         InputOptions::default(),
     );
-    let request =
-        AuthzRequest::from_check_request_json(&reference_input()).unwrap_or_else(|e| panic!("{e}"));
+    let request = arbiter_ext_authz::protojson::authz_request(&reference_input())
+        .unwrap_or_else(|e| panic!("{e}"));
     let outcome = authorizer.check(&request);
     let record = arbiter_engine::record::DecisionRecord {
         decision_id: "0b2f5c1e-8a43-4c59-9a57-2a0d3f1c9e11".into(),

@@ -28,7 +28,8 @@ fn authorizer(sources: &PolicySources, engine: RegoEngine) -> Authorizer {
 }
 
 fn request() -> AuthzRequest {
-    AuthzRequest::from_check_request_json(&reference_input()).unwrap_or_else(|e| panic!("{e}"))
+    arbiter_ext_authz::protojson::authz_request(&reference_input())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn decisions(c: &mut Criterion) {

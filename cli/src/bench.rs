@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use arbiter_engine::authorizer::{Authorizer, RegoEngine};
 use arbiter_engine::input::InputOptions;
-use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::rvm::RvmDecider;
 use arbiter_engine::value::from_json;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources, RegoVersion};
@@ -154,7 +153,7 @@ pub fn run(args: &Args) -> Exit {
                 Ok(p) => p,
                 Err(e) => return fail(e.to_string()),
             };
-            let request = match AuthzRequest::from_check_request_json(
+            let request = match arbiter_ext_authz::protojson::authz_request(
                 input_json.as_ref().unwrap_or(&serde_json::Value::Null),
             ) {
                 Ok(r) => r,

@@ -47,7 +47,10 @@ pub fn run(args: &Args) -> Exit {
         Err(e) => diagnostics.extend(e.diagnostics),
     }
     // Decision tests are checked too: a typo in one should not wait for `arbiter test`.
-    if let Err(e) = arbiter_engine::testing::decision::parse_all(&sources) {
+    if let Err(e) = arbiter_engine::testing::decision::parse_all(
+        &sources,
+        arbiter_ext_authz::protojson::authz_request,
+    ) {
         diagnostics.extend(e.diagnostics);
     }
     if diagnostics.is_empty() {

@@ -544,6 +544,7 @@ pub fn validated_authorizer(
         let options = arbiter_engine::testing::TestOptions {
             rego_version: a.policies().options().rego_version,
             istio: a.policies().options().istio.clone(),
+            check_request_reader: arbiter_ext_authz::protojson::authz_request,
             ..Default::default()
         };
         let report = arbiter_engine::testing::run(&sources, &options).map_err(|e| e.to_string())?;

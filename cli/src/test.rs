@@ -106,6 +106,7 @@ pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         }
     };
     let options = TestOptions {
+        check_request_reader: arbiter_ext_authz::protojson::authz_request,
         filter,
         timeout,
         coverage: args.coverage,

@@ -65,7 +65,8 @@ fn load(dir: &Path) -> Scenario {
         "{}: no CEL policies",
         dir.display()
     );
-    let files = decision::parse_all(&sources).unwrap_or_else(|e| panic!("{e}"));
+    let files = decision::parse_all(&sources, arbiter_ext_authz::protojson::authz_request)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(files.len(), 1, "{}: one cases file", dir.display());
     let file = &files[0];
     let mut istio_only = sources.clone();
@@ -146,7 +147,11 @@ fn istio_cases_decide_as_documented_and_cel_agrees() {
 fn arbiter_test_runs_the_cases_against_istio_and_cel_together() {
     for dir in scenarios() {
         let sources = PolicySources::discover(std::slice::from_ref(&dir)).unwrap();
-        let report = testing::run(&sources, &TestOptions::default()).unwrap();
+        let options = TestOptions {
+            check_request_reader: arbiter_ext_authz::protojson::authz_request,
+            ..TestOptions::default()
+        };
+        let report = testing::run(&sources, &options).unwrap();
         let bad: Vec<String> = report
             .results
             .iter()

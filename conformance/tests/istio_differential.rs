@@ -471,7 +471,8 @@ fn istio_policies_decide_as_envoy_rbac_does() {
             let (p, _) = istio::parse(&f.name, &f.text).unwrap_or_else(|e| panic!("{e:?}"));
             policies.extend(p);
         }
-        let files = decision::parse_all(&sources).unwrap_or_else(|e| panic!("{e}"));
+        let files = decision::parse_all(&sources, arbiter_ext_authz::protojson::authz_request)
+            .unwrap_or_else(|e| panic!("{e}"));
         let file = &files[0];
         // The workloads the scenario's cases address, as context extensions.
         let mut workloads: Vec<BTreeMap<String, String>> = Vec::new();

@@ -1,6 +1,9 @@
 //! opa-envoy-plugin's fixtures (`../shared/conformance/opa-envoy`): the input document arbiter
 //! builds for each CheckRequest equals the one a real opa-envoy built (captured in
-//! `observed/`), and the example policies give the decisions OPA-Envoy gives.
+//! `observed/`), and the example policies give the decisions OPA-Envoy gives. Each JSON
+//! CheckRequest goes through the server's path: decoded into Envoy's protobuf message,
+//! encoded to bytes and decoded again as the gRPC server decodes it, then converted by the
+//! server's one converter.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -8,10 +11,20 @@ use std::sync::Arc;
 
 use arbiter_engine::authorizer::Authorizer;
 use arbiter_engine::input::{InputOptions, build_input};
-use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::value::to_json;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
 use serde_json::{Value as Json, json};
+
+/// A JSON CheckRequest as the server receives it: Envoy's protobuf message, as bytes on the
+/// wire, decoded and converted by the server's converter.
+fn over_the_wire(json: &Json) -> Result<arbiter_engine::request::AuthzRequest, String> {
+    use prost::Message;
+    let message = arbiter_ext_authz::protojson::check_request(json)?;
+    let bytes = message.encode_to_vec();
+    let decoded = envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
+        .map_err(|e| e.to_string())?;
+    Ok(arbiter_ext_authz::convert::authz_request(&decoded))
+}
 
 fn suite() -> PathBuf {
     arbiter_conformance::suite_dir("ARBITER_OPA_ENVOY_FIXTURES", "opa-envoy")
@@ -53,8 +66,7 @@ fn fixtures() -> Vec<(String, Json, Json)> {
 #[test]
 fn inputs_equal_what_opa_envoy_built() {
     for (name, request, observed) in fixtures() {
-        let req = AuthzRequest::from_check_request_json(&request)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let req = over_the_wire(&request).unwrap_or_else(|e| panic!("{name}: {e}"));
         let built = build_input(&req, &InputOptions::default());
         if observed.get("__error__").is_some() {
             // opa-envoy refused this request (malformed JSON body); arbiter refuses it too (in
@@ -141,9 +153,7 @@ fn authorizer(policy: &str, path: &str) -> Authorizer {
 }
 
 fn decide(a: &Authorizer, request: &Json) -> bool {
-    a.check(&AuthzRequest::from_check_request_json(request).unwrap())
-        .decision
-        .allowed
+    a.check(&over_the_wire(request).unwrap()).decision.allowed
 }
 
 #[test]

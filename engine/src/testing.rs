@@ -38,6 +38,9 @@ pub struct TestOptions {
     pub rego_version: RegoVersion,
     /// How Istio AuthorizationPolicies apply (as `arbiter serve` is configured).
     pub istio: crate::istio::IstioOptions,
+    /// Reads decision tests' whole `CheckRequest`s (the server's converter; see
+    /// [`crate::request::CheckRequestReader`]).
+    pub check_request_reader: crate::request::CheckRequestReader,
 }
 
 impl Default for TestOptions {
@@ -49,6 +52,7 @@ impl Default for TestOptions {
             bench: None,
             rego_version: RegoVersion::V1,
             istio: crate::istio::IstioOptions::default(),
+            check_request_reader: crate::request::no_check_request_reader,
         }
     }
 }
@@ -188,7 +192,7 @@ impl TestReport {
 /// [`LoadError`]: nothing runs.
 pub fn run(sources: &PolicySources, options: &TestOptions) -> Result<TestReport, LoadError> {
     // Parse decision tests first: a typo there is a load error like any other.
-    let decision_files = decision::parse_all(sources)?;
+    let decision_files = decision::parse_all(sources, options.check_request_reader)?;
     let mut report = rego::run(sources, options)?;
     report
         .results

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod protojson;
 pub mod reload;
 pub mod server;
 pub mod state;

@@ -131,25 +131,3 @@ fn bodies() {
     let e = build_input(&r, &InputOptions::default()).unwrap_err();
     assert_eq!(e.code(), "body_parse_error");
 }
-
-#[test]
-fn reads_protojson_check_requests() {
-    let j = json!({"attributes": {
-        "source": {"address": {"socketAddress": {"address": "1.2.3.4", "portValue": 5}}, "principal": "spiffe://a/b"},
-        "request": {"time": "2026-01-02T03:04:05.5Z", "http": {"method": "POST", "path": "/p", "headers": {"a": "b"}, "size": "12"}},
-        "contextExtensions": {"k": "v"},
-        "metadataContext": {}
-    }});
-    let r = AuthzRequest::from_check_request_json(&j).unwrap();
-    assert_eq!(r.time.unwrap().nanos, 500_000_000);
-    let v = to_json(&build_input(&r, &InputOptions::default()).unwrap().value);
-    assert_eq!(v["attributes"]["metadataContext"], json!({}));
-    assert_eq!(v["attributes"]["contextExtensions"], json!({"k": "v"}));
-    assert_eq!(v["attributes"]["request"]["http"]["size"], 12);
-    assert!(
-        AuthzRequest::from_check_request_json(
-            &json!({"attributes": {"request": {"http": {"path": 1}}}})
-        )
-        .is_err()
-    );
-}

@@ -638,23 +638,62 @@ fn istio_best_practice_warnings() {
     assert!(w.is_empty(), "{w:?}");
 }
 
-fn check_request(json: serde_json::Value) -> AuthzRequest {
-    AuthzRequest::from_check_request_json(&json).unwrap()
+/// A check from `source` (address, principal) to `destination` with these HTTP attributes.
+fn check_request(
+    source: (&str, &str),
+    destination: Option<(&str, &str)>,
+    extensions: &[(&str, &str)],
+    http: crate::request::HttpRequest,
+) -> AuthzRequest {
+    use crate::request::{Address, Peer, SocketAddress};
+    let peer = |(address, principal): (&str, &str), port| Peer {
+        address: Some(Address::Socket(SocketAddress {
+            address: address.into(),
+            port_value: port,
+            ..SocketAddress::default()
+        })),
+        principal: principal.into(),
+        ..Peer::default()
+    };
+    AuthzRequest {
+        source: Some(peer(source, 5000)),
+        destination: destination.map(|d| peer(d, 8000)),
+        context_extensions: extensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        http: Some(http),
+        ..AuthzRequest::default()
+    }
+}
+
+fn http(method: &str, path: &str, host: &str) -> crate::request::HttpRequest {
+    crate::request::HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        host: host.into(),
+        ..crate::request::HttpRequest::default()
+    }
 }
 
 #[test]
 fn request_attributes_come_from_the_check() {
-    let r = check_request(json!({"attributes": {
-        "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 5000}},
-                   "principal": "spiffe://cluster.local/ns/default/sa/sleep"},
-        "destination": {"address": {"socketAddress": {"address": "10.4.5.6", "portValue": 8000}},
-                        "principal": "spiffe://cluster.local/ns/foo/sa/httpbin"},
-        "contextExtensions": {"app": "httpbin"},
-        "metadataContext": {"filterMetadata": {"envoy.filters.http.jwt_authn": {
-            "testing@secure.istio.io": {"iss": "testing@secure.istio.io", "sub": "u1", "groups": ["group1"]}}}},
-        "request": {"http": {"method": "GET", "path": "/ip?x=1", "host": "HTTPBin.foo:8000",
-                             "headers": {"X-Token": "admin"}}}
-    }}));
+    let mut r = check_request(
+        ("10.1.2.3", "spiffe://cluster.local/ns/default/sa/sleep"),
+        Some(("10.4.5.6", "spiffe://cluster.local/ns/foo/sa/httpbin")),
+        &[("app", "httpbin")],
+        crate::request::HttpRequest {
+            headers: vec![("X-Token".into(), "admin".into())],
+            ..http("GET", "/ip?x=1", "HTTPBin.foo:8000")
+        },
+    );
+    r.metadata_context = Some(crate::request::Metadata {
+        filter_metadata: vec![(
+            "envoy.filters.http.jwt_authn".into(),
+            json!({"testing@secure.istio.io": {"iss": "testing@secure.istio.io", "sub": "u1", "groups": ["group1"]}}),
+        )],
+        typed_filter_metadata: Vec::new(),
+    });
     let input = crate::input::build_input(&r, &InputOptions::default()).unwrap();
     let identity = json!({"spiffe_id": "spiffe://cluster.local/ns/default/sa/sleep"});
     let identity = crate::value::from_json(&identity);
@@ -712,11 +751,12 @@ fn authorizer(files: &[(&str, &str)], istio: IstioOptions) -> Authorizer {
 }
 
 fn check(a: &Authorizer, method: &str, path: &str, ns: &str) -> crate::decision::Decision {
-    let r = check_request(json!({"attributes": {
-        "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 5000}}},
-        "contextExtensions": {"namespace": ns, "app": "httpbin"},
-        "request": {"http": {"method": method, "path": path, "host": "httpbin"}}
-    }}));
+    let r = check_request(
+        ("10.1.2.3", ""),
+        None,
+        &[("namespace", ns), ("app", "httpbin")],
+        http(method, path, "httpbin"),
+    );
     a.check(&r).decision
 }
 

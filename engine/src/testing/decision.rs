@@ -39,7 +39,10 @@ use crate::identity::SpiffeId;
 use crate::input::InputOptions;
 use crate::loader::{PolicySources, SourceFile};
 use crate::policy_set::{LoadOptions, PolicySet, merge_over};
-use crate::request::AuthzRequest;
+use crate::request::{
+    Address, AuthzRequest, CheckRequestReader, HttpRequest, Metadata, Peer, SocketAddress,
+    Timestamp, TlsSession,
+};
 
 const DEFAULT_PATH: &str = "envoy/authz/allow";
 
@@ -175,11 +178,15 @@ pub struct DecisionFile {
 }
 
 /// Parse every decision-test file; all problems are reported together.
-pub fn parse_all(sources: &PolicySources) -> Result<Vec<DecisionFile>, LoadError> {
+/// `reader` reads whole `CheckRequest`s (`attributes: …`); the short form needs none.
+pub fn parse_all(
+    sources: &PolicySources,
+    reader: CheckRequestReader,
+) -> Result<Vec<DecisionFile>, LoadError> {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     for f in &sources.decision_tests {
-        match parse(f) {
+        match parse(f, reader) {
             Ok(d) => files.push(d),
             Err(mut e) => diagnostics.append(&mut e),
         }
@@ -211,7 +218,7 @@ fn yaml_error(file: &str, e: &yaml_serde::Error) -> Diagnostic {
 }
 
 /// Parse one file.
-pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
+pub fn parse(f: &SourceFile, reader: CheckRequestReader) -> Result<DecisionFile, Vec<Diagnostic>> {
     let top: Json =
         crate::loader::parse_data(&format!("{}.yaml", f.name), &f.text).map_err(|mut d| {
             d.file = f.name.clone();
@@ -300,7 +307,7 @@ pub fn parse(f: &SourceFile) -> Result<DecisionFile, Vec<Diagnostic>> {
                 Some(merged)
             }
         };
-        let request = match build_request(short.as_ref().unwrap_or(&c.request), now_ns) {
+        let request = match build_request(short.as_ref().unwrap_or(&c.request), now_ns, reader) {
             Ok(r) => r,
             Err(e) => {
                 case_err(format!("request: {e}"));
@@ -358,20 +365,14 @@ fn parse_time(s: &str) -> Result<i64, String> {
     i64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("`{s}` is out of range"))
 }
 
-fn rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// A request from a case: a whole OPA-Envoy input (it has `attributes`) or the short form.
-fn build_request(request: &Json, now_ns: Option<i64>) -> Result<AuthzRequest, String> {
+fn build_request(
+    request: &Json,
+    now_ns: Option<i64>,
+    reader: CheckRequestReader,
+) -> Result<AuthzRequest, String> {
     if request.get("attributes").is_some() {
-        return AuthzRequest::from_check_request_json(request);
+        return reader(request);
     }
     let r: ShortRequest = serde_json::from_value(request.clone()).map_err(|e| e.to_string())?;
     if let Some(id) = &r.spiffe_id {
@@ -387,78 +388,91 @@ fn build_request(request: &Json, now_ns: Option<i64>) -> Result<AuthzRequest, St
     let path = r.path.unwrap_or_else(|| "/".into());
     let host = r.host.unwrap_or_else(|| "example.com".into());
     let scheme = r.scheme.unwrap_or_else(|| "http".into());
-    let mut headers = serde_json::Map::new();
+    // Lower-case names; a later spelling of a name replaces an earlier one.
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String, replace: bool| match headers.iter_mut().find(|(n, _)| n == k)
+    {
+        Some((_, old)) if replace => *old = v,
+        Some(_) => {}
+        None => headers.push((k.to_string(), v)),
+    };
     for (k, v) in &r.headers {
-        headers.insert(k.to_ascii_lowercase(), Json::String(v.clone()));
+        set(&k.to_ascii_lowercase(), v.clone(), true);
     }
     // What Envoy always sends.
-    headers.insert(":method".into(), Json::String(method.clone()));
-    headers.insert(":path".into(), Json::String(path.clone()));
-    headers.insert(":authority".into(), Json::String(host.clone()));
-    headers.insert(":scheme".into(), Json::String(scheme.clone()));
+    set(":method", method.clone(), true);
+    set(":path", path.clone(), true);
+    set(":authority", host.clone(), true);
+    set(":scheme", scheme.clone(), true);
     let body = match r.body {
         None | Some(Json::Null) => String::new(),
         Some(Json::String(s)) => s,
         Some(v) => {
-            headers
-                .entry("content-type")
-                .or_insert_with(|| Json::String("application/json".into()));
+            set("content-type", "application/json".into(), false);
             v.to_string()
         }
     };
     if !body.is_empty() {
-        headers
-            .entry("content-length")
-            .or_insert_with(|| Json::String(body.len().to_string()));
-    }
-    let mut source = serde_json::Map::new();
-    source.insert(
-        "address".into(),
-        json!({"socketAddress": {"address": r.source_address.unwrap_or_else(|| "10.0.0.1".into()), "portValue": 40000}}),
-    );
-    if let Some(p) = r.principal.or(r.spiffe_id) {
-        source.insert("principal".into(), Json::String(p));
-    }
-    if let Some(c) = r.certificate {
-        source.insert("certificate".into(), Json::String(percent_encode_pem(&c)));
+        set("content-length", body.len().to_string(), false);
     }
     let now = now_ns.unwrap_or_else(crate::clock::now_ns);
-    let mut metadata = serde_json::Map::new();
+    let mut filter_metadata = Vec::new();
     if let Some(p) = r.jwt_payload {
         let iss = p
             .get("iss")
             .and_then(Json::as_str)
             .ok_or("`jwt_payload` needs an `iss` claim (Envoy files the payload under its issuer)")?
             .to_string();
-        metadata.insert(
-            "filterMetadata".into(),
-            json!({"envoy.filters.http.jwt_authn": {iss: p}}),
-        );
+        filter_metadata.push((
+            "envoy.filters.http.jwt_authn".to_string(),
+            json!({ iss: p }),
+        ));
     }
-    let check = json!({
-        "attributes": {
-            "source": source,
-            "destination": {"address": {"socketAddress": {"address": "10.0.0.2", "portValue": r.destination_port.unwrap_or(8080)}}},
-            "contextExtensions": r.context_extensions,
-            "metadataContext": metadata,
-            "tlsSession": r.sni.map(|s| json!({"sni": s})),
-            "request": {
-                "time": rfc3339(now),
-                "http": {
-                    "id": "decision-test",
-                    "method": method,
-                    "path": path,
-                    "host": host,
-                    "scheme": scheme,
-                    "protocol": r.protocol.unwrap_or_else(|| "HTTP/1.1".into()),
-                    "headers": headers,
-                    "body": body,
-                    "size": body.len(),
-                }
-            }
-        }
-    });
-    AuthzRequest::from_check_request_json(&check)
+    let socket = |address: String, port_value: u32| {
+        Some(Address::Socket(SocketAddress {
+            address,
+            port_value,
+            ..SocketAddress::default()
+        }))
+    };
+    Ok(AuthzRequest {
+        source: Some(Peer {
+            address: socket(r.source_address.unwrap_or_else(|| "10.0.0.1".into()), 40000),
+            principal: r.principal.or(r.spiffe_id).unwrap_or_default(),
+            certificate: r
+                .certificate
+                .map(|c| percent_encode_pem(&c))
+                .unwrap_or_default(),
+            ..Peer::default()
+        }),
+        destination: Some(Peer {
+            address: socket("10.0.0.2".into(), r.destination_port.unwrap_or(8080)),
+            ..Peer::default()
+        }),
+        time: Some(Timestamp {
+            seconds: i64::try_from(now.div_euclid(1_000_000_000)).unwrap_or(0),
+            nanos: i32::try_from(now.rem_euclid(1_000_000_000)).unwrap_or(0),
+        }),
+        http: Some(HttpRequest {
+            id: "decision-test".into(),
+            method,
+            headers,
+            path,
+            host,
+            scheme,
+            protocol: r.protocol.unwrap_or_else(|| "HTTP/1.1".into()),
+            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+            body,
+            ..HttpRequest::default()
+        }),
+        context_extensions: r.context_extensions.into_iter().collect(),
+        metadata_context: Some(Metadata {
+            filter_metadata,
+            typed_filter_metadata: Vec::new(),
+        }),
+        route_metadata_context: None,
+        tls_session: r.sni.map(|sni| TlsSession { sni }),
+    })
 }
 
 /// Envoy URL-encodes the PEM it forwards.
@@ -742,9 +756,10 @@ allow if {
 
     #[test]
     fn file_request_defaults_and_envoy_fields_reach_the_input() {
-        let f = parse(&SourceFile {
-            name: "t_test.yaml".into(),
-            text: r#"
+        let f = parse(
+            &SourceFile {
+                name: "t_test.yaml".into(),
+                text: r#"
 doc: https://example.com/cases
 request:
   host: api.example.com
@@ -764,8 +779,10 @@ cases:
     request: {}
     expect: {allowed: false}
 "#
-            .into(),
-        })
+                .into(),
+            },
+            crate::request::no_check_request_reader,
+        )
         .unwrap();
         let c = &f.cases[0];
         assert_eq!(c.doc.as_deref(), Some("https://example.com/one"));
@@ -797,7 +814,7 @@ cases:
         let e = parse(&SourceFile {
             name: "t_test.yaml".into(),
             text: "cases:\n  - name: no issuer\n    request: {jwt_payload: {sub: u}}\n    expect: {allowed: true}\n".into(),
-        })
+        }, crate::request::no_check_request_reader)
         .unwrap_err();
         assert!(
             e[0].message.contains("`jwt_payload` needs an `iss` claim"),
@@ -845,7 +862,41 @@ cases:
     expect: {allowed: false, http_status: 400, reason: non_canonical_path}
 "#,
         );
-        let r = run_all(&s, &TestOptions::default()).unwrap();
+        // Stands in for the server's converter (ext-authz's protojson, tested there): reads
+        // just what this file's whole input holds.
+        fn reader(j: &Json) -> Result<AuthzRequest, String> {
+            let text = |p: &str| {
+                j.pointer(p)
+                    .and_then(Json::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let headers = j
+                .pointer("/attributes/request/http/headers")
+                .and_then(Json::as_object)
+                .ok_or("no headers")?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            Ok(AuthzRequest {
+                source: Some(Peer {
+                    principal: text("/attributes/source/principal"),
+                    ..Peer::default()
+                }),
+                http: Some(HttpRequest {
+                    method: text("/attributes/request/http/method"),
+                    path: text("/attributes/request/http/path"),
+                    headers,
+                    ..HttpRequest::default()
+                }),
+                ..AuthzRequest::default()
+            })
+        }
+        let options = TestOptions {
+            check_request_reader: reader,
+            ..TestOptions::default()
+        };
+        let r = run_all(&s, &options).unwrap();
         assert_eq!(
             labels(&r),
             vec![
