@@ -450,7 +450,7 @@ fn build_request(
             ..Peer::default()
         }),
         time: Some(Timestamp {
-            seconds: i64::try_from(now.div_euclid(1_000_000_000)).unwrap_or(0),
+            seconds: now.div_euclid(1_000_000_000),
             nanos: i32::try_from(now.rem_euclid(1_000_000_000)).unwrap_or(0),
         }),
         http: Some(HttpRequest {
