@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,28 @@ admin:
         authz_port = o.authz.port(),
         authz_extra = o.authz_cluster_extra,
         up_port = o.upstream.port(),
+    )
+}
+
+/// A listener's `transport_socket` (indented 6 spaces): TLS with `cert` and `key`, client
+/// certificates verified against `ca`, and required when `require_client`.
+pub fn downstream_tls(cert: &Path, key: &Path, ca: &Path, require_client: bool) -> String {
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: {require_client}
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: "{}"}}
+              private_key: {{filename: "{}"}}
+            validation_context:
+              trusted_ca: {{filename: "{}"}}
+"#,
+        cert.display(),
+        key.display(),
+        ca.display()
     )
 }
 

@@ -8,6 +8,19 @@ use base64::Engine as _;
 use serde_json::{Value as Json, json};
 
 use crate::envoy::TempDir;
+
+/// The scenario folders of `conformance/cases/istio/`, in order.
+pub fn scenarios() -> Vec<std::path::PathBuf> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases/istio");
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no scenarios under {}", root.display());
+    dirs
+}
 use crate::pki::{Ca, Pair};
 
 fn b64(bytes: &[u8]) -> String {
@@ -161,22 +174,11 @@ impl Pki {
     /// The listener's `transport_socket` (indented 6 spaces): TLS with this CA's listener
     /// certificate, client certificates requested (not required) and verified against the CA.
     pub fn listener_tls(&self) -> String {
-        format!(
-            r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: false
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{filename: "{}"}}
-              private_key: {{filename: "{}"}}
-            validation_context:
-              trusted_ca: {{filename: "{}"}}
-"#,
-            self.listener.cert.display(),
-            self.listener.key.display(),
-            self.ca.file.display()
+        crate::envoy::downstream_tls(
+            &self.listener.cert,
+            &self.listener.key,
+            &self.ca.file,
+            false,
         )
     }
 }

@@ -84,22 +84,11 @@ fn reference(keep_rego: bool, keep_cel: bool) -> Authorizer {
 /// Envoy: downstream mTLS (client certificates from the mesh CA required), and mTLS to arbiter
 /// presenting `upstream_client`.
 fn mtls(p: &Pki, upstream_client: &Pair) -> impl FnOnce(&mut EnvoyOptions) {
-    let chain = format!(
-        r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{filename: "{}"}}
-              private_key: {{filename: "{}"}}
-            validation_context:
-              trusted_ca: {{filename: "{}"}}
-"#,
-        p.envoy_listener.cert.display(),
-        p.envoy_listener.key.display(),
-        p.ca.file.display()
+    let chain = arbiter_conformance::envoy::downstream_tls(
+        &p.envoy_listener.cert,
+        &p.envoy_listener.key,
+        &p.ca.file,
+        true,
     );
     let upstream = format!(
         r#"    transport_socket:

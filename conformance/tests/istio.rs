@@ -16,30 +16,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arbiter_conformance::envoy::{EnvoyOptions, request_tls, tls_client_config};
 use arbiter_conformance::harness::{Harness, loopback_config};
-use arbiter_conformance::istio_envoy::{Pki, Signer, ext_authz_per_route, jwt_filter, routes};
+use arbiter_conformance::istio_envoy::{
+    Pki, Signer, ext_authz_per_route, jwt_filter, routes, scenarios,
+};
 use arbiter_engine::authorizer::Authorizer;
 use arbiter_engine::input::InputOptions;
 use arbiter_engine::testing::decision::{self, Case, Expect};
 use arbiter_engine::testing::{self, Outcome, TestOptions};
 use arbiter_engine::{LoadOptions, PolicySet, PolicySources};
 use serde_json::Value as Json;
-
-fn scenarios() -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases/istio");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty(), "no scenarios under {}", root.display());
-    dirs
-}
 
 struct Scenario {
     istio: Authorizer,

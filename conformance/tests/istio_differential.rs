@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arbiter_conformance::envoy::{
@@ -25,7 +24,7 @@ use arbiter_conformance::envoy::{
 };
 use arbiter_conformance::harness::{Harness, loopback_config};
 use arbiter_conformance::istio_envoy::{
-    Pki, Signer, ext_authz_per_route, jwt_filter_keyed, routes,
+    Pki, Signer, ext_authz_per_route, jwt_filter_keyed, routes, scenarios,
 };
 use arbiter_conformance::rbac::{self, Workload};
 use arbiter_engine::authorizer::Authorizer;
@@ -361,17 +360,6 @@ fn generate(v: &Vocabulary, issuers: &[String], workloads: usize, rng: &mut Rng)
         spiffe_id: principal_variant(v, rng),
         jwt: jwt_variant(v, issuers, rng),
     }
-}
-
-fn scenarios() -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases/istio");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 /// How a request was answered: allowed (the upstream's 200), denied (403), refused by
