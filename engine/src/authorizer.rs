@@ -240,11 +240,7 @@ impl Authorizer {
         let Some(istio) = self.policies.istio() else {
             return self.decide_cel_and_rego(request, input, identity);
         };
-        let v = istio.evaluate(&crate::istio::Request::from_check(
-            request,
-            &input.path,
-            identity,
-        ));
+        let v = istio.evaluate(&crate::istio::Request::from_check(request, input, identity));
         let decided_by = v.decided_by.as_ref().map(|(policy, rule)| DecidedBy {
             policy: format!("istio:{policy}"),
             rule: Some(format!("rules[{rule}]")),
@@ -295,6 +291,8 @@ impl Authorizer {
             c.evaluate(&CelRequest {
                 request,
                 path: &input.path,
+                host: &input.host,
+                headers: &input.headers,
                 input: Some(&input.value),
                 identity,
             })

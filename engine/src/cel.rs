@@ -96,6 +96,10 @@ impl std::fmt::Debug for CelPolicies {
 pub struct CelRequest<'a> {
     pub request: &'a AuthzRequest,
     pub path: &'a CanonicalPath,
+    /// The host and the header values as the input was built with them
+    /// ([`crate::input::Input`]): CEL reads the same reading Rego does.
+    pub host: &'a crate::path::Host,
+    pub headers: &'a [(String, String)],
     /// The OPA-Envoy input document (for `input`).
     pub input: Option<&'a regorus::Value>,
     /// The caller's identity document (for `identity`).
@@ -343,6 +347,7 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
 struct ProbeInputs {
     request: AuthzRequest,
     path: CanonicalPath,
+    host: crate::path::Host,
 }
 
 impl ProbeInputs {
@@ -354,6 +359,7 @@ impl ProbeInputs {
                 segments: vec![String::new()],
                 raw_query: String::new(),
             },
+            host: crate::path::Host::default(),
         }
     }
 
@@ -361,6 +367,8 @@ impl ProbeInputs {
         let req = CelRequest {
             request: &self.request,
             path: &self.path,
+            host: &self.host,
+            headers: &[],
             input: None,
             identity: None,
         };
@@ -393,17 +401,7 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
     let empty_http = crate::request::HttpRequest::default();
     let http = r.request.http.as_ref().unwrap_or(&empty_http);
     if uses.request {
-        // Repeated lines joined with commas, as Envoy joins them.
-        let mut headers: Vec<(String, String)> = Vec::with_capacity(http.headers.len());
-        for (name, value) in http.header_lines().lines {
-            match headers.iter_mut().find(|(k, _)| *k == name) {
-                Some((_, v)) => {
-                    v.push(',');
-                    v.push_str(&value);
-                }
-                None => headers.push((name, value.into_owned())),
-            }
-        }
+        let headers = r.headers;
         let header = |n: &str| {
             headers
                 .iter()
@@ -418,7 +416,7 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             http.body.clone()
         };
         let time = r.request.time.unwrap_or_default();
-        let host = crate::path::canonical_host(&http.host, &http.scheme);
+        let host = r.host.canonical();
         let m = MapBuilder::new()
             .str("method", &http.method)
             .str("path", &http.path)

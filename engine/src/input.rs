@@ -66,8 +66,15 @@ impl InputOptions {
 /// The input document and what was derived on the way.
 #[derive(Debug, Clone)]
 pub struct Input {
+    /// The Rego `input` document (OPA-Envoy's shape).
     pub value: Value,
+    /// The canonical path (refused before any policy when it could be read two ways).
     pub path: CanonicalPath,
+    /// The host, read once: CEL and Istio read it from here.
+    pub host: crate::path::Host,
+    /// Header values by lower-case name, repeated lines joined with `,` in arrival order,
+    /// checked and bounded: what Rego's `headers` and CEL's `request.headers` hold.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An object under construction: only non-empty fields are set, as protojson does.
@@ -252,7 +259,12 @@ fn header_too_large(name: &str, opts: &InputOptions) -> DenyReason {
     ))
 }
 
-fn http_request(h: &HttpRequest, headers: &[(String, String)], policy: PathPolicy) -> Value {
+fn http_request(
+    h: &HttpRequest,
+    headers: &[(String, String)],
+    host: &crate::path::Host,
+    policy: PathPolicy,
+) -> Value {
     let mut o = Obj::new();
     o.str("id", &h.id);
     o.str("method", &h.method);
@@ -279,7 +291,7 @@ fn http_request(h: &HttpRequest, headers: &[(String, String)], policy: PathPolic
     o.str("path", &h.path);
     // Strict mode gives the host one spelling, as it gives the path one (see the README).
     match policy {
-        PathPolicy::Strict => o.str("host", &crate::path::canonical_host(&h.host, &h.scheme)),
+        PathPolicy::Strict => o.str("host", &host.canonical()),
         PathPolicy::Lenient => o.str("host", &h.host),
     }
     o.str("scheme", &h.scheme);
@@ -316,6 +328,7 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
         )));
     }
     let headers = effective_headers(http, opts)?;
+    let host = crate::path::Host::parse(&http.host, &http.scheme);
     let header = |name: &str| {
         headers
             .iter()
@@ -370,7 +383,10 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
             r.set("time", to.done());
         }
         if req.http.is_some() {
-            r.set("http", http_request(http, &headers, opts.path_policy));
+            r.set(
+                "http",
+                http_request(http, &headers, &host, opts.path_policy),
+            );
         }
         attributes.set("request", r.done());
     }
@@ -436,6 +452,8 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
     Ok(Input {
         value: input.done(),
         path: canonical,
+        host,
+        headers,
     })
 }
 

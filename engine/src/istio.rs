@@ -261,10 +261,12 @@ fn socket(p: Option<&crate::request::Peer>) -> (String, u32) {
 }
 
 impl<'a> Request<'a> {
-    /// The attributes of a check: `identity` is the caller's verified identity (`input.identity`).
+    /// The attributes of a check, projected from the request as the input was built
+    /// (`input`: its canonical path, host and headers); `identity` is the caller's verified
+    /// identity (`input.identity`).
     pub fn from_check(
         req: &'a crate::request::AuthzRequest,
-        path: &'a crate::path::CanonicalPath,
+        input: &'a crate::input::Input,
         identity: Option<&regorus::Value>,
     ) -> Self {
         static EMPTY: std::sync::OnceLock<crate::request::HttpRequest> = std::sync::OnceLock::new();
@@ -295,14 +297,19 @@ impl<'a> Request<'a> {
         });
         let (source_ip, _) = socket(req.source.as_ref());
         let (destination_ip, destination_port) = socket(req.destination.as_ref());
-        let host = crate::path::Host::parse(&http.host, &http.scheme);
+        // Envoy's RBAC filter matches each line of a repeated header: the lines when Envoy
+        // sent them, else the values as the input holds them (Envoy's comma-joined map).
         let lines = http.header_lines();
         let header_lines = lines.separate;
-        let headers: Vec<(String, String)> = lines
-            .lines
-            .into_iter()
-            .map(|(k, v)| (k, v.into_owned()))
-            .collect();
+        let headers: Vec<(String, String)> = if header_lines {
+            lines
+                .lines
+                .into_iter()
+                .map(|(k, v)| (k, v.into_owned()))
+                .collect()
+        } else {
+            input.headers.clone()
+        };
         let mut labels: BTreeMap<String, String> = req.context_extensions.iter().cloned().collect();
         let workload_namespace = labels.remove("namespace").unwrap_or_else(|| {
             let dp = req
@@ -319,9 +326,9 @@ impl<'a> Request<'a> {
             source_ip,
             destination_ip,
             destination_port,
-            host,
+            host: input.host.clone(),
             method: &http.method,
-            path: &path.path,
+            path: &input.path.path,
             headers,
             sni: req
                 .tls_session

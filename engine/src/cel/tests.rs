@@ -46,6 +46,8 @@ fn decide(p: &CelPolicies, r: &AuthzRequest) -> CelVerdict {
     p.evaluate(&CelRequest {
         request: r,
         path: &input.path,
+        host: &input.host,
+        headers: &input.headers,
         input: Some(&input.value),
         identity: None,
     })
