@@ -2,7 +2,8 @@
 //! chromium`, which `.ci/run` does; `ARBITER_CHROMIUM` may name another binary) renders the
 //! pages `arbiter audit serve` serves over a fixture log, and the test reads the DOM Chromium
 //! produced (after the page's own script ran):
-//! - the totals and top lists shown equal `arbiter audit summary --format json` on the file;
+//! - the totals and top lists shown, and those of `arbiter audit summary --format json`, equal
+//!   what the fixture holds, counted as the fixture is written (not by arbiter's summary code);
 //! - a filter narrows the table to what it names;
 //! - a tampered copy shows the broken-chain verdict where `arbiter audit verify` finds it;
 //! - a header value and an identity containing `<script>` render as text;
@@ -35,7 +36,34 @@ fn tmp(name: &str) -> PathBuf {
 
 /// 400 sealed events: seven callers (one with markup in its SPIFFE ID path), six paths (one
 /// with markup), allowed, denied and timeouts, two revisions, one header carrying `<script>`.
+/// What the fixture holds, counted while it is written (not by arbiter's summary code): the
+/// expectations of the page and of `audit summary`.
+#[derive(Debug, Default)]
+struct Tally {
+    events: u64,
+    allowed: u64,
+    denied: u64,
+    /// Denials whose reason is not the policy's (timeouts).
+    errors: u64,
+    reasons: std::collections::BTreeMap<String, u64>,
+    denied_identities: std::collections::BTreeMap<String, u64>,
+    denied_paths: std::collections::BTreeMap<String, u64>,
+    deny_rules: std::collections::BTreeMap<String, u64>,
+    revisions: Vec<(String, u64)>,
+}
+
+/// Rows by count, most first, then by name: the order the README gives for top lists.
+fn ranked(m: &std::collections::BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
 fn fixture(dir: &Path) -> PathBuf {
+    fixture_counted(dir).0
+}
+
+fn fixture_counted(dir: &Path) -> (PathBuf, Tally) {
     let callers = [
         "frontend".to_string(),
         "orders".into(),
@@ -56,6 +84,7 @@ fn fixture(dir: &Path) -> PathBuf {
     let f = dir.join("decisions.log");
     let mut out = std::fs::File::create(&f).unwrap();
     let mut prev = GENESIS.to_string();
+    let mut t = Tally::default();
     for i in 0..400usize {
         let caller = &callers[(i * 3 + i / 11) % callers.len()];
         let path = paths[(i * 5 + i / 7) % paths.len()];
@@ -83,11 +112,28 @@ fn fixture(dir: &Path) -> PathBuf {
         if let Some(r) = rule {
             e["rule"] = json!(r);
         }
+        t.events += 1;
+        if allowed {
+            t.allowed += 1;
+        } else {
+            t.denied += 1;
+            t.errors += u64::from(reason == "timeout");
+            *t.reasons.entry(reason.into()).or_default() += 1;
+            *t.denied_identities
+                .entry(format!("spiffe://cluster.local/ns/shop/sa/{caller}"))
+                .or_default() += 1;
+            *t.denied_paths.entry(path.into()).or_default() += 1;
+            let rule = rule.map_or("policies/authz.cel.yaml".to_string(), |r| {
+                format!("policies/authz.cel.yaml:{r}")
+            });
+            *t.deny_rules.entry(rule).or_default() += 1;
+        }
         let (line, hash) = seal(e.as_object().unwrap().clone(), &prev);
         out.write_all(&line).unwrap();
         prev = hash;
     }
-    f
+    t.revisions = vec![("rev-a".into(), 250), ("rev-b".into(), 150)];
+    (f, t)
 }
 
 fn chromium() -> PathBuf {
@@ -255,7 +301,7 @@ fn summary_json(file: &Path) -> Json {
 #[test]
 fn the_dashboard_in_chromium() {
     let dir = tmp("main");
-    let log = fixture(&dir);
+    let (log, tally) = fixture_counted(&dir);
     let summary = summary_json(&log);
     let served = serve(&[&log], &[]);
     let page = dom(&format!("{}/", served.url));
@@ -264,19 +310,28 @@ fn the_dashboard_in_chromium() {
         "the page's script did not run"
     );
 
-    // Totals and top lists: exactly what `arbiter audit summary` says.
-    for key in ["events", "allowed", "denied", "errors", "dry_run"] {
-        assert_eq!(Some(number(&page, key)), summary[key].as_u64(), "{key}");
-    }
-    for key in [
-        "top_denied_identities",
-        "top_denied_paths",
-        "top_deny_rules",
-        "reasons",
+    // Totals and top lists: what the fixture holds, counted as it was written; the page and
+    // `arbiter audit summary` must both show exactly that.
+    for (key, want) in [
+        ("events", tally.events),
+        ("allowed", tally.allowed),
+        ("denied", tally.denied),
+        ("errors", tally.errors),
+        ("dry_run", 0),
     ] {
-        let shown = ranking(&page, key);
-        assert!(!shown.is_empty(), "{key}");
-        assert_eq!(shown, expected_ranking(&summary, key), "{key}");
+        assert_eq!(number(&page, key), want, "page: {key}");
+        assert_eq!(summary[key].as_u64(), Some(want), "summary: {key}");
+    }
+    assert_eq!(tally.allowed + tally.denied, 400);
+    for (key, want) in [
+        ("top_denied_identities", ranked(&tally.denied_identities)),
+        ("top_denied_paths", ranked(&tally.denied_paths)),
+        ("top_deny_rules", ranked(&tally.deny_rules)),
+        ("reasons", ranked(&tally.reasons)),
+    ] {
+        assert!(!want.is_empty(), "{key}");
+        assert_eq!(ranking(&page, key), want, "page: {key}");
+        assert_eq!(expected_ranking(&summary, key), want, "summary: {key}");
     }
     let revisions: Vec<(String, u64)> = summary["revisions"]
         .as_array()
@@ -289,7 +344,12 @@ fn the_dashboard_in_chromium() {
             )
         })
         .collect();
-    assert_eq!(ranking(&page, "revisions"), revisions);
+    assert_eq!(revisions, tally.revisions, "summary: revisions");
+    assert_eq!(
+        ranking(&page, "revisions"),
+        tally.revisions,
+        "page: revisions"
+    );
     assert!(
         page.contains("data-ok=\"true\""),
         "the chain of an untouched log verifies"
