@@ -244,6 +244,57 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The format the README documents, checked against hashes computed outside this crate:
+    /// each expected hash is `sha256sum` of the event's bytes as written before `,"hash":…`,
+    /// with `}` closing them, `prev_hash` the previous event's hash (the first's is all zeros):
+    ///
+    /// ```text
+    /// G=0000000000000000000000000000000000000000000000000000000000000000
+    /// printf '%s' "{\"decision_id\":\"a\",\"allowed\":true,\"prev_hash\":\"$G\"}" | sha256sum
+    /// printf '%s' "{\"decision_id\":\"b\",\"allowed\":false,\"prev_hash\":\"$H1\"}" | sha256sum
+    /// ```
+    #[test]
+    fn known_answer_vectors() {
+        const H1: &str = "a47bde9b5c86363e51bc0e2e0f4ef1b22bf0d943b1483a1d6c0b079570ae0bce";
+        const H2: &str = "aa3358c4184c80c8aec1a2ba6ebd31a3ff440e95e1ad4b5b2a4f2fcbcc45b626";
+        let object = |v: Json| match v {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let (line, hash) = seal(
+            object(json!({"decision_id": "a", "allowed": true})),
+            GENESIS,
+        );
+        assert_eq!(hash, H1);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            format!(
+                "{{\"decision_id\":\"a\",\"allowed\":true,\"prev_hash\":\"{GENESIS}\",\"hash\":\"{H1}\"}}\n"
+            )
+        );
+        // The writer's path (input serialized straight into the line) writes the same bytes.
+        let (line2, hash2) = seal_with_input(
+            object(json!({"decision_id": "a", "allowed": true})),
+            None,
+            GENESIS,
+        );
+        assert_eq!(
+            (line2, hash2),
+            seal(
+                object(json!({"decision_id": "a", "allowed": true})),
+                GENESIS
+            )
+        );
+        let (line, hash) = seal(object(json!({"decision_id": "b", "allowed": false})), H1);
+        assert_eq!(hash, H2);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            format!(
+                "{{\"decision_id\":\"b\",\"allowed\":false,\"prev_hash\":\"{H1}\",\"hash\":\"{H2}\"}}\n"
+            )
+        );
+    }
+
     fn event(i: usize) -> Map<String, Json> {
         match json!({"decision_id": format!("d{i}"), "input": {"s": "a\n{\"allowed\":true}"}, "allowed": i.is_multiple_of(2)})
         {
