@@ -115,8 +115,10 @@ struct Expect {
     reason: Option<String>,
     #[serde(default)]
     http_status: Option<u16>,
+    /// The gRPC status the server answers with instead of a `CheckResponse`, by its canonical
+    /// name (`RESOURCE_EXHAUSTED`).
     #[serde(default)]
-    grpc_error: bool,
+    grpc_error: Option<String>,
     #[serde(default)]
     load_error: Option<String>,
     #[serde(default)]
@@ -648,14 +650,21 @@ async fn adversarial_cases_in_process_and_over_grpc() {
                 }
                 (None, None) => unreachable!(),
             };
-            match (outcome, case.expect.grpc_error) {
-                (Err(_), true) => {}
-                (Ok(r), true) => fail(
+            match (outcome, &case.expect.grpc_error) {
+                (Err(e), Some(code)) if status_name(e.code()) == *code => {}
+                (Err(e), Some(code)) => fail(
                     "gRPC",
-                    format!("expected a gRPC error, got a response: {r:?}"),
+                    format!(
+                        "expected gRPC status {code}, got {}: {e}",
+                        status_name(e.code())
+                    ),
                 ),
-                (Err(e), false) => fail("gRPC", format!("gRPC error {e}")),
-                (Ok(r), false) => {
+                (Ok(r), Some(code)) => fail(
+                    "gRPC",
+                    format!("expected gRPC status {code}, got a response: {r:?}"),
+                ),
+                (Err(e), None) => fail("gRPC", format!("gRPC error {e}")),
+                (Ok(r), None) => {
                     if let Err(e) = response_verdict(&case.expect, &r) {
                         fail("gRPC", e);
                     }
@@ -673,6 +682,19 @@ async fn adversarial_cases_in_process_and_over_grpc() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A gRPC status code's canonical name (`ResourceExhausted` → `RESOURCE_EXHAUSTED`), as the
+/// gRPC status-code list writes it.
+fn status_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// Prints a case that took more than a second (the suite should stay fast).
