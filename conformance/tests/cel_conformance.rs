@@ -1,6 +1,7 @@
-//! The CEL specification's simple conformance tests through arbiter's CEL setup. Writes
-//! `conformance/cel-results.md` and fails when fewer tests pass than the floor in
-//! `conformance/cel-floor.txt`.
+//! The CEL specification's simple conformance tests through arbiter's CEL setup. Fails when
+//! fewer tests pass than the floor in `conformance/cel-floor.txt`, or when the committed
+//! `conformance/cel-results.md` differs from this run's (`ARBITER_UPDATE_RESULTS=1` rewrites
+//! it; a plain test run writes nothing).
 
 use std::path::PathBuf;
 
@@ -24,10 +25,7 @@ fn cel_spec_suite() {
     let total = results.len();
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let md = cel_spec::markdown(&results);
-    let path = here.join("cel-results.md");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(md.as_str()) {
-        std::fs::write(&path, &md).expect("write cel-results.md");
-    }
+    let stale = arbiter_conformance::check_report("cel-results.md", "cel_conformance", &md);
     let floor: usize = std::fs::read_to_string(here.join("cel-floor.txt"))
         .expect("read cel-floor.txt")
         .trim()
@@ -38,6 +36,9 @@ fn cel_spec_suite() {
         passed >= floor,
         "CEL conformance fell below the floor: {passed} < {floor} (see conformance/cel-results.md)"
     );
+    if let Err(e) = stale {
+        panic!("{e}");
+    }
 }
 
 #[test]

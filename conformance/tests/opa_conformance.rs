@@ -1,6 +1,7 @@
-//! OPA's Rego conformance suite through arbiter's engine. Writes `conformance/opa-results.md`
-//! and fails when fewer cases pass than the floor in `conformance/opa-floor.txt`, or when
-//! arbiter does not beat regorus alone.
+//! OPA's Rego conformance suite through arbiter's engine. Fails when fewer cases pass than the
+//! floor in `conformance/opa-floor.txt`, when arbiter does not beat regorus alone, or when the
+//! committed `conformance/opa-results.md` differs from this run's (`ARBITER_UPDATE_RESULTS=1`
+//! rewrites it; a plain test run writes nothing).
 
 use std::path::PathBuf;
 
@@ -24,10 +25,7 @@ fn opa_conformance_suite() {
 
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let md = report.markdown();
-    let results = here.join("opa-results.md");
-    if std::fs::read_to_string(&results).ok().as_deref() != Some(md.as_str()) {
-        std::fs::write(&results, &md).expect("write opa-results.md");
-    }
+    let stale = arbiter_conformance::check_report("opa-results.md", "opa_conformance", &md);
     let floor: usize = std::fs::read_to_string(here.join("opa-floor.txt"))
         .expect("read opa-floor.txt")
         .trim()
@@ -45,6 +43,9 @@ fn opa_conformance_suite() {
         arbiter > regorus,
         "arbiter ({arbiter}) should pass more OPA cases than regorus alone ({regorus})"
     );
+    if let Err(e) = stale {
+        panic!("{e}");
+    }
 }
 
 #[test]
