@@ -119,6 +119,8 @@ pub fn run(args: &Args) -> Exit {
         } else {
             RegoVersion::V1
         },
+        // No deadline, as `opa eval` and `opa bench` have none.
+        eval_timeout: None,
         ..LoadOptions::default()
     };
     let sources = match PolicySources::discover(&args.data) {

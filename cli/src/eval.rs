@@ -216,6 +216,8 @@ pub fn run(args: &Args) -> Exit {
         } else {
             RegoVersion::V1
         },
+        // No deadline, as `opa eval` and `opa bench` have none.
+        eval_timeout: None,
         ..LoadOptions::default()
     };
     let set = if args.data.is_empty() {

@@ -31,7 +31,9 @@ pub struct LoadOptions {
     pub rego_version: RegoVersion,
     /// Load `*_test.rego` modules too (the test runner does; servers do not).
     pub include_tests: bool,
-    /// Wall-clock budget for one evaluation; `None` for no limit.
+    /// Wall-clock budget for one evaluation; `None` for no limit. The default is
+    /// [`crate::limits::Limits`]'s (50 ms), as `arbiter serve` uses: an embedder that builds a
+    /// set with the defaults gets the same bounded evaluation.
     pub eval_timeout: Option<Duration>,
     /// How Istio `AuthorizationPolicy` files are applied.
     pub istio: crate::istio::IstioOptions,
@@ -42,7 +44,7 @@ impl Default for LoadOptions {
         Self {
             rego_version: RegoVersion::V1,
             include_tests: false,
-            eval_timeout: None,
+            eval_timeout: Some(crate::limits::Limits::default().eval_timeout),
             istio: crate::istio::IstioOptions::default(),
         }
     }
@@ -661,6 +663,18 @@ mod tests {
                 .warnings()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn load_options_default_to_the_limits_deadline() {
+        assert_eq!(
+            LoadOptions::default().eval_timeout,
+            Some(crate::limits::Limits::default().eval_timeout)
+        );
+        assert_eq!(
+            LoadOptions::default().eval_timeout,
+            Some(Duration::from_millis(50))
         );
     }
 

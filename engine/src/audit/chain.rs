@@ -23,6 +23,47 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 const HASH_PREFIX: &[u8] = b",\"hash\":\"";
 
+/// Line separators other than `\n` that line-oriented tools split on (Python's
+/// `str.splitlines`, many log shippers): U+0085, U+2028, U+2029, as UTF-8, with their JSON
+/// escapes. (serde_json already escapes the ASCII control characters.)
+const SEPARATORS: [(&[u8], &[u8]); 3] = [
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+];
+
+/// Where a raw separator of [`SEPARATORS`] starts in `bytes`, and its length.
+fn find_separator(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    (from..bytes.len()).find_map(|i| {
+        SEPARATORS
+            .iter()
+            .find(|(raw, _)| bytes[i..].starts_with(raw))
+            .map(|(raw, _)| (i, raw.len()))
+    })
+}
+
+/// Escape every raw line separator of a JSON text. They can only stand inside strings (JSON's
+/// structure is ASCII), where the escape means the same character: one event stays one line
+/// for every reader.
+fn escape_separators(body: &mut Vec<u8>) {
+    if !body.iter().any(|&b| b == 0xc2 || b == 0xe2) {
+        return;
+    }
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut at = 0;
+    while let Some((i, n)) = find_separator(body, at) {
+        out.extend_from_slice(&body[at..i]);
+        let escape = SEPARATORS
+            .iter()
+            .find(|(raw, _)| body[i..].starts_with(raw))
+            .map_or(&b""[..], |(_, e)| *e);
+        out.extend_from_slice(escape);
+        at = i + n;
+    }
+    out.extend_from_slice(&body[at..]);
+    *body = out;
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
@@ -34,6 +75,7 @@ pub fn seal(mut event: Map<String, Json>, prev_hash: &str) -> (Vec<u8>, String) 
     event.insert("prev_hash".into(), Json::String(prev_hash.to_string()));
     // An object of strings, numbers and nested values always encodes.
     let mut body = serde_json::to_vec(&Json::Object(event)).unwrap_or_else(|_| b"{}".to_vec());
+    escape_separators(&mut body);
     let hash = sha256_hex(&body);
     body.pop(); // the closing brace
     body.extend_from_slice(HASH_PREFIX);
@@ -70,6 +112,7 @@ pub fn seal_with_input(
             body.push(b'}');
         }
     }
+    escape_separators(&mut body);
     let hash = sha256_hex(&body);
     body.pop();
     body.extend_from_slice(HASH_PREFIX);
@@ -136,6 +179,11 @@ pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
 /// readers that also need the event's fields).
 pub fn check_parsed(line: &[u8], event: &Json) -> Result<(String, String), LineError> {
     let split = hash_tail(line)?;
+    if find_separator(line, 0).is_some() {
+        return Err(LineError::Malformed(
+            "a raw line separator (U+0085, U+2028 or U+2029) inside the line: line-oriented tools would see two events".into(),
+        ));
+    }
     let recorded = std::str::from_utf8(&line[split + HASH_PREFIX.len()..line.len() - 2])
         .map_err(|_| LineError::Malformed("the hash is not text".into()))?
         .to_string();
@@ -243,6 +291,41 @@ pub fn last_hash(text: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// U+2028, U+2029 and U+0085 in a value are written escaped: one event, one line, for
+    /// `str.splitlines()` too; a line holding one raw is not a sealed event.
+    #[test]
+    fn unicode_line_separators_are_escaped() {
+        let event = match json!({"decision_id": "a", "input": {"h": "x\u{2028}y\u{2029}z\u{85}w"}})
+        {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        };
+        for (line, _) in [
+            seal(event.clone(), GENESIS),
+            seal_with_input(
+                event.clone(),
+                Some(&crate::value::from_json(&event["input"])),
+                GENESIS,
+            ),
+        ] {
+            let text = String::from_utf8(line.clone()).unwrap();
+            assert_eq!(text.lines().count(), 1);
+            assert!(!text.contains(['\u{2028}', '\u{2029}', '\u{85}']), "{text}");
+            assert!(text.contains("x\\u2028y\\u2029z\\u0085w"), "{text}");
+            // The escapes read back as the same characters, and the line verifies.
+            let back: Json = serde_json::from_slice(&line).unwrap();
+            assert_eq!(back["input"]["h"], "x\u{2028}y\u{2029}z\u{85}w");
+            assert!(check_line(line.strip_suffix(b"\n").unwrap()).is_ok());
+        }
+        // The same event written raw (its hash recomputed over the raw bytes) is refused.
+        let raw = "{\"decision_id\":\"a\",\"h\":\"x\u{2028}y\",\"prev_hash\":\"0000000000000000000000000000000000000000000000000000000000000000\"}";
+        let hash = sha256_hex(raw.as_bytes());
+        let line = format!("{},\"hash\":\"{hash}\"}}", &raw[..raw.len() - 1]);
+        assert!(
+            matches!(check_line(line.as_bytes()), Err(LineError::Malformed(m)) if m.contains("U+2028"))
+        );
+    }
 
     /// The format the README documents, checked against hashes computed outside this crate:
     /// each expected hash is `sha256sum` of the event's bytes as written before `,"hash":…`,
