@@ -40,6 +40,8 @@ pub enum PathError {
     InvalidUtf8,
     DotSegment,
     EmptySegment,
+    /// An unreserved character (RFC 3986 §2.3: letters, digits, `-._~`) sent percent-encoded.
+    EncodedUnreserved(char),
 }
 
 impl fmt::Display for PathError {
@@ -57,6 +59,10 @@ impl fmt::Display for PathError {
             PathError::InvalidUtf8 => f.write_str("decoded path is not valid UTF-8"),
             PathError::DotSegment => f.write_str("path contains a `.` or `..` segment"),
             PathError::EmptySegment => f.write_str("path contains an empty segment (`//`)"),
+            PathError::EncodedUnreserved(c) => write!(
+                f,
+                "path percent-encodes `{c}`, which needs no encoding (RFC 3986 §2.3): `/%69nternal` is `/internal` to the backend but not to a rule on the raw path"
+            ),
         }
     }
 }
@@ -149,6 +155,20 @@ fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
         // is `//`.
         if s.is_empty() && i != last {
             return Err(PathError::EmptySegment);
+        }
+    }
+    // RFC 3986 §6.2.2.2: an encoded unreserved character is the character itself. Refused,
+    // so that the raw target a policy may read (`attributes.request.http.path`, CEL's
+    // `request.path`) never spells a path in a second way.
+    for (i, w) in raw_path.as_bytes().windows(3).enumerate() {
+        if w[0] == b'%'
+            && let (Some(hi), Some(lo)) = (hex(w[1]), hex(w[2]))
+        {
+            let c = char::from(hi << 4 | lo);
+            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+                let _ = i;
+                return Err(PathError::EncodedUnreserved(c));
+            }
         }
     }
     Ok(CanonicalPath {
@@ -397,6 +417,10 @@ mod tests {
         );
         assert_eq!(err("/admin%2fsecret"), PathError::EncodedDelimiter("/"));
         assert_eq!(err("/admin%5Csecret"), PathError::EncodedDelimiter("\\"));
+        // Issue 16: an unreserved character sent encoded spells a second raw path.
+        assert_eq!(err("/%69nternal/x"), PathError::EncodedUnreserved('i'));
+        assert_eq!(err("/a%2Db"), PathError::EncodedUnreserved('-'));
+        assert_eq!(err("/%7Euser"), PathError::EncodedUnreserved('~'));
         assert_eq!(err("/public\\..\\admin"), PathError::RawBackslash);
         assert_eq!(err("/admin#frag"), PathError::Fragment);
         assert_eq!(err("/admin%23x"), PathError::EncodedDelimiter("#"));
