@@ -91,6 +91,8 @@ async fn health(AxState(state): AxState<Arc<State>>) -> Response {
         // The set that failed to load did not replace this one: still healthy, but stale.
         "last_reload_error": reload.last_error,
         "last_reload_error_at": reload.last_error_at,
+        // Auditing is required and the decision log refuses events: checks are denied.
+        "audit_unavailable": !state.audit_available(),
     });
     if state.ready() {
         json_response(StatusCode::OK, &body, false)

@@ -73,9 +73,20 @@ impl State {
         self.reload_status.store(Arc::new(s));
     }
 
-    /// Serving, with the configured policy.
+    /// Serving, with the configured policy, and — when auditing is required — with a decision
+    /// log that takes events.
     pub fn ready(&self) -> bool {
-        self.grpc_ready.load(Ordering::Acquire) && !self.awaiting_policy.load(Ordering::Acquire)
+        self.grpc_ready.load(Ordering::Acquire)
+            && !self.awaiting_policy.load(Ordering::Acquire)
+            && self.audit_available()
+    }
+
+    /// False while auditing is required and the decision log refuses events (checks are then
+    /// denied with `audit_unavailable`).
+    pub fn audit_available(&self) -> bool {
+        self.decision_log
+            .as_ref()
+            .is_none_or(|l| !l.audit_required() || l.healthy())
     }
 
     /// Run `work` on the evaluation pool within the deadline; overload, timeout and a lost

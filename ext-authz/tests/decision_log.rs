@@ -622,4 +622,170 @@ mask contains "/input/x" if {
         assert_eq!(logged.len(), allowed.len());
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// A small tmpfs, unmounted when dropped: a disk that really fills. Mounting needs root,
+    /// which CI and the development machines have; without it the test fails, never skips.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path, size: &str) -> Self {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .status()
+                .expect("run mount");
+            assert!(
+                status.success(),
+                "cannot mount a tmpfs at {} (the full-disk test needs root)",
+                dir.display()
+            );
+            Tmpfs(dir.to_path_buf())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    async fn wait_for_audit(s: &arbiter_ext_authz::RunningServer, available: bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.state.audit_available() != available {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the decision log never became {}",
+                if available {
+                    "available"
+                } else {
+                    "unavailable"
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Issue 16, finding 3: with `--audit required` and the log on a disk that fills, checks
+    /// are denied (`audit_unavailable`) once the file refuses events, no partial line is left,
+    /// every allowed check has its event once space returns, and the chain is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_required_on_a_full_disk_denies_and_loses_no_allowed_event() {
+        let dir = tmp("full-disk");
+        let _fs = Tmpfs::mount(&dir, "64k");
+        let filler = dir.join("filler");
+        std::fs::write(&filler, vec![b'x'; 56 << 10]).unwrap();
+        let file = dir.join("d.log");
+        let config = DecisionLogConfig {
+            audit_required: true,
+            ..DecisionLogConfig::to(LogTarget::File(file.clone()))
+        };
+        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies("")))
+            .await
+            .unwrap();
+        let mut client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
+            .await
+            .unwrap();
+        let mut allowed = Vec::new();
+        let mut refused = 0;
+        for _ in 0..400 {
+            let r = client.check(check("/ok")).await.unwrap().into_inner();
+            if r.status.as_ref().unwrap().code == 0 {
+                allowed.push(meta(&r, "decision_id"));
+            } else {
+                assert_eq!(meta(&r, "arbiter_reason"), "audit_unavailable");
+                refused += 1;
+            }
+            // Let the writer reach the disk between checks.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            refused > 0,
+            "the disk never filled ({} allowed)",
+            allowed.len()
+        );
+        assert!(!s.state.audit_available());
+        // No partial line while the disk is full.
+        let text = std::fs::read(&file).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with(b"\n"),
+            "a partial line was left"
+        );
+        // Space returns: the waiting events are written and checks are allowed again.
+        std::fs::remove_file(&filler).unwrap();
+        wait_for_audit(&s, true).await;
+        for _ in 0..5 {
+            let r = client.check(check("/ok")).await.unwrap().into_inner();
+            assert_eq!(r.status.as_ref().unwrap().code, 0);
+            allowed.push(meta(&r, "decision_id"));
+        }
+        s.shutdown().await.unwrap();
+        let logged: Vec<String> = read_events(&file)
+            .iter()
+            .map(|e| e["decision_id"].as_str().unwrap().to_string())
+            .collect();
+        let missing: Vec<&String> = allowed.iter().filter(|id| !logged.contains(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} allowed checks have no event",
+            missing.len()
+        );
+        let report = verify(std::slice::from_ref(&file));
+        assert_eq!(report.failure, None, "the chain is whole");
+    }
+
+    /// Issue 16, finding 3: a log file deleted under the server is noticed; the events of
+    /// checks allowed afterwards are in a new file at the path (not in the deleted inode), and
+    /// that file continues the chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_log_file_is_noticed_and_replaced() {
+        let dir = tmp("deleted-log");
+        let file = dir.join("d.log");
+        let config = DecisionLogConfig {
+            audit_required: true,
+            ..DecisionLogConfig::to(LogTarget::File(file.clone()))
+        };
+        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies("")))
+            .await
+            .unwrap();
+        let mut client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            client.check(check("/ok")).await.unwrap();
+        }
+        wait_until(
+            "the first events are written",
+            Duration::from_secs(5),
+            || read_events(&file).len() == 20,
+        );
+        std::fs::remove_file(&file).unwrap();
+        let mut allowed = Vec::new();
+        for _ in 0..50 {
+            let r = client.check(check("/ok")).await.unwrap().into_inner();
+            if r.status.as_ref().unwrap().code == 0 {
+                allowed.push(meta(&r, "decision_id"));
+            } else {
+                assert_eq!(meta(&r, "arbiter_reason"), "audit_unavailable");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        wait_for_audit(&s, true).await;
+        s.shutdown().await.unwrap();
+        assert!(file.exists(), "a new file at the path");
+        let logged: Vec<String> = read_events(&file)
+            .iter()
+            .map(|e| e["decision_id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!allowed.is_empty());
+        for id in &allowed {
+            assert!(
+                logged.contains(id),
+                "allowed {id} has no event in the new file"
+            );
+        }
+        // The new file starts where the deleted one ended: its chain verifies on its own.
+        let report = verify(std::slice::from_ref(&file));
+        assert_eq!(report.failure, None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

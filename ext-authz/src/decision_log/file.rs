@@ -5,9 +5,17 @@
 //! starts. The hash chain continues across rotations and restarts: on opening, the writer reads
 //! the last sealed event of `decisions.log` (or of `decisions.log.1` when the current file is
 //! empty) and continues from its hash.
+//!
+//! Only whole events reach the file. Events wait in memory until the end of their batch and
+//! are written together; when that write fails (a full disk, an I/O error) the file is cut
+//! back to its last whole event and the events are kept, to be written in order when the file
+//! takes them again — so no partial line is left and the chain goes on unbroken. Before each
+//! write the sink checks that its path still names the file it has open: a log deleted or
+//! replaced under it is noticed, and the events go to a new file at the path instead of to a
+//! deleted inode.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use arbiter_engine::audit::chain;
@@ -63,11 +71,33 @@ impl FileSinkConfig {
 
 pub struct FileSink {
     config: FileSinkConfig,
-    out: BufWriter<File>,
+    file: File,
+    /// Bytes of the file that hold whole events.
     size: u64,
+    /// Whole events not yet in the file, in order.
+    pending: Vec<u8>,
+    /// (device, inode) of the open file, to notice it deleted or replaced.
+    id: (u64, u64),
     /// Written since the last sync.
     unsynced: bool,
     last_sync: std::time::Instant,
+}
+
+/// Events kept while the file refuses them, at most; beyond, the oldest are given up (and
+/// counted by the caller), so a disk that stays full cannot exhaust memory.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
 }
 
 impl std::fmt::Debug for FileSink {
@@ -127,12 +157,10 @@ impl FileSink {
         if prev.is_none() {
             prev = tail_hash(&rotated(&config.path, 1))?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&config.path)?;
-        let mut size = file.metadata()?.len();
+        let mut file = open_append(&config.path)?;
+        let meta = file.metadata()?;
+        let id = file_id(&meta);
+        let mut size = meta.len();
         // A line cut short by a crash stays visible to `audit verify`, but the next event must
         // start on its own line.
         if size > 0 {
@@ -146,9 +174,11 @@ impl FileSink {
         }
         Ok((
             Self {
-                out: BufWriter::with_capacity(256 << 10, file),
+                file,
                 config,
                 size,
+                pending: Vec::with_capacity(256 << 10),
+                id,
                 unsynced: false,
                 last_sync: std::time::Instant::now(),
             },
@@ -156,24 +186,76 @@ impl FileSink {
         ))
     }
 
+    /// Add one whole event (a line with its `\n`). It reaches the file at the end of the
+    /// batch ([`FileSink::end_batch`]), or at once with [`Fsync::Always`].
     pub fn write(&mut self, line: &[u8]) -> io::Result<()> {
         let len = line.len() as u64;
-        if self.size > 0 && self.size + len > self.config.max_bytes {
+        let held = self.size + self.pending.len() as u64;
+        if held > 0 && held + len > self.config.max_bytes {
+            self.flush_pending()?;
             self.rotate()?;
         }
-        self.out.write_all(line)?;
-        self.size += len;
-        self.unsynced = true;
+        self.pending.extend_from_slice(line);
         if self.config.fsync == Fsync::Always {
-            self.out.flush()?;
-            self.out.get_ref().sync_data()?;
+            self.flush_pending()?;
+            self.sync()?;
         }
         Ok(())
     }
 
-    /// The end of a batch of events: flush, and sync when configured and due.
+    /// Bytes of events waiting for the file.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Give up the waiting events (the file refused them too long); returns how many.
+    pub fn drop_pending(&mut self) -> usize {
+        let n = self.pending.iter().filter(|b| **b == b'\n').count();
+        self.pending.clear();
+        n
+    }
+
+    /// Whether the path still names the open file.
+    fn still_ours(&self) -> bool {
+        std::fs::metadata(&self.config.path).is_ok_and(|m| file_id(&m) == self.id)
+    }
+
+    /// Write the waiting events, all or none: on failure the file is cut back to its last
+    /// whole event and the events stay waiting. A file deleted or replaced since it was opened
+    /// is left alone and a new one is opened at the path (the error says so; the events then
+    /// go to the new file).
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if !self.still_ours() {
+            self.file = open_append(&self.config.path)?;
+            let meta = self.file.metadata()?;
+            self.id = file_id(&meta);
+            self.size = meta.len();
+            return Err(io::Error::other(format!(
+                "{} was deleted or replaced; writing to a new file at that path",
+                self.config.path.display()
+            )));
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.size += self.pending.len() as u64;
+                self.pending.clear();
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => {
+                // No partial line: back to the last whole event.
+                let _ = self.file.set_len(self.size);
+                Err(e)
+            }
+        }
+    }
+
+    /// The end of a batch of events: write them, and sync when configured and due.
     pub fn end_batch(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.flush_pending()?;
         if self.config.fsync == Fsync::Batch
             && self.unsynced
             && self.last_sync.elapsed() >= BATCH_SYNC_INTERVAL
@@ -183,11 +265,11 @@ impl FileSink {
         Ok(())
     }
 
-    /// Flush and sync whatever is written (at shutdown, and when a sync is due).
+    /// Write and sync whatever is waiting (at shutdown, and when a sync is due).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.flush_pending()?;
         if self.unsynced && self.config.fsync != Fsync::Never {
-            self.out.get_ref().sync_data()?;
+            self.file.sync_data()?;
         }
         self.unsynced = false;
         self.last_sync = std::time::Instant::now();
@@ -200,8 +282,7 @@ impl FileSink {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.file.sync_data()?;
         let p = &self.config.path;
         let keep = self.config.max_files.max(1);
         let _ = std::fs::remove_file(rotated(p, keep));
@@ -212,12 +293,8 @@ impl FileSink {
             }
         }
         std::fs::rename(p, rotated(p, 1))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(p)?;
-        self.out = BufWriter::with_capacity(256 << 10, file);
+        self.file = open_append(p)?;
+        self.id = file_id(&self.file.metadata()?);
         self.size = 0;
         self.unsynced = false;
         Ok(())

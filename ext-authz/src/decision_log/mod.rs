@@ -118,6 +118,8 @@ pub struct DecisionLog {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     audit_required: bool,
+    /// The file sink takes events (false while writes fail, until they succeed again).
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Sinks {
@@ -159,6 +161,8 @@ impl DecisionLog {
         let (tx, rx) = bounded(config.queue.max(1));
         let m = metrics.clone();
         let c = config.clone();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let h = healthy.clone();
         let writer = std::thread::Builder::new()
             .name("arbiter-decision-log".into())
             .spawn(move || {
@@ -169,6 +173,7 @@ impl DecisionLog {
                     config: c,
                     prev,
                     policy_flags: HashMap::new(),
+                    healthy: h,
                 };
                 w.run(&rx);
             })?;
@@ -178,7 +183,13 @@ impl DecisionLog {
             writer: std::sync::Mutex::new(Some(writer)),
             metrics,
             audit_required: config.audit_required,
+            healthy,
         })
+    }
+
+    /// Whether the sinks take events (for `/health` and gRPC health).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether requests must be denied when their event cannot be queued.
@@ -186,8 +197,14 @@ impl DecisionLog {
         self.audit_required
     }
 
-    /// Queue an event without waiting. Returns false when it was dropped.
+    /// Queue an event without waiting. Returns false when it was dropped. With auditing
+    /// required, an event is refused while the file refuses writes: the caller denies
+    /// (`audit_unavailable`) instead of allowing what cannot be recorded.
     pub fn submit(&self, record: Box<DecisionRecord>) -> bool {
+        if self.audit_required && !self.healthy() {
+            self.metrics.log_dropped(DropReason::SinkError);
+            return false;
+        }
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             self.metrics.log_dropped(DropReason::QueueFull);
             return false;
@@ -234,19 +251,59 @@ struct Writer {
     prev: String,
     /// Per policy revision: (defines the mask policy, defines the drop policy).
     policy_flags: HashMap<String, (bool, bool)>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// How often a writer whose file refuses events tries again.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Writer {
+    /// Follow the file sink's state: say so once on stderr when it changes, and count each
+    /// failed write once.
+    fn file_state(&mut self, error: Option<std::io::Error>) {
+        use std::sync::atomic::Ordering;
+        let was = self.healthy.load(Ordering::Acquire);
+        match error {
+            None if !was => {
+                self.healthy.store(true, Ordering::Release);
+                eprintln!("arbiter: decision log: the file takes events again; the chain goes on");
+            }
+            None => {}
+            // Nothing is dropped here (the events wait); what is given up is counted where it is.
+            Some(e) => {
+                if was {
+                    self.healthy.store(false, Ordering::Release);
+                    eprintln!(
+                        "arbiter: decision log: {e}; events wait until the file takes them{}",
+                        if self.config.audit_required {
+                            " (audit required: checks are denied, audit_unavailable)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+    }
+
     fn run(&mut self, rx: &Receiver<Option<Box<DecisionRecord>>>) {
         loop {
-            // While a sync is pending, wake up for it even if no event comes.
-            let first: Option<Option<Box<DecisionRecord>>> = if self
-                .sinks
-                .file
-                .as_ref()
-                .is_some_and(file::FileSink::sync_pending)
+            // While a sync is pending, or events wait for a file that refused them, wake up for
+            // it even if no event comes.
+            let retry = !self.healthy.load(std::sync::atomic::Ordering::Acquire);
+            let first: Option<Option<Box<DecisionRecord>>> = if retry
+                || self
+                    .sinks
+                    .file
+                    .as_ref()
+                    .is_some_and(file::FileSink::sync_pending)
             {
-                match rx.recv_timeout(file::BATCH_SYNC_INTERVAL) {
+                let wait = if retry {
+                    RETRY_INTERVAL
+                } else {
+                    file::BATCH_SYNC_INTERVAL
+                };
+                match rx.recv_timeout(wait) {
                     Ok(r) => Some(r),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -273,9 +330,9 @@ impl Writer {
             }
         }
         if let Some(f) = self.sinks.file.as_mut()
-            && f.sync().is_err()
+            && let Err(e) = f.sync()
         {
-            self.metrics.log_sink_error();
+            self.file_state(Some(e));
         }
         self.end_batch();
         if let Some(u) = self.sinks.upload.as_mut() {
@@ -284,10 +341,11 @@ impl Writer {
     }
 
     fn end_batch(&mut self) {
-        if let Some(f) = self.sinks.file.as_mut()
-            && f.end_batch().is_err()
-        {
-            self.metrics.log_sink_error();
+        let outcome = self.sinks.file.as_mut().map(file::FileSink::end_batch);
+        match outcome {
+            Some(Ok(())) => self.file_state(None),
+            Some(Err(e)) => self.file_state(Some(e)),
+            None => {}
         }
         if let Some(s) = self.sinks.stdout.as_mut() {
             let _ = s.flush();
@@ -353,11 +411,19 @@ impl Writer {
         };
         self.prev = hash;
         let mut written = false;
-        if let Some(f) = self.sinks.file.as_mut() {
-            if f.write(&line).is_ok() {
-                written = true;
-            } else {
-                self.metrics.log_sink_error();
+        let outcome = self.sinks.file.as_mut().map(|f| f.write(&line));
+        match outcome {
+            Some(Ok(())) => written = true,
+            // The event stays waiting for the file (see `file`); the state says why.
+            Some(Err(e)) => self.file_state(Some(e)),
+            None => {}
+        }
+        if let Some(f) = self.sinks.file.as_mut()
+            && f.pending_bytes() > file::MAX_PENDING_BYTES
+        {
+            // The file has refused events for too long: give the oldest up, counted.
+            for _ in 0..f.drop_pending() {
+                self.metrics.log_dropped(DropReason::SinkError);
             }
         }
         if let Some(s) = self.sinks.stdout.as_mut() {
