@@ -258,8 +258,8 @@ struct Writer {
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Writer {
-    /// Follow the file sink's state: say so once on stderr when it changes, and count each
-    /// failed write once.
+    /// Follow the file sink's state and say so once on stderr when it changes. Nothing is
+    /// dropped here (the events wait); what is given up is counted where it is.
     fn file_state(&mut self, error: Option<std::io::Error>) {
         use std::sync::atomic::Ordering;
         let was = self.healthy.load(Ordering::Acquire);
@@ -268,21 +268,18 @@ impl Writer {
                 self.healthy.store(true, Ordering::Release);
                 eprintln!("arbiter: decision log: the file takes events again; the chain goes on");
             }
-            None => {}
-            // Nothing is dropped here (the events wait); what is given up is counted where it is.
-            Some(e) => {
-                if was {
-                    self.healthy.store(false, Ordering::Release);
-                    eprintln!(
-                        "arbiter: decision log: {e}; events wait until the file takes them{}",
-                        if self.config.audit_required {
-                            " (audit required: checks are denied, audit_unavailable)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
+            Some(e) if was => {
+                self.healthy.store(false, Ordering::Release);
+                eprintln!(
+                    "arbiter: decision log: {e}; events wait until the file takes them{}",
+                    if self.config.audit_required {
+                        " (audit required: checks are denied, audit_unavailable)"
+                    } else {
+                        ""
+                    }
+                );
             }
+            _ => {}
         }
     }
 
