@@ -142,6 +142,8 @@ fn bench_event_encoding(c: &mut Criterion) {
         span_id: None,
         identity: outcome.identity,
         policies: Some(set),
+        origin: Default::default(),
+        request: None,
     };
     let labels = InstanceLabels {
         id: "bench".into(),

@@ -48,6 +48,51 @@ pub struct DecisionRecord {
     /// The policy set that decided: the log writer evaluates its `system.log.mask` and
     /// `system.log.drop` policies, if any.
     pub policies: Option<std::sync::Arc<crate::PolicySet>>,
+    /// Where the decision was asked for: [`Origin::Grpc`] for an Envoy check, or
+    /// [`Origin::DataApi`] for a query of the Data API (which is not a request to a path).
+    pub origin: Origin,
+    /// An Envoy check's request as sent (method, target, host), kept even when the decision
+    /// was made before the input was built (a refused path, a timeout, overload), so that
+    /// every event names what was asked.
+    pub request: Option<RequestLine>,
+}
+
+/// Where a decision was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// An ext_authz check (gRPC).
+    #[default]
+    Grpc,
+    /// A Data API query (`/v1/data/...`).
+    DataApi,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Grpc => "grpc",
+            Origin::DataApi => "data_api",
+        }
+    }
+}
+
+/// A request as sent: method, target (not decoded) and host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestLine {
+    pub method: String,
+    pub target: String,
+    pub host: String,
+}
+
+impl RequestLine {
+    /// The request line of an Envoy check.
+    pub fn of(req: &crate::request::AuthzRequest) -> Option<RequestLine> {
+        req.http.as_ref().map(|h| RequestLine {
+            method: h.method.clone(),
+            target: h.path.clone(),
+            host: h.host.clone(),
+        })
+    }
 }
 
 /// RFC 3339 with nanoseconds, UTC, as OPA writes `timestamp`.
@@ -171,6 +216,13 @@ impl DecisionRecord {
         }
         e.insert("revision".into(), json!(self.revision));
         e.insert("dry_run".into(), json!(self.dry_run));
+        e.insert("origin".into(), json!(self.origin.as_str()));
+        if let Some(r) = &self.request {
+            e.insert(
+                "request".into(),
+                json!({"method": r.method, "path": r.target, "host": r.host}),
+            );
+        }
         e
     }
 }
@@ -199,7 +251,35 @@ mod tests {
             span_id: None,
             identity: crate::identity::IdentityOutcome::Absent,
             policies: None,
+            origin: Default::default(),
+            request: None,
         }
+    }
+
+    #[test]
+    fn events_name_their_origin_and_the_request_as_sent() {
+        let labels = InstanceLabels {
+            id: "i".into(),
+            version: "v".into(),
+        };
+        let mut r = record(Decision::deny(DenyReason::Timeout));
+        r.input = None;
+        r.request = Some(RequestLine {
+            method: "GET".into(),
+            target: "/%61dmin?x".into(),
+            host: "h".into(),
+        });
+        let e = r.event_fields(&labels);
+        assert_eq!(e["origin"], "grpc");
+        assert_eq!(
+            e["request"],
+            json!({"method": "GET", "path": "/%61dmin?x", "host": "h"})
+        );
+        r.origin = Origin::DataApi;
+        r.request = None;
+        let e = r.event_fields(&labels);
+        assert_eq!(e["origin"], "data_api");
+        assert!(!e.contains_key("request"));
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl State {
         let authorizer = self.authorizer.load_full();
         let path = authorizer.path().slash_path();
         let policies = authorizer.policies().clone();
+        let request_line = arbiter_engine::record::RequestLine::of(&request);
         let outcome = self.run(move || authorizer.check(&request)).await;
         let mut outcome = outcome;
         let logged = self.finish(
@@ -149,6 +150,7 @@ impl State {
                 requested_by,
                 policies,
                 trace,
+                request: request_line,
             },
         );
         if !logged {
@@ -229,6 +231,7 @@ impl State {
                 requested_by,
                 policies,
                 trace: None,
+                request: None,
             },
         );
         let result = if logged {
@@ -269,6 +272,11 @@ impl State {
                     span_id,
                     identity: outcome.identity.clone(),
                     policies: Some(f.policies),
+                    origin: match origin {
+                        Origin::Grpc => arbiter_engine::record::Origin::Grpc,
+                        Origin::DataApi => arbiter_engine::record::Origin::DataApi,
+                    },
+                    request: f.request,
                 }));
                 queued || !log.audit_required()
             }
@@ -294,4 +302,6 @@ struct Finish<'a> {
     requested_by: String,
     policies: Arc<arbiter_engine::PolicySet>,
     trace: Option<(String, String)>,
+    /// The check's request as sent (none for the Data API).
+    request: Option<arbiter_engine::record::RequestLine>,
 }

@@ -69,6 +69,8 @@ fn record(authorizer: &Authorizer, request: &AuthzRequest, id: usize) -> Box<Dec
         span_id: None,
         identity: outcome.identity,
         policies: Some(authorizer.policies().clone()),
+        origin: Default::default(),
+        request: None,
     })
 }
 

@@ -112,17 +112,38 @@ pub fn identity_of(e: &Json) -> String {
     }
 }
 
-/// The request path (without the query), or the Data API path.
+/// What an event asked for: the canonical path of an Envoy check (`parsed_path`, the path
+/// policies decided on), the target as sent when the check was refused before its input was
+/// built (`request.path`, without the query), or `data api: <path>` for a Data API query —
+/// never a request to a path. Events written before `origin` existed are read as before.
 pub fn path_of(e: &Json) -> String {
-    e.pointer("/input/attributes/request/http/path")
-        .and_then(Json::as_str)
-        .map(|p| p.split('?').next().unwrap_or(p).to_string())
-        .or_else(|| {
-            e.get("path")
-                .and_then(Json::as_str)
-                .map(|p| format!("data api: {p}"))
-        })
-        .unwrap_or_else(|| "(none)".into())
+    let data_api = |e: &Json| {
+        e.get("path")
+            .and_then(Json::as_str)
+            .map(|p| format!("data api: {p}"))
+    };
+    let canonical = e
+        .pointer("/input/parsed_path")
+        .and_then(Json::as_array)
+        .map(|segments| {
+            let parts: Vec<&str> = segments.iter().filter_map(Json::as_str).collect();
+            format!("/{}", parts.join("/"))
+        });
+    let sent = |pointer: &str| {
+        e.pointer(pointer)
+            .and_then(Json::as_str)
+            .map(|p| p.split('?').next().unwrap_or(p).to_string())
+    };
+    match e.get("origin").and_then(Json::as_str) {
+        Some("data_api") => data_api(e),
+        Some(_) => canonical
+            .or_else(|| sent("/input/attributes/request/http/path"))
+            .or_else(|| sent("/request/path")),
+        None => canonical
+            .or_else(|| sent("/input/attributes/request/http/path"))
+            .or_else(|| data_api(e)),
+    }
+    .unwrap_or_else(|| "(none)".into())
 }
 
 /// `policy:rule`, `policy`, or `(none)`.
@@ -325,6 +346,29 @@ impl SummaryBuilder {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 16, finding 4: a Data API query is never filed as a request to a path, and a
+    /// check refused before its input was built is filed under the path it asked for.
+    #[test]
+    fn events_are_filed_under_what_they_asked_for() {
+        let check = json!({"origin": "grpc", "path": "envoy/authz/allow",
+            "input": {"parsed_path": ["admin", "people"],
+                      "attributes": {"request": {"http": {"path": "/admin/people?x=1"}}}}});
+        assert_eq!(path_of(&check), "/admin/people");
+        let refused = json!({"origin": "grpc", "path": "envoy/authz/allow",
+            "request": {"method": "GET", "path": "//admin/people?x=1", "host": "h"}});
+        assert_eq!(path_of(&refused), "//admin/people");
+        // A crafted Data API input that looks like a request is still a Data API query.
+        let query = json!({"origin": "data_api", "path": "envoy/authz/allow",
+            "input": {"parsed_path": ["admin"],
+                      "attributes": {"request": {"http": {"path": "/admin/x"}}}}});
+        assert_eq!(path_of(&query), "data api: envoy/authz/allow");
+        // Logs written before `origin`.
+        assert_eq!(
+            path_of(&json!({"path": "envoy/authz/allow"})),
+            "data api: envoy/authz/allow"
+        );
+    }
 
     #[test]
     fn counts_rankings_percentiles_and_revisions() {
