@@ -91,27 +91,37 @@ impl State {
 
     /// Run `work` on the evaluation pool within the deadline; overload, timeout and a lost
     /// worker are denials.
-    pub async fn run<F>(&self, work: F) -> CheckOutcome
+    ///
+    /// The deadline counts from `received`, when the check arrived: time spent waiting for a
+    /// thread (behind another check's evaluation) counts too, so a decision the caller has
+    /// stopped waiting for is the `timeout` denial the caller saw, never an allow. A timeout
+    /// that finished keeps what it built (input, identity) for its event.
+    pub async fn run<F>(&self, received: Instant, work: F) -> CheckOutcome
     where
         F: FnOnce() -> CheckOutcome + Send + 'static,
     {
+        let deadline = self.options.deadline;
+        let late = |mut outcome: CheckOutcome| {
+            if received.elapsed() > deadline {
+                outcome.decision = Decision::deny(DenyReason::Timeout);
+            }
+            outcome
+        };
+        if received.elapsed() > deadline {
+            return denied(DenyReason::Timeout);
+        }
         if self.pool.is_inline() {
             let Ok(_slot) = self.pool.try_inline() else {
                 return denied(DenyReason::Overload);
             };
-            let start = Instant::now();
-            let outcome = work();
             // Fail closed on the deadline even though nothing could interrupt the work.
-            if start.elapsed() > self.options.deadline {
-                return denied(DenyReason::Timeout);
-            }
-            return outcome;
+            return late(work());
         }
         let Ok(rx) = self.pool.try_run(work) else {
             return denied(DenyReason::Overload);
         };
-        match tokio::time::timeout(self.options.deadline, rx).await {
-            Ok(Ok(outcome)) => outcome,
+        match tokio::time::timeout(deadline.saturating_sub(received.elapsed()), rx).await {
+            Ok(Ok(outcome)) => late(outcome),
             Ok(Err(_)) => denied(DenyReason::EvalError(
                 "the evaluation worker stopped before answering".into(),
             )),
@@ -137,7 +147,7 @@ impl State {
         let path = authorizer.path().slash_path();
         let policies = authorizer.policies().clone();
         let request_line = arbiter_engine::record::RequestLine::of(&request);
-        let outcome = self.run(move || authorizer.check(&request)).await;
+        let outcome = self.run(received, move || authorizer.check(&request)).await;
         let mut outcome = outcome;
         let logged = self.finish(
             Origin::Grpc,
@@ -176,7 +186,7 @@ impl State {
         let logged_input = input.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let outcome = self
-            .run(move || {
+            .run(received, move || {
                 let start = Instant::now();
                 let value =
                     authorizer.evaluate_value(&reference, input.unwrap_or(Value::Undefined));

@@ -475,3 +475,40 @@ async fn awaiting_policy_is_not_serving_until_a_reload() {
     assert_eq!(status(&r), 0, "allowed");
     s.shutdown().await.unwrap();
 }
+
+/// Issue 16, finding 1 (the log's side): the deadline counts from when the check arrived. A
+/// check that waited behind another evaluation and finished after Envoy stopped waiting is the
+/// `timeout` denial the caller saw, never an allow, and its event keeps the input it built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_counts_from_arrival() {
+    for workers in [0, 2] {
+        let s = arbiter_ext_authz::start(config(workers, 16, false, None), authorizer(POLICY))
+            .await
+            .unwrap();
+        let a = authorizer(POLICY);
+        let request = arbiter_ext_authz::convert::authz_request(&check_request("/ok"));
+        let fresh = a.check(&request);
+        assert!(fresh.decision.allowed, "the work alone allows");
+        // Arrived 100 ms ago (the deadline is 40 ms): refused without evaluating.
+        let arrived = std::time::Instant::now() - Duration::from_millis(100);
+        let r = s.state.run(arrived, move || fresh).await;
+        assert!(!r.decision.allowed);
+        assert_eq!(r.decision.reason_code(), "timeout");
+        // Arrived in time, but the evaluation ends after the deadline: a timeout that keeps
+        // the input it built.
+        let (a, request) = (a.clone(), request.clone());
+        let r = s
+            .state
+            .run(std::time::Instant::now(), move || {
+                let outcome = a.check(&request);
+                std::thread::sleep(Duration::from_millis(60));
+                outcome
+            })
+            .await;
+        assert_eq!(r.decision.reason_code(), "timeout", "workers {workers}");
+        if workers == 0 {
+            assert!(r.input.is_some(), "the finished work's input is kept");
+        }
+        s.shutdown().await.unwrap();
+    }
+}
