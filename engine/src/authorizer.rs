@@ -77,6 +77,9 @@ fn cel_decision(v: CelVerdict) -> Decision {
         }],
         _ => Vec::new(),
     };
+    if v.timed_out {
+        return Decision::deny(DenyReason::LimitExceeded("time", v.errors.join("; ")));
+    }
     let mut d = if v.allowed {
         let mut d = Decision::allow();
         d.headers = v.headers;

@@ -80,6 +80,8 @@ pub struct CelPolicies {
     root: Context<'static, 'static>,
     uses: Uses,
     warnings: Vec<Diagnostic>,
+    /// How long one evaluation may run.
+    time_limit: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for CelPolicies {
@@ -121,6 +123,8 @@ pub struct CelVerdict {
     pub errors: Vec<String>,
     /// The deciding deny rule matched because its condition failed to evaluate.
     pub errored: bool,
+    /// The evaluation was stopped at its deadline (a denial, `limit_exceeded:time`).
+    pub timed_out: bool,
 }
 
 /// The CEL environment: the standard library and the strings, lists, math and encoders
@@ -500,11 +504,30 @@ fn compares_path_exactly(when: &str) -> bool {
         .any(|p| w.contains(&format!("{p}==")) || w.contains(&format!("=={p}")))
 }
 
-fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, String> {
+/// Why a condition has no boolean value.
+enum Failed {
+    /// The evaluation passed its time limit.
+    Stopped,
+    Error(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Stopped => f.write_str("the evaluation passed its time limit"),
+            Failed::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, Failed> {
     match r {
         Ok(CelValue::Bool(b)) => Ok(b),
-        Ok(other) => Err(format!("condition is not a boolean but {other:?}")),
-        Err(e) => Err(e.to_string()),
+        Ok(other) => Err(Failed::Error(format!(
+            "condition is not a boolean but {other:?}"
+        ))),
+        Err(e) if cel::deadline::exceeded(&e) => Err(Failed::Stopped),
+        Err(e) => Err(Failed::Error(e.to_string())),
     }
 }
 
@@ -592,6 +615,7 @@ impl CelPolicies {
             root,
             uses,
             warnings,
+            time_limit: None,
         })
     }
 
@@ -614,8 +638,20 @@ impl CelPolicies {
         self.uses
     }
 
-    /// Decide one request: deny-overrides, then allow, else deny.
+    /// Stop every evaluation after `limit` (the policy set's evaluation time limit).
+    pub fn set_time_limit(&mut self, limit: Option<std::time::Duration>) {
+        self.time_limit = limit;
+    }
+
+    /// Decide one request: deny-overrides, then allow, else deny. Evaluation stops at the time
+    /// limit: work that grows with the request (comprehensions over its parts) cannot hold a
+    /// thread past the deadline; a stopped evaluation is a denial.
     pub fn evaluate(&self, req: &CelRequest<'_>) -> CelVerdict {
+        let deadline = self.time_limit.map(|t| std::time::Instant::now() + t);
+        cel::deadline::with(deadline, || self.evaluate_within(req))
+    }
+
+    fn evaluate_within(&self, req: &CelRequest<'_>) -> CelVerdict {
         let mut ctx = self.root.new_inner_scope();
         bind_variables(&mut ctx, req, self.uses);
         let mut verdict = CelVerdict::default();
@@ -626,6 +662,7 @@ impl CelPolicies {
                 Some(m) => match truthy(CelValue::resolve(&m.expr, &ctx)) {
                     Ok(true) => applicable.push(f),
                     Ok(false) => {}
+                    Err(Failed::Stopped) => return stopped(&f.file, "match"),
                     Err(e) => {
                         verdict.errors.push(format!("{}: match: {e}", f.file));
                         applicable.push(f);
@@ -638,6 +675,7 @@ impl CelPolicies {
             for r in f.rules.iter().filter(|r| r.effect == Effect::Deny) {
                 let (hit, errored) = match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
                     Ok(b) => (b, false),
+                    Err(Failed::Stopped) => return stopped(&f.file, &r.name),
                     Err(e) => {
                         verdict.errors.push(format!("{}: {}: {e}", f.file, r.name));
                         (true, true)
@@ -666,11 +704,23 @@ impl CelPolicies {
                         return verdict;
                     }
                     Ok(false) => {}
+                    Err(Failed::Stopped) => return stopped(&f.file, &r.name),
                     Err(e) => verdict.errors.push(format!("{}: {}: {e}", f.file, r.name)),
                 }
             }
         }
         verdict
+    }
+}
+
+/// The verdict of an evaluation stopped at its deadline, in `file`'s `rule`.
+fn stopped(file: &str, rule: &str) -> CelVerdict {
+    CelVerdict {
+        timed_out: true,
+        errors: vec![format!(
+            "{file}: {rule}: the evaluation passed its time limit"
+        )],
+        ..CelVerdict::default()
     }
 }
 

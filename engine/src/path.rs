@@ -222,6 +222,9 @@ fn has_escape(s: &str) -> bool {
 /// their first-seen order; values keep theirs.
 pub fn parse_query(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    // Linear in the number of pairs: a target of thousands of distinct names costs no more
+    // than reading it.
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for pair in raw.split('&') {
         if pair.is_empty() {
             continue;
@@ -232,9 +235,12 @@ pub fn parse_query(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = query_unescape(k)?;
         let v = query_unescape(v)?;
-        match out.iter_mut().find(|(key, _)| *key == k) {
-            Some((_, values)) => values.push(v),
-            None => out.push((k, vec![v])),
+        match index.get(&k) {
+            Some(&i) => out[i].1.push(v),
+            None => {
+                index.insert(k.clone(), out.len());
+                out.push((k, vec![v]));
+            }
         }
     }
     Ok(out)

@@ -149,8 +149,9 @@ impl PolicySet {
             None
         } else {
             match CelPolicies::compile(&sources.cel, &data_value) {
-                Ok(c) => {
+                Ok(mut c) => {
                     warnings.extend(c.warnings().iter().cloned());
+                    c.set_time_limit(options.eval_timeout);
                     Some(Arc::new(c))
                 }
                 Err(mut e) => {

@@ -224,3 +224,47 @@ fn deny_rules_on_exact_paths_are_warnings() {
     assert_eq!((w[0].file.as_str(), w[0].line), ("deny.cel.yaml", 5));
     assert!(w[0].message.contains("no-admin"), "{}", w[0].message);
 }
+
+/// Issue 16, finding 1: a rule whose work grows with the request (a comprehension inside a
+/// comprehension over the query's parts) is stopped at the time limit, and the request is
+/// denied (`limit_exceeded:time`) instead of holding the thread for seconds.
+#[test]
+fn a_runaway_rule_is_stopped_at_the_time_limit() {
+    let mut p = policies(&[(
+        "dup.cel.yaml",
+        r#"name: dup
+rules:
+  - name: duplicate-parameter
+    effect: deny
+    when: request.query.split("&").exists(a, request.query.split("&").filter(b, b == a).size() > 1)
+  - name: all
+    effect: allow
+    when: "true"
+"#,
+    )])
+    .unwrap();
+    p.set_time_limit(Some(std::time::Duration::from_millis(50)));
+    let query: Vec<String> = (0..8000).map(|i| format!("k{i}=v")).collect();
+    let r = req("GET", &format!("/x?{}", query.join("&")), "", &[]);
+    let input = build_input(&r, &InputOptions::default()).unwrap();
+    let started = std::time::Instant::now();
+    let v = p.evaluate(&CelRequest {
+        request: &r,
+        path: &input.path,
+        host: &input.host,
+        headers: &input.headers,
+        input: Some(&input.value),
+        identity: None,
+    });
+    let took = started.elapsed();
+    assert!(v.timed_out, "{v:?}");
+    assert!(!v.allowed);
+    // Without the limit this runs for minutes in a debug build; the bound is generous.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    // A small request is decided as usual by the same rules.
+    let small = req("GET", "/x?a=1&b=2", "", &[]);
+    assert!(decide(&p, &small).allowed);
+    let dup = req("GET", "/x?a=1&a=1", "", &[]);
+    let v = decide(&p, &dup);
+    assert!(!v.allowed && !v.timed_out, "{v:?}");
+}
