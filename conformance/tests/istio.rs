@@ -12,7 +12,9 @@
 //!   for principals, Envoy's `jwt_authn` filter for JWTs (the metadata Istio's
 //!   RequestAuthentication produces), per-route context extensions for the workload. Cases
 //!   that need a source address other than 127.0.0.1, a destination port or SNI cannot be
-//!   sent through a loopback Envoy and run in-process only; the test counts both.
+//!   sent through a loopback Envoy and run in-process only; the test counts both and asserts
+//!   exactly the numbers the README states (100 cases, 87 through Envoy, 13 in-process), so
+//!   the README cannot drift from what is tested.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
