@@ -497,6 +497,19 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
 }
 
 /// Whether a condition compares the request path with `==` (a deny-list on exact paths).
+/// `request.headers["x"] == ""` (or `!=`): a missing header and an empty one read alike, so a
+/// deny rule written this way is bypassed by sending the header empty, or by leaving it out
+/// (issue 16, finding 5).
+fn compares_header_with_empty(when: &str) -> bool {
+    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
+    let Ok(re) = regex::Regex::new(
+        r#"request\.headers(\["[^"]*"\]|\.[A-Za-z0-9_]+)(==|!=)""|""(==|!=)request\.headers"#,
+    ) else {
+        return false;
+    };
+    re.is_match(&w)
+}
+
 fn compares_path_exactly(when: &str) -> bool {
     let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
     ["request.url_path", "request.path"]
@@ -574,6 +587,20 @@ impl CelPolicies {
                             r.when_at.1,
                             format!(
                                 "rule `{}` denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
+                                r.name
+                            ),
+                        )
+                        .with_code("cel_policy_warning"),
+                    );
+                }
+                if r.effect == Effect::Deny && compares_header_with_empty(&r.when) {
+                    warnings.push(
+                        Diagnostic::at(
+                            &spec.file,
+                            r.when_at.0,
+                            r.when_at.1,
+                            format!(
+                                "rule `{}` compares a header with \"\": a missing header and an empty one read alike; test presence with `\"x-h\" in request.headers` and the value separately",
                                 r.name
                             ),
                         )

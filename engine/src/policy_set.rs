@@ -123,6 +123,7 @@ impl PolicySet {
         let mut warnings = Vec::new();
         for file in &sources.rego {
             warnings.extend(risky_defaults(&file.name, &file.text));
+            warnings.extend(raw_path_comparisons(&file.name, &file.text));
         }
         for file in files {
             diagnostics.extend(forbidden_calls(&file.name, &file.text));
@@ -433,6 +434,41 @@ fn risky_defaults(file: &str, text: &str) -> Vec<Diagnostic> {
 }
 
 /// Calls of [`FORBIDDEN_BUILTINS`] in a Rego source, outside comments and strings.
+/// Rules that compare the raw request target (`input.attributes.request.http.path`, query
+/// included and not decoded) with `startswith`, `==`, `regex.match` or `glob.match`: the
+/// canonical path is `input.parsed_path` (issue 16, finding 5). A warning: strict mode refuses
+/// second spellings, but lenient mode and OPA do not.
+fn raw_path_comparisons(file: &str, text: &str) -> Vec<Diagnostic> {
+    const RAW: &str = "input.attributes.request.http.path";
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let Some(col) = code.find(RAW) else {
+            continue;
+        };
+        let rest = &code[col + RAW.len()..];
+        let before = &code[..col];
+        let compared = rest.trim_start().starts_with("==")
+            || before.trim_end().ends_with("==")
+            || ["startswith(", "regex.match(", "glob.match(", "endswith("]
+                .iter()
+                .any(|f| before.contains(f));
+        // `input.attributes.request.http.path[...]` and other uses are not comparisons.
+        if compared && !rest.starts_with('[') {
+            out.push(
+                Diagnostic::at(
+                    file,
+                    u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    u32::try_from(col + 1).unwrap_or(u32::MAX),
+                    "compares the raw request target (query included, not decoded); compare the canonical path, `input.parsed_path`, so that another spelling of the path cannot pass",
+                )
+                .with_code("rego_policy_warning"),
+            );
+        }
+    }
+    out
+}
+
 fn forbidden_calls(file: &str, text: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -677,6 +713,22 @@ mod tests {
             LoadOptions::default().eval_timeout,
             Some(Duration::from_millis(50))
         );
+    }
+
+    /// Issue 16, finding 5: comparing the raw target instead of `parsed_path` is a warning
+    /// with its place; reading it otherwise is not.
+    #[test]
+    fn raw_path_comparisons_are_warnings() {
+        let text = "package envoy.authz\n\ndefault allow := false\n\nallow if not startswith(input.attributes.request.http.path, \"/internal\")\nallow if input.attributes.request.http.path == \"/health\" # probes\nlog := input.attributes.request.http.path\n";
+        let w = raw_path_comparisons("p.rego", text);
+        let places: Vec<(u32, u32)> = w.iter().map(|d| (d.line, d.col)).collect();
+        // Counted by hand: `allow if not startswith(` is 24 characters; `allow if ` is 9.
+        assert_eq!(places, vec![(5, 25), (6, 10)], "{w:?}");
+        assert!(w[0].message.contains("input.parsed_path"));
+        let mut s = PolicySources::default();
+        s.add_rego("p.rego", text);
+        let set = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap();
+        assert_eq!(set.warnings().len(), 2, "{:?}", set.warnings());
     }
 
     #[test]

@@ -268,3 +268,36 @@ rules:
     let v = decide(&p, &dup);
     assert!(!v.allowed && !v.timed_out, "{v:?}");
 }
+
+/// Issue 16, finding 5: a deny rule comparing a header with "" is a load warning (a missing
+/// header and an empty one read alike); the presence test is not.
+#[test]
+fn a_deny_rule_comparing_a_header_with_empty_is_a_warning() {
+    let p = policies(&[(
+        "h.cel.yaml",
+        r#"name: h
+rules:
+  - name: no-token
+    effect: deny
+    when: request.headers["x-token"] == ""
+  - name: present
+    effect: deny
+    when: '!("x-token" in request.headers)'
+  - name: all
+    effect: allow
+    when: "true"
+"#,
+    )])
+    .unwrap();
+    let w: Vec<String> = p.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rule `no-token` compares a header with \"\""),
+        "{w:?}"
+    );
+    // And the presence form tells the two apart.
+    let missing = req("GET", "/x", "", &[]);
+    let empty = req("GET", "/x", "", &[("x-token", "")]);
+    assert!(!decide(&p, &missing).allowed);
+    assert!(!decide(&p, &empty).allowed, "empty: the first rule denies");
+}
