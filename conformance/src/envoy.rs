@@ -517,3 +517,90 @@ pub fn request_tls(
     tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     parse_response(&read_response(&mut tls, method == "HEAD")?)
 }
+
+/// HTTP/1.1 over TLS to 127.0.0.1 on kept-alive connections, one per (port, client): a
+/// request costs a TLS handshake only when its connection is new (or was closed by the
+/// server, which is retried once on a new one).
+#[derive(Default)]
+pub struct KeepAlive {
+    conns: std::collections::HashMap<
+        (u16, String),
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    >,
+}
+
+impl std::fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeepAlive")
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl KeepAlive {
+    /// `client` names the connection's client (its certificate); `config` makes its TLS
+    /// configuration when a connection must be opened.
+    pub fn request(
+        &mut self,
+        port: u16,
+        client: &str,
+        config: &dyn Fn() -> Result<std::sync::Arc<rustls::ClientConfig>, String>,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse, String> {
+        let key = (port, client.to_string());
+        let mut req = format!("{method} {target} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("host: localhost\r\n");
+        }
+        if method == "POST" || method == "PUT" {
+            req.push_str("content-length: 0\r\n");
+        }
+        req.push_str("\r\n");
+        let mut last = String::new();
+        for _ in 0..2 {
+            let mut conn = match self.conns.remove(&key) {
+                Some(c) => c,
+                None => {
+                    let server_name = rustls::pki_types::ServerName::IpAddress(
+                        std::net::Ipv4Addr::LOCALHOST.into(),
+                    );
+                    let c = rustls::ClientConnection::new(config()?, server_name)
+                        .map_err(|e| e.to_string())?;
+                    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+                    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+                        .map_err(|e| e.to_string())?;
+                    rustls::StreamOwned::new(c, tcp)
+                }
+            };
+            if let Err(e) = conn.write_all(req.as_bytes()) {
+                last = e.to_string();
+                continue;
+            }
+            let raw = match read_response(&mut conn, method == "HEAD") {
+                Ok(r) if !r.is_empty() => r,
+                Ok(_) => {
+                    last = "the connection was closed".into();
+                    continue;
+                }
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let response = parse_response(&raw)?;
+            let closing = response
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            if !closing {
+                self.conns.insert(key, conn);
+            }
+            return Ok(response);
+        }
+        Err(last)
+    }
+}

@@ -19,9 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arbiter_conformance::envoy::{
-    Envoy, EnvoyOptions, HttpResponse, request_tls, tls_client_config,
-};
+use arbiter_conformance::envoy::{Envoy, EnvoyOptions, HttpResponse, KeepAlive, tls_client_config};
 use arbiter_conformance::harness::{Harness, loopback_config};
 use arbiter_conformance::istio_envoy::{
     Pki, Signer, ext_authz_per_route, jwt_filter_keyed, routes, scenarios,
@@ -452,6 +450,9 @@ fn istio_policies_decide_as_envoy_rbac_does() {
     let mut agree_allow = 0usize;
     let mut agree_deny = 0usize;
     let mut untranslated: Vec<String> = Vec::new();
+    // One kept-alive connection per Envoy and client certificate: a handshake per client,
+    // not per request.
+    let mut connections = KeepAlive::default();
     for dir in scenarios() {
         let sources = PolicySources::discover(std::slice::from_ref(&dir)).unwrap();
         let mut policies: Vec<Policy> = Vec::new();
@@ -550,16 +551,19 @@ fn istio_policies_decide_as_envoy_rbac_does() {
             if let Some(t) = &token {
                 headers.push(("authorization", t));
             }
-            let send = |port: u16| {
-                let tls = tls_client_config(
+            let config = || {
+                tls_client_config(
                     &pki.ca.pem,
                     client
                         .as_ref()
                         .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
                     &[b"http/1.1"],
                 )
-                .unwrap();
-                request_tls(port, tls, &g.method, &g.target, &headers)
+            };
+            let who = g.spiffe_id.clone().unwrap_or_default();
+            let mut send = |port: u16| {
+                connections
+                    .request(port, &who, &config, &g.method, &g.target, &headers)
                     .unwrap_or_else(|e| panic!("{}: {e}", g.describe()))
             };
             let by_rbac = send(rbac_envoy.port);
