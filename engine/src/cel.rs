@@ -497,6 +497,9 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
 }
 
 /// Whether a condition compares the request path with `==` (a deny-list on exact paths).
+/// A text check of a rule's condition.
+type Lint = fn(&str) -> bool;
+
 /// `request.headers["x"] == ""` (or `!=`): a missing header and an empty one read alike, so a
 /// deny rule written this way is bypassed by sending the header empty, or by leaving it out
 /// (issue 16, finding 5).
@@ -579,33 +582,29 @@ impl CelPolicies {
             let matcher = spec.match_expr.as_ref().and_then(|(m, at)| compile(m, *at));
             let mut rules = Vec::new();
             for r in &spec.rules {
-                if r.effect == Effect::Deny && compares_path_exactly(&r.when) {
-                    warnings.push(
-                        Diagnostic::at(
-                            &spec.file,
-                            r.when_at.0,
-                            r.when_at.1,
-                            format!(
-                                "rule `{}` denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
-                                r.name
-                            ),
-                        )
-                        .with_code("cel_policy_warning"),
-                    );
-                }
-                if r.effect == Effect::Deny && compares_header_with_empty(&r.when) {
-                    warnings.push(
-                        Diagnostic::at(
-                            &spec.file,
-                            r.when_at.0,
-                            r.when_at.1,
-                            format!(
-                                "rule `{}` compares a header with \"\": a missing header and an empty one read alike; test presence with `\"x-h\" in request.headers` and the value separately",
-                                r.name
-                            ),
-                        )
-                        .with_code("cel_policy_warning"),
-                    );
+                // Advice for deny rules (reliability.md §3 H9, issue 16 finding 5).
+                let advice: [(Lint, &str); 2] = [
+                    (
+                        compares_path_exactly,
+                        "denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
+                    ),
+                    (
+                        compares_header_with_empty,
+                        "compares a header with \"\": a missing header and an empty one read alike; test presence with `\"x-h\" in request.headers` and the value separately",
+                    ),
+                ];
+                for (applies, why) in advice {
+                    if r.effect == Effect::Deny && applies(&r.when) {
+                        warnings.push(
+                            Diagnostic::at(
+                                &spec.file,
+                                r.when_at.0,
+                                r.when_at.1,
+                                format!("rule `{}` {why}", r.name),
+                            )
+                            .with_code("cel_policy_warning"),
+                        );
+                    }
                 }
                 if let Some(when) = compile(&r.when, r.when_at) {
                     rules.push(CelRule {

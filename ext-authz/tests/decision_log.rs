@@ -651,6 +651,26 @@ mask contains "/input/x" if {
         }
     }
 
+    /// A server logging to `file` with auditing required, and a client of it.
+    async fn audited_server(
+        file: &Path,
+    ) -> (
+        arbiter_ext_authz::RunningServer,
+        AuthorizationClient<tonic::transport::Channel>,
+    ) {
+        let config = DecisionLogConfig {
+            audit_required: true,
+            ..DecisionLogConfig::to(LogTarget::File(file.to_path_buf()))
+        };
+        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies("")))
+            .await
+            .unwrap();
+        let client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
+            .await
+            .unwrap();
+        (s, client)
+    }
+
     async fn wait_for_audit(s: &arbiter_ext_authz::RunningServer, available: bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while s.state.audit_available() != available {
@@ -677,16 +697,7 @@ mask contains "/input/x" if {
         let filler = dir.join("filler");
         std::fs::write(&filler, vec![b'x'; 56 << 10]).unwrap();
         let file = dir.join("d.log");
-        let config = DecisionLogConfig {
-            audit_required: true,
-            ..DecisionLogConfig::to(LogTarget::File(file.clone()))
-        };
-        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies("")))
-            .await
-            .unwrap();
-        let mut client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
-            .await
-            .unwrap();
+        let (s, mut client) = audited_server(&file).await;
         let mut allowed = Vec::new();
         let mut refused = 0;
         for _ in 0..400 {
@@ -742,16 +753,7 @@ mask contains "/input/x" if {
     async fn a_deleted_log_file_is_noticed_and_replaced() {
         let dir = tmp("deleted-log");
         let file = dir.join("d.log");
-        let config = DecisionLogConfig {
-            audit_required: true,
-            ..DecisionLogConfig::to(LogTarget::File(file.clone()))
-        };
-        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies("")))
-            .await
-            .unwrap();
-        let mut client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
-            .await
-            .unwrap();
+        let (s, mut client) = audited_server(&file).await;
         for _ in 0..20 {
             client.check(check("/ok")).await.unwrap();
         }
