@@ -146,7 +146,11 @@ impl State {
         let authorizer = self.authorizer.load_full();
         let path = authorizer.path().slash_path();
         let policies = authorizer.policies().clone();
-        let request_line = arbiter_engine::record::RequestLine::of(&request);
+        // Only an event carries the request line: no copies when nothing is logged.
+        let request_line = self
+            .decision_log
+            .as_ref()
+            .and_then(|_| arbiter_engine::record::RequestLine::of(&request));
         let outcome = self.run(received, move || authorizer.check(&request)).await;
         let mut outcome = outcome;
         let logged = self.finish(
@@ -293,8 +297,13 @@ impl State {
         };
         // Metrics count what the caller is told: under `--audit required` a check whose event
         // could not be queued is the `audit_unavailable` denial the caller turns it into.
-        let unaudited = Decision::deny(DenyReason::AuditUnavailable);
-        let told = if logged { d } else { &unaudited };
+        let unaudited;
+        let told = if logged {
+            d
+        } else {
+            unaudited = Decision::deny(DenyReason::AuditUnavailable);
+            &unaudited
+        };
         self.metrics.record(
             origin,
             told.allowed,
