@@ -46,7 +46,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
         queue: 1024,
         decision_log: log,
         tls: None,
-        max_request_bytes: 4 << 20,
+        limits: Default::default(),
         ui: None,
     };
     rt.block_on(arbiter_ext_authz::start(config, authorizer))

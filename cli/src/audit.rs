@@ -187,7 +187,14 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
             dashboard.loaded_in.as_secs_f64(),
             if tls.is_some() { "https" } else { "http" }
         );
-        arbiter_ext_authz::dashboard::serve(dashboard.clone(), listener, tls.as_ref(), stop).await
+        arbiter_ext_authz::dashboard::serve(
+            dashboard.clone(),
+            listener,
+            tls.as_ref(),
+            Default::default(),
+            stop,
+        )
+        .await
     });
     match result {
         Ok(()) => Exit::Ok,

@@ -591,7 +591,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         queue: s.queue,
         decision_log: s.decision_log.clone(),
         tls: s.tls.clone(),
-        max_request_bytes: s.limits.max_request_bytes,
+        limits: s.limits,
         ui: ui_dashboard(s)?,
     })
 }

@@ -49,7 +49,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         queue: 256,
         decision_log,
         tls: None,
-        max_request_bytes: 4 << 20,
+        limits: Default::default(),
         ui: None,
     }
 }

@@ -497,7 +497,7 @@ async fn server(a: Authorizer) -> RunningServer {
             queue: 64,
             decision_log: None,
             tls: None,
-            max_request_bytes: 4 << 20,
+            limits: Default::default(),
             ui: None,
         },
         a,

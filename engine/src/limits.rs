@@ -12,6 +12,12 @@
 //! | `max_headers` | 200 | input building: more distinct header names is `input_too_large` |
 //! | `max_header_bytes` | 64 KiB | input building: a header whose values total more is `input_too_large` |
 //! | `max_path_bytes` | 64 KiB | input building: a longer request target is `input_too_large` |
+//! | `max_connections` | 1024 | each listener: further connections wait in the kernel's backlog |
+//! | `max_streams` | 100 | the gRPC listener: HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`) |
+//! | `max_receiving` | 16,384 | the gRPC listener: requests whose message has not fully arrived, all connections together; more get `RESOURCE_EXHAUSTED` |
+//! | `max_receiving_bytes` | 64 MiB | the gRPC listener: bytes held for those requests; more get `RESOURCE_EXHAUSTED` |
+//! | `max_header_list_bytes` | 64 KiB | both listeners: HTTP/2 header list, HTTP/1 header block |
+//! | `request_timeout` | 10 s | both listeners: a request's headers and message must arrive within it (gRPC `DEADLINE_EXCEEDED`; HTTP closes the connection or answers 408); an idle HTTP/1 connection is closed after it |
 //! | policy files | 1 MiB, 20,000 lines, 16,384 columns | loading (`rego::default_policy_length`, fixed) |
 //! | CEL expressions | 16 KiB, nesting 32, comprehensions nested 3 | loading (`cel::guard`, fixed) |
 //! | Rego regex size | 100 KB compiled | regorus (fixed) |
@@ -37,6 +43,15 @@ pub struct Limits {
     pub max_header_bytes: usize,
     #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_path_bytes: usize,
+    pub max_connections: usize,
+    pub max_streams: u32,
+    pub max_receiving: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
+    pub max_receiving_bytes: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
+    pub max_header_list_bytes: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +64,12 @@ impl Default for Limits {
             max_headers: 200,
             max_header_bytes: 64 << 10,
             max_path_bytes: 64 << 10,
+            max_connections: 1024,
+            max_streams: 100,
+            max_receiving: 16_384,
+            max_receiving_bytes: 64 << 20,
+            max_header_list_bytes: 64 << 10,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }

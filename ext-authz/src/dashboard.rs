@@ -262,29 +262,15 @@ fn index_unavailable() -> Response {
     )
 }
 
-/// Listen on `addr` (TLS when `tls` is given) until `shutdown` resolves.
+/// Listen on `listener` (TLS when `tls` is given), within `limits`, until `shutdown` resolves.
 pub async fn serve(
     d: Arc<Dashboard>,
     listener: tokio::net::TcpListener,
     tls: Option<&crate::tls::TlsSettings>,
+    limits: arbiter_engine::limits::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(d);
-    match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Into::into),
-        Some(t) => {
-            let local = listener.local_addr()?;
-            let config = crate::tls::server_config(t, &[b"http/1.1"])?;
-            let rx = crate::tls::accept_tls(listener, config);
-            axum::serve(crate::tls::AxumTlsListener { rx, local }, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(Into::into)
-        }
-    }
+    crate::listener::http1::serve_http(listener, tls, router(d), limits, shutdown).await
 }
 
 fn secure(mut r: Response) -> Response {

@@ -24,25 +24,6 @@ use crate::state::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, crate::tls::AxumTlsListener>,
-    > for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::AxumTlsListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
 /// Largest request body the Data API accepts.
 pub const MAX_BODY: usize = 4 << 20;
 

@@ -18,6 +18,7 @@ pub mod decision_log;
 pub mod fetch;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod protojson;

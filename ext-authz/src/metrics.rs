@@ -56,6 +56,24 @@ pub struct Metrics {
     log_upload_buffered: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    refused: [AtomicU64; REFUSALS.len()],
+}
+
+/// Labels of `arbiter_requests_refused_total`, indexed by [`Refusal`].
+const REFUSALS: &[&str] = &["receiving", "receiving_bytes", "too_large", "timeout"];
+
+/// Why the gRPC listener refused a request before it reached a policy (no decision, no event:
+/// there was no whole request to decide on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_receiving` requests were already arriving.
+    Receiving = 0,
+    /// `max_receiving_bytes` were already held for arriving requests.
+    ReceivingBytes = 1,
+    /// The message declared, or sent, more than `max_request_bytes`.
+    TooLarge = 2,
+    /// The message did not arrive within `request_timeout`.
+    Timeout = 3,
 }
 
 /// Labels of `arbiter_decision_logs_dropped_total`, indexed by [`DropReason`].
@@ -119,6 +137,16 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+    }
+
+    /// A request the listener refused before decoding it.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused for one reason.
+    pub fn refused_total(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Ordering::Relaxed)
     }
 
     pub fn log_dropped(&self, why: DropReason) {
@@ -296,6 +324,18 @@ impl Metrics {
             "arbiter_decision_logs_upload_buffered {}",
             l(&self.log_upload_buffered)
         );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_requests_refused_total gRPC requests refused before decoding (listener limits), by reason."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_requests_refused_total counter");
+        for (i, why) in REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "arbiter_requests_refused_total{{reason=\"{why}\"}} {}",
+                l(&self.refused[i])
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP arbiter_policy_reloads_total Policy reload attempts, by result (an error keeps the previous set)."

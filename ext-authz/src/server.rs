@@ -15,9 +15,15 @@ use tokio::task::JoinHandle;
 
 use crate::decision_log::{DecisionLog, DecisionLogConfig};
 use crate::grpc::AuthzService;
+use crate::listener::Limited;
 use crate::metrics::Metrics;
 use crate::pool::EvalPool;
 use crate::state::{ServeOptions, State};
+
+/// How often an idle HTTP/2 connection is probed with a PING, and how long the answer may take
+/// before the connection is closed.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a server listens: `host:port` (`:9191` means every interface, as in OPA) or
 /// `unix:///path/to/socket`.
@@ -75,8 +81,9 @@ pub struct ServerConfig {
     pub decision_log: Option<DecisionLogConfig>,
     /// TLS (and mTLS) on both listeners; `None` for plaintext.
     pub tls: Option<crate::tls::TlsSettings>,
-    /// Largest `CheckRequest` accepted (bigger: gRPC `RESOURCE_EXHAUSTED`).
-    pub max_request_bytes: usize,
+    /// The listeners' bounds (connections, streams, bytes in flight, timeouts) and the largest
+    /// `CheckRequest` accepted (bigger: gRPC `RESOURCE_EXHAUSTED`).
+    pub limits: arbiter_engine::limits::Limits,
     /// The audit dashboard, mounted at `/ui/` on the HTTP listener.
     pub ui: Option<Arc<crate::dashboard::Dashboard>>,
 }
@@ -170,11 +177,19 @@ pub async fn start_with(
             }
         });
     }
+    let limits = config.limits;
+    let intake = crate::listener::IntakeLimits::new(&limits, state.metrics.clone());
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams)
+        .http2_max_header_list_size(u32::try_from(limits.max_header_list_bytes).unwrap_or(u32::MAX))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_nodelay(true)
+        .layer(crate::listener::IntakeLayer(intake))
         .add_service(health_service)
         .add_service(TooLarge(
             AuthorizationServer::new(AuthzService::new(state.clone()))
-                .max_decoding_message_size(config.max_request_bytes),
+                .max_decoding_message_size(limits.max_request_bytes),
         ));
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
@@ -186,7 +201,12 @@ pub async fn start_with(
             grpc_addr = Some(listener.local_addr()?);
             match &config.tls {
                 None => {
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let rx = crate::listener::accept_limited(
+                        listener,
+                        limits.max_connections,
+                        |(tcp, _), permit| Ok::<_, std::io::Error>(Limited::new(tcp, permit)),
+                    );
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
                     tasks.push(tokio::spawn(async move {
                         grpc.serve_with_incoming_shutdown(incoming, shutdown)
                             .await
@@ -195,7 +215,12 @@ pub async fn start_with(
                 }
                 Some(t) => {
                     let tls = crate::tls::server_config(t, &[b"h2"])?;
-                    let rx = crate::tls::accept_tls(listener, tls);
+                    let rx = crate::tls::accept_tls(
+                        listener,
+                        tls,
+                        limits.max_connections,
+                        limits.request_timeout,
+                    );
                     let incoming = tokio_stream::StreamExt::map(
                         tokio_stream::wrappers::ReceiverStream::new(rx),
                         Ok::<_, std::io::Error>,
@@ -212,7 +237,11 @@ pub async fn start_with(
             let _ = std::fs::remove_file(p);
             let listener = tokio::net::UnixListener::bind(p)
                 .with_context(|| format!("cannot listen on {} (gRPC)", p.display()))?;
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let rx =
+                crate::listener::accept_limited(listener, limits.max_connections, |io, permit| {
+                    Ok::<_, std::io::Error>(Limited::new(io, permit))
+                });
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
             tasks.push(tokio::spawn(async move {
                 grpc.serve_with_incoming_shutdown(incoming, shutdown)
                     .await
@@ -241,27 +270,13 @@ pub async fn start_with(
                 )
                 .nest("/ui/", crate::dashboard::router(d.clone()));
         }
-        let app = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
         let shutdown = wait_for(stopped.clone());
-        match &config.tls {
-            None => tasks.push(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .context("HTTP server failed")
-            })),
-            Some(t) => {
-                let tls = crate::tls::server_config(t, &[b"http/1.1"])?;
-                let rx = crate::tls::accept_tls(listener, tls);
-                let tls_listener = crate::tls::AxumTlsListener { rx, local };
-                tasks.push(tokio::spawn(async move {
-                    axum::serve(tls_listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                        .context("HTTP server failed")
-                }));
-            }
-        }
+        let tls = config.tls.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::listener::http1::serve_http(listener, tls.as_ref(), router, limits, shutdown)
+                .await
+                .context("HTTP server failed")
+        }));
     }
     Ok(RunningServer {
         grpc_addr,

@@ -236,6 +236,8 @@ pub struct TlsConn {
     pub stream: TlsStream<TcpStream>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// One of the listener's `max_connections`, held until the connection closes.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -290,28 +292,33 @@ impl tokio::io::AsyncWrite for TlsConn {
     }
 }
 
-/// Accept TCP connections and complete TLS handshakes off the accept loop (a slow or failing
-/// client never blocks the next one). Failed handshakes are dropped.
-pub fn accept_tls(listener: TcpListener, config: Arc<ServerConfig>) -> mpsc::Receiver<TlsConn> {
+/// Accept TCP connections (at most `max_connections` open, handshakes included) and complete
+/// TLS handshakes off the accept loop (a slow or failing client never blocks the next one).
+/// Failed handshakes, and those not done within `handshake_timeout`, are dropped.
+pub fn accept_tls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    max_connections: usize,
+    handshake_timeout: Duration,
+) -> mpsc::Receiver<TlsConn> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let mut accepted = crate::listener::accept_limited(listener, max_connections, |io, p| (io, p));
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, remote)) = listener.accept().await else {
-                continue;
-            };
+        while let Some(((tcp, remote), permit)) = accepted.recv().await {
             let local = tcp.local_addr().unwrap_or(remote);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 if let Ok(Ok(stream)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     let _ = conn_tx
                         .send(TlsConn {
                             stream,
                             remote,
                             local,
+                            _permit: permit,
                         })
                         .await;
                 }
@@ -322,29 +329,4 @@ pub fn accept_tls(listener: TcpListener, config: Arc<ServerConfig>) -> mpsc::Rec
         }
     });
     rx
-}
-
-/// A TLS listener for axum.
-#[derive(Debug)]
-pub struct AxumTlsListener {
-    pub rx: mpsc::Receiver<TlsConn>,
-    pub local: SocketAddr,
-}
-
-impl axum::serve::Listener for AxumTlsListener {
-    type Io = TlsConn;
-    type Addr = SocketAddr;
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            if let Some(c) = self.rx.recv().await {
-                let remote = c.remote;
-                return (c, remote);
-            }
-            // The acceptor stopped; wait to be shut down.
-            std::future::pending::<()>().await;
-        }
-    }
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

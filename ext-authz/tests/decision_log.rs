@@ -495,7 +495,7 @@ mod through_the_server {
             queue: 256,
             decision_log: Some(log),
             tls: None,
-            max_request_bytes: 4 << 20,
+            limits: Default::default(),
             ui: None,
         }
     }

@@ -100,7 +100,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
                 ..DecisionLogConfig::to(LogTarget::File(log.clone()))
             }),
             tls: None,
-            max_request_bytes: 4 << 20,
+            limits: Default::default(),
             ui: None,
         },
         build_a().unwrap(),

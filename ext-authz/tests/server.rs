@@ -78,7 +78,7 @@ fn config(
         queue,
         decision_log: log,
         tls: None,
-        max_request_bytes: 4 << 20,
+        limits: Default::default(),
         ui: None,
     }
 }

@@ -151,7 +151,7 @@ async fn certificates_reload_without_dropping_connections() {
             workers: 1,
             queue: 8,
             decision_log: None,
-            max_request_bytes: 4 << 20,
+            limits: Default::default(),
             ui: None,
             tls: Some(TlsSettings {
                 cert: cert_path.clone(),
