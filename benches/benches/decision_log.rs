@@ -41,6 +41,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
                 id: "bench".into(),
                 version: "0".into(),
             },
+            api: Default::default(),
         },
         workers: 2,
         queue: 1024,

@@ -120,6 +120,8 @@ pub struct ConfigFile {
     #[serde(rename = "decision-log-queue", alias = "decision_log_queue")]
     pub decision_log_queue: Option<u64>,
     pub audit: Option<String>,
+    pub authentication: Option<String>,
+    pub authorization: Option<String>,
 
     // ---- OPA's configuration ----
     pub plugins: Option<Plugins>,

@@ -31,6 +31,24 @@ pub enum PathNormalization {
     Lenient,
 }
 
+/// `--authentication`, as OPA's server has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthenticationArg {
+    /// No identity.
+    Off,
+    /// The `Authorization: Bearer` token is `input.identity` for `system.authz`.
+    Token,
+}
+
+/// `--authorization`, as OPA's server has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthorizationArg {
+    /// Everyone may use the Data API and `/metrics` (without the flag, only loopback callers).
+    Off,
+    /// `data.system.authz.allow` decides every HTTP request.
+    Basic,
+}
+
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// Policy files or folders (default: the bundled `policies/`).
@@ -141,6 +159,15 @@ pub struct Args {
     /// loopback, unless mTLS with allowed callers protects it).
     #[arg(long, value_name = "FILE")]
     pub ui_token_file: Option<PathBuf>,
+    /// OPA's `--authentication`: `token` makes the bearer token `input.identity` for
+    /// `system.authz` [default: off].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub authentication: Option<AuthenticationArg>,
+    /// OPA's `--authorization`: `basic` asks `data.system.authz.allow` about every HTTP request;
+    /// `off` serves the Data API and `/metrics` to everyone. Without it, they answer loopback
+    /// callers only (or mTLS-allowed callers).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub authorization: Option<AuthorizationArg>,
 }
 
 /// The settings after flags, file and defaults are combined.
@@ -172,6 +199,8 @@ pub struct Settings {
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
+    pub authentication: AuthenticationArg,
+    pub authorization: Option<AuthorizationArg>,
 }
 
 pub use arbiter_engine::units::parse_duration;
@@ -375,6 +404,27 @@ impl Args {
             },
             verification,
             ui: self.ui || file.ui.unwrap_or(false),
+            authentication: match (self.authentication, file.authentication.as_deref()) {
+                (Some(a), _) => a,
+                (None, None | Some("off")) => AuthenticationArg::Off,
+                (None, Some("token")) => AuthenticationArg::Token,
+                (None, Some(other)) => {
+                    return Err(format!(
+                        "`authentication` must be `off` or `token`, not `{other}`"
+                    ));
+                }
+            },
+            authorization: match (self.authorization, file.authorization.as_deref()) {
+                (Some(a), _) => Some(a),
+                (None, None) => None,
+                (None, Some("off")) => Some(AuthorizationArg::Off),
+                (None, Some("basic")) => Some(AuthorizationArg::Basic),
+                (None, Some(other)) => {
+                    return Err(format!(
+                        "`authorization` must be `off` or `basic`, not `{other}`"
+                    ));
+                }
+            },
             ui_token_file: self
                 .ui_token_file
                 .clone()
@@ -586,6 +636,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
                 id: uuid::Uuid::new_v4().to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
+            api: api_access(s),
         },
         workers: s.workers,
         queue: s.queue,
@@ -594,6 +645,26 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         limits: s.limits,
         ui: ui_dashboard(s)?,
     })
+}
+
+/// Who may use the HTTP listener's APIs.
+fn api_access(s: &Settings) -> arbiter_ext_authz::api_auth::ApiAccess {
+    use arbiter_ext_authz::api_auth::{ApiAccess, Authentication, Authorization};
+    ApiAccess {
+        authentication: match s.authentication {
+            AuthenticationArg::Off => Authentication::Off,
+            AuthenticationArg::Token => Authentication::Token,
+        },
+        authorization: match s.authorization {
+            None => Authorization::LoopbackOnly,
+            Some(AuthorizationArg::Off) => Authorization::Off,
+            Some(AuthorizationArg::Basic) => Authorization::Basic,
+        },
+        mtls_callers: s
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some() && !t.allowed_callers.is_empty()),
+    }
 }
 
 /// The dashboard for `--ui`: over the decision-log file, protected off loopback.
@@ -867,6 +938,17 @@ pub fn run(args: &Args) -> Exit {
                 .http_addr
                 .map_or(settings.http_addr.clone(), |a| a.to_string()),
         );
+        if let Some(a) = running.http_addr
+            && !a.ip().is_loopback()
+            && settings.authorization.is_none()
+            && !api_access(&settings).mtls_callers
+        {
+            eprintln!(
+                "arbiter: the Data API and /metrics on {a} answer loopback callers only \
+                 (--authorization=basic with a system.authz policy, mTLS with --allowed-caller, \
+                 or --authorization=off to serve everyone)"
+            );
+        }
         if settings.ui
             && let Some(a) = running.http_addr
         {

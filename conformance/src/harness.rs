@@ -44,6 +44,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
                 id: "test".into(),
                 version: "test".into(),
             },
+            api: Default::default(),
         },
         workers: 2,
         queue: 256,

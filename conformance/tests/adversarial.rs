@@ -492,6 +492,7 @@ async fn server(a: Authorizer) -> RunningServer {
                     id: "adversarial".into(),
                     version: "0".into(),
                 },
+                api: Default::default(),
             },
             workers: 0,
             queue: 64,

@@ -32,6 +32,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(data_api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::api_auth::gate,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

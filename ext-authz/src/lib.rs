@@ -12,6 +12,7 @@
 //! denials with a reason, never gRPC errors, so the outcome never depends on Envoy's
 //! `failure_mode_allow`.
 
+pub mod api_auth;
 pub mod convert;
 pub mod dashboard;
 pub mod decision_log;

@@ -25,6 +25,8 @@ pub struct ServeOptions {
     /// Deadline for one decision; past it the answer is a denial with reason `timeout`.
     pub deadline: Duration,
     pub labels: InstanceLabels,
+    /// Who may use the HTTP listener's APIs.
+    pub api: crate::api_auth::ApiAccess,
 }
 
 pub struct State {

@@ -490,6 +490,7 @@ mod through_the_server {
                 dry_run: false,
                 deadline: Duration::from_millis(500),
                 labels: labels(),
+                api: Default::default(),
             },
             workers: 2,
             queue: 256,

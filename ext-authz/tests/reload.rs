@@ -92,6 +92,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
                     id: "reload".into(),
                     version: "0".into(),
                 },
+                api: Default::default(),
             },
             workers: 0,
             queue: 20_000,

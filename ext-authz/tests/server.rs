@@ -73,6 +73,7 @@ fn config(
                 id: "test-instance".into(),
                 version: "0.0.0".into(),
             },
+            api: Default::default(),
         },
         workers,
         queue,

@@ -147,6 +147,7 @@ async fn certificates_reload_without_dropping_connections() {
                     id: "t".into(),
                     version: "t".into(),
                 },
+                api: Default::default(),
             },
             workers: 1,
             queue: 8,
