@@ -513,6 +513,18 @@ fn compares_header_with_empty(when: &str) -> bool {
     re.is_match(&w)
 }
 
+/// `request.path.startsWith(…)` and the like: `request.path` is Envoy's attribute, the raw
+/// target with its query. Strict mode refuses a target spelled two ways, but the raw text still
+/// differs from the path a backend routes on (`%20`, `%3B`, the query): deny on
+/// `request.url_path`, the canonical path.
+fn reads_raw_path(when: &str) -> bool {
+    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
+    ["startsWith(", "endsWith(", "contains(", "matches("]
+        .iter()
+        .any(|m| w.contains(&format!("request.path.{m}")))
+        || w.contains("glob(\"") && w.contains(",request.path)")
+}
+
 fn compares_path_exactly(when: &str) -> bool {
     let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
     ["request.url_path", "request.path"]
@@ -583,7 +595,11 @@ impl CelPolicies {
             let mut rules = Vec::new();
             for r in &spec.rules {
                 // Advice for deny rules (reliability.md §3 H9, issue 16 finding 5).
-                let advice: [(Lint, &str); 2] = [
+                let advice: [(Lint, &str); 3] = [
+                    (
+                        reads_raw_path,
+                        "matches `request.path`, the raw target with its query; match `request.url_path`, the canonical path (decoded, no query)",
+                    ),
                     (
                         compares_path_exactly,
                         "denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",

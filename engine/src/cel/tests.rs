@@ -301,3 +301,36 @@ rules:
     assert!(!decide(&p, &missing).allowed);
     assert!(!decide(&p, &empty).allowed, "empty: the first rule denies");
 }
+
+/// Issue 16, finding 5: a deny rule matching the raw `request.path` is a load warning that
+/// names `request.url_path`.
+#[test]
+fn a_deny_rule_on_the_raw_path_is_a_warning() {
+    let p = policies(&[(
+        "p.cel.yaml",
+        r#"name: p
+rules:
+  - name: internal
+    effect: deny
+    when: request.path.startsWith("/internal")
+  - name: internal-canonical
+    effect: deny
+    when: request.url_path.startsWith("/internal")
+  - name: glob
+    effect: deny
+    when: path.glob("/admin/**", request.path)
+  - name: all
+    effect: allow
+    when: "true"
+"#,
+    )])
+    .unwrap();
+    let w: Vec<String> = p.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("rule `internal` matches `request.path`"),
+        "{w:?}"
+    );
+    assert!(w[1].contains("rule `glob` matches `request.path`"), "{w:?}");
+    assert!(w[0].contains("request.url_path"), "{w:?}");
+}
