@@ -170,6 +170,10 @@ fn check_request(r: &Req, generate: Option<&BTreeMap<String, usize>>) -> CheckRe
             "body_nested" => body = format!("{}{}", "[".repeat(*n), "]".repeat(*n)),
             "body_bytes" => body = format!("{{\"pad\": \"{}\"}}", "a".repeat(*n)),
             "path_bytes" => path = format!("{path}{}", "a".repeat(n - path.len())),
+            "unique_query_params" => {
+                let q: Vec<String> = (0..*n).map(|i| format!("q{i}=1")).collect();
+                path = format!("{path}?{}", q.join("&"));
+            }
             "query_params" => {
                 let q: Vec<String> = (0..*n).map(|i| format!("q{}=1", i % 100)).collect();
                 path = format!("{path}?{}", q.join("&"));
@@ -285,6 +289,58 @@ fn raw_request(kind: &str) -> Vec<u8> {
             bytes
         }
         other => panic!("unknown transport {other}"),
+    }
+}
+
+/// Transports written as raw HTTP/2 frames: a `Check` whose 5-byte gRPC prefix declares a
+/// length (1 MiB for `stalled`, 64 MiB for `declared_over_limit`) and no bytes after it.
+const H2_TRANSPORTS: &[&str] = &["stalled", "declared_over_limit"];
+
+/// Open one such stream and wait (at most 10 s) for the server to end it: its gRPC status.
+async fn stalled_check(addr: std::net::SocketAddr, declared: u32) -> tonic::Status {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&declared.to_be_bytes());
+    send.send_data(bytes::Bytes::from(prefix), false).unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let response = response.await.unwrap();
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+        let pick = |name: &str| {
+            headers
+                .get(name)
+                .or_else(|| trailers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        (pick("grpc-status"), pick("grpc-message"))
+    })
+    .await;
+    drop(send);
+    driver.abort();
+    match answer {
+        Ok((code, message)) => {
+            tonic::Status::new(tonic::Code::from_i32(code.parse().unwrap_or(2)), message)
+        }
+        Err(_) => tonic::Status::unknown("the server did not end the stream within 10 s"),
     }
 }
 
@@ -498,7 +554,11 @@ async fn server(a: Authorizer) -> RunningServer {
             queue: 64,
             decision_log: None,
             tls: None,
-            limits: Default::default(),
+            // Short, so that the stalled-stream case ends quickly.
+            limits: arbiter_engine::limits::Limits {
+                request_timeout: std::time::Duration::from_secs(1),
+                ..Default::default()
+            },
             ui: None,
         },
         a,
@@ -595,6 +655,8 @@ async fn adversarial_cases_in_process_and_over_grpc() {
             };
             // In-process.
             let (bytes, proto) = match &case.transport {
+                // Frames no gRPC client sends: only the server sees them.
+                Some(t) if H2_TRANSPORTS.contains(&t.as_str()) => (None, None),
                 Some(t) => (Some(raw_request(t)), None),
                 None => (
                     None,
@@ -632,6 +694,13 @@ async fn adversarial_cases_in_process_and_over_grpc() {
                 .await
                 .unwrap();
             let outcome: Result<CheckResponse, tonic::Status> = match (&proto, &bytes) {
+                (None, None) => {
+                    let declared = match case.transport.as_deref() {
+                        Some("declared_over_limit") => 64 << 20,
+                        _ => 1 << 20,
+                    };
+                    Err(stalled_check(s.grpc_addr.unwrap(), declared).await)
+                }
                 (Some(p), _) => AuthorizationClient::new(channel)
                     .check(p.clone())
                     .await
@@ -649,7 +718,6 @@ async fn adversarial_cases_in_process_and_over_grpc() {
                     .await
                     .map(tonic::Response::into_inner)
                 }
-                (None, None) => unreachable!(),
             };
             match (outcome, &case.expect.grpc_error) {
                 (Err(e), Some(code)) if status_name(e.code()) == *code => {}
