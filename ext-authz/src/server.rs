@@ -106,12 +106,20 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("`{addr}` resolves to no address"))
 }
 
-async fn report_health(reporter: &tonic_health::server::HealthReporter, state: &State) {
-    let status = if state.awaiting_policy.load(Ordering::Acquire) {
+/// What gRPC health says: NOT_SERVING while awaiting the policy, and while auditing is required
+/// and the decision log refuses events (checks are then denied with `audit_unavailable`).
+fn serving(state: &State) -> tonic_health::ServingStatus {
+    if state.awaiting_policy.load(Ordering::Acquire) || !state.audit_available() {
         tonic_health::ServingStatus::NotServing
     } else {
         tonic_health::ServingStatus::Serving
-    };
+    }
+}
+
+async fn report_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
     reporter
         .set_service_status(
             <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
@@ -162,18 +170,26 @@ pub async fn start_with(
     let mut tasks = Vec::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // gRPC health follows the policy: NOT_SERVING while awaiting it, from the first answer.
-    report_health(&health_reporter, &state).await;
+    // gRPC health follows the policy (NOT_SERVING while awaiting it) and the audit trail (the
+    // decision-log writer flips its health on its own thread: looked at every 250 ms).
+    let mut status = serving(&state);
+    report_health(&health_reporter, status).await;
     {
         let (state, reporter, mut stopped) =
             (state.clone(), health_reporter.clone(), stopped.clone());
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
                 tokio::select! {
                     () = state.readiness_changed.notified() => {}
+                    _ = tick.tick() => {}
                     _ = stopped.changed() => return,
                 }
-                report_health(&reporter, &state).await;
+                let now = serving(&state);
+                if now != status {
+                    status = now;
+                    report_health(&reporter, now).await;
+                }
             }
         });
     }

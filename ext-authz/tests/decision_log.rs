@@ -672,6 +672,43 @@ mask contains "/input/x" if {
         (s, client)
     }
 
+    /// Wait (at most 5 s) until gRPC health for the authorization service says `serving`.
+    async fn wait_for_grpc_health(s: &arbiter_ext_authz::RunningServer, serving: bool) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc_addr.unwrap()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut health = HealthClient::new(channel);
+        let want = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        } as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "envoy.service.auth.v3.Authorization".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gRPC health stayed {status}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_for_audit(s: &arbiter_ext_authz::RunningServer, available: bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while s.state.audit_available() != available {
@@ -718,6 +755,8 @@ mask contains "/input/x" if {
             allowed.len()
         );
         assert!(!s.state.audit_available());
+        // gRPC health says so too (as /health does), so Envoy's health checks see it.
+        wait_for_grpc_health(&s, false).await;
         // No partial line while the disk is full.
         let text = std::fs::read(&file).unwrap();
         assert!(
@@ -727,6 +766,7 @@ mask contains "/input/x" if {
         // Space returns: the waiting events are written and checks are allowed again.
         std::fs::remove_file(&filler).unwrap();
         wait_for_audit(&s, true).await;
+        wait_for_grpc_health(&s, true).await;
         for _ in 0..5 {
             let r = client.check(check("/ok")).await.unwrap().into_inner();
             assert_eq!(r.status.as_ref().unwrap().code, 0);
