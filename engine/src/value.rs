@@ -91,6 +91,19 @@ mod tests {
         assert_eq!(to_json(&from_json(&j)), j);
     }
 
+    /// Integers beyond 64 bits keep every digit both ways, as OPA prints them (issue 17); they
+    /// were floats (`3.70370367037037e+19`).
+    #[test]
+    fn big_integers_are_exact() {
+        let text = r#"{"m":-123456789012345678901234567890,"n":37037036703703703670}"#;
+        let j: Json = serde_json::from_str(text).unwrap_or_default();
+        let v = from_json(&j);
+        assert_eq!(to_json(&v).to_string(), text);
+        let product = regorus::Value::from_numeric_string("37037036703703703670")
+            .unwrap_or(regorus::Value::Null);
+        assert_eq!(to_json(&product).to_string(), "37037036703703703670");
+    }
+
     #[test]
     fn sets_become_arrays() {
         let mut s = Value::new_set();

@@ -138,7 +138,14 @@ fn quote_meta(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) 
     ensure_args_count(span, name, params, args, 1)?;
 
     let pattern = ensure_string(name, &params[0], &args[0])?;
-    // Ensure that the glob is valid.
-    let _ = make_glob(&pattern, params[0].span())?;
-    Ok(Value::String(pattern.as_ref().replace('*', "\\*").into()))
+    // arbiter patch 9: OPA's glob.QuoteMeta (gobwas/glob) escapes every glob meta character
+    // (`*`, `?`, `\`, `[`, `]`, `{`, `}`) and does not validate the text.
+    let mut quoted = String::with_capacity(pattern.len() * 2);
+    for c in pattern.chars() {
+        if matches!(c, '*' | '?' | '\\' | '[' | ']' | '{' | '}') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    Ok(Value::String(quoted.into()))
 }
