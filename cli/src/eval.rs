@@ -48,6 +48,11 @@ pub struct Args {
     /// Accept pre-1.0 Rego syntax, as `opa --v0-compatible`.
     #[arg(long)]
     pub v0_compatible: bool,
+    /// A built-in error is an error (exit 1), as `opa eval --strict-builtin-errors`; without it
+    /// the failing expression is undefined, as in `opa eval`. Decisions (`serve`, `test`,
+    /// `bench`) are always strict.
+    #[arg(long)]
+    pub strict_builtin_errors: bool,
 }
 
 /// One error in OPA's JSON shape.
@@ -209,6 +214,45 @@ fn print_pretty(results: &arbiter_engine::regorus::QueryResults) {
     println!("{rule}");
 }
 
+/// What `arbiter eval -f json` prints for `query` over Rego `modules` (name, text), a `data`
+/// document and an `input` (without `--strict-builtin-errors`), and whether it is an error:
+/// the differential corpus compares this with `opa eval -f json`.
+pub fn eval_json(
+    query: &str,
+    modules: &[(String, String)],
+    data: Option<&Json>,
+    input: Option<&Json>,
+) -> (Json, bool) {
+    let mut sources = PolicySources::default();
+    for (name, text) in modules {
+        sources.add_rego(name.clone(), text.clone());
+    }
+    if let Some(d) = data {
+        sources.add_data("data.json", d.clone());
+    }
+    let options = LoadOptions {
+        eval_timeout: None,
+        strict_builtin_errors: false,
+        ..LoadOptions::default()
+    };
+    let set = match PolicySet::from_sources(&sources, &options) {
+        Ok(s) => s,
+        Err(e) => {
+            let errors: Vec<Json> = e.diagnostics.iter().map(error_json).collect();
+            return (json!({ "errors": errors }), true);
+        }
+    };
+    match set.query(query, input.map(from_json)) {
+        Ok(results) => (results_json(&results), false),
+        Err(e) => {
+            let d = e.location.clone().unwrap_or_else(|| {
+                Diagnostic::file("query", e.message.clone()).with_code(e.kind.opa_code())
+            });
+            (json!({ "errors": [error_json(&d)] }), true)
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Exit {
     let options = LoadOptions {
         rego_version: if args.v0_compatible {
@@ -218,6 +262,7 @@ pub fn run(args: &Args) -> Exit {
         },
         // No deadline, as `opa eval` and `opa bench` have none.
         eval_timeout: None,
+        strict_builtin_errors: args.strict_builtin_errors,
         ..LoadOptions::default()
     };
     let set = if args.data.is_empty() {

@@ -524,6 +524,7 @@ pub fn authorizer_with(
         include_tests: false,
         eval_timeout: Some(s.eval_timeout),
         istio: s.istio.clone(),
+        strict_builtin_errors: true,
     };
     let set =
         PolicySet::from_sources(&sources(s, fetched)?, &options).map_err(|e| e.to_string())?;

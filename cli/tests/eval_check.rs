@@ -95,6 +95,25 @@ fn eval_bindings_and_undefined() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "false");
 }
 
+/// As `opa eval`: a built-in error makes its expression undefined unless
+/// `--strict-builtin-errors` is given (recorded from OPA 1.7.1: `opa eval -f json '1/0'` prints
+/// `{}` and exits 0). Integers beyond 64 bits print with every digit.
+#[test]
+fn eval_builtin_errors_and_big_numbers_as_opa() {
+    let out = arbiter(&["eval", "-f", "json", "1/0"]);
+    assert!(out.status.success());
+    assert_eq!(json(&out), serde_json::json!({}));
+    let out = arbiter(&["eval", "-f", "json", "--strict-builtin-errors", "1/0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["errors"][0]["message"], "divide by zero");
+    let out = arbiter(&["eval", "-f", "json", "x := 37037036703703703670"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"x\": 37037036703703703670"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn broken_policy_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("arbiter-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -37,6 +37,10 @@ pub struct LoadOptions {
     pub eval_timeout: Option<Duration>,
     /// How Istio `AuthorizationPolicy` files are applied.
     pub istio: crate::istio::IstioOptions,
+    /// A built-in error is an evaluation error (the default: a decision that fails denies with
+    /// a reason). `false` makes the failing expression undefined, as `opa eval` does without
+    /// `--strict-builtin-errors`; only `arbiter eval` uses that.
+    pub strict_builtin_errors: bool,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +50,7 @@ impl Default for LoadOptions {
             include_tests: false,
             eval_timeout: Some(crate::limits::Limits::default().eval_timeout),
             istio: crate::istio::IstioOptions::default(),
+            strict_builtin_errors: true,
         }
     }
 }
@@ -54,7 +59,7 @@ impl LoadOptions {
     fn engine_options(&self) -> EngineOptions {
         EngineOptions {
             rego_version: self.rego_version,
-            strict_builtin_errors: true,
+            strict_builtin_errors: self.strict_builtin_errors,
             eval_timeout: self.eval_timeout,
             ..EngineOptions::default()
         }

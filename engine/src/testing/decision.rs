@@ -628,6 +628,8 @@ pub(crate) fn run(
         include_tests: false,
         eval_timeout: Some(options.timeout),
         istio: options.istio.clone(),
+        // Decisions are made as the server makes them.
+        strict_builtin_errors: true,
     };
     let base = Arc::new(PolicySet::from_sources(sources, &load)?);
     let mut with_data: HashMap<String, Arc<PolicySet>> = HashMap::new();
