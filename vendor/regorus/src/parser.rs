@@ -175,7 +175,12 @@ impl<'source> Parser<'source> {
 
     pub fn next_token(&mut self) -> Result<()> {
         self.line = self.tok.1.line;
-        self.end = self.tok.1.end;
+        // arbiter patch 10: a string token's span is its content; the closing quote (or
+        // backquote) ends the expression, so that its text is the source as written.
+        self.end = match self.tok.0 {
+            TokenKind::String | TokenKind::RawString => self.tok.1.end.saturating_add(1),
+            _ => self.tok.1.end,
+        };
         self.tok = self.lexer.next_token()?;
         Ok(())
     }
