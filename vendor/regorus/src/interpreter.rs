@@ -104,6 +104,9 @@ pub struct Interpreter {
     current_module_path: String,
     current_module_index: u32,
     query_schedule: Option<Schedule>,
+    /// arbiter patch 11: the scopes from this index on belong to the user query being
+    /// evaluated; a result's bindings come from all of them, not only the innermost.
+    query_scope_base: usize,
     query_loop_hoisting: HoistedLoopsLookup,
     query_module: Option<NodeRef<Module>>,
     input: Value,
@@ -167,6 +170,7 @@ impl Clone for Interpreter {
             current_module_path: String::default(),
             current_module_index: 0,
             query_schedule: None,
+            query_scope_base: 0,
             query_loop_hoisting: HoistedLoopsLookup::new(),
             query_module: None,
             module: None,
@@ -226,6 +230,7 @@ impl Interpreter {
             current_module_path: String::default(),
             current_module_index: 0,
             query_schedule: None,
+            query_scope_base: 0,
             query_loop_hoisting: HoistedLoopsLookup::new(),
             query_module: None,
             input: Value::Undefined,
@@ -267,6 +272,7 @@ impl Interpreter {
             current_module_index: 0,
             query_module: None,
             query_schedule: None,
+            query_scope_base: 0,
             query_loop_hoisting: HoistedLoopsLookup::new(),
             input: Value::Undefined,
 
@@ -1037,11 +1043,13 @@ impl Interpreter {
         else {
             bail!("internal error: missing binding plan for some..in expression");
         };
+        let mark = self.expressions_mark();
 
         match self.eval_expr(collection)? {
             Value::Array(a) => {
                 for (idx, value) in a.iter().enumerate() {
                     *self.current_scope_mut()? = scope_saved.clone();
+                    self.truncate_expressions(mark);
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, &Value::from(idx))?
@@ -1079,6 +1087,7 @@ impl Interpreter {
             Value::Set(s) => {
                 for value in s.iter() {
                     *self.current_scope_mut()? = scope_saved.clone();
+                    self.truncate_expressions(mark);
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, value)? == Value::from(true)
@@ -1116,6 +1125,7 @@ impl Interpreter {
             Value::Object(o) => {
                 for (key, value) in o.iter() {
                     *self.current_scope_mut()? = scope_saved.clone();
+                    self.truncate_expressions(mark);
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, key)? == Value::from(true)
@@ -1150,6 +1160,9 @@ impl Interpreter {
                 }
             }
             Value::Undefined => (),
+            // As in OPA, iterating a scalar is undefined; with strict errors (arbiter's
+            // decisions) it stays an error, so a deny rule cannot silently not fire.
+            _ if !self.compiled_policy.strict_builtin_errors => (),
             v => {
                 bail!(collection.span().error(
                     format!("`some .. in collection` expects array/set/object. Got `{v}`").as_str()
@@ -1158,6 +1171,23 @@ impl Interpreter {
         }
 
         Ok(count > 0)
+    }
+
+    /// arbiter patch 11: the number of expressions a query result holds so far, so that each
+    /// iteration of a `some … in` loop starts from it (each result lists each expression once).
+    fn expressions_mark(&self) -> Option<usize> {
+        self.contexts
+            .last()
+            .and_then(|c| c.result.as_ref())
+            .map(|r| r.expressions.len())
+    }
+
+    fn truncate_expressions(&mut self, mark: Option<usize>) {
+        if let (Some(mark), Some(ctx)) = (mark, self.contexts.last_mut()) {
+            if let Some(result) = &mut ctx.result {
+                result.expressions.truncate(mark);
+            }
+        }
     }
 
     fn make_expression_result(span: &Span, v: &Value) -> Expression {
@@ -1200,9 +1230,15 @@ impl Interpreter {
                 if let Some(ctx) = self.contexts.last_mut() {
                     if let Some(result) = &mut ctx.result {
                         if value != Value::Undefined {
+                            // With `with` modifiers, the text is the whole statement (as OPA's).
+                            let text_span = if stmt.with_mods.is_empty() {
+                                span
+                            } else {
+                                &stmt.span
+                            };
                             result
                                 .expressions
-                                .push(Self::make_expression_result(span, &value));
+                                .push(Self::make_expression_result(text_span, &value));
                         } else {
                             result.bindings = Value::new_object();
                             result.expressions.clear();
@@ -1261,13 +1297,8 @@ impl Interpreter {
                     }
                     self.add_variable_or(&name)?;
                 }
-                if let Some(ctx) = self.contexts.last_mut() {
-                    if let Some(result) = &mut ctx.result {
-                        result
-                            .expressions
-                            .push(Self::make_expression_result(span, &Value::Bool(true)));
-                    }
-                }
+                // A declaration is not an expression of the query's result (as in OPA).
+                let _ = span;
                 true
             }
             Literal::SomeIn {
@@ -1278,9 +1309,12 @@ impl Interpreter {
             } => {
                 if let Some(ctx) = self.contexts.last_mut() {
                     if let Some(result) = &mut ctx.result {
+                        // The whole `some x in coll`, not only the keyword.
+                        let mut whole = span.clone();
+                        whole.end = whole.end.max(collection.span().end);
                         result
                             .expressions
-                            .push(Self::make_expression_result(span, &Value::Bool(true)));
+                            .push(Self::make_expression_result(&whole, &Value::Bool(true)));
                     }
                 }
                 self.eval_some_in(span, key, value, collection, stmts)?
@@ -1292,14 +1326,23 @@ impl Interpreter {
                 domain,
                 query,
             } => {
+                // The expression is listed only when `every` holds: a failing `every` makes the
+                // query undefined, as in OPA (it was listed as `true` first).
+                let holds = self.eval_every(span, key, value, domain, query)?;
                 if let Some(ctx) = self.contexts.last_mut() {
                     if let Some(result) = &mut ctx.result {
-                        result
-                            .expressions
-                            .push(Self::make_expression_result(span, &Value::Bool(true)));
+                        if holds {
+                            result
+                                .expressions
+                                .push(Self::make_expression_result(span, &Value::Bool(true)));
+                        } else {
+                            // As an undefined expression does.
+                            result.bindings = Value::new_object();
+                            result.expressions.clear();
+                        }
                     }
                 }
-                self.eval_every(span, key, value, domain, query)?
+                holds
             }
         })
     }
@@ -2106,8 +2149,12 @@ impl Interpreter {
             };
 
             if let Some(mut current_result) = result_opt {
-                if let Some(scope) = self.scopes.last() {
+                let base = self.query_scope_base.min(self.scopes.len().saturating_sub(1));
+                for scope in self.scopes.iter().skip(base) {
                     for (name, value) in scope.iter() {
+                        if *value == Value::Undefined {
+                            continue;
+                        }
                         current_result
                             .bindings
                             .as_object_mut()?
@@ -2287,8 +2334,12 @@ impl Interpreter {
             };
 
             if let Some(mut gathered_result) = result_opt {
-                if let Some(scope) = self.scopes.last() {
+                let base = self.query_scope_base.min(self.scopes.len().saturating_sub(1));
+                for scope in self.scopes.iter().skip(base) {
                     for (name, value) in scope.iter() {
+                        if *value == Value::Undefined {
+                            continue;
+                        }
                         gathered_result
                             .bindings
                             .as_object_mut()?
@@ -4303,6 +4354,7 @@ impl Interpreter {
 
         // Store the query schedule for lookup during evaluation
         self.query_schedule = Some(query_schedule);
+        self.query_scope_base = self.scopes.len();
 
         // Push new context.
         self.contexts.push(Context {
