@@ -208,6 +208,27 @@ fn hex_encode(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) 
 }
 
 #[cfg(feature = "urlquery")]
+/// arbiter patch 12: Go's `url.QueryUnescape` (OPA's) refuses a `%` that is not followed by
+/// two hex digits; the `url` crate kept it as text.
+fn invalid_escape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok = b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !ok {
+                let end = (i + 3).min(b.len());
+                return Some(String::from_utf8_lossy(&b[i..end]).into_owned());
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 fn urlquery_decode(
     span: &Span,
     params: &[Ref<Expr>],
@@ -218,6 +239,11 @@ fn urlquery_decode(
     ensure_args_count(span, name, params, args, 1)?;
 
     let string = ensure_string(name, &params[0], &args[0])?;
+    if let Some(bad) = invalid_escape(&string) {
+        bail!(params[0]
+            .span()
+            .error(&format!("invalid URL escape \"{bad}\"")));
+    }
     let url_string = "https://non-existent?".to_owned() + string.as_ref();
     let url = match url::Url::parse(&url_string) {
         Ok(v) => v,
@@ -246,6 +272,11 @@ fn urlquery_decode_object(
     ensure_args_count(span, name, params, args, 1)?;
 
     let string = ensure_string(name, &params[0], &args[0])?;
+    if let Some(bad) = invalid_escape(&string) {
+        bail!(params[0]
+            .span()
+            .error(&format!("invalid URL escape \"{bad}\"")));
+    }
     let url_string = "https://non-existent?".to_owned() + string.as_ref();
     let url = match url::Url::parse(&url_string) {
         Ok(v) => v,

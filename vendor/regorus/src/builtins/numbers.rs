@@ -41,6 +41,23 @@ pub fn arithmetic_operation(
     v2: Value,
     strict: bool,
 ) -> Result<Value> {
+    // arbiter patch 12: like a built-in's, an arithmetic error (a non-number operand, `%` on a
+    // fraction) makes the expression undefined without strict errors, as in OPA.
+    match arithmetic_operation_strict(span, op, expr1, expr2, v1, v2, strict) {
+        Err(_) if !strict => Ok(Value::Undefined),
+        r => r,
+    }
+}
+
+fn arithmetic_operation_strict(
+    span: &Span,
+    op: &ArithOp,
+    expr1: &Expr,
+    expr2: &Expr,
+    v1: Value,
+    v2: Value,
+    strict: bool,
+) -> Result<Value> {
     let op_name = format!("{op:?}").to_lowercase();
     let v1 = ensure_numeric(op_name.as_str(), expr1, &v1)?;
     let v2 = ensure_numeric(op_name.as_str(), expr2, &v2)?;
@@ -152,6 +169,11 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
 
     if strict && (!incr.is_integer() || incr <= Number::from(0u64)) {
         bail!(params[2].span().error("step must be a positive integer"))
+    }
+    // arbiter patch 12: without strict errors a step that is not a positive integer is the
+    // same error in OPA, so undefined (regorus went on and answered `[]` or `[x]`).
+    if !incr.is_integer() || incr <= Number::from(0u64) {
+        return Ok(Value::Undefined);
     }
 
     let (incr, num_elements) = match (v2.sub(&v1)?.as_i64(), incr.as_i64()) {
