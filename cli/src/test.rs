@@ -61,6 +61,10 @@ pub struct Args {
     /// Accept pre-1.0 Rego syntax, as `opa --v0-compatible`.
     #[arg(long)]
     pub v0_compatible: bool,
+    /// A built-in error in a Rego test is an error verdict; without it the expression is
+    /// undefined and the test fails, as in `opa test`. Decision tests are always strict.
+    #[arg(long)]
+    pub strict_builtin_errors: bool,
     /// Istio's root namespace, as for `arbiter serve` [default: istio-system].
     #[arg(long, value_name = "NS")]
     pub istio_root_namespace: Option<String>,
@@ -107,6 +111,7 @@ pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     };
     let options = TestOptions {
         check_request_reader: arbiter_ext_authz::protojson::authz_request,
+        strict_builtin_errors: args.strict_builtin_errors,
         filter,
         timeout,
         coverage: args.coverage,

@@ -354,3 +354,60 @@ fn the_bundled_policies_pass_their_own_tests() {
         "{kinds:?}"
     );
 }
+
+/// Issue 17: `arbiter test` gives every test the verdict real `opa test` 1.7.1 gave it
+/// (`conformance/opa-tests/expected.json`, recorded by `conformance/opa-tests/record.sh`): a
+/// corpus with `with` on data, functions and built-ins, failures, a conflict error, built-in
+/// errors (a failure in OPA, not an error), a `todo_` test and a test of two bodies; and the
+/// bundled Envoy policy's tests loaded with OPA's `prefix:path` data syntax and without it.
+#[test]
+fn verdicts_equal_opa_test() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("conformance/opa-tests/expected.json")).unwrap(),
+    )
+    .unwrap();
+    for set in expected["sets"].as_array().unwrap() {
+        let paths: Vec<&str> = set["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["test", "-f", "json"])
+            .args(&paths)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let results: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{paths:?}: {e}: {}", stderr(&out)));
+        let mut verdicts = BTreeMap::new();
+        for t in results.as_array().unwrap() {
+            let v = if t.get("fail").is_some() {
+                "fail"
+            } else if t.get("error").is_some() {
+                "error"
+            } else if t.get("skip").is_some() {
+                "skip"
+            } else {
+                "pass"
+            };
+            verdicts.insert(
+                format!(
+                    "{}.{}",
+                    t["package"].as_str().unwrap(),
+                    t["name"].as_str().unwrap()
+                ),
+                serde_json::Value::from(v),
+            );
+        }
+        let want: BTreeMap<String, serde_json::Value> =
+            serde_json::from_value(set["verdicts"].clone()).unwrap();
+        assert_eq!(verdicts, want, "{paths:?}");
+        assert_eq!(
+            i64::from(out.status.code().unwrap()),
+            set["exit_code"].as_i64().unwrap(),
+            "{paths:?}: exit status"
+        );
+    }
+}

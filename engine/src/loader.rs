@@ -85,7 +85,10 @@ impl PolicySources {
         let mut sources = PolicySources::default();
         let mut diagnostics = Vec::new();
         for root in paths {
-            let root = root.as_ref();
+            // OPA's `prefix:path` (`authz:policies/authz`): the documents under `path` are
+            // loaded at `data.prefix` (dots separate its segments).
+            let (data_prefix, root) = split_data_prefix(root.as_ref());
+            let root = root.as_path();
             let meta = match std::fs::metadata(root) {
                 Ok(m) => m,
                 Err(e) => {
@@ -102,7 +105,8 @@ impl PolicySources {
                     diagnostics.push(d);
                 }
                 for file in files {
-                    let prefix = document_prefix(root, &file);
+                    let mut prefix = data_prefix.clone();
+                    prefix.extend(document_prefix(root, &file));
                     sources.add_file(&file, prefix, false, &mut diagnostics);
                 }
             } else if is_bundle_file(root) {
@@ -111,7 +115,7 @@ impl PolicySources {
                     Err(e) => diagnostics.push(Diagnostic::file(root.display().to_string(), e)),
                 }
             } else {
-                sources.add_file(root, Vec::new(), true, &mut diagnostics);
+                sources.add_file(root, data_prefix, true, &mut diagnostics);
             }
         }
         if diagnostics.is_empty() {
@@ -338,6 +342,32 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
 }
 
 /// `root/a/b/data.json` → `["a", "b"]`.
+/// `a.b:some/path` → (`["a", "b"]`, `some/path`), as OPA reads a path argument with a data
+/// prefix; a path that exists as written, or whose part before `:` is not a dotted name, is
+/// taken whole.
+fn split_data_prefix(path: &Path) -> (Vec<String>, std::path::PathBuf) {
+    let whole = (Vec::new(), path.to_path_buf());
+    let Some(text) = path.to_str() else {
+        return whole;
+    };
+    if path.exists() {
+        return whole;
+    }
+    let Some((prefix, rest)) = text.split_once(':') else {
+        return whole;
+    };
+    let segments: Vec<String> = prefix.split('.').map(str::to_string).collect();
+    let name = |s: &String| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if rest.is_empty() || !segments.iter().all(name) {
+        return whole;
+    }
+    (segments, std::path::PathBuf::from(rest))
+}
+
 fn document_prefix(root: &Path, file: &Path) -> Vec<String> {
     file.parent()
         .and_then(|parent| parent.strip_prefix(root).ok())

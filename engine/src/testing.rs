@@ -41,6 +41,10 @@ pub struct TestOptions {
     /// Reads decision tests' whole `CheckRequest`s (the server's converter; see
     /// [`crate::request::CheckRequestReader`]).
     pub check_request_reader: crate::request::CheckRequestReader,
+    /// A built-in error inside a Rego test is an error verdict. Off by default, as in
+    /// `opa test`: the failing expression is undefined and the test fails. Decision tests
+    /// always decide as the server does (strict).
+    pub strict_builtin_errors: bool,
 }
 
 impl Default for TestOptions {
@@ -53,6 +57,7 @@ impl Default for TestOptions {
             rego_version: RegoVersion::V1,
             istio: crate::istio::IstioOptions::default(),
             check_request_reader: crate::request::no_check_request_reader,
+            strict_builtin_errors: false,
         }
     }
 }

@@ -219,6 +219,7 @@ fn load_options(options: &TestOptions) -> LoadOptions {
         rego_version: options.rego_version,
         include_tests: true,
         eval_timeout: Some(options.timeout),
+        strict_builtin_errors: options.strict_builtin_errors,
         ..LoadOptions::default()
     }
 }
