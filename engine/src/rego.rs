@@ -136,9 +136,15 @@ impl EvalError {
         } else if (lower.contains("expects") && lower.contains("argument"))
             || (lower.contains("operand") && lower.contains("must be"))
             || lower.contains("but got")
+            // regorus's wordings of a wrong argument type (OPA: `eval_type_error`).
+            || (lower.contains("requires")
+                && (lower.contains("argument") || lower.contains("path")))
+            || lower.contains("is not an object")
+            || lower.contains("expects string keys")
         {
             EvalErrorKind::Type
         } else if at_call
+            || lower.contains("invalid syntax")
             || lower.contains("divide by zero")
             || lower.contains("modulo by zero")
             || text.contains("builtin")

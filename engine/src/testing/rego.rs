@@ -579,7 +579,8 @@ test_value := 7
             vec![
                 ("data.p.test_pass".into(), "PASS"),
                 ("data.p.test_fail".into(), "FAIL"),
-                ("data.p.test_error".into(), "ERROR"),
+                // A built-in error is undefined, so the test fails (as in `opa test`).
+                ("data.p.test_error".into(), "FAIL"),
                 ("data.p.todo_test_later".into(), "SKIPPED"),
                 ("data.p.test_dup".into(), "PASS"),
                 ("data.p.test_dup#01".into(), "FAIL"),
@@ -697,7 +698,9 @@ test_other if { true }
             "slow_test.rego",
             r#"package slow
 test_slow if {
-    count([x | some x in numbers.range(1, 100000000); x % 7 == 0]) > 0
+    some x in numbers.range(1, 1000000)
+    some y in numbers.range(1, 1000000)
+    x + y < 0
 }
 "#,
         )]);
@@ -709,5 +712,19 @@ test_slow if {
         let r = run(&s, &opts).unwrap();
         assert_eq!(r.results[0].outcome.label(), "ERROR", "{r:#?}");
         assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    /// With `--strict-builtin-errors`, the same built-in error is an error verdict.
+    #[test]
+    fn strict_builtin_errors_make_errors() {
+        let s = sources(&[("p_test.rego", "package p\ntest_error if { 1 / 0 == 1 }\n")]);
+        let strict = TestOptions {
+            strict_builtin_errors: true,
+            ..TestOptions::default()
+        };
+        let r = run(&s, &strict).unwrap();
+        assert_eq!(r.results[0].outcome.label(), "ERROR");
+        let r = run(&s, &TestOptions::default()).unwrap();
+        assert_eq!(r.results[0].outcome.label(), "FAIL");
     }
 }

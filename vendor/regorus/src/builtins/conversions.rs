@@ -31,13 +31,23 @@ fn to_number(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -
         // numbers are read and the string representation is limited to what json allows.
         // arbiter patch 12: OPA (strconv.ParseFloat) refuses surrounding white space, which
         // a JSON reader skips.
+        // As OPA words them: `nan`, `inf` and `infinity` (any case, signed) parse in Go but are
+        // not numbers (a type error); anything else unparsable is strconv's syntax error.
+        Value::String(s)
+            if matches!(
+                s.trim_start_matches(['+', '-']).to_ascii_lowercase().as_str(),
+                "nan" | "inf" | "infinity"
+            ) =>
+        {
+            bail!(span.error("to_number: operand 1 must be valid number string but got string"));
+        }
         Value::String(s) if s.trim() != s.as_ref() => {
-            bail!(span.error("could not parse string as number"));
+            bail!(span.error(&format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")));
         }
         Value::String(s) => match Value::from_json_str(s) {
             Ok(Value::Number(n)) => Value::Number(n),
             _ => {
-                bail!(span.error("could not parse string as number"));
+                bail!(span.error(&format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")));
             }
         },
         _ => {
