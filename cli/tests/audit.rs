@@ -1,10 +1,8 @@
 //! `arbiter audit verify` and `arbiter audit summary` on logs written by `arbiter serve`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
 
 mod common;
 use common::stop;
@@ -27,39 +25,20 @@ fn arbiter(args: &[&str]) -> Output {
 
 /// `arbiter serve` on free ports with a small rotating log; returns the child and the HTTP
 /// address (Data API requests are decisions too, and need no gRPC client).
-#[expect(
-    clippy::zombie_processes,
-    reason = "the caller stops and waits for it in `stop`"
-)]
 fn serve(log: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--decision-log",
-            log.to_str().unwrap(),
-            "--decision-log-max-size",
-            "6KiB",
-        ])
-        .current_dir(repo())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "serve did not start"
-        );
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
-            return (child, rest.trim().to_string());
-        }
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .args(["--decision-log", log.to_str().unwrap()])
+    .args(["--decision-log-max-size", "6KiB"])
+    .current_dir(repo());
+    let (child, _, http) = common::serve(cmd);
+    (child, http)
 }
 
 fn post(addr: &str, body: &str) {

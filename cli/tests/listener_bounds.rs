@@ -3,9 +3,9 @@
 //! its memory is read from `/proc`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -19,7 +19,6 @@ use common::{http, stop};
 /// The bound the stalled-stream attack must stay under (issue 16).
 const RSS_BOUND_KIB: u64 = 128 * 1024;
 
-#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
 fn serve(dir: &Path) -> (Child, String, String) {
     std::fs::write(
         dir.join("policy.rego"),
@@ -28,26 +27,11 @@ fn serve(dir: &Path) -> (Child, String, String) {
     .unwrap();
     let config = dir.join("config.yaml");
     std::fs::write(&config, "limits:\n  request_timeout: 3s\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["serve", dir.join("policy.rego").to_str().unwrap()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args(["serve", dir.join("policy.rego").to_str().unwrap()])
         .args(["--config", config.to_str().unwrap()])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("gRPC ext_authz on ").nth(1) {
-            let (grpc, http) = rest
-                .split_once(", HTTP (health, metrics, Data API) on ")
-                .unwrap();
-            std::thread::spawn(move || for _ in lines {});
-            return (child, grpc.trim().to_string(), http.trim().to_string());
-        }
-    }
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    common::serve(cmd)
 }
 
 /// Stops the server when the test ends, passed or failed.

@@ -14,32 +14,13 @@ fn tmp(name: &str) -> PathBuf {
     common::tmp("reload-cli", name)
 }
 
-#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
 fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args([
-            "serve",
-            dir.to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
-            // Keep draining stderr so the server never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, rest.trim().to_string());
-        }
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args(["serve", dir.to_str().unwrap()])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(extra);
+    let (child, _, http) = common::serve(cmd);
+    (child, http)
 }
 
 fn health(addr: &str) -> serde_json::Value {

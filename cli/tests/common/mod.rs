@@ -5,9 +5,9 @@
     reason = "each test crate uses its own subset of these helpers"
 )]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An empty folder for this test process: `$TMPDIR/arbiter-<suite>-<pid>-<name>`.
@@ -48,5 +48,29 @@ pub fn stop(mut child: Child) {
             "serve did not stop"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Start `arbiter serve` (`cmd` holds the arguments; its stderr is taken) and wait up to 30 s for
+/// its announcement: the child, the gRPC address and the HTTP address. Stderr keeps being
+/// drained so the server never blocks on it.
+#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
+pub fn serve(mut cmd: Command) -> (Child, String, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not start"
+        );
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("gRPC ext_authz on ").nth(1) {
+            let (grpc, http) = rest
+                .split_once(", HTTP (health, metrics, Data API) on ")
+                .unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            return (child, grpc.trim().to_string(), http.trim().to_string());
+        }
     }
 }
