@@ -29,7 +29,9 @@ fn count(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Res
         Value::Array(a) => a.len(),
         Value::Set(a) => a.len(),
         Value::Object(a) => a.len(),
-        Value::String(a) => a.encode_utf16().count(),
+        // arbiter patch 13: OPA counts code points (`len([]rune(s))`), not UTF-16 units:
+        // `count("🙂x")` is 2.
+        Value::String(a) => a.chars().count(),
         a if strict => {
             let span = params[0].span();
             bail!(span.error(

@@ -284,16 +284,33 @@ fn regex_split(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool)
     let value = ensure_string(name, &params[1], &args[1])?;
 
     let re = compile_regex_for_builtin(params[0].span(), &pattern)?;
-    Ok(Value::from_array(
-        re.split(&value)
-            .map(|s| {
-                let value = Value::String(s.into());
-                // Guard output accumulation as each split segment is emitted.
-                enforce_limit()?;
-                Ok(value)
-            })
-            .collect::<Result<Vec<Value>>>()?,
-    ))
+    // arbiter patch 13: Go's `Regexp.Split(s, -1)` (OPA's), not Rust's `split`: an empty match
+    // at the start or end adds no empty piece, and an empty match right after another match is
+    // ignored (`regex.split("", "ab")` is `["a", "b"]`; Rust's split gave `["", "a", "b", ""]`).
+    let text: &str = value.as_ref();
+    if !pattern.is_empty() && text.is_empty() {
+        return Ok(Value::from_array(vec![Value::String("".into())]));
+    }
+    let mut pieces = Vec::new();
+    let (mut beg, mut end) = (0usize, 0usize);
+    let mut prev_end: Option<usize> = None;
+    for m in re.find_iter(text) {
+        if m.start() == m.end() && prev_end == Some(m.start()) {
+            continue;
+        }
+        prev_end = Some(m.end());
+        end = m.start();
+        if m.end() != 0 {
+            pieces.push(Value::String(text[beg..end].into()));
+            // Guard output accumulation as each split segment is emitted.
+            enforce_limit()?;
+        }
+        beg = m.end();
+    }
+    if end != text.len() {
+        pieces.push(Value::String(text[beg..].into()));
+    }
+    Ok(Value::from_array(pieces))
 }
 
 fn regex_template_match(

@@ -176,7 +176,7 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
             Err(_) => return Ok(Value::Undefined),
         };
         number.mul_assign(&Number::two_pow(e)?)?;
-        Ok(Value::from(number.round()))
+        Ok(Value::from(truncate(number)))
     } else if let Some(e) = tenb_exp(suffix) {
         let combined = match combine_decimal_exponent(canonical_part.as_ref(), e) {
             Some(s) => s,
@@ -188,9 +188,19 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
             Err(_) if strict => bail!(span.error("could not parse number")),
             Err(_) => return Ok(Value::Undefined),
         };
-        Ok(Value::from(number.round()))
+        Ok(Value::from(truncate(number)))
     } else {
         Ok(Value::Undefined)
+    }
+}
+
+/// arbiter patch 13: OPA keeps the integer part of the byte count (`big.Float.Int`, toward
+/// zero): `units.parse_bytes("3.5")` is 3 there, not 4.
+fn truncate(number: Number) -> Number {
+    if number < Number::from(0u64) {
+        number.ceil()
+    } else {
+        number.floor()
     }
 }
 
