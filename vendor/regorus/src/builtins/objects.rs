@@ -369,6 +369,20 @@ fn is_subset(sup: &Value, sub: &Value) -> bool {
 fn subset(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "object.subset";
     ensure_args_count(span, name, params, args, 2)?;
+    // arbiter patch 13: OPA requires both arguments of one kind (object, array or set), or an
+    // array and a set; anything else is a type error, not `false`.
+    let same_kind = matches!(
+        (&args[0], &args[1]),
+        (Value::Object(_), Value::Object(_))
+            | (Value::Array(_), Value::Array(_))
+            | (Value::Set(_), Value::Set(_))
+            | (Value::Array(_), Value::Set(_))
+    );
+    if !same_kind {
+        bail!(params[1].span().error(
+            "object.subset: both arguments must be objects, arrays or sets of the same kind (or an array and a set) but got different types"
+        ));
+    }
 
     Ok(Value::Bool(is_subset(&args[0], &args[1])))
 }
