@@ -137,16 +137,22 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
             return Err(ParseDurationError::InvalidDuration(orig.to_string()));
         }
 
-        // Consume unit.
-        let mut idx = 0;
+        // Consume unit. arbiter patch 14: the unit ends after its last whole character
+        // (`idx + 1` cut a multi-byte one: `time.parse_duration_ns("1µ")` panicked).
+        let mut end = 0;
         for (i, c) in s.char_indices() {
             if c == '.' || c.is_ascii_digit() {
                 break;
             }
-            idx = i;
+            end = i + c.len_utf8();
         }
+        if end == 0 {
+            // A number without a unit ("1"), as Go's "missing unit in duration".
+            return Err(ParseDurationError::InvalidDuration(orig.to_string()));
+        }
+        let idx = end - 1;
 
-        let unit = match &s[..idx + 1] {
+        let unit = match &s[..end] {
             "ns" => NANOSECOND,
             "us" => MICROSECOND,
             "µs" => MICROSECOND, // U+00B5 = micro symbol
@@ -476,8 +482,10 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
                 token!(&literal, Space(literal));
             }
 
-            Some(_) => {
-                let literal = &self.reminder[..1];
+            // arbiter patch 14: one whole character (`[..1]` panicked inside a multi-byte one,
+            // e.g. `time.parse_ns("é", x)`; found by fuzz/fuzz_targets/builtins.rs).
+            Some(c) => {
+                let literal = &self.reminder[..c.len_utf8()];
                 token!(&literal, Literal(literal));
             }
 
