@@ -167,14 +167,6 @@ impl IntakeLimits {
             metrics,
         })
     }
-
-    /// Requests whose message has not fully arrived, and the bytes held for them.
-    pub fn in_flight(&self) -> (usize, usize) {
-        (
-            self.receiving.load(Ordering::Relaxed),
-            self.receiving_bytes.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// One request being received: its slot and its bytes are given back when it is dropped.
@@ -233,9 +225,62 @@ fn refuse(code: tonic::Code, message: String) -> Response<tonic::body::Body> {
 
 /// Why a message was not received.
 enum Refused {
+    /// `max_receiving` requests were already arriving.
+    Receiving,
+    /// The declared or sent length, over `max_request_bytes`.
     TooLarge(usize),
+    /// `max_receiving_bytes` were already held.
     Bytes,
+    /// The message did not arrive within `request_timeout`.
+    Timeout,
+    /// The body could not be read.
     Body(String),
+}
+
+impl Refused {
+    /// Count the refusal and answer it with its gRPC status.
+    fn answer(self, limits: &IntakeLimits) -> Response<tonic::body::Body> {
+        let (counted, code, message) = match self {
+            Refused::Receiving => (
+                Some(Refusal::Receiving),
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "more than {} requests are being received; try again",
+                    limits.max_receiving
+                ),
+            ),
+            Refused::TooLarge(n) => (
+                Some(Refusal::TooLarge),
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "message length too large: found {n} bytes, the limit is: {} bytes",
+                    limits.max_message
+                ),
+            ),
+            Refused::Bytes => (
+                Some(Refusal::ReceivingBytes),
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "more than {} bytes of requests are being received; try again",
+                    limits.max_receiving_bytes
+                ),
+            ),
+            Refused::Timeout => (
+                Some(Refusal::Timeout),
+                tonic::Code::DeadlineExceeded,
+                format!("the request did not arrive within {:?}", limits.timeout),
+            ),
+            Refused::Body(e) => (
+                None,
+                tonic::Code::Internal,
+                format!("cannot read the request: {e}"),
+            ),
+        };
+        if let Some(r) = counted {
+            limits.metrics.refused(r);
+        }
+        refuse(code, message)
+    }
 }
 
 impl<S> tower::Service<Request<tonic::body::Body>> for Intake<S>
@@ -264,55 +309,19 @@ where
         let limits = self.limits.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let message = {
-                let Some(mut slot) = Receiving::enter(&limits) else {
-                    limits.metrics.refused(Refusal::Receiving);
-                    return Ok(refuse(
-                        tonic::Code::ResourceExhausted,
-                        format!(
-                            "more than {} requests are being received; try again",
-                            limits.max_receiving
-                        ),
-                    ));
-                };
-                match tokio::time::timeout(limits.timeout, receive(body, &limits, &mut slot)).await
-                {
-                    Ok(Ok(message)) => message,
-                    Ok(Err(Refused::TooLarge(n))) => {
-                        limits.metrics.refused(Refusal::TooLarge);
-                        return Ok(refuse(
-                            tonic::Code::ResourceExhausted,
-                            format!(
-                                "message length too large: found {n} bytes, the limit is: {} bytes",
-                                limits.max_message
-                            ),
-                        ));
-                    }
-                    Ok(Err(Refused::Bytes)) => {
-                        limits.metrics.refused(Refusal::ReceivingBytes);
-                        return Ok(refuse(
-                            tonic::Code::ResourceExhausted,
-                            format!(
-                                "more than {} bytes of requests are being received; try again",
-                                limits.max_receiving_bytes
-                            ),
-                        ));
-                    }
-                    Ok(Err(Refused::Body(e))) => {
-                        return Ok(refuse(
-                            tonic::Code::Internal,
-                            format!("cannot read the request: {e}"),
-                        ));
-                    }
-                    Err(_) => {
-                        limits.metrics.refused(Refusal::Timeout);
-                        return Ok(refuse(
-                            tonic::Code::DeadlineExceeded,
-                            format!("the request did not arrive within {:?}", limits.timeout),
-                        ));
-                    }
+            // The slot is released once the message is in: evaluation is bounded by the pool's
+            // queue.
+            let message = match Receiving::enter(&limits) {
+                None => Err(Refused::Receiving),
+                Some(mut slot) => {
+                    tokio::time::timeout(limits.timeout, receive(body, &limits, &mut slot))
+                        .await
+                        .unwrap_or(Err(Refused::Timeout))
                 }
-                // The slot is released here: evaluation is bounded by the pool's queue.
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(refused) => return Ok(refused.answer(&limits)),
             };
             let body = tonic::body::Body::new(
                 http_body_util::Full::new(message).map_err(|e: Infallible| match e {}),

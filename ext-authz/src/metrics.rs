@@ -144,11 +144,6 @@ impl Metrics {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Requests refused for one reason.
-    pub fn refused_total(&self, why: Refusal) -> u64 {
-        self.refused[why as usize].load(Ordering::Relaxed)
-    }
-
     pub fn log_dropped(&self, why: DropReason) {
         self.log_dropped[why as usize].fetch_add(1, Ordering::Relaxed);
     }
