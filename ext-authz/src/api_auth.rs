@@ -100,7 +100,13 @@ pub async fn gate(
             let Ok(bytes) = axum::body::to_bytes(body, crate::http::MAX_BODY).await else {
                 return unauthorized("request body too large or unreadable");
             };
-            let input = admin_input(&parts, &bytes, access.authentication);
+            let input = match admin_input(&parts, &bytes, access.authentication) {
+                Ok(i) => i,
+                // The same answer the Data API gives this path.
+                Err(e) => {
+                    return crate::http::error(StatusCode::BAD_REQUEST, "invalid_parameter", e);
+                }
+            };
             let authorizer = state.authorizer.load_full();
             let allow = DataRef::from_segments(
                 vec!["system".into(), "authz".into(), "allow".into()],
@@ -133,36 +139,19 @@ fn canonical_header(name: &str) -> String {
     out
 }
 
-fn decode(s: &str) -> String {
-    arbiter_engine::path::percent_decode(s).map_or_else(
-        || s.to_string(),
-        |b| String::from_utf8_lossy(&b).into_owned(),
-    )
-}
-
-/// OPA's input for `system.authz`.
+/// OPA's input for `system.authz`; an error for a path the Data API would refuse too.
 fn admin_input(
     parts: &axum::http::request::Parts,
     body: &[u8],
     authentication: Authentication,
-) -> Value {
-    let path: Vec<Json> = parts
-        .uri
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .map(|s| Json::String(decode(s)))
+) -> Result<Value, String> {
+    let path: Vec<Json> = crate::http::path_segments(parts.uri.path())?
+        .into_iter()
+        .map(Json::String)
         .collect();
     let mut params: BTreeMap<String, Vec<Json>> = BTreeMap::new();
-    for pair in parts.uri.query().unwrap_or("").split('&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        params
-            .entry(decode(&k.replace('+', " ")))
-            .or_default()
-            .push(Json::String(decode(&v.replace('+', " "))));
+    for (k, v) in crate::http::query_pairs(&parts.uri) {
+        params.entry(k).or_default().push(Json::String(v));
     }
     let mut headers: BTreeMap<String, Vec<Json>> = BTreeMap::new();
     for (name, value) in &parts.headers {
@@ -193,7 +182,7 @@ fn admin_input(
     {
         input["body"] = b;
     }
-    from_json(&input)
+    Ok(from_json(&input))
 }
 
 #[cfg(test)]
@@ -210,19 +199,47 @@ mod tests {
             .body(())
             .unwrap_or_default();
         let (parts, ()) = request.into_parts();
-        let input = arbiter_engine::value::to_json(&admin_input(
-            &parts,
-            br#"{"input": {"a": 1}}"#,
-            Authentication::Token,
-        ));
+        let input = arbiter_engine::value::to_json(
+            &admin_input(&parts, br#"{"input": {"a": 1}}"#, Authentication::Token)
+                .unwrap_or(Value::Null),
+        );
         assert_eq!(input["method"], "POST");
         assert_eq!(input["path"], json!(["v1", "data", "a/b", "c"]));
         assert_eq!(input["params"]["x"], json!(["1", "2"]));
         assert_eq!(input["headers"]["X-Forwarded-For"], json!(["10.0.0.1"]));
         assert_eq!(input["identity"], "secret");
         assert_eq!(input["body"]["input"]["a"], 1);
-        let without =
-            arbiter_engine::value::to_json(&admin_input(&parts, b"", Authentication::Off));
+        let without = arbiter_engine::value::to_json(
+            &admin_input(&parts, b"", Authentication::Off).unwrap_or(Value::Null),
+        );
         assert!(without.get("identity").is_none());
+    }
+
+    /// `input.path` is the reading the Data API queries by: `/v1/data//secret` is
+    /// `data.secret` there, so the policy sees `["v1", "data", "secret"]`, not an empty segment
+    /// that a rule on `input.path[2]` would let through.
+    #[test]
+    fn the_input_path_is_the_data_apis_reading() {
+        let parts = |uri: &str| {
+            axum::http::Request::builder()
+                .uri(uri)
+                .body(())
+                .unwrap_or_default()
+                .into_parts()
+                .0
+        };
+        let input = arbiter_engine::value::to_json(
+            &admin_input(&parts("/v1/data//secret/"), b"", Authentication::Off)
+                .unwrap_or(Value::Null),
+        );
+        assert_eq!(input["path"], json!(["v1", "data", "secret"]));
+        let reference = crate::http::data_ref_of("/v1/data//secret/");
+        assert_eq!(
+            reference
+                .and_then(Result::ok)
+                .map(|r| r.as_rego().to_string()),
+            Some("data.secret".to_string())
+        );
+        assert!(admin_input(&parts("/v1/data/a%zz"), b"", Authentication::Off).is_err());
     }
 }

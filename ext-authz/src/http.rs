@@ -55,7 +55,7 @@ fn json_response(status: StatusCode, body: &Json, pretty: bool) -> Response {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     json_response(
         status,
         &json!({"code": code, "message": message.into()}),
@@ -101,16 +101,47 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     r
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| {
-            let plus = v.replace('+', " ");
-            arbiter_engine::path::percent_decode(&plus)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
+/// The query's `name=value` pairs, names and values form-decoded (`+` is a space, then one
+/// percent-decoding; an invalid escape reads as empty). The Data API's parameters and
+/// `system.authz`'s `input.params` are this one reading.
+pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        arbiter_engine::path::percent_decode(&s.replace('+', " "))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
         })
-    })
+        .collect()
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    query_pairs(uri)
+        .into_iter()
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// A URL path's segments, each percent-decoded once; empty segments (`//`, a trailing `/`) are
+/// not segments. The Data API's reference and `system.authz`'s `input.path` are this one
+/// reading, so a policy guarding `/v1/data/x` sees the path the query will read.
+pub fn path_segments(path: &str) -> Result<Vec<String>, String> {
+    let mut segments = Vec::new();
+    for raw in path.split('/').filter(|s| !s.is_empty()) {
+        let Some(bytes) = arbiter_engine::path::percent_decode(raw) else {
+            return Err(format!("invalid percent-escape in path segment `{raw}`"));
+        };
+        match String::from_utf8(bytes) {
+            Ok(s) => segments.push(s),
+            Err(_) => return Err("path segment is not valid UTF-8".into()),
+        }
+    }
+    Ok(segments)
 }
 
 /// `/v1/data[/a/b/c]` → a data reference, each segment decoded once.
@@ -119,19 +150,10 @@ pub fn data_ref_of(path: &str) -> Option<Result<DataRef, String>> {
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
     }
-    let mut segments = Vec::new();
-    for raw in rest.split('/').filter(|s| !s.is_empty()) {
-        let Some(bytes) = arbiter_engine::path::percent_decode(raw) else {
-            return Some(Err(format!(
-                "invalid percent-escape in path segment `{raw}`"
-            )));
-        };
-        match String::from_utf8(bytes) {
-            Ok(s) => segments.push(s),
-            Err(_) => return Some(Err("path segment is not valid UTF-8".into())),
-        }
-    }
-    Some(DataRef::from_segments(segments, path).map_err(|e| e.to_string()))
+    Some(
+        path_segments(rest)
+            .and_then(|segments| DataRef::from_segments(segments, path).map_err(|e| e.to_string())),
+    )
 }
 
 async fn data_api(
