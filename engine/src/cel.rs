@@ -496,37 +496,52 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
     }
 }
 
-/// Whether a condition compares the request path with `==` (a deny-list on exact paths).
-/// A text check of a rule's condition.
+/// A text check of a deny rule's condition, given without white space.
 type Lint = fn(&str) -> bool;
+
+/// Advice for deny rules (reliability.md §3 H9, issue 16 finding 5): each check, and what the
+/// warning says.
+const DENY_ADVICE: [(Lint, &str); 3] = [
+    (
+        reads_raw_path,
+        "matches `request.path`, the raw target with its query; match `request.url_path`, the canonical path (decoded, no query)",
+    ),
+    (
+        compares_path_exactly,
+        "denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
+    ),
+    (
+        compares_header_with_empty,
+        "compares a header with \"\": a missing header and an empty one read alike; test presence with `\"x-h\" in request.headers` and the value separately",
+    ),
+];
 
 /// `request.headers["x"] == ""` (or `!=`): a missing header and an empty one read alike, so a
 /// deny rule written this way is bypassed by sending the header empty, or by leaving it out
 /// (issue 16, finding 5).
-fn compares_header_with_empty(when: &str) -> bool {
-    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
-    let Ok(re) = regex::Regex::new(
-        r#"request\.headers(\["[^"]*"\]|\.[A-Za-z0-9_]+)(==|!=)""|""(==|!=)request\.headers"#,
-    ) else {
-        return false;
-    };
-    re.is_match(&w)
+fn compares_header_with_empty(w: &str) -> bool {
+    static EMPTY: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"request\.headers(\["[^"]*"\]|\.[A-Za-z0-9_]+)(==|!=)""|""(==|!=)request\.headers"#,
+        )
+        .ok()
+    });
+    EMPTY.as_ref().is_some_and(|re| re.is_match(w))
 }
 
 /// `request.path.startsWith(…)` and the like: `request.path` is Envoy's attribute, the raw
 /// target with its query. Strict mode refuses a target spelled two ways, but the raw text still
 /// differs from the path a backend routes on (`%20`, `%3B`, the query): deny on
 /// `request.url_path`, the canonical path.
-fn reads_raw_path(when: &str) -> bool {
-    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
+fn reads_raw_path(w: &str) -> bool {
     ["startsWith(", "endsWith(", "contains(", "matches("]
         .iter()
         .any(|m| w.contains(&format!("request.path.{m}")))
         || w.contains("glob(\"") && w.contains(",request.path)")
 }
 
-fn compares_path_exactly(when: &str) -> bool {
-    let w: String = when.chars().filter(|c| !c.is_whitespace()).collect();
+/// Whether a condition compares the request path with `==` (a deny-list on exact paths).
+fn compares_path_exactly(w: &str) -> bool {
     ["request.url_path", "request.path"]
         .iter()
         .any(|p| w.contains(&format!("{p}==")) || w.contains(&format!("=={p}")))
@@ -594,32 +609,20 @@ impl CelPolicies {
             let matcher = spec.match_expr.as_ref().and_then(|(m, at)| compile(m, *at));
             let mut rules = Vec::new();
             for r in &spec.rules {
-                // Advice for deny rules (reliability.md §3 H9, issue 16 finding 5).
-                let advice: [(Lint, &str); 3] = [
-                    (
-                        reads_raw_path,
-                        "matches `request.path`, the raw target with its query; match `request.url_path`, the canonical path (decoded, no query)",
-                    ),
-                    (
-                        compares_path_exactly,
-                        "denies an exact path: a sub-path, a trailing `/` or another case can reach the same backend; deny with `path.glob(\"/admin/**\", request.url_path)` or write allow rules instead",
-                    ),
-                    (
-                        compares_header_with_empty,
-                        "compares a header with \"\": a missing header and an empty one read alike; test presence with `\"x-h\" in request.headers` and the value separately",
-                    ),
-                ];
-                for (applies, why) in advice {
-                    if r.effect == Effect::Deny && applies(&r.when) {
-                        warnings.push(
-                            Diagnostic::at(
-                                &spec.file,
-                                r.when_at.0,
-                                r.when_at.1,
-                                format!("rule `{}` {why}", r.name),
-                            )
-                            .with_code("cel_policy_warning"),
-                        );
+                if r.effect == Effect::Deny {
+                    let compact: String = r.when.chars().filter(|c| !c.is_whitespace()).collect();
+                    for (applies, why) in DENY_ADVICE {
+                        if applies(&compact) {
+                            warnings.push(
+                                Diagnostic::at(
+                                    &spec.file,
+                                    r.when_at.0,
+                                    r.when_at.1,
+                                    format!("rule `{}` {why}", r.name),
+                                )
+                                .with_code("cel_policy_warning"),
+                            );
+                        }
                     }
                 }
                 if let Some(when) = compile(&r.when, r.when_at) {
