@@ -2143,35 +2143,7 @@ impl Interpreter {
             }
 
             // If a query snippet is being run, gather results.
-            let result_opt = {
-                let current_ctx = self.get_current_context_mut()?;
-                current_ctx.result.clone()
-            };
-
-            if let Some(mut current_result) = result_opt {
-                let base = self.query_scope_base.min(self.scopes.len().saturating_sub(1));
-                for scope in self.scopes.iter().skip(base) {
-                    for (name, value) in scope.iter() {
-                        if *value == Value::Undefined {
-                            continue;
-                        }
-                        current_result
-                            .bindings
-                            .as_object_mut()?
-                            .insert(Value::String(name.to_string().into()), value.clone());
-                    }
-                }
-                if current_result.expressions.len() == 1 // Single expression query
-                    || current_result // Multi expression query where no value is false
-                       .expressions
-                       .iter()
-                       .all(|v| v.value != Value::Undefined && v.value != Value::Bool(false))
-                       && !current_result.expressions.is_empty()
-                {
-                    let ctx_mut = self.get_current_context_mut()?;
-                    ctx_mut.results.result.push(current_result);
-                }
-            }
+            self.gather_query_result()?;
 
             return Ok(true);
         }
@@ -2328,39 +2300,41 @@ impl Interpreter {
             eval_success = self.eval_output_expr()?;
         } else {
             // If a query snippet is being run, gather results.
-            let result_opt = {
-                let ctx = self.get_current_context_mut()?;
-                ctx.result.clone()
-            };
-
-            if let Some(mut gathered_result) = result_opt {
-                let base = self.query_scope_base.min(self.scopes.len().saturating_sub(1));
-                for scope in self.scopes.iter().skip(base) {
-                    for (name, value) in scope.iter() {
-                        if *value == Value::Undefined {
-                            continue;
-                        }
-                        gathered_result
-                            .bindings
-                            .as_object_mut()?
-                            .insert(Value::String(name.to_string().into()), value.clone());
-                    }
-                }
-
-                if gathered_result.expressions.len() == 1 // Single expression query
-                    || gathered_result // Multi expression query where no value is false
-                    .expressions
-                    .iter()
-                    .all(|v| v.value != Value::Undefined && v.value != Value::Bool(false))
-                        && !gathered_result.expressions.is_empty()
-                {
-                    let ctx = self.get_current_context_mut()?;
-                    ctx.results.result.push(gathered_result);
-                }
-            }
+            self.gather_query_result()?;
         }
 
         Ok(eval_success)
+    }
+
+    /// When a query snippet is being run, add the result gathered so far: its bindings (arbiter
+    /// patch 11: from every scope of the query, not only the innermost) and its expressions,
+    /// unless one of several is false or undefined.
+    fn gather_query_result(&mut self) -> Result<()> {
+        let Some(mut result) = self.get_current_context_mut()?.result.clone() else {
+            return Ok(());
+        };
+        let base = self.query_scope_base.min(self.scopes.len().saturating_sub(1));
+        for scope in self.scopes.iter().skip(base) {
+            for (name, value) in scope.iter() {
+                if *value == Value::Undefined {
+                    continue;
+                }
+                result
+                    .bindings
+                    .as_object_mut()?
+                    .insert(Value::String(name.to_string().into()), value.clone());
+            }
+        }
+        if result.expressions.len() == 1 // Single expression query
+            || result // Multi expression query where no value is false
+                .expressions
+                .iter()
+                .all(|v| v.value != Value::Undefined && v.value != Value::Bool(false))
+                && !result.expressions.is_empty()
+        {
+            self.get_current_context_mut()?.results.result.push(result);
+        }
+        Ok(())
     }
 
     fn eval_query(&mut self, query: &Ref<Query>) -> Result<bool> {
