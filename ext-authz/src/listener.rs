@@ -410,21 +410,16 @@ pub mod http1 {
             }
             Some(t) => {
                 let config = crate::tls::server_config(t, &[b"http/1.1"])?;
-                let mut conns = crate::tls::accept_tls(
+                let rx = crate::tls::accept_tls(
                     listener,
                     config,
                     limits.max_connections,
                     limits.request_timeout,
-                );
-                let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(async move {
-                    while let Some(c) = conns.recv().await {
+                    |c| {
                         let remote = c.remote;
-                        if tx.send((c, remote)).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                        (c, remote)
+                    },
+                );
                 serve(rx, router, limits, stopped).await
             }
         }

@@ -236,11 +236,9 @@ pub async fn start_with(
                         tls,
                         limits.max_connections,
                         limits.request_timeout,
-                    );
-                    let incoming = tokio_stream::StreamExt::map(
-                        tokio_stream::wrappers::ReceiverStream::new(rx),
                         Ok::<_, std::io::Error>,
                     );
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
                     tasks.push(tokio::spawn(async move {
                         grpc.serve_with_incoming_shutdown(incoming, shutdown)
                             .await

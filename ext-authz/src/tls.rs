@@ -294,13 +294,15 @@ impl tokio::io::AsyncWrite for TlsConn {
 
 /// Accept TCP connections (at most `max_connections` open, handshakes included) and complete
 /// TLS handshakes off the accept loop (a slow or failing client never blocks the next one).
-/// Failed handshakes, and those not done within `handshake_timeout`, are dropped.
-pub fn accept_tls(
+/// Failed handshakes, and those not done within `handshake_timeout`, are dropped; each
+/// completed one is handed over as `wrap` makes it.
+pub fn accept_tls<T: Send + 'static>(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     max_connections: usize,
     handshake_timeout: Duration,
-) -> mpsc::Receiver<TlsConn> {
+    wrap: impl Fn(TlsConn) -> T + Clone + Send + 'static,
+) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let mut accepted = crate::listener::accept_limited(listener, max_connections, |io, p| (io, p));
@@ -309,17 +311,18 @@ pub fn accept_tls(
             let local = tcp.local_addr().unwrap_or(remote);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
+            let wrap = wrap.clone();
             tokio::spawn(async move {
                 if let Ok(Ok(stream)) =
                     tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     let _ = conn_tx
-                        .send(TlsConn {
+                        .send(wrap(TlsConn {
                             stream,
                             remote,
                             local,
                             _permit: permit,
-                        })
+                        }))
                         .await;
                 }
             });
