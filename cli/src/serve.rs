@@ -648,6 +648,14 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
     })
 }
 
+/// Whether the server's own mTLS decides who connects: client certificates are required and
+/// must match `--allowed-caller` (then neither the dashboard nor the APIs need more).
+fn mtls_admits_callers(s: &Settings) -> bool {
+    s.tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some() && !t.allowed_callers.is_empty())
+}
+
 /// Who may use the HTTP listener's APIs.
 fn api_access(s: &Settings) -> arbiter_ext_authz::api_auth::ApiAccess {
     use arbiter_ext_authz::api_auth::{ApiAccess, Authentication, Authorization};
@@ -661,10 +669,7 @@ fn api_access(s: &Settings) -> arbiter_ext_authz::api_auth::ApiAccess {
             Some(AuthorizationArg::Off) => Authorization::Off,
             Some(AuthorizationArg::Basic) => Authorization::Basic,
         },
-        mtls_callers: s
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_ca.is_some() && !t.allowed_callers.is_empty()),
+        mtls_callers: mtls_admits_callers(s),
     }
 }
 
@@ -685,10 +690,7 @@ fn ui_dashboard(
         }
         None => Auth::None,
     };
-    let mtls = s
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca.is_some() && !t.allowed_callers.is_empty());
+    let mtls = mtls_admits_callers(s);
     // `:port` listens on every interface.
     let addr: std::net::SocketAddr = match s.http_addr.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
