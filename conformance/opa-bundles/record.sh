@@ -56,7 +56,9 @@ def ask(port, path, body=None):
         return json.loads(r.read())
 
 version = subprocess.run([opa, "version"], capture_output=True, text=True).stdout.splitlines()[0]
-expected = {"recorded_with": version, "bundles": {}}
+expected = {"recorded_with": version,
+            "command": "ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa bash conformance/opa-bundles/record.sh",
+            "bundles": {}}
 for name in sorted(f for f in os.listdir(out) if f.endswith(".tar.gz")):
     path = os.path.join(out, name)
     kind = name.split("-", 1)[1].removesuffix(".tar.gz")

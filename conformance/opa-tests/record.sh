@@ -13,7 +13,9 @@ opa = sys.argv[1]
 sets = [["conformance/opa-tests/corpus"], ["policies/envoy", "authz:policies/authz"],
         ["policies/envoy", "policies/authz"]]
 version = subprocess.run([opa, "version"], capture_output=True, text=True).stdout.splitlines()[0]
-out = {"recorded_with": version, "sets": []}
+out = {"recorded_with": version,
+       "command": "ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa bash conformance/opa-tests/record.sh",
+       "sets": []}
 for paths in sets:
     r = subprocess.run([opa, "test", "-f", "json", *paths], capture_output=True, text=True)
     verdicts = {}
