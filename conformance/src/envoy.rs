@@ -35,12 +35,31 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// A free loopback port (bound and released; the tests accept the small race).
+/// A free loopback port (bound and released). No port is handed out twice in one test
+/// process: the kernel readily gives a just-released port again, and two "free" ports that
+/// are the same one made Envoy's listener and admin collide. Another process may still take
+/// the port before it is used; `Envoy::start` tries again with new ports when that happens.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static ISSUED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+    let issued = issued.get_or_insert_with(HashSet::new);
+    // Hold every candidate until a new one turns up, so the kernel cannot offer it again.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            break;
+        };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            break;
+        };
+        if issued.insert(port) {
+            return port;
+        }
+        held.push(listener);
+    }
+    0
 }
 
 /// What the Envoy configuration should contain.
@@ -222,6 +241,18 @@ impl Envoy {
     /// Start Envoy with `options` and wait until its listener accepts connections.
     pub fn start(options: &EnvoyOptions) -> Result<Self, String> {
         let binary = envoy_binary()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(&binary, options) {
+                // A port found free was taken by another process before Envoy bound it.
+                Err(e) if attempt < 3 && e.contains("Address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(binary: &Path, options: &EnvoyOptions) -> Result<Self, String> {
         let dir = TempDir::new("envoy").map_err(|e| e.to_string())?;
         let port = free_port();
         let admin = free_port();
@@ -229,7 +260,7 @@ impl Envoy {
         std::fs::write(&config, envoy_config(port, admin, options)).map_err(|e| e.to_string())?;
         let log = dir.0.join("envoy.log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg("-c")
             .arg(&config)
             .args([
