@@ -12,6 +12,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use arbiter_ext_authz::service::{Bearer, BearerToken, ServiceAuth};
+
 /// A path, or a list of them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -125,7 +127,8 @@ pub struct ConfigFile {
 
     // ---- OPA's configuration ----
     pub plugins: Option<Plugins>,
-    /// A map of name → service, or a list of services with `name` (both are OPA's).
+    /// A map of name → service, or a list of services with `name` (both are OPA's); read
+    /// with [`ConfigFile::services`].
     pub services: Option<Json>,
     pub bundles: Option<BTreeMap<String, BundleConfig>>,
     pub keys: Option<BTreeMap<String, KeyConfig>>,
@@ -152,13 +155,150 @@ pub struct EnvoyPlugin {
     pub skip_request_body_parse: Option<bool>,
 }
 
+/// One of OPA's `services` (`v1/plugins/rest`): where it is, and what each request carries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The name, in the list form of `services`.
+    pub name: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub credentials: Option<Credentials>,
+    pub response_header_timeout_seconds: Option<u64>,
+    /// Accepted so that an OPA file reads; refused when set (see [`Service::auth`]).
+    pub allow_insecure_tls: Option<bool>,
+    pub tls: Option<Json>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `services.*.credentials`: OPA's methods, by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub bearer: Option<BearerConfig>,
+    pub oauth2: Option<Json>,
+    pub client_tls: Option<Json>,
+    pub s3_signing: Option<Json>,
+    pub gcp_metadata: Option<Json>,
+    pub azure_managed_identity: Option<Json>,
+    pub plugin: Option<String>,
+}
+
+/// `credentials.bearer`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerConfig {
+    pub token: Option<String>,
+    pub token_path: Option<String>,
+    pub scheme: Option<String>,
+}
+
+impl Service {
+    /// The headers and credentials every request to this service carries. What arbiter does
+    /// not implement is an error naming it: a download sent without the credentials the
+    /// operator configured would fail later and less clearly.
+    pub fn auth(&self, name: &str, base: &Path) -> Result<ServiceAuth, String> {
+        let at = |what: &str| format!("services.{name}.{what}");
+        if self.allow_insecure_tls == Some(true) {
+            return Err(format!("{}: not supported", at("allow_insecure_tls")));
+        }
+        if self.tls.is_some() {
+            return Err(format!(
+                "{}: not supported (arbiter trusts the system's roots)",
+                at("tls")
+            ));
+        }
+        if let Some(kind) = self.kind.as_deref().filter(|k| !k.is_empty()) {
+            return Err(format!(
+                "{}: `{kind}` services are not supported (bundles come over HTTP(S))",
+                at("type")
+            ));
+        }
+        let mut auth = ServiceAuth {
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            bearer: None,
+        };
+        if let Some(c) = &self.credentials {
+            for (method, set) in [
+                ("oauth2", c.oauth2.is_some()),
+                ("client_tls", c.client_tls.is_some()),
+                ("s3_signing", c.s3_signing.is_some()),
+                ("gcp_metadata", c.gcp_metadata.is_some()),
+                ("azure_managed_identity", c.azure_managed_identity.is_some()),
+                ("plugin", c.plugin.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{}: not supported (arbiter sends `headers` and `credentials.bearer`)",
+                        at(&format!("credentials.{method}"))
+                    ));
+                }
+            }
+            if let Some(b) = &c.bearer {
+                let token = match (&b.token, &b.token_path) {
+                    (Some(_), Some(_)) => {
+                        return Err(format!(
+                            "{}: specify a value for either the \"token\" or \"token_path\" field",
+                            at("credentials.bearer")
+                        ));
+                    }
+                    (Some(t), None) => BearerToken::Literal(t.clone()),
+                    (None, Some(p)) => BearerToken::File(base.join(p)),
+                    (None, None) => BearerToken::Literal(String::new()),
+                };
+                auth.bearer = Some(Bearer {
+                    scheme: b
+                        .scheme
+                        .clone()
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "Bearer".into()),
+                    token,
+                });
+            }
+        }
+        auth.validate()
+            .map_err(|e| format!("services.{name}: {e}"))?;
+        Ok(auth)
+    }
+
+    /// How long a request to this service may take (OPA's `response_header_timeout_seconds`,
+    /// 10 s by default).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.response_header_timeout_seconds.unwrap_or(10).max(1))
+    }
+}
+
 /// One of OPA's `bundles`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     pub service: Option<String>,
+    /// Defaults to `bundles/<name>`, as OPA's.
     pub resource: Option<String>,
     pub signing: Option<Signing>,
+    pub polling: Option<Polling>,
+    /// OPA's persistence of downloaded bundles; refused when `true`.
+    pub persist: Option<bool>,
+    /// `periodic` (OPA's default); `manual` is refused.
+    pub trigger: Option<String>,
+    pub size_limit_bytes: Option<u64>,
+}
+
+/// `bundles.*.polling`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Polling {
+    pub min_delay_seconds: Option<u64>,
+    pub max_delay_seconds: Option<u64>,
+    /// Long polling is refused when set: the server would hold requests arbiter does not
+    /// wait for.
+    pub long_polling_timeout_seconds: Option<u64>,
 }
 
 /// `bundles.*.signing`.
@@ -167,6 +307,8 @@ pub struct BundleConfig {
 pub struct Signing {
     pub keyid: Option<String>,
     pub scope: Option<String>,
+    #[serde(default)]
+    pub exclude_files: Vec<String>,
 }
 
 /// One of OPA's `keys`.
@@ -201,6 +343,44 @@ pub struct Reporting {
 }
 
 impl ConfigFile {
+    /// OPA's `services`, typed, by name (a map keyed by name, or a list with `name`). A key
+    /// OPA's services do not have is an error naming the service and the key.
+    pub fn services(&self) -> Result<Vec<(String, Service)>, String> {
+        let parse = |name: &str, v: &Json| -> Result<Service, String> {
+            serde_json::from_value(v.clone()).map_err(|e| format!("services.{name}: {e}"))
+        };
+        match &self.services {
+            None | Some(Json::Null) => Ok(Vec::new()),
+            Some(Json::Object(m)) => m
+                .iter()
+                .map(|(name, v)| Ok((name.clone(), parse(name, v)?)))
+                .collect(),
+            Some(Json::Array(a)) => {
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let s = parse(&i.to_string(), v)?;
+                        let name = s.name.clone().ok_or_else(|| {
+                            format!("services[{i}]: a listed service needs a `name`")
+                        })?;
+                        Ok((name, s))
+                    })
+                    .collect()
+            }
+            Some(_) => Err("`services` must be a map of name to service, or a list".into()),
+        }
+    }
+
+    /// The service called `name`; without a name, the only service there is (OPA's rule).
+    pub fn service(&self, name: Option<&str>) -> Result<Option<(String, Service)>, String> {
+        let all = self.services()?;
+        Ok(match name {
+            Some(n) => all.into_iter().find(|(k, _)| k == n),
+            None if all.len() == 1 => all.into_iter().next(),
+            None => None,
+        })
+    }
+
     /// Read and check `path` (YAML, or JSON, which is YAML too). Errors name the file, the line
     /// and column, and the key or value that is wrong.
     pub fn read(path: &Path) -> Result<ConfigFile, String> {

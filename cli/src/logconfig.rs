@@ -8,7 +8,6 @@ use arbiter_engine::DataRef;
 use arbiter_ext_authz::decision_log::{
     DecisionLogConfig, FileSinkConfig, Fsync, LogTarget, UploadConfig,
 };
-use serde_json::Value as Json;
 
 use crate::config::ConfigFile;
 use crate::serve::parse_duration;
@@ -55,25 +54,6 @@ pub struct LogArgs {
 
 pub use arbiter_engine::units::parse_size;
 
-/// OPA's `services`: a map of name → service, or a list of services with `name`.
-pub fn opa_service<'a>(services: Option<&'a Json>, name: Option<&str>) -> Option<&'a Json> {
-    match services? {
-        Json::Object(m) => match name {
-            Some(n) => m.get(n),
-            None if m.len() == 1 => m.values().next(),
-            None => None,
-        },
-        Json::Array(a) => match name {
-            Some(n) => a
-                .iter()
-                .find(|s| s.get("name").and_then(Json::as_str) == Some(n)),
-            None if a.len() == 1 => a.first(),
-            None => None,
-        },
-        _ => None,
-    }
-}
-
 /// Combine flags, arbiter's keys and OPA's `decision_logs` into a decision-log configuration;
 /// `None` when no sink is configured.
 pub fn decision_log_config(
@@ -114,31 +94,23 @@ pub fn decision_log_config(
             // OPA uploads to `decision_logs.service`, or to the only service there is.
             let named = opa.as_ref().and_then(|o| o.service.clone());
             let uploading = named.is_some() || (opa.is_some() && !console);
-            match (
-                uploading,
-                opa_service(file.services.as_ref(), named.as_deref()),
-            ) {
-                (true, Some(svc)) => {
-                    let name = named.unwrap_or_else(|| "the service".into());
+            match (uploading, file.service(named.as_deref())?) {
+                (true, Some((name, svc))) => {
                     let base_url = svc
-                        .get("url")
-                        .and_then(Json::as_str)
+                        .url
+                        .clone()
                         .ok_or_else(|| format!("service `{name}` has no `url`"))?;
                     let resource = opa
                         .as_ref()
                         .and_then(|o| o.resource.clone())
                         .unwrap_or_else(|| "/logs".into());
-                    let token = svc
-                        .pointer("/credentials/bearer/token")
-                        .and_then(Json::as_str)
-                        .map(str::to_string);
                     Some((
                         format!(
                             "{}/{}",
                             base_url.trim_end_matches('/'),
                             resource.trim_start_matches('/')
                         ),
-                        token,
+                        Some(svc.auth(&name, base)?),
                     ))
                 }
                 (true, None) if named.is_some() => {
@@ -151,9 +123,9 @@ pub fn decision_log_config(
             }
         }
     };
-    if let Some((url, token)) = url {
+    if let Some((url, auth)) = url {
         let mut u = UploadConfig::new(url);
-        u.bearer_token = token;
+        u.auth = auth.unwrap_or_default();
         let reporting = opa
             .as_ref()
             .and_then(|o| o.reporting.clone())
@@ -255,7 +227,7 @@ pub fn decision_log_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value as Json, json};
 
     fn config(j: Json) -> ConfigFile {
         ConfigFile::parse("test.yaml", &j.to_string()).unwrap()
@@ -303,7 +275,10 @@ mod tests {
         assert!(c.audit_required);
         let u = c.upload.unwrap();
         assert_eq!(u.url, "http://127.0.0.1:9000/v1/logs");
-        assert_eq!(u.bearer_token.as_deref(), Some("t0k"));
+        assert_eq!(
+            u.auth,
+            arbiter_ext_authz::service::ServiceAuth::bearer("t0k")
+        );
         assert_eq!((u.buffer_events, u.max_delay), (50, Duration::from_secs(3)));
         assert_eq!(c.mask_decision, DataRef::parse("custom/mask").unwrap());
 

@@ -17,9 +17,10 @@ use arbiter_engine::path::PathPolicy;
 use arbiter_engine::record::InstanceLabels;
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, RegoVersion};
 use arbiter_ext_authz::decision_log::DecisionLogConfig;
+use arbiter_ext_authz::fetch::Fetched;
+use arbiter_ext_authz::service::ServiceAuth;
 use arbiter_ext_authz::tls::TlsSettings;
 use arbiter_ext_authz::{ListenAddr, ServeOptions, ServerConfig};
-use serde_json::Value as Json;
 
 use crate::Exit;
 
@@ -192,10 +193,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub watch: Option<Duration>,
     pub reload_require_tests: bool,
-    /// A bundle file, folder or URL.
-    pub bundle: Option<String>,
-    pub bundle_poll: Duration,
-    pub verification: Option<arbiter_engine::bundle::Verification>,
+    /// Bundles: `--bundle`, or OPA's `bundles`.
+    pub bundles: Vec<BundleSource>,
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
@@ -204,6 +203,52 @@ pub struct Settings {
 }
 
 pub use arbiter_engine::units::parse_duration;
+
+/// A bundle to serve: `--bundle`, or one of OPA's `bundles`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleSource {
+    /// Its name: the key under OPA's `bundles`, or what `--bundle` gave.
+    pub name: String,
+    /// A `.tar.gz` file, a folder in bundle layout, or an `http(s)://` URL.
+    pub location: String,
+    /// The headers and credentials of the service it is downloaded from.
+    pub auth: ServiceAuth,
+    /// How long one download may take.
+    pub timeout: Duration,
+    /// A poll waits a random delay between these two after a download, as OPA's
+    /// `polling.min_delay_seconds` and `max_delay_seconds`.
+    pub polling: (Duration, Duration),
+    /// `size_limit_bytes`.
+    pub size_limit: usize,
+    pub verification: Option<arbiter_engine::bundle::Verification>,
+}
+
+impl BundleSource {
+    pub fn is_url(&self) -> bool {
+        self.location.starts_with("http://") || self.location.starts_with("https://")
+    }
+
+    /// The next polling delay: uniform in `polling`, so that a fleet does not poll in step.
+    fn next_delay(&self) -> Duration {
+        let (min, max) = self.polling;
+        let spread = max.saturating_sub(min);
+        if spread.is_zero() {
+            return min;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
+        // xorshift: enough to spread pollers; nothing depends on it being unpredictable.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        min + spread.mul_f64((x % 1_000_000) as f64 / 1_000_000.0)
+    }
+}
+
+/// OPA's default polling delays (`v1/download/config.go`).
+const OPA_POLLING: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(120));
 
 /// The bundled policies: `./policies` when run from the repository, else the folder next to the
 /// sources this binary was built from.
@@ -216,6 +261,192 @@ fn bundled_policies() -> PathBuf {
 }
 
 impl Args {
+    /// The bundles: `--bundle` (with `--bundle-poll` and the `--verification-*` flags), or
+    /// else every one of OPA's `bundles`, resolved as OPA resolves them: `resource` defaults
+    /// to `bundles/<name>` on the bundle's `service`; `signing.keyid` names one of `keys`;
+    /// `keys` without `signing` verify the bundles that are signed.
+    fn bundle_sources(
+        &self,
+        file: &crate::config::ConfigFile,
+        base: &Path,
+    ) -> Result<Vec<BundleSource>, String> {
+        use arbiter_engine::bundle::{Verification, VerificationKey};
+        if let Some(b) = &self.bundle {
+            let every = match &self.bundle_poll {
+                Some(p) => parse_duration(p)?,
+                None => Duration::from_secs(30),
+            };
+            let verification = match &self.verification_key {
+                None => None,
+                Some(k) => Some(Verification::single(
+                    self.verification_key_id.as_deref().unwrap_or_default(),
+                    self.verification_alg.as_deref().unwrap_or("RS256"),
+                    &crate::build::key_material(k)?,
+                    self.verification_scope.as_deref().unwrap_or_default(),
+                )),
+            };
+            return Ok(vec![BundleSource {
+                name: b.clone(),
+                location: b.clone(),
+                auth: ServiceAuth::default(),
+                timeout: Duration::from_secs(30),
+                polling: (every, every),
+                size_limit: arbiter_ext_authz::fetch::MAX_BODY_BYTES,
+                verification,
+            }]);
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        for (id, k) in file.keys.iter().flatten() {
+            let material = k
+                .key
+                .as_deref()
+                .ok_or_else(|| format!("keys.{id}: no `key`"))?;
+            keys.insert(
+                id.clone(),
+                VerificationKey {
+                    algorithm: k.algorithm.clone().unwrap_or_else(|| "RS256".into()),
+                    key: crate::build::key_material(material)
+                        .map_err(|e| format!("keys.{id}: {e}"))?,
+                    scope: k.scope.clone().unwrap_or_default(),
+                },
+            );
+        }
+        let mut out = Vec::new();
+        for (name, b) in file.bundles.iter().flatten() {
+            let at = |what: &str| format!("bundles.{name}.{what}");
+            if b.persist == Some(true) {
+                return Err(format!(
+                    "{}: not supported (arbiter keeps bundles in memory)",
+                    at("persist")
+                ));
+            }
+            match b.trigger.as_deref() {
+                None | Some("periodic") => {}
+                Some(t) => {
+                    return Err(format!(
+                        "{}: `{t}` is not supported (only `periodic`)",
+                        at("trigger")
+                    ));
+                }
+            }
+            let polling = match b.polling.clone().unwrap_or_default() {
+                p if p.long_polling_timeout_seconds.is_some() => {
+                    return Err(format!(
+                        "{}: long polling is not supported",
+                        at("polling.long_polling_timeout_seconds")
+                    ));
+                }
+                crate::config::Polling {
+                    min_delay_seconds: Some(min),
+                    max_delay_seconds: Some(max),
+                    ..
+                } if max >= min => (Duration::from_secs(min), Duration::from_secs(max)),
+                crate::config::Polling {
+                    min_delay_seconds: Some(_),
+                    max_delay_seconds: Some(_),
+                    ..
+                } => {
+                    return Err(format!(
+                        "{}: max polling delay must be >= min polling delay",
+                        at("polling")
+                    ));
+                }
+                crate::config::Polling {
+                    min_delay_seconds: None,
+                    max_delay_seconds: None,
+                    ..
+                } => OPA_POLLING,
+                crate::config::Polling {
+                    min_delay_seconds: None,
+                    ..
+                } => {
+                    return Err(format!(
+                        "{}: polling configuration missing 'min_delay_seconds'",
+                        at("polling")
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: polling configuration missing 'max_delay_seconds'",
+                        at("polling")
+                    ));
+                }
+            };
+            let resource = b
+                .resource
+                .clone()
+                .unwrap_or_else(|| format!("bundles/{name}"));
+            let (location, auth, timeout) = if let Some(path) = resource.strip_prefix("file://") {
+                (
+                    base.join(path).display().to_string(),
+                    ServiceAuth::default(),
+                    Duration::from_secs(10),
+                )
+            } else {
+                let (svc_name, svc) = match b.service.as_deref() {
+                    Some(n) => file.service(Some(n))?.ok_or_else(|| {
+                        format!("{}: service name \"{n}\" not found", at("service"))
+                    })?,
+                    None => file.service(None)?.ok_or_else(|| {
+                        format!("{}: missing; name one of `services`", at("service"))
+                    })?,
+                };
+                let url = svc
+                    .url
+                    .clone()
+                    .ok_or_else(|| format!("services.{svc_name}: no `url`"))?;
+                (
+                    format!(
+                        "{}/{}",
+                        url.trim_end_matches('/'),
+                        resource.trim_start_matches('/')
+                    ),
+                    svc.auth(&svc_name, base)?,
+                    svc.timeout(),
+                )
+            };
+            let verification = match &b.signing {
+                Some(signing) => {
+                    let key_id = signing.keyid.clone().unwrap_or_default();
+                    if !key_id.is_empty() && !keys.contains_key(&key_id) {
+                        return Err(format!(
+                            "{}: key id `{key_id}` is not in `keys`",
+                            at("signing.keyid")
+                        ));
+                    }
+                    Some(Verification {
+                        key_id,
+                        keys: keys.clone(),
+                        scope: signing.scope.clone().unwrap_or_default(),
+                        exclude_files: signing.exclude_files.clone(),
+                        unsigned_allowed: false,
+                    })
+                }
+                // OPA verifies the bundles that are signed when there are keys.
+                None if !keys.is_empty() => Some(Verification {
+                    keys: keys.clone(),
+                    unsigned_allowed: true,
+                    ..Verification::default()
+                }),
+                None => None,
+            };
+            out.push(BundleSource {
+                name: name.clone(),
+                location,
+                auth,
+                timeout,
+                polling,
+                size_limit: b
+                    .size_limit_bytes
+                    .map_or(arbiter_ext_authz::fetch::MAX_BODY_BYTES, |n| {
+                        (n as usize).min(arbiter_ext_authz::fetch::MAX_BODY_BYTES)
+                    }),
+                verification,
+            });
+        }
+        Ok(out)
+    }
+
     /// Combine flags, the config file and defaults.
     pub fn settings(&self) -> Result<Settings, String> {
         let file = match &self.config {
@@ -241,57 +472,8 @@ impl Args {
         {
             policies.extend(list.to_vec().iter().map(|p| base.join(p)));
         }
-        // A bundle: the flag, or OPA's `bundles` (the first) with its service and signing key.
-        let mut bundle = self.bundle.clone();
-        let mut verification_key = self.verification_key.clone();
-        let mut verification_key_id = self.verification_key_id.clone();
-        let mut verification_alg = self.verification_alg.clone();
-        let mut verification_scope = self.verification_scope.clone();
-        if bundle.is_none()
-            && let Some(bundles) = &file.bundles
-            && let Some((_, b)) = bundles.iter().next()
-        {
-            let resource = b
-                .resource
-                .clone()
-                .unwrap_or_else(|| "bundles/bundle.tar.gz".into());
-            let base_url = b.service.as_deref().and_then(|name| {
-                crate::logconfig::opa_service(file.services.as_ref(), Some(name))
-                    .and_then(|s| s.get("url"))
-                    .and_then(Json::as_str)
-                    .map(str::to_string)
-            });
-            bundle = Some(match base_url {
-                Some(u) => format!(
-                    "{}/{}",
-                    u.trim_end_matches('/'),
-                    resource.trim_start_matches('/')
-                ),
-                None => resource,
-            });
-            if let Some(signing) = &b.signing {
-                let keyid = signing.keyid.clone();
-                if let (Some(id), Some(keys)) = (&keyid, &file.keys)
-                    && let Some(k) = keys.get(id)
-                {
-                    verification_key = verification_key.or_else(|| k.key.clone());
-                    verification_alg = verification_alg.or_else(|| k.algorithm.clone());
-                    verification_scope = verification_scope.or_else(|| k.scope.clone());
-                }
-                verification_key_id = verification_key_id.or(keyid);
-                verification_scope = verification_scope.or_else(|| signing.scope.clone());
-            }
-        }
-        let verification = match verification_key {
-            None => None,
-            Some(k) => Some(arbiter_engine::bundle::Verification {
-                key_id: verification_key_id.unwrap_or_default(),
-                algorithm: verification_alg.unwrap_or_else(|| "RS256".into()),
-                key: crate::build::key_material(&k)?,
-                scope: verification_scope.unwrap_or_default(),
-            }),
-        };
-        if policies.is_empty() && bundle.is_none() {
+        let bundles = self.bundle_sources(&file, &base)?;
+        if policies.is_empty() && bundles.is_empty() {
             policies.push(bundled_policies());
         }
         let mut limits = file.limits.unwrap_or_default();
@@ -397,12 +579,7 @@ impl Args {
             } else {
                 None
             },
-            bundle,
-            bundle_poll: match self.bundle_poll.clone() {
-                Some(p) => parse_duration(&p)?,
-                None => Duration::from_secs(30),
-            },
-            verification,
+            bundles,
             ui: self.ui || file.ui.unwrap_or(false),
             authentication: match (self.authentication, file.authentication.as_deref()) {
                 (Some(a), _) => a,
@@ -477,15 +654,18 @@ impl Args {
 }
 
 /// Load policies and build the authorizer the settings describe.
-/// The latest bytes of a bundle fetched from a URL (shared with the poller).
-pub type FetchedBundle = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+/// The latest bytes of each bundle fetched from a URL, by bundle name (shared with the
+/// pollers).
+pub type FetchedBundle =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
 
 pub fn authorizer(s: &Settings) -> Result<Authorizer, String> {
     authorizer_with(s, None)
 }
 
-/// The policy sources: the folders and files, plus the bundle (a file, a folder, or the bytes
-/// last fetched from its URL), verified when a key is configured.
+/// The policy sources: the folders and files, plus every bundle (a file, a folder, or the
+/// bytes last fetched from its URL), each verified as configured. Bundles may not claim the
+/// same part of `data` (OPA's rule on roots across bundles).
 fn sources(
     s: &Settings,
     fetched: Option<&FetchedBundle>,
@@ -495,18 +675,36 @@ fn sources(
     } else {
         arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?
     };
-    if let Some(b) = &s.bundle {
-        let bundle = if b.starts_with("http://") || b.starts_with("https://") {
+    let mut loaded = Vec::new();
+    for b in &s.bundles {
+        let shown = &b.location;
+        let bundle = if b.is_url() {
             let bytes = fetched
-                .and_then(|f| f.lock().ok().and_then(|g| g.clone()))
-                .ok_or_else(|| format!("{b}: the bundle has not been fetched"))?;
-            let files = arbiter_engine::bundle::untar(&bytes).map_err(|e| format!("{b}: {e}"))?;
-            arbiter_engine::bundle::from_files(files, b, s.verification.as_ref())
-                .map_err(|e| format!("{b}: {e}"))?
+                .and_then(|f| f.lock().ok().and_then(|g| g.get(&b.name).cloned()))
+                .ok_or_else(|| format!("{shown}: the bundle has not been fetched"))?;
+            let files =
+                arbiter_engine::bundle::untar(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+            arbiter_engine::bundle::from_files(files, shown, b.verification.as_ref())
+                .map_err(|e| format!("{shown}: {e}"))?
         } else {
-            arbiter_engine::bundle::load(Path::new(b), s.verification.as_ref())?
+            arbiter_engine::bundle::load(Path::new(shown), b.verification.as_ref())?
         };
+        loaded.push((b.name.clone(), bundle));
+    }
+    let named: Vec<(&str, &arbiter_engine::bundle::Manifest)> = loaded
+        .iter()
+        .map(|(n, b)| (n.as_str(), &b.manifest))
+        .collect();
+    arbiter_engine::bundle::check_disjoint_roots(&named)?;
+    let several = loaded.len() > 1;
+    let mut revisions = Vec::new();
+    for (name, bundle) in loaded {
+        revisions.push(format!("{name}={}", bundle.manifest.revision));
         sources.extend(bundle.sources);
+    }
+    if several {
+        // One revision for the set: each bundle's, by name.
+        sources.revision = Some(revisions.join(","));
     }
     Ok(sources)
 }
@@ -565,6 +763,17 @@ pub fn authorizer_with(
     .with_identity_options(identity))
 }
 
+/// Download `b` (unchanged since `etag`, or new), within its size limit.
+fn download(b: &BundleSource, etag: Option<&str>) -> Result<Fetched, String> {
+    match arbiter_ext_authz::fetch::get(&b.location, etag, &b.auth, b.timeout)? {
+        Fetched::New { body, .. } if body.len() > b.size_limit => Err(format!(
+            "{}: the bundle is larger than size_limit_bytes ({})",
+            b.location, b.size_limit
+        )),
+        other => Ok(other),
+    }
+}
+
 /// How often a bundle URL is tried while the server has no policy.
 const AWAITING_RETRY: Duration = Duration::from_secs(2);
 
@@ -574,7 +783,7 @@ const AWAITING_RETRY: Duration = Duration::from_secs(2);
 fn awaiting_bundle(s: &Settings) -> Result<Authorizer, String> {
     let nothing = Settings {
         policies: Vec::new(),
-        bundle: None,
+        bundles: Vec::new(),
         ..s.clone()
     };
     authorizer_with(&nothing, None)
@@ -751,23 +960,24 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    // A bundle URL is fetched before serving. If it cannot be fetched or loaded, the server
-    // starts anyway, as OPA does: every check is denied (`no_policy`) and health says
-    // NOT_SERVING until the poller loads a good bundle.
+    // Bundle URLs are fetched before serving. If one cannot be fetched or the set cannot be
+    // loaded, the server starts anyway, as OPA does: every check is denied (`no_policy`) and
+    // health says NOT_SERVING until the pollers bring a set that loads. The set is only ever
+    // loaded whole: a bundle missing could be a deny rule missing.
     let fetched: FetchedBundle = Default::default();
-    let mut etag: Option<String> = None;
-    let url_bundle = settings.bundle.clone().filter(|b| b.starts_with("http"));
+    let mut etags: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    let any_url = settings.bundles.iter().any(BundleSource::is_url);
     let mut awaiting: Option<String> = None;
-    if let Some(url) = url_bundle.as_deref() {
-        match arbiter_ext_authz::fetch::get(url, None, None, Duration::from_secs(30)) {
-            Ok(arbiter_ext_authz::fetch::Fetched::New { body, etag: e }) => {
+    for b in settings.bundles.iter().filter(|b| b.is_url()) {
+        match download(b, None) {
+            Ok(Fetched::New { body, etag }) => {
                 if let Ok(mut g) = fetched.lock() {
-                    *g = Some(body);
+                    g.insert(b.name.clone(), body);
                 }
-                etag = e;
+                etags.insert(b.name.clone(), etag);
             }
-            Ok(arbiter_ext_authz::fetch::Fetched::Unchanged) => {
-                awaiting = Some(format!("{url}: unexpected 304 without an ETag"));
+            Ok(Fetched::Unchanged) => {
+                awaiting = Some(format!("{}: unexpected 304 without an ETag", b.location));
             }
             Err(e) => awaiting = Some(format!("cannot fetch the bundle: {e}")),
         }
@@ -777,7 +987,7 @@ pub fn run(args: &Args) -> Exit {
         .then(|| authorizer_with(&settings, Some(&fetched)));
     let authorizer = match loaded {
         Some(Ok(a)) => a,
-        Some(Err(e)) if url_bundle.is_none() => {
+        Some(Err(e)) if !any_url => {
             eprintln!("{e}");
             return Exit::Failed;
         }
@@ -849,11 +1059,11 @@ pub fn run(args: &Args) -> Exit {
                 true
             }
         };
-        if let Some(url) = settings.bundle.clone().filter(|b| b.starts_with("http")) {
-            // Poll with the ETag; a new bundle goes through the same validated reload.
-            let (on_new, fetched, every) =
-                (do_reload.clone(), fetched.clone(), settings.bundle_poll);
-            let mut etag = etag.clone();
+        for b in settings.bundles.iter().filter(|b| b.is_url()).cloned() {
+            // Poll with the ETag after a random delay in the bundle's polling range; a new
+            // bundle goes through the same validated reload.
+            let (on_new, fetched) = (do_reload.clone(), fetched.clone());
+            let mut etag = etags.get(&b.name).cloned().flatten();
             let state = Arc::downgrade(&running.state);
             std::thread::Builder::new()
                 .name("arbiter-bundle-poll".into())
@@ -863,29 +1073,26 @@ pub fn run(args: &Args) -> Exit {
                         let awaiting = state.upgrade().is_some_and(|s| {
                             s.awaiting_policy.load(std::sync::atomic::Ordering::Acquire)
                         });
+                        let delay = b.next_delay();
                         std::thread::sleep(if awaiting {
-                            every.min(AWAITING_RETRY)
+                            delay.min(AWAITING_RETRY)
                         } else {
-                            every
+                            delay
                         });
-                        match arbiter_ext_authz::fetch::get(
-                            &url,
-                            etag.as_deref(),
-                            None,
-                            Duration::from_secs(30),
-                        ) {
-                            Ok(arbiter_ext_authz::fetch::Fetched::Unchanged) => {}
-                            Ok(arbiter_ext_authz::fetch::Fetched::New { body, etag: e }) => {
+                        match download(&b, etag.as_deref()) {
+                            Ok(Fetched::Unchanged) => {}
+                            Ok(Fetched::New { body, etag: e }) => {
                                 if let Ok(mut g) = fetched.lock() {
-                                    *g = Some(body);
+                                    g.insert(b.name.clone(), body);
                                 }
                                 etag = e;
-                                if !on_new("a new bundle") {
+                                if !on_new(&format!("a new bundle {}", b.name)) {
                                     return;
                                 }
                             }
                             Err(e) => eprintln!(
-                                "arbiter: bundle poll failed (still serving the last good set): {e}"
+                                "arbiter: bundle {} poll failed (still serving the last good set): {e}",
+                                b.name
                             ),
                         }
                     }
@@ -893,9 +1100,13 @@ pub fn run(args: &Args) -> Exit {
                 .context("cannot start the bundle poller")?;
         }
         let mut watched = settings.policies.clone();
-        if let Some(b) = settings.bundle.as_ref().filter(|b| !b.starts_with("http")) {
-            watched.push(PathBuf::from(b));
-        }
+        watched.extend(
+            settings
+                .bundles
+                .iter()
+                .filter(|b| !b.is_url())
+                .map(|b| PathBuf::from(&b.location)),
+        );
         if let Some(interval) = settings.watch {
             let paths = watched.clone();
             let on_change = do_reload.clone();
@@ -928,7 +1139,7 @@ pub fn run(args: &Args) -> Exit {
                 .policies
                 .iter()
                 .map(|p| p.display().to_string())
-                .chain(settings.bundle.iter().map(|b| format!("bundle {b}")))
+                .chain(settings.bundles.iter().map(|b| format!("bundle {}", b.location)))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
@@ -1019,6 +1230,123 @@ mod tests {
         let s = args.settings().unwrap();
         assert_eq!(s.path, "x/y");
         assert_eq!(s.policies, vec![PathBuf::from("here")]);
+    }
+
+    /// OPA's `services`, `bundles` and `keys` resolve as OPA resolves them (issue 25, items
+    /// 1–3 and 7), and what arbiter does not do is refused by name.
+    #[test]
+    fn opa_bundles_resolve_as_opa_and_unsupported_keys_are_named() {
+        let dir =
+            std::env::temp_dir().join(format!("arbiter-serve-bundles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = |yaml: &str| {
+            let file = dir.join("config.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            Args {
+                config: Some(file),
+                ..Args::default()
+            }
+            .settings()
+        };
+        let base = "services:\n  controller:\n    url: https://bundles.example/v1/\n    headers: {X-Tenant: acme}\n    credentials: {bearer: {token: t0k}}\nkeys:\n  global_key: {key: s3cret, algorithm: HS256}\n";
+        let s = settings(&format!(
+            "{base}bundles:\n  envoy/authz:\n    service: controller\n    signing: {{keyid: global_key, exclude_files: [\"*.md\"]}}\n  roles:\n    resource: roles.tar.gz\n    polling: {{min_delay_seconds: 5, max_delay_seconds: 9}}\n"
+        ))
+        .unwrap();
+        assert!(
+            s.policies.is_empty(),
+            "bundles replace the bundled policies"
+        );
+        let [authz, roles] = s.bundles.as_slice() else {
+            panic!("two bundles: {:?}", s.bundles)
+        };
+        // `resource` defaults to bundles/<name>; a bundle without `service` takes the only one.
+        assert_eq!(
+            authz.location,
+            "https://bundles.example/v1/bundles/envoy/authz"
+        );
+        assert_eq!(roles.location, "https://bundles.example/v1/roles.tar.gz");
+        let auth = authz.auth.header_lines().unwrap();
+        assert_eq!(auth, "X-Tenant: acme\r\nAuthorization: Bearer t0k\r\n");
+        assert_eq!(roles.auth, authz.auth);
+        // OPA's default polling, and the configured one; each delay falls inside it.
+        assert_eq!(authz.polling, OPA_POLLING);
+        assert_eq!(
+            roles.polling,
+            (Duration::from_secs(5), Duration::from_secs(9))
+        );
+        for _ in 0..20 {
+            let d = roles.next_delay();
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(9),
+                "{d:?}"
+            );
+        }
+        // Signing: the configured key id and the key set; `keys` alone verify signed bundles
+        // and let unsigned ones load.
+        let v = authz.verification.as_ref().unwrap();
+        assert_eq!(v.key_id, "global_key");
+        assert_eq!(v.keys["global_key"].algorithm, "HS256");
+        assert_eq!(v.exclude_files, vec!["*.md".to_string()]);
+        assert!(!v.unsigned_allowed);
+        let v = roles.verification.as_ref().unwrap();
+        assert!(v.key_id.is_empty() && v.unsigned_allowed);
+
+        for (yaml, want) in [
+            (
+                "bundles:\n  a:\n    service: controller\n    signing: {keyid: other}\n",
+                "bundles.a.signing.keyid: key id `other` is not in `keys`",
+            ),
+            (
+                "bundles:\n  a:\n    service: nope\n",
+                "bundles.a.service: service name \"nope\" not found",
+            ),
+            (
+                "bundles:\n  a:\n    polling: {min_delay_seconds: 9, max_delay_seconds: 5}\n",
+                "max polling delay must be >= min polling delay",
+            ),
+            (
+                "bundles:\n  a:\n    polling: {min_delay_seconds: 9}\n",
+                "polling configuration missing 'max_delay_seconds'",
+            ),
+            (
+                "bundles:\n  a:\n    polling: {long_polling_timeout_seconds: 9}\n",
+                "long polling is not supported",
+            ),
+            (
+                "bundles:\n  a:\n    trigger: manual\n",
+                "bundles.a.trigger: `manual` is not supported",
+            ),
+            (
+                "bundles:\n  a:\n    persist: true\n",
+                "bundles.a.persist: not supported",
+            ),
+        ] {
+            let e = settings(&format!("{base}{yaml}")).unwrap_err();
+            assert!(e.contains(want), "{yaml}: `{e}` lacks `{want}`");
+        }
+        for (service, want) in [
+            (
+                "credentials: {client_tls: {cert: c.pem, private_key: k.pem}}",
+                "services.controller.credentials.client_tls: not supported",
+            ),
+            (
+                "credentials: {bearer: {token: a, token_path: b}}",
+                "either the \"token\" or \"token_path\" field",
+            ),
+            (
+                "credentails: {bearer: {token: a}}",
+                "services.controller: unknown field `credentails`",
+            ),
+            ("headers: {X-A: \"1\\r\\nX-Admin: yes\"}", "line break"),
+        ] {
+            let e = settings(&format!(
+                "services:\n  controller:\n    url: http://127.0.0.1:1\n    {service}\nbundles:\n  a: {{}}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(want), "{service}: `{e}` lacks `{want}`");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -336,3 +336,195 @@ fn a_bundle_url_down_at_start_is_awaited() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What a request to the bundle server carried.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+    if_none_match: Option<String>,
+}
+
+/// OPA's configuration end to end (issue 25, items 1–3): two bundles from one service whose
+/// requests carry the bearer token read from `token_path` (re-read, so a rotated token is
+/// sent), each at OPA's default resource `bundles/<name>`, polled within the configured delays,
+/// the signed one verified with the key its `keyid` names although the signer wrote `default`.
+#[test]
+fn opa_bundles_config_downloads_with_credentials_every_bundle_at_opas_resource() {
+    let dir = tmp("opa-config");
+    // envoy/authz: signed as `opa build --signing-key` signs (kid `default`), rooted at envoy.
+    let src = dir.join("authz-src");
+    policy(&src, "a");
+    let authz = dir.join("authz.tar.gz");
+    let o = arbiter(&[
+        "build",
+        src.to_str().unwrap(),
+        "-o",
+        authz.to_str().unwrap(),
+        "--revision",
+        "authz-1",
+        "--root",
+        "envoy",
+        "--signing-key",
+        "s3cret",
+        "--signing-alg",
+        "HS256",
+        "--signing-key-id",
+        "default",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // roles: data only, unsigned, rooted at roles.
+    let roles_src = dir.join("roles-src");
+    std::fs::create_dir_all(roles_src.join("roles")).unwrap();
+    std::fs::write(roles_src.join("roles/data.json"), r#"{"admin": ["ann"]}"#).unwrap();
+    let roles = dir.join("roles.tar.gz");
+    let o = arbiter(&[
+        "build",
+        roles_src.to_str().unwrap(),
+        "-o",
+        roles.to_str().unwrap(),
+        "--revision",
+        "roles-7",
+        "--root",
+        "roles",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bundles: Vec<(String, Vec<u8>)> = vec![
+        (
+            "/bundles/envoy/authz".into(),
+            std::fs::read(&authz).unwrap(),
+        ),
+        ("/bundles/roles".into(), std::fs::read(&roles).unwrap()),
+    ];
+
+    let token = dir.join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let (mut authorization, mut if_none_match) = (None, None);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = line.split_once(':').unwrap_or(("", ""));
+                    match k.to_ascii_lowercase().as_str() {
+                        "authorization" => authorization = Some(v.trim().to_string()),
+                        "if-none-match" => if_none_match = Some(v.trim().to_string()),
+                        _ => {}
+                    }
+                }
+                let reply = match bundles.iter().find(|(p, _)| *p == path) {
+                    _ if authorization
+                        .as_deref()
+                        .is_none_or(|a| !a.starts_with("Bearer ")) =>
+                    {
+                        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec()
+                    }
+                    Some(_) if if_none_match.as_deref() == Some("\"v1\"") => {
+                        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n".to_vec()
+                    }
+                    Some((_, bytes)) => ok("\"v1\"", bytes),
+                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                };
+                seen.lock().unwrap().push(Seen {
+                    path,
+                    authorization,
+                    if_none_match,
+                });
+                let _ = conn.write_all(&reply);
+            }
+        });
+    }
+    let config = dir.join("opa.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "services:
+  controller:
+    url: http://127.0.0.1:{port}
+    credentials:
+      bearer:
+        token_path: token
+bundles:
+  envoy/authz:
+    service: controller
+    signing:
+      keyid: global_key
+    polling: {{min_delay_seconds: 1, max_delay_seconds: 1}}
+  roles:
+    service: controller
+keys:
+  global_key:
+    key: s3cret
+    algorithm: HS256
+"
+        ),
+    )
+    .unwrap();
+    let (child, addr) =
+        serve(&["--config", config.to_str().unwrap()]).unwrap_or_else(|e| panic!("serve: {e}"));
+    assert_eq!(revision(&addr), "envoy/authz=authz-1,roles=roles-7");
+    assert!(allowed(&addr, "a") && !allowed(&addr, "b"));
+    let roles: serde_json::Value =
+        serde_json::from_str(&http(&addr, "GET", "/v1/data/roles", "")).unwrap();
+    assert_eq!(roles["result"]["admin"][0], "ann", "{roles}");
+    {
+        let seen = seen.lock().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+        assert!(
+            paths.contains(&"/bundles/envoy/authz") && paths.contains(&"/bundles/roles"),
+            "{paths:?}"
+        );
+        assert!(
+            seen.iter()
+                .all(|s| s.authorization.as_deref() == Some("Bearer first-token")),
+            "{seen:?}"
+        );
+    }
+    // The token rotates; the next polls of envoy/authz (every second) send the new one, with
+    // the ETag.
+    std::fs::write(&token, "second-token").unwrap();
+    let start = Instant::now();
+    loop {
+        let rotated = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s.path == "/bundles/envoy/authz"
+                    && s.authorization.as_deref() == Some("Bearer second-token")
+                    && s.if_none_match.as_deref() == Some("\"v1\"")
+            })
+            .count();
+        if rotated >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no polls with the rotated token: {:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // roles polls at OPA's default delay (60–120 s): it has not been asked again.
+    let roles_requests = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path == "/bundles/roles")
+        .count();
+    assert_eq!(roles_requests, 1);
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -28,13 +28,8 @@ fn verification(kind: &str) -> Option<Verification> {
         ),
         _ => return None,
     };
-    Some(Verification {
-        // What OPA's `--verification-key-id` defaults to, and the `kid` `opa build` writes.
-        key_id: "default".into(),
-        algorithm: algorithm.into(),
-        key,
-        scope: String::new(),
-    })
+    // What OPA's `--verification-key-id` defaults to, and the `kid` `opa build` writes.
+    Some(Verification::single("default", algorithm, &key, ""))
 }
 
 /// `data.envoy.authz.allow` (or any query) as the Data API's `result`: `null` when undefined.
@@ -87,16 +82,42 @@ fn bundles_built_by_opa_and_by_arbiter_load_and_decide_as_opa_answered() {
             );
         }
         // A signed bundle with the wrong key is refused.
-        if let Some(mut wrong) = v {
-            wrong.key = if kind == "hs256" {
-                "guess".into()
-            } else {
-                rcgen_public_key()
-            };
+        if let Some(v) = v {
+            let mut wrong = v.clone();
+            for k in wrong.keys.values_mut() {
+                k.key = if kind == "hs256" {
+                    "guess".into()
+                } else {
+                    rcgen_public_key()
+                };
+            }
             assert!(
                 bundle::load(&dir().join(name), Some(&wrong)).is_err(),
                 "{name} loaded with the wrong key"
             );
+            // OPA's configuration names the key; the configured id wins over the `kid` the
+            // signer wrote (`default`), as OPA chooses (issue 25, item 2).
+            let key = v.keys["default"].clone();
+            let named = Verification {
+                key_id: "global_key".into(),
+                keys: BTreeMap::from([("global_key".to_string(), key.clone())]),
+                ..Verification::default()
+            };
+            bundle::load(&dir().join(name), Some(&named))
+                .unwrap_or_else(|e| panic!("{name} with keyid global_key: {e}"));
+            // Without a configured id, the `kid` names the key: `default` in what OPA signed
+            // (not among these keys), none in what `arbiter build` signed without a key id.
+            let unnamed = Verification {
+                key_id: String::new(),
+                ..named
+            };
+            let e = bundle::load(&dir().join(name), Some(&unnamed)).unwrap_err();
+            let want = if name.starts_with("opa-") {
+                "verification key corresponding to ID default not found"
+            } else {
+                "verification key ID is empty"
+            };
+            assert!(e.contains(want), "{name}: {e}");
         }
     }
 }

@@ -35,15 +35,126 @@ pub struct Manifest {
     pub metadata: Option<Json>,
 }
 
-/// How signatures are checked (OPA's `keys` and `bundles.*.signing` configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How signatures are checked: OPA's `keys` with one bundle's `bundles.*.signing`.
+///
+/// The key is chosen as OPA chooses it (`v1/bundle/verify.go`): the configured `key_id`
+/// first; without one, the JWS header's `kid`, then the payload's deprecated `keyid` claim.
+/// A bundle `opa build --signing-key` signed (`kid: default`) thus verifies under a
+/// configuration that names its key `global_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verification {
-    /// Key id expected in the JWS (`kid`) when the configuration does not name one.
+    /// `bundles.*.signing.keyid` or `--verification-key-id`; empty when not configured.
     pub key_id: String,
+    /// OPA's `keys`, by id.
+    pub keys: BTreeMap<String, VerificationKey>,
+    /// `bundles.*.signing.scope`; empty: the chosen key's scope.
+    pub scope: String,
+    /// `bundles.*.signing.exclude_files`: patterns (Go's `filepath.Match`) of files that are
+    /// loaded without being verified.
+    pub exclude_files: Vec<String>,
+    /// An unsigned bundle loads: OPA's `keys` without a `signing` section for the bundle
+    /// verify only the bundles that are signed. With `signing`, arbiter requires a signature
+    /// (OPA loads an unsigned bundle unless `keyid` is configured: a stripped signature would
+    /// pass there).
+    pub unsigned_allowed: bool,
+}
+
+/// One of OPA's `keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerificationKey {
     /// `HS256` (secret) or `RS256`/`PS256`/`ES256`/… (PEM public key or certificate).
     pub algorithm: String,
     pub key: String,
     pub scope: String,
+}
+
+impl Verification {
+    /// One key, as `opa run --verification-key K --verification-key-id ID` configures it: the
+    /// key is stored under `ID` (`default` when empty) and that id is the configured one.
+    pub fn single(key_id: &str, algorithm: &str, key: &str, scope: &str) -> Self {
+        let id = if key_id.is_empty() { "default" } else { key_id };
+        Verification {
+            key_id: id.to_string(),
+            keys: BTreeMap::from([(
+                id.to_string(),
+                VerificationKey {
+                    algorithm: algorithm.to_string(),
+                    key: key.to_string(),
+                    scope: scope.to_string(),
+                },
+            )]),
+            scope: String::new(),
+            exclude_files: Vec::new(),
+            unsigned_allowed: false,
+        }
+    }
+
+    fn excludes(&self, path: &str) -> bool {
+        self.exclude_files
+            .iter()
+            .any(|pattern| go_path_match(pattern, path))
+    }
+}
+
+/// Go's `path/filepath.Match` on `/`-separated paths: `*` is any run of characters but `/`,
+/// `?` one such character, `[...]` a class (`^` negates, ranges with `-`), `\\` escapes. A
+/// malformed pattern matches nothing, as Go's error does for OPA.
+pub fn go_path_match(pattern: &str, name: &str) -> bool {
+    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+        // p starts after `[`; returns (matched, chars consumed including `]`).
+        let mut i = 0;
+        let negate = p.first() == Some(&'^');
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        let mut first = true;
+        loop {
+            let mut lo = *p.get(i)?;
+            if lo == ']' && !first {
+                return Some((matched != negate, i + 1));
+            }
+            first = false;
+            if lo == '\\' {
+                i += 1;
+                lo = *p.get(i)?;
+            }
+            i += 1;
+            let mut hi = lo;
+            if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&c| c != ']') {
+                hi = p[i + 1];
+                i += 2;
+                if hi == '\\' {
+                    hi = *p.get(i)?;
+                    i += 1;
+                }
+            }
+            if lo <= c && c <= hi {
+                matched = true;
+            }
+        }
+    }
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len())
+                .take_while(|&k| k == 0 || n[k - 1] != '/')
+                .any(|k| go(&p[1..], &n[k..])),
+            Some('?') => n.first().is_some_and(|&c| c != '/') && go(&p[1..], &n[1..]),
+            Some('[') => match n.first() {
+                Some(&c) if c != '/' => match class(&p[1..], c) {
+                    Some((true, used)) => go(&p[1 + used..], &n[1..]),
+                    _ => false,
+                },
+                _ => false,
+            },
+            Some('\\') => p.get(1).is_some_and(|c| n.first() == Some(c)) && go(&p[2..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
 }
 
 /// What signing a bundle takes.
@@ -150,7 +261,10 @@ pub fn from_files(
     let signed = files.contains_key(".signatures.json");
     match (signed, verification) {
         (true, Some(v)) => verify_signatures(&files, v)?,
-        (false, Some(_)) => return Err("bundle missing .signatures.json file".into()),
+        (false, Some(v)) if !v.unsigned_allowed => {
+            return Err("bundle missing .signatures.json file".into());
+        }
+        (false, Some(_)) => {}
         (true, None) => {
             return Err("the bundle is signed but no verification key is configured".into());
         }
@@ -283,6 +397,54 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
 
 fn root_contains(root: &str, path: &str) -> bool {
     root.is_empty() || path == root || path.starts_with(&format!("{root}/"))
+}
+
+/// OPA's rule across bundles served together (`v1/bundle/store.go`): no two claim an
+/// overlapping root. A bundle without `roots` claims all of `data` (the root `""`), so it can
+/// only be served alone. The messages are OPA's.
+pub fn check_disjoint_roots(bundles: &[(&str, &Manifest)]) -> Result<(), String> {
+    use std::collections::BTreeSet;
+    let roots = |m: &Manifest| m.roots.clone().unwrap_or_else(|| vec![String::new()]);
+    let mut colliding = BTreeSet::new();
+    let mut conflicts = BTreeSet::new();
+    let mut empty = BTreeSet::new();
+    for (i, (a, ma)) in bundles.iter().enumerate() {
+        let ra = roots(ma);
+        if ra.iter().any(String::is_empty) {
+            empty.insert(*a);
+        }
+        for (b, mb) in &bundles[i + 1..] {
+            for x in &ra {
+                for y in &roots(mb) {
+                    if !(root_contains(x, y) || root_contains(y, x)) {
+                        continue;
+                    }
+                    colliding.insert(*a);
+                    colliding.insert(*b);
+                    conflicts.insert(if x == y {
+                        format!("root {x} is in multiple bundles")
+                    } else {
+                        let (lo, hi) = if x < y { (x, y) } else { (y, x) };
+                        format!("{lo} overlaps {hi}")
+                    });
+                }
+            }
+        }
+    }
+    if colliding.is_empty() {
+        return Ok(());
+    }
+    let names = colliding.into_iter().collect::<Vec<_>>().join(", ");
+    if !empty.is_empty() {
+        return Err(format!(
+            "bundles [{names}] have overlapping roots and cannot be activated simultaneously because bundle(s) [{}] specify empty root paths ('') which overlap with any other bundle root",
+            empty.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Err(format!(
+        "detected overlapping roots in manifests for these bundles: [{names}] ({})",
+        conflicts.into_iter().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// OPA's rule: packages and data lie inside the roots; roots do not overlap.
@@ -635,29 +797,36 @@ fn verify_signatures(files: &BTreeMap<String, Vec<u8>>, v: &Verification) -> Res
     let header: Json = serde_json::from_slice(&dec(h)?).map_err(|e| e.to_string())?;
     let payload: Json = serde_json::from_slice(&dec(p)?).map_err(|e| e.to_string())?;
     let alg = header.get("alg").and_then(Json::as_str).unwrap_or("");
-    if alg != v.algorithm {
-        return Err(format!(
-            "signature algorithm `{alg}` is not the configured `{}`",
-            v.algorithm
-        ));
-    }
-    let kid = header
-        .get("kid")
-        .and_then(Json::as_str)
+    // OPA's order: the configured id, the header's `kid`, the deprecated `keyid` claim.
+    let key_id = Some(v.key_id.as_str())
+        .filter(|k| !k.is_empty())
+        .or_else(|| header.get("kid").and_then(Json::as_str))
         .or_else(|| payload.get("keyid").and_then(Json::as_str))
         .unwrap_or("");
-    if !v.key_id.is_empty() && !kid.is_empty() && kid != v.key_id {
+    if key_id.is_empty() {
+        return Err("verification key ID is empty".into());
+    }
+    let key = v
+        .keys
+        .get(key_id)
+        .ok_or_else(|| format!("verification key corresponding to ID {key_id} not found"))?;
+    if alg != key.algorithm {
         return Err(format!(
-            "signature key id `{kid}` is not the configured `{}`",
-            v.key_id
+            "signature algorithm `{alg}` is not `{}`, the algorithm of key `{key_id}`",
+            key.algorithm
         ));
     }
     let signing_input = format!("{h}.{p}");
     let signature = dec(s)?;
     let ok = if alg.starts_with("HS") {
-        jose::hmac_verify(alg, v.key.as_bytes(), signing_input.as_bytes(), &signature)
+        jose::hmac_verify(
+            alg,
+            key.key.as_bytes(),
+            signing_input.as_bytes(),
+            &signature,
+        )
     } else {
-        let keys = jose::parse_keys(&v.key).map_err(|e| format!("verification key: {e}"))?;
+        let keys = jose::parse_keys(&key.key).map_err(|e| format!("verification key: {e}"))?;
         keys.iter()
             .any(|k| jose::verify(&k.key, alg, signing_input.as_bytes(), &signature))
     };
@@ -665,7 +834,12 @@ fn verify_signatures(files: &BTreeMap<String, Vec<u8>>, v: &Verification) -> Res
         return Err("bundle signature verification failed".into());
     }
     let scope = payload.get("scope").and_then(Json::as_str).unwrap_or("");
-    if scope != v.scope {
+    let want_scope = if v.scope.is_empty() {
+        &key.scope
+    } else {
+        &v.scope
+    };
+    if scope != want_scope {
         return Err("scope mismatch".into());
     }
     let mut listed: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -685,6 +859,11 @@ fn verify_signatures(files: &BTreeMap<String, Vec<u8>>, v: &Verification) -> Res
     }
     for (path, bytes) in files {
         if path == ".signatures.json" {
+            continue;
+        }
+        // Excluded files are loaded unverified; a listing of one is not required either.
+        if v.excludes(path) {
+            listed.remove(path);
             continue;
         }
         let Some((hash, algo)) = listed.remove(path) else {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision_log::upload::{parse_url, tls_config};
+use crate::service::ServiceAuth;
 
 /// What a fetch found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +25,12 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// `GET url`, with `If-None-Match: etag` when given.
+/// `GET url`, with `If-None-Match: etag` when given, and the service's headers and
+/// credentials.
 pub fn get(
     url: &str,
     etag: Option<&str>,
-    bearer: Option<&str>,
+    auth: &ServiceAuth,
     timeout: Duration,
 ) -> Result<Fetched, String> {
     let target = parse_url(url)?;
@@ -52,9 +54,7 @@ pub fn get(
     if let Some(e) = etag {
         head.push_str(&format!("If-None-Match: {e}\r\n"));
     }
-    if let Some(t) = bearer {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
+    head.push_str(&auth.header_lines().map_err(|e| format!("{url}: {e}"))?);
     head.push_str("\r\n");
     let mut stream: Box<dyn ReadWrite> = if target.tls {
         let cfg = Arc::new(tls_config()?);

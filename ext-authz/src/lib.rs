@@ -25,6 +25,7 @@ pub mod pool;
 pub mod protojson;
 pub mod reload;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod tls;
 

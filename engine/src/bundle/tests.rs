@@ -127,12 +127,7 @@ fn signed_bundles_verify_and_tampering_is_refused() {
             key_id: Some("k1".into()),
             scope: Some("write".into()),
         },
-        Verification {
-            key_id: "k1".into(),
-            algorithm: "HS256".into(),
-            key: "secret".into(),
-            scope: "write".into(),
-        },
+        Verification::single("k1", "HS256", "secret", "write"),
     );
     let (es_priv, es_pub) = keys(&rcgen::PKCS_ECDSA_P256_SHA256);
     let es = (
@@ -142,12 +137,7 @@ fn signed_bundles_verify_and_tampering_is_refused() {
             key_id: None,
             scope: None,
         },
-        Verification {
-            key_id: String::new(),
-            algorithm: "ES256".into(),
-            key: es_pub,
-            scope: String::new(),
-        },
+        Verification::single("", "ES256", &es_pub, ""),
     );
     let (rs_priv, rs_pub) = keys(&rcgen::PKCS_RSA_SHA256);
     let rs = (
@@ -157,12 +147,7 @@ fn signed_bundles_verify_and_tampering_is_refused() {
             key_id: Some("global".into()),
             scope: None,
         },
-        Verification {
-            key_id: "global".into(),
-            algorithm: "RS256".into(),
-            key: rs_pub,
-            scope: String::new(),
-        },
+        Verification::single("global", "RS256", &rs_pub, ""),
     );
     for (signing, verification) in [hs, es, rs] {
         let alg = signing.algorithm.clone();
@@ -203,8 +188,9 @@ fn signed_bundles_verify_and_tampering_is_refused() {
         t.remove("example/authz_test.rego");
         refuse(t, &verification, "not found in the target bundle");
         // Another key.
-        let other = Verification {
-            key: if alg == "HS256" {
+        let mut other = verification.clone();
+        for k in other.keys.values_mut() {
+            k.key = if alg == "HS256" {
                 "other".into()
             } else {
                 keys(if alg == "ES256" {
@@ -213,9 +199,8 @@ fn signed_bundles_verify_and_tampering_is_refused() {
                     &rcgen::PKCS_RSA_SHA256
                 })
                 .1
-            },
-            ..verification.clone()
-        };
+            };
+        }
         refuse(files.clone(), &other, "verification failed");
         // Unsigned, or signed without a key configured.
         let mut t = files.clone();
@@ -263,12 +248,7 @@ fn an_opa_built_bundle_loads() {
         )
         .unwrap(),
     );
-    let v = Verification {
-        key_id: "opa-key".into(),
-        algorithm: "HS256".into(),
-        key: "s3cret".into(),
-        scope: String::new(),
-    };
+    let v = Verification::single("opa-key", "HS256", "s3cret", "");
     let b = from_files(files, "opa.tar.gz", Some(&v)).unwrap();
     assert_eq!(b.manifest.revision, "opa-7");
     assert!(decide(&b.sources, "ann") && !decide(&b.sources, "bob"));
@@ -309,4 +289,94 @@ fn roots_and_paths_are_enforced() {
     assert!(clean("../etc/passwd").is_err() && clean("a/../b").is_err());
     assert_eq!(clean("/a/b.rego").unwrap(), "a/b.rego");
     assert!(untar(b"not a gzip").is_err());
+}
+
+#[test]
+fn go_path_match_is_gos_filepath_match() {
+    // Cases from Go's path/filepath match_test.go.
+    for (pattern, name, want) in [
+        ("abc", "abc", true),
+        ("*", "abc", true),
+        ("*c", "abc", true),
+        ("a*", "a", true),
+        ("a*", "abc", true),
+        ("a*", "ab/c", false),
+        ("a*/b", "abc/b", true),
+        ("a*/b", "a/c/b", false),
+        ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
+        ("a*b?c*x", "abxbbxdbxebxczzx", true),
+        ("a*b?c*x", "abxbbxdbxebxczzy", false),
+        ("ab[c]", "abc", true),
+        ("ab[b-d]", "abc", true),
+        ("ab[e-g]", "abc", false),
+        ("ab[^c]", "abc", false),
+        ("ab[^b-d]", "abe", true),
+        ("a\\*b", "a*b", true),
+        ("a\\*b", "ab", false),
+        ("a?b", "a/b", false),
+        ("a*b", "a/b", false),
+        ("*.json", "data.json", true),
+        ("*.json", "x/data.json", false),
+        ("*/*.json", "x/data.json", true),
+        ("[", "a", false),
+    ] {
+        assert_eq!(go_path_match(pattern, name), want, "{pattern} ~ {name}");
+    }
+}
+
+#[test]
+fn excluded_files_load_unverified() {
+    let dir = policy_dir("excluded");
+    let signing = Signing {
+        algorithm: "HS256".into(),
+        key: "secret".into(),
+        key_id: None,
+        scope: None,
+    };
+    let bytes = build(&dir, "r1", None, Some(&signing)).unwrap();
+    let mut files = untar(&bytes).unwrap();
+    // A file added after signing: refused, unless an exclude pattern covers it.
+    files.insert("example/extra.json".into(), br#"{"x": 1}"#.to_vec());
+    let mut v = Verification::single("", "HS256", "secret", "");
+    let e = from_files(files.clone(), "b", Some(&v)).unwrap_err();
+    assert!(e.contains("not included in bundle signature"), "{e}");
+    v.exclude_files = vec!["example/*.json".into()];
+    // The pattern also covers a listed file, which then is not checked: a changed
+    // example/data.json loads.
+    files.insert(
+        "example/data.json".into(),
+        br#"{"admins": ["bob"]}"#.to_vec(),
+    );
+    let b = from_files(files, "b", Some(&v)).unwrap();
+    assert!(decide(&b.sources, "bob"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bundles_served_together_claim_disjoint_roots() {
+    let m = |roots: Option<&[&str]>| Manifest {
+        roots: roots.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        ..Manifest::default()
+    };
+    let (authz, data, nested, all) = (
+        m(Some(&["envoy/authz"])),
+        m(Some(&["roles", "entitlements"])),
+        m(Some(&["envoy"])),
+        m(None),
+    );
+    check_disjoint_roots(&[("authz", &authz), ("data", &data)]).unwrap();
+    check_disjoint_roots(&[("alone", &all)]).unwrap();
+    assert_eq!(
+        check_disjoint_roots(&[("authz", &authz), ("data", &data), ("base", &nested)]).unwrap_err(),
+        "detected overlapping roots in manifests for these bundles: [authz, base] (envoy overlaps envoy/authz)"
+    );
+    assert_eq!(
+        check_disjoint_roots(&[("a", &data), ("b", &data)]).unwrap_err(),
+        "detected overlapping roots in manifests for these bundles: [a, b] (root entitlements is in multiple bundles, root roles is in multiple bundles)"
+    );
+    assert!(
+        check_disjoint_roots(&[("authz", &authz), ("all", &all)])
+            .unwrap_err()
+            .contains("bundle(s) [all] specify empty root paths")
+    );
 }

@@ -35,8 +35,8 @@ pub struct UploadConfig {
     pub max_backoff: Duration,
     /// At shutdown, how long to keep trying to deliver what is buffered.
     pub shutdown_grace: Duration,
-    /// `Authorization: Bearer …`, as OPA's `services.*.credentials.bearer.token`.
-    pub bearer_token: Option<String>,
+    /// The service's headers and credentials (OPA's `services.*`).
+    pub auth: crate::service::ServiceAuth,
 }
 
 impl UploadConfig {
@@ -49,7 +49,7 @@ impl UploadConfig {
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
-            bearer_token: None,
+            auth: Default::default(),
         }
     }
 }
@@ -352,9 +352,7 @@ fn post(
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    if let Some(t) = &config.bearer_token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
+    head.push_str(&config.auth.header_lines()?);
     head.push_str("\r\n");
     let exchange = |s: &mut dyn ReadWrite| -> Result<(), String> {
         s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
