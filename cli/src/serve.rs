@@ -135,7 +135,8 @@ pub struct Args {
     /// HMAC secret. A bundle without a valid signature is then refused.
     #[arg(long, value_name = "KEY")]
     pub verification_key: Option<String>,
-    /// The key id signatures must name (`kid`).
+    /// The id of `--verification-key` (OPA's flag) [default: default]. As in OPA, a
+    /// configured id is used whatever `kid` the signature names.
     #[arg(long, value_name = "ID")]
     pub verification_key_id: Option<String>,
     /// The signature algorithm [default: RS256].

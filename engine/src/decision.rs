@@ -335,14 +335,24 @@ fn field_error(msg: String) -> DenyReason {
     DenyReason::InvalidDecisionField(msg)
 }
 
-/// `headers` is an object of name → string or [string], or an array of such objects.
+/// The elements of an array, or of a set in its order: OPA hands a decision to OPA-Envoy as
+/// JSON, where a set is an array, so every list field accepts both.
+fn items(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Set(s) => s.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `headers` is an object of name → string or [string], or an array (or set) of such objects.
 fn headers(v: &Value, field: &str) -> Result<Vec<Header>, DenyReason> {
     let mut out = Vec::new();
     match v {
         Value::Undefined => {}
         Value::Object(_) => header_object(v, &mut out)?,
-        Value::Array(items) => {
-            for item in items.iter() {
+        Value::Array(_) | Value::Set(_) => {
+            for item in items(v) {
                 if !matches!(item, Value::Object(_)) {
                     return Err(field_error(format!(
                         "expected {field} to be of type 'object' but got '{}'",
@@ -375,8 +385,8 @@ fn header_object(v: &Value, out: &mut Vec<Header>) -> Result<(), DenyReason> {
                 name: name.to_string(),
                 value: s.to_string(),
             }),
-            Value::Array(items) => {
-                for item in items.iter() {
+            Value::Array(_) | Value::Set(_) => {
+                for item in items(val) {
                     let Value::String(s) = item else {
                         return Err(field_error(format!(
                             "invalid value type {} for header '{name}'",
@@ -402,8 +412,8 @@ fn header_object(v: &Value, out: &mut Vec<Header>) -> Result<(), DenyReason> {
 fn string_list(v: &Value, field: &str) -> Result<Vec<String>, DenyReason> {
     match v {
         Value::Undefined => Ok(Vec::new()),
-        Value::Array(items) => items
-            .iter()
+        Value::Array(_) | Value::Set(_) => items(v)
+            .into_iter()
             .map(|item| match item {
                 Value::String(s) => Ok(s.to_string()),
                 other => Err(field_error(format!(
@@ -430,8 +440,8 @@ fn query_params(v: &Value) -> Result<Vec<(String, String)>, DenyReason> {
                 };
                 match val {
                     Value::String(s) => out.push((key.to_string(), s.to_string())),
-                    Value::Array(items) => {
-                        for item in items.iter() {
+                    Value::Array(_) | Value::Set(_) => {
+                        for item in items(val) {
                             let Value::String(s) = item else {
                                 return Err(field_error(format!(
                                     "expected array element to be string but got '{}'",
@@ -531,6 +541,59 @@ mod tests {
             assert!(!d.allowed, "{bad}");
             assert_eq!(d.reason_code(), "invalid_decision_type", "{bad}");
         }
+    }
+
+    /// OPA-Envoy's documented form: `headers` as a set of objects (`headers contains {...}`),
+    /// and list fields given as sets (issue 25, item 4).
+    #[test]
+    fn sets_are_lists() {
+        let mut headers = Value::new_set();
+        let mut remove = Value::new_set();
+        {
+            let h = headers.as_set_mut().unwrap();
+            h.insert(v(r#"{"x-ext-auth-allow": "yes"}"#));
+            h.insert(v(r#"{"x-validated-by": "security-checkpoint"}"#));
+            remove.as_set_mut().unwrap().insert(v(r#""authorization""#));
+        }
+        let mut values = Value::new_set();
+        values.as_set_mut().unwrap().insert(v(r#""2""#));
+        let mut result =
+            v(r#"{"allowed": false, "http_status": 429, "response_headers_to_add": {}}"#);
+        {
+            let obj = result.as_object_mut().unwrap();
+            obj.insert(v(r#""headers""#), headers);
+            obj.insert(v(r#""request_headers_to_remove""#), remove);
+            let mut added = v("{}");
+            added.as_object_mut().unwrap().insert(v(r#""x-b""#), values);
+            obj.insert(v(r#""response_headers_to_add""#), added);
+        }
+        let d = Decision::from_result(&result);
+        assert_eq!(d.reason_code(), "policy_denied", "{d:?}");
+        assert_eq!(d.http_status, 429);
+        let names: Vec<&str> = d.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["x-ext-auth-allow", "x-validated-by"]);
+        assert_eq!(d.request_headers_to_remove, ["authorization"]);
+        assert_eq!(d.response_headers_to_add[0].value, "2");
+
+        // The same from Rego, as OPA-Envoy's documentation writes it.
+        let mut sources = crate::PolicySources::default();
+        sources.add_rego(
+            "authz.rego",
+            r#"package envoy.authz
+default allow := false
+headers contains {"x-ext-auth-allow": "yes"}
+headers contains {"x-validated-by": "security-checkpoint"}
+result := {"allowed": allow, "headers": headers, "request_headers_to_remove": {"authorization"}}
+"#,
+        );
+        let set = crate::PolicySet::from_sources(&sources, &crate::LoadOptions::default()).unwrap();
+        let d = set.decide(
+            &crate::DataRef::parse("envoy/authz/result").unwrap(),
+            v("{}"),
+        );
+        assert_eq!(d.reason_code(), "policy_denied", "{d:?}");
+        assert_eq!(d.headers.len(), 2, "{d:?}");
+        assert_eq!(d.request_headers_to_remove, ["authorization"]);
     }
 
     #[test]
