@@ -280,7 +280,8 @@ fn a_bundle_url_is_polled_with_etags() {
 }
 
 /// A bundle URL that cannot be fetched at start: the server starts anyway, as OPA does, but
-/// decides nothing — `/health` 503 with `awaiting_policy`, every query undefined — and loads
+/// decides nothing — `/health?bundles` 500 (plain `/health` 200, as OPA), `awaiting_policy`,
+/// every query undefined — and loads
 /// the bundle as soon as the URL answers.
 #[test]
 fn a_bundle_url_down_at_start_is_awaited() {
@@ -313,12 +314,14 @@ fn a_bundle_url_down_at_start_is_awaited() {
     }
     let (child, addr) = serve(&["--bundle", &url, "--bundle-poll", "60s"]).unwrap();
     let health = || -> (u16, serde_json::Value) {
-        let (code, body) = common::http(&addr, "GET", "/health", "");
+        let (code, body) = common::http(&addr, "GET", "/health?bundles", "");
         (code, serde_json::from_str(&body).unwrap())
     };
     let (code, h) = health();
-    assert_eq!(code, 503, "{h}");
+    assert_eq!(code, 500, "{h}");
     assert_eq!(h["awaiting_policy"], true);
+    assert_eq!(h["error"], "one or more bundles are not activated");
+    assert_eq!(common::http(&addr, "GET", "/health", "").0, 200);
     assert!(!allowed(&addr, "a"), "no policy, nothing is allowed");
     // The URL comes up: the bundle loads within the retry interval, not the 60 s poll.
     up.store(1, Ordering::SeqCst);

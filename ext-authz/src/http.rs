@@ -63,14 +63,22 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
     )
 }
 
-async fn health(AxState(state): AxState<Arc<State>>) -> Response {
+/// OPA's `/health`: 200 while the server can evaluate, so a liveness probe does not restart a
+/// server that is waiting for its bundles. `?bundles` (or `?bundle`) is 500 until the policy
+/// is loaded; `?plugins` is 500 while a plugin is not up — `bundle` (the policy),
+/// `envoy_ext_authz_grpc` (the gRPC listener), `decision_logs` (required auditing) — except the
+/// ones named by `exclude-plugin`. The failing answer carries OPA's `error`; arbiter's own
+/// fields are beside it.
+async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
+    use std::sync::atomic::Ordering;
     let a = state.authorizer.load();
     let reload = state.reload_status.load();
-    let body = json!({
+    let awaiting = state.awaiting_policy.load(Ordering::Acquire);
+    let mut body = json!({
         "revision": a.policies().revision(),
         "path": a.path().slash_path(),
         // Serving a stand-in that denies every check until the configured policy loads.
-        "awaiting_policy": state.awaiting_policy.load(std::sync::atomic::Ordering::Acquire),
+        "awaiting_policy": awaiting,
         "reloads": reload.reloads,
         "reload_failures": reload.failures,
         // The set that failed to load did not replace this one: still healthy, but stale.
@@ -79,10 +87,39 @@ async fn health(AxState(state): AxState<Arc<State>>) -> Response {
         // Auditing is required and the decision log refuses events: checks are denied.
         "audit_unavailable": !state.audit_available(),
     });
-    if state.ready() {
-        json_response(StatusCode::OK, &body, false)
+    let params = query_pairs(&uri);
+    // OPA's boolean parameters: present without a value, or `true`.
+    let asked = |name: &str| {
+        params
+            .iter()
+            .any(|(k, v)| k == name && (v.is_empty() || v == "true"))
+    };
+    let excluded = |plugin: &str| {
+        params
+            .iter()
+            .any(|(k, v)| k == "exclude-plugin" && v.split(',').any(|p| p == plugin))
+    };
+    let plugins = [
+        ("bundle", !awaiting),
+        (
+            "envoy_ext_authz_grpc",
+            state.grpc_ready.load(Ordering::Acquire),
+        ),
+        ("decision_logs", state.audit_available()),
+    ];
+    let error = if (asked("bundles") || asked("bundle")) && awaiting {
+        Some("one or more bundles are not activated")
+    } else if asked("plugins") && plugins.iter().any(|(name, up)| !up && !excluded(name)) {
+        Some("one or more plugins are not up")
     } else {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false)
+        None
+    };
+    match error {
+        None => json_response(StatusCode::OK, &body, false),
+        Some(e) => {
+            body["error"] = json!(e);
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &body, false)
+        }
     }
 }
 

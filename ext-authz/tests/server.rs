@@ -443,9 +443,30 @@ async fn awaiting_policy_is_not_serving_until_a_reload() {
             "{service:?}"
         );
     }
+    // OPA's probes (issue 25, item 5): plain /health stays 200, so a liveness probe does not
+    // restart a server waiting for its bundle; `?bundles` and `?plugins` say it is not ready.
     let (code, body) = http(&s, "GET", "/health", "").await;
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"awaiting_policy\":true"), "{body}");
+    for (query, error) in [
+        ("bundles", "one or more bundles are not activated"),
+        ("bundle=true", "one or more bundles are not activated"),
+        ("plugins", "one or more plugins are not up"),
+        (
+            "plugins&exclude-plugin=decision_logs",
+            "one or more plugins are not up",
+        ),
+    ] {
+        let (code, body) = http(&s, "GET", &format!("/health?{query}"), "").await;
+        assert_eq!(code, 500, "{query}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], error, "{query}");
+    }
+    // Excluding the plugin that is down makes `?plugins` healthy; `bundles=false` asks nothing.
+    for query in ["plugins&exclude-plugin=bundle", "bundles=false"] {
+        let (code, body) = http(&s, "GET", &format!("/health?{query}"), "").await;
+        assert_eq!(code, 200, "{query}: {body}");
+    }
     let mut c = client(&s).await;
     let r = c.check(check_request("/ok")).await.unwrap().into_inner();
     assert_eq!(status(&r), 7, "denied");
@@ -470,8 +491,11 @@ async fn awaiting_policy_is_not_serving_until_a_reload() {
         health("envoy.service.auth.v3.Authorization").await,
         ServingStatus::Serving as i32
     );
-    let (code, body) = http(&s, "GET", "/health", "").await;
-    assert_eq!(code, 200, "{body}");
+    for query in ["", "?bundles", "?plugins"] {
+        let (code, body) = http(&s, "GET", &format!("/health{query}"), "").await;
+        assert_eq!(code, 200, "{query}: {body}");
+        assert!(!body.contains("\"error\""), "{body}");
+    }
     let r = c.check(check_request("/ok")).await.unwrap().into_inner();
     assert_eq!(status(&r), 0, "allowed");
     s.shutdown().await.unwrap();
