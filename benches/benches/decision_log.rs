@@ -49,6 +49,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
         tls: None,
         limits: Default::default(),
         ui: None,
+        diagnostic: None,
     };
     rt.block_on(arbiter_ext_authz::start(config, authorizer))
         .unwrap_or_else(|e| panic!("{e}"))

@@ -384,9 +384,57 @@ impl ConfigFile {
     /// Read and check `path` (YAML, or JSON, which is YAML too). Errors name the file, the line
     /// and column, and the key or value that is wrong.
     pub fn read(path: &Path) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the configuration: {e}", path.display()))?;
-        Self::parse(&path.display().to_string(), &text)
+        Self::load(Some(path), &[], &[])
+    }
+
+    /// OPA's configuration loading (`internal/config.Load`): the file with `${VAR}` replaced by
+    /// the environment variable (kept as written when unset or empty), then `--set k=v` and
+    /// `--set-file k=path` overrides merged over it, then checked as [`ConfigFile::parse`].
+    pub fn load(
+        path: Option<&Path>,
+        sets: &[String],
+        set_files: &[String],
+    ) -> Result<ConfigFile, String> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("{}: cannot read the configuration: {e}", p.display()))?,
+            ),
+            None => ("the configuration".to_string(), String::new()),
+        };
+        let text = substitute_env(&text, |k| std::env::var(k).ok());
+        if sets.is_empty() && set_files.is_empty() {
+            return Self::parse(&name, &text);
+        }
+        // Parse once for the file's own errors with their lines, then merge the overrides.
+        Self::parse(&name, &text)?;
+        let mut base: Json = if text.trim().is_empty() {
+            Json::Object(Default::default())
+        } else {
+            yaml_serde::from_str(&text).map_err(|e| format!("{name}: {e}"))?
+        };
+        if base.is_null() {
+            base = Json::Object(Default::default());
+        }
+        let mut overrides = Json::Object(Default::default());
+        for s in sets {
+            let s = substitute_env(s, |k| std::env::var(k).ok());
+            crate::strvals::parse_into(&s, &mut overrides, None)
+                .map_err(|e| format!("failed parsing --set data: {e}"))?;
+        }
+        for s in set_files {
+            let read = |path: &str| {
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("{path}: {e}"))
+            };
+            crate::strvals::parse_into(s, &mut overrides, Some(&read))
+                .map_err(|e| format!("failed parsing --set-file data: {e}"))?;
+        }
+        merge(&mut base, overrides);
+        let merged = serde_json::to_string_pretty(&base).map_err(|e| e.to_string())?;
+        Self::parse(&format!("{name} with --set"), &merged)
     }
 
     pub fn parse(name: &str, text: &str) -> Result<ConfigFile, String> {
@@ -404,6 +452,50 @@ impl ConfigFile {
                     None => format!("{name}: {msg}"),
                 }
             })
+    }
+}
+
+/// OPA's `${VAR}` substitution: the shortest `${...}`, replaced by the variable when it is set
+/// and not empty; otherwise kept as written.
+pub fn substitute_env(text: &str, var: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(j) => {
+                let name = &after[..j];
+                match var(name).filter(|v| !v.is_empty()) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(&rest[i..i + 2 + j + 1]),
+                }
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// OPA's `mergeValues`: objects merge key by key, anything else in `src` replaces.
+fn merge(dest: &mut Json, src: Json) {
+    match (dest, src) {
+        (Json::Object(d), Json::Object(s)) => {
+            for (k, v) in s {
+                match d.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+        }
+        (d, s) => *d = s,
     }
 }
 
@@ -434,6 +526,63 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn env_substitution_and_set_overrides_as_opa() {
+        let env = |k: &str| match k {
+            "TOKEN" => Some("t0k".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            substitute_env("a: ${TOKEN} b: ${EMPTY} c: ${NOPE} d: ${", env),
+            "a: t0k b: ${EMPTY} c: ${NOPE} d: ${"
+        );
+        let dir = std::env::temp_dir().join(format!("arbiter-config-set-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "plugins:\n  envoy_ext_authz_grpc:\n    addr: :9191\n    path: envoy/authz/allow\ndecision_logs:\n  console: false\n",
+        )
+        .unwrap();
+        let secret = dir.join("token");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let c = ConfigFile::load(
+            Some(&file),
+            &[
+                "plugins.envoy_ext_authz_grpc.addr=127.0.0.1:9292".into(),
+                "decision_logs.console=true,services.s.url=http://127.0.0.1:1".into(),
+            ],
+            &[format!(
+                "services.s.credentials.bearer.token={}",
+                secret.display()
+            )],
+        )
+        .unwrap();
+        let plugin = c
+            .plugins
+            .clone()
+            .and_then(|p| p.envoy_ext_authz_grpc)
+            .unwrap();
+        // Merged: the override replaced addr, path stayed.
+        assert_eq!(plugin.addr.as_deref(), Some("127.0.0.1:9292"));
+        assert_eq!(plugin.path.as_deref(), Some("envoy/authz/allow"));
+        assert_eq!(c.decision_logs.as_ref().and_then(|d| d.console), Some(true));
+        let (_, svc) = c.service(Some("s")).unwrap().unwrap();
+        assert_eq!(
+            svc.credentials
+                .and_then(|c| c.bearer)
+                .and_then(|b| b.token)
+                .as_deref(),
+            Some("from-file")
+        );
+        // A misspelled key through --set is named too.
+        let e = ConfigFile::load(None, &["plugins.envoy_ext_authz_grpc.adr=:1".into()], &[])
+            .unwrap_err();
+        assert!(e.contains("unknown field `adr`"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub mod config;
 pub mod eval;
 pub mod input;
 pub mod logconfig;
+pub mod run;
 pub mod serve;
+pub mod strvals;
 pub mod test;
 
 /// What an exit status means.
@@ -62,6 +64,9 @@ pub enum Command {
     Audit(audit::Command),
     /// Serve Envoy's ext_authz gRPC API (and health, metrics, OPA's Data API over HTTP).
     Serve(Box<serve::Args>),
+    /// `serve` with OPA's command line (`run --server --addr … --config-file … --set …`), so an
+    /// OPA-Envoy Deployment's arguments carry over.
+    Run(Box<run::Args>),
 }
 
 /// Run a parsed command line.
@@ -70,6 +75,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Audit(cmd) => audit::run(&cmd),
         Command::Bench(args) => bench::run(&args),

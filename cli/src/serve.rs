@@ -58,9 +58,25 @@ pub struct Args {
     /// Policy file or folder (repeatable; the same as a positional path).
     #[arg(long = "policies", value_name = "PATH")]
     pub policies: Vec<PathBuf>,
-    /// YAML configuration file; flags override it.
+    /// YAML configuration file; flags override it. `${VAR}` is replaced by the environment
+    /// variable, as OPA does.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Override a configuration value, OPA's `--set` (`plugins.envoy_ext_authz_grpc.addr=:9191`;
+    /// comma-separated, repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Override a configuration value with a file's contents, OPA's `--set-file`.
+    #[arg(long, value_name = "KEY=PATH")]
+    pub set_file: Vec<String>,
+    /// A plaintext listener with `/health` and `/metrics` only, open to every caller (OPA's
+    /// `--diagnostic-addr`, for probes).
+    #[arg(long, value_name = "ADDR")]
+    pub diagnostic_addr: Option<String>,
+    /// File and folder names to skip when loading policy folders (Go `filepath.Match` patterns
+    /// on the base name, OPA's `--ignore`; names starting with `.` are always skipped).
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
     /// gRPC listener: `host:port` or `unix:///path` [default: 127.0.0.1:9191].
     #[arg(long, value_name = "ADDR")]
     pub grpc_addr: Option<String>,
@@ -125,9 +141,9 @@ pub struct Args {
     #[arg(long)]
     pub reload_require_tests: bool,
     /// An OPA bundle to serve: a `.tar.gz` file, a folder in bundle layout, or an
-    /// `http(s)://` URL polled with ETags.
+    /// `http(s)://` URL polled with ETags (repeatable; bundles may not share roots).
     #[arg(long, value_name = "PATH_OR_URL")]
-    pub bundle: Option<String>,
+    pub bundle: Vec<String>,
     /// How often a bundle URL is polled [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub bundle_poll: Option<String>,
@@ -196,6 +212,10 @@ pub struct Settings {
     pub reload_require_tests: bool,
     /// Bundles: `--bundle`, or OPA's `bundles`.
     pub bundles: Vec<BundleSource>,
+    /// `--ignore` patterns.
+    pub ignore: Vec<String>,
+    /// `--diagnostic-addr`.
+    pub diagnostic_addr: Option<String>,
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
@@ -272,7 +292,7 @@ impl Args {
         base: &Path,
     ) -> Result<Vec<BundleSource>, String> {
         use arbiter_engine::bundle::{Verification, VerificationKey};
-        if let Some(b) = &self.bundle {
+        if !self.bundle.is_empty() {
             let every = match &self.bundle_poll {
                 Some(p) => parse_duration(p)?,
                 None => Duration::from_secs(30),
@@ -286,15 +306,19 @@ impl Args {
                     self.verification_scope.as_deref().unwrap_or_default(),
                 )),
             };
-            return Ok(vec![BundleSource {
-                name: b.clone(),
-                location: b.clone(),
-                auth: ServiceAuth::default(),
-                timeout: Duration::from_secs(30),
-                polling: (every, every),
-                size_limit: arbiter_ext_authz::fetch::MAX_BODY_BYTES,
-                verification,
-            }]);
+            return Ok(self
+                .bundle
+                .iter()
+                .map(|b| BundleSource {
+                    name: b.clone(),
+                    location: b.clone(),
+                    auth: ServiceAuth::default(),
+                    timeout: Duration::from_secs(30),
+                    polling: (every, every),
+                    size_limit: arbiter_ext_authz::fetch::MAX_BODY_BYTES,
+                    verification: verification.clone(),
+                })
+                .collect());
         }
         let mut keys = std::collections::BTreeMap::new();
         for (id, k) in file.keys.iter().flatten() {
@@ -450,10 +474,8 @@ impl Args {
 
     /// Combine flags, the config file and defaults.
     pub fn settings(&self) -> Result<Settings, String> {
-        let file = match &self.config {
-            Some(p) => crate::config::ConfigFile::read(p)?,
-            None => crate::config::ConfigFile::default(),
-        };
+        let file =
+            crate::config::ConfigFile::load(self.config.as_deref(), &self.set, &self.set_file)?;
         // OPA-Envoy's plugin configuration, when present.
         let opa = file
             .plugins
@@ -581,6 +603,8 @@ impl Args {
                 None
             },
             bundles,
+            ignore: self.ignore.clone(),
+            diagnostic_addr: self.diagnostic_addr.clone(),
             ui: self.ui || file.ui.unwrap_or(false),
             authentication: match (self.authentication, file.authentication.as_deref()) {
                 (Some(a), _) => a,
@@ -674,7 +698,8 @@ fn sources(
     let mut sources = if s.policies.is_empty() {
         arbiter_engine::PolicySources::default()
     } else {
-        arbiter_engine::PolicySources::discover(&s.policies).map_err(|e| e.to_string())?
+        arbiter_engine::PolicySources::discover_ignoring(&s.policies, &s.ignore)
+            .map_err(|e| e.to_string())?
     };
     let mut loaded = Vec::new();
     for b in &s.bundles {
@@ -855,6 +880,11 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         tls: s.tls.clone(),
         limits: s.limits,
         ui: ui_dashboard(s)?,
+        diagnostic: s
+            .diagnostic_addr
+            .as_deref()
+            .map(str::parse::<ListenAddr>)
+            .transpose()?,
     })
 }
 
@@ -1153,6 +1183,9 @@ pub fn run(args: &Args) -> Exit {
                 .http_addr
                 .map_or(settings.http_addr.clone(), |a| a.to_string()),
         );
+        if let Some(a) = running.diagnostic_addr {
+            eprintln!("arbiter: diagnostic (health, metrics) on {a}");
+        }
         if let Some(a) = running.http_addr
             && !a.ip().is_loopback()
             && settings.authorization.is_none()

@@ -52,6 +52,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         tls: None,
         limits: Default::default(),
         ui: None,
+        diagnostic: None,
     }
 }
 

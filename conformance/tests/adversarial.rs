@@ -560,6 +560,7 @@ async fn server(a: Authorizer) -> RunningServer {
                 ..Default::default()
             },
             ui: None,
+            diagnostic: None,
         },
         a,
     )

@@ -82,6 +82,16 @@ impl PolicySources {
     /// Read every policy, test and data file under `paths`. All problems are collected and
     /// reported together.
     pub fn discover<P: AsRef<Path>>(paths: &[P]) -> Result<Self, LoadError> {
+        Self::discover_ignoring(paths, &[])
+    }
+
+    /// [`PolicySources::discover`], skipping the files and folders inside the given folders
+    /// whose names match one of `ignore` (Go `filepath.Match` patterns on the base name, as
+    /// OPA's `--ignore`).
+    pub fn discover_ignoring<P: AsRef<Path>>(
+        paths: &[P],
+        ignore: &[String],
+    ) -> Result<Self, LoadError> {
         let mut sources = PolicySources::default();
         let mut diagnostics = Vec::new();
         for root in paths {
@@ -101,7 +111,7 @@ impl PolicySources {
             };
             if meta.is_dir() {
                 let mut files = Vec::new();
-                if let Err(d) = walk(root, &mut files) {
+                if let Err(d) = walk(root, ignore, &mut files) {
                     diagnostics.push(d);
                 }
                 for file in files {
@@ -311,7 +321,7 @@ pub fn classify(path: &Path, named_explicitly: bool) -> Option<SourceKind> {
     None
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
+fn walk(dir: &Path, ignore: &[String], out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         Diagnostic::file(
             dir.display().to_string(),
@@ -321,9 +331,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                !n.starts_with('.')
+                    && !ignore
+                        .iter()
+                        .any(|pattern| crate::bundle::go_path_match(pattern, n))
+            })
         })
         .collect();
     paths.sort();
@@ -333,7 +346,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Diagnostic> {
         let meta = std::fs::symlink_metadata(&p)
             .map_err(|e| Diagnostic::file(p.display().to_string(), format!("cannot read: {e}")))?;
         if meta.is_dir() {
-            walk(&p, out)?;
+            walk(&p, ignore, out)?;
         } else if meta.is_file() || meta.file_type().is_symlink() && p.is_file() {
             out.push(p);
         }

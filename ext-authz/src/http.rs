@@ -40,6 +40,22 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
+/// The diagnostic listener's routes: `/health` and `/metrics`, nothing else (OPA's
+/// `--diagnostic-addr`).
+pub fn diagnostic_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the diagnostic address serves /health and /metrics",
+            )
+        })
+        .with_state(state)
+}
+
 fn json_response(status: StatusCode, body: &Json, pretty: bool) -> Response {
     let text = if pretty {
         serde_json::to_string_pretty(body)

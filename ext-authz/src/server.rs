@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub limits: arbiter_engine::limits::Limits,
     /// The audit dashboard, mounted at `/ui/` on the HTTP listener.
     pub ui: Option<Arc<crate::dashboard::Dashboard>>,
+    /// OPA's `--diagnostic-addr`: a plaintext HTTP listener with `/health` and `/metrics` only,
+    /// open to every caller (for probes and scrapers), whatever the main listener requires.
+    pub diagnostic: Option<ListenAddr>,
 }
 
 /// Servers that are running.
@@ -94,6 +97,8 @@ pub struct RunningServer {
     /// The bound gRPC address (`None` for a Unix socket).
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    /// The bound diagnostic address.
+    pub diagnostic_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -292,9 +297,27 @@ pub async fn start_with(
                 .context("HTTP server failed")
         }));
     }
+    let mut diagnostic_addr = None;
+    if let Some(addr) = &config.diagnostic {
+        let ListenAddr::Tcp(a) = addr else {
+            anyhow::bail!("the diagnostic listener needs `host:port`, not {addr}");
+        };
+        let listener = tokio::net::TcpListener::bind(resolve(a)?)
+            .await
+            .with_context(|| format!("cannot listen on {a} (diagnostic)"))?;
+        diagnostic_addr = Some(listener.local_addr()?);
+        let router = crate::http::diagnostic_router(state.clone());
+        let shutdown = wait_for(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            crate::listener::http1::serve_http(listener, None, router, limits, shutdown)
+                .await
+                .context("diagnostic HTTP server failed")
+        }));
+    }
     Ok(RunningServer {
         grpc_addr,
         http_addr,
+        diagnostic_addr,
         state,
         stop,
         tasks,

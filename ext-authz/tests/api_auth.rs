@@ -76,6 +76,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
             tls: None,
             limits: Default::default(),
             ui: None,
+            diagnostic: None,
         },
         authorizer,
     )

@@ -498,6 +498,7 @@ mod through_the_server {
             tls: None,
             limits: Default::default(),
             ui: None,
+            diagnostic: None,
         }
     }
 

@@ -103,6 +103,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
             tls: None,
             limits: Default::default(),
             ui: None,
+            diagnostic: None,
         },
         build_a().unwrap(),
     )

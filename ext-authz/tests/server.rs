@@ -81,6 +81,7 @@ fn config(
         tls: None,
         limits: Default::default(),
         ui: None,
+        diagnostic: None,
     }
 }
 

@@ -154,6 +154,7 @@ async fn certificates_reload_without_dropping_connections() {
             decision_log: None,
             limits: Default::default(),
             ui: None,
+            diagnostic: None,
             tls: Some(TlsSettings {
                 cert: cert_path.clone(),
                 key: key_path.clone(),
