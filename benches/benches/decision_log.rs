@@ -40,6 +40,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
             labels: InstanceLabels {
                 id: "bench".into(),
                 version: "0".into(),
+                extra: Default::default(),
             },
             api: Default::default(),
         },
@@ -150,6 +151,7 @@ fn bench_event_encoding(c: &mut Criterion) {
     let labels = InstanceLabels {
         id: "bench".into(),
         version: "0".into(),
+        extra: Default::default(),
     };
     let headers: Vec<String> = mask::DEFAULT_MASKED_HEADERS
         .iter()

@@ -238,6 +238,7 @@ fn verify(a: &VerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
                 "ok": report.failure.is_none(),
                 "files": order,
                 "events": report.events,
+                "skipped_lines": report.skipped,
                 "first_prev_hash": report.first_prev_hash,
                 "from_genesis": from_genesis,
                 "last_hash": report.last_hash,
@@ -286,6 +287,15 @@ fn verify(a: &VerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
                 }
             }
         },
+    }
+    if report.skipped > 0 && matches!(a.format, Format::Pretty) {
+        let _ = writeln!(
+            out,
+            "skipped: {} line{} that {} not decision events (a console log's other messages)",
+            report.skipped,
+            if report.skipped == 1 { "" } else { "s" },
+            if report.skipped == 1 { "is" } else { "are" }
+        );
     }
     if report.failure.is_some() {
         Exit::Failed

@@ -133,6 +133,8 @@ pub struct ConfigFile {
     pub bundles: Option<BTreeMap<String, BundleConfig>>,
     pub keys: Option<BTreeMap<String, KeyConfig>>,
     pub decision_logs: Option<DecisionLogs>,
+    /// OPA's `labels`: added to every decision event's `labels` (beside `id` and `version`).
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// OPA's `plugins`.

@@ -216,6 +216,8 @@ pub struct Settings {
     pub ignore: Vec<String>,
     /// `--diagnostic-addr`.
     pub diagnostic_addr: Option<String>,
+    /// OPA's `labels`, for decision events.
+    pub labels: std::collections::BTreeMap<String, String>,
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
@@ -605,6 +607,7 @@ impl Args {
             bundles,
             ignore: self.ignore.clone(),
             diagnostic_addr: self.diagnostic_addr.clone(),
+            labels: file.labels.clone().unwrap_or_default(),
             ui: self.ui || file.ui.unwrap_or(false),
             authentication: match (self.authentication, file.authentication.as_deref()) {
                 (Some(a), _) => a,
@@ -726,7 +729,9 @@ fn sources(
     let mut revisions = Vec::new();
     for (name, bundle) in loaded {
         revisions.push(format!("{name}={}", bundle.manifest.revision));
-        sources.extend(bundle.sources);
+        let mut from = bundle.sources;
+        from.bundles.insert(name, bundle.manifest.revision);
+        sources.extend(from);
     }
     if several {
         // One revision for the set: each bundle's, by name.
@@ -871,6 +876,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             labels: InstanceLabels {
                 id: uuid::Uuid::new_v4().to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                extra: s.labels.clone(),
             },
             api: api_access(s),
         },

@@ -17,6 +17,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args(args)
         .envs(env.iter().copied())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -75,6 +76,7 @@ fn the_quick_start_command_line_runs() {
             "--ignore=.*",
             "--ignore=scratch*",
             "--set=decision_logs.console=true",
+            "--set=labels.region=eu-1",
             "--log-level=info",
             "--disable-telemetry",
             policy.to_str().unwrap(),
@@ -93,7 +95,28 @@ fn the_quick_start_command_line_runs() {
         assert_eq!(code, 200, "{body}");
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["result"].clone()
     };
+    let mut child = child;
+    let mut console = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(ask("GET"), true);
+    // The console line OPA writes for a decision (issue 25, item 8): the event's fields with
+    // `level`, `msg`, `time` and `type`, and the configured labels.
+    let line = console.next().unwrap().unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["msg"], "Decision Log", "{line}");
+    assert_eq!(event["level"], "info");
+    assert_eq!(event["type"], "openpolicyagent.org/decision_logs");
+    assert!(
+        event["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
+    assert_eq!(event["labels"]["region"], "eu-1");
+    assert!(event["labels"]["id"].is_string() && event["labels"]["version"].is_string());
+    assert_eq!(event["result"], true);
+    assert!(
+        event.get("bundles").is_none(),
+        "files are not bundles: {line}"
+    );
+    std::thread::spawn(move || for _ in console {});
     assert_eq!(ask("POST"), false, "the hidden copy was loaded");
     // The probes of the quick start: /health?plugins on the diagnostic address.
     let (code, body) = http(&diagnostic, "GET", "/health?plugins", "");

@@ -43,6 +43,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
             labels: InstanceLabels {
                 id: "test".into(),
                 version: "test".into(),
+                extra: Default::default(),
             },
             api: Default::default(),
         },

@@ -547,6 +547,7 @@ async fn server(a: Authorizer) -> RunningServer {
                 labels: arbiter_engine::record::InstanceLabels {
                     id: "adversarial".into(),
                     version: "0".into(),
+                    extra: Default::default(),
                 },
                 api: Default::default(),
             },

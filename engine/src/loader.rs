@@ -71,6 +71,9 @@ pub struct PolicySources {
     pub istio: Vec<SourceFile>,
     /// A bundle's manifest revision: the policy set's revision instead of a digest.
     pub revision: Option<String>,
+    /// The bundles these sources came from: name → manifest revision (decision events name
+    /// them as OPA does, under `bundles`).
+    pub bundles: std::collections::BTreeMap<String, String>,
 }
 
 /// Largest policy or data file read, in bytes (regorus's own policy limit is the same).
@@ -121,7 +124,14 @@ impl PolicySources {
                 }
             } else if is_bundle_file(root) {
                 match crate::bundle::load(root, None) {
-                    Ok(b) => sources.extend(b.sources),
+                    Ok(b) => {
+                        let mut b = b.sources;
+                        b.bundles.insert(
+                            root.display().to_string(),
+                            b.revision.clone().unwrap_or_default(),
+                        );
+                        sources.extend(b);
+                    }
                     Err(e) => diagnostics.push(Diagnostic::file(root.display().to_string(), e)),
                 }
             } else {
@@ -143,6 +153,7 @@ impl PolicySources {
         self.cel.extend(other.cel);
         self.decision_tests.extend(other.decision_tests);
         self.istio.extend(other.istio);
+        self.bundles.extend(other.bundles);
         if other.revision.is_some() {
             self.revision = other.revision;
         }

@@ -75,6 +75,7 @@ pub struct PolicySet {
     istio: Option<Arc<crate::istio::IstioPolicies>>,
     warnings: Vec<Diagnostic>,
     revision: String,
+    bundles: Arc<std::collections::BTreeMap<String, String>>,
     options: LoadOptions,
 }
 
@@ -204,6 +205,7 @@ impl PolicySet {
             istio,
             warnings,
             revision,
+            bundles: Arc::new(sources.bundles.clone()),
             options: options.clone(),
         })
     }
@@ -233,6 +235,11 @@ impl PolicySet {
     /// any change gives another. Decision records carry it.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// The bundles the set was loaded from: name → manifest revision (empty for files).
+    pub fn bundles(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.bundles
     }
 
     pub fn options(&self) -> &LoadOptions {

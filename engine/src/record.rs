@@ -20,6 +20,8 @@ pub struct InstanceLabels {
     pub id: String,
     /// arbiter's version.
     pub version: String,
+    /// OPA's configured `labels`.
+    pub extra: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything an event needs, captured cheaply.
@@ -68,6 +70,15 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Whether `reason` is an error when the decision was asked for here. An undefined
+    /// document read through the Data API is an answer (OPA logs no error for it); an
+    /// undefined decision for an Envoy check is an error.
+    pub fn is_error(self, reason: &crate::decision::DenyReason) -> bool {
+        reason.is_error()
+            && !(self == Origin::DataApi
+                && matches!(reason, crate::decision::DenyReason::UndefinedDecision))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Grpc => "grpc",
@@ -135,10 +146,14 @@ impl DecisionRecord {
     /// value (see [`crate::audit::chain::seal_with_input`]).
     pub fn event_fields(&self, labels: &InstanceLabels) -> Map<String, Json> {
         let mut e = Map::new();
-        e.insert(
-            "labels".into(),
-            json!({"id": labels.id, "version": labels.version}),
-        );
+        let mut l = Map::new();
+        for (k, v) in &labels.extra {
+            l.insert(k.clone(), json!(v));
+        }
+        // OPA's own two win over configured ones of the same name, as in OPA.
+        l.insert("id".into(), json!(labels.id));
+        l.insert("version".into(), json!(labels.version));
+        e.insert("labels".into(), Json::Object(l));
         e.insert("decision_id".into(), json!(self.decision_id));
         if let Some(t) = &self.trace_id {
             e.insert("trace_id".into(), json!(t));
@@ -146,13 +161,22 @@ impl DecisionRecord {
         if let Some(s) = &self.span_id {
             e.insert("span_id".into(), json!(s));
         }
-        e.insert(
-            "bundles".into(),
-            json!({"policies": {"revision": self.revision}}),
-        );
+        // OPA's `bundles`: each bundle the set came from, by name, with its manifest revision;
+        // none for policies loaded from files (arbiter's `revision` names those).
+        if let Some(p) = self.policies.as_ref().filter(|p| !p.bundles().is_empty()) {
+            e.insert(
+                "bundles".into(),
+                Json::Object(
+                    p.bundles()
+                        .iter()
+                        .map(|(name, rev)| (name.clone(), json!({"revision": rev})))
+                        .collect(),
+                ),
+            );
+        }
         e.insert("path".into(), json!(self.path));
         let d = &self.decision;
-        let failed = d.reason.as_ref().filter(|r| r.is_error());
+        let failed = d.reason.as_ref().filter(|r| self.origin.is_error(r));
         match (failed, &d.result) {
             (Some(r), _) => {
                 e.insert(
@@ -261,6 +285,7 @@ mod tests {
         let labels = InstanceLabels {
             id: "i".into(),
             version: "v".into(),
+            extra: Default::default(),
         };
         let mut r = record(Decision::deny(DenyReason::Timeout));
         r.input = None;
@@ -287,6 +312,7 @@ mod tests {
         let labels = InstanceLabels {
             id: "i".into(),
             version: "0.1.0".into(),
+            extra: Default::default(),
         };
         let e = record(Decision::from_result(&Value::Bool(true))).to_event(&labels);
         assert_eq!(e["decision_id"], "d-1");
@@ -303,6 +329,57 @@ mod tests {
         assert_eq!(e["error"]["code"], "timeout");
         assert!(e.get("result").is_none());
         assert_eq!(e["http_status"], 403);
+    }
+
+    /// Issue 25, item 8: `bundles` names the loaded bundles with their manifest revisions
+    /// (none for files), `labels` carries the configured ones beside `id` and `version`, and
+    /// an undefined Data API read is neither allowed nor an error.
+    #[test]
+    fn bundles_labels_and_undefined_reads_as_opa() {
+        let labels = InstanceLabels {
+            id: "i".into(),
+            version: "v".into(),
+            extra: [("region", "eu-1"), ("id", "configured")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut sources = crate::PolicySources::default();
+        sources.add_rego(
+            "a.rego",
+            "package envoy.authz
+allow := true
+",
+        );
+        let files = crate::PolicySet::from_sources(&sources, &crate::LoadOptions::default())
+            .map(std::sync::Arc::new)
+            .unwrap();
+        sources.bundles.insert("envoy/authz".into(), "r7".into());
+        sources.bundles.insert("roles".into(), "r2".into());
+        let bundled = crate::PolicySet::from_sources(&sources, &crate::LoadOptions::default())
+            .map(std::sync::Arc::new)
+            .unwrap();
+        let mut r = record(Decision::from_result(&Value::Bool(true)));
+        r.policies = Some(files);
+        let e = r.to_event(&labels);
+        assert!(e.get("bundles").is_none(), "{e}");
+        assert_eq!(
+            e["labels"],
+            json!({"id": "i", "version": "v", "region": "eu-1"})
+        );
+        r.policies = Some(bundled);
+        assert_eq!(
+            r.to_event(&labels)["bundles"],
+            json!({"envoy/authz": {"revision": "r7"}, "roles": {"revision": "r2"}})
+        );
+        let mut read = record(Decision::deny(DenyReason::UndefinedDecision));
+        read.origin = Origin::DataApi;
+        let e = read.to_event(&labels);
+        assert_eq!(e["allowed"], false);
+        assert!(e.get("error").is_none() && e.get("result").is_none(), "{e}");
+        // The same for an Envoy check is an error.
+        let e = record(Decision::deny(DenyReason::UndefinedDecision)).to_event(&labels);
+        assert_eq!(e["error"]["code"], "undefined_decision");
     }
 
     #[test]

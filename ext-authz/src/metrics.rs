@@ -39,6 +39,16 @@ pub enum Origin {
     DataApi,
 }
 
+impl Origin {
+    /// The engine's name for it (decision records, error rules).
+    pub fn engine(self) -> arbiter_engine::record::Origin {
+        match self {
+            Origin::Grpc => arbiter_engine::record::Origin::Grpc,
+            Origin::DataApi => arbiter_engine::record::Origin::DataApi,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     allow: [AtomicU64; 2],

@@ -204,10 +204,11 @@ impl State {
                     Ok(v @ Value::Object(o)) if o.contains_key(&Value::from("allowed")) => {
                         Decision::from_result(v)
                     }
+                    // An undefined document: not an allowed read (OPA logs no result for it).
+                    Ok(Value::Undefined) => Decision::deny(DenyReason::UndefinedDecision),
                     Ok(v) => {
                         let mut d = Decision::allow();
-                        d.result =
-                            (*v != Value::Undefined).then(|| arbiter_engine::value::to_json(v));
+                        d.result = Some(arbiter_engine::value::to_json(v));
                         d
                     }
                     Err(e) => Decision::deny(e.deny_reason()),
@@ -288,10 +289,7 @@ impl State {
                     span_id,
                     identity: outcome.identity.clone(),
                     policies: Some(f.policies),
-                    origin: match origin {
-                        Origin::Grpc => arbiter_engine::record::Origin::Grpc,
-                        Origin::DataApi => arbiter_engine::record::Origin::DataApi,
-                    },
+                    origin: origin.engine(),
                     request: f.request,
                 }));
                 queued || !log.audit_required()
@@ -309,7 +307,9 @@ impl State {
         self.metrics.record(
             origin,
             told.allowed,
-            told.reason.as_ref().map(|r| (r.code(), r.is_error())),
+            told.reason
+                .as_ref()
+                .map(|r| (r.code(), origin.engine().is_error(r))),
             server_ns,
         );
         logged

@@ -67,6 +67,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
                 labels: InstanceLabels {
                     id: "t".into(),
                     version: "0".into(),
+                    extra: Default::default(),
                 },
                 api,
             },

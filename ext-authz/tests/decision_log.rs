@@ -48,6 +48,7 @@ fn labels() -> InstanceLabels {
     InstanceLabels {
         id: "test".into(),
         version: "0".into(),
+        extra: Default::default(),
     }
 }
 

@@ -91,6 +91,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
                 labels: InstanceLabels {
                     id: "reload".into(),
                     version: "0".into(),
+                    extra: Default::default(),
                 },
                 api: Default::default(),
             },

@@ -72,6 +72,7 @@ fn config(
             labels: InstanceLabels {
                 id: "test-instance".into(),
                 version: "0.0.0".into(),
+                extra: Default::default(),
             },
             api: Default::default(),
         },

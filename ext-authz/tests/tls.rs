@@ -146,6 +146,7 @@ async fn certificates_reload_without_dropping_connections() {
                 labels: InstanceLabels {
                     id: "t".into(),
                     version: "t".into(),
+                    extra: Default::default(),
                 },
                 api: Default::default(),
             },

@@ -221,6 +221,19 @@ pub struct VerifyReport {
     /// Hash of the last event that verified.
     pub last_hash: Option<String>,
     pub failure: Option<VerifyFailure>,
+    /// Lines that are not decision events (no chain hash, no `decision_id`, no `prev_hash`):
+    /// what a console log holds besides events — the server's own messages, OPA's
+    /// status lines. They are skipped and counted; they cannot hide a removed or changed event,
+    /// which breaks the chain.
+    pub skipped: usize,
+}
+
+/// Whether a line is a decision event (which must verify) rather than another log line: it
+/// carries the chain's hash, or names a `decision_id` or `prev_hash` anywhere — so an event
+/// cut short or altered still counts as one and fails.
+fn is_event(line: &[u8]) -> bool {
+    let has = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+    hash_tail(line).is_ok() || has(b"\"decision_id\"") || has(b"\"prev_hash\"")
 }
 
 /// Verify files in order (oldest first), stopping at the first problem.
@@ -249,6 +262,10 @@ pub fn verify<R: BufRead>(files: Vec<(String, R)>) -> std::io::Result<VerifyRepo
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
+            }
+            if !is_event(&line) {
+                report.skipped += 1;
+                continue;
             }
             match check_line(&line) {
                 Err(e) => {
@@ -446,12 +463,40 @@ mod tests {
         let r = verify(vec![("log".to_string(), std::io::Cursor::new(truncated))]).unwrap();
         assert_eq!(r.failure.unwrap().error, LineError::Incomplete);
 
+        // A forged event without the chain is malformed; a line put in place of an event,
+        // even one that is not an event, leaves the chain broken where the event was.
         let mut forged = lines.clone();
-        forged[0] = b"{\"allowed\":true}\n".to_vec();
+        forged[0] = b"{\"decision_id\":\"x\",\"allowed\":true}\n".to_vec();
         assert!(matches!(
             verify_lines(&forged).failure.unwrap().error,
             LineError::Malformed(_)
         ));
+        let mut replaced = lines.clone();
+        replaced[1] = b"{\"allowed\":true}\n".to_vec();
+        let r = verify_lines(&replaced);
+        assert!(matches!(
+            r.failure.unwrap().error,
+            LineError::BrokenLink { .. }
+        ));
+        assert_eq!(r.skipped, 1);
+    }
+
+    /// A console log (`kubectl logs`) holds the server's own messages between the events:
+    /// they are skipped and counted, and the chain still verifies (issue 25, item 8).
+    #[test]
+    fn other_lines_of_a_console_log_are_skipped_and_counted() {
+        let lines = log(3);
+        let mixed = vec![
+            b"arbiter: serving `envoy/authz/allow` from policies\n".to_vec(),
+            lines[0].clone(),
+            b"{\"level\":\"info\",\"msg\":\"Status Log\"}\n".to_vec(),
+            lines[1].clone(),
+            b"\n".to_vec(),
+            lines[2].clone(),
+        ];
+        let r = verify_lines(&mixed);
+        assert_eq!(r.failure, None);
+        assert_eq!((r.events, r.skipped), (3, 3));
     }
 
     #[test]

@@ -221,13 +221,22 @@ impl SummaryBuilder {
             self.times
                 .push((t, allowed, !allowed && !is_policy_reason(reason)));
         }
+        // arbiter's `revision`, else OPA's `bundles` (name=revision for each, in name order).
+        let from_bundles = e.get("bundles").and_then(Json::as_object).map(|b| {
+            b.iter()
+                .map(|(name, v)| {
+                    format!(
+                        "{name}={}",
+                        v.get("revision").and_then(Json::as_str).unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let revision = e
             .get("revision")
             .and_then(Json::as_str)
-            .or_else(|| {
-                e.pointer("/bundles/policies/revision")
-                    .and_then(Json::as_str)
-            })
+            .or(from_bundles.as_deref())
             .unwrap_or("(unknown)");
         let r = self
             .revisions

@@ -349,6 +349,26 @@ impl Writer {
         }
     }
 
+    /// On the console, OPA writes each event as a log line: the event's fields plus `level`,
+    /// `msg: "Decision Log"`, `time` and `type`. With stdout on, every sink gets the same line
+    /// (one hash chain), so these fields are in the event wherever it goes.
+    fn console_envelope(&self, event: &mut serde_json::Map<String, Json>, record: &DecisionRecord) {
+        if self.sinks.stdout.is_none() {
+            return;
+        }
+        let secs = record.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
+        event.insert("level".into(), Json::from("info"));
+        event.insert("msg".into(), Json::from("Decision Log"));
+        event.insert(
+            "time".into(),
+            Json::from(arbiter_engine::record::rfc3339_nanos(secs)),
+        );
+        event.insert(
+            "type".into(),
+            Json::from("openpolicyagent.org/decision_logs"),
+        );
+    }
+
     fn one(&mut self, record: &DecisionRecord) {
         let (has_mask, has_drop) = match &record.policies {
             Some(p) => *self
@@ -387,6 +407,7 @@ impl Writer {
                     }
                 }
                 mask::apply(&mut event, &ops);
+                self.console_envelope(&mut event, record);
                 chain::seal(event, &self.prev)
             }
             _ => {
@@ -403,6 +424,7 @@ impl Writer {
                         );
                     }
                 }
+                self.console_envelope(&mut fields, record);
                 chain::seal_with_input(fields, input.as_ref(), &self.prev)
             }
         };
