@@ -135,6 +135,7 @@ pub struct ConfigFile {
     pub decision_logs: Option<DecisionLogs>,
     /// OPA's `labels`: added to every decision event's `labels` (beside `id` and `version`).
     pub labels: Option<BTreeMap<String, String>>,
+    pub status: Option<Status>,
 }
 
 /// OPA's `plugins`.
@@ -155,6 +156,40 @@ pub struct EnvoyPlugin {
     pub dry_run: Option<bool>,
     #[serde(rename = "skip-request-body-parse")]
     pub skip_request_body_parse: Option<bool>,
+    /// gRPC reflection: refused when `true` (arbiter does not serve it).
+    #[serde(rename = "enable-reflection")]
+    pub enable_reflection: Option<bool>,
+    /// The largest `CheckRequest` accepted: `limits.max_request_bytes`.
+    #[serde(rename = "grpc-max-recv-msg-size")]
+    pub grpc_max_recv_msg_size: Option<u64>,
+    /// The largest `CheckResponse` sent.
+    #[serde(rename = "grpc-max-send-msg-size")]
+    pub grpc_max_send_msg_size: Option<u64>,
+    /// Accepted: arbiter's latency histograms are always on (and OPA's
+    /// `grpc_request_duration_seconds` is served beside them).
+    #[serde(rename = "enable-performance-metrics")]
+    pub enable_performance_metrics: Option<bool>,
+    /// Buckets of `grpc_request_duration_seconds`.
+    #[serde(rename = "grpc-request-duration-seconds-buckets")]
+    pub grpc_request_duration_seconds_buckets: Option<Vec<f64>>,
+    /// Protobuf descriptors for `parsed_body` of gRPC requests: refused when set.
+    #[serde(rename = "proto-descriptor")]
+    pub proto_descriptor: Option<String>,
+}
+
+/// OPA's `status`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// Status lines on the console: arbiter's load and reload messages (stderr).
+    pub console: Option<bool>,
+    /// OPA's bundle metrics (`bundle_loaded_counter`, `last_success_bundle_activation`, …) on
+    /// `/metrics`: arbiter serves them always.
+    pub prometheus: Option<bool>,
+    /// Status reports to a service: refused when set.
+    pub service: Option<String>,
+    pub partition_name: Option<String>,
+    pub trigger: Option<String>,
 }
 
 /// One of OPA's `services` (`v1/plugins/rest`): where it is, and what each request carries.

@@ -502,6 +502,28 @@ impl Args {
             policies.push(bundled_policies());
         }
         let mut limits = file.limits.unwrap_or_default();
+        // OPA-Envoy's plugin keys arbiter does not serve are refused by name; its sizes are
+        // limits.
+        if opa.enable_reflection == Some(true) {
+            return Err("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC reflection is not served (give grpcurl the protos of envoy.service.auth.v3)".into());
+        }
+        if opa.proto_descriptor.is_some() {
+            return Err("plugins.envoy_ext_authz_grpc.proto-descriptor: not supported (gRPC request bodies are not parsed)".into());
+        }
+        if let Some(n) = opa.grpc_max_recv_msg_size {
+            limits.max_request_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = opa.grpc_max_send_msg_size {
+            limits.max_response_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(status) = &file.status {
+            if status.service.is_some() {
+                return Err("status.service: status reports to a service are not supported (status.prometheus and /health?bundles tell the same)".into());
+            }
+            if status.trigger.as_deref().is_some_and(|t| t != "periodic") {
+                return Err("status.trigger: only `periodic` is supported".into());
+            }
+        }
         let eval_timeout = match self
             .eval_timeout
             .clone()
@@ -1385,6 +1407,46 @@ mod tests {
             ))
             .unwrap_err();
             assert!(e.contains(want), "{service}: `{e}` lacks `{want}`");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// OPA-Envoy's other plugin keys and OPA's `status` and `labels` (issue 25, item 7): each
+    /// takes effect or is refused by name.
+    #[test]
+    fn opa_plugin_status_and_labels_keys() {
+        let dir = std::env::temp_dir().join(format!("arbiter-serve-plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = |yaml: &str| {
+            let file = dir.join("config.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            Args {
+                config: Some(file),
+                ..Args::default()
+            }
+            .settings()
+        };
+        let s = settings(
+            "plugins:\n  envoy_ext_authz_grpc:\n    grpc-max-recv-msg-size: 1048576\n    grpc-max-send-msg-size: 65536\n    enable-performance-metrics: true\n    enable-reflection: false\nstatus: {console: true, prometheus: true}\nlabels: {region: eu-1}\n",
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_request_bytes, 1 << 20);
+        assert_eq!(s.limits.max_response_bytes, 65536);
+        assert_eq!(s.labels["region"], "eu-1");
+        for (yaml, want) in [
+            (
+                "plugins: {envoy_ext_authz_grpc: {enable-reflection: true}}",
+                "enable-reflection: gRPC reflection is not served",
+            ),
+            (
+                "plugins: {envoy_ext_authz_grpc: {proto-descriptor: /x.pb}}",
+                "proto-descriptor: not supported",
+            ),
+            ("status: {service: s}", "status.service: status reports"),
+            ("status: {consol: true}", "unknown field `consol`"),
+        ] {
+            let e = settings(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: `{e}` lacks `{want}`");
         }
         let _ = std::fs::remove_dir_all(dir);
     }

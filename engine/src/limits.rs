@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `eval_timeout` | 50 ms | the engines' execution timers, and the server's deadline |
 //! | `max_request_bytes` | 4 MiB | the gRPC server (tonic's default): larger `CheckRequest`s get `RESOURCE_EXHAUSTED` |
+//! | `max_response_bytes` | 4 MiB | the gRPC server: a larger `CheckResponse` (a policy's long `body`) is not sent, the check fails with `RESOURCE_EXHAUSTED` and Envoy denies it (OPA-Envoy's `grpc-max-send-msg-size`) |
 //! | `max_body_bytes` | 1 MiB | input building: a larger request body is `input_too_large` before parsing |
 //! | `max_body_depth` | 64 | the strict JSON body parser (`body_parse_error`) |
 //! | `max_headers` | 200 | input building: more distinct header names is `input_too_large` |
@@ -36,6 +37,8 @@ pub struct Limits {
     #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_request_bytes: usize,
     #[serde(deserialize_with = "crate::units::serde_units::size")]
+    pub max_response_bytes: usize,
+    #[serde(deserialize_with = "crate::units::serde_units::size")]
     pub max_body_bytes: usize,
     pub max_body_depth: usize,
     pub max_headers: usize,
@@ -59,6 +62,7 @@ impl Default for Limits {
         Self {
             eval_timeout: Duration::from_millis(50),
             max_request_bytes: 4 << 20,
+            max_response_bytes: 4 << 20,
             max_body_bytes: 1 << 20,
             max_body_depth: crate::body::DEFAULT_MAX_DEPTH,
             max_headers: 200,

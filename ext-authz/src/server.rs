@@ -210,7 +210,8 @@ pub async fn start_with(
         .add_service(health_service)
         .add_service(TooLarge(
             AuthorizationServer::new(AuthzService::new(state.clone()))
-                .max_decoding_message_size(limits.max_request_bytes),
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(limits.max_response_bytes),
         ));
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
