@@ -43,6 +43,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
                 extra: Default::default(),
             },
             api: Default::default(),
+            grpc_duration_buckets: Vec::new(),
         },
         workers: 2,
         queue: 1024,

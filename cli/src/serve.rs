@@ -218,6 +218,8 @@ pub struct Settings {
     pub diagnostic_addr: Option<String>,
     /// OPA's `labels`, for decision events.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `grpc-request-duration-seconds-buckets` (empty: OPA-Envoy's).
+    pub grpc_duration_buckets: Vec<f64>,
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
@@ -510,6 +512,13 @@ impl Args {
         if opa.proto_descriptor.is_some() {
             return Err("plugins.envoy_ext_authz_grpc.proto-descriptor: not supported (gRPC request bodies are not parsed)".into());
         }
+        if let Some(b) = &opa.grpc_request_duration_seconds_buckets
+            && (b.is_empty()
+                || b.windows(2).any(|w| w[0] >= w[1])
+                || b.iter().any(|x| !x.is_finite()))
+        {
+            return Err("plugins.envoy_ext_authz_grpc.grpc-request-duration-seconds-buckets: give increasing, finite upper bounds".into());
+        }
         if let Some(n) = opa.grpc_max_recv_msg_size {
             limits.max_request_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
@@ -630,6 +639,10 @@ impl Args {
             ignore: self.ignore.clone(),
             diagnostic_addr: self.diagnostic_addr.clone(),
             labels: file.labels.clone().unwrap_or_default(),
+            grpc_duration_buckets: opa
+                .grpc_request_duration_seconds_buckets
+                .clone()
+                .unwrap_or_default(),
             ui: self.ui || file.ui.unwrap_or(false),
             authentication: match (self.authentication, file.authentication.as_deref()) {
                 (Some(a), _) => a,
@@ -827,6 +840,17 @@ fn download(b: &BundleSource, etag: Option<&str>) -> Result<Fetched, String> {
     }
 }
 
+/// OPA's bundle metrics after a load: `bundle` (or every bundle of the set) is active at its
+/// revision.
+fn activated(state: &arbiter_ext_authz::state::State, bundle: Option<&str>) {
+    let a = state.authorizer.load();
+    for (name, revision) in a.policies().bundles() {
+        if bundle.is_none_or(|b| b == name) {
+            state.metrics.opa.bundle_activated(name, revision);
+        }
+    }
+}
+
 /// How often a bundle URL is tried while the server has no policy.
 const AWAITING_RETRY: Duration = Duration::from_secs(2);
 
@@ -901,6 +925,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
                 extra: s.labels.clone(),
             },
             api: api_access(s),
+            grpc_duration_buckets: s.grpc_duration_buckets.clone(),
         },
         workers: s.workers,
         queue: s.queue,
@@ -1027,8 +1052,15 @@ pub fn run(args: &Args) -> Exit {
     let mut etags: std::collections::BTreeMap<String, Option<String>> = Default::default();
     let any_url = settings.bundles.iter().any(BundleSource::is_url);
     let mut awaiting: Option<String> = None;
+    // What the first downloads did, for OPA's bundle metrics once the server runs.
+    let mut first_downloads: Vec<(String, Result<(), String>)> = Vec::new();
     for b in settings.bundles.iter().filter(|b| b.is_url()) {
-        match download(b, None) {
+        let got = download(b, None);
+        first_downloads.push((
+            b.name.clone(),
+            got.as_ref().map(|_| ()).map_err(Clone::clone),
+        ));
+        match got {
             Ok(Fetched::New { body, etag }) => {
                 if let Ok(mut g) = fetched.lock() {
                     g.insert(b.name.clone(), body);
@@ -1094,6 +1126,17 @@ pub fn run(args: &Args) -> Exit {
         let running = arbiter_ext_authz::start_with(config, authorizer, awaiting.is_some())
             .await
             .context("cannot start")?;
+        for (name, outcome) in &first_downloads {
+            let opa = &running.state.metrics.opa;
+            opa.bundle_request(name);
+            match outcome {
+                Ok(()) => opa.bundle_response(name, true),
+                Err(e) => opa.bundle_failed(name, "bundle_error", e),
+            }
+        }
+        if awaiting.is_none() {
+            activated(&running.state, None);
+        }
         // Reloads: on SIGHUP, and on file changes with --watch; one at a time.
         let build: arbiter_ext_authz::reload::Build = {
             let (s, f) = (settings.clone(), fetched.clone());
@@ -1103,17 +1146,27 @@ pub fn run(args: &Args) -> Exit {
         let do_reload = {
             let state = Arc::downgrade(&running.state);
             let (build, lock) = (build.clone(), lock.clone());
-            move |why: &str| -> bool {
+            // `bundle`: the bundle whose new download caused the reload (its activation or
+            // failure is what OPA's bundle metrics count); `None`: every bundle is reloaded.
+            move |why: &str, bundle: Option<&str>| -> bool {
                 let Some(state) = state.upgrade() else {
                     return false;
                 };
                 let _one = lock.lock();
                 match arbiter_ext_authz::reload::reload(&state, &build) {
-                    Ok(rev) => eprintln!("arbiter: reloaded ({why}): revision {rev}"),
-                    Err(e) => eprintln!(
-                        "arbiter: reload ({why}) failed, still serving revision {}:\n{e}",
-                        state.authorizer.load().policies().revision()
-                    ),
+                    Ok(rev) => {
+                        eprintln!("arbiter: reloaded ({why}): revision {rev}");
+                        activated(&state, bundle);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "arbiter: reload ({why}) failed, still serving revision {}:\n{e}",
+                            state.authorizer.load().policies().revision()
+                        );
+                        if let Some(name) = bundle {
+                            state.metrics.opa.bundle_failed(name, "bundle_error", &e);
+                        }
+                    }
                 }
                 true
             }
@@ -1138,14 +1191,28 @@ pub fn run(args: &Args) -> Exit {
                         } else {
                             delay
                         });
-                        match download(&b, etag.as_deref()) {
+                        let metrics = state.upgrade().map(|s| s.metrics.clone());
+                        if let Some(m) = &metrics {
+                            m.opa.bundle_request(&b.name);
+                        }
+                        let got = download(&b, etag.as_deref());
+                        if let Some(m) = &metrics {
+                            match &got {
+                                Ok(f) => m.opa.bundle_response(
+                                    &b.name,
+                                    matches!(f, Fetched::New { .. }),
+                                ),
+                                Err(e) => m.opa.bundle_failed(&b.name, "bundle_error", e),
+                            }
+                        }
+                        match got {
                             Ok(Fetched::Unchanged) => {}
                             Ok(Fetched::New { body, etag: e }) => {
                                 if let Ok(mut g) = fetched.lock() {
                                     g.insert(b.name.clone(), body);
                                 }
                                 etag = e;
-                                if !on_new(&format!("a new bundle {}", b.name)) {
+                                if !on_new(&format!("a new bundle {}", b.name), Some(&b.name)) {
                                     return;
                                 }
                             }
@@ -1172,7 +1239,7 @@ pub fn run(args: &Args) -> Exit {
             std::thread::Builder::new()
                 .name("arbiter-watch".into())
                 .spawn(move || {
-                    arbiter_ext_authz::reload::watch(paths, interval, || on_change("files changed"))
+                    arbiter_ext_authz::reload::watch(paths, interval, || on_change("files changed", None))
                 })
                 .context("cannot start the file watcher")?;
         }
@@ -1184,7 +1251,7 @@ pub fn run(args: &Args) -> Exit {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         let f = on_hup.clone();
-                        let _ = tokio::task::spawn_blocking(move || f("SIGHUP")).await;
+                        let _ = tokio::task::spawn_blocking(move || f("SIGHUP", None)).await;
                     }
                 });
             }
@@ -1443,6 +1510,10 @@ mod tests {
                 "proto-descriptor: not supported",
             ),
             ("status: {service: s}", "status.service: status reports"),
+            (
+                "plugins: {envoy_ext_authz_grpc: {grpc-request-duration-seconds-buckets: [0.1, 0.01]}}",
+                "give increasing, finite upper bounds",
+            ),
             ("status: {consol: true}", "unknown field `consol`"),
         ] {
             let e = settings(yaml).unwrap_err();

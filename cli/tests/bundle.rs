@@ -54,6 +54,7 @@ fn serve(args: &[&str]) -> Result<(Child, String), String> {
             "127.0.0.1:0",
         ])
         .args(args)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -482,6 +483,27 @@ keys:
     let roles: serde_json::Value =
         serde_json::from_str(&http(&addr, "GET", "/v1/data/roles", "")).unwrap();
     assert_eq!(roles["result"]["admin"][0], "ann", "{roles}");
+    // An undefined read is not an allow (issue 25, item 6).
+    let _ = http(&addr, "GET", "/v1/data/nothing/here", "");
+    // OPA's metric families (issue 25, item 6), with the bundles by name.
+    let metrics = http(&addr, "GET", "/metrics", "");
+    for want in [
+        "bundle_loaded_counter{name=\"envoy/authz\"} 1",
+        "bundle_loaded_counter{name=\"roles\"} 1",
+        "last_success_bundle_activation{active_revision=\"authz-1\",name=\"envoy/authz\"} ",
+        "last_success_bundle_download{name=\"roles\"} ",
+        "plugin_status_gauge{name=\"bundle\",status=\"OK\"} 1",
+        "http_request_duration_seconds_bucket{code=\"200\",handler=\"v1/data\",method=\"POST\",le=\"1\"} ",
+        "grpc_request_duration_seconds_count{handler=\"check\"} 0",
+        // allowed("a") and the roles read; allowed("b") and the undefined read.
+        "arbiter_decisions_total{outcome=\"allow\",origin=\"data_api\"} 2",
+        "arbiter_decisions_total{outcome=\"deny\",origin=\"data_api\"} 2",
+        "arbiter_decisions_total{outcome=\"error\",origin=\"data_api\"} 0",
+        "arbiter_decision_denials_total{reason=\"undefined_decision\"} 1",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
     {
         let seen = seen.lock().unwrap();
         let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();

@@ -46,6 +46,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
                 extra: Default::default(),
             },
             api: Default::default(),
+            grpc_duration_buckets: Vec::new(),
         },
         workers: 2,
         queue: 256,

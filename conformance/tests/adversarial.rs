@@ -550,6 +550,7 @@ async fn server(a: Authorizer) -> RunningServer {
                     extra: Default::default(),
                 },
                 api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
             },
             workers: 0,
             queue: 64,

@@ -36,8 +36,38 @@ pub fn router(state: Arc<State>) -> Router {
             state.clone(),
             crate::api_auth::gate,
         ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// OPA's `http_request_duration_seconds{code,handler,method}`: every request, timed to its
+/// answer, under OPA's handler names.
+async fn timed(
+    AxState(state): AxState<Arc<State>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let start = std::time::Instant::now();
+    let path = request.uri().path();
+    let handler = if path == "/v1/data" || path.starts_with("/v1/data/") {
+        "v1/data"
+    } else if path == "/health" || path.starts_with("/health/") {
+        "health"
+    } else if path == "/metrics" {
+        "metrics"
+    } else {
+        "catchall"
+    };
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    state.metrics.opa.http_request(
+        response.status().as_u16(),
+        handler,
+        &method,
+        u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+    );
+    response
 }
 
 /// The diagnostic listener's routes: `/health` and `/metrics`, nothing else (OPA's
@@ -46,6 +76,7 @@ pub fn diagnostic_router(state: Arc<State>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -115,14 +146,7 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
             .iter()
             .any(|(k, v)| k == "exclude-plugin" && v.split(',').any(|p| p == plugin))
     };
-    let plugins = [
-        ("bundle", !awaiting),
-        (
-            "envoy_ext_authz_grpc",
-            state.grpc_ready.load(Ordering::Acquire),
-        ),
-        ("decision_logs", state.audit_available()),
-    ];
+    let plugins = state.plugins();
     let error = if (asked("bundles") || asked("bundle")) && awaiting {
         Some("one or more bundles are not activated")
     } else if asked("plugins") && plugins.iter().any(|(name, up)| !up && !excluded(name)) {
@@ -141,10 +165,16 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     let a = state.authorizer.load();
+    let plugins = state.plugins();
+    let statuses: Vec<(&str, &str)> = plugins
+        .iter()
+        .map(|(name, up)| (*name, if *up { "OK" } else { "NOT_READY" }))
+        .collect();
     let text = state.metrics.render(
         a.policies().revision(),
         &a.path().slash_path(),
         state.ready(),
+        &statuses,
     );
     let mut r = text.into_response();
     r.headers_mut().insert(

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod opa_metrics;
 pub mod pool;
 pub mod protojson;
 pub mod reload;

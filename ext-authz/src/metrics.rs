@@ -67,6 +67,8 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
+    /// OPA's and OPA-Envoy's families, served beside these.
+    pub opa: crate::opa_metrics::OpaMetrics,
 }
 
 /// Labels of `arbiter_requests_refused_total`, indexed by [`Refusal`].
@@ -114,6 +116,14 @@ pub enum DropReason {
 }
 
 impl Metrics {
+    /// With OPA-Envoy's `grpc_request_duration_seconds` buckets set (empty: its defaults).
+    pub fn with_grpc_buckets(buckets: &[f64]) -> Self {
+        Metrics {
+            opa: crate::opa_metrics::OpaMetrics::new(buckets),
+            ..Metrics::default()
+        }
+    }
+
     /// Count one decision: its outcome, its reason, its latency.
     pub fn record(
         &self,
@@ -123,7 +133,10 @@ impl Metrics {
         latency_ns: u64,
     ) {
         let i = match origin {
-            Origin::Grpc => 0,
+            Origin::Grpc => {
+                self.opa.grpc_check(latency_ns);
+                0
+            }
             Origin::DataApi => 1,
         };
         match reason {
@@ -210,8 +223,15 @@ impl Metrics {
             .sum()
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, revision: &str, path: &str, ready: bool) -> String {
+    /// The Prometheus text exposition: arbiter's families, then OPA's (`plugins`: each
+    /// plugin's name and OPA status).
+    pub fn render(
+        &self,
+        revision: &str,
+        path: &str,
+        ready: bool,
+        plugins: &[(&str, &str)],
+    ) -> String {
         let mut s = String::with_capacity(4096);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -373,6 +393,7 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE arbiter_ready gauge");
         let _ = writeln!(s, "arbiter_ready {}", u8::from(ready));
+        self.opa.render(&mut s, plugins);
         s
     }
 }
@@ -394,7 +415,7 @@ mod tests {
         m.record(Origin::Grpc, true, None, 30_000);
         m.record(Origin::Grpc, false, Some(("policy_denied", false)), 40_000);
         m.record(Origin::Grpc, false, Some(("timeout", true)), 50_000_000);
-        let text = m.render("abc", "envoy/authz/allow", true);
+        let text = m.render("abc", "envoy/authz/allow", true, &[]);
         assert!(text.contains("arbiter_decisions_total{outcome=\"allow\",origin=\"grpc\"} 1"));
         assert!(text.contains("arbiter_decisions_total{outcome=\"deny\",origin=\"grpc\"} 1"));
         assert!(text.contains("arbiter_decisions_total{outcome=\"error\",origin=\"grpc\"} 1"));

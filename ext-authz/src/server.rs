@@ -147,7 +147,9 @@ pub async fn start_with(
     authorizer: Authorizer,
     awaiting_policy: bool,
 ) -> anyhow::Result<RunningServer> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_grpc_buckets(
+        &config.options.grpc_duration_buckets,
+    ));
     let decision_log = match &config.decision_log {
         Some(c) => Some(
             DecisionLog::start(c, config.options.labels.clone(), metrics.clone())

@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub labels: InstanceLabels,
     /// Who may use the HTTP listener's APIs.
     pub api: crate::api_auth::ApiAccess,
+    /// Upper bounds of OPA-Envoy's `grpc_request_duration_seconds`; empty: OPA-Envoy's.
+    pub grpc_duration_buckets: Vec<f64>,
 }
 
 pub struct State {
@@ -78,9 +80,21 @@ impl State {
     /// Serving, with the configured policy, and — when auditing is required — with a decision
     /// log that takes events.
     pub fn ready(&self) -> bool {
-        self.grpc_ready.load(Ordering::Acquire)
-            && !self.awaiting_policy.load(Ordering::Acquire)
-            && self.audit_available()
+        self.plugins().iter().all(|(_, up)| *up)
+    }
+
+    /// OPA's plugins and whether each is up: `bundle` (the configured policy is loaded),
+    /// `envoy_ext_authz_grpc` (the gRPC listener), `decision_logs` (required auditing takes
+    /// events). `/health?plugins`, `plugin_status_gauge` and [`State::ready`] read this.
+    pub fn plugins(&self) -> [(&'static str, bool); 3] {
+        [
+            ("bundle", !self.awaiting_policy.load(Ordering::Acquire)),
+            (
+                "envoy_ext_authz_grpc",
+                self.grpc_ready.load(Ordering::Acquire),
+            ),
+            ("decision_logs", self.audit_available()),
+        ]
     }
 
     /// False while auditing is required and the decision log refuses events (checks are then

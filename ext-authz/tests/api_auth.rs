@@ -70,6 +70,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
                     extra: Default::default(),
                 },
                 api,
+                grpc_duration_buckets: Vec::new(),
             },
             workers: 0,
             queue: 16,

@@ -94,6 +94,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
                     extra: Default::default(),
                 },
                 api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
             },
             workers: 0,
             queue: 20_000,

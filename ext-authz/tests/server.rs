@@ -75,6 +75,7 @@ fn config(
                 extra: Default::default(),
             },
             api: Default::default(),
+            grpc_duration_buckets: Vec::new(),
         },
         workers,
         queue,

@@ -149,6 +149,7 @@ async fn certificates_reload_without_dropping_connections() {
                     extra: Default::default(),
                 },
                 api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
             },
             workers: 1,
             queue: 8,
