@@ -21,6 +21,16 @@ pub enum Format {
     Raw,
     /// Human-readable: the value, or a table of bindings.
     Pretty,
+    /// Each result's expression values as a JSON array, one per line (OPA's `values`).
+    Values,
+    /// Each result's bindings as a JSON object, one per line (OPA's `bindings`).
+    Bindings,
+}
+
+/// `opa eval -t`: arbiter evaluates Rego only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Rego,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +40,18 @@ pub struct Args {
     /// Policy or data file or folder (repeatable).
     #[arg(short = 'd', long = "data", value_name = "PATH")]
     pub data: Vec<PathBuf>,
+    /// A bundle: a `.tar.gz` or a folder in bundle layout (repeatable), as `opa eval -b`.
+    #[arg(short = 'b', long = "bundle", value_name = "PATH")]
+    pub bundle: Vec<PathBuf>,
+    /// The evaluation target; only `rego`.
+    #[arg(short = 't', long = "target", value_enum)]
+    pub target: Option<Target>,
+    /// Stop the evaluation after this long (`50ms`, `2s`); none by default, as in `opa eval`.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Add the evaluation's timers to the JSON output (`metrics`), as `opa eval --metrics`.
+    #[arg(long)]
+    pub metrics: bool,
     /// Input document (JSON, or YAML by extension); `-` reads stdin.
     #[arg(short = 'i', long = "input", value_name = "FILE")]
     pub input: Option<PathBuf>,
@@ -75,7 +97,7 @@ fn print_errors(format: Format, diagnostics: &[Diagnostic]) {
             let errors: Vec<Json> = diagnostics.iter().map(error_json).collect();
             println!("{}", pretty(&json!({ "errors": errors })));
         }
-        Format::Raw | Format::Pretty => {
+        Format::Raw | Format::Pretty | Format::Values | Format::Bindings => {
             let n = diagnostics.len();
             eprintln!("{n} error{} occurred:", if n == 1 { "" } else { "s" });
             for d in diagnostics {
@@ -139,6 +161,19 @@ fn print_results(format: Format, results: &arbiter_engine::regorus::QueryResults
             }
         }
         Format::Pretty => print_pretty(results),
+        Format::Values => {
+            for r in &results.result {
+                let line: Vec<Json> = r.expressions.iter().map(|e| to_json(&e.value)).collect();
+                println!("{}", pretty(&Json::Array(line)));
+            }
+        }
+        Format::Bindings => {
+            for r in &results.result {
+                let b = to_json(&r.bindings);
+                let b = if b.is_object() { b } else { json!({}) };
+                println!("{}", pretty(&b));
+            }
+        }
     }
 }
 
@@ -260,16 +295,28 @@ pub fn run(args: &Args) -> Exit {
         } else {
             RegoVersion::V1
         },
-        // No deadline, as `opa eval` and `opa bench` have none.
-        eval_timeout: None,
+        // No deadline unless --timeout, as in `opa eval`.
+        eval_timeout: match args.timeout.as_deref().map(crate::serve::parse_duration) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                eprintln!("arbiter eval: --timeout: {e}");
+                return Exit::Usage;
+            }
+        },
         strict_builtin_errors: args.strict_builtin_errors,
         ..LoadOptions::default()
     };
-    let set = if args.data.is_empty() {
-        PolicySet::from_sources(&PolicySources::default(), &options)
-    } else {
-        PolicySet::load(&args.data, &options)
-    };
+    let sources = PolicySources::discover(&args.data).and_then(|mut sources| {
+        for b in &args.bundle {
+            let bundle = arbiter_engine::bundle::load(b, None).map_err(|e| {
+                arbiter_engine::LoadError::one(Diagnostic::file(b.display().to_string(), e))
+            })?;
+            sources.extend(bundle.sources);
+        }
+        Ok(sources)
+    });
+    let set = sources.and_then(|s| PolicySet::from_sources(&s, &options));
     let set = match set {
         Ok(s) => s,
         Err(e) => {
@@ -293,7 +340,26 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Failed;
         }
     };
-    match set.query(&args.query, input) {
+    let started = std::time::Instant::now();
+    let queried = set.query(&args.query, input);
+    let eval_ns = started.elapsed().as_nanos();
+    match queried {
+        Ok(results) if args.metrics && args.format == Format::Json => {
+            let mut out = results_json(&results);
+            if let Json::Object(m) = &mut out {
+                m.insert(
+                    "metrics".into(),
+                    json!({"timer_rego_query_eval_ns": eval_ns}),
+                );
+            }
+            println!("{}", pretty(&out));
+            let defined = !results.result.is_empty();
+            if (args.fail && !defined) || (args.fail_defined && defined) {
+                Exit::Failed
+            } else {
+                Exit::Ok
+            }
+        }
         Ok(results) => {
             print_results(args.format, &results);
             let defined = !results.result.is_empty();

@@ -483,6 +483,29 @@ keys:
     let roles: serde_json::Value =
         serde_json::from_str(&http(&addr, "GET", "/v1/data/roles", "")).unwrap();
     assert_eq!(roles["result"]["admin"][0], "ann", "{roles}");
+    // The Data API's debugging parameters and OPA's /v1/status (issue 25, item 10).
+    let read: serde_json::Value =
+        serde_json::from_str(&http(&addr, "GET", "/v1/data/roles?provenance&metrics", "")).unwrap();
+    assert_eq!(
+        read["provenance"]["bundles"],
+        serde_json::json!({"envoy/authz": {"revision": "authz-1"}, "roles": {"revision": "roles-7"}}),
+        "{read}"
+    );
+    assert!(
+        read["metrics"]["timer_server_handler_ns"].is_u64(),
+        "{read}"
+    );
+    let (code, body) = common::http(&addr, "GET", "/v1/data/roles?explain=full", "");
+    assert_eq!(code, 400, "{body}");
+    let status: serde_json::Value =
+        serde_json::from_str(&http(&addr, "GET", "/v1/status", "")).unwrap();
+    assert_eq!(
+        status["result"]["bundles"]["envoy/authz"]["active_revision"], "authz-1",
+        "{status}"
+    );
+    assert!(status["result"]["bundles"]["roles"]["last_successful_activation"].is_string());
+    assert_eq!(status["result"]["plugins"]["bundle"]["state"], "OK");
+    assert!(status["result"]["labels"]["id"].is_string());
     // An undefined read is not an allow (issue 25, item 6).
     let _ = http(&addr, "GET", "/v1/data/nothing/here", "");
     // OPA's metric families (issue 25, item 6), with the bundles by name.
@@ -495,8 +518,8 @@ keys:
         "plugin_status_gauge{name=\"bundle\",status=\"OK\"} 1",
         "http_request_duration_seconds_bucket{code=\"200\",handler=\"v1/data\",method=\"POST\",le=\"1\"} ",
         "grpc_request_duration_seconds_count{handler=\"check\"} 0",
-        // allowed("a") and the roles read; allowed("b") and the undefined read.
-        "arbiter_decisions_total{outcome=\"allow\",origin=\"data_api\"} 2",
+        // allowed("a") and the two roles reads; allowed("b") and the undefined read.
+        "arbiter_decisions_total{outcome=\"allow\",origin=\"data_api\"} 3",
         "arbiter_decisions_total{outcome=\"deny\",origin=\"data_api\"} 2",
         "arbiter_decisions_total{outcome=\"error\",origin=\"data_api\"} 0",
         "arbiter_decision_denials_total{reason=\"undefined_decision\"} 1",

@@ -282,3 +282,53 @@ fn serve_refuses_a_misspelled_config_key() {
     assert!(stderr.starts_with(&want), "stderr: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `opa eval`'s other habits (issue 25, item 10): `-f values`, `-f bindings`, `-b`, `-t rego`,
+/// `--timeout`, `--metrics`. The expected texts are what OPA-Envoy 1.7.1 printed for the same
+/// command lines (`~/.cache/arbiter-ref/opa eval …`, 2026-12-03).
+#[test]
+fn eval_values_bindings_bundles_and_metrics_as_opa() {
+    let out = |args: &[&str]| {
+        let o = arbiter(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let q = "x := [1,2][_]; y := x * 10";
+    assert_eq!(
+        out(&["eval", "-f", "values", q]),
+        "[\n  true,\n  true\n]\n[\n  true,\n  true\n]\n"
+    );
+    assert_eq!(
+        out(&["eval", "-f", "bindings", q]),
+        "{\n  \"x\": 1,\n  \"y\": 10\n}\n{\n  \"x\": 2,\n  \"y\": 20\n}\n"
+    );
+    assert_eq!(out(&["eval", "-f", "bindings", "1 == 1"]), "{}\n");
+    assert_eq!(out(&["eval", "-f", "values", "x := 1; x > 5"]), "");
+    let bundle = repo().join("conformance/fixtures/opa-bundles/opa-plain.tar.gz");
+    assert_eq!(
+        out(&[
+            "eval",
+            "-t",
+            "rego",
+            "-b",
+            bundle.to_str().unwrap(),
+            "-f",
+            "values",
+            "data.envoy.authz.allow",
+        ]),
+        "[\n  false\n]\n"
+    );
+    let with_metrics: serde_json::Value =
+        serde_json::from_str(&out(&["eval", "--metrics", "--timeout", "5s", "true"])).unwrap();
+    assert_eq!(with_metrics["result"][0]["expressions"][0]["value"], true);
+    assert!(with_metrics["metrics"]["timer_rego_query_eval_ns"].is_u64());
+    // A target arbiter does not have is refused.
+    assert_eq!(
+        arbiter(&["eval", "-t", "wasm", "true"]).status.code(),
+        Some(2)
+    );
+}

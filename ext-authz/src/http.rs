@@ -31,6 +31,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
         .fallback(data_api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -56,6 +57,8 @@ async fn timed(
         "health"
     } else if path == "/metrics" {
         "metrics"
+    } else if path == "/v1/status" {
+        "v1/status"
     } else {
         "catchall"
     };
@@ -163,6 +166,37 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
     }
 }
 
+/// OPA's `/v1/status`: what the status plugin reports — the instance's `labels`, each
+/// bundle's activation, each plugin's state.
+async fn status(AxState(state): AxState<Arc<State>>) -> Response {
+    let labels = &state.options.labels;
+    let mut l = serde_json::Map::new();
+    for (k, v) in &labels.extra {
+        l.insert(k.clone(), json!(v));
+    }
+    l.insert("id".into(), json!(labels.id));
+    l.insert("version".into(), json!(labels.version));
+    let plugins: serde_json::Map<String, Json> = state
+        .plugins()
+        .iter()
+        .map(|(name, up)| {
+            (
+                (*name).to_string(),
+                json!({"state": if *up { "OK" } else { "NOT_READY" }}),
+            )
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"result": {
+            "labels": l,
+            "bundles": state.metrics.opa.bundle_status(),
+            "plugins": plugins,
+        }}),
+        false,
+    )
+}
+
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     let a = state.authorizer.load();
     let plugins = state.plugins();
@@ -257,7 +291,17 @@ async fn data_api(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
     };
+    let started = std::time::Instant::now();
     let pretty = query_param(&uri, "pretty").is_some_and(|v| v != "false");
+    // OPA's boolean parameters: present without a value, or anything but `false`.
+    let asked = |name: &str| query_param(&uri, name).is_some_and(|v| v != "false");
+    if query_param(&uri, "explain").is_some_and(|v| v != "off") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "explain is not supported: arbiter evaluates without traces (use `arbiter eval` and print())",
+        );
+    }
     let input = match method {
         Method::POST => {
             if body.iter().all(u8::is_ascii_whitespace) {
@@ -310,6 +354,29 @@ async fn data_api(
             body.insert("decision_id".into(), json!(decision_id));
             if v != arbiter_engine::regorus::Value::Undefined {
                 body.insert("result".into(), to_json(&v));
+            }
+            if asked("metrics") || asked("instrument") {
+                body.insert(
+                    "metrics".into(),
+                    json!({"timer_server_handler_ns": started.elapsed().as_nanos()}),
+                );
+            }
+            if asked("provenance") {
+                let a = state.authorizer.load();
+                let bundles: serde_json::Map<String, Json> = a
+                    .policies()
+                    .bundles()
+                    .iter()
+                    .map(|(name, rev)| (name.clone(), json!({"revision": rev})))
+                    .collect();
+                body.insert(
+                    "provenance".into(),
+                    json!({
+                        "version": format!("arbiter-{}", env!("CARGO_PKG_VERSION")),
+                        "revision": a.policies().revision(),
+                        "bundles": bundles,
+                    }),
+                );
             }
             json_response(StatusCode::OK, &Json::Object(body), pretty)
         }

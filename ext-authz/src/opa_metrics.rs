@@ -180,6 +180,38 @@ impl OpaMetrics {
         });
     }
 
+    /// OPA's `/v1/status` view of the bundles: by name, with `active_revision` and the times
+    /// (RFC 3339) of the last request, successful request, download and activation.
+    pub fn bundle_status(&self) -> serde_json::Value {
+        let t = |ns: Option<i128>| {
+            ns.map(arbiter_engine::record::rfc3339_nanos)
+                .map_or(serde_json::Value::Null, serde_json::Value::from)
+        };
+        let bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::Value::Object(
+            bundles
+                .iter()
+                .map(|(name, b)| {
+                    let (activated, revision) = match &b.last_success_activation {
+                        Some((at, rev)) => (Some(*at), rev.clone()),
+                        None => (None, String::new()),
+                    };
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "name": name,
+                            "active_revision": revision,
+                            "last_request": t(b.last_request_ns),
+                            "last_successful_request": t(b.last_success_request_ns),
+                            "last_successful_download": t(b.last_success_download_ns),
+                            "last_successful_activation": t(activated),
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// The families, in the text exposition. `plugins` is each plugin's name and OPA status
     /// (`OK`, `NOT_READY`, `ERROR`).
     pub fn render(&self, out: &mut String, plugins: &[(&str, &str)]) {
