@@ -764,6 +764,16 @@ fn sources(
     let mut revisions = Vec::new();
     for (name, bundle) in loaded {
         revisions.push(format!("{name}={}", bundle.manifest.revision));
+        // OPA's `data.system.bundles[name].manifest`.
+        let manifest = serde_json::json!({
+            "revision": bundle.manifest.revision,
+            "roots": bundle.manifest.roots.clone().unwrap_or_else(|| vec![String::new()]),
+        });
+        sources.data.push(arbiter_engine::loader::DataDocument {
+            file: format!("{}:/.manifest", b_location(s, &name)),
+            prefix: vec!["system".into(), "bundles".into(), name.clone()],
+            value: serde_json::json!({ "manifest": manifest }),
+        });
         let mut from = bundle.sources;
         from.bundles.insert(name, bundle.manifest.revision);
         sources.extend(from);
@@ -773,6 +783,14 @@ fn sources(
         sources.revision = Some(revisions.join(","));
     }
     Ok(sources)
+}
+
+/// Where bundle `name` comes from, for messages.
+fn b_location(s: &Settings, name: &str) -> String {
+    s.bundles
+        .iter()
+        .find(|b| b.name == name)
+        .map_or_else(|| name.to_string(), |b| b.location.clone())
 }
 
 pub fn authorizer_with(

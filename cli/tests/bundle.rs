@@ -506,6 +506,48 @@ keys:
     assert!(status["result"]["bundles"]["roles"]["last_successful_activation"].is_string());
     assert_eq!(status["result"]["plugins"]["bundle"]["state"], "OK");
     assert!(status["result"]["labels"]["id"].is_string());
+    // OPA's data.system.bundles and the read-only /v1/policies.
+    let manifest: serde_json::Value = serde_json::from_str(&http(
+        &addr,
+        "GET",
+        "/v1/data/system/bundles/roles/manifest",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(
+        manifest["result"],
+        serde_json::json!({"revision": "roles-7", "roots": ["roles"]}),
+        "{manifest}"
+    );
+    let policies: serde_json::Value =
+        serde_json::from_str(&http(&addr, "GET", "/v1/policies", "")).unwrap();
+    let ids: Vec<&str> = policies["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let authz = ids
+        .iter()
+        .find(|id| id.ends_with("envoy/authz.rego"))
+        .unwrap_or_else(|| panic!("{policies}"));
+    let one: serde_json::Value = serde_json::from_str(&http(
+        &addr,
+        "GET",
+        &format!("/v1/policies/{}", authz.trim_start_matches('/')),
+        "",
+    ))
+    .unwrap();
+    assert!(
+        one["result"]["raw"]
+            .as_str()
+            .is_some_and(|r| r.contains("package envoy.authz")),
+        "{one}"
+    );
+    assert_eq!(
+        common::http(&addr, "PUT", "/v1/policies/x", "package x").0,
+        405
+    );
     // An undefined read is not an allow (issue 25, item 6).
     let _ = http(&addr, "GET", "/v1/data/nothing/here", "");
     // OPA's metric families (issue 25, item 6), with the bundles by name.
@@ -518,8 +560,9 @@ keys:
         "plugin_status_gauge{name=\"bundle\",status=\"OK\"} 1",
         "http_request_duration_seconds_bucket{code=\"200\",handler=\"v1/data\",method=\"POST\",le=\"1\"} ",
         "grpc_request_duration_seconds_count{handler=\"check\"} 0",
-        // allowed("a") and the two roles reads; allowed("b") and the undefined read.
-        "arbiter_decisions_total{outcome=\"allow\",origin=\"data_api\"} 3",
+        // allowed("a"), the two roles reads and the manifest read; allowed("b") and the
+        // undefined read.
+        "arbiter_decisions_total{outcome=\"allow\",origin=\"data_api\"} 4",
         "arbiter_decisions_total{outcome=\"deny\",origin=\"data_api\"} 2",
         "arbiter_decisions_total{outcome=\"error\",origin=\"data_api\"} 0",
         "arbiter_decision_denials_total{reason=\"undefined_decision\"} 1",

@@ -237,6 +237,20 @@ impl PolicySet {
         &self.revision
     }
 
+    /// Every Rego module compiled into the set: its file name and its text (OPA's
+    /// `/v1/policies`).
+    pub fn rego_sources(&self) -> Vec<(String, String)> {
+        self.prototype
+            .get_policies()
+            .map(|sources| {
+                sources
+                    .iter()
+                    .map(|s| (s.get_path().clone(), s.get_contents().clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The bundles the set was loaded from: name → manifest revision (empty for files).
     pub fn bundles(&self) -> &std::collections::BTreeMap<String, String> {
         &self.bundles

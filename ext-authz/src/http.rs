@@ -32,6 +32,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/policies", get(policies))
+        .route("/v1/policies/{*id}", get(policy))
         .fallback(data_api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -59,6 +61,8 @@ async fn timed(
         "metrics"
     } else if path == "/v1/status" {
         "v1/status"
+    } else if path == "/v1/policies" || path.starts_with("/v1/policies/") {
+        "v1/policies"
     } else {
         "catchall"
     };
@@ -195,6 +199,44 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         }}),
         false,
     )
+}
+
+/// OPA's `GET /v1/policies`: every Rego module, by id (its file), with its text. Read-only:
+/// policies come from files and bundles, so `PUT` and `DELETE` are 405.
+async fn policies(AxState(state): AxState<Arc<State>>) -> Response {
+    let a = state.authorizer.load();
+    let list: Vec<Json> = a
+        .policies()
+        .rego_sources()
+        .into_iter()
+        .map(|(id, raw)| json!({"id": id, "raw": raw}))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "result": list }), false)
+}
+
+/// OPA's `GET /v1/policies/{id}`.
+async fn policy(
+    AxState(state): AxState<Arc<State>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let a = state.authorizer.load();
+    match a
+        .policies()
+        .rego_sources()
+        .into_iter()
+        .find(|(name, _)| *name == id || name.trim_start_matches('/') == id)
+    {
+        Some((id, raw)) => json_response(
+            StatusCode::OK,
+            &json!({"result": {"id": id, "raw": raw}}),
+            false,
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            format!("storage_not_found_error: policy id \"{id}\""),
+        ),
+    }
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
