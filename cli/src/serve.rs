@@ -358,43 +358,32 @@ impl Args {
                     ));
                 }
             }
-            let polling = match b.polling.clone().unwrap_or_default() {
-                p if p.long_polling_timeout_seconds.is_some() => {
-                    return Err(format!(
-                        "{}: long polling is not supported",
-                        at("polling.long_polling_timeout_seconds")
-                    ));
+            let p = b.polling.clone().unwrap_or_default();
+            if p.long_polling_timeout_seconds.is_some() {
+                return Err(format!(
+                    "{}: long polling is not supported",
+                    at("polling.long_polling_timeout_seconds")
+                ));
+            }
+            // OPA's rules and messages (`v1/download/config.go`).
+            let polling = match (p.min_delay_seconds, p.max_delay_seconds) {
+                (None, None) => OPA_POLLING,
+                (Some(min), Some(max)) if max >= min => {
+                    (Duration::from_secs(min), Duration::from_secs(max))
                 }
-                crate::config::Polling {
-                    min_delay_seconds: Some(min),
-                    max_delay_seconds: Some(max),
-                    ..
-                } if max >= min => (Duration::from_secs(min), Duration::from_secs(max)),
-                crate::config::Polling {
-                    min_delay_seconds: Some(_),
-                    max_delay_seconds: Some(_),
-                    ..
-                } => {
+                (Some(_), Some(_)) => {
                     return Err(format!(
                         "{}: max polling delay must be >= min polling delay",
                         at("polling")
                     ));
                 }
-                crate::config::Polling {
-                    min_delay_seconds: None,
-                    max_delay_seconds: None,
-                    ..
-                } => OPA_POLLING,
-                crate::config::Polling {
-                    min_delay_seconds: None,
-                    ..
-                } => {
+                (None, Some(_)) => {
                     return Err(format!(
                         "{}: polling configuration missing 'min_delay_seconds'",
                         at("polling")
                     ));
                 }
-                _ => {
+                (Some(_), None) => {
                     return Err(format!(
                         "{}: polling configuration missing 'max_delay_seconds'",
                         at("polling")
@@ -467,8 +456,9 @@ impl Args {
                 polling,
                 size_limit: b
                     .size_limit_bytes
+                    .and_then(|n| usize::try_from(n).ok())
                     .map_or(arbiter_ext_authz::fetch::MAX_BODY_BYTES, |n| {
-                        (n as usize).min(arbiter_ext_authz::fetch::MAX_BODY_BYTES)
+                        n.min(arbiter_ext_authz::fetch::MAX_BODY_BYTES)
                     }),
                 verification,
             });
@@ -770,7 +760,7 @@ fn sources(
             "roots": bundle.manifest.roots.clone().unwrap_or_else(|| vec![String::new()]),
         });
         sources.data.push(arbiter_engine::loader::DataDocument {
-            file: format!("{}:/.manifest", b_location(s, &name)),
+            file: format!("{}:/.manifest", bundle_location(s, &name)),
             prefix: vec!["system".into(), "bundles".into(), name.clone()],
             value: serde_json::json!({ "manifest": manifest }),
         });
@@ -786,7 +776,7 @@ fn sources(
 }
 
 /// Where bundle `name` comes from, for messages.
-fn b_location(s: &Settings, name: &str) -> String {
+fn bundle_location(s: &Settings, name: &str) -> String {
     s.bundles
         .iter()
         .find(|b| b.name == name)
