@@ -24,6 +24,20 @@ pub struct InstanceLabels {
     pub extra: std::collections::BTreeMap<String, String>,
 }
 
+impl InstanceLabels {
+    /// OPA's `labels`: the configured ones, then `id` and `version`, which win over configured
+    /// ones of the same name, as in OPA. Decision events and `/v1/status` carry this.
+    pub fn to_json(&self) -> Json {
+        let mut l = Map::new();
+        for (k, v) in &self.extra {
+            l.insert(k.clone(), json!(v));
+        }
+        l.insert("id".into(), json!(self.id));
+        l.insert("version".into(), json!(self.version));
+        Json::Object(l)
+    }
+}
+
 /// Everything an event needs, captured cheaply.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
@@ -146,14 +160,7 @@ impl DecisionRecord {
     /// value (see [`crate::audit::chain::seal_with_input`]).
     pub fn event_fields(&self, labels: &InstanceLabels) -> Map<String, Json> {
         let mut e = Map::new();
-        let mut l = Map::new();
-        for (k, v) in &labels.extra {
-            l.insert(k.clone(), json!(v));
-        }
-        // OPA's own two win over configured ones of the same name, as in OPA.
-        l.insert("id".into(), json!(labels.id));
-        l.insert("version".into(), json!(labels.version));
-        e.insert("labels".into(), Json::Object(l));
+        e.insert("labels".into(), labels.to_json());
         e.insert("decision_id".into(), json!(self.decision_id));
         if let Some(t) = &self.trace_id {
             e.insert("trace_id".into(), json!(t));

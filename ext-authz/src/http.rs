@@ -142,12 +142,7 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
         "audit_unavailable": !state.audit_available(),
     });
     let params = query_pairs(&uri);
-    // OPA's boolean parameters: present without a value, or `true`.
-    let asked = |name: &str| {
-        params
-            .iter()
-            .any(|(k, v)| k == name && (v.is_empty() || v == "true"))
-    };
+    let asked = |name: &str| bool_param(&params, name);
     let excluded = |plugin: &str| {
         params
             .iter()
@@ -173,13 +168,6 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
 /// OPA's `/v1/status`: what the status plugin reports — the instance's `labels`, each
 /// bundle's activation, each plugin's state.
 async fn status(AxState(state): AxState<Arc<State>>) -> Response {
-    let labels = &state.options.labels;
-    let mut l = serde_json::Map::new();
-    for (k, v) in &labels.extra {
-        l.insert(k.clone(), json!(v));
-    }
-    l.insert("id".into(), json!(labels.id));
-    l.insert("version".into(), json!(labels.version));
     let plugins: serde_json::Map<String, Json> = state
         .plugins()
         .iter()
@@ -193,7 +181,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
     json_response(
         StatusCode::OK,
         &json!({"result": {
-            "labels": l,
+            "labels": state.options.labels.to_json(),
             "bundles": state.metrics.opa.bundle_status(),
             "plugins": plugins,
         }}),
@@ -258,6 +246,21 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+/// OPA's boolean query parameter (`getBoolParam`): given without a value, or as `true` (any
+/// case) at least once.
+pub fn bool_param(params: &[(String, String)], name: &str) -> bool {
+    let values: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match values.as_slice() {
+        [] => false,
+        [""] => true,
+        _ => values.iter().any(|v| v.eq_ignore_ascii_case("true")),
+    }
 }
 
 /// The query's `name=value` pairs, names and values form-decoded (`+` is a space, then one
@@ -334,9 +337,9 @@ async fn data_api(
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
     };
     let started = std::time::Instant::now();
-    let pretty = query_param(&uri, "pretty").is_some_and(|v| v != "false");
-    // OPA's boolean parameters: present without a value, or anything but `false`.
-    let asked = |name: &str| query_param(&uri, name).is_some_and(|v| v != "false");
+    let params = query_pairs(&uri);
+    let asked = |name: &str| bool_param(&params, name);
+    let pretty = asked("pretty");
     if query_param(&uri, "explain").is_some_and(|v| v != "off") {
         return error(
             StatusCode::BAD_REQUEST,
@@ -433,6 +436,22 @@ async fn data_api(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// OPA's `getBoolParam`: `?x`, `?x=true`, `?x=TRUE` ask; `?x=false`, `?x=1`, absent do not.
+    #[test]
+    fn boolean_parameters_as_opa_reads_them() {
+        let ask = |q: &str, name: &str| {
+            let uri: Uri = format!("/health?{q}").parse().unwrap();
+            bool_param(&query_pairs(&uri), name)
+        };
+        assert!(ask("bundles", "bundles"));
+        assert!(ask("bundles=true", "bundles"));
+        assert!(ask("bundles=TRUE", "bundles"));
+        assert!(ask("bundles=false&bundles=true", "bundles"));
+        assert!(!ask("bundles=false", "bundles"));
+        assert!(!ask("bundles=1", "bundles"));
+        assert!(!ask("plugins", "bundles"));
+    }
 
     #[test]
     fn data_refs_come_from_segments() {
