@@ -203,11 +203,48 @@ pub struct Service {
     pub headers: BTreeMap<String, String>,
     pub credentials: Option<Credentials>,
     pub response_header_timeout_seconds: Option<u64>,
-    /// Accepted so that an OPA file reads; refused when set (see [`Service::auth`]).
+    /// Refused when `true` (see [`Service::auth`]).
     pub allow_insecure_tls: Option<bool>,
-    pub tls: Option<Json>,
+    pub tls: Option<ServerTls>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
+}
+
+/// `services.*.tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub ca_cert: Option<String>,
+    pub system_ca_required: Option<bool>,
+}
+
+/// `credentials.client_tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    pub cert: Option<String>,
+    pub private_key: Option<String>,
+    /// Refused when set: give an unencrypted key.
+    pub private_key_passphrase: Option<String>,
+    /// OPA's deprecated place for `tls.ca_cert`.
+    pub ca_cert: Option<String>,
+    pub system_ca_required: Option<bool>,
+}
+
+/// `credentials.oauth2`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `client_credentials` (the default); `jwt_bearer` is refused.
+    pub grant_type: Option<String>,
+    pub signing_key: Option<String>,
+    pub additional_headers: Option<Json>,
+    pub additional_parameters: Option<Json>,
 }
 
 /// `services.*.credentials`: OPA's methods, by name.
@@ -215,8 +252,8 @@ pub struct Service {
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub bearer: Option<BearerConfig>,
-    pub oauth2: Option<Json>,
-    pub client_tls: Option<Json>,
+    pub oauth2: Option<OAuth2Config>,
+    pub client_tls: Option<ClientTls>,
     pub s3_signing: Option<Json>,
     pub gcp_metadata: Option<Json>,
     pub azure_managed_identity: Option<Json>,
@@ -239,12 +276,9 @@ impl Service {
     pub fn auth(&self, name: &str, base: &Path) -> Result<ServiceAuth, String> {
         let at = |what: &str| format!("services.{name}.{what}");
         if self.allow_insecure_tls == Some(true) {
-            return Err(format!("{}: not supported", at("allow_insecure_tls")));
-        }
-        if self.tls.is_some() {
             return Err(format!(
-                "{}: not supported (arbiter trusts the system's roots)",
-                at("tls")
+                "{}: not supported (give the server's CA as tls.ca_cert)",
+                at("allow_insecure_tls")
             ));
         }
         if let Some(kind) = self.kind.as_deref().filter(|k| !k.is_empty()) {
@@ -259,12 +293,76 @@ impl Service {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            bearer: None,
+            ..ServiceAuth::default()
         };
+        if let Some(t) = &self.tls {
+            auth.tls.ca_cert = t.ca_cert.as_ref().map(|p| base.join(p));
+            auth.tls.system_ca_required = t.system_ca_required.unwrap_or(false);
+        }
         if let Some(c) = &self.credentials {
+            let methods = [
+                c.bearer.is_some(),
+                c.oauth2.is_some(),
+                c.client_tls.is_some(),
+            ];
+            if methods.iter().filter(|m| **m).count() > 1 {
+                return Err(format!(
+                    "{}: a maximum of one auth method can be configured",
+                    at("credentials")
+                ));
+            }
+            if let Some(t) = &c.client_tls {
+                if t.private_key_passphrase.is_some() {
+                    return Err(format!(
+                        "{}: not supported (give an unencrypted key)",
+                        at("credentials.client_tls.private_key_passphrase")
+                    ));
+                }
+                let (Some(cert), Some(key)) = (&t.cert, &t.private_key) else {
+                    return Err(format!(
+                        "{}: needs `cert` and `private_key`",
+                        at("credentials.client_tls")
+                    ));
+                };
+                auth.tls.client_cert = Some((base.join(cert), base.join(key)));
+                if auth.tls.ca_cert.is_none() {
+                    auth.tls.ca_cert = t.ca_cert.as_ref().map(|p| base.join(p));
+                }
+                auth.tls.system_ca_required |= t.system_ca_required.unwrap_or(false);
+            }
+            if let Some(o) = &c.oauth2 {
+                let at = |what: &str| at(&format!("credentials.oauth2.{what}"));
+                match o.grant_type.as_deref() {
+                    None | Some("client_credentials") => {}
+                    Some(g) => {
+                        return Err(format!(
+                            "{}: `{g}` is not supported (only client_credentials)",
+                            at("grant_type")
+                        ));
+                    }
+                }
+                for (key, set) in [
+                    ("signing_key", o.signing_key.is_some()),
+                    ("additional_headers", o.additional_headers.is_some()),
+                    ("additional_parameters", o.additional_parameters.is_some()),
+                ] {
+                    if set {
+                        return Err(format!("{}: not supported", at(key)));
+                    }
+                }
+                let need = |v: &Option<String>, key: &str| {
+                    v.clone()
+                        .filter(|s| !s.is_empty())
+                        .ok_or_else(|| format!("{}: missing", at(key)))
+                };
+                auth.oauth2 = Some(arbiter_ext_authz::service::OAuth2::new(
+                    need(&o.token_url, "token_url")?,
+                    need(&o.client_id, "client_id")?,
+                    need(&o.client_secret, "client_secret")?,
+                    o.scopes.clone(),
+                ));
+            }
             for (method, set) in [
-                ("oauth2", c.oauth2.is_some()),
-                ("client_tls", c.client_tls.is_some()),
                 ("s3_signing", c.s3_signing.is_some()),
                 ("gcp_metadata", c.gcp_metadata.is_some()),
                 ("azure_managed_identity", c.azure_managed_identity.is_some()),
@@ -272,7 +370,7 @@ impl Service {
             ] {
                 if set {
                     return Err(format!(
-                        "{}: not supported (arbiter sends `headers` and `credentials.bearer`)",
+                        "{}: not supported (arbiter sends `headers`, `bearer`, `oauth2` client credentials and `client_tls`)",
                         at(&format!("credentials.{method}"))
                     ));
                 }

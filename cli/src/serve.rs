@@ -1464,8 +1464,20 @@ mod tests {
         }
         for (service, want) in [
             (
-                "credentials: {client_tls: {cert: c.pem, private_key: k.pem}}",
-                "services.controller.credentials.client_tls: not supported",
+                "credentials: {s3_signing: {}}",
+                "services.controller.credentials.s3_signing: not supported",
+            ),
+            (
+                "credentials: {oauth2: {token_url: http://x, client_id: a, client_secret: b, grant_type: jwt_bearer}}",
+                "grant_type: `jwt_bearer` is not supported",
+            ),
+            (
+                "credentials: {oauth2: {client_id: a, client_secret: b}}",
+                "credentials.oauth2.token_url: missing",
+            ),
+            (
+                "credentials: {bearer: {token: a}, client_tls: {cert: c.pem, private_key: k.pem}}",
+                "a maximum of one auth method",
             ),
             (
                 "credentials: {bearer: {token: a, token_path: b}}",

@@ -7,7 +7,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision_log::upload::{parse_url, tls_config};
+use crate::decision_log::upload::parse_url;
 use crate::service::ServiceAuth;
 
 /// What a fetch found.
@@ -25,14 +25,46 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// `GET url`, with `If-None-Match: etag` when given, and the service's headers and
-/// credentials.
+/// `GET url`, with `If-None-Match: etag` when given, and the service's headers, credentials
+/// and TLS configuration.
 pub fn get(
     url: &str,
     etag: Option<&str>,
     auth: &ServiceAuth,
     timeout: Duration,
 ) -> Result<Fetched, String> {
+    let mut headers = String::from("Accept: application/gzip\r\n");
+    if let Some(e) = etag {
+        headers.push_str(&format!("If-None-Match: {e}\r\n"));
+    }
+    headers.push_str(
+        &auth
+            .header_lines_within(timeout)
+            .map_err(|e| format!("{url}: {e}"))?,
+    );
+    let (status, new_etag, body) = request("GET", url, &headers, &[], &auth.tls, timeout)?;
+    if status == 304 {
+        return Ok(Fetched::Unchanged);
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!("{url}: the server answered {status}"));
+    }
+    Ok(Fetched::New {
+        body,
+        etag: new_etag,
+    })
+}
+
+/// One HTTP/1.1 request (`headers`: extra header lines, each ending in CRLF): the status, the
+/// `ETag`, and the body (Content-Length, chunked, or to the end; at most [`MAX_BODY_BYTES`]).
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &str,
+    body: &[u8],
+    tls: &crate::service::ServiceTls,
+    timeout: Duration,
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
     let target = parse_url(url)?;
     let addr = (target.host.as_str(), target.port)
         .to_socket_addrs()
@@ -45,19 +77,19 @@ pub fn get(
     tcp.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut head = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arbiter/{}\r\nAccept: application/gzip\r\nConnection: close\r\n",
+        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arbiter/{}\r\nConnection: close\r\n",
         target.path,
         target.host,
         target.port,
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(e) = etag {
-        head.push_str(&format!("If-None-Match: {e}\r\n"));
+    head.push_str(headers);
+    if method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    head.push_str(&auth.header_lines().map_err(|e| format!("{url}: {e}"))?);
     head.push_str("\r\n");
     let mut stream: Box<dyn ReadWrite> = if target.tls {
-        let cfg = Arc::new(tls_config()?);
+        let cfg = Arc::new(tls.client_config().map_err(|e| format!("{url}: {e}"))?);
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|e| e.to_string())?;
         let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
@@ -67,6 +99,7 @@ pub fn get(
     };
     stream
         .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
         .map_err(|e| format!("{url}: {e}"))?;
     let mut r = BufReader::new(stream);
     let mut line = String::new();
@@ -96,11 +129,8 @@ pub fn get(
             }
         }
     }
-    if status == 304 {
-        return Ok(Fetched::Unchanged);
-    }
-    if !(200..300).contains(&status) {
-        return Err(format!("{url}: the server answered {status}"));
+    if status == 304 || !(200..300).contains(&status) {
+        return Ok((status, new_etag, Vec::new()));
     }
     let mut body = Vec::new();
     if chunked {
@@ -114,7 +144,7 @@ pub fn get(
             }
             if body.len() + size > MAX_BODY_BYTES {
                 return Err(format!(
-                    "{url}: the bundle is larger than {MAX_BODY_BYTES} bytes"
+                    "{url}: the body is larger than {MAX_BODY_BYTES} bytes"
                 ));
             }
             let start = body.len();
@@ -127,7 +157,7 @@ pub fn get(
     } else if let Some(n) = length {
         if n > MAX_BODY_BYTES {
             return Err(format!(
-                "{url}: the bundle is larger than {MAX_BODY_BYTES} bytes"
+                "{url}: the body is larger than {MAX_BODY_BYTES} bytes"
             ));
         }
         body.resize(n, 0);
@@ -138,12 +168,9 @@ pub fn get(
             .map_err(|e| format!("{url}: {e}"))?;
         if body.len() > MAX_BODY_BYTES {
             return Err(format!(
-                "{url}: the bundle is larger than {MAX_BODY_BYTES} bytes"
+                "{url}: the body is larger than {MAX_BODY_BYTES} bytes"
             ));
         }
     }
-    Ok(Fetched::New {
-        body,
-        etag: new_etag,
-    })
+    Ok((status, new_etag, body))
 }

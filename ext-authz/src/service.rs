@@ -1,8 +1,11 @@
-//! What every request to one of OPA's `services` carries: its `headers` and its
-//! `credentials.bearer`. Bundle downloads and decision-log uploads both take their header
-//! lines from here, so a service's credentials mean the same thing on both paths.
+//! What every request to one of OPA's `services` carries: its `headers`, its credentials
+//! (`bearer`, `oauth2` client credentials, `client_tls`) and the roots it trusts (`tls`).
+//! Bundle downloads and decision-log uploads both take their header lines and their TLS
+//! configuration from here, so a service's credentials mean the same thing on both paths.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Headers and credentials of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -11,6 +14,181 @@ pub struct ServiceAuth {
     pub headers: Vec<(String, String)>,
     /// `services.*.credentials.bearer`.
     pub bearer: Option<Bearer>,
+    /// `services.*.credentials.oauth2` (the client-credentials grant).
+    pub oauth2: Option<OAuth2>,
+    /// `services.*.tls` and `credentials.client_tls`.
+    pub tls: ServiceTls,
+}
+
+/// Whom the service's TLS trusts, and what certificate arbiter presents.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceTls {
+    /// `tls.ca_cert`: PEM CA certificates the server must chain to, instead of the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// `tls.system_ca_required`: the system's roots as well as `ca_cert`.
+    pub system_ca_required: bool,
+    /// `credentials.client_tls`: the certificate chain and private key (PEM) presented.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// `credentials.oauth2` with `grant_type: client_credentials`: a token from `token_url`,
+/// asked with the client's id and secret (HTTP Basic), kept until shortly before it expires.
+#[derive(Debug, Clone)]
+pub struct OAuth2 {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    /// The current token and when to ask again; shared by the clones of one service.
+    cache: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl PartialEq for OAuth2 {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.token_url,
+            &self.client_id,
+            &self.client_secret,
+            &self.scopes,
+        ) == (
+            &other.token_url,
+            &other.client_id,
+            &other.client_secret,
+            &other.scopes,
+        )
+    }
+}
+
+impl Eq for OAuth2 {}
+
+impl OAuth2 {
+    pub fn new(
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scopes: Vec<String>,
+    ) -> Self {
+        OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The access token: the cached one, or a new one from `token_url`.
+    fn token(&self, tls: &ServiceTls, timeout: Duration) -> Result<String, String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((token, until)) = cache.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.client_id, self.client_secret));
+        let mut form = String::from("grant_type=client_credentials");
+        if !self.scopes.is_empty() {
+            form.push_str("&scope=");
+            form.push_str(&form_encode(&self.scopes.join(" ")));
+        }
+        let headers = format!(
+            "Authorization: Basic {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        );
+        let (status, _, body) = crate::fetch::request(
+            "POST",
+            &self.token_url,
+            &headers,
+            form.as_bytes(),
+            tls,
+            timeout,
+        )?;
+        if status != 200 {
+            return Err(format!(
+                "oauth2 token endpoint {} answered {status}",
+                self.token_url
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("oauth2 token endpoint {}: {e}", self.token_url))?;
+        let token = v
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("oauth2 token endpoint {}: no access_token", self.token_url))?
+            .to_string();
+        check_value("oauth2 access_token", &token)?;
+        // Ask again when 90% of its lifetime has passed (an hour when it does not say).
+        let lifetime = v
+            .get("expires_in")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(3600);
+        let until = Instant::now() + Duration::from_secs(lifetime.saturating_mul(9) / 10);
+        *cache = Some((token.clone(), until));
+        Ok(token)
+    }
+}
+
+/// `application/x-www-form-urlencoded` for one value.
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl ServiceTls {
+    /// The rustls configuration for this service.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        if self.ca_cert.is_none() || self.system_ca_required {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+        if let Some(ca) = &self.ca_cert {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .and_then(Iterator::collect)
+                .map_err(|e| format!("tls.ca_cert {}: {e}", ca.display()))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls.ca_cert {}: {e}", ca.display()))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err("no trusted root certificates: give tls.ca_cert".into());
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        match &self.client_cert {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .and_then(Iterator::collect)
+                    .map_err(|e| format!("credentials.client_tls.cert {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!("credentials.client_tls.private_key {}: {e}", key.display())
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("credentials.client_tls: {e}"))
+            }
+        }
+    }
 }
 
 /// `credentials.bearer`: `Authorization: <scheme> <token>`.
@@ -34,11 +212,11 @@ impl ServiceAuth {
     /// A service with only a bearer token (`Bearer` scheme).
     pub fn bearer(token: impl Into<String>) -> Self {
         ServiceAuth {
-            headers: Vec::new(),
             bearer: Some(Bearer {
                 scheme: "Bearer".into(),
                 token: BearerToken::Literal(token.into()),
             }),
+            ..ServiceAuth::default()
         }
     }
 
@@ -65,7 +243,20 @@ impl ServiceAuth {
         Ok(())
     }
 
-    /// The header lines (each ending in CRLF) for one request.
+    /// The header lines (each ending in CRLF) for one request; an OAuth2 token is fetched
+    /// (or taken from the cache) within `timeout`.
+    pub fn header_lines_within(&self, timeout: Duration) -> Result<String, String> {
+        let mut out = self.header_lines()?;
+        if let Some(o) = &self.oauth2 {
+            out.push_str(&format!(
+                "Authorization: Bearer {}\r\n",
+                o.token(&self.tls, timeout)?
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The static and bearer header lines (each ending in CRLF) for one request.
     pub fn header_lines(&self) -> Result<String, String> {
         let mut out = String::new();
         for (k, v) in &self.headers {
@@ -116,6 +307,7 @@ mod tests {
                 scheme: "Token".into(),
                 token: BearerToken::File(file.clone()),
             }),
+            ..ServiceAuth::default()
         };
         auth.validate().unwrap();
         assert_eq!(
@@ -137,13 +329,13 @@ mod tests {
     fn line_breaks_are_refused() {
         let smuggle = ServiceAuth {
             headers: vec![("X-A".into(), "1\r\nX-Admin: yes".into())],
-            bearer: None,
+            ..ServiceAuth::default()
         };
         assert!(smuggle.validate().is_err());
         assert!(ServiceAuth::bearer("a\nb").validate().is_err());
         let name = ServiceAuth {
             headers: vec![("X A".into(), "1".into())],
-            bearer: None,
+            ..ServiceAuth::default()
         };
         assert!(name.validate().is_err());
     }

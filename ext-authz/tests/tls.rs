@@ -223,3 +223,106 @@ async fn certificates_reload_without_dropping_connections() {
     assert_eq!(cn, "second");
     server.shutdown().await.unwrap();
 }
+
+/// OPA's `services.*.tls.ca_cert` and `credentials.client_tls` (issue 25): a download from a
+/// server that demands client certificates (arbiter's own HTTPS listener with a client CA)
+/// succeeds with the configured certificate and fails without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_present_the_client_certificate_of_the_service() {
+    use arbiter_ext_authz::fetch::{Fetched, get};
+    use arbiter_ext_authz::service::{ServiceAuth, ServiceTls};
+    let dir = std::env::temp_dir().join(format!("arbiter-client-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ca();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_path = write("ca.pem", &ca.cert.pem());
+    let (cert, key) = server_cert(&ca, "server");
+    let (cert_path, key_path) = (write("tls.pem", &cert), write("tls.key", &key));
+    let (client_cert, client_key) = server_cert(&ca, "client");
+    let (client_cert, client_key) = (
+        write("client.pem", &client_cert),
+        write("client.key", &client_key),
+    );
+    let mut s = PolicySources::default();
+    s.add_rego("p.rego", "package envoy.authz\nallow := true\n");
+    let authorizer = Authorizer::new(
+        Arc::new(PolicySet::from_sources(&s, &LoadOptions::default()).unwrap()),
+        DataRef::parse("envoy/authz/allow").unwrap(),
+        InputOptions::default(),
+    );
+    let server = arbiter_ext_authz::start(
+        ServerConfig {
+            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
+            http: Some(ListenAddr::Tcp("127.0.0.1:0".into())),
+            options: ServeOptions {
+                dry_run: false,
+                deadline: Duration::from_millis(50),
+                labels: InstanceLabels {
+                    id: "t".into(),
+                    version: "t".into(),
+                    extra: Default::default(),
+                },
+                api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
+            },
+            workers: 1,
+            queue: 8,
+            decision_log: None,
+            limits: Default::default(),
+            ui: None,
+            diagnostic: None,
+            tls: Some(TlsSettings {
+                cert: cert_path,
+                key: key_path,
+                client_ca: Some(ca_path.clone()),
+                allowed_callers: Vec::new(),
+            }),
+        },
+        authorizer,
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/health",
+        server.http_addr.unwrap().port()
+    );
+    let with_cert = ServiceAuth {
+        tls: ServiceTls {
+            ca_cert: Some(ca_path.clone()),
+            system_ca_required: false,
+            client_cert: Some((client_cert, client_key)),
+        },
+        ..ServiceAuth::default()
+    };
+    let without_cert = ServiceAuth {
+        tls: ServiceTls {
+            ca_cert: Some(ca_path),
+            ..ServiceTls::default()
+        },
+        ..ServiceAuth::default()
+    };
+    let (ok, refused) = tokio::task::spawn_blocking(move || {
+        (
+            get(&url, None, &with_cert, Duration::from_secs(5)),
+            get(&url, None, &without_cert, Duration::from_secs(5)),
+        )
+    })
+    .await
+    .unwrap();
+    match ok {
+        Ok(Fetched::New { body, .. }) => {
+            assert!(String::from_utf8_lossy(&body).contains("revision"));
+        }
+        other => panic!("with the client certificate: {other:?}"),
+    }
+    assert!(
+        refused.is_err(),
+        "without a client certificate: {refused:?}"
+    );
+    server.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

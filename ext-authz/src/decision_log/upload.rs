@@ -127,7 +127,7 @@ impl Uploader {
     pub fn start(config: UploadConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let target = parse_url(&config.url)?;
         let tls = if target.tls {
-            Some(Arc::new(tls_config()?))
+            Some(Arc::new(config.auth.tls.client_config()?))
         } else {
             None
         };
@@ -189,22 +189,6 @@ impl Drop for Uploader {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err("https collector: no trusted root certificates found on this system".into());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Take the next batch (without removing it): at least one event, at most `batch_bytes`.
@@ -352,7 +336,7 @@ fn post(
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    head.push_str(&config.auth.header_lines()?);
+    head.push_str(&config.auth.header_lines_within(config.timeout)?);
     head.push_str("\r\n");
     let exchange = |s: &mut dyn ReadWrite| -> Result<(), String> {
         s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
