@@ -44,6 +44,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
             },
             api: Default::default(),
             grpc_duration_buckets: Vec::new(),
+            active_config: serde_json::Value::Null,
         },
         workers: 2,
         queue: 1024,

@@ -136,6 +136,9 @@ pub struct ConfigFile {
     /// OPA's `labels`: added to every decision event's `labels` (beside `id` and `version`).
     pub labels: Option<BTreeMap<String, String>>,
     pub status: Option<Status>,
+    /// The document as read (after `${VAR}` and `--set`), for [`ConfigFile::active`].
+    #[serde(skip)]
+    pub raw: Json,
 }
 
 /// OPA's `plugins`.
@@ -540,7 +543,9 @@ impl ConfigFile {
         };
         let text = substitute_env(&text, |k| std::env::var(k).ok());
         if sets.is_empty() && set_files.is_empty() {
-            return Self::parse(&name, &text);
+            let mut c = Self::parse(&name, &text)?;
+            c.raw = yaml_serde::from_str::<Json>(&text).unwrap_or(Json::Null);
+            return Ok(c);
         }
         // Parse once for the file's own errors with their lines, then merge the overrides.
         Self::parse(&name, &text)?;
@@ -569,7 +574,35 @@ impl ConfigFile {
         }
         merge(&mut base, overrides);
         let merged = serde_json::to_string_pretty(&base).map_err(|e| e.to_string())?;
-        Self::parse(&format!("{name} with --set"), &merged)
+        let mut c = Self::parse(&format!("{name} with --set"), &merged)?;
+        c.raw = base;
+        Ok(c)
+    }
+
+    /// OPA's active configuration (`ActiveConfig`): the document with every service's
+    /// `credentials` and every key's `key` and `private_key` removed.
+    pub fn active(&self) -> Json {
+        let mut v = match &self.raw {
+            Json::Object(_) => self.raw.clone(),
+            _ => Json::Object(Default::default()),
+        };
+        let strip = |x: &mut Json, fields: &[&str]| {
+            if let Json::Object(m) = x {
+                for f in fields {
+                    m.remove(*f);
+                }
+            }
+        };
+        match v.get_mut("services") {
+            Some(Json::Object(m)) => m.values_mut().for_each(|s| strip(s, &["credentials"])),
+            Some(Json::Array(a)) => a.iter_mut().for_each(|s| strip(s, &["credentials"])),
+            _ => {}
+        }
+        if let Some(Json::Object(m)) = v.get_mut("keys") {
+            m.values_mut()
+                .for_each(|k| strip(k, &["key", "private_key"]));
+        }
+        v
     }
 
     pub fn parse(name: &str, text: &str) -> Result<ConfigFile, String> {

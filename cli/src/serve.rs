@@ -220,6 +220,8 @@ pub struct Settings {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `grpc-request-duration-seconds-buckets` (empty: OPA-Envoy's).
     pub grpc_duration_buckets: Vec<f64>,
+    /// The configuration file as `GET /v1/config` shows it (credentials and keys removed).
+    pub active_config: serde_json::Value,
     pub istio: arbiter_engine::istio::IstioOptions,
     pub ui: bool,
     pub ui_token_file: Option<PathBuf>,
@@ -629,6 +631,7 @@ impl Args {
             ignore: self.ignore.clone(),
             diagnostic_addr: self.diagnostic_addr.clone(),
             labels: file.labels.clone().unwrap_or_default(),
+            active_config: file.active(),
             grpc_duration_buckets: opa
                 .grpc_request_duration_seconds_buckets
                 .clone()
@@ -934,6 +937,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             },
             api: api_access(s),
             grpc_duration_buckets: s.grpc_duration_buckets.clone(),
+            active_config: s.active_config.clone(),
         },
         workers: s.workers,
         queue: s.queue,

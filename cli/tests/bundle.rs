@@ -506,6 +506,27 @@ keys:
     assert!(status["result"]["bundles"]["roles"]["last_successful_activation"].is_string());
     assert_eq!(status["result"]["plugins"]["bundle"]["state"], "OK");
     assert!(status["result"]["labels"]["id"].is_string());
+    // OPA's /v1/config: the configuration without credentials and keys.
+    let config: serde_json::Value =
+        serde_json::from_str(&http(&addr, "GET", "/v1/config", "")).unwrap();
+    let active = &config["result"];
+    assert_eq!(
+        active["services"]["controller"]["url"],
+        format!("http://127.0.0.1:{port}"),
+        "{config}"
+    );
+    assert!(
+        active["services"]["controller"]
+            .get("credentials")
+            .is_none(),
+        "{config}"
+    );
+    assert_eq!(
+        active["keys"]["global_key"],
+        serde_json::json!({"algorithm": "HS256"})
+    );
+    assert!(active["bundles"]["envoy/authz"].is_object());
+    assert!(active["labels"]["id"].is_string());
     // OPA's data.system.bundles and the read-only /v1/policies.
     let manifest: serde_json::Value = serde_json::from_str(&http(
         &addr,

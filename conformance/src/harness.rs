@@ -47,6 +47,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
             },
             api: Default::default(),
             grpc_duration_buckets: Vec::new(),
+            active_config: serde_json::Value::Null,
         },
         workers: 2,
         queue: 256,

@@ -551,6 +551,7 @@ async fn server(a: Authorizer) -> RunningServer {
                 },
                 api: Default::default(),
                 grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
             },
             workers: 0,
             queue: 64,

@@ -32,6 +32,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/config", get(config))
         .route("/v1/policies", get(policies))
         .route("/v1/policies/{*id}", get(policy))
         .fallback(data_api)
@@ -61,6 +62,8 @@ async fn timed(
         "metrics"
     } else if path == "/v1/status" {
         "v1/status"
+    } else if path == "/v1/config" {
+        "v1/config"
     } else if path == "/v1/policies" || path.starts_with("/v1/policies/") {
         "v1/policies"
     } else {
@@ -187,6 +190,17 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         }}),
         false,
     )
+}
+
+/// OPA's `GET /v1/config`: the configuration in effect, credentials and keys removed, with
+/// the instance's `labels`.
+async fn config(AxState(state): AxState<Arc<State>>) -> Response {
+    let mut active = match &state.options.active_config {
+        Json::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    active.insert("labels".into(), state.options.labels.to_json());
+    json_response(StatusCode::OK, &json!({ "result": active }), false)
 }
 
 /// OPA's `GET /v1/policies`: every Rego module, by id (its file), with its text. Read-only:

@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub api: crate::api_auth::ApiAccess,
     /// Upper bounds of OPA-Envoy's `grpc_request_duration_seconds`; empty: OPA-Envoy's.
     pub grpc_duration_buckets: Vec<f64>,
+    /// The OPA configuration in effect, credentials and keys removed, for `GET /v1/config`.
+    pub active_config: serde_json::Value,
 }
 
 pub struct State {

@@ -71,6 +71,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
                 },
                 api,
                 grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
             },
             workers: 0,
             queue: 16,

@@ -493,6 +493,7 @@ mod through_the_server {
                 labels: labels(),
                 api: Default::default(),
                 grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
             },
             workers: 2,
             queue: 256,

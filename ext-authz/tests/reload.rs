@@ -95,6 +95,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
                 },
                 api: Default::default(),
                 grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
             },
             workers: 0,
             queue: 20_000,

@@ -76,6 +76,7 @@ fn config(
             },
             api: Default::default(),
             grpc_duration_buckets: Vec::new(),
+            active_config: serde_json::Value::Null,
         },
         workers,
         queue,
