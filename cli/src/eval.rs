@@ -52,6 +52,10 @@ pub struct Args {
     /// Add the evaluation's timers to the JSON output (`metrics`), as `opa eval --metrics`.
     #[arg(long)]
     pub metrics: bool,
+    /// Add the Rego lines the evaluation covered to the JSON output (`coverage`, OPA's shape),
+    /// as `opa eval --coverage`.
+    #[arg(long)]
+    pub coverage: bool,
     /// Input document (JSON, or YAML by extension); `-` reads stdin.
     #[arg(short = 'i', long = "input", value_name = "FILE")]
     pub input: Option<PathBuf>,
@@ -341,16 +345,26 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let started = std::time::Instant::now();
-    let queried = set.query(&args.query, input);
+    let (queried, coverage) = if args.coverage {
+        let (q, c) = set.query_with_coverage(&args.query, input);
+        (q, Some(c))
+    } else {
+        (set.query(&args.query, input), None)
+    };
     let eval_ns = started.elapsed().as_nanos();
     match queried {
-        Ok(results) if args.metrics && args.format == Format::Json => {
+        Ok(results) if (args.metrics || args.coverage) && args.format == Format::Json => {
             let mut out = results_json(&results);
             if let Json::Object(m) = &mut out {
-                m.insert(
-                    "metrics".into(),
-                    json!({"timer_rego_query_eval_ns": eval_ns}),
-                );
+                if args.metrics {
+                    m.insert(
+                        "metrics".into(),
+                        json!({"timer_rego_query_eval_ns": eval_ns}),
+                    );
+                }
+                if let Some(c) = &coverage {
+                    m.insert("coverage".into(), c.to_opa_json());
+                }
             }
             println!("{}", pretty(&out));
             let defined = !results.result.is_empty();

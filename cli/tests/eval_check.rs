@@ -326,6 +326,40 @@ fn eval_values_bindings_bundles_and_metrics_as_opa() {
         serde_json::from_str(&out(&["eval", "--metrics", "--timeout", "5s", "true"])).unwrap();
     assert_eq!(with_metrics["result"][0]["expressions"][0]["value"], true);
     assert!(with_metrics["metrics"]["timer_rego_query_eval_ns"].is_u64());
+    // --coverage adds OPA's coverage report: the body lines evaluated and not (OPA also counts
+    // the rule heads, rows 3 and 7 here; regorus does not).
+    let dir = std::env::temp_dir().join(format!("arbiter-eval-cov-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.rego");
+    std::fs::write(
+        &policy,
+        "package p\n\nallow if {\n  input.x == 1\n}\n\ndeny if {\n  input.x == 2\n}\n",
+    )
+    .unwrap();
+    let input = dir.join("input.json");
+    std::fs::write(&input, r#"{"x": 1}"#).unwrap();
+    let covered: serde_json::Value = serde_json::from_str(&out(&[
+        "eval",
+        "--coverage",
+        "-d",
+        policy.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "data.p.allow",
+    ]))
+    .unwrap();
+    let f = &covered["coverage"]["files"][policy.to_str().unwrap()];
+    assert_eq!(
+        f["covered"],
+        serde_json::json!([{"start": {"row": 4}, "end": {"row": 4}}]),
+        "{covered}"
+    );
+    assert_eq!(
+        f["not_covered"],
+        serde_json::json!([{"start": {"row": 8}, "end": {"row": 8}}])
+    );
+    assert_eq!(covered["coverage"]["coverage"], serde_json::json!(50));
+    let _ = std::fs::remove_dir_all(dir);
     // A target arbiter does not have is refused.
     assert_eq!(
         arbiter(&["eval", "-t", "wasm", "true"]).status.code(),

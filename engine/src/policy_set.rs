@@ -321,6 +321,30 @@ impl PolicySet {
             .map_err(|e| EvalError::from_regorus(&e))
     }
 
+    /// [`PolicySet::query`], with the Rego lines the evaluation covered (`opa eval --coverage`).
+    pub fn query_with_coverage(
+        &self,
+        query: &str,
+        input: Option<Value>,
+    ) -> (
+        Result<regorus::QueryResults, EvalError>,
+        crate::testing::CoverageReport,
+    ) {
+        let mut engine = self.prototype.clone();
+        engine.set_enable_coverage(true);
+        if let Some(input) = input {
+            engine.set_input(input);
+        }
+        let result = engine
+            .eval_query(query.to_string(), false)
+            .map_err(|e| EvalError::from_regorus(&e));
+        let mut acc = crate::testing::coverage::CoverageAccumulator::default();
+        if let Ok(report) = engine.get_coverage_report() {
+            acc.add(&report);
+        }
+        (result, acc.finish())
+    }
+
     /// Whether Rego defines something at `reference`: a rule (whatever it evaluates to), a
     /// package or a data document.
     pub fn defines(&self, reference: &DataRef) -> bool {

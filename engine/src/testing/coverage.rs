@@ -115,7 +115,7 @@ impl CoverageReport {
             }
             o.insert("covered_lines".into(), json!(f.covered.len()));
             o.insert("not_covered_lines".into(), json!(f.not_covered.len()));
-            o.insert("coverage".into(), json!(round2(f.percent())));
+            o.insert("coverage".into(), round2(f.percent()));
             files.insert(f.file.clone(), Json::Object(o));
         }
         json!({
@@ -127,8 +127,16 @@ impl CoverageReport {
     }
 }
 
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+/// A percentage to two decimals, as Go's JSON writes it: `50`, not `50.0`.
+fn round2(x: f64) -> Json {
+    let r = (x * 100.0).round() / 100.0;
+    if r.fract() == 0.0 && r.abs() < 1e15 {
+        #[expect(clippy::cast_possible_truncation, reason = "a whole percentage")]
+        let whole = r as i64;
+        json!(whole)
+    } else {
+        json!(r)
+    }
 }
 
 #[cfg(test)]
