@@ -1066,8 +1066,25 @@ pub fn run(args: &Args) -> Exit {
     let mut awaiting: Option<String> = None;
     // What the first downloads did, for OPA's bundle metrics once the server runs.
     let mut first_downloads: Vec<(String, Result<(), String>)> = Vec::new();
-    for b in settings.bundles.iter().filter(|b| b.is_url()) {
-        let got = download(b, None);
+    // All at once: a slow bundle server delays the start by one timeout, not one per bundle.
+    let downloads: Vec<(&BundleSource, Result<Fetched, String>)> = std::thread::scope(|scope| {
+        let running: Vec<_> = settings
+            .bundles
+            .iter()
+            .filter(|b| b.is_url())
+            .map(|b| (b, scope.spawn(move || download(b, None))))
+            .collect();
+        running
+            .into_iter()
+            .map(|(b, h)| {
+                let got = h
+                    .join()
+                    .unwrap_or_else(|_| Err(format!("{}: the download failed", b.location)));
+                (b, got)
+            })
+            .collect()
+    });
+    for (b, got) in downloads {
         first_downloads.push((
             b.name.clone(),
             got.as_ref().map(|_| ()).map_err(Clone::clone),
