@@ -1355,6 +1355,35 @@ pub fn run(args: &Args) -> Exit {
 mod tests {
     use super::*;
 
+    /// A scratch folder with a `config.yaml`, removed when dropped.
+    struct ConfigDir(PathBuf);
+
+    impl ConfigDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("arbiter-serve-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            ConfigDir(dir)
+        }
+
+        /// The settings `serve --config` reads from `yaml`.
+        fn settings(&self, yaml: &str) -> Result<Settings, String> {
+            let file = self.0.join("config.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            Args {
+                config: Some(file),
+                ..Args::default()
+            }
+            .settings()
+        }
+    }
+
+    impl Drop for ConfigDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn flags_override_file_and_opa_config_is_read() {
         let dir = std::env::temp_dir().join(format!("arbiter-serve-cfg-{}", std::process::id()));
@@ -1394,18 +1423,8 @@ mod tests {
     /// 1–3 and 7), and what arbiter does not do is refused by name.
     #[test]
     fn opa_bundles_resolve_as_opa_and_unsupported_keys_are_named() {
-        let dir =
-            std::env::temp_dir().join(format!("arbiter-serve-bundles-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let settings = |yaml: &str| {
-            let file = dir.join("config.yaml");
-            std::fs::write(&file, yaml).unwrap();
-            Args {
-                config: Some(file),
-                ..Args::default()
-            }
-            .settings()
-        };
+        let dir = ConfigDir::new("bundles");
+        let settings = |yaml: &str| dir.settings(yaml);
         let base = "services:\n  controller:\n    url: https://bundles.example/v1/\n    headers: {X-Tenant: acme}\n    credentials: {bearer: {token: t0k}}\nkeys:\n  global_key: {key: s3cret, algorithm: HS256}\n";
         let s = settings(&format!(
             "{base}bundles:\n  envoy/authz:\n    service: controller\n    signing: {{keyid: global_key, exclude_files: [\"*.md\"]}}\n  roles:\n    resource: roles.tar.gz\n    polling: {{min_delay_seconds: 5, max_delay_seconds: 9}}\n"
@@ -1516,24 +1535,14 @@ mod tests {
             .unwrap_err();
             assert!(e.contains(want), "{service}: `{e}` lacks `{want}`");
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// OPA-Envoy's other plugin keys and OPA's `status` and `labels` (issue 25, item 7): each
     /// takes effect or is refused by name.
     #[test]
     fn opa_plugin_status_and_labels_keys() {
-        let dir = std::env::temp_dir().join(format!("arbiter-serve-plugin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let settings = |yaml: &str| {
-            let file = dir.join("config.yaml");
-            std::fs::write(&file, yaml).unwrap();
-            Args {
-                config: Some(file),
-                ..Args::default()
-            }
-            .settings()
-        };
+        let dir = ConfigDir::new("plugin");
+        let settings = |yaml: &str| dir.settings(yaml);
         let s = settings(
             "plugins:\n  envoy_ext_authz_grpc:\n    grpc-max-recv-msg-size: 1048576\n    grpc-max-send-msg-size: 65536\n    enable-performance-metrics: true\n    enable-reflection: false\nstatus: {console: true, prometheus: true}\nlabels: {region: eu-1}\n",
         )
@@ -1560,7 +1569,6 @@ mod tests {
             let e = settings(yaml).unwrap_err();
             assert!(e.contains(want), "{yaml}: `{e}` lacks `{want}`");
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metrics::escape;
+
 /// OPA-Envoy's default `grpc-request-duration-seconds-buckets`.
 pub const GRPC_BUCKETS: &[f64] = &[
     1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 3e-3, 5e-3, 0.1, 1.0,
@@ -409,13 +411,6 @@ impl OpaMetrics {
         let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
         let _ = writeln!(out, "process_start_time_seconds {}", self.start_time);
     }
-}
-
-/// Escape a Prometheus label value.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

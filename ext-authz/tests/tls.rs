@@ -118,25 +118,21 @@ fn get_health(c: &mut Conn) -> u16 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_reload_without_dropping_connections() {
-    let dir = std::env::temp_dir().join(format!("arbiter-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = ca();
-    let (cert_a, key_a) = server_cert(&ca, "first");
-    let (cert_path, key_path) = (dir.join("tls.pem"), dir.join("tls.key"));
-    std::fs::write(&cert_path, &cert_a).unwrap();
-    std::fs::write(&key_path, &key_a).unwrap();
-
+/// arbiter with TLS on both listeners (`cert`, `key`), requiring client certificates signed
+/// by `client_ca` when given.
+async fn start(
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_ca: Option<std::path::PathBuf>,
+) -> arbiter_ext_authz::RunningServer {
     let mut s = PolicySources::default();
     s.add_rego("p.rego", "package envoy.authz\nallow := true\n");
-    let set = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap();
     let authorizer = Authorizer::new(
-        Arc::new(set),
+        Arc::new(PolicySet::from_sources(&s, &LoadOptions::default()).unwrap()),
         DataRef::parse("envoy/authz/allow").unwrap(),
         InputOptions::default(),
     );
-    let server = arbiter_ext_authz::start(
+    arbiter_ext_authz::start(
         ServerConfig {
             grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
             http: Some(ListenAddr::Tcp("127.0.0.1:0".into())),
@@ -159,16 +155,29 @@ async fn certificates_reload_without_dropping_connections() {
             ui: None,
             diagnostic: None,
             tls: Some(TlsSettings {
-                cert: cert_path.clone(),
-                key: key_path.clone(),
-                client_ca: None,
+                cert,
+                key,
+                client_ca,
                 allowed_callers: Vec::new(),
             }),
         },
         authorizer,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_dropping_connections() {
+    let dir = std::env::temp_dir().join(format!("arbiter-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ca();
+    let (cert_a, key_a) = server_cert(&ca, "first");
+    let (cert_path, key_path) = (dir.join("tls.pem"), dir.join("tls.key"));
+    std::fs::write(&cert_path, &cert_a).unwrap();
+    std::fs::write(&key_path, &key_a).unwrap();
+
+    let server = start(cert_path.clone(), key_path.clone(), None).await;
     let port = server.http_addr.unwrap().port();
     let config = client(&ca.cert.pem());
 
@@ -248,46 +257,7 @@ async fn downloads_present_the_client_certificate_of_the_service() {
         write("client.pem", &client_cert),
         write("client.key", &client_key),
     );
-    let mut s = PolicySources::default();
-    s.add_rego("p.rego", "package envoy.authz\nallow := true\n");
-    let authorizer = Authorizer::new(
-        Arc::new(PolicySet::from_sources(&s, &LoadOptions::default()).unwrap()),
-        DataRef::parse("envoy/authz/allow").unwrap(),
-        InputOptions::default(),
-    );
-    let server = arbiter_ext_authz::start(
-        ServerConfig {
-            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
-            http: Some(ListenAddr::Tcp("127.0.0.1:0".into())),
-            options: ServeOptions {
-                dry_run: false,
-                deadline: Duration::from_millis(50),
-                labels: InstanceLabels {
-                    id: "t".into(),
-                    version: "t".into(),
-                    extra: Default::default(),
-                },
-                api: Default::default(),
-                grpc_duration_buckets: Vec::new(),
-                active_config: serde_json::Value::Null,
-            },
-            workers: 1,
-            queue: 8,
-            decision_log: None,
-            limits: Default::default(),
-            ui: None,
-            diagnostic: None,
-            tls: Some(TlsSettings {
-                cert: cert_path,
-                key: key_path,
-                client_ca: Some(ca_path.clone()),
-                allowed_callers: Vec::new(),
-            }),
-        },
-        authorizer,
-    )
-    .await
-    .unwrap();
+    let server = start(cert_path, key_path, Some(ca_path.clone())).await;
     let url = format!(
         "https://127.0.0.1:{}/health",
         server.http_addr.unwrap().port()
