@@ -214,7 +214,7 @@ pub fn run(args: &Args) -> Exit {
     }
     match args.format {
         Format::Json => {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&runs).unwrap_or_default()
             );
@@ -232,11 +232,11 @@ pub fn run(args: &Args) -> Exit {
                     ("engine", r.engine.to_string()),
                 ];
                 let line = format!("+{}+{}+", "-".repeat(22), "-".repeat(14));
-                println!("{line}");
+                crate::outln!("{line}");
                 for (k, v) in rows {
-                    println!("| {k:<20} | {v:>12} |");
+                    crate::outln!("| {k:<20} | {v:>12} |");
                 }
-                println!("{line}");
+                crate::outln!("{line}");
             }
         }
     }

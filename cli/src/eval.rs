@@ -99,7 +99,7 @@ fn print_errors(format: Format, diagnostics: &[Diagnostic]) {
     match format {
         Format::Json => {
             let errors: Vec<Json> = diagnostics.iter().map(error_json).collect();
-            println!("{}", pretty(&json!({ "errors": errors })));
+            crate::outln!("{}", pretty(&json!({ "errors": errors })));
         }
         Format::Raw | Format::Pretty | Format::Values | Format::Bindings => {
             let n = diagnostics.len();
@@ -153,13 +153,13 @@ pub fn results_json(results: &arbiter_engine::regorus::QueryResults) -> Json {
 
 fn print_results(format: Format, results: &arbiter_engine::regorus::QueryResults) {
     match format {
-        Format::Json => println!("{}", pretty(&results_json(results))),
+        Format::Json => crate::outln!("{}", pretty(&results_json(results))),
         Format::Raw => {
             for r in &results.result {
                 for e in &r.expressions {
                     match to_json(&e.value) {
-                        Json::String(s) => println!("{s}"),
-                        other => println!("{}", pretty(&other)),
+                        Json::String(s) => crate::outln!("{s}"),
+                        other => crate::outln!("{}", pretty(&other)),
                     }
                 }
             }
@@ -168,14 +168,14 @@ fn print_results(format: Format, results: &arbiter_engine::regorus::QueryResults
         Format::Values => {
             for r in &results.result {
                 let line: Vec<Json> = r.expressions.iter().map(|e| to_json(&e.value)).collect();
-                println!("{}", pretty(&Json::Array(line)));
+                crate::outln!("{}", pretty(&Json::Array(line)));
             }
         }
         Format::Bindings => {
             for r in &results.result {
                 let b = to_json(&r.bindings);
                 let b = if b.is_object() { b } else { json!({}) };
-                println!("{}", pretty(&b));
+                crate::outln!("{}", pretty(&b));
             }
         }
     }
@@ -183,7 +183,7 @@ fn print_results(format: Format, results: &arbiter_engine::regorus::QueryResults
 
 fn print_pretty(results: &arbiter_engine::regorus::QueryResults) {
     if results.result.is_empty() {
-        println!("undefined");
+        crate::outln!("undefined");
         return;
     }
     let has_bindings = results.result.iter().any(|r| {
@@ -192,7 +192,7 @@ fn print_pretty(results: &arbiter_engine::regorus::QueryResults) {
             .is_some_and(|b| !b.is_empty())
     });
     if !has_bindings && results.result.len() == 1 && results.result[0].expressions.len() == 1 {
-        println!(
+        crate::outln!(
             "{}",
             pretty(&to_json(&results.result[0].expressions[0].value))
         );
@@ -244,13 +244,13 @@ fn print_pretty(results: &arbiter_engine::regorus::QueryResults) {
             .collect::<String>()
             + "|"
     };
-    println!("{rule}");
-    println!("{}", line(&columns));
-    println!("{rule}");
+    crate::outln!("{rule}");
+    crate::outln!("{}", line(&columns));
+    crate::outln!("{rule}");
     for r in &rows {
-        println!("{}", line(r));
+        crate::outln!("{}", line(r));
     }
-    println!("{rule}");
+    crate::outln!("{rule}");
 }
 
 /// What `arbiter eval -f json` prints for `query` over Rego `modules` (name, text), a `data`
@@ -366,7 +366,7 @@ pub fn run(args: &Args) -> Exit {
                     m.insert("coverage".into(), c.to_opa_json());
                 }
             }
-            println!("{}", pretty(&out));
+            crate::outln!("{}", pretty(&out));
             let defined = !results.result.is_empty();
             if (args.fail && !defined) || (args.fail_defined && defined) {
                 Exit::Failed

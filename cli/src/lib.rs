@@ -21,6 +21,20 @@ pub mod serve;
 pub mod strvals;
 pub mod test;
 
+/// `println!` for a command's output: when the reader has gone (`arbiter eval … | head`), the
+/// command ends quietly with status 0, as `opa eval` does, instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*)
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// What an exit status means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -366,3 +366,23 @@ fn eval_values_bindings_bundles_and_metrics_as_opa() {
         Some(2)
     );
 }
+
+/// `arbiter eval … | head`: when the reader goes away, eval ends quietly with status 0 (as
+/// `opa eval`), it does not panic on the closed pipe.
+#[test]
+fn eval_stops_quietly_when_the_reader_goes() {
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["eval", "numbers.range(1, 300000)"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe is closed here (stdout dropped) while eval still writes megabytes.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
