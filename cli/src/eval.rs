@@ -56,6 +56,10 @@ pub struct Args {
     /// as `opa eval --coverage`.
     #[arg(long)]
     pub coverage: bool,
+    /// Evaluate the query in this package (`envoy.authz`): its bare names are that package's
+    /// rules, as `opa eval --package`.
+    #[arg(long, value_name = "PACKAGE", conflicts_with = "coverage")]
+    pub package: Option<String>,
     /// Input document (JSON, or YAML by extension); `-` reads stdin.
     #[arg(short = 'i', long = "input", value_name = "FILE")]
     pub input: Option<PathBuf>,
@@ -348,6 +352,8 @@ pub fn run(args: &Args) -> Exit {
     let (queried, coverage) = if args.coverage {
         let (q, c) = set.query_with_coverage(&args.query, input);
         (q, Some(c))
+    } else if let Some(p) = &args.package {
+        (set.query_in_package(p, &args.query, input), None)
     } else {
         (set.query(&args.query, input), None)
     };

@@ -359,6 +359,23 @@ fn eval_values_bindings_bundles_and_metrics_as_opa() {
         serde_json::json!([{"start": {"row": 8}, "end": {"row": 8}}])
     );
     assert_eq!(covered["coverage"]["coverage"], serde_json::json!(50));
+    let (policy_for_package, input_for_package) = (policy.clone(), input.clone());
+    // --package: the query's bare names are that package's rules (OPA printed the same).
+    assert_eq!(
+        out(&[
+            "eval",
+            "--package",
+            "p",
+            "-d",
+            policy_for_package.to_str().unwrap(),
+            "-i",
+            input_for_package.to_str().unwrap(),
+            "-f",
+            "values",
+            "allow; not deny; x := input.x",
+        ]),
+        "[\n  true,\n  true,\n  true\n]\n"
+    );
     let _ = std::fs::remove_dir_all(dir);
     // A target arbiter does not have is refused.
     assert_eq!(

@@ -321,6 +321,24 @@ impl PolicySet {
             .map_err(|e| EvalError::from_regorus(&e))
     }
 
+    /// [`PolicySet::query`] with the query's bare names resolved in `package` (dotted, as
+    /// written after `package`), as `opa eval --package`.
+    pub fn query_in_package(
+        &self,
+        package: &str,
+        query: &str,
+        input: Option<Value>,
+    ) -> Result<regorus::QueryResults, EvalError> {
+        let mut engine = self.prototype.clone();
+        engine.set_query_package(Some(package.to_string()));
+        if let Some(input) = input {
+            engine.set_input(input);
+        }
+        engine
+            .eval_query(query.to_string(), false)
+            .map_err(|e| EvalError::from_regorus(&e))
+    }
+
     /// [`PolicySet::query`], with the Rego lines the evaluation covered (`opa eval --coverage`).
     pub fn query_with_coverage(
         &self,

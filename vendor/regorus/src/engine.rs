@@ -205,6 +205,8 @@ pub struct Engine {
     rego_v1: bool,
     execution_timer_config: Option<ExecutionTimerConfig>,
     policy_length_config: PolicyLengthConfig,
+    // arbiter patch 15: the package queries are evaluated in (`opa eval --package`).
+    query_package: Option<String>,
 }
 
 /// A loaded module's source label and lossless, decoded package components.
@@ -319,9 +321,16 @@ impl Engine {
             rego_v1: true,
             execution_timer_config: None,
             policy_length_config: PolicyLengthConfig::default(),
+            query_package: None,
         };
         engine.apply_effective_execution_timer_config();
         engine
+    }
+
+    /// arbiter patch 15: evaluate queries in `package` (dotted, as written after `package`),
+    /// so that a query's bare names are that package's rules, as `opa eval --package`.
+    pub fn set_query_package(&mut self, package: Option<String>) {
+        self.query_package = package;
     }
 
     /// Enable rego v0.
@@ -1378,7 +1387,12 @@ impl Engine {
         let mut query_module = {
             let source = Source::from_contents_with_limits(
                 "<query_module.rego>".to_owned(),
-                "package __internal_query_module".to_owned(),
+                format!(
+                    "package {}",
+                    self.query_package
+                        .as_deref()
+                        .unwrap_or("__internal_query_module")
+                ),
                 self.policy_length_config.max_file_bytes,
                 self.policy_length_config.max_lines,
             )?;
@@ -1399,7 +1413,15 @@ impl Engine {
         query_module.num_expressions = parser.num_expressions();
         query_module.num_queries = parser.num_queries();
         query_module.num_statements = parser.num_statements();
-        let query_schedule = Analyzer::new().analyze_query_snippet(&self.modules, &query_node)?;
+        let package_path = match &self.query_package {
+            Some(_) => Some(crate::utils::get_path_string(&query_module.package.refr, Some("data"))?),
+            None => None,
+        };
+        let query_schedule = Analyzer::new().analyze_query_snippet_in(
+            &self.modules,
+            &query_node,
+            package_path.as_deref(),
+        )?;
 
         // Populate loop hoisting for the query snippet
         // Query snippets are treated as if they're in a module appended at the end (same as analyzer)
@@ -1972,6 +1994,7 @@ impl Engine {
             prepared: true,
             execution_timer_config: None,
             policy_length_config: PolicyLengthConfig::default(), // Compiled policies are already parsed, so these length limits are not used
+            query_package: None,
         };
         engine.apply_effective_execution_timer_config();
         engine

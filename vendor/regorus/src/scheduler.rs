@@ -288,12 +288,20 @@ impl Analyzer {
         })
     }
 
-    pub fn analyze_query_snippet(
+    /// arbiter patch 15: `package` (`data.a.b`), when given, is the package the query is
+    /// written in: its rules are in scope, as `opa eval --package`.
+    pub fn analyze_query_snippet_in(
         mut self,
         modules: &[Ref<Module>],
         query: &Ref<Query>,
+        package: Option<&str>,
     ) -> Result<Schedule> {
         self.add_rules_and_aliases(modules)?;
+        if let Some(path) = package {
+            let scope = self.packages.get(path).cloned().unwrap_or_default();
+            self.current_module_path = path.to_string();
+            self.scopes.push(scope);
+        }
 
         // Pre-allocate capacity for all modules based on their num_queries
         for (module_index, m) in modules.iter().enumerate() {
