@@ -32,6 +32,73 @@ const BUCKETS: &[f64] = &[
     0.25,
 ];
 
+/// A histogram in atomics: cumulative bucket counts, the count and the sum of the observed
+/// durations. arbiter's decision latency and OPA's duration families are each one.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Upper bounds in seconds.
+    pub(crate) fn new(bounds: &[f64]) -> Self {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, ns: u64) {
+        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
+        let secs = ns as f64 / 1e9;
+        for (c, bound) in self.counts.iter().zip(&self.bounds) {
+            if secs <= *bound {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `name`, each with `labels` (`a="b",…`).
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (c, bound) in self.counts.iter().zip(&self.bounds) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
+        let _ = writeln!(out, "{name}_count{braced} {count}");
+    }
+}
+
+/// arbiter's decision latency, with its buckets.
+#[derive(Debug)]
+struct DecisionLatency(Histogram);
+
+impl Default for DecisionLatency {
+    fn default() -> Self {
+        DecisionLatency(Histogram::new(BUCKETS))
+    }
+}
+
 /// Where a decision came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -56,9 +123,7 @@ pub struct Metrics {
     error: [AtomicU64; 2],
     reasons: [AtomicU64; REASONS.len()],
     other_reason: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
+    latency: DecisionLatency,
     log_dropped: [AtomicU64; DROP_REASONS.len()],
     log_written: AtomicU64,
     log_uploaded: AtomicU64,
@@ -151,15 +216,7 @@ impl Metrics {
                 None => self.other_reason.fetch_add(1, Ordering::Relaxed),
             };
         }
-        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
-        let secs = latency_ns as f64 / 1e9;
-        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
-            if secs <= *bound {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+        self.latency.0.observe(latency_ns);
     }
 
     /// A request the listener refused before decoding it.
@@ -278,22 +335,9 @@ impl Metrics {
             "# HELP arbiter_decision_duration_seconds Time from receiving a check to answering it."
         );
         let _ = writeln!(s, "# TYPE arbiter_decision_duration_seconds histogram");
-        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                s,
-                "arbiter_decision_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                l(b)
-            );
-        }
-        let count = l(&self.latency_count);
-        let _ = writeln!(
-            s,
-            "arbiter_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
-        let sum = l(&self.latency_sum_ns) as f64 / 1e9;
-        let _ = writeln!(s, "arbiter_decision_duration_seconds_sum {sum}");
-        let _ = writeln!(s, "arbiter_decision_duration_seconds_count {count}");
+        self.latency
+            .0
+            .render(&mut s, "arbiter_decision_duration_seconds", "");
         let _ = writeln!(
             s,
             "# HELP arbiter_decision_logs_dropped_total Decision-log events not written, by reason."

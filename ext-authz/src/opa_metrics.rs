@@ -13,9 +13,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::escape;
+use crate::metrics::{Histogram, escape};
 
 /// OPA-Envoy's default `grpc-request-duration-seconds-buckets`.
 pub const GRPC_BUCKETS: &[f64] = &[
@@ -24,55 +23,6 @@ pub const GRPC_BUCKETS: &[f64] = &[
 
 /// OPA's default `http_request_duration_seconds` buckets.
 pub const HTTP_BUCKETS: &[f64] = &[1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 0.01, 0.1, 1.0];
-
-/// A histogram in atomics.
-#[derive(Debug)]
-struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &[f64]) -> Self {
-        Histogram {
-            bounds: bounds.to_vec(),
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, ns: u64) {
-        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
-        let secs = ns as f64 / 1e9;
-        for (c, bound) in self.counts.iter().zip(&self.bounds) {
-            if secs <= *bound {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (c, bound) in self.counts.iter().zip(&self.bounds) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
 
 /// What OPA's status plugin reports of one bundle.
 #[derive(Debug, Default, Clone)]
