@@ -349,39 +349,31 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let started = std::time::Instant::now();
-    let (queried, coverage) = if args.coverage {
-        let (q, c) = set.query_with_coverage(&args.query, input);
-        (q, Some(c))
-    } else if let Some(p) = &args.package {
-        (set.query_in_package(p, &args.query, input), None)
-    } else {
-        (set.query(&args.query, input), None)
+    let options = arbiter_engine::policy_set::QueryOptions {
+        package: args.package.as_deref(),
+        coverage: args.coverage,
     };
+    let (queried, coverage) = set.query_with(&args.query, input, &options);
     let eval_ns = started.elapsed().as_nanos();
     match queried {
-        Ok(results) if (args.metrics || args.coverage) && args.format == Format::Json => {
-            let mut out = results_json(&results);
-            if let Json::Object(m) = &mut out {
-                if args.metrics {
-                    m.insert(
-                        "metrics".into(),
-                        json!({"timer_rego_query_eval_ns": eval_ns}),
-                    );
-                }
-                if let Some(c) = &coverage {
-                    m.insert("coverage".into(), c.to_opa_json());
-                }
-            }
-            crate::outln!("{}", pretty(&out));
-            let defined = !results.result.is_empty();
-            if (args.fail && !defined) || (args.fail_defined && defined) {
-                Exit::Failed
-            } else {
-                Exit::Ok
-            }
-        }
         Ok(results) => {
-            print_results(args.format, &results);
+            if (args.metrics || coverage.is_some()) && args.format == Format::Json {
+                let mut out = results_json(&results);
+                if let Json::Object(m) = &mut out {
+                    if args.metrics {
+                        m.insert(
+                            "metrics".into(),
+                            json!({"timer_rego_query_eval_ns": eval_ns}),
+                        );
+                    }
+                    if let Some(c) = &coverage {
+                        m.insert("coverage".into(), c.to_opa_json());
+                    }
+                }
+                crate::outln!("{}", pretty(&out));
+            } else {
+                print_results(args.format, &results);
+            }
             let defined = !results.result.is_empty();
             if (args.fail && !defined) || (args.fail_defined && defined) {
                 Exit::Failed

@@ -67,6 +67,16 @@ impl LoadOptions {
 }
 
 /// Compiled Rego modules, CEL policies and data, ready to evaluate.
+/// How `opa eval`'s options shape a query ([`PolicySet::query_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryOptions<'a> {
+    /// `--package`: the query's bare names are this package's rules (dotted, as written after
+    /// `package`).
+    pub package: Option<&'a str>,
+    /// `--coverage`: report the Rego lines the evaluation covered.
+    pub coverage: bool,
+}
+
 #[derive(Clone)]
 pub struct PolicySet {
     prototype: regorus::Engine,
@@ -312,55 +322,37 @@ impl PolicySet {
         query: &str,
         input: Option<Value>,
     ) -> Result<regorus::QueryResults, EvalError> {
-        let mut engine = self.prototype.clone();
-        if let Some(input) = input {
-            engine.set_input(input);
-        }
-        engine
-            .eval_query(query.to_string(), false)
-            .map_err(|e| EvalError::from_regorus(&e))
+        self.query_with(query, input, &QueryOptions::default()).0
     }
 
-    /// [`PolicySet::query`] with the query's bare names resolved in `package` (dotted, as
-    /// written after `package`), as `opa eval --package`.
-    pub fn query_in_package(
-        &self,
-        package: &str,
-        query: &str,
-        input: Option<Value>,
-    ) -> Result<regorus::QueryResults, EvalError> {
-        let mut engine = self.prototype.clone();
-        engine.set_query_package(Some(package.to_string()));
-        if let Some(input) = input {
-            engine.set_input(input);
-        }
-        engine
-            .eval_query(query.to_string(), false)
-            .map_err(|e| EvalError::from_regorus(&e))
-    }
-
-    /// [`PolicySet::query`], with the Rego lines the evaluation covered (`opa eval --coverage`).
-    pub fn query_with_coverage(
+    /// [`PolicySet::query`] as `opa eval`'s options shape it: in a package, and with the Rego
+    /// lines the evaluation covered.
+    pub fn query_with(
         &self,
         query: &str,
         input: Option<Value>,
+        options: &QueryOptions<'_>,
     ) -> (
         Result<regorus::QueryResults, EvalError>,
-        crate::testing::CoverageReport,
+        Option<crate::testing::CoverageReport>,
     ) {
         let mut engine = self.prototype.clone();
-        engine.set_enable_coverage(true);
+        engine.set_query_package(options.package.map(str::to_string));
+        engine.set_enable_coverage(options.coverage);
         if let Some(input) = input {
             engine.set_input(input);
         }
         let result = engine
             .eval_query(query.to_string(), false)
             .map_err(|e| EvalError::from_regorus(&e));
-        let mut acc = crate::testing::coverage::CoverageAccumulator::default();
-        if let Ok(report) = engine.get_coverage_report() {
-            acc.add(&report);
-        }
-        (result, acc.finish())
+        let coverage = options.coverage.then(|| {
+            let mut acc = crate::testing::coverage::CoverageAccumulator::default();
+            if let Ok(report) = engine.get_coverage_report() {
+                acc.add(&report);
+            }
+            acc.finish()
+        });
+        (result, coverage)
     }
 
     /// Whether Rego defines something at `reference`: a rule (whatever it evaluates to), a
