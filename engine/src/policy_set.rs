@@ -261,6 +261,17 @@ impl PolicySet {
             .unwrap_or_default()
     }
 
+    /// OPA's `bundles` document: `{name: {"revision": …}}` for each bundle the set came from
+    /// (decision events, the Data API's `provenance`).
+    pub fn bundles_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.bundles
+                .iter()
+                .map(|(name, rev)| (name.clone(), serde_json::json!({ "revision": rev })))
+                .collect(),
+        )
+    }
+
     /// The bundles the set was loaded from: name → manifest revision (empty for files).
     pub fn bundles(&self) -> &std::collections::BTreeMap<String, String> {
         &self.bundles

@@ -171,15 +171,7 @@ impl DecisionRecord {
         // OPA's `bundles`: each bundle the set came from, by name, with its manifest revision;
         // none for policies loaded from files (arbiter's `revision` names those).
         if let Some(p) = self.policies.as_ref().filter(|p| !p.bundles().is_empty()) {
-            e.insert(
-                "bundles".into(),
-                Json::Object(
-                    p.bundles()
-                        .iter()
-                        .map(|(name, rev)| (name.clone(), json!({"revision": rev})))
-                        .collect(),
-                ),
-            );
+            e.insert("bundles".into(), p.bundles_json());
         }
         e.insert("path".into(), json!(self.path));
         let d = &self.decision;

@@ -168,18 +168,18 @@ async fn health(AxState(state): AxState<Arc<State>>, uri: Uri) -> Response {
     }
 }
 
+/// OPA's name for a plugin's state (`/v1/status`, `plugin_status_gauge`).
+fn plugin_state(up: bool) -> &'static str {
+    if up { "OK" } else { "NOT_READY" }
+}
+
 /// OPA's `/v1/status`: what the status plugin reports — the instance's `labels`, each
 /// bundle's activation, each plugin's state.
 async fn status(AxState(state): AxState<Arc<State>>) -> Response {
     let plugins: serde_json::Map<String, Json> = state
         .plugins()
         .iter()
-        .map(|(name, up)| {
-            (
-                (*name).to_string(),
-                json!({"state": if *up { "OK" } else { "NOT_READY" }}),
-            )
-        })
+        .map(|(name, up)| ((*name).to_string(), json!({"state": plugin_state(*up)})))
         .collect();
     json_response(
         StatusCode::OK,
@@ -246,7 +246,7 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     let plugins = state.plugins();
     let statuses: Vec<(&str, &str)> = plugins
         .iter()
-        .map(|(name, up)| (*name, if *up { "OK" } else { "NOT_READY" }))
+        .map(|(name, up)| (*name, plugin_state(*up)))
         .collect();
     let text = state.metrics.render(
         a.policies().revision(),
@@ -422,18 +422,12 @@ async fn data_api(
             }
             if asked("provenance") {
                 let a = state.authorizer.load();
-                let bundles: serde_json::Map<String, Json> = a
-                    .policies()
-                    .bundles()
-                    .iter()
-                    .map(|(name, rev)| (name.clone(), json!({"revision": rev})))
-                    .collect();
                 body.insert(
                     "provenance".into(),
                     json!({
                         "version": format!("arbiter-{}", env!("CARGO_PKG_VERSION")),
                         "revision": a.policies().revision(),
-                        "bundles": bundles,
+                        "bundles": a.policies().bundles_json(),
                     }),
                 );
             }
