@@ -746,44 +746,41 @@ fn sources(
         } else {
             arbiter_engine::bundle::load(Path::new(shown), b.verification.as_ref())?
         };
-        loaded.push((b.name.clone(), bundle));
+        loaded.push((b, bundle));
     }
     let named: Vec<(&str, &arbiter_engine::bundle::Manifest)> = loaded
         .iter()
-        .map(|(n, b)| (n.as_str(), &b.manifest))
+        .map(|(b, bundle)| (b.name.as_str(), &bundle.manifest))
         .collect();
     arbiter_engine::bundle::check_disjoint_roots(&named)?;
-    let several = loaded.len() > 1;
-    let mut revisions = Vec::new();
-    for (name, bundle) in loaded {
-        revisions.push(format!("{name}={}", bundle.manifest.revision));
+    // With several bundles, one revision for the set: each bundle's, by name.
+    let revision = (loaded.len() > 1).then(|| {
+        named
+            .iter()
+            .map(|(name, m)| format!("{name}={}", m.revision))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    for (b, bundle) in loaded {
         // OPA's `data.system.bundles[name].manifest`.
         let manifest = serde_json::json!({
             "revision": bundle.manifest.revision,
             "roots": bundle.manifest.roots.clone().unwrap_or_else(|| vec![String::new()]),
         });
         sources.data.push(arbiter_engine::loader::DataDocument {
-            file: format!("{}:/.manifest", bundle_location(s, &name)),
-            prefix: vec!["system".into(), "bundles".into(), name.clone()],
+            file: format!("{}:/.manifest", b.location),
+            prefix: vec!["system".into(), "bundles".into(), b.name.clone()],
             value: serde_json::json!({ "manifest": manifest }),
         });
         let mut from = bundle.sources;
-        from.bundles.insert(name, bundle.manifest.revision);
+        from.bundles
+            .insert(b.name.clone(), bundle.manifest.revision);
         sources.extend(from);
     }
-    if several {
-        // One revision for the set: each bundle's, by name.
-        sources.revision = Some(revisions.join(","));
+    if revision.is_some() {
+        sources.revision = revision;
     }
     Ok(sources)
-}
-
-/// Where bundle `name` comes from, for messages.
-fn bundle_location(s: &Settings, name: &str) -> String {
-    s.bundles
-        .iter()
-        .find(|b| b.name == name)
-        .map_or_else(|| name.to_string(), |b| b.location.clone())
 }
 
 pub fn authorizer_with(
