@@ -42,7 +42,8 @@ pub fn get(
             .header_lines_within(timeout)
             .map_err(|e| format!("{url}: {e}"))?,
     );
-    let (status, new_etag, body) = request("GET", url, &headers, &[], &auth.tls, timeout)?;
+    let tls = auth.tls.client_config_for(url)?;
+    let (status, new_etag, body) = request("GET", url, &headers, &[], tls.as_ref(), timeout)?;
     if status == 304 {
         return Ok(Fetched::Unchanged);
     }
@@ -55,14 +56,16 @@ pub fn get(
     })
 }
 
-/// One HTTP/1.1 request (`headers`: extra header lines, each ending in CRLF): the status, the
-/// `ETag`, and the body (Content-Length, chunked, or to the end; at most [`MAX_BODY_BYTES`]).
+/// One HTTP/1.1 request to a service — bundle downloads, OAuth2 tokens and decision-log
+/// uploads all go through it (`headers`: extra header lines, each ending in CRLF; `tls`: the
+/// configuration for an `https://` URL). The status, the `ETag`, and, for a 2xx answer, the
+/// body (Content-Length, chunked, or to the end; at most [`MAX_BODY_BYTES`]).
 pub fn request(
     method: &str,
     url: &str,
     headers: &str,
     body: &[u8],
-    tls: &crate::service::ServiceTls,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<(u16, Option<String>, Vec<u8>), String> {
     let target = parse_url(url)?;
@@ -76,6 +79,7 @@ pub fn request(
         .map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
     let mut head = format!(
         "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arbiter/{}\r\nConnection: close\r\n",
         target.path,
@@ -89,7 +93,9 @@ pub fn request(
     }
     head.push_str("\r\n");
     let mut stream: Box<dyn ReadWrite> = if target.tls {
-        let cfg = Arc::new(tls.client_config().map_err(|e| format!("{url}: {e}"))?);
+        let cfg = tls
+            .cloned()
+            .ok_or_else(|| format!("{url}: no TLS configuration"))?;
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|e| e.to_string())?;
         let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
@@ -100,6 +106,7 @@ pub fn request(
     stream
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(body))
+        .and_then(|()| stream.flush())
         .map_err(|e| format!("{url}: {e}"))?;
     let mut r = BufReader::new(stream);
     let mut line = String::new();

@@ -101,7 +101,7 @@ impl OAuth2 {
             &self.token_url,
             &headers,
             form.as_bytes(),
-            tls,
+            tls.client_config_for(&self.token_url)?.as_ref(),
             timeout,
         )?;
         if status != 200 {
@@ -146,6 +146,20 @@ fn form_encode(s: &str) -> String {
 }
 
 impl ServiceTls {
+    /// The rustls configuration for `url`: `None` for `http://`.
+    pub fn client_config_for(
+        &self,
+        url: &str,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        if url.starts_with("https://") {
+            self.client_config()
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| format!("{url}: {e}"))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The rustls configuration for this service.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
         use rustls::pki_types::pem::PemObject;

@@ -9,8 +9,7 @@
 //! (`upload_buffer_full`): memory stays bounded and the decision path never waits.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,12 +124,10 @@ impl std::fmt::Debug for Uploader {
 
 impl Uploader {
     pub fn start(config: UploadConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let target = parse_url(&config.url)?;
-        let tls = if target.tls {
-            Some(Arc::new(config.auth.tls.client_config()?))
-        } else {
-            None
-        };
+        // Checked at start: a URL that does not parse is a configuration error.
+        parse_url(&config.url)?;
+        // Built once: every upload reuses it.
+        let tls = config.auth.tls.client_config_for(&config.url)?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 events: VecDeque::new(),
@@ -142,7 +139,7 @@ impl Uploader {
         let (s, c, m) = (shared.clone(), config.clone(), metrics.clone());
         let thread = std::thread::Builder::new()
             .name("arbiter-log-upload".into())
-            .spawn(move || upload_loop(&s, &c, &target, tls, &m))
+            .spawn(move || upload_loop(&s, &c, tls, &m))
             .map_err(|e| format!("cannot start the uploader: {e}"))?;
         Ok(Self {
             shared,
@@ -213,7 +210,6 @@ fn next_batch(b: &Buffer, batch_bytes: usize) -> (usize, Vec<u8>) {
 fn upload_loop(
     shared: &Shared,
     config: &UploadConfig,
-    target: &Target,
     tls: Option<Arc<rustls::ClientConfig>>,
     metrics: &Metrics,
 ) {
@@ -268,7 +264,7 @@ fn upload_loop(
             }
             return;
         }
-        match post(target, tls.clone(), config, &body) {
+        match post(tls.as_ref(), config, &body) {
             Ok(()) => {
                 backoff = Duration::ZERO;
                 if let Ok(mut b) = shared.buffer.lock() {
@@ -309,79 +305,23 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// One POST; Ok only for a 2xx answer.
+/// POST a batch (gzipped) to the collector, with the service's headers and credentials.
 fn post(
-    target: &Target,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     config: &UploadConfig,
     json_array: &[u8],
 ) -> Result<(), String> {
     let body = gzip(json_array).map_err(|e| e.to_string())?;
-    let addr = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    let tcp = TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(config.timeout))
-        .map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(config.timeout))
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arbiter/{}\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n",
-        target.path,
-        target.host,
-        target.port,
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    );
-    head.push_str(&config.auth.header_lines_within(config.timeout)?);
-    head.push_str("\r\n");
-    let exchange = |s: &mut dyn ReadWrite| -> Result<(), String> {
-        s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-        s.write_all(&body).map_err(|e| e.to_string())?;
-        s.flush().map_err(|e| e.to_string())?;
-        // The status line is all that matters.
-        let mut status = Vec::with_capacity(64);
-        let mut byte = [0u8; 1];
-        while status.len() < 1024 {
-            match s.read(&mut byte) {
-                Ok(0) => break,
-                Ok(_) => {
-                    if byte[0] == b'\n' {
-                        break;
-                    }
-                    status.push(byte[0]);
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let line = String::from_utf8_lossy(&status);
-        let code = line.split_whitespace().nth(1).unwrap_or("");
-        if code.len() == 3 && code.starts_with('2') {
-            Ok(())
-        } else {
-            Err(format!("collector answered `{}`", line.trim()))
-        }
-    };
-    match tls {
-        None => {
-            let mut s = tcp;
-            exchange(&mut s)
-        }
-        Some(cfg) => {
-            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| e.to_string())?;
-            let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
-            let mut s = rustls::StreamOwned::new(conn, tcp);
-            exchange(&mut s)
-        }
+    let mut headers = String::from("Content-Type: application/json\r\nContent-Encoding: gzip\r\n");
+    headers.push_str(&config.auth.header_lines_within(config.timeout)?);
+    let (status, _, _) =
+        crate::fetch::request("POST", &config.url, &headers, &body, tls, config.timeout)?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("collector answered {status}"))
     }
 }
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 #[cfg(test)]
 mod tests {
