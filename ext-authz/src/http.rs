@@ -297,10 +297,11 @@ pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
         .collect()
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    query_pairs(uri)
-        .into_iter()
-        .find_map(|(k, v)| (k == name).then_some(v))
+/// The first value of parameter `name` among the query's pairs.
+fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find_map(|(k, v)| (k == name).then_some(v.as_str()))
 }
 
 /// A URL path's segments, each percent-decoded once; empty segments (`//`, a trailing `/`) are
@@ -354,7 +355,7 @@ async fn data_api(
     let params = query_pairs(&uri);
     let asked = |name: &str| bool_param(&params, name);
     let pretty = asked("pretty");
-    if query_param(&uri, "explain").is_some_and(|v| v != "off") {
+    if query_param(&params, "explain").is_some_and(|v| v != "off") {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
@@ -385,9 +386,9 @@ async fn data_api(
                 }
             }
         }
-        Method::GET => match query_param(&uri, "input") {
+        Method::GET => match query_param(&params, "input") {
             None => None,
-            Some(text) => match serde_json::from_str::<Json>(&text) {
+            Some(text) => match serde_json::from_str::<Json>(text) {
                 Ok(i) => Some(from_json(&i)),
                 Err(e) => {
                     return error(
