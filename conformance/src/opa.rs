@@ -217,6 +217,20 @@ fn run_case_inner(setup: Setup, case: &Case) -> Outcome {
                 .map_or(Value::Undefined, |e| e.value.clone());
             engine.set_input(v);
         }
+        if setup == Setup::Arbiter {
+            // What arbiter adds to regorus's compiler: OPA's type check of built-in calls.
+            if let Some(d) = arbiter_engine::typecheck::check_modules(engine.get_modules())
+                .into_iter()
+                .next()
+            {
+                return Err(EvalError {
+                    kind: EvalErrorKind::Compile(d.code),
+                    message: d.to_string(),
+                    location: Some(d),
+                });
+            }
+            arbiter_engine::typecheck::check_query_text(&mut engine, &case.query, None, true)?;
+        }
         engine
             .eval_query(case.query.clone(), false)
             .map_err(|e| EvalError::from_regorus(&e))

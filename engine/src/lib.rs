@@ -52,6 +52,7 @@ pub mod rego;
 pub mod request;
 pub mod rvm;
 pub mod testing;
+pub mod typecheck;
 pub mod units;
 pub mod value;
 

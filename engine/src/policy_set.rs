@@ -194,6 +194,9 @@ impl PolicySet {
             })
         });
         if diagnostics.is_empty() {
+            diagnostics.extend(crate::typecheck::check_modules(engine.get_modules()));
+        }
+        if diagnostics.is_empty() {
             diagnostics.extend(rule_data_conflicts(&mut engine, sources, &data_value));
         }
         if !diagnostics.is_empty() {
@@ -348,6 +351,11 @@ impl PolicySet {
         Option<crate::testing::CoverageReport>,
     ) {
         let mut engine = self.prototype.clone();
+        let v1 = self.options.rego_version == RegoVersion::V1;
+        if let Err(e) = crate::typecheck::check_query_text(&mut engine, query, options.package, v1)
+        {
+            return (Err(e), None);
+        }
         engine.set_query_package(options.package.map(str::to_string));
         engine.set_enable_coverage(options.coverage);
         if let Some(input) = input {

@@ -90,6 +90,9 @@ pub enum EvalErrorKind {
     Builtin,
     /// A time, memory or regex limit.
     Limit(&'static str),
+    /// A query OPA's compiler refuses before evaluating it, with OPA's code
+    /// (`rego_parse_error`, `rego_type_error`).
+    Compile(&'static str),
     /// Anything else (`eval_internal_error`, compile errors surfacing at evaluation).
     Other,
 }
@@ -102,6 +105,7 @@ impl EvalErrorKind {
             EvalErrorKind::Type => "eval_type_error",
             EvalErrorKind::Builtin => "eval_builtin_error",
             EvalErrorKind::Limit(_) => "eval_cancel_error",
+            EvalErrorKind::Compile(code) => code,
             EvalErrorKind::Other => "eval_internal_error",
         }
     }
