@@ -53,6 +53,7 @@ impl Default for EngineOptions {
 pub fn new_engine(opts: &EngineOptions) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(opts.rego_version == RegoVersion::V0Compatible);
+    engine.set_builtin_error_hook(Some(crate::typecheck::builtin_error_hook));
     engine.set_strict_builtin_errors(opts.strict_builtin_errors);
     engine.set_policy_length_config(opts.policy_length);
     if let Some(limit) = opts.eval_timeout {
@@ -135,17 +136,21 @@ impl EvalError {
             EvalErrorKind::Limit("memory")
         } else if lower.contains("regex") && lower.contains("size limit") {
             EvalErrorKind::Limit("regex")
-        } else if lower.contains("multiple outputs") || lower.contains("conflict") {
-            EvalErrorKind::Conflict
-        } else if (lower.contains("expects") && lower.contains("argument"))
-            || (lower.contains("operand") && lower.contains("must be"))
-            || lower.contains("but got")
-            // regorus's wordings of a wrong argument type (OPA: `eval_type_error`).
-            || (lower.contains("requires")
-                && (lower.contains("argument") || lower.contains("path")))
-            || lower.contains("is not an object")
-            || lower.contains("expects string keys")
+        } else if lower.contains("multiple outputs")
+            || lower.contains("conflict")
+            || lower.contains("object keys must be unique")
         {
+            EvalErrorKind::Conflict
+        } else if let Some(f) = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<crate::typecheck::BuiltinFailure>())
+        {
+            if f.code == "eval_type_error" {
+                EvalErrorKind::Type
+            } else {
+                EvalErrorKind::Builtin
+            }
+        } else if reads_as_type_error(&diag.message) {
             EvalErrorKind::Type
         } else if at_call
             || lower.contains("invalid syntax")
@@ -173,6 +178,19 @@ impl EvalError {
             _ => DenyReason::EvalError(self.message.clone()),
         }
     }
+}
+
+/// True when an error message is one of regorus's wordings of a wrong argument type (OPA:
+/// `eval_type_error`).
+pub(crate) fn reads_as_type_error(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    (lower.contains("expects") && lower.contains("argument"))
+        || (lower.contains("operand") && lower.contains("must be"))
+        || lower.contains("but got")
+        || (lower.contains("requires") && (lower.contains("argument") || lower.contains("path")))
+        || lower.contains("is not an object")
+        || lower.contains("expects string keys")
+        || lower.contains("expects string collection")
 }
 
 /// True when regorus's source excerpt puts the caret on a function call (`name(` or

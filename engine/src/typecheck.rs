@@ -896,6 +896,201 @@ pub fn check_query_text(
     }
 }
 
+/// A built-in's failure with OPA's code (`eval_type_error` or `eval_builtin_error`) and its
+/// message worded as OPA's (`abs: operand 1 must be number but got string`). Its text keeps
+/// regorus's location excerpt, so diagnostics find the position as for any other error.
+#[derive(Debug)]
+pub struct BuiltinFailure {
+    pub code: &'static str,
+    text: String,
+}
+
+impl std::fmt::Display for BuiltinFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for BuiltinFailure {}
+
+/// OPA's name of a value's type (`ast.ValueName`).
+fn value_name(v: &regorus::Value) -> &'static str {
+    use regorus::Value as V;
+    match v {
+        V::Null => "null",
+        V::Bool(_) => "boolean",
+        V::Number(_) => "number",
+        V::String(_) => "string",
+        V::Array(_) => "array",
+        V::Object(_) => "object",
+        V::Set(_) => "set",
+        V::Undefined => "undefined",
+    }
+}
+
+/// Whether a value has the type's top-level kind.
+fn kind_fits(v: &regorus::Value, t: &Ty) -> bool {
+    use regorus::Value as V;
+    match t {
+        Ty::Any(m) => m.is_empty() || m.iter().any(|t| kind_fits(v, t)),
+        Ty::Null => matches!(v, V::Null),
+        Ty::Boolean => matches!(v, V::Bool(_)),
+        Ty::Number => matches!(v, V::Number(_)),
+        Ty::String => matches!(v, V::String(_)),
+        Ty::Array { .. } => matches!(v, V::Array(_)),
+        Ty::Object { .. } => matches!(v, V::Object(_)),
+        Ty::Set(_) => matches!(v, V::Set(_)),
+        Ty::Function => false,
+    }
+}
+
+/// The kinds a type admits, as OPA's messages name them.
+fn kind_names(t: &Ty, out: &mut Vec<&'static str>) {
+    let name = match t {
+        Ty::Any(m) => {
+            for t in m {
+                kind_names(t, out);
+            }
+            return;
+        }
+        Ty::Null => "null",
+        Ty::Boolean => "boolean",
+        Ty::Number => "number",
+        Ty::String => "string",
+        Ty::Array { .. } => "array",
+        Ty::Object { .. } => "object",
+        Ty::Set(_) => "set",
+        Ty::Function => "function",
+    };
+    if !out.contains(&name) {
+        out.push(name);
+    }
+}
+
+/// The order in which OPA's built-ins list the kinds they accept, where it is not the
+/// declaration's (from `NewOperandTypeErr` calls in OPA 1.7.1's `topdown`).
+fn named_order(name: &str, operand: usize) -> Option<&'static [&'static str]> {
+    Some(match (name, operand) {
+        ("count", 1) => &["array", "object", "set", "string"],
+        ("sum" | "product" | "max" | "min" | "sort", 1) => &["set", "array"],
+        ("all" | "any" | "to_array" | "to_set", 1) => &["array", "set"],
+        ("minus", 1) => &["number", "set"],
+        ("to_number", 1) => &["null", "boolean", "number", "string"],
+        ("concat" | "json.filter" | "json.remove", 2) => &["set", "array"],
+        ("object.remove" | "object.filter", 2) => &["object", "set", "array"],
+        ("strings.any_prefix_match" | "strings.any_suffix_match", 1 | 2) => {
+            &["string", "set", "array"]
+        }
+        ("glob.match", 2) => &["array", "null"],
+        _ => return None,
+    })
+}
+
+/// OPA's operand error for arguments that do not have the declared kinds
+/// (`operand 2 must be array but got object`), or for elements of the declared kind
+/// (`operand 2 must be array of strings but got array containing number`).
+fn operand_error(name: &str, args: &[regorus::Value]) -> Option<String> {
+    use regorus::Value as V;
+    let decl = DECLS.get(name)?;
+    if name == "minus" {
+        // OPA's `minus` names what the other operand asks for.
+        return match (args.first()?, args.get(1)?) {
+            (V::Number(_), V::Number(_)) | (V::Set(_), V::Set(_)) => None,
+            (a, _) if !matches!(a, V::Number(_) | V::Set(_)) => Some(format!(
+                "operand 1 must be one of {{number, set}} but got {}",
+                value_name(a)
+            )),
+            (V::Set(_), b) => Some(format!("operand 2 must be set but got {}", value_name(b))),
+            (_, b) => Some(format!(
+                "operand 2 must be number but got {}",
+                value_name(b)
+            )),
+        };
+    }
+    for (i, (v, t)) in args.iter().zip(&decl.args).enumerate() {
+        let pos = i + 1;
+        if !kind_fits(v, t) {
+            let mut names = Vec::new();
+            kind_names(t, &mut names);
+            let names: Vec<&str> = named_order(name, pos).map_or(names, <[&str]>::to_vec);
+            return Some(match names.as_slice() {
+                [one] => format!("operand {pos} must be {one} but got {}", value_name(v)),
+                many => format!(
+                    "operand {pos} must be one of {{{}}} but got {}",
+                    many.join(", "),
+                    value_name(v)
+                ),
+            });
+        }
+        // Elements of an array or set whose declared member type is one scalar kind.
+        if let Some(m @ (Ty::String | Ty::Number | Ty::Boolean | Ty::Null)) = member_type(v, t) {
+            let items: Vec<&V> = match v {
+                V::Array(a) => a.iter().collect(),
+                V::Set(s) => s.iter().collect(),
+                _ => Vec::new(),
+            };
+            if let Some(bad) = items.into_iter().find(|x| !kind_fits(x, m)) {
+                let mut names = Vec::new();
+                kind_names(m, &mut names);
+                let container = value_name(v);
+                return Some(format!(
+                    "operand {pos} must be {container} of {}s but got {container} containing {}",
+                    names.first().copied().unwrap_or("any"),
+                    value_name(bad)
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The declared member type of a collection value's kind (`array[string]` for an array where
+/// `any<array[string], set[string]>` is declared).
+fn member_type<'t>(v: &regorus::Value, t: &'t Ty) -> Option<&'t Ty> {
+    use regorus::Value as V;
+    match (v, t) {
+        (V::Array(_), Ty::Array { rest: Some(m), .. }) | (V::Set(_), Ty::Set(m)) => Some(m),
+        (_, Ty::Any(members)) => members.iter().find_map(|m| member_type(v, m)),
+        _ => None,
+    }
+}
+
+/// The built-in error hook arbiter installs in regorus (see
+/// `regorus::unstable::set_builtin_error_hook`): words a failing built-in's error as OPA does
+/// and gives it OPA's code. Runs only when a call fails with strict built-in errors.
+pub fn builtin_error_hook(
+    span: &regorus::unstable::Span,
+    name: &str,
+    args: &[regorus::Value],
+    err: anyhow::Error,
+) -> anyhow::Error {
+    if err.chain().any(|e| e.is::<BuiltinFailure>()) {
+        return err;
+    }
+    let bare = Diagnostic::from_regorus(&err, "").message;
+    let (code, message) = match operand_error(name, args) {
+        Some(m) => ("eval_type_error", format!("{name}: {m}")),
+        None => {
+            let code = if crate::rego::reads_as_type_error(&bare) {
+                "eval_type_error"
+            } else {
+                "eval_builtin_error"
+            };
+            let named = bare.starts_with(name) || bare.starts_with(&format!("`{name}`"));
+            let message = if named {
+                bare
+            } else {
+                format!("{name}: {bare}")
+            };
+            (code, message)
+        }
+    };
+    anyhow::Error::new(BuiltinFailure {
+        code,
+        text: span.message("error", &message),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -965,6 +1160,48 @@ mod tests {
         ] {
             assert_eq!(query_errors(q), Vec::<String>::new(), "{q}");
         }
+    }
+
+    fn strict_error(query: &str, input: &str) -> (String, String) {
+        let mut engine = crate::rego::new_engine(&crate::rego::EngineOptions {
+            strict_builtin_errors: true,
+            ..crate::rego::EngineOptions::default()
+        });
+        engine.set_input(regorus::Value::from_json_str(input).unwrap());
+        let err = engine.eval_query(query.to_string(), false).unwrap_err();
+        let e = crate::rego::EvalError::from_regorus(&err);
+        let message = e.location.map_or(e.message, |d| d.message);
+        (e.kind.opa_code().to_string(), message)
+    }
+
+    #[test]
+    fn failing_built_ins_are_worded_and_coded_as_opa_words_them() {
+        // Messages from OPA's suite (array/concat: err, hexbuiltins, aggregates/count).
+        assert_eq!(
+            strict_error("x := array.concat(input.a, [])", r#"{"a": {"k": 1}}"#),
+            (
+                "eval_type_error".into(),
+                "array.concat: operand 1 must be array but got object".into()
+            )
+        );
+        assert_eq!(
+            strict_error("x := count(input.a)", r#"{"a": 1}"#),
+            (
+                "eval_type_error".into(),
+                "count: operand 1 must be one of {array, object, set, string} but got number"
+                    .into()
+            )
+        );
+        assert_eq!(
+            strict_error("x := concat(\",\", input.a)", r#"{"a": ["a", 1]}"#),
+            (
+                "eval_type_error".into(),
+                "concat: operand 2 must be array of strings but got array containing number".into()
+            )
+        );
+        let (code, message) = strict_error("x := hex.decode(input.a)", r#"{"a": "gg"}"#);
+        assert_eq!(code, "eval_builtin_error");
+        assert!(message.starts_with("hex.decode: "), "{message}");
     }
 
     #[test]

@@ -235,6 +235,9 @@ pub(crate) struct CompiledPolicyData {
     // Evaluation settings
     pub(crate) strict_builtin_errors: bool,
 
+    // arbiter patch: the embedder's wording of built-in errors.
+    pub(crate) builtin_error_hook: Option<crate::builtins::BuiltinErrorHook>,
+
     // The semantics of extensions ought to be changes to be more Clone friendly.
     pub(crate) extensions: Map<String, (u8, Rc<Box<dyn Extension>>)>,
 

@@ -925,6 +925,11 @@ impl Engine {
         self.interpreter.set_strict_builtin_errors(b);
     }
 
+    /// arbiter patch: word failing built-ins' errors with `hook` (strict errors only).
+    pub fn set_builtin_error_hook(&mut self, hook: Option<crate::builtins::BuiltinErrorHook>) {
+        self.interpreter.set_builtin_error_hook(hook);
+    }
+
     #[doc(hidden)]
     pub fn get_modules(&mut self) -> &Vec<Ref<Module>> {
         &self.modules

@@ -408,6 +408,10 @@ impl Interpreter {
         self.compiled_policy_mut().strict_builtin_errors = b;
     }
 
+    pub fn set_builtin_error_hook(&mut self, hook: Option<builtins::BuiltinErrorHook>) {
+        self.compiled_policy_mut().builtin_error_hook = hook;
+    }
+
     pub fn set_execution_timer_config(&mut self, config: Option<ExecutionTimerConfig>) {
         self.execution_timer = ExecutionTimer::new(config);
         self.reset_execution_timer_state();
@@ -1947,7 +1951,7 @@ impl Interpreter {
                     } else {
                         let existing = obj.get_or_insert_with(p, || value.clone());
                         if *existing != value {
-                            bail!(span.error("complete rules should not produce multiple outputs"))
+                            bail!(span.error("complete rules must not produce multiple outputs"))
                         }
                     }
                 }
@@ -2073,13 +2077,18 @@ impl Interpreter {
                 }
 
                 // Non-set rule.
+                let keyed = matches!(rule_ref.as_ref(), Expr::RefBrack { .. });
                 let key = Value::from_array(comps);
                 let obj_mut = ctx_mut.rule_value.as_object_mut()?;
                 let existing = obj_mut.get_or_insert_with(key, || output.clone());
                 if *existing != output {
-                    bail!(rule_ref
-                        .span()
-                        .error("rules must not produce multiple outputs"));
+                    // arbiter patch: OPA's wording (a key of a partial object or a complete
+                    // rule's value).
+                    bail!(rule_ref.span().error(if !keyed {
+                        "complete rules must not produce multiple outputs"
+                    } else {
+                        "object keys must be unique"
+                    }));
                 }
 
                 return Ok(true);
@@ -2687,7 +2696,15 @@ impl Interpreter {
                 }
                 return Ok(Value::Undefined);
             }
-            Err(e) => Err(e)?,
+            // arbiter patch: the embedder words the error (see `builtins::BuiltinErrorHook`).
+            Err(e) => {
+                return Err(match self.compiled_policy.builtin_error_hook {
+                    Some(hook) if e.downcast_ref::<crate::LimitError>().is_none() => {
+                        hook(span, name, &args, e)
+                    }
+                    _ => e,
+                })
+            }
         };
 
         // Handle trace function.
@@ -2924,7 +2941,15 @@ impl Interpreter {
             }
             match r {
                 Ok(v) => return Ok(v),
-                Err(e) => bail!(span.error(&format!("{e}"))),
+                // arbiter patch: the embedder words extensions' errors too (without the
+                // arguments, which the extension consumed).
+                Err(e) => {
+                    let e = span.error(&format!("{e}"));
+                    return Err(match self.compiled_policy.builtin_error_hook {
+                        Some(hook) => hook(span, &selected_fcn_path, &[], e),
+                        None => e,
+                    });
+                }
             }
         }
 
@@ -3039,7 +3064,8 @@ impl Interpreter {
                     return Err(span.source.error(
                         span.line,
                         span.col,
-                        format!("function produced multiple outputs {value:?}").as_str(),
+                        // arbiter patch: OPA's wording.
+                        "functions must not produce multiple outputs for same inputs",
                     ))
                 }
                 // If the function successfully executed, but did not return any value, then return true.
@@ -3787,7 +3813,7 @@ impl Interpreter {
                     return Err(span.source.error(
                         span.line,
                         span.col,
-                        "complete rules should not produce multiple outputs",
+                        "complete rules must not produce multiple outputs",
                     ))
                 }
                 Value::Set(_) => popped_ctx.value,
@@ -4141,8 +4167,9 @@ impl Interpreter {
         }
 
         if let Some((_, r)) = conflict {
+            // arbiter patch: OPA's wording first; where the other rule is, after it.
             bail!(refr.span().error(&format!(
-                "rule conflicts with rule at {}:{}:{}",
+                "complete rules must not produce multiple outputs (this rule conflicts with the rule at {}:{}:{})",
                 r.span()
                     .source
                     .file()

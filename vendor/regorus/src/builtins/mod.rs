@@ -122,6 +122,13 @@ lazy_static! {
     };
 }
 
+/// arbiter patch: how an embedder words a built-in's error (OPA's `eval_type_error` and
+/// `eval_builtin_error`, each with the built-in's name), given the call's span, the built-in's
+/// name and the arguments it failed on. Set per engine (`Engine::set_builtin_error_hook`);
+/// called only when a built-in fails with strict errors, so a successful call costs nothing.
+/// Resource-limit errors never reach it.
+pub type BuiltinErrorHook = fn(&Span, &str, &[crate::Value], anyhow::Error) -> anyhow::Error;
+
 pub fn must_cache(path: &str) -> Option<&'static str> {
     match path {
         "opa.runtime" => Some("opa.runtime"),
