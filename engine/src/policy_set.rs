@@ -811,6 +811,25 @@ mod tests {
     }
 
     #[test]
+    fn keywords_head_references_as_in_opa_1() {
+        // OPA's suite, keywordrefs: a keyword followed at once by `.name` is a reference.
+        let mut s = PolicySources::default();
+        s.add_rego(
+            "k.rego",
+            "package k\n\nif.foo := 1\n\ntrue.bar contains \"a\"\n\ndefault not.f(_) := 2\n\n\
+             p if {\n  if.foo == 1\n  true.bar == {\"a\"}\n  not.f(0) == 2\n  not false\n}\n",
+        );
+        let set = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap();
+        let r = set.query("data.k.p", None).unwrap();
+        assert_eq!(
+            r.result[0].expressions[0].value,
+            Value::from(true),
+            "{:?}",
+            r.result
+        );
+    }
+
+    #[test]
     fn parse_errors_name_file_line_and_column() {
         let mut s = PolicySources::default();
         s.add_rego("broken.rego", "package x\n\nallow if {\n  input.a ==\n}\n");

@@ -169,8 +169,30 @@ impl<'source> Parser<'source> {
     pub fn token_text(&self) -> &str {
         match self.tok.0 {
             TokenKind::String | TokenKind::RawString => "",
+            // arbiter patch: a keyword heading a reference is a name, not the keyword.
+            TokenKind::Ident if self.keyword_heads_ref() => "",
             _ => self.tok.1.text(),
         }
+    }
+
+    /// arbiter patch: whether the current token is a keyword written as the first name of a
+    /// reference (`if.foo := 1`, `true.bar == "a"`, `default some.f(_) := 1`): a keyword
+    /// followed at once by `.` and a name. OPA 1.x reads those as references (its
+    /// `keywords_in_refs`); no keyword is ever followed by `.name` in its own role.
+    fn keyword_heads_ref(&self) -> bool {
+        if self.tok.0 != TokenKind::Ident {
+            return false;
+        }
+        let text = self.tok.1.text();
+        if !(self.is_keyword(text) || FUTURE_KEYWORDS.contains(&text)) {
+            return false;
+        }
+        let src = self.source.contents().as_bytes();
+        let end = self.tok.1.end as usize;
+        src.get(end) == Some(&b'.')
+            && src
+                .get(end + 1)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
     }
 
     pub fn next_token(&mut self) -> Result<()> {
@@ -513,7 +535,7 @@ impl<'source> Parser<'source> {
     fn parse_ident(&mut self) -> Result<Span> {
         let span = self.tok.1.clone();
         match self.tok.0 {
-            TokenKind::Ident if self.is_keyword(span.text()) => Err(self.source.error(
+            TokenKind::Ident if self.is_keyword(span.text()) && !self.keyword_heads_ref() => Err(self.source.error(
                 self.tok.1.line,
                 self.tok.1.col,
                 &format!("unexpected keyword `{}`", span.text()),
@@ -532,8 +554,8 @@ impl<'source> Parser<'source> {
         let span = self.tok.1.clone();
         match self.tok.0 {
             TokenKind::Ident
-                if self.is_keyword(span.text())
-                    || (self.is_imported_future_keyword(span.text())
+                if !self.keyword_heads_ref() && self.is_keyword(span.text())
+                    || !self.keyword_heads_ref() && (self.is_imported_future_keyword(span.text())
 		    // contains can be the name of a builtin even when a keyword
 		    && span.text() != "contains") =>
             {
