@@ -194,6 +194,23 @@ impl PolicySet {
             })
         });
         if diagnostics.is_empty() {
+            // Calls the source text hides (inside template strings), found in the syntax tree.
+            for d in crate::typecheck::find_calls(engine.get_modules(), FORBIDDEN_BUILTINS) {
+                diagnostics.push(
+                    Diagnostic::at(
+                        d.file,
+                        d.line,
+                        d.col,
+                        format!(
+                            "`{}` is not allowed: arbiter never does network I/O while deciding",
+                            d.message
+                        ),
+                    )
+                    .with_code("rego_compile_error"),
+                );
+            }
+        }
+        if diagnostics.is_empty() {
             diagnostics.extend(crate::typecheck::check_modules(engine.get_modules()));
         }
         if diagnostics.is_empty() {
@@ -808,6 +825,24 @@ mod tests {
         s.add_rego("p.rego", text);
         let set = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap();
         assert_eq!(set.warnings().len(), 2, "{:?}", set.warnings());
+    }
+
+    #[test]
+    fn forbidden_calls_inside_template_strings_are_refused() {
+        let mut s = PolicySources::default();
+        s.add_rego(
+            "t.rego",
+            "package t\n\nmsg := $\"runtime: {opa.runtime()}\"\n",
+        );
+        let e = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e:?}");
+        let d = &e.diagnostics[0];
+        assert_eq!(
+            (d.line, d.col, d.code),
+            (3, 20, "rego_compile_error"),
+            "{d}"
+        );
+        assert!(d.message.contains("opa.runtime"), "{d}");
     }
 
     #[test]

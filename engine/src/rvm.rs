@@ -144,6 +144,20 @@ mod tests {
         assert_eq!(d.evaluate(input).unwrap(), Value::Bool(true));
     }
 
+    #[test]
+    fn template_strings_run_on_the_vm_as_in_the_interpreter() {
+        // OPA 1.x string interpolation (regorus patch 18): an undefined part prints
+        // `<undefined>`, collections as OPA writes them.
+        let s =
+            set("package p\nmsg := $\"user {input.user} may {input.verbs} on {input.missing}\"\n");
+        let path = DataRef::parse("p/msg").unwrap();
+        let d = RvmDecider::compile(&s, &path).unwrap();
+        let input = crate::value::from_json(&serde_json::json!({"user": "ann", "verbs": ["get"]}));
+        let want = Value::from("user ann may [\"get\"] on <undefined>");
+        assert_eq!(d.evaluate(input.clone()).unwrap(), want);
+        assert_eq!(s.evaluate(&path, input).unwrap(), want);
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();

@@ -369,6 +369,8 @@ struct Checker<'a> {
     shadowed: &'a BTreeSet<String>,
     file: String,
     errors: Vec<Diagnostic>,
+    /// When set, only report calls of these functions (no type check).
+    find: Option<&'a [&'a str]>,
 }
 
 impl Checker<'_> {
@@ -530,6 +532,17 @@ impl Checker<'_> {
         env: &Env,
         mocked: &BTreeSet<String>,
     ) {
+        if let Some(names) = self.find {
+            if names.contains(&name) {
+                self.errors.push(Diagnostic::at(
+                    self.file.clone(),
+                    at.line,
+                    at.col,
+                    name.to_string(),
+                ));
+            }
+            return;
+        }
         let Some(decl) = self.is_builtin(name, mocked) else {
             return;
         };
@@ -832,6 +845,28 @@ pub fn check_modules(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
             shadowed: shadowed.get(&package_of(m)).unwrap_or(&none),
             file: m.package.span.source.file().clone(),
             errors: Vec::new(),
+            find: None,
+        };
+        for rule in &m.policy {
+            c.rule(rule);
+        }
+        out.append(&mut c.errors);
+    }
+    out
+}
+
+/// Every call of one of `names` in the modules, as a diagnostic whose message is the name and
+/// whose position is the call's: what the source text cannot show (calls inside template
+/// strings).
+pub fn find_calls(modules: &[Ref<Module>], names: &[&str]) -> Vec<Diagnostic> {
+    let none = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in modules {
+        let mut c = Checker {
+            shadowed: &none,
+            file: m.package.span.source.file().clone(),
+            errors: Vec::new(),
+            find: Some(names),
         };
         for rule in &m.policy {
             c.rule(rule);
@@ -857,6 +892,7 @@ pub fn check_query(
         shadowed: names,
         file: file.to_string(),
         errors: Vec::new(),
+        find: None,
     };
     c.query(query, &Env::default(), &BTreeSet::new());
     c.errors

@@ -371,6 +371,9 @@ pub enum TokenKind {
     Symbol,
     String,
     RawString,
+    /// arbiter patch: a template string, `$"…{expr}…"` or `` $`…{expr}…` `` (OPA 1.x string
+    /// interpolation); its span covers it whole, from `$` to the closing quote.
+    TemplateString,
     Number,
     Ident,
     Eof,
@@ -402,6 +405,119 @@ pub struct Lexer<'source> {
 impl<'source> fmt::Debug for Lexer<'source> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lexer").finish_non_exhaustive()
+    }
+}
+
+/// arbiter patch: one part of a template string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Literal text: `\{` already read as `{`; in a `"` template the other escapes are still
+    /// to be read as JSON's.
+    Literal(String),
+    /// A template expression's byte range, relative to the template's `$`.
+    Expr(core::ops::Range<usize>),
+}
+
+/// arbiter patch: split the template string that starts at `text`'s `$` into its parts;
+/// returns them and the template's length in bytes. `{…}` holds an expression (strings,
+/// nested templates and brackets inside it are skipped whole); `\{` is a literal `{`.
+pub fn scan_template(text: &str) -> core::result::Result<(Vec<TemplatePart>, usize), &'static str> {
+    let quote = match text.as_bytes().get(1) {
+        Some(b'"') => '"',
+        Some(b'`') => '`',
+        _ => return Err("expecting template string"),
+    };
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut i = 2;
+    loop {
+        let Some(c) = text[i..].chars().next() else {
+            return Err("unterminated template string");
+        };
+        if c == quote {
+            if !lit.is_empty() {
+                parts.push(TemplatePart::Literal(core::mem::take(&mut lit)));
+            }
+            return Ok((parts, i + 1));
+        }
+        match c {
+            '\\' => {
+                let next = text[i + 1..].chars().next();
+                match next {
+                    Some('{') => {
+                        lit.push('{');
+                        i += 2;
+                    }
+                    Some(n) if quote == '"' => {
+                        lit.push('\\');
+                        lit.push(n);
+                        i += 1 + n.len_utf8();
+                    }
+                    _ => {
+                        lit.push('\\');
+                        i += 1;
+                    }
+                }
+            }
+            '{' => {
+                if !lit.is_empty() {
+                    parts.push(TemplatePart::Literal(core::mem::take(&mut lit)));
+                }
+                let end = scan_template_expr(text, i + 1)?;
+                parts.push(TemplatePart::Expr(i + 1..end));
+                i = end + 1;
+            }
+            '\n' if quote == '"' => return Err("unterminated template string"),
+            _ => {
+                lit.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+}
+
+/// The byte index of the `}` that closes the template expression starting at `start`.
+fn scan_template_expr(text: &str, start: usize) -> core::result::Result<usize, &'static str> {
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        let Some(c) = text[i..].chars().next() else {
+            return Err("unterminated template expression");
+        };
+        match c {
+            '"' => {
+                i += 1;
+                loop {
+                    match text[i..].chars().next() {
+                        None | Some('\n') => return Err("unterminated string in template expression"),
+                        Some('"') => break,
+                        Some('\\') => i += 1 + text[i + 1..].chars().next().map_or(0, char::len_utf8),
+                        Some(ch) => i += ch.len_utf8(),
+                    }
+                }
+                i += 1;
+            }
+            '`' => {
+                let close = text[i + 1..]
+                    .find('`')
+                    .ok_or("unterminated raw string in template expression")?;
+                i += close + 2;
+            }
+            '$' if matches!(text.as_bytes().get(i + 1), Some(b'"' | b'`')) => {
+                let (_, n) = scan_template(&text[i..])?;
+                i += n;
+            }
+            '{' | '[' | '(' => {
+                depth += 1;
+                i += 1;
+            }
+            '}' if depth == 0 => return Ok(i),
+            '}' | ']' | ')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += c.len_utf8(),
+        }
     }
 }
 
@@ -610,6 +726,38 @@ impl<'source> Lexer<'source> {
                 col,
                 start: usize_to_u32(start)?,
                 end: usize_to_u32(end)?,
+            },
+        ))
+    }
+
+    /// arbiter patch: a template string as one token (see [`scan_template`]).
+    fn read_template_string(&mut self) -> Result<Token> {
+        let (start, _) = self.peek();
+        let (line, col) = (self.line, self.col);
+        let text = &self.source.contents()[start..];
+        let n = match scan_template(text) {
+            Ok((_, n)) => n,
+            Err(msg) => return Err(self.source.error(line, col, msg)),
+        };
+        let consumed: String = text[..n].to_string();
+        for ch in consumed.chars() {
+            self.iter.next();
+            if ch == '\n' {
+                self.advance_line(1)?;
+                self.col = 1;
+            } else {
+                self.advance_col(1)?;
+            }
+        }
+        check_memory_limit()?;
+        Ok(Token(
+            TokenKind::TemplateString,
+            Span {
+                source: self.source.clone(),
+                line,
+                col,
+                start: usize_to_u32(start)?,
+                end: usize_to_u32(start + n)?,
             },
         ))
     }
@@ -1013,6 +1161,7 @@ impl<'source> Lexer<'source> {
                 })
             }
             '"' => self.read_string()?,
+            '$' if matches!(self.peekahead(1).1, '"' | '`') => self.read_template_string()?,
             #[cfg(feature = "azure-rbac")]
             '\'' if self.allow_single_quoted_strings => self.read_single_quoted_string()?,
             '`' => self.read_raw_string()?,

@@ -637,6 +637,7 @@ impl<'source> Parser<'source> {
                     eidx: self.next_eidx(),
                 }
             }
+            TokenKind::TemplateString => self.parse_template_string(span)?,
             TokenKind::Ident => match self.token_text() {
                 "null" => Expr::Null {
                     span,
@@ -673,6 +674,138 @@ impl<'source> Parser<'source> {
         };
         self.next_token()?;
         Ok(node)
+    }
+
+    /// arbiter patch: a template string (`$"…{expr}…"`, OPA 1.x string interpolation) becomes
+    /// `internal.template_string([part, …])`: literal parts as strings, each `{expr}` as
+    /// `[v | v := expr]` (keeping its `with` modifiers), so an undefined expression is `[]`
+    /// and prints `<undefined>` as in OPA. Each expression is parsed from a copy of the source
+    /// with everything else blanked out, so its positions are its own.
+    fn parse_template_string(&mut self, span: Span) -> Result<Expr> {
+        // Names are read from their spans' text: synthesized names get a source of their own.
+        let file = self.source.file().clone();
+        let named = |name: &str| -> Result<Span> {
+            let source = Source::from_contents(file.clone(), name.to_string())?;
+            Ok(Span {
+                source,
+                line: span.line,
+                col: span.col,
+                start: 0,
+                end: u32::try_from(name.len()).map_err(|_| anyhow!("name too long"))?,
+            })
+        };
+        let text = span.text();
+        let raw = text.as_bytes().get(1) == Some(&b'`');
+        let (parts, _) = scan_template(text).map_err(|m| span.error(m))?;
+        let base = span.start as usize;
+        let mut items = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                TemplatePart::Literal(lit) => {
+                    let value = if raw {
+                        Value::from(lit)
+                    } else {
+                        serde_json::from_str::<Value>(&format!("\"{lit}\""))
+                            .map_err(|e| span.error(&format!("invalid template string. {e}")))?
+                    };
+                    items.push(Ref::new(Expr::String {
+                        span: span.clone(),
+                        value,
+                        eidx: self.next_eidx(),
+                    }));
+                }
+                TemplatePart::Expr(range) => {
+                    let range = base + range.start..base + range.end;
+                    let masked: String = self
+                        .source
+                        .contents()
+                        .char_indices()
+                        .map(|(i, c)| if range.contains(&i) || c == '\n' { c } else { ' ' })
+                        .collect();
+                    let source = Source::from_contents(self.source.file().clone(), masked)?;
+                    let mut sub = Parser::new(&source)?;
+                    sub.rego_v1 = self.rego_v1;
+                    sub.future_keywords = self.future_keywords.clone();
+                    sub.eidx = self.eidx;
+                    sub.sidx = self.sidx;
+                    sub.qidx = self.qidx;
+                    sub.expr_depth = self.expr_depth.saturating_add(1);
+                    if sub.tok.0 == TokenKind::Eof {
+                        bail!(span.error("empty template expression"));
+                    }
+                    let stmt = sub.parse_literal_stmt()?;
+                    if sub.tok.0 != TokenKind::Eof {
+                        bail!(sub.tok.1.error("expecting `}` after template expression"));
+                    }
+                    self.eidx = sub.eidx;
+                    self.sidx = sub.sidx;
+                    self.qidx = sub.qidx;
+                    let (lspan, expr) = match stmt.literal {
+                        Literal::Expr { span, expr } => (span, expr),
+                        _ => bail!(stmt.span.error("expecting an expression in a template")),
+                    };
+                    let name = format!("__template{}__", self.eidx);
+                    let lhs = Expr::Var {
+                        span: named(&name)?,
+                        value: Value::from(name.as_str()),
+                        eidx: self.next_eidx(),
+                    };
+                    let assign = Expr::AssignExpr {
+                        span: lspan.clone(),
+                        op: AssignOp::ColEq,
+                        lhs: Ref::new(lhs),
+                        rhs: expr,
+                        eidx: self.next_eidx(),
+                    };
+                    let query = Query {
+                        span: lspan.clone(),
+                        stmts: vec![LiteralStmt {
+                            span: stmt.span,
+                            literal: Literal::Expr {
+                                span: lspan,
+                                expr: Ref::new(assign),
+                            },
+                            with_mods: stmt.with_mods,
+                            sidx: stmt.sidx,
+                        }],
+                        qidx: self.next_qidx(),
+                    };
+                    let term = Expr::Var {
+                        span: named(&name)?,
+                        value: Value::from(name.as_str()),
+                        eidx: self.next_eidx(),
+                    };
+                    items.push(Ref::new(Expr::ArrayCompr {
+                        span: span.clone(),
+                        term: Ref::new(term),
+                        query: Ref::new(query),
+                        eidx: self.next_eidx(),
+                    }));
+                }
+            }
+        }
+        let internal = Expr::Var {
+            span: named("internal")?,
+            value: Value::from("internal"),
+            eidx: self.next_eidx(),
+        };
+        let fcn = Expr::RefDot {
+            span: named("internal.template_string")?,
+            refr: Ref::new(internal),
+            field: (named("template_string")?, Value::from("template_string")),
+            eidx: self.next_eidx(),
+        };
+        let array = Expr::Array {
+            span: span.clone(),
+            items,
+            eidx: self.next_eidx(),
+        };
+        Ok(Expr::Call {
+            span,
+            fcn: Ref::new(fcn),
+            params: vec![Ref::new(array)],
+            eidx: self.next_eidx(),
+        })
     }
 
     fn parse_compr(&mut self, delim: &str) -> Result<(Expr, Query)> {

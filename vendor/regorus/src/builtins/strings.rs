@@ -24,6 +24,8 @@ mod go_is_print;
 
 pub fn register(m: &mut builtins::BuiltinsMap<&'static str, builtins::BuiltinFcn>) {
     m.insert("concat", (concat, 2));
+    // arbiter patch: what a template string (`$"…{x}…"`) becomes (see the parser).
+    m.insert("internal.template_string", (template_string, 1));
     m.insert("contains", (contains, 2));
     m.insert("endswith", (endswith, 2));
     m.insert("format_int", (format_int, 2));
@@ -856,5 +858,69 @@ mod tests {
         assert_eq!(quote("abc", Width::Decimals(0)), "\"\"");
         assert_eq!(quote("\u{1F642}", Width::Cell(6)), "   \"\u{1F642}\"");
         assert_eq!(quote("\u{1F642}x", Width::Decimals(1)), "\"\u{1F642}\"");
+    }
+}
+
+/// arbiter patch: join a template string's parts: strings as they are, each expression's
+/// values (`[]` when undefined: `<undefined>`) as OPA prints them inside a template.
+fn template_string(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+    let name = "internal.template_string";
+    ensure_args_count(span, name, params, args, 1)?;
+    let parts = ensure_array(name, &params[0], args[0].clone())?;
+    let mut out = String::new();
+    for part in parts.iter() {
+        match part {
+            Value::String(s) => out.push_str(s),
+            // The bytecode VM may keep an undefined value in the comprehension.
+            Value::Array(values) => match values.as_slice() {
+                [] | [Value::Undefined] => out.push_str("<undefined>"),
+                [Value::String(s)] => out.push_str(s),
+                [v] => template_value(v, &mut out),
+                _ => bail!(span.error("template expression produced multiple outputs")),
+            },
+            _ => bail!(span.error("invalid template string part")),
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// A value as OPA writes it in a template: `[1, "a"]`, `set()`, `{1}`, `{"a": "b"}`.
+fn template_value(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => out.push_str(&serde_json::to_string(s.as_ref()).unwrap_or_default()),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                template_value(x, out);
+            }
+            out.push(']');
+        }
+        Value::Set(s) if s.is_empty() => out.push_str("set()"),
+        Value::Set(s) => {
+            out.push('{');
+            for (i, x) in s.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                template_value(x, out);
+            }
+            out.push('}');
+        }
+        Value::Object(o) => {
+            out.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                template_value(k, out);
+                out.push_str(": ");
+                template_value(x, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&format!("{other}")),
     }
 }
