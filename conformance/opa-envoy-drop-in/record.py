@@ -46,6 +46,34 @@ def get(port, path):
         return e.code, json.loads(e.read() or b"null")
 
 
+def send_raw(port, raw):
+    """Send one HTTP/1.1 request as written and read the answer to its end."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw.encode())
+        while s.recv(65536):
+            pass
+
+
+def normalize(v, key=None):
+    """What differs from run to run, replaced: ports, request ids, times (the same rules as
+    cli/tests/opa_envoy_drop_in.rs's `normalize`)."""
+    import re
+    if key == "time":
+        return "<time>"
+    if isinstance(v, dict):
+        return {k: normalize(x, k) for k, x in v.items()}
+    if isinstance(v, list):
+        return [normalize(x, key) for x in v]
+    if key == "portValue":
+        return "<port>"
+    if key in ("id", "x-request-id"):
+        return "<id>"
+    if isinstance(v, str):
+        return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", v)
+    return v
+
+
 def jwt(claims):
     b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
@@ -160,6 +188,9 @@ def main():
                 headers["Content-Type"] = "application/json"
             statuses.append(send(listen, r["method"], r["path"], headers,
                                  json.dumps(r["body"]) if r.get("body") is not None else None))
+        # Input parity (issue 17, item 6): raw requests, byte for byte as the test sends them.
+        for r in requests["parity"]:
+            send_raw(listen, r["raw"])
         time.sleep(1)
         # Seen polls with the ETag; then stop.
         polls_with_etag = sorted({s["path"] for s in seen if s["if_none_match"]})
@@ -174,8 +205,11 @@ def main():
                 continue
             if v.get("msg") == "Decision Log" and v.get("path") == "envoy/authz/allow":
                 events.append(v)
-        if len(events) != len(statuses):
+        if len(events) != len(statuses) + len(requests["parity"]):
             raise RuntimeError(f"{len(events)} decision events for {len(statuses)} requests")
+        parity = [{"input": normalize(e.get("input")), "result": e.get("result"), "error": e.get("error")}
+                  for e in events[len(statuses):]]
+        events = events[:len(statuses)]
         keep = lambda e: {
             "fields": sorted(e.keys()),
             "path": e["path"], "result": e.get("result"), "bundles": e.get("bundles"),
@@ -195,6 +229,7 @@ def main():
             "bundles_activated_within_seconds": activated_after,
             "statuses": statuses,
             "events": [keep(e) for e in events],
+            "parity": parity,
             "bundle_server": {
                 "paths": sorted({s["path"] for s in seen}),
                 "authorizations": sorted({s["authorization"] or "" for s in seen}),

@@ -6,6 +6,7 @@
 //! | X.509 | `crypto.x509.parse_certificates`, `crypto.x509.parse_and_verify_certificates` |
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
+//! | arrays | `array.flatten` (OPA 1.x) |
 //! | SPIFFE | `spiffe.parse`, `spiffe.match` (arbiter's own; the same functions CEL has) |
 //!
 //! Results follow OPA's byte for byte (the OPA conformance suite checks them; see
@@ -15,6 +16,7 @@
 
 use regorus::Value;
 
+pub mod array;
 pub mod crypto;
 pub mod encoding;
 pub mod jose;
@@ -26,6 +28,7 @@ pub mod x509;
 /// Register every arbiter built-in on `engine`.
 pub fn register(engine: &mut regorus::Engine, strict: bool) {
     let mut r = Registrar { engine, strict };
+    array::register(&mut r);
     jwt::register(&mut r);
     crypto::register(&mut r);
     net::register(&mut r);

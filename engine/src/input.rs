@@ -361,7 +361,14 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
     let canonical = path::canonicalize(&http.path, opts.path_policy).map_err(|e| {
         DenyReason::NonCanonicalPath(format!("{e}: `{}`", http.path.escape_default()))
     })?;
-    let query = path::parse_query(&canonical.raw_query).map_err(DenyReason::BadInput)?;
+    // Strict mode refuses a query that does not parse; lenient mode reads it as OPA-Envoy does
+    // (Go's `URL.Query()`: the bad pairs are left out).
+    let query = match opts.path_policy {
+        PathPolicy::Strict => {
+            path::parse_query(&canonical.raw_query).map_err(DenyReason::BadInput)?
+        }
+        PathPolicy::Lenient => path::parse_query_lossy(&canonical.raw_query),
+    };
 
     let mut attributes = Obj::new();
     if let Some(s) = &req.source {

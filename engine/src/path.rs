@@ -221,6 +221,17 @@ fn has_escape(s: &str) -> bool {
 /// space, keys without `=` have the value `""`, a `;` or a bad escape is an error. Keys keep
 /// their first-seen order; values keep theirs.
 pub fn parse_query(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    parse_query_pairs(raw, false)
+}
+
+/// Go's `url.URL.Query()`, which OPA-Envoy uses for the request target's `parsed_query`: as
+/// [`parse_query`], but a pair with a `;` or a bad escape is left out instead of failing the
+/// whole query (lenient mode; strict mode refuses such a target).
+pub fn parse_query_lossy(raw: &str) -> Vec<(String, Vec<String>)> {
+    parse_query_pairs(raw, true).unwrap_or_default()
+}
+
+fn parse_query_pairs(raw: &str, skip_bad: bool) -> Result<Vec<(String, Vec<String>)>, String> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     // Linear in the number of pairs: a target of thousands of distinct names costs no more
     // than reading it.
@@ -230,11 +241,17 @@ pub fn parse_query(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> {
             continue;
         }
         if pair.contains(';') {
+            if skip_bad {
+                continue;
+            }
             return Err("invalid semicolon separator in query".to_string());
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = query_unescape(k)?;
-        let v = query_unescape(v)?;
+        let (k, v) = match (query_unescape(k), query_unescape(v)) {
+            (Ok(k), Ok(v)) => (k, v),
+            (Err(_), _) | (_, Err(_)) if skip_bad => continue,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         match index.get(&k) {
             Some(&i) => out[i].1.push(v),
             None => {
@@ -368,6 +385,21 @@ fn segment_match(p: &str, s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lenient_queries_leave_bad_pairs_out_as_go_does() {
+        // Recorded from OPA-Envoy (conformance/fixtures/opa-envoy-drop-in, parity): `bad=%zz`
+        // is left out, the rest is read.
+        let q = "name=alice&name=bob&empty=&flag&enc=%2Fa%20b+c&bad=%zz&semi=1;2";
+        assert!(parse_query(q).is_err());
+        let want: Vec<(String, Vec<String>)> = vec![
+            ("name".into(), vec!["alice".into(), "bob".into()]),
+            ("empty".into(), vec!["".into()]),
+            ("flag".into(), vec!["".into()]),
+            ("enc".into(), vec!["/a b c".into()]),
+        ];
+        assert_eq!(parse_query_lossy(q), want);
+    }
 
     #[test]
     fn globs() {

@@ -372,8 +372,11 @@ fn yaml_is_valid(
     let name = "yaml.is_valid";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let yaml_str = ensure_string(name, &params[0], &args[0])?;
-    Ok(Value::Bool(Value::from_yaml_str(&yaml_str).is_ok()))
+    // arbiter patch: anything but a string is not valid YAML (`false`, as in OPA).
+    let Value::String(yaml_str) = &args[0] else {
+        return Ok(Value::Bool(false));
+    };
+    Ok(Value::Bool(Value::from_yaml_str(yaml_str).is_ok()))
 }
 
 #[cfg(feature = "yaml")]
@@ -409,8 +412,11 @@ fn json_is_valid(
     let name = "json.is_valid";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let json_str = ensure_string(name, &params[0], &args[0])?;
-    Ok(Value::Bool(Value::from_json_str(&json_str).is_ok()))
+    // arbiter patch: anything but a string is not valid JSON (`false`, as in OPA).
+    let Value::String(json_str) = &args[0] else {
+        return Ok(Value::Bool(false));
+    };
+    Ok(Value::Bool(Value::from_json_str(json_str).is_ok()))
 }
 
 fn json_marshal(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
