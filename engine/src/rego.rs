@@ -184,8 +184,22 @@ impl EvalError {
 /// `eval_type_error`).
 pub(crate) fn reads_as_type_error(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
-    (lower.contains("expects") && lower.contains("argument"))
-        || (lower.contains("operand") && lower.contains("must be"))
+    // OPA's operand errors (`operand 1 non-string key found …`) are type errors; `operand 1:
+    // …` (a colon after the number) is how other built-in errors name an operand.
+    let operand_error = lower
+        .split_once(": ")
+        .map_or(lower.as_str(), |(_, rest)| rest)
+        .strip_prefix("operand ")
+        .and_then(|r| r.split_once(' '))
+        .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+    let operand_named = lower.contains("operand ")
+        && lower.split("operand ").skip(1).any(|r| {
+            r.split_once(':')
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        });
+    operand_error
+        || (lower.contains("expects") && lower.contains("argument"))
+        || (lower.contains("operand") && lower.contains("must be") && !operand_named)
         || lower.contains("but got")
         || (lower.contains("requires") && (lower.contains("argument") || lower.contains("path")))
         || lower.contains("is not an object")

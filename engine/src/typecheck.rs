@@ -1091,6 +1091,31 @@ fn member_type<'t>(v: &regorus::Value, t: &'t Ty) -> Option<&'t Ty> {
     }
 }
 
+/// OPA's wording where regorus says a built-in wants integers (`bits.*`, `numbers.range`):
+/// the first operand that is not one, named.
+fn integer_error(bare: &str, args: &[regorus::Value]) -> Option<String> {
+    use regorus::Value as V;
+    let numbers = || {
+        args.iter().enumerate().filter_map(|(i, a)| match a {
+            V::Number(n) => Some((i + 1, n)),
+            _ => None,
+        })
+    };
+    if bare.contains("expects integer arguments") || bare.contains("operand must be integer") {
+        let (pos, _) = numbers().find(|(_, n)| !n.is_integer())?;
+        return Some(format!(
+            "operand {pos} must be integer number but got floating-point number"
+        ));
+    }
+    if bare.contains("expects non-negative integer arguments") {
+        let (pos, _) = numbers().find(|(_, n)| n.as_f64().is_some_and(|f| f < 0.0))?;
+        return Some(format!(
+            "operand {pos} must be an unsigned integer number but got a negative integer"
+        ));
+    }
+    None
+}
+
 /// The built-in error hook arbiter installs in regorus (see
 /// `regorus::unstable::set_builtin_error_hook`): words a failing built-in's error as OPA does
 /// and gives it OPA's code. Runs only when a call fails with strict built-in errors.
@@ -1104,7 +1129,7 @@ pub fn builtin_error_hook(
         return err;
     }
     let bare = Diagnostic::from_regorus(&err, "").message;
-    let (code, message) = match operand_error(name, args) {
+    let (code, message) = match operand_error(name, args).or_else(|| integer_error(&bare, args)) {
         Some(m) => ("eval_type_error", format!("{name}: {m}")),
         None => {
             let code = if crate::rego::reads_as_type_error(&bare) {

@@ -182,6 +182,18 @@ fn hex_decode(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) 
     ensure_args_count(span, name, params, args, 1)?;
 
     let encoded_str = ensure_string(name, &params[0], &args[0])?;
+    // arbiter patch: Go's `encoding/hex` errors, as OPA reports them.
+    if let Some(c) = encoded_str.chars().find(|c| !c.is_ascii_hexdigit()) {
+        bail!(params[0].span().error(&alloc::format!(
+            "encoding/hex: invalid byte: U+{:04X} {c:?}",
+            u32::from(c)
+        )));
+    }
+    if encoded_str.len() % 2 == 1 {
+        bail!(params[0]
+            .span()
+            .error("encoding/hex: odd length hex string"));
+    }
     let decoded_bytes = data_encoding::HEXLOWER_PERMISSIVE
         .decode(encoded_str.as_bytes())
         .map_err(|e| {

@@ -130,6 +130,10 @@ pub fn cidr_expand(
 }
 
 fn _cidr_expand(cidr: Arc<str>) -> Result<Value> {
+    // arbiter patch: Go's `net.ParseCIDR` error, as OPA reports it.
+    if cidr.parse::<ipnet::IpNet>().is_err() {
+        bail!("invalid CIDR address: {cidr}");
+    }
     let net = cidr
         .parse::<IpNet>()
         .map_err(|e| anyhow!("Error parsing {cidr}: {e}"))?;

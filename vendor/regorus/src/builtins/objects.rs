@@ -228,10 +228,14 @@ fn merge_filters(
                 };
                 filters = fc;
             }
-            Some(_) => {
+            // arbiter patch: OPA's wording (json.filter and json.remove's operand 2).
+            Some(other) => {
                 let span = param.span();
-                bail!(span.error(
-		    format!("`{name}` requires path to be '/' separated string or array of path components.").as_str()));
+                let _ = name;
+                bail!(span.error(&format!(
+                    "operand 2 must be one of {{set, array}} containing string paths or array of path segments but got {}",
+                    crate::builtins::types::get_type(other)
+                )));
             }
             None => break,
         }

@@ -25,8 +25,15 @@ fn compare(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
 
     let v1 = ensure_string(name, &params[0], &args[0])?;
     let v2 = ensure_string(name, &params[1], &args[1])?;
-    let version1 = Version::parse(&v1).map_err(|_| params[0].span().error("invalid semver"))?;
-    let version2 = Version::parse(&v2).map_err(|_| params[0].span().error("invalid semver"))?;
+    // arbiter patch: OPA's wording, naming the operand.
+    let invalid = |pos: usize, v: &str, p: &Ref<Expr>| {
+        p.span().error(&alloc::format!(
+            "operand {pos}: string {} is not a valid SemVer",
+            serde_json::to_string(v).unwrap_or_default()
+        ))
+    };
+    let version1 = Version::parse(&v1).map_err(|_| invalid(1, &v1, &params[0]))?;
+    let version2 = Version::parse(&v2).map_err(|_| invalid(2, &v2, &params[1]))?;
     let result = match version1.cmp_precedence(&version2) {
         Ordering::Less => -1,
         Ordering::Equal => 0,

@@ -96,7 +96,9 @@ fn format_int(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         _ => {
             if strict {
                 let span = params[1].span();
-                bail!(span.error(&format!("`{name}` expects base to be one of 2, 8, 10, 16")));
+                // arbiter patch: OPA's wording (a type error there).
+                let _ = name;
+                bail!(span.error("operand 2 must be one of {2, 8, 10, 16}"));
             }
 
             return Ok(Value::Undefined);
@@ -687,11 +689,11 @@ fn replace_n(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -
             (Value::String(k), Value::String(v)) => {
                 s = s.replace(k.as_ref(), v.as_ref()).into();
             }
-            _ => {
-                bail!(span.error(
-                    format!("`{name}` expects string keys and values in pattern object.").as_str()
-                ))
+            // arbiter patch: OPA's wordings.
+            (Value::String(_), _) => {
+                bail!(span.error("operand 1 non-string value found in pattern object"))
             }
+            _ => bail!(span.error("operand 1 non-string key found in pattern object")),
         }
     }
 

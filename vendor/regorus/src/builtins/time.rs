@@ -228,7 +228,7 @@ fn parse_epoch(
         Value::Number(num) => {
             let ns = num.as_i64().ok_or_else(|| {
                 arg.span()
-                    .error("could not convert numeric value of `ns` to int64")
+                    .error("timestamp too big")
             })?;
 
             return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
@@ -238,7 +238,7 @@ fn parse_epoch(
             [Value::Number(num)] => {
                 let ns = num.as_i64().ok_or_else(|| {
                     arg.span()
-                        .error("could not convert numeric value of `ns` to int64")
+                        .error("timestamp too big")
                 })?;
 
                 return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
@@ -246,7 +246,7 @@ fn parse_epoch(
             [Value::Number(num), Value::String(tz), rest @ ..] => {
                 let ns = num.as_i64().ok_or_else(|| {
                     arg.span()
-                        .error("could not convert numeric value of `ns` to int64")
+                        .error("timestamp too big")
                 })?;
 
                 let datetime = match tz.as_ref() {

@@ -95,15 +95,22 @@ fn parse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     // a stable representation that includes an explicit leading digit.
     let canonical_part = canonicalize_number_part(number_part);
 
+    // arbiter patch: OPA's wordings.
+    let bad = |part: &str| {
+        params[0].span().error(if part.is_empty() {
+            "no amount provided"
+        } else {
+            "could not parse amount to a number"
+        })
+    };
     if let Some(e) = ten_exp(suffix) {
         let combined = combine_decimal_exponent(canonical_part.as_ref(), e)
-            .ok_or_else(|| params[0].span().error("could not parse number"))?;
-        let number = Number::from_str(&combined)
-            .map_err(|_| params[0].span().error("could not parse number"))?;
+            .ok_or_else(|| bad(canonical_part.as_ref()))?;
+        let number = Number::from_str(&combined).map_err(|_| bad(canonical_part.as_ref()))?;
         Ok(Value::from(number))
     } else if let Some(e) = two_exp(suffix) {
-        let mut number = Number::from_str(canonical_part.as_ref())
-            .map_err(|_| params[0].span().error("could not parse number"))?;
+        let mut number =
+            Number::from_str(canonical_part.as_ref()).map_err(|_| bad(canonical_part.as_ref()))?;
         number.mul_assign(&Number::two_pow(e)?)?;
         Ok(Value::from(number))
     } else {
@@ -169,10 +176,18 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
     // a stable representation that includes an explicit leading digit.
     let canonical_part = canonicalize_number_part(number_part);
 
+    // arbiter patch: OPA's wordings.
+    let bad = |part: &str| {
+        span.error(if part.is_empty() {
+            "no byte amount provided"
+        } else {
+            "could not parse byte amount to a number"
+        })
+    };
     if let Some(e) = twob_exp(suffix) {
         let mut number = match Number::from_str(canonical_part.as_ref()) {
             Ok(n) => n,
-            Err(_) if strict => bail!(span.error("could not parse number")),
+            Err(_) if strict => bail!(bad(canonical_part.as_ref())),
             Err(_) => return Ok(Value::Undefined),
         };
         number.mul_assign(&Number::two_pow(e)?)?;
@@ -180,12 +195,12 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
     } else if let Some(e) = tenb_exp(suffix) {
         let combined = match combine_decimal_exponent(canonical_part.as_ref(), e) {
             Some(s) => s,
-            None if strict => bail!(span.error("could not parse number")),
+            None if strict => bail!(bad(canonical_part.as_ref())),
             None => return Ok(Value::Undefined),
         };
         let number = match Number::from_str(&combined) {
             Ok(n) => n,
-            Err(_) if strict => bail!(span.error("could not parse number")),
+            Err(_) if strict => bail!(bad(canonical_part.as_ref())),
             Err(_) => return Ok(Value::Undefined),
         };
         Ok(Value::from(truncate(number)))
