@@ -7,6 +7,7 @@
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
 //! | arrays | `array.flatten` (OPA 1.x) |
+//! | JSON Schema | `json.verify_schema`, `json.match_schema` |
 //! | SPIFFE | `spiffe.parse`, `spiffe.match` (arbiter's own; the same functions CEL has) |
 //!
 //! Results follow OPA's byte for byte (the OPA conformance suite checks them; see
@@ -22,6 +23,7 @@ pub mod encoding;
 pub mod jose;
 pub mod jwt;
 pub mod net;
+pub mod schema;
 pub mod spiffe;
 pub mod x509;
 
@@ -32,6 +34,7 @@ pub fn register(engine: &mut regorus::Engine, strict: bool) {
     jwt::register(&mut r);
     crypto::register(&mut r);
     net::register(&mut r);
+    schema::register(&mut r);
     spiffe::register(&mut r);
     x509::register(&mut r);
 }
