@@ -7,6 +7,7 @@
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
 //! | arrays | `array.flatten` (OPA 1.x) |
+//! | globs | `regex.globs_match` |
 //! | JSON Schema | `json.verify_schema`, `json.match_schema` |
 //! | SPIFFE | `spiffe.parse`, `spiffe.match` (arbiter's own; the same functions CEL has) |
 //!
@@ -20,6 +21,7 @@ use regorus::Value;
 pub mod array;
 pub mod crypto;
 pub mod encoding;
+pub mod globs;
 pub mod jose;
 pub mod jwt;
 pub mod net;
@@ -33,6 +35,7 @@ pub fn register(engine: &mut regorus::Engine, strict: bool) {
     array::register(&mut r);
     jwt::register(&mut r);
     crypto::register(&mut r);
+    globs::register(&mut r);
     net::register(&mut r);
     schema::register(&mut r);
     spiffe::register(&mut r);
