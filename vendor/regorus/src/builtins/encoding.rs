@@ -396,10 +396,44 @@ fn yaml_marshal(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool
     let name = "yaml.marshal";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let serialized = yaml_serde::to_string(&args[0])
+    // arbiter patch: numbers through a YAML value of their own; serde_json's arbitrary-precision
+    // numbers serialized as `$serde_json::private::Number: '0'`.
+    let serialized = yaml_serde::to_string(&to_yaml(&args[0]))
         .map_err(|err| span.error(&format!("could not serialize to yaml: {err}")))?;
 
     Ok(Value::String(serialized.into()))
+}
+
+/// A value as YAML: sets as sequences (in Rego's order), numbers as integers when they are.
+#[cfg(feature = "yaml")]
+fn to_yaml(v: &Value) -> yaml_serde::Value {
+    use yaml_serde::Value as Y;
+    match v {
+        Value::Null | Value::Undefined => Y::Null,
+        Value::Bool(b) => Y::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Y::Number(i.into())
+            } else if let Some(u) = n.as_u64() {
+                Y::Number(u.into())
+            } else {
+                match n.as_f64() {
+                    Some(f) => Y::Number(f.into()),
+                    None => Y::String(alloc::format!("{v}")),
+                }
+            }
+        }
+        Value::String(s) => Y::String(s.to_string()),
+        Value::Array(a) => Y::Sequence(a.iter().map(to_yaml).collect()),
+        Value::Set(s) => Y::Sequence(s.iter().map(to_yaml).collect()),
+        Value::Object(o) => {
+            let mut m = yaml_serde::Mapping::new();
+            for (k, x) in o.iter() {
+                m.insert(to_yaml(k), to_yaml(x));
+            }
+            Y::Mapping(m)
+        }
+    }
 }
 
 #[cfg(feature = "yaml")]

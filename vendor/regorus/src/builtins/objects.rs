@@ -97,7 +97,9 @@ fn json_filter_impl(v: &Value, filter: &Value) -> Result<Value> {
             Ok(Value::from_map(items))
         }
 
-        _ => Ok(Value::Undefined),
+        // arbiter patch: a path that goes deeper than a scalar keeps it, as in OPA
+        // (`json.filter({"a": 1}, ["a/b"])` is `{"a": 1}`).
+        _ => Ok(v.clone()),
     }
 }
 
@@ -172,7 +174,9 @@ fn json_remove_impl(v: &Value, filter: &Value) -> Result<Value> {
             Ok(Value::from_map(items))
         }
 
-        _ => Ok(Value::Undefined),
+        // arbiter patch: a path that goes deeper than a scalar removes nothing, as in OPA
+        // (`json.remove({"a": "x"}, ["a/b"])` is `{"a": "x"}`).
+        _ => Ok(v.clone()),
     }
 }
 

@@ -528,6 +528,10 @@ fn parse_legacy_timezone(parsed: &mut Parsed, val: &str) -> ParseResult<()> {
 
 // Parses a date in Go's time format like 'Mon Jan _2 15:04:05 2006'.
 pub fn parse(layout: &str, value: &str) -> ParseResult<DateTime<FixedOffset>> {
+    // arbiter patch: text after what the layout describes is an error ("extra text" in Go);
+    // it was read as a time zone name.
+    let names_zone = GoTimeFormatItems::parse(layout)
+        .any(|i| matches!(i, format::Item::Fixed(Fixed::TimezoneName)));
     let mut items = GoTimeFormatItems::parse(layout);
     let mut parsed = Parsed::new();
     let remainder = format::parse_and_remainder(
@@ -544,6 +548,10 @@ pub fn parse(layout: &str, value: &str) -> ParseResult<DateTime<FixedOffset>> {
     // `parse_legacy_timezone` function and whenever we encounter a
     // `Fixed::TimezoneName` we stop parsing with our regular parser,
     // parse timezone with `parse_legacy_timezone` and then continue parsing.
+    if !remainder.is_empty() && !names_zone {
+        // Fails with chrono's "trailing input".
+        format::parse(&mut parsed, remainder, iter::empty::<format::Item<'_>>())?;
+    }
     if !remainder.is_empty() {
         parse_legacy_timezone(&mut parsed, remainder)?;
 
