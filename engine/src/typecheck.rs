@@ -619,8 +619,12 @@ impl Checker<'_> {
                 self.expr(value, &inner, mocked);
             }
             Expr::UnaryExpr { expr, .. } => self.expr(expr, env, mocked),
-            Expr::RefDot { refr, .. } => self.expr(refr, env, mocked),
+            Expr::RefDot { refr, .. } => {
+                self.check_ref(e, refr, None);
+                self.expr(refr, env, mocked);
+            }
             Expr::RefBrack { refr, index, .. } => {
+                self.check_ref(e, refr, Some(index));
                 self.expr(refr, env, mocked);
                 self.expr(index, env, mocked);
             }
@@ -637,6 +641,52 @@ impl Checker<'_> {
                 self.expr(collection, env, mocked);
             }
             _ => {}
+        }
+    }
+
+    /// What OPA's parser and type checker refuse in a reference on a literal: a scalar head
+    /// (`"abc"[0]`, `rego_parse_error`) and an index past a literal array's end (`[1, 2][5]`,
+    /// `rego_type_error`).
+    fn check_ref(&mut self, whole: &Expr, head: &Expr, index: Option<&Expr>) {
+        if self.find.is_some() {
+            return;
+        }
+        let at = leftmost(whole);
+        let scalar = match head {
+            Expr::String { .. } | Expr::RawString { .. } => Some("string"),
+            Expr::Number { .. } => Some("number"),
+            Expr::Bool { .. } => Some("boolean"),
+            Expr::Null { .. } => Some("null"),
+            _ => None,
+        };
+        if let Some(kind) = scalar {
+            // A string's span starts after its quote.
+            let quoted = matches!(head, Expr::String { .. } | Expr::RawString { .. });
+            self.errors.push(
+                Diagnostic::at(
+                    self.file.clone(),
+                    at.line,
+                    at.col.saturating_sub(u32::from(quoted)),
+                    format!("illegal ref (head cannot be {kind})"),
+                )
+                .with_code("rego_parse_error"),
+            );
+            return;
+        }
+        if let (Expr::Array { items, .. }, Some(Expr::Number { value, .. })) = (head, index)
+            && let Ok(n) = value.as_number()
+            && n.as_u64()
+                .is_some_and(|i| usize::try_from(i).map_or(true, |i| i >= items.len()))
+        {
+            self.errors.push(
+                Diagnostic::at(
+                    self.file.clone(),
+                    at.line,
+                    at.col,
+                    format!("undefined ref: {}", whole.span().text()),
+                )
+                .with_code("rego_type_error"),
+            );
         }
     }
 
@@ -1199,6 +1249,20 @@ mod tests {
             query_errors("x := lower(count([1]))"),
             ["1:6 rego_type_error lower: invalid argument(s)"]
         );
+    }
+
+    #[test]
+    fn refs_on_literals_that_opa_refuses() {
+        // Recorded from OPA 1.7.1 (differential corpus, lang/33 and lang/35).
+        assert_eq!(
+            query_errors("x := [1, 2, 3][5]"),
+            ["1:6 rego_type_error undefined ref: [1, 2, 3][5]"]
+        );
+        assert_eq!(
+            query_errors(r#"x := "abc"[0]"#),
+            ["1:6 rego_parse_error illegal ref (head cannot be string)"]
+        );
+        assert_eq!(query_errors("x := [1, 2, 3][2]"), Vec::<String>::new());
     }
 
     #[test]

@@ -409,6 +409,15 @@ fn check(token: &Value, c: &Constraints) -> anyhow::Result<Checked> {
             return Ok(Checked::Unverified);
         }
         let sig = t.decoded_signature()?;
+        // OPA knows these algorithms (EdDSA since 1.x); any other (`none` included) is an
+        // error, not a token that fails to verify.
+        const KNOWN: [&str; 13] = [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+            "HS256", "HS384", "HS512", "EdDSA",
+        ];
+        if !KNOWN.contains(&h.alg.as_str()) {
+            anyhow::bail!("unknown JWS algorithm: {}", h.alg);
+        }
         let input = t.signing_input();
         let verified = match &c.keys {
             Some(keys) => verify_any(keys, &h, &h.alg, input.as_bytes(), &sig),

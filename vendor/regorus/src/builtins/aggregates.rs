@@ -64,7 +64,14 @@ fn min(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Resu
         Value::Array(a) if a.is_empty() => Value::Undefined,
         Value::Array(a) => a.iter().min().unwrap().clone(),
         Value::Set(a) if a.is_empty() => Value::Undefined,
-        Value::Set(a) => a.iter().min().unwrap().clone(),
+        // arbiter patch: OPA folds a set starting from `null` and replaces a `null` minimum
+        // with the next element, so a set's `null`s count only when nothing else is there
+        // (`min({1, "a", null})` is 1).
+        Value::Set(a) => a
+            .iter()
+            .find(|v| **v != Value::Null)
+            .unwrap_or(&Value::Null)
+            .clone(),
         a => {
             let span = params[0].span();
             bail!(span.error(format!("`min` requires array/set argument. Got `{a}`.").as_str()))

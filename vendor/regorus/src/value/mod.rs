@@ -82,14 +82,15 @@ pub enum Value {
     /// JSON array.
     Array(Rc<Array>),
 
+    /// An object.
+    /// Unlike JSON, keys can be any value, not just string.
+    /// arbiter patch: declared before `Set`, so that objects sort before sets, as in OPA.
+    Object(Rc<Object>),
+
     /// A set of values.
     /// No JSON equivalent.
     /// Sets are serialized as arrays in JSON.
     Set(Rc<Set>),
-
-    /// An object.
-    /// Unlike JSON, keys can be any value, not just string.
-    Object(Rc<Object>),
 
     /// Undefined value.
     /// Used to indicate the absence of a value.
