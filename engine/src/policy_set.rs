@@ -846,6 +846,20 @@ mod tests {
     }
 
     #[test]
+    fn errors_inside_template_strings_name_their_line_and_column() {
+        let mut s = PolicySources::default();
+        s.add_rego(
+            "t.rego",
+            "package t\n\nq := $`two\n{input.a} lines`\nr := $\"{  1 +  }\"\n",
+        );
+        let e = PolicySet::from_sources(&s, &LoadOptions::default()).unwrap_err();
+        let d = &e.diagnostics[0];
+        // Counted by hand: the `}` after `1 +` on line 5.
+        assert_eq!((d.file.as_str(), d.line, d.col), ("t.rego", 5, 16), "{d}");
+        assert_eq!(d.message, "expecting expression", "{d}");
+    }
+
+    #[test]
     fn keywords_head_references_as_in_opa_1() {
         // OPA's suite, keywordrefs: a keyword followed at once by `.name` is a reference.
         let mut s = PolicySources::default();

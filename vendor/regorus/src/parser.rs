@@ -716,12 +716,17 @@ impl<'source> Parser<'source> {
                 }
                 TemplatePart::Expr(range) => {
                     let range = base + range.start..base + range.end;
-                    let masked: String = self
-                        .source
-                        .contents()
-                        .char_indices()
-                        .map(|(i, c)| if range.contains(&i) || c == '\n' { c } else { ' ' })
-                        .collect();
+                    // The expression at its own line and column: as many newlines as lines
+                    // before it, spaces up to its column (columns count characters).
+                    let contents = self.source.contents();
+                    let before = contents.get(..range.start).unwrap_or("");
+                    let lines = before.matches('\n').count();
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    let col = before[line_start..].chars().count();
+                    let mut masked = String::with_capacity(lines + col + range.len());
+                    masked.extend(core::iter::repeat_n('\n', lines));
+                    masked.extend(core::iter::repeat_n(' ', col));
+                    masked.push_str(contents.get(range.clone()).unwrap_or(""));
                     let source = Source::from_contents(self.source.file().clone(), masked)?;
                     let mut sub = Parser::new(&source)?;
                     sub.rego_v1 = self.rego_v1;
