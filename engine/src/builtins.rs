@@ -4,6 +4,7 @@
 //! |---|---|
 //! | JWT | `io.jwt.decode`, `io.jwt.decode_verify`, `io.jwt.verify_{hs,rs,ps,es}*`, `io.jwt.verify_eddsa`, `io.jwt.encode_sign_raw`, `io.jwt.encode_sign` (HS*, ES*) |
 //! | X.509 | `crypto.x509.parse_certificates`, `crypto.x509.parse_and_verify_certificates` |
+//! | keys | `crypto.x509.parse_rsa_private_key`, `crypto.parse_private_keys` (RSA) |
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
 //! | arrays | `array.flatten` (OPA 1.x) |
@@ -24,6 +25,7 @@ pub mod encoding;
 pub mod globs;
 pub mod jose;
 pub mod jwt;
+pub mod keys;
 pub mod net;
 pub mod schema;
 pub mod spiffe;
@@ -34,6 +36,7 @@ pub fn register(engine: &mut regorus::Engine, strict: bool) {
     let mut r = Registrar { engine, strict };
     array::register(&mut r);
     jwt::register(&mut r);
+    keys::register(&mut r);
     crypto::register(&mut r);
     globs::register(&mut r);
     net::register(&mut r);
