@@ -945,7 +945,206 @@ pub fn check_query(
         find: None,
     };
     c.query(query, &Env::default(), &BTreeSet::new());
-    c.errors
+    let mut errors = c.errors;
+    errors.extend(unsafe_query_vars(query, names, file));
+    errors
+}
+
+/// Variables of a query that nothing can bind (OPA's `rego_unsafe_var_error`, `var y is
+/// unsafe`): used, but never assigned (`:=`), unified outside `not` (`=`), declared (`some`),
+/// iterated (`xs[i]`), or passed to a function that may bind its last argument. regorus reads
+/// such a query as undefined (`x := y` was `{}`), or, under `not`, binds the variable anyway.
+/// Only what cannot be bound is reported, so no query OPA accepts is refused.
+fn unsafe_query_vars(query: &Query, shadowed: &BTreeSet<String>, file: &str) -> Vec<Diagnostic> {
+    let mut bound = BTreeSet::new();
+    for stmt in &query.stmts {
+        match &stmt.literal {
+            Literal::SomeVars { vars, .. } => {
+                bound.extend(vars.iter().map(|v| v.text().to_string()));
+            }
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                for p in key.iter().chain(std::iter::once(value)) {
+                    pattern_vars(p, &mut bound);
+                }
+                binding_sites(collection, &mut bound);
+            }
+            Literal::Every { domain, .. } => binding_sites(domain, &mut bound),
+            Literal::Expr { expr, .. } => binding_sites(expr, &mut bound),
+            Literal::NotExpr { .. } => {}
+        }
+    }
+    let mut out = Vec::new();
+    for stmt in &query.stmts {
+        let mut used = Vec::new();
+        match &stmt.literal {
+            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
+                used_vars(expr, &mut used)
+            }
+            Literal::SomeIn { collection, .. } => used_vars(collection, &mut used),
+            Literal::Every { domain, .. } => used_vars(domain, &mut used),
+            Literal::SomeVars { .. } => {}
+        }
+        for w in &stmt.with_mods {
+            used_vars(&w.r#as, &mut used);
+        }
+        if let Some(v) = used.into_iter().find(|v| {
+            !bound.contains(v)
+                && !shadowed.contains(v)
+                && !matches!(v.as_str(), "input" | "data" | "_")
+                && !v.starts_with("__")
+        }) {
+            out.push(
+                Diagnostic::at(
+                    file.to_string(),
+                    stmt.span.line,
+                    stmt.span.col,
+                    format!("var {v} is unsafe"),
+                )
+                .with_code("rego_unsafe_var_error"),
+            );
+            break;
+        }
+    }
+    out
+}
+
+/// The variables of a pattern (`x`, `[k, v]`, `{"a": x}`).
+fn pattern_vars(e: &Expr, out: &mut BTreeSet<String>) {
+    match e {
+        Expr::Var { value, .. } => {
+            if let Ok(n) = value.as_string() {
+                out.insert(n.to_string());
+            }
+        }
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for i in items {
+                pattern_vars(i, out);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                pattern_vars(k, out);
+                pattern_vars(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Variables an expression may bind: `:=` and `=` patterns, iterated ref indexes, and the
+/// arguments of calls (a call's last argument may be its output).
+fn binding_sites(e: &Expr, out: &mut BTreeSet<String>) {
+    match e {
+        Expr::AssignExpr { lhs, rhs, op, .. } => {
+            pattern_vars(lhs, out);
+            if *op == AssignOp::Eq {
+                pattern_vars(rhs, out);
+            }
+            binding_sites(lhs, out);
+            binding_sites(rhs, out);
+        }
+        Expr::RefBrack { refr, index, .. } => {
+            pattern_vars(index, out);
+            binding_sites(refr, out);
+            binding_sites(index, out);
+        }
+        Expr::RefDot { refr, .. } => binding_sites(refr, out),
+        Expr::Call { params, .. } => {
+            for p in params {
+                pattern_vars(p, out);
+                binding_sites(p, out);
+            }
+        }
+        Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::BinExpr { lhs, rhs, .. } => {
+            binding_sites(lhs, out);
+            binding_sites(rhs, out);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            for k in key.iter() {
+                binding_sites(k, out);
+            }
+            binding_sites(value, out);
+            binding_sites(collection, out);
+        }
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for i in items {
+                binding_sites(i, out);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                binding_sites(k, out);
+                binding_sites(v, out);
+            }
+        }
+        Expr::UnaryExpr { expr, .. } => binding_sites(expr, out),
+        _ => {}
+    }
+}
+
+/// Variables an expression reads, outside comprehensions (their own scopes) and function names.
+fn used_vars(e: &Expr, out: &mut Vec<String>) {
+    match e {
+        Expr::Var { value, .. } => {
+            if let Ok(n) = value.as_string() {
+                out.push(n.to_string());
+            }
+        }
+        Expr::RefDot { refr, .. } => used_vars(refr, out),
+        Expr::RefBrack { refr, index, .. } => {
+            used_vars(refr, out);
+            used_vars(index, out);
+        }
+        Expr::Call { params, .. } => {
+            for p in params {
+                used_vars(p, out);
+            }
+        }
+        Expr::AssignExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::BinExpr { lhs, rhs, .. } => {
+            used_vars(lhs, out);
+            used_vars(rhs, out);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            for k in key.iter() {
+                used_vars(k, out);
+            }
+            used_vars(value, out);
+            used_vars(collection, out);
+        }
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for i in items {
+                used_vars(i, out);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                used_vars(k, out);
+                used_vars(v, out);
+            }
+        }
+        Expr::UnaryExpr { expr, .. } => used_vars(expr, out),
+        _ => {}
+    }
 }
 
 /// What OPA's compiler checks in a query before evaluating it, on `engine`'s modules: that the
@@ -1263,6 +1462,31 @@ mod tests {
             ["1:6 rego_parse_error illegal ref (head cannot be string)"]
         );
         assert_eq!(query_errors("x := [1, 2, 3][2]"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn query_variables_nothing_binds_are_unsafe_as_in_opa() {
+        // Recorded from OPA 1.7.1: `var y is unsafe` (rego_unsafe_var_error).
+        assert_eq!(
+            query_errors("x := y"),
+            ["1:1 rego_unsafe_var_error var y is unsafe"]
+        );
+        assert_eq!(
+            query_errors("not 1 = x"),
+            ["1:1 rego_unsafe_var_error var x is unsafe"]
+        );
+        for q in [
+            "x = 1",
+            "input.a[i] == 1",
+            "some i; input.a[i]",
+            "[a, b] = [1, 2]",
+            "some x in [1]; x > 0",
+            "abs(-1, y)",
+            "y := 1; not y == 2",
+            "every x in [1] { x > 0 }",
+        ] {
+            assert_eq!(query_errors(q), Vec::<String>::new(), "{q}");
+        }
     }
 
     #[test]

@@ -597,7 +597,8 @@ impl Analyzer {
                         first_use.entry(name).or_insert(v.clone());
                     }
                 } else if !scope.inputs.contains(&name) {
-                    bail!(v.error(format!("use of undefined variable `{name}` is unsafe").as_str()));
+                    // arbiter patch: OPA's wording (`rego_unsafe_var_error: var x is unsafe`).
+                    bail!(v.error(format!("var {name} is unsafe").as_str()));
                 }
                 Ok(false)
             }
