@@ -275,7 +275,11 @@ fn classify_error(e: &EvalError) -> String {
         .location
         .as_ref()
         .map_or(e.message.as_str(), |d| d.message.as_str());
-    if let Some(rest) = bare.split("could not find function ").nth(1) {
+    if let Some(rest) = bare
+        .split("could not find function ")
+        .nth(1)
+        .or_else(|| bare.split("undefined function ").nth(1))
+    {
         let name: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
         return format!("missing built-in `{name}`");
     }

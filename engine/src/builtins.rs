@@ -51,11 +51,25 @@ pub(crate) struct Registrar<'a> {
     strict: bool,
 }
 
+/// The names of every built-in arbiter adds (filled as engines register them).
+static NAMES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `name` is one of the built-ins arbiter adds.
+pub fn is_added(name: &str) -> bool {
+    NAMES.lock().is_ok_and(|n| n.contains(name))
+}
+
 impl Registrar<'_> {
     pub(crate) fn add<F>(&mut self, name: &str, nargs: u8, f: F)
     where
         F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
     {
+        if let Ok(mut names) = NAMES.lock()
+            && !names.contains(name)
+        {
+            names.insert(name.to_string());
+        }
         let strict = self.strict;
         let fname = name.to_string();
         let vm_f = f.clone();

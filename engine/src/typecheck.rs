@@ -371,6 +371,85 @@ struct Checker<'a> {
     errors: Vec<Diagnostic>,
     /// When set, only report calls of these functions (no type check).
     find: Option<&'a [&'a str]>,
+    /// How this module's calls resolve to user functions; `None` skips the check.
+    scope: Option<Resolve<'a>>,
+}
+
+/// What a call's name can refer to besides a built-in: the rules of every module, reached
+/// through the module's package and imports.
+struct Resolve<'a> {
+    /// `data.<package>` of the module (or of the query's package).
+    package: Option<String>,
+    /// Import aliases and what they name (`lib` → `data.lib`).
+    imports: BTreeMap<String, String>,
+    /// Every rule's path (`data.p.f`), in every module.
+    rules: &'a BTreeSet<String>,
+}
+
+impl Resolve<'_> {
+    fn knows(&self, name: &str) -> bool {
+        if name == "print"
+            || name.starts_with("internal.")
+            || matches!(
+                name,
+                "plus" | "minus" | "mul" | "div" | "rem" | "or" | "and"
+            )
+            || regorus::unstable::BUILTINS.contains_key(name)
+            || crate::builtins::is_added(name)
+        {
+            return true;
+        }
+        let path = if name.starts_with("data.") {
+            name.to_string()
+        } else {
+            let (first, rest) = name.split_once('.').map_or((name, ""), |(f, r)| (f, r));
+            match (self.imports.get(first), &self.package) {
+                (Some(target), _) if rest.is_empty() => target.clone(),
+                (Some(target), _) => format!("{target}.{rest}"),
+                (None, Some(p)) => format!("{p}.{name}"),
+                (None, None) => return false,
+            }
+        };
+        self.rules.contains(&path)
+    }
+}
+
+/// Every rule's path (`data.p.f`, `data.p.a.b`) across the modules.
+fn rule_paths(modules: &[Ref<Module>]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in modules {
+        let package = format!("data.{}", package_of(m));
+        for rule in &m.policy {
+            let refr = match rule.as_ref() {
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. }
+                    | RuleHead::Set { refr, .. }
+                    | RuleHead::Func { refr, .. } => refr,
+                },
+                Rule::Default { refr, .. } => refr,
+            };
+            // regorus's reading of a rule's path (`foo["bar"]` is `foo.bar`).
+            if let Ok(path) = regorus::utils::get_path_string(refr, Some(&package)) {
+                out.insert(path);
+            }
+        }
+    }
+    out
+}
+
+/// A module's import aliases and the paths they name.
+fn import_aliases(m: &Module) -> BTreeMap<String, String> {
+    m.imports
+        .iter()
+        .map(|i| {
+            let path = i.refr.span().text().to_string();
+            let alias = match &i.r#as {
+                Some(a) => a.text().to_string(),
+                None => path.rsplit('.').next().unwrap_or("").to_string(),
+            };
+            (alias, path)
+        })
+        .collect()
 }
 
 impl Checker<'_> {
@@ -532,6 +611,20 @@ impl Checker<'_> {
         env: &Env,
         mocked: &BTreeSet<String>,
     ) {
+        if let Some(scope) = &self.scope
+            && !scope.knows(name)
+        {
+            self.errors.push(
+                Diagnostic::at(
+                    self.file.clone(),
+                    at.line,
+                    at.col,
+                    format!("undefined function {name}"),
+                )
+                .with_code("rego_type_error"),
+            );
+            return;
+        }
         if let Some(names) = self.find {
             if names.contains(&name) {
                 self.errors.push(Diagnostic::at(
@@ -888,6 +981,7 @@ fn shadowed_names(modules: &[Ref<Module>]) -> BTreeMap<String, BTreeSet<String>>
 /// Type-check the built-in calls of every module; one diagnostic per call OPA refuses.
 pub fn check_modules(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
     let shadowed = shadowed_names(modules);
+    let rules = rule_paths(modules);
     let none = BTreeSet::new();
     let mut out = Vec::new();
     for m in modules {
@@ -896,6 +990,11 @@ pub fn check_modules(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
             file: m.package.span.source.file().clone(),
             errors: Vec::new(),
             find: None,
+            scope: Some(Resolve {
+                package: Some(format!("data.{}", package_of(m))),
+                imports: import_aliases(m),
+                rules: &rules,
+            }),
         };
         for rule in &m.policy {
             c.rule(rule);
@@ -917,6 +1016,7 @@ pub fn find_calls(modules: &[Ref<Module>], names: &[&str]) -> Vec<Diagnostic> {
             file: m.package.span.source.file().clone(),
             errors: Vec::new(),
             find: Some(names),
+            scope: None,
         };
         for rule in &m.policy {
             c.rule(rule);
@@ -938,11 +1038,17 @@ pub fn check_query(
     let names = package
         .and_then(|p| shadowed.get(p.strip_prefix("data.").unwrap_or(p)))
         .unwrap_or(&none);
+    let rules = rule_paths(modules);
     let mut c = Checker {
         shadowed: names,
         file: file.to_string(),
         errors: Vec::new(),
         find: None,
+        scope: Some(Resolve {
+            package: package.map(|p| format!("data.{}", p.strip_prefix("data.").unwrap_or(p))),
+            imports: BTreeMap::new(),
+            rules: &rules,
+        }),
     };
     c.query(query, &Env::default(), &BTreeSet::new());
     let mut errors = c.errors;
@@ -1487,6 +1593,33 @@ mod tests {
         ] {
             assert_eq!(query_errors(q), Vec::<String>::new(), "{q}");
         }
+    }
+
+    #[test]
+    fn calls_of_functions_nothing_defines_are_refused_at_load() {
+        // OPA: `rego_type_error: undefined function foo.bar`.
+        let src = "package p\n\nimport data.lib\n\nf(x) := x\n\n\
+                   allow if { f(1); lib.g(2); data.lib.g(3); startswith(\"a\", \"b\") }\n\
+                   deny if { foo.bar(1) }\n";
+        let lib = "package lib\n\ng(x) := x\n";
+        let modules: Vec<Ref<Module>> = [("p.rego", src), ("lib.rego", lib)]
+            .into_iter()
+            .map(|(name, text)| {
+                let source =
+                    regorus::unstable::Source::from_contents(name.into(), text.into()).unwrap();
+                let mut parser = regorus::unstable::Parser::new(&source).unwrap();
+                parser.enable_rego_v1().unwrap();
+                Ref::new(parser.parse().unwrap())
+            })
+            .collect();
+        let errors: Vec<String> = check_modules(&modules)
+            .into_iter()
+            .map(|d| format!("{d} {}", d.code))
+            .collect();
+        assert_eq!(
+            errors,
+            ["p.rego:8:11: undefined function foo.bar rego_type_error"]
+        );
     }
 
     #[test]
