@@ -427,20 +427,12 @@ fn rule_data_conflicts(
     sources: &PolicySources,
     data: &Value,
 ) -> Vec<Diagnostic> {
-    use regorus::unstable::{Rule, RuleHead};
     let mut out = Vec::new();
     for module in engine.get_modules().iter() {
         let package = module.package.refr.span().text();
         let mut seen = std::collections::BTreeSet::new();
         for rule in &module.policy {
-            let (span, refr) = match rule.as_ref() {
-                Rule::Spec { span, head, .. } => match head {
-                    RuleHead::Compr { refr, .. }
-                    | RuleHead::Set { refr, .. }
-                    | RuleHead::Func { refr, .. } => (span, refr),
-                },
-                Rule::Default { span, refr, .. } => (span, refr),
-            };
+            let (span, refr) = (rule.span(), crate::typecheck::rule_head_ref(rule));
             let text = refr.span().text();
             let ground = text.split('[').next().unwrap_or(text).trim();
             let path: Vec<&str> = package.split('.').chain(ground.split('.')).collect();

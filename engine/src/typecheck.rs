@@ -414,20 +414,25 @@ impl Resolve<'_> {
     }
 }
 
+/// The reference a rule's head names (`p`, `a.b.f`, `q[x]`), whatever its kind.
+pub(crate) fn rule_head_ref(rule: &Rule) -> &Ref<Expr> {
+    match rule {
+        Rule::Spec { head, .. } => match head {
+            RuleHead::Compr { refr, .. }
+            | RuleHead::Set { refr, .. }
+            | RuleHead::Func { refr, .. } => refr,
+        },
+        Rule::Default { refr, .. } => refr,
+    }
+}
+
 /// Every rule's path (`data.p.f`, `data.p.a.b`) across the modules.
 fn rule_paths(modules: &[Ref<Module>]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for m in modules {
         let package = format!("data.{}", package_of(m));
         for rule in &m.policy {
-            let refr = match rule.as_ref() {
-                Rule::Spec { head, .. } => match head {
-                    RuleHead::Compr { refr, .. }
-                    | RuleHead::Set { refr, .. }
-                    | RuleHead::Func { refr, .. } => refr,
-                },
-                Rule::Default { refr, .. } => refr,
-            };
+            let refr = rule_head_ref(rule);
             // regorus's reading of a rule's path (`foo["bar"]` is `foo.bar`).
             if let Ok(path) = regorus::utils::get_path_string(refr, Some(&package)) {
                 out.insert(path);
@@ -944,15 +949,7 @@ fn shadowed_names(modules: &[Ref<Module>]) -> BTreeMap<String, BTreeSet<String>>
     for m in modules {
         let names = out.entry(package_of(m)).or_default();
         for rule in &m.policy {
-            let refr = match rule.as_ref() {
-                Rule::Spec { head, .. } => match head {
-                    RuleHead::Compr { refr, .. }
-                    | RuleHead::Set { refr, .. }
-                    | RuleHead::Func { refr, .. } => refr,
-                },
-                Rule::Default { refr, .. } => refr,
-            };
-            let text = refr.span().text();
+            let text = rule_head_ref(rule).span().text();
             let first = text
                 .split(['.', '[', '(', ' '])
                 .next()
@@ -960,20 +957,7 @@ fn shadowed_names(modules: &[Ref<Module>]) -> BTreeMap<String, BTreeSet<String>>
                 .trim();
             names.insert(first.to_string());
         }
-        for import in &m.imports {
-            let alias = match &import.r#as {
-                Some(a) => a.text().to_string(),
-                None => import
-                    .refr
-                    .span()
-                    .text()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            };
-            names.insert(alias);
-        }
+        names.extend(import_aliases(m).into_keys());
     }
     out
 }
@@ -1142,6 +1126,34 @@ fn pattern_vars(e: &Expr, out: &mut BTreeSet<String>) {
     }
 }
 
+/// An expression's direct subexpressions, leaving out comprehensions (their own scopes) and
+/// the names of called functions.
+fn subexprs(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::RefDot { refr, .. } | Expr::UnaryExpr { expr: refr, .. } => vec![refr],
+        Expr::RefBrack { refr, index, .. } => vec![refr, index],
+        Expr::Call { params, .. }
+        | Expr::Array { items: params, .. }
+        | Expr::Set { items: params, .. } => params.iter().map(|p| &**p).collect(),
+        Expr::AssignExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::BinExpr { lhs, rhs, .. } => vec![lhs, rhs],
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => key
+            .iter()
+            .chain([value, collection])
+            .map(|x| &**x)
+            .collect(),
+        Expr::Object { fields, .. } => fields.iter().flat_map(|(_, k, v)| [&**k, &**v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Variables an expression may bind: `:=` and `=` patterns, iterated ref indexes, and the
 /// arguments of calls (a call's last argument may be its output).
 fn binding_sites(e: &Expr, out: &mut BTreeSet<String>) {
@@ -1151,105 +1163,29 @@ fn binding_sites(e: &Expr, out: &mut BTreeSet<String>) {
             if *op == AssignOp::Eq {
                 pattern_vars(rhs, out);
             }
-            binding_sites(lhs, out);
-            binding_sites(rhs, out);
         }
-        Expr::RefBrack { refr, index, .. } => {
-            pattern_vars(index, out);
-            binding_sites(refr, out);
-            binding_sites(index, out);
-        }
-        Expr::RefDot { refr, .. } => binding_sites(refr, out),
+        Expr::RefBrack { index, .. } => pattern_vars(index, out),
         Expr::Call { params, .. } => {
             for p in params {
                 pattern_vars(p, out);
-                binding_sites(p, out);
             }
         }
-        Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::BinExpr { lhs, rhs, .. } => {
-            binding_sites(lhs, out);
-            binding_sites(rhs, out);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            for k in key.iter() {
-                binding_sites(k, out);
-            }
-            binding_sites(value, out);
-            binding_sites(collection, out);
-        }
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            for i in items {
-                binding_sites(i, out);
-            }
-        }
-        Expr::Object { fields, .. } => {
-            for (_, k, v) in fields {
-                binding_sites(k, out);
-                binding_sites(v, out);
-            }
-        }
-        Expr::UnaryExpr { expr, .. } => binding_sites(expr, out),
         _ => {}
+    }
+    for s in subexprs(e) {
+        binding_sites(s, out);
     }
 }
 
 /// Variables an expression reads, outside comprehensions (their own scopes) and function names.
 fn used_vars(e: &Expr, out: &mut Vec<String>) {
-    match e {
-        Expr::Var { value, .. } => {
-            if let Ok(n) = value.as_string() {
-                out.push(n.to_string());
-            }
-        }
-        Expr::RefDot { refr, .. } => used_vars(refr, out),
-        Expr::RefBrack { refr, index, .. } => {
-            used_vars(refr, out);
-            used_vars(index, out);
-        }
-        Expr::Call { params, .. } => {
-            for p in params {
-                used_vars(p, out);
-            }
-        }
-        Expr::AssignExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::BinExpr { lhs, rhs, .. } => {
-            used_vars(lhs, out);
-            used_vars(rhs, out);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            for k in key.iter() {
-                used_vars(k, out);
-            }
-            used_vars(value, out);
-            used_vars(collection, out);
-        }
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            for i in items {
-                used_vars(i, out);
-            }
-        }
-        Expr::Object { fields, .. } => {
-            for (_, k, v) in fields {
-                used_vars(k, out);
-                used_vars(v, out);
-            }
-        }
-        Expr::UnaryExpr { expr, .. } => used_vars(expr, out),
-        _ => {}
+    if let Expr::Var { value, .. } = e
+        && let Ok(n) = value.as_string()
+    {
+        out.push(n.to_string());
+    }
+    for s in subexprs(e) {
+        used_vars(s, out);
     }
 }
 
@@ -1303,21 +1239,6 @@ impl std::fmt::Display for BuiltinFailure {
 }
 
 impl std::error::Error for BuiltinFailure {}
-
-/// OPA's name of a value's type (`ast.ValueName`).
-fn value_name(v: &regorus::Value) -> &'static str {
-    use regorus::Value as V;
-    match v {
-        V::Null => "null",
-        V::Bool(_) => "boolean",
-        V::Number(_) => "number",
-        V::String(_) => "string",
-        V::Array(_) => "array",
-        V::Object(_) => "object",
-        V::Set(_) => "set",
-        V::Undefined => "undefined",
-    }
-}
 
 /// Whether a value has the type's top-level kind.
 fn kind_fits(v: &regorus::Value, t: &Ty) -> bool {
@@ -1389,12 +1310,15 @@ fn operand_error(name: &str, args: &[regorus::Value]) -> Option<String> {
             (V::Number(_), V::Number(_)) | (V::Set(_), V::Set(_)) => None,
             (a, _) if !matches!(a, V::Number(_) | V::Set(_)) => Some(format!(
                 "operand 1 must be one of {{number, set}} but got {}",
-                value_name(a)
+                crate::decision::type_name(a)
             )),
-            (V::Set(_), b) => Some(format!("operand 2 must be set but got {}", value_name(b))),
+            (V::Set(_), b) => Some(format!(
+                "operand 2 must be set but got {}",
+                crate::decision::type_name(b)
+            )),
             (_, b) => Some(format!(
                 "operand 2 must be number but got {}",
-                value_name(b)
+                crate::decision::type_name(b)
             )),
         };
     }
@@ -1405,11 +1329,14 @@ fn operand_error(name: &str, args: &[regorus::Value]) -> Option<String> {
             kind_names(t, &mut names);
             let names: Vec<&str> = named_order(name, pos).map_or(names, <[&str]>::to_vec);
             return Some(match names.as_slice() {
-                [one] => format!("operand {pos} must be {one} but got {}", value_name(v)),
+                [one] => format!(
+                    "operand {pos} must be {one} but got {}",
+                    crate::decision::type_name(v)
+                ),
                 many => format!(
                     "operand {pos} must be one of {{{}}} but got {}",
                     many.join(", "),
-                    value_name(v)
+                    crate::decision::type_name(v)
                 ),
             });
         }
@@ -1423,11 +1350,11 @@ fn operand_error(name: &str, args: &[regorus::Value]) -> Option<String> {
             if let Some(bad) = items.into_iter().find(|x| !kind_fits(x, m)) {
                 let mut names = Vec::new();
                 kind_names(m, &mut names);
-                let container = value_name(v);
+                let container = crate::decision::type_name(v);
                 return Some(format!(
                     "operand {pos} must be {container} of {}s but got {container} containing {}",
                     names.first().copied().unwrap_or("any"),
-                    value_name(bad)
+                    crate::decision::type_name(bad)
                 ));
             }
         }
