@@ -65,20 +65,14 @@ struct RsaKey {
 
 /// Every RSA private key block of a PEM text, in order (other blocks are skipped).
 fn pem_keys(text: &str) -> Vec<anyhow::Result<RsaKey>> {
-    let mut out = Vec::new();
-    let mut data = text.as_bytes();
-    while let Ok((rest, pem)) = x509_parser::pem::parse_x509_pem(data) {
-        match pem.label.as_str() {
-            "RSA PRIVATE KEY" => out.push(pkcs1(&pem.contents)),
-            "PRIVATE KEY" => out.push(pkcs8(&pem.contents)),
-            _ => {}
-        }
-        if rest.len() >= data.len() {
-            break;
-        }
-        data = rest;
-    }
-    out
+    super::x509::pem_blocks(text.as_bytes())
+        .into_iter()
+        .filter_map(|pem| match pem.label.as_str() {
+            "RSA PRIVATE KEY" => Some(pkcs1(&pem.contents)),
+            "PRIVATE KEY" => Some(pkcs8(&pem.contents)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One DER element: its tag and contents; the rest after it.

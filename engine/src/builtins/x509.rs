@@ -86,12 +86,19 @@ pub fn certificate_ders(input: &str) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// Every `CERTIFICATE` block's DER, in order; other blocks are skipped.
-pub fn pem_certificates(mut data: &[u8]) -> Vec<Vec<u8>> {
+pub fn pem_certificates(data: &[u8]) -> Vec<Vec<u8>> {
+    pem_blocks(data)
+        .into_iter()
+        .filter(|pem| pem.label == "CERTIFICATE")
+        .map(|pem| pem.contents)
+        .collect()
+}
+
+/// Every PEM block of a text, in order, up to the first that does not parse.
+pub fn pem_blocks(mut data: &[u8]) -> Vec<x509_parser::pem::Pem> {
     let mut out = Vec::new();
     while let Ok((rest, pem)) = x509_parser::pem::parse_x509_pem(data) {
-        if pem.label == "CERTIFICATE" {
-            out.push(pem.contents);
-        }
+        out.push(pem);
         if rest.len() >= data.len() {
             break;
         }
