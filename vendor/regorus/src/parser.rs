@@ -554,10 +554,11 @@ impl<'source> Parser<'source> {
         let span = self.tok.1.clone();
         match self.tok.0 {
             TokenKind::Ident
-                if !self.keyword_heads_ref() && self.is_keyword(span.text())
-                    || !self.keyword_heads_ref() && (self.is_imported_future_keyword(span.text())
-		    // contains can be the name of a builtin even when a keyword
-		    && span.text() != "contains") =>
+                if !self.keyword_heads_ref()
+                    && (self.is_keyword(span.text())
+                        || (self.is_imported_future_keyword(span.text())
+                            // contains can be the name of a builtin even when a keyword
+                            && span.text() != "contains")) =>
             {
                 Err(self.source.error(
                     self.tok.1.line,
