@@ -10,6 +10,7 @@
 //! | arrays | `array.flatten` (OPA 1.x) |
 //! | globs | `regex.globs_match` |
 //! | JSON Schema | `json.verify_schema`, `json.match_schema` |
+//! | GraphQL | `graphql.parse`, `graphql.parse_query`, `graphql.parse_schema`, `graphql.parse_and_verify`, `graphql.is_valid`, `graphql.schema_is_valid` |
 //! | SPIFFE | `spiffe.parse`, `spiffe.match` (arbiter's own; the same functions CEL has) |
 //!
 //! Results follow OPA's byte for byte (the OPA conformance suite checks them; see
@@ -23,6 +24,7 @@ pub mod array;
 pub mod crypto;
 pub mod encoding;
 pub mod globs;
+pub mod graphql;
 pub mod jose;
 pub mod jwt;
 pub mod keys;
@@ -39,6 +41,7 @@ pub fn register(engine: &mut regorus::Engine, strict: bool) {
     keys::register(&mut r);
     crypto::register(&mut r);
     globs::register(&mut r);
+    graphql::register(&mut r);
     net::register(&mut r);
     schema::register(&mut r);
     spiffe::register(&mut r);

@@ -136,20 +136,21 @@ impl EvalError {
             EvalErrorKind::Limit("memory")
         } else if lower.contains("regex") && lower.contains("size limit") {
             EvalErrorKind::Limit("regex")
-        } else if lower.contains("multiple outputs")
-            || lower.contains("conflict")
-            || lower.contains("object keys must be unique")
-        {
-            EvalErrorKind::Conflict
         } else if let Some(f) = err
             .chain()
             .find_map(|e| e.downcast_ref::<crate::typecheck::BuiltinFailure>())
         {
+            // A built-in's own message may say "conflict" (GraphQL's field conflicts).
             if f.code == "eval_type_error" {
                 EvalErrorKind::Type
             } else {
                 EvalErrorKind::Builtin
             }
+        } else if lower.contains("multiple outputs")
+            || lower.contains("conflict")
+            || lower.contains("object keys must be unique")
+        {
+            EvalErrorKind::Conflict
         } else if reads_as_type_error(&diag.message) {
             EvalErrorKind::Type
         } else if at_call

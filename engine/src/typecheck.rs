@@ -1611,6 +1611,14 @@ mod tests {
         let (code, message) = strict_error("x := hex.decode(input.a)", r#"{"a": "gg"}"#);
         assert_eq!(code, "eval_builtin_error");
         assert!(message.starts_with("hex.decode: "), "{message}");
+        // A built-in's message that says "conflict" is still a built-in error (OPA's code), not
+        // a rule conflict.
+        let (code, message) = strict_error(
+            "x := graphql.parse(\"{ a: a a: b }\", \"type Query { a: Int, b: Int }\")",
+            "{}",
+        );
+        assert_eq!(code, "eval_builtin_error");
+        assert!(message.contains("conflict because"), "{message}");
     }
 
     #[test]
