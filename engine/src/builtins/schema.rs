@@ -118,10 +118,10 @@ fn invalid_type(schema: &Json) -> Option<String> {
     }
 }
 
-/// gojsonschema's field name: `(root)`, or the path with dots (`a.b.0`).
+/// gojsonschema's field name: `(Root)` (OPA's copy spells it so), or the path with dots (`a.b.0`).
 fn field_name(pointer: &str) -> String {
     if pointer.is_empty() {
-        return "(root)".to_string();
+        return "(Root)".to_string();
     }
     pointer
         .trim_start_matches('/')
