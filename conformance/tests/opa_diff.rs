@@ -182,19 +182,49 @@ fn arbiter_eval_answers_as_recorded_opa() {
     for (g, (n, ok)) in &per_group {
         let _ = writeln!(md, "| {g} | {n} | {ok} |");
     }
+    let reasons = reasons(&here.join("opa-diff/reasons.txt"));
+    let why = |id: &str| {
+        reasons
+            .iter()
+            .filter(|(prefix, _)| id.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, r)| r.as_str())
+    };
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unexplained = Vec::new();
+    for (case, _, _) in &differ {
+        match why(&case.id) {
+            Some(r) => {
+                *by_reason
+                    .entry(r.split(':').next().unwrap_or(r))
+                    .or_default() += 1
+            }
+            None => unexplained.push(case.id.as_str()),
+        }
+    }
     let _ = writeln!(
         md,
-        "\n## Every case that differs\n\n| case | query | kind | OPA | arbiter |\n|---|---|---|---|---|"
+        "\n## Why they differ\n\nFrom `conformance/opa-diff/reasons.txt`.\n\n| reason | cases |\n|---|---|"
+    );
+    for (r, n) in &by_reason {
+        let _ = writeln!(md, "| {r} | {n} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Every case that differs\n\n| case | query | kind | OPA | arbiter | why |\n|---|---|---|---|---|---|"
     );
     for (case, d, doc) in &differ {
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} |",
             case.id,
             case.query.replace('|', "\\|").replace('\n', " "),
             d.label(),
             short(&case.opa, 80),
-            short(doc, 80)
+            short(doc, 80),
+            why(&case.id)
+                .unwrap_or("(no reason recorded)")
+                .replace('|', "\\|")
         );
     }
     let stale = arbiter_conformance::check_report("opa-diff-results.md", "opa_diff", &md);
@@ -216,7 +246,27 @@ fn arbiter_eval_answers_as_recorded_opa() {
         identical >= floor,
         "{identical} identical cases, below the floor of {floor} (see conformance/opa-diff-results.md)"
     );
+    assert!(
+        unexplained.is_empty(),
+        "differences without a reason in conformance/opa-diff/reasons.txt: {}",
+        unexplained.join(", ")
+    );
     if let Err(e) = stale {
         panic!("{e}");
     }
+}
+
+/// `prefix<TAB>reason` lines; `#` starts a comment.
+fn reasons(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (prefix, reason) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("reasons.txt: no tab in {l:?}"));
+            (prefix.to_string(), reason.to_string())
+        })
+        .collect()
 }
