@@ -931,7 +931,8 @@ enum Role { ADMIN USER }"#;
         .unwrap_err();
         let text = format!("{err:#}");
         assert!(
-            text.contains("graphql.parse: Cannot query field \"nope\" on type \"User\".\ninput:1:3: Field \"user\" argument \"id\" of type \"ID!\" is required, but it was not provided in GraphQL string at location 1:10"),
+            // OPA 1.7.1's message, suggestions included.
+            text.contains("graphql.parse: Cannot query field \"nope\" on type \"User\". Did you mean \"name\" or \"role\"?\ninput:1:3: Field \"user\" argument \"id\" of type \"ID!\" is required, but it was not provided in GraphQL string at location 1:10"),
             "{text}"
         );
     }

@@ -166,6 +166,31 @@ impl<'a> Parser<'a> {
         self.next();
     }
 
+    /// `some`, collecting what `item` parses.
+    fn some_of<T>(
+        &mut self,
+        start: Kind,
+        end: Kind,
+        mut item: impl FnMut(&mut Self) -> T,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        self.some(start, end, |p| {
+            let v = item(p);
+            out.push(v)
+        });
+        out
+    }
+
+    /// `sep? item (sep item)*`: implemented interfaces, union members, directive locations.
+    fn separated<T>(&mut self, sep: Kind, mut item: impl FnMut(&mut Self) -> T) -> Vec<T> {
+        self.skip(sep);
+        let mut out = vec![item(self)];
+        while self.skip(sep) && self.err.is_none() {
+            out.push(item(self));
+        }
+        out
+    }
+
     fn name(&mut self) -> String {
         self.expect(Kind::Name).value
     }
@@ -237,12 +262,7 @@ impl<'a> Parser<'a> {
     }
 
     fn variable_definitions(&mut self) -> Vec<VariableDefinition> {
-        let mut defs = Vec::new();
-        self.some(Kind::ParenL, Kind::ParenR, |p| {
-            let d = p.variable_definition();
-            defs.push(d)
-        });
-        defs
+        self.some_of(Kind::ParenL, Kind::ParenR, Self::variable_definition)
     }
 
     fn variable_definition(&mut self) -> VariableDefinition {
@@ -266,12 +286,7 @@ impl<'a> Parser<'a> {
     }
 
     fn optional_selection_set(&mut self) -> Vec<Selection> {
-        let mut sels = Vec::new();
-        self.some(Kind::BraceL, Kind::BraceR, |p| {
-            let s = p.selection();
-            sels.push(s)
-        });
-        sels
+        self.some_of(Kind::BraceL, Kind::BraceR, Self::selection)
     }
 
     fn required_selection_set(&mut self) -> Vec<Selection> {
@@ -313,12 +328,7 @@ impl<'a> Parser<'a> {
     }
 
     fn arguments(&mut self, is_const: bool) -> Vec<Argument> {
-        let mut args = Vec::new();
-        self.some(Kind::ParenL, Kind::ParenR, |p| {
-            let a = p.argument(is_const);
-            args.push(a)
-        });
-        args
+        self.some_of(Kind::ParenL, Kind::ParenR, |p| p.argument(is_const))
     }
 
     fn argument(&mut self, is_const: bool) -> Argument {
@@ -590,13 +600,12 @@ impl<'a> Parser<'a> {
             ..Default::default()
         };
         def.directives = self.directives(true);
-        let mut ops = Vec::new();
-        self.some(Kind::BraceL, Kind::BraceR, |p| {
-            let o = p.operation_type_definition();
-            ops.push(o)
-        });
-        def.operation_types = ops;
+        def.operation_types = self.operation_types();
         def
+    }
+
+    fn operation_types(&mut self) -> Vec<OperationTypeDefinition> {
+        self.some_of(Kind::BraceL, Kind::BraceR, Self::operation_type_definition)
     }
 
     fn operation_type_definition(&mut self) -> OperationTypeDefinition {
@@ -611,25 +620,15 @@ impl<'a> Parser<'a> {
     }
 
     fn implements_interfaces(&mut self) -> Vec<String> {
-        let mut types = Vec::new();
-        if self.peek().value == "implements" {
-            self.next();
-            self.skip(Kind::Amp);
-            types.push(self.name());
-            while self.skip(Kind::Amp) && self.err.is_none() {
-                types.push(self.name());
-            }
+        if self.peek().value != "implements" {
+            return Vec::new();
         }
-        types
+        self.next();
+        self.separated(Kind::Amp, Self::name)
     }
 
     fn fields_definition(&mut self) -> Vec<FieldDefinition> {
-        let mut defs = Vec::new();
-        self.some(Kind::BraceL, Kind::BraceR, |p| {
-            let d = p.field_definition();
-            defs.push(d)
-        });
-        defs
+        self.some_of(Kind::BraceL, Kind::BraceR, Self::field_definition)
     }
 
     fn field_definition(&mut self) -> FieldDefinition {
@@ -651,12 +650,7 @@ impl<'a> Parser<'a> {
     }
 
     fn argument_defs(&mut self) -> Vec<ArgumentDefinition> {
-        let mut args = Vec::new();
-        self.some(Kind::ParenL, Kind::ParenR, |p| {
-            let a = p.argument_def();
-            args.push(a)
-        });
-        args
+        self.some_of(Kind::ParenL, Kind::ParenR, Self::argument_def)
     }
 
     fn argument_def(&mut self) -> ArgumentDefinition {
@@ -694,39 +688,22 @@ impl<'a> Parser<'a> {
     }
 
     fn union_member_types(&mut self) -> Vec<String> {
-        let mut types = Vec::new();
-        if self.skip(Kind::Equals) {
-            self.skip(Kind::Pipe);
-            types.push(self.name());
-            while self.skip(Kind::Pipe) && self.err.is_none() {
-                types.push(self.name());
-            }
+        if !self.skip(Kind::Equals) {
+            return Vec::new();
         }
-        types
+        self.separated(Kind::Pipe, Self::name)
     }
 
     fn enum_values_definition(&mut self) -> Vec<EnumValueDefinition> {
-        let mut values = Vec::new();
-        self.some(Kind::BraceL, Kind::BraceR, |p| {
-            let description = p.description();
-            let name = p.name();
-            let directives = p.directives(true);
-            values.push(EnumValueDefinition {
-                description,
-                name,
-                directives,
-            })
-        });
-        values
+        self.some_of(Kind::BraceL, Kind::BraceR, |p| EnumValueDefinition {
+            description: p.description(),
+            name: p.name(),
+            directives: p.directives(true),
+        })
     }
 
     fn input_fields_definition(&mut self) -> Vec<FieldDefinition> {
-        let mut values = Vec::new();
-        self.some(Kind::BraceL, Kind::BraceR, |p| {
-            let v = p.input_value_def();
-            values.push(v)
-        });
-        values
+        self.some_of(Kind::BraceL, Kind::BraceR, Self::input_value_def)
     }
 
     fn type_system_extension(&mut self, doc: &mut SchemaDocument) {
@@ -740,12 +717,7 @@ impl<'a> Parser<'a> {
                     ..Default::default()
                 };
                 def.directives = self.directives(true);
-                let mut ops = Vec::new();
-                self.some(Kind::BraceL, Kind::BraceR, |p| {
-                    let o = p.operation_type_definition();
-                    ops.push(o)
-                });
-                def.operation_types = ops;
+                def.operation_types = self.operation_types();
                 if def.directives.is_empty() && def.operation_types.is_empty() {
                     self.unexpected_error();
                 }
@@ -819,11 +791,7 @@ impl<'a> Parser<'a> {
             self.skip(Kind::Name);
         }
         self.expect_keyword("on");
-        self.skip(Kind::Pipe);
-        def.locations.push(self.directive_location());
-        while self.skip(Kind::Pipe) && self.err.is_none() {
-            def.locations.push(self.directive_location());
-        }
+        def.locations = self.separated(Kind::Pipe, Self::directive_location);
         def
     }
 
