@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use arbiter_engine::{LoadOptions, PolicySet, RegoVersion};
+use arbiter_engine::{Diagnostic, LoadOptions, PolicySet, RegoVersion};
 
 use crate::Exit;
 
@@ -18,6 +18,11 @@ pub struct Args {
     /// Fail (exit 1) on warnings too, such as Istio's best-practice advice.
     #[arg(long)]
     pub strict: bool,
+    /// The decision path `serve` would decide, as OPA-Envoy's `path`: when the policies define
+    /// it and it cannot run on the RVM, a warning says why (decisions then run on the slower
+    /// interpreter).
+    #[arg(long, value_name = "PATH", default_value = "envoy/authz/allow")]
+    pub path: String,
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -43,6 +48,10 @@ pub fn run(args: &Args) -> Exit {
                 eprintln!("{}", warning(w));
                 warnings += 1;
             }
+            if let Some(why) = off_the_vm(&set, &args.path) {
+                eprintln!("{why}");
+                warnings += 1;
+            }
         }
         Err(e) => diagnostics.extend(e.diagnostics),
     }
@@ -64,6 +73,23 @@ pub fn run(args: &Args) -> Exit {
     }
 }
 
+/// A warning when the decision path is defined but cannot run on the RVM.
+fn off_the_vm(set: &PolicySet, path: &str) -> Option<String> {
+    let path = arbiter_engine::DataRef::parse(path).ok()?;
+    if !set.defines(&path) {
+        return None;
+    }
+    let why = arbiter_engine::rvm::RvmDecider::compile(set, &path).err()?;
+    // The compiler's error names the rule's file, line and column when it has them.
+    let mut d = Diagnostic::from_regorus(&anyhow::anyhow!(why), &path.as_rego());
+    d.message = format!(
+        "{} runs on the interpreter, not the bytecode VM (several times slower): {}",
+        path.as_rego(),
+        d.message
+    );
+    Some(warning(&d))
+}
+
 fn report(e: &arbiter_engine::LoadError) -> Exit {
     for d in &e.diagnostics {
         eprintln!("{d}");
@@ -72,7 +98,7 @@ fn report(e: &arbiter_engine::LoadError) -> Exit {
 }
 
 /// `file:line: warning: message`.
-pub fn warning(d: &arbiter_engine::Diagnostic) -> String {
+pub fn warning(d: &Diagnostic) -> String {
     let mut w = d.clone();
     w.message = format!("warning: {}", d.message);
     w.to_string()

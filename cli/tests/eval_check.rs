@@ -144,6 +144,47 @@ fn check_reports_file_line_col_and_exits_1() {
     );
 }
 
+/// A decision path that cannot run on the bytecode VM is a warning naming the rule's place and
+/// the reason (issue 18: the fallback to the interpreter is never silent); `--strict` fails.
+#[test]
+fn check_warns_when_the_decision_path_is_off_the_vm() {
+    let dir = std::env::temp_dir().join(format!("arbiter-cli-offvm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p.rego");
+    std::fs::write(
+        &file,
+        "package envoy.authz\n\ndefault allow := false\n\nallow if {\n\tok with input.x as 1\n}\n\nok if input.x == 1\n",
+    )
+    .unwrap();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let want = format!(
+        "{}:6:5: warning: data.envoy.authz.allow runs on the interpreter, not the bytecode VM",
+        file.display()
+    );
+    assert!(stderr.contains(&want), "stderr: {stderr}");
+    assert!(stderr.contains("`with`"), "stderr: {stderr}");
+    let out = arbiter(&["check", "--strict", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    // Another decision path that the policies do not define: nothing to say.
+    let out = arbiter(&["check", "--path", "other/allow", dir.to_str().unwrap()]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The bundled policies run on the VM: no warning.
+    let out = arbiter(&["check", "--strict", "policies"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn eval_errors_use_opa_error_shape() {
     let dir = broken_policy_dir("eval");

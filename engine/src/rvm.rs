@@ -158,6 +158,49 @@ mod tests {
         assert_eq!(s.evaluate(&path, input).unwrap(), want);
     }
 
+    #[test]
+    fn a_package_per_service_past_256_files_runs_on_the_vm() {
+        // Issue 18's router shape: one rule picks the service's package by a path segment.
+        // With 300 files the unpatched VM refused the program (max 256 sources, regorus patch
+        // 20) and decisions fell back to the interpreter.
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "router.rego",
+            "package envoy.authz\ndefault allow := false\nallow if data.svc[input.svc].allow\n",
+        );
+        for i in 0..300 {
+            sources.add_rego(
+                format!("svc{i}.rego"),
+                format!(
+                    "package svc.s{i}\ndefault allow := false\nallow if input.caller == \"c{i}\"\n"
+                ),
+            );
+        }
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let path = DataRef::parse("envoy/authz/allow").unwrap();
+        let rvm = Authorizer::new(set.clone(), path.clone(), InputOptions::default());
+        assert_eq!(rvm.rego_engine(), Ok(RegoEngine::Rvm));
+        let d = RvmDecider::compile(&set, &path).unwrap();
+        for (svc, caller, want) in [
+            ("s299", "c299", true),
+            ("s0", "c0", true),
+            ("s7", "c8", false),
+            ("s300", "c300", false),
+        ] {
+            let input = crate::value::from_json(&serde_json::json!({"svc": svc, "caller": caller}));
+            assert_eq!(
+                d.evaluate(input.clone()).unwrap(),
+                Value::Bool(want),
+                "{svc} {caller}"
+            );
+            assert_eq!(
+                set.evaluate(&path, input).unwrap(),
+                Value::Bool(want),
+                "{svc} {caller}"
+            );
+        }
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();

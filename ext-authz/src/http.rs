@@ -251,6 +251,7 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
     let text = state.metrics.render(
         a.policies().revision(),
         &a.path().slash_path(),
+        a.rego_engine() == Ok(arbiter_engine::authorizer::RegoEngine::Rvm),
         state.ready(),
         &statuses,
     );

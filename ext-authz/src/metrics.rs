@@ -286,6 +286,7 @@ impl Metrics {
         &self,
         revision: &str,
         path: &str,
+        on_rvm: bool,
         ready: bool,
         plugins: &[(&str, &str)],
     ) -> String {
@@ -433,6 +434,13 @@ impl Metrics {
         );
         let _ = writeln!(
             s,
+            "# HELP arbiter_rego_on_rvm Whether Rego decisions run on the bytecode VM (1) or on \
+             the slower interpreter (0; `arbiter check` says why)."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_rego_on_rvm gauge");
+        let _ = writeln!(s, "arbiter_rego_on_rvm {}", u8::from(on_rvm));
+        let _ = writeln!(
+            s,
             "# HELP arbiter_ready Whether policies are loaded and the gRPC listener is up."
         );
         let _ = writeln!(s, "# TYPE arbiter_ready gauge");
@@ -459,7 +467,7 @@ mod tests {
         m.record(Origin::Grpc, true, None, 30_000);
         m.record(Origin::Grpc, false, Some(("policy_denied", false)), 40_000);
         m.record(Origin::Grpc, false, Some(("timeout", true)), 50_000_000);
-        let text = m.render("abc", "envoy/authz/allow", true, &[]);
+        let text = m.render("abc", "envoy/authz/allow", false, true, &[]);
         assert!(text.contains("arbiter_decisions_total{outcome=\"allow\",origin=\"grpc\"} 1"));
         assert!(text.contains("arbiter_decisions_total{outcome=\"deny\",origin=\"grpc\"} 1"));
         assert!(text.contains("arbiter_decisions_total{outcome=\"error\",origin=\"grpc\"} 1"));
@@ -469,5 +477,9 @@ mod tests {
         assert!(
             text.contains("arbiter_policy_info{revision=\"abc\",path=\"envoy/authz/allow\"} 1")
         );
+        // Decisions off the VM are visible, not silent.
+        assert!(text.contains("\narbiter_rego_on_rvm 0\n"));
+        let text = m.render("abc", "envoy/authz/allow", true, true, &[]);
+        assert!(text.contains("\narbiter_rego_on_rvm 1\n"));
     }
 }

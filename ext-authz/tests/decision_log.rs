@@ -408,7 +408,7 @@ fn a_collector_that_fails_stalls_and_recovers() {
         accepted.push(submit(&log, id));
     }
     wait_until("failed uploads", Duration::from_secs(10), || {
-        m.render("r", "p", true, &[]).lines().any(|l| {
+        m.render("r", "p", true, true, &[]).lines().any(|l| {
             l.starts_with("arbiter_decision_logs_upload_failures_total ") && !l.ends_with(" 0")
         })
     });

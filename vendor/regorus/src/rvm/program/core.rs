@@ -103,12 +103,14 @@ impl Program {
     pub const MAX_INSTRUCTIONS: usize = 65_535; // u16::MAX
     /// Maximum literals supported (matches u16 literal indices)
     pub const MAX_LITERALS: usize = 65_535; // u16::MAX
-    /// Generous cap for rules within a single policy bundle
-    pub const MAX_RULES: usize = 4_000;
-    /// Generous cap for exported entry points
-    pub const MAX_ENTRY_POINTS: usize = 1_000;
-    /// Generous cap for source/helper files
-    pub const MAX_SOURCES: usize = 256;
+    /// Cap for rules within a single policy bundle (arbiter patch 20: rule indices are u16,
+    /// so the whole u16 range; was 4,000)
+    pub const MAX_RULES: usize = 65_535;
+    /// Cap for exported entry points (arbiter patch 20: was 1,000)
+    pub const MAX_ENTRY_POINTS: usize = 65_535;
+    /// Cap for source files (arbiter patch 20: source indices are `usize`; was 256, a cliff for
+    /// mesh-size policy sets with a package per service)
+    pub const MAX_SOURCES: usize = 65_535;
     /// Generous cap for builtin declarations
     pub const MAX_BUILTINS: usize = 512;
     /// Maximum path depth for rule paths (e.g., data.a.b.c.d.rule)
