@@ -4,8 +4,9 @@
 //! immutable and shared: a policy reload builds a new one and swaps it in whole, so every
 //! decision is attributable to exactly one revision.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use regorus::Value;
@@ -56,7 +57,16 @@ pub struct Authorizer {
     rvm: Option<Arc<RvmDecider>>,
     /// Why the RVM is not used, when it is not.
     rvm_unavailable: Option<String>,
+    /// Whether the RVM may be used at all (not when the interpreter was chosen).
+    use_rvm: bool,
+    /// Other paths the Data API asked for, compiled for the RVM on first use (`None`: the VM
+    /// cannot run that path). Shared by clones; at most [`DATA_API_PROGRAMS`] paths.
+    data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
 }
+
+/// How many Data API paths keep a compiled program (a client asking for arbitrary paths does
+/// not grow memory without bound; paths past this run on the interpreter).
+const DATA_API_PROGRAMS: usize = 64;
 
 /// Which Rego evaluator decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,6 +132,8 @@ impl Authorizer {
             rego_decides,
             rvm,
             rvm_unavailable,
+            use_rvm: true,
+            data_api_programs: Arc::default(),
         }
     }
 
@@ -130,6 +142,7 @@ impl Authorizer {
         if engine == RegoEngine::Interpreter {
             self.rvm = None;
             self.rvm_unavailable = Some("the interpreter was chosen".into());
+            self.use_rvm = false;
         }
         self
     }
@@ -348,7 +361,25 @@ impl Authorizer {
         path: &DataRef,
         input: Value,
     ) -> Result<Value, crate::rego::EvalError> {
-        match catch_unwind(AssertUnwindSafe(|| self.policies.evaluate(path, input))) {
+        let run = || {
+            // On the RVM as gRPC checks are, when it runs this path (the Data API asks for the
+            // decision path and others); as in `decide_rego`, a failed run is re-evaluated by
+            // the interpreter, so errors are the interpreter's, and limits are not retried.
+            if let (Some(vm), None) = (self.program_for(path), crate::clock::frozen_ns()) {
+                match vm.evaluate(input.clone()) {
+                    Ok(v) => return Ok(v),
+                    Err(e)
+                        if e.chain()
+                            .any(|c| c.downcast_ref::<regorus::LimitError>().is_some()) =>
+                    {
+                        return Err(crate::rego::EvalError::from_regorus(&e));
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.policies.evaluate(path, input)
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
             Ok(r) => r,
             Err(_) => Err(crate::rego::EvalError {
                 kind: crate::rego::EvalErrorKind::Other,
@@ -356,5 +387,32 @@ impl Authorizer {
                 location: None,
             }),
         }
+    }
+
+    /// The RVM program for `path`: the decision path's, or one compiled on first use for a
+    /// path the policies define. `None` when the VM is off or cannot run it.
+    pub fn program_for(&self, path: &DataRef) -> Option<Arc<RvmDecider>> {
+        if !self.use_rvm {
+            return None;
+        }
+        if *path == self.path {
+            return self.rvm.clone();
+        }
+        if let Ok(known) = self.data_api_programs.read()
+            && let Some(p) = known.get(path)
+        {
+            return p.clone();
+        }
+        // Data without rules is read directly by the interpreter; nothing to compile.
+        if !self.policies.defines(path) {
+            return None;
+        }
+        let program = RvmDecider::compile(&self.policies, path).ok().map(Arc::new);
+        if let Ok(mut known) = self.data_api_programs.write()
+            && known.len() < DATA_API_PROGRAMS
+        {
+            known.insert(path.clone(), program.clone());
+        }
+        program
     }
 }

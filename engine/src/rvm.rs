@@ -37,10 +37,14 @@ impl std::fmt::Debug for RvmDecider {
 }
 
 thread_local! {
-    /// This thread's VM, and which program it has loaded (by address: the VM holds an `Arc` of
-    /// that program, so the address cannot be reused while it is cached).
-    static VM: RefCell<Option<(usize, RegoVM)>> = const { RefCell::new(None) };
+    /// This thread's VMs, most recently used first, each with the program it has loaded (by
+    /// address: the VM holds an `Arc` of that program, so the address cannot be reused while it
+    /// is cached). A few, so that Data API paths do not reload the decision path's VM.
+    static VMS: RefCell<Vec<(usize, RegoVM)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// VMs kept per thread.
+const VMS_PER_THREAD: usize = 4;
 
 /// Instructions one decision may run. Time is the real bound (the evaluation timeout); this only
 /// stops a program that never checks the clock.
@@ -74,12 +78,15 @@ impl RvmDecider {
         &self,
         run: impl FnOnce(&mut RegoVM) -> anyhow::Result<Value>,
     ) -> anyhow::Result<Value> {
-        VM.with(|cell| {
-            let mut slot = cell
+        VMS.with(|cell| {
+            let mut vms = cell
                 .try_borrow_mut()
                 .map_err(|_| anyhow::anyhow!("the RVM is already running on this thread"))?;
             let key = Arc::as_ptr(&self.program) as usize;
-            if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some(i) = vms.iter().position(|(k, _)| *k == key) {
+                let hit = vms.remove(i);
+                vms.insert(0, hit);
+            } else {
                 let mut vm = RegoVM::new();
                 vm.load_program(self.program.clone());
                 vm.set_data(self.data.clone())?;
@@ -91,9 +98,10 @@ impl RvmDecider {
                         check_interval: NonZeroU32::MIN.saturating_add(63),
                     }));
                 }
-                *slot = Some((key, vm));
+                vms.truncate(VMS_PER_THREAD - 1);
+                vms.insert(0, (key, vm));
             }
-            match slot.as_mut() {
+            match vms.first_mut() {
                 Some((_, vm)) => run(vm),
                 None => Err(anyhow::anyhow!("no VM")),
             }
@@ -199,6 +207,26 @@ mod tests {
                 "{svc} {caller}"
             );
         }
+        // The Data API's other paths run on the VM too (compiled on first use), with the
+        // interpreter's answers; not when the interpreter was chosen.
+        let other = DataRef::parse("svc/s7/allow").unwrap();
+        assert!(rvm.program_for(&other).is_some());
+        let interp = Authorizer::new(set.clone(), path, InputOptions::default())
+            .with_rego_engine(RegoEngine::Interpreter);
+        assert!(interp.program_for(&other).is_none());
+        for caller in ["c7", "c8"] {
+            let input = crate::value::from_json(&serde_json::json!({"caller": caller}));
+            assert_eq!(
+                rvm.evaluate_value(&other, input.clone()).unwrap(),
+                interp.evaluate_value(&other, input).unwrap(),
+                "{caller}"
+            );
+        }
+        // Data without rules has no program.
+        assert!(
+            rvm.program_for(&DataRef::parse("nothing/here").unwrap())
+                .is_none()
+        );
     }
 
     fn reference() -> (Authorizer, Authorizer) {
