@@ -81,7 +81,7 @@ fn off_the_vm(set: &PolicySet, path: &str) -> Option<String> {
     }
     let why = arbiter_engine::rvm::RvmDecider::compile(set, &path).err()?;
     // The compiler's error names the rule's file, line and column when it has them.
-    let mut d = Diagnostic::from_regorus(&anyhow::anyhow!(why), &path.as_rego());
+    let mut d = Diagnostic::from_regorus(&anyhow::anyhow!(why), path.as_rego());
     d.message = format!(
         "{} runs on the interpreter, not the bytecode VM (several times slower): {}",
         path.as_rego(),
