@@ -59,6 +59,11 @@ pub struct RegoVM {
     /// Rule execution cache: rule_index -> (computed: bool, result: Value)
     pub(super) rule_cache: Vec<(bool, Value)>,
 
+    /// arbiter patch 21: the rule cache entries this execution computed, so that the next
+    /// one resets only those instead of allocating a cache as long as the program's rules (a
+    /// cost per decision that grew with the number of packages).
+    pub(super) rule_cache_touched: Vec<usize>,
+
     /// Global data object
     pub(super) data: Value,
 
@@ -243,6 +248,7 @@ impl RegoVM {
             program: Arc::new(Program::default()),
             compiled_policy: None,
             rule_cache: Vec::new(),
+            rule_cache_touched: Vec::new(),
             data: Value::Null,
             input: Value::Null,
             context: Value::Undefined,
@@ -325,6 +331,7 @@ impl RegoVM {
 
         // Initialize rule cache
         self.rule_cache = vec![(false, Value::Undefined); program.rule_infos.len()];
+        self.rule_cache_touched.clear();
 
         // Set PC to main entry point
         self.pc = usize::try_from(program.main_entry_point).unwrap_or(0);

@@ -296,6 +296,7 @@ impl RegoVM {
                             available,
                         })?;
                 *entry = (true, result.clone());
+                self.rule_cache_touched.push(rule_idx);
             }
             self.set_register(dest, result)?;
             return Ok(());
@@ -384,6 +385,7 @@ impl RegoVM {
                     available,
                 })?;
             *entry = (true, final_value.clone());
+            self.rule_cache_touched.push(rule_idx);
         }
         Ok(())
     }
@@ -458,6 +460,7 @@ impl RegoVM {
                             available,
                         })?;
                 *entry = (true, result.clone());
+                self.rule_cache_touched.push(rule_idx);
             }
             let dest_index = usize::from(dest);
             if self.registers.len() <= dest_index {
@@ -883,6 +886,7 @@ impl RegoVM {
                     available,
                 })?;
             *entry = (true, final_value.clone());
+            self.rule_cache_touched.push(rule_idx);
         }
 
         self.registers = parent_registers;

@@ -33,7 +33,7 @@ impl RegoVM {
         self.execution_state = ExecutionState::Ready;
         self.execution_stack.clear();
         self.return_to_pools();
-        self.rule_cache.clear();
+        self.reset_rule_cache();
         self.registers.clear();
         self.builtins_cache.clear();
         self.cached_builtin_args.clear();
@@ -97,6 +97,23 @@ impl RegoVM {
         error
     }
 
+    /// Every rule cache entry uncomputed, the cache as long as the program's rules: only the
+    /// entries the last execution computed are reset (arbiter patch 21), unless the length
+    /// differs (a new program), when the cache is allocated anew.
+    pub(super) fn reset_rule_cache(&mut self) {
+        let rules = self.program.rule_infos.len();
+        if self.rule_cache.len() == rules {
+            for i in self.rule_cache_touched.drain(..) {
+                if let Some(entry) = self.rule_cache.get_mut(i) {
+                    *entry = (false, Value::Undefined);
+                }
+            }
+        } else {
+            self.rule_cache = alloc::vec![(false, Value::Undefined); rules];
+            self.rule_cache_touched.clear();
+        }
+    }
+
     pub(super) fn initialize_execution_state(&mut self) {
         // Reset basic execution state
         self.executed_instructions = 0;
@@ -107,7 +124,7 @@ impl RegoVM {
         self.execution_state = ExecutionState::Ready;
 
         // Reset rule cache
-        self.rule_cache = alloc::vec![(false, Value::Undefined); self.program.rule_infos.len()];
+        self.reset_rule_cache();
 
         // Reset registers to clean state
         self.registers
