@@ -104,25 +104,95 @@ pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     h.finish()
 }
 
-/// Watch `paths` every `interval`; when they changed and then stayed unchanged for one more
-/// interval (a write in progress is not loaded half-way), call `on_change`. Stops when
+/// Watch `paths`: told of changes by the kernel (inotify, through `notify`), and looking again
+/// every `interval` in case a change was not reported (a watch that could not be set, a
+/// filesystem without events). When the files changed and then stayed unchanged for
+/// [`QUIET`] (a write in progress is not loaded half-way), call `on_change`. Stops when
 /// `on_change` returns false.
 pub fn watch(paths: Vec<PathBuf>, interval: Duration, mut on_change: impl FnMut() -> bool) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Kept alive for the loop's lifetime: dropping it ends the kernel watches.
+    let _watcher = kernel_watch(&paths, tx);
     let mut seen = fingerprint(&paths);
-    let mut pending: Option<u64> = None;
     loop {
-        std::thread::sleep(interval);
+        let _ = rx.recv_timeout(interval);
+        // Let a burst of events (an editor's write-and-rename, a `cp -r`) settle.
+        while rx.recv_timeout(QUIET).is_ok() {}
         let now = fingerprint(&paths);
-        match pending {
-            Some(p) if p == now => {
-                pending = None;
-                seen = now;
-                if !on_change() {
-                    return;
-                }
-            }
-            _ if now != seen => pending = Some(now),
-            _ => pending = None,
+        if now == seen {
+            continue;
         }
+        std::thread::sleep(QUIET);
+        if fingerprint(&paths) != now {
+            // Still being written: look again when it settles.
+            continue;
+        }
+        seen = now;
+        if !on_change() {
+            return;
+        }
+    }
+}
+
+/// How long files must stay unchanged before a reload reads them.
+pub const QUIET: Duration = Duration::from_millis(50);
+
+/// Kernel watches on `paths` (folders recursively; a file through its folder, since editors
+/// replace files by renaming), each event a message on `tx`. `None` when none could be set:
+/// polling alone then finds changes.
+fn kernel_watch(
+    paths: &[PathBuf],
+    tx: std::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .ok()?;
+    let mut any = false;
+    for p in paths {
+        let (target, mode) = if p.is_dir() {
+            (p.as_path(), RecursiveMode::Recursive)
+        } else {
+            match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => {
+                    (parent, RecursiveMode::NonRecursive)
+                }
+                _ => (Path::new("."), RecursiveMode::NonRecursive),
+            }
+        };
+        any |= watcher.watch(target, mode).is_ok();
+    }
+    any.then_some(watcher)
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    /// The kernel tells the watcher: with a poll interval of a minute, a new file in a watched
+    /// folder is still noticed (the test waits at most 20 s; it takes milliseconds).
+    #[test]
+    fn changes_are_noticed_without_waiting_for_the_poll() {
+        let dir = std::env::temp_dir().join(format!("arbiter-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watched = vec![dir.clone()];
+        let started = std::thread::spawn(move || {
+            watch(watched, Duration::from_secs(60), || {
+                let _ = tx.send(());
+                false
+            });
+        });
+        // Give the watcher time to set its watches, then change a file two levels down.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.join("sub").join("p.rego"), "package p\n").unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the change was not noticed"
+        );
+        started.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
