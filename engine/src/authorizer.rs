@@ -64,6 +64,26 @@ pub struct Authorizer {
     data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
 }
 
+/// Run `input` on the VM: `None` when the interpreter must answer instead. That is when the
+/// clock is frozen (decision tests pin `time.now_ns` with `with`, which the RVM lacks) and when
+/// a run fails for another reason than a limit: the interpreter re-evaluates it, so errors and
+/// their messages are always the interpreter's; a limit is not retried.
+fn on_vm(vm: &RvmDecider, input: &Value) -> Option<Result<Value, crate::rego::EvalError>> {
+    if crate::clock::frozen_ns().is_some() {
+        return None;
+    }
+    match vm.evaluate(input.clone()) {
+        Ok(v) => Some(Ok(v)),
+        Err(e)
+            if e.chain()
+                .any(|c| c.downcast_ref::<regorus::LimitError>().is_some()) =>
+        {
+            Some(Err(crate::rego::EvalError::from_regorus(&e)))
+        }
+        Err(_) => None,
+    }
+}
+
 /// How many Data API paths keep a compiled program (a client asking for arbitrary paths does
 /// not grow memory without bound; paths past this run on the interpreter).
 const DATA_API_PROGRAMS: usize = 64;
@@ -161,21 +181,11 @@ impl Authorizer {
     /// on the interpreter. A failed RVM run is re-evaluated by the interpreter, so errors are
     /// always the interpreter's; limits are not retried.
     fn decide_rego(&self, input: &Value) -> Decision {
-        if let (Some(vm), None) = (&self.rvm, crate::clock::frozen_ns()) {
-            match vm.evaluate(input.clone()) {
-                Ok(v) => return Decision::from_result(&v),
-                Err(e) => {
-                    if e.chain()
-                        .any(|c| c.downcast_ref::<regorus::LimitError>().is_some())
-                    {
-                        return Decision::deny(
-                            crate::rego::EvalError::from_regorus(&e).deny_reason(),
-                        );
-                    }
-                }
-            }
+        match self.rvm.as_deref().and_then(|vm| on_vm(vm, input)) {
+            Some(Ok(v)) => Decision::from_result(&v),
+            Some(Err(e)) => Decision::deny(e.deny_reason()),
+            None => self.policies.decide(&self.path, input.clone()),
         }
-        self.policies.decide(&self.path, input.clone())
     }
 
     /// How caller identities are established (trust bundles, a trusted XFCC hop).
@@ -361,23 +371,11 @@ impl Authorizer {
         path: &DataRef,
         input: Value,
     ) -> Result<Value, crate::rego::EvalError> {
-        let run = || {
-            // On the RVM as gRPC checks are, when it runs this path (the Data API asks for the
-            // decision path and others); as in `decide_rego`, a failed run is re-evaluated by
-            // the interpreter, so errors are the interpreter's, and limits are not retried.
-            if let (Some(vm), None) = (self.program_for(path), crate::clock::frozen_ns()) {
-                match vm.evaluate(input.clone()) {
-                    Ok(v) => return Ok(v),
-                    Err(e)
-                        if e.chain()
-                            .any(|c| c.downcast_ref::<regorus::LimitError>().is_some()) =>
-                    {
-                        return Err(crate::rego::EvalError::from_regorus(&e));
-                    }
-                    Err(_) => {}
-                }
-            }
-            self.policies.evaluate(path, input)
+        // On the RVM as gRPC checks are, when it runs this path (the Data API asks for the
+        // decision path and others).
+        let run = || match self.program_for(path).and_then(|vm| on_vm(&vm, &input)) {
+            Some(r) => r,
+            None => self.policies.evaluate(path, input.clone()),
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(r) => r,
