@@ -8,6 +8,7 @@
 //! | crypto | `crypto.md5`, `crypto.sha1`, `crypto.sha256`, `crypto.hmac.{md5,sha1,sha256,sha512,equal}` |
 //! | net | `net.cidr_intersects`, `net.cidr_overlap`, `net.cidr_merge`, `net.cidr_contains_matches` |
 //! | arrays | `array.flatten` (OPA 1.x) |
+//! | AWS | `providers.aws.sign_req` (Signature Version 4) |
 //! | globs | `regex.globs_match` |
 //! | JSON Schema | `json.verify_schema`, `json.match_schema` |
 //! | GraphQL | `graphql.parse`, `graphql.parse_query`, `graphql.parse_schema`, `graphql.parse_and_verify`, `graphql.is_valid`, `graphql.schema_is_valid` |
@@ -21,6 +22,7 @@
 use regorus::Value;
 
 pub mod array;
+pub mod aws;
 pub mod crypto;
 pub mod encoding;
 pub mod globs;
@@ -37,6 +39,7 @@ pub mod x509;
 pub fn register(engine: &mut regorus::Engine, strict: bool) {
     let mut r = Registrar { engine, strict };
     array::register(&mut r);
+    aws::register(&mut r);
     jwt::register(&mut r);
     keys::register(&mut r);
     crypto::register(&mut r);
@@ -112,6 +115,38 @@ pub(crate) fn string_arg(args: &[Value], pos: usize) -> anyhow::Result<&str> {
         ),
         None => anyhow::bail!("missing operand {pos}"),
     }
+}
+
+/// Go's `strconv.Quote`.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => {
+                if (c as u32) < 0x10000 {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                } else {
+                    out.push_str(&format!("\\U{:08x}", c as u32))
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Parse JSON text into a Rego value (numbers keep their precision; duplicate keys: last wins,
