@@ -105,7 +105,7 @@ fn eval_builtin_errors_and_big_numbers_as_opa() {
     assert_eq!(json(&out), serde_json::json!({}));
     let out = arbiter(&["eval", "-f", "json", "--strict-builtin-errors", "1/0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(json(&out)["errors"][0]["message"], "divide by zero");
+    assert_eq!(json(&out)["errors"][0]["message"], "div: divide by zero");
     let out = arbiter(&["eval", "-f", "json", "x := 37037036703703703670"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("\"x\": 37037036703703703670"),

@@ -156,6 +156,7 @@ impl EvalError {
         } else if at_call
             || lower.contains("invalid syntax")
             || lower.contains("divide by zero")
+            || lower.contains("modulo on floating-point")
             || lower.contains("modulo by zero")
             || text.contains("builtin")
         {

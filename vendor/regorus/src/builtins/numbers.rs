@@ -66,13 +66,13 @@ fn arithmetic_operation_strict(
         ArithOp::Add => v1.add(&v2)?,
         ArithOp::Sub => v1.sub(&v2)?,
         ArithOp::Mul => v1.mul(&v2)?,
-        ArithOp::Div if strict && v2 == Number::from(0u64) => bail!(span.error("divide by zero")),
+        ArithOp::Div if strict && v2 == Number::from(0u64) => bail!(span.error("div: divide by zero")),
         ArithOp::Div if v2 == Number::from(0u64) => return Ok(Value::Undefined),
         ArithOp::Div => v1.divide(&v2)?,
-        ArithOp::Mod if strict && v2 == Number::from(0u64) => bail!(span.error("modulo by zero")),
+        ArithOp::Mod if strict && v2 == Number::from(0u64) => bail!(span.error("rem: modulo by zero")),
         ArithOp::Mod if v2 == Number::from(0u64) => return Ok(Value::Undefined),
         ArithOp::Mod if !v1.is_integer() || !v2.is_integer() => {
-            bail!(span.error("modulo on floating-point number"))
+            bail!(span.error("rem: modulo on floating-point number"))
         }
         ArithOp::Mod => v1.modulo(&v2)?,
     }))

@@ -88,7 +88,8 @@ fn parse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
 
     let (number_part, suffix) = match string.rfind(|c: char| c.is_ascii_digit()) {
         Some(p) => (&string[0..p + 1], &string[p + 1..]),
-        _ => (string, ""),
+        // arbiter patch: no digit, no amount (OPA reads the number from the front).
+        _ => ("", string),
     };
 
     // Canonicalize quirky literals (e.g. ".5", "-.1") so downstream parsing always sees
@@ -103,6 +104,9 @@ fn parse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
             "could not parse amount to a number"
         })
     };
+    if number_part.is_empty() {
+        return Err(bad(""));
+    }
     if let Some(e) = ten_exp(suffix) {
         let combined = combine_decimal_exponent(canonical_part.as_ref(), e)
             .ok_or_else(|| bad(canonical_part.as_ref()))?;
@@ -169,7 +173,8 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
 
     let (number_part, suffix) = match string.rfind(|c: char| c.is_ascii_digit()) {
         Some(p) => (&string[0..p + 1], &string[p + 1..]),
-        _ => (string, ""),
+        // arbiter patch: no digit, no amount (OPA reads the number from the front).
+        _ => ("", string),
     };
 
     // Canonicalize quirky literals (e.g. ".5", "-.1") so downstream parsing always sees
@@ -184,6 +189,12 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
             "could not parse byte amount to a number"
         })
     };
+    if number_part.is_empty() {
+        if strict {
+            bail!(bad(""));
+        }
+        return Ok(Value::Undefined);
+    }
     if let Some(e) = twob_exp(suffix) {
         let mut number = match Number::from_str(canonical_part.as_ref()) {
             Ok(n) => n,
