@@ -505,12 +505,24 @@ fn encode_sign(headers: &str, payload: &str, jwk_text: &str) -> anyhow::Result<V
             .ok_or_else(|| anyhow::anyhow!("no keys found in JWK set"))?,
         _ => jwk,
     };
-    let header: serde_json::Value = serde_json::from_str(headers)
-        .map_err(|e| anyhow::anyhow!("missing or invalid 'alg' header: {e}"))?;
+    // OPA 1.x's wordings (its suite, `jwtencodesignheadererrors`): an empty header cannot be
+    // parsed, a broken object cannot be parsed, and anything else without a string `alg` has
+    // none.
+    const NO_ALG: &str = "missing or invalid 'alg' header: jwsbb: header \"alg\" not found";
+    let header: serde_json::Value = match serde_json::from_str(headers) {
+        Ok(h) => h,
+        Err(_) if headers.trim().is_empty() => anyhow::bail!(
+            "missing or invalid 'alg' header: cannot parse JSON: cannot parse empty string"
+        ),
+        Err(_) if headers.trim_start().starts_with('{') => {
+            anyhow::bail!("missing or invalid 'alg' header: cannot parse JSON")
+        }
+        Err(_) => anyhow::bail!(NO_ALG),
+    };
     let alg = header
         .get("alg")
         .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| anyhow::anyhow!("missing or invalid 'alg' header"))?;
+        .ok_or_else(|| anyhow::anyhow!(NO_ALG))?;
     if !matches!(
         alg,
         "RS256"
