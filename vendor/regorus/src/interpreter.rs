@@ -2077,7 +2077,9 @@ impl Interpreter {
                 }
 
                 // Non-set rule.
-                let keyed = matches!(rule_ref.as_ref(), Expr::RefBrack { .. });
+                // A key written apart from the reference (`p[x] := y`) is a key too.
+                let keyed =
+                    key_expr.is_some() || matches!(rule_ref.as_ref(), Expr::RefBrack { .. });
                 let key = Value::from_array(comps);
                 let obj_mut = ctx_mut.rule_value.as_object_mut()?;
                 let existing = obj_mut.get_or_insert_with(key, || output.clone());
@@ -2105,16 +2107,12 @@ impl Interpreter {
                         match map.get(&key) {
                             Some(pv) if *pv != value => {
                                 let span = ke.span();
+                                // arbiter patch: OPA's wording (an object comprehension
+                                // giving one key two values; eval_conflict_error).
                                 return Err(span.source.error(
                                     span.line,
                                     span.col,
-                                    format!(
-					"value for key `{}` generated multiple times: `{}` and `{}`",
-					serde_json::to_string_pretty(&key).map_err(anyhow::Error::msg)?,
-					serde_json::to_string_pretty(&pv).map_err(anyhow::Error::msg)?,
-					serde_json::to_string_pretty(&value).map_err(anyhow::Error::msg)?,
-                                    )
-                                    .as_str(),
+                                    "object keys must be unique",
                                 ));
                             }
                             _ => map.insert(key, value),
