@@ -746,9 +746,21 @@ impl Interpreter {
         }
 
         match (op, &lhs_value, &rhs_value) {
-            (ArithOp::Sub, Value::Set(_), _) | (ArithOp::Sub, _, Value::Set(_)) => {
+            (ArithOp::Sub, Value::Set(_), Value::Set(_)) => {
                 builtins::sets::difference(lhs, rhs, lhs_value, rhs_value)
             }
+            // arbiter patch: OPA's `minus` names what the other operand asks for.
+            (ArithOp::Sub, Value::Set(_), other) => bail!(span.error(&format!(
+                "minus: operand 2 must be set but got {}",
+                builtins::types::get_type(other)
+            ))),
+            (ArithOp::Sub, Value::Number(_), Value::Set(_)) => {
+                bail!(span.error("minus: operand 2 must be number but got set"))
+            }
+            (ArithOp::Sub, other, Value::Set(_)) => bail!(span.error(&format!(
+                "minus: operand 1 must be one of {{number, set}} but got {}",
+                builtins::types::get_type(other)
+            ))),
             _ => builtins::numbers::arithmetic_operation(
                 span,
                 op,
@@ -4147,16 +4159,21 @@ impl Interpreter {
         value: &Value,
         is_set: bool,
     ) -> Result<()> {
+        // arbiter patch: a rule whose last key is a variable (`p.q[s] := 2`) giving a value
+        // another rule gave its key is worded as OPA words it.
+        let keyed = !is_set && matches!(refr.as_ref(), Expr::RefBrack { .. });
         // TODO: can copying of path be avoided below?
         let range = self.rule_values.range((Unbounded, Included(path.to_vec())));
 
         // Check whether any rules evaluated so far is a parent of given rule.
         let mut conflict = None;
+        let mut same_key = false;
         for (k, (v, r)) in range.rev() {
             if path.starts_with(k) {
                 if k == path && (is_set || v == value) {
                     // rule evaluated to same value again.
                 } else {
+                    same_key = k == path;
                     conflict = Some((v, r));
                 }
             } else {
@@ -4164,6 +4181,9 @@ impl Interpreter {
             }
         }
 
+        if conflict.is_some() && keyed && same_key {
+            bail!(refr.span().error("object keys must be unique"));
+        }
         if let Some((_, r)) = conflict {
             // arbiter patch: OPA's wording first; where the other rule is, after it.
             bail!(refr.span().error(&format!(
