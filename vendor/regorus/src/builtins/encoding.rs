@@ -489,24 +489,28 @@ fn json_marshal_with_options(
             Value::String(s) if s.as_ref() == "pretty" && option_value.as_bool().is_ok() => {
                 pretty = option_value == &Value::Bool(true);
             }
+            // arbiter patch: OPA's wordings (eval_type_error).
             Value::String(s) if s.as_ref() == "pretty" => bail!(params[1]
                 .span()
-                .error("marshaling option `pretty` must be true or false")),
+                .error("operand 2 key \"pretty\" failed cast to bool")),
             Value::String(s) if s.as_ref() == "prefix" && option_value.as_string().is_ok() => {
                 prefix = Some(option_value.as_string()?.as_ref().to_string());
             }
-            Value::String(s) if s.as_ref() == "prefix" => bail!(params[1]
-                .span()
-                .error("marshaling option `pretty` must be string")),
+            Value::String(s) if s.as_ref() == "prefix" => bail!(params[1].span().error(&format!(
+                "operand 2 key \"prefix\" failed cast to string: operand 0 must be string but got {}",
+                super::types::get_type(option_value)
+            ))),
             Value::String(s) if s.as_ref() == "indent" && option_value.as_string().is_ok() => {
                 indent = Some(option_value.as_string()?.as_ref().to_string());
             }
-            Value::String(s) if s.as_ref() == "indent" => bail!(params[1]
-                .span()
-                .error("marshaling option `pretty` must be string")),
-            _ => bail!(params[1]
-                .span()
-                .error("marshaling option must be one of `indent`, `prefix` or `pretty`")),
+            Value::String(s) if s.as_ref() == "indent" => bail!(params[1].span().error(&format!(
+                "operand 2 key \"indent\" failed cast to string: operand 0 must be string but got {}",
+                super::types::get_type(option_value)
+            ))),
+            other => bail!(params[1].span().error(&format!(
+                "operand 2 object contained unknown key {}",
+                serde_json::to_string(other).unwrap_or_default()
+            ))),
         }
     }
 
