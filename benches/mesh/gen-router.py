@@ -46,7 +46,10 @@ def envoy_input(path, principal, method="POST"):
 
 
 def main():
-    count, out = int(sys.argv[1]), sys.argv[2]
+    main_args(int(sys.argv[1]), sys.argv[2])
+
+
+def main_args(count, out):
     os.makedirs(os.path.join(out, "svc"), exist_ok=True)
     os.makedirs(os.path.join(out, "inputs"), exist_ok=True)
     with open(os.path.join(out, "router.rego"), "w") as fh:
