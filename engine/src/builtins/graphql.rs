@@ -32,8 +32,9 @@ pub(super) fn register(r: &mut Registrar<'_>) {
         Ok(schema_value(&doc))
     });
     r.add("graphql.parse", 2, |a| {
-        let query = query_arg(&a[0], 1)?;
-        let built = schema_arg(&a[1], 2)?;
+        // OPA numbers these operands 0 and 1 in its type errors.
+        let query = query_arg(&a[0], 0)?;
+        let built = schema_arg(&a[1], 1)?;
         let (schema_doc, schema) = &*built;
         let schema = schema.as_ref().map_err(|e| {
             anyhow::anyhow!("Error in gqlparser SchemaDocument to Schema conversion: {e}")
@@ -565,7 +566,7 @@ mod decode {
                 variable,
             )?,
             directives: objects(v, "OperationDefinition", "Directives", directive)?,
-            selection_set: selections(v, "OperationDefinition")?,
+            selection_set: selections(v)?,
             pos: None,
         })
     }
@@ -582,7 +583,7 @@ mod decode {
 
     /// gqlparser decodes each selection as a field first, which any object satisfies: a
     /// fragment read back from an AST object becomes a field, as in OPA.
-    fn selections(v: &Value, _owner: &str) -> R<Vec<Selection>> {
+    fn selections(v: &Value) -> R<Vec<Selection>> {
         let mut out = Vec::new();
         if let Some(Value::Array(a)) = field(v, "SelectionSet") {
             for item in a.iter() {
@@ -609,7 +610,7 @@ mod decode {
             name: string(v, "Field", "Name")?,
             arguments: objects(v, "Field", "Arguments", argument)?,
             directives: objects(v, "Field", "Directives", directive)?,
-            selection_set: selections(v, "Field")?,
+            selection_set: selections(v)?,
             pos: None,
         })
     }
@@ -632,7 +633,7 @@ mod decode {
         Ok(InlineFragment {
             type_condition: string(v, "InlineFragment", "TypeCondition")?,
             directives: objects(v, "InlineFragment", "Directives", directive)?,
-            selection_set: selections(v, "InlineFragment")?,
+            selection_set: selections(v)?,
             pos: None,
         })
     }
@@ -643,7 +644,7 @@ mod decode {
             variable_definition: objects(v, "FragmentDefinition", "VariableDefinition", variable)?,
             type_condition: string(v, "FragmentDefinition", "TypeCondition")?,
             directives: objects(v, "FragmentDefinition", "Directives", directive)?,
-            selection_set: selections(v, "FragmentDefinition")?,
+            selection_set: selections(v)?,
             pos: None,
         })
     }
@@ -958,6 +959,29 @@ enum Role { ADMIN USER }"#;
             json!("me")
         );
         assert_eq!(got[2]["Definitions"][0]["Name"], json!("Query"));
+    }
+
+    #[test]
+    fn wrong_operand_types_are_worded_as_opa_words_them() {
+        // OPA 1.7.1 numbers graphql.parse's operands 0 and 1 here.
+        let err = crate::builtins::testutil::eval_with_input(
+            "graphql.parse(input.q, \"type Query { a: Int }\")",
+            json!({"q": 1}),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains(
+                "graphql.parse: operand 0 must be one of {string, object} but got number"
+            ),
+            "{err:#}"
+        );
+        // The built-ins that answer instead of failing answer false.
+        let got = crate::builtins::testutil::eval_with_input(
+            "graphql.is_valid(\"{ a }\", input.q)",
+            json!({"q": 1}),
+        )
+        .unwrap();
+        assert_eq!(got, json!(false));
     }
 
     #[test]

@@ -105,9 +105,9 @@ impl<'a> Walker<'a> {
             if let Some(d) = &v.default_value {
                 self.walk_value(d, Some(&v.ty), vdef);
             }
-            self.walk_directives(vdef, &v.directives, "VARIABLE_DEFINITION");
+            self.walk_directives(&v.directives, "VARIABLE_DEFINITION");
         }
-        self.walk_directives(def, &op.directives, loc);
+        self.walk_directives(&op.directives, loc);
         self.walk_selection_set(def, &op.selection_set);
         self.on_operation(op);
         self.current_op = None;
@@ -115,17 +115,13 @@ impl<'a> Walker<'a> {
 
     fn walk_fragment(&mut self, f: &'a FragmentDefinition) {
         let def = self.schema.ty(&f.type_condition);
-        self.walk_directives(def, &f.directives, "FRAGMENT_DEFINITION");
+        self.walk_directives(&f.directives, "FRAGMENT_DEFINITION");
         self.walk_selection_set(def, &f.selection_set);
         self.on_fragment(f);
     }
 
-    fn walk_directives(
-        &mut self,
-        _parent: Option<&'a Definition>,
-        dirs: &'a [Directive],
-        loc: &str,
-    ) {
+    /// gqlparser also notes each directive's parent type; no rule reads it.
+    fn walk_directives(&mut self, dirs: &'a [Directive], loc: &str) {
         for dir in dirs {
             let def = self.schema.directives.get(&dir.name);
             for arg in &dir.arguments {
@@ -195,7 +191,7 @@ impl<'a> Walker<'a> {
                     let adef = def.and_then(|d| d.argument(&arg.name));
                     self.walk_argument(adef, arg);
                 }
-                self.walk_directives(next, &f.directives, "FIELD");
+                self.walk_directives(&f.directives, "FIELD");
                 self.walk_selection_set(next, &f.selection_set);
                 self.on_field(f, def, parent);
             }
@@ -205,14 +201,14 @@ impl<'a> Walker<'a> {
                 } else {
                     self.schema.ty(&i.type_condition)
                 };
-                self.walk_directives(next, &i.directives, "INLINE_FRAGMENT");
+                self.walk_directives(&i.directives, "INLINE_FRAGMENT");
                 self.walk_selection_set(next, &i.selection_set);
                 self.on_inline_fragment(i, parent);
             }
             Selection::FragmentSpread(s) => {
                 let fdef = self.fragment(&s.name);
                 let next = fdef.and_then(|d| self.schema.ty(&d.type_condition));
-                self.walk_directives(next, &s.directives, "FRAGMENT_SPREAD");
+                self.walk_directives(&s.directives, "FRAGMENT_SPREAD");
                 if let Some(fd) = fdef
                     && self.validated_spreads.insert(fd.name.as_str())
                 {
