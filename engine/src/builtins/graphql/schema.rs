@@ -120,7 +120,12 @@ impl Schema {
 
 /// The prelude merged before `doc`, then built and checked, as OPA's `convertSchema` does.
 pub fn build(doc: &SchemaDocument) -> Result<Schema, GqlError> {
-    let mut merged = super::parser::parse_schema(PRELUDE, true)
+    // The prelude is parsed once per process; each build starts from a copy.
+    static PARSED: std::sync::OnceLock<Result<SchemaDocument, GqlError>> =
+        std::sync::OnceLock::new();
+    let mut merged = PARSED
+        .get_or_init(|| super::parser::parse_schema(PRELUDE, true))
+        .clone()
         .map_err(|e| GqlError::plain(format!("prelude: {}", e.message)))?;
     merged.schema.extend(doc.schema.iter().cloned());
     merged
