@@ -70,6 +70,20 @@ fn key_set<'a>(keys: impl IntoIterator<Item = &'a Value>) -> String {
     format!("{{{}}}", shown.join(", "))
 }
 
+/// Fails with `message: {"k", …}` when any of `keys` is `bad` (OPA's messages for missing
+/// and ill-typed parameters).
+fn refuse_keys(keys: &[&str], bad: impl Fn(&Value) -> bool, message: &str) -> anyhow::Result<()> {
+    let refused: Vec<Value> = keys
+        .iter()
+        .map(|k| Value::from(*k))
+        .filter(|k| bad(k))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("{message}: {}", key_set(&refused))
+}
+
 fn object(v: &Value, pos: usize) -> anyhow::Result<BTreeMap<Value, Value>> {
     match v {
         Value::Object(o) => Ok(o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
@@ -92,28 +106,16 @@ fn sign_req(req: &Value, config: &Value, time_ns: &Value) -> anyhow::Result<Valu
     // OPA names the configuration "operand 1" when it is not an object.
     let cfg = &object(config, 1)?;
     let key = |k: &str| Value::from(k);
-    let missing: Vec<Value> = REQUIRED_CONFIG
-        .iter()
-        .map(|k| key(k))
-        .filter(|k| !cfg.contains_key(k))
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "operand 2 missing required AWS config parameters(s): {}",
-            key_set(&missing)
-        );
-    }
-    let invalid: Vec<Value> = REQUIRED_CONFIG
-        .iter()
-        .map(|k| key(k))
-        .filter(|k| !matches!(cfg.get(k), Some(Value::String(_))))
-        .collect();
-    if !invalid.is_empty() {
-        anyhow::bail!(
-            "operand 2 invalid values for required AWS config parameters(s): {}",
-            key_set(&invalid)
-        );
-    }
+    refuse_keys(
+        &REQUIRED_CONFIG,
+        |k| !cfg.contains_key(k),
+        "operand 2 missing required AWS config parameters(s)",
+    )?;
+    refuse_keys(
+        &REQUIRED_CONFIG,
+        |k| !matches!(cfg.get(k), Some(Value::String(_))),
+        "operand 2 invalid values for required AWS config parameters(s)",
+    )?;
     let service = text(cfg.get(&key("aws_service")));
     let access_key = text(cfg.get(&key("aws_access_key")));
     let secret_key = text(cfg.get(&key("aws_secret_access_key")));
@@ -140,17 +142,11 @@ fn sign_req(req: &Value, config: &Value, time_ns: &Value) -> anyhow::Result<Valu
             key_set(unknown)
         );
     }
-    let missing: Vec<Value> = ["method", "url"]
-        .iter()
-        .map(|k| key(k))
-        .filter(|k| !req_obj.contains_key(k))
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "operand 1 missing required request parameters(s): {}",
-            key_set(&missing)
-        );
-    }
+    refuse_keys(
+        &["method", "url"],
+        |k| !req_obj.contains_key(k),
+        "operand 1 missing required request parameters(s)",
+    )?;
     let headers = match req_obj.get(&key("headers")) {
         None => BTreeMap::new(),
         Some(h @ Value::Object(_)) => object(h, 0)?,
@@ -159,17 +155,11 @@ fn sign_req(req: &Value, config: &Value, time_ns: &Value) -> anyhow::Result<Valu
             crate::decision::type_name(other)
         ),
     };
-    let invalid: Vec<Value> = ["url", "method"]
-        .iter()
-        .map(|k| key(k))
-        .filter(|k| !matches!(req_obj.get(k), Some(Value::String(_))))
-        .collect();
-    if !invalid.is_empty() {
-        anyhow::bail!(
-            "operand 1 invalid values for required request parameters(s): {}",
-            key_set(&invalid)
-        );
-    }
+    refuse_keys(
+        &["url", "method"],
+        |k| !matches!(req_obj.get(k), Some(Value::String(_))),
+        "operand 1 invalid values for required request parameters(s)",
+    )?;
     let url = GoUrl::parse(&text(req_obj.get(&key("url"))))?;
     let method = text(req_obj.get(&key("method")));
     let body = match (req_obj.get(&key("raw_body")), req_obj.get(&key("body"))) {

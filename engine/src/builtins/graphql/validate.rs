@@ -340,19 +340,14 @@ impl<'a> Walker<'a> {
         }
         // KnownArgumentNames
         if let (Some(d), Some(p)) = (def, parent) {
-            for arg in &f.arguments {
-                if d.argument(&arg.name).is_some() {
-                    continue;
-                }
-                let names: Vec<&str> = d.arguments.iter().map(|a| a.name.as_str()).collect();
-                let message = format!(
-                    "Unknown argument \"{}\" on field \"{}.{}\".{}",
-                    arg.name,
-                    p.name,
-                    f.name,
-                    suggest_quoted("Did you mean", &arg.name, &names)
+            for (arg, suggestion) in unknown_arguments(&d.arguments, &f.arguments) {
+                self.error(
+                    f.pos,
+                    format!(
+                        "Unknown argument \"{}\" on field \"{}.{}\".{suggestion}",
+                        arg.name, p.name, f.name
+                    ),
                 );
-                self.error(f.pos, message);
             }
         }
         // MaxIntrospectionDepth
@@ -367,13 +362,7 @@ impl<'a> Walker<'a> {
         }
         // ProvidedRequiredArguments
         if let Some(d) = def {
-            for adef in &d.arguments {
-                if !adef.ty.non_null || adef.default_value.is_some() {
-                    continue;
-                }
-                if f.arguments.iter().any(|a| a.name == adef.name) {
-                    continue;
-                }
+            for adef in missing_arguments(&d.arguments, &f.arguments) {
                 self.error(
                     f.pos,
                     format!(
@@ -525,18 +514,14 @@ impl<'a> Walker<'a> {
     ) {
         // KnownArgumentNames
         if let Some(d) = def {
-            for arg in &dir.arguments {
-                if d.argument(&arg.name).is_some() {
-                    continue;
-                }
-                let names: Vec<&str> = d.arguments.iter().map(|a| a.name.as_str()).collect();
-                let message = format!(
-                    "Unknown argument \"{}\" on directive \"@{}\".{}",
-                    arg.name,
-                    dir.name,
-                    suggest_quoted("Did you mean", &arg.name, &names)
+            for (arg, suggestion) in unknown_arguments(&d.arguments, &dir.arguments) {
+                self.error(
+                    dir.pos,
+                    format!(
+                        "Unknown argument \"{}\" on directive \"@{}\".{suggestion}",
+                        arg.name, dir.name
+                    ),
                 );
-                self.error(dir.pos, message);
             }
         }
         // KnownDirectives
@@ -558,13 +543,7 @@ impl<'a> Walker<'a> {
         }
         // ProvidedRequiredArguments
         if let Some(d) = def {
-            for adef in &d.arguments {
-                if !adef.ty.non_null || adef.default_value.is_some() {
-                    continue;
-                }
-                if dir.arguments.iter().any(|a| a.name == adef.name) {
-                    continue;
-                }
+            for adef in missing_arguments(&d.arguments, &dir.arguments) {
                 self.error(
                     dir.pos,
                     format!(
@@ -1244,6 +1223,32 @@ impl<'a> Walker<'a> {
             _ => false,
         }
     }
+}
+
+/// The arguments `given` that `defs` does not declare, each with its "Did you mean" suffix
+/// (KnownArgumentNames, for fields and directives alike).
+fn unknown_arguments<'b>(
+    defs: &'b [ArgumentDefinition],
+    given: &'b [Argument],
+) -> impl Iterator<Item = (&'b Argument, String)> {
+    given
+        .iter()
+        .filter(|a| !defs.iter().any(|d| d.name == a.name))
+        .map(|a| {
+            let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+            (a, suggest_quoted("Did you mean", &a.name, &names))
+        })
+}
+
+/// The required arguments (non-null, without a default) `given` leaves out
+/// (ProvidedRequiredArguments, for fields and directives alike).
+fn missing_arguments<'b>(
+    defs: &'b [ArgumentDefinition],
+    given: &'b [Argument],
+) -> impl Iterator<Item = &'b ArgumentDefinition> {
+    defs.iter().filter(|d| {
+        d.ty.non_null && d.default_value.is_none() && !given.iter().any(|a| a.name == d.name)
+    })
 }
 
 /// Fields by response name, in the order names first appear.
