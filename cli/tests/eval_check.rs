@@ -114,10 +114,16 @@ fn eval_builtin_errors_and_big_numbers_as_opa() {
     );
 }
 
-fn broken_policy_dir(name: &str) -> PathBuf {
+/// An empty folder of this test process's own under the system's temporary folder.
+fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("arbiter-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn broken_policy_dir(name: &str) -> PathBuf {
+    let dir = fresh_dir(name);
     std::fs::write(
         dir.join("broken.rego"),
         "package broken\n\nallow if {\n    input.user ==\n}\n",
@@ -148,9 +154,7 @@ fn check_reports_file_line_col_and_exits_1() {
 /// the reason (issue 18: the fallback to the interpreter is never silent); `--strict` fails.
 #[test]
 fn check_warns_when_the_decision_path_is_off_the_vm() {
-    let dir = std::env::temp_dir().join(format!("arbiter-cli-offvm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("offvm");
     let file = dir.join("p.rego");
     std::fs::write(
         &file,
@@ -226,9 +230,7 @@ fn eval_errors_use_opa_error_shape() {
 /// documentation cases checks clean.
 #[test]
 fn check_validates_istio_policies() {
-    let dir = std::env::temp_dir().join(format!("arbiter-cli-istio-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("istio");
     let bad = dir.join("bad.istio.yaml");
     std::fs::write(
         &bad,
