@@ -108,7 +108,7 @@ DOMAIN = {
     "semver": ['"1.0.0"', '"1.2.3-alpha.1+build"', '"v1.0.0"', '"1.0"', '"2.0.0"',
                '"1.0.0-rc.1"', '"1.10.0"'],
     "units.parse": ['"1K"', '"1Ki"', '"1.5M"', '"10m"', '"1e3"', '""', '"1 kb"', '"2Gi"',
-                    '"100"', '"5mi"'],
+                    '"100"', '"5mi"', '"500m"', '"0.1Ki"', '"-1.5m"', '"2.50"'],
     "units.parse_bytes": ['"1KB"', '"1KiB"', '"10"', '"5 MB"', '"1.5G"', '"1kb"', '"x"',
                           '"3.5"'],
     "base64": ['"aGVsbG8="', '"aGVsbG8"', '"!!"', '""', '"8J+Zgg=="'],
@@ -426,6 +426,14 @@ LANGUAGE = [
     ("bindings", "x := \"abc\"[0]", None),
     ("bindings", "x := {1, 2}[1]", None),
     ("bindings", "x := {1, 2}[3]", None),
+    # Numbers as OPA keeps and computes them (texts, big.Float, the minus before a literal).
+    ("numbers", "a := [- 5, - 0, - 2.50]; b := [2.50, 1e3, -0, 0.10]", None),
+    ("numbers", "a := ceil(-0.5); b := floor(-0.5); c := round(-0.5); d := round(2.5)", None),
+    ("numbers", "a := sum([0.1, 0.2]); b := product([3.0, 0.1]); c := product([0, -5000])", None),
+    ("numbers", "a := 0.1 * 3 == 0.3; b := 1e3 == 1000; c := 2.50 == 2.5", None),
+    ("numbers", "a := sprintf(\"%v|%v|%v\", [2.50, 2e308, [2.50]]); b := json.marshal([2.50, -0])", None),
+    ("numbers", "a := 7 / 2; b := 0 / -5; c := 1e3 + 1; d := 3.0 * 2", None),
+    ("numbers", "a := abs(-0); b := abs(-2.50); c := 10 % 3.0; d := 37037036703703703670 % 7", None),
 ]
 
 MODULES = {

@@ -13,7 +13,8 @@ pub fn from_json(json: &Json) -> Value {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
+            // `-0` keeps its sign as OPA keeps it (the text); other integers are plain.
+            if let Some(i) = n.as_i64().filter(|&i| i != 0 || n.as_str() != "-0") {
                 Value::from(i)
             } else if let Some(u) = n.as_u64() {
                 Value::from(u)
@@ -46,6 +47,12 @@ pub fn to_json(v: &Value) -> Json {
         Value::Null | Value::Undefined => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
         Value::Number(n) => {
+            if let Some(text) = n.kept_text() {
+                // As OPA wrote it (`2.50`, `-0`, `0.33333333333333333334`).
+                if let Ok(t) = text.parse::<serde_json::Number>() {
+                    return Json::Number(t);
+                }
+            }
             if let Some(i) = n.as_i64() {
                 Json::from(i)
             } else if let Some(u) = n.as_u64() {

@@ -3642,6 +3642,11 @@ impl Interpreter {
             Expr::UnaryExpr {
                 span, expr: uexpr, ..
             } => match uexpr.as_ref() {
+                // arbiter patch 22: the literal with a minus, as OPA reads it (`- 0` is `-0`).
+                Expr::Number {
+                    value: Value::Number(n),
+                    ..
+                } if !uexpr.span().text().starts_with('-') => Ok(Value::Number(n.negated())),
                 Expr::Number { .. } if !uexpr.span().text().starts_with('-') => {
                     builtins::numbers::arithmetic_operation(
                         span,

@@ -157,6 +157,7 @@ pub mod languages {
 
 mod lexer;
 pub(crate) mod lookup;
+mod gofloat;
 mod number;
 mod parser;
 mod policy_info;

@@ -19,7 +19,9 @@ use core::fmt::{Debug, Display, Formatter};
 use core::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
-use num_bigint::BigInt as NumBigInt;
+use num_bigint::{BigInt as NumBigInt, BigUint, Sign};
+
+use crate::gofloat::{self, GoFloat};
 #[allow(unused)]
 use num_traits::float::FloatCore;
 use num_traits::{One, Signed, ToPrimitive, Zero};
@@ -83,6 +85,27 @@ pub enum Number {
     Int(i64),
     Float(f64),
     BigInt(Rc<BigInt>),
+    /// arbiter patch 22: a number whose text is not what its value prints as (`2.50`, `1e3`,
+    /// `-0`, `0.33333333333333333334`), kept as OPA keeps it. It compares, hashes and
+    /// converts as its value; it prints, and enters OPA's arithmetic, as its text.
+    Text(Rc<NumberText>),
+}
+
+/// arbiter patch 22: a number's text and its value (never itself a `Text`).
+#[derive(Clone, Debug)]
+pub struct NumberText {
+    text: Box<str>,
+    value: Number,
+}
+
+impl NumberText {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub const fn value(&self) -> &Number {
+        &self.value
+    }
 }
 
 #[verus_verify]
@@ -142,6 +165,7 @@ impl Number {
     )]
     fn to_bigint_owned(&self) -> Option<BigInt> {
         match self {
+            Number::Text(t) => return t.value.to_bigint_owned(),
             Number::UInt(v) => Some(BigInt::from(*v)),
             Number::Int(v) => Some(BigInt::from(*v)),
             Number::BigInt(v) => Some((**v).clone()),
@@ -200,6 +224,7 @@ impl Number {
     )]
     fn to_bigint_rc(&self) -> Option<Rc<BigInt>> {
         match self {
+            Number::Text(t) => return t.value.to_bigint_rc(),
             Number::BigInt(v) => Some(v.clone()),
             _ => self.to_bigint_owned().map(Rc::new),
         }
@@ -212,6 +237,7 @@ impl Number {
     fn to_f64_lossy(&self) -> f64 {
         proof! { axiom_f64_ops_deterministic(); }
         match self {
+            Number::Text(t) => return t.value.to_f64_lossy(),
             Number::UInt(v) => *v as f64,
             Number::Int(v) => *v as f64,
             Number::Float(v) => *v,
@@ -237,6 +263,7 @@ impl Number {
     fn is_zero(&self) -> bool {
         proof! { axiom_f64_obeys_eq_spec(); }
         match self {
+            Number::Text(t) => return t.value.is_zero(),
             Number::UInt(0) | Number::Int(0) => true,
             Number::Float(f) => *f == 0.0,
             Number::BigInt(v) => v.is_zero(),
@@ -264,11 +291,292 @@ impl Number {
     )]
     fn as_u32(&self) -> Option<u32> {
         match self {
+            Number::Text(t) => return t.value.as_u32(),
             Number::UInt(v) if *v <= u32::MAX as u64 => Some(*v as u32),
             Number::Int(v) if *v >= 0 && *v <= u32::MAX as i64 => Some(*v as u32),
             Number::BigInt(v) => v.to_u32(),
             _ => None,
         }
+    }
+}
+
+// arbiter patch 22: OPA's numbers. A number keeps the text OPA keeps (`Number::Text`), and
+// `+ - * / %`, `abs`, `round`, `ceil` and `floor` compute as OPA's `topdown/arithmetic.go`
+// does: Go's `big.Float` at 64 bits from each operand's text, the result written back as the
+// shortest text (see gofloat.rs). Integers whose exact result stays below 2^64 keep the exact
+// integer code below: there the 64-bit float is exact and its text is the integer's.
+impl Number {
+    /// The value of a `Text`; any other number itself.
+    pub fn plain(&self) -> &Number {
+        match self {
+            Number::Text(t) => &t.value,
+            n => n,
+        }
+    }
+
+    /// The text OPA keeps for this number, when it is not what its value prints as.
+    pub fn kept_text(&self) -> Option<&str> {
+        match self {
+            Number::Text(t) => Some(&t.text),
+            _ => None,
+        }
+    }
+
+    /// The number `text` is, keeping `text` when `value` prints differently.
+    fn with_text(text: &str, value: Number) -> Number {
+        if value.format_decimal() == text {
+            value
+        } else {
+            Number::Text(Rc::new(NumberText {
+                text: text.into(),
+                value,
+            }))
+        }
+    }
+
+    /// Zero, `-0` when `negative`.
+    fn signed_zero(negative: bool) -> Number {
+        if negative {
+            Number::with_text("-0", Number::Int(0))
+        } else {
+            Number::UInt(0)
+        }
+    }
+
+    /// An integer held exactly in 64 bits: what OPA's `Number.Int` (`strconv.ParseInt`)
+    /// reads, so `-0` and `007` are integers here and `1e3` and `3.0` are not.
+    fn int64(&self) -> Option<i128> {
+        match self {
+            Number::UInt(u) => Some(*u as i128),
+            Number::Int(i) => Some(*i as i128),
+            Number::Text(t) => t.text.parse::<i64>().ok().map(i128::from),
+            _ => None,
+        }
+    }
+
+    /// The sign `big.Float` reads from the text (`-0` is negative).
+    fn go_negative(&self) -> bool {
+        match self {
+            Number::Text(t) => t.text.starts_with('-'),
+            n => !n.is_positive(),
+        }
+    }
+
+    /// OPA's `big.Float` for this number: its text read at 64 bits.
+    fn go_float(&self) -> Option<GoFloat> {
+        match self {
+            Number::Text(t) => GoFloat::parse(&t.text),
+            Number::Float(f) if !f.is_finite() => None,
+            n => GoFloat::parse(&n.format_decimal()),
+        }
+    }
+
+    /// OPA's `FloatToNumber`.
+    fn from_go_float(f: &GoFloat) -> Number {
+        let text = f.opa_text();
+        Number::from_str(&text).unwrap_or_else(|_| Number::Float(text.parse().unwrap_or(0.0)))
+    }
+
+    fn opa_binary(&self, rhs: &Self, op: char) -> Option<Number> {
+        let (x, y) = (self.go_float()?, rhs.go_float()?);
+        let r = match op {
+            '+' => x.add(&y, gofloat::PREC),
+            '-' => x.sub(&y, gofloat::PREC),
+            '*' => x.mul(&y, gofloat::PREC),
+            _ => x.quo(&y, gofloat::PREC),
+        };
+        Some(Number::from_go_float(&r))
+    }
+
+    /// Below 2^64 in magnitude: exact in a 64-bit mantissa.
+    const fn below_2_64(v: i128) -> bool {
+        v.unsigned_abs() < (1u128 << 64)
+    }
+
+    pub fn add(&self, rhs: &Self) -> Result<Number> {
+        match (self.int64(), rhs.int64()) {
+            (Some(a), Some(b)) if Self::below_2_64(a + b) => self.add_plain(rhs),
+            _ => match self.opa_binary(rhs, '+') {
+                Some(n) => Ok(n),
+                None => self.plain().add_plain(rhs.plain()),
+            },
+        }
+    }
+
+    pub fn sub(&self, rhs: &Self) -> Result<Number> {
+        match (self.int64(), rhs.int64()) {
+            (Some(a), Some(b)) if Self::below_2_64(a - b) => self.sub_plain(rhs),
+            _ => match self.opa_binary(rhs, '-') {
+                Some(n) => Ok(n),
+                None => self.plain().sub_plain(rhs.plain()),
+            },
+        }
+    }
+
+    /// Rego's `*`: integers in (-1000, 1000) multiply as Go ints (`0 * -1` is `0`), everything
+    /// else as `big.Float` ([`Number::mul_big`]).
+    pub fn mul(&self, rhs: &Self) -> Result<Number> {
+        if let (Some(a), Some(b)) = (self.int64(), rhs.int64()) {
+            if -1000 < a && a < 1000 && -1000 < b && b < 1000 {
+                return Ok(Number::from_i128(a * b));
+            }
+        }
+        self.mul_big(rhs)
+    }
+
+    /// `big.Float` multiplication, as OPA's `product` does for every element (`0 * -5000` is
+    /// `-0`).
+    pub fn mul_big(&self, rhs: &Self) -> Result<Number> {
+        if let (Some(a), Some(b)) = (self.int64(), rhs.int64()) {
+            if let Some(r) = a.checked_mul(b) {
+                if r == 0 {
+                    return Ok(Number::signed_zero(self.go_negative() != rhs.go_negative()));
+                }
+                if Self::below_2_64(r) {
+                    return Ok(Number::from_i128(r));
+                }
+            }
+        }
+        match self.opa_binary(rhs, '*') {
+            Some(n) => Ok(n),
+            None => self.plain().mul_plain(rhs.plain()),
+        }
+    }
+
+    /// A number literal with a minus in front: OPA reads `-0` and `- 2.50` as the texts `-0`
+    /// and `-2.50`.
+    pub fn negated(&self) -> Number {
+        let text = self.format_decimal();
+        let neg = match text.strip_prefix('-') {
+            Some(rest) => rest.to_string(),
+            None => format!("-{text}"),
+        };
+        Number::from_str(&neg).unwrap_or_else(|_| {
+            Number::UInt(0)
+                .sub(self)
+                .unwrap_or_else(|_| Number::Float(f64::NAN))
+        })
+    }
+
+    /// Rego's `/`: always `big.Float` in OPA (`7 / 2` is `3.5`, `0 / -1` is `-0`).
+    pub fn divide(self, rhs: &Self) -> Result<Number> {
+        if rhs.is_zero() {
+            bail!("division by zero");
+        }
+        if let (Some(a), Some(b)) = (self.int64(), rhs.int64()) {
+            if a == 0 {
+                return Ok(Number::signed_zero(self.go_negative() != rhs.go_negative()));
+            }
+            if a % b == 0 {
+                return Ok(Number::from_i128(a / b));
+            }
+        }
+        match self.opa_binary(rhs, '/') {
+            Some(n) => Ok(n),
+            None => self.plain().clone().divide_plain(rhs.plain()),
+        }
+    }
+
+    /// Rego's `%`: integers, read at 64 bits (an integer past 2^64 loses its low bits first).
+    pub fn modulo(self, rhs: &Self) -> Result<Number> {
+        if self.int64().is_some() && rhs.int64().is_some() {
+            return self.modulo_plain(rhs);
+        }
+        if let (Some(x), Some(y)) = (self.go_float(), rhs.go_float()) {
+            let (xneg, xmag, xexact) = x.int();
+            let (yneg, ymag, yexact) = y.int();
+            if !xexact || !yexact {
+                bail!("modulo on floating-point number");
+            }
+            if ymag.is_zero() {
+                bail!("modulo by zero");
+            }
+            let sign = |neg: bool| if neg { Sign::Minus } else { Sign::Plus };
+            let a = BigInt::from_biguint(sign(xneg), xmag);
+            let b = BigInt::from_biguint(sign(yneg), ymag);
+            return Ok(Number::from_bigint_owned(a % b));
+        }
+        self.plain().clone().modulo_plain(rhs.plain())
+    }
+
+    pub fn abs(&self) -> Number {
+        if self.int64().is_some() {
+            return self.abs_plain();
+        }
+        match self.go_float() {
+            Some(x) => Number::from_go_float(&x.abs()),
+            None => self.plain().abs_plain(),
+        }
+    }
+
+    /// OPA's `round`: half away from zero, computed at 64 bits.
+    pub fn round(&self) -> Number {
+        if matches!(self.int64(), Some(a) if a.unsigned_abs() < (1u128 << 62)) {
+            return self.plain().clone();
+        }
+        let Some(x) = self.go_float() else {
+            return self.plain().round_plain();
+        };
+        let half = GoFloat::from_int(false, BigUint::one()).quo(
+            &GoFloat::from_int(false, BigUint::from(2u32)),
+            gofloat::PREC,
+        );
+        let t = if x.is_neg() {
+            x.sub(&half, gofloat::PREC)
+        } else {
+            x.add(&half, gofloat::PREC)
+        };
+        let (neg, mag, _) = t.int();
+        Number::from_go_float(&GoFloat::from_int(neg, mag))
+    }
+
+    /// OPA's `ceil`, including its answer of 1 for a number in (-1, 0).
+    pub fn ceil(&self) -> Number {
+        if self.int64().is_some() {
+            return self.plain().clone();
+        }
+        let Some(x) = self.go_float() else {
+            return self.plain().ceil_plain();
+        };
+        let (neg, mag, exact) = x.int();
+        let f = GoFloat::from_int(neg, mag);
+        if f.is_neg() || exact {
+            return Number::from_go_float(&f);
+        }
+        let one = GoFloat::from_int(false, BigUint::one());
+        Number::from_go_float(&f.add(&one, f.prec()))
+    }
+
+    /// The integer part, toward zero (`big.Float.Int`), as OPA's `units.parse_bytes` keeps it.
+    pub fn trunc(&self) -> Number {
+        if self.int64().is_some() {
+            return self.plain().clone();
+        }
+        match self.go_float() {
+            Some(x) => {
+                let (neg, mag, _) = x.int();
+                Number::from_go_float(&GoFloat::from_int(neg, mag))
+            }
+            None if self.plain().is_positive() => self.plain().floor_plain(),
+            None => self.plain().ceil_plain(),
+        }
+    }
+
+    /// OPA's `floor`.
+    pub fn floor(&self) -> Number {
+        if self.int64().is_some() {
+            return self.plain().clone();
+        }
+        let Some(x) = self.go_float() else {
+            return self.plain().floor_plain();
+        };
+        let (neg, mag, exact) = x.int();
+        let f = GoFloat::from_int(neg, mag);
+        if !f.is_neg() || exact {
+            return Number::from_go_float(&f);
+        }
+        let one = GoFloat::from_int(false, BigUint::one());
+        Number::from_go_float(&f.sub(&one, f.prec()))
     }
 }
 
@@ -417,17 +725,33 @@ impl FromStr for Number {
                     if sign < 0 {
                         value = -value;
                     }
-                    return Ok(Number::from_bigint_owned(value));
+                    let n = Number::from_bigint_owned(value);
+                    // arbiter patch 22: `-0`, `+1` and `007` keep their text.
+                    let as_printed = sign > 0
+                        && !normalized_ref.starts_with('+')
+                        && (digits == "0" || !digits.starts_with('0'));
+                    return Ok(if as_printed {
+                        n
+                    } else {
+                        Number::with_text(normalized_ref, n)
+                    });
                 }
             }
         }
 
+        // arbiter patch 22: a fraction or exponent keeps its text when its value prints
+        // differently (`1e3`, `2.50`, `1.4999999999999999`).
         if let Some(value) = parse_scientific_bigint(normalized_ref) {
-            return Ok(Number::from_bigint_owned(value));
+            return Ok(Number::with_text(
+                normalized_ref,
+                Number::from_bigint_owned(value),
+            ));
         }
 
         match normalized_ref.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(Number::Float(value)),
+            Ok(value) if value.is_finite() => {
+                Ok(Number::with_text(normalized_ref, Number::Float(value)))
+            }
             _ => Err(ParseNumberError),
         }
     }
@@ -740,6 +1064,8 @@ impl Ord for Number {
             }
         }
         match (self, other) {
+            (Number::Text(t), _) => return t.value.cmp(other),
+            (_, Number::Text(b)) => return self.cmp(&b.value),
             (Number::Float(a), Number::Float(b)) => Self::cmp_float(*a, *b),
             (Number::Float(a), Number::UInt(b)) => Self::cmp_float_uint(*a, *b),
             (Number::Float(a), Number::Int(b)) => Self::cmp_float_sint(*a, *b),
@@ -811,6 +1137,7 @@ impl Number {
             axiom_f64_comparisons_match_ieee();
         }
         match self {
+            Number::Text(t) => return t.value.as_u128(),
             Number::UInt(v) => Some(*v as u128),
             Number::Int(v) if *v >= 0 => Some(*v as u128),
             Number::BigInt(v) => v.to_u128(),
@@ -855,6 +1182,7 @@ impl Number {
             axiom_f64_ops_deterministic();
         }
         match self {
+            Number::Text(t) => return t.value.as_i128(),
             Number::UInt(v) => Some(*v as i128),
             Number::Int(v) => Some(*v as i128),
             Number::BigInt(v) => v.to_i128(),
@@ -902,6 +1230,7 @@ impl Number {
             axiom_f64_comparisons_match_ieee();
         }
         match self {
+            Number::Text(t) => return t.value.as_u64(),
             Number::UInt(v) => Some(*v),
             Number::Int(v) if *v >= 0 => Some(*v as u64),
             Number::BigInt(v) => v.to_u64(),
@@ -950,6 +1279,7 @@ impl Number {
             axiom_f64_comparisons_match_ieee();
         }
         match self {
+            Number::Text(t) => return t.value.as_i64(),
             Number::UInt(v) if *v <= i64::MAX as u64 => Some(*v as i64),
             Number::Int(v) => Some(*v),
             Number::BigInt(v) => v.to_i64(),
@@ -993,6 +1323,7 @@ impl Number {
             lemma_bigint_bits_le_53();
         }
         match self {
+            Number::Text(t) => return t.value.as_f64(),
             Number::Float(f) if f.is_finite() => Some(*f),
             Number::UInt(v) if *v <= F64_SAFE_INTEGER as u64 => Some(*v as f64),
             Number::Int(v) if (*v as i128).abs() <= F64_SAFE_INTEGER as i128 => Some(*v as f64),
@@ -1109,7 +1440,7 @@ impl Number {
                 Err(_) => self@.add_overflows(rhs@),
             },
     )]
-    pub fn add(&self, rhs: &Self) -> Result<Number> {
+    fn add_plain(&self, rhs: &Self) -> Result<Number> {
         proof! {
             axiom_f64_ops_deterministic();
             axiom_bigint_obeys_add_spec();
@@ -1117,6 +1448,8 @@ impl Number {
         }
 
         match (self, rhs) {
+            (Number::Text(t), _) => return t.value.add_plain(rhs),
+            (_, Number::Text(b)) => return self.add_plain(&b.value),
             (Number::Float(_), _) | (_, Number::Float(_)) => {
                 let sum =
                     Self::checked_float(self.to_f64_lossy() + rhs.to_f64_lossy(), "addition")?;
@@ -1173,7 +1506,7 @@ impl Number {
                 Err(_) => self@.sub_overflows(rhs@),
             },
     )]
-    pub fn sub(&self, rhs: &Self) -> Result<Number> {
+    fn sub_plain(&self, rhs: &Self) -> Result<Number> {
         proof! {
             axiom_f64_ops_deterministic();
             axiom_bigint_obeys_sub_spec();
@@ -1181,6 +1514,8 @@ impl Number {
         }
 
         match (self, rhs) {
+            (Number::Text(t), _) => return t.value.sub_plain(rhs),
+            (_, Number::Text(b)) => return self.sub_plain(&b.value),
             (Number::Float(_), _) | (_, Number::Float(_)) => {
                 let diff =
                     Self::checked_float(self.to_f64_lossy() - rhs.to_f64_lossy(), "subtraction")?;
@@ -1239,7 +1574,7 @@ impl Number {
                 Err(_) => self@.mul_overflows(rhs@),
             },
     )]
-    pub fn mul(&self, rhs: &Self) -> Result<Number> {
+    fn mul_plain(&self, rhs: &Self) -> Result<Number> {
         proof! {
             axiom_f64_ops_deterministic();
             axiom_bigint_obeys_mul_spec();
@@ -1256,6 +1591,8 @@ impl Number {
         }
 
         match (self, rhs) {
+            (Number::Text(t), _) => return t.value.mul_plain(rhs),
+            (_, Number::Text(b)) => return self.mul_plain(&b.value),
             (Number::Float(_), _) | (_, Number::Float(_)) => {
                 let product = Self::checked_float(
                     self.to_f64_lossy() * rhs.to_f64_lossy(),
@@ -1308,7 +1645,7 @@ impl Number {
                 Err(_) => rhs@.is_zero() || self@.div_overflows(rhs@),
             },
     )]
-    pub fn divide(self, rhs: &Self) -> Result<Number> {
+    fn divide_plain(self, rhs: &Self) -> Result<Number> {
         proof! {
             axiom_f64_ops_deterministic();
             axiom_bigint_obeys_div_rem_spec();
@@ -1325,6 +1662,8 @@ impl Number {
         }
 
         match (&self, rhs) {
+            (Number::Text(t), _) => return t.value.clone().divide_plain(rhs),
+            (_, Number::Text(b)) => return self.clone().divide_plain(&b.value),
             (Number::UInt(a), Number::UInt(b)) => {
                 if *a % *b == 0 {
                     Ok(Number::UInt(*a / *b))
@@ -1423,7 +1762,7 @@ impl Number {
                 _ => result is Err,
             },
     )]
-    pub fn modulo(self, rhs: &Self) -> Result<Number> {
+    fn modulo_plain(self, rhs: &Self) -> Result<Number> {
         proof! {
             axiom_bigint_obeys_div_rem_spec();
         }
@@ -1453,6 +1792,7 @@ impl Number {
     pub fn is_integer(&self) -> bool {
         proof! { axiom_f64_obeys_eq_spec(); }
         match self {
+            Number::Text(t) => return t.value.is_integer(),
             Number::Float(f) => f.is_finite() && f.fract() == 0.0,
             _ => true,
         }
@@ -1467,6 +1807,7 @@ impl Number {
     )]
     pub fn is_positive(&self) -> bool {
         match self {
+            Number::Text(t) => return t.value.is_positive(),
             Number::UInt(_) => true,
             Number::Int(v) => *v >= 0,
             Number::BigInt(v) => !v.is_negative(),
@@ -1623,8 +1964,9 @@ impl Number {
                 NumberView::Float(value) => result@ == NumberView::Float(spec_f64_abs(value)),
             },
     )]
-    pub fn abs(&self) -> Number {
+    fn abs_plain(&self) -> Number {
         match self {
+            Number::Text(t) => return t.value.abs_plain(),
             Number::UInt(_) => self.clone(),
             Number::Int(v) => {
                 if let Some(abs) = v.checked_abs() {
@@ -1645,8 +1987,9 @@ impl Number {
                 NumberView::Float(value) => result@ == normalize_float(spec_f64_floor(value)),
             },
     )]
-    pub fn floor(&self) -> Number {
+    fn floor_plain(&self) -> Number {
         match self {
+            Number::Text(t) => return t.value.floor_plain(),
             Number::Float(f) => Number::normalize_float(f.floor()),
             _ => self.clone(),
         }
@@ -1659,8 +2002,9 @@ impl Number {
                 NumberView::Float(value) => result@ == normalize_float(spec_f64_ceil(value)),
             },
     )]
-    pub fn ceil(&self) -> Number {
+    fn ceil_plain(&self) -> Number {
         match self {
+            Number::Text(t) => return t.value.ceil_plain(),
             Number::Float(f) => Number::normalize_float(f.ceil()),
             _ => self.clone(),
         }
@@ -1673,8 +2017,9 @@ impl Number {
                 NumberView::Float(value) => result@ == normalize_float(spec_f64_round(value)),
             },
     )]
-    pub fn round(&self) -> Number {
+    fn round_plain(&self) -> Number {
         match self {
+            Number::Text(t) => return t.value.round_plain(),
             Number::Float(f) => Number::normalize_float(f.round()),
             _ => self.clone(),
         }
@@ -1776,6 +2121,7 @@ impl Number {
     #[verus_spec(ensures true)]
     pub fn format_scientific(&self) -> String {
         match self {
+            Number::Text(t) => return t.value.format_scientific(),
             Number::Float(f) => format!("{:e}", f),
             _ => self
                 .ensure_integer()
@@ -1786,6 +2132,7 @@ impl Number {
 
     pub fn format_decimal(&self) -> String {
         match self {
+            Number::Text(t) => t.text.to_string(),
             Number::UInt(v) => v.to_string(),
             Number::Int(v) => v.to_string(),
             Number::BigInt(v) => v.to_string(),
@@ -1804,6 +2151,7 @@ impl Number {
     #[verus_spec(ensures true)]
     pub fn format_decimal_with_width(&self, d: u32) -> String {
         match self {
+            Number::Text(t) => return t.value.format_decimal_with_width(d),
             Number::Float(f) => {
                 let factor = 10f64.powi(d as i32);
                 let rounded = (f * factor).round() / factor;

@@ -86,14 +86,16 @@ fn product(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
     Ok(Value::from(match &args[0] {
         Value::Array(a) => {
             for e in a.iter() {
-                v.mul_assign(&ensure_numeric("product", &params[0], e)?)?;
+                // arbiter patch 22: big.Float products, as OPA (`product({0, -1})` is `-0`).
+                v = v.mul_big(&ensure_numeric("product", &params[0], e)?)?;
             }
             v
         }
 
         Value::Set(a) => {
             for e in a.iter() {
-                v.mul_assign(&ensure_numeric("product", &params[0], e)?)?;
+                // arbiter patch 22: big.Float products, as OPA (`product({0, -1})` is `-0`).
+                v = v.mul_big(&ensure_numeric("product", &params[0], e)?)?;
             }
             v
         }

@@ -426,6 +426,10 @@ fn parse_path(path: &Value) -> Result<Vec<Value>> {
 }
 
 fn array_index(length: usize, segment: &Value, append_ok: bool) -> Result<usize> {
+    // arbiter patch 22: a number kept as its text (`-0`, `1e3`) indexes as its value.
+    if let Value::Number(Number::Text(t)) = segment {
+        return array_index(length, &Value::Number(t.value().clone()), append_ok);
+    }
     let raw = match segment {
         Value::Number(Number::UInt(value)) => {
             i64::try_from(*value).map_err(|_| anyhow!("array index is too large"))?

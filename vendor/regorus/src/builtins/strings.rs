@@ -326,6 +326,23 @@ fn sprintf(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
     ensure_args_count(span, name, params, args, 2)?;
     let fmt = ensure_string(name, &params[0], &args[0])?;
     let args = ensure_array(name, &params[1], args[1].clone())?;
+    // arbiter patch 22: OPA hands fmt an integer for an integer text and a float64 otherwise,
+    // so `2.50` prints as 2.5.
+    let args: Vec<Value> = args
+        .iter()
+        .map(|a| match a {
+            Value::Number(n) if n.kept_text().is_some() => {
+                let text = n.format_decimal();
+                // And the text itself when float64 cannot hold it (`2e308`).
+                match (text.parse::<num_bigint::BigInt>(), text.parse::<f64>()) {
+                    (Ok(i), _) => Value::from(Number::from(i)),
+                    (_, Ok(f)) if f.is_finite() => Value::from(Number::Float(f)),
+                    _ => Value::from(text),
+                }
+            }
+            other => other.clone(),
+        })
+        .collect();
 
     let mut s = String::default();
     let mut args_idx = 0usize;

@@ -107,19 +107,104 @@ fn parse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     if number_part.is_empty() {
         return Err(bad(""));
     }
-    if let Some(e) = ten_exp(suffix) {
-        let combined = combine_decimal_exponent(canonical_part.as_ref(), e)
-            .ok_or_else(|| bad(canonical_part.as_ref()))?;
-        let number = Number::from_str(&combined).map_err(|_| bad(canonical_part.as_ref()))?;
-        Ok(Value::from(number))
+    // arbiter patch 22: OPA multiplies the amount by the unit as exact rationals (`big.Rat`;
+    // `m` is the float64 0.001, exactly) and writes a fraction with ten decimals.
+    let unit = if let Some(e) = ten_exp(suffix) {
+        Unit::Ten(e)
     } else if let Some(e) = two_exp(suffix) {
-        let mut number =
-            Number::from_str(canonical_part.as_ref()).map_err(|_| bad(canonical_part.as_ref()))?;
-        number.mul_assign(&Number::two_pow(e)?)?;
-        Ok(Value::from(number))
+        Unit::Two(e)
     } else {
-        Ok(Value::Undefined)
+        return Ok(Value::Undefined);
+    };
+    let text = rational_amount(canonical_part.as_ref(), unit)
+        .ok_or_else(|| bad(canonical_part.as_ref()))?;
+    let number = Number::from_str(&text).map_err(|_| bad(canonical_part.as_ref()))?;
+    Ok(Value::from(number))
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Ten(i32),
+    Two(i32),
+}
+
+/// `amount * unit` as OPA's `units.parse` writes it: the integer, or `big.Rat.FloatString(10)`.
+fn rational_amount(amount: &str, unit: Unit) -> Option<String> {
+    let (mut num, mut den) = decimal_rational(amount)?;
+    match unit {
+        Unit::Ten(e) if e >= 0 => num *= num_bigint::BigInt::from(10u32).pow(e.unsigned_abs()),
+        Unit::Ten(e) => {
+            // `x.SetFloat64(siMilli)`: the float64 nearest 10^e, exactly.
+            let bits = 10f64.powi(e).to_bits();
+            let exp = ((bits >> 52) & 0x7ff) as i64 - 1075;
+            let mant = (bits & ((1u64 << 52) - 1)) | (1u64 << 52);
+            num *= mant;
+            den <<= (-exp) as usize;
+        }
+        Unit::Two(e) => num <<= e.unsigned_abs() as usize,
     }
+    let zero = num_bigint::BigInt::from(0u32);
+    if &num % &den == zero {
+        return Some((&num / &den).to_string());
+    }
+    // big.Rat.FloatString(10): ten decimals, the last rounded half away from zero.
+    let neg = num < zero;
+    let abs_num = if neg { -num } else { num };
+    let p = num_bigint::BigInt::from(10u64.pow(10));
+    let mut q = &abs_num / &den;
+    let mut r = (&abs_num % &den) * &p;
+    let r2 = &r % &den;
+    r /= &den;
+    if den <= &r2 + &r2 {
+        r += 1u32;
+        if r >= p {
+            q += 1u32;
+            r -= &p;
+        }
+    }
+    Some(alloc::format!(
+        "{}{}.{:0>10}",
+        if neg { "-" } else { "" },
+        q,
+        r.to_string()
+    ))
+}
+
+/// A decimal (`-12.5`, `3e2`) as an exact fraction (numerator, positive denominator).
+fn decimal_rational(text: &str) -> Option<(num_bigint::BigInt, num_bigint::BigInt)> {
+    let (mantissa, exp) = match split_decimal_exponent(text) {
+        Some(parts) => parts,
+        None if text.contains(['e', 'E']) => return None,
+        None => (text, 0),
+    };
+    let (neg, digits) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (int_part, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac.is_empty()
+        || !int_part
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+        || exp.unsigned_abs() > 10_000
+    {
+        return None;
+    }
+    let all = alloc::format!("{int_part}{frac}");
+    let mut num = num_bigint::BigInt::parse_bytes(all.as_bytes(), 10)?;
+    if neg {
+        num = -num;
+    }
+    let scale = i64::from(exp) - frac.len() as i64;
+    let ten = num_bigint::BigInt::from(10u32);
+    let mut den = num_bigint::BigInt::from(1u32);
+    if scale >= 0 {
+        num *= ten.pow(scale as u32);
+    } else {
+        den = ten.pow((-scale) as u32);
+    }
+    Some((num, den))
 }
 
 fn twob_exp(suffix: &str) -> Option<i32> {
@@ -223,11 +308,7 @@ fn parse_bytes(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) 
 /// arbiter patch 13: OPA keeps the integer part of the byte count (`big.Float.Int`, toward
 /// zero): `units.parse_bytes("3.5")` is 3 there, not 4.
 fn truncate(number: Number) -> Number {
-    if number < Number::from(0u64) {
-        number.ceil()
-    } else {
-        number.floor()
-    }
+    number.trunc()
 }
 
 // Normalizes numbers that start with a decimal point by injecting the implicit leading zero.

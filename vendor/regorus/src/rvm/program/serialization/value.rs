@@ -41,7 +41,15 @@ impl<'a> Serialize for BinaryValueRef<'a> {
                 serializer.serialize_newtype_variant("BinaryValue", VARIANT_BOOL, "Bool", &b)
             }
             Value::Number(ref n) => {
-                if let Some(value) = n.as_i64() {
+                // arbiter patch 22: a number kept as its text (`2.50`, `-0`) travels as it.
+                if let Some(text) = n.kept_text() {
+                    serializer.serialize_newtype_variant(
+                        "BinaryValue",
+                        VARIANT_NUMBER_STRING,
+                        "Number",
+                        text,
+                    )
+                } else if let Some(value) = n.as_i64() {
                     serializer.serialize_newtype_variant(
                         "BinaryValue",
                         VARIANT_NUMBER_I64,

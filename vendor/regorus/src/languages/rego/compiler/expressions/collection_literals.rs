@@ -28,7 +28,8 @@ pub(in crate::languages::rego::compiler) fn try_eval_const(expr: &Expr) -> Optio
             Expr::Number {
                 value: Value::Number(n),
                 ..
-            } => Some(Value::Number(n.neg()?)),
+            // arbiter patch 22: a negated literal, not `neg` (bitwise not: `- 5` was -6).
+            } => Some(Value::Number(n.negated())),
             _ => None,
         },
         Expr::Array { items, .. } => items

@@ -198,6 +198,22 @@ impl<'a> Compiler<'a> {
 
     pub(super) fn compile_unary_minus(&mut self, expr: &ExprRef, span: &Span) -> Result<Register> {
         match expr.as_ref() {
+            // arbiter patch 22: the literal with a minus, as OPA reads it (`- 0` is `-0`).
+            crate::ast::Expr::Number {
+                value: Value::Number(n),
+                ..
+            } if !expr.span().text().starts_with('-') => {
+                let idx = self.add_literal(Value::Number(n.negated()));
+                let dest = self.alloc_register()?;
+                self.emit_instruction(
+                    Instruction::Load {
+                        dest,
+                        literal_idx: idx,
+                    },
+                    span,
+                );
+                Ok(dest)
+            }
             crate::ast::Expr::Number { .. } if !expr.span().text().starts_with('-') => {
                 let operand_reg = self.compile_rego_expr_with_span(expr, expr.span(), false)?;
                 let zero_literal_idx = self.add_literal(Value::from(0));
