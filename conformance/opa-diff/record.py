@@ -192,6 +192,9 @@ def domain_for(name, i, n):
     if name == "time.format":
         return DOMAIN["time.ns"] + ['[1609459200000000000, "UTC", "2006-01-02"]',
                                     '[1609459200000000000, "Asia/Tokyo", "RFC822"]',
+                                    '[1609459200000000000, "Europe/Paris", "UnixDate"]',
+                                    '[1609459200000000000, "Asia/Kathmandu", "RFC1123"]',
+                                    '[1609459200000000000, "America/Sao_Paulo", "RFC850"]',
                                     '[0, "UTC"]']
     if name == "time.add_date":
         return DOMAIN["time.ns"] if i == 0 else ["0", "1", "-1", "12"]
@@ -434,6 +437,8 @@ LANGUAGE = [
     ("numbers", "a := sprintf(\"%v|%v|%v\", [2.50, 2e308, [2.50]]); b := json.marshal([2.50, -0])", None),
     ("numbers", "a := 7 / 2; b := 0 / -5; c := 1e3 + 1; d := 3.0 * 2", None),
     ("numbers", "a := abs(-0); b := abs(-2.50); c := 10 % 3.0; d := 37037036703703703670 % 7", None),
+    # Go's AddDate normalises: Jan 31 + 1 month is Mar 3, Feb 29 + 1 year is Mar 1.
+    ("time", "a := time.add_date(1612051200000000000, 0, 1, 0); b := time.add_date(1582934400000000000, 1, 0, 0)", None),
 ]
 
 MODULES = {

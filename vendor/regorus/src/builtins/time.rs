@@ -15,7 +15,7 @@ use crate::*;
 use anyhow::{bail, Result};
 
 use chrono::{
-    DateTime, Datelike, Days, FixedOffset, Local, Months, SecondsFormat, TimeZone, Timelike, Utc,
+    DateTime, Datelike, FixedOffset, Local, SecondsFormat, TimeZone, Timelike, Utc,
     Weekday,
 };
 use chrono_tz::Tz;
@@ -45,27 +45,24 @@ fn add_date(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
     let months = ensure_i32(name, &params[2], &args[2])?;
     let days = ensure_i32(name, &params[3], &args[3])?;
 
-    let Some(new_year) = datetime.year().checked_add(years) else {
-        return Ok(Value::Undefined);
-    };
-
-    datetime
-        .with_year(new_year)
-        .and_then(|d| {
-            let rhs = Months::new(months.unsigned_abs());
-            if months >= 0 {
-                d.checked_add_months(rhs)
-            } else {
-                d.checked_sub_months(rhs)
-            }
-        })
-        .and_then(|d| {
-            let rhs = Days::new(days.unsigned_abs() as u64);
-            if days >= 0 {
-                d.checked_add_days(rhs)
-            } else {
-                d.checked_sub_days(rhs)
-            }
+    // arbiter patch 22: Go's `AddDate` (OPA's) normalises instead of clamping: the month
+    // carries into the year, and the day counts from the first of that month, so Jan 31 plus a
+    // month is Mar 3 (Mar 2 in a leap year) and Feb 29 plus a year is Mar 1.
+    let year = i64::from(datetime.year()) + i64::from(years);
+    let month0 = i64::from(datetime.month0()) + i64::from(months);
+    let day = i64::from(datetime.day()) + i64::from(days);
+    let year = year + month0.div_euclid(12);
+    let month = month0.rem_euclid(12) as u32 + 1;
+    let date = i32::try_from(year)
+        .ok()
+        .and_then(|y| chrono::NaiveDate::from_ymd_opt(y, month, 1))
+        .and_then(|first| first.checked_add_signed(chrono::TimeDelta::try_days(day - 1)?));
+    date.map(|d| d.and_time(datetime.time()))
+        .and_then(|local| {
+            datetime
+                .offset()
+                .from_local_datetime(&local)
+                .single()
         })
         .map_or(Ok(Value::Undefined), |d| {
             safe_timestamp_nanos(span, strict, d.timestamp_nanos_opt())
@@ -127,7 +124,15 @@ fn format(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> R
     let (datetime, format) = parse_epoch(name, &params[0], &args[0])?;
 
     let result = match format {
-        Some(format) => compat::format(datetime, layout_with_predefined_formats(&format)),
+        // arbiter patch 22: Go writes the zone's abbreviation for `MST` (`UTC`, `JST`, `CET`);
+        // chrono knows only the offset here, so the abbreviation goes in after formatting.
+        Some(format) => match zone_abbreviation(&args[0]) {
+            Some(abbr) => {
+                let layout = layout_with_predefined_formats(&format).replace("MST", "\u{E000}");
+                compat::format(datetime, &layout).replace('\u{E000}', &abbr)
+            }
+            None => compat::format(datetime, layout_with_predefined_formats(&format)),
+        },
         None => datetime.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     };
 
@@ -282,6 +287,44 @@ fn parse_epoch(
     bail!(arg.span().error(&format!(
         "`{fcn}` expects `ns` to be a `number` or `array[number, string]`. Got `{val}` instead"
     )))
+}
+
+/// arbiter patch 22: the abbreviation Go's `MST` writes for the zone of `time.format`'s operand:
+/// `UTC` for a bare timestamp or `UTC`, the tz database's abbreviation at that instant for a
+/// named zone; for `Local`, `UTC` at offset zero and otherwise `None` (the offset is written).
+fn zone_abbreviation(val: &Value) -> Option<String> {
+    use chrono::Offset as _;
+    use chrono_tz::OffsetName as _;
+    let (ns, tz) = match val {
+        Value::Number(n) => (n.as_i64()?, "UTC"),
+        Value::Array(arr) => match arr.as_slice() {
+            [Value::Number(n)] => (n.as_i64()?, "UTC"),
+            [Value::Number(n), Value::String(tz), ..] => (n.as_i64()?, tz.as_ref()),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match tz {
+        "UTC" | "" => Some(String::from("UTC")),
+        // Go names a zone it knows nothing of `UTC`; otherwise the offset is written.
+        "Local" => (Local.timestamp_nanos(ns).offset().local_minus_utc() == 0)
+            .then(|| String::from("UTC")),
+        name => {
+            let tz: Tz = name.parse().ok()?;
+            let at = tz.timestamp_nanos(ns);
+            // A zone without letters has a numeric abbreviation in the tz database (`+04`,
+            // `+0545`), which chrono-tz leaves out.
+            at.offset().abbreviation().map(String::from).or_else(|| {
+                let secs = at.offset().fix().local_minus_utc();
+                let (sign, m) = if secs < 0 { ('-', -secs / 60) } else { ('+', secs / 60) };
+                Some(if m % 60 == 0 {
+                    alloc::format!("{sign}{:02}", m / 60)
+                } else {
+                    alloc::format!("{sign}{:02}{:02}", m / 60, m % 60)
+                })
+            })
+        }
+    }
 }
 
 fn layout_with_predefined_formats(format: &str) -> &str {
