@@ -437,6 +437,16 @@ LANGUAGE = [
     ("numbers", "a := sprintf(\"%v|%v|%v\", [2.50, 2e308, [2.50]]); b := json.marshal([2.50, -0])", None),
     ("numbers", "a := 7 / 2; b := 0 / -5; c := 1e3 + 1; d := 3.0 * 2", None),
     ("numbers", "a := abs(-0); b := abs(-2.50); c := 10 % 3.0; d := 37037036703703703670 % 7", None),
+    # sprintf is Go's fmt.Sprintf over OPA's operands: quoting, flags, widths, precisions,
+    # argument indexes, big integers, and every %! complaint.
+    ("sprintf", 'a := sprintf("%q|%q|%q|%q|%q", ["foo", "a\\"b", "tab\\there", "x\\u00a0y", "x\\u007fy"]); b := sprintf("%10q|%-6q|%.3q|%+q|%#q|%#q", ["foo", "a", "abcdef", "héllo", "b`q", "plain"])', None),
+    ("sprintf", 'a := sprintf("%05d|%-5d|%+d|% d|%x|%X|%#x|%o|%#o|%O|%b|%#b|%c|%q|%U|%#U|%.3d|%.0d|%-05d|", [42, 42, 42, 42, 255, 255, 255, 8, 8, 8, 5, 5, 65, 66, 9731, 9731, 7, 0, 3])', None),
+    ("sprintf", 'a := sprintf("%e|%E|%.3e|%g|%G|%.3g|%8.2f|%-8.2f|%08.2f|%+.1f|%x|%b|%#g|%#.3x", [1234.5678, 1234.5678, 1234.5678, 0.000012345, 1e21, 3.14159, 3.14159, 3.14159, -3.14159, 2.25, 1.5, 2.5, 1.5, 3.75])', None),
+    ("sprintf", 'a := sprintf("%v|%v|%v|%v|%v|%v|%f|%.1f", [1e6, 123456789.0, 1e-5, 0.1, 100000.5, -0.0, 0.125, 0.25])', None),
+    ("sprintf", 'a := sprintf("%d|%x|%s|%v|%40d|%-40d|%c|%+d|%#X|%O|%.45d", [37037036703703703670, 37037036703703703670, 37037036703703703670, 37037036703703703670, 37037036703703703670, -37037036703703703670, 37037036703703703670, 37037036703703703670, 37037036703703703670, 37037036703703703670, 37037036703703703670])', None),
+    ("sprintf", 'a := sprintf("%[2]d %[1]s|%*d|%.*f|%-*d|", ["a", 7, 5, 42, 2, 3.14159, -4, 9]); b := sprintf("%d %!|%z|%[5]d|%", [1, 2])', None),
+    ("sprintf", 'a := sprintf("%s|%v|%d|%t|%T|%T|%T|%T|%p", [[1, "a"], {"k": {1, 2}}, true, null, 1, 2.5, "s", 37037036703703703670, 1])', None),
+    ("sprintf", 'a := sprintf("%6.2v|%x|%X|% x|%#x|% #X|%s|%08s|%-8s|", ["abcdef", "hi", "hi", "hi", "hi", "hi", set(), "ab", "ab"])', None),
     # Go's AddDate normalises: Jan 31 + 1 month is Mar 3, Feb 29 + 1 year is Mar 1.
     ("time", "a := time.add_date(1612051200000000000, 0, 1, 0); b := time.add_date(1582934400000000000, 1, 0, 0)", None),
 ]

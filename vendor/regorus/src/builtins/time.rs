@@ -15,8 +15,7 @@ use crate::*;
 use anyhow::{bail, Result};
 
 use chrono::{
-    DateTime, Datelike, FixedOffset, Local, SecondsFormat, TimeZone, Timelike, Utc,
-    Weekday,
+    DateTime, Datelike, FixedOffset, Local, SecondsFormat, TimeZone, Timelike, Utc, Weekday,
 };
 use chrono_tz::Tz;
 
@@ -58,12 +57,7 @@ fn add_date(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
         .and_then(|y| chrono::NaiveDate::from_ymd_opt(y, month, 1))
         .and_then(|first| first.checked_add_signed(chrono::TimeDelta::try_days(day - 1)?));
     date.map(|d| d.and_time(datetime.time()))
-        .and_then(|local| {
-            datetime
-                .offset()
-                .from_local_datetime(&local)
-                .single()
-        })
+        .and_then(|local| datetime.offset().from_local_datetime(&local).single())
         .map_or(Ok(Value::Undefined), |d| {
             safe_timestamp_nanos(span, strict, d.timestamp_nanos_opt())
         })
@@ -231,28 +225,25 @@ fn parse_epoch(
 ) -> Result<(DateTime<FixedOffset>, Option<String>)> {
     match val {
         Value::Number(num) => {
-            let ns = num.as_i64().ok_or_else(|| {
-                arg.span()
-                    .error("timestamp too big")
-            })?;
+            let ns = num
+                .as_i64()
+                .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
             return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
         }
 
         Value::Array(arr) => match arr.as_slice() {
             [Value::Number(num)] => {
-                let ns = num.as_i64().ok_or_else(|| {
-                    arg.span()
-                        .error("timestamp too big")
-                })?;
+                let ns = num
+                    .as_i64()
+                    .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
                 return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
             }
             [Value::Number(num), Value::String(tz), rest @ ..] => {
-                let ns = num.as_i64().ok_or_else(|| {
-                    arg.span()
-                        .error("timestamp too big")
-                })?;
+                let ns = num
+                    .as_i64()
+                    .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
                 let datetime = match tz.as_ref() {
                     "UTC" | "" => Utc.timestamp_nanos(ns).fixed_offset(),
@@ -307,8 +298,9 @@ fn zone_abbreviation(val: &Value) -> Option<String> {
     match tz {
         "UTC" | "" => Some(String::from("UTC")),
         // Go names a zone it knows nothing of `UTC`; otherwise the offset is written.
-        "Local" => (Local.timestamp_nanos(ns).offset().local_minus_utc() == 0)
-            .then(|| String::from("UTC")),
+        "Local" => {
+            (Local.timestamp_nanos(ns).offset().local_minus_utc() == 0).then(|| String::from("UTC"))
+        }
         name => {
             let tz: Tz = name.parse().ok()?;
             let at = tz.timestamp_nanos(ns);
@@ -316,7 +308,11 @@ fn zone_abbreviation(val: &Value) -> Option<String> {
             // `+0545`), which chrono-tz leaves out.
             at.offset().abbreviation().map(String::from).or_else(|| {
                 let secs = at.offset().fix().local_minus_utc();
-                let (sign, m) = if secs < 0 { ('-', -secs / 60) } else { ('+', secs / 60) };
+                let (sign, m) = if secs < 0 {
+                    ('-', -secs / 60)
+                } else {
+                    ('+', secs / 60)
+                };
                 Some(if m % 60 == 0 {
                     alloc::format!("{sign}{:02}", m / 60)
                 } else {
