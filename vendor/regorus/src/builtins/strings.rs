@@ -498,7 +498,12 @@ fn upper(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
 
 /// arbiter patch: join a template string's parts: strings as they are, each expression's
 /// values (`[]` when undefined: `<undefined>`) as OPA prints them inside a template.
-fn template_string(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+fn template_string(
+    span: &Span,
+    params: &[Ref<Expr>],
+    args: &[Value],
+    _strict: bool,
+) -> Result<Value> {
     let name = "internal.template_string";
     ensure_args_count(span, name, params, args, 1)?;
     let parts = ensure_array(name, &params[0], args[0].clone())?;
