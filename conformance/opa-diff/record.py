@@ -447,6 +447,8 @@ LANGUAGE = [
     ("sprintf", 'a := sprintf("%[2]d %[1]s|%*d|%.*f|%-*d|", ["a", 7, 5, 42, 2, 3.14159, -4, 9]); b := sprintf("%d %!|%z|%[5]d|%", [1, 2])', None),
     ("sprintf", 'a := sprintf("%s|%v|%d|%t|%T|%T|%T|%T|%p", [[1, "a"], {"k": {1, 2}}, true, null, 1, 2.5, "s", 37037036703703703670, 1])', None),
     ("sprintf", 'a := sprintf("%6.2v|%x|%X|% x|%#x|% #X|%s|%08s|%-8s|", ["abcdef", "hi", "hi", "hi", "hi", "hi", set(), "ab", "ab"])', None),
+    # strings.replace_n is Go's strings.Replacer: one pass, earliest pattern first.
+    ("strings", 'a := strings.replace_n({"a": "b", "b": "c"}, "ab"); b := strings.replace_n({"": "-", "a": "1"}, "ab"); c := strings.replace_n({"a": "", "": "-"}, "ba"); d := strings.replace_n({"aa": "b", "a": "c"}, "aaa")', None),
     # Go's AddDate normalises: Jan 31 + 1 month is Mar 3, Feb 29 + 1 year is Mar 1.
     ("time", "a := time.add_date(1612051200000000000, 0, 1, 0); b := time.add_date(1582934400000000000, 1, 0, 0)", None),
 ]

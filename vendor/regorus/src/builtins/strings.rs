@@ -382,17 +382,16 @@ fn startswith(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) 
 }
 
 fn replace_n(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
-    let name = "trim";
+    let name = "strings.replace_n";
     ensure_args_count(span, name, params, args, 2)?;
     let obj = ensure_object(name, &params[0], args[0].clone())?;
-    let mut s = ensure_string(name, &params[1], &args[1])?;
+    let s = ensure_string(name, &params[1], &args[1])?;
 
     let span = params[0].span();
+    let mut pairs: Vec<(Rc<str>, Rc<str>)> = Vec::new();
     for item in obj.as_ref().iter_sorted() {
         match item {
-            (Value::String(k), Value::String(v)) => {
-                s = s.replace(k.as_ref(), v.as_ref()).into();
-            }
+            (Value::String(k), Value::String(v)) => pairs.push((k.clone(), v.clone())),
             // arbiter patch: OPA's wordings.
             (Value::String(_), _) => {
                 bail!(span.error("operand 1 non-string value found in pattern object"))
@@ -400,8 +399,54 @@ fn replace_n(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -
             _ => bail!(span.error("operand 1 non-string key found in pattern object")),
         }
     }
+    Ok(Value::String(go_replace(&pairs, s.as_ref()).into()))
+}
 
-    Ok(Value::String(s.clone()))
+/// arbiter patch 23: Go's `strings.NewReplacer(old1, new1, ...).Replace(s)`, as OPA's
+/// `strings.replace_n` calls it with the patterns in key order: one pass, left to right,
+/// no replacement seen again (`{"a": "b", "b": "c"}` turns `ab` into `bc`), and at each
+/// position the earliest pattern that matches wins. Go works on bytes, so an empty pattern
+/// goes between the bytes of a multi-byte character; OPA prints each byte left alone as
+/// U+FFFD, and so does this.
+fn go_replace(pairs: &[(Rc<str>, Rc<str>)], s: &str) -> String {
+    if let [(old, new)] = pairs {
+        if old.len() > 1 {
+            return s.replace(old.as_ref(), new);
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let (mut i, mut last, mut prev_empty) = (0usize, 0usize, false);
+    while i <= bytes.len() {
+        let rest = &bytes[i..];
+        let found = pairs
+            .iter()
+            .find(|(old, _)| !(old.is_empty() && prev_empty) && rest.starts_with(old.as_bytes()));
+        match found {
+            Some((old, new)) => {
+                prev_empty = old.is_empty();
+                out.extend_from_slice(&bytes[last..i]);
+                out.extend_from_slice(new.as_bytes());
+                i += old.len();
+                last = i;
+            }
+            None => {
+                prev_empty = false;
+                i += 1;
+            }
+        }
+    }
+    if last < bytes.len() {
+        out.extend_from_slice(&bytes[last..]);
+    }
+    let mut text = String::with_capacity(out.len());
+    for chunk in out.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for _ in chunk.invalid() {
+            text.push('\u{FFFD}');
+        }
+    }
+    text
 }
 
 fn reverse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
