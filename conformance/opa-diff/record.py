@@ -449,6 +449,11 @@ LANGUAGE = [
     ("sprintf", 'a := sprintf("%6.2v|%x|%X|% x|%#x|% #X|%s|%08s|%-8s|", ["abcdef", "hi", "hi", "hi", "hi", "hi", set(), "ab", "ab"])', None),
     # strings.replace_n is Go's strings.Replacer: one pass, earliest pattern first.
     ("strings", 'a := strings.replace_n({"a": "b", "b": "c"}, "ab"); b := strings.replace_n({"": "-", "a": "1"}, "ab"); c := strings.replace_n({"a": "", "": "-"}, "ba"); d := strings.replace_n({"aa": "b", "a": "c"}, "aaa")', None),
+    # Short exact decimals (f64 fast path) next to inexact ones (big.Float path).
+    ("numbers", 'a := [x + y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
+    ("numbers", 'a := [x - y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
+    ("numbers", 'a := [x * y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
+    ("numbers", 'a := [x / y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
     # Go's AddDate normalises: Jan 31 + 1 month is Mar 3, Feb 29 + 1 year is Mar 1.
     ("time", "a := time.add_date(1612051200000000000, 0, 1, 0); b := time.add_date(1582934400000000000, 1, 0, 0)", None),
 ]

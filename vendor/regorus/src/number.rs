@@ -378,6 +378,9 @@ impl Number {
     }
 
     fn opa_binary(&self, rhs: &Self, op: char) -> Option<Number> {
+        if let Some(n) = Number::exact_f64_binary(self, rhs, op) {
+            return Some(n);
+        }
         let (x, y) = (self.go_float()?, rhs.go_float()?);
         let r = match op {
             '+' => x.add(&y, gofloat::PREC),
@@ -386,6 +389,44 @@ impl Number {
             _ => x.quo(&y, gofloat::PREC),
         };
         Some(Number::from_go_float(&r))
+    }
+
+    /// The fast path of OPA's arithmetic: when both operands are short exact decimals (at most
+    /// 15 significant digits, with nothing lost in their f64), and the f64 result is exact and
+    /// short too, `big.Float` computes the same value and writes the same text, so the f64
+    /// answer is OPA's (`87.5 * 0.75` is `65.625` either way). `0.1` is not exact in binary,
+    /// so `0.1 + 0.2` takes the `big.Float` path.
+    fn exact_f64_binary(a: &Number, b: &Number, op: char) -> Option<Number> {
+        let (x, y) = (a.short_exact_f64()?, b.short_exact_f64()?);
+        let r = match op {
+            '+' | '-' => {
+                let y = if op == '-' { -y } else { y };
+                let s = x + y;
+                // TwoSum: the rounding error of the sum; zero when it is exact.
+                let bb = s - x;
+                ((x - (s - bb)) + (y - bb) == 0.0).then_some(s)?
+            }
+            '*' => {
+                let r = x * y;
+                (exact_product(x, y)? == decompose(r)?).then_some(r)?
+            }
+            _ => {
+                let r = x / y;
+                (exact_product(r, y)? == decompose(x)?).then_some(r)?
+            }
+        };
+        (r != 0.0 && is_short_exact(r)).then(|| Number::normalize_float(r))
+    }
+
+    /// This number as an f64 that holds its text exactly, when the text has at most 15
+    /// significant digits.
+    fn short_exact_f64(&self) -> Option<f64> {
+        match self {
+            Number::UInt(u) if *u < 1_000_000_000_000_000 => Some(*u as f64),
+            Number::Int(i) if i.unsigned_abs() < 1_000_000_000_000_000 => Some(*i as f64),
+            Number::Float(f) if is_short_exact(*f) => Some(*f),
+            _ => None,
+        }
     }
 
     /// Below 2^64 in magnitude: exact in a 64-bit mantissa.
@@ -578,6 +619,50 @@ impl Number {
         let one = GoFloat::from_int(false, BigUint::one());
         Number::from_go_float(&f.sub(&one, f.prec()))
     }
+}
+
+/// arbiter patch 22: `f` as `(negative, odd mantissa, exponent)`; `None` for zero and
+/// non-finite values.
+fn decompose(f: f64) -> Option<(bool, u128, i32)> {
+    if f == 0.0 || !f.is_finite() {
+        return None;
+    }
+    let bits = f.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let mut mant = bits & ((1_u64 << 52) - 1);
+    let mut e = if exp == 0 {
+        -1074
+    } else {
+        mant |= 1_u64 << 52;
+        exp - 1075
+    };
+    let tz = mant.trailing_zeros();
+    mant >>= tz;
+    e += tz as i32;
+    Some((f.is_sign_negative(), u128::from(mant), e))
+}
+
+/// arbiter patch 22: the exact product of two finite f64s, decomposed as [`decompose`] does.
+fn exact_product(x: f64, y: f64) -> Option<(bool, u128, i32)> {
+    let (xn, xm, xe) = decompose(x)?;
+    let (yn, ym, ye) = decompose(y)?;
+    Some((xn != yn, xm * ym, xe + ye))
+}
+
+/// arbiter patch 22: whether `f`'s exact decimal expansion has at most 15 significant digits,
+/// so its shortest text is exact at any precision.
+fn is_short_exact(f: f64) -> bool {
+    const LIMIT: u128 = 1_000_000_000_000_000;
+    let Some((_, m, e)) = decompose(f) else {
+        return false;
+    };
+    if e >= 0 {
+        // An integer: m * 2^e.
+        return e < 64 && m.checked_shl(e as u32).is_some_and(|v| v < LIMIT);
+    }
+    // m * 2^e = m * 5^-e / 10^-e; m is odd, so the digits of m * 5^-e are all significant.
+    let k = e.unsigned_abs();
+    k <= 21 && m * 5_u128.pow(k) < LIMIT
 }
 
 impl Debug for Number {
