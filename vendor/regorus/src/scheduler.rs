@@ -940,6 +940,16 @@ impl Analyzer {
             let mut with_mods_used_vars = vec![];
             let mut with_mods_comprs = vec![];
             for wm in &stmt.with_mods {
+                // arbiter patch 24: a replacement that names a built-in (`with f as count`,
+                // `with x.y as object.union_n`) is that function, not a variable.
+                let text = wm.r#as.span().text();
+                let head = text.split('.').next().unwrap_or_default();
+                if crate::builtins::BUILTINS.contains_key(text)
+                    && !scope.locals.contains_key(&wm.r#as.span().source_str())
+                    && !scope.locals.keys().any(|k| k.text() == head)
+                {
+                    continue;
+                }
                 let (mut used_vars, mut comprs) = Self::gather_used_vars_comprs_index_vars(
                     &wm.r#as,
                     &mut scope,
