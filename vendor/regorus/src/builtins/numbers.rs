@@ -179,6 +179,9 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
     let (incr, num_elements) = match (v2.sub(&v1)?.as_i64(), incr.as_i64()) {
         (Some(v), Some(incr)) if v >= 0 => (incr, v / incr + 1),
         (Some(v), Some(incr)) => (-incr, -v / incr + 1),
+        // arbiter patch 24: a step past 64 bits goes beyond any 64-bit distance: the range
+        // is its start (`numbers.range_step(0, 10, 99999999999999999999)` is `[0]`).
+        (Some(_), None) => return Ok(Value::from_array(Vec::from([Value::from(v1)]))),
         _ => bail!(span.error("could not determine number of elements")),
     };
 
