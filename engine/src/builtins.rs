@@ -186,3 +186,32 @@ pub(crate) mod testutil {
         Ok(to_json(&v))
     }
 }
+
+/// What regorus patches 22 and 23 give a policy, through arbiter's engine.
+#[cfg(test)]
+mod tests {
+    use super::testutil::eval;
+
+    #[test]
+    fn arithmetic_is_opas_big_float() {
+        assert_eq!(eval("0.1 + 0.2 == 0.3").unwrap(), serde_json::json!(true));
+        assert_eq!(
+            eval("1 / 3.0").unwrap().to_string(),
+            "0.33333333333333333334"
+        );
+        assert_eq!(eval("0 * -7.25").unwrap().to_string(), "-0");
+        assert_eq!(eval("[- 5, - 2.50]").unwrap().to_string(), "[-5,-2.50]");
+    }
+
+    #[test]
+    fn sprintf_refuses_a_text_past_its_bound() {
+        // 70 verbs of width 10^6 would be 70 MB; the bound is 64 MiB.
+        let fmt = "%1000000d".repeat(70);
+        let args = vec!["1"; 70].join(", ");
+        let err = eval(&format!("sprintf({fmt:?}, [{args}])")).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+        // One such verb is fine.
+        let one = eval("sprintf(\"%1000000d\", [1])").unwrap();
+        assert_eq!(one.as_str().map(str::len), Some(1_000_000));
+    }
+}

@@ -101,6 +101,13 @@ mod tests {
     /// Integers beyond 64 bits keep every digit both ways, as OPA prints them (issue 17); they
     /// were floats (`3.70370367037037e+19`).
     #[test]
+    fn number_texts_pass_through_as_opa_keeps_them() {
+        let j: Json = serde_json::from_str("[2.50, -0, 0.10, 7, 0]").unwrap();
+        let back = to_json(&from_json(&j));
+        assert_eq!(back.to_string(), "[2.50,-0,0.10,7,0]");
+    }
+
+    #[test]
     fn big_integers_are_exact() {
         let text = r#"{"m":-123456789012345678901234567890,"n":37037036703703703670}"#;
         let j: Json = serde_json::from_str(text).unwrap_or_default();

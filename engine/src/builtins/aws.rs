@@ -128,7 +128,12 @@ fn sign_req(req: &Value, config: &Value, time_ns: &Value) -> anyhow::Result<Valu
             crate::decision::type_name(time_ns)
         );
     };
-    let Some(ns) = n.as_i64() else {
+    // OPA reads the number's text as an int64 (`json.Number.Int64`): `-1e9` is not one.
+    let ns = match n.kept_text() {
+        Some(text) => text.parse::<i64>().ok(),
+        None => n.as_i64(),
+    };
+    let Some(ns) = ns else {
         anyhow::bail!("operand 3 could not convert time_ns value into a unix timestamp");
     };
 

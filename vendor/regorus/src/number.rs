@@ -86,8 +86,8 @@ pub enum Number {
     Float(f64),
     BigInt(Rc<BigInt>),
     /// arbiter patch 22: a number whose text is not what its value prints as (`2.50`, `1e3`,
-    /// `-0`, `0.33333333333333333334`), kept as OPA keeps it. It compares, hashes and
-    /// converts as its value; it prints, and enters OPA's arithmetic, as its text.
+    /// `-0`, `0.33333333333333333334`), kept as OPA keeps it. It compares and converts as its
+    /// value; it prints, and enters OPA's arithmetic, as its text.
     Text(Rc<NumberText>),
 }
 

@@ -248,7 +248,7 @@ fn sprintf(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
             other => gofmt::Arg::Str(to_string(other, false)),
         })
         .collect();
-    let s = gofmt::sprintf(fmt.as_ref(), &go_args);
+    let s = gofmt::sprintf(fmt.as_ref(), &go_args).map_err(|e| span.error(&e.to_string()))?;
     enforce_limit()?;
     Ok(Value::String(s.into()))
 }

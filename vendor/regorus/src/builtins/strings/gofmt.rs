@@ -79,8 +79,12 @@ struct Printer {
 const LDIGITS: &[u8; 17] = b"0123456789abcdefx";
 const UDIGITS: &[u8; 17] = b"0123456789ABCDEFX";
 
-/// `fmt.Sprintf(format, args...)`.
-pub fn sprintf(format: &str, args: &[Arg]) -> String {
+/// The longest text `sprintf` writes. Go has no such bound; a width is at most 10^6 per verb,
+/// so a format with many wide verbs could otherwise ask for gigabytes.
+pub const MAX_OUTPUT: usize = 64 << 20;
+
+/// `fmt.Sprintf(format, args...)`; an error past [`MAX_OUTPUT`] or the engine's memory limit.
+pub fn sprintf(format: &str, args: &[Arg]) -> anyhow::Result<String> {
     let mut p = Printer {
         buf: String::new(),
         f: Flags::default(),
@@ -213,6 +217,10 @@ pub fn sprintf(format: &str, args: &[Arg]) -> String {
             p.print_arg(&args[arg_num], verb);
             arg_num += 1;
         }
+        if p.buf.len() > MAX_OUTPUT {
+            anyhow::bail!("sprintf: the text would be longer than {MAX_OUTPUT} bytes");
+        }
+        crate::builtins::utils::enforce_limit()?;
     }
     if !reordered && arg_num < args.len() {
         p.f = Flags::default();
@@ -227,7 +235,7 @@ pub fn sprintf(format: &str, args: &[Arg]) -> String {
         }
         p.buf.push(')');
     }
-    p.buf
+    Ok(p.buf)
 }
 
 fn too_large(n: i64) -> bool {
