@@ -454,6 +454,8 @@ LANGUAGE = [
     ("numbers", 'a := [x - y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
     ("numbers", 'a := [x * y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
     ("numbers", 'a := [x / y | some x in [87.5, 0.75, 2.25, 0.1, 12.125, -3.5, 1e-3, 4096]; some y in [0.25, 0.2, -2.5, 7, 1e15]]', None),
+    # graph.reachable_paths is OPA's pathBuilder: a node reached before ends the path.
+    ("graph", 'a := graph.reachable_paths({"one": ["two", "five"], "two": ["four"], "three": [""], "four": ["three"], "five": ["seven", "six"], "six": ["nine", "seven"], "seven": ["eight"], "eight": ["three"], "nine": [""]}, {"one"}); b := graph.reachable_paths({"a": ["b", "c", "d"], "b": ["a"], "c": ["a"], "d": []}, ["a", "z"])', None),
     # Go's AddDate normalises: Jan 31 + 1 month is Mar 3, Feb 29 + 1 year is Mar 1.
     ("time", "a := time.add_date(1612051200000000000, 0, 1, 0); b := time.add_date(1582934400000000000, 1, 0, 0)", None),
 ]

@@ -80,79 +80,6 @@ fn reachable(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) ->
     Ok(Value::from_set(reachable))
 }
 
-fn visit(
-    graph: &Object,
-    visited: &mut BTreeSet<Value>,
-    node: &Value,
-    path: &mut Vec<Value>,
-    paths: &mut BTreeSet<Value>,
-) -> Result<()> {
-    if let Value::String(s) = node {
-        if s.as_ref() == "" {
-            if !path.is_empty() {
-                paths.insert(Value::from_array(path.clone()));
-                // Guard path result growth when terminating at empty edge.
-                enforce_limit()?;
-            }
-            return Ok(());
-        }
-    }
-
-    let neighbors = graph.get(node);
-    if neighbors.is_none() {
-        // Current node is not valid. Add path as is.
-        if !path.is_empty() {
-            paths.insert(Value::from_array(path.clone()));
-            // Guard path set growth when encountering missing nodes.
-            enforce_limit()?;
-        }
-        return Ok(());
-    }
-
-    if visited.contains(node) {
-        paths.insert(Value::from_array(path.clone()));
-        // Guard path set growth when detecting a cycle.
-        enforce_limit()?;
-    } else {
-        path.push(node.clone());
-        // Guard path stack growth while descending the graph.
-        enforce_limit()?;
-        visited.insert(node.clone());
-        // Guard visited set growth while marking nodes as seen.
-        enforce_limit()?;
-        let n = match neighbors {
-            Some(Value::Array(arr)) => {
-                for n in arr.iter().rev() {
-                    visit(graph, visited, n, path, paths)?;
-                }
-                arr.len()
-            }
-            Some(Value::Set(set)) => {
-                for n in set.iter().rev() {
-                    visit(graph, visited, n, path, paths)?;
-                }
-                set.len()
-            }
-            Some(&Value::Null) => 0,
-            _ => bail!(format!("neighbors for node `{node}` must be array/set.")),
-        };
-
-        if n == 0 {
-            // Current node has no neighbors.
-            if !path.is_empty() {
-                paths.insert(Value::from_array(path.clone()));
-                // Guard path set growth when recording leaf nodes.
-                enforce_limit()?;
-            }
-        }
-
-        visited.remove(node);
-        path.pop();
-    }
-
-    Ok(())
-}
-
 fn reachable_paths(
     span: &Span,
     params: &[Ref<Expr>],
@@ -163,26 +90,75 @@ fn reachable_paths(
     ensure_args_count(span, name, params, args, 2)?;
 
     let graph = ensure_object(name, &params[0], args[0].clone())?;
-    let mut visited = BTreeSet::new();
-    let mut path = vec![];
-    let mut paths = BTreeSet::new();
-
-    match &args[1] {
-        Value::Array(arr) => {
-            for node in arr.iter() {
-                visit(&graph, &mut visited, node, &mut path, &mut paths)?;
-            }
-        }
-        Value::Set(set) => {
-            for node in set.iter() {
-                visit(&graph, &mut visited, node, &mut path, &mut paths)?;
-            }
-        }
+    let initial: Vec<Value> = match &args[1] {
+        Value::Array(arr) => arr.iter().cloned().collect(),
+        Value::Set(set) => set.iter().cloned().collect(),
         _ if strict => bail!(params[1].span().error("initial vertices must be array/set")),
         _ => return Ok(Value::Undefined),
+    };
+    // arbiter patch 24: OPA's `builtinReachablePaths` (topdown/reachable.go): each edge of an
+    // initial node starts a walk with its own set of reached nodes.
+    let mut result = BTreeSet::new();
+    for node in &initial {
+        if let Some(edges) = graph.get(node) {
+            let neighbors = vertices(edges);
+            if neighbors.is_empty() {
+                result.insert(Value::from_array(Vec::from([node.clone()])));
+            }
+            for neighbor in &neighbors {
+                let mut reached = BTreeSet::from([node.clone()]);
+                path_builder(&graph, neighbor, &[node.clone()], &mut result, &mut reached)?;
+            }
+        }
     }
+    Ok(Value::from_set(result))
+}
 
-    Ok(Value::from_set(paths))
+/// OPA's `foreachVertex`: an array's or a set's elements; nothing for anything else.
+fn vertices(edges: &Value) -> Vec<Value> {
+    match edges {
+        Value::Array(arr) => arr.iter().cloned().collect(),
+        Value::Set(set) => set.iter().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// arbiter patch 24: OPA's `pathBuilder`, quirks included. A node reached before ends the path
+/// there (the node that reached it is marked, not the neighbour), and the paths one node ends
+/// accumulate: its second such neighbour adds the path twice over, as Go's `append` does.
+/// A neighbour that is no node of the graph ends the path before it.
+fn path_builder(
+    graph: &Object,
+    root: &Value,
+    path: &[Value],
+    result: &mut BTreeSet<Value>,
+    reached: &mut BTreeSet<Value>,
+) -> Result<()> {
+    let mut paths: Vec<Value> = Vec::new();
+    let Some(edges) = graph.get(root) else {
+        paths.extend_from_slice(path);
+        result.insert(Value::from_array(paths));
+        return enforce_limit();
+    };
+    let mut path = path.to_vec();
+    path.push(root.clone());
+    let neighbors = vertices(edges);
+    if neighbors.is_empty() {
+        paths.extend_from_slice(&path);
+        result.insert(Value::from_array(paths));
+        return enforce_limit();
+    }
+    for neighbor in &neighbors {
+        if reached.contains(neighbor) {
+            paths.extend_from_slice(&path);
+            result.insert(Value::from_array(paths.clone()));
+        } else {
+            reached.insert(root.clone());
+            path_builder(graph, neighbor, &path, result, reached)?;
+        }
+        enforce_limit()?;
+    }
+    Ok(())
 }
 
 fn walk_visit(path: &mut Vec<Value>, value: &Value, paths: &mut Vec<Value>) -> Result<()> {
