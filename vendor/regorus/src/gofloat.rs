@@ -344,20 +344,9 @@ impl GoFloat {
         round_shortest(&mut d, self);
         if self.is_int() {
             let prec = (d.mant.len() as i64 - d.exp).max(0);
-            fmt_f(&mut out, prec, &d);
-            return out;
-        }
-        let prec = d.mant.len() as i64;
-        let exp = d.exp - 1;
-        if exp < -4 || exp >= 6 {
-            fmt_e(&mut out, prec - 1, &d);
+            fmt_f(&mut out, &d, prec);
         } else {
-            let prec = if prec > d.exp {
-                d.mant.len() as i64
-            } else {
-                prec
-            };
-            fmt_f(&mut out, (prec - d.exp).max(0), &d);
+            fmt_g(&mut out, &d, d.mant.len() as i64, true, 'e');
         }
         out
     }
@@ -383,13 +372,24 @@ fn pow5(n: u64, prec: u32) -> GoFloat {
     z
 }
 
-/// A decimal: `0.mant * 10^exp`, digits without trailing zeros (math/big's `decimal`).
-struct Decimal {
+/// A decimal: `0.mant * 10^exp`, digits without trailing zeros (math/big's `decimal`,
+/// strconv's `decimalSlice`).
+pub struct Decimal {
     mant: Vec<u8>,
     exp: i64,
 }
 
 impl Decimal {
+    /// ASCII `digits` with the decimal point after `point` of them; trailing zeros dropped.
+    pub fn from_digits(digits: Vec<u8>, point: i64) -> Decimal {
+        let mut d = Decimal {
+            mant: digits,
+            exp: point,
+        };
+        d.trim();
+        d
+    }
+
     /// The exact decimal of `m * 2^shift`.
     fn new(m: &BigUint, shift: i64) -> Decimal {
         if m.is_zero() {
@@ -411,12 +411,17 @@ impl Decimal {
             let n = s.len() as i64;
             (s, n - i64::from(k))
         };
-        let mut d = Decimal {
-            mant: digits,
-            exp: point,
-        };
-        d.trim();
-        d
+        Decimal::from_digits(digits, point)
+    }
+
+    /// How many digits.
+    pub fn len(&self) -> usize {
+        self.mant.len()
+    }
+
+    /// Where the decimal point goes: after this many digits.
+    pub const fn point(&self) -> i64 {
+        self.exp
     }
 
     fn trim(&mut self) {
@@ -522,7 +527,9 @@ fn round_shortest(d: &mut Decimal, x: &GoFloat) {
     }
 }
 
-fn fmt_e(out: &mut String, prec: i64, d: &Decimal) {
+/// `%e` (strconv's and math/big's `fmtE`): `d.ddde±dd`, `prec` digits after the point, `e` the
+/// exponent letter.
+pub fn fmt_e(out: &mut String, d: &Decimal, prec: i64, e: char) {
     out.push(d.mant.first().map_or('0', |&c| c as char));
     if prec > 0 {
         out.push('.');
@@ -534,7 +541,7 @@ fn fmt_e(out: &mut String, prec: i64, d: &Decimal) {
             out.push('0');
         }
     }
-    out.push('e');
+    out.push(e);
     let mut exp = if d.mant.is_empty() { 0 } else { d.exp - 1 };
     if exp < 0 {
         out.push('-');
@@ -548,7 +555,8 @@ fn fmt_e(out: &mut String, prec: i64, d: &Decimal) {
     out.push_str(&alloc::format!("{exp}"));
 }
 
-fn fmt_f(out: &mut String, prec: i64, d: &Decimal) {
+/// `%f` (`fmtF`): the integer digits, then `prec` digits after the point.
+pub fn fmt_f(out: &mut String, d: &Decimal, prec: i64) {
     if d.exp > 0 {
         let m = d.mant.len().min(d.exp as usize);
         out.extend(d.mant[..m].iter().map(|&c| c as char));
@@ -563,5 +571,26 @@ fn fmt_f(out: &mut String, prec: i64, d: &Decimal) {
         for i in 0..prec {
             out.push(d.at(d.exp + i) as char);
         }
+    }
+}
+
+/// `%g` (strconv's `formatDigits` and math/big's `Append` for `'g'`): `%e` when the exponent is
+/// below -4 or at least the precision (6 for the shortest digits), `%f` otherwise, without
+/// trailing zeros; `e` is the exponent letter of the `%e` form.
+pub fn fmt_g(out: &mut String, d: &Decimal, prec: i64, shortest: bool, e: char) {
+    let nd = d.mant.len() as i64;
+    let mut eprec = prec;
+    if eprec > nd && nd >= d.exp {
+        eprec = nd;
+    }
+    if shortest {
+        eprec = 6;
+    }
+    let exp = d.exp - 1;
+    if exp < -4 || exp >= eprec {
+        fmt_e(out, d, prec.min(nd) - 1, e);
+    } else {
+        let p = if prec > d.exp { nd } else { prec };
+        fmt_f(out, d, (p - d.exp).max(0));
     }
 }

@@ -21,6 +21,7 @@ use num_bigint::BigInt;
 use num_traits::Signed;
 
 use super::go_is_print::is_print;
+use crate::gofloat::{fmt_e, fmt_f, fmt_g, Decimal};
 
 /// An operand as OPA hands it to Go's fmt.
 #[derive(Debug, Clone)]
@@ -795,27 +796,12 @@ fn quote_with(s: &str, quote: char, ascii: bool) -> String {
     out
 }
 
-/// Decimal digits of a float: `0.d * 10^dp`, no trailing zeros (strconv's `decimalSlice`).
-struct Digits {
-    d: Vec<u8>,
-    dp: i64,
-}
-
-/// From Rust's `{:e}` text (`1.2345e-7`): the same shortest or correctly rounded digits
-/// strconv computes.
-fn digits_of(e_text: &str) -> Digits {
+/// The decimal of Rust's `{:e}` text (`1.2345e-7`): the same shortest or correctly rounded
+/// digits strconv computes.
+fn digits_of(e_text: &str) -> Decimal {
     let (mant, exp) = e_text.split_once('e').unwrap_or((e_text, "0"));
-    let mut d: Vec<u8> = mant.bytes().filter(u8::is_ascii_digit).collect();
-    while d.last() == Some(&b'0') {
-        d.pop();
-    }
-    if d.is_empty() {
-        return Digits { d, dp: 0 };
-    }
-    Digits {
-        d,
-        dp: exp.parse::<i64>().unwrap_or(0) + 1,
-    }
+    let d: Vec<u8> = mant.bytes().filter(u8::is_ascii_digit).collect();
+    Decimal::from_digits(d, exp.parse::<i64>().unwrap_or(0) + 1)
 }
 
 /// strconv `FormatFloat(v, fmt, prec, 64)`.
@@ -861,19 +847,17 @@ fn format_float(v: f64, fmt: char, prec: i64) -> String {
         _ => {}
     }
     let shortest = prec < 0;
+    let zero = || Decimal::from_digits(Vec::new(), 0);
     let (digs, prec) = if shortest {
         let d = if a == 0.0 {
-            Digits {
-                d: Vec::new(),
-                dp: 0,
-            }
+            zero()
         } else {
             digits_of(&alloc::format!("{a:e}"))
         };
-        let nd = d.d.len() as i64;
+        let nd = d.len() as i64;
         let p = match fmt {
             'e' | 'E' => (nd - 1).max(0),
-            'f' => (nd - d.dp).max(0),
+            'f' => (nd - d.point()).max(0),
             _ => nd,
         };
         (d, p)
@@ -888,94 +872,19 @@ fn format_float(v: f64, fmt: char, prec: i64) -> String {
             prec
         };
         let d = if a == 0.0 {
-            Digits {
-                d: Vec::new(),
-                dp: 0,
-            }
+            zero()
         } else {
             digits_of(&alloc::format!("{:.*e}", (digits - 1) as usize, a))
         };
         (d, p)
     };
-    let nd = digs.d.len() as i64;
     match fmt {
         'e' | 'E' => fmt_e(&mut out, &digs, prec, fmt),
         'f' => fmt_f(&mut out, &digs, prec),
-        _ => {
-            let mut eprec = prec;
-            if eprec > nd && nd >= digs.dp {
-                eprec = nd;
-            }
-            if shortest {
-                eprec = 6;
-            }
-            let exp = digs.dp - 1;
-            let e = if fmt == 'G' { 'E' } else { 'e' };
-            if exp < -4 || exp >= eprec {
-                let p = if prec > nd { nd } else { prec };
-                fmt_e(&mut out, &digs, p - 1, e);
-            } else {
-                let p = if prec > digs.dp { nd } else { prec };
-                fmt_f(&mut out, &digs, (p - digs.dp).max(0));
-            }
-        }
+        'G' => fmt_g(&mut out, &digs, prec, shortest, 'E'),
+        _ => fmt_g(&mut out, &digs, prec, shortest, 'e'),
     }
     out
-}
-
-/// strconv `fmtE`.
-fn fmt_e(out: &mut String, d: &Digits, prec: i64, fmt: char) {
-    out.push(d.d.first().map_or('0', |&c| c as char));
-    if prec > 0 {
-        out.push('.');
-        let mut i = 1usize;
-        let m = d.d.len().min(prec as usize + 1);
-        if i < m {
-            out.extend(d.d[i..m].iter().map(|&c| c as char));
-            i = m;
-        }
-        while (i as i64) <= prec {
-            out.push('0');
-            i += 1;
-        }
-    }
-    out.push(fmt);
-    let mut exp = if d.d.is_empty() { 0 } else { d.dp - 1 };
-    if exp < 0 {
-        out.push('-');
-        exp = -exp;
-    } else {
-        out.push('+');
-    }
-    if exp < 10 {
-        out.push('0');
-    }
-    out.push_str(&exp.to_string());
-}
-
-/// strconv `fmtF`.
-fn fmt_f(out: &mut String, d: &Digits, prec: i64) {
-    if d.dp > 0 {
-        let m = d.d.len().min(d.dp as usize);
-        out.extend(d.d[..m].iter().map(|&c| c as char));
-        for _ in m as i64..d.dp {
-            out.push('0');
-        }
-    } else {
-        out.push('0');
-    }
-    if prec > 0 {
-        out.push('.');
-        for i in 1..=prec {
-            let j = d.dp + i - 1;
-            let c = if 0 <= j && (j as usize) < d.d.len() {
-                d.d[j as usize] as char
-            } else {
-                '0'
-            };
-            out.push(c);
-        }
-    }
 }
 
 /// strconv `fmtX`: `-0x1.yyyp±dd`.
