@@ -39,6 +39,60 @@ pub struct GoFloat {
     prec: u32,
 }
 
+/// A decimal number's text as Go's `big.Float` and `big.Rat` scan it: an optional sign,
+/// digits with at most one point, and an optional exponent (`e` or `E`, one optional sign,
+/// digits). The value is `digits * 10^(exp10 - fraction)`: `-12.5e3` has digits 125,
+/// fraction 1, exp10 3.
+pub struct DecimalText {
+    pub neg: bool,
+    pub digits: BigUint,
+    pub fraction: i64,
+    pub exp10: i64,
+}
+
+/// Reads `text` as a [`DecimalText`]; `None` when it is not one (or its exponent passes i64).
+pub fn scan_decimal(text: &str) -> Option<DecimalText> {
+    let (neg, rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (int_part, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() && frac.is_empty()
+        || !int_part
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let exp10 = match exponent {
+        None => 0,
+        Some(e) => {
+            let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            e.parse::<i64>().ok()?
+        }
+    };
+    let all: Vec<u8> = int_part
+        .bytes()
+        .chain(frac.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    Some(DecimalText {
+        neg,
+        digits: BigUint::from_radix_be(&all, 10)?,
+        fraction: frac.len() as i64,
+        exp10,
+    })
+}
+
 /// Rounds `mant * 2^exp` to `prec` bits, nearest-even; `sticky` says the exact value has more
 /// nonzero bits below `mant`'s lowest (it then lies strictly above `mant * 2^exp`).
 fn round(neg: bool, mant: BigUint, exp: i64, prec: u32, sticky: bool) -> GoFloat {
@@ -105,56 +159,12 @@ impl GoFloat {
     /// `big.Float.SetString(text)` at 64 bits, for JSON number syntax. `None` for text that is
     /// not a number or whose exponent is out of the emulated range.
     pub fn parse(text: &str) -> Option<GoFloat> {
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        let mut neg = false;
-        if let Some(&c) = bytes.first() {
-            if c == b'-' || c == b'+' {
-                neg = c == b'-';
-                i = 1;
-            }
-        }
-        let mut digits = Vec::with_capacity(bytes.len());
-        let mut fcount: i64 = 0;
-        let mut seen_point = false;
-        let mut any = false;
-        while i < bytes.len() {
-            let c = bytes[i];
-            if c.is_ascii_digit() {
-                any = true;
-                if seen_point {
-                    fcount -= 1;
-                }
-                if !(digits.is_empty() && c == b'0') {
-                    digits.push(c - b'0');
-                }
-            } else if c == b'.' && !seen_point {
-                seen_point = true;
-            } else {
-                break;
-            }
-            i += 1;
-        }
-        if !any {
-            return None;
-        }
-        let mut exp10: i64 = 0;
-        if i < bytes.len() {
-            if bytes[i] != b'e' && bytes[i] != b'E' {
-                return None;
-            }
-            let e = core::str::from_utf8(&bytes[i + 1..]).ok()?;
-            let e = e.strip_prefix('+').unwrap_or(e);
-            if e.is_empty() || e.len() > 12 {
-                return None;
-            }
-            exp10 = e.parse::<i64>().ok()?;
-        }
-        let mant = if digits.is_empty() {
-            BigUint::zero()
-        } else {
-            BigUint::from_radix_be(&digits, 10)?
-        };
+        let DecimalText {
+            neg,
+            digits: mant,
+            fraction,
+            exp10,
+        } = scan_decimal(text)?;
         if mant.is_zero() {
             return Some(GoFloat {
                 neg,
@@ -163,7 +173,7 @@ impl GoFloat {
                 prec: PREC,
             });
         }
-        let exp5 = fcount + exp10;
+        let exp5 = exp10 - fraction;
         if exp5.abs() > MAX_DECIMAL_EXPONENT {
             return None;
         }

@@ -172,31 +172,17 @@ fn rational_amount(amount: &str, unit: Unit) -> Option<String> {
 
 /// A decimal (`-12.5`, `3e2`) as an exact fraction (numerator, positive denominator).
 fn decimal_rational(text: &str) -> Option<(num_bigint::BigInt, num_bigint::BigInt)> {
-    let (mantissa, exp) = match split_decimal_exponent(text) {
-        Some(parts) => parts,
-        None if text.contains(['e', 'E']) => return None,
-        None => (text, 0),
-    };
-    let (neg, digits) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
-    };
-    let (int_part, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int_part.is_empty() && frac.is_empty()
-        || !int_part
-            .bytes()
-            .chain(frac.bytes())
-            .all(|b| b.is_ascii_digit())
-        || exp.unsigned_abs() > 10_000
-    {
+    let d = crate::gofloat::scan_decimal(text)?;
+    if d.exp10.unsigned_abs() > 10_000 {
         return None;
     }
-    let all = alloc::format!("{int_part}{frac}");
-    let mut num = num_bigint::BigInt::parse_bytes(all.as_bytes(), 10)?;
-    if neg {
-        num = -num;
-    }
-    let scale = i64::from(exp) - frac.len() as i64;
+    let sign = if d.neg {
+        num_bigint::Sign::Minus
+    } else {
+        num_bigint::Sign::Plus
+    };
+    let mut num = num_bigint::BigInt::from_biguint(sign, d.digits);
+    let scale = d.exp10 - d.fraction;
     let ten = num_bigint::BigInt::from(10u32);
     let mut den = num_bigint::BigInt::from(1u32);
     if scale >= 0 {
