@@ -339,6 +339,13 @@ impl GoFloat {
         (self.neg && !i.is_zero(), i, exact)
     }
 
+    /// `new(big.Float).SetInt(x.Int(nil))`: the integer part, toward zero, and whether it was
+    /// the whole number.
+    pub fn trunc(&self) -> (GoFloat, bool) {
+        let (neg, mag, exact) = self.int();
+        (GoFloat::from_int(neg, mag), exact)
+    }
+
     /// `x.IsInt()`.
     pub fn is_int(&self) -> bool {
         self.int().2

@@ -567,8 +567,7 @@ impl Number {
         } else {
             x.add(&half, gofloat::PREC)
         };
-        let (neg, mag, _) = t.int();
-        Number::from_go_float(&GoFloat::from_int(neg, mag))
+        Number::from_go_float(&t.trunc().0)
     }
 
     /// OPA's `ceil`, including its answer of 1 for a number in (-1, 0).
@@ -576,11 +575,9 @@ impl Number {
         if self.int64().is_some() {
             return self.plain().clone();
         }
-        let Some(x) = self.go_float() else {
+        let Some((f, exact)) = self.go_float().map(|x| x.trunc()) else {
             return self.plain().ceil_plain();
         };
-        let (neg, mag, exact) = x.int();
-        let f = GoFloat::from_int(neg, mag);
         if f.is_neg() || exact {
             return Number::from_go_float(&f);
         }
@@ -594,10 +591,7 @@ impl Number {
             return self.plain().clone();
         }
         match self.go_float() {
-            Some(x) => {
-                let (neg, mag, _) = x.int();
-                Number::from_go_float(&GoFloat::from_int(neg, mag))
-            }
+            Some(x) => Number::from_go_float(&x.trunc().0),
             None if self.plain().is_positive() => self.plain().floor_plain(),
             None => self.plain().ceil_plain(),
         }
@@ -608,11 +602,9 @@ impl Number {
         if self.int64().is_some() {
             return self.plain().clone();
         }
-        let Some(x) = self.go_float() else {
+        let Some((f, exact)) = self.go_float().map(|x| x.trunc()) else {
             return self.plain().floor_plain();
         };
-        let (neg, mag, exact) = x.int();
-        let f = GoFloat::from_int(neg, mag);
         if !f.is_neg() || exact {
             return Number::from_go_float(&f);
         }
