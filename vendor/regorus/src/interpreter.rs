@@ -3639,25 +3639,12 @@ impl Interpreter {
                 key, value, query, ..
             } => self.eval_object_compr(key, value, query),
             Expr::SetCompr { term, query, .. } => self.eval_set_compr(term, query),
-            Expr::UnaryExpr {
-                span, expr: uexpr, ..
-            } => match uexpr.as_ref() {
+            Expr::UnaryExpr { expr: uexpr, .. } => match uexpr.as_ref() {
                 // arbiter patch 22: the literal with a minus, as OPA reads it (`- 0` is `-0`).
                 Expr::Number {
                     value: Value::Number(n),
                     ..
                 } if !uexpr.span().text().starts_with('-') => Ok(Value::Number(n.negated())),
-                Expr::Number { .. } if !uexpr.span().text().starts_with('-') => {
-                    builtins::numbers::arithmetic_operation(
-                        span,
-                        &ArithOp::Sub,
-                        expr,
-                        uexpr,
-                        Value::from(0),
-                        self.eval_expr(uexpr)?,
-                        self.compiled_policy.strict_builtin_errors,
-                    )
-                }
                 _ => bail!(expr
                     .span()
                     .error("unary - can only be used with numeric literals")),

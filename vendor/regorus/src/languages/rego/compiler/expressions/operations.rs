@@ -214,29 +214,6 @@ impl<'a> Compiler<'a> {
                 );
                 Ok(dest)
             }
-            crate::ast::Expr::Number { .. } if !expr.span().text().starts_with('-') => {
-                let operand_reg = self.compile_rego_expr_with_span(expr, expr.span(), false)?;
-                let zero_literal_idx = self.add_literal(Value::from(0));
-                let zero_reg = self.alloc_register()?;
-                self.emit_instruction(
-                    Instruction::Load {
-                        dest: zero_reg,
-                        literal_idx: zero_literal_idx,
-                    },
-                    span,
-                );
-
-                let dest = self.alloc_register()?;
-                self.emit_instruction(
-                    Instruction::Sub {
-                        dest,
-                        left: zero_reg,
-                        right: operand_reg,
-                    },
-                    span,
-                );
-                Ok(dest)
-            }
             _ => Err(CompilerError::InvalidUnaryMinus.at(span)),
         }
     }
