@@ -115,12 +115,12 @@ fn format(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> R
     let name = "time.format";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let (datetime, format) = parse_epoch(name, &params[0], &args[0])?;
+    let (datetime, format, zone) = parse_epoch_zoned(name, &params[0], &args[0])?;
 
     let result = match format {
         // arbiter patch 22: Go writes the zone's abbreviation for `MST` (`UTC`, `JST`, `CET`);
         // chrono knows only the offset here, so the abbreviation goes in after formatting.
-        Some(format) => match zone_abbreviation(&args[0]) {
+        Some(format) => match zone.abbreviation(&datetime) {
             Some(abbr) => {
                 let layout = layout_with_predefined_formats(&format).replace("MST", "\u{E000}");
                 compat::format(datetime, &layout).replace('\u{E000}', &abbr)
@@ -223,13 +223,31 @@ fn parse_epoch(
     arg: &Expr,
     val: &Value,
 ) -> Result<(DateTime<FixedOffset>, Option<String>)> {
+    let (datetime, format, _) = parse_epoch_zoned(fcn, arg, val)?;
+    Ok((datetime, format))
+}
+
+/// The zone an `ns` operand names (arbiter patch 22: `time.format` writes its abbreviation).
+#[derive(Clone, Copy)]
+enum Zone {
+    Utc,
+    Local,
+    Named(Tz),
+}
+
+/// [`parse_epoch`], and the zone the operand names.
+fn parse_epoch_zoned(
+    fcn: &str,
+    arg: &Expr,
+    val: &Value,
+) -> Result<(DateTime<FixedOffset>, Option<String>, Zone)> {
     match val {
         Value::Number(num) => {
             let ns = num
                 .as_i64()
                 .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
-            return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
+            return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None, Zone::Utc));
         }
 
         Value::Array(arr) => match arr.as_slice() {
@@ -238,22 +256,22 @@ fn parse_epoch(
                     .as_i64()
                     .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
-                return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
+                return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None, Zone::Utc));
             }
             [Value::Number(num), Value::String(tz), rest @ ..] => {
                 let ns = num
                     .as_i64()
                     .ok_or_else(|| arg.span().error("timestamp too big"))?;
 
-                let datetime = match tz.as_ref() {
-                    "UTC" | "" => Utc.timestamp_nanos(ns).fixed_offset(),
-                    "Local" => Local.timestamp_nanos(ns).fixed_offset(),
+                let (datetime, zone) = match tz.as_ref() {
+                    "UTC" | "" => (Utc.timestamp_nanos(ns).fixed_offset(), Zone::Utc),
+                    "Local" => (Local.timestamp_nanos(ns).fixed_offset(), Zone::Local),
                     _ => {
                         let tz: Tz = match tz.parse() {
                             Ok(tz) => tz,
                             Err(e) => bail!(e),
                         };
-                        tz.timestamp_nanos(ns).fixed_offset()
+                        (tz.timestamp_nanos(ns).fixed_offset(), Zone::Named(tz))
                     }
                 };
 
@@ -267,7 +285,7 @@ fn parse_epoch(
                     None => None,
                 };
 
-                return Ok((datetime, format));
+                return Ok((datetime, format, zone));
             }
             _ => {}
         },
@@ -280,45 +298,34 @@ fn parse_epoch(
     )))
 }
 
-/// arbiter patch 22: the abbreviation Go's `MST` writes for the zone of `time.format`'s operand:
-/// `UTC` for a bare timestamp or `UTC`, the tz database's abbreviation at that instant for a
-/// named zone; for `Local`, `UTC` at offset zero and otherwise `None` (the offset is written).
-fn zone_abbreviation(val: &Value) -> Option<String> {
-    use chrono::Offset as _;
-    use chrono_tz::OffsetName as _;
-    let (ns, tz) = match val {
-        Value::Number(n) => (n.as_i64()?, "UTC"),
-        Value::Array(arr) => match arr.as_slice() {
-            [Value::Number(n)] => (n.as_i64()?, "UTC"),
-            [Value::Number(n), Value::String(tz), ..] => (n.as_i64()?, tz.as_ref()),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    match tz {
-        "UTC" | "" => Some(String::from("UTC")),
-        // Go names a zone it knows nothing of `UTC`; otherwise the offset is written.
-        "Local" => {
-            (Local.timestamp_nanos(ns).offset().local_minus_utc() == 0).then(|| String::from("UTC"))
-        }
-        name => {
-            let tz: Tz = name.parse().ok()?;
-            let at = tz.timestamp_nanos(ns);
-            // A zone without letters has a numeric abbreviation in the tz database (`+04`,
-            // `+0545`), which chrono-tz leaves out.
-            at.offset().abbreviation().map(String::from).or_else(|| {
-                let secs = at.offset().fix().local_minus_utc();
-                let (sign, m) = if secs < 0 {
-                    ('-', -secs / 60)
-                } else {
-                    ('+', secs / 60)
-                };
-                Some(if m % 60 == 0 {
-                    alloc::format!("{sign}{:02}", m / 60)
-                } else {
-                    alloc::format!("{sign}{:02}{:02}", m / 60, m % 60)
+impl Zone {
+    /// arbiter patch 22: what Go's `MST` writes for this zone at `at`: `UTC` for UTC, the tz
+    /// database's abbreviation at that instant for a named zone; for `Local`, `UTC` at offset
+    /// zero and otherwise `None` (the offset is written).
+    fn abbreviation(self, at: &DateTime<FixedOffset>) -> Option<String> {
+        use chrono_tz::OffsetName as _;
+        let secs = at.offset().local_minus_utc();
+        match self {
+            Zone::Utc => Some(String::from("UTC")),
+            // Go names a zone it knows nothing of `UTC`; otherwise the offset is written.
+            Zone::Local => (secs == 0).then(|| String::from("UTC")),
+            Zone::Named(tz) => {
+                // A zone without letters has a numeric abbreviation in the tz database (`+04`,
+                // `+0545`), which chrono-tz leaves out.
+                let named = at.with_timezone(&tz);
+                named.offset().abbreviation().map(String::from).or_else(|| {
+                    let (sign, m) = if secs < 0 {
+                        ('-', -secs / 60)
+                    } else {
+                        ('+', secs / 60)
+                    };
+                    Some(if m % 60 == 0 {
+                        alloc::format!("{sign}{:02}", m / 60)
+                    } else {
+                        alloc::format!("{sign}{:02}{:02}", m / 60, m % 60)
+                    })
                 })
-            })
+            }
         }
     }
 }
