@@ -229,6 +229,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_program_past_65535_instructions_runs_on_the_vm() {
+        // Issue 18's router at 3,000 packages of two rules each (benches/mesh/gen-router.py's
+        // shape): about 23 instructions a package, past the 65,535 that 16-bit jump targets
+        // allowed. Before regorus patch 25 the VM refused it ("Program exceeds max
+        // instructions") and every decision fell back to the interpreter, which costs ≈ P².
+        const P: usize = 3_000;
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "router.rego",
+            "package envoy.authz\ndefault allow := false\nallow if data.svc[input.svc].allow\n",
+        );
+        for i in 0..P {
+            sources.add_rego(
+                format!("svc{i}.rego"),
+                format!(
+                    "package svc.s{i}\ndefault allow := false\n\
+                     allow if {{\n  input.method == \"GET\"\n  input.path[1] == \"public\"\n}}\n\
+                     allow if input.caller == \"c{i}\"\n"
+                ),
+            );
+        }
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let path = DataRef::parse("envoy/authz/allow").unwrap();
+        let d = RvmDecider::compile(&set, &path).unwrap();
+        assert!(
+            d.program.instructions.len() > 65_535,
+            "{} instructions: the test no longer passes the old cap",
+            d.program.instructions.len()
+        );
+        let authorizer = Authorizer::new(set, path, InputOptions::default());
+        assert_eq!(authorizer.rego_engine(), Ok(RegoEngine::Rvm));
+        for (svc, caller, method, want) in [
+            ("s2999", "c2999", "POST", true),
+            ("s0", "c0", "POST", true),
+            ("s1500", "c7", "GET", true),
+            ("s1500", "c7", "POST", false),
+            ("s7", "c8", "POST", false),
+            ("s3000", "c3000", "POST", false),
+        ] {
+            let input = crate::value::from_json(&serde_json::json!({
+                "svc": svc, "caller": caller, "method": method, "path": ["x", "public"],
+            }));
+            assert_eq!(
+                d.evaluate(input).unwrap(),
+                Value::Bool(want),
+                "{svc} {caller} {method}"
+            );
+        }
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();

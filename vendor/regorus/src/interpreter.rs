@@ -3700,12 +3700,10 @@ impl Interpreter {
     }
 
     fn get_rule_module(&self, rule: &Ref<Rule>) -> Result<Ref<Module>> {
-        for m in self.compiled_policy.modules.iter() {
-            if m.policy.iter().any(|r| r == rule) {
-                return Ok(m.clone());
-            }
+        match self.compiled_policy.rule_modules.get(rule) {
+            Some(m) => Ok(m.clone()),
+            None => bail!("internal error: could not find module for rule"),
         }
-        bail!("internal error: could not find module for rule");
     }
 
     fn eval_rule_bodies(
@@ -4074,45 +4072,48 @@ impl Interpreter {
         self.check_execution_time()?;
         self.input = Value::Undefined;
         self.data = Value::Undefined;
-        self.ensure_loop_var_values_capacity();
+        // arbiter patch 25: the compiler evaluates every default rule with one interpreter; its
+        // tables are sized for every module once (each call sizing them was quadratic).
+        if self.loop_var_values.module_count() < self.compiled_policy.modules.len() {
+            self.ensure_loop_var_values_capacity();
+        }
 
         let default_rules = self.compiled_policy.default_rules.get(rule_path).cloned();
 
         if let Some(rules) = default_rules {
             for (rule, _) in rules {
-                for module in self.compiled_policy.modules.iter() {
-                    if module.policy.contains(&rule) {
-                        let prev_module = self.set_current_module(Some(module.clone()))?;
-                        let result = self.eval_default_rule(&rule);
-                        self.set_current_module(prev_module)?;
+                // arbiter patch 25: the rule's module by lookup (was a scan of every module).
+                if let Some(module) = self.compiled_policy.rule_modules.get(&rule).cloned() {
+                    let prev_module = self.set_current_module(Some(module.clone()))?;
+                    let result = self.eval_default_rule(&rule);
+                    self.set_current_module(prev_module)?;
 
-                        if result.is_ok() {
-                            let registered_components = self
-                                .compiled_policy
-                                .rule_path_components
-                                .get(rule_path)
-                                .ok_or_else(|| {
-                                    anyhow!(
-                                        "missing components for registered rule path {rule_path}"
-                                    )
-                                })?;
-                            let (root, tail) =
-                                registered_components.split_first().ok_or_else(|| {
-                                    anyhow!("internal error: expected rule path components")
-                                })?;
-                            if root != "data" {
-                                bail!("internal error: rule path must start with data");
-                            }
-                            let value_path: Vec<&str> = tail.iter().map(String::as_str).collect();
-                            let value = Self::get_value_chained(self.data.clone(), &value_path);
-
-                            if value != Value::Undefined {
-                                return Ok(value);
-                            }
+                    if result.is_ok() {
+                        let registered_components = self
+                            .compiled_policy
+                            .rule_path_components
+                            .get(rule_path)
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "missing components for registered rule path {rule_path}"
+                                )
+                            })?;
+                        let (root, tail) =
+                            registered_components.split_first().ok_or_else(|| {
+                                anyhow!("internal error: expected rule path components")
+                            })?;
+                        if root != "data" {
+                            bail!("internal error: rule path must start with data");
                         }
+                        let value_path: Vec<&str> = tail.iter().map(String::as_str).collect();
+                        let value = Self::get_value_chained(self.data.clone(), &value_path);
 
-                        return result.map(|_| Value::Undefined);
+                        if value != Value::Undefined {
+                            return Ok(value);
+                        }
                     }
+
+                    return result.map(|_| Value::Undefined);
                 }
             }
         }
@@ -4630,6 +4631,7 @@ impl Interpreter {
     fn clear_rule_registrations(&mut self) {
         let compiled_policy = self.compiled_policy_mut();
         compiled_policy.rules.clear();
+        compiled_policy.rule_modules.clear();
         compiled_policy.default_rules.clear();
         compiled_policy.rule_paths.clear();
         compiled_policy.rule_path_components.clear();
@@ -4684,6 +4686,9 @@ impl Interpreter {
                 let prev_module = self.set_current_module(Some(module.clone()))?;
                 let registration_result = (|| -> Result<()> {
                     for rule in &module.policy {
+                        self.compiled_policy_mut()
+                            .rule_modules
+                            .insert(rule.clone(), module.clone());
                         let refr = Self::get_rule_refr(rule);
 
                         if let Rule::Spec { .. } = rule.as_ref() {

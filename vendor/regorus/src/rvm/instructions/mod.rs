@@ -22,7 +22,7 @@ pub enum Instruction {
     /// Load literal value from literal table into register
     Load {
         dest: u8,
-        literal_idx: u16,
+        literal_idx: u32,
     },
 
     /// Load true value into register
@@ -150,7 +150,7 @@ pub enum Instruction {
     /// Builtin function calls - optimized for builtin functions
     BuiltinCall {
         /// Index into program's instruction_data.builtin_call_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Suspend execution and yield control to the host
@@ -166,7 +166,7 @@ pub enum Instruction {
     /// Function rule calls - for user-defined function rules
     FunctionCall {
         /// Index into program's instruction_data.function_call_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Return result
@@ -184,7 +184,7 @@ pub enum Instruction {
     /// Create object with optimized field setting - uses parameter table
     ObjectCreate {
         /// Index into program's instruction_data.object_create_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Index into container (object, array, set)
@@ -198,13 +198,13 @@ pub enum Instruction {
     IndexLiteral {
         dest: u8,
         container: u8,
-        literal_idx: u16,
+        literal_idx: u32,
     },
 
     /// Multi-level chained indexing (e.g., obj.field1[expr].field2)
     ChainedIndex {
         /// Index into program's instruction_data.chained_index_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Create empty array
@@ -231,7 +231,7 @@ pub enum Instruction {
     /// Create array from registers - returns undefined if any element is undefined
     ArrayCreate {
         /// Index into program's instruction_data.array_create_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Create empty set
@@ -248,7 +248,7 @@ pub enum Instruction {
     /// Create set from registers - returns undefined if any element is undefined
     SetCreate {
         /// Index into program's instruction_data.set_create_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Check if collection contains value (for membership testing)
@@ -298,15 +298,15 @@ pub enum Instruction {
     /// Start a loop over a collection with specified semantics - uses parameter table
     LoopStart {
         /// Index into program's instruction_data.loop_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Continue to next iteration or exit loop
     LoopNext {
         /// Jump target back to loop body
-        body_start: u16,
+        body_start: u32,
         /// Jump target for loop end
-        loop_end: u16,
+        loop_end: u32,
     },
 
     /// Call rule with caching - checks cache first, executes rule if needed, supports call stack
@@ -314,7 +314,7 @@ pub enum Instruction {
         /// Destination register to store the result of the rule call
         dest: u8,
         /// Rule index to execute
-        rule_index: u16,
+        rule_index: u32,
     },
 
     /// Initialize a rule
@@ -323,13 +323,13 @@ pub enum Instruction {
         result_reg: u8,
 
         /// The rule number of the rule
-        rule_index: u16,
+        rule_index: u32,
     },
 
     /// Lookup in data namespace virtual documents (rules + base data)
     VirtualDataDocumentLookup {
         /// Index into program's instruction_data.virtual_data_document_lookup_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Mark successful completion of parameter destructuring validation
@@ -344,7 +344,7 @@ pub enum Instruction {
     /// Begin a comprehension with specified parameters
     ComprehensionBegin {
         /// Index into program's instruction_data.comprehension_begin_params table
-        params_index: u16,
+        params_index: u32,
     },
 
     /// Yield a value to the current comprehension result
@@ -382,7 +382,7 @@ pub enum Instruction {
         /// Register that accumulates the result.
         result: u8,
         /// PC of the corresponding End instruction.
-        end_pc: u16,
+        end_pc: u32,
     },
 
     /// Check one allOf child: if not true, short-circuit (result stays false),
@@ -393,7 +393,7 @@ pub enum Instruction {
         /// Register that accumulates the allOf result.
         result: u8,
         /// PC of the AllOfEnd instruction (jump target on short-circuit).
-        end_pc: u16,
+        end_pc: u32,
     },
 
     /// Check one anyOf child: if true, short-circuit (set result to true),
@@ -404,7 +404,7 @@ pub enum Instruction {
         /// Register that accumulates the anyOf result.
         result: u8,
         /// PC of the AnyOfEnd instruction.
-        end_pc: u16,
+        end_pc: u32,
     },
 
     /// Finalize allOf/anyOf block.
@@ -420,12 +420,12 @@ pub enum Instruction {
 
 impl Instruction {
     /// Create a new LoopStart instruction with parameter table index
-    pub const fn loop_start(params_index: u16) -> Self {
+    pub const fn loop_start(params_index: u32) -> Self {
         Self::LoopStart { params_index }
     }
 
     /// Create a new BuiltinCall instruction with parameter table index
-    pub const fn builtin_call(params_index: u16) -> Self {
+    pub const fn builtin_call(params_index: u32) -> Self {
         Self::BuiltinCall { params_index }
     }
 
@@ -435,27 +435,27 @@ impl Instruction {
     }
 
     /// Create a new FunctionCall instruction with parameter table index
-    pub const fn function_call(params_index: u16) -> Self {
+    pub const fn function_call(params_index: u32) -> Self {
         Self::FunctionCall { params_index }
     }
 
     /// Create a new ObjectCreate instruction with parameter table index
-    pub const fn object_create(params_index: u16) -> Self {
+    pub const fn object_create(params_index: u32) -> Self {
         Self::ObjectCreate { params_index }
     }
 
     /// Create a new ArrayCreate instruction with parameter table index
-    pub const fn array_create(params_index: u16) -> Self {
+    pub const fn array_create(params_index: u32) -> Self {
         Self::ArrayCreate { params_index }
     }
 
     /// Create a new SetCreate instruction with parameter table index
-    pub const fn set_create(params_index: u16) -> Self {
+    pub const fn set_create(params_index: u32) -> Self {
         Self::SetCreate { params_index }
     }
 
     /// Create a new ComprehensionBegin instruction with parameter table index
-    pub const fn comprehension_begin(params_index: u16) -> Self {
+    pub const fn comprehension_begin(params_index: u32) -> Self {
         Self::ComprehensionBegin { params_index }
     }
 
@@ -490,16 +490,16 @@ mod tests {
     fn instruction_size() {
         // Lock the instruction size to detect unintended growth.
         // Without repr(C), Rust picks a 1-byte discriminant (< 256 variants)
-        // plus 4 bytes for the largest payload variant + 1 byte alignment
-        // padding for u16 fields = 6 bytes total.
+        // plus 8 bytes for the largest payload variant (LoopNext's two u32
+        // jump targets, arbiter patch 25) + 3 bytes alignment padding = 12 bytes total.
         //
         // TODO: Reduce to 4 bytes by making LoopNext zero-payload (both fields
         // are redundant with LoopStart params) and moving IndexLiteral to a
         // params table.
         let size = size_of::<Instruction>();
         assert_eq!(
-            size, 6,
-            "Instruction size changed from 6 to {size} — review new variants for bloat"
+            size, 12,
+            "Instruction size changed from 12 to {size} — review new variants for bloat"
         );
     }
 }

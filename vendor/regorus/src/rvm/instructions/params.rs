@@ -20,9 +20,9 @@ pub struct LoopStartParams {
     /// Register to store final result
     pub result_reg: u8,
     /// Jump target for loop body start
-    pub body_start: u16,
+    pub body_start: u32,
     /// Jump target for loop end
-    pub loop_end: u16,
+    pub loop_end: u32,
 }
 
 /// Builtin function call parameters stored in program's instruction data table
@@ -32,7 +32,7 @@ pub struct BuiltinCallParams {
     /// Destination register to store the result
     pub dest: u8,
     /// Index into program's builtin_info_table
-    pub builtin_index: u16,
+    pub builtin_index: u32,
     /// Number of arguments actually used
     pub num_args: u8,
     /// Argument register numbers (unused slots contain undefined values)
@@ -59,7 +59,7 @@ pub struct FunctionCallParams {
     /// Destination register to store the result
     pub dest: u8,
     /// Rule index of the function to call
-    pub func_rule_index: u16,
+    pub func_rule_index: u32,
     /// Number of arguments actually used
     pub num_args: u8,
     /// Argument register numbers (unused slots contain undefined values)
@@ -87,9 +87,9 @@ pub struct ObjectCreateParams {
     pub dest: u8,
     /// Literal index of template object with all keys (undefined values)
     /// Always present - empty object if no literal keys
-    pub template_literal_idx: u16,
+    pub template_literal_idx: u32,
     /// Fields with literal keys: (literal_key_index, value_register) in sorted order
-    pub literal_key_fields: Vec<(u16, u8)>,
+    pub literal_key_fields: Vec<(u32, u8)>,
     /// Fields with non-literal keys: (key_register, value_register)
     pub fields: Vec<(u8, u8)>,
 }
@@ -103,7 +103,7 @@ impl ObjectCreateParams {
     }
 
     /// Get literal key field pairs as a slice
-    pub fn literal_key_field_pairs(&self) -> &[(u16, u8)] {
+    pub fn literal_key_field_pairs(&self) -> &[(u32, u8)] {
         &self.literal_key_fields
     }
 
@@ -183,7 +183,7 @@ impl VirtualDataDocumentLookupParams {
     }
 
     /// Get just the literal indices (for debugging/display)
-    pub fn literal_indices(&self) -> Vec<u16> {
+    pub fn literal_indices(&self) -> Vec<u32> {
         self.path_components
             .iter()
             .filter_map(|c| match *c {
@@ -231,7 +231,7 @@ impl ChainedIndexParams {
     }
 
     /// Get just the literal indices (for debugging/display)
-    pub fn literal_indices(&self) -> Vec<u16> {
+    pub fn literal_indices(&self) -> Vec<u32> {
         self.path_components
             .iter()
             .filter_map(|c| match *c {
@@ -269,9 +269,9 @@ pub struct ComprehensionBeginParams {
     /// Register to store current iteration value
     pub value_reg: u8,
     /// Jump target for comprehension body start
-    pub body_start: u16,
+    pub body_start: u32,
     /// Jump target for comprehension end
-    pub comprehension_end: u16,
+    pub comprehension_end: u32,
 }
 
 /// Instruction data container for complex instruction parameters
@@ -298,9 +298,9 @@ pub struct InstructionData {
 }
 
 impl InstructionData {
-    fn ensure_u16_index(len: usize) -> u16 {
-        debug_assert!(len <= usize::from(u16::MAX));
-        u16::try_from(len).unwrap_or(u16::MAX)
+    fn ensure_u32_index(len: usize) -> u32 {
+        debug_assert!(len <= (u32::MAX as usize));
+        u32::try_from(len).unwrap_or(u32::MAX)
     }
 
     /// Create a new empty instruction data container
@@ -319,83 +319,83 @@ impl InstructionData {
     }
 
     /// Add loop parameters and return the index
-    pub fn add_loop_params(&mut self, params: LoopStartParams) -> u16 {
-        let index = Self::ensure_u16_index(self.loop_params.len());
+    pub fn add_loop_params(&mut self, params: LoopStartParams) -> u32 {
+        let index = Self::ensure_u32_index(self.loop_params.len());
         self.loop_params.push(params);
         index
     }
 
     /// Add builtin call parameters and return the index
-    pub fn add_builtin_call_params(&mut self, params: BuiltinCallParams) -> u16 {
-        let index = Self::ensure_u16_index(self.builtin_call_params.len());
+    pub fn add_builtin_call_params(&mut self, params: BuiltinCallParams) -> u32 {
+        let index = Self::ensure_u32_index(self.builtin_call_params.len());
         self.builtin_call_params.push(params);
         index
     }
 
     /// Add function call parameters and return the index
-    pub fn add_function_call_params(&mut self, params: FunctionCallParams) -> u16 {
-        let index = Self::ensure_u16_index(self.function_call_params.len());
+    pub fn add_function_call_params(&mut self, params: FunctionCallParams) -> u32 {
+        let index = Self::ensure_u32_index(self.function_call_params.len());
         self.function_call_params.push(params);
         index
     }
 
     /// Add object create parameters and return the index
-    pub fn add_object_create_params(&mut self, params: ObjectCreateParams) -> u16 {
-        let index = Self::ensure_u16_index(self.object_create_params.len());
+    pub fn add_object_create_params(&mut self, params: ObjectCreateParams) -> u32 {
+        let index = Self::ensure_u32_index(self.object_create_params.len());
         self.object_create_params.push(params);
         index
     }
 
     /// Add array create parameters and return the index
-    pub fn add_array_create_params(&mut self, params: ArrayCreateParams) -> u16 {
-        let index = Self::ensure_u16_index(self.array_create_params.len());
+    pub fn add_array_create_params(&mut self, params: ArrayCreateParams) -> u32 {
+        let index = Self::ensure_u32_index(self.array_create_params.len());
         self.array_create_params.push(params);
         index
     }
 
     /// Add set create parameters and return the index
-    pub fn add_set_create_params(&mut self, params: SetCreateParams) -> u16 {
-        let index = Self::ensure_u16_index(self.set_create_params.len());
+    pub fn add_set_create_params(&mut self, params: SetCreateParams) -> u32 {
+        let index = Self::ensure_u32_index(self.set_create_params.len());
         self.set_create_params.push(params);
         index
     }
 
     /// Get loop parameters by index
-    pub fn get_loop_params(&self, index: u16) -> Option<&LoopStartParams> {
-        self.loop_params.get(usize::from(index))
+    pub fn get_loop_params(&self, index: u32) -> Option<&LoopStartParams> {
+        self.loop_params.get(index as usize)
     }
 
     /// Get builtin call parameters by index
-    pub fn get_builtin_call_params(&self, index: u16) -> Option<&BuiltinCallParams> {
-        self.builtin_call_params.get(usize::from(index))
+    pub fn get_builtin_call_params(&self, index: u32) -> Option<&BuiltinCallParams> {
+        self.builtin_call_params.get(index as usize)
     }
 
     /// Get function call parameters by index
-    pub fn get_function_call_params(&self, index: u16) -> Option<&FunctionCallParams> {
-        self.function_call_params.get(usize::from(index))
+    pub fn get_function_call_params(&self, index: u32) -> Option<&FunctionCallParams> {
+        self.function_call_params.get(index as usize)
     }
 
     /// Get object create parameters by index
-    pub fn get_object_create_params(&self, index: u16) -> Option<&ObjectCreateParams> {
-        self.object_create_params.get(usize::from(index))
+    pub fn get_object_create_params(&self, index: u32) -> Option<&ObjectCreateParams> {
+        self.object_create_params.get(index as usize)
     }
 
     /// Get array create parameters by index
-    pub fn get_array_create_params(&self, index: u16) -> Option<&ArrayCreateParams> {
-        self.array_create_params.get(usize::from(index))
+    pub fn get_array_create_params(&self, index: u32) -> Option<&ArrayCreateParams> {
+        self.array_create_params.get(index as usize)
     }
 
     /// Get set create parameters by index
-    pub fn get_set_create_params(&self, index: u16) -> Option<&SetCreateParams> {
-        self.set_create_params.get(usize::from(index))
+    pub fn get_set_create_params(&self, index: u32) -> Option<&SetCreateParams> {
+        self.set_create_params.get(index as usize)
     }
 
     /// Add virtual data document lookup parameters and return the index
     pub fn add_virtual_data_document_lookup_params(
         &mut self,
         params: VirtualDataDocumentLookupParams,
-    ) -> u16 {
-        let index = Self::ensure_u16_index(self.virtual_data_document_lookup_params.len());
+    ) -> u32 {
+        let index = Self::ensure_u32_index(self.virtual_data_document_lookup_params.len());
         self.virtual_data_document_lookup_params.push(params);
         index
     }
@@ -403,47 +403,46 @@ impl InstructionData {
     /// Get virtual data document lookup parameters by index
     pub fn get_virtual_data_document_lookup_params(
         &self,
-        index: u16,
+        index: u32,
     ) -> Option<&VirtualDataDocumentLookupParams> {
-        self.virtual_data_document_lookup_params
-            .get(usize::from(index))
+        self.virtual_data_document_lookup_params.get(index as usize)
     }
 
     /// Add chained index parameters and return the index
-    pub fn add_chained_index_params(&mut self, params: ChainedIndexParams) -> u16 {
-        let index = Self::ensure_u16_index(self.chained_index_params.len());
+    pub fn add_chained_index_params(&mut self, params: ChainedIndexParams) -> u32 {
+        let index = Self::ensure_u32_index(self.chained_index_params.len());
         self.chained_index_params.push(params);
         index
     }
 
     /// Get chained index parameters by index
-    pub fn get_chained_index_params(&self, index: u16) -> Option<&ChainedIndexParams> {
-        self.chained_index_params.get(usize::from(index))
+    pub fn get_chained_index_params(&self, index: u32) -> Option<&ChainedIndexParams> {
+        self.chained_index_params.get(index as usize)
     }
 
     /// Get mutable reference to loop parameters by index
-    pub fn get_loop_params_mut(&mut self, index: u16) -> Option<&mut LoopStartParams> {
-        self.loop_params.get_mut(usize::from(index))
+    pub fn get_loop_params_mut(&mut self, index: u32) -> Option<&mut LoopStartParams> {
+        self.loop_params.get_mut(index as usize)
     }
 
     /// Add comprehension begin parameters and return the index
-    pub fn add_comprehension_begin_params(&mut self, params: ComprehensionBeginParams) -> u16 {
-        let index = Self::ensure_u16_index(self.comprehension_begin_params.len());
+    pub fn add_comprehension_begin_params(&mut self, params: ComprehensionBeginParams) -> u32 {
+        let index = Self::ensure_u32_index(self.comprehension_begin_params.len());
         self.comprehension_begin_params.push(params);
         index
     }
 
     /// Get comprehension begin parameters by index
-    pub fn get_comprehension_begin_params(&self, index: u16) -> Option<&ComprehensionBeginParams> {
-        self.comprehension_begin_params.get(usize::from(index))
+    pub fn get_comprehension_begin_params(&self, index: u32) -> Option<&ComprehensionBeginParams> {
+        self.comprehension_begin_params.get(index as usize)
     }
 
     /// Get mutable reference to comprehension begin parameters by index
     pub fn get_comprehension_begin_params_mut(
         &mut self,
-        index: u16,
+        index: u32,
     ) -> Option<&mut ComprehensionBeginParams> {
-        self.comprehension_begin_params.get_mut(usize::from(index))
+        self.comprehension_begin_params.get_mut(index as usize)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LiteralOrRegister {
     /// Index into the program's literal table
-    Literal(u16),
+    Literal(u32),
     /// Register number containing the value
     Register(u8),
 }

@@ -96,21 +96,23 @@ pub struct Program {
 
 impl Program {
     /// Current serialization format version
-    pub const SERIALIZATION_VERSION: u32 = 6;
+    pub const SERIALIZATION_VERSION: u32 = 7; // arbiter patch 25: u32 indices
     /// Magic bytes to identify Regorus program files
     pub const MAGIC: [u8; 4] = *b"REGO";
-    /// Maximum instructions supported (matches u16 jump targets)
-    pub const MAX_INSTRUCTIONS: usize = 65_535; // u16::MAX
-    /// Maximum literals supported (matches u16 literal indices)
-    pub const MAX_LITERALS: usize = 65_535; // u16::MAX
-    /// Cap for rules within a single policy bundle (arbiter patch 20: rule indices are u16,
-    /// so the whole u16 range; was 4,000)
-    pub const MAX_RULES: usize = 65_535;
-    /// Cap for exported entry points (arbiter patch 20: was 1,000)
-    pub const MAX_ENTRY_POINTS: usize = 65_535;
-    /// Cap for source files (arbiter patch 20: source indices are `usize`; was 256, a cliff for
-    /// mesh-size policy sets with a package per service)
-    pub const MAX_SOURCES: usize = 65_535;
+    /// Maximum instructions supported (arbiter patch 25: jump targets are u32, so the whole u32
+    /// range; was 65,535, about 2,850 packages of a mesh router)
+    pub const MAX_INSTRUCTIONS: usize = u32::MAX as usize;
+    /// Maximum literals supported (arbiter patch 25: literal indices are u32; was 65,535)
+    pub const MAX_LITERALS: usize = u32::MAX as usize;
+    /// Cap for rules within a single policy bundle (arbiter patches 20 and 25: rule indices are
+    /// u32, so the whole u32 range; was 4,000)
+    pub const MAX_RULES: usize = u32::MAX as usize;
+    /// Cap for exported entry points (arbiter patches 20 and 25: was 1,000)
+    pub const MAX_ENTRY_POINTS: usize = u32::MAX as usize;
+    /// Cap for source files (arbiter patches 20 and 25: source indices are `usize`; was 256, a
+    /// cliff for mesh-size policy sets with a package per service). arbiter bounds the number of
+    /// modules itself, before compiling.
+    pub const MAX_SOURCES: usize = u32::MAX as usize;
     /// Generous cap for builtin declarations
     pub const MAX_BUILTINS: usize = 512;
     /// Maximum path depth for rule paths (e.g., data.a.b.c.d.rule)
@@ -200,14 +202,14 @@ impl Program {
 
         for params in &self.instruction_data.loop_params {
             let body_end = core::cmp::max(params.body_start, params.loop_end);
-            if usize::from(body_end) > Self::MAX_INSTRUCTIONS {
+            if (body_end as usize) > Self::MAX_INSTRUCTIONS {
                 return Err("Loop offsets exceed supported instruction range".to_string());
             }
         }
 
         for params in &self.instruction_data.comprehension_begin_params {
             let body_end = core::cmp::max(params.body_start, params.comprehension_end);
-            if usize::from(body_end) > Self::MAX_INSTRUCTIONS {
+            if (body_end as usize) > Self::MAX_INSTRUCTIONS {
                 return Err("Comprehension offsets exceed supported instruction range".to_string());
             }
         }
@@ -219,7 +221,7 @@ impl Program {
             } = instr
             {
                 let body_end = core::cmp::max(body_start, loop_end);
-                if usize::from(body_end) > Self::MAX_INSTRUCTIONS {
+                if (body_end as usize) > Self::MAX_INSTRUCTIONS {
                     return Err("LoopNext offsets exceed supported instruction range".to_string());
                 }
             }
@@ -237,7 +239,7 @@ impl Program {
     }
 
     /// Add loop parameters and return the index
-    pub fn add_loop_params(&mut self, params: crate::rvm::instructions::LoopStartParams) -> u16 {
+    pub fn add_loop_params(&mut self, params: crate::rvm::instructions::LoopStartParams) -> u32 {
         self.instruction_data.add_loop_params(params)
     }
 
@@ -245,7 +247,7 @@ impl Program {
     pub fn add_comprehension_begin_params(
         &mut self,
         params: crate::rvm::instructions::ComprehensionBeginParams,
-    ) -> u16 {
+    ) -> u32 {
         self.instruction_data.add_comprehension_begin_params(params)
     }
 
@@ -253,7 +255,7 @@ impl Program {
     pub fn add_builtin_call_params(
         &mut self,
         params: crate::rvm::instructions::BuiltinCallParams,
-    ) -> u16 {
+    ) -> u32 {
         self.instruction_data.add_builtin_call_params(params)
     }
 
@@ -261,24 +263,24 @@ impl Program {
     pub fn add_function_call_params(
         &mut self,
         params: crate::rvm::instructions::FunctionCallParams,
-    ) -> u16 {
+    ) -> u32 {
         self.instruction_data.add_function_call_params(params)
     }
 
     /// Add builtin info and return the index
-    pub fn add_builtin_info(&mut self, builtin_info: BuiltinInfo) -> u16 {
+    pub fn add_builtin_info(&mut self, builtin_info: BuiltinInfo) -> u32 {
         let index = self.builtin_info_table.len();
         self.builtin_info_table.push(builtin_info);
-        u16::try_from(index).unwrap_or(u16::MAX)
+        u32::try_from(index).unwrap_or(u32::MAX)
     }
 
     /// Get builtin info by index
-    pub fn get_builtin_info(&self, index: u16) -> Option<&BuiltinInfo> {
-        self.builtin_info_table.get(usize::from(index))
+    pub fn get_builtin_info(&self, index: u32) -> Option<&BuiltinInfo> {
+        self.builtin_info_table.get(index as usize)
     }
 
     /// Update loop parameters by index
-    pub fn update_loop_params<F>(&mut self, params_index: u16, updater: F)
+    pub fn update_loop_params<F>(&mut self, params_index: u32, updater: F)
     where
         F: FnOnce(&mut crate::rvm::instructions::LoopStartParams),
     {
@@ -288,7 +290,7 @@ impl Program {
     }
 
     /// Update comprehension begin parameters by index
-    pub fn update_comprehension_begin_params<F>(&mut self, params_index: u16, updater: F)
+    pub fn update_comprehension_begin_params<F>(&mut self, params_index: u32, updater: F)
     where
         F: FnOnce(&mut crate::rvm::instructions::ComprehensionBeginParams),
     {
@@ -405,15 +407,15 @@ impl Program {
     }
 
     /// The VM extension at a builtin-table index, when that entry is one.
-    pub fn get_resolved_extension(&self, index: u16) -> Option<&crate::utils::VmExtension> {
+    pub fn get_resolved_extension(&self, index: u32) -> Option<&crate::utils::VmExtension> {
         self.resolved_extensions
-            .get(usize::from(index))
+            .get(index as usize)
             .and_then(Option::as_ref)
     }
 
     /// Get resolved builtin function by index
-    pub fn get_resolved_builtin(&self, index: u16) -> Option<&BuiltinFcn> {
-        self.resolved_builtins.get(usize::from(index))
+    pub fn get_resolved_builtin(&self, index: u32) -> Option<&BuiltinFcn> {
+        self.resolved_builtins.get(index as usize)
     }
 
     /// Check if resolved builtins are initialized
@@ -470,5 +472,7 @@ fn extension_placeholder(
     _args: &[Value],
     _strict: bool,
 ) -> AnyResult<Value> {
-    Err(anyhow::anyhow!("internal error: VM extension called as a builtin"))
+    Err(anyhow::anyhow!(
+        "internal error: VM extension called as a builtin"
+    ))
 }

@@ -51,10 +51,10 @@ impl Default for AssemblyListingConfig {
 pub fn generate_assembly_listing(program: &Program, config: &AssemblyListingConfig) -> String {
     let mut output = String::new();
     let mut indent_level: usize = 0;
-    let mut current_rule_index: Option<u16> = None;
+    let mut current_rule_index: Option<u32> = None;
 
     // Track active loops and comprehensions by their end addresses
-    let mut active_ends: Vec<u16> = Vec::new();
+    let mut active_ends: Vec<u32> = Vec::new();
 
     // Add header
     push_line(
@@ -160,7 +160,7 @@ pub fn generate_assembly_listing(program: &Program, config: &AssemblyListingConf
             current_rule_index = Some(rule_index);
 
             // Add rule name prefix
-            if let Some(rule_info) = program.rule_infos.get(usize::from(rule_index)) {
+            if let Some(rule_info) = program.rule_infos.get(rule_index as usize) {
                 push_line(
                     &mut output,
                     format_args!("; ===== RULE: {} =====", rule_info.name),
@@ -174,7 +174,7 @@ pub fn generate_assembly_listing(program: &Program, config: &AssemblyListingConf
         }
 
         // Check if current PC matches any active end addresses (loops, comprehensions, rules)
-        let current_pc = u16::try_from(pc).unwrap_or(u16::MAX);
+        let current_pc = u32::try_from(pc).unwrap_or(u32::MAX);
         while let Some(&end_addr) = active_ends.last() {
             if current_pc >= end_addr {
                 active_ends.pop();
@@ -272,7 +272,7 @@ fn format_instruction_readable(
     match *instruction {
         Instruction::Load { dest, literal_idx } => {
             let base = format!("{}Load         r{} ← L{}", indent, dest, literal_idx);
-            let comment = program.literals.get(usize::from(literal_idx)).map_or_else(
+            let comment = program.literals.get(literal_idx as usize).map_or_else(
                 || "Load literal: <invalid index>".to_string(),
                 |literal| {
                     let literal_json =
@@ -432,7 +432,7 @@ fn format_instruction_readable(
 
                     let builtin_name = program
                         .builtin_info_table
-                        .get(usize::from(params.builtin_index))
+                        .get(params.builtin_index as usize)
                         .map(|info| info.name.as_str())
                         .unwrap_or("<invalid>");
 
@@ -468,7 +468,7 @@ fn format_instruction_readable(
 
                     let func_name = program
                         .rule_infos
-                        .get(usize::from(params.func_rule_index))
+                        .get(params.func_rule_index as usize)
                         .map(|info| info.name.as_str())
                         .unwrap_or("<invalid>");
 
@@ -549,7 +549,7 @@ fn format_instruction_readable(
                 "{}IndexLiteral r{} ← r{}[L{}]",
                 indent, dest, container, literal_idx
             );
-            let comment = program.literals.get(usize::from(literal_idx)).map_or_else(
+            let comment = program.literals.get(literal_idx as usize).map_or_else(
                 || {
                     format!(
                         "Index with literal: r{}[L{}] (invalid index)",
@@ -744,7 +744,7 @@ fn format_instruction_readable(
         Instruction::CallRule { dest, rule_index } => {
             let rule_name = program
                 .rule_infos
-                .get(usize::from(rule_index))
+                .get(rule_index as usize)
                 .map(|info| info.name.as_str())
                 .unwrap_or("<invalid>");
 
@@ -758,7 +758,7 @@ fn format_instruction_readable(
         } => {
             let rule_name = program
                 .rule_infos
-                .get(usize::from(rule_index))
+                .get(rule_index as usize)
                 .map(|info| info.name.as_str())
                 .unwrap_or("<invalid>");
 
@@ -789,7 +789,7 @@ fn format_instruction_readable(
                             .iter()
                             .map(|component| match *component {
                                 crate::rvm::instructions::LiteralOrRegister::Literal(idx) => {
-                                    program.literals.get(usize::from(idx)).map_or_else(
+                                    program.literals.get(idx as usize).map_or_else(
                                         || format!("[L{}?]", idx),
                                         |literal| match *literal {
                                             crate::Value::String(ref s) => {

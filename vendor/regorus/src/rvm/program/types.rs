@@ -11,7 +11,7 @@ pub struct BuiltinInfo {
     /// Builtin function name
     pub name: String,
     /// Exact number of arguments required
-    pub num_args: u16,
+    pub num_args: u32,
 }
 
 /// Span information for debugging and error reporting
@@ -89,7 +89,7 @@ pub struct RuleInfo {
     /// Function-specific information (only present for function rules)
     pub function_info: Option<FunctionInfo>,
     /// Index into the program's literal table for default value (only for Complete rules)
-    pub default_literal_index: Option<u16>,
+    pub default_literal_index: Option<u32>,
     /// Register allocated for this rule's result accumulation
     pub result_reg: u8,
     /// Number of registers used by this rule (for register windowing)
@@ -168,7 +168,7 @@ impl RuleInfo {
     }
 
     /// Set the default literal index for this rule
-    pub const fn set_default_literal_index(&mut self, default_literal_index: u16) {
+    pub const fn set_default_literal_index(&mut self, default_literal_index: u32) {
         self.default_literal_index = Some(default_literal_index);
     }
 }

@@ -180,12 +180,12 @@ fn parse_params(text: &str) -> Result<Vec<(String, String)>> {
     Ok(params)
 }
 
-fn get_param_u16(params: &[(String, String)], name: &str) -> Result<u16> {
+fn get_param_u16(params: &[(String, String)], name: &str) -> Result<u32> {
     for (key, value) in params {
         if key == name {
             return value
-                .parse::<u16>()
-                .map_err(|_| anyhow!("Invalid u16 value for {}: {}", name, value));
+                .parse::<u32>()
+                .map_err(|_| anyhow!("Invalid u32 value for {}: {}", name, value));
         }
     }
     bail!("Missing parameter: {}", name);

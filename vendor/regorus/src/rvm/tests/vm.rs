@@ -26,13 +26,13 @@ mod tests {
     #[derive(Debug, Clone, Deserialize, Serialize, Default)]
     struct RuleInfoSpec {
         rule_type: String,
-        definitions: Vec<Vec<u16>>,
+        definitions: Vec<Vec<u32>>,
         #[serde(default)]
-        default_rule_index: Option<u16>,
+        default_rule_index: Option<u32>,
         #[serde(default)]
-        default_literal_index: Option<u16>,
+        default_literal_index: Option<u32>,
         #[serde(default)]
-        destructuring_blocks: Option<Vec<Option<u16>>>,
+        destructuring_blocks: Option<Vec<Option<u32>>>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,68 +156,68 @@ mod tests {
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct LoopStartParamsSpec {
         mode: String,
-        collection: u16,
-        key_reg: u16,
-        value_reg: u16,
-        result_reg: u16,
-        body_start: u16,
-        loop_end: u16,
+        collection: u32,
+        key_reg: u32,
+        value_reg: u32,
+        result_reg: u32,
+        body_start: u32,
+        loop_end: u32,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct CallParamsSpec {
-        dest: u16,
-        func: u16,
-        args_start: u16,
-        args_count: u16,
+        dest: u32,
+        func: u32,
+        args_start: u32,
+        args_count: u32,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct BuiltinCallParamsSpec {
-        dest: u16,
-        builtin_index: u16,
-        args: Vec<u16>,
+        dest: u32,
+        builtin_index: u32,
+        args: Vec<u32>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct FunctionCallParamsSpec {
-        func: u16,
-        dest: u16,
-        args: Vec<u16>,
+        func: u32,
+        dest: u32,
+        args: Vec<u32>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct BuiltinInfoSpec {
         name: String,
-        num_args: u16,
+        num_args: u32,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct ObjectCreateParamsSpec {
-        dest: u16,
-        template_literal_idx: u16,
-        literal_key_fields: Vec<(u16, u16)>,
-        fields: Vec<(u16, u16)>,
+        dest: u32,
+        template_literal_idx: u32,
+        literal_key_fields: Vec<(u32, u32)>,
+        fields: Vec<(u32, u32)>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct ArrayCreateParamsSpec {
-        dest: u16,
-        elements: Vec<u16>,
+        dest: u32,
+        elements: Vec<u32>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct SetCreateParamsSpec {
-        dest: u16,
-        elements: Vec<u16>,
+        dest: u32,
+        elements: Vec<u32>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct LiteralOrRegisterSpec {
         #[serde(default, alias = "literal")]
-        literal_idx: Option<u16>,
+        literal_idx: Option<u32>,
         #[serde(default, alias = "reg")]
-        register: Option<u16>,
+        register: Option<u32>,
     }
 
     impl LiteralOrRegisterSpec {
@@ -234,27 +234,27 @@ mod tests {
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct VirtualDataDocumentLookupParamsSpec {
-        dest: u16,
+        dest: u32,
         path_components: Vec<LiteralOrRegisterSpec>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct ChainedIndexParamsSpec {
-        dest: u16,
-        root: u16,
+        dest: u32,
+        root: u32,
         path_components: Vec<LiteralOrRegisterSpec>,
     }
 
     #[derive(Debug, Clone, Deserialize, Serialize)]
     struct ComprehensionBeginParamsSpec {
         mode: String,
-        collection_reg: u16,
+        collection_reg: u32,
         #[serde(default)]
-        result_reg: Option<u16>,
-        key_reg: u16,
-        value_reg: u16,
-        body_start: u16,
-        comprehension_end: u16,
+        result_reg: Option<u32>,
+        key_reg: u32,
+        value_reg: u32,
+        body_start: u32,
+        comprehension_end: u32,
     }
 
     #[derive(Debug, Deserialize, Serialize)]
@@ -388,7 +388,7 @@ mod tests {
                 }
             };
 
-            // Convert Vec<Vec<u16>> to Vec<Vec<u32>>
+            // Convert Vec<Vec<u32>> to Vec<Vec<u32>>
             let definitions: Vec<Vec<u32>> = rule_info_spec
                 .definitions
                 .iter()
@@ -477,7 +477,7 @@ mod tests {
             for builtin_call_spec in params_spec.builtin_call_params {
                 use crate::rvm::instructions::BuiltinCallParams;
 
-                // Convert Vec<u16> to fixed array (unused slots are irrelevant due to num_args)
+                // Convert Vec<u32> to fixed array (unused slots are irrelevant due to num_args)
                 let mut args_array = [0u8; 8];
                 for (i, &arg) in builtin_call_spec.args.iter().enumerate() {
                     if i < 8 {
@@ -498,7 +498,7 @@ mod tests {
             for function_call_spec in params_spec.function_call_params {
                 use crate::rvm::instructions::FunctionCallParams;
 
-                // Convert Vec<u16> to fixed array (unused slots are irrelevant due to num_args)
+                // Convert Vec<u32> to fixed array (unused slots are irrelevant due to num_args)
                 let mut args_array = [0u8; 8];
                 for (i, &arg) in function_call_spec.args.iter().enumerate() {
                     if i < 8 {

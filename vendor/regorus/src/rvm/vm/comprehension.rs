@@ -80,9 +80,9 @@ impl RegoVM {
         };
 
         let resume_pc = if auto_iterate {
-            usize::from(params.comprehension_end)
+            params.comprehension_end as usize
         } else {
-            usize::from(params.comprehension_end.saturating_sub(1))
+            (params.comprehension_end.saturating_sub(1)) as usize
         };
 
         let mut comprehension_context = ComprehensionContext {
@@ -98,10 +98,10 @@ impl RegoVM {
 
         if auto_iterate {
             if has_iteration {
-                self.pc = usize::from(params.body_start).saturating_sub(1);
+                self.pc = (params.body_start as usize).saturating_sub(1);
             } else {
                 comprehension_context.iteration_state = None;
-                self.pc = usize::from(params.comprehension_end).saturating_sub(1);
+                self.pc = (params.comprehension_end as usize).saturating_sub(1);
             }
         }
 
@@ -163,9 +163,9 @@ impl RegoVM {
         };
 
         let resume_pc = if auto_iterate {
-            usize::from(params.comprehension_end)
+            params.comprehension_end as usize
         } else {
-            usize::from(params.comprehension_end.saturating_sub(1))
+            (params.comprehension_end.saturating_sub(1)) as usize
         };
 
         let mut comprehension_context = ComprehensionContext {
@@ -181,10 +181,10 @@ impl RegoVM {
 
         let next_pc = if auto_iterate {
             if has_iteration {
-                usize::from(params.body_start)
+                params.body_start as usize
             } else {
                 comprehension_context.iteration_state = None;
-                usize::from(params.comprehension_end)
+                params.comprehension_end as usize
             }
         } else {
             self.pc.saturating_add(1)
@@ -291,10 +291,10 @@ impl RegoVM {
             )?;
 
             if has_next {
-                self.pc = usize::from(comprehension_context.body_start).saturating_sub(1);
+                self.pc = (comprehension_context.body_start as usize).saturating_sub(1);
             } else {
                 comprehension_context.iteration_state = None;
-                self.pc = usize::from(comprehension_context.comprehension_end).saturating_sub(1);
+                self.pc = (comprehension_context.comprehension_end as usize).saturating_sub(1);
             }
         }
 
@@ -441,7 +441,7 @@ impl RegoVM {
 
             if has_next {
                 if let Some(frame) = self.execution_stack.get_mut(comprehension_index) {
-                    frame.pc = usize::from(body_start);
+                    frame.pc = body_start as usize;
                     self.frame_pc_overridden = true;
                 }
             } else if let Some(frame) = self.execution_stack.get_mut(comprehension_index) {
@@ -451,7 +451,7 @@ impl RegoVM {
                 {
                     context.iteration_state = None;
                 }
-                frame.pc = usize::from(comprehension_end);
+                frame.pc = comprehension_end as usize;
                 self.frame_pc_overridden = true;
             }
         }
@@ -506,13 +506,13 @@ impl RegoVM {
             let has_next =
                 self.setup_next_iteration(iter_state, context.key_reg, context.value_reg)?;
             if has_next {
-                self.pc = usize::from(context.body_start.saturating_sub(1));
+                self.pc = (context.body_start.saturating_sub(1)) as usize;
             } else {
                 context.iteration_state = None;
-                self.pc = usize::from(context.comprehension_end.saturating_sub(1));
+                self.pc = (context.comprehension_end.saturating_sub(1)) as usize;
             }
         } else {
-            self.pc = usize::from(context.comprehension_end.saturating_sub(1));
+            self.pc = (context.comprehension_end.saturating_sub(1)) as usize;
         }
 
         Ok(())

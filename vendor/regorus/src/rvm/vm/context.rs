@@ -13,9 +13,9 @@ pub struct LoopContext {
     pub key_reg: u8,
     pub value_reg: u8,
     pub result_reg: u8,
-    pub body_start: u16,
-    pub loop_end: u16,
-    pub loop_next_pc: u16, // PC of the LoopNext instruction to avoid searching
+    pub body_start: u32,
+    pub loop_end: u32,
+    pub loop_next_pc: u32, // PC of the LoopNext instruction to avoid searching
     pub body_resume_pc: usize,
     pub success_count: usize,
     pub total_iterations: usize,
@@ -94,7 +94,7 @@ pub struct CallRuleContext {
     pub return_pc: usize,
     pub dest_reg: u8,
     pub result_reg: u8,
-    pub rule_index: u16,
+    pub rule_index: u32,
     pub rule_type: crate::rvm::program::RuleType,
     pub current_definition_index: usize,
     pub current_body_index: usize,
@@ -112,9 +112,9 @@ pub(super) struct ComprehensionContext {
     /// Register holding the current iteration value
     pub(super) value_reg: u8,
     /// Jump target for comprehension body start
-    pub(super) body_start: u16,
+    pub(super) body_start: u32,
     /// Jump target for comprehension end
-    pub(super) comprehension_end: u16,
+    pub(super) comprehension_end: u32,
     /// Iteration state when comprehension manages iteration itself (None when driven by LoopStart/LoopNext)
     pub(super) iteration_state: Option<IterationState>,
     /// Resume location for the parent frame once this comprehension completes

@@ -36,7 +36,7 @@ impl RegoVM {
         use Instruction::*;
         match instruction {
             Load { dest, literal_idx } => {
-                if let Some(value) = program.literals.get(usize::from(literal_idx)) {
+                if let Some(value) = program.literals.get(literal_idx as usize) {
                     self.set_register(dest, value.clone())?;
                     Ok(InstructionOutcome::Continue)
                 } else {
@@ -500,7 +500,7 @@ impl RegoVM {
                 } else {
                     let mut obj_value = program
                         .literals
-                        .get(usize::from(params.template_literal_idx))
+                        .get(params.template_literal_idx as usize)
                         .ok_or(VmError::InvalidTemplateLiteralIndex {
                             index: params.template_literal_idx,
                             pc: self.pc,
@@ -515,7 +515,7 @@ impl RegoVM {
                         for (key, value) in obj_mut.iter_mut() {
                             if let Some(&(literal_idx, value_reg)) = current_literal_update {
                                 if let Some(literal_key) =
-                                    program.literals.get(usize::from(literal_idx))
+                                    program.literals.get(literal_idx as usize)
                                 {
                                     if key == literal_key {
                                         *value = self.get_register(value_reg)?.clone();
@@ -528,8 +528,7 @@ impl RegoVM {
                         }
 
                         while let Some(&(literal_idx, value_reg)) = current_literal_update {
-                            if let Some(key_value) = program.literals.get(usize::from(literal_idx))
-                            {
+                            if let Some(key_value) = program.literals.get(literal_idx as usize) {
                                 let value_value = self.get_register(value_reg)?.clone();
                                 obj_mut.insert(key_value.clone(), value_value);
                             }
@@ -570,7 +569,7 @@ impl RegoVM {
             } => {
                 let container_value = self.get_register(container)?;
 
-                if let Some(key_value) = program.literals.get(usize::from(literal_idx)) {
+                if let Some(key_value) = program.literals.get(literal_idx as usize) {
                     let result = container_value[key_value].clone();
                     self.set_register(dest, result)?;
                     Ok(InstructionOutcome::Continue)
@@ -812,7 +811,7 @@ impl RegoVM {
                 if matches!(val, Value::Bool(true)) {
                     // Child succeeded — short-circuit.
                     self.set_register(result, Value::Bool(true))?;
-                    self.pc = usize::from(end_pc);
+                    self.pc = end_pc as usize;
                 }
                 Ok(InstructionOutcome::Continue)
             }
@@ -1124,7 +1123,7 @@ impl RegoVM {
                     let key_value = match *component {
                         LiteralOrRegister::Literal(idx) => program
                             .literals
-                            .get(usize::from(idx))
+                            .get(idx as usize)
                             .ok_or(VmError::LiteralIndexOutOfBounds {
                                 index: idx,
                                 pc: self.pc,

@@ -40,7 +40,7 @@ pub enum VmError {
     RegexSizeLimitExceeded { limit: usize, pc: usize },
 
     #[error("Literal index {index} out of bounds (pc={pc})")]
-    LiteralIndexOutOfBounds { index: u16, pc: usize },
+    LiteralIndexOutOfBounds { index: u32, pc: usize },
 
     #[error("Register {register} does not contain an object (value={value:?}, pc={pc})")]
     RegisterNotObject {
@@ -75,70 +75,70 @@ pub enum VmError {
 
     #[error("Rule index {index} out of bounds (pc={pc}, available={available})")]
     RuleIndexOutOfBounds {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Rule index {index} has no info (pc={pc}, available={available})")]
     RuleInfoMissing {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid object create params index: {index} (pc={pc}, available={available})")]
     InvalidObjectCreateParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid template literal index: {index} (pc={pc}, available={available})")]
     InvalidTemplateLiteralIndex {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid chained index params index: {index} (pc={pc}, available={available})")]
     InvalidChainedIndexParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid array create params index: {index} (pc={pc}, available={available})")]
     InvalidArrayCreateParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid set create params index: {index} (pc={pc}, available={available})")]
     InvalidSetCreateParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid virtual data document lookup params index: {index} (pc={pc}, available={available})")]
     InvalidVirtualDataDocumentLookupParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid comprehension start params index: {index} (pc={pc}, available={available})")]
     InvalidComprehensionBeginParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid loop params index: {index} (pc={pc}, available={available})")]
     InvalidLoopParams {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
@@ -151,7 +151,7 @@ pub enum VmError {
 
     #[error("Builtin function expects exactly {expected} arguments, got {actual} (pc={pc})")]
     BuiltinArgumentMismatch {
-        expected: u16,
+        expected: u32,
         actual: usize,
         pc: usize,
     },
@@ -281,21 +281,21 @@ pub enum VmError {
 
     #[error("Invalid function call params index: {index} (pc={pc}, available={available})")]
     InvalidFunctionCallParamsIndex {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid builtin call params index: {index} (pc={pc}, available={available})")]
     InvalidBuiltinCallParamsIndex {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
 
     #[error("Invalid builtin info index: {index} (pc={pc}, available={available})")]
     InvalidBuiltinInfoIndex {
-        index: u16,
+        index: u32,
         pc: usize,
         available: usize,
     },
@@ -308,8 +308,8 @@ pub enum VmError {
 
     #[error("Call rule stack mismatch during rule finalization: expected rule_index {expected}, popped {actual} (pc={pc})")]
     CallRuleStackMismatch {
-        expected: u16,
-        actual: u16,
+        expected: u32,
+        actual: u32,
         pc: usize,
     },
 

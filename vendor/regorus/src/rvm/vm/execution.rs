@@ -522,7 +522,7 @@ impl RegoVM {
             if let Some(frame_info) = self.execution_stack.last() {
                 if let FrameKind::Comprehension { ref context, .. } = frame_info.kind {
                     if context.iteration_state.is_none()
-                        && frame_pc == usize::from(context.comprehension_end)
+                        && frame_pc == (context.comprehension_end as usize)
                         && !matches!(instruction, Instruction::ComprehensionEnd { .. })
                     {
                         let resume_pc = frame_pc;

@@ -64,7 +64,7 @@ pub(super) enum RuleFramePhase {
 pub(super) struct RuleFrameData {
     pub(super) return_pc: usize,
     pub(super) dest_reg: u8,
-    pub(super) rule_index: u16,
+    pub(super) rule_index: u32,
     pub(super) current_definition_index: usize,
     pub(super) current_body_index: usize,
     pub(super) total_definitions: usize,

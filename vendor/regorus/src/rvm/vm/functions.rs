@@ -8,7 +8,7 @@ use super::execution_model::ExecutionMode;
 use super::machine::RegoVM;
 
 impl RegoVM {
-    pub(super) fn execute_function_call(&mut self, params_index: u16) -> Result<()> {
+    pub(super) fn execute_function_call(&mut self, params_index: u32) -> Result<()> {
         let params = self
             .program
             .instruction_data
@@ -36,7 +36,7 @@ impl RegoVM {
         Ok(())
     }
 
-    pub(super) fn execute_builtin_call(&mut self, params_index: u16) -> Result<()> {
+    pub(super) fn execute_builtin_call(&mut self, params_index: u32) -> Result<()> {
         let program = self.program.clone();
         let params = program
             .instruction_data
@@ -64,7 +64,7 @@ impl RegoVM {
 
         let expected_args = builtin_info.num_args;
         let actual_args = args.len();
-        if u16::try_from(actual_args).unwrap_or(u16::MAX) != expected_args {
+        if u32::try_from(actual_args).unwrap_or(u32::MAX) != expected_args {
             self.cached_builtin_args = args;
             return Err(VmError::BuiltinArgumentMismatch {
                 expected: expected_args,

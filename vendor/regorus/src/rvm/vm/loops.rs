@@ -25,14 +25,14 @@ const fn non_collection_result(mode: &LoopMode) -> Value {
     }
 }
 
-fn compute_body_resume_pc(loop_start_pc: usize, body_start: u16) -> usize {
+fn compute_body_resume_pc(loop_start_pc: usize, body_start: u32) -> usize {
     if body_start == 0 {
         return 0;
     }
 
-    let candidate = usize::from(body_start.saturating_sub(1));
+    let candidate = (body_start.saturating_sub(1)) as usize;
     if candidate == loop_start_pc {
-        usize::from(body_start)
+        body_start as usize
     } else {
         candidate
     }
@@ -44,8 +44,8 @@ pub(super) struct LoopParams {
     pub(super) key_reg: u8,
     pub(super) value_reg: u8,
     pub(super) result_reg: u8,
-    pub(super) body_start: u16,
-    pub(super) loop_end: u16,
+    pub(super) body_start: u32,
+    pub(super) loop_end: u32,
 }
 
 #[derive(Debug)]
@@ -65,7 +65,7 @@ impl RegoVM {
         }
     }
 
-    pub(super) fn execute_loop_next(&mut self, body_start: u16, loop_end: u16) -> Result<()> {
+    pub(super) fn execute_loop_next(&mut self, body_start: u32, loop_end: u32) -> Result<()> {
         match self.execution_mode {
             ExecutionMode::RunToCompletion => {
                 self.execute_loop_next_run_to_completion(body_start, loop_end)
@@ -98,7 +98,7 @@ impl RegoVM {
         let has_next =
             self.setup_next_iteration(&mut iteration_state, params.key_reg, params.value_reg)?;
         if !has_next {
-            self.pc = usize::from(params.loop_end);
+            self.pc = params.loop_end as usize;
             return Ok(());
         }
 
@@ -122,15 +122,15 @@ impl RegoVM {
 
         self.loop_stack.push(loop_context);
 
-        self.pc = usize::from(params.body_start.saturating_sub(1));
+        self.pc = (params.body_start.saturating_sub(1)) as usize;
 
         Ok(())
     }
 
     fn execute_loop_next_run_to_completion(
         &mut self,
-        _body_start: u16,
-        loop_end: u16,
+        _body_start: u32,
+        loop_end: u32,
     ) -> Result<()> {
         if let Some(mut loop_ctx) = self.loop_stack.pop() {
             let body_start = loop_ctx.body_start;
@@ -150,7 +150,7 @@ impl RegoVM {
                 LoopAction::ExitWithSuccess | LoopAction::ExitWithFailure => {
                     let result_value = matches!(action, LoopAction::ExitWithSuccess);
                     self.set_register(loop_ctx.result_reg, Value::Bool(result_value))?;
-                    self.pc = usize::from(loop_end_local.saturating_sub(1));
+                    self.pc = (loop_end_local.saturating_sub(1)) as usize;
                     return Ok(());
                 }
                 LoopAction::Continue => {}
@@ -167,7 +167,7 @@ impl RegoVM {
                 loop_ctx.current_iteration_failed = false;
 
                 self.loop_stack.push(loop_ctx);
-                self.pc = usize::from(body_start.saturating_sub(1));
+                self.pc = (body_start.saturating_sub(1)) as usize;
             } else {
                 let final_result = match loop_ctx.mode {
                     LoopMode::Any => Value::Bool(loop_ctx.success_count > 0),
@@ -179,12 +179,12 @@ impl RegoVM {
 
                 self.set_register(loop_ctx.result_reg, final_result)?;
 
-                self.pc = usize::from(loop_end_local.saturating_sub(1));
+                self.pc = (loop_end_local.saturating_sub(1)) as usize;
             }
 
             Ok(())
         } else {
-            self.pc = usize::from(loop_end);
+            self.pc = loop_end as usize;
             Ok(())
         }
     }
@@ -204,7 +204,7 @@ impl RegoVM {
         let has_next =
             self.setup_next_iteration(&mut iteration_state, params.key_reg, params.value_reg)?;
         if !has_next {
-            self.pc = usize::from(params.loop_end);
+            self.pc = params.loop_end as usize;
             return Ok(());
         }
 
@@ -227,9 +227,9 @@ impl RegoVM {
         };
 
         let frame = ExecutionFrame::new(
-            usize::from(params.body_start),
+            params.body_start as usize,
             FrameKind::Loop {
-                return_pc: usize::from(params.loop_end),
+                return_pc: (params.loop_end as usize),
                 context: loop_context,
             },
         );
@@ -238,7 +238,7 @@ impl RegoVM {
         Ok(())
     }
 
-    fn execute_loop_next_suspendable(&mut self, body_start: u16, loop_end: u16) -> Result<()> {
+    fn execute_loop_next_suspendable(&mut self, body_start: u32, loop_end: u32) -> Result<()> {
         if !matches!(
             self.execution_stack.last(),
             Some(ExecutionFrame {
@@ -251,7 +251,7 @@ impl RegoVM {
                 // resume at the same LoopNext when the owning loop frame has
                 // already been popped (for example after a manual comprehension
                 // finalizes in suspendable mode).
-                let mut target_pc = usize::from(loop_end);
+                let mut target_pc = loop_end as usize;
                 if target_pc <= self.pc {
                     target_pc = self.pc.saturating_add(1);
                 }
@@ -371,7 +371,7 @@ impl RegoVM {
                         if let FrameKind::Loop { ref context, .. } = frame.kind {
                             frame.pc = context.body_resume_pc;
                         } else {
-                            frame.pc = usize::from(body_start);
+                            frame.pc = body_start as usize;
                         }
                         self.frame_pc_overridden = true;
                     }
@@ -434,7 +434,7 @@ impl RegoVM {
                     } else {
                         let result = non_collection_result(mode);
                         self.set_register(params.result_reg, result)?;
-                        self.pc = usize::from(params.loop_end).saturating_sub(1);
+                        self.pc = (params.loop_end as usize).saturating_sub(1);
                         Ok(None)
                     }
                 } else {
@@ -480,7 +480,7 @@ impl RegoVM {
                         LoopMode::Any | LoopMode::ForEach => Value::Bool(false),
                     };
                     self.set_register(params.result_reg, result)?;
-                    self.pc = usize::from(params.loop_end).saturating_sub(1);
+                    self.pc = (params.loop_end as usize).saturating_sub(1);
                     Ok(None)
                 }
             }
@@ -491,7 +491,7 @@ impl RegoVM {
         &mut self,
         mode: &LoopMode,
         result_reg: u8,
-        loop_end: u16,
+        loop_end: u32,
     ) -> Result<()> {
         let result = match *mode {
             LoopMode::Any => Value::Bool(false),
@@ -500,7 +500,7 @@ impl RegoVM {
         };
 
         self.set_register(result_reg, result)?;
-        self.pc = usize::from(loop_end).saturating_sub(1);
+        self.pc = (loop_end as usize).saturating_sub(1);
         Ok(())
     }
 
@@ -618,18 +618,18 @@ impl RegoVM {
                         loop_ctx_mut.current_iteration_failed = true;
                     }
 
-                    self.pc = usize::from(loop_next_pc.saturating_sub(1));
+                    self.pc = (loop_next_pc.saturating_sub(1)) as usize;
                 }
                 LoopMode::Every => {
                     self.loop_stack.pop();
-                    self.pc = usize::from(loop_end.saturating_sub(1));
+                    self.pc = (loop_end.saturating_sub(1)) as usize;
                     self.set_register(result_reg, Value::Bool(false))?;
                 }
                 _ => {
                     if let Some(loop_ctx_mut) = self.loop_stack.last_mut() {
                         loop_ctx_mut.current_iteration_failed = true;
                     }
-                    self.pc = usize::from(loop_next_pc.saturating_sub(1));
+                    self.pc = (loop_next_pc.saturating_sub(1)) as usize;
                 }
             }
         } else if self.handle_comprehension_condition_failure_run_to_completion()? {
@@ -682,7 +682,7 @@ impl RegoVM {
                     }) = self.execution_stack.last_mut()
                     {
                         ctx.current_iteration_failed = true;
-                        self.pc = usize::from(loop_next_pc.saturating_sub(1));
+                        self.pc = (loop_next_pc.saturating_sub(1)) as usize;
                     }
                     Ok(())
                 }

@@ -232,10 +232,10 @@ impl RegoVM {
     pub(super) fn execute_call_rule_common(
         &mut self,
         dest: u8,
-        rule_index: u16,
+        rule_index: u32,
         function_call_params: Option<&FunctionCallParams>,
     ) -> Result<()> {
-        let rule_idx = usize::from(rule_index);
+        let rule_idx = rule_index as usize;
 
         if rule_idx >= self.rule_cache.len() {
             return Err(VmError::RuleIndexOutOfBounds {
@@ -283,7 +283,7 @@ impl RegoVM {
             // but their default value was evaluated at compile time and stored as a literal.
             let result = rule_info
                 .default_literal_index
-                .and_then(|idx| self.program.literals.get(usize::from(idx)).cloned())
+                .and_then(|idx| self.program.literals.get(idx as usize).cloned())
                 .unwrap_or(Value::Undefined);
             if !is_function_rule {
                 let available = self.rule_cache.len();
@@ -356,13 +356,13 @@ impl RegoVM {
                     if let Some(rule_metadata) = self
                         .program
                         .rule_infos
-                        .get(usize::from(call_context.rule_index))
+                        .get(call_context.rule_index as usize)
                     {
                         if let Some(default_literal_index) = rule_metadata.default_literal_index {
                             if let Some(default_value) = self
                                 .program
                                 .literals
-                                .get(usize::from(default_literal_index))
+                                .get(default_literal_index as usize)
                                 .cloned()
                             {
                                 self.set_register(dest, default_value)?;
@@ -389,7 +389,7 @@ impl RegoVM {
         }
         Ok(())
     }
-    pub(super) fn execute_call_rule(&mut self, dest: u8, rule_index: u16) -> Result<()> {
+    pub(super) fn execute_call_rule(&mut self, dest: u8, rule_index: u32) -> Result<()> {
         match self.execution_mode {
             ExecutionMode::RunToCompletion => self.execute_call_rule_common(dest, rule_index, None),
             ExecutionMode::Suspendable => {
@@ -401,10 +401,10 @@ impl RegoVM {
     pub(super) fn execute_call_rule_suspendable(
         &mut self,
         dest: u8,
-        rule_index: u16,
+        rule_index: u32,
         function_call_params: Option<&FunctionCallParams>,
     ) -> Result<()> {
-        let rule_idx = usize::from(rule_index);
+        let rule_idx = rule_index as usize;
 
         if rule_idx >= self.rule_cache.len() {
             return Err(VmError::RuleIndexOutOfBounds {
@@ -447,7 +447,7 @@ impl RegoVM {
             // No compiled definitions — check for a default value before returning Undefined.
             let result = rule_info
                 .default_literal_index
-                .and_then(|idx| self.program.literals.get(usize::from(idx)).cloned())
+                .and_then(|idx| self.program.literals.get(idx as usize).cloned())
                 .unwrap_or(Value::Undefined);
             if !is_function_rule {
                 let available = self.rule_cache.len();
@@ -552,7 +552,7 @@ impl RegoVM {
         Ok(())
     }
 
-    pub(super) fn execute_rule_init(&mut self, result_reg: u8, _rule_index: u16) -> Result<()> {
+    pub(super) fn execute_rule_init(&mut self, result_reg: u8, _rule_index: u32) -> Result<()> {
         let current_ctx = self
             .call_rule_stack
             .last_mut()
@@ -763,7 +763,7 @@ impl RegoVM {
             ..
         } = frame_data;
 
-        let rule_idx = usize::from(rule_index);
+        let rule_idx = rule_index as usize;
         let rule_info = self
             .program
             .rule_infos
@@ -846,7 +846,7 @@ impl RegoVM {
                         if let Some(default_value) = self
                             .program
                             .literals
-                            .get(usize::from(default_literal_index))
+                            .get(default_literal_index as usize)
                             .cloned()
                         {
                             let register_count = parent_registers.len();
@@ -925,8 +925,8 @@ impl RegoVM {
         self.rule_frame_after_failure(frame_data, &rule_info)
     }
 
-    fn get_rule_info(&self, rule_index: u16) -> Result<RuleInfo> {
-        let idx = usize::from(rule_index);
+    fn get_rule_info(&self, rule_index: u32) -> Result<RuleInfo> {
+        let idx = rule_index as usize;
         self.program
             .rule_infos
             .get(idx)

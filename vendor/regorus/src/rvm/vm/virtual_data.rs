@@ -143,12 +143,12 @@ impl RegoVM {
                             }
                         })?;
                         self.registers.push(Value::Undefined);
-                        let rule_index_u16 =
-                            u16::try_from(rule_index).map_err(|_| VmError::InvalidRuleIndex {
+                        let rule_index_u32 =
+                            u32::try_from(rule_index).map_err(|_| VmError::InvalidRuleIndex {
                                 rule_index: Value::Number(rule_idx.clone()),
                                 pc: self.pc,
                             })?;
-                        self.execute_call_rule_common(temp_reg, rule_index_u16, None)?;
+                        self.execute_call_rule_common(temp_reg, rule_index_u32, None)?;
                         let register_count = self.registers.len();
                         let result =
                             self.registers
@@ -203,7 +203,7 @@ impl RegoVM {
         Ok(())
     }
 
-    pub(super) fn execute_virtual_data_document_lookup(&mut self, params_index: u16) -> Result<()> {
+    pub(super) fn execute_virtual_data_document_lookup(&mut self, params_index: u32) -> Result<()> {
         let params = self
             .program
             .instruction_data
@@ -252,7 +252,7 @@ impl RegoVM {
             Value::Number(ref rule_index_value) => {
                 if let Some(rule_index) = rule_index_value.as_u64() {
                     let rule_index =
-                        u16::try_from(rule_index).map_err(|_| VmError::InvalidRuleIndex {
+                        u32::try_from(rule_index).map_err(|_| VmError::InvalidRuleIndex {
                             rule_index: Value::Number(rule_index_value.clone()),
                             pc: self.pc,
                         })?;
@@ -335,7 +335,7 @@ impl RegoVM {
             LiteralOrRegister::Literal(ref idx) => self
                 .program
                 .literals
-                .get(usize::from(*idx))
+                .get(*idx as usize)
                 .ok_or(VmError::LiteralIndexOutOfBounds {
                     index: *idx,
                     pc: self.pc,

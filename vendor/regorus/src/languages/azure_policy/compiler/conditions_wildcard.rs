@@ -133,7 +133,7 @@ impl Compiler {
 
         self.emit(Instruction::LoopStart { params_index }, span);
 
-        let body_start = u16::try_from(self.program.instructions.len())
+        let body_start = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         match suffix {
@@ -182,7 +182,7 @@ impl Compiler {
             span,
         );
 
-        let loop_end = u16::try_from(self.program.instructions.len())
+        let loop_end = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.program.update_loop_params(params_index, |params| {

@@ -42,7 +42,7 @@ pub(super) struct Compiler {
     /// High-water mark of `register_counter`.
     pub(super) register_high_water: u8,
     pub(super) source_to_index: BTreeMap<String, usize>,
-    pub(super) builtin_index: BTreeMap<String, u16>,
+    pub(super) builtin_index: BTreeMap<String, u32>,
     pub(super) count_bindings: Vec<CountBinding>,
     /// Cached register for `LoadInput` — allocated once on first use.
     pub(super) cached_input_reg: Option<u8>,
@@ -56,7 +56,7 @@ pub(super) struct Compiler {
     /// Cached literal-table index for `parameter_defaults` (or an empty object
     /// when no defaults exist). Populated on first `parameters()` call to avoid
     /// repeated O(n) literal-table scans and deep `Value` clones.
-    pub(super) cached_defaults_literal_idx: Option<u16>,
+    pub(super) cached_defaults_literal_idx: Option<u32>,
     /// When set, field conditions resolve against this register instead of
     /// `input.resource`.  Used for `existenceCondition`.
     pub(super) resource_override_reg: Option<u8>,
@@ -171,9 +171,9 @@ impl Compiler {
 
     // -- literal / builtin / chained-index helpers -------------------------
 
-    pub(super) fn add_literal_u16(&mut self, value: Value) -> Result<u16> {
+    pub(super) fn add_literal_u16(&mut self, value: Value) -> Result<u32> {
         let idx = self.program.add_literal(value);
-        u16::try_from(idx).map_err(|_| anyhow!("literal table exceeds u16 index space"))
+        u32::try_from(idx).map_err(|_| anyhow!("literal table exceeds u32 index space"))
     }
 
     pub(super) fn load_literal(&mut self, value: Value, span: &crate::lexer::Span) -> Result<u8> {
@@ -183,7 +183,7 @@ impl Compiler {
         Ok(dest)
     }
 
-    pub(super) fn get_or_add_builtin_index(&mut self, name: &str, num_args: u16) -> u16 {
+    pub(super) fn get_or_add_builtin_index(&mut self, name: &str, num_args: u32) -> u32 {
         let key = format!("{}/{}", name, num_args);
         if let Some(index) = self.builtin_index.get(&key) {
             return *index;
@@ -220,7 +220,7 @@ impl Compiler {
         let dest = self.alloc_register()?;
         let builtin_index = self.get_or_add_builtin_index(
             name,
-            u16::try_from(args.len()).map_err(|_| anyhow!("arg count overflow"))?,
+            u32::try_from(args.len()).map_err(|_| anyhow!("arg count overflow"))?,
         );
 
         let mut arg_slots = [0_u8; 8];
@@ -317,13 +317,13 @@ impl Compiler {
 
     /// Return the PC (instruction index) that the *next* emitted instruction
     /// will occupy.
-    pub(super) fn current_pc(&self) -> Result<u16> {
-        u16::try_from(self.program.instructions.len())
+    pub(super) fn current_pc(&self) -> Result<u32> {
+        u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))
     }
 
     /// Patch tracked instruction indices, setting their `end_pc` field.
-    pub(super) fn patch_end_pc(&mut self, pcs: &[u16], end_pc: u16) -> Result<()> {
+    pub(super) fn patch_end_pc(&mut self, pcs: &[u32], end_pc: u32) -> Result<()> {
         for &pc in pcs {
             let idx = usize::from(pc);
             let instr = self

@@ -226,7 +226,7 @@ impl Compiler {
 
         self.emit(Instruction::LoopStart { params_index }, span);
 
-        let body_start = u16::try_from(self.program.instructions.len())
+        let body_start = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         // Push binding for this level so inner where-clause field references
@@ -270,7 +270,7 @@ impl Compiler {
             span,
         );
 
-        let loop_end = u16::try_from(self.program.instructions.len())
+        let loop_end = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.program.update_loop_params(params_index, |params| {
@@ -378,7 +378,7 @@ impl Compiler {
 
         self.emit(Instruction::LoopStart { params_index }, span);
 
-        let body_start = u16::try_from(self.program.instructions.len())
+        let body_start = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         // Push binding for this level.
@@ -426,7 +426,7 @@ impl Compiler {
             span,
         );
 
-        let loop_end = u16::try_from(self.program.instructions.len())
+        let loop_end = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.program.update_loop_params(params_index, |params| {
@@ -543,7 +543,7 @@ impl Compiler {
 
         self.emit(Instruction::LoopStart { params_index }, span);
 
-        let body_start_u16 = u16::try_from(self.program.instructions.len())
+        let body_start_u16 = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.count_bindings.push(CountBinding {
@@ -584,7 +584,7 @@ impl Compiler {
             span,
         );
 
-        let loop_end_u16 = u16::try_from(self.program.instructions.len())
+        let loop_end_u16 = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.program.update_loop_params(params_index, |params| {
@@ -758,7 +758,7 @@ impl Compiler {
 
         self.emit(Instruction::LoopStart { params_index }, span);
 
-        let body_start = u16::try_from(self.program.instructions.len())
+        let body_start = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.count_bindings.push(CountBinding {
@@ -789,7 +789,7 @@ impl Compiler {
             span,
         );
 
-        let loop_end = u16::try_from(self.program.instructions.len())
+        let loop_end = u32::try_from(self.program.instructions.len())
             .map_err(|_| anyhow!("instruction index overflow"))?;
 
         self.program.update_loop_params(params_index, |params| {

@@ -181,7 +181,7 @@ impl Compiler {
         details_reg: Option<u8>,
         span: &crate::lexer::Span,
     ) -> Result<u8> {
-        let mut keys: Vec<(u16, u8)> = Vec::new();
+        let mut keys: Vec<(u32, u8)> = Vec::new();
         let effect_key_idx = self.add_literal_u16(Value::from("effect"))?;
         keys.push((effect_key_idx, effect_name_reg));
 
@@ -468,7 +468,7 @@ impl Compiler {
             return self.wrap_effect_result(effect_name_reg, None, span);
         };
 
-        let mut detail_keys: Vec<(u16, u8)> = Vec::new();
+        let mut detail_keys: Vec<(u32, u8)> = Vec::new();
 
         for ObjectEntry { key, value, .. } in entries {
             // Only emit `roleDefinitionIds` and `type` into the structured
@@ -629,7 +629,7 @@ impl Compiler {
         details: &JsonValue,
         span: &crate::lexer::Span,
     ) -> Result<u8> {
-        let mut keys: Vec<(u16, u8)> = Vec::new();
+        let mut keys: Vec<(u32, u8)> = Vec::new();
 
         // "operation" is always the literal "lookup_related_resources".
         let op_reg = self.load_literal(Value::from("lookup_related_resources"), span)?;
@@ -810,7 +810,7 @@ fn unescape_arm_literal(s: &str) -> alloc::string::String {
 /// 3. Emit `ObjectCreate`.
 pub(super) fn build_object_from_keys(
     compiler: &mut Compiler,
-    mut keys: Vec<(u16, u8)>,
+    mut keys: Vec<(u32, u8)>,
     span: &crate::lexer::Span,
 ) -> Result<u8> {
     // Build template: object with all keys set to Undefined.

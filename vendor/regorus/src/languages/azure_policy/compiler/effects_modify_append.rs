@@ -82,7 +82,7 @@ impl Compiler {
             )),
         }
 
-        let mut detail_keys: Vec<(u16, u8)> = Vec::new();
+        let mut detail_keys: Vec<(u32, u8)> = Vec::new();
 
         // roleDefinitionIds — compile as expression (may be parameterized).
         {
@@ -143,7 +143,7 @@ impl Compiler {
             bail!(op_json.span().error("modify operation must be an object"));
         };
 
-        let mut op_keys: Vec<(u16, u8)> = Vec::new();
+        let mut op_keys: Vec<(u32, u8)> = Vec::new();
         let mut operation_name: Option<String> = None;
         let mut has_field = false;
         let mut has_value = false;

@@ -157,7 +157,7 @@ impl Compiler {
         span: &crate::lexer::Span,
         depth: usize,
     ) -> Result<u8> {
-        let mut keys: Vec<(u16, u8)> = Vec::with_capacity(entries.len());
+        let mut keys: Vec<(u32, u8)> = Vec::with_capacity(entries.len());
         for entry in entries {
             let val_reg =
                 self.compile_json_value_inner(&entry.value, entry.value.span(), depth, false)?;

@@ -36,7 +36,7 @@ impl<'a> Compiler<'a> {
 
         self.emit_instruction(Instruction::ComprehensionBegin { params_index }, span);
 
-        let body_start = self.program.instructions.len() as u16;
+        let body_start = self.program.instructions.len() as u32;
 
         let context = CompilationContext {
             context_type: ContextType::Comprehension(context_type),
@@ -51,7 +51,7 @@ impl<'a> Compiler<'a> {
         self.pop_context();
 
         self.emit_instruction(Instruction::ComprehensionEnd {}, span);
-        let comprehension_end = self.program.instructions.len() as u16;
+        let comprehension_end = self.program.instructions.len() as u32;
 
         self.program
             .update_comprehension_begin_params(params_index, |params| {

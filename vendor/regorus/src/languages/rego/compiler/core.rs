@@ -33,7 +33,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// Get builtin index for a builtin function
-    pub(super) fn get_builtin_index(&mut self, builtin_name: &str) -> Result<u16> {
+    pub(super) fn get_builtin_index(&mut self, builtin_name: &str) -> Result<u32> {
         if !self.is_builtin(builtin_name) {
             return Err(CompilerError::NotBuiltinFunction {
                 name: builtin_name.to_string(),
@@ -50,9 +50,9 @@ impl<'a> Compiler<'a> {
         let num_args = if builtin_name == "print" {
             2 // Special case for print
         } else if let Some(builtin_fcn) = builtins::BUILTINS.get(builtin_name) {
-            builtin_fcn.1 as u16 // Second element is the number of arguments
+            builtin_fcn.1 as u32 // Second element is the number of arguments
         } else if let Some((nargs, _)) = crate::utils::vm_extension(builtin_name) {
-            u16::from(nargs)
+            u32::from(nargs)
         } else {
             return Err(CompilerError::UnknownBuiltinFunction {
                 name: builtin_name.to_string(),
@@ -103,16 +103,22 @@ impl<'a> Compiler<'a> {
     }
 
     /// Add a literal value to the literal table, returning its index
-    pub fn add_literal(&mut self, value: Value) -> u16 {
-        // Check if literal already exists to avoid duplication
-        // TODO: Optimize lookup
-        for (idx, existing) in self.program.literals.iter().enumerate() {
-            if existing == &value {
-                return idx as u16;
-            }
+    pub fn add_literal(&mut self, value: Value) -> u32 {
+        // Check if literal already exists to avoid duplication: the first equal literal, as a
+        // scan of the table finds it (arbiter patch 25; literals pushed to the table directly
+        // are indexed here first).
+        while self.literal_index_len < self.program.literals.len() {
+            let i = self.literal_index_len;
+            self.literal_index
+                .entry(self.program.literals[i].clone())
+                .or_insert(i as u32);
+            self.literal_index_len += 1;
+        }
+        if let Some(&idx) = self.literal_index.get(&value) {
+            return idx;
         }
 
-        let idx = self.program.literals.len() as u16;
+        let idx = self.program.literals.len() as u32;
         self.program.literals.push(value);
         idx
     }

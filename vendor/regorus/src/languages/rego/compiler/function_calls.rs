@@ -33,11 +33,11 @@ use alloc::{
 /// added without updating every match site.
 enum CallTarget {
     User {
-        rule_index: u16,
+        rule_index: u32,
         expected_args: Option<usize>,
     },
     Builtin {
-        builtin_index: u16,
+        builtin_index: u32,
         expected_args: Option<usize>,
     },
     /// Explicit `__builtin_host_await(arg, id)` call form (2 user args).
@@ -221,7 +221,7 @@ impl<'a> Compiler<'a> {
                 }
 
                 let array_params_len = self.program.instruction_data.array_create_params.len();
-                let array_params_index = u16::try_from(array_params_len).map_err(|_| {
+                let array_params_index = u32::try_from(array_params_len).map_err(|_| {
                     CompilerError::General {
                         message:
                             "registered host-await array parameter table exceeds the RVM index limit"
@@ -298,12 +298,12 @@ impl<'a> Compiler<'a> {
                     .iter()
                     .position(|existing| existing == &identifier_literal)
                 {
-                    u16::try_from(index).map_err(|_| CompilerError::General {
+                    u32::try_from(index).map_err(|_| CompilerError::General {
                         message: "registered host-await identifier literal table exceeds the RVM index limit"
                             .to_string(),
                     })?
                 } else {
-                    let index = u16::try_from(self.program.literals.len()).map_err(|_| {
+                    let index = u32::try_from(self.program.literals.len()).map_err(|_| {
                         CompilerError::General {
                             message: "registered host-await identifier literal table exceeds the RVM index limit"
                                 .to_string(),
@@ -365,7 +365,7 @@ impl<'a> Compiler<'a> {
                 .instructions
                 .len()
                 .checked_sub(1)
-                .and_then(|pc| u16::try_from(pc).ok())
+                .and_then(|pc| u32::try_from(pc).ok())
                 .ok_or_else(|| CompilerError::General {
                     message:
                         "registered host-await branch target exceeds the RVM instruction limit"

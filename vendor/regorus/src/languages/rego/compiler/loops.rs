@@ -148,7 +148,7 @@ impl<'a> Compiler<'a> {
             span,
         );
 
-        let body_start = self.program.instructions.len() as u16;
+        let body_start = self.program.instructions.len() as u32;
 
         self.push_scope();
 
@@ -180,7 +180,7 @@ impl<'a> Compiler<'a> {
             span,
         );
 
-        let loop_end = self.program.instructions.len() as u16;
+        let loop_end = self.program.instructions.len() as u32;
 
         self.program
             .update_loop_params(loop_params_index, |params| {
@@ -289,7 +289,7 @@ impl<'a> Compiler<'a> {
             collection.span(),
         );
 
-        let body_start = self.program.instructions.len() as u16;
+        let body_start = self.program.instructions.len() as u32;
 
         if let Some((binding_plan, plan_span)) = key_binding_plan.as_ref() {
             let _ = self
@@ -308,7 +308,7 @@ impl<'a> Compiler<'a> {
             collection.span(),
         );
 
-        let loop_end = self.program.instructions.len() as u16;
+        let loop_end = self.program.instructions.len() as u32;
 
         self.program
             .update_loop_params(loop_params_index, |params| {
@@ -387,7 +387,7 @@ impl<'a> Compiler<'a> {
             collection.span(),
         );
 
-        let body_start = self.program.instructions.len() as u16;
+        let body_start = self.program.instructions.len() as u32;
 
         if let Some(binding_plan) = self.get_binding_plan_for_expr(collection)? {
             if let BindingPlan::SomeIn {
@@ -476,7 +476,7 @@ impl<'a> Compiler<'a> {
             collection.span(),
         );
 
-        let loop_end = self.program.instructions.len() as u16;
+        let loop_end = self.program.instructions.len() as u32;
 
         self.program
             .update_loop_params(loop_params_index, |params| {

@@ -72,11 +72,47 @@ pub struct WorklistEntry {
     /// Rule path to be compiled (e.g., "data.package.rule")
     pub rule_path: String,
     /// Call stack of rule indices leading to this rule (empty for entry point)
-    pub call_stack: Vec<u16>,
+    pub call_stack: Vec<u32>,
+}
+
+/// The rules still to compile, first in first out, with how many entries each rule path has
+/// queued (arbiter patch 25: taking the first entry and asking whether a path is queued were
+/// scans of the whole list, quadratic in the number of packages behind a router rule).
+#[derive(Debug, Clone, Default)]
+pub struct Worklist {
+    entries: alloc::collections::VecDeque<WorklistEntry>,
+    queued: BTreeMap<String, usize>,
+}
+
+impl Worklist {
+    pub fn push(&mut self, entry: WorklistEntry) {
+        *self.queued.entry(entry.rule_path.clone()).or_insert(0) += 1;
+        self.entries.push_back(entry);
+    }
+
+    pub fn pop_front(&mut self) -> Option<WorklistEntry> {
+        let entry = self.entries.pop_front()?;
+        if let Some(n) = self.queued.get_mut(&entry.rule_path) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued.remove(&entry.rule_path);
+            }
+        }
+        Some(entry)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether an entry for `rule_path` is queued.
+    pub fn contains_path(&self, rule_path: &str) -> bool {
+        self.queued.contains_key(rule_path)
+    }
 }
 
 impl WorklistEntry {
-    pub fn new(rule_path: String, call_stack: Vec<u16>) -> Self {
+    pub fn new(rule_path: String, call_stack: Vec<u32>) -> Self {
         Self {
             rule_path,
             call_stack,
@@ -93,8 +129,8 @@ impl WorklistEntry {
     /// Create a new entry by extending the call stack with the caller's rule index
     pub fn with_caller(
         rule_path: String,
-        current_call_stack: &[u16],
-        caller_rule_index: u16,
+        current_call_stack: &[u32],
+        caller_rule_index: u32,
     ) -> Self {
         let mut new_call_stack = current_call_stack.to_vec();
         new_call_stack.push(caller_rule_index);
@@ -105,7 +141,7 @@ impl WorklistEntry {
     }
 
     /// Check if this entry would create a recursive call
-    pub fn would_create_recursion(&self, target_rule_index: u16) -> bool {
+    pub fn would_create_recursion(&self, target_rule_index: u32) -> bool {
         self.call_stack.contains(&target_rule_index)
     }
 }
@@ -118,8 +154,8 @@ pub struct Compiler<'a> {
     policy: &'a CompiledPolicy,
     current_package: String,
     current_module_index: u32,
-    rule_index_map: BTreeMap<String, u16>,
-    rule_worklist: Vec<WorklistEntry>,
+    rule_index_map: BTreeMap<String, u32>,
+    rule_worklist: Worklist,
     rule_definitions: Vec<Vec<Vec<u32>>>,
     rule_definition_function_params: Vec<Vec<Option<Vec<String>>>>,
     rule_definition_destructuring_patterns: Vec<Vec<Option<u32>>>,
@@ -136,17 +172,28 @@ pub struct Compiler<'a> {
     context_stack: Vec<CompilationContext>,
     loop_expr_register_map: BTreeMap<ExprRef, Register>,
     source_to_index: BTreeMap<String, usize>,
-    builtin_index_map: BTreeMap<String, u16>,
+    builtin_index_map: BTreeMap<String, u32>,
     current_input_register: Option<Register>,
     current_data_register: Option<Register>,
     current_rule_path: String,
-    current_call_stack: Vec<u16>,
+    current_call_stack: Vec<u32>,
     entry_points: IndexMap<String, usize>,
     soft_assert_mode: bool,
     /// Registered host-awaitable builtins: name → expected arg count.
     /// When the compiler encounters a call to one of these names, it emits a
     /// `HostAwait` instruction instead of a regular function or builtin call.
     host_await_builtins: BTreeMap<String, usize>,
+    /// arbiter patch 25: one interpreter evaluates every default rule's value. A new one per
+    /// rule sized its lookup tables for every module, quadratic in the number of packages.
+    default_rule_interpreter: Option<crate::interpreter::Interpreter>,
+    /// arbiter patch 25: the first index of every literal value, for `add_literal`'s
+    /// de-duplication (was a scan of the whole table per literal, quadratic in the number of
+    /// packages); `literal_index_len` literals of the table are indexed.
+    literal_index: BTreeMap<Value, u32>,
+    literal_index_len: usize,
+    /// arbiter patch 25: the module index of every rule (was a scan of every module's rules for
+    /// each rule compiled), built on first use.
+    rule_module_index: Option<BTreeMap<crate::ast::NodeRef<crate::ast::Rule>, u32>>,
 }
 
 impl<'a> Compiler<'a> {
@@ -162,7 +209,7 @@ impl<'a> Compiler<'a> {
             current_package: String::new(),
             current_module_index: 0,
             rule_index_map: BTreeMap::new(),
-            rule_worklist: Vec::new(),
+            rule_worklist: Worklist::default(),
             rule_definitions: Vec::new(),
             rule_definition_function_params: Vec::new(),
             rule_definition_destructuring_patterns: Vec::new(),
@@ -183,6 +230,10 @@ impl<'a> Compiler<'a> {
             entry_points: IndexMap::new(),
             soft_assert_mode: false,
             host_await_builtins: BTreeMap::new(),
+            default_rule_interpreter: None,
+            literal_index: BTreeMap::new(),
+            literal_index_len: 0,
+            rule_module_index: None,
         }
     }
 

@@ -28,7 +28,7 @@ impl<'a> Compiler<'a> {
         self.spans.push(SpanInfo::new(0, 0, 0, 0));
     }
 
-    pub(super) fn emit_call_rule(&mut self, dest: super::Register, rule_index: u16) {
+    pub(super) fn emit_call_rule(&mut self, dest: super::Register, rule_index: u32) {
         self.program
             .instructions
             .push(Instruction::CallRule { dest, rule_index });
@@ -44,7 +44,7 @@ impl<'a> Compiler<'a> {
 
         let mut rule_infos_map = BTreeMap::new();
 
-        let function_rule_indices: Vec<u16> = self
+        let function_rule_indices: Vec<u32> = self
             .rule_index_map
             .values()
             .copied()
@@ -191,12 +191,15 @@ impl<'a> Compiler<'a> {
         Ok(self.program)
     }
 
-    fn evaluate_default_rule(&mut self, rule_path: &str) -> Option<u16> {
+    fn evaluate_default_rule(&mut self, rule_path: &str) -> Option<u32> {
         if !self.policy.inner.default_rules.contains_key(rule_path) {
             return None;
         }
 
-        let mut interpreter = Interpreter::new_from_compiled_policy(self.policy.inner.clone());
+        let policy = &self.policy.inner;
+        let interpreter = self
+            .default_rule_interpreter
+            .get_or_insert_with(|| Interpreter::new_from_compiled_policy(policy.clone()));
 
         match interpreter.eval_default_rule_for_compiler(rule_path) {
             Ok(computed_value) => {
@@ -211,7 +214,7 @@ impl<'a> Compiler<'a> {
         None
     }
 
-    fn extract_destructuring_blocks(&self, rule_index: u16) -> Vec<Option<u32>> {
+    fn extract_destructuring_blocks(&self, rule_index: u32) -> Vec<Option<u32>> {
         self.rule_definition_destructuring_patterns[rule_index as usize].clone()
     }
 }

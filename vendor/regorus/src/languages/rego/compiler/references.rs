@@ -207,11 +207,7 @@ impl<'a> Compiler<'a> {
         if !matching_rules.is_empty() {
             // This path is a prefix of some rules - use DataVirtualDocumentLookup
             for rule_path in &matching_rules {
-                if !self
-                    .rule_worklist
-                    .iter()
-                    .any(|entry| entry.rule_path == *rule_path)
-                {
+                if !self.rule_worklist.contains_path(rule_path) {
                     // Assign a rule index for this rule before adding to worklist
                     self.get_or_assign_rule_index(rule_path)?;
                     let entry =
@@ -414,7 +410,7 @@ impl<'a> Compiler<'a> {
                 path_components,
             };
 
-            let params_index = self.program.instruction_data.chained_index_params.len() as u16;
+            let params_index = self.program.instruction_data.chained_index_params.len() as u32;
             self.program
                 .instruction_data
                 .chained_index_params
@@ -457,7 +453,7 @@ impl<'a> Compiler<'a> {
             .program
             .instruction_data
             .virtual_data_document_lookup_params
-            .len() as u16;
+            .len() as u32;
         self.program
             .instruction_data
             .virtual_data_document_lookup_params

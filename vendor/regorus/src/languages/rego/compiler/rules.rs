@@ -137,13 +137,13 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    pub(super) fn get_or_assign_rule_index(&mut self, rule_path: &str) -> Result<u16> {
+    pub(super) fn get_or_assign_rule_index(&mut self, rule_path: &str) -> Result<u32> {
         if let Some(&index) = self.rule_index_map.get(rule_path) {
             return Ok(index);
         }
 
         let rule_type = self.compute_rule_type(rule_path)?;
-        let index = self.rule_index_map.len() as u16;
+        let index = self.rule_index_map.len() as u32;
 
         self.rule_index_map.insert(rule_path.to_string(), index);
         let entry = WorklistEntry::new(rule_path.to_string(), self.current_call_stack.clone());
@@ -177,47 +177,52 @@ impl<'a> Compiler<'a> {
         Ok(index)
     }
 
-    fn find_module_index_for_rule(&self, rule_ref: &crate::ast::NodeRef<Rule>) -> Result<u32> {
-        let rule = rule_ref.as_ref();
-
-        for (module_idx, module) in self.policy.get_modules().iter().enumerate() {
-            for policy_rule in &module.policy {
-                if core::ptr::eq(policy_rule.as_ref(), rule) {
-                    return Ok(module_idx as u32);
+    /// The index of the module that defines `rule_ref` (arbiter patch 25: a lookup in a map
+    /// built once; it was a scan of every module's rules).
+    fn rule_module_index(&mut self, rule_ref: &crate::ast::NodeRef<Rule>) -> Option<u32> {
+        let policy = self.policy;
+        let index = self.rule_module_index.get_or_insert_with(|| {
+            let mut index = alloc::collections::BTreeMap::new();
+            for (module_idx, module) in policy.get_modules().iter().enumerate() {
+                for policy_rule in &module.policy {
+                    index
+                        .entry(policy_rule.clone())
+                        .or_insert(module_idx as u32);
                 }
             }
-        }
+            index
+        });
+        index.get(rule_ref).copied()
+    }
 
-        Ok(0)
+    fn find_module_index_for_rule(&mut self, rule_ref: &crate::ast::NodeRef<Rule>) -> Result<u32> {
+        Ok(self.rule_module_index(rule_ref).unwrap_or(0))
     }
 
     fn find_module_package_and_index_for_rule(
-        &self,
+        &mut self,
         rule_path: &str,
         rules: &Map<String, Vec<crate::ast::NodeRef<Rule>>>,
     ) -> Result<(String, u32)> {
         if let Some(rule_definitions) = rules.get(rule_path) {
             if let Some(first_rule_ref) = rule_definitions.first() {
-                let rule = first_rule_ref.as_ref();
-
-                for (module_index, module) in self.policy.get_modules().iter().enumerate() {
-                    for policy_rule in &module.policy {
-                        if core::ptr::eq(policy_rule.as_ref(), rule) {
-                            let package_path =
-                                match get_path_string(&module.package.refr, Some("data")) {
-                                    Ok(path) => path,
-                                    Err(e) => {
-                                        return Err(CompilerError::General {
-                                            message: format!(
-                                                "Failed to get package path for module: {}",
-                                                e
-                                            ),
-                                        }
-                                        .into());
-                                    }
-                                };
-                            return Ok((package_path, module_index as u32));
-                        }
+                let policy = self.policy;
+                if let Some(module_index) = self.rule_module_index(first_rule_ref) {
+                    if let Some(module) = policy.get_modules().get(module_index as usize) {
+                        let package_path = match get_path_string(&module.package.refr, Some("data"))
+                        {
+                            Ok(path) => path,
+                            Err(e) => {
+                                return Err(CompilerError::General {
+                                    message: format!(
+                                        "Failed to get package path for module: {}",
+                                        e
+                                    ),
+                                }
+                                .into());
+                            }
+                        };
+                        return Ok((package_path, module_index));
                     }
                 }
             }
@@ -322,9 +327,7 @@ impl<'a> Compiler<'a> {
         let mut compiled_rules = BTreeSet::new();
         let mut call_stack = Vec::new();
 
-        while !self.rule_worklist.is_empty() {
-            let entry = self.rule_worklist.remove(0);
-
+        while let Some(entry) = self.rule_worklist.pop_front() {
             if let Some(&target_rule_index) = self.rule_index_map.get(&entry.rule_path) {
                 if entry.call_stack.contains(&target_rule_index) {
                     let mut chain = Vec::new();
