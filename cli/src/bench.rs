@@ -32,6 +32,8 @@ pub enum Engine {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
     /// The query: a reference such as `data.envoy.authz.allow` (any Rego query without
     /// `--decision`).
     #[arg(value_name = "QUERY")]
@@ -123,7 +125,7 @@ pub fn run(args: &Args) -> Exit {
         eval_timeout: None,
         ..LoadOptions::default()
     };
-    let sources = match PolicySources::discover(&args.data) {
+    let sources = match PolicySources::discover_with(&args.data, &[], &args.limits.limits()) {
         Ok(s) => s,
         Err(e) => {
             for d in &e.diagnostics {

@@ -8,6 +8,8 @@ use crate::Exit;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
     /// The policy folder (Rego, data, CEL and tests, in bundle layout).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
@@ -62,7 +64,11 @@ pub fn run(args: &Args) -> Exit {
     };
     let revision = match &args.revision {
         Some(r) => r.clone(),
-        None => match arbiter_engine::PolicySources::discover(&[&args.dir]) {
+        None => match arbiter_engine::PolicySources::discover_with(
+            &[&args.dir],
+            &[],
+            &args.limits.limits(),
+        ) {
             Ok(s) => match arbiter_engine::PolicySet::from_sources(
                 &s,
                 &arbiter_engine::LoadOptions::default(),
@@ -80,7 +86,13 @@ pub fn run(args: &Args) -> Exit {
         },
     };
     let roots = (!args.roots.is_empty()).then_some(args.roots.as_slice());
-    match bundle::build(&args.dir, &revision, roots, signing.as_ref()) {
+    match bundle::build_with(
+        &args.dir,
+        &revision,
+        roots,
+        signing.as_ref(),
+        &args.limits.limits(),
+    ) {
         Ok(bytes) => match std::fs::write(&args.output, bytes) {
             Ok(()) => {
                 eprintln!(

@@ -23,6 +23,8 @@ pub struct Args {
     /// interpreter).
     #[arg(long, value_name = "PATH", default_value = "envoy/authz/allow")]
     pub path: String,
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
 }
 
 pub fn run(args: &Args) -> Exit {
@@ -36,10 +38,12 @@ pub fn run(args: &Args) -> Exit {
         include_tests: true,
         ..LoadOptions::default()
     };
-    let sources = match arbiter_engine::PolicySources::discover(&args.paths) {
-        Ok(s) => s,
-        Err(e) => return report(&e),
-    };
+    let sources =
+        match arbiter_engine::PolicySources::discover_with(&args.paths, &[], &args.limits.limits())
+        {
+            Ok(s) => s,
+            Err(e) => return report(&e),
+        };
     let mut diagnostics = Vec::new();
     let mut warnings = 0;
     match PolicySet::from_sources(&sources, &options) {

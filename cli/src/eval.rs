@@ -35,6 +35,8 @@ pub enum Target {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
     /// The Rego query, e.g. `data.envoy.authz.allow`.
     pub query: String,
     /// Policy or data file or folder (repeatable).
@@ -315,13 +317,25 @@ pub fn run(args: &Args) -> Exit {
         strict_builtin_errors: args.strict_builtin_errors,
         ..LoadOptions::default()
     };
-    let sources = PolicySources::discover(&args.data).and_then(|mut sources| {
+    let limits = args.limits.limits();
+    let sources = PolicySources::discover_with(&args.data, &[], &limits).and_then(|mut sources| {
         for b in &args.bundle {
-            let bundle = arbiter_engine::bundle::load(b, None).map_err(|e| {
+            let bundle = arbiter_engine::bundle::load_with(b, None, &limits).map_err(|e| {
                 arbiter_engine::LoadError::one(Diagnostic::file(b.display().to_string(), e))
             })?;
             sources.extend(bundle.sources);
         }
+        sources.check_limits(&limits).map_err(|e| {
+            arbiter_engine::LoadError::one(Diagnostic::file(
+                args.data
+                    .iter()
+                    .chain(&args.bundle)
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                e,
+            ))
+        })?;
         Ok(sources)
     });
     let set = sources.and_then(|s| PolicySet::from_sources(&s, &options));

@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod eval;
 pub mod input;
+pub mod load_limits;
 pub mod logconfig;
 pub mod run;
 pub mod serve;

@@ -52,6 +52,8 @@ pub enum AuthorizationArg {
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
     /// Policy files or folders (default: the bundled `policies/`).
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -496,6 +498,7 @@ impl Args {
             policies.push(bundled_policies());
         }
         let mut limits = file.limits.unwrap_or_default();
+        self.limits.apply_to(&mut limits);
         // OPA-Envoy's plugin keys arbiter does not serve are refused by name; its sizes are
         // limits.
         if opa.enable_reflection == Some(true) {
@@ -726,10 +729,11 @@ fn sources(
     s: &Settings,
     fetched: Option<&FetchedBundle>,
 ) -> Result<arbiter_engine::PolicySources, String> {
+    let limits = s.limits.load();
     let mut sources = if s.policies.is_empty() {
         arbiter_engine::PolicySources::default()
     } else {
-        arbiter_engine::PolicySources::discover_ignoring(&s.policies, &s.ignore)
+        arbiter_engine::PolicySources::discover_with(&s.policies, &s.ignore, &limits)
             .map_err(|e| e.to_string())?
     };
     let mut loaded = Vec::new();
@@ -739,12 +743,12 @@ fn sources(
             let bytes = fetched
                 .and_then(|f| f.lock().ok().and_then(|g| g.get(&b.name).cloned()))
                 .ok_or_else(|| format!("{shown}: the bundle has not been fetched"))?;
-            let files =
-                arbiter_engine::bundle::untar(&bytes).map_err(|e| format!("{shown}: {e}"))?;
-            arbiter_engine::bundle::from_files(files, shown, b.verification.as_ref())
+            let files = arbiter_engine::bundle::untar_with(&bytes, &limits)
+                .map_err(|e| format!("{shown}: {e}"))?;
+            arbiter_engine::bundle::from_files_with(files, shown, b.verification.as_ref(), &limits)
                 .map_err(|e| format!("{shown}: {e}"))?
         } else {
-            arbiter_engine::bundle::load(Path::new(shown), b.verification.as_ref())?
+            arbiter_engine::bundle::load_with(Path::new(shown), b.verification.as_ref(), &limits)?
         };
         loaded.push((b, bundle));
     }
@@ -780,6 +784,8 @@ fn sources(
     if revision.is_some() {
         sources.revision = revision;
     }
+    // Folders and bundles together.
+    sources.check_limits(&limits)?;
     Ok(sources)
 }
 
@@ -1532,6 +1538,48 @@ mod tests {
             .unwrap_err();
             assert!(e.contains(want), "{service}: `{e}` lacks `{want}`");
         }
+    }
+
+    /// The load limits come from `limits:` in the config, and a flag overrides its key; a set
+    /// past one is not served (issue 18 item 7).
+    #[test]
+    fn load_limits_from_the_config_and_the_flags() {
+        let dir = ConfigDir::new("loadlimits");
+        let policies = dir.0.join("p");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("a.rego"), "package a\nallow := true\n").unwrap();
+        std::fs::write(policies.join("b.rego"), "package b\nallow := true\n").unwrap();
+        let file = dir.0.join("config.yaml");
+        std::fs::write(
+            &file,
+            "limits: {max_modules: 1, max_data_file_bytes: 1MiB, max_bundle_bytes: 2MB}\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            paths: vec![policies.clone()],
+            ..Args::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.limits.max_modules, 1);
+        assert_eq!(s.limits.max_data_file_bytes, 1 << 20);
+        assert_eq!(s.limits.max_bundle_bytes, 2_000_000);
+        let e = authorizer(&s).map(|_| ()).unwrap_err();
+        assert!(
+            e.contains("2 policy files, over the limit of 1 (raise it with --max-modules"),
+            "{e}"
+        );
+        let args = Args {
+            limits: crate::load_limits::LoadLimitArgs {
+                max_modules: Some(2),
+                ..Default::default()
+            },
+            ..args
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.limits.max_modules, 2);
+        assert_eq!(s.limits.max_data_file_bytes, 1 << 20);
+        assert!(authorizer(&s).is_ok());
     }
 
     /// OPA-Envoy's other plugin keys and OPA's `status` and `labels` (issue 25, item 7): each

@@ -28,6 +28,8 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: crate::load_limits::LoadLimitArgs,
     /// Policy files or folders (policies, data, `*_test.rego`, `*_test.yaml`).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -101,7 +103,7 @@ pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     if !(0.0..=100.0).contains(&args.threshold) {
         return usage(err, "--threshold must be between 0 and 100".into());
     }
-    let sources = match PolicySources::discover(&args.paths) {
+    let sources = match PolicySources::discover_with(&args.paths, &[], &args.limits.limits()) {
         Ok(s) => s,
         Err(e) => {
             for d in &e.diagnostics {

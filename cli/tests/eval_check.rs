@@ -189,6 +189,62 @@ fn check_warns_when_the_decision_path_is_off_the_vm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The load limits are flags of every command that loads policies, named as in `limits:` of
+/// the config (issue 18 item 7): a refusal names the limit and how to raise it.
+#[test]
+fn check_refuses_past_a_load_limit_and_says_how_to_raise_it() {
+    let dir = fresh_dir("loadlimits");
+    std::fs::write(
+        dir.join("p.rego"),
+        "package p\n\nallow if input.x in data.xs\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data.json"),
+        format!("{{\"xs\": [{}]}}", "1,".repeat(999) + "1"),
+    )
+    .unwrap();
+    let len = std::fs::metadata(dir.join("data.json")).unwrap().len();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = arbiter(&[
+        "check",
+        "--max-data-file-bytes",
+        "1KiB",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}: file is {len} bytes, over the limit of 1024 bytes for data files (raise it with \
+         --max-data-file-bytes or `limits: {{max_data_file_bytes: …}}` in the config)",
+        dir.join("data.json").display()
+    );
+    assert!(stderr.contains(&want), "stderr: {stderr}");
+    let out = arbiter(&["check", "--max-modules", "0", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 policy file, over the limit of 0 (raise it with --max-modules"),
+        "stderr: {stderr}"
+    );
+    // The same limit from `eval`.
+    let out = arbiter(&[
+        "eval",
+        "--max-data-file-bytes",
+        "1KiB",
+        "-d",
+        dir.to_str().unwrap(),
+        "data.p.allow",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn eval_errors_use_opa_error_shape() {
     let dir = broken_policy_dir("eval");

@@ -20,10 +20,8 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::builtins::jose;
+use crate::limits::LoadLimits;
 use crate::loader::{DataDocument, PolicySources, SourceFile};
-
-/// Total uncompressed bytes read from one bundle (a gzip bomb stops here).
-pub const MAX_BUNDLE_BYTES: u64 = 256 << 20;
 
 /// The `.manifest`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -187,15 +185,57 @@ fn clean(path: &str) -> Result<String, String> {
 
 /// The files of a `.tar.gz` bundle.
 pub fn untar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let gz = flate2::read::GzDecoder::new(bytes);
-    let mut archive = tar::Archive::new(gz.take(MAX_BUNDLE_BYTES + 1));
+    untar_with(bytes, &LoadLimits::default())
+}
+
+/// The files of a `.tar.gz` bundle, refused past `limits.max_bundle_bytes` uncompressed.
+pub fn untar_with(bytes: &[u8], limits: &LoadLimits) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    /// Reads at most `left` bytes, and says whether it stopped there.
+    struct Capped<R> {
+        inner: R,
+        left: u64,
+        hit: std::rc::Rc<std::cell::Cell<bool>>,
+    }
+    impl<R: Read> Read for Capped<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                self.hit.set(true);
+                return Ok(0);
+            }
+            let max = buf
+                .len()
+                .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = self.inner.read(&mut buf[..max])?;
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+    let hit = std::rc::Rc::new(std::cell::Cell::new(false));
+    // The tar stream (headers and padding too) stops one byte past the limit: a gzip bomb ends
+    // here, and an error it causes is reported as the limit.
+    let capped = Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: limits.max_bundle_bytes.saturating_add(1),
+        hit: hit.clone(),
+    };
+    let mut archive = tar::Archive::new(capped);
     let mut files = BTreeMap::new();
     let mut total: u64 = 0;
+    let over = |e: String| {
+        if hit.get() {
+            limits
+                .check_bundle(limits.max_bundle_bytes.saturating_add(1))
+                .err()
+                .unwrap_or(e)
+        } else {
+            e
+        }
+    };
     let entries = archive
         .entries()
-        .map_err(|e| format!("not a tar.gz bundle: {e}"))?;
+        .map_err(|e| over(format!("not a tar.gz bundle: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("bundle read failed: {e}"))?;
+        let mut entry = entry.map_err(|e| over(format!("bundle read failed: {e}")))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -205,16 +245,14 @@ pub fn untar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
             .to_string_lossy()
             .into_owned();
         let name = clean(&path)?;
+        // The header's size first: no reading of a file the limit refuses.
+        limits.check_bundle(total.saturating_add(entry.header().size().unwrap_or(0)))?;
         let mut buf = Vec::new();
         entry
             .read_to_end(&mut buf)
-            .map_err(|e| format!("bundle read failed on {name}: {e}"))?;
+            .map_err(|e| over(format!("bundle read failed on {name}: {e}")))?;
         total += buf.len() as u64;
-        if total > MAX_BUNDLE_BYTES {
-            return Err(format!(
-                "the bundle is larger than {MAX_BUNDLE_BYTES} bytes uncompressed"
-            ));
-        }
+        limits.check_bundle(total)?;
         if files.insert(name.clone(), buf).is_some() {
             return Err(format!("`{name}` appears twice in the bundle"));
         }
@@ -224,7 +262,19 @@ pub fn untar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
 
 /// The files of a folder in bundle layout.
 pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+    read_dir_with(dir, &LoadLimits::default())
+}
+
+/// The files of a folder in bundle layout, refused past `limits.max_bundle_bytes` together,
+/// as a `.tar.gz` bundle is.
+pub fn read_dir_with(dir: &Path, limits: &LoadLimits) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        limits: &LoadLimits,
+        total: &mut u64,
+        out: &mut BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), String> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .filter_map(Result::ok)
@@ -233,21 +283,31 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
         for e in entries {
             let p = e.path();
             if p.is_dir() {
-                walk(base, &p, out)?;
+                walk(base, &p, limits, total, out)?;
             } else {
                 let rel = p
                     .strip_prefix(base)
                     .map_err(|e| e.to_string())?
                     .to_string_lossy()
                     .replace('\\', "/");
-                let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                limits.check_bundle(total.saturating_add(len))?;
+                let mut bytes = Vec::new();
+                std::fs::File::open(&p)
+                    .and_then(|f| {
+                        f.take(limits.max_bundle_bytes.saturating_add(1))
+                            .read_to_end(&mut bytes)
+                    })
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                *total = total.saturating_add(bytes.len() as u64);
+                limits.check_bundle(*total)?;
                 out.insert(rel, bytes);
             }
         }
         Ok(())
     }
     let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, limits, &mut 0, &mut out)?;
     Ok(out)
 }
 
@@ -257,6 +317,17 @@ pub fn from_files(
     files: BTreeMap<String, Vec<u8>>,
     name: &str,
     verification: Option<&Verification>,
+) -> Result<Bundle, String> {
+    from_files_with(files, name, verification, &LoadLimits::default())
+}
+
+/// [`from_files`] under `limits`: each policy and data file's size and the number of policy
+/// files, as a folder of policies is refused.
+pub fn from_files_with(
+    files: BTreeMap<String, Vec<u8>>,
+    name: &str,
+    verification: Option<&Verification>,
+    limits: &LoadLimits,
 ) -> Result<Bundle, String> {
     let signed = files.contains_key(".signatures.json");
     match (signed, verification) {
@@ -285,7 +356,16 @@ pub fn from_files(
         if base.starts_with('.') {
             continue; // .manifest, .signatures.json
         }
-        match crate::loader::classify(file, false) {
+        let kind = crate::loader::classify(file, false);
+        if kind.is_some() {
+            limits
+                .check_file(
+                    kind == Some(crate::loader::SourceKind::Data),
+                    bytes.len() as u64,
+                )
+                .map_err(|e| format!("{display}: {e}"))?;
+        }
+        match kind {
             Some(crate::loader::SourceKind::Rego) => sources.rego.push(SourceFile {
                 name: display,
                 text: text()?,
@@ -328,6 +408,7 @@ pub fn from_files(
             }),
             None => {
                 if (path.ends_with(".yaml") || path.ends_with(".yml"))
+                    && limits.check_file(false, bytes.len() as u64).is_ok()
                     && let Ok(t) = text()
                     && crate::istio::looks_like_istio(&t)
                 {
@@ -339,6 +420,7 @@ pub fn from_files(
             }
         }
     }
+    sources.check_limits(limits)?;
     check_roots(&manifest, &sources)?;
     if !manifest.revision.is_empty() {
         sources.revision = Some(manifest.revision.clone());
@@ -353,14 +435,23 @@ pub fn from_files(
 
 /// Read a `.tar.gz` bundle file or a folder in bundle layout.
 pub fn load(path: &Path, verification: Option<&Verification>) -> Result<Bundle, String> {
+    load_with(path, verification, &LoadLimits::default())
+}
+
+/// [`load`] under `limits`, the limits every loader applies.
+pub fn load_with(
+    path: &Path,
+    verification: Option<&Verification>,
+    limits: &LoadLimits,
+) -> Result<Bundle, String> {
     let name = path.display().to_string();
     let files = if path.is_dir() {
-        read_dir(path)?
+        read_dir_with(path, limits).map_err(|e| format!("{name}: {e}"))?
     } else {
         let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-        untar(&bytes).map_err(|e| format!("{name}: {e}"))?
+        untar_with(&bytes, limits).map_err(|e| format!("{name}: {e}"))?
     };
-    from_files(files, &name, verification).map_err(|e| format!("{name}: {e}"))
+    from_files_with(files, &name, verification, limits).map_err(|e| format!("{name}: {e}"))
 }
 
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
@@ -936,8 +1027,19 @@ pub fn build(
     roots: Option<&[String]>,
     signing: Option<&Signing>,
 ) -> Result<Vec<u8>, String> {
+    build_with(dir, revision, roots, signing, &LoadLimits::default())
+}
+
+/// [`build`] under `limits`: a bundle that would be refused when loaded is not built.
+pub fn build_with(
+    dir: &Path,
+    revision: &str,
+    roots: Option<&[String]>,
+    signing: Option<&Signing>,
+    limits: &LoadLimits,
+) -> Result<Vec<u8>, String> {
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for (path, bytes) in read_dir(dir)? {
+    for (path, bytes) in read_dir_with(dir, limits)? {
         let hidden = path.split('/').any(|s| s.starts_with('.'));
         if hidden || crate::loader::classify(Path::new(&path), false).is_none() {
             continue;
@@ -953,7 +1055,7 @@ pub fn build(
         serde_json::to_vec(&manifest).map_err(|e| e.to_string())?,
     );
     // Refuse to build what would not load.
-    from_files(files.clone(), &dir.display().to_string(), None)?;
+    from_files_with(files.clone(), &dir.display().to_string(), None, limits)?;
     if let Some(s) = signing {
         let sig = sign(&files, s)?;
         files.insert(".signatures.json".into(), sig);

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::diagnostic::{Diagnostic, LoadError};
+use crate::limits::LoadLimits;
 
 /// Which Rego syntax modules are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,10 +77,8 @@ pub struct PolicySources {
     pub bundles: std::collections::BTreeMap<String, String>,
 }
 
-/// Largest policy or data file read, in bytes (regorus's own policy limit is the same).
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
-/// Largest data file read, in bytes. Data documents for roles and entitlements can be large.
-pub const MAX_DATA_FILE_BYTES: u64 = 64 << 20;
+/// Largest policy file read, in bytes (regorus's own policy limit is the same).
+pub const MAX_FILE_BYTES: u64 = crate::limits::MAX_POLICY_FILE_BYTES;
 
 impl PolicySources {
     /// Read every policy, test and data file under `paths`. All problems are collected and
@@ -94,6 +93,16 @@ impl PolicySources {
     pub fn discover_ignoring<P: AsRef<Path>>(
         paths: &[P],
         ignore: &[String],
+    ) -> Result<Self, LoadError> {
+        Self::discover_with(paths, ignore, &LoadLimits::default())
+    }
+
+    /// [`PolicySources::discover_ignoring`] under `limits` (file sizes, bundle size, number of
+    /// policy files), the same limits every loader applies.
+    pub fn discover_with<P: AsRef<Path>>(
+        paths: &[P],
+        ignore: &[String],
+        limits: &LoadLimits,
     ) -> Result<Self, LoadError> {
         let mut sources = PolicySources::default();
         let mut diagnostics = Vec::new();
@@ -120,10 +129,10 @@ impl PolicySources {
                 for file in files {
                     let mut prefix = data_prefix.clone();
                     prefix.extend(document_prefix(root, &file));
-                    sources.add_file(&file, prefix, false, &mut diagnostics);
+                    sources.add_file(&file, prefix, false, limits, &mut diagnostics);
                 }
             } else if is_bundle_file(root) {
-                match crate::bundle::load(root, None) {
+                match crate::bundle::load_with(root, None, limits) {
                     Ok(b) => {
                         let mut b = b.sources;
                         b.bundles.insert(
@@ -132,17 +141,50 @@ impl PolicySources {
                         );
                         sources.extend(b);
                     }
-                    Err(e) => diagnostics.push(Diagnostic::file(root.display().to_string(), e)),
+                    Err(e) => {
+                        // The bundle's errors already begin with its name.
+                        let shown = root.display().to_string();
+                        let e = e
+                            .strip_prefix(&format!("{shown}: "))
+                            .map_or(e.clone(), str::to_string);
+                        diagnostics.push(Diagnostic::file(shown, e));
+                    }
                 }
             } else {
-                sources.add_file(root, data_prefix, true, &mut diagnostics);
+                sources.add_file(root, data_prefix, true, limits, &mut diagnostics);
             }
+        }
+        if let Err(message) = sources.check_limits(limits) {
+            diagnostics.push(Diagnostic::file(
+                paths
+                    .iter()
+                    .map(|p| p.as_ref().display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message,
+            ));
         }
         if diagnostics.is_empty() {
             Ok(sources)
         } else {
             Err(LoadError { diagnostics })
         }
+    }
+
+    /// How many policy files these sources hold (Rego modules and tests, CEL, Istio and
+    /// decision-test files): what `max_modules` counts.
+    pub fn policy_files(&self) -> usize {
+        self.rego.len()
+            + self.rego_tests.len()
+            + self.cel.len()
+            + self.istio.len()
+            + self.decision_tests.len()
+    }
+
+    /// Refuse sources past `limits`' count of policy files (sizes are refused as files are
+    /// read).
+    pub fn check_limits(&self, limits: &LoadLimits) -> Result<(), String> {
+        limits.check_modules(self.policy_files())
     }
 
     /// Add everything of `other` (a bundle's sources); its revision wins.
@@ -181,24 +223,20 @@ impl PolicySources {
         path: &Path,
         prefix: Vec<String>,
         named_explicitly: bool,
+        limits: &LoadLimits,
         diagnostics: &mut Vec<Diagnostic>,
     ) {
         let kind = match classify(path, named_explicitly) {
             Some(k) => k,
             // Other YAML files hold Istio policies when they say so.
-            None if is_yaml(path) => match read_limited(path, MAX_FILE_BYTES) {
+            None if is_yaml(path) => match read_limited(path, false, limits) {
                 Ok(t) if crate::istio::looks_like_istio(&t) => SourceKind::Istio,
                 _ => return,
             },
             None => return,
         };
         let name = path.display().to_string();
-        let limit = if kind == SourceKind::Data {
-            MAX_DATA_FILE_BYTES
-        } else {
-            MAX_FILE_BYTES
-        };
-        let text = match read_limited(path, limit) {
+        let text = match read_limited(path, kind == SourceKind::Data, limits) {
             Ok(t) => t,
             Err(message) => {
                 diagnostics.push(Diagnostic::file(name, message));
@@ -403,15 +441,20 @@ fn document_prefix(root: &Path, file: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn read_limited(path: &Path, limit: u64) -> Result<String, String> {
+fn read_limited(path: &Path, data: bool, limits: &LoadLimits) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > limit {
-        return Err(format!(
-            "file is {} bytes, over the limit of {limit} bytes",
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    limits.check_file(data, meta.len())?;
+    // Read at most one byte past the limit, in case the file grew since.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?,
+            meta.len().saturating_add(1),
+        ),
+        &mut bytes,
+    )
+    .map_err(|e| format!("cannot read: {e}"))?;
+    limits.check_file(data, bytes.len() as u64)?;
     String::from_utf8(bytes).map_err(|e| format!("file is not valid UTF-8: {e}"))
 }
 

@@ -380,3 +380,109 @@ fn bundles_served_together_claim_disjoint_roots() {
             .contains("bundle(s) [all] specify empty root paths")
     );
 }
+
+/// Issue 18 item 7: one set of load limits, applied the same way by a folder, a bundle file, a
+/// bundle folder and a bundle's bytes (as a download gives them); each refusal names the limit
+/// and how to raise it. A large `data.json` used to be refused from a folder and accepted
+/// from a bundle.
+#[test]
+fn every_loader_applies_the_same_load_limits() {
+    use crate::limits::LoadLimits;
+    let dir = policy_dir("limits");
+    // 2,000 admins: a data file of about 20 KB.
+    let admins: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
+    std::fs::write(
+        dir.join("example/data.json"),
+        serde_json::to_vec(&serde_json::json!({ "admins": admins })).unwrap(),
+    )
+    .unwrap();
+    let data_len = std::fs::metadata(dir.join("example/data.json"))
+        .unwrap()
+        .len();
+    let bytes = build(&dir, "r1", None, None).unwrap();
+    let tarball = tmp("limits-tar").join("bundle.tar.gz");
+    std::fs::write(&tarball, &bytes).unwrap();
+
+    type Loader<'a> = (
+        &'a str,
+        Box<dyn Fn(&LoadLimits) -> Result<PolicySources, String> + 'a>,
+    );
+    let loaders: Vec<Loader> = vec![
+        (
+            "folder",
+            Box::new(|l: &LoadLimits| {
+                PolicySources::discover_with(&[&dir], &[], l).map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "bundle file",
+            Box::new(|l: &LoadLimits| {
+                PolicySources::discover_with(&[&tarball], &[], l).map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "bundle folder",
+            Box::new(|l: &LoadLimits| load_with(&dir, None, l).map(|b| b.sources)),
+        ),
+        (
+            "bundle bytes",
+            Box::new(|l: &LoadLimits| {
+                from_files_with(untar_with(&bytes, l)?, "remote", None, l).map(|b| b.sources)
+            }),
+        ),
+    ];
+    let defaults = LoadLimits::default();
+    for (name, load) in &loaders {
+        let sources = load(&defaults).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(decide(&sources, "user01999"), "{name}");
+
+        let small_data = LoadLimits {
+            max_data_file_bytes: data_len - 1,
+            ..defaults
+        };
+        let err = load(&small_data).map(|_| ()).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "file is {data_len} bytes, over the limit of {} bytes for data files (raise it \
+                 with --max-data-file-bytes or `limits: {{max_data_file_bytes: …}}` in the config)",
+                data_len - 1
+            )) && err.contains("data.json"),
+            "{name}: {err}"
+        );
+        let raised = LoadLimits {
+            max_data_file_bytes: data_len,
+            ..defaults
+        };
+        assert!(load(&raised).is_ok(), "{name}");
+
+        // Two Rego files (a module and its test): one is over a limit of one.
+        let few_modules = LoadLimits {
+            max_modules: 1,
+            ..defaults
+        };
+        let err = load(&few_modules).map(|_| ()).unwrap_err();
+        assert!(
+            err.contains("2 policy files, over the limit of 1 (raise it with --max-modules"),
+            "{name}: {err}"
+        );
+
+        let small_bundle = LoadLimits {
+            max_bundle_bytes: data_len,
+            ..defaults
+        };
+        match (*name, load(&small_bundle)) {
+            // A folder of policies is not a bundle: its files are limited one by one.
+            ("folder", r) => assert!(r.is_ok(), "{name}"),
+            (_, r) => {
+                let err = r.map(|_| ()).unwrap_err();
+                assert!(
+                    err.contains(&format!(
+                        "the bundle is larger than {data_len} bytes uncompressed (raise it with \
+                         --max-bundle-bytes"
+                    )),
+                    "{name}: {err}"
+                );
+            }
+        }
+    }
+}
