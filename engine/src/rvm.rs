@@ -38,9 +38,11 @@ impl std::fmt::Debug for RvmDecider {
 
 thread_local! {
     /// This thread's VMs, most recently used first, each with the program it has loaded (by
-    /// address: the VM holds an `Arc` of that program, so the address cannot be reused while it
-    /// is cached). A few, so that Data API paths do not reload the decision path's VM.
-    static VMS: RefCell<Vec<(usize, RegoVM)>> = const { RefCell::new(Vec::new()) };
+    /// address: the entry holds an `Arc` of that program, so the address cannot be reused while
+    /// it is cached). A few, so that Data API paths do not reload the decision path's VM.
+    /// An entry whose program no decider holds any more (a reload replaced it) is dropped at
+    /// the thread's next evaluation, so that old policy sets and their data are freed.
+    static VMS: RefCell<Vec<(Arc<Program>, RegoVM)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// VMs kept per thread.
@@ -67,11 +69,25 @@ impl RvmDecider {
             timeout: set.options().eval_timeout,
         };
         // Load it once here, so that a program the VM refuses (a rule/data conflict) is found
-        // now and not on the first request.
-        decider
-            .with_vm(|_| Ok(Value::Undefined))
-            .map_err(|e| format!("{e:#}"))?;
+        // now and not on the first request. Not into this thread's cache: a reload thread
+        // would keep every set it compiled alive.
+        decider.new_vm().map_err(|e| format!("{e:#}"))?;
         Ok(decider)
+    }
+
+    fn new_vm(&self) -> anyhow::Result<RegoVM> {
+        let mut vm = RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_data(self.data.clone())?;
+        vm.set_strict_builtin_errors(true);
+        vm.set_max_instructions(MAX_INSTRUCTIONS);
+        if let Some(limit) = self.timeout {
+            vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                limit,
+                check_interval: NonZeroU32::MIN.saturating_add(63),
+            }));
+        }
+        Ok(vm)
     }
 
     fn with_vm(
@@ -82,24 +98,18 @@ impl RvmDecider {
             let mut vms = cell
                 .try_borrow_mut()
                 .map_err(|_| anyhow::anyhow!("the RVM is already running on this thread"))?;
-            let key = Arc::as_ptr(&self.program) as usize;
-            if let Some(i) = vms.iter().position(|(k, _)| *k == key) {
+            // Programs only the cache holds (the entry and its VM): their deciders are gone.
+            vms.retain(|(program, _)| Arc::strong_count(program) > 2);
+            if let Some(i) = vms
+                .iter()
+                .position(|(program, _)| Arc::ptr_eq(program, &self.program))
+            {
                 let hit = vms.remove(i);
                 vms.insert(0, hit);
             } else {
-                let mut vm = RegoVM::new();
-                vm.load_program(self.program.clone());
-                vm.set_data(self.data.clone())?;
-                vm.set_strict_builtin_errors(true);
-                vm.set_max_instructions(MAX_INSTRUCTIONS);
-                if let Some(limit) = self.timeout {
-                    vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-                        limit,
-                        check_interval: NonZeroU32::MIN.saturating_add(63),
-                    }));
-                }
+                let vm = self.new_vm()?;
                 vms.truncate(VMS_PER_THREAD - 1);
-                vms.insert(0, (key, vm));
+                vms.insert(0, (self.program.clone(), vm));
             }
             match vms.first_mut() {
                 Some((_, vm)) => run(vm),
@@ -131,6 +141,30 @@ mod tests {
         let mut s = PolicySources::default();
         s.add_rego("p.rego", rego);
         Arc::new(PolicySet::from_sources(&s, &LoadOptions::default()).unwrap())
+    }
+
+    /// Issue 18 item 5: a reload frees the old set. Neither compiling (on a reload thread) nor
+    /// a thread's cache of VMs keeps a program, and with it its policy set's data, once its
+    /// decider is gone.
+    #[test]
+    fn a_replaced_program_is_freed_by_the_vm_cache() {
+        let path = DataRef::parse("p/allow").unwrap();
+        let old = RvmDecider::compile(&set("package p\nallow := 1\n"), &path).unwrap();
+        let compiled_only = Arc::downgrade(&old.program);
+        drop(old);
+        assert!(compiled_only.upgrade().is_none(), "compiling cached a VM");
+
+        let old = RvmDecider::compile(&set("package p\nallow := 1\n"), &path).unwrap();
+        assert_eq!(old.evaluate(Value::Undefined).unwrap(), Value::from(1));
+        let used = Arc::downgrade(&old.program);
+        drop(old);
+        // The thread's next evaluation, under the new set, drops the old set's VM.
+        let new = RvmDecider::compile(&set("package p\nallow := 2\n"), &path).unwrap();
+        assert_eq!(new.evaluate(Value::Undefined).unwrap(), Value::from(2));
+        assert!(used.upgrade().is_none(), "the old program is still cached");
+        // The current one stays cached: a second evaluation reuses its VM.
+        assert_eq!(new.evaluate(Value::Undefined).unwrap(), Value::from(2));
+        assert_eq!(Arc::strong_count(&new.program), 3);
     }
 
     #[test]

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""RSS of `arbiter serve` (and of OPA, when the reference binary is at hand) after repeated
+reloads of the same large set.
+
+    cargo build --release -p arbiter-cli
+    python3 benches/mesh/gen-identities.py 100000 /tmp/ids
+    [ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa] python3 benches/mesh/measure-reload-rss.py /tmp/ids [RELOADS]
+
+Starts the server on loopback ports it picks, waits until it answers, then RELOADS times
+(default 10) sends SIGHUP, waits for the reload to finish (its reload counter in /metrics) and
+reads VmRSS from /proc. OPA does not reload on SIGHUP: for OPA it prints the time to ready and
+the RSS then. Prints one line per step. Stops the servers it started, by their process ids;
+every wait gives up after 60 s."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ARBITER = os.environ.get("ARBITER", os.path.join(REPO, "target", "release", "arbiter"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+def wait(cond, what):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"gave up waiting for {what}")
+
+
+def reloads_ok(http):
+    m = re.search(r'arbiter_policy_reloads_total\{result="ok"\} (\d+)', get(f"http://{http}/metrics"))
+    return int(m.group(1)) if m else 0
+
+
+def main():
+    folder = sys.argv[1]
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    extra = []
+    if os.path.getsize(os.path.join(folder, "data.json")) > 64 << 20:
+        extra = ["--max-data-file-bytes", "1GiB"]  # past the default limit (1M identities)
+    started = time.monotonic()
+    server = subprocess.Popen([ARBITER, "serve", "--policies", folder, "--http-addr", http,
+                               "--grpc-addr", grpc] + extra,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait(lambda: get(f"http://{http}/health") is not None, "arbiter to start")
+        print(f"arbiter ready after {time.monotonic() - started:.2f} s, RSS {rss_mib(server.pid):.0f} MiB")
+        for i in range(1, rounds + 1):
+            before = reloads_ok(http)
+            t = time.monotonic()
+            server.send_signal(signal.SIGHUP)
+            wait(lambda: reloads_ok(http) > before, f"reload {i}")
+            time.sleep(0.5)
+            print(f"after reload {i} ({time.monotonic() - t - 0.5:.2f} s): RSS {rss_mib(server.pid):.0f} MiB")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    opa = os.environ.get("ARBITER_REFERENCE_OPA")
+    if opa:
+        port = free_port()
+        started = time.monotonic()
+        server = subprocess.Popen([opa, "run", "--server", "--addr", f"127.0.0.1:{port}", folder],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait(lambda: json.loads(get(f"http://127.0.0.1:{port}/health")) == {}, "OPA to start")
+            print(f"OPA ready after {time.monotonic() - started:.2f} s, RSS {rss_mib(server.pid):.0f} MiB")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
