@@ -264,26 +264,30 @@ impl PolicySources {
         }
     }
 
-    /// Merge all data documents into one `data` object. Objects merge key by key; any other
-    /// clash (two files setting the same key to different non-object values) is an error that
-    /// names both files.
-    pub fn merged_data(&self) -> Result<Json, LoadError> {
-        let mut root = Json::Object(serde_json::Map::new());
+    /// Merge all data documents into one `data` object, as a Rego value (converted once, with
+    /// the documents' short strings shared, and no merged JSON copy). Objects merge key by key;
+    /// any other clash (two files setting the same key to different non-object values) is an
+    /// error that names both files.
+    pub fn merged_data(&self) -> Result<regorus::Value, LoadError> {
+        let mut interner = crate::value::Interner::default();
+        let mut root = regorus::Value::new_object();
         let mut owners: Vec<(Vec<String>, String)> = Vec::new();
         let mut diagnostics = Vec::new();
         for doc in &self.data {
-            let mut wrapped = doc.value.clone();
-            for seg in doc.prefix.iter().rev() {
-                let mut m = serde_json::Map::new();
-                m.insert(seg.clone(), wrapped);
-                wrapped = Json::Object(m);
-            }
-            if !wrapped.is_object() {
+            if doc.prefix.is_empty() && !doc.value.is_object() {
                 diagnostics.push(Diagnostic::file(
                     &doc.file,
                     "a data document at the root must be a JSON object",
                 ));
                 continue;
+            }
+            let mut wrapped = crate::value::from_json_shared(&doc.value, &mut interner);
+            for seg in doc.prefix.iter().rev() {
+                let mut m = regorus::Value::new_object();
+                if let Ok(o) = m.as_object_mut() {
+                    o.insert(regorus::Value::from(seg.as_str()), wrapped);
+                }
+                wrapped = m;
             }
             let mut at = Vec::new();
             if let Err(conflict_path) = merge(&mut root, wrapped, &mut at) {
@@ -311,11 +315,21 @@ impl PolicySources {
     }
 }
 
-fn merge(into: &mut Json, from: Json, at: &mut Vec<String>) -> Result<(), Vec<String>> {
+fn merge(
+    into: &mut regorus::Value,
+    from: regorus::Value,
+    at: &mut Vec<String>,
+) -> Result<(), Vec<String>> {
+    use regorus::Value;
     match (into, from) {
-        (Json::Object(a), Json::Object(b)) => {
+        (Value::Object(a), Value::Object(b)) => {
+            let a = regorus::Rc::make_mut(a);
+            let b = regorus::Rc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
             for (k, v) in b {
-                at.push(k.clone());
+                at.push(match &k {
+                    Value::String(s) => s.to_string(),
+                    other => other.to_string(),
+                });
                 match a.get_mut(&k) {
                     Some(existing) => merge(existing, v, at)?,
                     None => {
@@ -563,7 +577,7 @@ mod tests {
         fs::write(d.join("a/data.yaml"), "y: yes\n").unwrap();
         fs::write(d.join("a/notes.json"), "not data").unwrap();
         let s = PolicySources::discover(&[&d]).unwrap();
-        let merged = s.merged_data().unwrap();
+        let merged = crate::value::to_json(&s.merged_data().unwrap());
         assert_eq!(
             merged,
             serde_json::json!({"top": 1, "a": {"b": {"x": [1, 2]}, "y": "yes"}})

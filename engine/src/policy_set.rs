@@ -153,9 +153,9 @@ impl PolicySet {
         match sources.merged_data() {
             Ok(mut data) => {
                 if let Some(o) = overrides {
-                    merge_over(&mut data, o);
+                    merge_value_over(&mut data, from_json(o));
                 }
-                data_value = from_json(&data);
+                data_value = data;
                 if let Err(e) = engine.add_data(data_value.clone()) {
                     diagnostics.push(Diagnostic::file("data", format!("cannot load data: {e}")));
                 }
@@ -631,6 +631,25 @@ pub fn merge_over(base: &mut serde_json::Value, over: &serde_json::Value) {
             }
         }
         (b, o) => *b = o.clone(),
+    }
+}
+
+/// [`merge_over`] on Rego values: objects merge key by key, anything else is replaced.
+fn merge_value_over(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            let b = regorus::Rc::make_mut(b);
+            let o = regorus::Rc::try_unwrap(o).unwrap_or_else(|o| (*o).clone());
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_value_over(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
     }
 }
 

@@ -9,6 +9,44 @@ use serde_json::Value as Json;
 
 /// JSON → Rego value. Never fails: every JSON value has a Rego value.
 pub fn from_json(json: &Json) -> Value {
+    from_json_with(json, &mut |s| Value::from(s))
+}
+
+/// Short strings a data document repeats (object keys such as `roles`, values such as role
+/// names), each kept once: a value converted through one `Interner` shares them. Data for a
+/// million identities repeats a handful of keys a million times each.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: std::collections::HashMap<Box<str>, Value>,
+}
+
+impl Interner {
+    /// Strings longer than this are not shared (identifiers, not names).
+    const MAX_LEN: usize = 32;
+    /// At most this many distinct strings are kept; later ones are not shared.
+    const MAX_ENTRIES: usize = 1 << 16;
+
+    fn get(&mut self, s: &str) -> Value {
+        if s.len() > Self::MAX_LEN {
+            return Value::from(s);
+        }
+        if let Some(v) = self.strings.get(s) {
+            return v.clone();
+        }
+        let v = Value::from(s);
+        if self.strings.len() < Self::MAX_ENTRIES {
+            self.strings.insert(s.into(), v.clone());
+        }
+        v
+    }
+}
+
+/// [`from_json`] with the short strings shared through `interner` (loading data documents).
+pub fn from_json_shared(json: &Json, interner: &mut Interner) -> Value {
+    from_json_with(json, &mut |s| interner.get(s))
+}
+
+fn from_json_with(json: &Json, string: &mut impl FnMut(&str) -> Value) -> Value {
     match json {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
@@ -25,13 +63,19 @@ pub fn from_json(json: &Json) -> Value {
                     .unwrap_or_else(|_| Value::from(n.as_f64().unwrap_or(f64::NAN)))
             }
         }
-        Json::String(s) => Value::from(s.as_str()),
-        Json::Array(items) => Value::from(items.iter().map(from_json).collect::<Vec<_>>()),
+        Json::String(s) => string(s.as_str()),
+        Json::Array(items) => Value::from(
+            items
+                .iter()
+                .map(|i| from_json_with(i, string))
+                .collect::<Vec<_>>(),
+        ),
         Json::Object(map) => {
             let mut obj = Value::new_object();
             if let Ok(o) = obj.as_object_mut() {
                 for (k, v) in map {
-                    o.insert(Value::from(k.as_str()), from_json(v));
+                    let v = from_json_with(v, string);
+                    o.insert(string(k.as_str()), v);
                 }
             }
             obj
