@@ -8,7 +8,7 @@ reloads of the same large set.
 
 Starts the server on loopback ports it picks, waits until it answers, then RELOADS times
 (default 10) sends SIGHUP, waits for the reload to finish (its reload counter in /metrics) and
-reads VmRSS from /proc. OPA does not reload on SIGHUP: for OPA it prints the time to ready and
+reads VmRSS from /proc once it has settled (two readings 1 s apart within 1%). OPA does not reload on SIGHUP: for OPA it prints the time to ready and
 the RSS then. Prints one line per step. Stops the servers it started, by their process ids;
 every wait gives up after 60 s."""
 
@@ -57,6 +57,19 @@ def wait(cond, what):
     raise SystemExit(f"gave up waiting for {what}")
 
 
+def settled_rss(pid):
+    """RSS once it stops moving: after a reload the replaced (or refused) set is still being
+    freed and its pages handed back; two readings 1 s apart within 1% (at most 30 s)."""
+    last = rss_mib(pid)
+    for _ in range(30):
+        time.sleep(1)
+        now = rss_mib(pid)
+        if abs(now - last) <= 0.01 * last:
+            return now
+        last = now
+    return last
+
+
 def reloads_ok(http):
     m = re.search(r'arbiter_policy_reloads_total\{result="ok"\} (\d+)', get(f"http://{http}/metrics"))
     return int(m.group(1)) if m else 0
@@ -81,8 +94,8 @@ def main():
             t = time.monotonic()
             server.send_signal(signal.SIGHUP)
             wait(lambda: reloads_ok(http) > before, f"reload {i}")
-            time.sleep(0.5)
-            print(f"after reload {i} ({time.monotonic() - t - 0.5:.2f} s): RSS {rss_mib(server.pid):.0f} MiB")
+            took = time.monotonic() - t
+            print(f"after reload {i} ({took:.2f} s): RSS {settled_rss(server.pid):.0f} MiB")
     finally:
         server.terminate()
         server.wait(timeout=10)

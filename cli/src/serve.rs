@@ -771,11 +771,13 @@ fn sources(
             "revision": bundle.manifest.revision,
             "roots": bundle.manifest.roots.clone().unwrap_or_else(|| vec![String::new()]),
         });
-        sources.data.push(arbiter_engine::loader::DataDocument {
-            file: format!("{}:/.manifest", b.location),
-            prefix: vec!["system".into(), "bundles".into(), b.name.clone()],
-            value: serde_json::json!({ "manifest": manifest }),
-        });
+        sources
+            .data
+            .push(arbiter_engine::loader::DataDocument::from_json(
+                format!("{}:/.manifest", b.location),
+                vec!["system".into(), "bundles".into(), b.name.clone()],
+                &serde_json::json!({ "manifest": manifest }),
+            ));
         let mut from = bundle.sources;
         from.bundles
             .insert(b.name.clone(), bundle.manifest.revision);

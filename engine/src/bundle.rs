@@ -385,8 +385,6 @@ pub fn from_files_with(
                 });
             }
             Some(crate::loader::SourceKind::Data) => {
-                let value = crate::loader::parse_data(base, &text()?)
-                    .map_err(|d| format!("{display}:{}:{}: {}", d.line, d.col, d.message))?;
                 let prefix: Vec<String> = file
                     .parent()
                     .map(|p| {
@@ -396,11 +394,9 @@ pub fn from_files_with(
                             .collect()
                     })
                     .unwrap_or_default();
-                sources.data.push(DataDocument {
-                    file: display,
-                    prefix,
-                    value,
-                });
+                let doc = DataDocument::parse(display.clone(), prefix, &text()?)
+                    .map_err(|d| format!("{display}:{}:{}: {}", d.line, d.col, d.message))?;
+                sources.data.push(doc);
             }
             Some(crate::loader::SourceKind::Istio) => sources.istio.push(SourceFile {
                 name: display,
@@ -566,15 +562,21 @@ fn check_roots(manifest: &Manifest, sources: &PolicySources) -> Result<(), Strin
             ));
         }
     }
-    fn dfs(v: &Json, path: &str, roots: &[String]) -> Result<(), String> {
+    fn dfs(v: &regorus::Value, path: &str, roots: &[String]) -> Result<(), String> {
         if roots.iter().any(|r| root_contains(r, path)) {
             return Ok(());
         }
         match v {
-            Json::Object(m) if roots.iter().any(|r| root_contains(path, r)) || path.is_empty() => {
-                for (k, v) in m {
+            regorus::Value::Object(m)
+                if roots.iter().any(|r| root_contains(path, r)) || path.is_empty() =>
+            {
+                for (k, v) in m.iter() {
+                    let k = match k {
+                        regorus::Value::String(s) => s.to_string(),
+                        other => other.to_string(),
+                    };
                     let p = if path.is_empty() {
-                        k.clone()
+                        k
                     } else {
                         format!("{path}/{k}")
                     };
@@ -590,9 +592,11 @@ fn check_roots(manifest: &Manifest, sources: &PolicySources) -> Result<(), Strin
     for d in &sources.data {
         let mut v = d.value.clone();
         for seg in d.prefix.iter().rev() {
-            let mut m = serde_json::Map::new();
-            m.insert(seg.clone(), v);
-            v = Json::Object(m);
+            let mut m = regorus::Value::new_object();
+            if let Ok(o) = m.as_object_mut() {
+                o.insert(regorus::Value::from(seg.as_str()), v);
+            }
+            v = m;
         }
         dfs(&v, "", roots)?;
     }

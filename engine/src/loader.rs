@@ -57,7 +57,47 @@ pub struct DataDocument {
     pub file: String,
     /// Document path segments: `a/b/data.json` → `["a", "b"]`.
     pub prefix: Vec<String>,
-    pub value: Json,
+    /// The document, as the Rego value it is in `data` (parsed once, straight from the text).
+    pub value: regorus::Value,
+    /// SHA-256 of the document's text as read (of its JSON text for a document given as
+    /// JSON): what the policy set's revision digests.
+    pub digest: Vec<u8>,
+}
+
+impl DataDocument {
+    /// A document given as JSON (embedding, tests, a bundle's manifest).
+    pub fn from_json(file: impl Into<String>, prefix: Vec<String>, value: &Json) -> Self {
+        DataDocument {
+            file: file.into(),
+            prefix,
+            value: crate::value::from_json(value),
+            digest: sha256(value.to_string().as_bytes()),
+        }
+    }
+
+    /// A document file's text (`data.json`, `data.yaml`), parsed straight into a Rego value;
+    /// errors name `file` and the position.
+    pub fn parse(file: String, prefix: Vec<String>, text: &str) -> Result<Self, Diagnostic> {
+        let mut interner = crate::value::Interner::default();
+        let value = if DocFormat::from_name(&file) == DocFormat::Json {
+            crate::value::parse_json_shared(text, &mut interner)
+                .map_err(|e| json_error(&file, &e))?
+        } else {
+            crate::value::from_json_shared(&parse_data(&file, text)?, &mut interner)
+        };
+        Ok(DataDocument {
+            digest: sha256(text.as_bytes()),
+            file,
+            prefix,
+            value,
+        })
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 /// Everything found under the policy paths, read but not yet compiled.
@@ -211,11 +251,8 @@ impl PolicySources {
 
     /// Add a data document at the root of `data`.
     pub fn add_data(&mut self, file: impl Into<String>, value: Json) {
-        self.data.push(DataDocument {
-            file: file.into(),
-            prefix: Vec::new(),
-            value,
-        });
+        self.data
+            .push(DataDocument::from_json(file, Vec::new(), &value));
     }
 
     fn add_file(
@@ -253,35 +290,29 @@ impl PolicySources {
             SourceKind::Cel => self.cel.push(file),
             SourceKind::DecisionTest => self.decision_tests.push(file),
             SourceKind::Istio => self.istio.push(file),
-            SourceKind::Data => match parse_data(&name, &file.text) {
-                Ok(value) => self.data.push(DataDocument {
-                    file: name,
-                    prefix,
-                    value,
-                }),
+            SourceKind::Data => match DataDocument::parse(name, prefix, &file.text) {
+                Ok(doc) => self.data.push(doc),
                 Err(d) => diagnostics.push(d),
             },
         }
     }
 
-    /// Merge all data documents into one `data` object, as a Rego value (converted once, with
-    /// the documents' short strings shared, and no merged JSON copy). Objects merge key by key;
-    /// any other clash (two files setting the same key to different non-object values) is an
-    /// error that names both files.
+    /// Merge all data documents into one `data` object, as a Rego value. Objects merge key by
+    /// key; any other clash (two files setting the same key to different non-object values) is
+    /// an error that names both files.
     pub fn merged_data(&self) -> Result<regorus::Value, LoadError> {
-        let mut interner = crate::value::Interner::default();
         let mut root = regorus::Value::new_object();
         let mut owners: Vec<(Vec<String>, String)> = Vec::new();
         let mut diagnostics = Vec::new();
         for doc in &self.data {
-            if doc.prefix.is_empty() && !doc.value.is_object() {
+            if doc.prefix.is_empty() && !matches!(doc.value, regorus::Value::Object(_)) {
                 diagnostics.push(Diagnostic::file(
                     &doc.file,
                     "a data document at the root must be a JSON object",
                 ));
                 continue;
             }
-            let mut wrapped = crate::value::from_json_shared(&doc.value, &mut interner);
+            let mut wrapped = doc.value.clone();
             for seg in doc.prefix.iter().rev() {
                 let mut m = regorus::Value::new_object();
                 if let Ok(o) = m.as_object_mut() {
@@ -498,14 +529,7 @@ pub fn parse_data(name: &str, text: &str) -> Result<Json, Diagnostic> {
 /// Parse a document in the given format; errors name `name` and the position.
 pub fn parse_document(name: &str, text: &str, format: DocFormat) -> Result<Json, Diagnostic> {
     if format == DocFormat::Json {
-        serde_json::from_str(text).map_err(|e| {
-            Diagnostic::at(
-                name,
-                u32::try_from(e.line()).unwrap_or(0),
-                u32::try_from(e.column()).unwrap_or(0),
-                format!("invalid JSON: {}", strip_position(&e.to_string())),
-            )
-        })
+        serde_json::from_str(text).map_err(|e| json_error(name, &e))
     } else {
         yaml_serde::from_str(text).map_err(|e| {
             let (line, col) = e
@@ -520,6 +544,16 @@ pub fn parse_document(name: &str, text: &str, format: DocFormat) -> Result<Json,
             Diagnostic::at(name, line, col, format!("invalid YAML: {e}"))
         })
     }
+}
+
+/// A JSON syntax error in `name`, at its position.
+fn json_error(name: &str, e: &serde_json::Error) -> Diagnostic {
+    Diagnostic::at(
+        name,
+        u32::try_from(e.line()).unwrap_or(0),
+        u32::try_from(e.column()).unwrap_or(0),
+        format!("invalid JSON: {}", strip_position(&e.to_string())),
+    )
 }
 
 /// serde_json appends " at line X column Y"; the diagnostic carries the position already.

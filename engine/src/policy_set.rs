@@ -712,7 +712,7 @@ fn revision_of(sources: &PolicySources, include_tests: bool) -> String {
         ctx.update(b"data\0");
         ctx.update(d.prefix.join("/").as_bytes());
         ctx.update(b"\0");
-        ctx.update(d.value.to_string().as_bytes());
+        ctx.update(&d.digest);
         ctx.update(b"\0");
     }
     let digest = ctx.finish();
@@ -918,11 +918,11 @@ mod tests {
             "abac.rego",
             "package abac\n\nhours if { data.abac.hours.start < 9 }\nok := 1\n",
         );
-        sources.data.push(crate::loader::DataDocument {
-            file: "abac/data.json".into(),
-            prefix: vec!["abac".into()],
-            value: serde_json::json!({"hours": {"start": 8}, "other": 1}),
-        });
+        sources.data.push(crate::loader::DataDocument::from_json(
+            "abac/data.json",
+            vec!["abac".into()],
+            &serde_json::json!({"hours": {"start": 8}, "other": 1}),
+        ));
         let e = PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap_err();
         assert_eq!(e.diagnostics.len(), 1, "{e:?}");
         let d = &e.diagnostics[0];
