@@ -394,7 +394,10 @@ pub fn from_files_with(
                             .collect()
                     })
                     .unwrap_or_default();
-                let doc = DataDocument::parse(display.clone(), prefix, &text()?)
+                // Borrowed: a data file can be most of the bundle.
+                let text =
+                    std::str::from_utf8(bytes).map_err(|_| format!("{display}: not UTF-8 text"))?;
+                let doc = DataDocument::parse(display.clone(), prefix, text)
                     .map_err(|d| format!("{display}:{}:{}: {}", d.line, d.col, d.message))?;
                 sources.data.push(doc);
             }
