@@ -593,15 +593,7 @@ fn check_roots(manifest: &Manifest, sources: &PolicySources) -> Result<(), Strin
         }
     }
     for d in &sources.data {
-        let mut v = d.value.clone();
-        for seg in d.prefix.iter().rev() {
-            let mut m = regorus::Value::new_object();
-            if let Ok(o) = m.as_object_mut() {
-                o.insert(regorus::Value::from(seg.as_str()), v);
-            }
-            v = m;
-        }
-        dfs(&v, "", roots)?;
+        dfs(&d.at_root(), "", roots)?;
     }
     Ok(())
 }

@@ -75,6 +75,18 @@ impl DataDocument {
         }
     }
 
+    /// The document as seen from the root of `data`: its value inside objects named by its
+    /// prefix (`a/b/data.json` holding `{"x": 1}` is `{"a": {"b": {"x": 1}}}`).
+    pub fn at_root(&self) -> regorus::Value {
+        let mut v = self.value.clone();
+        for seg in self.prefix.iter().rev() {
+            let mut m = regorus::value::Object::new();
+            m.insert(regorus::Value::from(seg.as_str()), v);
+            v = m.into_value();
+        }
+        v
+    }
+
     /// A document file's text (`data.json`, `data.yaml`), parsed straight into a Rego value;
     /// errors name `file` and the position.
     pub fn parse(file: String, prefix: Vec<String>, text: &str) -> Result<Self, Diagnostic> {
@@ -312,14 +324,7 @@ impl PolicySources {
                 ));
                 continue;
             }
-            let mut wrapped = doc.value.clone();
-            for seg in doc.prefix.iter().rev() {
-                let mut m = regorus::Value::new_object();
-                if let Ok(o) = m.as_object_mut() {
-                    o.insert(regorus::Value::from(seg.as_str()), wrapped);
-                }
-                wrapped = m;
-            }
+            let wrapped = doc.at_root();
             let mut at = Vec::new();
             if let Err(conflict_path) = merge(&mut root, wrapped, &mut at) {
                 let other = owners
