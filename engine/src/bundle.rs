@@ -283,7 +283,10 @@ pub fn read_dir_with(dir: &Path, limits: &LoadLimits) -> Result<BTreeMap<String,
         for e in entries {
             let p = e.path();
             if p.is_dir() {
-                walk(base, &p, limits, total, out)?;
+                // Hidden folders (`.git`) hold nothing a bundle loads, and can be large.
+                if !e.file_name().to_string_lossy().starts_with('.') {
+                    walk(base, &p, limits, total, out)?;
+                }
             } else {
                 let rel = p
                     .strip_prefix(base)

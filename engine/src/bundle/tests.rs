@@ -486,3 +486,25 @@ fn every_loader_applies_the_same_load_limits() {
         }
     }
 }
+
+/// A bundle folder that is a git checkout: its hidden folders are not read, so they count
+/// toward no limit (`arbiter build .` in a repository with a large `.git`).
+#[test]
+fn a_bundle_folder_skips_hidden_folders() {
+    use crate::limits::LoadLimits;
+    let dir = policy_dir("hidden");
+    std::fs::create_dir_all(dir.join(".git/objects")).unwrap();
+    std::fs::write(dir.join(".git/objects/pack"), vec![b'x'; 1 << 20]).unwrap();
+    let limits = LoadLimits {
+        max_bundle_bytes: 64 << 10,
+        ..LoadLimits::default()
+    };
+    let files = read_dir_with(&dir, &limits).unwrap();
+    assert!(
+        files.keys().all(|k| !k.starts_with(".git")),
+        "{:?}",
+        files.keys()
+    );
+    assert!(files.contains_key("example/authz.rego"));
+    assert!(build_with(&dir, "r", None, None, &limits).is_ok());
+}
