@@ -1107,6 +1107,19 @@ pub fn run(args: &Args) -> Exit {
             Err(e) => awaiting = Some(format!("cannot fetch the bundle: {e}")),
         }
     }
+    // What `--watch` watches, and how it looked before the first load: a change written while
+    // the server starts is then reloaded, not taken as the state the set was loaded from.
+    let mut watched = settings.policies.clone();
+    watched.extend(
+        settings
+            .bundles
+            .iter()
+            .filter(|b| !b.is_url())
+            .map(|b| PathBuf::from(&b.location)),
+    );
+    let watch_baseline = settings
+        .watch
+        .map(|_| arbiter_ext_authz::reload::fingerprint(&watched));
     let loaded = awaiting
         .is_none()
         .then(|| authorizer_with(&settings, Some(&fetched)));
@@ -1266,21 +1279,15 @@ pub fn run(args: &Args) -> Exit {
                 })
                 .context("cannot start the bundle poller")?;
         }
-        let mut watched = settings.policies.clone();
-        watched.extend(
-            settings
-                .bundles
-                .iter()
-                .filter(|b| !b.is_url())
-                .map(|b| PathBuf::from(&b.location)),
-        );
-        if let Some(interval) = settings.watch {
+        if let (Some(interval), Some(seen)) = (settings.watch, watch_baseline) {
             let paths = watched.clone();
             let on_change = do_reload.clone();
             std::thread::Builder::new()
                 .name("arbiter-watch".into())
                 .spawn(move || {
-                    arbiter_ext_authz::reload::watch(paths, interval, || on_change("files changed", None))
+                    arbiter_ext_authz::reload::watch(paths, interval, seen, || {
+                        on_change("files changed", None)
+                    })
                 })
                 .context("cannot start the file watcher")?;
         }

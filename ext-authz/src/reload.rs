@@ -109,11 +109,19 @@ pub fn fingerprint(paths: &[PathBuf]) -> u64 {
 /// filesystem without events). When the files changed and then stayed unchanged for
 /// [`QUIET`] (a write in progress is not loaded half-way), call `on_change`. Stops when
 /// `on_change` returns false.
-pub fn watch(paths: Vec<PathBuf>, interval: Duration, mut on_change: impl FnMut() -> bool) {
+///
+/// `seen` is the [`fingerprint`] of the files the serving set was loaded from, taken before
+/// that load: taken here, in the watcher's own thread, it could already include a change
+/// written after the load, which would then never be reloaded.
+pub fn watch(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    mut seen: u64,
+    mut on_change: impl FnMut() -> bool,
+) {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     // Kept alive for the loop's lifetime: dropping it ends the kernel watches.
     let _watcher = kernel_watch(&paths, tx);
-    let mut seen = fingerprint(&paths);
     loop {
         let _ = rx.recv_timeout(interval);
         // Let a burst of events (an editor's write-and-rename, a `cp -r`) settle.
@@ -179,8 +187,9 @@ mod watch_tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let watched = vec![dir.clone()];
+        let seen = fingerprint(&watched);
         let started = std::thread::spawn(move || {
-            watch(watched, Duration::from_secs(60), || {
+            watch(watched, Duration::from_secs(60), seen, || {
                 let _ = tx.send(());
                 false
             });
@@ -188,6 +197,35 @@ mod watch_tests {
         // Give the watcher time to set its watches, then change a file two levels down.
         std::thread::sleep(Duration::from_millis(300));
         std::fs::write(dir.join("sub").join("p.rego"), "package p\n").unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the change was not noticed"
+        );
+        started.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A change made before the watcher starts (after the set was loaded, while the server was
+    /// still starting) is reloaded: the watcher compares with the fingerprint taken before the
+    /// load. It used to take its own on start, which already included the change, so the
+    /// change was never reloaded (the reload test timed out now and then).
+    #[test]
+    fn a_change_before_the_watcher_starts_is_noticed() {
+        let dir = std::env::temp_dir().join(format!("arbiter-watch-early-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.rego"), "package p\n").unwrap();
+        let watched = vec![dir.clone()];
+        let seen = fingerprint(&watched);
+        // The set is loaded from `seen`'s files; then the file changes; then the watcher starts.
+        std::fs::write(dir.join("p.rego"), "package p\n\nx := 1\n").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::thread::spawn(move || {
+            watch(watched, Duration::from_millis(100), seen, || {
+                let _ = tx.send(());
+                false
+            });
+        });
         assert!(
             rx.recv_timeout(Duration::from_secs(20)).is_ok(),
             "the change was not noticed"
