@@ -440,20 +440,28 @@ pub fn load(path: &Path, verification: Option<&Verification>) -> Result<Bundle, 
     load_with(path, verification, &LoadLimits::default())
 }
 
-/// [`load`] under `limits`, the limits every loader applies.
+/// [`load`] under `limits`, the limits every loader applies. Errors begin with the bundle's
+/// name.
 pub fn load_with(
     path: &Path,
     verification: Option<&Verification>,
     limits: &LoadLimits,
 ) -> Result<Bundle, String> {
-    let name = path.display().to_string();
+    read_bundle(path, verification, limits).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load_with`] with errors that do not repeat the bundle's name (the caller names it).
+pub(crate) fn read_bundle(
+    path: &Path,
+    verification: Option<&Verification>,
+    limits: &LoadLimits,
+) -> Result<Bundle, String> {
     let files = if path.is_dir() {
-        read_dir_with(path, limits).map_err(|e| format!("{name}: {e}"))?
+        read_dir_with(path, limits)?
     } else {
-        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-        untar_with(&bytes, limits).map_err(|e| format!("{name}: {e}"))?
+        untar_with(&std::fs::read(path).map_err(|e| e.to_string())?, limits)?
     };
-    from_files_with(files, &name, verification, limits).map_err(|e| format!("{name}: {e}"))
+    from_files_with(files, &path.display().to_string(), verification, limits)
 }
 
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {

@@ -184,7 +184,7 @@ impl PolicySources {
                     sources.add_file(&file, prefix, false, limits, &mut diagnostics);
                 }
             } else if is_bundle_file(root) {
-                match crate::bundle::load_with(root, None, limits) {
+                match crate::bundle::read_bundle(root, None, limits) {
                     Ok(b) => {
                         let mut b = b.sources;
                         b.bundles.insert(
@@ -193,14 +193,7 @@ impl PolicySources {
                         );
                         sources.extend(b);
                     }
-                    Err(e) => {
-                        // The bundle's errors already begin with its name.
-                        let shown = root.display().to_string();
-                        let e = e
-                            .strip_prefix(&format!("{shown}: "))
-                            .map_or(e.clone(), str::to_string);
-                        diagnostics.push(Diagnostic::file(shown, e));
-                    }
+                    Err(e) => diagnostics.push(Diagnostic::file(root.display().to_string(), e)),
                 }
             } else {
                 sources.add_file(root, data_prefix, true, limits, &mut diagnostics);

@@ -39,7 +39,9 @@ fn number(text: &str) -> Value {
 /// Parse JSON text straight into a Rego value, the short strings shared through `interner`:
 /// the same value as `from_json_shared(&serde_json::from_str(text)?)`, without building the
 /// JSON tree first (a data document for a million identities is a gigabyte as that tree).
-/// The parser's limits and errors (with line and column) are serde_json's.
+/// The parser's limits and errors (with line and column) are serde_json's. Not regorus's
+/// `Value::from_json_str`: that reads numbers its own way (`Number::from_str`), where every
+/// JSON conversion here goes through [`number`], and it shares only object keys.
 pub fn parse_json_shared(text: &str, interner: &mut Interner) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let v = serde::de::DeserializeSeed::deserialize(Seed(interner), &mut de)?;
@@ -324,8 +326,7 @@ mod tests {
         assert_eq!(to_json(&from_json(&j)), j);
     }
 
-    /// Integers beyond 64 bits keep every digit both ways, as OPA prints them (issue 17); they
-    /// were floats (`3.70370367037037e+19`).
+    /// Decimals keep their text (`2.50`, `0.10`) and `-0` its sign, as OPA keeps them.
     #[test]
     fn number_texts_pass_through_as_opa_keeps_them() {
         let j: Json = serde_json::from_str("[2.50, -0, 0.10, 7, 0]").unwrap();
@@ -333,6 +334,8 @@ mod tests {
         assert_eq!(back.to_string(), "[2.50,-0,0.10,7,0]");
     }
 
+    /// Integers beyond 64 bits keep every digit both ways, as OPA prints them (issue 17); they
+    /// were floats (`3.70370367037037e+19`).
     #[test]
     fn big_integers_are_exact() {
         let text = r#"{"m":-123456789012345678901234567890,"n":37037036703703703670}"#;

@@ -216,9 +216,10 @@ pub(crate) struct CompiledPolicyData {
     pub(crate) parser_contexts: Rc<Vec<ParserContext>>,
     pub(crate) schedule: Option<Rc<Schedule>>,
     pub(crate) rules: Map<String, Vec<Ref<Rule>>>,
-    // arbiter patch 25: the module of every rule, so that finding it is a lookup and not a scan
-    // of every module (quadratic in the number of packages when each rule looks itself up).
-    pub(crate) rule_modules: BTreeMap<Ref<Rule>, Ref<Module>>,
+    // arbiter patch 25: the index in `modules` of every rule's module, so that finding it is a
+    // lookup and not a scan of every module (quadratic in the number of packages when each rule
+    // looks itself up); the interpreter and the RVM compiler both read it.
+    pub(crate) rule_modules: BTreeMap<Ref<Rule>, usize>,
     pub(crate) default_rules: Map<String, Vec<DefaultRuleInfo>>,
     pub(crate) rule_path_components: Map<String, Vec<String>>,
     pub(crate) imports: BTreeMap<String, Ref<Expr>>,

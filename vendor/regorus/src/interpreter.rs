@@ -3700,7 +3700,12 @@ impl Interpreter {
     }
 
     fn get_rule_module(&self, rule: &Ref<Rule>) -> Result<Ref<Module>> {
-        match self.compiled_policy.rule_modules.get(rule) {
+        match self
+            .compiled_policy
+            .rule_modules
+            .get(rule)
+            .and_then(|&i| self.compiled_policy.modules.get(i))
+        {
             Some(m) => Ok(m.clone()),
             None => bail!("internal error: could not find module for rule"),
         }
@@ -4083,7 +4088,7 @@ impl Interpreter {
         if let Some(rules) = default_rules {
             for (rule, _) in rules {
                 // arbiter patch 25: the rule's module by lookup (was a scan of every module).
-                if let Some(module) = self.compiled_policy.rule_modules.get(&rule).cloned() {
+                if let Ok(module) = self.get_rule_module(&rule) {
                     let prev_module = self.set_current_module(Some(module.clone()))?;
                     let result = self.eval_default_rule(&rule);
                     self.set_current_module(prev_module)?;
@@ -4682,13 +4687,14 @@ impl Interpreter {
     pub fn gather_rules(&mut self) -> Result<()> {
         self.clear_rule_registrations();
         let result = (|| -> Result<()> {
-            for module in self.compiled_policy.modules.clone().iter() {
+            for (module_index, module) in self.compiled_policy.modules.clone().iter().enumerate() {
                 let prev_module = self.set_current_module(Some(module.clone()))?;
                 let registration_result = (|| -> Result<()> {
                     for rule in &module.policy {
                         self.compiled_policy_mut()
                             .rule_modules
-                            .insert(rule.clone(), module.clone());
+                            .entry(rule.clone())
+                            .or_insert(module_index);
                         let refr = Self::get_rule_refr(rule);
 
                         if let Rule::Spec { .. } = rule.as_ref() {

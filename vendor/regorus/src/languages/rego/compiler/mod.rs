@@ -191,9 +191,6 @@ pub struct Compiler<'a> {
     /// packages); `literal_index_len` literals of the table are indexed.
     literal_index: BTreeMap<Value, u32>,
     literal_index_len: usize,
-    /// arbiter patch 25: the module index of every rule (was a scan of every module's rules for
-    /// each rule compiled), built on first use.
-    rule_module_index: Option<BTreeMap<crate::ast::NodeRef<crate::ast::Rule>, u32>>,
 }
 
 impl<'a> Compiler<'a> {
@@ -233,7 +230,6 @@ impl<'a> Compiler<'a> {
             default_rule_interpreter: None,
             literal_index: BTreeMap::new(),
             literal_index_len: 0,
-            rule_module_index: None,
         }
     }
 

@@ -177,30 +177,23 @@ impl<'a> Compiler<'a> {
         Ok(index)
     }
 
-    /// The index of the module that defines `rule_ref` (arbiter patch 25: a lookup in a map
-    /// built once; it was a scan of every module's rules).
-    fn rule_module_index(&mut self, rule_ref: &crate::ast::NodeRef<Rule>) -> Option<u32> {
-        let policy = self.policy;
-        let index = self.rule_module_index.get_or_insert_with(|| {
-            let mut index = alloc::collections::BTreeMap::new();
-            for (module_idx, module) in policy.get_modules().iter().enumerate() {
-                for policy_rule in &module.policy {
-                    index
-                        .entry(policy_rule.clone())
-                        .or_insert(module_idx as u32);
-                }
-            }
-            index
-        });
-        index.get(rule_ref).copied()
+    /// The index of the module that defines `rule_ref` (arbiter patch 25: the compiled
+    /// policy's rule-to-module map, which the interpreter reads too; it was a scan of every
+    /// module's rules).
+    fn rule_module_index(&self, rule_ref: &crate::ast::NodeRef<Rule>) -> Option<u32> {
+        self.policy
+            .inner
+            .rule_modules
+            .get(rule_ref)
+            .map(|&i| i as u32)
     }
 
-    fn find_module_index_for_rule(&mut self, rule_ref: &crate::ast::NodeRef<Rule>) -> Result<u32> {
+    fn find_module_index_for_rule(&self, rule_ref: &crate::ast::NodeRef<Rule>) -> Result<u32> {
         Ok(self.rule_module_index(rule_ref).unwrap_or(0))
     }
 
     fn find_module_package_and_index_for_rule(
-        &mut self,
+        &self,
         rule_path: &str,
         rules: &Map<String, Vec<crate::ast::NodeRef<Rule>>>,
     ) -> Result<(String, u32)> {
