@@ -157,6 +157,43 @@ impl Authorizer {
         }
     }
 
+    /// This authorizer over `policies`, a data write's successor of its own set (the same
+    /// compiled policies, other data, see [`PolicySet::with_writes`]): the RVM programs are
+    /// kept and given the new data, nothing is compiled again.
+    pub fn with_policies(&self, policies: Arc<PolicySet>) -> Self {
+        let data = policies.data();
+        let rvm = self
+            .rvm
+            .as_ref()
+            .and_then(|d| d.with_data(data.clone()).ok().map(Arc::new));
+        let rvm_unavailable = match (&self.rvm, &rvm) {
+            (Some(_), None) => Some("the RVM refused the new data".to_string()),
+            _ => self.rvm_unavailable.clone(),
+        };
+        let programs: HashMap<DataRef, Option<Arc<RvmDecider>>> = self
+            .data_api_programs
+            .read()
+            .map(|known| {
+                known
+                    .iter()
+                    .map(|(path, p)| {
+                        let p = p
+                            .as_ref()
+                            .and_then(|d| d.with_data(data.clone()).ok().map(Arc::new));
+                        (path.clone(), p)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            policies,
+            rvm,
+            rvm_unavailable,
+            data_api_programs: Arc::new(RwLock::new(programs)),
+            ..self.clone()
+        }
+    }
+
     /// Choose the Rego evaluator (the RVM by default).
     pub fn with_rego_engine(mut self, engine: RegoEngine) -> Self {
         if engine == RegoEngine::Interpreter {

@@ -76,7 +76,8 @@ pub struct Uses {
 
 /// Compiled CEL policy files, ready to evaluate from many threads.
 pub struct CelPolicies {
-    files: Vec<CelFile>,
+    files: Arc<Vec<CelFile>>,
+    env: Arc<Env>,
     root: Context<'static, 'static>,
     uses: Uses,
     warnings: Vec<Diagnostic>,
@@ -574,13 +575,19 @@ fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, Failed> {
     }
 }
 
+/// The context every evaluation starts from: arbiter's functions and `data`.
+fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'static> {
+    let mut root = Context::with_env(env.clone());
+    add_functions(&mut root);
+    root.add_variable_as_val("data", vars::from_rego(data));
+    root
+}
+
 impl CelPolicies {
     /// Compile CEL policy files, with `data` bound once for every evaluation.
     pub fn compile(sources: &[SourceFile], data: &regorus::Value) -> Result<Self, Vec<Diagnostic>> {
         let env = Arc::new(env());
-        let mut root = Context::with_env(env.clone());
-        add_functions(&mut root);
-        root.add_variable_as_val("data", vars::from_rego(data));
+        let root = root_context(&env, data);
         let probe = ProbeInputs::new();
         let mut files = Vec::new();
         let mut errors = Vec::new();
@@ -656,12 +663,26 @@ impl CelPolicies {
             input: used("input"),
         };
         Ok(Self {
-            files,
+            files: Arc::new(files),
+            env,
             root,
             uses,
             warnings,
             time_limit: None,
         })
+    }
+
+    /// The same policies with `data` bound to another document (a data write): nothing is
+    /// compiled again.
+    pub fn with_data(&self, data: &regorus::Value) -> Self {
+        Self {
+            files: self.files.clone(),
+            env: self.env.clone(),
+            root: root_context(&self.env, data),
+            uses: self.uses,
+            warnings: self.warnings.clone(),
+            time_limit: self.time_limit,
+        }
     }
 
     /// Advice found while compiling: deny rules that compare the path exactly
@@ -701,7 +722,7 @@ impl CelPolicies {
         bind_variables(&mut ctx, req, self.uses);
         let mut verdict = CelVerdict::default();
         let mut applicable: Vec<&CelFile> = Vec::with_capacity(self.files.len());
-        for f in &self.files {
+        for f in self.files.iter() {
             match &f.matcher {
                 None => applicable.push(f),
                 Some(m) => match truthy(CelValue::resolve(&m.expr, &ctx)) {

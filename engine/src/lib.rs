@@ -38,6 +38,7 @@ pub mod bundle;
 pub mod cel;
 pub mod clock;
 pub mod data_ref;
+pub mod data_write;
 pub mod decision;
 pub mod diagnostic;
 pub mod identity;

@@ -87,6 +87,11 @@ pub struct PolicySet {
     revision: String,
     bundles: Arc<std::collections::BTreeMap<String, String>>,
     options: LoadOptions,
+    /// Where each rule's value lies in `data` (writes to the data may not put a value there).
+    rule_paths: Arc<Vec<RulePath>>,
+    /// The revision of the sources, when data writes have changed the set since (its own
+    /// revision is then this one with the writes' digest).
+    base_revision: Option<String>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -137,6 +142,7 @@ impl PolicySet {
                 .flatten(),
         );
         let mut warnings = Vec::new();
+        let mut rules = Vec::new();
         for file in &sources.rego {
             warnings.extend(risky_defaults(&file.name, &file.text));
             warnings.extend(raw_path_comparisons(&file.name, &file.text));
@@ -214,7 +220,8 @@ impl PolicySet {
             diagnostics.extend(crate::typecheck::check_modules(engine.get_modules()));
         }
         if diagnostics.is_empty() {
-            diagnostics.extend(rule_data_conflicts(&mut engine, sources, &data_value));
+            rules = rule_paths(&mut engine);
+            diagnostics.extend(rule_data_conflicts(&rules, sources, &data_value));
         }
         if !diagnostics.is_empty() {
             return Err(LoadError { diagnostics });
@@ -237,6 +244,8 @@ impl PolicySet {
             revision,
             bundles: Arc::new(sources.bundles.clone()),
             options: options.clone(),
+            rule_paths: Arc::new(rules),
+            base_revision: None,
         })
     }
 
@@ -299,6 +308,156 @@ impl PolicySet {
 
     pub fn options(&self) -> &LoadOptions {
         &self.options
+    }
+
+    /// The data document (without rule values).
+    pub fn data(&self) -> Value {
+        self.prototype.get_data()
+    }
+
+    /// This set with `writes` applied to its data: the same compiled policies (nothing is
+    /// parsed or prepared again), the new data, and a new revision — `revision` when given (a
+    /// delta bundle's), else this set's source revision followed by `+` and a digest of every
+    /// write since, so that a decision's revision names the data it saw. Refused, with this
+    /// set unchanged, when a write fails or would put data where a rule's value lies.
+    pub fn with_writes(
+        &self,
+        writes: &[crate::data_write::DataWrite],
+        revision: Option<String>,
+    ) -> Result<PolicySet, crate::data_write::WriteError> {
+        use crate::data_write::{WriteError, changed_document, lookup};
+        let data = crate::data_write::apply(&self.prototype.get_data(), writes)?;
+        for w in writes {
+            let changed = changed_document(&data, &w.path);
+            for rule in self.rule_paths.iter() {
+                let related = rule.path.starts_with(&changed) || changed.starts_with(&rule.path);
+                if related && lookup(&data, &rule.path).is_some() {
+                    return Err(WriteError::Invalid(format!(
+                        "{}:{}: rego_compile_error: conflicting rule for data path {} found",
+                        rule.file,
+                        rule.line,
+                        rule.path.join("/")
+                    )));
+                }
+            }
+        }
+        let mut next = self.clone();
+        next.prototype
+            .replace_data(data.clone())
+            .map_err(|e| WriteError::Invalid(format!("{e:#}")))?;
+        next.cel = self.cel.as_ref().map(|c| Arc::new(c.with_data(&data)));
+        match revision {
+            Some(r) => {
+                next.revision = r;
+                next.base_revision = None;
+            }
+            None => {
+                let base = self.base_revision.as_ref().unwrap_or(&self.revision);
+                next.revision = format!("{base}+{}", writes_digest(&self.revision, writes));
+                next.base_revision = Some(base.clone());
+            }
+        }
+        Ok(next)
+    }
+
+    /// This set with `overlay` (the Data API's writes, kept across reloads) replayed over its
+    /// data. An entry the new set refuses (now inside a bundle's roots, where a rule's value
+    /// lies, or under a value that is not an object) is dropped from the overlay, and named in
+    /// the returned list; a removal of a document this set lacks is nothing to do.
+    pub fn with_overlay(
+        &self,
+        overlay: &mut crate::data_write::DataOverlay,
+    ) -> (PolicySet, Vec<String>) {
+        use crate::data_write::{WriteOp, lookup, show};
+        let data = self.data();
+        let writes: Vec<_> = overlay
+            .writes()
+            .into_iter()
+            .filter(|w| w.op != WriteOp::Remove || lookup(&data, &w.path).is_some())
+            .collect();
+        if writes.is_empty() {
+            return (self.clone(), Vec::new());
+        }
+        let all = self
+            .check_not_bundle_owned(&writes)
+            .and_then(|()| self.with_writes(&writes, None));
+        if let Ok(next) = all {
+            return (next, Vec::new());
+        }
+        // Some entry is refused: find which, one at a time, and replay the others together.
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for w in writes {
+            let one = std::slice::from_ref(&w);
+            match self
+                .check_not_bundle_owned(one)
+                .and_then(|()| self.with_writes(one, None))
+            {
+                Ok(_) => kept.push(w),
+                Err(e) => {
+                    overlay.forget(&w.path);
+                    dropped.push(format!("{}: {e}", show(&w.path)));
+                }
+            }
+        }
+        match self.with_writes(&kept, None) {
+            Ok(next) => (next, dropped),
+            Err(e) => {
+                for w in &kept {
+                    overlay.forget(&w.path);
+                }
+                dropped.push(format!("every other write: {e}"));
+                (self.clone(), dropped)
+            }
+        }
+    }
+
+    /// This set's bundles' claims on `data` (OPA's manifest `roots`, read from
+    /// `data.system.bundles`): the Data API may not write inside them, nor to the root while
+    /// any exists.
+    pub fn check_not_bundle_owned(
+        &self,
+        writes: &[crate::data_write::DataWrite],
+    ) -> Result<(), crate::data_write::WriteError> {
+        use crate::data_write::WriteError;
+        let data = self.prototype.get_data();
+        let Some(Value::Object(bundles)) =
+            crate::data_write::lookup(&data, &["system".into(), "bundles".into()])
+        else {
+            return Ok(());
+        };
+        let mut roots = Vec::new();
+        for (name, b) in bundles.iter() {
+            let name = name.as_string().map(|s| s.to_string()).unwrap_or_default();
+            if let Value::Array(rs) = &b[&Value::from("manifest")][&Value::from("roots")] {
+                for r in rs.iter() {
+                    let r = r.as_string().map(|s| s.to_string()).unwrap_or_default();
+                    let path: Vec<String> = r
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    roots.push((name.clone(), path));
+                }
+            }
+        }
+        for w in writes {
+            if w.path.is_empty() && !roots.is_empty() {
+                return Err(WriteError::Invalid(
+                    "can't write to document root with bundle roots configured".into(),
+                ));
+            }
+            if let Some((name, _)) = roots
+                .iter()
+                .find(|(_, r)| w.path.starts_with(r) || r.starts_with(&w.path))
+            {
+                return Err(WriteError::Invalid(format!(
+                    "path {} is owned by bundle \"{name}\"",
+                    w.path.join("/")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A fresh engine with everything loaded, for callers that drive regorus directly (the test
@@ -422,63 +581,69 @@ impl PolicySet {
 /// Rules whose path is also a data document (`package abac` with rule `hours`, and
 /// `abac/data.json` with key `hours`). OPA refuses these; regorus reports them only while
 /// evaluating, as "recursion detected".
-fn rule_data_conflicts(
-    engine: &mut regorus::Engine,
-    sources: &PolicySources,
-    data: &Value,
-) -> Vec<Diagnostic> {
+/// Where a rule puts its value in `data`, and where the rule is written.
+#[derive(Debug, Clone)]
+struct RulePath {
+    path: Vec<String>,
+    file: String,
+    line: u32,
+    col: u32,
+}
+
+/// Each rule's path in `data` (once per path), from the compiled modules.
+fn rule_paths(engine: &mut regorus::Engine) -> Vec<RulePath> {
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for module in engine.get_modules().iter() {
         let package = module.package.refr.span().text();
-        let mut seen = std::collections::BTreeSet::new();
         for rule in &module.policy {
             let (span, refr) = (rule.span(), crate::typecheck::rule_head_ref(rule));
             let text = refr.span().text();
             let ground = text.split('[').next().unwrap_or(text).trim();
-            let path: Vec<&str> = package.split('.').chain(ground.split('.')).collect();
-            if !seen.insert(path.join(".")) {
+            let path: Vec<String> = package
+                .split('.')
+                .chain(ground.split('.'))
+                .map(str::to_string)
+                .collect();
+            if !seen.insert(path.clone()) {
                 continue;
             }
-            let mut v = data;
-            let mut found = true;
-            for seg in &path {
-                match v {
-                    Value::Object(m) => match m.get(&Value::from(*seg)) {
-                        Some(next) => v = next,
-                        None => {
-                            found = false;
-                            break;
-                        }
-                    },
-                    _ => {
-                        found = false;
-                        break;
-                    }
-                }
-            }
-            if found {
-                let owner = sources
-                    .data
-                    .iter()
-                    .find(|d| {
-                        path.starts_with(
-                            &d.prefix.iter().map(String::as_str).collect::<Vec<_>>()[..],
-                        )
-                    })
-                    .map_or_else(|| "a data document".to_string(), |d| d.file.clone());
-                out.push(
-                    Diagnostic::at(
-                        span.source.file().as_str(),
-                        span.line,
-                        span.col,
-                        format!(
-                            "rule `data.{}` conflicts with the data document at the same path (from {owner})",
-                            path.join(".")
-                        ),
-                    )
-                    .with_code("rego_compile_error"),
-                );
-            }
+            out.push(RulePath {
+                path,
+                file: span.source.file().to_string(),
+                line: span.line,
+                col: span.col,
+            });
+        }
+    }
+    out
+}
+
+fn rule_data_conflicts(
+    rules: &[RulePath],
+    sources: &PolicySources,
+    data: &Value,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for rule in rules {
+        if crate::data_write::lookup(data, &rule.path).is_some() {
+            let owner = sources
+                .data
+                .iter()
+                .find(|d| rule.path.starts_with(&d.prefix))
+                .map_or_else(|| "a data document".to_string(), |d| d.file.clone());
+            out.push(
+                Diagnostic::at(
+                    rule.file.as_str(),
+                    rule.line,
+                    rule.col,
+                    format!(
+                        "rule `data.{}` conflicts with the data document at the same path (from {owner})",
+                        rule.path.join(".")
+                    ),
+                )
+                .with_code("rego_compile_error"),
+            );
         }
     }
     out
@@ -675,6 +840,30 @@ fn compile_error_code(message: &str) -> &'static str {
     } else {
         "rego_compile_error"
     }
+}
+
+/// A digest of `writes` made to the set at `revision` (hex, 16 digits): the suffix of the
+/// revision they make.
+fn writes_digest(revision: &str, writes: &[crate::data_write::DataWrite]) -> String {
+    use aws_lc_rs::digest::{Context, SHA256};
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(revision.as_bytes());
+    for w in writes {
+        ctx.update(b"\0");
+        ctx.update(w.op.name().as_bytes());
+        for seg in &w.path {
+            ctx.update(b"/");
+            ctx.update(seg.as_bytes());
+        }
+        ctx.update(b"\0");
+        ctx.update(crate::value::to_json(&w.value).to_string().as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn revision_of(sources: &PolicySources, include_tests: bool) -> String {
@@ -1015,5 +1204,95 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
+    }
+
+    /// Issue 18 item 6: a data write makes a new set from the old one without compiling:
+    /// Rego (on the RVM, still) and CEL decide over the new data, the old set keeps deciding
+    /// over the old, and the revision names the writes.
+    #[test]
+    fn a_data_write_reaches_rego_on_the_vm_and_cel_and_leaves_the_old_set_alone() {
+        use crate::authorizer::{Authorizer, RegoEngine};
+        use crate::data_write::{DataWrite, WriteOp};
+        use crate::request::{AuthzRequest, HttpRequest, Peer};
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "authz.rego",
+            "package envoy.authz\ndefault allow := false\nallow if data.roles[input.attributes.source.principal] == \"admin\"\n",
+        );
+        sources.cel.push(crate::loader::SourceFile {
+            name: "authz.cel.yaml".into(),
+            text: "name: roles\nrules:\n  - name: admins\n    effect: allow\n    when: data.roles[source.principal] == \"admin\"\n".into(),
+        });
+        sources.add_data(
+            "data.json",
+            serde_json::json!({"roles": {"spiffe://a": "admin"}}),
+        );
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let path = DataRef::parse("envoy/authz/allow").unwrap();
+        let old = Authorizer::new(set.clone(), path, crate::input::InputOptions::default());
+        assert_eq!(old.rego_engine(), Ok(RegoEngine::Rvm));
+        let from = |principal: &str| AuthzRequest {
+            source: Some(Peer {
+                principal: principal.into(),
+                ..Peer::default()
+            }),
+            http: Some(HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                ..HttpRequest::default()
+            }),
+            ..AuthzRequest::default()
+        };
+        let writes = [
+            DataWrite {
+                op: WriteOp::Upsert,
+                path: vec!["roles".into(), "spiffe://b".into()],
+                value: Value::from("admin"),
+            },
+            DataWrite {
+                op: WriteOp::Remove,
+                path: vec!["roles".into(), "spiffe://a".into()],
+                value: Value::Null,
+            },
+        ];
+        let next = Arc::new(set.with_writes(&writes, None).unwrap());
+        let new = old.with_policies(next.clone());
+        assert_eq!(
+            new.rego_engine(),
+            Ok(RegoEngine::Rvm),
+            "the write lost the VM"
+        );
+        assert!(old.check(&from("spiffe://a")).decision.allowed);
+        assert!(!old.check(&from("spiffe://b")).decision.allowed);
+        // Both languages must allow (deny overrides): CEL saw the new data too.
+        assert!(new.check(&from("spiffe://b")).decision.allowed);
+        let denied = new.check(&from("spiffe://a")).decision;
+        assert!(!denied.allowed, "{denied:?}");
+        // The revision: the source revision, `+`, a digest of the writes; chained.
+        let base = set.revision().to_string();
+        assert!(
+            next.revision().starts_with(&format!("{base}+")),
+            "{}",
+            next.revision()
+        );
+        let again = next.with_writes(&writes[..1], None).unwrap();
+        assert!(again.revision().starts_with(&format!("{base}+")));
+        assert_ne!(again.revision(), next.revision());
+        // A write where a rule's value lies is refused, naming the rule.
+        let err = set
+            .with_writes(
+                &[DataWrite {
+                    op: WriteOp::Upsert,
+                    path: vec!["envoy".into(), "authz".into(), "allow".into()],
+                    value: Value::Bool(true),
+                }],
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "authz.rego:2: rego_compile_error: conflicting rule for data path envoy/authz/allow found"
+        );
     }
 }

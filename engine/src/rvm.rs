@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use regorus::Value;
@@ -26,6 +26,9 @@ pub struct RvmDecider {
     program: Arc<Program>,
     data: Value,
     timeout: Option<Duration>,
+    /// This decider's identity in the threads' VM caches: a VM is loaded with one program and
+    /// one data document, and deciders made by [`RvmDecider::with_data`] share the program.
+    id: Arc<()>,
 }
 
 impl std::fmt::Debug for RvmDecider {
@@ -37,12 +40,12 @@ impl std::fmt::Debug for RvmDecider {
 }
 
 thread_local! {
-    /// This thread's VMs, most recently used first, each with the program it has loaded (by
-    /// address: the entry holds an `Arc` of that program, so the address cannot be reused while
-    /// it is cached). A few, so that Data API paths do not reload the decision path's VM.
-    /// An entry whose program no decider holds any more (a reload replaced it) is dropped at
-    /// the thread's next evaluation, so that old policy sets and their data are freed.
-    static VMS: RefCell<Vec<(Arc<Program>, RegoVM)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's VMs, most recently used first, each with the decider it was loaded for
+    /// (its program and data), known by a weak reference to the decider's identity. A few, so
+    /// that Data API paths do not reload the decision path's VM. An entry whose decider is
+    /// gone (a reload or a data write replaced it) is dropped at the thread's next evaluation,
+    /// so that old policy sets and their data are freed.
+    static VMS: RefCell<Vec<(Weak<()>, RegoVM)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// VMs kept per thread.
@@ -67,11 +70,24 @@ impl RvmDecider {
             program,
             data: engine.get_data(),
             timeout: set.options().eval_timeout,
+            id: Arc::new(()),
         };
         // Load it once here, so that a program the VM refuses (a rule/data conflict) is found
         // now and not on the first request. Not into this thread's cache: a reload thread
         // would keep every set it compiled alive.
         decider.new_vm().map_err(|e| format!("{e:#}"))?;
+        Ok(decider)
+    }
+
+    /// The same program with another data document (a data write): nothing is compiled again.
+    pub fn with_data(&self, data: Value) -> anyhow::Result<Self> {
+        let decider = Self {
+            program: self.program.clone(),
+            data,
+            timeout: self.timeout,
+            id: Arc::new(()),
+        };
+        decider.new_vm()?;
         Ok(decider)
     }
 
@@ -98,18 +114,16 @@ impl RvmDecider {
             let mut vms = cell
                 .try_borrow_mut()
                 .map_err(|_| anyhow::anyhow!("the RVM is already running on this thread"))?;
-            // Programs only the cache holds (the entry and its VM): their deciders are gone.
-            vms.retain(|(program, _)| Arc::strong_count(program) > 2);
-            if let Some(i) = vms
-                .iter()
-                .position(|(program, _)| Arc::ptr_eq(program, &self.program))
-            {
+            // VMs whose deciders are gone.
+            vms.retain(|(id, _)| id.strong_count() > 0);
+            let me = Arc::downgrade(&self.id);
+            if let Some(i) = vms.iter().position(|(id, _)| Weak::ptr_eq(id, &me)) {
                 let hit = vms.remove(i);
                 vms.insert(0, hit);
             } else {
                 let vm = self.new_vm()?;
                 vms.truncate(VMS_PER_THREAD - 1);
-                vms.insert(0, (self.program.clone(), vm));
+                vms.insert(0, (me, vm));
             }
             match vms.first_mut() {
                 Some((_, vm)) => run(vm),
@@ -164,7 +178,42 @@ mod tests {
         assert!(used.upgrade().is_none(), "the old program is still cached");
         // The current one stays cached: a second evaluation reuses its VM.
         assert_eq!(new.evaluate(Value::Undefined).unwrap(), Value::from(2));
-        assert_eq!(Arc::strong_count(&new.program), 3);
+        // The decider's and its cached VM's.
+        assert_eq!(Arc::strong_count(&new.program), 2);
+    }
+
+    /// Issue 18 item 6: a data write gives the compiled program other data. Both deciders
+    /// answer from their own data on one thread (the cache knows a VM by its decider, not by
+    /// the program they share), and the old one's VM goes with it.
+    #[test]
+    fn with_data_shares_the_program_and_not_the_answers() {
+        let path = DataRef::parse("p/allow").unwrap();
+        let s = set("package p
+allow if data.roles[input] == \"admin\"\n");
+        let admin =
+            |who: &str| crate::value::from_json(&serde_json::json!({"roles": {who: "admin"}}));
+        let old = RvmDecider::compile(&s, &path)
+            .unwrap()
+            .with_data(admin("alice"))
+            .unwrap();
+        let new = Arc::new(old.with_data(admin("bob")).unwrap());
+        assert!(Arc::ptr_eq(&old.program, &new.program));
+        for _ in 0..2 {
+            assert_eq!(
+                old.evaluate(Value::from("alice")).unwrap(),
+                Value::Bool(true)
+            );
+            assert_eq!(
+                new.evaluate(Value::from("alice")).unwrap(),
+                Value::Undefined
+            );
+            assert_eq!(new.evaluate(Value::from("bob")).unwrap(), Value::Bool(true));
+        }
+        let program = Arc::downgrade(&old.program);
+        drop(old);
+        assert_eq!(new.evaluate(Value::from("bob")).unwrap(), Value::Bool(true));
+        // Only the new decider and its VM hold the program now.
+        assert_eq!(program.strong_count(), 2);
     }
 
     #[test]

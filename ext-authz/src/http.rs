@@ -1,6 +1,6 @@
 //! The HTTP listener: `GET /health`, `GET /metrics`, and OPA's Data API
-//! (`POST /v1/data/{path}` with `{"input": …}`, `GET /v1/data/{path}`), so existing OPA clients
-//! can switch.
+//! (`POST /v1/data/{path}` with `{"input": …}`, `GET /v1/data/{path}`; and its writes, `PUT`,
+//! `PATCH` with JSON Patch and `DELETE`), so existing OPA clients can switch.
 //!
 //! The data reference is built from the URL's segments (each percent-decoded once), never from
 //! query text (OPA's CVE-2025-46569).
@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arbiter_engine::DataRef;
+use arbiter_engine::data_write::{DataWrite, WriteError, WriteOp};
 use arbiter_engine::value::{from_json, to_json};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State as AxState};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value as Json, json};
@@ -339,8 +340,12 @@ async fn data_api(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if matches!(method, Method::PUT | Method::PATCH | Method::DELETE) {
+        return write_data(state, &method, &uri, &headers, &body).await;
+    }
     let Some(reference) = data_ref_of(uri.path()) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -404,7 +409,7 @@ async fn data_api(
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "use GET or POST",
+                "use GET or POST (PUT, PATCH or DELETE to write)",
             );
         }
     };
@@ -441,6 +446,121 @@ async fn data_api(
             pretty,
         ),
     }
+}
+
+/// OPA's Data API writes: `PUT` (create or overwrite, creating parents; `If-None-Match: *`
+/// leaves an existing document alone), `PATCH` (JSON Patch `add`, `remove`, `replace`, paths
+/// relative to the URL's) and `DELETE`. All or nothing; `204` when applied, and OPA's status and
+/// error codes otherwise.
+async fn write_data(
+    state: Arc<State>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let Some(rest) = uri
+        .path()
+        .strip_prefix("/v1/data")
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "no such endpoint",
+        );
+    };
+    let base = match path_segments(rest) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+    };
+    let writes = match *method {
+        Method::PUT => match serde_json::from_slice::<Json>(body) {
+            Ok(v) => vec![DataWrite {
+                op: WriteOp::Upsert,
+                path: base,
+                value: from_json(&v),
+            }],
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    format!("request body is not JSON: {e}"),
+                );
+            }
+        },
+        Method::PATCH => match patch_writes(&base, body) {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+        },
+        _ if base.is_empty() => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the data root cannot be deleted",
+            );
+        }
+        _ => vec![DataWrite {
+            op: WriteOp::Remove,
+            path: base,
+            value: arbiter_engine::regorus::Value::Null,
+        }],
+    };
+    let if_none_match = *method == Method::PUT
+        && headers
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == b"*");
+    let done = tokio::task::spawn_blocking(move || state.write_data(&writes, if_none_match)).await;
+    match done {
+        Ok(Ok(crate::state::Written::Applied(_))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(crate::state::Written::Exists)) => StatusCode::NOT_MODIFIED.into_response(),
+        Ok(Err(e @ WriteError::NotFound { .. })) => {
+            error(StatusCode::NOT_FOUND, "resource_not_found", e.to_string())
+        }
+        Ok(Err(e @ WriteError::Conflict { .. })) => {
+            error(StatusCode::NOT_FOUND, "resource_conflict", e.to_string())
+        }
+        Ok(Err(e @ WriteError::Invalid(_))) => {
+            error(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string())
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the write stopped before it finished; nothing was written",
+        ),
+    }
+}
+
+/// A JSON Patch body as writes below `base`: `[{"op": "add"|"remove"|"replace", "path": "/…",
+/// "value": …}]` (a missing `value` is `null`, a missing `path` is `base` itself).
+fn patch_writes(base: &[String], body: &[u8]) -> Result<Vec<DataWrite>, String> {
+    let ops = match serde_json::from_slice::<Json>(body) {
+        Ok(Json::Array(ops)) => ops,
+        Ok(_) => return Err("request body must be a JSON Patch: an array of operations".into()),
+        Err(e) => return Err(format!("request body is not JSON: {e}")),
+    };
+    ops.iter()
+        .map(|op| {
+            let name = op.get("op").and_then(Json::as_str).unwrap_or_default();
+            let kind = WriteOp::parse(name)
+                .filter(|k| *k != WriteOp::Upsert)
+                .ok_or_else(|| format!("bad patch operation: {name}"))?;
+            let pointer = match op.get("path") {
+                None => "",
+                Some(Json::String(p)) => p.as_str(),
+                Some(_) => return Err("a patch operation's `path` must be a string".into()),
+            };
+            let mut path = base.to_vec();
+            path.extend(arbiter_engine::data_write::parse_pointer(pointer));
+            Ok(DataWrite {
+                op: kind,
+                path,
+                value: op
+                    .get("value")
+                    .map_or(arbiter_engine::regorus::Value::Null, from_json),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

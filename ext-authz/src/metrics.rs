@@ -131,6 +131,7 @@ pub struct Metrics {
     log_upload_buffered: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    data_writes: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     /// OPA's and OPA-Envoy's families, served beside these.
     pub opa: crate::opa_metrics::OpaMetrics,
@@ -239,6 +240,11 @@ impl Metrics {
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A data write applied (the Data API's `PUT`/`PATCH`/`DELETE`, a delta bundle).
+    pub fn data_write(&self) {
+        self.data_writes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A sink failed; the event may still have reached another sink.
@@ -421,6 +427,12 @@ impl Metrics {
             "arbiter_policy_reloads_total{{result=\"error\"}} {}",
             l(&self.reloads_failed)
         );
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_data_writes_total Data writes applied (Data API PUT, PATCH, DELETE and delta bundles); each makes a new revision."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_data_writes_total counter");
+        let _ = writeln!(s, "arbiter_data_writes_total {}", l(&self.data_writes));
         let _ = writeln!(
             s,
             "# HELP arbiter_policy_info The active policy revision and decision path."

@@ -35,9 +35,26 @@ pub struct ReloadStatus {
 
 /// Build and, if it validates, install. Returns the new revision, or the error (the running
 /// set is untouched then).
+///
+/// What the Data API wrote is replayed over the new set (see [`State::write_data`]); writes
+/// wait for the reload, and a write the new set refuses is dropped and logged.
 pub fn reload(state: &State, build: &Build) -> Result<String, String> {
+    let mut overlay = state
+        .data_writes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build()))
         .unwrap_or_else(|_| Err("the policy loader panicked".into()));
+    let built = built.map(|a| {
+        if overlay.is_empty() {
+            return a;
+        }
+        let (set, dropped) = a.policies().with_overlay(&mut overlay);
+        for d in dropped {
+            eprintln!("arbiter: a Data API write no longer applies and is dropped: {d}");
+        }
+        a.with_policies(Arc::new(set))
+    });
     match built {
         Ok(a) => {
             let revision = a.policies().revision().to_string();

@@ -172,6 +172,7 @@ pub async fn start_with(
         grpc_ready: Default::default(),
         awaiting_policy: AtomicBool::new(awaiting_policy),
         readiness_changed: tokio::sync::Notify::new(),
+        data_writes: std::sync::Mutex::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arbiter_engine::authorizer::{Authorizer, CheckOutcome, Timings};
+use arbiter_engine::data_write::{DataOverlay, DataWrite, WriteError};
 use arbiter_engine::identity::IdentityOutcome;
 use arbiter_engine::record::{DecisionRecord, InstanceLabels};
 use arbiter_engine::regorus::Value;
@@ -47,6 +48,18 @@ pub struct State {
     pub awaiting_policy: AtomicBool,
     /// Signalled when readiness changes, so the gRPC health service follows it.
     pub readiness_changed: tokio::sync::Notify,
+    /// What the Data API has written (replayed over every reloaded set), and the lock that
+    /// puts writes and reloads one after another.
+    pub data_writes: std::sync::Mutex<DataOverlay>,
+}
+
+/// What a Data API write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Applied: the revision now serving.
+    Applied(String),
+    /// `If-None-Match: *` and the document exists: nothing written.
+    Exists,
 }
 
 impl std::fmt::Debug for State {
@@ -145,6 +158,37 @@ impl State {
             )),
             Err(_) => denied(DenyReason::Timeout),
         }
+    }
+
+    /// Apply Data API writes (`PUT`, `PATCH`, `DELETE` on `/v1/data`): all or none, with the
+    /// validation of a reload (bundle roots, rules, storage errors), then one atomic swap. The
+    /// compiled policies are kept; the work is the copy-on-write of the written paths. Blocks
+    /// while a reload runs (call it off the async runtime).
+    pub fn write_data(
+        &self,
+        writes: &[DataWrite],
+        if_none_match: bool,
+    ) -> Result<Written, WriteError> {
+        let mut overlay = self
+            .data_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.authorizer.load_full();
+        let set = current.policies();
+        if if_none_match
+            && let [w] = writes
+            && arbiter_engine::data_write::lookup(&set.data(), &w.path).is_some()
+        {
+            return Ok(Written::Exists);
+        }
+        set.check_not_bundle_owned(writes)?;
+        let next = set.with_writes(writes, None)?;
+        overlay.record(&next.data(), writes);
+        let revision = next.revision().to_string();
+        self.authorizer
+            .store(Arc::new(current.with_policies(Arc::new(next))));
+        self.metrics.data_write();
+        Ok(Written::Applied(revision))
     }
 
     /// Decide an Envoy check.

@@ -203,3 +203,172 @@ async fn ten_thousand_checks_through_flipping_revisions() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+const OPEN: &str =
+    "package envoy.authz\ndefault allow := false\nallow if data.open[input.parsed_path[0]]\n";
+
+fn build_open() -> Build {
+    Arc::new(|| {
+        let mut s = PolicySources::default();
+        s.add_rego("policy.rego", OPEN);
+        s.add_data("data.json", serde_json::json!({"open": {"z": true}}));
+        let set =
+            PolicySet::from_sources(&s, &LoadOptions::default()).map_err(|e| e.to_string())?;
+        Ok(Authorizer::new(
+            Arc::new(set),
+            DataRef::parse("envoy/authz/allow").unwrap(),
+            InputOptions::default(),
+        ))
+    })
+}
+
+/// Issue 18 item 6: Data API writes while checks run. Each write is one atomic swap with its
+/// own revision: every decision matches the data of the revision its event names; a reload
+/// keeps what was written (replayed over the new set), and a write waits for the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_writes_under_checks_and_across_a_reload() {
+    use arbiter_engine::data_write::{DataWrite, WriteOp};
+    use arbiter_ext_authz::state::Written;
+    let dir = std::env::temp_dir().join(format!("arbiter-writes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("d.log");
+    let build = build_open();
+    let s = arbiter_ext_authz::start(
+        ServerConfig {
+            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
+            http: None,
+            options: ServeOptions {
+                dry_run: false,
+                deadline: Duration::from_secs(5),
+                labels: InstanceLabels {
+                    id: "writes".into(),
+                    version: "0".into(),
+                    extra: Default::default(),
+                },
+                api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
+            },
+            workers: 0,
+            queue: 20_000,
+            decision_log: Some(DecisionLogConfig {
+                queue: 20_000,
+                ..DecisionLogConfig::to(LogTarget::File(log.clone()))
+            }),
+            tls: None,
+            limits: Default::default(),
+            ui: None,
+            diagnostic: None,
+        },
+        build().unwrap(),
+    )
+    .await
+    .unwrap();
+    let base = s.state.authorizer.load().policies().revision().to_string();
+    let open_a = |open: bool| DataWrite {
+        op: if open {
+            WriteOp::Upsert
+        } else {
+            WriteOp::Remove
+        },
+        path: vec!["open".into(), "a".into()],
+        value: arbiter_engine::regorus::Value::Bool(true),
+    };
+    // The writer: open and close `/a`, noting which revisions had it open.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (state, done) = (s.state.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut open_at = HashMap::new();
+            open_at.insert(
+                state.authorizer.load().policies().revision().to_string(),
+                false,
+            );
+            let mut open = false;
+            while !done.load(Ordering::Relaxed) {
+                open = !open;
+                match state.write_data(&[open_a(open)], false) {
+                    Ok(Written::Applied(rev)) => {
+                        assert!(open_at.insert(rev, open).is_none(), "a revision repeated");
+                    }
+                    other => panic!("the write failed: {other:?}"),
+                }
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            open_at
+        })
+    };
+    let addr = s.grpc_addr.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                out.push(client.check(check("/a")).await.unwrap().into_inner());
+            }
+            out
+        }));
+    }
+    let mut responses = Vec::new();
+    for t in tasks {
+        responses.extend(t.await.unwrap());
+    }
+    done.store(true, Ordering::Relaxed);
+    let open_at = writer.join().unwrap();
+    assert!(
+        open_at.len() > 10,
+        "the data changed during the run: {}",
+        open_at.len()
+    );
+
+    // A reload keeps the writes: `/b` opened by the Data API stays open under the rebuilt set.
+    let state = s.state.clone();
+    state
+        .write_data(
+            &[DataWrite {
+                op: WriteOp::Upsert,
+                path: vec!["open".into(), "b".into()],
+                value: arbiter_engine::regorus::Value::Bool(true),
+            }],
+            false,
+        )
+        .unwrap();
+    let rev = reload(&state, &build).unwrap();
+    assert!(rev.starts_with(&format!("{base}+")), "{rev}");
+    let data = state.authorizer.load().policies().data();
+    assert_eq!(
+        arbiter_engine::value::to_json(&data)["open"]["b"],
+        serde_json::json!(true)
+    );
+    s.shutdown().await.unwrap();
+
+    let events: HashMap<String, serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["decision_id"].as_str().unwrap().to_string(), e)
+        })
+        .collect();
+    let mut seen = HashMap::new();
+    for r in &responses {
+        let e = &events[&meta(r, "decision_id").unwrap()];
+        let rev = e["revision"].as_str().unwrap();
+        let open = open_at
+            .get(rev)
+            .unwrap_or_else(|| panic!("a revision no write made: {rev}"));
+        let allowed = r.status.as_ref().unwrap().code == 0;
+        assert_eq!(allowed, *open, "under {rev}");
+        *seen.entry(*open).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "decisions under open and closed data: {seen:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

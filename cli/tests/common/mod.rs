@@ -20,10 +20,25 @@ pub fn tmp(suite: &str, name: &str) -> PathBuf {
 
 /// One request with `connection: close`; the status and the body.
 pub fn http(addr: &str, method: &str, target: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, target, &[], body)
+}
+
+/// [`http`] with more header lines.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         c,
-        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

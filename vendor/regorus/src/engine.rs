@@ -876,6 +876,23 @@ impl Engine {
         }
     }
 
+    /// arbiter patch: replace the data document of an engine, keeping its preparation.
+    ///
+    /// Preparing (analysing and scheduling the modules) depends on the modules only, not on the
+    /// data, so a data update (the Data API's writes, delta bundles) need not pay for it again:
+    /// only the with-document, which starts from the data, and the builtins cache are renewed.
+    pub fn replace_data(&mut self, data: Value) -> Result<()> {
+        if data.as_object().is_err() {
+            bail!("data must be object");
+        }
+        self.interpreter.set_init_data(data);
+        if self.prepared {
+            self.interpreter.clear_builtins_cache();
+            self.interpreter.init_with_document()?;
+        }
+        Ok(())
+    }
+
     /// Get the data document.
     ///
     /// The returned value is the data document that has been constructed using

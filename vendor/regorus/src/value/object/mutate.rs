@@ -153,3 +153,58 @@ impl Repr {
         }
     }
 }
+
+// arbiter patch: copy-on-write edits for data updates. The object being edited is shared with
+// the policy set that still serves, so it cannot change in place; copying it through `insert`
+// would thaw a frozen object into a `BTreeMap` and freeze it again. These build the new
+// compact storage in one pass over the old: one clone of each entry, nothing re-sorted.
+impl Object {
+    /// A copy of this object with `key` set to `value`.
+    pub fn with_inserted(&self, key: Value, value: Value) -> Object {
+        match &self.repr {
+            Repr::Frozen(v) => {
+                let mut out = Vec::with_capacity(v.len() + 1);
+                match v.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    Ok(i) => {
+                        out.extend_from_slice(&v[..i]);
+                        out.push((key, value));
+                        out.extend_from_slice(&v[i + 1..]);
+                    }
+                    Err(i) => {
+                        out.extend_from_slice(&v[..i]);
+                        out.push((key, value));
+                        out.extend_from_slice(&v[i..]);
+                    }
+                }
+                Object {
+                    repr: Repr::Frozen(out.into_boxed_slice()),
+                }
+            }
+            _ => {
+                let mut copy = self.clone();
+                copy.insert(key, value);
+                copy.freeze()
+            }
+        }
+    }
+
+    /// A copy of this object without `key`; `None` when the key is absent.
+    pub fn with_removed(&self, key: &Value) -> Option<Object> {
+        match &self.repr {
+            Repr::Frozen(v) => {
+                let i = v.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+                let mut out = Vec::with_capacity(v.len() - 1);
+                out.extend_from_slice(&v[..i]);
+                out.extend_from_slice(&v[i + 1..]);
+                Some(Object {
+                    repr: Repr::Frozen(out.into_boxed_slice()),
+                })
+            }
+            _ => {
+                let mut copy = self.clone();
+                copy.remove(key)?;
+                Some(copy.freeze())
+            }
+        }
+    }
+}

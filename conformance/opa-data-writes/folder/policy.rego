@@ -1,0 +1,5 @@
+package envoy.authz
+
+default allow := false
+
+allow if data.roles[input.user] == "admin"
