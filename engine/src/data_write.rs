@@ -424,4 +424,102 @@ mod tests {
         // No entry inside another: `/x/y` was folded into `/x`.
         assert_eq!(overlay.len(), 4, "{overlay:?}");
     }
+
+    /// regorus patch 26: a large object freezes into shared runs. Whatever the storage, it
+    /// reads, iterates (both ways and by cursor) and edits as the ordered map it is, and an edit
+    /// of a copy never shows in the original.
+    mod runs {
+        use proptest::prelude::*;
+        use regorus::Value;
+        use regorus::value::Object;
+        use std::collections::BTreeMap;
+
+        fn object(model: &BTreeMap<u32, u32>) -> Value {
+            model
+                .iter()
+                .map(|(k, v)| (Value::from(u64::from(*k)), Value::from(u64::from(*v))))
+                .collect::<Object>()
+                .into_value()
+        }
+
+        fn same(o: &Object, model: &BTreeMap<u32, u32>) -> Result<(), TestCaseError> {
+            let want: Vec<(Value, Value)> = model
+                .iter()
+                .map(|(k, v)| (Value::from(u64::from(*k)), Value::from(u64::from(*v))))
+                .collect();
+            prop_assert_eq!(o.len(), want.len());
+            let forward: Vec<(Value, Value)> =
+                o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(&forward, &want);
+            let mut backward: Vec<(Value, Value)> = o
+                .iter_sorted()
+                .rev()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            backward.reverse();
+            prop_assert_eq!(&backward, &want);
+            let mut cursor = o.cursor();
+            let mut by_cursor = Vec::new();
+            while let Some((k, v)) = o.next(&mut cursor) {
+                by_cursor.push((k.clone(), v.clone()));
+            }
+            prop_assert_eq!(&by_cursor, &want);
+            Ok(())
+        }
+
+        /// Runs split when they grow past twice their size: 1,500 keys inserted between the
+        /// first run's.
+        #[test]
+        fn a_run_that_grows_splits_and_stays_ordered() {
+            let mut model: BTreeMap<u32, u32> = (0..2_000).map(|k| (k * 2_000, k)).collect();
+            let Value::Object(o) = object(&model) else {
+                unreachable!()
+            };
+            let mut copy: Object = (*o).clone();
+            for k in 1..1_500 {
+                model.insert(k, k);
+                copy.insert(Value::from(u64::from(k)), Value::from(u64::from(k)));
+            }
+            same(&copy, &model).unwrap();
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+            #[test]
+            fn large_objects_behave_as_ordered_maps(
+                keys in proptest::collection::btree_set(0u32..20_000, 0..4_000),
+                edits in proptest::collection::vec((0u32..20_000, any::<bool>()), 0..300),
+            ) {
+                let mut model: BTreeMap<u32, u32> = keys.iter().map(|k| (*k, k * 2)).collect();
+                let Value::Object(original) = object(&model) else { unreachable!() };
+                same(&original, &model)?;
+                let before = model.clone();
+                // Edits of copies (the data-write path) and in place (`insert`, `remove`).
+                let mut copy: Object = (*original).clone();
+                for (i, (k, add)) in edits.iter().enumerate() {
+                    let key = Value::from(u64::from(*k));
+                    if *add {
+                        model.insert(*k, i as u32);
+                        if i % 2 == 0 {
+                            copy = copy.with_inserted(key.clone(), Value::from(i as u64));
+                        } else {
+                            copy.insert(key.clone(), Value::from(i as u64));
+                        }
+                    } else {
+                        let had = model.remove(k).is_some();
+                        if i % 2 == 0 {
+                            if let Some(c) = copy.with_removed(&key) { copy = c; }
+                        } else {
+                            prop_assert_eq!(copy.remove(&key).is_some(), had);
+                        }
+                    }
+                    let got = copy.get(&key).cloned();
+                    let want = model.get(k).map(|v| Value::from(u64::from(*v)));
+                    prop_assert_eq!(got, want);
+                }
+                same(&copy, &model)?;
+                same(&original, &before)?;
+            }
+        }
+    }
 }

@@ -42,6 +42,16 @@ impl Object {
                     None
                 }
             }
+            (Repr::Chunked(c), ObjectCursorInner::Start) => {
+                let (k, val) = c.next_after(None)?;
+                cursor.inner = ObjectCursorInner::Key(k.clone());
+                Some((k, val))
+            }
+            (Repr::Chunked(c), ObjectCursorInner::Key(prev)) => {
+                let (k, val) = c.next_after(Some(prev))?;
+                cursor.inner = ObjectCursorInner::Key(k.clone());
+                Some((k, val))
+            }
             (Repr::BTree(m), ObjectCursorInner::Start) => {
                 let (k, val) = m.iter().next()?;
                 cursor.inner = ObjectCursorInner::Key(k.clone());

@@ -7,6 +7,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::chunked::{Chunked, CHUNK_ABOVE};
 use super::{Object, Repr};
 use crate::value::Value;
 
@@ -30,6 +31,7 @@ impl Object {
             Repr::Empty => "Empty",
             Repr::Frozen(_) => "Frozen",
             Repr::BTree(_) => "BTree",
+            Repr::Chunked(_) => "Chunked",
         }
     }
 
@@ -38,9 +40,16 @@ impl Object {
             Repr::Empty => {
                 self.repr = Repr::Frozen(Box::new([]));
             }
+            Repr::Frozen(v) if v.len() > CHUNK_ABOVE => {
+                debug_assert_sorted_dedup(&v);
+                self.repr = Repr::Chunked(Chunked::from_sorted(Vec::from(v)));
+            }
             Repr::Frozen(v) => {
                 debug_assert_sorted_dedup(&v);
                 self.repr = Repr::Frozen(v);
+            }
+            Repr::BTree(m) if m.len() > CHUNK_ABOVE => {
+                self.repr = Repr::Chunked(Chunked::from_sorted(m.into_iter().collect()));
             }
             Repr::BTree(m) => {
                 let boxed = m.into_iter().collect::<Vec<_>>().into_boxed_slice();
@@ -49,6 +58,8 @@ impl Object {
                 debug_assert_sorted_dedup(&boxed);
                 self.repr = Repr::Frozen(boxed);
             }
+            // Runs stay runs; one that shrank below the threshold stays chunked too.
+            Repr::Chunked(c) => self.repr = Repr::Chunked(c),
         }
     }
 
@@ -65,6 +76,7 @@ impl Object {
         let repr = core::mem::take(&mut self.repr);
         self.repr = match repr {
             Repr::Frozen(v) => Self::thawed_repr(v),
+            Repr::Chunked(c) => Self::thawed_repr(c.into_sorted().into_boxed_slice()),
             other => other,
         };
     }

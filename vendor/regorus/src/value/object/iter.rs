@@ -74,6 +74,7 @@ pub(super) enum IterInner<'a> {
     Empty,
     Frozen(core::slice::Iter<'a, (Value, Value)>),
     BTree(btree_map::Iter<'a, Value, Value>),
+    Chunked(super::chunked::ChunkedIter<'a>),
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -83,6 +84,7 @@ impl<'a> Iterator for Iter<'a> {
             IterInner::Empty => None,
             IterInner::Frozen(it) => it.next().map(|(k, v)| (k, v)),
             IterInner::BTree(it) => it.next(),
+            IterInner::Chunked(it) => it.next(),
         }
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -90,6 +92,7 @@ impl<'a> Iterator for Iter<'a> {
             IterInner::Empty => (0, Some(0)),
             IterInner::Frozen(it) => it.size_hint(),
             IterInner::BTree(it) => it.size_hint(),
+            IterInner::Chunked(it) => (it.remaining, Some(it.remaining)),
         }
     }
 }
@@ -100,6 +103,7 @@ impl<'a> ExactSizeIterator for Iter<'a> {
             IterInner::Empty => 0,
             IterInner::Frozen(it) => it.len(),
             IterInner::BTree(it) => it.len(),
+            IterInner::Chunked(it) => it.remaining,
         }
     }
 }
@@ -110,6 +114,7 @@ impl<'a> DoubleEndedIterator for Iter<'a> {
             IterInner::Empty => None,
             IterInner::Frozen(it) => it.next_back().map(|(k, v)| (k, v)),
             IterInner::BTree(it) => it.next_back(),
+            IterInner::Chunked(it) => it.next_back(),
         }
     }
 }
@@ -173,6 +178,7 @@ impl IntoIterator for Object {
                 Repr::Empty => IntoIterInner::Empty,
                 Repr::Frozen(v) => IntoIterInner::Frozen(Vec::from(v).into_iter()),
                 Repr::BTree(m) => IntoIterInner::BTree(m.into_iter()),
+                Repr::Chunked(c) => IntoIterInner::Frozen(c.into_sorted().into_iter()),
             },
         }
     }

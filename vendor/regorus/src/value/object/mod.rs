@@ -14,6 +14,7 @@
 //! `repr` field: [`mutate`] (insert/remove/retain/get_or_insert_with),
 //! [`freeze`] (freeze/thaw transitions), and [`cursor`] (resumable iteration).
 
+mod chunked;
 mod cursor;
 mod freeze;
 mod iter;
@@ -60,6 +61,8 @@ pub(super) enum Repr {
     /// path must preserve this before entering `Repr::Frozen`.
     Frozen(Box<[(Value, Value)]>),
     BTree(BTreeMap<Value, Value>),
+    /// arbiter patch: a large frozen object, in shared sorted runs (see [`chunked`]).
+    Chunked(chunked::Chunked),
 }
 
 impl Default for Repr {
@@ -82,6 +85,7 @@ impl Object {
             Repr::Empty => 0,
             Repr::Frozen(v) => v.len(),
             Repr::BTree(m) => m.len(),
+            Repr::Chunked(c) => c.len,
         }
     }
 
@@ -98,6 +102,7 @@ impl Object {
                 Err(_) => None,
             },
             Repr::BTree(m) => m.get(key),
+            Repr::Chunked(c) => c.get(key),
         }
     }
 
@@ -117,6 +122,7 @@ impl Object {
                 Err(_) => None,
             },
             Repr::BTree(m) => m.get_mut(key),
+            Repr::Chunked(c) => c.get_mut(key),
         }
     }
 
@@ -141,6 +147,7 @@ impl Object {
                 Repr::Empty => iter::IterInner::Empty,
                 Repr::Frozen(v) => iter::IterInner::Frozen(v.iter()),
                 Repr::BTree(m) => iter::IterInner::BTree(m.iter()),
+                Repr::Chunked(c) => iter::IterInner::Chunked(chunked::ChunkedIter::new(c)),
             },
         }
     }
@@ -167,7 +174,7 @@ impl Object {
                 // `thaw` above guarantees repr is not Frozen here; the Frozen
                 // arm is dead, but yielding an empty iterator keeps the match
                 // total without a panic.
-                Repr::Empty | Repr::Frozen(_) => iter::IterMutInner::Empty,
+                Repr::Empty | Repr::Frozen(_) | Repr::Chunked(_) => iter::IterMutInner::Empty,
                 Repr::BTree(m) => iter::IterMutInner::BTree(m.iter_mut()),
             },
         }

@@ -37,6 +37,11 @@ impl Object {
                 self.repr = Repr::BTree(m);
                 prev
             }
+            Repr::Chunked(mut c) => {
+                let prev = c.insert(key, value);
+                self.repr = Repr::Chunked(c);
+                prev
+            }
         }
     }
 
@@ -61,6 +66,11 @@ impl Object {
                 self.repr = Repr::BTree(m);
                 prev
             }
+            Repr::Chunked(mut c) => {
+                let prev = c.remove(key);
+                self.repr = Repr::Chunked(c);
+                prev
+            }
         }
     }
 
@@ -74,6 +84,10 @@ impl Object {
             }
             Repr::Frozen(v) => {
                 self.repr = Self::thawed_repr(v);
+                self.retain(f);
+            }
+            Repr::Chunked(c) => {
+                self.repr = Self::thawed_repr(c.into_sorted().into_boxed_slice());
                 self.retain(f);
             }
             Repr::BTree(mut m) => {
@@ -93,6 +107,7 @@ impl Object {
             Repr::Empty => Vec::new(),
             Repr::Frozen(v) => Vec::from(v),
             Repr::BTree(m) => m.into_iter().collect(),
+            Repr::Chunked(c) => c.into_sorted(),
         };
         other.repr = Repr::Empty;
         for (k, v) in drained {
@@ -123,6 +138,16 @@ impl Repr {
         // Locate an existing key in Frozen storage up front (scoped borrow, yields an
         // index by value). Splitting this from the in-place return below sidesteps NLL
         // problem case 3, where a conditionally-returned borrow would block the thaw.
+        // arbiter patch: runs keep their storage; a shared run is copied, nothing else.
+        if let Repr::Chunked(c) = self {
+            if c.get(&key).is_none() {
+                c.insert(key.clone(), default());
+            }
+            return match c.get_mut(&key) {
+                Some(v) => v,
+                None => unreachable!("the key was just inserted"),
+            };
+        }
         let frozen_index = match self {
             Repr::Frozen(v) => v.binary_search_by(|(k, _)| k.cmp(&key)).ok(),
             _ => None,
@@ -134,7 +159,7 @@ impl Repr {
             match self {
                 Repr::Empty => *self = Repr::BTree(BTreeMap::new()),
                 Repr::BTree(m) => return m.entry(key).or_insert_with(default),
-                Repr::Frozen(_) => {
+                Repr::Frozen(_) | Repr::Chunked(_) => {
                     let repr = core::mem::take(self);
                     *self = match repr {
                         Repr::Frozen(v) => Object::thawed_repr(v),
@@ -180,6 +205,7 @@ impl Object {
                     repr: Repr::Frozen(out.into_boxed_slice()),
                 }
             }
+            // Chunked: the clone copies run pointers; the insert copies one run.
             _ => {
                 let mut copy = self.clone();
                 copy.insert(key, value);
