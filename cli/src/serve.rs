@@ -750,6 +750,11 @@ fn sources(
         } else {
             arbiter_engine::bundle::load_with(Path::new(shown), b.verification.as_ref(), &limits)?
         };
+        if bundle.is_delta() {
+            return Err(format!(
+                "{shown}: a delta bundle (patch.json) applies to its snapshot bundle, and none is active"
+            ));
+        }
         loaded.push((b, bundle));
     }
     let named: Vec<(&str, &arbiter_engine::bundle::Manifest)> = loaded
@@ -854,6 +859,37 @@ fn download(b: &BundleSource, etag: Option<&str>) -> Result<Fetched, String> {
         )),
         other => Ok(other),
     }
+}
+
+/// A downloaded delta bundle (one with a `patch.json`): its manifest and writes, or why it
+/// does not read; `None` for a snapshot bundle (which the full build reads).
+fn delta_bundle(
+    b: &BundleSource,
+    body: &[u8],
+    limits: &arbiter_engine::limits::LoadLimits,
+) -> Option<
+    Result<
+        (
+            arbiter_engine::bundle::Manifest,
+            Vec<arbiter_engine::data_write::DataWrite>,
+        ),
+        String,
+    >,
+> {
+    let files = arbiter_engine::bundle::untar_with(body, limits).ok()?;
+    if !files.contains_key("patch.json") {
+        return None;
+    }
+    Some(
+        arbiter_engine::bundle::from_files_with(
+            files,
+            &b.location,
+            b.verification.as_ref(),
+            limits,
+        )
+        .map_err(|e| format!("{}: {e}", b.location))
+        .map(|bundle| (bundle.manifest, bundle.patch.unwrap_or_default())),
+    )
 }
 
 /// OPA's bundle metrics after a load: `bundle` (or every bundle of the set) is active at its
@@ -1204,7 +1240,7 @@ pub fn run(args: &Args) -> Exit {
                     return false;
                 };
                 let _one = lock.lock();
-                match arbiter_ext_authz::reload::reload(&state, &build) {
+                match arbiter_ext_authz::reload::reload_after(&state, &build, bundle) {
                     Ok(rev) => {
                         eprintln!("arbiter: reloaded ({why}): revision {rev}");
                         activated(&state, bundle);
@@ -1229,6 +1265,7 @@ pub fn run(args: &Args) -> Exit {
             // Poll with the ETag after a random delay in the bundle's polling range; a new
             // bundle goes through the same validated reload.
             let (on_new, fetched) = (do_reload.clone(), fetched.clone());
+            let limits = settings.limits.load();
             let mut etag = etags.get(&b.name).cloned().flatten();
             let state = Arc::downgrade(&running.state);
             std::thread::Builder::new()
@@ -1262,6 +1299,36 @@ pub fn run(args: &Args) -> Exit {
                         match got {
                             Ok(Fetched::Unchanged) => {}
                             Ok(Fetched::New { body, etag: e }) => {
+                                if let Some(delta) = delta_bundle(&b, &body, &limits) {
+                                    // OPA's delta bundle: applied to the active data, not
+                                    // kept as the snapshot the next full build reads.
+                                    etag = e;
+                                    let Some(s) = state.upgrade() else {
+                                        return;
+                                    };
+                                    let applied = delta.and_then(|(manifest, writes)| {
+                                        s.apply_bundle_delta(&b.name, &manifest, writes)
+                                            .map_err(|e| e.to_string())
+                                    });
+                                    match applied {
+                                        Ok(rev) => {
+                                            eprintln!(
+                                                "arbiter: applied a delta of bundle {}: revision {rev}",
+                                                b.name
+                                            );
+                                            activated(&s, Some(&b.name));
+                                        }
+                                        Err(e) => {
+                                            eprintln!(
+                                                "arbiter: a delta of bundle {} failed, still serving revision {}:\n{e}",
+                                                b.name,
+                                                s.authorizer.load().policies().revision()
+                                            );
+                                            s.metrics.opa.bundle_failed(&b.name, "bundle_error", &e);
+                                        }
+                                    }
+                                    continue;
+                                }
                                 if let Ok(mut g) = fetched.lock() {
                                     g.insert(b.name.clone(), body);
                                 }

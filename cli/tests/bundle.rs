@@ -640,3 +640,160 @@ keys:
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `tar czf` of `files` (name, bytes), written into `dir`.
+fn tar_gz(dir: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let src = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    for (f, bytes) in files {
+        let p = src.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let out = dir.join(format!("{name}.tar.gz"));
+    let mut cmd = Command::new("tar");
+    cmd.arg("czf").arg(&out).arg("-C").arg(&src);
+    for (f, _) in files {
+        cmd.arg(f);
+    }
+    assert!(cmd.status().unwrap().success());
+    std::fs::read(out).unwrap()
+}
+
+/// Issue 18 item 6: OPA's delta bundles, replayed from what the reference OPA did with the same
+/// snapshot and deltas (`conformance/opa-data-writes/record-deltas.py`): each delta applied or
+/// refused as OPA did (refusals with OPA's words, in `bundle_failed_load_counter`), the data
+/// and the bundle's revision after each one as OPA had them.
+#[test]
+fn delta_bundles_apply_as_opa_applies_them() {
+    let dir = tmp("deltas");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/opa-data-writes");
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(here.join("../fixtures/opa-data-writes/deltas.json")).unwrap(),
+    )
+    .unwrap();
+    let deltas: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(here.join("deltas/deltas.json")).unwrap())
+            .unwrap();
+    let read = |p: &str| std::fs::read(here.join("bundle").join(p)).unwrap();
+    let snapshot = tar_gz(
+        &dir,
+        "snap",
+        &[
+            (".manifest", read(".manifest")),
+            ("envoy/policy.rego", read("envoy/policy.rego")),
+            ("envoy/data.json", read("envoy/data.json")),
+        ],
+    );
+    // The bundle server: the current (etag, bytes); `served` is set when it is sent and
+    // `asked_again` when a request follows (the server under test has dealt with it).
+    type Current = (String, Vec<u8>, bool, bool);
+    let current: Arc<Mutex<Current>> =
+        Arc::new(Mutex::new(("snap".into(), snapshot, false, false)));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let current = current.clone();
+        bundle_server(listener, move |if_none_match| {
+            let mut c = current.lock().unwrap();
+            if c.2 {
+                c.3 = true;
+            }
+            if if_none_match.as_deref() == Some(c.0.as_str()) {
+                return b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n".to_vec();
+            }
+            c.2 = true;
+            ok(&c.0, &c.1)
+        });
+    }
+    let wait_dealt_with = || {
+        let start = Instant::now();
+        while !current.lock().unwrap().3 {
+            assert!(start.elapsed() < Duration::from_secs(30), "not asked again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(here.join("deltas/config.yaml"))
+            .unwrap()
+            .replace("${BUNDLE_SERVER}", &format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let (child, addr) =
+        serve(&["--config", config.to_str().unwrap()]).unwrap_or_else(|e| panic!("serve: {e}"));
+    wait_dealt_with();
+    let data = |p: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&http(&addr, "GET", &format!("/v1/data/{p}"), "")).unwrap();
+        v["result"].clone()
+    };
+    assert_eq!(data("envoy"), recorded["snapshot"]["envoy"]);
+    assert_eq!(
+        data("system/bundles/b/manifest/revision"),
+        recorded["snapshot"]["revision"]
+    );
+    let failures = || -> Vec<String> {
+        http(&addr, "GET", "/metrics", "")
+            .lines()
+            .filter(|l| l.starts_with("bundle_failed_load_counter{") && l.contains("name=\"b\""))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut differences = Vec::new();
+    for (delta, want) in deltas
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(recorded["deltas"].as_array().unwrap())
+    {
+        let name = delta["name"].as_str().unwrap();
+        let before = failures();
+        let bytes = tar_gz(
+            &dir,
+            name,
+            &[
+                (".manifest", delta["manifest"].to_string().into_bytes()),
+                ("patch.json", delta["patch"].to_string().into_bytes()),
+            ],
+        );
+        *current.lock().unwrap() = (name.to_string(), bytes, false, false);
+        wait_dealt_with();
+        let after = failures();
+        let failed = after != before;
+        if failed == want["applied"].as_bool().unwrap() {
+            differences.push(format!("{name}: failed {failed}, OPA {want}: {after:?}"));
+        }
+        if let Some(message) = want["failure"].as_str() {
+            // OPA's words after its "Bundle load/activation failed: " (after the file and
+            // line for a rule conflict, whose file names differ).
+            let words = message.split_once("failed: ").map_or(message, |(_, m)| m);
+            let words = words
+                .split_once("rego_compile_error: ")
+                .map_or(words, |(_, m)| m);
+            if !after.iter().any(|l| l.contains(words)) {
+                differences.push(format!("{name}: no failure saying `{words}`: {after:?}"));
+            }
+        }
+        if data("envoy") != want["envoy"] {
+            differences.push(format!(
+                "{name}: envoy {}, OPA {}",
+                data("envoy"),
+                want["envoy"]
+            ));
+        }
+        if data("system/bundles/b/manifest/revision") != want["revision"] {
+            differences.push(format!(
+                "{name}: revision {}, OPA {}",
+                data("system/bundles/b/manifest/revision"),
+                want["revision"]
+            ));
+        }
+    }
+    // The set's revision is the bundle's, which the decision log records.
+    assert_eq!(revision(&addr), "r9");
+    stop(child);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    let _ = std::fs::remove_dir_all(dir);
+}

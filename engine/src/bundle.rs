@@ -173,6 +173,67 @@ pub struct Bundle {
     pub files: BTreeMap<String, Vec<u8>>,
     pub sources: PolicySources,
     pub signed: bool,
+    /// A delta bundle's `patch.json`: writes to apply to the data the bundle's snapshot
+    /// activated (`None`: a snapshot bundle).
+    pub patch: Option<Vec<crate::data_write::DataWrite>>,
+}
+
+impl Bundle {
+    /// OPA's delta bundle: a `patch.json` instead of policies and data.
+    pub fn is_delta(&self) -> bool {
+        self.patch.is_some()
+    }
+}
+
+/// A delta bundle's `patch.json` (`{"data": [{"op": "upsert"|"remove"|"replace", "path":
+/// "/a/b", "value": …}]}`), each operation's path inside the manifest's roots, as OPA reads it.
+fn parse_patch(
+    bytes: &[u8],
+    manifest: &Manifest,
+) -> Result<Vec<crate::data_write::DataWrite>, String> {
+    use crate::data_write::{DataWrite, WriteOp, parse_pointer};
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("bundle load failed on patch.json decode: {e}"))?;
+    let ops = match json.get("data") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(ops)) => ops,
+        Some(_) => return Err("patch.json: `data` must be a list of operations".into()),
+    };
+    let roots: Vec<Vec<String>> = manifest
+        .roots
+        .clone()
+        .unwrap_or_else(|| vec![String::new()])
+        .iter()
+        .map(|r| {
+            r.split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    ops.iter()
+        .map(|op| {
+            let name = op.get("op").and_then(|o| o.as_str()).unwrap_or_default();
+            let kind = WriteOp::parse(name)
+                .filter(|k| *k != WriteOp::Add)
+                .ok_or_else(|| format!("bad patch operation: {name}"))?;
+            let path = parse_pointer(op.get("path").and_then(|p| p.as_str()).unwrap_or(""));
+            if !roots.iter().any(|r| path.starts_with(r)) {
+                return Err(format!(
+                    "manifest roots [{}] do not permit data patch at path '{}'",
+                    manifest.roots.clone().unwrap_or_default().join(" "),
+                    path.join("/")
+                ));
+            }
+            Ok(DataWrite {
+                op: kind,
+                path,
+                value: op
+                    .get("value")
+                    .map_or(regorus::Value::Null, crate::value::from_json),
+            })
+        })
+        .collect()
 }
 
 fn clean(path: &str) -> Result<String, String> {
@@ -427,11 +488,32 @@ pub fn from_files_with(
     if !manifest.revision.is_empty() {
         sources.revision = Some(manifest.revision.clone());
     }
+    let patch = match files.get("patch.json") {
+        None => None,
+        Some(bytes) => {
+            limits
+                .check_file(true, bytes.len() as u64)
+                .map_err(|e| format!("{name}:/patch.json: {e}"))?;
+            let has_sources = !(sources.rego.is_empty()
+                && sources.rego_tests.is_empty()
+                && sources.data.is_empty()
+                && sources.cel.is_empty()
+                && sources.istio.is_empty());
+            if has_sources {
+                return Err(
+                    "delta bundle expected to contain only patch file but policies or data files found"
+                        .into(),
+                );
+            }
+            Some(parse_patch(bytes, &manifest)?)
+        }
+    };
     Ok(Bundle {
         manifest,
         files,
         sources,
         signed,
+        patch,
     })
 }
 

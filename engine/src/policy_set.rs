@@ -316,14 +316,18 @@ impl PolicySet {
     }
 
     /// This set with `writes` applied to its data: the same compiled policies (nothing is
-    /// parsed or prepared again), the new data, and a new revision — `revision` when given (a
-    /// delta bundle's), else this set's source revision followed by `+` and a digest of every
-    /// write since, so that a decision's revision names the data it saw. Refused, with this
-    /// set unchanged, when a write fails or would put data where a rule's value lies.
+    /// parsed or prepared again), the new data, and a new revision, so that a decision's
+    /// revision names the data it saw. Refused, with this set unchanged, when a write fails or
+    /// would put data where a rule's value lies.
+    ///
+    /// The revision: for a delta bundle (`bundle`: its name and the delta's revision), the
+    /// sources' revision with that bundle's revision replaced (and `data.system.bundles`'
+    /// manifest and the decision log's `bundles` follow); for Data API writes, the sources'
+    /// revision followed by `+` and a digest of every write since.
     pub fn with_writes(
         &self,
         writes: &[crate::data_write::DataWrite],
-        revision: Option<String>,
+        bundle: Option<(&str, &str)>,
     ) -> Result<PolicySet, crate::data_write::WriteError> {
         use crate::data_write::{WriteError, changed_document, lookup};
         let data = crate::data_write::apply(&self.prototype.get_data(), writes)?;
@@ -346,18 +350,85 @@ impl PolicySet {
             .replace_data(data.clone())
             .map_err(|e| WriteError::Invalid(format!("{e:#}")))?;
         next.cel = self.cel.as_ref().map(|c| Arc::new(c.with_data(&data)));
-        match revision {
-            Some(r) => {
-                next.revision = r;
-                next.base_revision = None;
-            }
-            None => {
-                let base = self.base_revision.as_ref().unwrap_or(&self.revision);
-                next.revision = format!("{base}+{}", writes_digest(&self.revision, writes));
-                next.base_revision = Some(base.clone());
-            }
+        let mut base = self
+            .base_revision
+            .clone()
+            .unwrap_or_else(|| self.revision.clone());
+        if let Some((name, revision)) = bundle {
+            let old = self.bundles.get(name).cloned().unwrap_or_default();
+            let mut bundles = (*self.bundles).clone();
+            bundles.insert(name.to_string(), revision.to_string());
+            next.bundles = Arc::new(bundles);
+            // One bundle: its revision is the set's; several: `name=revision,…`.
+            let listed = format!("{name}={old}");
+            base = if base == old {
+                revision.to_string()
+            } else if base.split(',').any(|part| part == listed) {
+                base.split(',')
+                    .map(|part| {
+                        if part == listed {
+                            format!("{name}={revision}")
+                        } else {
+                            part.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                format!("{base}+{}", writes_digest(&self.revision, writes))
+            };
+        }
+        if bundle.is_some() && self.base_revision.is_none() {
+            next.revision = base;
+            next.base_revision = None;
+        } else {
+            next.revision = format!("{base}+{}", writes_digest(&self.revision, writes));
+            next.base_revision = Some(base);
         }
         Ok(next)
+    }
+
+    /// This set with a delta bundle applied: `writes` (its `patch.json`) to the data of bundle
+    /// `name`'s snapshot, whose manifest roots the delta's must equal (OPA's rule), and the
+    /// bundle's revision — in `data.system.bundles`, the decision log's `bundles` and the set's
+    /// revision — the delta's.
+    pub fn with_bundle_delta(
+        &self,
+        name: &str,
+        manifest: &crate::bundle::Manifest,
+        writes: &[crate::data_write::DataWrite],
+    ) -> Result<PolicySet, crate::data_write::WriteError> {
+        use crate::data_write::{DataWrite, WriteError, WriteOp, lookup};
+        let at = |leaf: &str| -> Vec<String> {
+            ["system", "bundles", name, "manifest", leaf]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let data = self.data();
+        let Some(active) = lookup(&data, &at("roots")) else {
+            return Err(WriteError::Invalid(format!(
+                "delta bundle '{name}' has no snapshot bundle activated to apply to"
+            )));
+        };
+        let roots: Value = crate::value::from_json(&serde_json::json!(
+            manifest
+                .roots
+                .clone()
+                .unwrap_or_else(|| vec![String::new()])
+        ));
+        if *active != roots {
+            return Err(WriteError::Invalid(format!(
+                "delta bundle '{name}' has wasm resolvers or manifest roots that are different from those in the store"
+            )));
+        }
+        let mut all = writes.to_vec();
+        all.push(DataWrite {
+            op: WriteOp::Upsert,
+            path: at("revision"),
+            value: Value::from(manifest.revision.as_str()),
+        });
+        self.with_writes(&all, Some((name, manifest.revision.as_str())))
     }
 
     /// This set with `overlay` (the Data API's writes, kept across reloads) replayed over its

@@ -39,17 +39,47 @@ pub struct ReloadStatus {
 /// What the Data API wrote is replayed over the new set (see [`State::write_data`]); writes
 /// wait for the reload, and a write the new set refuses is dropped and logged.
 pub fn reload(state: &State, build: &Build) -> Result<String, String> {
-    let mut overlay = state
+    reload_after(state, build, None)
+}
+
+/// [`reload`] for a new snapshot of bundle `fresh`: its deltas end with it (they were made
+/// against the snapshot it replaces); other bundles' deltas are replayed.
+pub fn reload_after(state: &State, build: &Build, fresh: Option<&str>) -> Result<String, String> {
+    let mut data = state
         .data_writes
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build()))
         .unwrap_or_else(|_| Err("the policy loader panicked".into()));
     let built = built.map(|a| {
-        if overlay.is_empty() {
+        let data = &mut *data;
+        if let Some(name) = fresh {
+            data.deltas.remove(name);
+        }
+        if data.overlay.is_empty() && data.deltas.is_empty() {
             return a;
         }
-        let (set, dropped) = a.policies().with_overlay(&mut overlay);
+        let mut set = (**a.policies()).clone();
+        data.deltas.retain(|name, deltas| {
+            let replayed = deltas
+                .iter()
+                .try_fold(set.clone(), |s, (manifest, writes)| {
+                    s.with_bundle_delta(name, manifest, writes)
+                });
+            match replayed {
+                Ok(next) => {
+                    set = next;
+                    true
+                }
+                Err(e) => {
+                    eprintln!(
+                        "arbiter: bundle {name}'s deltas no longer apply and are dropped: {e}"
+                    );
+                    false
+                }
+            }
+        });
+        let (set, dropped) = set.with_overlay(&mut data.overlay);
         for d in dropped {
             eprintln!("arbiter: a Data API write no longer applies and is dropped: {d}");
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arbiter_engine::authorizer::{Authorizer, CheckOutcome, Timings};
+use arbiter_engine::bundle::Manifest;
 use arbiter_engine::data_write::{DataOverlay, DataWrite, WriteError};
 use arbiter_engine::identity::IdentityOutcome;
 use arbiter_engine::record::{DecisionRecord, InstanceLabels};
@@ -48,9 +49,18 @@ pub struct State {
     pub awaiting_policy: AtomicBool,
     /// Signalled when readiness changes, so the gRPC health service follows it.
     pub readiness_changed: tokio::sync::Notify,
-    /// What the Data API has written (replayed over every reloaded set), and the lock that
-    /// puts writes and reloads one after another.
-    pub data_writes: std::sync::Mutex<DataOverlay>,
+    /// What the Data API and delta bundles have written (replayed over every reloaded set),
+    /// and the lock that puts writes and reloads one after another.
+    pub data_writes: std::sync::Mutex<DataState>,
+}
+
+/// Data changes made since the sources were read, replayed over every reloaded set: a new
+/// snapshot of a bundle ends its deltas; the Data API's writes stay until overwritten.
+#[derive(Debug, Default)]
+pub struct DataState {
+    pub overlay: DataOverlay,
+    /// Each bundle's deltas since its snapshot, in the order they were applied.
+    pub deltas: std::collections::BTreeMap<String, Vec<(Manifest, Vec<DataWrite>)>>,
 }
 
 /// What a Data API write did.
@@ -183,12 +193,40 @@ impl State {
         }
         set.check_not_bundle_owned(writes)?;
         let next = set.with_writes(writes, None)?;
-        overlay.record(&next.data(), writes);
+        overlay.overlay.record(&next.data(), writes);
         let revision = next.revision().to_string();
         self.authorizer
             .store(Arc::new(current.with_policies(Arc::new(next))));
         self.metrics.data_write();
         Ok(Written::Applied(revision))
+    }
+
+    /// Apply a delta bundle of bundle `name` (its manifest and `patch.json`) to the data its
+    /// snapshot activated: all or none, one atomic swap, the bundle's revision the delta's.
+    /// Returns the revision now serving. Blocks while a reload runs.
+    pub fn apply_bundle_delta(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+        writes: Vec<DataWrite>,
+    ) -> Result<String, WriteError> {
+        let mut data = self
+            .data_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.authorizer.load_full();
+        let next = current
+            .policies()
+            .with_bundle_delta(name, manifest, &writes)?;
+        let revision = next.revision().to_string();
+        data.deltas
+            .entry(name.to_string())
+            .or_default()
+            .push((manifest.clone(), writes));
+        self.authorizer
+            .store(Arc::new(current.with_policies(Arc::new(next))));
+        self.metrics.data_write();
+        Ok(revision)
     }
 
     /// Decide an Envoy check.
