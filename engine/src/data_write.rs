@@ -254,15 +254,25 @@ impl DataOverlay {
     pub fn record(&mut self, after: &Value, writes: &[DataWrite]) {
         for w in writes {
             let changed = changed_document(after, &w.path);
-            let kept = self
-                .entries
-                .keys()
-                .find(|k| changed.starts_with(k))
-                .cloned();
+            // An entry at the changed document or above it (one look-up per prefix).
+            let kept = (0..=changed.len())
+                .map(|n| &changed[..n])
+                .find(|prefix| self.entries.contains_key(*prefix))
+                .map(<[String]>::to_vec);
             let at = match kept {
                 Some(ancestor) => ancestor,
                 None => {
-                    self.entries.retain(|k, _| !k.starts_with(&changed));
+                    // Entries inside it: they sort right after it, contiguously.
+                    let inside: Vec<DataPath> = self
+                        .entries
+                        .range(changed.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.starts_with(&changed))
+                        .cloned()
+                        .collect();
+                    for k in inside {
+                        self.entries.remove(&k);
+                    }
                     changed
                 }
             };

@@ -344,7 +344,7 @@ async fn data_api(
     body: Bytes,
 ) -> Response {
     if matches!(method, Method::PUT | Method::PATCH | Method::DELETE) {
-        return write_data(state, &method, &uri, &headers, &body).await;
+        return write_data(state, &method, &uri, &headers, &body, peer).await;
     }
     let Some(reference) = data_ref_of(uri.path()) else {
         return error(
@@ -458,6 +458,7 @@ async fn write_data(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    peer: SocketAddr,
 ) -> Response {
     let Some(rest) = uri
         .path()
@@ -510,9 +511,19 @@ async fn write_data(
         && headers
             .get(header::IF_NONE_MATCH)
             .is_some_and(|v| v.as_bytes() == b"*");
+    let operations = writes.len();
     let done = tokio::task::spawn_blocking(move || state.write_data(&writes, if_none_match)).await;
     match done {
-        Ok(Ok(crate::state::Written::Applied(_))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(crate::state::Written::Applied(revision))) => {
+            // Who changed the data the decisions read, and which revision it made: the
+            // server's log says it for every write (decision events name the revision).
+            eprintln!(
+                "arbiter: data write from {peer}: {method} {} ({operations} operation{}): revision {revision}",
+                uri.path(),
+                if operations == 1 { "" } else { "s" }
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(Ok(crate::state::Written::Exists)) => StatusCode::NOT_MODIFIED.into_response(),
         Ok(Err(e @ WriteError::NotFound { .. })) => {
             error(StatusCode::NOT_FOUND, "resource_not_found", e.to_string())
