@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use arbiter_engine::loader::{DocFormat, parse_document};
+use arbiter_engine::loader::{DocFormat, parse_document, parse_opa_yaml};
 use serde_json::Value as Json;
 
 /// Read a JSON (or YAML, by extension) document from a file, or from stdin for `-`.
@@ -19,5 +19,10 @@ pub fn read_document(path: &Path) -> Result<Json, String> {
             .map_err(|e| format!("{}: cannot read input: {e}", path.display()))?;
         (path.display().to_string(), text)
     };
-    parse_document(&name, &text, DocFormat::from_name(&name)).map_err(|d| d.to_string())
+    // OPA's YAML for inputs, as for data.
+    match DocFormat::from_name(&name) {
+        DocFormat::Yaml => parse_opa_yaml(&name, &text),
+        DocFormat::Json => parse_document(&name, &text, DocFormat::Json),
+    }
+    .map_err(|d| d.to_string())
 }

@@ -118,7 +118,7 @@ fn arbiter_eval_answers_as_recorded_opa() {
     );
     let mut per_group: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut differ: Vec<(&Case, Difference, Json)> = Vec::new();
-    let mut messages_differ = 0;
+    let mut messages_differ: Vec<(&Case, Json)> = Vec::new();
     for case in &cases {
         let (doc, _) = arbiter_cli::eval::eval_json(
             &case.query,
@@ -134,7 +134,7 @@ fn arbiter_eval_answers_as_recorded_opa() {
                 if error_code(&case.opa).is_some()
                     && case.opa["errors"][0]["message"] != doc["errors"][0]["message"]
                 {
-                    messages_differ += 1;
+                    messages_differ.push((case, doc["errors"][0]["message"].clone()));
                 }
             }
             Some(d) => differ.push((case, d, doc)),
@@ -163,9 +163,10 @@ fn arbiter_eval_answers_as_recorded_opa() {
         md,
         "**{identical} of {} cases identical ({percent:.1}%).** Identical: the same JSON \
          document as `opa eval -f json` (values, bindings, expression texts, locations), or, \
-         where OPA reports an error, an error with the same `code` ({messages_differ} of those \
-         word the message differently).\n",
-        cases.len()
+         where OPA reports an error, an error with the same `code` ({} of those \
+         word the message differently; listed at the end).\n",
+        cases.len(),
+        messages_differ.len()
     );
     let mut kinds: BTreeMap<Difference, usize> = BTreeMap::new();
     for (_, d, _) in &differ {
@@ -225,6 +226,20 @@ fn arbiter_eval_answers_as_recorded_opa() {
             why(&case.id)
                 .unwrap_or("(no reason recorded)")
                 .replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## The same error code, other words\n\n| case | query | OPA's message | arbiter's |\n|---|---|---|---|"
+    );
+    for (case, ours) in &messages_differ {
+        let _ = writeln!(
+            md,
+            "| {} | `{}` | {} | {} |",
+            case.id,
+            case.query.replace('|', "\\|").replace('\n', " "),
+            short(&case.opa["errors"][0]["message"], 100),
+            short(ours, 100),
         );
     }
     let stale = arbiter_conformance::check_report("opa-diff-results.md", "opa_diff", &md);

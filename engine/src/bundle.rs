@@ -931,7 +931,8 @@ pub fn file_hash(path: &str, bytes: &[u8]) -> Result<String, String> {
     let input: Vec<u8> = if is_structured(path) {
         let text = std::str::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))?;
         let canon = if path.ends_with(".yaml") {
-            let v: Json = yaml_serde::from_str(text).map_err(|e| format!("{path}: {e}"))?;
+            // The data as it loads (OPA's YAML), so the digest covers what decisions read.
+            let v = crate::loader::parse_opa_yaml(path, text).map_err(|d| d.to_string())?;
             canon_from_json(&v)
         } else {
             parse_canon(text).map_err(|e| format!("{path}: {e}"))?

@@ -95,7 +95,7 @@ impl DataDocument {
             crate::value::parse_json_shared(text, &mut interner)
                 .map_err(|e| json_error(&file, &e))?
         } else {
-            crate::value::from_json_shared(&parse_data(&file, text)?, &mut interner)
+            crate::value::from_json_shared(&parse_opa_yaml(&file, text)?, &mut interner)
         };
         Ok(DataDocument {
             digest: sha256(text.as_bytes()),
@@ -519,6 +519,29 @@ impl DocFormat {
     }
 }
 
+/// YAML as OPA reads data and input documents (go-yaml v2: `yes`, `on`, `y` are booleans,
+/// `010` is octal, `1_000` a thousand; regorus patch 28), the one reading of `data.yaml`,
+/// bundles' data files and their signatures, `-i input.yaml` and `yaml.unmarshal`. arbiter's
+/// own YAML files (CEL policies, decision tests, configuration) are YAML 1.2.
+pub fn parse_opa_yaml(name: &str, text: &str) -> Result<Json, Diagnostic> {
+    regorus::value::yaml11::parse(text)
+        .map(|v| crate::value::to_json(&v))
+        .map_err(|e| yaml_diagnostic(name, &e))
+}
+
+fn yaml_diagnostic(name: &str, e: &yaml_serde::Error) -> Diagnostic {
+    let (line, col) = e
+        .location()
+        .map(|l| {
+            (
+                u32::try_from(l.line()).unwrap_or(0),
+                u32::try_from(l.column()).unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    Diagnostic::at(name, line, col, format!("invalid YAML: {e}"))
+}
+
 /// Parse a JSON or YAML data document (by its name), reporting the position of a syntax error.
 pub fn parse_data(name: &str, text: &str) -> Result<Json, Diagnostic> {
     parse_document(name, text, DocFormat::from_name(name))
@@ -529,18 +552,7 @@ pub fn parse_document(name: &str, text: &str, format: DocFormat) -> Result<Json,
     if format == DocFormat::Json {
         serde_json::from_str(text).map_err(|e| json_error(name, &e))
     } else {
-        yaml_serde::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .location()
-                .map(|l| {
-                    (
-                        u32::try_from(l.line()).unwrap_or(0),
-                        u32::try_from(l.column()).unwrap_or(0),
-                    )
-                })
-                .unwrap_or((0, 0));
-            Diagnostic::at(name, line, col, format!("invalid YAML: {e}"))
-        })
+        yaml_serde::from_str(text).map_err(|e| yaml_diagnostic(name, &e))
     }
 }
 
@@ -612,8 +624,25 @@ mod tests {
         let merged = crate::value::to_json(&s.merged_data().unwrap());
         assert_eq!(
             merged,
-            serde_json::json!({"top": 1, "a": {"b": {"x": [1, 2]}, "y": "yes"}})
+            // OPA's YAML: the key `y` and the value `yes` are both `true` (YAML 1.1).
+            serde_json::json!({"top": 1, "a": {"b": {"x": [1, 2]}, "true": true}})
         );
+    }
+
+    /// OPA's YAML (go-yaml v2, YAML 1.1 plain scalars). The expected document is what
+    /// `opa eval -d DIR data.a -f json` (OPA 1.7.1) printed for this file on 2026-12-03.
+    #[test]
+    fn data_yaml_reads_as_opa_reads_it() {
+        let text = "y: yes\nn: off\nq: \"yes\"\no: 010\nb: 0b101\nu: 1_000\nf: 1_0.5\nnul: ~\nt: True\nt2: TRUE\nyy: Yes\nhex: 0x1F\nneg: -0x10\nsex: 1:30\nd: 2001-12-14\n";
+        assert_eq!(
+            parse_opa_yaml("a/data.yaml", text).unwrap(),
+            serde_json::json!({"b": 5, "d": "2001-12-14", "f": 10.5, "false": false, "hex": 31,
+                "neg": -16, "nul": null, "o": 8, "q": "yes", "sex": "1:30", "t": true,
+                "t2": true, "true": true, "u": 1000, "yy": true})
+        );
+        // OPA refuses what JSON cannot hold.
+        let e = parse_opa_yaml("a/data.yaml", "x: .inf\n").unwrap_err();
+        assert!(e.message.contains("unsupported value: +Inf"), "{e:?}");
     }
 
     #[test]

@@ -72,10 +72,8 @@ fn compile(schema: &Json) -> anyhow::Result<Arc<jsonschema::Validator>> {
     }) {
         return Ok(v);
     }
-    if let Some(t) = invalid_type(schema) {
-        anyhow::bail!(
-            "has a primitive type that is NOT VALID -- given: /{t}/ Expected valid values are:[array boolean integer number null object string]"
-        );
+    if let Some(message) = invalid_type(schema) {
+        anyhow::bail!("{message}");
     }
     let validator =
         Arc::new(jsonschema::validator_for(schema).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -89,7 +87,9 @@ fn compile(schema: &Json) -> anyhow::Result<Arc<jsonschema::Validator>> {
     Ok(validator)
 }
 
-/// The first `type` naming no JSON Schema type (gojsonschema's own check, with its message).
+/// The first `type` that is not a JSON Schema type name or a list of them: gojsonschema's own
+/// checks, with its messages (a `type` that is not a string or a list of strings — its
+/// "expected" and "given" as gojsonschema fills them in — or a name it does not know).
 fn invalid_type(schema: &Json) -> Option<String> {
     const TYPES: [&str; 7] = [
         "array", "boolean", "integer", "number", "null", "object", "string",
@@ -102,10 +102,19 @@ fn invalid_type(schema: &Json) -> Option<String> {
                     other => vec![other],
                 };
                 for n in names {
-                    if let Some(s) = n.as_str()
-                        && !TYPES.contains(&s)
-                    {
-                        return Some(s.to_string());
+                    match n.as_str() {
+                        None => {
+                            return Some(
+                                "Invalid type. Expected: type, given: string/Array Of Strings"
+                                    .into(),
+                            );
+                        }
+                        Some(s) if !TYPES.contains(&s) => {
+                            return Some(format!(
+                                "has a primitive type that is NOT VALID -- given: /{s}/ Expected valid values are:[array boolean integer number null object string]"
+                            ));
+                        }
+                        Some(_) => {}
                     }
                 }
             }

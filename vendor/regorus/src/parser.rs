@@ -538,7 +538,8 @@ impl<'source> Parser<'source> {
             TokenKind::Ident if self.is_keyword(span.text()) && !self.keyword_heads_ref() => Err(self.source.error(
                 self.tok.1.line,
                 self.tok.1.col,
-                &format!("unexpected keyword `{}`", span.text()),
+                // arbiter patch: OPA's words.
+                &format!("unexpected {} keyword", span.text()),
             )),
             TokenKind::Ident => {
                 self.next_token()?;
@@ -563,7 +564,8 @@ impl<'source> Parser<'source> {
                 Err(self.source.error(
                     self.tok.1.line,
                     self.tok.1.col,
-                    &format!("unexpected keyword `{}`", span.text()),
+                    // arbiter patch: OPA's words.
+                &format!("unexpected {} keyword", span.text()),
                 ))
             }
             TokenKind::Ident => {
@@ -1703,6 +1705,9 @@ impl<'source> Parser<'source> {
             Ok(stmt) => stmt,
             Err(e) if is_definite_query => return Err(e),
             Err(e) if matches!(self.token_text(), "=" | ":=") => return Err(e),
+            // arbiter patch: a user query (no delimiter: nothing else to try it as) keeps the
+            // literal's own error ("unexpected some keyword" where it is), not "expecting ".
+            Err(e) if end_delim.is_empty() => return Err(e),
             Err(_) => {
                 // There was error parsing the first literal
                 // Restore the state and return.

@@ -388,7 +388,9 @@ fn yaml_is_valid(
     let Value::String(yaml_str) = &args[0] else {
         return Ok(Value::Bool(false));
     };
-    Ok(Value::Bool(Value::from_yaml_str(yaml_str).is_ok()))
+    Ok(Value::Bool(
+        crate::value::yaml11::from_str(yaml_str).is_ok(),
+    ))
 }
 
 #[cfg(feature = "yaml")]
@@ -446,7 +448,9 @@ fn yaml_unmarshal(
     let name = "yaml.unmarshal";
     ensure_args_count(span, name, params, args, 1)?;
     let yaml_str = ensure_string(name, &params[0], &args[0])?;
-    Value::from_yaml_str(&yaml_str).with_context(|| span.error("could not deserialize yaml."))
+    // arbiter patch: OPA's YAML (1.1 plain scalars), as arbiter's data files are read.
+    crate::value::yaml11::from_str(&yaml_str)
+        .with_context(|| span.error("could not deserialize yaml."))
 }
 
 fn json_is_valid(

@@ -18,6 +18,10 @@ mod set;
 #[cfg(feature = "std")]
 mod interning;
 
+// arbiter patch: YAML as OPA reads it (YAML 1.1 plain scalars).
+#[cfg(feature = "yaml")]
+pub mod yaml11;
+
 #[cfg(test)]
 mod tests;
 
