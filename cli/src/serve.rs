@@ -1016,6 +1016,7 @@ fn api_access(s: &Settings) -> arbiter_ext_authz::api_auth::ApiAccess {
             Some(AuthorizationArg::Basic) => Authorization::Basic,
         },
         mtls_callers: mtls_admits_callers(s),
+        max_write_bytes: Some(s.limits.load().max_data_file_bytes),
     }
 }
 

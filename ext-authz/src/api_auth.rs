@@ -57,6 +57,25 @@ pub struct ApiAccess {
     pub authorization: Authorization,
     /// mTLS with allowed callers is on: the handshake already decided who connects.
     pub mtls_callers: bool,
+    /// The largest body of a Data API write (`PUT`, `PATCH`): the data file limit,
+    /// `max_data_file_bytes` (`None`: its default), as every other way data arrives.
+    pub max_write_bytes: Option<u64>,
+}
+
+impl ApiAccess {
+    /// The largest body a request with `method` may send: a write's is a data document's
+    /// ([`ApiAccess::max_write_bytes`]); any other request's is the Data API's 4 MiB.
+    pub fn body_limit(&self, method: &axum::http::Method) -> usize {
+        use axum::http::Method;
+        if matches!(*method, Method::PUT | Method::PATCH) {
+            let limit = self
+                .max_write_bytes
+                .unwrap_or(arbiter_engine::limits::LoadLimits::default().max_data_file_bytes);
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        } else {
+            crate::http::MAX_BODY
+        }
+    }
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -97,8 +116,9 @@ pub async fn gate(
         }
         Authorization::Basic => {
             let (parts, body) = request.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, crate::http::MAX_BODY).await else {
-                return unauthorized("request body too large or unreadable");
+            let limit = access.body_limit(&parts.method);
+            let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+                return crate::http::body_too_large(&parts.method, limit);
             };
             let input = match admin_input(&parts, &bytes, access.authentication) {
                 Ok(i) => i,

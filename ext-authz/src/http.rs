@@ -12,7 +12,7 @@ use arbiter_engine::DataRef;
 use arbiter_engine::data_write::{DataWrite, WriteError, WriteOp};
 use arbiter_engine::value::{from_json, to_json};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +42,9 @@ pub fn router(state: Arc<State>) -> Router {
             crate::api_auth::gate,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), timed))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // The Data API reads its bodies itself, each method under its own limit
+        // (`ApiAccess::body_limit`); no other route reads one.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -341,8 +343,12 @@ async fn data_api(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let limit = state.options.api.body_limit(&method);
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return body_too_large(&method, limit);
+    };
     if matches!(method, Method::PUT | Method::PATCH | Method::DELETE) {
         return write_data(state, &method, &uri, &headers, &body, peer).await;
     }
@@ -446,6 +452,19 @@ async fn data_api(
             pretty,
         ),
     }
+}
+
+/// `413`: a request body over its limit, saying which limit and how to raise it.
+pub(crate) fn body_too_large(method: &Method, limit: usize) -> Response {
+    let message = if matches!(*method, Method::PUT | Method::PATCH) {
+        format!(
+            "the request body is over the limit of {limit} bytes for data (raise it with \
+             --max-data-file-bytes or `limits: {{max_data_file_bytes: …}}` in the config)"
+        )
+    } else {
+        format!("the request body is over the Data API's limit of {limit} bytes")
+    };
+    error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_parameter", message)
 }
 
 /// OPA's Data API writes: `PUT` (create or overwrite, creating parents; `If-None-Match: *`

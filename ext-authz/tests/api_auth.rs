@@ -193,6 +193,7 @@ async fn basic_authorization_asks_system_authz_with_the_bearer_token_as_identity
         authentication: Authentication::Token,
         authorization: Authorization::Basic,
         mtls_callers: false,
+        max_write_bytes: None,
     };
     let s = server(access.clone(), true).await;
     let remote = "10.1.2.3:40000";
