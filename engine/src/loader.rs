@@ -530,6 +530,13 @@ pub fn parse_opa_yaml(name: &str, text: &str) -> Result<Json, Diagnostic> {
 }
 
 fn yaml_diagnostic(name: &str, e: &yaml_serde::Error) -> Diagnostic {
+    let (line, col, message) = yaml_position(e);
+    Diagnostic::at(name, line, col, format!("invalid YAML: {message}"))
+}
+
+/// A YAML error's line, column and message (without the " at line X column Y" the reader
+/// appends: a diagnostic carries the position).
+pub(crate) fn yaml_position(e: &yaml_serde::Error) -> (u32, u32, String) {
     let (line, col) = e
         .location()
         .map(|l| {
@@ -539,7 +546,12 @@ fn yaml_diagnostic(name: &str, e: &yaml_serde::Error) -> Diagnostic {
             )
         })
         .unwrap_or((0, 0));
-    Diagnostic::at(name, line, col, format!("invalid YAML: {e}"))
+    let message = e.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m)
+        .to_string();
+    (line, col, message)
 }
 
 /// Parse a JSON or YAML data document (by its name), reporting the position of a syntax error.

@@ -40,6 +40,57 @@ const B: &str =
     "package envoy.authz\ndefault allow := false\nallow if input.parsed_path[0] == \"b\"\n";
 const BROKEN: &str = "package envoy.authz\nallow if {\n";
 
+/// A gRPC server on loopback deciding with `authorizer`, logging every decision to `log`.
+async fn start_logged(
+    id: &str,
+    log: &std::path::Path,
+    authorizer: Authorizer,
+) -> arbiter_ext_authz::RunningServer {
+    arbiter_ext_authz::start(
+        ServerConfig {
+            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
+            http: None,
+            options: ServeOptions {
+                dry_run: false,
+                deadline: Duration::from_secs(5),
+                labels: InstanceLabels {
+                    id: id.into(),
+                    version: "0".into(),
+                    extra: Default::default(),
+                },
+                api: Default::default(),
+                grpc_duration_buckets: Vec::new(),
+                active_config: serde_json::Value::Null,
+            },
+            workers: 0,
+            queue: 20_000,
+            decision_log: Some(DecisionLogConfig {
+                queue: 20_000,
+                ..DecisionLogConfig::to(LogTarget::File(log.to_path_buf()))
+            }),
+            tls: None,
+            limits: Default::default(),
+            ui: None,
+            diagnostic: None,
+        },
+        authorizer,
+    )
+    .await
+    .unwrap()
+}
+
+/// The decision log's events by decision id.
+fn events_by_id(log: &std::path::Path) -> HashMap<String, serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["decision_id"].as_str().unwrap().to_string(), e)
+        })
+        .collect()
+}
+
 fn check(path: &str) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -81,37 +132,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
     let rev_a = build_a().unwrap().policies().revision().to_string();
     let rev_b = build_b().unwrap().policies().revision().to_string();
     assert_ne!(rev_a, rev_b);
-    let s = arbiter_ext_authz::start(
-        ServerConfig {
-            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
-            http: None,
-            options: ServeOptions {
-                dry_run: false,
-                deadline: Duration::from_secs(5),
-                labels: InstanceLabels {
-                    id: "reload".into(),
-                    version: "0".into(),
-                    extra: Default::default(),
-                },
-                api: Default::default(),
-                grpc_duration_buckets: Vec::new(),
-                active_config: serde_json::Value::Null,
-            },
-            workers: 0,
-            queue: 20_000,
-            decision_log: Some(DecisionLogConfig {
-                queue: 20_000,
-                ..DecisionLogConfig::to(LogTarget::File(log.clone()))
-            }),
-            tls: None,
-            limits: Default::default(),
-            ui: None,
-            diagnostic: None,
-        },
-        build_a().unwrap(),
-    )
-    .await
-    .unwrap();
+    let s = start_logged("reload", &log, build_a().unwrap()).await;
 
     // Flip A → broken → B → broken → … until the checks are done.
     let done = Arc::new(AtomicBool::new(false));
@@ -170,14 +191,7 @@ async fn ten_thousand_checks_through_flipping_revisions() {
     );
     assert!(state.reload_status.load().failures > 0);
 
-    let events: HashMap<String, serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            (e["decision_id"].as_str().unwrap().to_string(), e)
-        })
-        .collect();
+    let events = events_by_id(&log);
     assert_eq!(events.len(), 10_000, "one event per check");
     let mut by_revision = HashMap::new();
     for (path, r) in &responses {
@@ -234,37 +248,7 @@ async fn data_writes_under_checks_and_across_a_reload() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("d.log");
     let build = build_open();
-    let s = arbiter_ext_authz::start(
-        ServerConfig {
-            grpc: ListenAddr::Tcp("127.0.0.1:0".into()),
-            http: None,
-            options: ServeOptions {
-                dry_run: false,
-                deadline: Duration::from_secs(5),
-                labels: InstanceLabels {
-                    id: "writes".into(),
-                    version: "0".into(),
-                    extra: Default::default(),
-                },
-                api: Default::default(),
-                grpc_duration_buckets: Vec::new(),
-                active_config: serde_json::Value::Null,
-            },
-            workers: 0,
-            queue: 20_000,
-            decision_log: Some(DecisionLogConfig {
-                queue: 20_000,
-                ..DecisionLogConfig::to(LogTarget::File(log.clone()))
-            }),
-            tls: None,
-            limits: Default::default(),
-            ui: None,
-            diagnostic: None,
-        },
-        build().unwrap(),
-    )
-    .await
-    .unwrap();
+    let s = start_logged("writes", &log, build().unwrap()).await;
     let base = s.state.authorizer.load().policies().revision().to_string();
     let open_a = |open: bool| DataWrite {
         op: if open {
@@ -346,14 +330,7 @@ async fn data_writes_under_checks_and_across_a_reload() {
     );
     s.shutdown().await.unwrap();
 
-    let events: HashMap<String, serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            (e["decision_id"].as_str().unwrap().to_string(), e)
-        })
-        .collect();
+    let events = events_by_id(&log);
     let mut seen = HashMap::new();
     for r in &responses {
         let e = &events[&meta(r, "decision_id").unwrap()];

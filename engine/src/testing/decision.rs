@@ -199,22 +199,8 @@ pub fn parse_all(
 }
 
 fn yaml_error(file: &str, e: &yaml_serde::Error) -> Diagnostic {
-    let (line, col) = e
-        .location()
-        .map(|l| {
-            (
-                u32::try_from(l.line()).unwrap_or(0),
-                u32::try_from(l.column()).unwrap_or(0),
-            )
-        })
-        .unwrap_or((0, 0));
-    let msg = e.to_string();
-    // yaml_serde appends " at line X column Y": the diagnostic carries the position.
-    let msg = msg
-        .rsplit_once(" at line ")
-        .map_or(msg.as_str(), |(m, _)| m)
-        .to_string();
-    Diagnostic::at(file, line, col, msg).with_code("decision_test_error")
+    let (line, col, message) = crate::loader::yaml_position(e);
+    Diagnostic::at(file, line, col, message).with_code("decision_test_error")
 }
 
 /// Parse one file.
