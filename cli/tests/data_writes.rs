@@ -129,6 +129,29 @@ fn writes_beside_a_bundle_as_opa_answers_them() {
     replay("bundle", &["--bundle", "bundle"]);
 }
 
+/// The bundles' manifests say which paths a bundle owns: a write may not change them (it
+/// would lift the bundle's claim, then overwrite its data).
+#[test]
+fn the_bundle_manifests_are_not_writable() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.current_dir(here())
+        .args(["serve", "--bundle", "bundle"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let (child, _, http) = common::serve(cmd);
+    for (method, path, body) in [
+        ("PUT", "/v1/data/system/bundles/bundle/manifest/roots", "[]"),
+        ("DELETE", "/v1/data/system/bundles/bundle", ""),
+        ("PUT", "/v1/data/system", "{}"),
+    ] {
+        let (status, answer) = common::http(&http, method, path, body);
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert!(answer.contains("owned by the bundle plugin"), "{answer}");
+    }
+    let (status, _) = common::http(&http, "PUT", "/v1/data/envoy/roles/mallory", "\"admin\"");
+    assert_eq!(status, 400, "the bundle still owns envoy");
+    common::stop(child);
+}
+
 /// Issue 18 item 7: a write's body is a data document, under the data file limit
 /// (`--max-data-file-bytes`, as for files and bundles), refused with the limit and how to raise
 /// it; other requests keep the Data API's 4 MiB.

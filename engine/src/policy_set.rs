@@ -512,7 +512,17 @@ impl PolicySet {
                 }
             }
         }
+        // The bundles' manifests (roots, revisions) say who owns what: not writable either.
+        let manifests = ["system".to_string(), "bundles".to_string()];
         for w in writes {
+            if !w.path.is_empty()
+                && (w.path.starts_with(&manifests) || manifests.starts_with(&w.path))
+            {
+                return Err(WriteError::Invalid(format!(
+                    "path {} is owned by the bundle plugin (the active bundles' manifests)",
+                    w.path.join("/")
+                )));
+            }
             if w.path.is_empty() && !roots.is_empty() {
                 return Err(WriteError::Invalid(
                     "can't write to document root with bundle roots configured".into(),
