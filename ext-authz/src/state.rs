@@ -179,7 +179,7 @@ impl State {
         writes: &[DataWrite],
         if_none_match: bool,
     ) -> Result<Written, WriteError> {
-        let mut overlay = self
+        let mut data = self
             .data_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -193,7 +193,7 @@ impl State {
         }
         set.check_not_bundle_owned(writes)?;
         let next = set.with_writes(writes, None)?;
-        overlay.overlay.record(&next.data(), writes);
+        data.overlay.record(&next.data(), writes);
         let revision = next.revision().to_string();
         self.authorizer
             .store(Arc::new(current.with_policies(Arc::new(next))));
