@@ -12,7 +12,6 @@ started, by its process id; every round gives up after 10 s."""
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,15 +19,8 @@ import tempfile
 import time
 import urllib.request
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-ARBITER = os.environ.get("ARBITER", os.path.join(REPO, "target", "release", "arbiter"))
+from meshlib import ARBITER, free_port
 POLICY = "package envoy.authz\n\ndefault allow := {}\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def decision(http):
