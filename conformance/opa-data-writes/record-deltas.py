@@ -11,8 +11,10 @@ logged a failure are recorded into conformance/fixtures/opa-data-writes/deltas.j
 
     ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa python3 conformance/opa-data-writes/record-deltas.py
 """
-import io, json, os, socket, subprocess, tarfile, tempfile, threading, time, urllib.request
+import io, json, os, subprocess, tarfile, tempfile, threading, urllib.request
 import http.server
+
+from record import free_port, write_fixture
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -38,12 +40,6 @@ def snapshot():
             p = os.path.join(d, n)
             files[os.path.relpath(p, src)] = open(p, "rb").read()
     return tar(files)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -120,20 +116,22 @@ def main():
                 failures = [json.loads(l)["msg"] for l in log.read().splitlines()
                             if l.startswith("{") and json.loads(l).get("level") == "error"]
                 log.seek(0, 2)
+                # Applied: the bundle's revision is the delta's. A refused bundle is fetched
+                # again (OPA keeps no ETag for it), so a late retry of the previous refusal can
+                # be logged in this window too: this delta's refusal is the last one.
+                revision = get(port, "/v1/data/system/bundles/b/manifest/revision")
+                applied = revision == d["manifest"]["revision"]
                 out["deltas"].append({
                     "name": d["name"],
-                    "applied": not failures,
-                    "failure": failures[0] if failures else None,
+                    "applied": applied,
+                    "failure": None if applied else failures[-1] if failures else None,
                     "envoy": get(port, "/v1/data/envoy"),
-                    "revision": get(port, "/v1/data/system/bundles/b/manifest/revision"),
+                    "revision": revision,
                 })
         finally:
             opa.terminate()
             opa.wait()
-    with open(OUT, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    print(f"wrote {OUT}")
+    write_fixture(OUT, out)
 
 
 if __name__ == "__main__":

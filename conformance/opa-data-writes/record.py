@@ -12,19 +12,15 @@ everywhere) and `bundle` (`opa run --server --bundle bundle`, whose manifest cla
 
 The reference binary comes from ../shared/tools/build-reference-opa (OPA-Envoy 1.7.1).
 """
-import json, os, socket, subprocess, time, urllib.request
+import json, os, subprocess, sys, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from envoy_load import free_port  # noqa: E402
 OUT = os.path.join(ROOT, "conformance/fixtures/opa-data-writes/answers.json")
 OPA = os.path.expanduser(os.environ.get("ARBITER_REFERENCE_OPA", "~/.cache/arbiter-ref/opa"))
 SETUPS = {"folder": ["folder"], "bundle": ["--bundle", "bundle"]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def send(port, req):
@@ -64,11 +60,16 @@ def main():
         finally:
             opa.terminate()
             opa.wait()
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
-        json.dump(out, f, indent=1)
+    write_fixture(OUT, out)
+
+
+def write_fixture(path, doc):
+    """Write a recording (indented JSON, a final newline) and say where."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
         f.write("\n")
-    print(f"wrote {OUT}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
