@@ -165,6 +165,22 @@ pub struct Signing {
     pub scope: Option<String>,
 }
 
+impl Manifest {
+    /// The roots it claims: its `roots`, or all of `data` (the root `""`) without them, as OPA
+    /// reads a manifest (and records it in `data.system.bundles`).
+    pub fn roots_or_all(&self) -> Vec<String> {
+        self.roots.clone().unwrap_or_else(|| vec![String::new()])
+    }
+}
+
+/// A root (`envoy/authz`) as a path in `data`, one segment per key (`""` is `data` itself).
+pub fn root_segments(root: &str) -> Vec<String> {
+    root.split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A read bundle: its files, manifest, and the policy sources they make.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -200,16 +216,9 @@ fn parse_patch(
         Some(_) => return Err("patch.json: `data` must be a list of operations".into()),
     };
     let roots: Vec<Vec<String>> = manifest
-        .roots
-        .clone()
-        .unwrap_or_else(|| vec![String::new()])
+        .roots_or_all()
         .iter()
-        .map(|r| {
-            r.split('/')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|r| root_segments(r))
         .collect();
     ops.iter()
         .map(|op| {
@@ -587,7 +596,7 @@ fn root_contains(root: &str, path: &str) -> bool {
 /// only be served alone. The messages are OPA's.
 pub fn check_disjoint_roots(bundles: &[(&str, &Manifest)]) -> Result<(), String> {
     use std::collections::BTreeSet;
-    let roots = |m: &Manifest| m.roots.clone().unwrap_or_else(|| vec![String::new()]);
+    let roots = Manifest::roots_or_all;
     let mut colliding = BTreeSet::new();
     let mut conflicts = BTreeSet::new();
     let mut empty = BTreeSet::new();

@@ -411,12 +411,7 @@ impl PolicySet {
                 "delta bundle '{name}' has no snapshot bundle activated to apply to"
             )));
         };
-        let roots: Value = crate::value::from_json(&serde_json::json!(
-            manifest
-                .roots
-                .clone()
-                .unwrap_or_else(|| vec![String::new()])
-        ));
+        let roots: Value = crate::value::from_json(&serde_json::json!(manifest.roots_or_all()));
         if *active != roots {
             return Err(WriteError::Invalid(format!(
                 "delta bundle '{name}' has wasm resolvers or manifest roots that are different from those in the store"
@@ -503,12 +498,7 @@ impl PolicySet {
             if let Value::Array(rs) = &b[&Value::from("manifest")][&Value::from("roots")] {
                 for r in rs.iter() {
                     let r = r.as_string().map(|s| s.to_string()).unwrap_or_default();
-                    let path: Vec<String> = r
-                        .split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    roots.push((name.clone(), path));
+                    roots.push((name.clone(), crate::bundle::root_segments(&r)));
                 }
             }
         }
