@@ -774,7 +774,7 @@ fn sources(
         // OPA's `data.system.bundles[name].manifest`.
         let manifest = serde_json::json!({
             "revision": bundle.manifest.revision,
-            "roots": bundle.manifest.roots.clone().unwrap_or_else(|| vec![String::new()]),
+            "roots": bundle.manifest.roots_or_all(),
         });
         sources
             .data
@@ -861,21 +861,19 @@ fn download(b: &BundleSource, etag: Option<&str>) -> Result<Fetched, String> {
     }
 }
 
+/// A delta bundle's manifest and writes.
+type Delta = (
+    arbiter_engine::bundle::Manifest,
+    Vec<arbiter_engine::data_write::DataWrite>,
+);
+
 /// A downloaded delta bundle (one with a `patch.json`): its manifest and writes, or why it
 /// does not read; `None` for a snapshot bundle (which the full build reads).
 fn delta_bundle(
     b: &BundleSource,
     body: &[u8],
     limits: &arbiter_engine::limits::LoadLimits,
-) -> Option<
-    Result<
-        (
-            arbiter_engine::bundle::Manifest,
-            Vec<arbiter_engine::data_write::DataWrite>,
-        ),
-        String,
-    >,
-> {
+) -> Option<Result<Delta, String>> {
     let files = arbiter_engine::bundle::untar_with(body, limits).ok()?;
     if !files.contains_key("patch.json") {
         return None;
@@ -890,6 +888,29 @@ fn delta_bundle(
         .map_err(|e| format!("{}: {e}", b.location))
         .map(|bundle| (bundle.manifest, bundle.patch.unwrap_or_default())),
     )
+}
+
+/// Apply a downloaded delta of bundle `name` (or report why it does not read), as a reload
+/// reports: the log line, and OPA's bundle metrics.
+fn apply_delta(state: &arbiter_ext_authz::state::State, name: &str, delta: Result<Delta, String>) {
+    let applied = delta.and_then(|(manifest, writes)| {
+        state
+            .apply_bundle_delta(name, &manifest, writes)
+            .map_err(|e| e.to_string())
+    });
+    match applied {
+        Ok(rev) => {
+            eprintln!("arbiter: applied a delta of bundle {name}: revision {rev}");
+            activated(state, Some(name));
+        }
+        Err(e) => {
+            eprintln!(
+                "arbiter: a delta of bundle {name} failed, still serving revision {}:\n{e}",
+                state.authorizer.load().policies().revision()
+            );
+            state.metrics.opa.bundle_failed(name, "bundle_error", &e);
+        }
+    }
 }
 
 /// OPA's bundle metrics after a load: `bundle` (or every bundle of the set) is active at its
@@ -1307,27 +1328,7 @@ pub fn run(args: &Args) -> Exit {
                                     let Some(s) = state.upgrade() else {
                                         return;
                                     };
-                                    let applied = delta.and_then(|(manifest, writes)| {
-                                        s.apply_bundle_delta(&b.name, &manifest, writes)
-                                            .map_err(|e| e.to_string())
-                                    });
-                                    match applied {
-                                        Ok(rev) => {
-                                            eprintln!(
-                                                "arbiter: applied a delta of bundle {}: revision {rev}",
-                                                b.name
-                                            );
-                                            activated(&s, Some(&b.name));
-                                        }
-                                        Err(e) => {
-                                            eprintln!(
-                                                "arbiter: a delta of bundle {} failed, still serving revision {}:\n{e}",
-                                                b.name,
-                                                s.authorizer.load().policies().revision()
-                                            );
-                                            s.metrics.opa.bundle_failed(&b.name, "bundle_error", &e);
-                                        }
-                                    }
+                                    apply_delta(&s, &b.name, delta);
                                     continue;
                                 }
                                 if let Ok(mut g) = fetched.lock() {
