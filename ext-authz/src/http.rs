@@ -327,14 +327,20 @@ pub fn path_segments(path: &str) -> Result<Vec<String>, String> {
 
 /// `/v1/data[/a/b/c]` → a data reference, each segment decoded once.
 pub fn data_ref_of(path: &str) -> Option<Result<DataRef, String>> {
+    Some(
+        data_path_of(path)?
+            .and_then(|segments| DataRef::from_segments(segments, path).map_err(|e| e.to_string())),
+    )
+}
+
+/// `/v1/data[/a/b/c]` → the document's path in `data`, each segment decoded once (`None`: not
+/// a Data API path). Reads and writes name documents by this one reading.
+pub fn data_path_of(path: &str) -> Option<Result<Vec<String>, String>> {
     let rest = path.strip_prefix("/v1/data")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
     }
-    Some(
-        path_segments(rest)
-            .and_then(|segments| DataRef::from_segments(segments, path).map_err(|e| e.to_string())),
-    )
+    Some(path_segments(rest))
 }
 
 async fn data_api(
@@ -479,20 +485,16 @@ async fn write_data(
     body: &Bytes,
     peer: SocketAddr,
 ) -> Response {
-    let Some(rest) = uri
-        .path()
-        .strip_prefix("/v1/data")
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "resource_not_found",
-            "no such endpoint",
-        );
-    };
-    let base = match path_segments(rest) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+    let base = match data_path_of(uri.path()) {
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "resource_not_found",
+                "no such endpoint",
+            );
+        }
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+        Some(Ok(s)) => s,
     };
     let writes = match *method {
         Method::PUT => match serde_json::from_slice::<Json>(body) {
