@@ -194,11 +194,16 @@ impl State {
         set.check_not_bundle_owned(writes)?;
         let next = set.with_writes(writes, None)?;
         data.overlay.record(&next.data(), writes);
+        Ok(Written::Applied(self.swap_data(&current, next)))
+    }
+
+    /// Serve `next`, `current`'s set with other data, in one swap; its revision.
+    fn swap_data(&self, current: &Authorizer, next: arbiter_engine::PolicySet) -> String {
         let revision = next.revision().to_string();
         self.authorizer
             .store(Arc::new(current.with_policies(Arc::new(next))));
         self.metrics.data_write();
-        Ok(Written::Applied(revision))
+        revision
     }
 
     /// Apply a delta bundle of bundle `name` (its manifest and `patch.json`) to the data its
@@ -218,15 +223,11 @@ impl State {
         let next = current
             .policies()
             .with_bundle_delta(name, manifest, &writes)?;
-        let revision = next.revision().to_string();
         data.deltas
             .entry(name.to_string())
             .or_default()
             .push((manifest.clone(), writes));
-        self.authorizer
-            .store(Arc::new(current.with_policies(Arc::new(next))));
-        self.metrics.data_write();
-        Ok(revision)
+        Ok(self.swap_data(&current, next))
     }
 
     /// Decide an Envoy check.
