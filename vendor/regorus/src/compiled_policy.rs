@@ -220,6 +220,13 @@ pub(crate) struct CompiledPolicyData {
     // lookup and not a scan of every module (quadratic in the number of packages when each rule
     // looks itself up); the interpreter and the RVM compiler both read it.
     pub(crate) rule_modules: BTreeMap<Ref<Rule>, usize>,
+    // arbiter patch 30: every module's package path (with the leading "data") and its index in
+    // `modules`, sorted by path, so that the modules under a path are a range and not a scan of
+    // every module (the interpreter's router over P packages was quadratic in P).
+    pub(crate) module_paths: Vec<(Vec<String>, usize)>,
+    // arbiter patch 30: every module's index in `modules` (finding a module's index scanned
+    // every module, on every rule evaluated).
+    pub(crate) module_indices: BTreeMap<Ref<Module>, u32>,
     pub(crate) default_rules: Map<String, Vec<DefaultRuleInfo>>,
     pub(crate) rule_path_components: Map<String, Vec<String>>,
     pub(crate) imports: BTreeMap<String, Ref<Expr>>,

@@ -356,6 +356,9 @@ impl Interpreter {
         let compiled_policy = self.compiled_policy_mut();
         compiled_policy.modules = modules;
         compiled_policy.parser_contexts = parser_contexts;
+        // arbiter patch 30: `gather_rules` indexes the new modules' paths.
+        compiled_policy.module_paths.clear();
+        compiled_policy.module_indices.clear();
     }
 
     pub fn set_loop_hoisting_table(&mut self, table: crate::compiler::hoist::HoistedLoopsLookup) {
@@ -440,7 +443,8 @@ impl Interpreter {
         self.data = self.init_data.clone();
         self.processed.clear();
         self.processed_paths = Value::new_object();
-        self.ensure_loop_var_values_capacity();
+        // arbiter patch 30: the loop-variable table grows on write (`set_loop_var_value`);
+        // sizing it for every module here cost O(expressions in the program) per evaluation.
         self.scopes = vec![Scope::new()];
         self.contexts = vec![];
         self.rule_values.clear();
@@ -464,6 +468,7 @@ impl Interpreter {
     fn set_loop_var_value(&mut self, expr: &ExprRef, value: Value) -> Result<()> {
         let module_idx = self.current_module_index;
         let expr_idx = expr.eidx();
+        self.loop_var_values.ensure_capacity(module_idx, expr_idx);
         self.loop_var_values
             .set_checked(module_idx, expr_idx, value)
             .map_err(|err| anyhow!("internal error: loop var indices out of bounds: {err}"))
@@ -472,9 +477,7 @@ impl Interpreter {
     fn get_loop_var_value(&self, expr: &ExprRef) -> Result<Option<&Value>> {
         let module_idx = self.current_module_index;
         let expr_idx = expr.eidx();
-        self.loop_var_values
-            .get_checked(module_idx, expr_idx)
-            .map_err(|err| anyhow!("internal error: loop var indices out of bounds: {err}"))
+        Ok(self.loop_var_values.get_or_none(module_idx, expr_idx))
     }
 
     fn remove_loop_var_value(&mut self, expr: &ExprRef) {
@@ -619,6 +622,25 @@ impl Interpreter {
                         path.reverse();
 
                         let index = self.eval_expr(index)?;
+
+                        // arbiter patch 30: a string key into a reference of data is that
+                        // reference with the key written out (`data.svc[x].allow` with x = "a"
+                        // is `data.svc.a.allow`): look it up as one, so that only the rules and
+                        // modules under it are evaluated, not the whole document the key
+                        // selects from (a router over P packages cost O(P) per key).
+                        if let Value::String(key) = &index {
+                            if let Some(span) = data_root_span(refr) {
+                                if let Ok(components) =
+                                    Parser::get_static_string_path_components(refr)
+                                {
+                                    let mut fields: Vec<&str> =
+                                        components.iter().skip(1).map(String::as_str).collect();
+                                    fields.push(key.as_ref());
+                                    fields.extend(path.iter().copied());
+                                    return self.lookup_var(&span, &fields, false);
+                                }
+                            }
+                        }
 
                         // Handle indexing into data.
                         if index != Value::Undefined {
@@ -3229,9 +3251,35 @@ impl Interpreter {
         None
     }
 
+    /// arbiter patch 30: the modules whose package path starts with `path`, in the order of
+    /// `modules`, found as a range of the sorted `module_paths` (every module when the index
+    /// is not built).
+    fn modules_under(&self, path: &[String]) -> Vec<Ref<Module>> {
+        let policy = &self.compiled_policy;
+        if policy.module_paths.len() != policy.modules.len() {
+            return policy.modules.iter().cloned().collect();
+        }
+        let start = policy
+            .module_paths
+            .partition_point(|(module_path, _)| module_path.as_slice() < path);
+        let mut indices: Vec<usize> = policy.module_paths[start..]
+            .iter()
+            .take_while(|(module_path, _)| module_path.starts_with(path))
+            .map(|(_, index)| *index)
+            .collect();
+        indices.sort_unstable();
+        indices
+            .into_iter()
+            .filter_map(|index| policy.modules.get(index).cloned())
+            .collect()
+    }
+
     fn ensure_module_evaluated(&mut self, path: &[String]) -> Result<()> {
         self.check_execution_time()?;
-        for module in self.compiled_policy.modules.clone().iter().cloned() {
+        if path.len() <= 1 {
+            return Ok(());
+        }
+        for module in self.modules_under(path) {
             if Some(&module) == self.module.as_ref() {
                 // Prevent cyclic evaluation.
                 continue;
@@ -3241,7 +3289,7 @@ impl Interpreter {
                 &module.package.refr,
             )?);
 
-            if path.len() > 1 && module_path_components.starts_with(path) {
+            if module_path_components.starts_with(path) {
                 // Ensure that the module is created.
                 let module_value_components =
                     Parser::get_static_string_path_components(&module.package.refr)?;
@@ -3910,10 +3958,18 @@ impl Interpreter {
     }
 
     fn find_module_index(&self, module: &Ref<Module>) -> u32 {
-        self.compiled_policy
-            .modules
-            .iter()
-            .position(|m| core::ptr::eq(m.as_ref(), module.as_ref()))
+        // arbiter patch 30: a look-up where the index is built (every module is in it), a scan
+        // where it is not.
+        let policy = &self.compiled_policy;
+        let found = if policy.module_indices.len() == policy.modules.len() {
+            policy.module_indices.get(module).map(|&i| i as usize)
+        } else {
+            self.compiled_policy
+                .modules
+                .iter()
+                .position(|m| core::ptr::eq(m.as_ref(), module.as_ref()))
+        };
+        found
             .map_or_else(
                 || {
                     self.query_module.as_ref().map_or(0, |query_module| {
@@ -4391,8 +4447,7 @@ impl Interpreter {
             u32::try_from(self.compiled_policy.modules.len()).unwrap_or(u32::MAX);
         self.current_module_index = compiled_modules_len;
 
-        self.ensure_loop_var_values_capacity();
-        // Eval the query.
+        // Eval the query (the loop-variable table grows on write: arbiter patch 30).
         let query_r = self.eval_query(query);
         self.query_module = None;
 
@@ -4637,6 +4692,8 @@ impl Interpreter {
         let compiled_policy = self.compiled_policy_mut();
         compiled_policy.rules.clear();
         compiled_policy.rule_modules.clear();
+        compiled_policy.module_paths.clear();
+        compiled_policy.module_indices.clear();
         compiled_policy.default_rules.clear();
         compiled_policy.rule_paths.clear();
         compiled_policy.rule_path_components.clear();
@@ -4687,6 +4744,22 @@ impl Interpreter {
     pub fn gather_rules(&mut self) -> Result<()> {
         self.clear_rule_registrations();
         let result = (|| -> Result<()> {
+            let mut module_paths = Vec::with_capacity(self.compiled_policy.modules.len());
+            let mut module_indices = BTreeMap::new();
+            for (module_index, module) in self.compiled_policy.modules.iter().enumerate() {
+                let mut path = vec!["data".to_string()];
+                path.extend(Parser::get_static_string_path_components(
+                    &module.package.refr,
+                )?);
+                module_paths.push((path, module_index));
+                if let Ok(index) = u32::try_from(module_index) {
+                    module_indices.entry(module.clone()).or_insert(index);
+                }
+            }
+            module_paths.sort();
+            let compiled_policy = self.compiled_policy_mut();
+            compiled_policy.module_paths = module_paths;
+            compiled_policy.module_indices = module_indices;
             for (module_index, module) in self.compiled_policy.modules.clone().iter().enumerate() {
                 let prev_module = self.set_current_module(Some(module.clone()))?;
                 let registration_result = (|| -> Result<()> {
@@ -4991,5 +5064,18 @@ impl Interpreter {
 
         crate::utils::limits::enforce_memory_limit().map_err(|err| anyhow!(err))?;
         Ok(self.compiled_policy.clone())
+    }
+}
+
+/// arbiter patch 30: the span of a reference's root when that root is `data`.
+fn data_root_span(mut expr: &ExprRef) -> Option<Span> {
+    loop {
+        match expr.as_ref() {
+            Expr::Var { span, .. } => {
+                return (span.text() == "data").then(|| span.clone());
+            }
+            Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => expr = refr,
+            _ => return None,
+        }
     }
 }

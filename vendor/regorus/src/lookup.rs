@@ -125,9 +125,22 @@ impl<T: Clone> Lookup<T> {
         self.slot_ref(module_idx, node_idx)
     }
 
-    /// Clear data at the given indices by setting it to None.
+    /// arbiter patch 30: the entry, or `None` when it is unset or its slot was never sized (a
+    /// table that grows on write, so that an evaluation sizes only the modules it touches).
+    pub(crate) fn get_or_none(&self, module_idx: u32, node_idx: u32) -> Option<&T> {
+        self.slots
+            .get(usize_from_u32(module_idx)?)?
+            .get(usize_from_u32(node_idx)?)?
+            .as_ref()
+    }
+
+    /// Clear data at the given indices by setting it to None (nothing when the slot was never
+    /// sized: arbiter patch 30).
     pub(crate) fn clear(&mut self, module_idx: u32, node_idx: u32) {
-        if let Ok(slot) = self.slot_mut(module_idx, node_idx) {
+        let (Some(m), Some(n)) = (usize_from_u32(module_idx), usize_from_u32(node_idx)) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(m).and_then(|module| module.get_mut(n)) {
             *slot = None;
         }
     }
