@@ -6,6 +6,7 @@
 //! Data API's path (the same input posted as a document); and on the interpreter, the fallback
 //! when a set cannot run on the VM, which evaluates only the package the key selects (regorus
 //! patch 30: it used to build the whole `data.envoy.svc` document, ≈ 20 ms a decision here).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +41,11 @@ fn authorizer(fixture: &serde_json::Value) -> Authorizer {
         sources.add_rego(format!("svc/s{i:05}.rego"), service(i));
     }
     let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
-    Authorizer::new(set, DataRef::parse("envoy/authz/allow").unwrap(), InputOptions::default())
+    Authorizer::new(
+        set,
+        DataRef::parse("envoy/authz/allow").unwrap(),
+        InputOptions::default(),
+    )
 }
 
 #[test]
