@@ -89,7 +89,21 @@ impl DataDocument {
 
     /// A document file's text (`data.json`, `data.yaml`), parsed straight into a Rego value;
     /// errors name `file` and the position.
+    ///
+    /// A large document this process parsed before from the same bytes (the same file name,
+    /// path and digest: a reload whose data did not change) is that earlier value, shared:
+    /// see [`Reuse`].
     pub fn parse(file: String, prefix: Vec<String>, text: &str) -> Result<Self, Diagnostic> {
+        let digest = sha256(text.as_bytes());
+        let reusable = text.len() >= Reuse::MIN_BYTES;
+        if reusable && let Some(value) = Reuse::get(&file, &prefix, &digest) {
+            return Ok(DataDocument {
+                file,
+                prefix,
+                value,
+                digest,
+            });
+        }
         let mut interner = crate::value::Interner::default();
         let value = if DocFormat::from_name(&file) == DocFormat::Json {
             crate::value::parse_json_shared(text, &mut interner)
@@ -97,12 +111,59 @@ impl DataDocument {
         } else {
             crate::value::from_json_shared(&parse_opa_yaml(&file, text)?, &mut interner)
         };
+        if reusable {
+            Reuse::put(&file, &prefix, &digest, &value);
+        }
         Ok(DataDocument {
-            digest: sha256(text.as_bytes()),
+            digest,
             file,
             prefix,
             value,
         })
+    }
+}
+
+/// The last value parsed from each large data document (by file name and document path),
+/// with the digest of its bytes. A reload reads every file again; one whose bytes did not
+/// change takes the value parsed before instead of parsing it again, so the new set and the
+/// one it replaces share that document: a reload of an unchanged 1,000,000-identity file costs
+/// its reading and hashing, not a second copy of it in memory (issue 18: RSS after reloads
+/// within 10% of the first load's). Values are immutable (a change copies the part it
+/// changes), so sharing is safe. Only documents of at least [`Reuse::MIN_BYTES`] are kept,
+/// at most [`Reuse::MAX_ENTRIES`] of them; a document that is no longer loaded stays held
+/// until its entry is replaced or evicted.
+struct Reuse;
+
+type ReuseKey = (String, Vec<String>);
+
+static REUSE: std::sync::Mutex<Vec<(ReuseKey, Vec<u8>, regorus::Value)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl Reuse {
+    const MIN_BYTES: usize = 1 << 20;
+    const MAX_ENTRIES: usize = 16;
+
+    fn get(file: &str, prefix: &[String], digest: &[u8]) -> Option<regorus::Value> {
+        let entries = REUSE.lock().ok()?;
+        entries
+            .iter()
+            .find(|((f, p), d, _)| f == file && p.as_slice() == prefix && d.as_slice() == digest)
+            .map(|(_, _, value)| value.clone())
+    }
+
+    fn put(file: &str, prefix: &[String], digest: &[u8], value: &regorus::Value) {
+        let Ok(mut entries) = REUSE.lock() else {
+            return;
+        };
+        entries.retain(|((f, p), _, _)| !(f == file && p.as_slice() == prefix));
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.remove(0);
+        }
+        entries.push((
+            (file.to_string(), prefix.to_vec()),
+            digest.to_vec(),
+            value.clone(),
+        ));
     }
 }
 
@@ -593,6 +654,46 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A large document parsed again from the same bytes is the value parsed before; changed
+    /// bytes, or the same bytes under another name or path, are parsed.
+    #[test]
+    fn an_unchanged_large_document_is_parsed_once() {
+        let big = |tenant: &str| {
+            let ids: Vec<String> = (0..30_000)
+                .map(|i| format!("\"spiffe://td/sa/s{i:06}\":{{\"tenant\":\"{tenant}\"}}"))
+                .collect();
+            format!("{{\"identities\":{{{}}}}}", ids.join(","))
+        };
+        let (a, b) = (big("t1"), big("t2"));
+        assert!(a.len() >= Reuse::MIN_BYTES, "{} bytes", a.len());
+        let file = "reuse-test/data.json".to_string();
+        let first = DataDocument::parse(file.clone(), vec![], &a).unwrap();
+        assert_eq!(
+            Reuse::get(&file, &[], &first.digest).as_ref(),
+            Some(&first.value)
+        );
+        let again = DataDocument::parse(file.clone(), vec![], &a).unwrap();
+        let (regorus::Value::Object(x), regorus::Value::Object(y)) = (&first.value, &again.value)
+        else {
+            panic!("objects");
+        };
+        assert!(std::sync::Arc::ptr_eq(x, y), "the same value, not a copy");
+        let changed = DataDocument::parse(file.clone(), vec![], &b).unwrap();
+        assert_ne!(changed.value, first.value);
+        assert_eq!(
+            changed.value["identities"]["spiffe://td/sa/s000000"]["tenant"],
+            regorus::Value::from("t2")
+        );
+        // One entry per file: the first bytes' value is no longer held.
+        assert!(Reuse::get(&file, &[], &first.digest).is_none());
+        assert!(Reuse::get(&file, &[], &changed.digest).is_some());
+        assert!(Reuse::get("other/data.json", &[], &changed.digest).is_none());
+        assert!(Reuse::get(&file, &["x".to_string()], &changed.digest).is_none());
+        // Small documents are not kept.
+        let small = DataDocument::parse("reuse-test/small.json".into(), vec![], "{}").unwrap();
+        assert!(Reuse::get("reuse-test/small.json", &[], &small.digest).is_none());
     }
 
     #[test]
