@@ -4,13 +4,16 @@ reloads of the same large set.
 
     cargo build --release -p arbiter-cli
     python3 benches/mesh/gen-identities.py 100000 /tmp/ids
-    [ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa] python3 benches/mesh/measure-reload-rss.py /tmp/ids [RELOADS]
+    [ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa] python3 benches/mesh/measure-reload-rss.py /tmp/ids [RELOADS] [--change]
 
 Starts the server on loopback ports it picks, waits until it answers, then RELOADS times
 (default 10) sends SIGHUP, waits for the reload to finish (its reload counter in /metrics) and
-reads VmRSS from /proc once it has settled (two readings 1 s apart within 1%). OPA does not reload on SIGHUP: for OPA it prints the time to ready and
-the RSS then. Prints one line per step. Stops the servers it started, by their process ids;
-every wait gives up after 60 s."""
+reads VmRSS from /proc once it has settled (two readings 1 s apart within 1%). With
+`--change`, each reload first rewrites `data.json` with one identity's tenant changed (a new
+document each time, so that every reload parses it; the file is restored at the end); without
+it the files stay as they are. OPA does not reload on SIGHUP: for OPA it prints the time to
+ready and the RSS then. Prints one line per step. Stops the servers it started, by their
+process ids; every wait gives up after 60 s."""
 
 import json
 import os
@@ -59,9 +62,22 @@ def reloads_ok(http):
     return int(m.group(1)) if m else 0
 
 
+def changed(original, i):
+    """`data.json`'s text with the first identity's tenant set to `tenant-reload-<i>`."""
+    data = json.loads(original)
+    first = next(iter(data["identities"].values()))
+    first["tenant"] = f"tenant-reload-{i}"
+    return json.dumps(data, separators=(",", ":"))
+
+
 def main():
-    folder = sys.argv[1]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    args = [a for a in sys.argv[1:] if a != "--change"]
+    change = "--change" in sys.argv[1:]
+    folder = args[0]
+    rounds = int(args[1]) if len(args) > 1 else 10
+    data_file = os.path.join(folder, "data.json")
+    with open(data_file) as f:
+        original = f.read()
     http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     extra = []
     if os.path.getsize(os.path.join(folder, "data.json")) > 64 << 20:
@@ -74,6 +90,9 @@ def main():
         wait(lambda: get(f"http://{http}/health") is not None, "arbiter to start")
         print(f"arbiter ready after {time.monotonic() - started:.2f} s, RSS {rss_mib(server.pid):.0f} MiB")
         for i in range(1, rounds + 1):
+            if change:
+                with open(data_file, "w") as f:
+                    f.write(changed(original, i))
             before = reloads_ok(http)
             t = time.monotonic()
             server.send_signal(signal.SIGHUP)
@@ -83,6 +102,9 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=10)
+        if change:
+            with open(data_file, "w") as f:
+                f.write(original)
     opa = os.environ.get("ARBITER_REFERENCE_OPA")
     if opa:
         port = free_port()

@@ -9,6 +9,8 @@ use clap::Parser;
 static ALLOCATOR: arbiter_alloc_counter::Counting = arbiter_alloc_counter::Counting;
 
 fn main() -> ExitCode {
+    // The allocator commits memory on demand (set before `main`; see the function).
+    let _ = arbiter_alloc_counter::commits_on_demand();
     let cli = arbiter_cli::Cli::parse();
     arbiter_cli::run(cli)
 }
