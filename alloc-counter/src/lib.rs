@@ -82,7 +82,7 @@ pub fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// mimalloc v2's `mi_option_arena_eager_commit` (its place in `mi_option_e`, `mimalloc.h`;
+/// mimalloc v3's `mi_option_arena_eager_commit` (its place in `mi_option_e`, `mimalloc.h`;
 /// `libmimalloc-sys` names no constant for it).
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
