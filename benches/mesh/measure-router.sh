@@ -18,17 +18,14 @@ trap 'rm -rf "$WORK"' EXIT
 
 ns() { python3 -c 'import sys,json; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(round(d.get("p50_ns") or d.get("NsPerOp")), round(d.get("bytes_per_op", 0)))'; }
 
-echo "| packages | arbiter VM, median ns | VM bytes | arbiter interpreter, median ns | OPA, median ns | OPA bytes |"
-echo "|---|---|---|---|---|---|"
+echo "| packages | arbiter VM, median ns | VM bytes | arbiter interpreter, median ns | interpreter bytes | OPA, median ns | OPA bytes |"
+echo "|---|---|---|---|---|---|---|"
 for p in $SIZES; do
   dir=$WORK/p$p
   python3 benches/mesh/gen-router.py "$p" "$dir"
   set -- -d "$dir/router.rego" -d "$dir/svc" -i "$dir/inputs/hit.json"
   read -r vm vm_bytes < <("$ARBITER" bench "$@" --engine rvm --benchtime 2s -f json data.envoy.authz.allow | ns)
-  interp=-
-  if [ "$p" -le 1000 ]; then
-    read -r interp _ < <("$ARBITER" bench "$@" --engine interpreter --benchtime 2s -f json data.envoy.authz.allow | ns)
-  fi
+  read -r interp interp_bytes < <("$ARBITER" bench "$@" --engine interpreter --benchtime 2s -f json data.envoy.authz.allow | ns)
   opa="- -"
   if [ -n "$OPA" ]; then
     opa=$("$OPA" bench "$@" --benchmem --format json data.envoy.authz.allow \
@@ -42,5 +39,5 @@ for p in $SIZES; do
     done
   fi
   read -r opa_ns opa_bytes <<<"$opa"
-  echo "| $p | $vm | $vm_bytes | $interp | $opa_ns | $opa_bytes |"
+  echo "| $p | $vm | $vm_bytes | $interp | $interp_bytes | $opa_ns | $opa_bytes |"
 done
