@@ -712,6 +712,31 @@ impl Args {
     }
 }
 
+/// The allocator heaps the last sets were built in (`arbiter_alloc_counter::in_own_heap`): the
+/// serving set's and the one it replaced, which checks in flight may still hold. An older heap
+/// is deleted when a new one is kept; its set is gone by then, so its pages are empty and go
+/// back whole (a block still in use would move to the main heap, not be freed). Keeping each
+/// set's data in pages of its own is what keeps RSS flat over reloads that change a large
+/// document (`benches/RESULTS.md`, "Mesh-size, last round").
+#[derive(Clone, Default)]
+struct SetHeaps(Arc<std::sync::Mutex<std::collections::VecDeque<arbiter_alloc_counter::Heap>>>);
+
+impl SetHeaps {
+    const KEPT: usize = 2;
+
+    fn keep(&self, heap: arbiter_alloc_counter::Heap) {
+        let mut heaps = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        heaps.push_back(heap);
+        let extra = heaps.len().saturating_sub(Self::KEPT);
+        let old: Vec<_> = heaps.drain(..extra).collect();
+        drop(heaps);
+        drop(old);
+    }
+}
+
 /// Load policies and build the authorizer the settings describe.
 /// The latest bytes of each bundle fetched from a URL, by bundle name (shared with the
 /// pollers).
@@ -1178,9 +1203,15 @@ pub fn run(args: &Args) -> Exit {
     let watch_baseline = settings
         .watch
         .map(|_| arbiter_ext_authz::reload::fingerprint(&watched));
-    let loaded = awaiting
-        .is_none()
-        .then(|| authorizer_with(&settings, Some(&fetched)));
+    // Each set is built in an allocator heap of its own, kept while it may still serve
+    // (`SetHeaps`).
+    let heaps = SetHeaps::default();
+    let loaded = awaiting.is_none().then(|| {
+        let (loaded, heap) =
+            arbiter_alloc_counter::in_own_heap(|| authorizer_with(&settings, Some(&fetched)));
+        heaps.keep(heap);
+        loaded
+    });
     let authorizer = match loaded {
         Some(Ok(a)) => a,
         Some(Err(e)) if !any_url => {
@@ -1254,7 +1285,7 @@ pub fn run(args: &Args) -> Exit {
         let lock = Arc::new(std::sync::Mutex::new(()));
         let do_reload = {
             let state = Arc::downgrade(&running.state);
-            let (build, lock) = (build.clone(), lock.clone());
+            let (build, lock, heaps) = (build.clone(), lock.clone(), heaps.clone());
             // `bundle`: the bundle whose new download caused the reload (its activation or
             // failure is what OPA's bundle metrics count); `None`: every bundle is reloaded.
             move |why: &str, bundle: Option<&str>| -> bool {
@@ -1262,7 +1293,11 @@ pub fn run(args: &Args) -> Exit {
                     return false;
                 };
                 let _one = lock.lock();
-                match arbiter_ext_authz::reload::reload_after(&state, &build, bundle) {
+                let (reloaded, heap) = arbiter_alloc_counter::in_own_heap(|| {
+                    arbiter_ext_authz::reload::reload_after(&state, &build, bundle)
+                });
+                heaps.keep(heap);
+                match reloaded {
                     Ok(rev) => {
                         eprintln!("arbiter: reloaded ({why}): revision {rev}");
                         activated(&state, bundle);
