@@ -128,8 +128,8 @@ pub struct CelVerdict {
     pub timed_out: bool,
 }
 
-/// The CEL environment: the standard library and the strings, lists, math and encoders
-/// extensions.
+/// The CEL environment: the standard library and the strings, lists, math, encoders,
+/// bindings (`cel.bind`) and two-variable comprehensions extensions.
 pub fn env() -> Env {
     let mut env = Env::stdlib();
     for ext in [
@@ -137,6 +137,8 @@ pub fn env() -> Env {
         cel::extensions::lists,
         cel::extensions::math,
         cel::extensions::encoders,
+        cel::extensions::bindings,
+        cel::extensions::two_var_comprehensions,
     ] {
         let _ = env.add_extension(ext);
     }

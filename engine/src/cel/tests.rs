@@ -334,3 +334,42 @@ rules:
     assert!(w[1].contains("rule `glob` matches `request.path`"), "{w:?}");
     assert!(w[0].contains("request.url_path"), "{w:?}");
 }
+
+/// `cel.bind` and the two-variable comprehensions over data (a map from the data document,
+/// not a CEL literal) and over a list from it.
+#[test]
+fn bindings_and_two_variable_comprehensions_read_data() {
+    let text = r#"name: grants
+rules:
+  - name: granted
+    effect: allow
+    when: data.grants.exists(id, methods, id == source.principal && request.method in methods)
+  - name: broad
+    effect: allow
+    when: >-
+      cel.bind(counts, data.grants.transformMap(id, m, m.size()),
+        counts[source.principal] >= 3 && data.grants[source.principal].all(i, m, i < 3 && m != ""))
+"#;
+    let sources = vec![SourceFile {
+        name: "g.cel.yaml".into(),
+        text: text.into(),
+    }];
+    let data = crate::value::from_json(&serde_json::json!({"grants": {
+        "spiffe://cluster.local/ns/shop/sa/frontend": ["GET"],
+        "spiffe://cluster.local/ns/ops/sa/admin": ["GET", "PUT", "DELETE"],
+    }}));
+    let p = CelPolicies::compile(&sources, &data).unwrap();
+    let fe = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let admin = "spiffe://cluster.local/ns/ops/sa/admin";
+    let v = decide(&p, &req("GET", "/x", fe, &[]));
+    assert!(v.allowed && v.errors.is_empty(), "{v:?}");
+    assert_eq!(v.rule.as_deref(), Some("granted"));
+    assert!(!decide(&p, &req("PUT", "/x", fe, &[])).allowed);
+    let v = decide(&p, &req("POST", "/x", admin, &[]));
+    assert!(v.allowed && v.errors.is_empty(), "{v:?}");
+    assert_eq!(v.rule.as_deref(), Some("broad"));
+    assert_eq!(
+        decide(&p, &req("PUT", "/x", admin, &[])).rule.as_deref(),
+        Some("granted")
+    );
+}

@@ -1459,7 +1459,9 @@ impl Value {
                 // result in a single preallocated `MutableList` instead of
                 // paying O(n) clone-and-extend on every iteration
                 // (`@result + [expr]`).
-                if let Some(step) = AppendStep::of(comprehension) {
+                if let Some(step) =
+                    AppendStep::of(comprehension).filter(|_| comprehension.iter_var2.is_none())
+                {
                     if accu_init
                         .downcast_ref::<CelList>()
                         .is_some_and(|list| list.inner().is_empty())
@@ -1479,11 +1481,44 @@ impl Value {
                     })?
                     .iter();
                 let mut deferred = DeferredErrors::of(comprehension);
+                // arbiter patch 2: with a second variable, a list binds the index and the
+                // element, a map the key and its value (cel-go's two-variable comprehensions).
+                let pairs = comprehension.iter_var2.as_deref().map(|second| {
+                    (
+                        second,
+                        iter.get_type().kind() == crate::common::types::Kind::Map,
+                    )
+                });
+                let mut index: i64 = 0;
                 while let Some(item) = items.next() {
                     if !try_bool(Value::resolve_val(&comprehension.loop_cond, &ctx))? {
                         break;
                     }
-                    ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
+                    match pairs {
+                        None => {
+                            ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
+                        }
+                        Some((second, true)) => {
+                            let value = iter
+                                .as_indexer()
+                                .ok_or_else(|| ExecutionError::UnexpectedType {
+                                    got: iter.get_type().name().to_owned(),
+                                    want: "map".to_owned(),
+                                })?
+                                .get(item)?
+                                .into_owned();
+                            ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
+                            ctx.add_variable_as_val(second, value);
+                        }
+                        Some((second, false)) => {
+                            ctx.add_variable_as_val(
+                                &comprehension.iter_var,
+                                Box::new(crate::common::types::CelInt::from(index)),
+                            );
+                            ctx.add_variable_as_val(second, item.clone_as_boxed());
+                        }
+                    }
+                    index += 1;
                     let step = Value::resolve_val(&comprehension.loop_step, &ctx);
                     if let Some(accu) = deferred.step(step)? {
                         ctx.add_variable_as_val(&comprehension.accu_var, accu.into_owned());
