@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod guard;
+pub mod network;
 pub mod vars;
 
 use std::sync::Arc;
@@ -129,7 +130,7 @@ pub struct CelVerdict {
 }
 
 /// The CEL environment: the standard library and the strings, lists, math, encoders,
-/// bindings (`cel.bind`) and two-variable comprehensions extensions.
+/// bindings (`cel.bind`), two-variable comprehensions and network (`ip`, `cidr`) extensions.
 pub fn env() -> Env {
     let mut env = Env::stdlib();
     for ext in [
@@ -139,6 +140,7 @@ pub fn env() -> Env {
         cel::extensions::encoders,
         cel::extensions::bindings,
         cel::extensions::two_var_comprehensions,
+        network::extension,
     ] {
         let _ = env.add_extension(ext);
     }

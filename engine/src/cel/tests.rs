@@ -373,3 +373,38 @@ rules:
         Some("granted")
     );
 }
+
+/// The network extension on the caller's address: `cidr(…).containsIP(source.address)` and
+/// an address's class; a malformed range is a denial with the extension's error, not a match.
+#[test]
+fn network_extension_on_the_source_address() {
+    let p = policies(&[(
+        "n.cel.yaml",
+        r#"name: network
+rules:
+  - name: bad-range
+    effect: deny
+    when: request.headers["x-range"] != "" && cidr(request.headers["x-range"]).containsIP(source.address)
+  - name: internal
+    effect: allow
+    when: cidr('10.0.0.0/8').containsIP(source.address) && ip(source.address).family() == 4 && ip(source.address).isGlobalUnicast()
+"#,
+    )])
+    .unwrap();
+    let caller = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let v = decide(&p, &req("GET", "/x", caller, &[]));
+    assert!(v.allowed && v.errors.is_empty(), "{v:?}");
+    assert_eq!(v.rule.as_deref(), Some("internal"));
+    let v = decide(&p, &req("GET", "/x", caller, &[("x-range", "10.1.0.0/16")]));
+    assert!(!v.allowed);
+    assert_eq!(v.rule.as_deref(), Some("bad-range"));
+    let v = decide(&p, &req("GET", "/x", caller, &[("x-range", "10.1.0.0/")]));
+    assert!(!v.allowed && v.errored, "{v:?}");
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.contains("network address parse error")),
+        "{:?}",
+        v.errors
+    );
+}
