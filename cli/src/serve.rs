@@ -833,6 +833,7 @@ pub fn authorizer_with(
         },
         include_tests: false,
         eval_timeout: Some(s.eval_timeout),
+        cel_cost_limit: LoadOptions::default().cel_cost_limit,
         istio: s.istio.clone(),
         strict_builtin_errors: true,
     };

@@ -110,6 +110,9 @@ fn cel_decision(v: CelVerdict) -> Decision {
     if v.timed_out {
         return Decision::deny(DenyReason::LimitExceeded("time", v.errors.join("; ")));
     }
+    if v.over_budget {
+        return Decision::deny(DenyReason::LimitExceeded("cel_cost", v.errors.join("; ")));
+    }
     let mut d = if v.allowed {
         let mut d = Decision::allow();
         d.headers = v.headers;

@@ -84,7 +84,17 @@ pub struct CelPolicies {
     warnings: Vec<Diagnostic>,
     /// How long one evaluation may run.
     time_limit: Option<std::time::Duration>,
+    /// How many expression steps one evaluation may take ([`DEFAULT_COST_LIMIT`]).
+    cost_limit: Option<u64>,
 }
+
+/// The expression steps one evaluation of a set's CEL policies may take, by default: a
+/// comprehension over a list of a million elements from `data` passes it and is stopped
+/// (`limit_exceeded:cel_cost`) whatever the machine's speed, where the deadline would depend
+/// on it. Kubernetes bounds one CEL expression at a cost of 1,000,000 too; its cost weighs
+/// operations by the sizes they touch, this counts evaluated expressions (a comprehension's
+/// every iteration counts the steps of its condition and step).
+pub const DEFAULT_COST_LIMIT: u64 = 1_000_000;
 
 impl std::fmt::Debug for CelPolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +137,8 @@ pub struct CelVerdict {
     pub errored: bool,
     /// The evaluation was stopped at its deadline (a denial, `limit_exceeded:time`).
     pub timed_out: bool,
+    /// The evaluation was stopped at its cost limit (a denial, `limit_exceeded:cel_cost`).
+    pub over_budget: bool,
 }
 
 /// The CEL environment: the standard library and the strings, lists, math, encoders,
@@ -293,7 +305,22 @@ fn compile_expr(
     let reads_input = roots.iter().any(|r| r == "input");
     let mut child = root.new_inner_scope();
     data_probe.bind(&mut child);
-    match CelValue::resolve(&expr, &child) {
+    // Bounded as a request's evaluation is: an expression that takes more than the cost limit
+    // on the empty request (a comprehension over a large list from `data` that nothing in the
+    // request cuts short) takes it on every request that does not cut it short either; it is
+    // refused here instead of denying at run time.
+    let probed = cel::deadline::with_budget(None, Some(DEFAULT_COST_LIMIT), || {
+        CelValue::resolve(&expr, &child)
+    });
+    match probed {
+        Err(e) if cel::deadline::over_budget(&e) => {
+            return Err(vec![err(
+                at,
+                format!(
+                    "cost: the expression takes more than {DEFAULT_COST_LIMIT} evaluation steps on an empty request (a comprehension over a large list or map from `data`?); every request it does not cut short would be denied with `limit_exceeded:cel_cost`"
+                ),
+            )]);
+        }
         Err(ExecutionError::UndeclaredReference(name)) => {
             return Err(vec![err(
                 at,
@@ -556,6 +583,8 @@ fn compares_path_exactly(w: &str) -> bool {
 enum Failed {
     /// The evaluation passed its time limit.
     Stopped,
+    /// The evaluation took more steps than its cost limit.
+    OverBudget,
     Error(String),
 }
 
@@ -563,6 +592,7 @@ impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failed::Stopped => f.write_str("the evaluation passed its time limit"),
+            Failed::OverBudget => f.write_str("the evaluation passed its cost limit"),
             Failed::Error(e) => f.write_str(e),
         }
     }
@@ -575,6 +605,7 @@ fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, Failed> {
             "condition is not a boolean but {other:?}"
         ))),
         Err(e) if cel::deadline::exceeded(&e) => Err(Failed::Stopped),
+        Err(e) if cel::deadline::over_budget(&e) => Err(Failed::OverBudget),
         Err(e) => Err(Failed::Error(e.to_string())),
     }
 }
@@ -673,6 +704,7 @@ impl CelPolicies {
             uses,
             warnings,
             time_limit: None,
+            cost_limit: Some(DEFAULT_COST_LIMIT),
         })
     }
 
@@ -686,6 +718,7 @@ impl CelPolicies {
             uses: self.uses,
             warnings: self.warnings.clone(),
             time_limit: self.time_limit,
+            cost_limit: self.cost_limit,
         }
     }
 
@@ -713,12 +746,18 @@ impl CelPolicies {
         self.time_limit = limit;
     }
 
+    /// Stop every evaluation after `limit` expression steps (`None`: no bound but the time
+    /// limit).
+    pub fn set_cost_limit(&mut self, limit: Option<u64>) {
+        self.cost_limit = limit;
+    }
+
     /// Decide one request: deny-overrides, then allow, else deny. Evaluation stops at the time
     /// limit: work that grows with the request (comprehensions over its parts) cannot hold a
     /// thread past the deadline; a stopped evaluation is a denial.
     pub fn evaluate(&self, req: &CelRequest<'_>) -> CelVerdict {
         let deadline = self.time_limit.map(|t| std::time::Instant::now() + t);
-        cel::deadline::with(deadline, || self.evaluate_within(req))
+        cel::deadline::with_budget(deadline, self.cost_limit, || self.evaluate_within(req))
     }
 
     fn evaluate_within(&self, req: &CelRequest<'_>) -> CelVerdict {
@@ -732,7 +771,9 @@ impl CelPolicies {
                 Some(m) => match truthy(CelValue::resolve(&m.expr, &ctx)) {
                     Ok(true) => applicable.push(f),
                     Ok(false) => {}
-                    Err(Failed::Stopped) => return stopped(&f.file, "match"),
+                    Err(stop @ (Failed::Stopped | Failed::OverBudget)) => {
+                        return stopped(&stop, &f.file, "match");
+                    }
                     Err(e) => {
                         verdict.errors.push(format!("{}: match: {e}", f.file));
                         applicable.push(f);
@@ -745,7 +786,9 @@ impl CelPolicies {
             for r in f.rules.iter().filter(|r| r.effect == Effect::Deny) {
                 let (hit, errored) = match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
                     Ok(b) => (b, false),
-                    Err(Failed::Stopped) => return stopped(&f.file, &r.name),
+                    Err(stop @ (Failed::Stopped | Failed::OverBudget)) => {
+                        return stopped(&stop, &f.file, &r.name);
+                    }
                     Err(e) => {
                         verdict.errors.push(format!("{}: {}: {e}", f.file, r.name));
                         (true, true)
@@ -774,7 +817,9 @@ impl CelPolicies {
                         return verdict;
                     }
                     Ok(false) => {}
-                    Err(Failed::Stopped) => return stopped(&f.file, &r.name),
+                    Err(stop @ (Failed::Stopped | Failed::OverBudget)) => {
+                        return stopped(&stop, &f.file, &r.name);
+                    }
                     Err(e) => verdict.errors.push(format!("{}: {}: {e}", f.file, r.name)),
                 }
             }
@@ -783,13 +828,13 @@ impl CelPolicies {
     }
 }
 
-/// The verdict of an evaluation stopped at its deadline, in `file`'s `rule`.
-fn stopped(file: &str, rule: &str) -> CelVerdict {
+/// The verdict of an evaluation stopped at its deadline or its cost limit, in `file`'s
+/// `rule`.
+fn stopped(why: &Failed, file: &str, rule: &str) -> CelVerdict {
     CelVerdict {
-        timed_out: true,
-        errors: vec![format!(
-            "{file}: {rule}: the evaluation passed its time limit"
-        )],
+        timed_out: matches!(why, Failed::Stopped),
+        over_budget: matches!(why, Failed::OverBudget),
+        errors: vec![format!("{file}: {rule}: {why}")],
         ..CelVerdict::default()
     }
 }

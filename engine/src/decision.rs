@@ -68,6 +68,7 @@ impl DenyReason {
             DenyReason::LimitExceeded("time", _) => "limit_exceeded:time",
             DenyReason::LimitExceeded("memory", _) => "limit_exceeded:memory",
             DenyReason::LimitExceeded("regex", _) => "limit_exceeded:regex",
+            DenyReason::LimitExceeded("cel_cost", _) => "limit_exceeded:cel_cost",
             DenyReason::LimitExceeded(_, _) => "limit_exceeded",
             DenyReason::Timeout => "timeout",
             DenyReason::Overload => "overload",

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     /// [`crate::limits::Limits`]'s (50 ms), as `arbiter serve` uses: an embedder that builds a
     /// set with the defaults gets the same bounded evaluation.
     pub eval_timeout: Option<Duration>,
+    /// Expression steps one evaluation of the CEL policies may take
+    /// ([`crate::cel::DEFAULT_COST_LIMIT`]); `None` for no bound but the time limit.
+    pub cel_cost_limit: Option<u64>,
     /// How Istio `AuthorizationPolicy` files are applied.
     pub istio: crate::istio::IstioOptions,
     /// A built-in error is an evaluation error (the default: a decision that fails denies with
@@ -49,6 +52,7 @@ impl Default for LoadOptions {
             rego_version: RegoVersion::V1,
             include_tests: false,
             eval_timeout: Some(crate::limits::Limits::default().eval_timeout),
+            cel_cost_limit: Some(crate::cel::DEFAULT_COST_LIMIT),
             istio: crate::istio::IstioOptions::default(),
             strict_builtin_errors: true,
         }
@@ -175,6 +179,7 @@ impl PolicySet {
                 Ok(mut c) => {
                     warnings.extend(c.warnings().iter().cloned());
                     c.set_time_limit(options.eval_timeout);
+                    c.set_cost_limit(options.cel_cost_limit);
                     Some(Arc::new(c))
                 }
                 Err(mut e) => {
@@ -1242,6 +1247,70 @@ mod tests {
         let d = p.decide(&DataRef::parse("slow/allow").unwrap(), Value::new_object());
         assert!(!d.allowed);
         assert_eq!(d.reason_code(), "limit_exceeded:time", "{:?}", d.reason);
+    }
+
+    /// A runaway CEL rule, a comprehension over a list of 1,000,000 elements from `data`, is
+    /// stopped by the cost limit whatever the machine's speed (the deadline here is 10 s and
+    /// is not what stops it): `limit_exceeded:cel_cost`. Without a cost limit, the deadline
+    /// stops it (`limit_exceeded:time`). A rule over a short list decides as usual; one that
+    /// runs away on every request (nothing in the request cuts it short) is refused at load.
+    #[test]
+    fn a_runaway_cel_rule_is_stopped_by_its_cost_limit() {
+        use crate::authorizer::Authorizer;
+        use crate::request::{AuthzRequest, HttpRequest};
+        let policy = |runaway: &str| {
+            let mut sources = PolicySources::default();
+            sources.cel.push(crate::loader::SourceFile {
+                name: "big.cel.yaml".into(),
+                text: format!("name: big\nrules:\n  - name: small\n    effect: allow\n    when: request.method == \"GET\" && data.small.exists(x, x == 3)\n  - name: runaway\n    effect: allow\n    when: {runaway}\n"),
+            });
+            sources.add_data(
+                "data.json",
+                serde_json::json!({"big": (0..1_000_000).collect::<Vec<i64>>(), "small": [1, 2, 3]}),
+            );
+            sources
+        };
+        let sources = policy("request.method == \"POST\" && data.big.exists(x, x == -1)");
+        let decide = |options: &LoadOptions, method: &str| {
+            let set = Arc::new(PolicySet::from_sources(&sources, options).unwrap());
+            let path = DataRef::parse("envoy/authz/allow").unwrap();
+            let authorizer = Authorizer::new(set, path, crate::input::InputOptions::default());
+            let req = AuthzRequest {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: "/".into(),
+                    ..HttpRequest::default()
+                }),
+                ..AuthzRequest::default()
+            };
+            let started = std::time::Instant::now();
+            (authorizer.check(&req).decision, started.elapsed())
+        };
+        let generous = LoadOptions {
+            eval_timeout: Some(Duration::from_secs(10)),
+            ..LoadOptions::default()
+        };
+        let (d, took) = decide(&generous, "POST");
+        assert!(!d.allowed);
+        assert_eq!(d.reason_code(), "limit_exceeded:cel_cost", "{:?}", d.reason);
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let (d, _) = decide(&generous, "GET");
+        assert!(d.allowed, "{:?}", d.reason);
+        let unbounded = LoadOptions {
+            eval_timeout: Some(Duration::from_millis(20)),
+            cel_cost_limit: None,
+            ..LoadOptions::default()
+        };
+        let (d, _) = decide(&unbounded, "POST");
+        assert_eq!(d.reason_code(), "limit_exceeded:time", "{:?}", d.reason);
+        let refused = PolicySet::from_sources(&policy("data.big.exists(x, x == -1)"), &generous)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("big.cel.yaml:8:11:")
+                && refused.contains("cost: the expression takes more than 1000000"),
+            "{refused}"
+        );
     }
 
     #[test]

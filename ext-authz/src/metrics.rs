@@ -14,6 +14,7 @@ const REASONS: &[&str] = &[
     "limit_exceeded:time",
     "limit_exceeded:memory",
     "limit_exceeded:regex",
+    "limit_exceeded:cel_cost",
     "limit_exceeded",
     "timeout",
     "overload",

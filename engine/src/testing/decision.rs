@@ -613,6 +613,7 @@ pub(crate) fn run(
         rego_version: options.rego_version,
         include_tests: false,
         eval_timeout: Some(options.timeout),
+        cel_cost_limit: LoadOptions::default().cel_cost_limit,
         istio: options.istio.clone(),
         // Decisions are made as the server makes them.
         strict_builtin_errors: true,

@@ -56,53 +56,100 @@ pub mod deadline {
     /// The `function` of the error a stopped evaluation ends with.
     pub const EXCEEDED: &str = "arbiter.deadline";
 
+    /// The `function` of the error an evaluation over its step budget ends with (arbiter
+    /// patch 3).
+    pub const OVER_BUDGET: &str = "arbiter.cost";
+
     thread_local! {
         static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-        static STEPS: Cell<u32> = const { Cell::new(0) };
+        static BUDGET: Cell<Option<u64>> = const { Cell::new(None) };
+        static STEPS: Cell<u64> = const { Cell::new(0) };
         /// Sticky once the deadline has passed: every later step fails at once, so macros
         /// that defer errors (`exists`, `all`) cannot go on iterating.
         static EXPIRED: Cell<bool> = const { Cell::new(false) };
+        /// Sticky once the budget is spent, for the same reason.
+        static SPENT: Cell<bool> = const { Cell::new(false) };
     }
 
-    struct Restore(Option<Instant>);
+    struct Restore(Option<Instant>, Option<u64>);
 
     impl Drop for Restore {
         fn drop(&mut self) {
             DEADLINE.with(|d| d.set(self.0));
+            BUDGET.with(|b| b.set(self.1));
         }
     }
 
     /// Run `f`, an evaluation on this thread, stopping it once `deadline` has passed.
     pub fn with<T>(deadline: Option<Instant>, f: impl FnOnce() -> T) -> T {
-        let _restore = Restore(DEADLINE.with(|d| d.replace(deadline)));
+        with_budget(deadline, None, f)
+    }
+
+    /// Run `f`, an evaluation on this thread, stopping it once `deadline` has passed or once
+    /// it has taken more than `budget` expression steps (arbiter patch 3: a cost bound that
+    /// does not depend on the machine's speed or load; a comprehension's every iteration
+    /// takes the steps of its condition and step).
+    pub fn with_budget<T>(
+        deadline: Option<Instant>,
+        budget: Option<u64>,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let _restore = Restore(
+            DEADLINE.with(|d| d.replace(deadline)),
+            BUDGET.with(|b| b.replace(budget)),
+        );
         STEPS.with(|s| s.set(0));
         EXPIRED.with(|e| e.set(false));
+        SPENT.with(|e| e.set(false));
         f()
+    }
+
+    /// The expression steps the current evaluation has taken (counted while a deadline or a
+    /// budget is set).
+    pub fn steps() -> u64 {
+        STEPS.with(Cell::get)
     }
 
     /// One expression step.
     #[inline]
     pub(crate) fn check() -> Result<(), ExecutionError> {
-        let Some(deadline) = DEADLINE.with(Cell::get) else {
+        let deadline = DEADLINE.with(Cell::get);
+        let budget = BUDGET.with(Cell::get);
+        if deadline.is_none() && budget.is_none() {
             return Ok(());
-        };
+        }
         let exceeded = || {
             Err(ExecutionError::function_error(
                 EXCEEDED,
                 "the evaluation passed its deadline",
             ))
         };
+        let spent = |budget: u64| {
+            Err(ExecutionError::function_error(
+                OVER_BUDGET,
+                format!("the evaluation took more than its budget of {budget} steps"),
+            ))
+        };
         if EXPIRED.with(Cell::get) {
             return exceeded();
+        }
+        if let Some(budget) = budget.filter(|_| SPENT.with(Cell::get)) {
+            return spent(budget);
         }
         let n = STEPS.with(|s| {
             let n = s.get().wrapping_add(1);
             s.set(n);
             n
         });
-        if n % 256 == 0 && Instant::now() >= deadline {
-            EXPIRED.with(|e| e.set(true));
-            return exceeded();
+        if let Some(budget) = budget.filter(|&b| n > b) {
+            SPENT.with(|e| e.set(true));
+            return spent(budget);
+        }
+        if let Some(deadline) = deadline {
+            if n % 256 == 0 && Instant::now() >= deadline {
+                EXPIRED.with(|e| e.set(true));
+                return exceeded();
+            }
         }
         Ok(())
     }
@@ -110,6 +157,11 @@ pub mod deadline {
     /// Whether `e` is the error of a stopped evaluation.
     pub fn exceeded(e: &ExecutionError) -> bool {
         matches!(e, ExecutionError::FunctionError { function, .. } if function == EXCEEDED)
+    }
+
+    /// Whether `e` is the error of an evaluation over its step budget.
+    pub fn over_budget(e: &ExecutionError) -> bool {
+        matches!(e, ExecutionError::FunctionError { function, .. } if function == OVER_BUDGET)
     }
 }
 mod resolvers;

@@ -1,13 +1,13 @@
+mod comprehensions;
 #[cfg(feature = "ext_encoders")]
 mod encoders;
-mod comprehensions;
 mod lists;
 mod math;
 mod strings;
 
+pub use comprehensions::{bindings, two_var_comprehensions};
 #[cfg(feature = "ext_encoders")]
 pub use encoders::extension as encoders;
-pub use comprehensions::{bindings, two_var_comprehensions};
 pub use lists::extension as lists;
 pub use math::extension as math;
 pub use strings::extension as strings;
