@@ -256,7 +256,15 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     if boolean(test, "check_only") {
         return Outcome::CheckOnly;
     }
-    let expr = string(test, "expr");
+    let mut expr = string(test, "expr");
+    // A type value is compared by asking CEL whether the result is that type (the `cel`
+    // crate's `Value` has no type variant to compare with): `(expr) == T`, expected true.
+    let type_value = field(test, "value")
+        .and_then(|v| v.as_message().cloned())
+        .and_then(|v| field(&v, "type_value").and_then(|t| t.as_str().map(str::to_string)));
+    if let Some(t) = &type_value {
+        expr = format!("({expr}) == {t}");
+    }
     let mut env = if boolean(test, "disable_macros") {
         cel::Env::default().with_stdlib()
     } else {
@@ -297,7 +305,9 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     if test.has_field_by_name("unknown") || test.has_field_by_name("any_unknowns") {
         return Outcome::Fail("unknown values are not supported".into());
     }
-    let expected = if let Some(v) = field(test, "value").and_then(|v| v.as_message().cloned()) {
+    let expected = if type_value.is_some() {
+        Ok(CelValue::Bool(true))
+    } else if let Some(v) = field(test, "value").and_then(|v| v.as_message().cloned()) {
         expected_value(pool, &v)
     } else if let Some(tr) = field(test, "typed_result").and_then(|v| v.as_message().cloned()) {
         match field(&tr, "result").and_then(|v| v.as_message().cloned()) {
