@@ -14,6 +14,7 @@
 pub mod file;
 pub mod guard;
 pub mod network;
+pub mod sets;
 pub mod vars;
 
 use std::sync::Arc;
@@ -142,7 +143,8 @@ pub struct CelVerdict {
 }
 
 /// The CEL environment: the standard library and the strings, lists, math, encoders,
-/// bindings (`cel.bind`), two-variable comprehensions and network (`ip`, `cidr`) extensions.
+/// bindings (`cel.bind`), two-variable comprehensions, network (`ip`, `cidr`) and sets
+/// extensions.
 pub fn env() -> Env {
     let mut env = Env::stdlib();
     for ext in [
@@ -153,6 +155,7 @@ pub fn env() -> Env {
         cel::extensions::bindings,
         cel::extensions::two_var_comprehensions,
         network::extension,
+        sets::extension,
     ] {
         let _ = env.add_extension(ext);
     }
