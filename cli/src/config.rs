@@ -61,6 +61,8 @@ pub struct ConfigFile {
     pub path: Option<String>,
     #[serde(rename = "eval-timeout", alias = "eval_timeout")]
     pub eval_timeout: Option<Scalar>,
+    #[serde(rename = "cel-cost-limit", alias = "cel_cost_limit")]
+    pub cel_cost_limit: Option<Scalar>,
     pub workers: Option<Scalar>,
     pub queue: Option<Scalar>,
     #[serde(rename = "path-normalization", alias = "path_normalization")]

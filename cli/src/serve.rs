@@ -102,6 +102,11 @@ pub struct Args {
     /// Deadline for one decision, e.g. `50ms` [default: 50ms].
     #[arg(long, value_name = "DURATION")]
     pub eval_timeout: Option<String>,
+    /// Expression steps one evaluation of the CEL policies may take; past it the check is
+    /// denied with `limit_exceeded:cel_cost`; 0 for no budget but the deadline
+    /// [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub cel_cost_limit: Option<usize>,
     /// Evaluation threads; 0 evaluates on the server's own threads, saving two hand-offs per
     /// check (the engines' time limits still apply) [default: 0].
     #[arg(long, value_name = "N")]
@@ -203,6 +208,8 @@ pub struct Settings {
     pub skip_request_body_parse: bool,
     pub v0_compatible: bool,
     pub eval_timeout: Duration,
+    /// Expression steps per CEL evaluation (`None`: no budget).
+    pub cel_cost_limit: Option<u64>,
     pub workers: usize,
     pub queue: usize,
     pub path_normalization: PathNormalization,
@@ -705,6 +712,17 @@ impl Args {
                     .unwrap_or(false),
             v0_compatible: self.v0_compatible || file.v0_compatible.unwrap_or(false),
             eval_timeout,
+            cel_cost_limit: {
+                let default =
+                    usize::try_from(arbiter_engine::cel::DEFAULT_COST_LIMIT).unwrap_or(usize::MAX);
+                let n = number(
+                    self.cel_cost_limit,
+                    "cel-cost-limit",
+                    &file.cel_cost_limit,
+                    default,
+                )?;
+                (n > 0).then(|| u64::try_from(n).unwrap_or(u64::MAX))
+            },
             workers: number(self.workers, "workers", &file.workers, 0)?,
             queue: number(self.queue, "queue", &file.queue, 1024)?.max(1),
             path_normalization,
@@ -833,7 +851,7 @@ pub fn authorizer_with(
         },
         include_tests: false,
         eval_timeout: Some(s.eval_timeout),
-        cel_cost_limit: LoadOptions::default().cel_cost_limit,
+        cel_cost_limit: s.cel_cost_limit,
         istio: s.istio.clone(),
         strict_builtin_errors: true,
     };
@@ -1506,6 +1524,33 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// `--cel-cost-limit` and the `cel-cost-limit` key: the default budget, a flag over the
+    /// file, and 0 for none (then only the deadline stops a CEL evaluation).
+    #[test]
+    fn the_cel_cost_limit_comes_from_the_flag_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("arbiter-serve-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, "cel-cost-limit: 0\n").unwrap();
+        let default = Args::default().settings().unwrap();
+        assert_eq!(
+            default.cel_cost_limit,
+            Some(arbiter_engine::cel::DEFAULT_COST_LIMIT)
+        );
+        let from_file = Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        };
+        assert_eq!(from_file.settings().unwrap().cel_cost_limit, None);
+        let flag = Args {
+            config: Some(file),
+            cel_cost_limit: Some(5000),
+            ..Args::default()
+        };
+        assert_eq!(flag.settings().unwrap().cel_cost_limit, Some(5000));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -312,18 +312,21 @@ fn compile_expr(
     // on the empty request (a comprehension over a large list from `data` that nothing in the
     // request cuts short) takes it on every request that does not cut it short either; it is
     // refused here instead of denying at run time.
-    let probed = cel::deadline::with_budget(None, Some(DEFAULT_COST_LIMIT), || {
-        CelValue::resolve(&expr, &child)
-    });
+    // With no cost limit configured, the probe still stops at the default one (loading must
+    // not take unbounded time) but refuses nothing: the deadline governs at run time.
+    let budget = data_probe.cost_limit.unwrap_or(DEFAULT_COST_LIMIT);
+    let probed =
+        cel::deadline::with_budget(None, Some(budget), || CelValue::resolve(&expr, &child));
     match probed {
-        Err(e) if cel::deadline::over_budget(&e) => {
+        Err(e) if cel::deadline::over_budget(&e) && data_probe.cost_limit.is_some() => {
             return Err(vec![err(
                 at,
                 format!(
-                    "cost: the expression takes more than {DEFAULT_COST_LIMIT} evaluation steps on an empty request (a comprehension over a large list or map from `data`?); every request it does not cut short would be denied with `limit_exceeded:cel_cost`"
+                    "cost: the expression takes more than {budget} evaluation steps on an empty request (a comprehension over a large list or map from `data`?); every request it does not cut short would be denied with `limit_exceeded:cel_cost` (raise `--cel-cost-limit` if it must run)"
                 ),
             )]);
         }
+        Err(e) if cel::deadline::over_budget(&e) => {}
         Err(ExecutionError::UndeclaredReference(name)) => {
             return Err(vec![err(
                 at,
@@ -382,16 +385,18 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
     out
 }
 
-/// The empty request used by the load-time probe.
+/// The empty request used by the load-time probe, and the cost limit it is held to.
 struct ProbeInputs {
     request: AuthzRequest,
     path: CanonicalPath,
     host: crate::path::Host,
+    cost_limit: Option<u64>,
 }
 
 impl ProbeInputs {
-    fn new() -> Self {
+    fn new(cost_limit: Option<u64>) -> Self {
         Self {
+            cost_limit,
             request: AuthzRequest::default(),
             path: CanonicalPath {
                 path: String::new(),
@@ -622,11 +627,23 @@ fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'stat
 }
 
 impl CelPolicies {
-    /// Compile CEL policy files, with `data` bound once for every evaluation.
+    /// Compile CEL policy files, with `data` bound once for every evaluation, and the default
+    /// cost limit ([`DEFAULT_COST_LIMIT`]).
     pub fn compile(sources: &[SourceFile], data: &regorus::Value) -> Result<Self, Vec<Diagnostic>> {
+        Self::compile_with_cost_limit(sources, data, Some(DEFAULT_COST_LIMIT))
+    }
+
+    /// [`CelPolicies::compile`] with `cost_limit` expression steps per evaluation (`None`: no
+    /// budget but the time limit). An expression that passes the limit on an empty request
+    /// does not load.
+    pub fn compile_with_cost_limit(
+        sources: &[SourceFile],
+        data: &regorus::Value,
+        cost_limit: Option<u64>,
+    ) -> Result<Self, Vec<Diagnostic>> {
         let env = Arc::new(env());
         let root = root_context(&env, data);
-        let probe = ProbeInputs::new();
+        let probe = ProbeInputs::new(cost_limit);
         let mut files = Vec::new();
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
@@ -707,7 +724,7 @@ impl CelPolicies {
             uses,
             warnings,
             time_limit: None,
-            cost_limit: Some(DEFAULT_COST_LIMIT),
+            cost_limit,
         })
     }
 

@@ -175,11 +175,14 @@ impl PolicySet {
         let cel = if sources.cel.is_empty() {
             None
         } else {
-            match CelPolicies::compile(&sources.cel, &data_value) {
+            match CelPolicies::compile_with_cost_limit(
+                &sources.cel,
+                &data_value,
+                options.cel_cost_limit,
+            ) {
                 Ok(mut c) => {
                     warnings.extend(c.warnings().iter().cloned());
                     c.set_time_limit(options.eval_timeout);
-                    c.set_cost_limit(options.cel_cost_limit);
                     Some(Arc::new(c))
                 }
                 Err(mut e) => {
@@ -1303,6 +1306,10 @@ mod tests {
         };
         let (d, _) = decide(&unbounded, "POST");
         assert_eq!(d.reason_code(), "limit_exceeded:time", "{:?}", d.reason);
+        // Without a cost limit nothing is refused for its cost (the deadline governs).
+        assert!(
+            PolicySet::from_sources(&policy("data.big.exists(x, x == -1)"), &unbounded).is_ok()
+        );
         let refused = PolicySet::from_sources(&policy("data.big.exists(x, x == -1)"), &generous)
             .unwrap_err()
             .to_string();
