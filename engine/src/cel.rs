@@ -146,7 +146,9 @@ pub struct CelVerdict {
 /// bindings (`cel.bind`), two-variable comprehensions, network (`ip`, `cidr`) and sets
 /// extensions.
 pub fn env() -> Env {
-    let mut env = Env::stdlib();
+    // Backtick-escaped field names (`` data.labels.`app.kubernetes.io/name` ``), as cel-go
+    // and Kubernetes accept them.
+    let mut env = Env::stdlib().with_ident_escape_syntax(true);
     for ext in [
         cel::extensions::strings as fn(&mut Env) -> Result<(), cel::DeclarationError>,
         cel::extensions::lists,

@@ -408,3 +408,20 @@ rules:
         v.errors
     );
 }
+
+/// Backtick-escaped field names, for keys that are not identifiers (Kubernetes labels).
+#[test]
+fn escaped_field_names_read_keys_that_are_not_identifiers() {
+    let sources = vec![SourceFile {
+        name: "l.cel.yaml".into(),
+        text: "name: labels\nrules:\n  - name: app\n    effect: allow\n    when: has(data.labels.`app.kubernetes.io/name`) && data.labels.`app.kubernetes.io/name` == \"shop\" && !has(data.labels.`x-y`)\n".into(),
+    }];
+    let data =
+        crate::value::from_json(&serde_json::json!({"labels": {"app.kubernetes.io/name": "shop"}}));
+    let p = CelPolicies::compile(&sources, &data).unwrap();
+    let v = decide(
+        &p,
+        &req("GET", "/x", "spiffe://cluster.local/ns/a/sa/b", &[]),
+    );
+    assert!(v.allowed && v.errors.is_empty(), "{v:?}");
+}

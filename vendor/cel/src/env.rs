@@ -58,6 +58,8 @@ pub struct Env {
     macros: Arc<Macros>,
     error_on_duplicate_map_keys: bool,
     optional: bool,
+    // arbiter patch 5: whether the parser accepts backtick-escaped field names.
+    ident_escape: bool,
     container: Container,
 }
 
@@ -70,6 +72,7 @@ impl Default for Env {
             macros: Arc::default(),
             error_on_duplicate_map_keys: true,
             optional: true,
+            ident_escape: false,
             container: Container::default(),
         }
     }
@@ -171,6 +174,14 @@ impl Env {
         self
     }
 
+    /// arbiter patch 5: whether the parsers of this environment accept backtick-escaped field
+    /// names (``m.`a-b` ``, ``has(m.`a/b`)``), cel-go's `EnableIdentEscapeSyntax`; see
+    /// [`Parser::enable_ident_escape_syntax`].
+    pub fn with_ident_escape_syntax(mut self, enable: bool) -> Self {
+        self.ident_escape = enable;
+        self
+    }
+
     /// Returns a parser that expands the macros of this environment.
     ///
     /// [`Env::stdlib`] has the standard macros (`has`, `all`, `exists`,
@@ -189,6 +200,7 @@ impl Env {
     pub fn parser(&self) -> Parser {
         Parser::new()
             .enable_optional_syntax(self.optional)
+            .enable_ident_escape_syntax(self.ident_escape)
             .with_macros(Arc::clone(&self.macros))
     }
 
