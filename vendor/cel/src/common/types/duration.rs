@@ -206,7 +206,8 @@ impl<'a, 'v> TryFrom<&'a (dyn Val + 'v)> for &'a chrono::Duration {
 
 // arbiter patch 4: the milliseconds component, as the CEL spec's conformance tests decide
 // (`timestamps/duration_converters/get_milliseconds`: 123.321s is 321), not the whole duration
-// in milliseconds (which `int(d) / 1000000` gives). Truncated towards zero, as Go's `%` is.
+// in milliseconds (`d.getSeconds() * 1000 + d.getMilliseconds()` is that). Truncated towards
+// zero, as Go's `%` is.
 fn get_milliseconds(this: &Duration) -> CelInt {
     CelInt::from(this.inner().num_milliseconds() % 1000)
 }
