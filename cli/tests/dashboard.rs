@@ -547,7 +547,14 @@ fn serve_ui_follows_the_live_log() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    // Stopped by its pid when dropped, also when an assertion below fails (it used to be left
+    // running then, e.g. without Chromium).
+    let _server = Served {
+        child,
+        url: String::new(),
+    };
+    let mut lines = BufReader::new(stderr).lines();
     let mut url = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -606,8 +613,6 @@ fn serve_ui_follows_the_live_log() {
         page.contains("id=\"autorefresh\""),
         "a live page offers auto-refresh"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Off loopback with mTLS: a client certificate whose SPIFFE ID is allowed sees the page; any
