@@ -768,12 +768,6 @@ impl CelPolicies {
         self.time_limit = limit;
     }
 
-    /// Stop every evaluation after `limit` expression steps (`None`: no bound but the time
-    /// limit).
-    pub fn set_cost_limit(&mut self, limit: Option<u64>) {
-        self.cost_limit = limit;
-    }
-
     /// Decide one request: deny-overrides, then allow, else deny. Evaluation stops at the time
     /// limit: work that grows with the request (comprehensions over its parts) cannot hold a
     /// thread past the deadline; a stopped evaluation is a denial.

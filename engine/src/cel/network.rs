@@ -188,10 +188,6 @@ fn is_loopback(ip: &Ip) -> CelBool {
     CelBool::from(ip.0.is_loopback())
 }
 
-fn is_multicast(addr: IpAddr) -> bool {
-    addr.is_multicast()
-}
-
 fn link_local_unicast(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -208,7 +204,7 @@ fn is_global_unicast(ip: &Ip) -> CelBool {
         !(broadcast
             || a.is_unspecified()
             || a.is_loopback()
-            || is_multicast(a)
+            || a.is_multicast()
             || link_local_unicast(a)),
     )
 }

@@ -678,10 +678,8 @@ impl Interpreter {
                                             }
                                         }
 
+                                        // A string key returned above (arbiter patch 30).
                                         let index_component = match &index {
-                                            Value::String(value) => {
-                                                Some(value.as_ref().to_string())
-                                            }
                                             Value::Number(_) => Some(index.to_string()),
                                             _ => None,
                                         };
