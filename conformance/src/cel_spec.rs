@@ -12,6 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arbiter_engine::cel::proto;
 use cel::{Context, Value as CelValue};
 use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, Value as PValue};
 
@@ -104,7 +105,8 @@ fn messages(m: &DynamicMessage, name: &str) -> Vec<DynamicMessage> {
         .unwrap_or_default()
 }
 
-/// `google.protobuf.Any` holding a Duration or a Timestamp, decoded; anything else unsupported.
+/// `google.protobuf.Any`: the message it packs, as CEL sees it (a well-known type as its CEL
+/// value).
 fn any_value(pool: &DescriptorPool, any: &DynamicMessage) -> Result<CelValue, String> {
     let url = string(any, "type_url");
     let bytes = field(any, "value")
@@ -115,23 +117,7 @@ fn any_value(pool: &DescriptorPool, any: &DynamicMessage) -> Result<CelValue, St
         .get_message_by_name(name)
         .ok_or_else(|| format!("unknown message `{name}`"))?;
     let m = DynamicMessage::decode(desc, bytes).map_err(|e| e.to_string())?;
-    let int = |f: &str| {
-        field(&m, f)
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-    };
-    match name {
-        "google.protobuf.Duration" => Ok(CelValue::Duration(
-            chrono::Duration::seconds(int("seconds")) + chrono::Duration::nanoseconds(int("nanos")),
-        )),
-        "google.protobuf.Timestamp" => chrono::DateTime::from_timestamp(
-            int("seconds"),
-            u32::try_from(int("nanos")).unwrap_or(0),
-        )
-        .map(|t| CelValue::Timestamp(t.fixed_offset()))
-        .ok_or_else(|| "timestamp out of range".to_string()),
-        other => Err(format!("protobuf messages are not supported (`{other}`)")),
-    }
+    proto::message_value(m).map_err(|e| e.to_string())
 }
 
 /// A `cel.expr.Value` as the `cel` crate's value.
@@ -207,8 +193,15 @@ fn expected_value(pool: &DescriptorPool, v: &DynamicMessage) -> Result<CelValue,
             t.as_str().unwrap_or("")
         ));
     }
-    if v.has_field_by_name("enum_value") {
-        return Err("enum values are not supported".into());
+    if let Some(e) = get("enum_value") {
+        // legacy enums: an enum value is its number
+        let e = e.as_message().ok_or("bad enum")?;
+        return Ok(CelValue::Int(
+            field(e, "value")
+                .and_then(|v| v.as_i32())
+                .map(i64::from)
+                .unwrap_or(0),
+        ));
     }
     Err("empty value".into())
 }
@@ -270,6 +263,7 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     } else {
         arbiter_engine::cel::env()
     };
+    proto::register(&mut env, pool);
     let container = string(test, "container");
     if !container.is_empty() && env.set_container(&container).is_err() {
         return Outcome::Fail(format!("bad container `{container}`"));
@@ -291,6 +285,7 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     };
     let mut root = Context::with_env(Arc::new(env));
     arbiter_engine::cel::add_functions(&mut root);
+    proto::add_enum_constants(&mut root, pool);
     let mut ctx = root.new_inner_scope();
     if let Err(e) = bind(pool, &mut ctx, test) {
         return Outcome::Fail(format!("unsupported binding: {e}"));

@@ -14,6 +14,7 @@
 pub mod file;
 pub mod guard;
 pub mod network;
+pub mod proto;
 pub mod sets;
 pub mod vars;
 

@@ -409,6 +409,15 @@ pub trait Opaque: Any + OpaqueEq + AsDebug + Send + Sync {
     fn json(&self) -> Option<serde_json::Value> {
         None
     }
+
+    // arbiter patch 6: an opaque value that is also a `Val` of its own (a protobuf message)
+    /// The value as a [`Val`] of its own, when it is one: then a `Value::Opaque` holding
+    /// it becomes that `Val` again on its way into the interpreter, with its own type,
+    /// fields, equality and presence tests (see [`Val::to_opaque`]). The default, `None`,
+    /// keeps the value opaque.
+    fn as_val(&self) -> Option<&(dyn Val + 'static)> {
+        None
+    }
 }
 
 impl dyn Opaque {
@@ -942,6 +951,10 @@ impl<'b, 'v> TryFrom<&'b (dyn Val + 'v)> for Value {
                 if let Some(v) = v.downcast_ref::<CelStruct>() {
                     return Ok(Value::Struct(Arc::new(v.to_static()?)));
                 }
+                // arbiter patch 6: a `Val` of the application's that travels as an opaque
+                if let Some(o) = v.to_opaque() {
+                    return Ok(Value::Opaque(o));
+                }
                 if let Some(opaque) = v.downcast_ref::<OpaqueVal>() {
                     Ok(Value::Opaque(opaque.val.clone()))
                 } else {
@@ -981,6 +994,10 @@ impl TryFrom<Value> for Box<dyn Val> {
                 Ok(Box::new(CelMap::from(result?)))
             }
             Value::Opaque(o) => {
+                // arbiter patch 6: an opaque that is a `Val` of its own is that `Val`
+                if let Some(v) = o.as_val() {
+                    return Ok(v.clone_as_boxed());
+                }
                 let v: Box<dyn Val> = if let Some(value) = o.downcast_ref::<OptionalValue>() {
                     match value.inner() {
                         None => Box::new(CelOptional::none()),
@@ -1843,17 +1860,24 @@ fn select_field<'b, 'v>(
         // `conformance/conformance_test.go:87`).
         Unwrapped::Some(inner) => {
             return if test {
-                let has = inner
-                    .as_indexer()
-                    .ok_or_else(no_such_key)?
-                    .get(&key)
-                    .is_ok();
+                let indexer = inner.as_indexer().ok_or_else(no_such_key)?;
+                // arbiter patch 6: a field that reads as its default may be absent
+                let has = match indexer.presence(&key) {
+                    Some(has) => has?,
+                    None => indexer.get(&key).is_ok(),
+                };
                 Ok(bool(has))
             } else {
                 // a non-container operand is an error, a missing
                 // key maps to `optional.none()`
-                if inner.as_indexer().is_none() {
+                let Some(indexer) = inner.as_indexer() else {
                     return Err(no_such_key());
+                };
+                // arbiter patch 6: an absent message field is `optional.none()`
+                if let Some(has) = indexer.presence(&key) {
+                    if !has? {
+                        return Ok(CowVal::owned(CelOptional::none()));
+                    }
                 }
                 Ok(CowVal::owned(
                     match index_into(inner, &key, "_._", |_| no_such_key()) {
@@ -1869,6 +1893,10 @@ fn select_field<'b, 'v>(
         let indexer = left
             .as_indexer()
             .ok_or_else(|| overload_error(left.as_ref()))?;
+        // arbiter patch 6: a field that reads as its default may be absent
+        if let Some(has) = indexer.presence(&key) {
+            return has.map(bool);
+        }
         match indexer.get(&key) {
             Ok(_) => Ok(bool(true)),
             Err(ExecutionError::NoSuchKey(_)) => Ok(bool(false)),

@@ -463,6 +463,14 @@ pub trait Indexer {
     fn steal<'v>(self: Box<Self>, _idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
     where
         Self: 'v;
+
+    // arbiter patch 6
+    /// Whether `has(self.f)` holds, for a value whose fields can be read without being
+    /// present, as a protobuf message's read as their defaults. The default, `None`, lets
+    /// `has()` ask [`get`](Self::get) instead: present when it finds a value.
+    fn presence(&self, _idx: &dyn Val) -> Option<Result<bool, ExecutionError>> {
+        None
+    }
 }
 
 pub(crate) mod adapter {

@@ -317,6 +317,16 @@ pub trait Val: Debug + Send + Sync {
     /// symmetrically with the types it compares equal to, as `1 == 1.0` and
     /// `1.0 == 1` both hold. The default returns `false`, so a value that
     /// keeps it isn't even equal to itself.
+    // arbiter patch 6
+    /// The value as a [`Value::Opaque`](crate::Value::Opaque), for an application's
+    /// `Val` that must keep its type through a [`Value`](crate::Value) (a function's
+    /// argument or result, a variable, the program's result): the `Opaque` returns
+    /// itself from [`Opaque::as_val`](crate::objects::Opaque::as_val). The default, `None`,
+    /// has such a value fail to convert.
+    fn to_opaque(&self) -> Option<std::sync::Arc<dyn crate::objects::Opaque>> {
+        None
+    }
+
     fn equals(&self, _other: &dyn Val) -> bool {
         false
     }
