@@ -4,6 +4,7 @@
 //! The test files are protobuf text format; they are read with `prost-reflect` against
 //! descriptors compiled from the suite's own `.proto` files by `protox` (pure Rust, no `protoc`).
 //! A test passes when evaluation gives the expected value, or fails when an error is expected.
+//! Messages and enums are the suite's own protos, through `arbiter_engine::cel::proto`.
 //! `check_only` tests need a static type checker, which the `cel` crate does not have: they are
 //! counted separately and reported, never silently dropped.
 
@@ -264,6 +265,7 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
         arbiter_engine::cel::env()
     };
     proto::register(&mut env, pool);
+    let _ = env.add_extension(proto::extension);
     let container = string(test, "container");
     if !container.is_empty() && env.set_container(&container).is_err() {
         return Outcome::Fail(format!("bad container `{container}`"));
@@ -286,11 +288,11 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     let mut root = Context::with_env(Arc::new(env));
     arbiter_engine::cel::add_functions(&mut root);
     proto::add_enum_constants(&mut root, pool);
-    let mut ctx = root.new_inner_scope();
-    if let Err(e) = bind(pool, &mut ctx, test) {
+    // the test's variables are declared at the top, where an absolute name (`.y`) finds them
+    if let Err(e) = bind(pool, &mut root, test) {
         return Outcome::Fail(format!("unsupported binding: {e}"));
     }
-    let result = program.execute(&ctx);
+    let result = program.execute(&root);
     if test.has_field_by_name("eval_error") || test.has_field_by_name("any_eval_errors") {
         return match result {
             Err(_) => Outcome::Pass,
@@ -355,7 +357,12 @@ fn run_on_this_thread(
     out
 }
 
-fn cause(why: &str) -> String {
+fn cause(section: &str, why: &str) -> String {
+    if section.starts_with("strong_") {
+        // arbiter's enums are the spec's legacy ones (ints), cel-go's default; the
+        // strong-enum sections need enum-typed values (`type(GlobalEnum.GAZ) == GlobalEnum`)
+        return "strong enums (arbiter's are legacy enums: ints)".into();
+    }
     if why.contains("want 'known struct'") || why.contains("protobuf messages") {
         return "protobuf messages (not in the `cel` crate)".into();
     }
@@ -393,7 +400,7 @@ pub fn markdown(results: &[TestResult]) -> String {
             Outcome::CheckOnly => e.check_only += 1,
             Outcome::Fail(why) => {
                 e.evaluated += 1;
-                *e.causes.entry(cause(why)).or_default() += 1;
+                *e.causes.entry(cause(&r.section, why)).or_default() += 1;
             }
         }
     }

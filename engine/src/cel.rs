@@ -156,6 +156,7 @@ pub fn env() -> Env {
         cel::extensions::math,
         cel::extensions::encoders,
         cel::extensions::bindings,
+        cel::extensions::block,
         cel::extensions::two_var_comprehensions,
         network::extension,
         sets::extension,

@@ -27,15 +27,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use cel::IdedExpr;
+use cel::common::ast::{Expr, SelectExpr};
 use cel::common::traits::{Indexer, Zeroer};
 use cel::common::types::{ANY_TYPE, DURATION_TYPE, TIMESTAMP_TYPE, Type};
 use cel::common::value::{CowVal, StaticVal, Val};
 use cel::objects::{Key, Map, Opaque};
+use cel::parser::{Macro, MacroExprHelper, ParseError};
 use cel::{Context, Env, ExecutionError, Value};
 use prost_reflect::prost::Message as _;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    ReflectMessage, Value as PValue,
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey,
+    MessageDescriptor, ReflectMessage, Value as PValue,
 };
 
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
@@ -87,8 +90,11 @@ impl Val for Message {
     fn get_type(&self) -> &Type {
         &self.0.ty
     }
+    /// Only for the overload macros, which take no message: a message's type is its own
+    /// message's (`get_type`).
     fn cel_type() -> &'static Type {
-        panic!("a protobuf message has no static CEL type: its type is its message's")
+        static MESSAGE: Type = Type::new_struct_type("google.protobuf.Message");
+        &MESSAGE
     }
     fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
     where
@@ -120,8 +126,15 @@ impl Zeroer for Message {
     }
 }
 
+/// A field of a message, or a proto2 extension of it, named by its full name
+/// (``msg.`pkg.ext` ``).
+enum Field {
+    Field(FieldDescriptor),
+    Extension(ExtensionDescriptor),
+}
+
 impl Message {
-    fn field(&self, idx: &dyn Val) -> Result<FieldDescriptor, ExecutionError> {
+    fn field(&self, idx: &dyn Val) -> Result<Field, ExecutionError> {
         let name = match Value::try_from(idx) {
             Ok(Value::String(s)) => s,
             _ => {
@@ -131,10 +144,12 @@ impl Message {
                 });
             }
         };
-        self.0
-            .msg
-            .descriptor()
-            .get_field_by_name(&name)
+        let desc = self.0.msg.descriptor();
+        if let Some(fd) = desc.get_field_by_name(&name) {
+            return Ok(Field::Field(fd));
+        }
+        desc.get_extension_by_full_name(&name)
+            .map(Field::Extension)
             .ok_or_else(|| {
                 ExecutionError::NoSuchKey(Arc::new(format!(
                     "no such field `{name}` in `{}`",
@@ -149,8 +164,10 @@ impl Indexer for Message {
     where
         Self: 'v,
     {
-        let fd = self.field(idx)?;
-        let v = field_value(&self.0.msg, &fd)?;
+        let v = match self.field(idx)? {
+            Field::Field(fd) => field_value(&self.0.msg, &fd)?,
+            Field::Extension(ext) => extension_value(&self.0.msg, &ext)?,
+        };
         Ok(CowVal::Owned(Box::<dyn Val>::try_from(v)?))
     }
 
@@ -162,7 +179,10 @@ impl Indexer for Message {
     }
 
     fn presence(&self, idx: &dyn Val) -> Option<Result<bool, ExecutionError>> {
-        Some(self.field(idx).map(|fd| self.0.msg.has_field(&fd)))
+        Some(self.field(idx).map(|f| match f {
+            Field::Field(fd) => self.0.msg.has_field(&fd),
+            Field::Extension(ext) => self.0.msg.has_extension(&ext),
+        }))
     }
 }
 
@@ -183,6 +203,8 @@ fn messages_equal(a: &DynamicMessage, b: &DynamicMessage) -> bool {
         }
         match (field_value(a, &fd), field_value(b, &fd)) {
             (Ok(x), Ok(y)) => values_equal(&x, &y),
+            // an `Any` that does not unpack: its bytes
+            (Err(_), Err(_)) => a.get_field(&fd) == b.get_field(&fd),
             _ => false,
         }
     })
@@ -231,12 +253,27 @@ fn field_value(msg: &DynamicMessage, fd: &FieldDescriptor) -> Result<Value, Exec
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Value::List(Arc::new(items)));
     }
-    if let Kind::Message(md) = fd.kind() {
-        if !msg.has_field(fd) {
-            return Ok(unset_message(&md));
-        }
+    if let Kind::Message(md) = fd.kind()
+        && !msg.has_field(fd)
+    {
+        return Ok(unset_message(&md));
     }
     value_of(&v, &fd.kind())
+}
+
+/// The CEL value of extension `ext` of `msg`, its default when unset.
+fn extension_value(
+    msg: &DynamicMessage,
+    ext: &ExtensionDescriptor,
+) -> Result<Value, ExecutionError> {
+    let kind = ext.kind();
+    if let Kind::Message(md) = &kind
+        && !ext.is_list()
+        && !msg.has_extension(ext)
+    {
+        return Ok(unset_message(md));
+    }
+    value_of(&msg.get_extension(ext), &kind)
 }
 
 /// The value an unset message field reads as.
@@ -347,17 +384,19 @@ pub fn message_value(m: DynamicMessage) -> Result<Value, ExecutionError> {
         }
         "google.protobuf.Struct" => {
             let mut out = HashMap::new();
-            if let Some(fd) = desc.get_field_by_name("fields") {
-                if let Some(entries) = m.get_field(&fd).as_map() {
-                    for (k, v) in entries {
-                        let MapKey::String(k) = k else { continue };
-                        let v = match v.as_message() {
-                            Some(v) => message_value(v.clone())?,
-                            None => Value::Null,
-                        };
-                        out.insert(Key::String(Arc::new(k.clone())), v);
-                    }
-                }
+            let fields = desc.get_field_by_name("fields").map(|fd| m.get_field(&fd));
+            for (k, v) in fields
+                .as_deref()
+                .and_then(PValue::as_map)
+                .into_iter()
+                .flatten()
+            {
+                let MapKey::String(k) = k else { continue };
+                let v = match v.as_message() {
+                    Some(v) => message_value(v.clone())?,
+                    None => Value::Null,
+                };
+                out.insert(Key::String(Arc::new(k.clone())), v);
             }
             Ok(Value::Map(Map { map: Arc::new(out) }))
         }
@@ -483,14 +522,17 @@ fn message_for(
     v: &Value,
 ) -> Result<Option<DynamicMessage>, ExecutionError> {
     let name = md.full_name();
-    if let Value::Opaque(o) = v {
-        if let Some(m) = o.downcast_ref::<Message>() {
-            if m.0.msg.descriptor().full_name() == name {
-                return Ok(Some(m.0.msg.clone()));
-            }
-            if name == "google.protobuf.Any" {
-                return Ok(Some(pack_any(md, &m.0.msg)?));
-            }
+    if let Value::Opaque(o) = v
+        && let Some(m) = o.downcast_ref::<Message>()
+    {
+        if m.0.msg.descriptor().full_name() == name {
+            return Ok(Some(m.0.msg.clone()));
+        }
+        if name == "google.protobuf.Any" {
+            return Ok(Some(pack_any(md, &m.0.msg)?));
+        }
+        // a `google.protobuf.Value` takes a message JSON can write (`Empty`, `FieldMask`)
+        if name != "google.protobuf.Value" {
             return Err(type_error(name, v));
         }
     }
@@ -535,17 +577,7 @@ fn message_for(
         ("google.protobuf.Struct", Value::Map(_)) => set(&mut m, "fields", v)?,
         ("google.protobuf.ListValue", Value::List(_)) => set(&mut m, "values", v)?,
         ("google.protobuf.Value", v) => {
-            let (field, v) = match v {
-                Value::Null => ("null_value", Value::Int(0)),
-                Value::Bool(_) => ("bool_value", v.clone()),
-                Value::Int(i) => ("number_value", Value::Float(*i as f64)),
-                Value::UInt(u) => ("number_value", Value::Float(*u as f64)),
-                Value::Float(_) => ("number_value", v.clone()),
-                Value::String(_) => ("string_value", v.clone()),
-                Value::Map(_) => ("struct_value", v.clone()),
-                Value::List(_) => ("list_value", v.clone()),
-                other => return Err(type_error("a JSON value", other)),
-            };
+            let (field, v) = json_field(v)?;
             set(&mut m, field, &v)?;
         }
         ("google.protobuf.Any", v) => {
@@ -574,6 +606,77 @@ fn message_for(
         _ => return Err(type_error(name, v)),
     }
     Ok(Some(m))
+}
+
+/// The field of `google.protobuf.Value` a CEL value sets, and its value there, as protobuf's
+/// JSON mapping writes it: an integer beyond ±(2^53 − 1) as a string, bytes in base64, a
+/// duration and a timestamp as their JSON strings, a field mask as its paths, `Empty` as `{}`.
+fn json_field(v: &Value) -> Result<(&'static str, Value), ExecutionError> {
+    const MAX_SAFE: i64 = (1 << 53) - 1;
+    let string = |s: String| ("string_value", Value::String(Arc::new(s)));
+    Ok(match v {
+        Value::Null => ("null_value", Value::Int(0)),
+        Value::Bool(_) => ("bool_value", v.clone()),
+        Value::Int(i) if i.abs() <= MAX_SAFE => ("number_value", Value::Float(*i as f64)),
+        Value::Int(i) => string(i.to_string()),
+        Value::UInt(u) if *u <= MAX_SAFE as u64 => ("number_value", Value::Float(*u as f64)),
+        Value::UInt(u) => string(u.to_string()),
+        Value::Float(_) => ("number_value", v.clone()),
+        Value::String(_) => ("string_value", v.clone()),
+        Value::Bytes(b) => {
+            use base64::Engine as _;
+            string(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+        }
+        Value::Duration(d) => string(json_duration(d)),
+        Value::Timestamp(t) => string(
+            t.to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        Value::Map(_) => ("struct_value", v.clone()),
+        Value::List(_) => ("list_value", v.clone()),
+        Value::Opaque(o) => match o.downcast_ref::<Message>().map(|m| &m.0.msg) {
+            Some(m) if m.descriptor().full_name() == "google.protobuf.Empty" => (
+                "struct_value",
+                Value::Map(Map {
+                    map: Arc::new(HashMap::new()),
+                }),
+            ),
+            Some(m) if m.descriptor().full_name() == "google.protobuf.FieldMask" => {
+                let paths = m
+                    .get_field_by_name("paths")
+                    .and_then(|p| {
+                        p.as_list().map(|l| {
+                            l.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .unwrap_or_default();
+                string(paths.join(","))
+            }
+            _ => return Err(type_error("a JSON value", v)),
+        },
+        other => return Err(type_error("a JSON value", other)),
+    })
+}
+
+/// A duration as protobuf's JSON mapping writes it: seconds, with 3, 6 or 9 fractional digits
+/// when there are any (`1.5s` is `1.500s`).
+fn json_duration(d: &chrono::Duration) -> String {
+    let (secs, nanos) = (d.num_seconds(), d.subsec_nanos());
+    if nanos == 0 {
+        return format!("{secs}s");
+    }
+    let sign = if secs < 0 || nanos < 0 { "-" } else { "" };
+    let (secs, nanos) = (secs.unsigned_abs(), nanos.unsigned_abs());
+    let frac = if nanos % 1_000_000 == 0 {
+        format!("{:03}", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!("{:06}", nanos / 1_000)
+    } else {
+        format!("{nanos:09}")
+    };
+    format!("{sign}{secs}.{frac}s")
 }
 
 fn pack_any(
@@ -682,6 +785,53 @@ impl cel::StructType for MessageType {
         }
         Box::<dyn Val>::try_from(message_value(m)?)
     }
+}
+
+/// Registers cel-go's proto extension macros: `proto.hasExt(msg, pkg.ext)` and
+/// `proto.getExt(msg, pkg.ext)` test for and read the proto2 extension `pkg.ext` of `msg`
+/// (they expand to ``has(msg.`pkg.ext`)`` and ``msg.`pkg.ext` ``).
+pub fn extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
+    for (name, test) in [("hasExt", true), ("getExt", false)] {
+        env.add_macro(Macro::receiver(name, 2, move |h, t, a| {
+            get_ext(h, t, a, test)
+        }))?;
+    }
+    Ok(())
+}
+
+fn get_ext(
+    helper: &mut MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+    test: bool,
+) -> Result<Option<IdedExpr>, ParseError> {
+    if !matches!(target.as_ref().map(|t| &t.expr), Some(Expr::Ident(ns)) if ns == "proto") {
+        return Ok(None);
+    }
+    let [msg, ext]: [IdedExpr; 2] = std::mem::take(args)
+        .try_into()
+        .map_err(|_| helper.new_error(0, "proto.getExt and proto.hasExt take two arguments"))?;
+    let mut segments = Vec::new();
+    let mut e = &ext.expr;
+    loop {
+        match e {
+            Expr::Ident(name) => {
+                segments.push(name.as_str());
+                break;
+            }
+            Expr::Select(s) if !s.test => {
+                segments.push(s.field.as_str());
+                e = &s.operand.expr;
+            }
+            _ => return Err(helper.new_error(ext.id, "invalid extension field")),
+        }
+    }
+    segments.reverse();
+    Ok(Some(helper.next_expr(Expr::Select(SelectExpr {
+        operand: Box::new(msg),
+        field: segments.join("."),
+        test,
+    }))))
 }
 
 /// Registers every message of `pool` as a struct type of `env` (constructible by its full

@@ -1160,6 +1160,12 @@ impl Value {
                                 Unwrapped::NotOptional(v) | Unwrapped::Some(v) => v,
                                 Unwrapped::None => return Ok(CowVal::owned(CelOptional::none())),
                             };
+                            // arbiter patch 6: an absent message field is `optional.none()`
+                            if let Some(has) = target.as_indexer().and_then(|i| i.presence(field)) {
+                                if !has? {
+                                    return Ok(CowVal::owned(CelOptional::none()));
+                                }
+                            }
                             let result = match index_into(target, field, "_?._", |value| {
                                 ExecutionError::overload_for_values("_?._", [value, field], false)
                             }) {
@@ -1559,7 +1565,29 @@ impl Value {
                     match &entry.expr {
                         EntryExpr::StructField(expr) => {
                             let f = expr.field.clone();
-                            fields.insert(f, Value::resolve_val(&expr.value, ctx)?);
+                            let value = Value::resolve_val(&expr.value, ctx)?;
+                            // arbiter patch 6: `{?f: v}` sets `f` only when the optional
+                            // `v` has a value
+                            if expr.optional {
+                                match unwrap_optional(value) {
+                                    Unwrapped::None => {}
+                                    Unwrapped::Some(v) => {
+                                        fields.insert(f, v);
+                                    }
+                                    Unwrapped::NotOptional(v) => {
+                                        return Err(ExecutionError::function_error(
+                                            "_?_",
+                                            format!(
+                                                "an optional field `{}` wants an optional value, got {}",
+                                                expr.field,
+                                                v.get_type().name()
+                                            ),
+                                        ))
+                                    }
+                                }
+                            } else {
+                                fields.insert(f, value);
+                            }
                         }
                         EntryExpr::MapEntry(entry) => {
                             return Err(ExecutionError::InternalError(format!(

@@ -28,6 +28,99 @@ pub fn bindings(env: &mut Env) -> Result<(), DeclarationError> {
     env.add_macro(Macro::receiver("bind", 3, bind))
 }
 
+// arbiter patch 7
+/// Registers `cel.block` (cel-go's `ext.Bindings(ext.BindingsVersion(1))` block, the form
+/// cel-go's common-subexpression optimizer writes): `cel.block([e0, e1, …], result)`
+/// evaluates `result` with `cel.index(i)` bound to `ei`, where `ei` may read the slots
+/// before it; `cel.iterVar(i, j)` and `cel.accuVar(i, j)` name the variables of the
+/// optimizer's comprehensions. All four expand when parsed: the slots to nested `cel.bind`s
+/// of the names `@index0`, `@index1`, …, the variables to `@it:i:j` and `@ac:i:j`, which no
+/// expression can write. A slot is evaluated once, before the slots after it (cel-go
+/// evaluates a slot lazily, on its first use: a slot that fails and is never used fails
+/// here).
+pub fn block(env: &mut Env) -> Result<(), DeclarationError> {
+    env.add_macro(Macro::receiver("block", 2, block_macro))?;
+    env.add_macro(Macro::receiver("index", 1, |h, t, a| {
+        block_name(h, t, a, "@index")
+    }))?;
+    env.add_macro(Macro::receiver("iterVar", 2, |h, t, a| {
+        block_name(h, t, a, "@it")
+    }))?;
+    env.add_macro(Macro::receiver("accuVar", 2, |h, t, a| {
+        block_name(h, t, a, "@ac")
+    }))?;
+    Ok(())
+}
+
+fn is_cel(target: &Option<IdedExpr>) -> bool {
+    matches!(target.as_ref().map(|t| &t.expr), Some(Expr::Ident(ns)) if ns == "cel")
+}
+
+/// `cel.index(i)` as `@index<i>`, `cel.iterVar(i, j)` as `@it:i:j`, `cel.accuVar(i, j)` as
+/// `@ac:i:j`: the arguments must be non-negative int literals.
+fn block_name(
+    helper: &mut MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+    prefix: &str,
+) -> Result<Option<IdedExpr>, ParseError> {
+    if !is_cel(target) {
+        return Ok(None);
+    }
+    let mut numbers = Vec::with_capacity(args.len());
+    for arg in args.iter() {
+        match &arg.expr {
+            Expr::Literal(LiteralValue::Int(i)) if *i.inner() >= 0 => numbers.push(*i.inner()),
+            _ => {
+                return Err(helper.new_error(
+                    arg.id,
+                    format!("cel.{} takes non-negative int literals", &prefix[1..]),
+                ))
+            }
+        }
+    }
+    let name = match numbers.as_slice() {
+        [i] => format!("{prefix}{i}"),
+        [i, j] => format!("{prefix}:{i}:{j}"),
+        _ => return Err(helper.new_error(0, "wrong number of arguments")),
+    };
+    Ok(Some(helper.next_expr(Expr::Ident(name))))
+}
+
+/// `cel.block([e0, …, en], result)` as `cel.bind(@index0, e0, … cel.bind(@indexn, en,
+/// result))`.
+fn block_macro(
+    helper: &mut MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+) -> Result<Option<IdedExpr>, ParseError> {
+    if !is_cel(target) {
+        return Ok(None);
+    }
+    let [slots, result]: [IdedExpr; 2] = std::mem::take(args)
+        .try_into()
+        .map_err(|_| helper.new_error(0, "cel.block takes two arguments"))?;
+    let Expr::List(list) = slots.expr else {
+        return Err(helper.new_error(slots.id, "cel.block requires a list of expressions"));
+    };
+    let mut body = result;
+    for (i, slot) in list.elements.into_iter().enumerate().rev() {
+        let name = format!("@index{i}");
+        let bind = ComprehensionExpr {
+            iter_range: helper.next_expr(Expr::List(ListExpr::new(Vec::new()))),
+            iter_var: "#unused".to_owned(),
+            iter_var2: None,
+            accu_var: name.clone(),
+            accu_init: slot,
+            loop_cond: literal(helper, LiteralValue::Boolean(false.into())),
+            loop_step: helper.next_expr(Expr::Ident(name)),
+            result: body,
+        };
+        body = helper.next_expr(Expr::Comprehension(Box::new(bind)));
+    }
+    Ok(Some(body))
+}
+
 /// Registers the two-variable comprehensions and the function they use.
 pub fn two_var_comprehensions(env: &mut Env) -> Result<(), DeclarationError> {
     env.add_macro(Macro::receiver("all", 3, |h, t, a| {

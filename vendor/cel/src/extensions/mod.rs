@@ -5,7 +5,7 @@ mod lists;
 mod math;
 mod strings;
 
-pub use comprehensions::{bindings, two_var_comprehensions};
+pub use comprehensions::{bindings, block, two_var_comprehensions};
 #[cfg(feature = "ext_encoders")]
 pub use encoders::extension as encoders;
 pub use lists::extension as lists;
