@@ -281,6 +281,65 @@ fn eval_errors_use_opa_error_shape() {
     assert_eq!(json(&out)["errors"][0]["code"], "eval_conflict_error");
 }
 
+/// CEL policies are type-checked at load (issue 19): a misspelled attribute, a comparison of
+/// a string with an int and a call no overload accepts are three errors, each with the line and
+/// column of the sub-expression, and exit 1; the same rules written right check clean.
+#[test]
+fn check_type_checks_cel_policies() {
+    let dir = fresh_dir("celtypes");
+    let file = dir.join("typos.cel.yaml");
+    let policy = |when: [&str; 3]| {
+        format!(
+            "name: typos\nrules:\n  - name: admin-path\n    effect: allow\n    when: {}\n  - name: by-method\n    effect: allow\n    when: '{}'\n  - name: prefix\n    effect: deny\n    when: {}\n",
+            when[0], when[1], when[2]
+        )
+    };
+    std::fs::write(
+        &file,
+        policy([
+            "request.pth.startsWith(\"/admin\")",
+            "request.method == 42",
+            "request.url_path.startsWith(1)",
+        ]),
+    )
+    .unwrap();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    for expected in [
+        format!("{f}:5:18: `request` has no attribute `pth` (it has: method, path,"),
+        format!(
+            "{f}:8:27: type error: found no matching overload for '_==_' applied to '(string, int)'"
+        ),
+        format!(
+            "{f}:11:38: type error: found no matching overload for 'startsWith' applied to 'string.(int)'"
+        ),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "want {expected}\nstderr: {stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 3, "stderr: {stderr}");
+
+    std::fs::write(
+        &file,
+        policy([
+            "request.path.startsWith(\"/admin\")",
+            "request.method == \"GET\"",
+            "request.url_path.startsWith(\"/x\")",
+        ]),
+    )
+    .unwrap();
+    let out = arbiter(&["check", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Istio AuthorizationPolicies: Istio's own validation rules are errors with file and line,
 /// its best-practice advice is a warning (exit 0, or 1 with `--strict`), and the table of
 /// documentation cases checks clean.

@@ -5,14 +5,17 @@
 //! descriptors compiled from the suite's own `.proto` files by `protox` (pure Rust, no `protoc`).
 //! A test passes when evaluation gives the expected value, or fails when an error is expected.
 //! Messages and enums are the suite's own protos, through `arbiter_engine::cel::proto`.
-//! `check_only` tests need a static type checker, which the `cel` crate does not have: they are
-//! counted separately and reported, never silently dropped.
+//! Every test is type-checked first, as cel-go runs the suite, by arbiter's checker
+//! (`arbiter_engine::cel::check`) unless it sets `disable_check`: a `check_only` test passes
+//! on the check alone, a deduced type is compared where the test gives one, and a check error
+//! fails a test that expects a value.
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arbiter_engine::cel::check::{self, Decls, Overload, Ty};
 use arbiter_engine::cel::proto;
 use cel::{Context, Value as CelValue};
 use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, Value as PValue};
@@ -24,8 +27,6 @@ pub const ENV: &str = "ARBITER_CEL_SPEC";
 pub enum Outcome {
     Pass,
     Fail(String),
-    /// A `check_only` test: needs a type checker.
-    CheckOnly,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct TestResult {
     pub file: String,
     pub section: String,
     pub name: String,
+    /// A `check_only` test: type-checked, not evaluated.
+    pub check_only: bool,
     pub outcome: Outcome,
 }
 
@@ -230,6 +233,128 @@ fn bind(
     Ok(())
 }
 
+/// A `cel.expr.Type` as the checker's type.
+fn decl_type(t: &DynamicMessage) -> Ty {
+    let prim = |n: i32| match n {
+        1 => Ty::Bool,
+        2 => Ty::Int,
+        3 => Ty::Uint,
+        4 => Ty::Double,
+        5 => Ty::String,
+        6 => Ty::Bytes,
+        _ => Ty::Dyn,
+    };
+    let enum_of = |name: &str| field(t, name).and_then(|v| v.as_enum_number());
+    let msg_of = |name: &str| field(t, name).and_then(|v| v.as_message().cloned());
+    if t.has_field_by_name("null") {
+        return Ty::Null;
+    }
+    if let Some(p) = enum_of("primitive") {
+        return prim(p);
+    }
+    if let Some(p) = enum_of("wrapper") {
+        return Ty::Wrapper(Box::new(prim(p)));
+    }
+    if let Some(w) = enum_of("well_known") {
+        return match w {
+            2 => Ty::Timestamp,
+            3 => Ty::Duration,
+            _ => Ty::Dyn,
+        };
+    }
+    if let Some(l) = msg_of("list_type") {
+        let e = msg_of_in(&l, "elem_type").map_or(Ty::Dyn, |e| decl_type(&e));
+        return Ty::List(Box::new(e));
+    }
+    if let Some(m) = msg_of("map_type") {
+        let k = msg_of_in(&m, "key_type").map_or(Ty::Dyn, |e| decl_type(&e));
+        let v = msg_of_in(&m, "value_type").map_or(Ty::Dyn, |e| decl_type(&e));
+        return Ty::Map(Box::new(k), Box::new(v));
+    }
+    if t.has_field_by_name("message_type") {
+        let name = string(t, "message_type");
+        return match name.as_str() {
+            "google.protobuf.Timestamp" => Ty::Timestamp,
+            "google.protobuf.Duration" => Ty::Duration,
+            "google.protobuf.Any" | "google.protobuf.Value" => Ty::Dyn,
+            "google.protobuf.Struct" => Ty::Map(Box::new(Ty::String), Box::new(Ty::Dyn)),
+            "google.protobuf.ListValue" => Ty::List(Box::new(Ty::Dyn)),
+            _ => Ty::Message(name.into()),
+        };
+    }
+    if t.has_field_by_name("type_param") {
+        return Ty::Param(type_param(&string(t, "type_param")));
+    }
+    if let Some(inner) = msg_of("type") {
+        return Ty::Type(Box::new(decl_type(&inner)));
+    }
+    if t.has_field_by_name("error") {
+        return Ty::Error;
+    }
+    if let Some(a) = msg_of("abstract_type") {
+        let params = messages(&a, "parameter_types")
+            .iter()
+            .map(decl_type)
+            .collect();
+        return Ty::Opaque(string(&a, "name").into(), params);
+    }
+    Ty::Dyn
+}
+
+fn msg_of_in(m: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
+    field(m, name).and_then(|v| v.as_message().cloned())
+}
+
+/// A declared type parameter's number (`A` and the like are single letters).
+fn type_param(name: &str) -> u8 {
+    name.bytes().next().map_or(0, |b| b.wrapping_sub(b'A'))
+}
+
+/// The checker's declarations for a test: the standard library, the suite's protos, the
+/// test's `type_env` and its container.
+fn test_decls(pool: &DescriptorPool, test: &DynamicMessage) -> Decls {
+    let mut d = Decls::standard().with_pool(pool.clone());
+    d.set_container(&string(test, "container"));
+    for decl in messages(test, "type_env") {
+        let name = string(&decl, "name");
+        if let Some(ident) = msg_of_in(&decl, "ident") {
+            let t = msg_of_in(&ident, "type").map_or(Ty::Dyn, |t| decl_type(&t));
+            d.add_var(&name, t);
+        }
+        if let Some(f) = msg_of_in(&decl, "function") {
+            for o in messages(&f, "overloads") {
+                d.add_overload(
+                    &name,
+                    Overload {
+                        member: boolean(&o, "is_instance_function"),
+                        params: messages(&o, "params").iter().map(decl_type).collect(),
+                        result: msg_of_in(&o, "result_type").map_or(Ty::Dyn, |t| decl_type(&t)),
+                    },
+                );
+            }
+        }
+    }
+    d
+}
+
+/// Type-checks the test's expression: its type, or the first problem.
+fn type_check(
+    pool: &DescriptorPool,
+    env: &cel::Env,
+    test: &DynamicMessage,
+    expr: &str,
+) -> Result<Ty, String> {
+    let ast = env
+        .parser()
+        .parse(expr)
+        .map_err(|e| format!("parse error: {e}"))?;
+    check::check(&ast, &test_decls(pool, test)).map_err(|errors| {
+        errors
+            .first()
+            .map_or_else(String::new, |e| e.message.clone())
+    })
+}
+
 fn values_equal(a: &CelValue, b: &CelValue) -> bool {
     match (a, b) {
         (CelValue::Float(x), CelValue::Float(y)) => (x.is_nan() && y.is_nan()) || x == y,
@@ -247,9 +372,6 @@ fn values_equal(a: &CelValue, b: &CelValue) -> bool {
 }
 
 fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
-    if boolean(test, "check_only") {
-        return Outcome::CheckOnly;
-    }
     let mut expr = string(test, "expr");
     // A type value is compared by asking CEL whether the result is that type (the `cel`
     // crate's `Value` has no type variant to compare with): `(expr) == T`, expected true.
@@ -269,6 +391,30 @@ fn run_test(pool: &DescriptorPool, test: &DynamicMessage) -> Outcome {
     let container = string(test, "container");
     if !container.is_empty() && env.set_container(&container).is_err() {
         return Outcome::Fail(format!("bad container `{container}`"));
+    }
+    // The type check, as cel-go runs it before evaluation: a check_only test passes on it
+    // alone; a deduced type is compared where the test gives one.
+    let deduced = field(test, "typed_result")
+        .and_then(|v| v.as_message().cloned())
+        .and_then(|tr| msg_of_in(&tr, "deduced_type"));
+    if boolean(test, "check_only") || !boolean(test, "disable_check") {
+        let expects_error =
+            test.has_field_by_name("eval_error") || test.has_field_by_name("any_eval_errors");
+        match type_check(pool, &env, test, &string(test, "expr")) {
+            Err(e) if !expects_error => return Outcome::Fail(format!("check error: {e}")),
+            Err(_) => return Outcome::Pass,
+            Ok(t) => {
+                if let Some(want) = &deduced {
+                    let want = decl_type(want);
+                    if t != want {
+                        return Outcome::Fail(format!("deduced type {t}, want {want}"));
+                    }
+                }
+            }
+        }
+        if boolean(test, "check_only") {
+            return Outcome::Pass;
+        }
     }
     let program = match env.compile(&expr) {
         Ok(p) => p,
@@ -349,6 +495,7 @@ fn run_on_this_thread(
                     file: file.clone(),
                     section: section_name.clone(),
                     name: string(&test, "name"),
+                    check_only: boolean(&test, "check_only"),
                     outcome,
                 });
             }
@@ -384,42 +531,43 @@ fn cause(section: &str, why: &str) -> String {
 pub fn markdown(results: &[TestResult]) -> String {
     #[derive(Default)]
     struct PerFile {
-        evaluated: usize,
+        tests: usize,
         passed: usize,
         check_only: usize,
+        check_only_passed: usize,
         causes: BTreeMap<String, usize>,
     }
     let mut files: BTreeMap<&str, PerFile> = BTreeMap::new();
     for r in results {
         let e = files.entry(&r.file).or_default();
+        e.tests += 1;
+        e.check_only += usize::from(r.check_only);
         match &r.outcome {
             Outcome::Pass => {
-                e.evaluated += 1;
                 e.passed += 1;
+                e.check_only_passed += usize::from(r.check_only);
             }
-            Outcome::CheckOnly => e.check_only += 1,
             Outcome::Fail(why) => {
-                e.evaluated += 1;
                 *e.causes.entry(cause(&r.section, why)).or_default() += 1;
             }
         }
     }
-    let evaluated: usize = files.values().map(|f| f.evaluated).sum();
+    let tests: usize = files.values().map(|f| f.tests).sum();
     let passed: usize = files.values().map(|f| f.passed).sum();
     let check_only: usize = files.values().map(|f| f.check_only).sum();
+    let check_only_passed: usize = files.values().map(|f| f.check_only_passed).sum();
     let mut s = String::new();
     s.push_str("# CEL conformance results\n\n");
     s.push_str(
         "Written by `cargo test -p arbiter-conformance --test cel_conformance`; do not edit.\n",
     );
-    s.push_str("Suite: cel-spec `tests/simple/testdata` (see `../shared/conformance/cel-spec/README.md`), run through arbiter's CEL setup.\n\n");
+    s.push_str("Suite: cel-spec `tests/simple/testdata` (see `../shared/conformance/cel-spec/README.md`), run through arbiter's CEL setup: each test type-checked by arbiter's checker (unless it sets `disable_check`), then evaluated (unless it is `check_only`).\n\n");
     s.push_str(&format!(
-        "Passing: **{passed} of {evaluated}** evaluated tests ({:.1}%). {check_only} `check_only` tests need a static type checker, which the `cel` crate lacks; they are not evaluated.\n\n",
-        if evaluated == 0 { 0.0 } else { 100.0 * passed as f64 / evaluated as f64 }
+        "Passing: **{passed} of {tests}** tests ({:.1}%), of which {check_only_passed} of {check_only} `check_only` tests.\n\n",
+        if tests == 0 { 0.0 } else { 100.0 * passed as f64 / tests as f64 }
     ));
-    s.push_str("| file | evaluated | passing | rate | check_only | main failure causes |\n|---|---|---|---|---|---|\n");
+    s.push_str("| file | tests | passing | rate | check_only (passing) | main failure causes |\n|---|---|---|---|---|---|\n");
     for (f, pf) in &files {
-        let (n, p, c) = (&pf.evaluated, &pf.passed, &pf.check_only);
         let mut cs: Vec<(&String, &usize)> = pf.causes.iter().collect();
         cs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let causes: Vec<String> = cs
@@ -427,13 +575,17 @@ pub fn markdown(results: &[TestResult]) -> String {
             .take(3)
             .map(|(c, n)| format!("{c} ({n})"))
             .collect();
-        let rate = if *n == 0 {
+        let rate = if pf.tests == 0 {
             0.0
         } else {
-            100.0 * *p as f64 / *n as f64
+            100.0 * pf.passed as f64 / pf.tests as f64
         };
         s.push_str(&format!(
-            "| {f} | {n} | {p} | {rate:.0}% | {c} | {} |\n",
+            "| {f} | {} | {} | {rate:.0}% | {} ({}) | {} |\n",
+            pf.tests,
+            pf.passed,
+            pf.check_only,
+            pf.check_only_passed,
             causes.join("; ")
         ));
     }

@@ -7,10 +7,13 @@
 //! rules apply; a `match` that errors applies the file (again: errors never widen access).
 //!
 //! Every expression is checked and compiled once at load: size and shape guards before the
-//! parser sees it ([`guard`]), then undeclared variables, unknown attributes and comprehension
-//! depth on the AST, then a probe evaluation against an empty request that turns type errors and
-//! unknown functions into load errors. Problems are reported with the file, line and column.
+//! parser sees it ([`guard`]), comprehension depth on the AST, then the type checker
+//! ([`check`]: undeclared variables, attributes the vocabulary does not have, calls no overload
+//! accepts), then a probe evaluation against an empty request that turns the remaining type
+//! errors and unknown functions into load errors. Problems are reported with the file, line and
+//! column of the sub-expression.
 
+pub mod check;
 pub mod file;
 pub mod guard;
 pub mod network;
@@ -32,16 +35,11 @@ use crate::request::{Address, AuthzRequest, Peer};
 use file::{Effect, FileSpec};
 use vars::{LenientMap, MapBuilder};
 
-/// The variables CEL expressions may use.
-pub const VARIABLES: &[&str] = &[
-    "request",
-    "source",
-    "destination",
-    "connection",
-    "identity",
-    "data",
-    "input",
-];
+/// The checker's declarations of arbiter's vocabulary, built once.
+fn check_decls() -> &'static check::Decls {
+    static DECLS: std::sync::OnceLock<check::Decls> = std::sync::OnceLock::new();
+    DECLS.get_or_init(check::Decls::arbiter)
+}
 
 #[derive(Debug)]
 struct Compiled {
@@ -292,15 +290,31 @@ fn compile_expr(
             })
             .collect::<Vec<_>>()
     })?;
-    let problems = guard::check_ast(&expr, VARIABLES);
+    let at_id = |id: u64| {
+        let offset = info
+            .offset_for(id)
+            .map_or(0, |(s, _)| usize::try_from(s).unwrap_or(0));
+        position(at, source, offset)
+    };
+    let problems = guard::check_ast(&expr);
     if !problems.is_empty() {
         return Err(problems
             .into_iter()
-            .map(|p| {
-                let offset = info
-                    .offset_for(p.id)
-                    .map_or(0, |(s, _)| usize::try_from(s).unwrap_or(0));
-                err(position(at, source, offset), p.message)
+            .map(|p| err(at_id(p.id), p.message))
+            .collect());
+    }
+    // The type check: undeclared names, attributes the vocabulary does not have, calls no
+    // overload accepts (`request.method == 42`), each where it is in the expression.
+    if let Err(errors) = check::check(&expr, check_decls()) {
+        return Err(errors
+            .into_iter()
+            .map(|e| {
+                let what = if e.message.starts_with("found no matching overload") {
+                    format!("type error: {}", e.message)
+                } else {
+                    e.message
+                };
+                err(at_id(e.id), what)
             })
             .collect());
     }

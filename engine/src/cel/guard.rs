@@ -86,103 +86,24 @@ pub struct AstProblem {
     pub message: String,
 }
 
-/// Namespaces of arbiter's helper functions (`path.glob`, `net.cidr_contains`,
-/// `spiffe.match`, `spiffe.parse`, `jwt.decode_verify`): a call on them is not a variable
-/// reference.
-pub const FUNCTION_NAMESPACES: &[&str] = &["path", "net", "spiffe", "jwt"];
-
-/// Attributes each structured variable has (Envoy's vocabulary).
-pub fn attributes_of(var: &str) -> Option<&'static [&'static str]> {
-    Some(match var {
-        "request" => &[
-            "method",
-            "path",
-            "url_path",
-            "host",
-            "scheme",
-            "headers",
-            "query",
-            "time",
-            "id",
-            "protocol",
-            "body",
-            "size",
-            "useragent",
-            "referer",
-        ],
-        "source" | "destination" => &["address", "port", "principal"],
-        "connection" => &["mtls", "requested_server_name", "uri_san_peer_certificate"],
-        "identity" => &[
-            "spiffe_id",
-            "trust_domain",
-            "path",
-            "segments",
-            "source",
-            "svid",
-        ],
-        _ => return None,
-    })
-}
-
-/// Walk the AST: undeclared variables, unknown attributes of the vocabulary, comprehension
-/// nesting.
-pub fn check_ast(expr: &IdedExpr, variables: &[&str]) -> Vec<AstProblem> {
+/// Walk the AST: comprehensions nested deeper than [`MAX_COMPREHENSION_NESTING`]. Names,
+/// attributes and types are the checker's ([`super::check`]).
+pub fn check_ast(expr: &IdedExpr) -> Vec<AstProblem> {
     let mut problems = Vec::new();
-    let mut scope: Vec<String> = Vec::new();
-    walk(expr, variables, &mut scope, 0, &mut problems);
+    walk(expr, 0, &mut problems);
     problems
 }
 
-fn walk(
-    e: &IdedExpr,
-    vars: &[&str],
-    scope: &mut Vec<String>,
-    compr: usize,
-    out: &mut Vec<AstProblem>,
-) {
+fn walk(e: &IdedExpr, compr: usize, out: &mut Vec<AstProblem>) {
     match &e.expr {
-        Expr::Ident(name) => {
-            if !vars.contains(&name.as_str()) && !scope.iter().any(|s| s == name) {
-                out.push(AstProblem {
-                    id: e.id,
-                    message: format!(
-                        "undeclared variable `{name}` (available: {})",
-                        vars.join(", ")
-                    ),
-                });
-            }
-        }
-        Expr::Select(s) => {
-            if let Expr::Ident(root) = &s.operand.expr
-                && !scope.iter().any(|x| x == root)
-                && let Some(attrs) = attributes_of(root)
-                && !attrs.contains(&s.field.as_str())
-            {
-                out.push(AstProblem {
-                    id: e.id,
-                    message: format!(
-                        "`{root}` has no attribute `{}` (it has: {})",
-                        s.field,
-                        attrs.join(", ")
-                    ),
-                });
-            }
-            walk(&s.operand, vars, scope, compr, out);
-        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        Expr::Select(s) => walk(&s.operand, compr, out),
         Expr::Call(c) => {
-            let namespaced = matches!(
-                c.target.as_deref().map(|t| &t.expr),
-                Some(Expr::Ident(ns)) if FUNCTION_NAMESPACES.contains(&ns.as_str())
-                    && !vars.contains(&ns.as_str())
-                    && !scope.iter().any(|s| s == ns)
-            );
-            if let Some(t) = &c.target
-                && !namespaced
-            {
-                walk(t, vars, scope, compr, out);
+            if let Some(t) = &c.target {
+                walk(t, compr, out);
             }
             for a in &c.args {
-                walk(a, vars, scope, compr, out);
+                walk(a, compr, out);
             }
         }
         Expr::Comprehension(c) => {
@@ -195,44 +116,36 @@ fn walk(
                 });
                 return;
             }
-            walk(&c.iter_range, vars, scope, compr, out);
-            walk(&c.accu_init, vars, scope, compr, out);
-            let before = scope.len();
-            scope.push(c.iter_var.clone());
-            if let Some(v2) = &c.iter_var2 {
-                scope.push(v2.clone());
-            }
-            scope.push(c.accu_var.clone());
-            walk(&c.loop_cond, vars, scope, compr + 1, out);
-            walk(&c.loop_step, vars, scope, compr + 1, out);
-            walk(&c.result, vars, scope, compr + 1, out);
-            scope.truncate(before);
+            walk(&c.iter_range, compr, out);
+            walk(&c.accu_init, compr, out);
+            walk(&c.loop_cond, compr + 1, out);
+            walk(&c.loop_step, compr + 1, out);
+            walk(&c.result, compr + 1, out);
         }
         Expr::List(l) => {
             for x in &l.elements {
-                walk(x, vars, scope, compr, out);
+                walk(x, compr, out);
             }
         }
         Expr::Map(m) => {
             for entry in &m.entries {
                 if let EntryExpr::MapEntry(me) = &entry.expr {
-                    walk(&me.key, vars, scope, compr, out);
-                    walk(&me.value, vars, scope, compr, out);
+                    walk(&me.key, compr, out);
+                    walk(&me.value, compr, out);
                 }
             }
         }
         Expr::Struct(st) => {
             for entry in &st.entries {
                 match &entry.expr {
-                    EntryExpr::StructField(f) => walk(&f.value, vars, scope, compr, out),
+                    EntryExpr::StructField(f) => walk(&f.value, compr, out),
                     EntryExpr::MapEntry(me) => {
-                        walk(&me.key, vars, scope, compr, out);
-                        walk(&me.value, vars, scope, compr, out);
+                        walk(&me.key, compr, out);
+                        walk(&me.value, compr, out);
                     }
                 }
             }
         }
-        Expr::Literal(_) | Expr::Unspecified => {}
     }
 }
 
