@@ -863,3 +863,112 @@ pub fn add_enum_constants(ctx: &mut Context<'_, '_>, pool: &DescriptorPool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates `expr` with the well-known types (the global pool holds them, `type.proto`'s
+    /// `google.protobuf.Type` and `Field` among them).
+    fn eval(expr: &str) -> Result<Value, ExecutionError> {
+        let pool = DescriptorPool::global();
+        let mut env = crate::cel::env();
+        register(&mut env, &pool);
+        let _ = env.add_extension(extension);
+        let program = env.compile(expr).expect("compiles");
+        let mut ctx = Context::with_env(Arc::new(env));
+        add_enum_constants(&mut ctx, &pool);
+        program.execute(&ctx)
+    }
+
+    fn holds(expr: &str) {
+        assert_eq!(eval(expr), Ok(Value::Bool(true)), "{expr}");
+    }
+
+    #[test]
+    fn fields_read_as_their_defaults_and_has_tells_presence() {
+        holds("google.protobuf.Field{}.name == '' && !has(google.protobuf.Field{}.name)");
+        holds("has(google.protobuf.Field{name: 'a'}.name)");
+        holds("google.protobuf.Field{number: 7}.number == 7");
+        // an unset message field is its message's default; an unset wrapper is null
+        holds("google.protobuf.Type{}.source_context.file_name == ''");
+        holds("!has(google.protobuf.Type{}.source_context)");
+        holds("google.protobuf.Type{}.fields == []");
+        holds(
+            "google.protobuf.Type{fields: [google.protobuf.Field{name: 'x'}]}.fields[0].name == 'x'",
+        );
+        // optional selection and optional fields use presence
+        holds("!google.protobuf.Field{}.?name.hasValue()");
+        holds("google.protobuf.Field{?name: optional.none()} == google.protobuf.Field{}");
+        holds("google.protobuf.Field{?name: optional.of('n')}.name == 'n'");
+    }
+
+    #[test]
+    fn messages_compare_by_type_and_fields() {
+        holds(
+            "google.protobuf.Field{name: 'a', number: 1} == google.protobuf.Field{number: 1, name: 'a'}",
+        );
+        holds("google.protobuf.Field{name: 'a'} != google.protobuf.Field{name: 'b'}");
+        holds("google.protobuf.Field{} != google.protobuf.Option{}");
+        holds("type(google.protobuf.Field{}) == google.protobuf.Field");
+    }
+
+    #[test]
+    fn enums_are_ints_and_assignments_are_checked() {
+        holds("google.protobuf.Field.Kind.TYPE_STRING == 9");
+        holds("google.protobuf.Field{kind: google.protobuf.Field.Kind.TYPE_STRING}.kind == 9");
+        // int32 range, field types and names
+        assert!(eval("google.protobuf.Field{number: 3000000000}").is_err());
+        assert!(eval("google.protobuf.Field{number: 'x'}").is_err());
+        assert!(eval("google.protobuf.Field{nmae: 'x'}").is_err());
+        assert!(eval("google.protobuf.Field{kind: 1u}").is_err());
+    }
+
+    #[test]
+    fn well_known_types_are_cel_values() {
+        holds("google.protobuf.Int32Value{value: 7} == 7");
+        holds("google.protobuf.StringValue{} == ''");
+        holds("google.protobuf.Timestamp{seconds: 1} == timestamp(1)");
+        holds("google.protobuf.Duration{seconds: 2, nanos: 500000000} == duration('2.5s')");
+        holds("google.protobuf.Struct{fields: {'a': 1, 'b': [true]}} == {'a': 1.0, 'b': [true]}");
+        holds("google.protobuf.ListValue{values: ['x', null]} == ['x', null]");
+        holds("google.protobuf.Value{string_value: 'x'} == 'x'");
+        // a repeated message field
+        holds(
+            "google.protobuf.Api{methods: [google.protobuf.Method{name: 'm'}]}.methods[0].name == 'm'",
+        );
+    }
+
+    #[test]
+    fn a_message_survives_a_trip_through_a_variable_and_a_result() {
+        let pool = DescriptorPool::global();
+        let desc = pool
+            .get_message_by_name("google.protobuf.Field")
+            .expect("Field");
+        let mut m = DynamicMessage::new(desc.clone());
+        m.set_field_by_name("name", PValue::String("f".into()));
+        let mut env = crate::cel::env();
+        register(&mut env, &pool);
+        let program = env.compile("m.name + '!'").expect("compiles");
+        let echo = env.compile("m").expect("compiles");
+        let mut ctx = Context::with_env(Arc::new(env));
+        ctx.add_variable_from_value("m", message_value(m.clone()).expect("a message"));
+        assert_eq!(
+            program.execute(&ctx),
+            Ok(Value::String(Arc::new("f!".into())))
+        );
+        let Ok(Value::Opaque(o)) = echo.execute(&ctx) else {
+            panic!("a message result is an opaque value");
+        };
+        assert_eq!(o.downcast_ref::<Message>().map(Message::message), Some(&m));
+    }
+
+    #[test]
+    fn proto_get_ext_names_an_extension_field() {
+        // no extension of Field is in the global pool: the macro expands to a select of the
+        // extension's full name, which is then unknown
+        let e = eval("proto.getExt(google.protobuf.Field{}, pkg.ext)").unwrap_err();
+        assert!(e.to_string().contains("pkg.ext"), "{e}");
+        assert!(eval("proto.hasExt(google.protobuf.Field{}, pkg.ext)").is_err());
+    }
+}

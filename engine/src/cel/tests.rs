@@ -374,6 +374,24 @@ rules:
     );
 }
 
+/// `cel.block`, as cel-go's optimizer writes it, in a rule: each slot evaluated once, later
+/// slots reading earlier ones; the type checker reads through it.
+#[test]
+fn cel_block_in_a_rule() {
+    let p = policies(&[(
+        "b.cel.yaml",
+        "name: b\nrules:\n  - name: api\n    effect: allow\n    when: cel.block([request.url_path.split(\"/\"), cel.index(0).size()], cel.index(1) > 2 && cel.index(0)[1] == \"api\")\n",
+    )])
+    .unwrap();
+    assert!(decide(&p, &req("GET", "/api/v1", "", &[])).allowed);
+    assert!(!decide(&p, &req("GET", "/web/v1", "", &[])).allowed);
+    let e = load_error(&rule_with("cel.block([request.method], cel.index(0) == 1)"));
+    assert!(
+        e.contains("found no matching overload for '_==_' applied to '(string, int)'"),
+        "{e}"
+    );
+}
+
 /// The network extension on the caller's address: `cidr(…).containsIP(source.address)` and
 /// an address's class; a malformed range is a denial with the extension's error, not a match.
 #[test]
