@@ -1019,11 +1019,15 @@ fn qualified(e: &IdedExpr) -> Option<(Vec<&str>, u64)> {
 mod tests {
     use super::*;
 
-    fn ty(expr: &str) -> Result<String, Vec<String>> {
+    fn ty_with(expr: &str, decls: &Decls) -> Result<String, Vec<String>> {
         let ast = crate::cel::env().parser().parse(expr).expect("parses");
-        check(&ast, &Decls::arbiter())
+        check(&ast, decls)
             .map(|t| t.to_string())
             .map_err(|es| es.into_iter().map(|e| e.message).collect())
+    }
+
+    fn ty(expr: &str) -> Result<String, Vec<String>> {
+        ty_with(expr, &Decls::arbiter())
     }
 
     #[test]
@@ -1117,12 +1121,7 @@ mod tests {
         let pool = DescriptorPool::global();
         let mut d = Decls::arbiter().with_pool(pool);
         d.set_container("google.protobuf");
-        let check_with = |e: &str| {
-            let ast = crate::cel::env().parser().parse(e).expect("parses");
-            check(&ast, &d)
-                .map(|t| t.to_string())
-                .map_err(|es| es.into_iter().map(|e| e.message).collect::<Vec<_>>())
-        };
+        let check_with = |e: &str| ty_with(e, &d);
         assert_eq!(
             check_with("Int64Value{value: 1}"),
             Ok("wrapper(int)".into())

@@ -202,7 +202,8 @@ fn messages_equal(a: &DynamicMessage, b: &DynamicMessage) -> bool {
             return true;
         }
         match (field_value(a, &fd), field_value(b, &fd)) {
-            (Ok(x), Ok(y)) => values_equal(&x, &y),
+            // `Value`'s equality is CEL's (a NaN is equal to nothing)
+            (Ok(x), Ok(y)) => x == y,
             // an `Any` that does not unpack: its bytes
             (Err(_), Err(_)) => a.get_field(&fd) == b.get_field(&fd),
             _ => false,
@@ -210,55 +211,17 @@ fn messages_equal(a: &DynamicMessage, b: &DynamicMessage) -> bool {
     })
 }
 
-/// CEL equality of two values as this module produces them.
-fn values_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::List(x), Value::List(y)) => {
-            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| values_equal(p, q))
-        }
-        (Value::Map(x), Value::Map(y)) => {
-            x.map.len() == y.map.len()
-                && x.map
-                    .iter()
-                    .all(|(k, v)| y.map.get(k).is_some_and(|w| values_equal(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 /// The CEL value of field `fd` of `msg`: its default when unset (`null` for a wrapper or a
 /// `Value`, an empty message otherwise).
 fn field_value(msg: &DynamicMessage, fd: &FieldDescriptor) -> Result<Value, ExecutionError> {
-    let v = msg.get_field(fd);
-    if fd.is_map() {
-        let Kind::Message(entry) = fd.kind() else {
-            return Err(internal("a map field without an entry message"));
-        };
-        let vkind = entry.map_entry_value_field().kind();
-        let mut out = HashMap::new();
-        if let Some(m) = v.as_map() {
-            for (k, val) in m {
-                out.insert(map_key(k), value_of(val, &vkind)?);
-            }
-        }
-        return Ok(Value::Map(Map { map: Arc::new(out) }));
-    }
-    if fd.is_list() {
-        let kind = fd.kind();
-        let items = v
-            .as_list()
-            .unwrap_or_default()
-            .iter()
-            .map(|x| value_of(x, &kind))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Value::List(Arc::new(items)));
-    }
     if let Kind::Message(md) = fd.kind()
+        && !fd.is_list()
+        && !fd.is_map()
         && !msg.has_field(fd)
     {
         return Ok(unset_message(&md));
     }
-    value_of(&v, &fd.kind())
+    value_of(&msg.get_field(fd), &fd.kind())
 }
 
 /// The CEL value of extension `ext` of `msg`, its default when unset.
@@ -315,7 +278,8 @@ fn map_key(k: &MapKey) -> Key {
     }
 }
 
-/// A field's protobuf value of kind `kind` as a CEL value.
+/// A field's protobuf value of kind `kind` as a CEL value (a repeated field's kind is its
+/// elements').
 fn value_of(v: &PValue, kind: &Kind) -> Result<Value, ExecutionError> {
     Ok(match v {
         PValue::Bool(b) => Value::Bool(*b),
@@ -339,9 +303,17 @@ fn value_of(v: &PValue, kind: &Kind) -> Result<Value, ExecutionError> {
                 .collect::<Result<Vec<_>, _>>()?,
         )),
         PValue::Map(m) => {
+            // a map field's kind is its entry message's; the values are of the entry's
+            // `value` field
+            let vkind = match kind {
+                Kind::Message(entry) if entry.is_map_entry() => {
+                    entry.map_entry_value_field().kind()
+                }
+                other => other.clone(),
+            };
             let mut out = HashMap::new();
             for (k, val) in m {
-                out.insert(map_key(k), value_of(val, kind)?);
+                out.insert(map_key(k), value_of(val, &vkind)?);
             }
             Value::Map(Map { map: Arc::new(out) })
         }
