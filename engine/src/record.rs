@@ -381,6 +381,91 @@ allow := true
         assert_eq!(e["error"]["code"], "undefined_decision");
     }
 
+    /// Two events in full, as the log writer's common path seals them. The expected lines were
+    /// written by the build before the event was serialized without a JSON tree (b6dbd0b's
+    /// `event_fields` through `serde_json::Map` and `seal_with_input`): the bytes, and so
+    /// every hash, stay what they were.
+    #[test]
+    fn sealed_lines_are_byte_for_byte_as_before() {
+        for (line, want) in golden_lines() {
+            assert_eq!(String::from_utf8_lossy(&line), want);
+        }
+    }
+
+    fn golden_lines() -> Vec<(Vec<u8>, &'static str)> {
+        let labels = InstanceLabels {
+            id: "i-1".into(),
+            version: "v\u{2028}2".into(),
+            extra: [("region", "eu-1"), ("id", "configured")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut allow = record(Decision::from_result(
+            &Value::from_json_str(r#"{"allowed": true, "headers": {"x": "y"}}"#).unwrap(),
+        ));
+        allow.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        allow.span_id = Some("00f067aa0ba902b7".into());
+        allow.decision.decided_by = vec![
+            crate::decision::DecidedBy {
+                policy: "a.rego".into(),
+                rule: Some("allow".into()),
+            },
+            crate::decision::DecidedBy {
+                policy: "b.cel.yaml".into(),
+                rule: None,
+            },
+        ];
+        allow.decision.audit = vec!["ns/audit-all".into()];
+        allow.decision.istio_dry_run = Some(json!({"allowed": false, "policy": "p"}));
+        allow.request = Some(RequestLine {
+            method: "GET".into(),
+            target: "/a\u{2029}b?q=\"1\"".into(),
+            host: "h".into(),
+        });
+        allow.identity = crate::identity::IdentityOutcome::Invalid("bad \u{85} id".into());
+        allow.input = Some(
+            Value::from_json_str(
+                r#"{"attributes": {"request": {"http": {"headers": {"authorization": "Bearer x", "a": "\u2028"}}}}}"#,
+            )
+            .unwrap(),
+        );
+        let mut deny = record(Decision::deny(DenyReason::Timeout));
+        deny.dry_run = true;
+        deny.input = None;
+        let mut out = Vec::new();
+        let mut prev = crate::audit::chain::GENESIS.to_string();
+        for (r, want) in [(allow, GOLDEN_ALLOW), (deny, GOLDEN_DENY)] {
+            let (line, hash) = seal_for_test(&r, &labels, &prev);
+            prev = hash;
+            out.push((line, want));
+        }
+        out
+    }
+
+    /// The writer's common path: the fields, the erased credential headers, the console
+    /// envelope, the chain.
+    fn seal_for_test(r: &DecisionRecord, labels: &InstanceLabels, prev: &str) -> (Vec<u8>, String) {
+        let mut fields = r.event_fields(labels);
+        let mut input = r.input.clone();
+        if let Some(i) = input.as_mut() {
+            let erased = crate::audit::mask::mask_input_headers(i, &["authorization".to_string()]);
+            if !erased.is_empty() {
+                fields.insert(
+                    "erased".into(),
+                    Json::Array(erased.into_iter().map(Json::String).collect()),
+                );
+            }
+        }
+        fields.insert("level".into(), json!("info"));
+        crate::audit::chain::seal_with_input(fields, input.as_ref(), prev)
+    }
+
+    const GOLDEN_ALLOW: &str = r##"{"labels":{"id":"i-1","region":"eu-1","version":"v\u20282"},"decision_id":"d-1","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","path":"envoy/authz/allow","result":{"allowed":true,"headers":{"x":"y"}},"requested_by":"127.0.0.1:5000","timestamp":"2026-11-26T11:00:00.123456789Z","metrics":{"timer_rego_input_parse_ns":10,"timer_rego_query_eval_ns":20,"timer_server_handler_ns":40},"allowed":true,"http_status":200,"reason":"allowed","policy":"a.rego","rule":"allow","decided_by":[{"policy":"a.rego","rule":"allow"},{"policy":"b.cel.yaml","rule":null}],"identity":{"error":"bad \u0085 id"},"audit":["ns/audit-all"],"istio_dry_run":{"allowed":false,"policy":"p"},"revision":"rev","dry_run":false,"origin":"grpc","request":{"method":"GET","path":"/a\u2029b?q=\"1\"","host":"h"},"erased":["/input/attributes/request/http/headers/authorization"],"level":"info","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","input":{"attributes":{"request":{"http":{"headers":{"a":"\u2028"}}}}},"hash":"91b5558f358a08e16552e53da7b362c2c805f72c79da8f67736eddc9380fda09"}
+"##;
+    const GOLDEN_DENY: &str = r##"{"labels":{"id":"i-1","region":"eu-1","version":"v\u20282"},"decision_id":"d-1","path":"envoy/authz/allow","error":{"code":"timeout","message":"timeout"},"requested_by":"127.0.0.1:5000","timestamp":"2026-11-26T11:00:00.123456789Z","metrics":{"timer_rego_input_parse_ns":10,"timer_rego_query_eval_ns":20,"timer_server_handler_ns":40},"allowed":false,"http_status":403,"reason":"timeout","identity":null,"revision":"rev","dry_run":true,"origin":"grpc","level":"info","prev_hash":"91b5558f358a08e16552e53da7b362c2c805f72c79da8f67736eddc9380fda09","hash":"53324449a906a34d7e639c1c88dab4e7f48c6c786f3a4e8dfe8aa5e60b539ca2"}
+"##;
+
     #[test]
     fn traceparent() {
         assert_eq!(
