@@ -157,96 +157,200 @@ impl DecisionRecord {
     }
 
     /// Every field of the event but `input`, which writers serialize straight from the Rego
-    /// value (see [`crate::audit::chain::seal_with_input`]).
+    /// value (see [`DecisionRecord::seal`]), as a JSON tree: what a mask or drop policy reads.
+    /// It is the JSON that [`DecisionRecord::write_fields`] writes, read back.
     pub fn event_fields(&self, labels: &InstanceLabels) -> Map<String, Json> {
-        let mut e = Map::new();
-        e.insert("labels".into(), labels.to_json());
-        e.insert("decision_id".into(), json!(self.decision_id));
+        let mut buf = Vec::with_capacity(1024);
+        self.write_fields(labels, &mut buf);
+        match serde_json::from_slice(&buf) {
+            Ok(Json::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// Every field of the event but `input`, written as one JSON object straight to `out`, in
+    /// the event's order, with no JSON tree in between (the log writer's cost per event).
+    pub fn write_fields(&self, labels: &InstanceLabels, out: &mut Vec<u8>) {
+        let mut e = Obj::open(out);
+        e.value("labels", &labels.to_json());
+        e.value("decision_id", &self.decision_id);
         if let Some(t) = &self.trace_id {
-            e.insert("trace_id".into(), json!(t));
+            e.value("trace_id", t);
         }
         if let Some(s) = &self.span_id {
-            e.insert("span_id".into(), json!(s));
+            e.value("span_id", s);
         }
         // OPA's `bundles`: each bundle the set came from, by name, with its manifest revision;
         // none for policies loaded from files (arbiter's `revision` names those).
         if let Some(p) = self.policies.as_ref().filter(|p| !p.bundles().is_empty()) {
-            e.insert("bundles".into(), p.bundles_json());
+            e.value("bundles", &p.bundles_json());
         }
-        e.insert("path".into(), json!(self.path));
+        e.value("path", &self.path);
         let d = &self.decision;
         let failed = d.reason.as_ref().filter(|r| self.origin.is_error(r));
         match (failed, &d.result) {
             (Some(r), _) => {
-                e.insert(
-                    "error".into(),
-                    json!({"code": r.code(), "message": r.to_string()}),
-                );
+                let mut o = e.object("error");
+                o.value("code", r.code());
+                o.value("message", &r.to_string());
+                o.close();
             }
-            (None, Some(result)) => {
-                e.insert("result".into(), result.clone());
-            }
+            (None, Some(result)) => e.value("result", result),
             (None, None) => {}
         }
-        e.insert("requested_by".into(), json!(self.requested_by));
-        e.insert("timestamp".into(), json!(rfc3339_nanos(self.timestamp_ns)));
-        e.insert(
-            "metrics".into(),
-            json!({
-                "timer_rego_input_parse_ns": self.timings.input_ns,
-                "timer_rego_query_eval_ns": self.timings.eval_ns,
-                "timer_server_handler_ns": self.server_ns,
-            }),
-        );
-        e.insert("allowed".into(), json!(d.allowed));
-        e.insert(
-            "http_status".into(),
-            json!(if d.allowed { 200 } else { d.http_status }),
-        );
-        e.insert("reason".into(), json!(d.reason_code()));
+        e.value("requested_by", &self.requested_by);
+        e.value("timestamp", &rfc3339_nanos(self.timestamp_ns));
+        let mut m = e.object("metrics");
+        m.value("timer_rego_input_parse_ns", &self.timings.input_ns);
+        m.value("timer_rego_query_eval_ns", &self.timings.eval_ns);
+        m.value("timer_server_handler_ns", &self.server_ns);
+        m.close();
+        e.value("allowed", &d.allowed);
+        e.value("http_status", &if d.allowed { 200 } else { d.http_status });
+        e.value("reason", d.reason_code());
         if let Some(first) = d.decided_by.first() {
-            e.insert("policy".into(), json!(first.policy));
+            e.value("policy", &first.policy);
             if let Some(rule) = &first.rule {
-                e.insert("rule".into(), json!(rule));
+                e.value("rule", rule);
             }
         }
         if d.decided_by.len() > 1 {
-            e.insert(
-                "decided_by".into(),
-                Json::Array(
-                    d.decided_by
-                        .iter()
-                        .map(|x| json!({"policy": x.policy, "rule": x.rule}))
-                        .collect(),
-                ),
-            );
-        }
-        e.insert(
-            "identity".into(),
-            match &self.identity {
-                crate::identity::IdentityOutcome::Valid(i) => {
-                    json!({"spiffe_id": i.id.as_str(), "source": i.source.as_str()})
+            e.key("decided_by");
+            e.out.push(b'[');
+            for (i, x) in d.decided_by.iter().enumerate() {
+                if i > 0 {
+                    e.out.push(b',');
                 }
-                crate::identity::IdentityOutcome::Absent => Json::Null,
-                crate::identity::IdentityOutcome::Invalid(why) => json!({"error": why}),
-            },
-        );
+                let mut o = Obj::open(e.out);
+                o.value("policy", &x.policy);
+                o.value("rule", &x.rule);
+                o.close();
+            }
+            e.out.push(b']');
+        }
+        match &self.identity {
+            crate::identity::IdentityOutcome::Valid(i) => {
+                let mut o = e.object("identity");
+                o.value("spiffe_id", i.id.as_str());
+                o.value("source", i.source.as_str());
+                o.close();
+            }
+            crate::identity::IdentityOutcome::Absent => e.value("identity", &()),
+            crate::identity::IdentityOutcome::Invalid(why) => {
+                let mut o = e.object("identity");
+                o.value("error", why);
+                o.close();
+            }
+        }
         if !d.audit.is_empty() {
-            e.insert("audit".into(), json!(d.audit));
+            e.value("audit", &d.audit);
         }
         if let Some(shadow) = &d.istio_dry_run {
-            e.insert("istio_dry_run".into(), shadow.clone());
+            e.value("istio_dry_run", shadow);
         }
-        e.insert("revision".into(), json!(self.revision));
-        e.insert("dry_run".into(), json!(self.dry_run));
-        e.insert("origin".into(), json!(self.origin.as_str()));
+        e.value("revision", &self.revision);
+        e.value("dry_run", &self.dry_run);
+        e.value("origin", self.origin.as_str());
         if let Some(r) = &self.request {
-            e.insert(
-                "request".into(),
-                json!({"method": r.method, "path": r.target, "host": r.host}),
-            );
+            let mut o = e.object("request");
+            o.value("method", &r.method);
+            o.value("path", &r.target);
+            o.value("host", &r.host);
+            o.close();
         }
-        e
+        e.close();
+    }
+
+    /// The event as the log writer writes it when no mask or drop policy is loaded: its
+    /// fields, `erased` (the credential headers in `masked_headers` taken out of the input),
+    /// OPA's console envelope when `console` (`level`, `msg`, `time`, `type`), then the
+    /// chain's `prev_hash`, the input and `hash`. Returns the line and its hash.
+    pub fn seal(
+        &self,
+        labels: &InstanceLabels,
+        masked_headers: &[String],
+        console: bool,
+        prev_hash: &str,
+    ) -> (Vec<u8>, String) {
+        let mut body = Vec::with_capacity(2048);
+        self.write_fields(labels, &mut body);
+        let mut input = self.input.clone();
+        if let Some(i) = input.as_mut() {
+            let erased = crate::audit::mask::mask_input_headers(i, masked_headers);
+            if !erased.is_empty() {
+                Obj::reopen(&mut body).value("erased", &erased);
+                body.push(b'}');
+            }
+        }
+        if console {
+            let secs = self.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
+            let mut e = Obj::reopen(&mut body);
+            for (k, v) in console_envelope(secs) {
+                e.value(k, &v);
+            }
+            e.close();
+        }
+        crate::audit::chain::seal_object(body, input.as_ref(), prev_hash)
+    }
+}
+
+/// OPA's console envelope of a decision event: on the console, OPA writes each event as a
+/// log line with these fields beside the event's (`time` to the second of `secs`, in ns).
+pub fn console_envelope(secs: i128) -> [(&'static str, String); 4] {
+    [
+        ("level", "info".to_owned()),
+        ("msg", "Decision Log".to_owned()),
+        ("time", rfc3339_nanos(secs)),
+        ("type", "openpolicyagent.org/decision_logs".to_owned()),
+    ]
+}
+
+/// A JSON object written field by field (keys are the event's own names: plain ASCII, never
+/// escaped), values through serde_json, so every value is encoded as serde_json encodes it.
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj { out, empty: true }
+    }
+
+    /// Continues a closed object: its `}` is taken off (the caller closes it again).
+    fn reopen(out: &'a mut Vec<u8>) -> Self {
+        let empty = out.len() <= 2;
+        out.pop();
+        Obj { out, empty }
+    }
+
+    fn key(&mut self, k: &str) {
+        debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn value<T: serde::Serialize + ?Sized>(&mut self, k: &str, v: &T) {
+        self.key(k);
+        if serde_json::to_writer(&mut *self.out, v).is_err() {
+            // only maps with non-string keys fail; the event has none
+            self.out.extend_from_slice(b"null");
+        }
+    }
+
+    fn object(&mut self, k: &str) -> Obj<'_> {
+        self.key(k);
+        Obj::open(self.out)
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
     }
 }
 
@@ -382,8 +486,8 @@ allow := true
     }
 
     /// Two events in full, as the log writer's common path seals them. The expected lines were
-    /// written by the build before the event was serialized without a JSON tree (b6dbd0b's
-    /// `event_fields` through `serde_json::Map` and `seal_with_input`): the bytes, and so
+    /// written by the build before the event was serialized without a JSON tree (its
+    /// `event_fields` through `serde_json::Map` and `seal_with_input`, at 59bd34f): the bytes, and so
     /// every hash, stay what they were.
     #[test]
     fn sealed_lines_are_byte_for_byte_as_before() {
@@ -436,7 +540,19 @@ allow := true
         let mut out = Vec::new();
         let mut prev = crate::audit::chain::GENESIS.to_string();
         for (r, want) in [(allow, GOLDEN_ALLOW), (deny, GOLDEN_DENY)] {
-            let (line, hash) = seal_for_test(&r, &labels, &prev);
+            let level = [("level", "info".to_owned())];
+            let (line, hash) = seal_for_test(&r, &labels, &level, &prev);
+            // the writer's own path gives the same bytes as the JSON tree, with and without
+            // OPA's console envelope
+            let masked = ["authorization".to_owned()];
+            let console =
+                console_envelope(r.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000);
+            for (on, envelope) in [(false, &[][..]), (true, &console[..])] {
+                assert_eq!(
+                    String::from_utf8_lossy(&r.seal(&labels, &masked, on, &prev).0),
+                    String::from_utf8_lossy(&seal_for_test(&r, &labels, envelope, &prev).0),
+                );
+            }
             prev = hash;
             out.push((line, want));
         }
@@ -445,7 +561,12 @@ allow := true
 
     /// The writer's common path: the fields, the erased credential headers, the console
     /// envelope, the chain.
-    fn seal_for_test(r: &DecisionRecord, labels: &InstanceLabels, prev: &str) -> (Vec<u8>, String) {
+    fn seal_for_test(
+        r: &DecisionRecord,
+        labels: &InstanceLabels,
+        envelope: &[(&str, String)],
+        prev: &str,
+    ) -> (Vec<u8>, String) {
         let mut fields = r.event_fields(labels);
         let mut input = r.input.clone();
         if let Some(i) = input.as_mut() {
@@ -457,7 +578,9 @@ allow := true
                 );
             }
         }
-        fields.insert("level".into(), json!("info"));
+        for (k, v) in envelope {
+            fields.insert((*k).into(), json!(v));
+        }
         crate::audit::chain::seal_with_input(fields, input.as_ref(), prev)
     }
 

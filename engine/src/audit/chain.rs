@@ -32,33 +32,38 @@ const SEPARATORS: [(&[u8], &[u8]); 3] = [
     (b"\xe2\x80\xa9", b"\\u2029"),
 ];
 
-/// Where a raw separator of [`SEPARATORS`] starts in `bytes`, and its length.
-fn find_separator(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
-    (from..bytes.len()).find_map(|i| {
-        SEPARATORS
-            .iter()
-            .find(|(raw, _)| bytes[i..].starts_with(raw))
-            .map(|(raw, _)| (i, raw.len()))
-    })
+/// The raw separator of [`SEPARATORS`] at the start of `bytes`, if any: its length and escape.
+fn separator_at(bytes: &[u8]) -> Option<(usize, &'static [u8])> {
+    SEPARATORS
+        .iter()
+        .find(|(raw, _)| bytes.starts_with(raw))
+        .map(|(raw, escape)| (raw.len(), *escape))
+}
+
+/// Whether `bytes` hold a raw separator of [`SEPARATORS`].
+fn has_separator(bytes: &[u8]) -> bool {
+    memchr::memchr2_iter(0xc2, 0xe2, bytes).any(|i| separator_at(&bytes[i..]).is_some())
 }
 
 /// Escape every raw line separator of a JSON text. They can only stand inside strings (JSON's
 /// structure is ASCII), where the escape means the same character: one event stays one line
-/// for every reader.
+/// for every reader. The lead bytes are searched with `memchr` (SIMD): most events have none.
 fn escape_separators(body: &mut Vec<u8>) {
-    if !body.iter().any(|&b| b == 0xc2 || b == 0xe2) {
+    let mut leads = memchr::memchr2_iter(0xc2, 0xe2, body).peekable();
+    if leads.peek().is_none() {
         return;
     }
     let mut out = Vec::with_capacity(body.len() + 16);
     let mut at = 0;
-    while let Some((i, n)) = find_separator(body, at) {
-        out.extend_from_slice(&body[at..i]);
-        let escape = SEPARATORS
-            .iter()
-            .find(|(raw, _)| body[i..].starts_with(raw))
-            .map_or(&b""[..], |(_, e)| *e);
-        out.extend_from_slice(escape);
-        at = i + n;
+    for i in leads {
+        if i < at {
+            continue;
+        }
+        if let Some((n, escape)) = separator_at(&body[i..]) {
+            out.extend_from_slice(&body[at..i]);
+            out.extend_from_slice(escape);
+            at = i + n;
+        }
     }
     out.extend_from_slice(&body[at..]);
     *body = out;
@@ -93,25 +98,36 @@ pub fn seal_with_input(
 ) -> (Vec<u8>, String) {
     fields.remove("hash");
     fields.remove("input");
-    fields.insert("prev_hash".into(), Json::String(prev_hash.to_string()));
     let mut body = Vec::with_capacity(2048);
     if serde_json::to_writer(&mut body, &Json::Object(fields)).is_err() {
         body = b"{}".to_vec();
     }
+    seal_object(body, input, prev_hash)
+}
+
+/// [`seal_with_input`] for an event already written as one JSON object without `prev_hash`,
+/// `input` or `hash` (what [`crate::record::DecisionRecord::write_fields`] writes): adds them
+/// and encodes the line.
+pub fn seal_object(
+    mut body: Vec<u8>,
+    input: Option<&regorus::Value>,
+    prev_hash: &str,
+) -> (Vec<u8>, String) {
+    body.pop(); // the closing brace
+    if body.len() > 1 {
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"prev_hash\":\"");
+    body.extend_from_slice(prev_hash.as_bytes());
+    body.push(b'"');
     if let Some(input) = input {
         let mark = body.len();
-        body.pop(); // the closing brace
-        if body.len() > 1 {
-            body.push(b',');
-        }
-        body.extend_from_slice(b"\"input\":");
-        if serde_json::to_writer(&mut body, input).is_ok() {
-            body.push(b'}');
-        } else {
-            body.truncate(mark - 1);
-            body.push(b'}');
+        body.extend_from_slice(b",\"input\":");
+        if serde_json::to_writer(&mut body, input).is_err() {
+            body.truncate(mark);
         }
     }
+    body.push(b'}');
     escape_separators(&mut body);
     let hash = sha256_hex(&body);
     body.pop();
@@ -179,7 +195,7 @@ pub fn check_line(line: &[u8]) -> Result<(String, String), LineError> {
 /// readers that also need the event's fields).
 pub fn check_parsed(line: &[u8], event: &Json) -> Result<(String, String), LineError> {
     let split = hash_tail(line)?;
-    if find_separator(line, 0).is_some() {
+    if has_separator(line) {
         return Err(LineError::Malformed(
             "a raw line separator (U+0085, U+2028 or U+2029) inside the line: line-oriented tools would see two events".into(),
         ));

@@ -357,16 +357,9 @@ impl Writer {
             return;
         }
         let secs = record.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
-        event.insert("level".into(), Json::from("info"));
-        event.insert("msg".into(), Json::from("Decision Log"));
-        event.insert(
-            "time".into(),
-            Json::from(arbiter_engine::record::rfc3339_nanos(secs)),
-        );
-        event.insert(
-            "type".into(),
-            Json::from("openpolicyagent.org/decision_logs"),
-        );
+        for (k, v) in arbiter_engine::record::console_envelope(secs) {
+            event.insert(k.into(), Json::from(v));
+        }
     }
 
     fn one(&mut self, record: &DecisionRecord) {
@@ -411,21 +404,15 @@ impl Writer {
                 chain::seal(event, &self.prev)
             }
             _ => {
-                // The common case: the input goes from the Rego value straight to bytes, with
-                // the credential headers taken out of a copy-on-write view of it.
-                let mut fields = record.event_fields(&self.labels);
-                let mut input = record.input.clone();
-                if let Some(i) = input.as_mut() {
-                    let erased = mask::mask_input_headers(i, &self.config.mask_headers);
-                    if !erased.is_empty() {
-                        fields.insert(
-                            "erased".into(),
-                            Json::Array(erased.into_iter().map(Json::String).collect()),
-                        );
-                    }
-                }
-                self.console_envelope(&mut fields, record);
-                chain::seal_with_input(fields, input.as_ref(), &self.prev)
+                // The common case: the event is written straight to bytes from the record
+                // (no JSON tree), the input from the Rego value with the credential headers
+                // taken out of a copy-on-write view of it.
+                record.seal(
+                    &self.labels,
+                    &self.config.mask_headers,
+                    self.sinks.stdout.is_some(),
+                    &self.prev,
+                )
             }
         };
         self.prev = hash;
