@@ -166,6 +166,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def context_switches(pid):
+    """Context switches of every thread of the process, voluntary and not."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
 def rss_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -186,6 +200,8 @@ def parse_wrk(text):
     r = {}
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     r["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", text)
+    r["requests"] = int(m.group(1)) if m else 0
     for p in ("50", "99"):
         m = re.search(rf"^\s+{p}(?:\.000)?%\s+(\S+)", text, re.M)
         r["p" + p] = dur(m.group(1)) if m else None
@@ -266,13 +282,19 @@ def run_variant(name, args, work):
         subprocess.run(taskset(1, wrk + [f"-d{args.warmup}s", url]), capture_output=True,
                        timeout=args.warmup + 30, check=True)
         cpu0 = cpu_seconds(server_pid) if server_pid else None
+        cs0 = context_switches(server_pid) if server_pid else None
         t0 = time.time()
         out = subprocess.run(taskset(1, wrk + [f"-d{args.duration}s", url]), capture_output=True,
                              text=True, timeout=args.duration + 30, check=True).stdout
         wall = time.time() - t0
         r = parse_wrk(out)
         if server_pid:
-            r["cpu"] = 100 * (cpu_seconds(server_pid) - cpu0) / wall
+            cpu = cpu_seconds(server_pid) - cpu0
+            r["cpu"] = 100 * cpu / wall
+            # server CPU per check and context switches per check, over the measured window
+            checks = max(r["requests"] or r["rps"] * wall, 1)
+            r["cpu_us"] = 1e6 * cpu / checks
+            r["cs"] = (context_switches(server_pid) - cs0) / checks
             mem = rss_kib(server_pid)
             r["rss_mib"] = mem.get("VmRSS", 0) / 1024
             r["hwm_mib"] = mem.get("VmHWM", 0) / 1024
@@ -391,7 +413,7 @@ def main():
             med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
             results[v] = dict(med)
             results[v]["rps_all"] = [round(r["rps"]) for r in runs]
-            for k in ("p50", "p99", "cpu", "rss_mib", "hwm_mib"):
+            for k in ("p50", "p99", "cpu", "cpu_us", "cs", "rss_mib", "hwm_mib"):
                 vals = sorted(r[k] for r in runs if r.get(k) is not None)
                 if vals:
                     results[v][k] = vals[len(vals) // 2]
@@ -400,15 +422,17 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results.get("arbiter-allow")
-    lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | server RSS (peak) | req/s vs allow | p99 vs allow |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | CPU per check | switches per check | server RSS (peak) | req/s vs allow | p99 vs allow |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r in results.items():
         ratio = f"{r['rps'] / base['rps']:.2f}" if base and v.startswith(("arbiter", "extra")) else ""
         p99r = f"{r['p99'] / base['p99']:.2f}" if base and r.get("p99") and base.get("p99") and v.startswith(("arbiter", "extra")) else ""
         cpu = f"{r['cpu']:.0f}%" if "cpu" in r else ""
+        cpu_us = f"{r['cpu_us']:.1f} µs" if "cpu_us" in r else ""
+        cs = f"{r['cs']:.2f}" if "cs" in r else ""
         rss = f"{r['rss_mib']:.1f} MiB ({r['hwm_mib']:.1f})" if "rss_mib" in r else ""
         per = ", ".join(str(x) for x in r["rps_all"])
-        lines.append(f"| {v} | {r['rps']:.0f} | {per} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['non2xx']} | {cpu} | {rss} | {ratio} | {p99r} |")
+        lines.append(f"| {v} | {r['rps']:.0f} | {per} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['non2xx']} | {cpu} | {cpu_us} | {cs} | {rss} | {ratio} | {p99r} |")
     table = "\n".join(lines)
     print(table)
     if args.write:
