@@ -11,11 +11,18 @@ Variants, in one run:
   envoy-rbac         Envoy's native RBAC filter with the equivalent rule
   arbiter-allow      ext_authz -> arbiter serving `allow := true`
   arbiter-rego       ext_authz -> arbiter, reference Rego policy
+  arbiter-rego-log   the same with decision logging to a file
   arbiter-cel        ext_authz -> arbiter, reference CEL policy
   arbiter-rego-cel   ext_authz -> arbiter, both (deny-overrides)
   arbiter-rego-cel-log  the same with decision logging to a file
+  opa-envoy-allow    ext_authz -> OPA-Envoy 1.7.1 serving `allow := true`
+  opa-envoy-rego     ext_authz -> OPA-Envoy, the reference Rego policy (as arbiter-rego)
+  opa-envoy-rego-log the same with OPA's console decision log (to a file)
+                     (the three OPA-Envoy variants run when the reference binary is at hand:
+                     --opa, else $ARBITER_REFERENCE_OPA, else ~/.cache/arbiter-ref/opa, built by
+                     ../shared/tools/build-reference-opa; without it they are skipped, and
+                     the run says so)
   extra:NAME         ext_authz -> any server at HOST:PORT, from ARBITER_LOAD_EXTRA=NAME=HOST:PORT
-                     (e.g. OPA-Envoy, started by you)
 
 The request is the reference policy's "customer reads orders": GET /api/v1/orders with the
 demo customer's bearer token (HS256), so the Rego and CEL variants verify a JWT and walk the
@@ -216,8 +223,8 @@ class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, args, **kw):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    def start(self, args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw):
+        p = subprocess.Popen(args, stdout=stdout, stderr=stderr, **kw)
         self.procs.append(p)
         return p
 
@@ -249,11 +256,30 @@ def run_variant(name, args, work):
         elif name.startswith("extra:"):
             host, port = args.extra[name[6:]].rsplit(":", 1)
             authz = (host, int(port))
+        elif name.startswith("opa-envoy"):
+            port, http, diag = free_port(), free_port(), free_port()
+            folder = os.path.join(work, "allow" if name == "opa-envoy-allow" else "rego")
+            cmd = [args.opa, "run", "--server", "--addr", f"127.0.0.1:{http}",
+                   f"--diagnostic-addr=127.0.0.1:{diag}",
+                   # OPA writes console decision logs at level info
+                   "--log-level", "info" if name.endswith("-log") else "error",
+                   "--set", f"plugins.envoy_ext_authz_grpc.addr=127.0.0.1:{port}",
+                   "--set", "plugins.envoy_ext_authz_grpc.path=envoy/authz/allow",
+                   "--set", f"decision_logs.console={'true' if name.endswith('-log') else 'false'}",
+                   folder]
+            # OPA writes its log, console decision logs included, to stderr: a file, so that
+            # a full pipe never stalls it
+            log = open(os.path.join(work, f"{name}.log"), "w")
+            server = procs.start(taskset(1, cmd), stdout=log, stderr=subprocess.STDOUT)
+            wait_port(port, server, "opa-envoy")
+            server_pid = server.pid
+            authz = ("127.0.0.1", port)
         elif name.startswith("arbiter"):
             port, http = free_port(), free_port()
             policies = {
                 "arbiter-allow": [os.path.join(work, "allow")],
                 "arbiter-rego": [os.path.join(work, "rego")],
+                "arbiter-rego-log": [os.path.join(work, "rego")],
                 "arbiter-cel": [os.path.join(work, "cel")],
                 "arbiter-rego-cel": [os.path.join(REPO, "policies")],
                 "arbiter-rego-cel-log": [os.path.join(REPO, "policies")],
@@ -347,6 +373,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arbiter", default=os.path.join(REPO, "target/release/arbiter"))
     ap.add_argument("--envoy", default=None)
+    ap.add_argument("--opa", default=os.path.expanduser(os.environ.get("ARBITER_REFERENCE_OPA", "~/.cache/arbiter-ref/opa")),
+                    help="the reference OPA-Envoy binary (for the opa-envoy-* variants)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="runs of every variant; medians are reported")
@@ -365,10 +393,18 @@ def main():
     for spec in filter(None, os.environ.get("ARBITER_LOAD_EXTRA", "").split(",")):
         n, addr = spec.split("=", 1)
         args.extra[n] = addr
-    variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-rego", "arbiter-cel",
-                "arbiter-rego-cel", "arbiter-rego-cel-log"] + [f"extra:{n}" for n in args.extra]
+    variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-rego", "arbiter-rego-log", "arbiter-cel",
+                "arbiter-rego-cel", "arbiter-rego-cel-log", "opa-envoy-allow", "opa-envoy-rego",
+                "opa-envoy-rego-log"] + [f"extra:{n}" for n in args.extra]
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
+    if not os.path.exists(args.opa):
+        skipped = [v for v in variants if v.startswith("opa-envoy")]
+        if skipped:
+            print(f"skipped {', '.join(skipped)}: no reference OPA-Envoy at {args.opa} "
+                  "(MIRROR=<opa-envoy-plugin mirror> bash ../shared/tools/build-reference-opa)",
+                  file=sys.stderr)
+        variants = [v for v in variants if not v.startswith("opa-envoy")]
     work = tempfile.mkdtemp(prefix="arbiter-load-")
     if args.soak:
         try:
@@ -425,8 +461,8 @@ def main():
     lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | CPU per check | switches per check | server RSS (peak) | req/s vs allow | p99 vs allow |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r in results.items():
-        ratio = f"{r['rps'] / base['rps']:.2f}" if base and v.startswith(("arbiter", "extra")) else ""
-        p99r = f"{r['p99'] / base['p99']:.2f}" if base and r.get("p99") and base.get("p99") and v.startswith(("arbiter", "extra")) else ""
+        ratio = f"{r['rps'] / base['rps']:.2f}" if base and v.startswith(("arbiter", "opa", "extra")) else ""
+        p99r = f"{r['p99'] / base['p99']:.2f}" if base and r.get("p99") and base.get("p99") and v.startswith(("arbiter", "opa", "extra")) else ""
         cpu = f"{r['cpu']:.0f}%" if "cpu" in r else ""
         cpu_us = f"{r['cpu_us']:.1f} µs" if "cpu_us" in r else ""
         cs = f"{r['cs']:.2f}" if "cs" in r else ""
