@@ -173,6 +173,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def allocations(http):
+    """arbiter's `arbiter_allocations_total` (served when ARBITER_COUNT_ALLOCATIONS=1)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("arbiter_allocations_total "):
+                return int(line.split()[1])
+    return None
+
+
 def context_switches(pid):
     """Context switches of every thread of the process, voluntary and not."""
     total = 0
@@ -250,6 +259,7 @@ def run_variant(name, args, work):
     try:
         listen, admin = free_port(), free_port()
         server_pid = None
+        server_http = None
         authz = None
         if name == "envoy-rbac":
             authz = "rbac"
@@ -288,7 +298,11 @@ def run_variant(name, args, work):
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
             if name.endswith("-log"):
                 cmd += ["--decision-log", os.path.join(work, "decisions.log")]
-            server = procs.start(taskset(1, cmd))
+            env = None
+            if args.allocations:
+                env = dict(os.environ, ARBITER_COUNT_ALLOCATIONS="1")
+                server_http = http
+            server = procs.start(taskset(1, cmd), env=env)
             wait_port(port, server, "arbiter")
             server_pid = server.pid
             authz = ("127.0.0.1", port)
@@ -309,6 +323,7 @@ def run_variant(name, args, work):
                        timeout=args.warmup + 30, check=True)
         cpu0 = cpu_seconds(server_pid) if server_pid else None
         cs0 = context_switches(server_pid) if server_pid else None
+        al0 = allocations(server_http) if server_http else None
         t0 = time.time()
         out = subprocess.run(taskset(1, wrk + [f"-d{args.duration}s", url]), capture_output=True,
                              text=True, timeout=args.duration + 30, check=True).stdout
@@ -321,6 +336,8 @@ def run_variant(name, args, work):
             checks = max(r["requests"] or r["rps"] * wall, 1)
             r["cpu_us"] = 1e6 * cpu / checks
             r["cs"] = (context_switches(server_pid) - cs0) / checks
+            if al0 is not None:
+                r["allocs"] = (allocations(server_http) - al0) / checks
             mem = rss_kib(server_pid)
             r["rss_mib"] = mem.get("VmRSS", 0) / 1024
             r["hwm_mib"] = mem.get("VmHWM", 0) / 1024
@@ -381,6 +398,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--workers", type=int, default=0, help="arbiter's --workers (0: inline, the default)")
     ap.add_argument("--write", action="store_true", help="append the table to benches/RESULTS.md")
+    ap.add_argument("--allocations", action="store_true",
+                    help="count arbiter's allocations per check (ARBITER_COUNT_ALLOCATIONS=1; "
+                         "the counting costs two atomic adds per allocation)")
     ap.add_argument("--soak", type=int, default=0, help="instead: one soak run of this many seconds")
     args = ap.parse_args()
     args.envoy = args.envoy or envoy_path()
@@ -449,7 +469,7 @@ def main():
             med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
             results[v] = dict(med)
             results[v]["rps_all"] = [round(r["rps"]) for r in runs]
-            for k in ("p50", "p99", "cpu", "cpu_us", "cs", "rss_mib", "hwm_mib"):
+            for k in ("p50", "p99", "cpu", "cpu_us", "cs", "allocs", "rss_mib", "hwm_mib"):
                 vals = sorted(r[k] for r in runs if r.get(k) is not None)
                 if vals:
                     results[v][k] = vals[len(vals) // 2]
@@ -458,17 +478,18 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results.get("arbiter-allow")
-    lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | CPU per check | switches per check | server RSS (peak) | req/s vs allow | p99 vs allow |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | req/s (median) | req/s per round | p50 | p99 | non-2xx | server CPU | CPU per check | switches per check | allocations per check | server RSS (peak) | req/s vs allow | p99 vs allow |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, r in results.items():
         ratio = f"{r['rps'] / base['rps']:.2f}" if base and v.startswith(("arbiter", "opa", "extra")) else ""
         p99r = f"{r['p99'] / base['p99']:.2f}" if base and r.get("p99") and base.get("p99") and v.startswith(("arbiter", "opa", "extra")) else ""
         cpu = f"{r['cpu']:.0f}%" if "cpu" in r else ""
         cpu_us = f"{r['cpu_us']:.1f} µs" if "cpu_us" in r else ""
         cs = f"{r['cs']:.2f}" if "cs" in r else ""
+        allocs = f"{r['allocs']:.0f}" if "allocs" in r else ""
         rss = f"{r['rss_mib']:.1f} MiB ({r['hwm_mib']:.1f})" if "rss_mib" in r else ""
         per = ", ".join(str(x) for x in r["rps_all"])
-        lines.append(f"| {v} | {r['rps']:.0f} | {per} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['non2xx']} | {cpu} | {cpu_us} | {cs} | {rss} | {ratio} | {p99r} |")
+        lines.append(f"| {v} | {r['rps']:.0f} | {per} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['non2xx']} | {cpu} | {cpu_us} | {cs} | {allocs} | {rss} | {ratio} | {p99r} |")
     table = "\n".join(lines)
     print(table)
     if args.write:

@@ -159,6 +159,17 @@ pub fn stop() -> (u64, u64) {
     )
 }
 
+/// The allocations and bytes counted since [`start`], while counting goes on; `None` when
+/// counting is off.
+pub fn counted() -> Option<(u64, u64)> {
+    COUNTING.load(Ordering::Relaxed).then(|| {
+        (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        )
+    })
+}
+
 /// Hand memory that is free but still held back to the operating system (after a large
 /// one-off job, such as indexing a decision log, whose peak the process need not keep).
 pub fn release_free_memory() {

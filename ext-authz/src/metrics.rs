@@ -458,6 +458,21 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE arbiter_ready gauge");
         let _ = writeln!(s, "arbiter_ready {}", u8::from(ready));
+        // Only while the allocator counts (`ARBITER_COUNT_ALLOCATIONS=1`, a benchmarking aid).
+        if let Some((allocations, bytes)) = arbiter_alloc_counter::counted() {
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_allocations_total Heap allocations since start-up (ARBITER_COUNT_ALLOCATIONS)."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_allocations_total counter");
+            let _ = writeln!(s, "arbiter_allocations_total {allocations}");
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_allocated_bytes_total Bytes allocated since start-up (ARBITER_COUNT_ALLOCATIONS)."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_allocated_bytes_total counter");
+            let _ = writeln!(s, "arbiter_allocated_bytes_total {bytes}");
+        }
         self.opa.render(&mut s, plugins);
         s
     }
