@@ -416,6 +416,9 @@ _||_: (bool, bool) -> bool
 _==_: (A, A) -> bool
 _!=_: (A, A) -> bool
 _<_: (int, int) -> bool; (uint, uint) -> bool; (double, double) -> bool; (string, string) -> bool; (bytes, bytes) -> bool; (bool, bool) -> bool; (timestamp, timestamp) -> bool; (duration, duration) -> bool; (int, uint) -> bool; (int, double) -> bool; (uint, int) -> bool; (uint, double) -> bool; (double, int) -> bool; (double, uint) -> bool
+_<=_: (int, int) -> bool; (uint, uint) -> bool; (double, double) -> bool; (string, string) -> bool; (bytes, bytes) -> bool; (bool, bool) -> bool; (timestamp, timestamp) -> bool; (duration, duration) -> bool; (int, uint) -> bool; (int, double) -> bool; (uint, int) -> bool; (uint, double) -> bool; (double, int) -> bool; (double, uint) -> bool
+_>_: (int, int) -> bool; (uint, uint) -> bool; (double, double) -> bool; (string, string) -> bool; (bytes, bytes) -> bool; (bool, bool) -> bool; (timestamp, timestamp) -> bool; (duration, duration) -> bool; (int, uint) -> bool; (int, double) -> bool; (uint, int) -> bool; (uint, double) -> bool; (double, int) -> bool; (double, uint) -> bool
+_>=_: (int, int) -> bool; (uint, uint) -> bool; (double, double) -> bool; (string, string) -> bool; (bytes, bytes) -> bool; (bool, bool) -> bool; (timestamp, timestamp) -> bool; (duration, duration) -> bool; (int, uint) -> bool; (int, double) -> bool; (uint, int) -> bool; (uint, double) -> bool; (double, int) -> bool; (double, uint) -> bool
 _?_:_: (bool, A, A) -> A
 _[_]: (list(A), int) -> A; (map(K, V), K) -> V; (optional(list(A)), int) -> optional(A); (optional(map(K, V)), K) -> optional(V)
 @in: (A, list(A)) -> bool; (K, map(K, V)) -> bool
@@ -1040,6 +1043,7 @@ mod tests {
         );
         assert_eq!(ty("request.time"), Ok("google.protobuf.Timestamp".into()));
         assert_eq!(ty("request.time.getHours() < 6"), Ok("bool".into()));
+        assert_eq!(ty("request.size >= 1024u"), Ok("bool".into()));
         assert_eq!(ty("source.port + 1"), Ok("int".into()));
         assert_eq!(ty("identity.segments"), Ok("list(string)".into()));
         assert_eq!(ty("data.roles[identity.spiffe_id]"), Ok("dyn".into()));
@@ -1078,6 +1082,12 @@ mod tests {
         assert_eq!(
             ty("reqest.method"),
             Err(vec!["undeclared variable `reqest` (available: connection, data, destination, identity, input, request, source)".into()])
+        );
+        assert_eq!(
+            ty("request.method > 1"),
+            Err(vec![
+                "found no matching overload for '_>_' applied to '(string, int)'".into()
+            ])
         );
         assert_eq!(
             ty("(1).f"),
