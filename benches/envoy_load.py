@@ -298,6 +298,7 @@ def run_variant(name, args, work):
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
             if name.endswith("-log"):
                 cmd += ["--decision-log", os.path.join(work, "decisions.log")]
+            cmd += args.serve_arg
             env = None
             if args.allocations:
                 env = dict(os.environ, ARBITER_COUNT_ALLOCATIONS="1")
@@ -398,6 +399,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--workers", type=int, default=0, help="arbiter's --workers (0: inline, the default)")
     ap.add_argument("--write", action="store_true", help="append the table to benches/RESULTS.md")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="one more argument for every `arbiter serve` (repeat it; e.g. "
+                         "--serve-arg=--decision-log-fsync --serve-arg=never)")
     ap.add_argument("--allocations", action="store_true",
                     help="count arbiter's allocations per check (ARBITER_COUNT_ALLOCATIONS=1; "
                          "the counting costs two atomic adds per allocation)")
