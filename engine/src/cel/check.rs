@@ -241,7 +241,7 @@ fn builtin_type(name: &str) -> Option<Ty> {
 }
 
 /// arbiter's CEL variables: the attribute groups with their fields and types (what
-/// `cel::bind_request` builds), and `data` and `input`, whose shapes are the documents'.
+/// `cel::bind_variables` builds), and `data` and `input`, whose shapes are the documents'.
 /// The one list of the vocabulary: the checker reports a name or an attribute not in it.
 pub const VOCABULARY: &[(&str, &[(&str, &str)])] = &[
     (

@@ -1,5 +1,6 @@
-//! Guards around the `cel` crate, which has no cost limit and whose parser is known to exhaust
-//! memory on some short inputs (cel-rust #306: a 125-byte run of `!` and `(` takes over 1 GB)
+//! Guards around the `cel` crate, whose evaluation has no cost limit of its own (the vendored
+//! copy adds a step budget and a deadline) and whose parser is known to exhaust memory on some
+//! short inputs (cel-rust #306: a 125-byte run of `!` and `(` takes over 1 GB)
 //! and to overflow the stack on deep nesting (#212). Expressions are checked before they reach
 //! the parser, and the parsed AST is checked before a policy is accepted.
 
