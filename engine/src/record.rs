@@ -27,6 +27,26 @@ pub struct InstanceLabels {
 impl InstanceLabels {
     /// OPA's `labels`: the configured ones, then `id` and `version`, which win over configured
     /// ones of the same name, as in OPA. Decision events and `/v1/status` carry this.
+    /// [`InstanceLabels::to_json`]'s object, written field by field: the configured labels in
+    /// their order, `id` and `version` in place of configured ones of those names, else after
+    /// them.
+    fn write(&self, o: &mut Obj<'_>) {
+        for (k, v) in &self.extra {
+            let v = match k.as_str() {
+                "id" => &self.id,
+                "version" => &self.version,
+                _ => v,
+            };
+            o.value_any_key(k, v);
+        }
+        if !self.extra.contains_key("id") {
+            o.value("id", &self.id);
+        }
+        if !self.extra.contains_key("version") {
+            o.value("version", &self.version);
+        }
+    }
+
     pub fn to_json(&self) -> Json {
         let mut l = Map::new();
         for (k, v) in &self.extra {
@@ -172,7 +192,9 @@ impl DecisionRecord {
     /// the event's order, with no JSON tree in between (the log writer's cost per event).
     pub fn write_fields(&self, labels: &InstanceLabels, out: &mut Vec<u8>) {
         let mut e = Obj::open(out);
-        e.value("labels", &labels.to_json());
+        let mut l = e.object("labels");
+        labels.write(&mut l);
+        l.close();
         e.value("decision_id", &self.decision_id);
         if let Some(t) = &self.trace_id {
             e.value("trace_id", t);
@@ -334,6 +356,21 @@ impl<'a> Obj<'a> {
         self.out.push(b'"');
         self.out.extend_from_slice(k.as_bytes());
         self.out.extend_from_slice(b"\":");
+    }
+
+    /// A field whose name is not the event's own (a configured label): escaped as JSON.
+    fn value_any_key<T: serde::Serialize + ?Sized>(&mut self, k: &str, v: &T) {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        if serde_json::to_writer(&mut *self.out, k).is_err() {
+            self.out.extend_from_slice(b"\"\"");
+        }
+        self.out.push(b':');
+        if serde_json::to_writer(&mut *self.out, v).is_err() {
+            self.out.extend_from_slice(b"null");
+        }
     }
 
     fn value<T: serde::Serialize + ?Sized>(&mut self, k: &str, v: &T) {
@@ -588,6 +625,38 @@ allow := true
 "##;
     const GOLDEN_DENY: &str = r##"{"labels":{"id":"i-1","region":"eu-1","version":"v\u20282"},"decision_id":"d-1","path":"envoy/authz/allow","error":{"code":"timeout","message":"timeout"},"requested_by":"127.0.0.1:5000","timestamp":"2026-11-26T11:00:00.123456789Z","metrics":{"timer_rego_input_parse_ns":10,"timer_rego_query_eval_ns":20,"timer_server_handler_ns":40},"allowed":false,"http_status":403,"reason":"timeout","identity":null,"revision":"rev","dry_run":true,"origin":"grpc","level":"info","prev_hash":"91b5558f358a08e16552e53da7b362c2c805f72c79da8f67736eddc9380fda09","hash":"53324449a906a34d7e639c1c88dab4e7f48c6c786f3a4e8dfe8aa5e60b539ca2"}
 "##;
+
+    /// The labels written field by field are the JSON `to_json` gives (`/v1/status` serves that),
+    /// whatever the configured names.
+    #[test]
+    fn labels_are_written_as_their_json() {
+        for extra in [
+            vec![],
+            vec![
+                ("version", "configured"),
+                ("a\"b", "\u{2028}"),
+                ("zone", "z"),
+            ],
+            vec![("id", "x"), ("ümlaut", "y")],
+        ] {
+            let labels = InstanceLabels {
+                id: "i".into(),
+                version: "v".into(),
+                extra: extra
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let mut out = Vec::new();
+            let mut o = Obj::open(&mut out);
+            labels.write(&mut o);
+            o.close();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&labels.to_json()).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn traceparent() {
