@@ -1530,27 +1530,20 @@ mod tests {
     /// file, and 0 for none (then only the deadline stops a CEL evaluation).
     #[test]
     fn the_cel_cost_limit_comes_from_the_flag_or_the_file() {
-        let dir = std::env::temp_dir().join(format!("arbiter-serve-cost-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("config.yaml");
-        std::fs::write(&file, "cel-cost-limit: 0\n").unwrap();
+        let dir = ConfigDir::new("cost");
         let default = Args::default().settings().unwrap();
         assert_eq!(
             default.cel_cost_limit,
             Some(arbiter_engine::cel::DEFAULT_COST_LIMIT)
         );
-        let from_file = Args {
-            config: Some(file.clone()),
-            ..Args::default()
-        };
-        assert_eq!(from_file.settings().unwrap().cel_cost_limit, None);
+        let from_file = dir.settings("cel-cost-limit: 0\n").unwrap();
+        assert_eq!(from_file.cel_cost_limit, None);
         let flag = Args {
-            config: Some(file),
+            config: Some(dir.0.join("config.yaml")),
             cel_cost_limit: Some(5000),
             ..Args::default()
         };
         assert_eq!(flag.settings().unwrap().cel_cost_limit, Some(5000));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -309,7 +309,7 @@ fn compile_expr(
         return Err(errors
             .into_iter()
             .map(|e| {
-                let what = if e.message.starts_with("found no matching overload") {
+                let what = if e.no_overload {
                     format!("type error: {}", e.message)
                 } else {
                     e.message

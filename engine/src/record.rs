@@ -305,9 +305,8 @@ impl DecisionRecord {
             }
         }
         if console {
-            let secs = self.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
             let mut e = Obj::reopen(&mut body);
-            for (k, v) in console_envelope(secs) {
+            for (k, v) in console_envelope(self.timestamp_ns) {
                 e.value(k, &v);
             }
             e.close();
@@ -317,8 +316,10 @@ impl DecisionRecord {
 }
 
 /// OPA's console envelope of a decision event: on the console, OPA writes each event as a
-/// log line with these fields beside the event's (`time` to the second of `secs`, in ns).
-pub fn console_envelope(secs: i128) -> [(&'static str, String); 4] {
+/// log line with these fields beside the event's (`time`: the event's `timestamp_ns` to the
+/// second).
+pub fn console_envelope(timestamp_ns: i128) -> [(&'static str, String); 4] {
+    let secs = timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
     [
         ("level", "info".to_owned()),
         ("msg", "Decision Log".to_owned()),
@@ -582,8 +583,7 @@ allow := true
             // the writer's own path gives the same bytes as the JSON tree, with and without
             // OPA's console envelope
             let masked = ["authorization".to_owned()];
-            let console =
-                console_envelope(r.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000);
+            let console = console_envelope(r.timestamp_ns);
             for (on, envelope) in [(false, &[][..]), (true, &console[..])] {
                 assert_eq!(
                     String::from_utf8_lossy(&r.seal(&labels, &masked, on, &prev).0),

@@ -114,6 +114,9 @@ pub struct Overload {
 pub struct TypeError {
     pub id: u64,
     pub message: String,
+    /// A call no overload of its function accepts (the rest name what is undeclared or
+    /// undefined).
+    pub no_overload: bool,
 }
 
 /// What the checker knows: variables, functions, and protobuf messages.
@@ -622,7 +625,11 @@ struct Checker<'d> {
 
 impl Checker<'_> {
     fn error(&mut self, id: u64, message: String) -> Ty {
-        self.errors.push(TypeError { id, message });
+        self.errors.push(TypeError {
+            id,
+            message,
+            no_overload: false,
+        });
         Ty::Error
     }
 
@@ -951,13 +958,15 @@ impl Checker<'_> {
                     let all: Vec<String> = args.iter().map(ToString::to_string).collect();
                     format!("({})", all.join(", "))
                 };
-                self.error(
-                    e.id,
-                    format!(
+                self.errors.push(TypeError {
+                    id: e.id,
+                    message: format!(
                         "found no matching overload for '{}' applied to '{shown}'",
                         call.func_name
                     ),
-                )
+                    no_overload: true,
+                });
+                Ty::Error
             }
         }
     }

@@ -356,8 +356,7 @@ impl Writer {
         if self.sinks.stdout.is_none() {
             return;
         }
-        let secs = record.timestamp_ns.div_euclid(1_000_000_000) * 1_000_000_000;
-        for (k, v) in arbiter_engine::record::console_envelope(secs) {
+        for (k, v) in arbiter_engine::record::console_envelope(record.timestamp_ns) {
             event.insert(k.into(), Json::from(v));
         }
     }
