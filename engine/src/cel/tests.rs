@@ -374,6 +374,28 @@ rules:
     );
 }
 
+/// The checker's vocabulary (`check::VOCABULARY`) names exactly the attributes the variables
+/// are built with: an attribute the checker accepted but the request lacks would read as `""`
+/// in silence. (`identity` is the identity document's, bound only with an identity.)
+#[test]
+fn the_checked_vocabulary_is_the_bound_one() {
+    for (var, fields) in super::check::VOCABULARY {
+        if fields.is_empty() || *var == "identity" {
+            continue;
+        }
+        let names: Vec<String> = fields.iter().map(|(f, _)| format!("\"{f}\"")).collect();
+        let list = names.join(", ");
+        let when = format!("{var}.all(k, k in [{list}]) && [{list}].all(f, f in {var})");
+        let p = policies(&[(
+            "v.cel.yaml",
+            &format!("name: v\nrules:\n  - name: same\n    effect: allow\n    when: '{when}'\n"),
+        )])
+        .unwrap_or_else(|e| panic!("{var}: {e:?}"));
+        let v = decide(&p, &req("GET", "/x", "spiffe://td/ns/a/sa/b", &[]));
+        assert!(v.allowed && v.errors.is_empty(), "{var}: {v:?}");
+    }
+}
+
 /// `cel.block`, as cel-go's optimizer writes it, in a rule: each slot evaluated once, later
 /// slots reading earlier ones; the type checker reads through it.
 #[test]
