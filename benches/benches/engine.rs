@@ -27,6 +27,22 @@ fn authorizer(sources: &PolicySources, engine: RegoEngine) -> Authorizer {
     .with_rego_engine(engine)
 }
 
+/// Allocations per call of `f` (the counting allocator over 1,000 calls), printed beside the
+/// timings: the figure `arbiter bench` and the Envoy harness report per check.
+fn print_allocations(name: &str, mut f: impl FnMut()) {
+    f();
+    arbiter_alloc_counter::start();
+    for _ in 0..1_000 {
+        f();
+    }
+    let (n, bytes) = arbiter_alloc_counter::stop();
+    eprintln!(
+        "engine/{name}: {:.1} allocations, {} bytes per call",
+        n as f64 / 1_000.0,
+        bytes / 1_000
+    );
+}
+
 fn request() -> AuthzRequest {
     arbiter_ext_authz::protojson::authz_request(&reference_input())
         .unwrap_or_else(|e| panic!("{e}"))
@@ -38,6 +54,9 @@ fn decisions(c: &mut Criterion) {
     g.bench_function("input_build", |b| {
         let opts = InputOptions::default();
         b.iter(|| black_box(build_input(&req, &opts)))
+    });
+    print_allocations("input_build", || {
+        black_box(build_input(&req, &InputOptions::default()).is_ok());
     });
     let cases = [
         ("rego_rvm", reference_sources(true, false), RegoEngine::Rvm),
@@ -65,6 +84,9 @@ fn decisions(c: &mut Criterion) {
         // CheckRequest (model) in, Decision out: input building, identity, evaluation.
         g.bench_function(format!("check_{name}"), |b| {
             b.iter(|| black_box(a.check(&req).decision.allowed))
+        });
+        print_allocations(&format!("check_{name}"), || {
+            black_box(a.check(&req).decision.allowed);
         });
     }
     // The load harness's request: a customer's bearer token (JWT verification, token roles).
@@ -98,6 +120,9 @@ fn decisions(c: &mut Criterion) {
         );
         g.bench_function(format!("check_token_{name}"), |b| {
             b.iter(|| black_box(a.check(&token).decision.allowed))
+        });
+        print_allocations(&format!("check_token_{name}"), || {
+            black_box(a.check(&token).decision.allowed);
         });
     }
     // The same request denied (the frontend may not DELETE).
