@@ -15,7 +15,7 @@ use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
 use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
-use crate::input::{Input, InputOptions, build_input};
+use crate::input::{Input, InputOptions, build_input_with_identity};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
 use crate::rvm::RvmDecider;
@@ -254,7 +254,12 @@ impl Authorizer {
     pub fn check(&self, request: &AuthzRequest) -> CheckOutcome {
         let start = Instant::now();
         let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
-        let mut input = match build_input(request, &self.input_options) {
+        let identity_value = identity.identity().map(Identity::to_value);
+        let input = match build_input_with_identity(
+            request,
+            &self.input_options,
+            identity_value.as_ref(),
+        ) {
             Ok(i) => i,
             Err(reason) => {
                 return CheckOutcome {
@@ -268,10 +273,6 @@ impl Authorizer {
                 };
             }
         };
-        let identity_value = identity.identity().map(Identity::to_value);
-        if let (Some(v), Ok(m)) = (&identity_value, input.value.as_object_mut()) {
-            m.insert(Value::from("identity"), v.clone());
-        }
         let input_ns = elapsed_ns(start);
         let eval_start = Instant::now();
         let decision = match catch_unwind(AssertUnwindSafe(|| {

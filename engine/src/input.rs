@@ -77,40 +77,115 @@ pub struct Input {
     pub headers: Vec<(String, String)>,
 }
 
-/// An object under construction: only non-empty fields are set, as protojson does.
-struct Obj(Value);
+/// The document's fixed keys (and two fixed values), allocated once: each use is a reference
+/// count, not an allocation and a copy.
+macro_rules! keys {
+    ($($field:ident = $text:literal,)*) => {
+        struct Keys {
+            $($field: Value,)*
+        }
+        static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
+            $($field: Value::from($text),)*
+        });
+    };
+}
+
+keys! {
+    address = "address",
+    at_type = "@type",
+    attributes = "attributes",
+    body = "body",
+    certificate = "certificate",
+    context_extensions = "contextExtensions",
+    destination = "destination",
+    encoding = "encoding",
+    endpoint_id = "endpointId",
+    envoy_internal_address = "envoyInternalAddress",
+    ext_authz = "ext_authz",
+    filter_metadata = "filterMetadata",
+    fragment = "fragment",
+    header_map = "headerMap",
+    headers = "headers",
+    host = "host",
+    http = "http",
+    id = "id",
+    identity = "identity",
+    ipv4_compat = "ipv4Compat",
+    key = "key",
+    labels = "labels",
+    metadata_context = "metadataContext",
+    method = "method",
+    mode = "mode",
+    named_port = "namedPort",
+    nanos = "nanos",
+    parsed_body = "parsed_body",
+    parsed_path = "parsed_path",
+    parsed_query = "parsed_query",
+    path = "path",
+    pipe = "pipe",
+    port_value = "portValue",
+    principal = "principal",
+    protocol = "protocol",
+    protojson = "protojson",
+    query = "query",
+    raw_body = "rawBody",
+    raw_value = "rawValue",
+    request = "request",
+    resolver_name = "resolverName",
+    route_metadata_context = "routeMetadataContext",
+    scheme = "scheme",
+    seconds = "seconds",
+    server_listener_name = "serverListenerName",
+    service = "service",
+    size = "size",
+    sni = "sni",
+    socket_address = "socketAddress",
+    source = "source",
+    source_principal = "source_principal",
+    time = "time",
+    tls_session = "tlsSession",
+    truncated_body = "truncated_body",
+    typed_filter_metadata = "typedFilterMetadata",
+    v3 = "v3",
+    value = "value",
+    version = "version",
+}
+
+/// An object under construction: only non-empty fields are set, as protojson does. Its
+/// entries go straight into the object's compact storage when it is done.
+struct Obj(Vec<(Value, Value)>);
 
 impl Obj {
-    fn new() -> Self {
-        Obj(Value::new_object())
+    /// Room for the fields a typical request sets (a `Vec` that grows past it still works).
+    fn with_capacity(n: usize) -> Self {
+        Obj(Vec::with_capacity(n))
     }
-    fn set(&mut self, k: &str, v: Value) {
-        if let Ok(m) = self.0.as_object_mut() {
-            m.insert(Value::from(k), v);
-        }
+    fn set(&mut self, k: &Value, v: Value) {
+        self.0.push((k.clone(), v));
     }
-    fn str(&mut self, k: &str, s: &str) {
+    /// A key only known at run time (a header name, a metadata namespace).
+    fn set_named(&mut self, k: &str, v: Value) {
+        self.0.push((Value::from(k), v));
+    }
+    fn str(&mut self, k: &Value, s: &str) {
         if !s.is_empty() {
             self.set(k, Value::from(s));
         }
     }
-    fn map(&mut self, k: &str, pairs: &[(String, String)]) {
+    fn map(&mut self, k: &Value, pairs: &[(String, String)]) {
         if !pairs.is_empty() {
-            self.set(
-                k,
-                string_map(pairs.iter().map(|(a, b)| (a.as_str(), b.clone()))),
-            );
+            self.set(k, string_map(pairs));
         }
     }
     fn done(self) -> Value {
-        self.0
+        Value::from(regorus::value::Object::from_entries(self.0))
     }
 }
 
-fn string_map<'a>(pairs: impl Iterator<Item = (&'a str, String)>) -> Value {
-    let mut o = Obj::new();
+fn string_map(pairs: &[(String, String)]) -> Value {
+    let mut o = Obj::with_capacity(pairs.len());
     for (k, v) in pairs {
-        o.set(k, Value::from(v));
+        o.set_named(k, Value::from(v.as_str()));
     }
     o.done()
 }
@@ -121,74 +196,77 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn peer(p: &Peer) -> Value {
-    let mut o = Obj::new();
+    let k = &*KEYS;
+    let mut o = Obj::with_capacity(4);
     if let Some(a) = &p.address {
-        o.set("address", address(a));
+        o.set(&k.address, address(a));
     }
-    o.str("service", &p.service);
-    o.map("labels", &p.labels);
-    o.str("principal", &p.principal);
-    o.str("certificate", &p.certificate);
+    o.str(&k.service, &p.service);
+    o.map(&k.labels, &p.labels);
+    o.str(&k.principal, &p.principal);
+    o.str(&k.certificate, &p.certificate);
     o.done()
 }
 
 fn address(a: &Address) -> Value {
-    let mut o = Obj::new();
+    let k = &*KEYS;
+    let mut o = Obj::with_capacity(1);
     match a {
         Address::Socket(s) => {
-            let mut so = Obj::new();
+            let mut so = Obj::with_capacity(2);
             if let Some(p) = &s.protocol {
-                so.str("protocol", p);
+                so.str(&k.protocol, p);
             }
-            so.str("address", &s.address);
+            so.str(&k.address, &s.address);
             if s.port_value != 0 {
-                so.set("portValue", Value::from(u64::from(s.port_value)));
+                so.set(&k.port_value, Value::from(u64::from(s.port_value)));
             }
-            so.str("namedPort", &s.named_port);
-            so.str("resolverName", &s.resolver_name);
+            so.str(&k.named_port, &s.named_port);
+            so.str(&k.resolver_name, &s.resolver_name);
             if s.ipv4_compat {
-                so.set("ipv4Compat", Value::Bool(true));
+                so.set(&k.ipv4_compat, Value::Bool(true));
             }
-            o.set("socketAddress", so.done());
+            o.set(&k.socket_address, so.done());
         }
         Address::Pipe { path, mode } => {
-            let mut po = Obj::new();
-            po.str("path", path);
+            let mut po = Obj::with_capacity(2);
+            po.str(&k.path, path);
             if *mode != 0 {
-                po.set("mode", Value::from(u64::from(*mode)));
+                po.set(&k.mode, Value::from(u64::from(*mode)));
             }
-            o.set("pipe", po.done());
+            o.set(&k.pipe, po.done());
         }
         Address::EnvoyInternal {
             server_listener_name,
             endpoint_id,
         } => {
-            let mut eo = Obj::new();
-            eo.str("serverListenerName", server_listener_name);
-            eo.str("endpointId", endpoint_id);
-            o.set("envoyInternalAddress", eo.done());
+            let mut eo = Obj::with_capacity(2);
+            eo.str(&k.server_listener_name, server_listener_name);
+            eo.str(&k.endpoint_id, endpoint_id);
+            o.set(&k.envoy_internal_address, eo.done());
         }
     }
     o.done()
 }
 
 fn metadata(m: &Metadata) -> Value {
-    let mut o = Obj::new();
+    let k = &*KEYS;
+    let mut o = Obj::with_capacity(2);
     if !m.filter_metadata.is_empty() {
-        let mut f = Obj::new();
+        let mut f = Obj::with_capacity(m.filter_metadata.len());
         for (ns, v) in &m.filter_metadata {
-            f.set(ns, from_json(v));
+            f.set_named(ns, from_json(v));
         }
-        o.set("filterMetadata", f.done());
+        o.set(&k.filter_metadata, f.done());
     }
     if !m.typed_filter_metadata.is_empty() {
-        let mut t = Obj::new();
+        let mut t = Obj::with_capacity(m.typed_filter_metadata.len());
         for (ns, url) in &m.typed_filter_metadata {
-            let mut any = Obj::new();
-            any.str("@type", url);
-            t.set(ns, any.done());
+            let mut any = Obj::with_capacity(1);
+            any.str(&k.at_type, url);
+            t.set_named(ns, any.done());
         }
-        o.set("typedFilterMetadata", t.done());
+        o.set(&k.typed_filter_metadata, t.done());
     }
     o.done()
 }
@@ -216,12 +294,19 @@ fn effective_headers(
         return Err(too_many_headers(raw.len(), opts));
     }
     let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
-    let mut index: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::with_capacity(raw.len());
+    // Names repeat rarely and requests carry a few dozen: a scan of what is kept finds a
+    // repeat without a map, which only many names need.
+    let mut index: Option<std::collections::HashMap<String, usize>> = (raw.len()
+        > INDEX_HEADERS_ABOVE)
+        .then(|| std::collections::HashMap::with_capacity(raw.len()));
     for (name, value) in raw {
         check_header(&name, &value)?;
-        match index.get(&name) {
-            Some(&i) => {
+        let seen = match &index {
+            Some(m) => m.get(name.as_ref()).copied(),
+            None => out.iter().position(|(n, _)| *n == name),
+        };
+        match seen {
+            Some(i) => {
                 let v = &mut out[i].1;
                 v.push(',');
                 v.push_str(&value);
@@ -233,8 +318,10 @@ fn effective_headers(
                 if value.len() > opts.max_header_bytes {
                     return Err(header_too_large(&name, opts));
                 }
-                index.insert(name.clone(), out.len());
-                out.push((name, value.into_owned()));
+                if let Some(m) = &mut index {
+                    m.insert(name.to_string(), out.len());
+                }
+                out.push((name.into_owned(), value.into_owned()));
             }
         }
     }
@@ -243,6 +330,9 @@ fn effective_headers(
     }
     Ok(out)
 }
+
+/// Above this many header lines, repeats are found with a map (see [`effective_headers`]).
+const INDEX_HEADERS_ABOVE: usize = 32;
 
 fn too_many_headers(n: usize, opts: &InputOptions) -> DenyReason {
     DenyReason::InputTooLarge(format!(
@@ -265,45 +355,46 @@ fn http_request(
     host: &crate::path::Host,
     policy: PathPolicy,
 ) -> Value {
-    let mut o = Obj::new();
-    o.str("id", &h.id);
-    o.str("method", &h.method);
-    o.map("headers", headers);
+    let k = &*KEYS;
+    let mut o = Obj::with_capacity(8);
+    o.str(&k.id, &h.id);
+    o.str(&k.method, &h.method);
+    o.map(&k.headers, headers);
     if let Some(raw) = &h.header_map {
         let items: Vec<Value> = raw
             .iter()
             .map(|r| {
-                let mut ho = Obj::new();
-                ho.str("key", &r.key);
-                ho.str("value", &r.value);
+                let mut ho = Obj::with_capacity(3);
+                ho.str(&k.key, &r.key);
+                ho.str(&k.value, &r.value);
                 if !r.raw_value.is_empty() {
-                    ho.set("rawValue", Value::from(base64(&r.raw_value)));
+                    ho.set(&k.raw_value, Value::from(base64(&r.raw_value)));
                 }
                 ho.done()
             })
             .collect();
-        let mut hm = Obj::new();
+        let mut hm = Obj::with_capacity(1);
         if !items.is_empty() {
-            hm.set("headers", Value::from(items));
+            hm.set(&k.headers, Value::from(items));
         }
-        o.set("headerMap", hm.done());
+        o.set(&k.header_map, hm.done());
     }
-    o.str("path", &h.path);
+    o.str(&k.path, &h.path);
     // Strict mode gives the host one spelling, as it gives the path one (see the README).
     match policy {
-        PathPolicy::Strict => o.str("host", &host.canonical()),
-        PathPolicy::Lenient => o.str("host", &h.host),
+        PathPolicy::Strict => o.str(&k.host, &host.canonical()),
+        PathPolicy::Lenient => o.str(&k.host, &h.host),
     }
-    o.str("scheme", &h.scheme);
-    o.str("query", &h.query);
-    o.str("fragment", &h.fragment);
+    o.str(&k.scheme, &h.scheme);
+    o.str(&k.query, &h.query);
+    o.str(&k.fragment, &h.fragment);
     if h.size != 0 {
-        o.set("size", Value::from(h.size));
+        o.set(&k.size, Value::from(h.size));
     }
-    o.str("protocol", &h.protocol);
-    o.str("body", &h.body);
+    o.str(&k.protocol, &h.protocol);
+    o.str(&k.body, &h.body);
     if !h.raw_body.is_empty() {
-        o.set("rawBody", Value::from(base64(&h.raw_body)));
+        o.set(&k.raw_body, Value::from(base64(&h.raw_body)));
     }
     o.done()
 }
@@ -311,6 +402,17 @@ fn http_request(
 /// Build the input document for `req`, or the reason the request is refused before any policy
 /// runs.
 pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, DenyReason> {
+    build_input_with_identity(req, opts, None)
+}
+
+/// [`build_input`], with the caller's established identity as `input.identity` (see
+/// [`crate::identity`]).
+pub fn build_input_with_identity(
+    req: &AuthzRequest,
+    opts: &InputOptions,
+    identity: Option<&Value>,
+) -> Result<Input, DenyReason> {
+    let k = &*KEYS;
     let empty = HttpRequest::default();
     let http = req.http.as_ref().unwrap_or(&empty);
     if http.path.len() > opts.max_path_bytes {
@@ -370,50 +472,50 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
         PathPolicy::Lenient => path::parse_query_lossy(&canonical.raw_query),
     };
 
-    let mut attributes = Obj::new();
+    let mut attributes = Obj::with_capacity(4);
     if let Some(s) = &req.source {
-        attributes.set("source", peer(s));
+        attributes.set(&k.source, peer(s));
     }
     if let Some(d) = &req.destination {
-        attributes.set("destination", peer(d));
+        attributes.set(&k.destination, peer(d));
     }
     if req.time.is_some() || req.http.is_some() {
-        let mut r = Obj::new();
+        let mut r = Obj::with_capacity(2);
         if let Some(t) = req.time {
-            let mut to = Obj::new();
+            let mut to = Obj::with_capacity(2);
             if t.seconds != 0 {
-                to.set("seconds", Value::from(t.seconds));
+                to.set(&k.seconds, Value::from(t.seconds));
             }
             if t.nanos != 0 {
-                to.set("nanos", Value::from(i64::from(t.nanos)));
+                to.set(&k.nanos, Value::from(i64::from(t.nanos)));
             }
-            r.set("time", to.done());
+            r.set(&k.time, to.done());
         }
         if req.http.is_some() {
             r.set(
-                "http",
+                &k.http,
                 http_request(http, &headers, &host, opts.path_policy),
             );
         }
-        attributes.set("request", r.done());
+        attributes.set(&k.request, r.done());
     }
-    attributes.map("contextExtensions", &req.context_extensions);
+    attributes.map(&k.context_extensions, &req.context_extensions);
     if let Some(m) = &req.metadata_context {
-        attributes.set("metadataContext", metadata(m));
+        attributes.set(&k.metadata_context, metadata(m));
     }
     if let Some(m) = &req.route_metadata_context {
-        attributes.set("routeMetadataContext", metadata(m));
+        attributes.set(&k.route_metadata_context, metadata(m));
     }
     if let Some(t) = &req.tls_session {
-        let mut to = Obj::new();
-        to.str("sni", &t.sni);
-        attributes.set("tlsSession", to.done());
+        let mut to = Obj::with_capacity(1);
+        to.str(&k.sni, &t.sni);
+        attributes.set(&k.tls_session, to.done());
     }
 
-    let mut input = Obj::new();
-    input.set("attributes", attributes.done());
+    let mut input = Obj::with_capacity(8);
+    input.set(&k.attributes, attributes.done());
     input.set(
-        "parsed_path",
+        &k.parsed_path,
         Value::from(
             canonical
                 .segments
@@ -422,14 +524,14 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
                 .collect::<Vec<_>>(),
         ),
     );
-    let mut q = Obj::new();
-    for (k, vs) in query {
-        q.set(
-            &k,
+    let mut q = Obj::with_capacity(query.len());
+    for (name, vs) in query {
+        q.set_named(
+            &name,
             Value::from(vs.into_iter().map(Value::from).collect::<Vec<_>>()),
         );
     }
-    input.set("parsed_query", q.done());
+    input.set(&k.parsed_query, q.done());
     if !opts.skip_body_parse {
         let body_bytes: &[u8] = if http.body.is_empty() {
             &http.raw_body
@@ -444,17 +546,20 @@ pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, Den
             opts.max_body_depth,
         )
         .map_err(|e| DenyReason::BodyParseError(e.0))?;
-        input.set("parsed_body", parsed.value);
-        input.set("truncated_body", Value::Bool(parsed.truncated));
+        input.set(&k.parsed_body, parsed.value);
+        input.set(&k.truncated_body, Value::Bool(parsed.truncated));
     }
-    let mut version = Obj::new();
-    version.str("encoding", "protojson");
-    version.str("ext_authz", "v3");
-    input.set("version", version.done());
+    let mut version = Obj::with_capacity(2);
+    version.set(&k.encoding, k.protojson.clone());
+    version.set(&k.ext_authz, k.v3.clone());
+    input.set(&k.version, version.done());
     if let Some(p) = req.source.as_ref().map(|s| s.principal.as_str())
         && !p.is_empty()
     {
-        input.set("source_principal", Value::from(p));
+        input.set(&k.source_principal, Value::from(p));
+    }
+    if let Some(v) = identity {
+        input.set(&k.identity, v.clone());
     }
     Ok(Input {
         value: input.done(),

@@ -305,7 +305,7 @@ impl<'a> Request<'a> {
             lines
                 .lines
                 .into_iter()
-                .map(|(k, v)| (k, v.into_owned()))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect()
         } else {
             input.headers.clone()

@@ -90,11 +90,21 @@ pub struct HttpRequest {
 /// A request's header lines, read once ([`HttpRequest::header_lines`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderLines<'a> {
-    /// Lower-case names, in arrival order.
-    pub lines: Vec<(String, std::borrow::Cow<'a, str>)>,
+    /// Lower-case names, in arrival order (borrowed when Envoy sent them lower-case, as
+    /// HTTP/2 requires).
+    pub lines: Vec<(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
     /// Each header line is on its own (Envoy's `header_map`). Otherwise the lines are Envoy's
     /// `headers` map, where repeated lines arrive joined with commas.
     pub separate: bool,
+}
+
+/// `name` in ASCII lower case, copied only when it is not already.
+fn lower_case(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 impl HttpRequest {
@@ -109,7 +119,7 @@ impl HttpRequest {
             return HeaderLines {
                 lines: map
                     .iter()
-                    .map(|h| (h.key.to_ascii_lowercase(), Cow::Owned(h.text())))
+                    .map(|h| (lower_case(&h.key), Cow::Owned(h.text())))
                     .collect(),
                 separate: true,
             };
@@ -118,7 +128,7 @@ impl HttpRequest {
             lines: self
                 .headers
                 .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), Cow::Borrowed(v.as_str())))
+                .map(|(k, v)| (lower_case(k), Cow::Borrowed(v.as_str())))
                 .collect(),
             separate: false,
         }

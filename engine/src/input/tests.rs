@@ -109,6 +109,65 @@ fn header_map_fills_headers_without_dropping_values() {
 }
 
 #[test]
+fn repeated_header_lines_join_alike_with_few_names_and_many() {
+    // Up to INDEX_HEADERS_ABOVE lines a repeat is found by a scan, above it by a map: both
+    // join a name's lines in arrival order, and keep the first arrival's place.
+    for distinct in [2, INDEX_HEADERS_ABOVE + 8] {
+        let mut lines: Vec<RawHeader> = (0..distinct)
+            .map(|i| RawHeader {
+                key: format!("x-h{i}"),
+                value: format!("v{i}"),
+                raw_value: vec![],
+            })
+            .collect();
+        for (key, value) in [("X-H1", "again"), ("x-h0", "more"), ("x-h1", "third")] {
+            lines.push(RawHeader {
+                key: key.into(),
+                value: value.into(),
+                raw_value: vec![],
+            });
+        }
+        let mut r = req("/x", &[]);
+        if let Some(h) = r.http.as_mut() {
+            h.header_map = Some(lines);
+        }
+        let input = build_input(&r, &InputOptions::default()).unwrap();
+        assert_eq!(input.headers.len(), distinct, "{distinct} names");
+        assert_eq!(input.headers[0], ("x-h0".into(), "v0,more".into()));
+        assert_eq!(input.headers[1], ("x-h1".into(), "v1,again,third".into()));
+        let v = to_json(&input.value);
+        assert_eq!(
+            v["attributes"]["request"]["http"]["headers"]["x-h1"],
+            "v1,again,third"
+        );
+    }
+}
+
+#[test]
+fn objects_built_from_entries_keep_the_last_value_of_a_key() {
+    // The input's objects are built with `Object::from_entries` (regorus patch 31), which
+    // must read as repeated inserts would.
+    let entries = vec![
+        (Value::from("b"), Value::from(1u64)),
+        (Value::from("a"), Value::from(2u64)),
+        (Value::from("b"), Value::from(3u64)),
+        (Value::from("c"), Value::from(4u64)),
+        (Value::from("b"), Value::from(5u64)),
+    ];
+    let mut inserted = regorus::value::Object::new();
+    for (k, v) in entries.clone() {
+        inserted.insert(k, v);
+    }
+    let built = Value::from(regorus::value::Object::from_entries(entries));
+    assert_eq!(built, Value::from(inserted));
+    assert_eq!(to_json(&built), json!({"a": 2, "b": 5, "c": 4}));
+    assert_eq!(
+        Value::from(regorus::value::Object::from_entries(vec![])),
+        Value::new_object()
+    );
+}
+
+#[test]
 fn bodies() {
     let mut r = req("/x", &[("content-type", "application/json")]);
     if let Some(h) = r.http.as_mut() {

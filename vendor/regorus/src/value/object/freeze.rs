@@ -18,6 +18,31 @@ impl Object {
         self
     }
 
+    /// arbiter patch: an object from entries in any order, straight into compact storage (one
+    /// allocation for the entries, none per key as a `BTreeMap` has). A key given twice keeps
+    /// its last value, as repeated [`Object::insert`]s would.
+    pub fn from_entries(mut entries: Vec<(Value, Value)>) -> Self {
+        if entries.is_empty() {
+            return Self { repr: Repr::Empty };
+        }
+        // A stable sort keeps equal keys in the order given; `dedup_by` keeps the first slot of
+        // a run, so each later entry is swapped into that slot before it is dropped.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                core::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        let mut o = Self {
+            repr: Repr::Frozen(entries.into_boxed_slice()),
+        };
+        o.freeze_in_place();
+        o
+    }
+
     /// Wrap into a `Value::Object`.
     #[inline]
     pub fn into_value(self) -> Value {
