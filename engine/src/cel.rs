@@ -470,20 +470,17 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
                 .find(|(k, _)| k == n)
                 .map_or("", |(_, v)| v.as_str())
         };
-        let useragent = header("user-agent").to_string();
-        let referer = header("referer").to_string();
         let body = if http.body.is_empty() {
             String::from_utf8_lossy(&http.raw_body).into_owned()
         } else {
             http.body.clone()
         };
         let time = r.request.time.unwrap_or_default();
-        let host = r.host.canonical();
         let m = MapBuilder::new()
             .str("method", &http.method)
             .str("path", &http.path)
             .str("url_path", &r.path.path)
-            .str("host", &host)
+            .string("host", r.host.canonical())
             .str("scheme", &http.scheme)
             .val(
                 "headers",
@@ -495,10 +492,10 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             .val("time", vars::timestamp(time.seconds, time.nanos))
             .str("id", &http.id)
             .str("protocol", &http.protocol)
-            .str("body", &body)
+            .string("body", body)
             .int("size", http.size)
-            .str("useragent", &useragent)
-            .str("referer", &referer)
+            .str("useragent", header("user-agent"))
+            .str("referer", header("referer"))
             .lenient();
         ctx.add_variable_as_val("request", Box::new(m));
     }

@@ -465,3 +465,44 @@ fn escaped_field_names_read_keys_that_are_not_identifiers() {
     );
     assert!(v.allowed && v.errors.is_empty(), "{v:?}");
 }
+
+/// Qualified names (`data.authz`) resolve in the innermost scope that has any of them, and
+/// within a scope the longest name wins (cel-go's rule). cel patch 8 resolves names without
+/// building the longer ones when none can exist; these cases hold on both of its paths.
+#[test]
+fn qualified_names_resolve_as_cel_go_does_on_both_paths() {
+    use std::collections::HashMap;
+    let env = Arc::new(cel::Env::stdlib());
+    let eval = |ctx: &cel::Context, text: &str| -> cel::Value {
+        let program = env.compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        program
+            .execute(ctx)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    let map = |v: i64| HashMap::from([("authz".to_string(), v)]);
+    let mut root = cel::Context::with_env(env.clone());
+    root.add_variable("data", map(1)).unwrap();
+    // No dotted names anywhere: the quick path.
+    assert_eq!(eval(&root, "data.authz"), cel::Value::Int(1));
+    assert_eq!(
+        eval(&root, "[{'authz': 2}].exists(data, data.authz == 2)"),
+        cel::Value::Bool(true),
+        "a comprehension's variable shadows the root's"
+    );
+    let mut inner = root.new_inner_scope();
+    inner.add_variable("data", map(4)).unwrap();
+    assert_eq!(eval(&inner, "data.authz"), cel::Value::Int(4));
+    let unknown = env.compile("nothing.here").unwrap().execute(&root);
+    assert!(
+        matches!(unknown, Err(cel::ExecutionError::UndeclaredReference(ref n)) if n.as_str() == "nothing"),
+        "an unknown name is an undeclared reference: {unknown:?}"
+    );
+
+    // A variable named `data.authz`: the longest name wins in its scope...
+    root.add_variable("data.authz", 3).unwrap();
+    assert_eq!(eval(&root, "data.authz"), cel::Value::Int(3));
+    // ...but an inner scope that has `data` decides first.
+    let mut inner = root.new_inner_scope();
+    inner.add_variable("data", map(4)).unwrap();
+    assert_eq!(eval(&inner, "data.authz"), cel::Value::Int(4));
+}

@@ -104,18 +104,32 @@ impl MapBuilder {
     pub fn new() -> Self {
         Self(HashMap::with_capacity(16))
     }
-    pub fn val(mut self, k: &str, v: Box<dyn Val>) -> Self {
+    /// Room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(HashMap::with_capacity(n))
+    }
+    /// An entry under one of the vocabulary's names: the key is borrowed, not copied.
+    pub fn val(mut self, k: &'static str, v: Box<dyn Val>) -> Self {
+        self.0.insert(CelMapKey::String(CelString::from(k)), v);
+        self
+    }
+    /// An entry under a name known only at run time (a header's).
+    pub fn named(mut self, k: &str, v: Box<dyn Val>) -> Self {
         self.0
             .insert(CelMapKey::String(CelString::from(k.to_string())), v);
         self
     }
-    pub fn str(self, k: &str, v: &str) -> Self {
-        self.val(k, Box::new(CelString::from(v.to_string())))
+    pub fn str(self, k: &'static str, v: &str) -> Self {
+        self.val(k, Box::new(text(v)))
     }
-    pub fn int(self, k: &str, v: i64) -> Self {
+    /// A string the caller already owns, moved in rather than copied.
+    pub fn string(self, k: &'static str, v: String) -> Self {
+        self.val(k, Box::new(CelString::from(v)))
+    }
+    pub fn int(self, k: &'static str, v: i64) -> Self {
         self.val(k, Box::new(CelInt::from(v)))
     }
-    pub fn bool(self, k: &str, v: bool) -> Self {
+    pub fn bool(self, k: &'static str, v: bool) -> Self {
         self.val(k, Box::new(CelBool::from(v)))
     }
     pub fn map(self) -> CelMap<'static> {
@@ -126,16 +140,26 @@ impl MapBuilder {
     }
 }
 
+/// A CEL string of `v`; the empty string (most of the vocabulary's absent attributes) without
+/// an allocation.
+fn text(v: &str) -> CelString<'static> {
+    if v.is_empty() {
+        CelString::from("")
+    } else {
+        CelString::from(v.to_string())
+    }
+}
+
 impl Default for MapBuilder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-pub fn string_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> LenientMap {
-    let mut b = MapBuilder::new();
+pub fn string_map<'a>(pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> LenientMap {
+    let mut b = MapBuilder::with_capacity(pairs.len());
     for (k, v) in pairs {
-        b = b.str(k, v);
+        b = b.named(k, Box::new(text(v)));
     }
     b.lenient()
 }

@@ -28,6 +28,11 @@ impl Container {
         })
     }
 
+    /// arbiter patch: no container (names are only themselves).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }

@@ -46,11 +46,15 @@ pub enum Context<'p, 'v> {
         variables: BTreeMap<String, Box<dyn Val + 'v>>,
         resolver: Option<&'v dyn VariableResolver>,
         env: Arc<Env>,
+        /// arbiter patch: a variable's name has a dot (see `resolve_qualified`).
+        dotted: bool,
     },
     Child {
         parent: &'p Context<'p, 'v>,
         variables: BTreeMap<String, Box<dyn Val + 'v>>,
         resolver: Option<&'v dyn VariableResolver>,
+        /// arbiter patch: a variable's name has a dot (see `resolve_qualified`).
+        dotted: bool,
     },
 }
 
@@ -115,12 +119,16 @@ impl<'p, 'v> Context<'p, 'v> {
     where
         S: Into<String>,
     {
+        let name = name.into();
         match self {
-            Context::Root { variables, .. } => {
-                variables.insert(name.into(), value);
+            Context::Root {
+                variables, dotted, ..
             }
-            Context::Child { variables, .. } => {
-                variables.insert(name.into(), value);
+            | Context::Child {
+                variables, dotted, ..
+            } => {
+                *dotted |= name.contains('.');
+                variables.insert(name, value);
             }
         }
     }
@@ -222,6 +230,9 @@ impl<'p, 'v> Context<'p, 'v> {
         &'b self,
         segments: &'s [&'b str],
     ) -> Result<(CowVal<'b, 'v>, &'s [&'b str]), ExecutionError> {
+        if let Some(found) = self.resolve_plain_qualified(segments) {
+            return found;
+        }
         let name = segments.join(".");
         for scope in self.scopes_for(&name) {
             let mut len = name.len();
@@ -237,6 +248,44 @@ impl<'p, 'v> Context<'p, 'v> {
         Err(ExecutionError::UndeclaredReference(Arc::new(
             segments[0].to_owned(),
         )))
+    }
+
+    /// arbiter patch: [`Self::resolve_qualified`] without building any longer name, when no
+    /// longer name can match: no container, a name that is not absolute, no variable with a
+    /// dot in its name and no resolver in any scope, and no type named `a.…` for the name's
+    /// first segment `a`. Then every candidate but the first segment finds nothing, so the
+    /// innermost scope with a variable `a` decides, as the general search would; `None` when
+    /// these conditions do not hold (the general search runs).
+    #[allow(clippy::type_complexity)]
+    fn resolve_plain_qualified<'b, 's>(
+        &'b self,
+        segments: &'s [&'b str],
+    ) -> Option<Result<(CowVal<'b, 'v>, &'s [&'b str]), ExecutionError>> {
+        let first = *segments.first()?;
+        let env = self.env();
+        if first.starts_with('.')
+            || !env.container().is_empty()
+            || env.types().has_qualified_under(first)
+        {
+            return None;
+        }
+        for scope in self.scopes() {
+            let (Context::Root {
+                dotted, resolver, ..
+            }
+            | Context::Child {
+                dotted, resolver, ..
+            }) = scope;
+            if *dotted || resolver.is_some() {
+                return None;
+            }
+        }
+        Some(
+            self.scopes()
+                .find_map(|scope| scope.own_variable(first))
+                .map(|v| (v, &segments[1..]))
+                .ok_or_else(|| ExecutionError::UndeclaredReference(Arc::new(first.to_owned()))),
+        )
     }
 
     /// The variable of this scope named by a container candidate of `name`,
@@ -377,6 +426,7 @@ impl<'p, 'v> Context<'p, 'v> {
             parent: self,
             variables: Default::default(),
             resolver: None,
+            dotted: false,
         }
     }
 
@@ -397,6 +447,7 @@ impl<'p, 'v> Context<'p, 'v> {
             variables: Default::default(),
             functions: Default::default(),
             resolver: None,
+            dotted: false,
         }
     }
 
@@ -406,6 +457,7 @@ impl<'p, 'v> Context<'p, 'v> {
             variables: Default::default(),
             functions: Default::default(),
             resolver: None,
+            dotted: false,
         }
     }
 }
@@ -417,6 +469,7 @@ impl Default for Context<'_, '_> {
             variables: Default::default(),
             functions: Default::default(),
             resolver: None,
+            dotted: false,
         }
     }
 }

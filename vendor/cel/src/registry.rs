@@ -118,6 +118,21 @@ impl TypeRegistry {
         }
     }
 
+    /// arbiter patch: whether a type is registered under `first.…`, a qualified name whose
+    /// first segment is `first`. Type names are identifiers joined by dots, and `.` sorts
+    /// before every character an identifier may hold, so such names, if any, are the first
+    /// ones after `first` itself.
+    pub(crate) fn has_qualified_under(&self, first: &str) -> bool {
+        use std::ops::Bound;
+        self.types
+            .range::<str, _>((Bound::Excluded(first), Bound::Unbounded))
+            .next()
+            .is_some_and(|(name, _)| {
+                name.strip_prefix(first)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+    }
+
     /// Finds the struct type registered under `name`.
     pub fn find_struct(&self, name: &str) -> Option<&dyn StructType> {
         self.structs.get(name).map(Box::as_ref)
