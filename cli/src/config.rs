@@ -64,6 +64,8 @@ pub struct ConfigFile {
     #[serde(rename = "cel-cost-limit", alias = "cel_cost_limit")]
     pub cel_cost_limit: Option<Scalar>,
     pub workers: Option<Scalar>,
+    #[serde(rename = "io-threads", alias = "io_threads")]
+    pub io_threads: Option<Scalar>,
     pub queue: Option<Scalar>,
     #[serde(rename = "path-normalization", alias = "path_normalization")]
     pub path_normalization: Option<String>,

@@ -111,6 +111,12 @@ pub struct Args {
     /// check (the engines' time limits still apply) [default: 0].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Threads that serve connections (and, with `--workers 0`, decide). 1 runs everything on
+    /// one thread, where responses that are ready together leave in one write: the least CPU
+    /// per check, at some throughput behind a busy proxy (`benches/RESULTS.md`). 0: one per
+    /// available CPU [default: 0].
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<usize>,
     /// Checks that may wait for an evaluation thread before new ones are denied with
     /// `overload` [default: 1024].
     #[arg(long, value_name = "N")]
@@ -211,6 +217,8 @@ pub struct Settings {
     /// Expression steps per CEL evaluation (`None`: no budget).
     pub cel_cost_limit: Option<u64>,
     pub workers: usize,
+    /// Runtime threads; 0 for one per available CPU, 1 for a single-threaded runtime.
+    pub io_threads: usize,
     pub queue: usize,
     pub path_normalization: PathNormalization,
     /// `(trust domain, bundle file)` pairs.
@@ -724,9 +732,25 @@ impl Args {
                 (n > 0).then(|| u64::try_from(n).unwrap_or(u64::MAX))
             },
             workers: number(self.workers, "workers", &file.workers, 0)?,
+            io_threads: number(self.io_threads, "io-threads", &file.io_threads, 0)?,
             queue: number(self.queue, "queue", &file.queue, 1024)?.max(1),
             path_normalization,
         })
+    }
+}
+
+/// The runtime for `--io-threads`: one thread is the current-thread scheduler, where a task
+/// another wakes runs after the tasks already queued (the multi-threaded one runs it next), so
+/// the connection writes the responses of a read's checks together instead of one each.
+fn runtime_builder(io_threads: usize) -> tokio::runtime::Builder {
+    match io_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
     }
 }
 
@@ -1261,7 +1285,7 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match runtime_builder(settings.io_threads)
         .enable_all()
         .thread_name("arbiter-io")
         .build()
