@@ -113,8 +113,9 @@ pub struct Args {
     pub workers: Option<usize>,
     /// Threads that serve connections (and, with `--workers 0`, decide). 1 runs everything on
     /// one thread, where responses that are ready together leave in one write: the least CPU
-    /// per check, at some throughput behind a busy proxy (`benches/RESULTS.md`). 0: one per
-    /// available CPU [default: 0].
+    /// per check and a lower p99, at some throughput behind a busy proxy
+    /// (`benches/RESULTS.md`). 0: one thread where the process has one CPU, else one per CPU
+    /// [default: 0].
     #[arg(long, value_name = "N")]
     pub io_threads: Option<usize>,
     /// Checks that may wait for an evaluation thread before new ones are denied with
@@ -739,18 +740,26 @@ impl Args {
     }
 }
 
-/// The runtime for `--io-threads`: one thread is the current-thread scheduler, where a task
-/// another wakes runs after the tasks already queued (the multi-threaded one runs it next), so
-/// the connection writes the responses of a read's checks together instead of one each.
-fn runtime_builder(io_threads: usize) -> tokio::runtime::Builder {
-    match io_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
+/// The runtime for `--io-threads`, and how the start-up line names it. One thread is the
+/// current-thread scheduler, where a task another wakes runs after the tasks already queued
+/// (the multi-threaded one runs it next), so the connection writes the responses of a read's
+/// checks together instead of one each: about a third less CPU per check and a lower p99
+/// behind Envoy, at some throughput (`benches/RESULTS.md`). 0 chooses it where the process has
+/// one CPU (a sidecar's limit, a pinned process), else a thread per CPU.
+fn runtime_builder(io_threads: usize) -> (tokio::runtime::Builder, String) {
+    let threads = match io_threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    if threads == 1 {
+        (
+            tokio::runtime::Builder::new_current_thread(),
+            "one I/O thread".into(),
+        )
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        (b, format!("{threads} I/O threads"))
     }
 }
 
@@ -1285,11 +1294,8 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    let runtime = match runtime_builder(settings.io_threads)
-        .enable_all()
-        .thread_name("arbiter-io")
-        .build()
-    {
+    let (mut builder, runtime_name) = runtime_builder(settings.io_threads);
+    let runtime = match builder.enable_all().thread_name("arbiter-io").build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("arbiter: cannot start the runtime: {e}");
@@ -1454,7 +1460,7 @@ pub fn run(args: &Args) -> Exit {
         // Every handler is installed: only now say that the server is up.
         let stop = shutdown_signal();
         eprintln!(
-            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine})",
+            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine}; {runtime_name})",
             settings.path,
             settings
                 .policies

@@ -249,6 +249,54 @@ fn stalled_streams(name: &str, extra: &[&str], connections: usize) {
     });
 }
 
+/// `--io-threads`: 0 (the default) chooses the single-threaded runtime where the process has
+/// one CPU (here: pinned to one with `taskset`), a thread per CPU otherwise; the start-up line
+/// says which, and either serves.
+#[test]
+fn io_threads_default_to_one_where_the_process_has_one_cpu() {
+    let dir = common::tmp("listener-bounds", "io-threads");
+    std::fs::write(
+        dir.join("policy.rego"),
+        "package envoy.authz\n\nallow := true\n",
+    )
+    .unwrap();
+    let arbiter = env!("CARGO_BIN_EXE_arbiter");
+    let policy = dir.join("policy.rego");
+    let pinned: &[&str] = &["taskset", "-c", "0"];
+    let runs: [(&[&str], &[&str], &str); 3] = [
+        (pinned, &[], "one I/O thread"),
+        (&[], &["--io-threads", "2"], "2 I/O threads"),
+        (&[], &["--io-threads", "1"], "one I/O thread"),
+    ];
+    for (launcher, flags, expected) in runs {
+        let mut cmd = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(arbiter);
+                c
+            }
+            None => Command::new(arbiter),
+        };
+        cmd.args(["serve", policy.to_str().unwrap()])
+            .args(flags)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        let (child, _grpc, http_addr, lines) = common::serve_announced(cmd);
+        let _stopper = Stopper(Some(child));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("arbiter: serving") && l.contains(expected)),
+            "{launcher:?} {flags:?}: expected `{expected}` in {lines:?}"
+        );
+        let (code, body) = common::http(&http_addr, "POST", "/v1/data/envoy/authz/allow", "{}");
+        assert_eq!(
+            (code, body.contains("true")),
+            (200, true),
+            "{flags:?}: {body}"
+        );
+    }
+}
+
 #[test]
 fn slow_loris_http_clients_are_cut_off_and_health_still_answers() {
     let dir = common::tmp("listener-bounds", "http");

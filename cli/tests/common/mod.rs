@@ -69,11 +69,18 @@ pub fn stop(mut child: Child) {
 /// Start `arbiter serve` (`cmd` holds the arguments; its stderr is taken) and wait up to 30 s for
 /// its announcement: the child, the gRPC address and the HTTP address. Stderr keeps being
 /// drained so the server never blocks on it.
+pub fn serve(cmd: Command) -> (Child, String, String) {
+    let (child, grpc, http, _) = serve_announced(cmd);
+    (child, grpc, http)
+}
+
+/// [`serve`], and the lines `serve` wrote up to its announcement.
 #[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
-pub fn serve(mut cmd: Command) -> (Child, String, String) {
+pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let start = Instant::now();
+    let mut before = Vec::new();
     loop {
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -85,7 +92,14 @@ pub fn serve(mut cmd: Command) -> (Child, String, String) {
                 .split_once(", HTTP (health, metrics, Data API) on ")
                 .unwrap();
             std::thread::spawn(move || for _ in lines {});
-            return (child, grpc.trim().to_string(), http.trim().to_string());
+            before.push(line.clone());
+            return (
+                child,
+                grpc.trim().to_string(),
+                http.trim().to_string(),
+                before,
+            );
         }
+        before.push(line);
     }
 }
