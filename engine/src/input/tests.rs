@@ -165,6 +165,20 @@ fn objects_built_from_entries_keep_the_last_value_of_a_key() {
         Value::from(regorus::value::Object::from_entries(vec![])),
         Value::new_object()
     );
+    // Removing keys from such an object reads as removing them from a map built by inserts.
+    let mut built = regorus::value::Object::from_entries(vec![
+        (Value::from("a"), Value::from(1u64)),
+        (Value::from("b"), Value::from(2u64)),
+        (Value::from("c"), Value::from(3u64)),
+    ]);
+    assert_eq!(built.remove(&Value::from("b")), Some(Value::from(2u64)));
+    assert_eq!(built.remove(&Value::from("x")), None);
+    assert_eq!(to_json(&Value::from(built.clone())), json!({"a": 1, "c": 3}));
+    assert_eq!(built.get(&Value::from("c")), Some(&Value::from(3u64)));
+    built.remove(&Value::from("a"));
+    built.remove(&Value::from("c"));
+    assert!(built.is_empty());
+    assert_eq!(Value::from(built), Value::new_object());
 }
 
 #[test]

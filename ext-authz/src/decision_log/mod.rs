@@ -363,15 +363,19 @@ impl Writer {
 
     fn one(&mut self, record: &DecisionRecord) {
         let (has_mask, has_drop) = match &record.policies {
-            Some(p) => *self
-                .policy_flags
-                .entry(p.revision().to_string())
-                .or_insert_with(|| {
-                    (
-                        p.defines(&self.config.mask_decision),
-                        p.defines(&self.config.drop_decision),
-                    )
-                }),
+            // Looked up by reference: a new revision's key is copied once, not every event's.
+            Some(p) => match self.policy_flags.get(p.revision()) {
+                Some(flags) => *flags,
+                None => *self
+                    .policy_flags
+                    .entry(p.revision().to_string())
+                    .or_insert_with(|| {
+                        (
+                            p.defines(&self.config.mask_decision),
+                            p.defines(&self.config.drop_decision),
+                        )
+                    }),
+            },
             None => (false, false),
         };
         let (line, hash) = match (&record.policies, has_mask || has_drop) {

@@ -53,13 +53,20 @@ impl Object {
             }
             Repr::Frozen(v) => {
                 // Absent key: keep compact Frozen storage untouched.
-                // Present key: thaw to a mutable representation, then remove.
-                if v.binary_search_by(|(k, _)| k.cmp(key)).is_err() {
+                // arbiter patch: a present key leaves the sorted slice, which stays compact
+                // (removing keeps the rest sorted); it was thawed into a `BTreeMap` first.
+                let Ok(i) = v.binary_search_by(|(k, _)| k.cmp(key)) else {
                     self.repr = Repr::Frozen(v);
                     return None;
-                }
-                self.repr = Self::thawed_repr(v);
-                self.remove(key)
+                };
+                let mut entries = Vec::from(v);
+                let (_, prev) = entries.remove(i);
+                self.repr = if entries.is_empty() {
+                    Repr::Empty
+                } else {
+                    Repr::Frozen(entries.into_boxed_slice())
+                };
+                Some(prev)
             }
             Repr::BTree(mut m) => {
                 let prev = m.remove(key);
