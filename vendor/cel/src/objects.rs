@@ -1312,16 +1312,16 @@ impl Value {
                     match call.func_name.as_str() {
                         operators::LOGICAL_NOT => {
                             let expr = Value::resolve_val(&call.args[0], ctx)?;
-                            let overload_error = ExecutionError::overload_for_values(
-                                &call.func_name,
-                                [expr.as_ref()],
-                                false,
-                            );
-                            return expr
-                                .downcast_ref::<CelBool>()
-                                .map(Bool::negate)
-                                .ok_or(overload_error)
-                                .map(|b| bool(b.into_inner()));
+                            // arbiter patch: the error (its message formatted) only when `!`
+                            // is given something other than a bool.
+                            return match expr.downcast_ref::<CelBool>() {
+                                Some(b) => Ok(bool(b.negate().into_inner())),
+                                None => Err(ExecutionError::overload_for_values(
+                                    &call.func_name,
+                                    [expr.as_ref()],
+                                    false,
+                                )),
+                            };
                         }
                         operators::NEGATE => {
                             let val = Value::resolve_val(&call.args[0], ctx)?;
@@ -1554,12 +1554,12 @@ impl Value {
             }
             Expr::Struct(strct) => {
                 let name = strct.type_name.clone();
-                let struct_type = ctx
-                    .find_struct(&name)
-                    .ok_or(ExecutionError::UnexpectedType {
-                        got: name.to_owned(),
-                        want: "known struct".to_owned(),
-                    })?;
+                let struct_type =
+                    ctx.find_struct(&name)
+                        .ok_or_else(|| ExecutionError::UnexpectedType {
+                            got: name.to_owned(),
+                            want: "known struct".to_owned(),
+                        })?;
                 let mut fields = std::collections::BTreeMap::new();
                 for entry in &strct.entries {
                     match &entry.expr {

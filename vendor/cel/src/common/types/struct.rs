@@ -160,9 +160,7 @@ impl<'v> Indexer for Struct<'v> {
         if let Some(field) = idx.downcast_ref::<CelString>() {
             self.field_value(field.inner())
                 .map(CowVal::Borrowed)
-                .ok_or(ExecutionError::NoSuchKey(Arc::new(String::from(
-                    field.inner(),
-                ))))
+                .ok_or_else(|| ExecutionError::NoSuchKey(Arc::new(String::from(field.inner()))))
         } else {
             Err(ExecutionError::UnsupportedIndex(
                 idx.try_into()?,
@@ -187,9 +185,7 @@ impl<'v> Indexer for Struct<'v> {
         let value = this
             .entries
             .remove(field.inner())
-            .ok_or(ExecutionError::NoSuchKey(Arc::new(String::from(
-                field.inner(),
-            ))))?;
+            .ok_or_else(|| ExecutionError::NoSuchKey(Arc::new(String::from(field.inner()))))?;
         // an unsized `Arc<dyn Val>` cannot be unwrapped: clone the field out
         Ok(value.clone_as_boxed())
     }
