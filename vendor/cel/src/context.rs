@@ -250,35 +250,41 @@ impl<'p, 'v> Context<'p, 'v> {
         )))
     }
 
-    /// arbiter patch: [`Self::resolve_qualified`] without building any longer name, when no
-    /// longer name can match: no container, a name that is not absolute, no variable with a
-    /// dot in its name and no resolver in any scope, and no type named `a.…` for the name's
-    /// first segment `a`. Then every candidate but the first segment finds nothing, so the
-    /// innermost scope with a variable `a` decides, as the general search would; `None` when
-    /// these conditions do not hold (the general search runs).
-    #[allow(clippy::type_complexity)]
-    fn resolve_plain_qualified<'b, 's>(
-        &'b self,
-        segments: &'s [&'b str],
-    ) -> Option<Result<(CowVal<'b, 'v>, &'s [&'b str]), ExecutionError>> {
-        let first = *segments.first()?;
+    /// arbiter patch: whether a qualified name whose first segment is `first` can only mean
+    /// the variable `first` and fields selected on it: no container, a name that is not
+    /// absolute, no variable with a dot in its name and no resolver in any scope, and no type
+    /// named `first` or `first.…`. Then the general search of [`Self::resolve_qualified`]
+    /// finds nothing for any longer candidate, and the innermost scope with the variable
+    /// `first` decides (as resolving `first` alone does, there being no such type).
+    pub(crate) fn names_are_plain(&self, first: &str) -> bool {
         let env = self.env();
         if first.starts_with('.')
             || !env.container().is_empty()
-            || env.types().has_qualified_under(first)
+            || env.types().has_type_under(first)
         {
-            return None;
+            return false;
         }
-        for scope in self.scopes() {
+        self.scopes().all(|scope| {
             let (Context::Root {
                 dotted, resolver, ..
             }
             | Context::Child {
                 dotted, resolver, ..
             }) = scope;
-            if *dotted || resolver.is_some() {
-                return None;
-            }
+            !*dotted && resolver.is_none()
+        })
+    }
+
+    /// arbiter patch: [`Self::resolve_qualified`] without building any longer name, when
+    /// [`Self::names_are_plain`]; `None` otherwise (the general search runs).
+    #[allow(clippy::type_complexity)]
+    fn resolve_plain_qualified<'b, 's>(
+        &'b self,
+        segments: &'s [&'b str],
+    ) -> Option<Result<(CowVal<'b, 'v>, &'s [&'b str]), ExecutionError>> {
+        let first = *segments.first()?;
+        if !self.names_are_plain(first) {
+            return None;
         }
         Some(
             self.scopes()

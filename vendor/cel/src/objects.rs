@@ -1404,6 +1404,14 @@ impl Value {
                 .resolve_ident(name)
                 .ok_or_else(|| ExecutionError::UndeclaredReference(Arc::new(name.to_string()))),
             Expr::Select(select) => {
+                // arbiter patch (8): where a name can only be a variable and its fields, a
+                // selection is its operand's field, without the name's segments collected.
+                if let Some(root) = select.operand.expr.qualified_name_root() {
+                    if ctx.names_are_plain(root) {
+                        let left = Value::resolve_val(select.operand.deref(), ctx)?;
+                        return select_field(left, &select.field, select.test);
+                    }
+                }
                 // `has(a.b.c)` tests for `c` on `a.b`: only its operand is a name
                 let name = if select.test {
                     select.operand.expr.qualified_name_segments()

@@ -118,18 +118,18 @@ impl TypeRegistry {
         }
     }
 
-    /// arbiter patch: whether a type is registered under `first.…`, a qualified name whose
-    /// first segment is `first`. Type names are identifiers joined by dots, and `.` sorts
-    /// before every character an identifier may hold, so such names, if any, are the first
-    /// ones after `first` itself.
-    pub(crate) fn has_qualified_under(&self, first: &str) -> bool {
+    /// arbiter patch: whether a type is registered as `first` or under `first.…`, a
+    /// qualified name whose first segment is `first`. Type names are identifiers joined by
+    /// dots, and `.` sorts before every character an identifier may hold, so such names, if
+    /// any, are the first ones from `first` on.
+    pub(crate) fn has_type_under(&self, first: &str) -> bool {
         use std::ops::Bound;
         self.types
-            .range::<str, _>((Bound::Excluded(first), Bound::Unbounded))
+            .range::<str, _>((Bound::Included(first), Bound::Unbounded))
             .next()
             .is_some_and(|(name, _)| {
                 name.strip_prefix(first)
-                    .is_some_and(|rest| rest.starts_with('.'))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             })
     }
 
