@@ -173,7 +173,10 @@ fn objects_built_from_entries_keep_the_last_value_of_a_key() {
     ]);
     assert_eq!(built.remove(&Value::from("b")), Some(Value::from(2u64)));
     assert_eq!(built.remove(&Value::from("x")), None);
-    assert_eq!(to_json(&Value::from(built.clone())), json!({"a": 1, "c": 3}));
+    assert_eq!(
+        to_json(&Value::from(built.clone())),
+        json!({"a": 1, "c": 3})
+    );
     assert_eq!(built.get(&Value::from("c")), Some(&Value::from(3u64)));
     built.remove(&Value::from("a"));
     built.remove(&Value::from("c"));
