@@ -2,9 +2,10 @@
 // Licensed under the MIT License.
 
 use crate::rvm::instructions::FunctionCallParams;
-use crate::rvm::program::{RuleInfo, RuleType};
+use crate::rvm::program::{Program, RuleInfo, RuleType};
 use crate::value::Value;
 use alloc::format;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::convert::TryFrom as _;
 use core::mem;
@@ -245,16 +246,18 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
-            .rule_infos
-            .get(rule_idx)
-            .ok_or_else(|| VmError::RuleInfoMissing {
-                index: rule_index,
-                pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+        // arbiter patch (33): the rule's description borrowed from a counted reference to the
+        // program, not copied (its name and vectors) on every call.
+        let program = Arc::clone(&self.program);
+        let rule_info =
+            program
+                .rule_infos
+                .get(rule_idx)
+                .ok_or_else(|| VmError::RuleInfoMissing {
+                    index: rule_index,
+                    pc: self.pc,
+                    available: program.rule_infos.len(),
+                })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -413,16 +416,18 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
-            .rule_infos
-            .get(rule_idx)
-            .ok_or_else(|| VmError::RuleInfoMissing {
-                index: rule_index,
-                pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+        // arbiter patch (33): the rule's description borrowed from a counted reference to the
+        // program, not copied (its name and vectors) on every call.
+        let program = Arc::clone(&self.program);
+        let rule_info =
+            program
+                .rule_infos
+                .get(rule_idx)
+                .ok_or_else(|| VmError::RuleInfoMissing {
+                    index: rule_index,
+                    pc: self.pc,
+                    available: program.rule_infos.len(),
+                })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -762,16 +767,18 @@ impl RegoVM {
         } = frame_data;
 
         let rule_idx = rule_index as usize;
-        let rule_info = self
-            .program
-            .rule_infos
-            .get(rule_idx)
-            .ok_or_else(|| VmError::RuleInfoMissing {
-                index: rule_index,
-                pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+        // arbiter patch (33): the rule's description borrowed from a counted reference to the
+        // program, not copied (its name and vectors) on every call.
+        let program = Arc::clone(&self.program);
+        let rule_info =
+            program
+                .rule_infos
+                .get(rule_idx)
+                .ok_or_else(|| VmError::RuleInfoMissing {
+                    index: rule_index,
+                    pc: self.pc,
+                    available: program.rule_infos.len(),
+                })?;
 
         let result_from_rule = if rule_failed_due_to_inconsistency {
             Value::Undefined
@@ -902,12 +909,13 @@ impl RegoVM {
         &mut self,
         frame_data: &mut RuleFrameData,
     ) -> Result<Option<usize>> {
-        let rule_info = self.get_rule_info(frame_data.rule_index)?;
+        let program = self.program_with_rule(frame_data.rule_index)?;
+        let rule_info = &program.rule_infos[frame_data.rule_index as usize];
         match frame_data.phase {
             RuleFramePhase::ExecutingDestructuring => {
-                self.rule_frame_after_destructuring_success(frame_data, &rule_info)
+                self.rule_frame_after_destructuring_success(frame_data, rule_info)
             }
-            RuleFramePhase::ExecutingBody => self.rule_frame_after_success(frame_data, &rule_info),
+            RuleFramePhase::ExecutingBody => self.rule_frame_after_success(frame_data, rule_info),
             RuleFramePhase::Initializing | RuleFramePhase::Finalizing => Ok(None),
         }
     }
@@ -916,21 +924,23 @@ impl RegoVM {
         &mut self,
         frame_data: &mut RuleFrameData,
     ) -> Result<Option<usize>> {
-        let rule_info = self.get_rule_info(frame_data.rule_index)?;
-        self.rule_frame_after_failure(frame_data, &rule_info)
+        let program = self.program_with_rule(frame_data.rule_index)?;
+        let rule_info = &program.rule_infos[frame_data.rule_index as usize];
+        self.rule_frame_after_failure(frame_data, rule_info)
     }
 
-    fn get_rule_info(&self, rule_index: u32) -> Result<RuleInfo> {
-        let idx = rule_index as usize;
-        self.program
-            .rule_infos
-            .get(idx)
-            .cloned()
-            .ok_or_else(|| VmError::RuleInfoMissing {
+    /// arbiter patch (33): the program, counted once more, whose rule `rule_index` the caller
+    /// reads, after checking that the rule exists (no copy of its description).
+    fn program_with_rule(&self, rule_index: u32) -> Result<Arc<Program>> {
+        if (rule_index as usize) < self.program.rule_infos.len() {
+            Ok(Arc::clone(&self.program))
+        } else {
+            Err(VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
                 available: self.program.rule_infos.len(),
             })
+        }
     }
 
     pub(super) fn checked_add_one(&self, value: usize, context: &'static str) -> Result<usize> {
