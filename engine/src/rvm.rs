@@ -313,6 +313,73 @@ allow if data.roles[input] == \"admin\"\n");
     }
 
     #[test]
+    fn membership_in_a_set_literal_of_computed_elements_agrees_with_the_interpreter() {
+        // regorus patch 34 compiles `x in {a, b}` whose elements are computed as `x in [a, b]`:
+        // the same answers, undefined elements and numbers of both kinds included.
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "t.rego",
+            "package t
+             pair if input.x in {input.a, \"*\"}
+             undefined_element if input.x in {input.missing, input.x}
+             negated if not input.x in {input.a, input.b}
+             nested if input.x in {[input.a], {input.b: 1}}
+             constant if input.x in {\"GET\", \"HEAD\"}
+             every_segment if {
+  every i, seg in input.prefix {
+    seg in {\"*\", input.path[i]}
+  }
+}
+",
+        );
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let cases = [
+            serde_json::json!({"x": 1, "a": 1.0, "b": 2}),
+            serde_json::json!({"x": "*", "a": "y", "b": "z"}),
+            serde_json::json!({"x": "GET", "a": "GET", "b": null}),
+            serde_json::json!({"x": [1], "a": 1, "b": "k"}),
+            serde_json::json!({"x": {"k": 1}, "a": 0, "b": "k"}),
+            serde_json::json!({"x": 3, "a": 1, "b": 2}),
+            serde_json::json!({"a": 1, "b": 2}),
+            serde_json::json!({"prefix": ["api", "*"], "path": ["api", "v1", "x"]}),
+            serde_json::json!({"prefix": ["api", "v2"], "path": ["api", "v1"]}),
+            serde_json::json!({"prefix": ["api", "v1", "x"], "path": ["api", "v1"]}),
+        ];
+        let mut answers = std::collections::BTreeMap::new();
+        for rule in [
+            "pair",
+            "undefined_element",
+            "negated",
+            "nested",
+            "constant",
+            "every_segment",
+        ] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            let d = RvmDecider::compile(&set, &path).unwrap();
+            for (i, case) in cases.iter().enumerate() {
+                let input = crate::value::from_json(case);
+                let on_vm = d.evaluate(input.clone()).unwrap();
+                assert_eq!(on_vm, set.evaluate(&path, input).unwrap(), "{rule} {case}");
+                answers.insert((rule, i), on_vm);
+            }
+        }
+        // The answers themselves, so that the agreement is not that of two wrong engines.
+        let t = Value::Bool(true);
+        assert_eq!(answers[&("pair", 0)], t, "1 is in {{1.0, \"*\"}}");
+        assert_eq!(answers[&("pair", 1)], t);
+        assert_eq!(answers[&("pair", 5)], Value::Undefined);
+        assert_eq!(answers[&("undefined_element", 5)], Value::Undefined);
+        assert_eq!(answers[&("negated", 5)], t);
+        assert_eq!(answers[&("negated", 0)], Value::Undefined);
+        assert_eq!(answers[&("nested", 3)], t);
+        assert_eq!(answers[&("nested", 4)], t);
+        assert_eq!(answers[&("constant", 2)], t);
+        assert_eq!(answers[&("every_segment", 7)], t);
+        assert_eq!(answers[&("every_segment", 8)], Value::Undefined);
+        assert_eq!(answers[&("every_segment", 9)], Value::Undefined);
+    }
+
+    #[test]
     fn a_program_past_65535_instructions_runs_on_the_vm() {
         // Issue 18's router at 3,000 packages of two rules each (benches/mesh/gen-router.py's
         // shape): about 23 instructions a package, past the 65,535 that 16-bit jump targets

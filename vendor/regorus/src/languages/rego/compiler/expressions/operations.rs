@@ -181,8 +181,23 @@ impl<'a> Compiler<'a> {
         span: &Span,
     ) -> Result<Register> {
         let value_reg = self.compile_rego_expr_with_span(value, value.span(), false)?;
-        let collection_reg =
-            self.compile_rego_expr_with_span(collection, collection.span(), false)?;
+        let collection_reg = match collection.as_ref() {
+            // arbiter patch (34): `x in {a, path[i]}`, a set literal whose elements are
+            // computed at run time, asks what `x in [a, path[i]]` asks: whether `x` equals one
+            // of the elements (`Value`'s equality is its order's, so the set's membership
+            // test and the array's agree), undefined when an element is. The array costs one
+            // vector instead of a B-tree built, searched and dropped on every evaluation.
+            // A set of constants stays the constant set it is compiled to (searched, not scanned).
+            crate::ast::Expr::Set { items, .. }
+                if !self.loop_expr_register_map.contains_key(collection)
+                    && items.iter().any(|i| {
+                        super::collection_literals::try_eval_const(i.as_ref()).is_none()
+                    }) =>
+            {
+                self.compile_array_literal(items, collection.span())?
+            }
+            _ => self.compile_rego_expr_with_span(collection, collection.span(), false)?,
+        };
 
         let dest = self.alloc_register()?;
         self.emit_instruction(
