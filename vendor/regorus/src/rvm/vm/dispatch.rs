@@ -648,11 +648,13 @@ impl RegoVM {
                     if any_undefined {
                         self.set_register(params.dest, Value::Undefined)?;
                     } else {
-                        let elements: Vec<Value> = params
-                            .element_registers()
-                            .iter()
-                            .map(|&reg| self.get_register(reg).cloned())
-                            .collect::<Result<Vec<_>>>()?;
+                        // arbiter patch (34): a loop into a vector of the right size (the
+                        // collecting iterator through `Result` did not know its length).
+                        let registers = params.element_registers();
+                        let mut elements: Vec<Value> = Vec::with_capacity(registers.len());
+                        for &reg in registers {
+                            elements.push(self.get_register(reg)?.clone());
+                        }
 
                         let array_value = Value::from_array(elements);
                         self.set_register(params.dest, array_value)?;
