@@ -366,15 +366,14 @@ impl Writer {
             // Looked up by reference: a new revision's key is copied once, not every event's.
             Some(p) => match self.policy_flags.get(p.revision()) {
                 Some(flags) => *flags,
-                None => *self
-                    .policy_flags
-                    .entry(p.revision().to_string())
-                    .or_insert_with(|| {
-                        (
-                            p.defines(&self.config.mask_decision),
-                            p.defines(&self.config.drop_decision),
-                        )
-                    }),
+                None => {
+                    let flags = (
+                        p.defines(&self.config.mask_decision),
+                        p.defines(&self.config.drop_decision),
+                    );
+                    self.policy_flags.insert(p.revision().to_string(), flags);
+                    flags
+                }
             },
             None => (false, false),
         };
