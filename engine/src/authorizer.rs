@@ -64,14 +64,11 @@ pub struct Authorizer {
     data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
 }
 
-/// Run `input` on the VM: `None` when the interpreter must answer instead. That is when the
-/// clock is frozen (decision tests pin `time.now_ns` with `with`, which the RVM lacks) and when
-/// a run fails for another reason than a limit: the interpreter re-evaluates it, so errors and
-/// their messages are always the interpreter's; a limit is not retried.
+/// Run `input` on the VM: `None` when the interpreter must answer instead, which is when a run
+/// fails for another reason than a limit: the interpreter re-evaluates it, so errors and their
+/// messages are always the interpreter's; a limit is not retried. A frozen clock
+/// ([`crate::clock::freeze`]) holds for both.
 fn on_vm(vm: &RvmDecider, input: &Value) -> Option<Result<Value, crate::rego::EvalError>> {
-    if crate::clock::frozen_ns().is_some() {
-        return None;
-    }
     match vm.evaluate(input.clone()) {
         Ok(v) => Some(Ok(v)),
         Err(e)
@@ -216,9 +213,8 @@ impl Authorizer {
         }
     }
 
-    /// Evaluate the decision path for an input: on the RVM when it is available and the clock
-    /// is not frozen (decision tests pin `time.now_ns` with `with`, which the RVM lacks), else
-    /// on the interpreter. A failed RVM run is re-evaluated by the interpreter, so errors are
+    /// Evaluate the decision path for an input: on the RVM when it is available, else on the
+    /// interpreter. A failed RVM run is re-evaluated by the interpreter, so errors are
     /// always the interpreter's; limits are not retried.
     fn decide_rego(&self, input: &Value) -> Decision {
         match self.rvm.as_deref().and_then(|vm| on_vm(vm, input)) {

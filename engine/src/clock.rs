@@ -1,9 +1,10 @@
 //! The time decisions are made at: the system clock, or a time frozen for the current thread.
 //!
-//! Decision tests (`now:` in a `*_test.yaml` case) freeze the clock so that time-of-day rules,
-//! token expiry and certificate validity decide the same way on every run. Everything on the
-//! decision path that reads the time reads it here; Rego's `time.now_ns()` is pinned with
-//! `with time.now_ns as …` by [`crate::PolicySet`] while the clock is frozen.
+//! Decision tests (`now:` in a `*_test.yaml` case) and `arbiter replay` (each event as of its
+//! own time) freeze the clock so that time-of-day rules, token expiry and certificate
+//! validity decide the same way on every run. Everything on the decision path that reads the
+//! time reads it here; Rego's `time.now_ns()` (on the interpreter and the RVM alike) reads
+//! regorus's thread clock, which [`freeze`] sets with this one.
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,6 +39,7 @@ fn system_now_ns() -> i64 {
 #[must_use = "the clock is frozen only while the guard lives"]
 pub fn freeze(ns: i64) -> Frozen {
     let previous = FROZEN_NS.with(|f| f.replace(Some(ns)));
+    regorus::set_thread_now_ns(Some(ns));
     Frozen { previous }
 }
 
@@ -50,6 +52,7 @@ pub struct Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         FROZEN_NS.with(|f| f.set(self.previous));
+        regorus::set_thread_now_ns(self.previous);
     }
 }
 

@@ -549,17 +549,6 @@ impl PolicySet {
     pub fn evaluate(&self, reference: &DataRef, input: Value) -> Result<Value, EvalError> {
         let mut engine = self.prototype.clone();
         engine.set_input(input);
-        if let Some(ns) = crate::clock::frozen_ns() {
-            // A frozen clock (decision tests): pin Rego's `time.now_ns()` as well.
-            return first_value(
-                engine
-                    .eval_query(
-                        format!("{} with time.now_ns as {ns}", reference.as_rego()),
-                        false,
-                    )
-                    .map_err(|e| EvalError::from_regorus(&e))?,
-            );
-        }
         if !reference.is_root() {
             match engine.eval_rule(reference.as_rego().to_string()) {
                 Ok(v) => return Ok(v),

@@ -380,6 +380,37 @@ allow if data.roles[input] == \"admin\"\n");
     }
 
     #[test]
+    fn a_frozen_clock_holds_on_the_vm_and_the_interpreter() {
+        // regorus patch 35: `time.now_ns()` reads the thread's frozen clock, so that replayed
+        // and tested decisions run on the VM as served ones do.
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "t.rego",
+            "package t
+             now := time.now_ns()
+             hour := h if [h, _, _] := time.clock([time.now_ns(), \"UTC\"])",
+        );
+        let set = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let ns: i64 = 1_795_690_800_123_456_789; // 2026-11-26T11:00:00.123456789Z
+        for (rule, want) in [("now", Value::from(ns)), ("hour", Value::from(11))] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            let d = RvmDecider::compile(&set, &path).unwrap();
+            let input = Value::new_object();
+            {
+                let _frozen = crate::clock::freeze(ns);
+                assert_eq!(d.evaluate(input.clone()).unwrap(), want, "{rule} on the VM");
+                assert_eq!(set.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            }
+            // Thawed: the system clock again, on both.
+            assert_ne!(
+                d.evaluate(input.clone()).unwrap(),
+                Value::from(ns),
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
     fn a_program_past_65535_instructions_runs_on_the_vm() {
         // Issue 18's router at 3,000 packages of two rules each (benches/mesh/gen-router.py's
         // shape): about 23 instructions a package, past the 65,535 that 16-bit jump targets

@@ -183,6 +183,8 @@ pub use {
     target::Target,
 };
 
+#[cfg(feature = "time")]
+pub use builtins::set_thread_now_ns;
 pub use compile::{compile_policy_with_entrypoint, PolicyModule};
 pub use compiled_policy::CompiledPolicy;
 pub use engine::{Engine, InvalidRuleRootError, PolicyPackageComponents};

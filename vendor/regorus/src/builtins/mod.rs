@@ -46,6 +46,8 @@ pub mod sets;
 mod strings;
 #[cfg(feature = "time")]
 mod time;
+#[cfg(feature = "time")]
+pub use time::set_thread_now_ns;
 mod tracing;
 pub mod types;
 mod units;

@@ -133,11 +133,27 @@ fn format(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> R
     Ok(Value::String(result.into()))
 }
 
+std::thread_local! {
+    static FROZEN_NOW_NS: core::cell::Cell<Option<i64>> = const { core::cell::Cell::new(None) };
+}
+
+/// Freeze `time.now_ns()` on this thread at `ns` (`None`: the system clock again), for the
+/// interpreter and the RVM alike; returns the previous setting. (arbiter patch: decisions
+/// replayed or tested as of a given time.)
+pub fn set_thread_now_ns(ns: Option<i64>) -> Option<i64> {
+    FROZEN_NOW_NS.with(|f| f.replace(ns))
+}
+
 fn now_ns(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "time.now_ns";
     ensure_args_count(span, name, params, args, 0)?;
 
-    safe_timestamp_nanos(span, strict, Utc::now().timestamp_nanos_opt())
+    let frozen = FROZEN_NOW_NS.with(core::cell::Cell::get);
+    safe_timestamp_nanos(
+        span,
+        strict,
+        frozen.or_else(|| Utc::now().timestamp_nanos_opt()),
+    )
 }
 
 fn parse_duration_ns(
