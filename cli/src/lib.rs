@@ -17,6 +17,7 @@ pub mod eval;
 pub mod input;
 pub mod load_limits;
 pub mod logconfig;
+pub mod replay;
 pub mod run;
 pub mod serve;
 pub mod strvals;
@@ -74,6 +75,9 @@ pub enum Command {
     Build(build::Args),
     /// Measure a query or a whole decision, like `opa bench`.
     Bench(bench::Args),
+    /// Re-decide recorded decisions under candidate policies and report what flips: new
+    /// access (deny -> allow) and new denials (allow -> deny).
+    Replay(Box<replay::Args>),
     /// Verify and summarize decision logs.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Audit(cmd) => audit::run(&cmd),
+        Command::Replay(args) => replay::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Build(args) => build::run(&args),
     };

@@ -876,6 +876,19 @@ pub fn authorizer_with(
     s: &Settings,
     fetched: Option<&FetchedBundle>,
 ) -> Result<Authorizer, String> {
+    authorizer_from_sources(s, &sources(s, fetched)?)
+}
+
+/// The policy sources of `s` (folders, files and bundles that need no download).
+pub fn policy_sources(s: &Settings) -> Result<arbiter_engine::PolicySources, String> {
+    sources(s, None)
+}
+
+/// The authorizer `serve` decides with, from sources already read.
+pub fn authorizer_from_sources(
+    s: &Settings,
+    sources: &arbiter_engine::PolicySources,
+) -> Result<Authorizer, String> {
     let options = LoadOptions {
         rego_version: if s.v0_compatible {
             RegoVersion::V0Compatible
@@ -888,8 +901,7 @@ pub fn authorizer_with(
         istio: s.istio.clone(),
         strict_builtin_errors: true,
     };
-    let set =
-        PolicySet::from_sources(&sources(s, fetched)?, &options).map_err(|e| e.to_string())?;
+    let set = PolicySet::from_sources(sources, &options).map_err(|e| e.to_string())?;
     let path = DataRef::parse(&s.path).map_err(|e| e.to_string())?;
     let mut identity = IdentityOptions::default();
     for (td, file) in &s.trust_bundles {

@@ -7,4 +7,5 @@
 pub mod chain;
 pub mod index;
 pub mod mask;
+pub mod replay;
 pub mod summary;
