@@ -12,6 +12,7 @@
    timing each and reading the replay's peak RSS.
 
 Usage: python3 benches/replay_load.py --arbiter target/release/arbiter [--events 1000000]
+         [--keep DIR] (keep the recorded log) | [--log FILE] (replay a kept log)
 """
 
 import argparse
@@ -21,7 +22,6 @@ import hashlib
 import hmac
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -120,19 +120,18 @@ def record(args, work):
     return log
 
 
-def replay(args, log, policies, label):
-    cmd = [args.arbiter, "replay", "--policies", policies, "-f", "json", log]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
+def replay(args, log, policies, label, work):
+    """One replay under GNU time: wall and CPU seconds, and the replay's own peak RSS."""
+    stats = os.path.join(work, "time.txt")
+    cmd = ["/usr/bin/time", "-o", stats, "-f", "%e %U %S %M",
+           args.arbiter, "replay", "--policies", policies, "-f", "json", log]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
-    wall = time.time() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"{label}: exit {out.returncode}: {out.stderr}")
     r = json.loads(out.stdout)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of children is the largest child so far: replays run largest-last here.
-    return r, wall, cpu, after.ru_maxrss / 1024
+    with open(stats) as f:
+        wall, user, system, max_kib = f.read().split()[-4:]
+    return r, float(wall), float(user) + float(system), int(max_kib) / 1024
 
 
 def main():
@@ -142,12 +141,16 @@ def main():
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--keep", help="keep the recorded log in this folder")
+    ap.add_argument("--log", help="replay this recorded log (its rotated set) instead of recording")
     args = ap.parse_args()
     args.envoy = args.envoy or envoy_path()
     work = tempfile.mkdtemp(prefix="arbiter-replay-")
     try:
-        print(f"recording {args.events} events through Envoy ...", flush=True)
-        log = record(args, work)
+        if args.log:
+            log = args.log
+        else:
+            print(f"recording {args.events} events through Envoy ...", flush=True)
+            log = record(args, work)
         files = sorted(glob.glob(log + "*"))
         size = sum(os.path.getsize(f) for f in files)
         print(f"log: {len(files)} files, {size / 2**20:.0f} MiB", flush=True)
@@ -162,7 +165,7 @@ def main():
         rows = []
         for label, policies in (("same policies", os.path.join(REPO, "policies")),
                                 ("candidate: no guest role", candidate)):
-            r, wall, cpu, rss = replay(args, log, policies, label)
+            r, wall, cpu, rss = replay(args, log, policies, label, work)
             rows.append((label, r, wall, cpu, rss))
             print(f"{label}: {r['lines']} lines, compared {r['compared']}, unchanged "
                   f"{r['unchanged']}, new access {r['new_access']}, new denials "
@@ -172,7 +175,7 @@ def main():
         same = rows[0][1]
         if same["new_access"] or same["new_denials"]:
             print("UNEXPECTED: the same policies flipped decisions", flush=True)
-        if args.keep:
+        if args.keep and not args.log:
             os.makedirs(args.keep, exist_ok=True)
             for f in files:
                 shutil.move(f, args.keep)
