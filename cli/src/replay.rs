@@ -261,7 +261,7 @@ fn pretty(r: &Report, args: &Args, files: usize, elapsed: std::time::Duration) -
             parts.push(format!("{} unreadable", r.unreadable));
         }
         let _ = writeln!(s, "  not compared: {}", parts.join(" · "));
-        for u in &r.unreadable_examples {
+        for u in r.unreadable_examples() {
             let _ = writeln!(s, "    {u}");
         }
     }

@@ -68,7 +68,10 @@ fn flips_counts_and_exit_codes() {
     let candidate = policy_dir(
         &dir,
         "candidate",
-        &POLICY.replace("\"public\"", "\"public\"\nallow if input.parsed_path == [\"admin\"]"),
+        &POLICY.replace(
+            "\"public\"",
+            "\"public\"\nallow if input.parsed_path == [\"admin\"]",
+        ),
     );
     // A rotated set: `log.1` is older than `log`; giving `log` reads both.
     let log = dir.join("decisions.log");
@@ -98,19 +101,38 @@ fn flips_counts_and_exit_codes() {
     let log = log.display().to_string();
 
     let out = arbiter(&["replay", "--policies", &candidate, "-f", "json", &log]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["lines"], 8, "{r:#}");
     assert_eq!(r["compared"], 4, "{r:#}");
     assert_eq!(r["new_access"], 2, "{r:#}");
     assert_eq!(r["new_denials"], 0, "{r:#}");
     assert_eq!(r["not_replayed"]["data_api"], 1);
-    assert_eq!(r["not_replayed"]["without_input"], json!({"non_canonical_path": 1}));
-    assert_eq!(r["not_replayed"]["recorded_not_decisions"], json!({"overload": 1}));
+    assert_eq!(
+        r["not_replayed"]["without_input"],
+        json!({"non_canonical_path": 1})
+    );
+    assert_eq!(
+        r["not_replayed"]["recorded_not_decisions"],
+        json!({"overload": 1})
+    );
     assert_eq!(r["not_replayed"]["unreadable"], 1);
-    let unreadable = r["not_replayed"]["unreadable_examples"][0].as_str().unwrap();
-    assert!(unreadable.ends_with("decisions.log:6: not JSON: expected ident at line 1 column 2"), "{unreadable}");
-    assert_eq!(r["recorded_errors"], json!({"non_canonical_path": 1, "overload": 1}));
+    let unreadable = r["not_replayed"]["unreadable_examples"][0]
+        .as_str()
+        .unwrap();
+    assert!(
+        unreadable.ends_with("decisions.log:6: not JSON: expected ident at line 1 column 2"),
+        "{unreadable}"
+    );
+    assert_eq!(
+        r["recorded_errors"],
+        json!({"non_canonical_path": 1, "overload": 1})
+    );
     let group = &r["flips"]["new_access"]["by_request"][0];
     assert_eq!(group["path"], "/admin");
     assert_eq!(group["count"], 2);
@@ -123,7 +145,10 @@ fn flips_counts_and_exit_codes() {
         .collect();
     assert_eq!(ids, ["d-2", "d-3"]);
     assert!(
-        group["examples"][0]["at"].as_str().unwrap().ends_with("decisions.log.1:2"),
+        group["examples"][0]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("decisions.log.1:2"),
         "{group}"
     );
 
@@ -165,7 +190,10 @@ fn broken_policies_and_missing_logs_are_usage_errors() {
     let out = arbiter(&["replay", "--policies", &broken, &log]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("the candidate policies:") && err.contains("authz.rego:4:1:"), "{err}");
+    assert!(
+        err.contains("the candidate policies:") && err.contains("authz.rego:4:1:"),
+        "{err}"
+    );
 
     let good = policy_dir(&dir, "good", POLICY);
     let missing = dir.join("nope.log").display().to_string();

@@ -286,8 +286,8 @@ pub struct Report {
     /// Lines that are not events, events without a recorded decision, inputs the reader
     /// refuses.
     pub unreadable: u64,
-    /// The first few reasons a line was unreadable (`file:line: why`).
-    pub unreadable_examples: Vec<String>,
+    /// The first few reasons a line was unreadable (`file:line: why`), by position.
+    unreadable_first: Vec<(u64, String)>,
     pub by_request: BTreeMap<RequestKey, Group>,
     pub by_rule: BTreeMap<RuleKey, Group>,
     /// Examples kept per group.
@@ -306,11 +306,16 @@ impl Report {
         self.new_access + self.new_denials
     }
 
-    fn unreadable(&mut self, at: String, why: &str) {
+    fn unreadable(&mut self, seq: u64, at: &str, why: &str) {
         self.unreadable += 1;
-        if self.unreadable_examples.len() < 5 {
-            self.unreadable_examples.push(format!("{at}: {why}"));
+        if self.unreadable_first.len() < 5 {
+            self.unreadable_first.push((seq, format!("{at}: {why}")));
         }
+    }
+
+    /// The first few reasons a line was unreadable (`file:line: why`).
+    pub fn unreadable_examples(&self) -> impl Iterator<Item = &str> {
+        self.unreadable_first.iter().map(|(_, s)| s.as_str())
     }
 
     /// Fold another worker's report into this one.
@@ -334,9 +339,9 @@ impl Report {
                 *map.entry(k).or_default() += v;
             }
         }
-        self.unreadable_examples.extend(o.unreadable_examples);
-        self.unreadable_examples.sort();
-        self.unreadable_examples.truncate(5);
+        self.unreadable_first.extend(o.unreadable_first);
+        self.unreadable_first.sort();
+        self.unreadable_first.truncate(5);
         let keep = self.keep;
         for (k, g) in o.by_request {
             self.by_request.entry(k).or_default().merge(g, keep);
@@ -383,7 +388,7 @@ impl Report {
                 "without_input": self.without_input,
                 "recorded_not_decisions": self.not_compared,
                 "unreadable": self.unreadable,
-                "unreadable_examples": self.unreadable_examples,
+                "unreadable_examples": self.unreadable_examples().collect::<Vec<_>>(),
             },
             "recorded_errors": self.recorded_errors,
             "candidate_errors": self.candidate_errors,
@@ -441,7 +446,7 @@ impl Replayer {
     }
 
     fn replay_event(&self, e: &Json) -> Replayed {
-        let Some(Json::Object(event)) = Some(e) else {
+        let Json::Object(event) = e else {
             return Replayed::Unreadable("not a JSON object".into());
         };
         if event.get("decision_id").is_none() {
@@ -513,7 +518,7 @@ impl Replayer {
         let e: Json = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(why) => {
-                report.unreadable(at.to_string(), &format!("not JSON: {why}"));
+                report.unreadable(seq, at, &format!("not JSON: {why}"));
                 return;
             }
         };
@@ -529,7 +534,7 @@ impl Replayer {
             Replayed::DataApi => report.data_api += 1,
             Replayed::WithoutInput(r) => *report.without_input.entry(r).or_default() += 1,
             Replayed::NotCompared(r) => *report.not_compared.entry(r).or_default() += 1,
-            Replayed::Unreadable(why) => report.unreadable(at.to_string(), &why),
+            Replayed::Unreadable(why) => report.unreadable(seq, at, &why),
             Replayed::Compared {
                 before,
                 after,
