@@ -149,6 +149,7 @@ fn bench_event_encoding(c: &mut Criterion) {
         policies: Some(set),
         origin: Default::default(),
         request: None,
+        shadow: None,
     };
     let labels = InstanceLabels {
         id: "bench".into(),

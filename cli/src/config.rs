@@ -54,6 +54,8 @@ impl std::fmt::Display for Scalar {
 pub struct ConfigFile {
     // ---- arbiter's keys: the flags of `arbiter serve` ----
     pub policies: Option<OneOrMany>,
+    /// `--shadow`.
+    pub shadow: Option<OneOrMany>,
     #[serde(rename = "grpc-addr", alias = "grpc_addr")]
     pub grpc_addr: Option<String>,
     #[serde(rename = "http-addr", alias = "http_addr")]

@@ -175,6 +175,12 @@ pub struct Args {
     /// The scope signatures must carry.
     #[arg(long, value_name = "SCOPE")]
     pub verification_scope: Option<String>,
+    /// Shadow policies: a second set (files or folders, repeatable) that decides every Envoy
+    /// check beside the live one and is never enforced; disagreements are counted
+    /// (`arbiter_shadow_disagreements_total`) and written into the decision event (`shadow`).
+    /// Reloaded with the live set.
+    #[arg(long, value_name = "PATH")]
+    pub shadow: Vec<PathBuf>,
     /// Istio's root namespace: its AuthorizationPolicies apply to every workload
     /// [default: istio-system].
     #[arg(long, value_name = "NS")]
@@ -206,6 +212,8 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub policies: Vec<PathBuf>,
+    /// `--shadow`: the shadow set's files and folders (none: no shadow).
+    pub shadow: Vec<PathBuf>,
     pub grpc_addr: String,
     pub http_addr: String,
     pub path: String,
@@ -625,7 +633,14 @@ impl Args {
             }
             _ => return Err("--tls-cert and --tls-key go together".into()),
         };
+        let mut shadow = self.shadow.clone();
+        if shadow.is_empty()
+            && let Some(list) = &file.shadow
+        {
+            shadow.extend(list.to_vec().iter().map(|p| base.join(p)));
+        }
         Ok(Settings {
+            shadow,
             trust_bundles,
             trust_xfcc_by: self
                 .trust_xfcc_by
@@ -1016,6 +1031,16 @@ fn activated(state: &arbiter_ext_authz::state::State, bundle: Option<&str>) {
 /// How often a bundle URL is tried while the server has no policy.
 const AWAITING_RETRY: Duration = Duration::from_secs(2);
 
+/// The settings the shadow set is built with: the live ones, with `--shadow`'s files as the
+/// policies (and no bundles); `None` without `--shadow`.
+fn shadow_settings(s: &Settings) -> Option<Settings> {
+    (!s.shadow.is_empty()).then(|| Settings {
+        policies: s.shadow.clone(),
+        bundles: Vec::new(),
+        ..s.clone()
+    })
+}
+
 /// What serves while a bundle URL has not been loaded: no policy at all (not the local
 /// policies alone, which would be a partial policy), so every check is denied with
 /// `no_policy`.
@@ -1257,6 +1282,7 @@ pub fn run(args: &Args) -> Exit {
     // What `--watch` watches, and how it looked before the first load: a change written while
     // the server starts is then reloaded, not taken as the state the set was loaded from.
     let mut watched = settings.policies.clone();
+    watched.extend(settings.shadow.iter().cloned());
     watched.extend(
         settings
             .bundles
@@ -1327,6 +1353,16 @@ pub fn run(args: &Args) -> Exit {
         let running = arbiter_ext_authz::start_with(config, authorizer, awaiting.is_some())
             .await
             .context("cannot start")?;
+        if let Some(shadow) = shadow_settings(&settings) {
+            let a = authorizer_with(&shadow, None)
+                .map_err(|e| anyhow::anyhow!("the shadow policies: {e}"))?;
+            let revision = a.policies().revision().to_string();
+            running
+                .state
+                .start_shadow(a)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!("arbiter: shadowing every check with revision {revision} (never enforced)");
+        }
         for (name, outcome) in &first_downloads {
             let opa = &running.state.metrics.opa;
             opa.bundle_request(name);
@@ -1347,6 +1383,7 @@ pub fn run(args: &Args) -> Exit {
         let do_reload = {
             let state = Arc::downgrade(&running.state);
             let (build, lock, heaps) = (build.clone(), lock.clone(), heaps.clone());
+            let shadow = shadow_settings(&settings);
             // `bundle`: the bundle whose new download caused the reload (its activation or
             // failure is what OPA's bundle metrics count); `None`: every bundle is reloaded.
             move |why: &str, bundle: Option<&str>| -> bool {
@@ -1358,6 +1395,20 @@ pub fn run(args: &Args) -> Exit {
                     arbiter_ext_authz::reload::reload_after(&state, &build, bundle)
                 });
                 heaps.keep(heap);
+                if let (Some(shadow), Some(s)) = (state.shadow.get(), &shadow) {
+                    match arbiter_alloc_counter::in_own_heap(|| authorizer_with(s, None)) {
+                        (Ok(a), heap) => {
+                            heaps.keep(heap);
+                            let rev = a.policies().revision().to_string();
+                            shadow.replace(a);
+                            eprintln!("arbiter: shadow reloaded ({why}): revision {rev}");
+                        }
+                        (Err(e), _) => eprintln!(
+                            "arbiter: shadow reload ({why}) failed, still shadowing with revision {}:\n{e}",
+                            shadow.revision()
+                        ),
+                    }
+                }
                 match reloaded {
                     Ok(rev) => {
                         eprintln!("arbiter: reloaded ({why}): revision {rev}");
@@ -1566,6 +1617,33 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// `--shadow` and the `shadow` key (paths relative to the file); the shadow's settings are
+    /// the live ones with its policies and no bundles.
+    #[test]
+    fn the_shadow_set_comes_from_the_flag_or_the_file() {
+        let dir = ConfigDir::new("shadow");
+        let s = dir
+            .settings("policies: live\nshadow: [next, more]\n")
+            .unwrap();
+        assert_eq!(s.shadow, [dir.0.join("next"), dir.0.join("more")]);
+        let shadow = shadow_settings(&s).unwrap();
+        assert_eq!(shadow.policies, s.shadow);
+        assert_eq!(
+            (shadow.path.as_str(), shadow.bundles.len()),
+            (s.path.as_str(), 0)
+        );
+        let file = dir.0.join("config.yaml");
+        let flagged = Args {
+            config: Some(file),
+            shadow: vec![PathBuf::from("flag")],
+            ..Args::default()
+        }
+        .settings()
+        .unwrap();
+        assert_eq!(flagged.shadow, [PathBuf::from("flag")]);
+        assert!(shadow_settings(&dir.settings("policies: live\n").unwrap()).is_none());
     }
 
     /// `--cel-cost-limit` and the `cel-cost-limit` key: the default budget, a flag over the

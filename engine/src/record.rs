@@ -91,6 +91,35 @@ pub struct DecisionRecord {
     /// was made before the input was built (a refused path, a timeout, overload), so that
     /// every event names what was asked.
     pub request: Option<RequestLine>,
+    /// What the shadow policy set (`serve --shadow`) decided, when it disagreed with the
+    /// decision enforced.
+    pub shadow: Option<ShadowVerdict>,
+}
+
+/// A shadow set's decision of a check, never enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowVerdict {
+    pub allowed: bool,
+    /// `allowed`, or the denial's reason code.
+    pub reason: String,
+    /// The policy (and rule) that decided, as the event's `policy` and `rule`.
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    /// The shadow set's revision.
+    pub revision: String,
+}
+
+impl ShadowVerdict {
+    pub fn of(d: &Decision, revision: &str) -> Self {
+        let first = d.decided_by.first();
+        ShadowVerdict {
+            allowed: d.allowed,
+            reason: d.reason_code().to_string(),
+            policy: first.map(|b| b.policy.clone()),
+            rule: first.and_then(|b| b.rule.clone()),
+            revision: revision.to_string(),
+        }
+    }
 }
 
 /// Where a decision was asked for.
@@ -270,6 +299,19 @@ impl DecisionRecord {
         if let Some(shadow) = &d.istio_dry_run {
             e.value("istio_dry_run", shadow);
         }
+        if let Some(s) = &self.shadow {
+            let mut o = e.object("shadow");
+            o.value("allowed", &s.allowed);
+            o.value("reason", &s.reason);
+            if let Some(p) = &s.policy {
+                o.value("policy", p);
+            }
+            if let Some(r) = &s.rule {
+                o.value("rule", r);
+            }
+            o.value("revision", &s.revision);
+            o.close();
+        }
         e.value("revision", &self.revision);
         e.value("dry_run", &self.dry_run);
         e.value("origin", self.origin.as_str());
@@ -418,6 +460,7 @@ mod tests {
             policies: None,
             origin: Default::default(),
             request: None,
+            shadow: None,
         }
     }
 

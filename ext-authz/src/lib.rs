@@ -27,6 +27,7 @@ pub mod protojson;
 pub mod reload;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod state;
 pub mod tls;
 

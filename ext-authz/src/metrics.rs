@@ -134,6 +134,12 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     data_writes: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
+    /// Shadow evaluation (`serve --shadow`): on, checks decided, disagreements (new access,
+    /// new denial), checks not shadowed because its queue was full.
+    shadow_on: std::sync::atomic::AtomicBool,
+    shadow_evaluated: AtomicU64,
+    shadow_disagreements: [AtomicU64; 2],
+    shadow_dropped: AtomicU64,
     /// OPA's and OPA-Envoy's families, served beside these.
     pub opa: crate::opa_metrics::OpaMetrics,
 }
@@ -219,6 +225,37 @@ impl Metrics {
             };
         }
         self.latency.0.observe(latency_ns);
+    }
+
+    /// A shadow set is configured: its families are served.
+    pub fn shadow_enabled(&self) {
+        self.shadow_on.store(true, Ordering::Relaxed);
+    }
+
+    /// The shadow set decided a check that the live set decided `live`.
+    pub fn shadow_evaluated(&self, live: bool, shadow: bool) {
+        self.shadow_evaluated.fetch_add(1, Ordering::Relaxed);
+        match (live, shadow) {
+            (false, true) => self.shadow_disagreements[0].fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.shadow_disagreements[1].fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// A check was not shadowed: the shadow's queue was full.
+    pub fn shadow_dropped(&self) {
+        self.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Shadow counters: evaluated, new access, new denials, dropped.
+    pub fn shadow_counts(&self) -> [u64; 4] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            l(&self.shadow_evaluated),
+            l(&self.shadow_disagreements[0]),
+            l(&self.shadow_disagreements[1]),
+            l(&self.shadow_dropped),
+        ]
     }
 
     /// A request the listener refused before decoding it.
@@ -357,6 +394,34 @@ impl Metrics {
                 "arbiter_decision_logs_dropped_total{{reason=\"{why}\"}} {}",
                 l(&self.log_dropped[i])
             );
+        }
+        if self.shadow_on.load(Ordering::Relaxed) {
+            let [evaluated, new_access, new_denial, dropped] = self.shadow_counts();
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_shadow_evaluations_total Checks the shadow policy set decided."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_shadow_evaluations_total counter");
+            let _ = writeln!(s, "arbiter_shadow_evaluations_total {evaluated}");
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_shadow_disagreements_total Checks the shadow set decided otherwise: new_access (live denied, shadow allowed), new_denial (live allowed, shadow denied)."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_shadow_disagreements_total counter");
+            let _ = writeln!(
+                s,
+                "arbiter_shadow_disagreements_total{{direction=\"new_access\"}} {new_access}"
+            );
+            let _ = writeln!(
+                s,
+                "arbiter_shadow_disagreements_total{{direction=\"new_denial\"}} {new_denial}"
+            );
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_shadow_dropped_total Checks not shadowed: the shadow's queue was full."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_shadow_dropped_total counter");
+            let _ = writeln!(s, "arbiter_shadow_dropped_total {dropped}");
         }
         let _ = writeln!(
             s,

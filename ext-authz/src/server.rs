@@ -173,6 +173,7 @@ pub async fn start_with(
         awaiting_policy: AtomicBool::new(awaiting_policy),
         readiness_changed: tokio::sync::Notify::new(),
         data_writes: std::sync::Mutex::default(),
+        shadow: std::sync::OnceLock::new(),
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -356,6 +357,10 @@ impl RunningServer {
         // The servers are gone: drain the decision log now, whoever else holds the state.
         let state = self.state;
         let closed = tokio::task::spawn_blocking(move || {
+            // The shadow first: the events it holds go on to the log.
+            if let Some(shadow) = state.shadow.get() {
+                shadow.close();
+            }
             if let Some(log) = &state.decision_log {
                 log.close();
             }

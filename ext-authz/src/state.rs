@@ -52,6 +52,8 @@ pub struct State {
     /// What the Data API and delta bundles have written (replayed over every reloaded set),
     /// and the lock that puts writes and reloads one after another.
     pub data_writes: std::sync::Mutex<DataState>,
+    /// The shadow policy set (`serve --shadow`), once set with [`State::start_shadow`].
+    pub shadow: std::sync::OnceLock<crate::shadow::Shadow>,
 }
 
 /// Data changes made since the sources were read, replayed over every reloaded set: a new
@@ -230,6 +232,17 @@ impl State {
         Ok(self.swap_data(&current, next))
     }
 
+    /// Shadow every Envoy check from now on with `authorizer` (see [`crate::shadow`]). Once;
+    /// later sets replace it with [`crate::shadow::Shadow::replace`].
+    pub fn start_shadow(self: &Arc<Self>, authorizer: Authorizer) -> Result<(), String> {
+        let shadow =
+            crate::shadow::Shadow::start(authorizer, Arc::downgrade(self), self.metrics.clone())
+                .map_err(|e| format!("cannot start the shadow thread: {e}"))?;
+        self.shadow
+            .set(shadow)
+            .map_err(|_| "a shadow set is already running".to_string())
+    }
+
     /// Decide an Envoy check.
     pub async fn check(
         &self,
@@ -252,7 +265,21 @@ impl State {
             .decision_log
             .as_ref()
             .and_then(|_| arbiter_engine::record::RequestLine::of(&request));
-        let outcome = self.run(received, move || authorizer.check(&request)).await;
+        // With a shadow set, the request is kept for it (shared, not copied).
+        let (outcome, shadow_request) = match self.shadow.get().filter(|s| s.open()) {
+            None => (
+                self.run(received, move || authorizer.check(&request)).await,
+                None,
+            ),
+            Some(_) => {
+                let request = Arc::new(request);
+                let r = request.clone();
+                (
+                    self.run(received, move || authorizer.check(&r)).await,
+                    Some(request),
+                )
+            }
+        };
         let mut outcome = outcome;
         let logged = self.finish(
             Origin::Grpc,
@@ -266,6 +293,7 @@ impl State {
                 policies,
                 trace,
                 request: request_line,
+                shadow: shadow_request,
             },
         );
         if !logged {
@@ -348,6 +376,7 @@ impl State {
                 policies,
                 trace: None,
                 request: None,
+                shadow: None,
             },
         );
         let result = if logged {
@@ -369,30 +398,52 @@ impl State {
     ) -> bool {
         let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let d = &outcome.decision;
-        let logged = match &self.decision_log {
-            None => true,
-            Some(log) => {
-                let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
-                let queued = log.submit(Box::new(DecisionRecord {
-                    decision_id: f.decision_id.to_string(),
+        let mut record = self.decision_log.as_ref().map(|_| {
+            let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
+            Box::new(DecisionRecord {
+                decision_id: f.decision_id.to_string(),
+                timestamp_ns: f.timestamp_ns,
+                path: f.path,
+                input: outcome.input.clone(),
+                decision: d.clone(),
+                timings: outcome.timings,
+                server_ns,
+                requested_by: f.requested_by,
+                revision: f.policies.revision().to_string(),
+                dry_run: self.options.dry_run && origin == Origin::Grpc,
+                trace_id,
+                span_id,
+                identity: outcome.identity.clone(),
+                policies: Some(f.policies),
+                origin: origin.engine(),
+                request: f.request,
+                shadow: None,
+            })
+        });
+        // The shadow decides after this answer, on its own thread, and sends the event on.
+        // With auditing required it takes events only while the log's sinks take them.
+        if let (Some(request), Some(shadow)) = (f.shadow, self.shadow.get()) {
+            let log_refuses = self
+                .decision_log
+                .as_ref()
+                .is_some_and(|l| l.audit_required() && !l.healthy());
+            if !log_refuses {
+                let job = crate::shadow::Job {
+                    request,
+                    live_allowed: d.allowed,
                     timestamp_ns: f.timestamp_ns,
-                    path: f.path,
-                    input: outcome.input.clone(),
-                    decision: d.clone(),
-                    timings: outcome.timings,
-                    server_ns,
-                    requested_by: f.requested_by,
-                    revision: f.policies.revision().to_string(),
-                    dry_run: self.options.dry_run && origin == Origin::Grpc,
-                    trace_id,
-                    span_id,
-                    identity: outcome.identity.clone(),
-                    policies: Some(f.policies),
-                    origin: origin.engine(),
-                    request: f.request,
-                }));
-                queued || !log.audit_required()
+                    record: record.take(),
+                };
+                if let Err(job) = shadow.submit(job) {
+                    self.metrics.shadow_dropped();
+                    record = job.record;
+                }
             }
+        }
+        let logged = match (&self.decision_log, record) {
+            (Some(log), Some(record)) => log.submit(record) || !log.audit_required(),
+            // No log, or the shadow took the event.
+            _ => true,
         };
         // Metrics count what the caller is told: under `--audit required` a check whose event
         // could not be queued is the `audit_unavailable` denial the caller turns it into.
@@ -424,4 +475,6 @@ struct Finish<'a> {
     trace: Option<(String, String)>,
     /// The check's request as sent (none for the Data API).
     request: Option<arbiter_engine::record::RequestLine>,
+    /// The request, for the shadow set (an Envoy check while one runs).
+    shadow: Option<Arc<AuthzRequest>>,
 }

@@ -72,6 +72,7 @@ fn record(authorizer: &Authorizer, request: &AuthzRequest, id: usize) -> Box<Dec
         policies: Some(authorizer.policies().clone()),
         origin: Default::default(),
         request: None,
+        shadow: None,
     })
 }
 

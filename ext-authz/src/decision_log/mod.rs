@@ -218,6 +218,18 @@ impl DecisionLog {
         }
     }
 
+    /// Queue an event, waiting for room: for the shadow stage, which holds events off the
+    /// decision path until their shadow decision is made. False when the log is closed.
+    pub fn submit_waiting(&self, record: Box<DecisionRecord>) -> bool {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire)
+            || self.tx.send(Some(record)).is_err()
+        {
+            self.metrics.log_dropped(DropReason::QueueFull);
+            return false;
+        }
+        true
+    }
+
     /// Stop accepting events, write every queued one, deliver the upload buffer, and wait.
     /// Blocks; safe to call more than once and from any holder of a shared reference, so a
     /// server's shutdown does not depend on who else still holds its state.
