@@ -421,8 +421,12 @@ impl State {
             })
         });
         // The shadow decides after this answer, on its own thread, and sends the event on.
-        // With auditing required it takes events only while the log's sinks take them.
-        if let (Some(request), Some(shadow)) = (f.shadow, self.shadow.get()) {
+        // With auditing required it takes events only while the log's sinks take them. A check
+        // the live set could not decide (overload, a timeout) is not shadowed: there is
+        // nothing to compare, and no time to spare.
+        if let (Some(request), Some(shadow)) = (f.shadow, self.shadow.get())
+            && !arbiter_engine::audit::replay::NOT_DECISIONS.contains(&d.reason_code())
+        {
             let log_refuses = self
                 .decision_log
                 .as_ref()

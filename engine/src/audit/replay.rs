@@ -43,8 +43,9 @@ use crate::identity::IdentityOutcome;
 use crate::loader::PolicySources;
 use crate::request::CheckRequestReader;
 
-/// Recorded denials that are not a policy's answer: the server could not decide in time or
-/// at all. Under the recorded baseline they are counted, not compared.
+/// Denials that are not a policy's answer: the server could not decide in time or at all.
+/// A replay against the recorded baseline counts them instead of comparing them, and the
+/// shadow set (`serve --shadow`) does not evaluate them.
 pub const NOT_DECISIONS: &[&str] = &[
     "overload",
     "timeout",
