@@ -29,7 +29,7 @@ pub enum Command {
     /// A read-only web page over decision-log files: decisions over time, top denied
     /// identities, paths and rules, latency, revisions, a filterable table of events and the
     /// hash chain's verdict. Loopback by default; any other address needs a token or mTLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +61,16 @@ pub struct ServeArgs {
     /// How often to look for new events.
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub refresh: String,
+    /// Replay the files under these candidate policies (repeatable) and show what would flip
+    /// on the impact page (`/impact`), as `arbiter replay` reports it.
+    #[arg(long, value_name = "PATH")]
+    pub candidate: Vec<PathBuf>,
+    /// With --candidate: re-decide under these policies too, as `arbiter replay --baseline`.
+    #[arg(long, value_name = "PATH", requires = "candidate")]
+    pub baseline: Vec<PathBuf>,
+    /// With --candidate: `serve`'s configuration file, as `arbiter replay --config`.
+    #[arg(long, value_name = "FILE", requires = "candidate")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +90,55 @@ pub struct SummaryArgs {
     /// Entries in each ranking.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+}
+
+/// Replay the dashboard's files under the candidate on a thread of its own; the impact page
+/// shows the result when it is done.
+fn spawn_replay(
+    dashboard: &std::sync::Arc<arbiter_ext_authz::dashboard::Dashboard>,
+    replayer: arbiter_engine::audit::replay::Replayer,
+    args: &crate::replay::Args,
+) -> std::io::Result<()> {
+    use arbiter_ext_authz::dashboard::Impact;
+    let show = |p: &[PathBuf]| {
+        p.iter()
+            .map(|x| x.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let candidate = show(&args.policies);
+    let baseline = if args.baseline.is_empty() {
+        "the recorded decisions".to_string()
+    } else {
+        format!("{}, re-decided", show(&args.baseline))
+    };
+    let files = chronological(&arbiter_engine::audit::index::with_rotated(&args.logs));
+    dashboard.set_impact(Impact::Running {
+        candidate: candidate.clone(),
+    });
+    let d = dashboard.clone();
+    std::thread::Builder::new()
+        .name("arbiter-replay".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let readers: std::io::Result<Vec<_>> = files
+                .iter()
+                .map(|f| File::open(f).map(|h| (f.display().to_string(), BufReader::new(h))))
+                .collect();
+            let done = readers
+                .and_then(|r| replayer.replay_files(r, crate::replay::threads(0)))
+                .map_err(|e| e.to_string());
+            d.set_impact(match done {
+                Ok(report) => Impact::Done {
+                    candidate,
+                    baseline,
+                    report: std::sync::Arc::new(report),
+                    seconds: started.elapsed().as_secs_f64(),
+                },
+                Err(e) => Impact::Failed(e),
+            });
+        })
+        .map(|_| ())
 }
 
 pub fn run(cmd: &Command) -> Exit {
@@ -164,6 +223,27 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
     // several threads): give the difference back before serving.
     arbiter_alloc_counter::release_free_memory();
     dashboard.spawn_refresher(refresh);
+    if !a.candidate.is_empty() {
+        let replay = crate::replay::Args {
+            logs: a.files.clone(),
+            policies: a.candidate.clone(),
+            baseline: a.baseline.clone(),
+            config: a.config.clone(),
+            examples: arbiter_engine::audit::replay::DEFAULT_EXAMPLES,
+            ..Default::default()
+        };
+        let replayer = match crate::replay::replayer(&replay) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(err, "arbiter audit: --candidate: {e}");
+                return Exit::Usage;
+            }
+        };
+        if let Err(e) = spawn_replay(&dashboard, replayer, &replay) {
+            let _ = writeln!(err, "arbiter audit: {e}");
+            return Exit::Failed;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

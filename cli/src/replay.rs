@@ -19,8 +19,9 @@ use arbiter_engine::audit::replay::{Direction, Group, Replayer, Report, Side};
 use crate::Exit;
 use crate::serve::PathNormalization;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
+    #[default]
     Pretty,
     Json,
 }
@@ -34,7 +35,7 @@ pub enum FailOn {
     Any,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// Decision-log files; a rotated set (`x.2 x.1 x`) is read oldest first, and giving `x`
     /// alone reads its rotated siblings too.
@@ -133,22 +134,40 @@ fn side(args: &Args, policies: &[PathBuf]) -> Result<Side, String> {
     Ok(Side::new(authorizer, &sources))
 }
 
+/// The replayer `args` describe: the candidate side, the baseline side if any, the server's
+/// reader; `args.examples` per group.
+pub fn replayer(args: &Args) -> Result<Replayer, String> {
+    let candidate =
+        side(args, &args.policies).map_err(|e| format!("the candidate policies: {e}"))?;
+    let baseline = if args.baseline.is_empty() {
+        None
+    } else {
+        Some(side(args, &args.baseline).map_err(|e| format!("the baseline policies: {e}"))?)
+    };
+    Ok(Replayer::new(
+        candidate,
+        baseline,
+        arbiter_ext_authz::protojson::authz_request,
+    )
+    .with_examples(args.examples))
+}
+
+/// `threads`, or one per CPU for 0.
+pub fn threads(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
 pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let fail = |err: &mut dyn Write, msg: String| {
         let _ = writeln!(err, "arbiter replay: {msg}");
         Exit::Usage
     };
-    let candidate = match side(args, &args.policies) {
-        Ok(s) => s,
-        Err(e) => return fail(err, format!("the candidate policies: {e}")),
-    };
-    let baseline = if args.baseline.is_empty() {
-        None
-    } else {
-        match side(args, &args.baseline) {
-            Ok(s) => Some(s),
-            Err(e) => return fail(err, format!("the baseline policies: {e}")),
-        }
+    let replayer = match replayer(args) {
+        Ok(r) => r,
+        Err(e) => return fail(err, e),
     };
     let files = chronological(&with_rotated(&args.logs));
     let mut readers = Vec::new();
@@ -161,18 +180,8 @@ pub fn run_to(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             Err(e) => return fail(err, format!("{}: {e}", f.display())),
         }
     }
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
-    let replayer = Replayer::new(
-        candidate,
-        baseline,
-        arbiter_ext_authz::protojson::authz_request,
-    )
-    .with_examples(args.examples);
     let started = std::time::Instant::now();
-    let report = match replayer.replay_files(readers, threads) {
+    let report = match replayer.replay_files(readers, threads(args.threads)) {
         Ok(r) => r,
         Err(e) => return fail(err, format!("reading the logs: {e}")),
     };

@@ -201,3 +201,89 @@ fn broken_policies_and_missing_logs_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.log"));
 }
+
+/// `arbiter audit serve --candidate`: the impact page shows the replay of the served files and
+/// the shadow disagreements recorded in them.
+#[test]
+fn the_dashboard_shows_the_impact_of_a_candidate_and_of_the_shadow() {
+    use std::io::{BufRead, BufReader};
+    let dir = tmp("impact");
+    let candidate = policy_dir(
+        &dir,
+        "candidate",
+        &POLICY.replace(
+            "\"public\"",
+            "\"public\"\nallow if input.parsed_path == [\"admin\"]",
+        ),
+    );
+    let log = dir.join("decisions.log");
+    let shadowed = json!({"shadow": {"allowed": true, "reason": "allowed", "revision": "r2"},
+        "identity": {"spiffe_id": "spiffe://td/ns/a/sa/b", "source": "x509"},
+        "request": {"method": "GET", "path": "/admin", "host": "shop"}});
+    let lines = [
+        event("d-1", "/public/a", true, json!({})),
+        event("d-2", "/admin", false, shadowed.clone()),
+        event("d-3", "/admin", false, shadowed),
+        event("d-4", "/private", false, json!({})),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "audit",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--candidate",
+            &candidate,
+        ])
+        .arg(&log)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = stderr.next().unwrap().unwrap();
+        if let Some(u) = line.split("serving http://").nth(1) {
+            break u.trim().trim_end_matches('/').to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in stderr {});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let impact = loop {
+        let (code, body) = common::http(&addr, "GET", "/api/impact", "");
+        assert_eq!(code, 200, "{body}");
+        let j: Json = serde_json::from_str(&body).unwrap();
+        if j["replay"]["status"] == "done" || std::time::Instant::now() > deadline {
+            break j;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (_, page) = common::http(&addr, "GET", "/impact", "");
+    let _ = child.kill();
+    let _ = child.wait();
+    let replay = &impact["replay"];
+    assert_eq!(replay["status"], "done", "{impact:#}");
+    assert_eq!(
+        (replay["compared"].as_u64(), replay["new_access"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(
+        replay["flips"]["new_access"]["by_request"][0]["path"],
+        "/admin"
+    );
+    assert_eq!(impact["shadow"]["new_access"], 2, "{impact:#}");
+    assert_eq!(impact["shadow"]["new_denials"], 0);
+    assert_eq!(
+        impact["shadow"]["disagreements"][0],
+        json!({"direction": "new_access", "identity": "spiffe://td/ns/a/sa/b",
+            "method": "GET", "path": "/admin", "count": 2})
+    );
+    for want in [
+        "2 checks the shadow set would have <b>allowed</b>",
+        "<b>2 new access</b>",
+        "<code title=",
+        ">d-2</code>",
+    ] {
+        assert!(page.contains(want), "missing {want:?} in:\n{page}");
+    }
+}

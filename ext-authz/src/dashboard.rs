@@ -81,6 +81,28 @@ pub struct Dashboard {
     /// Whether the log is live (the page offers auto-refresh).
     live: bool,
     pub loaded_in: Duration,
+    /// A replay of the files under candidate policies, for the impact page.
+    impact: RwLock<Impact>,
+}
+
+/// The replay behind the impact page (`arbiter audit serve --candidate`).
+#[derive(Debug, Clone, Default)]
+pub enum Impact {
+    /// None was asked for.
+    #[default]
+    None,
+    /// Replaying `candidate`.
+    Running {
+        candidate: String,
+    },
+    Done {
+        candidate: String,
+        /// `recorded`, or the baseline replayed.
+        baseline: String,
+        report: Arc<arbiter_engine::audit::replay::Report>,
+        seconds: f64,
+    },
+    Failed(String),
 }
 
 impl Dashboard {
@@ -113,7 +135,15 @@ impl Dashboard {
             prefix: prefix.trim_end_matches('/').to_string(),
             live,
             loaded_in,
+            impact: RwLock::new(Impact::None),
         })
+    }
+
+    /// What the impact page shows of a replay.
+    pub fn set_impact(&self, impact: Impact) {
+        if let Ok(mut i) = self.impact.write() {
+            *i = impact;
+        }
     }
 
     /// Events indexed.
@@ -223,6 +253,8 @@ pub fn router(d: Arc<Dashboard>) -> Router {
         .route("/event/{n}", get(event_page))
         .route("/api/summary", get(api_summary))
         .route("/api/events", get(api_events))
+        .route("/impact", get(impact_page))
+        .route("/api/impact", get(api_impact))
         .route_layer(axum::middleware::from_fn_with_state(
             d.clone(),
             require_auth,
@@ -374,7 +406,7 @@ fn layout(d: &Dashboard, title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{} · arbiter audit</title><link rel=\"stylesheet\" href=\"{p}/assets/app.css\"><script src=\"{p}/assets/app.js\" defer></script></head>\
-<body><header><a class=\"brand\" href=\"{p}/\">arbiter audit</a>{live}</header><main>{body}</main></body></html>\n",
+<body><header><a class=\"brand\" href=\"{p}/\">arbiter audit</a> <a href=\"{p}/impact\">impact</a>{live}</header><main>{body}</main></body></html>\n",
         esc(title),
         p = esc(&d.prefix),
         live = if d.live {
@@ -854,6 +886,137 @@ async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Re
         }
     };
     html(StatusCode::OK, layout(&d, "event", &body))
+}
+
+/// Who gains or loses access to what: the shadow set's disagreements recorded in the log, and
+/// a replay of the log under candidate policies.
+async fn impact_page(State(d): State<Arc<Dashboard>>) -> Response {
+    let s = d.summary();
+    let mut o = String::with_capacity(16 << 10);
+    o.push_str("<h1>Impact of a policy change</h1>");
+    o.push_str("<section><h2>Shadow disagreements</h2>");
+    if s.shadow_new_access + s.shadow_new_denials == 0 {
+        o.push_str("<p class=\"note\">None in this log. <code>arbiter serve --shadow DIR</code> records in each decision event what a second policy set decided when it disagrees.</p>");
+    } else {
+        let _ = write!(
+            o,
+            "<p>{} checks the shadow set would have <b>allowed</b> (new access), {} it would have <b>denied</b> (new denials).</p>",
+            s.shadow_new_access, s.shadow_new_denials
+        );
+        o.push_str("<table><thead><tr><th>direction</th><th>identity</th><th>request</th><th>events</th></tr></thead><tbody>");
+        for c in &s.shadow_disagreements {
+            let _ = write!(
+                o,
+                "<tr><td class=\"{cls}\">{dir}</td><td><a href=\"{p}/?identity={ie}\">{i}</a></td><td>{m} <a href=\"{p}/?path={pe}\">{path}</a></td><td>{n}</td></tr>",
+                cls = if c.direction == "new_access" {
+                    "denied"
+                } else {
+                    "allowed"
+                },
+                dir = esc(&c.direction.replace('_', " ")),
+                p = esc(&d.prefix),
+                ie = enc(&c.identity),
+                i = esc(&c.identity),
+                m = esc(&c.method),
+                pe = enc(&c.path),
+                path = esc(&c.path),
+                n = c.count
+            );
+        }
+        o.push_str("</tbody></table>");
+    }
+    o.push_str("</section><section><h2>Replay under candidate policies</h2>");
+    let impact = d.impact.read().map(|i| i.clone()).unwrap_or_default();
+    match impact {
+        Impact::None => o.push_str("<p class=\"note\">None asked for. <code>arbiter audit serve --candidate DIR FILE…</code> replays these files under the policies in DIR; <code>arbiter replay</code> does the same on the command line.</p>"),
+        Impact::Running { candidate } => {
+            let _ = write!(o, "<p>Replaying under <code>{}</code>…</p>", esc(&candidate));
+        }
+        Impact::Failed(why) => {
+            let _ = write!(o, "<p class=\"error\">The replay failed: {}</p>", esc(&why));
+        }
+        Impact::Done { candidate, baseline, report: r, seconds } => {
+            let _ = write!(
+                o,
+                "<p>{} events replayed under <code>{}</code> against {} in {seconds:.1} s: {} compared, {} unchanged, <b>{} new access</b>, <b>{} new denials</b>{}.</p>",
+                r.lines,
+                esc(&candidate),
+                esc(&baseline),
+                r.compared,
+                r.unchanged,
+                r.new_access,
+                r.new_denials,
+                if r.approximate > 0 {
+                    format!(" ({} compared events approximate: masked fields the policies may read; {} of them flipped)", r.approximate, r.approximate_flips)
+                } else {
+                    String::new()
+                }
+            );
+            for (direction, title) in [
+                (arbiter_engine::audit::replay::Direction::NewAccess, "New access (denied before, allowed under the candidate)"),
+                (arbiter_engine::audit::replay::Direction::NewDenial, "New denials (allowed before, denied under the candidate)"),
+            ] {
+                let mut groups: Vec<_> = r.by_request.iter().filter(|(k, _)| k.0 == direction).collect();
+                if groups.is_empty() {
+                    continue;
+                }
+                groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+                let _ = write!(o, "<h3>{}</h3><table><thead><tr><th>identity</th><th>request</th><th>events</th><th>examples</th></tr></thead><tbody>", esc(title));
+                for ((_, identity, path, method), g) in groups.iter().take(50) {
+                    let examples: Vec<String> = g
+                        .examples
+                        .iter()
+                        .map(|x| format!("<code title=\"{}\">{}</code>", esc(&x.at), esc(&x.decision_id)))
+                        .collect();
+                    let _ = write!(
+                        o,
+                        "<tr><td>{}</td><td>{} {}</td><td>{}{}</td><td>{}</td></tr>",
+                        esc(identity),
+                        esc(method),
+                        esc(path),
+                        g.count,
+                        if g.approximate > 0 { format!(" ({} approximate)", g.approximate) } else { String::new() },
+                        examples.join(" ")
+                    );
+                }
+                o.push_str("</tbody></table>");
+            }
+        }
+    }
+    o.push_str("</section>");
+    html(StatusCode::OK, layout(&d, "impact", &o))
+}
+
+async fn api_impact(State(d): State<Arc<Dashboard>>) -> Response {
+    let s = d.summary();
+    let replay = match d.impact.read().map(|i| i.clone()).unwrap_or_default() {
+        Impact::None => serde_json::json!({"status": "none"}),
+        Impact::Running { candidate } => {
+            serde_json::json!({"status": "running", "candidate": candidate})
+        }
+        Impact::Failed(why) => serde_json::json!({"status": "failed", "error": why}),
+        Impact::Done {
+            candidate,
+            baseline,
+            report,
+            seconds,
+        } => {
+            let mut j = report.to_json();
+            j["status"] = "done".into();
+            j["candidate"] = candidate.into();
+            j["baseline"] = baseline.into();
+            j["seconds"] = seconds.into();
+            j
+        }
+    };
+    json(&serde_json::json!({
+        "shadow": {
+            "new_access": s.shadow_new_access,
+            "new_denials": s.shadow_new_denials,
+            "disagreements": s.shadow_disagreements,
+        },
+        "replay": replay,
+    }))
 }
 
 async fn api_summary(State(d): State<Arc<Dashboard>>) -> Response {

@@ -44,6 +44,17 @@ pub struct Count {
     pub count: u64,
 }
 
+/// Shadow disagreements (`serve --shadow`) of one identity on one request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ShadowCount {
+    /// `new_access` (the shadow allowed what was denied) or `new_denial`.
+    pub direction: String,
+    pub identity: String,
+    pub method: String,
+    pub path: String,
+    pub count: u64,
+}
+
 /// The summary of one or more log files.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
@@ -66,6 +77,11 @@ pub struct Summary {
     pub reasons: Vec<Count>,
     pub latency: Latency,
     pub revisions: Vec<Revision>,
+    /// Events whose shadow set (`serve --shadow`) decided otherwise, by direction.
+    pub shadow_new_access: u64,
+    pub shadow_new_denials: u64,
+    /// The most frequent shadow disagreements, by direction, identity, method and path.
+    pub shadow_disagreements: Vec<ShadowCount>,
 }
 
 /// Collects events one at a time.
@@ -87,6 +103,8 @@ pub struct SummaryBuilder {
     reasons: HashMap<String, u64>,
     latencies: Vec<u64>,
     revisions: BTreeMap<String, Revision>,
+    /// (new access?, identity, method, path) → events.
+    shadow: HashMap<(bool, String, String, String), u64>,
 }
 
 /// Reasons that are the policy saying no rather than something failing.
@@ -158,6 +176,13 @@ pub fn rule_of(e: &Json) -> String {
     }
 }
 
+fn sum_where(m: &HashMap<(bool, String, String, String), u64>, access: bool) -> u64 {
+    m.iter()
+        .filter(|(k, _)| k.0 == access)
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// A percentage with one decimal, `0.0%` of nothing.
 pub fn percent(n: u64, of: u64) -> String {
     if of == 0 {
@@ -203,6 +228,20 @@ impl SummaryBuilder {
         }
         if e.get("dry_run").and_then(Json::as_bool) == Some(true) {
             self.dry_run += 1;
+        }
+        if let Some(shadow) = e.get("shadow").and_then(|s| s.get("allowed")?.as_bool())
+            && shadow != allowed
+        {
+            let method = e
+                .pointer("/request/method")
+                .or_else(|| e.pointer("/input/attributes/request/http/method"))
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            *self
+                .shadow
+                .entry((shadow, identity_of(e), method, path_of(e)))
+                .or_default() += 1;
         }
         if let Some(ns) = e
             .pointer("/metrics/timer_server_handler_ns")
@@ -347,6 +386,35 @@ impl SummaryBuilder {
             reasons: rank(self.reasons),
             latency,
             revisions: self.revisions.into_values().collect(),
+            shadow_new_access: sum_where(&self.shadow, true),
+            shadow_new_denials: sum_where(&self.shadow, false),
+            shadow_disagreements: {
+                let mut v: Vec<ShadowCount> = self
+                    .shadow
+                    .into_iter()
+                    .map(|((access, identity, method, path), count)| ShadowCount {
+                        direction: if access { "new_access" } else { "new_denial" }.into(),
+                        identity,
+                        method,
+                        path,
+                        count,
+                    })
+                    .collect();
+                // New access first, then the most frequent; `top` of each direction.
+                v.sort_by(|a, b| {
+                    a.direction
+                        .cmp(&b.direction)
+                        .then(b.count.cmp(&a.count))
+                        .then_with(|| (&a.identity, &a.path).cmp(&(&b.identity, &b.path)))
+                });
+                let mut kept: HashMap<String, usize> = HashMap::new();
+                v.retain(|c| {
+                    let n = kept.entry(c.direction.clone()).or_default();
+                    *n += 1;
+                    *n <= top
+                });
+                v
+            },
         }
     }
 }
