@@ -529,5 +529,19 @@ fn pretty(s: &Summary) -> String {
             r.last
         );
     }
+    if s.shadow_new_access + s.shadow_new_denials > 0 {
+        let _ = writeln!(
+            o,
+            "\nshadow disagreements: {} new access (the shadow set allowed), {} new denials",
+            s.shadow_new_access, s.shadow_new_denials
+        );
+        for c in &s.shadow_disagreements {
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:<10}  {}  {} {}",
+                c.count, c.direction, c.identity, c.method, c.path
+            );
+        }
+    }
     o
 }
