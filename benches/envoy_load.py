@@ -182,6 +182,17 @@ def allocations(http):
     return None
 
 
+def shadow_counts(http):
+    """arbiter's `arbiter_shadow_*` counters (evaluated, dropped, disagreements)."""
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("arbiter_shadow_"):
+                k, v = line.rsplit(" ", 1)
+                out[k.replace("arbiter_shadow_", "")] = int(float(v))
+    return out
+
+
 def context_switches(pid):
     """Context switches of every thread of the process, voluntary and not."""
     total = 0
@@ -339,6 +350,11 @@ def run_variant(name, args, work):
             r["cs"] = (context_switches(server_pid) - cs0) / checks
             if al0 is not None:
                 r["allocs"] = (allocations(server_http) - al0) / checks
+            if name.startswith("arbiter") and "--shadow" in args.serve_arg:
+                # With `--serve-arg=--shadow --serve-arg=DIR`: how many checks were shadowed
+                # and how many went unshadowed because the side thread was behind.
+                r["shadow"] = shadow_counts(http)
+                print(f"  shadow: {r['shadow']}", flush=True)
             mem = rss_kib(server_pid)
             r["rss_mib"] = mem.get("VmRSS", 0) / 1024
             r["hwm_mib"] = mem.get("VmHWM", 0) / 1024

@@ -2,9 +2,10 @@
 //! beside the live one and is never enforced.
 //!
 //! The live decision is made and answered first; the check's request then goes to a bounded
-//! queue and one side thread decides it under the shadow set, with the clock frozen at the
-//! time the check arrived (as `arbiter replay` decides recorded events), so the two sets see
-//! the same request at the same time. A disagreement is counted
+//! queue and one side thread, at the lowest scheduling priority, decides it under the shadow
+//! set with the clock frozen at the time the check arrived (as `arbiter replay` decides
+//! recorded events), so the two sets see the same request at the same time. A disagreement
+//! is counted
 //! (`arbiter_shadow_disagreements_total{direction}`) and written into the check's decision
 //! event (`shadow: {allowed, reason, policy, rule, revision}`): the event waits in the same
 //! queue and goes on to the decision log after the shadow has decided. When the queue is full
@@ -72,6 +73,7 @@ impl Shadow {
         let thread = std::thread::Builder::new()
             .name("arbiter-shadow".into())
             .spawn(move || {
+                lowest_priority();
                 while let Ok(Some(job)) = rx.recv() {
                     decide(&set, &metrics, &state, job);
                 }
@@ -128,6 +130,20 @@ impl Shadow {
 impl Drop for Shadow {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Run this thread at the lowest priority (nice 19): the shadow takes the CPU the live checks
+/// leave, and when they leave none its queue fills and checks go unshadowed (counted) instead
+/// of the live path slowing down. Linux sets a thread's own nice value this way; elsewhere, and
+/// if refused, the thread keeps its priority.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let me = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
+            eprintln!("arbiter: the shadow thread keeps its priority: {e}");
+        }
     }
 }
 
