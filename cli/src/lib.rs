@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod eval;
 pub mod input;
+pub mod istio;
 pub mod load_limits;
 pub mod logconfig;
 pub mod replay;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Re-decide recorded decisions under candidate policies and report what flips: new
     /// access (deny -> allow) and new denials (allow -> deny).
     Replay(Box<replay::Args>),
+    /// Reason about Istio AuthorizationPolicies: `istio diff OLD NEW`.
+    #[command(subcommand)]
+    Istio(istio::Command),
     /// Verify and summarize decision logs.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Audit(cmd) => audit::run(&cmd),
         Command::Replay(args) => replay::run(&args),
+        Command::Istio(cmd) => istio::run(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Build(args) => build::run(&args),
     };

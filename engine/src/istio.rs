@@ -26,6 +26,8 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::Diagnostic;
 
+pub mod diff;
+
 /// How Istio policies are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IstioOptions {

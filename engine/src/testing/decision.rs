@@ -132,6 +132,9 @@ struct ShortRequest {
     body: Option<Json>,
     #[serde(default)]
     source_address: Option<String>,
+    /// The destination (the workload's) address; 10.0.0.2 when not given.
+    #[serde(default)]
+    destination_address: Option<String>,
     /// The caller's certificate (PEM), as Envoy forwards it with `include_peer_certificate`.
     #[serde(default)]
     certificate: Option<String>,
@@ -432,7 +435,10 @@ fn build_request(
             ..Peer::default()
         }),
         destination: Some(Peer {
-            address: socket("10.0.0.2".into(), r.destination_port.unwrap_or(8080)),
+            address: socket(
+                r.destination_address.unwrap_or_else(|| "10.0.0.2".into()),
+                r.destination_port.unwrap_or(8080),
+            ),
             ..Peer::default()
         }),
         time: Some(Timestamp {
