@@ -16,6 +16,29 @@ pub enum Command {
     /// Whether some request is allowed by NEW and denied by OLD (new access), or the reverse
     /// (new denials), with a request that shows it; exact, or "unknown" where it cannot be.
     Diff(DiffArgs),
+    /// Prove or refute invariants over a folder of AuthorizationPolicies: `--deny 'TERMS'`
+    /// says every request matching all TERMS is denied, for every workload; a refuted one is
+    /// shown with a request that breaks it.
+    CheckInvariants(InvariantArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InvariantArgs {
+    /// A file or folder of AuthorizationPolicies.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// An invariant: comma-separated `KEY=VALUE` terms, each optionally preceded by `not`;
+    /// KEY is one of principal, namespace, service-account, trust-domain, ip, method, path,
+    /// host, port, sni, header.NAME; VALUE is an Istio pattern (`exact`, `prefix*`, `*suffix`,
+    /// `*`). A key given twice matches either value. Repeatable.
+    #[arg(long = "deny", value_name = "TERMS", required = true)]
+    pub deny: Vec<String>,
+    #[arg(long, default_value = "istio-system", value_name = "NS")]
+    pub istio_root_namespace: String,
+    #[arg(long)]
+    pub istio_allow_without_allow_policies: bool,
+    #[arg(short, long, value_enum, default_value = "pretty")]
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,7 +81,218 @@ pub struct DiffArgs {
 pub fn run(cmd: &Command) -> Exit {
     match cmd {
         Command::Diff(a) => run_diff(a, &mut std::io::stdout().lock(), &mut std::io::stderr()),
+        Command::CheckInvariants(a) => {
+            run_invariants(a, &mut std::io::stdout().lock(), &mut std::io::stderr())
+        }
     }
+}
+
+/// The rule an invariant's terms describe.
+pub fn invariant_rule(terms: &str) -> Result<arbiter_engine::istio::Rule, String> {
+    use arbiter_engine::istio::{Condition, Operation, Rule, Source};
+    let mut source = Source::default();
+    let mut op = Operation::default();
+    let mut when: Vec<Condition> = Vec::new();
+    for term in terms.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (negated, term) = match term.strip_prefix("not ") {
+            Some(t) => (true, t.trim()),
+            None => (false, term),
+        };
+        let (key, value) = term
+            .split_once('=')
+            .ok_or_else(|| format!("`{term}`: write KEY=VALUE"))?;
+        let (key, value) = (key.trim(), value.trim().to_string());
+        let field: &mut Vec<String> = match (key, negated) {
+            ("principal", false) => &mut source.principals,
+            ("principal", true) => &mut source.not_principals,
+            ("namespace", false) => &mut source.namespaces,
+            ("namespace", true) => &mut source.not_namespaces,
+            ("service-account", false) => &mut source.service_accounts,
+            ("service-account", true) => &mut source.not_service_accounts,
+            ("trust-domain", false) => &mut source.trust_domains,
+            ("trust-domain", true) => &mut source.not_trust_domains,
+            ("ip", false) => &mut source.ip_blocks,
+            ("ip", true) => &mut source.not_ip_blocks,
+            ("method", false) => &mut op.methods,
+            ("method", true) => &mut op.not_methods,
+            ("path", false) => &mut op.paths,
+            ("path", true) => &mut op.not_paths,
+            ("host", false) => &mut op.hosts,
+            ("host", true) => &mut op.not_hosts,
+            ("port", false) => &mut op.ports,
+            ("port", true) => &mut op.not_ports,
+            (k, _) if k == "sni" || k.starts_with("header.") => {
+                let key = match k.strip_prefix("header.") {
+                    Some(name) if !name.is_empty() => format!("request.headers[{name}]"),
+                    Some(_) => return Err("`header.` needs a header name: header.NAME".into()),
+                    None => "connection.sni".to_string(),
+                };
+                let c = match when.iter_mut().find(|c| c.key == key) {
+                    Some(c) => c,
+                    None => {
+                        when.push(Condition {
+                            key,
+                            values: Vec::new(),
+                            not_values: Vec::new(),
+                        });
+                        when.last_mut().ok_or("no condition")?
+                    }
+                };
+                if negated {
+                    &mut c.not_values
+                } else {
+                    &mut c.values
+                }
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown key `{other}` (principal, namespace, service-account, trust-domain, ip, method, path, host, port, sni, header.NAME)"
+                ));
+            }
+        };
+        field.push(value);
+    }
+    let from = if source == Source::default() {
+        Vec::new()
+    } else {
+        vec![source]
+    };
+    let to = if op == Operation::default() {
+        Vec::new()
+    } else {
+        vec![op]
+    };
+    if from.is_empty() && to.is_empty() && when.is_empty() {
+        return Err("an invariant needs at least one term".into());
+    }
+    Ok(Rule { from, to, when })
+}
+
+/// A rule without `from`, `to` or `when`: it matches every request.
+fn match_all() -> arbiter_engine::istio::Rule {
+    arbiter_engine::istio::Rule {
+        from: Vec::new(),
+        to: Vec::new(),
+        when: Vec::new(),
+    }
+}
+
+/// The policies whose decisions say what the invariant allows: DENY the requests it describes
+/// (in the root namespace: every workload), ALLOW the rest.
+fn invariant_set(rule: arbiter_engine::istio::Rule, options: &IstioOptions) -> IstioPolicies {
+    use arbiter_engine::istio::{Action, Policy, Rule};
+    let policy = |name: &str, action: Action, rule: Rule| Policy {
+        file: "(invariant)".into(),
+        line: 0,
+        name: name.into(),
+        namespace: options.root_namespace.clone(),
+        action,
+        match_labels: None,
+        target_refs: Vec::new(),
+        rules: Some(vec![rule]),
+        dry_run: false,
+    };
+    IstioPolicies {
+        policies: vec![
+            policy("invariant", Action::Deny, rule),
+            policy("everything-else", Action::Allow, match_all()),
+        ],
+        options: options.clone(),
+    }
+}
+
+pub fn run_invariants(a: &InvariantArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    let options = IstioOptions {
+        root_namespace: a.istio_root_namespace.clone(),
+        allow_without_allow_policies: a.istio_allow_without_allow_policies,
+    };
+    let set = match load(&a.dir, &options) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "arbiter istio check-invariants: {e}");
+            return Exit::Usage;
+        }
+    };
+    let mut results = Vec::new();
+    let mut all_hold = true;
+    for terms in &a.deny {
+        let rule = match invariant_rule(terms) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(err, "arbiter istio check-invariants: --deny '{terms}': {e}");
+                return Exit::Usage;
+            }
+        };
+        // A request the invariant denies and the policies allow breaks it.
+        let d = diff(&invariant_set(rule, &options), &set);
+        let (verdict, detail) = match &d.new_access {
+            Answer::None => ("proven", Json::Null),
+            Answer::Unknown(why) => ("unknown", json!(why)),
+            Answer::Found(f) => (
+                "refuted",
+                json!({
+                    "request": f.request,
+                    "decided": f.new,
+                    "test_case": test_case(&format!("breaks: deny {terms}"), &f.request, true),
+                }),
+            ),
+        };
+        all_hold &= verdict == "proven";
+        results.push(json!({"deny": terms, "verdict": verdict, "detail": detail}));
+    }
+    let text = match a.format {
+        Format::Json => format!(
+            "{:#}
+",
+            json!(results)
+        ),
+        Format::Pretty => {
+            let mut s = String::new();
+            for r in &results {
+                let verdict = r["verdict"].as_str().unwrap_or_default();
+                s.push_str(&format!(
+                    "deny {}: {}
+",
+                    r["deny"].as_str().unwrap_or_default(),
+                    verdict.to_uppercase()
+                ));
+                match verdict {
+                    "refuted" => {
+                        let w = &r["detail"]["request"];
+                        s.push_str(&format!(
+                            "  allowed: {} {} (host {}, port {}) from {} at {} to workload {}
+  by {} rules[{}]
+",
+                            w["method"].as_str().unwrap_or_default(),
+                            w["path"].as_str().unwrap_or_default(),
+                            w["host"].as_str().unwrap_or_default(),
+                            w["destination_port"],
+                            w["principal"].as_str().unwrap_or("(no identity)"),
+                            w["source_ip"].as_str().unwrap_or_default(),
+                            w["namespace"].as_str().unwrap_or_default(),
+                            r["detail"]["decided"]["policy"]
+                                .as_str()
+                                .unwrap_or("(no policy)"),
+                            r["detail"]["decided"]["rule"],
+                        ));
+                    }
+                    "unknown" => {
+                        s.push_str(&format!(
+                            "  because the policies test {}
+",
+                            r["detail"]
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            s
+        }
+    };
+    if out.write_all(text.as_bytes()).is_err() {
+        return Exit::Usage;
+    }
+    if all_hold { Exit::Ok } else { Exit::Failed }
 }
 
 /// The Istio policies under `path`, as `serve` loads them.

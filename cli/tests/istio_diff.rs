@@ -185,3 +185,61 @@ fn what_it_cannot_enumerate_is_unknown_and_fails_the_gate() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn invariants_are_proven_or_refuted_with_a_request_that_breaks_them() {
+    let dir = common::tmp("istio-diff", "invariants");
+    let new = folder(&dir, "new", "namespaces: [shop]", "/api/orders*");
+    let check = |deny: &[&str]| {
+        let mut args = vec![
+            "istio",
+            "check-invariants",
+            "-f",
+            "json",
+            new.to_str().unwrap(),
+        ];
+        for d in deny {
+            args.extend(["--deny", d]);
+        }
+        let out = arbiter(&args);
+        let j: Json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), j)
+    };
+    // Nothing outside the shop namespace reads orders; nothing deletes: both hold.
+    let (code, r) = check(&["path=/api/orders*, not namespace=shop", "method=DELETE"]);
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(
+        (r[0]["verdict"].as_str(), r[1]["verdict"].as_str()),
+        (Some("proven"), Some("proven"))
+    );
+    // "Only the frontend reaches the admin paths" does not hold; the request that breaks it is
+    // allowed by `arbiter test` under these policies.
+    let (code, r) =
+        check(&["path=/api/orders-admin*, not principal=cluster.local/ns/shop/sa/frontend"]);
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(r[0]["verdict"], "refuted");
+    let w = &r[0]["detail"]["request"];
+    assert!(
+        w["path"].as_str().unwrap().starts_with("/api/orders-admin"),
+        "{w}"
+    );
+    assert_ne!(w["principal"], "spiffe://cluster.local/ns/shop/sa/frontend");
+    let out = replay(&new, &r[0]["detail"]["test_case"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Terms that do not read are usage errors.
+    let out = arbiter(&[
+        "istio",
+        "check-invariants",
+        new.to_str().unwrap(),
+        "--deny",
+        "colour=red",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key `colour`"));
+}
