@@ -41,20 +41,10 @@ pub struct InvariantArgs {
     pub format: Format,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Pretty,
-    Json,
-}
-
-/// When `istio diff` fails (exit 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FailOn {
-    /// Some request gains access, or that cannot be ruled out.
-    NewAccess,
-    /// Any difference, or one that cannot be ruled out.
-    Any,
-}
+/// The output formats and CI gates of `arbiter replay`, which mean the same here (`new-access`:
+/// some request gains access, or that cannot be ruled out; `any`: any difference, or one that
+/// cannot be ruled out).
+pub use crate::replay::{FailOn, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
