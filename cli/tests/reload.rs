@@ -186,3 +186,88 @@ fn signals_sent_right_after_the_announcement_are_handled() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--shadow` reloads with the live set: after SIGHUP the shadow decides with its new files
+/// (its disagreements start), the live set's decisions are unchanged.
+#[test]
+fn the_shadow_set_reloads_with_sighup() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+    let dir = tmp("shadow");
+    let (live, shadow) = (dir.join("live"), dir.join("shadow"));
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&shadow).unwrap();
+    std::fs::write(live.join("authz.rego"), policy("a")).unwrap();
+    std::fs::write(shadow.join("authz.rego"), policy("a")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args([
+        "serve",
+        live.to_str().unwrap(),
+        "--shadow",
+        shadow.to_str().unwrap(),
+    ])
+    .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let (child, grpc, addr) = common::serve(cmd);
+    let metric = |name: &str| -> u64 {
+        let (_, text) = http(&addr, "GET", "/metrics", "");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let new_access = "arbiter_shadow_disagreements_total{direction=\"new_access\"}";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let check_b = || -> i32 {
+        runtime.block_on(async {
+            let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(attribute_context::Request {
+                        time: None,
+                        http: Some(attribute_context::HttpRequest {
+                            method: "GET".into(),
+                            path: "/b".into(),
+                            host: "svc".into(),
+                            ..Default::default()
+                        }),
+                    }),
+                    ..Default::default()
+                }),
+            };
+            client
+                .check(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .code
+        })
+    };
+    // The same policy on both sides: no disagreement.
+    assert_eq!(check_b(), 7, "denied by the live set");
+    wait("the shadow's decision", || {
+        metric("arbiter_shadow_evaluations_total") == 1
+    });
+    assert_eq!(metric(new_access), 0);
+    // The shadow's files change; SIGHUP reloads both sets.
+    std::fs::write(shadow.join("authz.rego"), policy("b")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    wait("the shadow's new set", || {
+        assert_eq!(check_b(), 7, "the live set still denies");
+        metric(new_access) >= 1
+    });
+    // The client's connections close with its runtime.
+    drop(runtime);
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
