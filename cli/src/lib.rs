@@ -79,7 +79,8 @@ pub enum Command {
     /// Re-decide recorded decisions under candidate policies and report what flips: new
     /// access (deny -> allow) and new denials (allow -> deny).
     Replay(Box<replay::Args>),
-    /// Reason about Istio AuthorizationPolicies: `istio diff OLD NEW`.
+    /// Reason about Istio AuthorizationPolicies: `istio diff OLD NEW` (does a change open
+    /// access?) and `istio check-invariants DIR --deny TERMS`.
     #[command(subcommand)]
     Istio(istio::Command),
     /// Verify and summarize decision logs.
