@@ -14,8 +14,8 @@
 //! never waits for the shadow.
 //!
 //! With `--audit required`, an event is handed to the shadow only while the log's sinks take
-//! events; the side thread then waits for room in the log's queue, so an event it accepted is
-//! written (or the process ended), as for an event queued directly.
+//! events; the side thread then waits for room in the log's queue, so an event it accepted
+//! reaches the writer as one queued directly does (unless the process ends first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
