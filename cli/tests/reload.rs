@@ -271,3 +271,43 @@ fn the_shadow_set_reloads_with_sighup() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A client that keeps its gRPC connection open and no longer reads (its runtime is not
+/// polled) does not hold the shutdown past the drain bound (10 s): `stop` waits 20 s at most.
+#[test]
+fn an_unresponsive_client_does_not_hold_the_shutdown() {
+    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let dir = tmp("drain");
+    std::fs::write(dir.join("authz.rego"), policy("a")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args(["serve", dir.to_str().unwrap()]).args([
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let (child, grpc, _) = common::serve(cmd);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _client = runtime.block_on(async {
+        let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let answer = client.check(CheckRequest::default()).await.unwrap();
+        assert_eq!(answer.into_inner().status.unwrap().code, 7);
+        client
+    });
+    // The connection stays open; nothing polls it from here on.
+    let started = Instant::now();
+    stop(child);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "stopped in {:?}: the client did not hold the drain at all, so this test shows nothing",
+        started.elapsed()
+    );
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -337,14 +337,27 @@ async fn wait_for(mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// How long a shutdown waits for open connections to finish before closing them (the decision
+/// log is flushed after, within its own bounds; together they fit Kubernetes' default 30 s).
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RunningServer {
-    /// Stop accepting connections, let in-flight checks finish, then flush the decision log.
+    /// Stop accepting connections, let in-flight checks finish — for at most [`DRAIN`]: a
+    /// client that keeps its connection open without reading does not hold the shutdown —
+    /// then flush the decision log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.state.grpc_ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         let mut first_error = None;
+        let deadline = tokio::time::Instant::now() + DRAIN;
         for t in self.tasks {
-            match t.await {
+            let abort = t.abort_handle();
+            let Ok(done) = tokio::time::timeout_at(deadline, t).await else {
+                // Connections still open at the deadline are closed.
+                abort.abort();
+                continue;
+            };
+            match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
