@@ -33,12 +33,30 @@ pub struct InvariantArgs {
     /// `*`). A key given twice matches either value. Repeatable.
     #[arg(long = "deny", value_name = "TERMS", required = true)]
     pub deny: Vec<String>,
-    #[arg(long, default_value = "istio-system", value_name = "NS")]
-    pub istio_root_namespace: String,
-    #[arg(long)]
-    pub istio_allow_without_allow_policies: bool,
+    #[command(flatten)]
+    pub istio: IstioSettings,
     #[arg(short, long, value_enum, default_value = "pretty")]
     pub format: Format,
+}
+
+/// How policies apply, as `serve` has it.
+#[derive(Debug, clap::Args)]
+pub struct IstioSettings {
+    /// Istio's root namespace, as `serve --istio-root-namespace`.
+    #[arg(long, default_value = "istio-system", value_name = "NS")]
+    pub istio_root_namespace: String,
+    /// As `serve --istio-allow-without-allow-policies`.
+    #[arg(long)]
+    pub istio_allow_without_allow_policies: bool,
+}
+
+impl IstioSettings {
+    fn options(&self) -> IstioOptions {
+        IstioOptions {
+            root_namespace: self.istio_root_namespace.clone(),
+            allow_without_allow_policies: self.istio_allow_without_allow_policies,
+        }
+    }
 }
 
 /// The output formats and CI gates of `arbiter replay`, which mean the same here (`new-access`:
@@ -54,12 +72,8 @@ pub struct DiffArgs {
     /// The policies after.
     #[arg(value_name = "NEW")]
     pub new: PathBuf,
-    /// Istio's root namespace, as `serve --istio-root-namespace`.
-    #[arg(long, default_value = "istio-system", value_name = "NS")]
-    pub istio_root_namespace: String,
-    /// As `serve --istio-allow-without-allow-policies`.
-    #[arg(long)]
-    pub istio_allow_without_allow_policies: bool,
+    #[command(flatten)]
+    pub istio: IstioSettings,
     #[arg(short, long, value_enum, default_value = "pretty")]
     pub format: Format,
     /// Exit 1 when a request gains access (`new-access`) or any decision changes (`any`) —
@@ -192,10 +206,7 @@ fn invariant_set(rule: arbiter_engine::istio::Rule, options: &IstioOptions) -> I
 }
 
 pub fn run_invariants(a: &InvariantArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
-    let options = IstioOptions {
-        root_namespace: a.istio_root_namespace.clone(),
-        allow_without_allow_policies: a.istio_allow_without_allow_policies,
-    };
+    let options = a.istio.options();
     let set = match load(&a.dir, &options) {
         Ok(s) => s,
         Err(e) => {
@@ -306,10 +317,7 @@ fn load(path: &PathBuf, options: &IstioOptions) -> Result<IstioPolicies, String>
 }
 
 pub fn run_diff(a: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
-    let options = IstioOptions {
-        root_namespace: a.istio_root_namespace.clone(),
-        allow_without_allow_policies: a.istio_allow_without_allow_policies,
-    };
+    let options = a.istio.options();
     let (old, new) = match (load(&a.old, &options), load(&a.new, &options)) {
         (Ok(o), Ok(n)) => (o, n),
         (Err(e), _) | (_, Err(e)) => {
