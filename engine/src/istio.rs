@@ -514,18 +514,22 @@ fn valid_block(b: &str) -> bool {
     }
 }
 
-fn ip_in(block: &str, ip: &str) -> bool {
-    if ip.is_empty() {
-        return false;
-    }
-    let cidr = if block.contains('/') {
+/// An Istio block as a CIDR: a bare address is a block of one.
+fn block_cidr(block: &str) -> String {
+    if block.contains('/') {
         block.to_string()
     } else if block.contains(':') {
         format!("{block}/128")
     } else {
         format!("{block}/32")
-    };
-    crate::builtins::net::contains(&cidr, ip).unwrap_or(false)
+    }
+}
+
+fn ip_in(block: &str, ip: &str) -> bool {
+    if ip.is_empty() {
+        return false;
+    }
+    crate::builtins::net::contains(&block_cidr(block), ip).unwrap_or(false)
 }
 
 /// `values` match if any matches; `not_values` if none does (each only when given).

@@ -111,6 +111,13 @@ fn default_prefix(ip: u128) -> u32 {
     }
 }
 
+/// The first and last address of a CIDR block, read as [`contains`] reads it, and whether it
+/// is IPv6: what `istio diff` cuts the address space with.
+pub(crate) fn cidr_range(cidr: &str) -> Option<(bool, u128, u128)> {
+    let n = parse_cidr(cidr).ok()?;
+    Some((n.v6, n.first(), n.last()))
+}
+
 /// `net.cidr_contains(cidr, cidr_or_ip)`.
 pub(crate) fn contains(cidr: &str, other: &str) -> anyhow::Result<bool> {
     let a = parse_cidr(cidr)?;

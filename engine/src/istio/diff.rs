@@ -367,42 +367,26 @@ impl Tests {
     }
 }
 
-/// The start of every interval the blocks cut their address family into, or a default.
+/// The start of every interval the blocks cut their address family into (each block read as
+/// the evaluator reads it), after a usual address of each family.
 fn addresses(blocks: &BTreeSet<String>) -> Vec<String> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::{Ipv4Addr, Ipv6Addr};
     let mut v4: BTreeSet<u128> = BTreeSet::from([0]);
     let mut v6: BTreeSet<u128> = BTreeSet::from([0]);
     for b in blocks {
-        let (ip, len) = b.split_once('/').unwrap_or((b, ""));
-        let Ok(addr) = ip.parse::<IpAddr>() else {
+        let Some((is_v6, first, last)) = crate::builtins::net::cidr_range(&super::block_cidr(b))
+        else {
             continue;
         };
-        let (bits, value, set) = match addr {
-            IpAddr::V4(a) => (32u32, u128::from(u32::from(a)), &mut v4),
-            IpAddr::V6(a) => (128u32, u128::from(a), &mut v6),
-        };
-        let len = len.parse::<u32>().unwrap_or(bits).min(bits);
-        let host_bits = bits - len;
-        let start = if host_bits >= 128 {
-            0
-        } else {
-            (value >> host_bits) << host_bits
-        };
-        set.insert(start);
-        let size = if host_bits >= 128 {
-            None
-        } else {
-            1u128.checked_shl(host_bits)
-        };
-        let top = if bits == 32 {
-            u128::from(u32::MAX)
-        } else {
+        let set = if is_v6 { &mut v6 } else { &mut v4 };
+        set.insert(first);
+        let top = if is_v6 {
             u128::MAX
+        } else {
+            u128::from(u32::MAX)
         };
-        if let Some(end) = size.and_then(|n| start.checked_add(n))
-            && end <= top
-        {
-            set.insert(end);
+        if last < top {
+            set.insert(last + 1);
         }
     }
     // A usual address first: where it falls in the same interval as a boundary, it is the one
@@ -424,17 +408,19 @@ fn hosts(t: &Tests, filler: &str) -> Vec<String> {
         if c.is_empty() {
             continue;
         }
-        let (name, port) = match c.rsplit_once(':') {
-            Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                (n.to_string(), format!(":{p}"))
-            }
-            _ => (c.clone(), String::new()),
-        };
+        // Name and port as a request's host is read.
+        let h = crate::path::Host::parse(&c, "http");
+        let name = &h.name;
         out.insert(c.clone());
-        out.insert(format!("{name}.{port}"));
-        if port.is_empty() {
-            out.insert(format!("{name}:80"));
-            out.insert(format!("{name}.:80"));
+        match &h.port {
+            Some(port) => {
+                out.insert(format!("{name}.:{port}"));
+            }
+            None => {
+                out.insert(format!("{name}."));
+                out.insert(format!("{name}:80"));
+                out.insert(format!("{name}.:80"));
+            }
         }
     }
     out.into_iter().collect()
