@@ -301,8 +301,7 @@ fn pretty(r: &Report, args: &Args, files: usize, elapsed: std::time::Duration) -
         }
         let _ = writeln!(s, "\n{title}: {n} events");
         let _ = writeln!(s, "  by identity, path and method:");
-        let mut groups: Vec<_> = r.by_request.iter().filter(|(k, _)| k.0 == d).collect();
-        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        let groups = r.requests(d);
         for ((_, identity, path, method), g) in groups.iter().take(args.top) {
             let _ = writeln!(
                 s,
@@ -320,8 +319,7 @@ fn pretty(r: &Report, args: &Args, files: usize, elapsed: std::time::Duration) -
             );
         }
         let _ = writeln!(s, "  by rule (before -> after):");
-        let mut groups: Vec<_> = r.by_rule.iter().filter(|(k, _)| k.0 == d).collect();
-        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        let groups = r.rules(d);
         for ((_, before, after), g) in groups.iter().take(args.top) {
             let _ = writeln!(s, "    {:>6}  {before} -> {after}{}", g.count, approx(g));
         }

@@ -956,11 +956,10 @@ async fn impact_page(State(d): State<Arc<Dashboard>>) -> Response {
                 (arbiter_engine::audit::replay::Direction::NewAccess, "New access (denied before, allowed under the candidate)"),
                 (arbiter_engine::audit::replay::Direction::NewDenial, "New denials (allowed before, denied under the candidate)"),
             ] {
-                let mut groups: Vec<_> = r.by_request.iter().filter(|(k, _)| k.0 == direction).collect();
+                let groups = r.requests(direction);
                 if groups.is_empty() {
                     continue;
                 }
-                groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
                 let _ = write!(o, "<h3>{}</h3><table><thead><tr><th>identity</th><th>request</th><th>events</th><th>examples</th></tr></thead><tbody>", esc(title));
                 for ((_, identity, path, method), g) in groups.iter().take(50) {
                     let examples: Vec<String> = g

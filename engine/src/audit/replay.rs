@@ -60,6 +60,8 @@ pub const DEFAULT_EXAMPLES: usize = 3;
 /// and, made on first use, one for every other path events name.
 pub struct Side {
     authorizer: Authorizer,
+    /// The authorizer's decision path in slash form, as events record it.
+    path: String,
     others: RwLock<HashMap<String, Arc<Authorizer>>>,
     mentions: Mentions,
 }
@@ -69,6 +71,7 @@ impl Side {
     /// policies may read are looked up in their text.
     pub fn new(authorizer: Authorizer, sources: &PolicySources) -> Self {
         Side {
+            path: authorizer.path().slash_path(),
             authorizer,
             others: RwLock::new(HashMap::new()),
             mentions: Mentions::of(sources),
@@ -99,7 +102,7 @@ impl Side {
         path: &str,
         request: &crate::request::AuthzRequest,
     ) -> Result<CheckOutcome, String> {
-        if path.is_empty() || path == self.authorizer.path().slash_path() {
+        if path.is_empty() || path == self.path {
             return Ok(self.authorizer.check(request));
         }
         Ok(self.for_path(path)?.check(request))
@@ -178,12 +181,12 @@ impl Verdict {
         Verdict {
             allowed: d.allowed,
             reason: d.reason_code().to_string(),
-            rule: match d.decided_by.first() {
-                Some(b) => match &b.rule {
-                    Some(r) => format!("{}:{r}", b.policy),
-                    None => b.policy.clone(),
-                },
-                None => "(none)".into(),
+            rule: {
+                let first = d.decided_by.first();
+                super::summary::rule_label(
+                    first.map(|b| b.policy.as_str()),
+                    first.and_then(|b| b.rule.as_deref()),
+                )
             },
         }
     }
@@ -352,13 +355,21 @@ impl Report {
         }
     }
 
+    /// The groups by request of one direction, the largest first.
+    pub fn requests(&self, d: Direction) -> Vec<(&RequestKey, &Group)> {
+        largest_first(&self.by_request, d, |k| k.0)
+    }
+
+    /// The groups by rule of one direction, the largest first.
+    pub fn rules(&self, d: Direction) -> Vec<(&RuleKey, &Group)> {
+        largest_first(&self.by_rule, d, |k| k.0)
+    }
+
     /// The report as JSON (`arbiter replay -f json`).
     pub fn to_json(&self) -> Json {
         let groups_by_request = |d: Direction| -> Vec<Json> {
-            let mut v: Vec<(&RequestKey, &Group)> =
-                self.by_request.iter().filter(|(k, _)| k.0 == d).collect();
-            v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
-            v.into_iter()
+            self.requests(d)
+                .into_iter()
                 .map(|((_, identity, path, method), g)| {
                     json!({"identity": identity, "path": path, "method": method,
                         "count": g.count, "approximate": g.approximate, "examples": g.examples})
@@ -366,10 +377,8 @@ impl Report {
                 .collect()
         };
         let groups_by_rule = |d: Direction| -> Vec<Json> {
-            let mut v: Vec<(&RuleKey, &Group)> =
-                self.by_rule.iter().filter(|(k, _)| k.0 == d).collect();
-            v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
-            v.into_iter()
+            self.rules(d)
+                .into_iter()
                 .map(|((_, before, after), g)| {
                     json!({"rule_before": before, "rule_after": after,
                         "count": g.count, "approximate": g.approximate, "examples": g.examples})
@@ -405,6 +414,17 @@ impl Report {
             },
         })
     }
+}
+
+/// The groups of `map` in direction `d`: most events first, then by key.
+fn largest_first<K: Ord>(
+    map: &BTreeMap<K, Group>,
+    d: Direction,
+    direction: impl Fn(&K) -> Direction,
+) -> Vec<(&K, &Group)> {
+    let mut v: Vec<(&K, &Group)> = map.iter().filter(|(k, _)| direction(k) == d).collect();
+    v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    v
 }
 
 /// Re-decides events under a candidate set, against the recorded decision or a baseline set.

@@ -166,10 +166,15 @@ pub fn path_of(e: &Json) -> String {
 
 /// `policy:rule`, `policy`, or `(none)`.
 pub fn rule_of(e: &Json) -> String {
-    match (
+    rule_label(
         e.get("policy").and_then(Json::as_str),
         e.get("rule").and_then(Json::as_str),
-    ) {
+    )
+}
+
+/// How a decision's policy and rule are named: `policy:rule`, `policy`, or `(none)`.
+pub fn rule_label(policy: Option<&str>, rule: Option<&str>) -> String {
+    match (policy, rule) {
         (Some(p), Some(r)) => format!("{p}:{r}"),
         (Some(p), None) => p.to_string(),
         _ => "(none)".to_string(),
