@@ -75,6 +75,9 @@ pub struct ConfigFile {
     pub dry_run: Option<bool>,
     #[serde(rename = "skip-request-body-parse", alias = "skip_request_body_parse")]
     pub skip_request_body_parse: Option<bool>,
+    /// `--proto-descriptor` (relative to the file).
+    #[serde(rename = "proto-descriptor", alias = "proto_descriptor")]
+    pub proto_descriptor: Option<String>,
     #[serde(rename = "v0-compatible", alias = "v0_compatible")]
     pub v0_compatible: Option<bool>,
     pub limits: Option<arbiter_engine::limits::Limits>,
@@ -181,7 +184,7 @@ pub struct EnvoyPlugin {
     /// Buckets of `grpc_request_duration_seconds`.
     #[serde(rename = "grpc-request-duration-seconds-buckets")]
     pub grpc_request_duration_seconds_buckets: Option<Vec<f64>>,
-    /// Protobuf descriptors for `parsed_body` of gRPC requests: refused when set.
+    /// Protobuf descriptors for `parsed_body` of gRPC requests (`--proto-descriptor`).
     #[serde(rename = "proto-descriptor")]
     pub proto_descriptor: Option<String>,
 }

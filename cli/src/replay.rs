@@ -71,6 +71,9 @@ pub struct Args {
     /// As `serve --skip-request-body-parse`.
     #[arg(long)]
     pub skip_request_body_parse: bool,
+    /// As `serve --proto-descriptor`.
+    #[arg(long, value_name = "FILE")]
+    pub proto_descriptor: Option<PathBuf>,
     /// As `serve --v0-compatible`.
     #[arg(long)]
     pub v0_compatible: bool,
@@ -115,6 +118,7 @@ fn settings(args: &Args, policies: &[PathBuf]) -> Result<crate::serve::Settings,
         trust_bundle: args.trust_bundle.clone(),
         trust_xfcc_by: args.trust_xfcc_by.clone(),
         skip_request_body_parse: args.skip_request_body_parse,
+        proto_descriptor: args.proto_descriptor.clone(),
         v0_compatible: args.v0_compatible,
         istio_root_namespace: args.istio_root_namespace.clone(),
         istio_allow_without_allow_policies: args.istio_allow_without_allow_policies,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arbiter_engine::authorizer::Authorizer;
+use arbiter_engine::body::GrpcBodies;
 use arbiter_engine::identity::{IdentityOptions, SpiffeId};
 use arbiter_engine::input::InputOptions;
 use arbiter_engine::path::PathPolicy;
@@ -96,6 +97,10 @@ pub struct Args {
     /// Do not parse request bodies (no `parsed_body`/`truncated_body` in the input).
     #[arg(long)]
     pub skip_request_body_parse: bool,
+    /// A protobuf descriptor set (`protoc --descriptor_set_out`): gRPC request bodies are
+    /// decoded into `parsed_body` (OPA-Envoy's `proto-descriptor`).
+    #[arg(long, value_name = "FILE")]
+    pub proto_descriptor: Option<PathBuf>,
     /// Accept pre-1.0 Rego syntax.
     #[arg(long)]
     pub v0_compatible: bool,
@@ -221,6 +226,8 @@ pub struct Settings {
     pub limits: arbiter_engine::limits::Limits,
     pub dry_run: bool,
     pub skip_request_body_parse: bool,
+    /// `--proto-descriptor`: the descriptor set gRPC bodies are decoded with.
+    pub proto_descriptor: Option<PathBuf>,
     pub v0_compatible: bool,
     pub eval_timeout: Duration,
     /// Expression steps per CEL evaluation (`None`: no budget).
@@ -528,9 +535,6 @@ impl Args {
         if opa.enable_reflection == Some(true) {
             return Err("plugins.envoy_ext_authz_grpc.enable-reflection: gRPC reflection is not served (give grpcurl the protos of envoy.service.auth.v3)".into());
         }
-        if opa.proto_descriptor.is_some() {
-            return Err("plugins.envoy_ext_authz_grpc.proto-descriptor: not supported (gRPC request bodies are not parsed)".into());
-        }
         if let Some(b) = &opa.grpc_request_duration_seconds_buckets
             && (b.is_empty()
                 || b.windows(2).any(|w| w[0] >= w[1])
@@ -734,6 +738,12 @@ impl Args {
                     .skip_request_body_parse
                     .or(opa.skip_request_body_parse)
                     .unwrap_or(false),
+            proto_descriptor: self.proto_descriptor.clone().or_else(|| {
+                file.proto_descriptor
+                    .as_ref()
+                    .or(opa.proto_descriptor.as_ref())
+                    .map(|p| base.join(p))
+            }),
             v0_compatible: self.v0_compatible || file.v0_compatible.unwrap_or(false),
             eval_timeout,
             cel_cost_limit: {
@@ -948,6 +958,12 @@ pub fn authorizer_from_sources(
                 PathNormalization::Lenient => PathPolicy::Lenient,
             },
             skip_body_parse: s.skip_request_body_parse,
+            grpc: match &s.proto_descriptor {
+                Some(p) => {
+                    Some(GrpcBodies::load(p).map_err(|e| format!("--proto-descriptor {e}"))?)
+                }
+                None => None,
+            },
             ..InputOptions::with_limits(&s.limits)
         },
     )
@@ -1874,14 +1890,23 @@ mod tests {
         assert_eq!(s.limits.max_request_bytes, 1 << 20);
         assert_eq!(s.limits.max_response_bytes, 65536);
         assert_eq!(s.labels["region"], "eu-1");
+        // `proto-descriptor` is read relative to the file; a missing or bad set fails the
+        // start, naming the file.
+        let s = settings("plugins: {envoy_ext_authz_grpc: {proto-descriptor: set.pb}}").unwrap();
+        let pb = s.proto_descriptor.clone().unwrap();
+        assert!(pb.ends_with("set.pb") && pb.is_absolute(), "{pb:?}");
+        let e = authorizer(&s).unwrap_err();
+        assert!(
+            e.starts_with("--proto-descriptor ") && e.contains("set.pb"),
+            "{e}"
+        );
+        std::fs::write(&pb, b"\x0a\x03abc").unwrap();
+        let e = authorizer(&s).unwrap_err();
+        assert!(e.contains("not a protobuf FileDescriptorSet"), "{e}");
         for (yaml, want) in [
             (
                 "plugins: {envoy_ext_authz_grpc: {enable-reflection: true}}",
                 "enable-reflection: gRPC reflection is not served",
-            ),
-            (
-                "plugins: {envoy_ext_authz_grpc: {proto-descriptor: /x.pb}}",
-                "proto-descriptor: not supported",
             ),
             ("status: {service: s}", "status.service: status reports"),
             (

@@ -82,6 +82,10 @@ pub struct EnvoyOptions {
     /// HTTP filters in place of ext_authz (list items indented 10 spaces): an Envoy that
     /// decides by itself, such as the RBAC filters istiod would configure.
     pub authz_filters: Option<String>,
+    /// The ext_authz filter's `with_request_body` line.
+    pub with_request_body: String,
+    /// Extra text for the upstream cluster (indented 4 spaces), e.g. HTTP/2 for gRPC.
+    pub upstream_cluster_extra: String,
 }
 
 impl EnvoyOptions {
@@ -95,6 +99,9 @@ impl EnvoyOptions {
             http_filters_before: String::new(),
             routes: String::new(),
             authz_filters: None,
+            with_request_body:
+                "with_request_body: {max_request_bytes: 65536, allow_partial_message: true}".into(),
+            upstream_cluster_extra: String::new(),
         }
     }
 }
@@ -111,12 +118,13 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
               transport_api_version: V3
               failure_mode_allow: false
               include_peer_certificate: true
-              with_request_body: {{max_request_bytes: 65536, allow_partial_message: true}}
+              {body}
               grpc_service:
                 envoy_grpc: {{cluster_name: ext_authz}}
                 timeout: 0.5s
 {ext}"#,
-            ext = o.ext_authz_extra
+            ext = o.ext_authz_extra,
+            body = o.with_request_body,
         ),
     };
     format!(
@@ -159,6 +167,7 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
   - name: upstream
     type: STATIC
     connect_timeout: 0.25s
+{upstream_extra}
     load_assignment:
       cluster_name: upstream
       endpoints:
@@ -177,6 +186,7 @@ admin:
         authz_port = o.authz.port(),
         authz_extra = o.authz_cluster_extra,
         up_port = o.upstream.port(),
+        upstream_extra = o.upstream_cluster_extra.trim_end(),
     )
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 pub mod cel_spec;
 pub mod envoy;
+pub mod grpc_body;
 pub mod harness;
 pub mod istio_envoy;
 pub mod opa;

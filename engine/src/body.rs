@@ -6,10 +6,15 @@
 //!   nesting is limited (64 levels by default), and no lenient fallback parser is ever tried;
 //! - `application/x-www-form-urlencoded`: `{key: [values]}`;
 //! - `multipart/form-data`: `{field: [values]}`, JSON parts decoded;
+//! - `application/grpc*`: with a descriptor set, the call's messages (see [`grpc`]);
 //! - anything else: no parsed body (`null`).
 //!
 //! A body Envoy truncated (`x-envoy-auth-partial-body: true`, or a `content-length` larger than
 //! what arrived) is not parsed: `truncated_body` is true and `parsed_body` null.
+
+pub mod grpc;
+
+pub use grpc::GrpcBodies;
 
 use regorus::Value;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};

@@ -25,7 +25,7 @@ use crate::request::{Address, AuthzRequest, HttpRequest, Metadata, Peer};
 use crate::value::from_json;
 
 /// How the input document is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InputOptions {
     pub path_policy: PathPolicy,
     /// OPA-Envoy's `skip-request-body-parse`: no `parsed_body`, no `truncated_body`.
@@ -40,6 +40,8 @@ pub struct InputOptions {
     pub max_header_bytes: usize,
     /// Request target length, bytes.
     pub max_path_bytes: usize,
+    /// OPA-Envoy's `proto-descriptor`: gRPC request bodies decoded into `parsed_body`.
+    pub grpc: Option<body::GrpcBodies>,
 }
 
 impl Default for InputOptions {
@@ -59,6 +61,7 @@ impl InputOptions {
             max_headers: limits.max_headers,
             max_header_bytes: limits.max_header_bytes,
             max_path_bytes: limits.max_path_bytes,
+            grpc: None,
         }
     }
 }
@@ -538,13 +541,26 @@ pub fn build_input_with_identity(
         } else {
             http.body.as_bytes()
         };
-        let parsed = body::parse_body(
-            header("content-type"),
-            header("content-length"),
-            header("x-envoy-auth-partial-body"),
-            body_bytes,
-            opts.max_body_depth,
-        )
+        let content_type = header("content-type");
+        let media = content_type.map(body::media_type);
+        let parsed = match (&opts.grpc, media.as_deref()) {
+            (Some(grpc), Some(m)) if m.starts_with("application/grpc") => grpc.parse(
+                m,
+                header("grpc-encoding"),
+                header("x-envoy-auth-partial-body"),
+                body_bytes,
+                http.body.is_empty(),
+                &canonical.segments,
+                opts.max_body_depth,
+            ),
+            _ => body::parse_body(
+                content_type,
+                header("content-length"),
+                header("x-envoy-auth-partial-body"),
+                body_bytes,
+                opts.max_body_depth,
+            ),
+        }
         .map_err(|e| DenyReason::BodyParseError(e.0))?;
         input.set(&k.parsed_body, parsed.value);
         input.set(&k.truncated_body, Value::Bool(parsed.truncated));

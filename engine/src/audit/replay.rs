@@ -88,7 +88,7 @@ impl Side {
         let reference = DataRef::parse(path).map_err(|e| e.to_string())?;
         let a = &self.authorizer;
         let made = Arc::new(
-            Authorizer::new(a.policies().clone(), reference, *a.input_options())
+            Authorizer::new(a.policies().clone(), reference, a.input_options().clone())
                 .with_identity_options(a.identity_options().clone()),
         );
         if let Ok(mut known) = self.others.write() {

@@ -62,6 +62,10 @@ struct FileDoc {
     /// Where the cases come from (a URL, a document): shown when one fails.
     #[serde(default)]
     doc: Option<String>,
+    /// A protobuf descriptor set (relative to this file), as `serve --proto-descriptor`: gRPC
+    /// bodies are decoded into `parsed_body`, and cases may give a `grpc` message.
+    #[serde(default)]
+    proto_descriptor: Option<String>,
     cases: Vec<CaseDoc>,
 }
 
@@ -130,6 +134,12 @@ struct ShortRequest {
     /// A string is sent as is; anything else as JSON (`content-type: application/json`).
     #[serde(default)]
     body: Option<Json>,
+    /// A gRPC call's message in the protobuf JSON mapping, for the method `path` names
+    /// (`/pkg.Service/Method`): sent as a gRPC client sends it (`POST`, `content-type:
+    /// application/grpc`, one length-prefixed frame, as Envoy packs it with `pack_as_bytes`).
+    /// Needs the file's `proto_descriptor`.
+    #[serde(default)]
+    grpc: Option<Json>,
     #[serde(default)]
     source_address: Option<String>,
     /// The destination (the workload's) address; 10.0.0.2 when not given.
@@ -178,6 +188,8 @@ pub struct DecisionFile {
     pub doc: Option<String>,
     pub path: DataRef,
     pub cases: Vec<Case>,
+    /// The file's `proto_descriptor`, read.
+    pub grpc: Option<crate::body::GrpcBodies>,
 }
 
 /// Parse every decision-test file; all problems are reported together.
@@ -220,6 +232,7 @@ pub fn parse(f: &SourceFile, reader: CheckRequestReader) -> Result<DecisionFile,
             data: None,
             request: None,
             doc: None,
+            proto_descriptor: None,
             cases: yaml_serde::from_str(&f.text).map_err(|e| vec![yaml_error(&f.name, &e)])?,
         },
         Json::Object(_) => {
@@ -258,6 +271,24 @@ pub fn parse(f: &SourceFile, reader: CheckRequestReader) -> Result<DecisionFile,
     if doc.cases.is_empty() {
         errors.push(err(line_of(&f.text, "cases:", ""), "no cases".into()));
     }
+    let grpc = match &doc.proto_descriptor {
+        None => None,
+        Some(p) => {
+            let dir = std::path::Path::new(&f.name)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            match crate::body::GrpcBodies::load(&dir.join(p)) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    errors.push(err(
+                        line_of(&f.text, "proto_descriptor:", ""),
+                        format!("`proto_descriptor`: {e}"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     let mut cases = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     for c in &doc.cases {
@@ -296,7 +327,12 @@ pub fn parse(f: &SourceFile, reader: CheckRequestReader) -> Result<DecisionFile,
                 Some(merged)
             }
         };
-        let request = match build_request(short.as_ref().unwrap_or(&c.request), now_ns, reader) {
+        let request = match build_request(
+            short.as_ref().unwrap_or(&c.request),
+            now_ns,
+            reader,
+            grpc.as_ref(),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 case_err(format!("request: {e}"));
@@ -333,6 +369,7 @@ pub fn parse(f: &SourceFile, reader: CheckRequestReader) -> Result<DecisionFile,
             doc: doc.doc.clone(),
             path,
             cases,
+            grpc,
         }),
         _ => Err(errors),
     }
@@ -359,6 +396,7 @@ fn build_request(
     request: &Json,
     now_ns: Option<i64>,
     reader: CheckRequestReader,
+    grpc: Option<&crate::body::GrpcBodies>,
 ) -> Result<AuthzRequest, String> {
     if request.get("attributes").is_some() {
         return reader(request);
@@ -370,11 +408,24 @@ fn build_request(
     if r.principal.is_some() && r.spiffe_id.is_some() {
         return Err("give `principal` or `spiffe_id`, not both".into());
     }
+    let default_method = if r.grpc.is_some() { "POST" } else { "GET" };
     let method = r
         .method
-        .unwrap_or_else(|| "GET".into())
+        .unwrap_or_else(|| default_method.into())
         .to_ascii_uppercase();
     let path = r.path.unwrap_or_else(|| "/".into());
+    let raw_body = match (&r.grpc, grpc) {
+        (None, _) => Vec::new(),
+        (Some(_), None) => {
+            return Err("`grpc` needs the file's `proto_descriptor`".into());
+        }
+        (Some(_), Some(_)) if r.body.is_some() => {
+            return Err("give `grpc` or `body`, not both".into());
+        }
+        (Some(m), Some(g)) => g
+            .encode_call(&path, m)
+            .map_err(|e| format!("`grpc`: {e}"))?,
+    };
     let host = r.host.unwrap_or_else(|| "example.com".into());
     let scheme = r.scheme.unwrap_or_else(|| "http".into());
     // Lower-case names; a later spelling of a name replaces an earlier one.
@@ -403,6 +454,10 @@ fn build_request(
     };
     if !body.is_empty() {
         set("content-length", body.len().to_string(), false);
+    }
+    if !raw_body.is_empty() {
+        set("content-type", "application/grpc".into(), false);
+        set("te", "trailers".into(), false);
     }
     let now = now_ns.unwrap_or_else(crate::clock::now_ns);
     let mut filter_metadata = Vec::new();
@@ -453,8 +508,9 @@ fn build_request(
             host,
             scheme,
             protocol: r.protocol.unwrap_or_else(|| "HTTP/1.1".into()),
-            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+            size: i64::try_from(body.len() + raw_body.len()).unwrap_or(i64::MAX),
             body,
+            raw_body,
             ..HttpRequest::default()
         }),
         context_extensions: r.context_extensions.into_iter().collect(),
@@ -660,7 +716,14 @@ pub(crate) fn run(
                     }
                 }
             };
-            let authorizer = Authorizer::new(set, f.path.clone(), InputOptions::default());
+            let authorizer = Authorizer::new(
+                set,
+                f.path.clone(),
+                InputOptions {
+                    grpc: f.grpc.clone(),
+                    ..InputOptions::default()
+                },
+            );
             let decide = || {
                 let _frozen = case.now_ns.map(crate::clock::freeze);
                 authorizer.check(&case.request).decision
