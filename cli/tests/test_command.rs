@@ -412,3 +412,89 @@ fn verdicts_equal_opa_test() {
         );
     }
 }
+
+/// Decision tests of gRPC calls: the file's `proto_descriptor` (relative to the file) decodes
+/// each case's `grpc` message as `serve --proto-descriptor` decodes a real call's body, so the
+/// policy reads the message's fields in `parsed_body`.
+#[test]
+fn decision_tests_send_grpc_messages() {
+    let dir = std::env::temp_dir().join(format!("arbiter-test-grpc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("protos")).unwrap();
+    arbiter_conformance::grpc_body::write_descriptor_set(&dir.join("protos/greeter.pb")).unwrap();
+    std::fs::copy(
+        arbiter_conformance::grpc_body::fixtures().join("policy.rego"),
+        dir.join("policy.rego"),
+    )
+    .unwrap();
+    let cases = "proto_descriptor: protos/greeter.pb
+request: {path: /arbiter.test.Greeter/Hello}
+cases:
+  - name: ann as a user
+    request: {grpc: {userName: ann, kind: USER, count: 3}}
+    expect: {allowed: true}
+  - name: ann as an admin
+    request: {grpc: {userName: ann, kind: ADMIN}}
+    expect: {allowed: false, reason: policy_denied}
+  - name: a stream of ann's messages
+    request:
+      path: /arbiter.test.Greeter/Upload
+      grpc: {userName: ann}
+    expect: {allowed: true}
+";
+    std::fs::write(dir.join("greeter_test.yaml"), cases).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .arg("test")
+            .args(args)
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["-v"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("PASS: 3/3"), "{}", stdout(&o));
+
+    // A case whose policy would read the message must fail when the message says otherwise:
+    // the expectation flipped is a failure, not a pass.
+    std::fs::write(
+        dir.join("greeter_test.yaml"),
+        cases.replace(
+            "expect: {allowed: false, reason: policy_denied}",
+            "expect: {allowed: true}",
+        ),
+    )
+    .unwrap();
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("ann as an admin"), "{}", stdout(&o));
+
+    // A message that is not the method's input type, and a `grpc` without a descriptor set,
+    // are load errors naming the case.
+    std::fs::write(
+        dir.join("greeter_test.yaml"),
+        cases.replace("count: 3", "count: lots"),
+    )
+    .unwrap();
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o) + &stdout(&o);
+    assert!(
+        err.contains("case `ann as a user`")
+            && err.contains("not a valid arbiter.test.HelloRequest"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("greeter_test.yaml"),
+        cases.replace("proto_descriptor: protos/greeter.pb\n", ""),
+    )
+    .unwrap();
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        (stderr(&o) + &stdout(&o)).contains("`grpc` needs the file's `proto_descriptor`"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,6 +56,7 @@ fn args(logs: &Path, candidate: &str, baseline: Option<&str>) -> Args {
         trust_bundle: Vec::new(),
         trust_xfcc_by: None,
         skip_request_body_parse: false,
+        proto_descriptor: None,
         v0_compatible: false,
         istio_root_namespace: None,
         istio_allow_without_allow_policies: false,

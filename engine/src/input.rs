@@ -545,12 +545,14 @@ pub fn build_input_with_identity(
         let media = content_type.map(body::media_type);
         let parsed = match (&opts.grpc, media.as_deref()) {
             (Some(grpc), Some(m)) if m.starts_with("application/grpc") => grpc.parse(
-                m,
-                header("grpc-encoding"),
-                header("x-envoy-auth-partial-body"),
-                body_bytes,
-                http.body.is_empty(),
-                &canonical.segments,
+                &body::grpc::GrpcCall {
+                    media: m,
+                    encoding: header("grpc-encoding"),
+                    partial: header("x-envoy-auth-partial-body"),
+                    body: body_bytes,
+                    packed: http.body.is_empty(),
+                    segments: &canonical.segments,
+                },
                 opts.max_body_depth,
             ),
             _ => body::parse_body(

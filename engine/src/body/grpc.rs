@@ -93,7 +93,7 @@ impl GrpcBodies {
             .find(|m| m.name() == method)
             .ok_or_else(|| format!("no method `{method}` in `{}`", service.full_name()))?;
         let msg = DynamicMessage::deserialize(method.input(), message)
-            .map_err(|e| format!("not a {}: {e}", method.input().full_name()))?;
+            .map_err(|e| format!("not a valid {}: {e}", method.input().full_name()))?;
         let bytes = prost_reflect::prost::Message::encode_to_vec(&msg);
         let len = u32::try_from(bytes.len()).map_err(|_| "message too large".to_string())?;
         let mut frame = Vec::with_capacity(5 + bytes.len());
@@ -108,20 +108,16 @@ impl GrpcBodies {
         self.pool.services().len()
     }
 
-    /// Decode the messages of a gRPC call to the method `segments` names (`[service, method]`,
-    /// the canonical path's segments). `packed` is false when Envoy sent the body as text
-    /// (`body`, not `raw_body`). The media type is the request's `content-type`, lower-cased,
-    /// without parameters, and starts with `application/grpc`.
-    pub fn parse(
-        &self,
-        media: &str,
-        encoding: Option<&str>,
-        partial: Option<&str>,
-        body: &[u8],
-        packed: bool,
-        segments: &[String],
-        max_depth: usize,
-    ) -> Result<ParsedBody, BodyError> {
+    /// Decode the messages of `call`.
+    pub fn parse(&self, call: &GrpcCall<'_>, max_depth: usize) -> Result<ParsedBody, BodyError> {
+        let GrpcCall {
+            media,
+            encoding,
+            partial,
+            body,
+            packed,
+            segments,
+        } = *call;
         let none = ParsedBody {
             value: Value::Null,
             truncated: false,
@@ -225,6 +221,22 @@ impl GrpcBodies {
             truncated: false,
         })
     }
+}
+
+/// What a gRPC call's body is read from.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcCall<'a> {
+    /// The `content-type`, lower-cased, without parameters (`application/grpc…`).
+    pub media: &'a str,
+    /// The `grpc-encoding` header.
+    pub encoding: Option<&'a str>,
+    /// Envoy's `x-envoy-auth-partial-body` header.
+    pub partial: Option<&'a str>,
+    pub body: &'a [u8],
+    /// False when Envoy sent the body as text (`body`, not `raw_body`).
+    pub packed: bool,
+    /// The canonical path's segments: `[service, method]`.
+    pub segments: &'a [String],
 }
 
 /// Accept protobuf-coded gRPC and gRPC-Web; name any other codec.
@@ -331,8 +343,19 @@ mod tests {
             .collect()
     }
 
+    fn call<'a>(body: &'a [u8], segments: &'a [String]) -> GrpcCall<'a> {
+        GrpcCall {
+            media: "application/grpc",
+            encoding: None,
+            partial: None,
+            body,
+            packed: true,
+            segments,
+        }
+    }
+
     fn parse(b: &GrpcBodies, path: &str, body: &[u8]) -> Result<ParsedBody, BodyError> {
-        b.parse("application/grpc", None, None, body, true, &segs(path), 64)
+        b.parse(&call(body, &segs(path)), 64)
     }
 
     fn json(v: &Value) -> serde_json::Value {
@@ -375,12 +398,13 @@ mod tests {
         assert_eq!((p.value, p.truncated), (Value::Null, true));
         let p = b
             .parse(
-                "application/grpc",
-                None,
-                Some("true"),
-                &f,
-                true,
-                &segs("/pkg.Greeter/Hello"),
+                &GrpcCall {
+                    media: "application/grpc",
+                    encoding: None,
+                    partial: Some("true"),
+                    packed: true,
+                    ..call(&f, &segs("/pkg.Greeter/Hello"))
+                },
                 64,
             )
             .unwrap();
@@ -392,13 +416,12 @@ mod tests {
         let b = bodies();
         let f = frame(0, &message(&b, "ann", 1));
         let err = |r: Result<ParsedBody, BodyError>| r.unwrap_err().0;
+        let (x, hello) = (frame(1, b"x"), segs("/pkg.Greeter/Hello"));
         let compressed = b.parse(
-            "application/grpc",
-            Some("gzip"),
-            None,
-            &frame(1, b"x"),
-            true,
-            &segs("/pkg.Greeter/Hello"),
+            &GrpcCall {
+                encoding: Some("gzip"),
+                ..call(&x, &hello)
+            },
             64,
         );
         assert!(err(compressed).contains("grpc-encoding: gzip"));
@@ -413,22 +436,24 @@ mod tests {
                 .contains("not a valid pkg.Req")
         );
         let text = b.parse(
-            "application/grpc",
-            None,
-            None,
-            &f,
-            false,
-            &segs("/pkg.Greeter/Hello"),
+            &GrpcCall {
+                media: "application/grpc",
+                encoding: None,
+                partial: None,
+                packed: false,
+                ..call(&f, &segs("/pkg.Greeter/Hello"))
+            },
             64,
         );
         assert!(err(text).contains("pack_as_bytes"));
         let json_codec = b.parse(
-            "application/grpc+json",
-            None,
-            None,
-            &f,
-            true,
-            &segs("/pkg.Greeter/Hello"),
+            &GrpcCall {
+                media: "application/grpc+json",
+                encoding: None,
+                partial: None,
+                packed: true,
+                ..call(&f, &segs("/pkg.Greeter/Hello"))
+            },
             64,
         );
         assert!(err(json_codec).contains("`json` codec"));
@@ -444,12 +469,13 @@ mod tests {
         .concat();
         let p = b
             .parse(
-                "application/grpc-web+proto",
-                None,
-                None,
-                &two,
-                true,
-                &segs("/pkg.Greeter/Many"),
+                &GrpcCall {
+                    media: "application/grpc-web+proto",
+                    encoding: None,
+                    partial: None,
+                    packed: true,
+                    ..call(&two, &segs("/pkg.Greeter/Many"))
+                },
                 64,
             )
             .unwrap();
@@ -473,11 +499,29 @@ mod tests {
         let f = frame(0, &m.encode_to_vec());
         let segments = segs("/pkg.Greeter/Hello");
         assert!(
-            b.parse("application/grpc", None, None, &f, true, &segments, 64)
-                .is_ok()
+            b.parse(
+                &GrpcCall {
+                    media: "application/grpc",
+                    encoding: None,
+                    partial: None,
+                    packed: true,
+                    ..call(&f, &segments)
+                },
+                64,
+            )
+            .is_ok()
         );
         let e = b
-            .parse("application/grpc", None, None, &f, true, &segments, 5)
+            .parse(
+                &GrpcCall {
+                    media: "application/grpc",
+                    encoding: None,
+                    partial: None,
+                    packed: true,
+                    ..call(&f, &segments)
+                },
+                5,
+            )
             .unwrap_err();
         assert!(e.0.contains("nesting deeper than 5"), "{}", e.0);
     }

@@ -17,6 +17,11 @@
 //!       http_status: 200
 //! ```
 //!
+//! A file may also name `proto_descriptor: FILE` (a protobuf descriptor set, relative to the
+//! file): gRPC bodies are then decoded into `parsed_body` as `serve --proto-descriptor` does,
+//! and a case's short form may give `grpc: {…}`, the call's message in the protobuf JSON
+//! mapping for the method its `path` names.
+//!
 //! A file may also be a bare list of cases. `expect` takes any of `allowed`, `http_status`,
 //! `headers` (each named header must be set to that value), `rule` (a rule, file or
 //! `file:rule` that decided) and `reason` (the denial's reason code, `allowed` when allowed).
