@@ -85,6 +85,13 @@ pub struct ConfigFile {
     pub trust_bundles: Option<BTreeMap<String, String>>,
     #[serde(rename = "trust-xfcc-by", alias = "trust_xfcc_by")]
     pub trust_xfcc_by: Option<String>,
+    /// `--jwt-bundle` per trust domain (files relative to the file).
+    #[serde(rename = "jwt-bundles", alias = "jwt_bundles")]
+    pub jwt_bundles: Option<BTreeMap<String, String>>,
+    #[serde(rename = "jwt-audiences", alias = "jwt_audiences")]
+    pub jwt_audiences: Option<Vec<String>>,
+    #[serde(rename = "jwt-svid-header", alias = "jwt_svid_header")]
+    pub jwt_svid_header: Option<String>,
     #[serde(rename = "tls-cert", alias = "tls_cert")]
     pub tls_cert: Option<String>,
     #[serde(rename = "tls-key", alias = "tls_key")]

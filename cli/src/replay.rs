@@ -68,6 +68,15 @@ pub struct Args {
     /// As `serve --trust-xfcc-by`.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub trust_xfcc_by: Option<String>,
+    /// As `serve --jwt-bundle` (`TD=FILE`, repeatable).
+    #[arg(long, value_name = "TD=FILE")]
+    pub jwt_bundle: Vec<String>,
+    /// As `serve --jwt-audience` (repeatable).
+    #[arg(long, value_name = "AUDIENCE")]
+    pub jwt_audience: Vec<String>,
+    /// As `serve --jwt-svid-header`.
+    #[arg(long, value_name = "NAME")]
+    pub jwt_svid_header: Option<String>,
     /// As `serve --skip-request-body-parse`.
     #[arg(long)]
     pub skip_request_body_parse: bool,
@@ -117,6 +126,9 @@ fn settings(args: &Args, policies: &[PathBuf]) -> Result<crate::serve::Settings,
         path_normalization: args.path_normalization,
         trust_bundle: args.trust_bundle.clone(),
         trust_xfcc_by: args.trust_xfcc_by.clone(),
+        jwt_bundle: args.jwt_bundle.clone(),
+        jwt_audience: args.jwt_audience.clone(),
+        jwt_svid_header: args.jwt_svid_header.clone(),
         skip_request_body_parse: args.skip_request_body_parse,
         proto_descriptor: args.proto_descriptor.clone(),
         v0_compatible: args.v0_compatible,

@@ -137,6 +137,16 @@ pub struct Args {
     /// Trust `x-forwarded-client-cert` elements appended by this hop (a SPIFFE ID).
     #[arg(long, value_name = "SPIFFE_ID")]
     pub trust_xfcc_by: Option<String>,
+    /// Accept JWT-SVIDs signed with this trust domain's JWT bundle: `TD=FILE` (a SPIFFE bundle
+    /// or a JWKS), repeatable; re-read when it changes. Needs `--jwt-audience`.
+    #[arg(long, value_name = "TD=FILE")]
+    pub jwt_bundle: Vec<String>,
+    /// An audience a JWT-SVID must name in `aud` to be accepted, repeatable.
+    #[arg(long, value_name = "AUDIENCE")]
+    pub jwt_audience: Vec<String>,
+    /// The header carrying JWT-SVIDs [default: authorization, as `Bearer <token>`].
+    #[arg(long, value_name = "NAME")]
+    pub jwt_svid_header: Option<String>,
     /// Serve TLS on both listeners with this certificate chain (PEM); reloaded when it changes.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -213,6 +223,10 @@ pub struct Args {
     pub authorization: Option<AuthorizationArg>,
 }
 
+/// How often JWT bundle files are checked for a change when `--watch` is off (a kernel
+/// notification usually comes first).
+const JWT_BUNDLE_POLL: Duration = Duration::from_secs(2);
+
 /// The settings after flags, file and defaults are combined.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -240,6 +254,12 @@ pub struct Settings {
     /// `(trust domain, bundle file)` pairs.
     pub trust_bundles: Vec<(String, PathBuf)>,
     pub trust_xfcc_by: Option<String>,
+    /// `--jwt-bundle`: JWT bundles per trust domain (none: JWT-SVIDs are not read).
+    pub jwt_bundles: Vec<(String, PathBuf)>,
+    /// `--jwt-audience`.
+    pub jwt_audiences: Vec<String>,
+    /// `--jwt-svid-header`, lower-case.
+    pub jwt_svid_header: String,
     pub tls: Option<TlsSettings>,
     pub watch: Option<Duration>,
     pub reload_require_tests: bool,
@@ -605,6 +625,34 @@ impl Args {
                 trust_bundles.push((td.clone(), base.join(f)));
             }
         }
+        let mut jwt_bundles = Vec::new();
+        for spec in &self.jwt_bundle {
+            let (td, file) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--jwt-bundle `{spec}` is not TD=FILE"))?;
+            jwt_bundles.push((td.to_string(), PathBuf::from(file)));
+        }
+        if self.jwt_bundle.is_empty()
+            && let Some(m) = &file.jwt_bundles
+        {
+            for (td, f) in m {
+                jwt_bundles.push((td.clone(), base.join(f)));
+            }
+        }
+        let jwt_audiences = if self.jwt_audience.is_empty() {
+            file.jwt_audiences.clone().unwrap_or_default()
+        } else {
+            self.jwt_audience.clone()
+        };
+        if !jwt_bundles.is_empty() && jwt_audiences.iter().all(|a| a.trim().is_empty()) {
+            return Err("--jwt-bundle needs --jwt-audience: a JWT-SVID is accepted only by the audiences it names".into());
+        }
+        let jwt_svid_header = self
+            .jwt_svid_header
+            .clone()
+            .or_else(|| file.jwt_svid_header.clone())
+            .unwrap_or_else(|| "authorization".into())
+            .to_ascii_lowercase();
         let path_of = |flag: &Option<PathBuf>, value: &Option<String>| {
             flag.clone()
                 .or_else(|| value.as_ref().map(|p| base.join(p)))
@@ -646,6 +694,9 @@ impl Args {
         Ok(Settings {
             shadow,
             trust_bundles,
+            jwt_bundles,
+            jwt_audiences,
+            jwt_svid_header,
             trust_xfcc_by: self
                 .trust_xfcc_by
                 .clone()
@@ -935,6 +986,20 @@ pub fn authorizer_from_sources(
         identity
             .add_bundle_pem(td, &pem)
             .map_err(|e| format!("--trust-bundle {td}={}: {e}", file.display()))?;
+    }
+    if !s.jwt_bundles.is_empty() {
+        let mut jwt = arbiter_engine::identity::JwtSvidOptions {
+            audiences: s.jwt_audiences.clone(),
+            header: s.jwt_svid_header.clone(),
+            ..Default::default()
+        };
+        for (td, file) in &s.jwt_bundles {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--jwt-bundle {td}={}: {e}", file.display()))?;
+            jwt.add_bundle(td, &text)
+                .map_err(|e| format!("--jwt-bundle {td}={}: {e}", file.display()))?;
+        }
+        identity.jwt_svid = Some(jwt);
     }
     if let Some(hop) = &s.trust_xfcc_by {
         identity.trusted_xfcc_hop = Some(
@@ -1299,6 +1364,8 @@ pub fn run(args: &Args) -> Exit {
     // the server starts is then reloaded, not taken as the state the set was loaded from.
     let mut watched = settings.policies.clone();
     watched.extend(settings.shadow.iter().cloned());
+    watched.extend(settings.trust_bundles.iter().map(|(_, f)| f.clone()));
+    watched.extend(settings.proto_descriptor.iter().cloned());
     watched.extend(
         settings
             .bundles
@@ -1309,6 +1376,16 @@ pub fn run(args: &Args) -> Exit {
     let watch_baseline = settings
         .watch
         .map(|_| arbiter_ext_authz::reload::fingerprint(&watched));
+    // JWT bundles rotate (SPIRE publishes new keys before it signs with them): they are
+    // re-read when they change, with or without `--watch`.
+    let jwt_files: Vec<PathBuf> = settings
+        .jwt_bundles
+        .iter()
+        .map(|(_, f)| f.clone())
+        .collect();
+    let jwt_watch = (settings.watch.is_none() && !jwt_files.is_empty())
+        .then(|| arbiter_ext_authz::reload::fingerprint(&jwt_files));
+    watched.extend(jwt_files.iter().cloned());
     // Each set is built in an allocator heap of its own, kept while it may still serve
     // (`SetHeaps`).
     let heaps = SetHeaps::default();
@@ -1522,6 +1599,17 @@ pub fn run(args: &Args) -> Exit {
                     })
                 })
                 .context("cannot start the file watcher")?;
+        }
+        if let Some(seen) = jwt_watch {
+            let on_change = do_reload.clone();
+            std::thread::Builder::new()
+                .name("arbiter-jwt-bundles".into())
+                .spawn(move || {
+                    arbiter_ext_authz::reload::watch(jwt_files, JWT_BUNDLE_POLL, seen, || {
+                        on_change("a JWT bundle changed", None)
+                    })
+                })
+                .context("cannot start the JWT bundle watcher")?;
         }
         #[cfg(unix)]
         {

@@ -11,11 +11,13 @@ use std::fmt;
 use regorus::Value;
 
 pub mod chain;
+pub mod jwt_svid;
 #[cfg(test)]
 mod props;
 mod resolve;
 pub mod xfcc;
 
+pub use jwt_svid::{JwtSvidInfo, JwtSvidOptions};
 pub use resolve::{
     Identity, IdentityOptions, IdentityOutcome, IdentitySource, SvidInfo, resolve,
     svid_from_certificate,

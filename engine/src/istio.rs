@@ -276,7 +276,14 @@ impl<'a> Request<'a> {
             .http
             .as_ref()
             .unwrap_or_else(|| EMPTY.get_or_init(Default::default));
+        // Istio's principals are mTLS identities: a JWT-SVID is not one (Istio reads JWTs
+        // through `requestPrincipals`).
         let principal = identity
+            .filter(|i| {
+                i["source"]
+                    .as_string()
+                    .map_or(true, |s| s.as_ref() != "jwt-svid")
+            })
             .and_then(|i| i["spiffe_id"].as_string().ok().map(|s| s.to_string()))
             .map(|id| id.trim_start_matches("spiffe://").to_string())
             .unwrap_or_default();

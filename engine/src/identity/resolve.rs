@@ -11,6 +11,10 @@
 //!   (Envoy falls back to DNS SANs and the subject, which are not).
 //! - **XFCC**: only when the operator names the trusted hop (`--trust-xfcc-by`), and then only
 //!   the last element, which that hop appended, and only if its `By` is the trusted hop.
+//! - **JWT-SVID**: only when JWT bundles are configured (`--jwt-bundle`) and nothing above
+//!   identified the caller: the token in the configured header, validated as
+//!   [`super::jwt_svid`] says. An mTLS identity is never replaced by a bearer token; a token
+//!   that is present and invalid gives no identity (its reason goes into the record).
 
 use std::collections::BTreeMap;
 
@@ -18,6 +22,7 @@ use regorus::Value;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use super::jwt_svid::{self, JwtSvidInfo, JwtSvidOptions};
 use super::{SpiffeId, xfcc};
 use crate::request::AuthzRequest;
 
@@ -27,6 +32,7 @@ pub enum IdentitySource {
     Certificate,
     Principal,
     Xfcc,
+    JwtSvid,
 }
 
 impl IdentitySource {
@@ -35,6 +41,7 @@ impl IdentitySource {
             IdentitySource::Certificate => "certificate",
             IdentitySource::Principal => "principal",
             IdentitySource::Xfcc => "xfcc",
+            IdentitySource::JwtSvid => "jwt-svid",
         }
     }
 }
@@ -56,10 +63,13 @@ pub struct Identity {
     pub id: SpiffeId,
     pub source: IdentitySource,
     pub svid: Option<SvidInfo>,
+    /// What a JWT-SVID said besides the ID (source `jwt-svid`).
+    pub jwt: Option<Box<JwtSvidInfo>>,
 }
 
 impl Identity {
-    /// `input.identity`: `{spiffe_id, trust_domain, path, segments, source, svid}`.
+    /// `input.identity`: `{spiffe_id, trust_domain, path, segments, source, svid}`, and `jwt`
+    /// (`{audience, expires, issued_at, key_id, alg}`) for a JWT-SVID.
     pub fn to_value(&self) -> Value {
         let mut v = self.id.to_value();
         if let Ok(m) = v.as_object_mut() {
@@ -84,6 +94,27 @@ impl Identity {
                 }
             };
             m.insert(Value::from("svid"), svid);
+            if let Some(j) = &self.jwt {
+                let mut o = Value::new_object();
+                if let Ok(om) = o.as_object_mut() {
+                    om.insert(
+                        Value::from("audience"),
+                        Value::from(
+                            j.audience
+                                .iter()
+                                .map(|a| Value::from(a.as_str()))
+                                .collect::<Vec<_>>(),
+                        ),
+                    );
+                    om.insert(Value::from("expires"), Value::from(j.expires.as_str()));
+                    if let Some(iat) = &j.issued_at {
+                        om.insert(Value::from("issued_at"), Value::from(iat.as_str()));
+                    }
+                    om.insert(Value::from("key_id"), Value::from(j.key_id.as_str()));
+                    om.insert(Value::from("alg"), Value::from(j.alg.as_str()));
+                }
+                m.insert(Value::from("jwt"), o);
+            }
         }
         v
     }
@@ -116,6 +147,8 @@ pub struct IdentityOptions {
     pub trust_bundles: BTreeMap<String, Vec<Vec<u8>>>,
     /// The hop whose XFCC element is trusted (`--trust-xfcc-by`).
     pub trusted_xfcc_hop: Option<SpiffeId>,
+    /// JWT-SVIDs (`--jwt-bundle`): read only when configured.
+    pub jwt_svid: Option<JwtSvidOptions>,
 }
 
 impl IdentityOptions {
@@ -167,6 +200,7 @@ pub fn resolve(req: &AuthzRequest, opts: &IdentityOptions, now: i64) -> Identity
                     id,
                     source: IdentitySource::Principal,
                     svid: None,
+                    jwt: None,
                 })
             }
             Err(e) => IdentityOutcome::Invalid(format!(
@@ -182,6 +216,20 @@ pub fn resolve(req: &AuthzRequest, opts: &IdentityOptions, now: i64) -> Identity
             .and_then(|h| h.header("x-forwarded-client-cert"))
     {
         return from_xfcc(&header, hop);
+    }
+    if let Some(j) = &opts.jwt_svid
+        && let Some(value) = req.http.as_ref().and_then(|h| h.header(&j.header))
+        && let Some(token) = j.token(&value)
+    {
+        return match jwt_svid::validate(token, j, now) {
+            Ok((id, info)) => IdentityOutcome::Valid(Identity {
+                id,
+                source: IdentitySource::JwtSvid,
+                svid: None,
+                jwt: Some(Box::new(info)),
+            }),
+            Err(e) => IdentityOutcome::Invalid(format!("JWT-SVID: {e}")),
+        };
     }
     IdentityOutcome::Absent
 }
@@ -208,6 +256,7 @@ fn from_xfcc(header: &str, hop: &SpiffeId) -> IdentityOutcome {
                 id,
                 source: IdentitySource::Xfcc,
                 svid: None,
+                jwt: None,
             }),
             Err(e) => IdentityOutcome::Invalid(format!(
                 "x-forwarded-client-cert: URI is not a SPIFFE ID: {e}"
@@ -280,6 +329,7 @@ pub fn svid_from_certificate(
             not_after: time(&validity.not_after),
             fingerprint_sha256: hex::encode(fingerprint),
         }),
+        jwt: None,
     })
 }
 
