@@ -311,3 +311,86 @@ fn an_unresponsive_client_does_not_hold_the_shutdown() {
     drop(runtime);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// JWT bundles rotate: without `--watch`, a changed `--jwt-bundle` file is re-read, so a
+/// token signed with the new key identifies its caller and one signed with the retired key no
+/// longer does.
+#[test]
+fn jwt_bundles_are_re_read_when_they_change() {
+    use arbiter_conformance::istio_envoy::Signer;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+    let dir = tmp("jwt-bundle");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("authz.rego"),
+        "package envoy.authz\n\ndefault allow := false\n\nallow if input.identity.source == \"jwt-svid\"\n",
+    )
+    .unwrap();
+    let (old, new) = (Signer::new(), Signer::new());
+    let bundle = dir.join("example.jwks");
+    std::fs::write(&bundle, &old.jwks).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args(["serve", policies.to_str().unwrap()])
+        .arg(format!("--jwt-bundle=example.org={}", bundle.display()))
+        .args(["--jwt-audience", "orders"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let (child, grpc, _) = common::serve(cmd);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({
+        "sub": "spiffe://example.org/ns/shop/sa/frontend", "aud": "orders", "exp": exp
+    });
+    let check = |signer: &Signer| -> i32 {
+        let token = format!("Bearer {}", signer.token(&claims));
+        runtime.block_on(async {
+            let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(attribute_context::Request {
+                        time: None,
+                        http: Some(attribute_context::HttpRequest {
+                            method: "GET".into(),
+                            path: "/orders".into(),
+                            host: "svc".into(),
+                            headers: [("authorization".to_string(), token)].into(),
+                            ..Default::default()
+                        }),
+                    }),
+                    ..Default::default()
+                }),
+            };
+            client
+                .check(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .code
+        })
+    };
+    assert_eq!(check(&old), 0, "the current key identifies the caller");
+    assert_eq!(check(&new), 7, "a key not yet in the bundle does not");
+    // The bundle is replaced (written aside and renamed, as SPIRE's helpers do).
+    let staged = dir.join("example.jwks.new");
+    std::fs::write(&staged, &new.jwks).unwrap();
+    std::fs::rename(&staged, &bundle).unwrap();
+    wait("the new JWT bundle", || check(&new) == 0);
+    assert_eq!(check(&old), 7, "the retired key no longer verifies");
+    drop(runtime);
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

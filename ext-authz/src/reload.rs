@@ -88,10 +88,9 @@ pub fn reload_after(state: &State, build: &Build, fresh: Option<&str>) -> Result
     match built {
         Ok(a) => {
             let revision = a.policies().revision().to_string();
-            let same = state.authorizer.load().policies().revision() == revision;
-            if !same {
-                state.authorizer.store(Arc::new(a));
-            }
+            // Stored even when the policies' revision is the same: what else the authorizer
+            // holds (trust and JWT bundles, the gRPC descriptor set) may have changed.
+            state.authorizer.store(Arc::new(a));
             state.metrics.reload(true);
             state.update_reload_status(|s| {
                 s.reloads += 1;
@@ -119,7 +118,13 @@ pub fn reload_after(state: &State, build: &Build, fresh: Option<&str>) -> Result
     }
 }
 
-/// A cheap fingerprint of everything under `paths`: names, sizes and modification times.
+/// Files up to this size are fingerprinted by their content too.
+const CONTENT_FINGERPRINT_BYTES: u64 = 64 * 1024;
+
+/// A cheap fingerprint of everything under `paths`: names, sizes, modification times, inode
+/// numbers, and the content of small files. Size and time alone miss a file replaced by one of
+/// the same size within one tick of the filesystem's clock (a JWT bundle rotated by a
+/// write-and-rename: same length, new key).
 pub fn fingerprint(paths: &[PathBuf]) -> u64 {
     fn walk(p: &Path, h: &mut DefaultHasher, depth: usize) {
         let Ok(meta) = std::fs::metadata(p) else {
@@ -134,6 +139,14 @@ pub fn fingerprint(paths: &[PathBuf]) -> u64 {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos())
             .hash(h);
+        #[cfg(unix)]
+        std::os::unix::fs::MetadataExt::ino(&meta).hash(h);
+        if meta.is_file()
+            && meta.len() <= CONTENT_FINGERPRINT_BYTES
+            && let Ok(bytes) = std::fs::read(p)
+        {
+            bytes.hash(h);
+        }
         if meta.is_dir() && depth < 32 {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
                 .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -224,6 +237,26 @@ fn kernel_watch(
 #[cfg(test)]
 mod watch_tests {
     use super::*;
+
+    /// A file rewritten at once with other bytes of the same length (a rotated key) changes
+    /// the fingerprint, whether in place or replaced by a rename.
+    #[test]
+    fn same_size_rewrites_change_the_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("arbiter-fp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bundle.jwks");
+        std::fs::write(&file, "key-one").unwrap();
+        let paths = vec![file.clone()];
+        let before = fingerprint(&paths);
+        std::fs::write(&file, "key-two").unwrap();
+        let in_place = fingerprint(&paths);
+        assert_ne!(before, in_place);
+        std::fs::write(dir.join("staged"), "key-one").unwrap();
+        std::fs::rename(dir.join("staged"), &file).unwrap();
+        assert_ne!(fingerprint(&paths), in_place);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The kernel tells the watcher: with a poll interval of a minute, a new file in a watched
     /// folder is still noticed (the test waits at most 20 s; it takes milliseconds).
