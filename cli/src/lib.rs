@@ -18,6 +18,7 @@ pub mod input;
 pub mod istio;
 pub mod load_limits;
 pub mod logconfig;
+pub mod logging;
 pub mod replay;
 pub mod run;
 pub mod serve;
@@ -95,6 +96,11 @@ pub enum Command {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    // `serve` and `run` install the log with their `--log-level` and `--log-format`; the other
+    // commands' messages (a policy set's warnings) are plain lines.
+    if !matches!(cli.command, Command::Serve(_) | Command::Run(_)) {
+        logging::init(None, None);
+    }
     let exit = match cli.command {
         Command::Eval(args) => eval::run(&args),
         Command::Check(args) => check::run(&args),

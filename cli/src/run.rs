@@ -13,23 +13,7 @@ use std::path::PathBuf;
 use crate::Exit;
 use crate::serve;
 
-/// OPA's `--log-level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// OPA's `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-    #[value(name = "json-pretty")]
-    JsonPretty,
-}
+pub use crate::logging::{LogFormat, LogLevel};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
@@ -150,6 +134,8 @@ impl Args {
             verification_alg: self.signing_alg.clone(),
             verification_scope: self.scope.clone(),
             v0_compatible: self.v0_compatible,
+            log_level: self.log_level,
+            log_format: self.log_format,
             ..serve::Args::default()
         })
     }
@@ -157,22 +143,7 @@ impl Args {
 
 pub fn run(args: &Args) -> Exit {
     match args.serve_args() {
-        Ok(serve) => {
-            if matches!(
-                args.log_format,
-                Some(LogFormat::Json | LogFormat::JsonPretty)
-            ) {
-                eprintln!(
-                    "arbiter: --log-format {}: arbiter's own messages stay plain lines; decision logs are JSON",
-                    if args.log_format == Some(LogFormat::Json) {
-                        "json"
-                    } else {
-                        "json-pretty"
-                    }
-                );
-            }
-            serve::run(&serve)
-        }
+        Ok(serve) => serve::run(&serve),
         Err(e) => {
             eprintln!("arbiter: {e}");
             Exit::Usage

@@ -91,6 +91,13 @@ pub struct Args {
     pub path: Option<String>,
     #[command(flatten)]
     pub log: crate::logconfig::LogArgs,
+    /// The server's own log: events at this level and above [default: info].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<crate::logging::LogLevel>,
+    /// The server's own log: `text` (`arbiter: …` lines) or `json` (one object per line, with
+    /// stable fields) [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
     /// Answer every check with OK but log the real decision.
     #[arg(long)]
     pub dry_run: bool,
@@ -1007,11 +1014,13 @@ pub fn authorizer_from_sources(
         );
     }
     for w in set.warnings() {
-        eprintln!("arbiter: {}", crate::check::warning(w));
+        tracing::warn!(event = "policy_warning", "{}", crate::check::warning(w));
     }
     if let Err(reason) = set.check_entrypoint(&path) {
-        eprintln!(
-            "arbiter: warning: {reason}; every check will be denied until a policy defines it"
+        tracing::warn!(
+            event = "no_entrypoint",
+            path = %path,
+            "warning: {reason}; every check will be denied until a policy defines it"
         );
     }
     Ok(Authorizer::new(
@@ -1085,13 +1094,17 @@ fn apply_delta(state: &arbiter_ext_authz::state::State, name: &str, delta: Resul
     });
     match applied {
         Ok(rev) => {
-            eprintln!("arbiter: applied a delta of bundle {name}: revision {rev}");
+            tracing::info!(event = "bundle_delta", bundle = %name, revision = %rev, "applied a delta of bundle {name}: revision {rev}");
             activated(state, Some(name));
         }
         Err(e) => {
-            eprintln!(
-                "arbiter: a delta of bundle {name} failed, still serving revision {}:\n{e}",
-                state.authorizer.load().policies().revision()
+            let serving = state.authorizer.load().policies().revision().to_string();
+            tracing::error!(
+                event = "bundle_delta_failed",
+                bundle = %name,
+                revision = %serving,
+                error = %e,
+                "a delta of bundle {name} failed, still serving revision {serving}:\n{e}"
             );
             state.metrics.opa.bundle_failed(name, "bundle_error", &e);
         }
@@ -1307,10 +1320,11 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 }
 
 pub fn run(args: &Args) -> Exit {
+    crate::logging::init(args.log_level, args.log_format);
     let settings = match args.settings() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("arbiter: {e}");
+            tracing::error!(event = "fatal", error = %e, "{e}");
             return Exit::Usage;
         }
     };
@@ -1398,7 +1412,7 @@ pub fn run(args: &Args) -> Exit {
     let authorizer = match loaded {
         Some(Ok(a)) => a,
         Some(Err(e)) if !any_url => {
-            eprintln!("{e}");
+            tracing::error!(event = "fatal", error = %e, "{e}");
             return Exit::Failed;
         }
         other => {
@@ -1408,7 +1422,7 @@ pub fn run(args: &Args) -> Exit {
             match awaiting_bundle(&settings) {
                 Ok(a) => a,
                 Err(e) => {
-                    eprintln!("{e}");
+                    tracing::error!(event = "fatal", error = %e, "{e}");
                     return Exit::Failed;
                 }
             }
@@ -1421,7 +1435,7 @@ pub fn run(args: &Args) -> Exit {
     let config = match server_config(&settings) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("arbiter: {e}");
+            tracing::error!(event = "fatal", error = %e, "{e}");
             return Exit::Usage;
         }
     };
@@ -1429,7 +1443,7 @@ pub fn run(args: &Args) -> Exit {
     let runtime = match builder.enable_all().thread_name("arbiter-io").build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("arbiter: cannot start the runtime: {e}");
+            tracing::error!(event = "fatal", error = %e, "cannot start the runtime: {e}");
             return Exit::Failed;
         }
     };
@@ -1454,7 +1468,7 @@ pub fn run(args: &Args) -> Exit {
                 .state
                 .start_shadow(a)
                 .map_err(|e| anyhow::anyhow!(e))?;
-            eprintln!("arbiter: shadowing every check with revision {revision} (never enforced)");
+            tracing::info!(event = "shadow_start", revision = %revision, "shadowing every check with revision {revision} (never enforced)");
         }
         for (name, outcome) in &first_downloads {
             let opa = &running.state.metrics.opa;
@@ -1494,23 +1508,33 @@ pub fn run(args: &Args) -> Exit {
                             heaps.keep(heap);
                             let rev = a.policies().revision().to_string();
                             shadow.replace(a);
-                            eprintln!("arbiter: shadow reloaded ({why}): revision {rev}");
+                            tracing::info!(event = "shadow_reload", reason = %why, revision = %rev, "shadow reloaded ({why}): revision {rev}");
                         }
-                        (Err(e), _) => eprintln!(
-                            "arbiter: shadow reload ({why}) failed, still shadowing with revision {}:\n{e}",
-                            shadow.revision()
-                        ),
+                        (Err(e), _) => {
+                            let rev = shadow.revision();
+                            tracing::error!(
+                                event = "shadow_reload_failed",
+                                reason = %why,
+                                revision = %rev,
+                                error = %e,
+                                "shadow reload ({why}) failed, still shadowing with revision {rev}:\n{e}"
+                            );
+                        }
                     }
                 }
                 match reloaded {
                     Ok(rev) => {
-                        eprintln!("arbiter: reloaded ({why}): revision {rev}");
+                        tracing::info!(event = "reload", reason = %why, revision = %rev, "reloaded ({why}): revision {rev}");
                         activated(&state, bundle);
                     }
                     Err(e) => {
-                        eprintln!(
-                            "arbiter: reload ({why}) failed, still serving revision {}:\n{e}",
-                            state.authorizer.load().policies().revision()
+                        let serving = state.authorizer.load().policies().revision().to_string();
+                        tracing::error!(
+                            event = "reload_failed",
+                            reason = %why,
+                            revision = %serving,
+                            error = %e,
+                            "reload ({why}) failed, still serving revision {serving}:\n{e}"
                         );
                         if let Some(name) = bundle {
                             state.metrics.opa.bundle_failed(name, "bundle_error", &e);
@@ -1579,8 +1603,11 @@ pub fn run(args: &Args) -> Exit {
                                     return;
                                 }
                             }
-                            Err(e) => eprintln!(
-                                "arbiter: bundle {} poll failed (still serving the last good set): {e}",
+                            Err(e) => tracing::warn!(
+                                event = "bundle_poll_failed",
+                                bundle = %b.name,
+                                error = %e,
+                                "bundle {} poll failed (still serving the last good set): {e}",
                                 b.name
                             ),
                         }
@@ -1626,36 +1653,48 @@ pub fn run(args: &Args) -> Exit {
         }
         // Every handler is installed: only now say that the server is up.
         let stop = shutdown_signal();
-        eprintln!(
-            "arbiter: serving `{}` from {} ({modules} modules, revision {revision}; {engine}; {runtime_name})",
+        let from = settings
+            .policies
+            .iter()
+            .map(|p| p.display().to_string())
+            .chain(settings.bundles.iter().map(|b| format!("bundle {}", b.location)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(
+            event = "start",
+            path = %settings.path,
+            from = %from,
+            modules,
+            revision = %revision,
+            engine = %engine,
+            runtime = %runtime_name,
+            "serving `{}` from {from} ({modules} modules, revision {revision}; {engine}; {runtime_name})",
             settings.path,
-            settings
-                .policies
-                .iter()
-                .map(|p| p.display().to_string())
-                .chain(settings.bundles.iter().map(|b| format!("bundle {}", b.location)))
-                .collect::<Vec<_>>()
-                .join(", "),
         );
-        eprintln!(
-            "arbiter: gRPC ext_authz on {}, HTTP (health, metrics, Data API) on {}",
-            running
-                .grpc_addr
-                .map_or(settings.grpc_addr.clone(), |a| a.to_string()),
-            running
-                .http_addr
-                .map_or(settings.http_addr.clone(), |a| a.to_string()),
+        let grpc = running
+            .grpc_addr
+            .map_or(settings.grpc_addr.clone(), |a| a.to_string());
+        let http = running
+            .http_addr
+            .map_or(settings.http_addr.clone(), |a| a.to_string());
+        tracing::info!(
+            event = "listening",
+            grpc_addr = %grpc,
+            http_addr = %http,
+            "gRPC ext_authz on {grpc}, HTTP (health, metrics, Data API) on {http}"
         );
         if let Some(a) = running.diagnostic_addr {
-            eprintln!("arbiter: diagnostic (health, metrics) on {a}");
+            tracing::info!(event = "listening", diagnostic_addr = %a, "diagnostic (health, metrics) on {a}");
         }
         if let Some(a) = running.http_addr
             && !a.ip().is_loopback()
             && settings.authorization.is_none()
             && !api_access(&settings).mtls_callers
         {
-            eprintln!(
-                "arbiter: the Data API and /metrics on {a} answer loopback callers only \
+            tracing::warn!(
+                event = "loopback_only",
+                http_addr = %a,
+                "the Data API and /metrics on {a} answer loopback callers only \
                  (--authorization=basic with a system.authz policy, mTLS with --allowed-caller, \
                  or --authorization=off to serve everyone)"
             );
@@ -1663,8 +1702,9 @@ pub fn run(args: &Args) -> Exit {
         if settings.ui
             && let Some(a) = running.http_addr
         {
-            eprintln!(
-                "arbiter: audit dashboard on {}://{a}/ui/",
+            tracing::info!(
+                event = "listening",
+                "audit dashboard on {}://{a}/ui/",
                 if settings.tls.is_some() {
                     "https"
                 } else {
@@ -1673,18 +1713,20 @@ pub fn run(args: &Args) -> Exit {
             );
         }
         if let Some(why) = &awaiting {
-            eprintln!(
-                "arbiter: awaiting the bundle, denying every check and reporting NOT_SERVING until it loads: {why}"
+            tracing::warn!(
+                event = "awaiting_bundle",
+                error = %why,
+                "awaiting the bundle, denying every check and reporting NOT_SERVING until it loads: {why}"
             );
         }
         running.wait_for_signal(stop).await?;
-        eprintln!("arbiter: stopped");
+        tracing::info!(event = "stopped", "stopped");
         Ok(())
     });
     match result {
         Ok(()) => Exit::Ok,
         Err(e) => {
-            eprintln!("arbiter: {e:#}");
+            tracing::error!(event = "fatal", error = %format!("{e:#}"), "{e:#}");
             Exit::Failed
         }
     }

@@ -394,3 +394,119 @@ fn jwt_bundles_are_re_read_when_they_change() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--log-format json`: the server's own lines are JSON objects with a level, a message and
+/// stable fields (`event`, the addresses, the reload's reason and revision, the error);
+/// `--log-level warn` leaves the info lines out and keeps the failures.
+#[test]
+fn server_logs_are_structured_when_asked() {
+    use std::io::BufRead as _;
+    let dir = tmp("json-log");
+    let file = dir.join("authz.rego");
+    std::fs::write(&file, policy("a")).unwrap();
+    let spawn = |level: &str, http_addr: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", dir.to_str().unwrap(), "--log-format", "json"])
+            .args(["--log-level", level])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", http_addr])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let next = |rx: &std::sync::mpsc::Receiver<serde_json::Value>, event: &str| loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no `{event}` line"));
+        for key in ["timestamp", "level", "message", "event"] {
+            assert!(v.get(key).is_some(), "no `{key}`: {v}");
+        }
+        if v["event"] == event {
+            return v;
+        }
+    };
+    let hup = |child: &Child| {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+
+    let (child, rx) = spawn("info", "127.0.0.1:0");
+    let start = next(&rx, "start");
+    assert_eq!(start["level"], "INFO");
+    assert_eq!(start["path"], "envoy/authz/allow");
+    assert_eq!(
+        start["revision"].as_str().map(str::len),
+        Some(24),
+        "{start}"
+    );
+    let listening = next(&rx, "listening");
+    let http_addr = listening["http_addr"].as_str().unwrap().to_string();
+    assert!(
+        listening["grpc_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(health(&http_addr)["revision"], start["revision"]);
+    hup(&child);
+    let reload = next(&rx, "reload");
+    assert_eq!(
+        (reload["reason"].as_str(), reload["level"].as_str()),
+        (Some("SIGHUP"), Some("INFO"))
+    );
+    std::fs::write(&file, "package envoy.authz\n\nallow if {\n").unwrap();
+    hup(&child);
+    let failed = next(&rx, "reload_failed");
+    assert_eq!(failed["level"], "ERROR");
+    assert_eq!(
+        failed["revision"], start["revision"],
+        "still serving the last good set"
+    );
+    assert!(
+        failed["error"].as_str().unwrap().contains("authz.rego:"),
+        "{failed}"
+    );
+    stop(child);
+
+    // At `warn`, the start and reload lines are left out; a failed reload is not.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    std::fs::write(&file, policy("a")).unwrap();
+    let (child, rx) = spawn("warn", &addr);
+    wait("the server", || {
+        std::net::TcpStream::connect(&addr).is_ok() && health(&addr)["revision"].is_string()
+    });
+    std::fs::write(&file, "package envoy.authz\n\nallow if {\n").unwrap();
+    hup(&child);
+    // Every line up to the failure, and after it, is a warning or an error.
+    let mut seen = Vec::new();
+    loop {
+        let v = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        seen.push(v.clone());
+        if v["event"] == "reload_failed" {
+            assert_eq!(v["level"], "ERROR");
+            break;
+        }
+    }
+    stop(child);
+    seen.extend(rx.try_iter());
+    assert!(seen.iter().all(|v| v["level"] != "INFO"), "{seen:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -538,8 +538,14 @@ async fn write_data(
         Ok(Ok(crate::state::Written::Applied(revision))) => {
             // Who changed the data the decisions read, and which revision it made: the
             // server's log says it for every write (decision events name the revision).
-            eprintln!(
-                "arbiter: data write from {peer}: {method} {} ({operations} operation{}): revision {revision}",
+            tracing::info!(
+                event = "data_write",
+                peer = %peer,
+                method = %method,
+                path = %uri.path(),
+                operations,
+                revision = %revision,
+                "data write from {peer}: {method} {} ({operations} operation{}): revision {revision}",
                 uri.path(),
                 if operations == 1 { "" } else { "s" }
             );

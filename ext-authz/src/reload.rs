@@ -72,8 +72,11 @@ pub fn reload_after(state: &State, build: &Build, fresh: Option<&str>) -> Result
                     true
                 }
                 Err(e) => {
-                    eprintln!(
-                        "arbiter: bundle {name}'s deltas no longer apply and are dropped: {e}"
+                    tracing::warn!(
+                        event = "bundle_delta_dropped",
+                        bundle = %name,
+                        error = %e,
+                        "bundle {name}'s deltas no longer apply and are dropped: {e}"
                     );
                     false
                 }
@@ -81,7 +84,10 @@ pub fn reload_after(state: &State, build: &Build, fresh: Option<&str>) -> Result
         });
         let (set, dropped) = set.with_overlay(&mut data.overlay);
         for d in dropped {
-            eprintln!("arbiter: a Data API write no longer applies and is dropped: {d}");
+            tracing::warn!(
+                event = "data_write_dropped",
+                "a Data API write no longer applies and is dropped: {d}"
+            );
         }
         a.with_policies(Arc::new(set))
     });

@@ -142,7 +142,7 @@ fn lowest_priority() {
     {
         let me = rustix::thread::gettid();
         if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
-            eprintln!("arbiter: the shadow thread keeps its priority: {e}");
+            tracing::warn!(event = "shadow_priority", error = %e, "the shadow thread keeps its priority: {e}");
         }
     }
 }

@@ -111,7 +111,11 @@ impl ReloadingResolver {
         }
         match load_certified_key(&self.cert, &self.key) {
             Ok(ck) => *cur = (ck, c, k),
-            Err(e) => eprintln!("arbiter: keeping the previous TLS certificate: {e:#}"),
+            Err(e) => tracing::warn!(
+                event = "tls_reload_failed",
+                error = %format!("{e:#}"),
+                "keeping the previous TLS certificate: {e:#}"
+            ),
         }
     }
 }

@@ -278,12 +278,21 @@ impl Writer {
         match error {
             None if !was => {
                 self.healthy.store(true, Ordering::Release);
-                eprintln!("arbiter: decision log: the file takes events again; the chain goes on");
+                tracing::info!(
+                    event = "decision_log_sink",
+                    sink = "file",
+                    healthy = true,
+                    "decision log: the file takes events again; the chain goes on"
+                );
             }
             Some(e) if was => {
                 self.healthy.store(false, Ordering::Release);
-                eprintln!(
-                    "arbiter: decision log: {e}; events wait until the file takes them{}",
+                tracing::error!(
+                    event = "decision_log_sink",
+                    sink = "file",
+                    healthy = false,
+                    error = %e,
+                    "decision log: {e}; events wait until the file takes them{}",
                     if self.config.audit_required {
                         " (audit required: checks are denied, audit_unavailable)"
                     } else {
