@@ -60,6 +60,10 @@ pub struct ConfigFile {
     pub grpc_addr: Option<String>,
     #[serde(rename = "http-addr", alias = "http_addr")]
     pub http_addr: Option<String>,
+    #[serde(rename = "http-authz-addr", alias = "http_authz_addr")]
+    pub http_authz_addr: Option<String>,
+    #[serde(rename = "http-authz-path-prefix", alias = "http_authz_path_prefix")]
+    pub http_authz_path_prefix: Option<String>,
     pub path: Option<String>,
     #[serde(rename = "eval-timeout", alias = "eval_timeout")]
     pub eval_timeout: Option<Scalar>,

@@ -86,6 +86,13 @@ pub struct Args {
     /// HTTP listener for health, metrics and the Data API [default: 127.0.0.1:8181].
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// Also serve Envoy's HTTP ext_authz protocol (`http_service`) on this address [default:
+    /// off].
+    #[arg(long, value_name = "ADDR")]
+    pub http_authz_addr: Option<String>,
+    /// The `path_prefix` of Envoy's `http_service`, removed from each path before deciding.
+    #[arg(long, value_name = "PREFIX")]
+    pub http_authz_path_prefix: Option<String>,
     /// Decision path, as OPA-Envoy's `path` [default: envoy/authz/allow].
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
@@ -242,6 +249,9 @@ pub struct Settings {
     pub shadow: Vec<PathBuf>,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// `--http-authz-addr`: Envoy's HTTP ext_authz protocol (none: not served).
+    pub http_authz_addr: Option<String>,
+    pub http_authz_path_prefix: String,
     pub path: String,
     pub decision_log: Option<DecisionLogConfig>,
     pub limits: arbiter_engine::limits::Limits,
@@ -781,6 +791,15 @@ impl Args {
                 .clone()
                 .or_else(|| file.http_addr.clone())
                 .unwrap_or_else(|| "127.0.0.1:8181".into()),
+            http_authz_addr: self
+                .http_authz_addr
+                .clone()
+                .or_else(|| file.http_authz_addr.clone()),
+            http_authz_path_prefix: self
+                .http_authz_path_prefix
+                .clone()
+                .or_else(|| file.http_authz_path_prefix.clone())
+                .unwrap_or_default(),
             path: self
                 .path
                 .clone()
@@ -1220,6 +1239,15 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             .as_deref()
             .map(str::parse::<ListenAddr>)
             .transpose()?,
+        http_authz: s.http_authz_addr.clone().map(|a| {
+            (
+                a,
+                arbiter_ext_authz::http_authz::HttpAuthzOptions {
+                    path_prefix: s.http_authz_path_prefix.clone(),
+                    max_body_bytes: s.limits.max_request_bytes,
+                },
+            )
+        }),
     })
 }
 
@@ -1685,6 +1713,9 @@ pub fn run(args: &Args) -> Exit {
         );
         if let Some(a) = running.diagnostic_addr {
             tracing::info!(event = "listening", diagnostic_addr = %a, "diagnostic (health, metrics) on {a}");
+        }
+        if let Some(a) = running.http_authz_addr {
+            tracing::info!(event = "listening", http_authz_addr = %a, "HTTP ext_authz on {a}");
         }
         if let Some(a) = running.http_addr
             && !a.ip().is_loopback()

@@ -86,6 +86,8 @@ pub struct EnvoyOptions {
     pub with_request_body: String,
     /// Extra text for the upstream cluster (indented 4 spaces), e.g. HTTP/2 for gRPC.
     pub upstream_cluster_extra: String,
+    /// More clusters (list items indented 2 spaces).
+    pub extra_clusters: String,
 }
 
 impl EnvoyOptions {
@@ -102,6 +104,7 @@ impl EnvoyOptions {
             with_request_body:
                 "with_request_body: {max_request_bytes: 65536, allow_partial_message: true}".into(),
             upstream_cluster_extra: String::new(),
+            extra_clusters: String::new(),
         }
     }
 }
@@ -173,6 +176,7 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up_port}}}}}}}
+{extra_clusters}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 "#,
@@ -187,6 +191,7 @@ admin:
         authz_extra = o.authz_cluster_extra,
         up_port = o.upstream.port(),
         upstream_extra = o.upstream_cluster_extra.trim_end(),
+        extra_clusters = o.extra_clusters.trim_end(),
     )
 }
 

@@ -56,6 +56,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         limits: Default::default(),
         ui: None,
         diagnostic: None,
+        http_authz: None,
     }
 }
 

@@ -564,6 +564,7 @@ async fn server(a: Authorizer) -> RunningServer {
             },
             ui: None,
             diagnostic: None,
+            http_authz: None,
         },
         a,
     )

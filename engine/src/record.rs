@@ -130,6 +130,8 @@ pub enum Origin {
     Grpc,
     /// A Data API query (`/v1/data/...`).
     DataApi,
+    /// An ext_authz check over Envoy's HTTP protocol (`http_service`).
+    HttpAuthz,
 }
 
 impl Origin {
@@ -146,6 +148,7 @@ impl Origin {
         match self {
             Origin::Grpc => "grpc",
             Origin::DataApi => "data_api",
+            Origin::HttpAuthz => "http_authz",
         }
     }
 }

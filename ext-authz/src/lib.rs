@@ -3,7 +3,8 @@
 //! arbiter's servers on top of `arbiter-engine`:
 //! - gRPC: `envoy.service.auth.v3.Authorization/Check` (Envoy's ext_authz) and the gRPC health
 //!   service;
-//! - HTTP: `GET /health`, `GET /metrics` (Prometheus) and OPA's Data API.
+//! - HTTP: `GET /health`, `GET /metrics` (Prometheus) and OPA's Data API;
+//! - Envoy's HTTP ext_authz protocol ([`http_authz`]), when configured.
 //!
 //! This crate owns transport only: it converts Envoy's `CheckRequest` into the engine's request
 //! model ([`convert`]), runs the decision on a bounded evaluation pool with a deadline
@@ -19,6 +20,7 @@ pub mod decision_log;
 pub mod fetch;
 pub mod grpc;
 pub mod http;
+pub mod http_authz;
 pub mod listener;
 pub mod metrics;
 pub mod opa_metrics;

@@ -105,6 +105,8 @@ impl Default for DecisionLatency {
 pub enum Origin {
     Grpc,
     DataApi,
+    /// Envoy's HTTP ext_authz protocol.
+    HttpAuthz,
 }
 
 impl Origin {
@@ -113,6 +115,7 @@ impl Origin {
         match self {
             Origin::Grpc => arbiter_engine::record::Origin::Grpc,
             Origin::DataApi => arbiter_engine::record::Origin::DataApi,
+            Origin::HttpAuthz => arbiter_engine::record::Origin::HttpAuthz,
         }
     }
 }
@@ -211,6 +214,9 @@ impl Metrics {
                 0
             }
             Origin::DataApi => 1,
+            // Counted with the gRPC checks (the check counters), not in OPA-Envoy's gRPC
+            // histogram.
+            Origin::HttpAuthz => 0,
         };
         match reason {
             None if allowed => self.allow[i].fetch_add(1, Ordering::Relaxed),

@@ -89,6 +89,8 @@ pub struct ServerConfig {
     /// OPA's `--diagnostic-addr`: a plaintext HTTP listener with `/health` and `/metrics` only,
     /// open to every caller (for probes and scrapers), whatever the main listener requires.
     pub diagnostic: Option<ListenAddr>,
+    /// Envoy's HTTP ext_authz protocol (`http_service`) on this `host:port`.
+    pub http_authz: Option<(String, crate::http_authz::HttpAuthzOptions)>,
 }
 
 /// Servers that are running.
@@ -99,6 +101,8 @@ pub struct RunningServer {
     pub http_addr: Option<SocketAddr>,
     /// The bound diagnostic address.
     pub diagnostic_addr: Option<SocketAddr>,
+    /// The bound HTTP ext_authz address.
+    pub http_authz_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -319,10 +323,26 @@ pub async fn start_with(
                 .context("diagnostic HTTP server failed")
         }));
     }
+    let mut http_authz_addr = None;
+    if let Some((a, options)) = &config.http_authz {
+        let listener = tokio::net::TcpListener::bind(resolve(a)?)
+            .await
+            .with_context(|| format!("cannot listen on {a} (HTTP ext_authz)"))?;
+        http_authz_addr = Some(listener.local_addr()?);
+        let router = crate::http_authz::router(state.clone(), options.clone());
+        let shutdown = wait_for(stopped.clone());
+        let tls = config.tls.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::listener::http1::serve_http(listener, tls.as_ref(), router, limits, shutdown)
+                .await
+                .context("HTTP ext_authz server failed")
+        }));
+    }
     Ok(RunningServer {
         grpc_addr,
         http_addr,
         diagnostic_addr,
+        http_authz_addr,
         state,
         stop,
         tasks,

@@ -243,9 +243,19 @@ impl State {
             .map_err(|_| "a shadow set is already running".to_string())
     }
 
-    /// Decide an Envoy check.
+    /// Decide an Envoy check (gRPC).
     pub async fn check(
         &self,
+        request: AuthzRequest,
+        requested_by: String,
+    ) -> (CheckOutcome, String) {
+        self.check_as(Origin::Grpc, request, requested_by).await
+    }
+
+    /// Decide an Envoy check that came by `origin` (gRPC or the HTTP protocol).
+    pub async fn check_as(
+        &self,
+        origin: Origin,
         request: AuthzRequest,
         requested_by: String,
     ) -> (CheckOutcome, String) {
@@ -282,7 +292,7 @@ impl State {
         };
         let mut outcome = outcome;
         let logged = self.finish(
-            Origin::Grpc,
+            origin,
             &outcome,
             received,
             Finish {
@@ -410,7 +420,7 @@ impl State {
                 server_ns,
                 requested_by: f.requested_by,
                 revision: f.policies.revision().to_string(),
-                dry_run: self.options.dry_run && origin == Origin::Grpc,
+                dry_run: self.options.dry_run && origin != Origin::DataApi,
                 trace_id,
                 span_id,
                 identity: outcome.identity.clone(),

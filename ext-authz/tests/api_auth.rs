@@ -80,6 +80,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
             limits: Default::default(),
             ui: None,
             diagnostic: None,
+            http_authz: None,
         },
         authorizer,
     )

@@ -503,6 +503,7 @@ mod through_the_server {
             limits: Default::default(),
             ui: None,
             diagnostic: None,
+            http_authz: None,
         }
     }
 

@@ -72,6 +72,7 @@ async fn start_logged(
             limits: Default::default(),
             ui: None,
             diagnostic: None,
+            http_authz: None,
         },
         authorizer,
     )

@@ -85,6 +85,7 @@ fn config(
         limits: Default::default(),
         ui: None,
         diagnostic: None,
+        http_authz: None,
     }
 }
 

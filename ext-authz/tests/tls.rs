@@ -154,6 +154,7 @@ async fn start(
             limits: Default::default(),
             ui: None,
             diagnostic: None,
+            http_authz: None,
             tls: Some(TlsSettings {
                 cert,
                 key,
