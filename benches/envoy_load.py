@@ -64,8 +64,11 @@ def envoy_path():
 
 
 def envoy_config(listen, admin, authz, with_body=False):
-    """authz: None (no filter), "rbac", or the port of an ext_authz server; with_body: the
-    ext_authz filter also sends the request body (conformance/opa-envoy-drop-in/record.py)."""
+    """authz: None (no filter), "rbac", the (host, port) of an ext_authz gRPC server, or
+    ("http", host, port) of one speaking Envoy's HTTP ext_authz protocol (every request header
+    forwarded); with_body: the ext_authz filter also sends the request body
+    (conformance/opa-envoy-drop-in/record.py)."""
+    http_mode = isinstance(authz, tuple) and len(authz) == 3
     if authz is None:
         filters = ""
     elif authz == "rbac":
@@ -91,6 +94,19 @@ def envoy_config(listen, admin, authz, with_body=False):
                     principals:
                     - header: {name: authorization, string_match: {prefix: "Bearer "}}
 """
+    elif http_mode:
+        filters = """
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              http_service:
+                server_uri: {uri: "http://127.0.0.1", cluster: authz, timeout: 0.5s}
+                authorization_request:
+                  allowed_headers:
+                    patterns: [{safe_regex: {regex: ".*"}}]
+"""
     else:
         filters = """
           - name: envoy.filters.http.ext_authz
@@ -104,6 +120,16 @@ def envoy_config(listen, admin, authz, with_body=False):
 """ + ("""              with_request_body: {max_request_bytes: 8192, allow_partial_message: true}
 """ if with_body else "")
     clusters = "" if authz in (None, "rbac") else f"""
+  clusters:
+  - name: authz
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {authz[1]}, port_value: {authz[2]}}}}}}}
+""" if http_mode else f"""
   clusters:
   - name: authz
     type: STATIC
@@ -299,7 +325,9 @@ def run_variant(name, args, work):
             port, http = free_port(), free_port()
             policies = {
                 "arbiter-allow": [os.path.join(work, "allow")],
+                "arbiter-allow-http": [os.path.join(work, "allow")],
                 "arbiter-rego": [os.path.join(work, "rego")],
+                "arbiter-rego-http": [os.path.join(work, "rego")],
                 "arbiter-rego-log": [os.path.join(work, "rego")],
                 "arbiter-cel": [os.path.join(work, "cel")],
                 "arbiter-rego-cel": [os.path.join(REPO, "policies")],
@@ -309,15 +337,20 @@ def run_variant(name, args, work):
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
             if name.endswith("-log"):
                 cmd += ["--decision-log", os.path.join(work, "decisions.log")]
+            authz_port = port
+            if name.endswith("-http"):
+                # Envoy's HTTP ext_authz protocol instead of gRPC.
+                authz_port = free_port()
+                cmd += ["--http-authz-addr", f"127.0.0.1:{authz_port}"]
             cmd += args.serve_arg
             env = None
             if args.allocations:
                 env = dict(os.environ, ARBITER_COUNT_ALLOCATIONS="1")
                 server_http = http
             server = procs.start(taskset(1, cmd), env=env)
-            wait_port(port, server, "arbiter")
+            wait_port(authz_port, server, "arbiter")
             server_pid = server.pid
-            authz = ("127.0.0.1", port)
+            authz = ("http", "127.0.0.1", authz_port) if name.endswith("-http") else ("127.0.0.1", port)
         cfg = os.path.join(work, f"{name.replace(':', '_')}.yaml")
         with open(cfg, "w") as f:
             f.write(envoy_config(listen, admin, authz))
@@ -433,7 +466,8 @@ def main():
     for spec in filter(None, os.environ.get("ARBITER_LOAD_EXTRA", "").split(",")):
         n, addr = spec.split("=", 1)
         args.extra[n] = addr
-    variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-rego", "arbiter-rego-log", "arbiter-cel",
+    variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-allow-http", "arbiter-rego",
+                "arbiter-rego-http", "arbiter-rego-log", "arbiter-cel",
                 "arbiter-rego-cel", "arbiter-rego-cel-log", "opa-envoy-allow", "opa-envoy-rego",
                 "opa-envoy-rego-log"] + [f"extra:{n}" for n in args.extra]
     if args.only:
