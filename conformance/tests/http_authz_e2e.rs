@@ -212,10 +212,20 @@ fn http_mode_answers_as_grpc_mode_does() {
     assert!(e["input"]["attributes"].get("source").is_none(), "{e}");
     let order = &events[2]["input"];
     assert_eq!(order["parsed_body"]["amount"], 50, "{order}");
-    let grpc_events = std::fs::read_to_string(&grpc_log).unwrap();
-    assert!(
-        grpc_events
-            .lines()
-            .all(|l| l.contains(r#""origin":"grpc""#))
-    );
+    let grpc_events: Vec<Json> = std::fs::read_to_string(&grpc_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(grpc_events.iter().all(|e| e["origin"] == "grpc"));
+    // Both modes read the same request line: method, path, host (the original authority).
+    for (g, t) in grpc_events.iter().zip(&events) {
+        assert_eq!(g["request"], t["request"], "{g}\n{t}");
+        let (gh, th) = (
+            &g["input"]["attributes"]["request"]["http"],
+            &t["input"]["attributes"]["request"]["http"],
+        );
+        assert_eq!(gh["host"], th["host"], "{g}\n{t}");
+        assert_eq!(g["input"]["parsed_query"], t["input"]["parsed_query"]);
+    }
 }
