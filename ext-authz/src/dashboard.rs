@@ -237,12 +237,7 @@ fn empty_summary() -> Summary {
     arbiter_engine::audit::summary::SummaryBuilder::default().finish(TOP)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use arbiter_engine::builtins::crypto::constant_time_eq;
 
 /// The routes, relative to where they are mounted.
 pub fn router(d: Arc<Dashboard>) -> Router {

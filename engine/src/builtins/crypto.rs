@@ -72,12 +72,10 @@ fn hmac_md5(key: &[u8], msg: &[u8]) -> Vec<u8> {
     outer.finalize().to_vec()
 }
 
-/// Compare without an early exit, as Go's `hmac.Equal`.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compare in time independent of the contents (not of the lengths), as Go's `hmac.Equal`:
+/// MACs, bearer tokens and passwords. The one copy every crate uses (aws-lc's `CRYPTO_memcmp`).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]
