@@ -16,6 +16,19 @@
 
 use std::fmt;
 
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`): what a URL
+/// component, a query value or Envoy's forwarded PEM encodes.
+pub const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encode `s` as a URL component (everything but the unreserved characters).
+pub fn encode_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
 /// How strictly request paths are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PathPolicy {

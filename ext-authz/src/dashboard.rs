@@ -386,15 +386,7 @@ pub fn esc(s: &str) -> String {
 
 /// Percent-encode a query value.
 fn enc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(char::from(b));
-        } else {
-            let _ = write!(o, "%{b:02X}");
-        }
-    }
-    o
+    arbiter_engine::path::encode_component(s)
 }
 
 fn layout(d: &Dashboard, title: &str, body: &str) -> String {

@@ -130,19 +130,10 @@ impl OAuth2 {
     }
 }
 
-/// `application/x-www-form-urlencoded` for one value.
+/// `application/x-www-form-urlencoded` for one value: a URL component with `+` for a space
+/// (a `%20` in the encoding can only come from a space: `%` itself is `%25`).
 fn form_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    arbiter_engine::path::encode_component(s).replace("%20", "+")
 }
 
 impl ServiceTls {

@@ -318,15 +318,18 @@ impl GoUrl {
         if as_written {
             return self.path.clone();
         }
-        let mut out = String::new();
-        for c in self.path.bytes() {
-            if c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c) {
-                out.push(char::from(c));
-            } else {
-                out.push_str(&format!("%{c:02X}"));
-            }
-        }
-        out
+        // Go's `url.URL.EscapedPath` keeps these sub-delimiters raw (OPA signs what Go sends).
+        const GO_PATH: &percent_encoding::AsciiSet = &crate::path::UNRESERVED
+            .remove(b'$')
+            .remove(b'&')
+            .remove(b'+')
+            .remove(b',')
+            .remove(b'/')
+            .remove(b':')
+            .remove(b';')
+            .remove(b'=')
+            .remove(b'@');
+        percent_encoding::percent_encode(self.path.as_bytes(), GO_PATH).to_string()
     }
 }
 

@@ -528,17 +528,9 @@ fn build_request(
     })
 }
 
-/// Envoy URL-encodes the PEM it forwards.
+/// Envoy URL-encodes the PEM it forwards (everything but RFC 3986's unreserved characters).
 fn percent_encode_pem(pem: &str) -> String {
-    let mut out = String::with_capacity(pem.len() * 2);
-    for b in pem.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::path::encode_component(pem)
 }
 
 /// Denials that mean the policy broke, not that it said no.
