@@ -237,6 +237,31 @@ pub struct Args {
     pub authorization: Option<AuthorizationArg>,
 }
 
+/// A file per trust domain: the flag's `TD=FILE` values, else the configuration file's map
+/// (its files relative to it).
+fn per_trust_domain(
+    flag: &str,
+    specs: &[String],
+    from_file: Option<&std::collections::BTreeMap<String, String>>,
+    base: &Path,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    if specs.is_empty() {
+        return Ok(from_file
+            .into_iter()
+            .flatten()
+            .map(|(td, f)| (td.clone(), base.join(f)))
+            .collect());
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            spec.split_once('=')
+                .map(|(td, f)| (td.to_string(), PathBuf::from(f)))
+                .ok_or_else(|| format!("{flag} `{spec}` is not TD=FILE"))
+        })
+        .collect()
+}
+
 /// How often JWT bundle files are checked for a change when `--watch` is off (a kernel
 /// notification usually comes first).
 const JWT_BUNDLE_POLL: Duration = Duration::from_secs(2);
@@ -628,34 +653,18 @@ impl Args {
                 }
             },
         };
-        let mut trust_bundles = Vec::new();
-        for spec in &self.trust_bundle {
-            let (td, file) = spec
-                .split_once('=')
-                .ok_or_else(|| format!("--trust-bundle `{spec}` is not TD=FILE"))?;
-            trust_bundles.push((td.to_string(), PathBuf::from(file)));
-        }
-        if self.trust_bundle.is_empty()
-            && let Some(m) = &file.trust_bundles
-        {
-            for (td, f) in m {
-                trust_bundles.push((td.clone(), base.join(f)));
-            }
-        }
-        let mut jwt_bundles = Vec::new();
-        for spec in &self.jwt_bundle {
-            let (td, file) = spec
-                .split_once('=')
-                .ok_or_else(|| format!("--jwt-bundle `{spec}` is not TD=FILE"))?;
-            jwt_bundles.push((td.to_string(), PathBuf::from(file)));
-        }
-        if self.jwt_bundle.is_empty()
-            && let Some(m) = &file.jwt_bundles
-        {
-            for (td, f) in m {
-                jwt_bundles.push((td.clone(), base.join(f)));
-            }
-        }
+        let trust_bundles = per_trust_domain(
+            "--trust-bundle",
+            &self.trust_bundle,
+            file.trust_bundles.as_ref(),
+            &base,
+        )?;
+        let jwt_bundles = per_trust_domain(
+            "--jwt-bundle",
+            &self.jwt_bundle,
+            file.jwt_bundles.as_ref(),
+            &base,
+        )?;
         let jwt_audiences = if self.jwt_audience.is_empty() {
             file.jwt_audiences.clone().unwrap_or_default()
         } else {

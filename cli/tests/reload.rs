@@ -45,6 +45,47 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// One `Check` over gRPC (`GET path` to `svc` with `headers`): the status code answered.
+fn check_code(
+    runtime: &tokio::runtime::Runtime,
+    grpc: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+) -> i32 {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+    runtime.block_on(async {
+        let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: path.into(),
+                        host: "svc".into(),
+                        headers: headers.into_iter().collect(),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        };
+        client
+            .check(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .code
+    })
+}
+
 fn policy(allow: &str) -> String {
     format!(
         "package envoy.authz\n\ndefault allow := false\n\nallow if input.parsed_path[0] == \"{allow}\"\n"
@@ -191,10 +232,6 @@ fn signals_sent_right_after_the_announcement_are_handled() {
 /// (its disagreements start), the live set's decisions are unchanged.
 #[test]
 fn the_shadow_set_reloads_with_sighup() {
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    use envoy_types::pb::envoy::service::auth::v3::{
-        AttributeContext, CheckRequest, attribute_context,
-    };
     let dir = tmp("shadow");
     let (live, shadow) = (dir.join("live"), dir.join("shadow"));
     std::fs::create_dir_all(&live).unwrap();
@@ -221,35 +258,7 @@ fn the_shadow_set_reloads_with_sighup() {
         .enable_all()
         .build()
         .unwrap();
-    let check_b = || -> i32 {
-        runtime.block_on(async {
-            let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
-                .await
-                .unwrap();
-            let request = CheckRequest {
-                attributes: Some(AttributeContext {
-                    request: Some(attribute_context::Request {
-                        time: None,
-                        http: Some(attribute_context::HttpRequest {
-                            method: "GET".into(),
-                            path: "/b".into(),
-                            host: "svc".into(),
-                            ..Default::default()
-                        }),
-                    }),
-                    ..Default::default()
-                }),
-            };
-            client
-                .check(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap()
-                .code
-        })
-    };
+    let check_b = || check_code(&runtime, &grpc, "/b", Vec::new());
     // The same policy on both sides: no disagreement.
     assert_eq!(check_b(), 7, "denied by the live set");
     wait("the shadow's decision", || {
@@ -318,10 +327,6 @@ fn an_unresponsive_client_does_not_hold_the_shutdown() {
 #[test]
 fn jwt_bundles_are_re_read_when_they_change() {
     use arbiter_conformance::istio_envoy::Signer;
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    use envoy_types::pb::envoy::service::auth::v3::{
-        AttributeContext, CheckRequest, attribute_context,
-    };
     let dir = tmp("jwt-bundle");
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -353,34 +358,12 @@ fn jwt_bundles_are_re_read_when_they_change() {
     });
     let check = |signer: &Signer| -> i32 {
         let token = format!("Bearer {}", signer.token(&claims));
-        runtime.block_on(async {
-            let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
-                .await
-                .unwrap();
-            let request = CheckRequest {
-                attributes: Some(AttributeContext {
-                    request: Some(attribute_context::Request {
-                        time: None,
-                        http: Some(attribute_context::HttpRequest {
-                            method: "GET".into(),
-                            path: "/orders".into(),
-                            host: "svc".into(),
-                            headers: [("authorization".to_string(), token)].into(),
-                            ..Default::default()
-                        }),
-                    }),
-                    ..Default::default()
-                }),
-            };
-            client
-                .check(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap()
-                .code
-        })
+        check_code(
+            &runtime,
+            &grpc,
+            "/orders",
+            vec![("authorization".to_string(), token)],
+        )
     };
     assert_eq!(check(&old), 0, "the current key identifies the caller");
     assert_eq!(check(&new), 7, "a key not yet in the bundle does not");

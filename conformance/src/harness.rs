@@ -152,3 +152,12 @@ impl Harness {
         Ok(())
     }
 }
+
+/// The decision events of a log file, each line parsed (a line that is not JSON is an error
+/// naming it).
+pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{e}: {l}")))
+        .collect()
+}

@@ -62,10 +62,7 @@ fn grpc_messages_are_decoded_into_parsed_body_as_opa_envoy_decodes_them() {
     }
     h.stop_arbiter().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    let events: Vec<Json> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = arbiter_conformance::harness::read_events(&log).unwrap();
     assert_eq!(events.len(), calls.len(), "{text}");
     let event = |name: &str| -> &Json {
         events

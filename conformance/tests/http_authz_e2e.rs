@@ -193,10 +193,7 @@ fn http_mode_answers_as_grpc_mode_does() {
 
     // The HTTP-mode events: origin, the input the protocol carries, and what it does not.
     let text = std::fs::read_to_string(&http_log).unwrap();
-    let events: Vec<Json> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = arbiter_conformance::harness::read_events(&http_log).unwrap();
     assert_eq!(events.len(), sent.len(), "{text}");
     assert!(events.iter().all(|e| e["origin"] == "http_authz"), "{text}");
     let e = &events[0];
@@ -212,11 +209,7 @@ fn http_mode_answers_as_grpc_mode_does() {
     assert!(e["input"]["attributes"].get("source").is_none(), "{e}");
     let order = &events[2]["input"];
     assert_eq!(order["parsed_body"]["amount"], 50, "{order}");
-    let grpc_events: Vec<Json> = std::fs::read_to_string(&grpc_log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let grpc_events = arbiter_conformance::harness::read_events(&grpc_log).unwrap();
     assert!(grpc_events.iter().all(|e| e["origin"] == "grpc"));
     // Both modes read the same request line: method, path, host (the original authority).
     for (g, t) in grpc_events.iter().zip(&events) {

@@ -193,10 +193,7 @@ fn jwt_svids_identify_callers_through_envoy_and_every_broken_rule_is_refused() {
 
     h.stop_arbiter().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    let events: Vec<Json> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = arbiter_conformance::harness::read_events(&log).unwrap();
     assert_eq!(events.len(), cases.len() + 1, "{text}");
     let event = |name: &str| {
         events
