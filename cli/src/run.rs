@@ -47,11 +47,11 @@ pub struct Args {
     /// File and folder names to skip when loading (Go `filepath.Match` on the base name).
     #[arg(long, value_name = "PATTERN")]
     pub ignore: Vec<String>,
-    /// Accepted for OPA's command line; arbiter's own messages are plain lines on stderr
-    /// (decision logs are JSON).
+    /// The server's own log level, as `serve --log-level` (decision logs are separate).
     #[arg(short = 'l', long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
-    /// Accepted for OPA's command line; see `--log-level`.
+    /// The server's own log format, as `serve --log-format` (`json-pretty` is written as
+    /// `json`, one object per line).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Accepted: arbiter sends no telemetry.
