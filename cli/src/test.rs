@@ -405,43 +405,57 @@ fn result_json(r: &TestResult) -> Json {
     o
 }
 
-fn xml_escape(s: &str) -> String {
+/// XML 1.0 cannot carry most control characters, even escaped: they are written as `\u{..}`
+/// (quick-xml escapes markup, not these).
+fn xml_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s
+        .chars()
+        .any(|c| (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 cannot carry most control characters, even escaped.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-            c => out.push(c),
+        if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.6}", d.as_secs_f64())
 }
 
-/// JUnit XML, one `<testsuite>` per file, as CI systems read it.
+/// JUnit XML, one `<testsuite>` per file, as CI systems read it (written by quick-xml).
 fn junit(report: &TestReport) -> String {
+    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
     let sum = report.summary();
     let total: Duration = report.results.iter().map(|r| r.duration).sum();
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        s,
-        "<testsuites name=\"arbiter\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-        sum.total,
-        sum.fail,
-        sum.error,
-        sum.skip,
-        secs(total)
+    let mut w = quick_xml::Writer::new_with_indent(Vec::new(), b' ', 2);
+    // Writing into a Vec cannot fail.
+    let mut put = |e: Event<'_>| {
+        let _ = w.write_event(e);
+    };
+    put(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)));
+    let (tests, failures, errors, skipped) = (
+        sum.total.to_string(),
+        sum.fail.to_string(),
+        sum.error.to_string(),
+        sum.skip.to_string(),
     );
+    put(Event::Start(BytesStart::new("testsuites").with_attributes(
+        [
+            ("name", "arbiter"),
+            ("tests", tests.as_str()),
+            ("failures", failures.as_str()),
+            ("errors", errors.as_str()),
+            ("skipped", skipped.as_str()),
+            ("time", secs(total).as_str()),
+        ],
+    )));
     let mut files: Vec<&str> = Vec::new();
     for r in &report.results {
         if !files.contains(&r.file.as_str()) {
@@ -450,51 +464,74 @@ fn junit(report: &TestReport) -> String {
     }
     for file in files {
         let rs: Vec<&TestResult> = report.results.iter().filter(|r| r.file == file).collect();
-        let count = |f: fn(&Outcome) -> bool| rs.iter().filter(|r| f(&r.outcome)).count();
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-            xml_escape(file),
-            rs.len(),
-            count(|o| matches!(o, Outcome::Fail(_))),
-            count(|o| matches!(o, Outcome::Error(_))),
-            count(|o| matches!(o, Outcome::Skip)),
-            secs(rs.iter().map(|r| r.duration).sum())
-        );
+        let count =
+            |f: fn(&Outcome) -> bool| rs.iter().filter(|r| f(&r.outcome)).count().to_string();
+        put(Event::Start(BytesStart::new("testsuite").with_attributes(
+            [
+                ("name", xml_text(file).as_ref()),
+                ("tests", rs.len().to_string().as_str()),
+                (
+                    "failures",
+                    count(|o| matches!(o, Outcome::Fail(_))).as_str(),
+                ),
+                ("errors", count(|o| matches!(o, Outcome::Error(_))).as_str()),
+                ("skipped", count(|o| matches!(o, Outcome::Skip)).as_str()),
+                ("time", secs(rs.iter().map(|r| r.duration).sum()).as_str()),
+            ],
+        )));
         for r in rs {
-            let _ = write!(
-                s,
-                "    <testcase name=\"{}\" classname=\"{}\" file=\"{}\" line=\"{}\" time=\"{}\"",
-                xml_escape(&r.name),
-                xml_escape(&r.package),
-                xml_escape(&r.file),
-                r.line,
-                secs(r.duration)
-            );
-            match &r.outcome {
-                Outcome::Pass => s.push_str("/>\n"),
-                Outcome::Skip => s.push_str(">\n      <skipped/>\n    </testcase>\n"),
-                Outcome::Fail(f) => {
-                    let _ = write!(
-                        s,
-                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                        xml_escape(&f.message),
-                        xml_escape(&detail(r))
-                    );
+            let case = BytesStart::new("testcase").with_attributes([
+                ("name", xml_text(&r.name).as_ref()),
+                ("classname", xml_text(&r.package).as_ref()),
+                ("file", xml_text(&r.file).as_ref()),
+                ("line", r.line.to_string().as_str()),
+                ("time", secs(r.duration).as_str()),
+            ]);
+            let (tag, message, body) = match &r.outcome {
+                Outcome::Pass => {
+                    put(Event::Empty(case));
+                    continue;
                 }
-                Outcome::Error(e) => {
-                    let first = e.lines().next().unwrap_or("error");
-                    let _ = write!(
-                        s,
-                        ">\n      <error message=\"{}\">{}</error>\n    </testcase>\n",
-                        xml_escape(first),
-                        xml_escape(e)
-                    );
+                Outcome::Skip => ("skipped", None, None),
+                Outcome::Fail(f) => ("failure", Some(f.message.clone()), Some(detail(r))),
+                Outcome::Error(e) => (
+                    "error",
+                    Some(e.lines().next().unwrap_or("error").to_string()),
+                    Some(e.clone()),
+                ),
+            };
+            put(Event::Start(case));
+            let mut inner = BytesStart::new(tag);
+            if let Some(m) = &message {
+                inner.push_attribute(("message", xml_text(m).as_ref()));
+            }
+            match &body {
+                None => put(Event::Empty(inner)),
+                Some(b) => {
+                    put(Event::Start(inner));
+                    put(Event::Text(BytesText::new(&xml_text(b))));
+                    put(Event::End(BytesEnd::new(tag)));
                 }
             }
+            put(Event::End(BytesEnd::new("testcase")));
         }
-        s.push_str("  </testsuite>\n");
+        put(Event::End(BytesEnd::new("testsuite")));
     }
-    s.push_str("</testsuites>\n");
-    s
+    put(Event::End(BytesEnd::new("testsuites")));
+    let mut out = String::from_utf8(w.into_inner()).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Control characters XML 1.0 cannot carry are spelled out; markup is left to quick-xml.
+    #[test]
+    fn xml_text_spells_out_control_characters() {
+        assert_eq!(super::xml_text("a\u{1}b\tc"), "a\\u{1}b\tc");
+        assert!(matches!(
+            super::xml_text("<ok & fine>"),
+            std::borrow::Cow::Borrowed("<ok & fine>")
+        ));
+    }
 }
