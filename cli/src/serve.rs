@@ -1411,32 +1411,38 @@ pub fn run(args: &Args) -> Exit {
             Err(e) => awaiting = Some(format!("cannot fetch the bundle: {e}")),
         }
     }
-    // What `--watch` watches, and how it looked before the first load: a change written while
-    // the server starts is then reloaded, not taken as the state the set was loaded from.
-    let mut watched = settings.policies.clone();
-    watched.extend(settings.shadow.iter().cloned());
-    watched.extend(settings.trust_bundles.iter().map(|(_, f)| f.clone()));
-    watched.extend(settings.proto_descriptor.iter().cloned());
-    watched.extend(
-        settings
-            .bundles
-            .iter()
-            .filter(|b| !b.is_url())
-            .map(|b| PathBuf::from(&b.location)),
-    );
-    let watch_baseline = settings
-        .watch
-        .map(|_| arbiter_ext_authz::reload::fingerprint(&watched));
-    // JWT bundles rotate (SPIRE publishes new keys before it signs with them): they are
-    // re-read when they change, with or without `--watch`.
+    // What is watched, and how it looked before the first load: a change written while the
+    // server starts is then reloaded, not taken as the state the set was loaded from. With
+    // `--watch`, every file the set is built from; without it, the JWT bundles alone: they
+    // rotate (SPIRE publishes new keys before it signs with them) and are re-read anyway.
     let jwt_files: Vec<PathBuf> = settings
         .jwt_bundles
         .iter()
         .map(|(_, f)| f.clone())
         .collect();
-    let jwt_watch = (settings.watch.is_none() && !jwt_files.is_empty())
-        .then(|| arbiter_ext_authz::reload::fingerprint(&jwt_files));
-    watched.extend(jwt_files.iter().cloned());
+    let watcher = match settings.watch {
+        Some(interval) => {
+            let mut watched = settings.policies.clone();
+            watched.extend(settings.shadow.iter().cloned());
+            watched.extend(settings.trust_bundles.iter().map(|(_, f)| f.clone()));
+            watched.extend(jwt_files);
+            watched.extend(settings.proto_descriptor.iter().cloned());
+            watched.extend(
+                settings
+                    .bundles
+                    .iter()
+                    .filter(|b| !b.is_url())
+                    .map(|b| PathBuf::from(&b.location)),
+            );
+            Some((watched, interval, "files changed"))
+        }
+        None if !jwt_files.is_empty() => Some((jwt_files, JWT_BUNDLE_POLL, "a JWT bundle changed")),
+        None => None,
+    }
+    .map(|(paths, interval, why)| {
+        let seen = arbiter_ext_authz::reload::fingerprint(&paths);
+        (paths, interval, why, seen)
+    });
     // Each set is built in an allocator heap of its own, kept while it may still serve
     // (`SetHeaps`).
     let heaps = SetHeaps::default();
@@ -1652,28 +1658,16 @@ pub fn run(args: &Args) -> Exit {
                 })
                 .context("cannot start the bundle poller")?;
         }
-        if let (Some(interval), Some(seen)) = (settings.watch, watch_baseline) {
-            let paths = watched.clone();
+        if let Some((paths, interval, why, seen)) = watcher {
             let on_change = do_reload.clone();
             std::thread::Builder::new()
                 .name("arbiter-watch".into())
                 .spawn(move || {
                     arbiter_ext_authz::reload::watch(paths, interval, seen, || {
-                        on_change("files changed", None)
+                        on_change(why, None)
                     })
                 })
                 .context("cannot start the file watcher")?;
-        }
-        if let Some(seen) = jwt_watch {
-            let on_change = do_reload.clone();
-            std::thread::Builder::new()
-                .name("arbiter-jwt-bundles".into())
-                .spawn(move || {
-                    arbiter_ext_authz::reload::watch(jwt_files, JWT_BUNDLE_POLL, seen, || {
-                        on_change("a JWT bundle changed", None)
-                    })
-                })
-                .context("cannot start the JWT bundle watcher")?;
         }
         #[cfg(unix)]
         {
