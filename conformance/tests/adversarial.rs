@@ -348,22 +348,7 @@ async fn stalled_check(addr: std::net::SocketAddr, declared: u32) -> tonic::Stat
 #[derive(Debug, Clone, Default)]
 struct RawCodec;
 
-struct RawEncoder;
 struct RawDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
 
 impl tonic::codec::Decoder for RawDecoder {
     type Item = CheckResponse;
@@ -381,10 +366,10 @@ impl tonic::codec::Decoder for RawDecoder {
 impl tonic::codec::Codec for RawCodec {
     type Encode = Vec<u8>;
     type Decode = CheckResponse;
-    type Encoder = RawEncoder;
+    type Encoder = arbiter_conformance::grpc_body::BytesEncoder;
     type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
+    fn encoder(&mut self) -> arbiter_conformance::grpc_body::BytesEncoder {
+        arbiter_conformance::grpc_body::BytesEncoder
     }
     fn decoder(&mut self) -> RawDecoder {
         RawDecoder

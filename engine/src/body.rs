@@ -29,6 +29,12 @@ pub struct ParsedBody {
     pub truncated: bool,
 }
 
+/// A body that did not arrive whole: not parsed.
+const TRUNCATED: ParsedBody = ParsedBody {
+    value: Value::Null,
+    truncated: true,
+};
+
 /// A body that could not be parsed as its content type says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -77,10 +83,7 @@ pub fn parse_body(
             .and_then(|cl| cl.trim().parse::<u64>().ok())
             .is_some_and(|cl| cl > body.len() as u64);
     if truncated {
-        return Ok(ParsedBody {
-            value: Value::Null,
-            truncated: true,
-        });
+        return Ok(TRUNCATED);
     }
     let value = match kind {
         Kind::Json => parse_json_strict(body, max_depth)?,

@@ -89,6 +89,15 @@ pub struct SpiffeId {
 
 const SCHEME: &str = "spiffe://";
 
+/// A trust domain as bundles are keyed by it: exactly what a SPIFFE ID's trust domain may be
+/// (`example.org`, not `example.org/x` or `Example.org`).
+pub fn check_trust_domain(trust_domain: &str) -> Result<(), String> {
+    match SpiffeId::parse(&format!("spiffe://{trust_domain}")) {
+        Ok(id) if id.trust_domain() == trust_domain => Ok(()),
+        _ => Err(format!("`{trust_domain}` is not a valid trust domain")),
+    }
+}
+
 impl SpiffeId {
     /// Parse any SPIFFE ID, the trust domain's own (`spiffe://example.org`) included.
     pub fn parse(s: &str) -> Result<Self, SpiffeIdError> {

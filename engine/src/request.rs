@@ -28,6 +28,16 @@ pub struct Timestamp {
     pub nanos: i32,
 }
 
+impl Timestamp {
+    /// The time `ns` nanoseconds after the epoch.
+    pub fn from_ns(ns: i64) -> Self {
+        Timestamp {
+            seconds: ns.div_euclid(1_000_000_000),
+            nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+        }
+    }
+}
+
 /// `AttributeContext.Peer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {

@@ -147,40 +147,32 @@ pub fn authz_request(
             )
         })
         .collect();
-    let header = |name: &str| {
-        lines
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+    let mut http = HttpRequest {
+        method: method.as_str().to_string(),
+        path: path.to_string(),
+        size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+        headers: lines,
+        ..HttpRequest::default()
     };
+    let header = |name: &str| http.header(name).unwrap_or_default();
     let grpc = header("content-type")
         .to_ascii_lowercase()
         .starts_with("application/grpc");
-    let (text, raw) = match std::str::from_utf8(body) {
-        Ok(s) if !grpc => (s.to_string(), Vec::new()),
-        _ => (String::new(), body.to_vec()),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let (id, host, scheme) = (
+        header("x-request-id"),
+        header("host"),
+        header("x-forwarded-proto"),
+    );
+    match std::str::from_utf8(body) {
+        Ok(s) if !grpc => http.body = s.to_string(),
+        _ => http.raw_body = body.to_vec(),
+    }
+    (http.id, http.host, http.scheme) = (id, host, scheme);
     AuthzRequest {
-        time: Some(arbiter_engine::request::Timestamp {
-            seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
-        }),
-        http: Some(HttpRequest {
-            id: header("x-request-id"),
-            method: method.as_str().to_string(),
-            path: path.to_string(),
-            host: header("host"),
-            scheme: header("x-forwarded-proto"),
-            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            body: text,
-            raw_body: raw,
-            headers: lines,
-            ..HttpRequest::default()
-        }),
+        time: Some(arbiter_engine::request::Timestamp::from_ns(
+            arbiter_engine::clock::now_ns(),
+        )),
+        http: Some(http),
         ..AuthzRequest::default()
     }
 }

@@ -29,10 +29,10 @@
 
 use std::path::Path;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
 use regorus::Value;
 
-use super::{BodyError, ParsedBody, parse_json_strict};
+use super::{BodyError, ParsedBody, TRUNCATED, parse_json_strict};
 
 /// The services and messages of a protobuf descriptor set (`protoc --descriptor_set_out`,
 /// `buf build -o`), for decoding gRPC request bodies. Cheap to clone.
@@ -69,9 +69,12 @@ impl GrpcBodies {
         Self::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The descriptor pool (for CEL's typed `request.body`).
-    pub fn pool(&self) -> &DescriptorPool {
-        &self.pool
+    /// The method `service`/`method` name, when the set has it.
+    fn method(&self, service: &str, method: &str) -> Option<MethodDescriptor> {
+        self.pool
+            .get_service_by_name(service)?
+            .methods()
+            .find(|m| m.name() == method)
     }
 
     /// The body of a unary call to `path` (`/pkg.Service/Method`) carrying `message`, given in
@@ -84,14 +87,9 @@ impl GrpcBodies {
                 "`{path}` is not a gRPC path (/package.Service/Method)"
             ));
         };
-        let service = self
-            .pool
-            .get_service_by_name(service)
-            .ok_or_else(|| format!("no service `{service}` in the descriptor set"))?;
-        let method = service
-            .methods()
-            .find(|m| m.name() == method)
-            .ok_or_else(|| format!("no method `{method}` in `{}`", service.full_name()))?;
+        let method = self
+            .method(service, method)
+            .ok_or_else(|| format!("no method `{service}/{method}` in the descriptor set"))?;
         let msg = DynamicMessage::deserialize(method.input(), message)
             .map_err(|e| format!("not a valid {}: {e}", method.input().full_name()))?;
         let bytes = prost_reflect::prost::Message::encode_to_vec(&msg);
@@ -101,11 +99,6 @@ impl GrpcBodies {
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(&bytes);
         Ok(frame)
-    }
-
-    /// How many services the set defines.
-    pub fn services(&self) -> usize {
-        self.pool.services().len()
     }
 
     /// Decode the messages of `call`.
@@ -123,10 +116,7 @@ impl GrpcBodies {
             truncated: false,
         };
         if partial.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-            return Ok(ParsedBody {
-                value: Value::Null,
-                truncated: true,
-            });
+            return Ok(TRUNCATED);
         }
         if body.is_empty() {
             return Ok(none);
@@ -146,10 +136,7 @@ impl GrpcBodies {
                 if segments.len() == 1 { "" } else { "s" }
             )));
         };
-        let Some(service) = self.pool.get_service_by_name(service) else {
-            return Ok(none);
-        };
-        let Some(method) = service.methods().find(|m| m.name() == method) else {
+        let Some(method) = self.method(service, method) else {
             return Ok(none);
         };
         let input = method.input();
@@ -164,10 +151,7 @@ impl GrpcBodies {
                         if rest.len() == 1 { "" } else { "s" }
                     )));
                 }
-                return Ok(ParsedBody {
-                    value: Value::Null,
-                    truncated: true,
-                });
+                return Ok(TRUNCATED);
             }
             match rest[0] {
                 0 => {}
@@ -186,10 +170,7 @@ impl GrpcBodies {
             }
             let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
             if len > rest.len() - 5 {
-                return Ok(ParsedBody {
-                    value: Value::Null,
-                    truncated: true,
-                });
+                return Ok(TRUNCATED);
             }
             frames.push(&rest[5..5 + len]);
             rest = &rest[5 + len..];

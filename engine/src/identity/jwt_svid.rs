@@ -59,9 +59,7 @@ impl JwtSvidOptions {
     /// `use: jwt-svid`; `x509-svid` keys are skipped) or a plain JWKS. Every key must have a
     /// `kid` (tokens name their key by it) and be a public key.
     pub fn add_bundle(&mut self, trust_domain: &str, text: &str) -> Result<usize, String> {
-        if SpiffeId::parse(&format!("spiffe://{trust_domain}")).is_err() {
-            return Err(format!("`{trust_domain}` is not a valid trust domain"));
-        }
+        super::check_trust_domain(trust_domain)?;
         let doc: Json = serde_json::from_str(text)
             .map_err(|e| format!("not a JWKS or SPIFFE bundle (JSON): {e}"))?;
         let Some(Json::Array(keys)) = doc.get("keys") else {
@@ -130,13 +128,7 @@ fn object(bytes: &[u8], what: &str) -> Result<Json, String> {
 }
 
 fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::record::rfc3339_nanos(i128::from(secs) * 1_000_000_000)
 }
 
 fn seconds(claims: &Json, name: &str) -> Result<Option<i64>, String> {

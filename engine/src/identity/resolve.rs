@@ -154,9 +154,7 @@ pub struct IdentityOptions {
 impl IdentityOptions {
     /// Add a trust bundle (PEM certificates) for `trust_domain`.
     pub fn add_bundle_pem(&mut self, trust_domain: &str, pem: &str) -> Result<usize, String> {
-        if SpiffeId::parse(&format!("spiffe://{trust_domain}")).is_err() {
-            return Err(format!("`{trust_domain}` is not a valid trust domain"));
-        }
+        super::check_trust_domain(trust_domain)?;
         let ders = crate::builtins::x509::pem_certificates(pem.as_bytes());
         if ders.is_empty() {
             return Err("no CERTIFICATE block in the bundle".into());

@@ -501,10 +501,7 @@ fn build_request(
             ),
             ..Peer::default()
         }),
-        time: Some(Timestamp {
-            seconds: now.div_euclid(1_000_000_000),
-            nanos: i32::try_from(now.rem_euclid(1_000_000_000)).unwrap_or(0),
-        }),
+        time: Some(Timestamp::from_ns(now)),
         http: Some(HttpRequest {
             id: "decision-test".into(),
             method,

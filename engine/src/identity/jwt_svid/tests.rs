@@ -294,11 +294,14 @@ fn malformed_tokens_and_headers_are_refused() {
 #[test]
 fn bundles_hold_public_jwt_keys_with_ids() {
     let mut o = JwtSvidOptions::default();
-    assert!(
-        o.add_bundle("Example.org", "{}")
-            .unwrap_err()
-            .contains("not a valid trust domain")
-    );
+    for td in ["Example.org", "example.org/ns"] {
+        assert!(
+            o.add_bundle(td, "{}")
+                .unwrap_err()
+                .contains("not a valid trust domain"),
+            "{td}"
+        );
+    }
     assert!(
         o.add_bundle("example.org", "[]")
             .unwrap_err()
