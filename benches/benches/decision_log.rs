@@ -54,6 +54,7 @@ fn start(rt: &tokio::runtime::Runtime, log: Option<DecisionLogConfig>) -> Runnin
         ui: None,
         diagnostic: None,
         http_authz: None,
+        otlp: None,
     };
     rt.block_on(arbiter_ext_authz::start(config, authorizer))
         .unwrap_or_else(|e| panic!("{e}"))

@@ -105,6 +105,17 @@ pub struct ConfigFile {
     #[serde(rename = "allowed-callers", alias = "allowed_callers")]
     pub allowed_callers: Option<OneOrMany>,
     pub watch: Option<bool>,
+    /// `--otlp-endpoint` and its companions.
+    #[serde(rename = "otlp-endpoint", alias = "otlp_endpoint")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(rename = "otlp-protocol", alias = "otlp_protocol")]
+    pub otlp_protocol: Option<String>,
+    #[serde(rename = "otlp-headers", alias = "otlp_headers")]
+    pub otlp_headers: Option<BTreeMap<String, String>>,
+    #[serde(rename = "otlp-service-name", alias = "otlp_service_name")]
+    pub otlp_service_name: Option<String>,
+    #[serde(rename = "trace-sample-percentage", alias = "trace_sample_percentage")]
+    pub trace_sample_percentage: Option<f64>,
     #[serde(rename = "watch-interval", alias = "watch_interval")]
     pub watch_interval: Option<Scalar>,
     #[serde(rename = "reload-require-tests", alias = "reload_require_tests")]
@@ -156,6 +167,8 @@ pub struct ConfigFile {
     /// OPA's `labels`: added to every decision event's `labels` (beside `id` and `version`).
     pub labels: Option<BTreeMap<String, String>>,
     pub status: Option<Status>,
+    /// OPA's `distributed_tracing`.
+    pub distributed_tracing: Option<DistributedTracing>,
     /// The document as read (after `${VAR}` and `--set`), for [`ConfigFile::active`].
     #[serde(skip)]
     pub raw: Json,
@@ -198,6 +211,133 @@ pub struct EnvoyPlugin {
     /// Protobuf descriptors for `parsed_body` of gRPC requests (`--proto-descriptor`).
     #[serde(rename = "proto-descriptor")]
     pub proto_descriptor: Option<String>,
+}
+
+/// OPA's `distributed_tracing`: OTLP span export, as OPA configures it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedTracing {
+    /// `grpc` or `http`; absent: no tracing (as OPA).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `host:port` [default: localhost:4317].
+    pub address: Option<String>,
+    /// [default: arbiter; OPA's is `opa`].
+    pub service_name: Option<String>,
+    pub sample_percentage: Option<f64>,
+    /// Only `off`: TLS to the collector is not supported.
+    pub encryption: Option<String>,
+    pub allow_insecure_tls: Option<bool>,
+    pub tls_cert_file: Option<String>,
+    pub tls_private_key_file: Option<String>,
+    pub tls_ca_cert_file: Option<String>,
+    pub resource: Option<TracingResource>,
+    pub batch_span_processor_options: Option<BatchSpanProcessor>,
+    /// OPA's OTLP metrics: refused when `true` (arbiter's metrics are on `/metrics`).
+    pub metrics: Option<bool>,
+    pub metrics_export_interval_ms: Option<u64>,
+}
+
+/// `distributed_tracing.resource`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingResource {
+    pub service_version: Option<String>,
+    pub service_instance_id: Option<String>,
+    pub service_namespace: Option<String>,
+    pub deployment_environment: Option<String>,
+}
+
+/// `distributed_tracing.batch_span_processor_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpanProcessor {
+    /// Refused when `true`: a decision never waits for the span queue.
+    pub blocking: Option<bool>,
+    pub batch_timeout_ms: Option<u64>,
+    pub export_timeout_ms: Option<u64>,
+    pub max_export_batch_size: Option<usize>,
+    pub max_queue_size: Option<usize>,
+}
+
+impl DistributedTracing {
+    /// The export it describes (`None` without a `type`, as OPA); what arbiter does not do is
+    /// an error naming the key.
+    pub fn config(&self) -> Result<Option<arbiter_ext_authz::otel::OtlpConfig>, String> {
+        use arbiter_ext_authz::otel::{OtlpConfig, Protocol};
+        let Some(kind) = self.kind.as_deref().filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        let protocol = match kind.to_ascii_lowercase().as_str() {
+            "grpc" => Protocol::Grpc,
+            "http" => Protocol::HttpProtobuf,
+            _ => {
+                return Err(format!(
+                    "distributed_tracing.type: `{kind}` (give `grpc` or `http`)"
+                ));
+            }
+        };
+        if self.encryption.as_deref().is_some_and(|e| e != "off")
+            || self.tls_cert_file.is_some()
+            || self.tls_private_key_file.is_some()
+            || self.tls_ca_cert_file.is_some()
+            || self.allow_insecure_tls == Some(true)
+        {
+            return Err("distributed_tracing.encryption: only `off` is supported (export to a local collector)".into());
+        }
+        if self.metrics == Some(true) {
+            return Err(
+                "distributed_tracing.metrics: OTLP metrics are not supported (scrape /metrics)"
+                    .into(),
+            );
+        }
+        let address = self.address.as_deref().unwrap_or("localhost:4317");
+        let endpoint = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let mut c = OtlpConfig::new(endpoint, protocol);
+        if let Some(n) = &self.service_name {
+            c.service_name = n.clone();
+        }
+        if let Some(p) = self.sample_percentage {
+            c.sample_ratio = p / 100.0;
+        }
+        if let Some(r) = &self.resource {
+            for (key, value) in [
+                ("service.version", &r.service_version),
+                ("service.instance.id", &r.service_instance_id),
+                ("service.namespace", &r.service_namespace),
+                ("deployment.environment.name", &r.deployment_environment),
+            ] {
+                if let Some(v) = value {
+                    c.resource.push((key.to_string(), v.clone()));
+                }
+            }
+        }
+        if let Some(b) = &self.batch_span_processor_options {
+            if b.blocking == Some(true) {
+                return Err("distributed_tracing.batch_span_processor_options.blocking: not supported (a decision never waits for tracing)".into());
+            }
+            let ms = std::time::Duration::from_millis;
+            if let Some(n) = b.batch_timeout_ms {
+                c.delay = ms(n);
+            }
+            if let Some(n) = b.export_timeout_ms {
+                c.timeout = ms(n);
+            }
+            if let Some(n) = b.max_export_batch_size {
+                c.max_batch = n;
+            }
+            if let Some(n) = b.max_queue_size {
+                c.max_queue = n;
+            }
+        }
+        c.validate()
+            .map_err(|e| format!("distributed_tracing: {e}"))?;
+        Ok(Some(c))
+    }
 }
 
 /// OPA's `status`.

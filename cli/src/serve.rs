@@ -174,6 +174,24 @@ pub struct Args {
     /// match path segments).
     #[arg(long, value_name = "PATTERN")]
     pub allowed_caller: Vec<String>,
+    /// Export an OpenTelemetry span per check and per Data API query to this collector,
+    /// `http://host:port` [default: off]. A check continues Envoy's trace (W3C `traceparent`).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// How spans are exported: `grpc` (port 4317) or `http/protobuf` (port 4318) [default:
+    /// grpc].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// A header sent with every export, `NAME=VALUE` (a collector's credentials), repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub otlp_header: Vec<String>,
+    /// The spans' `service.name` [default: arbiter].
+    #[arg(long, value_name = "NAME")]
+    pub otlp_service_name: Option<String>,
+    /// Percentage of requests arriving without a trace context that start a trace; a request
+    /// with one is traced when its caller sampled it [default: 100].
+    #[arg(long, value_name = "PERCENT")]
+    pub trace_sample_percentage: Option<f64>,
     /// Reload the policies when their files change (SIGHUP always reloads).
     #[arg(long)]
     pub watch: bool,
@@ -311,6 +329,8 @@ pub struct Settings {
     pub ignore: Vec<String>,
     /// `--diagnostic-addr`.
     pub diagnostic_addr: Option<String>,
+    /// `--otlp-endpoint` and the rest, or OPA's `distributed_tracing` (none: no spans).
+    pub otlp: Option<arbiter_ext_authz::otel::OtlpConfig>,
     /// OPA's `labels`, for decision events.
     pub labels: std::collections::BTreeMap<String, String>,
     /// `grpc-request-duration-seconds-buckets` (empty: OPA-Envoy's).
@@ -564,6 +584,76 @@ impl Args {
     }
 
     /// Combine flags, the config file and defaults.
+    /// Span export: the flags, else arbiter's keys in the file, else OPA's
+    /// `distributed_tracing`.
+    fn otlp_config(
+        &self,
+        file: &crate::config::ConfigFile,
+    ) -> Result<Option<arbiter_ext_authz::otel::OtlpConfig>, String> {
+        use arbiter_ext_authz::otel::{OtlpConfig, Protocol};
+        let protocol = self
+            .otlp_protocol
+            .clone()
+            .or_else(|| file.otlp_protocol.clone());
+        let endpoint = self
+            .otlp_endpoint
+            .clone()
+            .or_else(|| file.otlp_endpoint.clone());
+        let mut config = match (endpoint, &file.distributed_tracing) {
+            (Some(endpoint), _) => {
+                let protocol = match &protocol {
+                    Some(p) => p.parse::<Protocol>()?,
+                    None => Protocol::Grpc,
+                };
+                OtlpConfig::new(endpoint, protocol)
+            }
+            (None, Some(dt)) => match dt.config()? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+            (None, None) => {
+                if protocol.is_some()
+                    || !self.otlp_header.is_empty()
+                    || self.otlp_service_name.is_some()
+                    || self.trace_sample_percentage.is_some()
+                {
+                    return Err("the OTLP settings need --otlp-endpoint".into());
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(n) = self
+            .otlp_service_name
+            .clone()
+            .or_else(|| file.otlp_service_name.clone())
+        {
+            config.service_name = n;
+        }
+        if let Some(p) = self
+            .trace_sample_percentage
+            .or(file.trace_sample_percentage)
+        {
+            config.sample_ratio = p / 100.0;
+        }
+        for h in &self.otlp_header {
+            let (k, v) = h
+                .split_once('=')
+                .ok_or_else(|| format!("--otlp-header `{h}`: give NAME=VALUE"))?;
+            config
+                .headers
+                .push((k.trim().to_string(), v.trim().to_string()));
+        }
+        if self.otlp_header.is_empty()
+            && let Some(h) = &file.otlp_headers
+        {
+            config
+                .headers
+                .extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        config.validate()?;
+        Ok(Some(config))
+    }
+
     pub fn settings(&self) -> Result<Settings, String> {
         let file =
             crate::config::ConfigFile::load(self.config.as_deref(), &self.set, &self.set_file)?;
@@ -745,6 +835,7 @@ impl Args {
             bundles,
             ignore: self.ignore.clone(),
             diagnostic_addr: self.diagnostic_addr.clone(),
+            otlp: self.otlp_config(&file)?,
             labels: file.labels.clone().unwrap_or_default(),
             active_config: file.active(),
             grpc_duration_buckets: opa
@@ -1248,6 +1339,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             .as_deref()
             .map(str::parse::<ListenAddr>)
             .transpose()?,
+        otlp: s.otlp.clone(),
         http_authz: s.http_authz_addr.clone().map(|a| {
             (
                 a,

@@ -88,6 +88,10 @@ pub struct EnvoyOptions {
     pub upstream_cluster_extra: String,
     /// More clusters (list items indented 2 spaces).
     pub extra_clusters: String,
+    /// More keys of the HTTP connection manager (indented 10 spaces), e.g. `tracing`.
+    pub hcm_extra: String,
+    /// More top-level keys of the bootstrap, e.g. `layered_runtime`.
+    pub bootstrap_extra: String,
 }
 
 impl EnvoyOptions {
@@ -105,6 +109,8 @@ impl EnvoyOptions {
                 "with_request_body: {max_request_bytes: 65536, allow_partial_message: true}".into(),
             upstream_cluster_extra: String::new(),
             extra_clusters: String::new(),
+            hcm_extra: String::new(),
+            bootstrap_extra: String::new(),
         }
     }
 }
@@ -141,6 +147,7 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+{hcm_extra}
           route_config:
             virtual_hosts:
             - name: all
@@ -179,7 +186,10 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
 {extra_clusters}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+{bootstrap_extra}
 "#,
+        hcm_extra = o.hcm_extra.trim_end(),
+        bootstrap_extra = o.bootstrap_extra.trim_end(),
         routes = if o.routes.is_empty() {
             "              - match: {prefix: \"/\"}\n                route: {cluster: upstream, timeout: 5s}"
         } else {

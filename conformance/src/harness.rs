@@ -57,6 +57,7 @@ pub fn loopback_config(decision_log: Option<DecisionLogConfig>) -> ServerConfig 
         ui: None,
         diagnostic: None,
         http_authz: None,
+        otlp: None,
     }
 }
 

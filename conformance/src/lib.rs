@@ -12,6 +12,7 @@ pub mod grpc_body;
 pub mod harness;
 pub mod istio_envoy;
 pub mod opa;
+pub mod otlp;
 pub mod pki;
 pub mod rbac;
 

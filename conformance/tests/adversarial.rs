@@ -550,6 +550,7 @@ async fn server(a: Authorizer) -> RunningServer {
             ui: None,
             diagnostic: None,
             http_authz: None,
+            otlp: None,
         },
         a,
     )

@@ -53,6 +53,7 @@ pub mod rego;
 pub mod request;
 pub mod rvm;
 pub mod testing;
+pub mod trace_context;
 pub mod typecheck;
 pub mod units;
 pub mod value;

@@ -183,19 +183,10 @@ pub fn rfc3339_nanos(ns: i128) -> String {
         .unwrap_or_default()
 }
 
-/// The trace and span id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`).
+/// The trace and span id of a W3C `traceparent` header (`00-<trace>-<span>-<flags>`), read by
+/// [`crate::trace_context::TraceParent::parse`].
 pub fn parse_traceparent(h: &str) -> Option<(String, String)> {
-    let mut parts = h.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(version, 2)
-        && hex(trace, 32)
-        && hex(span, 16)
-        && trace.bytes().any(|b| b != b'0')
-        && span.bytes().any(|b| b != b'0'))
-    .then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+    crate::trace_context::TraceParent::parse(h).map(|p| (p.trace_hex(), p.span_hex()))
 }
 
 impl DecisionRecord {

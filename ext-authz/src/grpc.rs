@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use arbiter_engine::DenyReason;
+use arbiter_engine::trace_context::TraceContext;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, ResponseContext};
+use crate::metrics::Origin;
 use crate::state::State;
 
 /// The ext_authz service. Every request it can decode gets a `CheckResponse`: errors are
@@ -33,8 +35,15 @@ impl Authorization for AuthzService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Envoy's span for this call (its ext_authz client injects it into the call's
+        // metadata), before the checked request's own `traceparent`.
+        let meta = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
+        let trace = TraceContext::from_headers(meta("traceparent"), meta("tracestate"));
         let authz_request = convert::authz_request(request.get_ref());
-        let (outcome, decision_id) = self.state.check(authz_request, requested_by).await;
+        let (outcome, decision_id) = self
+            .state
+            .check_as(Origin::Grpc, authz_request, requested_by, trace)
+            .await;
         Ok(Response::new(convert::check_response(
             &outcome.decision,
             ResponseContext {

@@ -5,6 +5,7 @@
 //! The data reference is built from the URL's segments (each percent-decoded once), never from
 //! query text (OPA's CVE-2025-46569).
 
+use arbiter_engine::trace_context::TraceContext;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -425,7 +426,9 @@ async fn data_api(
             );
         }
     };
-    let (result, decision_id) = state.data(reference, input, peer.to_string()).await;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));
+    let (result, decision_id) = state.data(reference, input, peer.to_string(), trace).await;
     match result {
         Ok(v) => {
             let mut body = serde_json::Map::new();

@@ -78,7 +78,9 @@ async fn check(
     let request = authz_request(&method, &uri, &headers, &body, &svc.options);
     let (outcome, decision_id) = svc
         .state
-        .check_as(Origin::HttpAuthz, request, peer.to_string())
+        // Envoy puts its span's context in the headers of the authorization request, where
+        // the check's input reads it (`State::check_as` looks there).
+        .check_as(Origin::HttpAuthz, request, peer.to_string(), None)
         .await;
     let d = &outcome.decision;
     // An unaudited request is denied even in dry-run mode.

@@ -24,6 +24,7 @@ pub mod http_authz;
 pub mod listener;
 pub mod metrics;
 pub mod opa_metrics;
+pub mod otel;
 pub mod pool;
 pub mod protojson;
 pub mod reload;

@@ -143,6 +143,10 @@ pub struct Metrics {
     shadow_evaluated: AtomicU64,
     shadow_disagreements: [AtomicU64; 2],
     shadow_dropped: AtomicU64,
+    /// OpenTelemetry spans (`--otlp-endpoint`): on, exported, dropped by [`SpanDrop`].
+    trace_on: std::sync::atomic::AtomicBool,
+    trace_exported: AtomicU64,
+    trace_dropped: [AtomicU64; SPAN_DROPS.len()],
     /// OPA's and OPA-Envoy's families, served beside these.
     pub opa: crate::opa_metrics::OpaMetrics,
 }
@@ -162,6 +166,20 @@ pub enum Refusal {
     TooLarge = 2,
     /// The message did not arrive within `request_timeout`.
     Timeout = 3,
+}
+
+/// Labels of `arbiter_trace_spans_dropped_total`, indexed by [`SpanDrop`].
+const SPAN_DROPS: &[&str] = &["queue_full", "export_failed", "rejected"];
+
+/// Why a span was not exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// The exporter's queue was full (the collector is slow or down).
+    QueueFull = 0,
+    /// The export of its batch failed (unreachable, timed out, an error status).
+    ExportFailed = 1,
+    /// The collector took the batch but rejected the span (OTLP `partial_success`).
+    Rejected = 2,
 }
 
 /// Labels of `arbiter_decision_logs_dropped_total`, indexed by [`DropReason`].
@@ -231,6 +249,30 @@ impl Metrics {
             };
         }
         self.latency.0.observe(latency_ns);
+    }
+
+    /// Spans are exported: their families are served.
+    pub fn tracing_enabled(&self) {
+        self.trace_on.store(true, Ordering::Relaxed);
+    }
+
+    pub fn spans_exported(&self, n: usize) {
+        self.trace_exported
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn spans_dropped(&self, why: SpanDrop, n: usize) {
+        self.trace_dropped[why as usize]
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Spans exported, and dropped by [`SpanDrop`].
+    pub fn span_counts(&self) -> (u64, [u64; SPAN_DROPS.len()]) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            l(&self.trace_exported),
+            std::array::from_fn(|i| l(&self.trace_dropped[i])),
+        )
     }
 
     /// A shadow set is configured: its families are served.
@@ -428,6 +470,26 @@ impl Metrics {
             );
             let _ = writeln!(s, "# TYPE arbiter_shadow_dropped_total counter");
             let _ = writeln!(s, "arbiter_shadow_dropped_total {dropped}");
+        }
+        if self.trace_on.load(Ordering::Relaxed) {
+            let (exported, dropped) = self.span_counts();
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_trace_spans_exported_total Spans the OTLP collector took."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_trace_spans_exported_total counter");
+            let _ = writeln!(s, "arbiter_trace_spans_exported_total {exported}");
+            let _ = writeln!(
+                s,
+                "# HELP arbiter_trace_spans_dropped_total Spans not exported: queue_full (the exporter's queue was full), export_failed (their batch could not be sent), rejected (the collector refused them)."
+            );
+            let _ = writeln!(s, "# TYPE arbiter_trace_spans_dropped_total counter");
+            for (why, n) in SPAN_DROPS.iter().zip(dropped) {
+                let _ = writeln!(
+                    s,
+                    "arbiter_trace_spans_dropped_total{{reason=\"{why}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             s,

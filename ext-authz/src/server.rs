@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub diagnostic: Option<ListenAddr>,
     /// Envoy's HTTP ext_authz protocol (`http_service`) on this `host:port`.
     pub http_authz: Option<(String, crate::http_authz::HttpAuthzOptions)>,
+    /// OpenTelemetry spans exported over OTLP.
+    pub otlp: Option<crate::otel::OtlpConfig>,
 }
 
 /// Servers that are running.
@@ -161,6 +163,23 @@ pub async fn start_with(
         ),
         None => None,
     };
+    let (stop, stopped) = watch::channel(false);
+    let tracer = match &config.otlp {
+        Some(c) => Some(
+            crate::otel::Tracer::start(
+                c,
+                crate::otel::ResourceInfo {
+                    instance_id: config.options.labels.id.clone(),
+                    version: config.options.labels.version.clone(),
+                },
+                metrics.clone(),
+                stopped.clone(),
+            )
+            .map_err(anyhow::Error::msg)
+            .context("cannot start exporting traces")?,
+        ),
+        None => None,
+    };
     let state = Arc::new(State {
         authorizer: ArcSwap::from_pointee(authorizer),
         reload_status: ArcSwap::from_pointee(crate::reload::ReloadStatus::default()),
@@ -178,8 +197,8 @@ pub async fn start_with(
         readiness_changed: tokio::sync::Notify::new(),
         data_writes: std::sync::Mutex::default(),
         shadow: std::sync::OnceLock::new(),
+        tracer,
     });
-    let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

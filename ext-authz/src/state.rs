@@ -12,6 +12,7 @@ use arbiter_engine::identity::IdentityOutcome;
 use arbiter_engine::record::{DecisionRecord, InstanceLabels};
 use arbiter_engine::regorus::Value;
 use arbiter_engine::request::AuthzRequest;
+use arbiter_engine::trace_context::TraceContext;
 use arbiter_engine::{DataRef, Decision, DenyReason};
 use arc_swap::ArcSwap;
 
@@ -54,6 +55,8 @@ pub struct State {
     pub data_writes: std::sync::Mutex<DataState>,
     /// The shadow policy set (`serve --shadow`), once set with [`State::start_shadow`].
     pub shadow: std::sync::OnceLock<crate::shadow::Shadow>,
+    /// OpenTelemetry spans (`--otlp-endpoint`).
+    pub tracer: Option<crate::otel::Tracer>,
 }
 
 /// Data changes made since the sources were read, replayed over every reloaded set: a new
@@ -249,24 +252,30 @@ impl State {
         request: AuthzRequest,
         requested_by: String,
     ) -> (CheckOutcome, String) {
-        self.check_as(Origin::Grpc, request, requested_by).await
+        self.check_as(Origin::Grpc, request, requested_by, None)
+            .await
     }
 
-    /// Decide an Envoy check that came by `origin` (gRPC or the HTTP protocol).
+    /// Decide an Envoy check that came by `origin` (gRPC or the HTTP protocol). `trace` is the
+    /// trace context of the call itself (Envoy's span for the check, in the gRPC metadata or
+    /// the HTTP headers); without one, the checked request's own `traceparent` is the parent.
     pub async fn check_as(
         &self,
         origin: Origin,
         request: AuthzRequest,
         requested_by: String,
+        trace: Option<TraceContext>,
     ) -> (CheckOutcome, String) {
         let received = Instant::now();
         let timestamp_ns = now_ns();
         let decision_id = uuid::Uuid::new_v4().to_string();
-        let trace = request
-            .http
-            .as_ref()
-            .and_then(|h| h.header("traceparent"))
-            .and_then(|t| arbiter_engine::record::parse_traceparent(&t));
+        let trace = trace.or_else(|| {
+            let h = request.http.as_ref()?;
+            TraceContext::from_headers(
+                h.header("traceparent").as_deref(),
+                h.header("tracestate").as_deref(),
+            )
+        });
         let authorizer = self.authorizer.load_full();
         let path = authorizer.path().slash_path();
         let policies = authorizer.policies().clone();
@@ -319,6 +328,7 @@ impl State {
         reference: DataRef,
         input: Option<Value>,
         requested_by: String,
+        trace: Option<TraceContext>,
     ) -> (Result<Value, String>, String) {
         let received = Instant::now();
         let timestamp_ns = now_ns();
@@ -384,7 +394,7 @@ impl State {
                 path,
                 requested_by,
                 policies,
-                trace: None,
+                trace,
                 request: None,
                 shadow: None,
             },
@@ -408,8 +418,45 @@ impl State {
     ) -> bool {
         let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let d = &outcome.decision;
+        // The span starts when the request arrived; the record names it (OPA logs its own
+        // span's id), or the caller's span when this one is not traced.
+        let span = self.tracer.as_ref().and_then(|t| {
+            let start = u64::try_from(f.timestamp_ns).unwrap_or(0);
+            t.begin(f.trace.as_ref(), start)
+        });
+        let ids = match (&span, &f.trace) {
+            (Some(s), _) => Some((hex::encode(s.trace_id), hex::encode(s.span_id))),
+            (None, Some(c)) => Some((c.parent.trace_hex(), c.parent.span_hex())),
+            (None, None) => None,
+        };
+        if let (Some(tracer), Some(started)) = (&self.tracer, span) {
+            let first = d.decided_by.first();
+            tracer.end(crate::otel::Finished {
+                end_unix_ns: started.start_unix_ns.saturating_add(server_ns),
+                started,
+                origin,
+                fields: crate::otel::SpanFields {
+                    allowed: d.allowed,
+                    reason: d.reason_code(),
+                    error: d
+                        .reason
+                        .as_ref()
+                        .filter(|r| origin.engine().is_error(r))
+                        .map(ToString::to_string),
+                    policy: first.map(|b| b.policy.clone()),
+                    rule: first.and_then(|b| b.rule.clone()),
+                    identity: outcome.identity.identity().map(|i| i.id.to_string()),
+                    revision: f.policies.revision().to_string(),
+                    decision_id: f.decision_id.to_string(),
+                    path: f.path.clone(),
+                    dry_run: self.options.dry_run && origin != Origin::DataApi,
+                    input_ns: outcome.timings.input_ns,
+                    eval_ns: outcome.timings.eval_ns,
+                },
+            });
+        }
         let mut record = self.decision_log.as_ref().map(|_| {
-            let (trace_id, span_id) = f.trace.map_or((None, None), |(t, s)| (Some(t), Some(s)));
+            let (trace_id, span_id) = ids.map_or((None, None), |(t, s)| (Some(t), Some(s)));
             Box::new(DecisionRecord {
                 decision_id: f.decision_id.to_string(),
                 timestamp_ns: f.timestamp_ns,
@@ -486,7 +533,8 @@ struct Finish<'a> {
     path: String,
     requested_by: String,
     policies: Arc<arbiter_engine::PolicySet>,
-    trace: Option<(String, String)>,
+    /// The caller's trace context.
+    trace: Option<TraceContext>,
     /// The check's request as sent (none for the Data API).
     request: Option<arbiter_engine::record::RequestLine>,
     /// The request, for the shadow set (an Envoy check while one runs).

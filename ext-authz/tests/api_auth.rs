@@ -81,6 +81,7 @@ async fn server(api: ApiAccess, with_system_authz: bool) -> arbiter_ext_authz::R
             ui: None,
             diagnostic: None,
             http_authz: None,
+            otlp: None,
         },
         authorizer,
     )

@@ -504,6 +504,7 @@ mod through_the_server {
             ui: None,
             diagnostic: None,
             http_authz: None,
+            otlp: None,
         }
     }
 

@@ -73,6 +73,7 @@ async fn start_logged(
             ui: None,
             diagnostic: None,
             http_authz: None,
+            otlp: None,
         },
         authorizer,
     )

@@ -86,6 +86,7 @@ fn config(
         ui: None,
         diagnostic: None,
         http_authz: None,
+        otlp: None,
     }
 }
 

@@ -155,6 +155,7 @@ async fn start(
             ui: None,
             diagnostic: None,
             http_authz: None,
+            otlp: None,
             tls: Some(TlsSettings {
                 cert,
                 key,
