@@ -12,6 +12,8 @@ Variants, in one run:
   arbiter-allow      ext_authz -> arbiter serving `allow := true`
   arbiter-rego       ext_authz -> arbiter, reference Rego policy
   arbiter-rego-log   the same with decision logging to a file
+  arbiter-rego-trace the same with an OpenTelemetry span per check (every check sampled: Envoy
+                     sends no trace context), exported over OTLP/HTTP to a sink on core 0
   arbiter-cel        ext_authz -> arbiter, reference CEL policy
   arbiter-rego-cel   ext_authz -> arbiter, both (deny-overrides)
   arbiter-rego-cel-log  the same with decision logging to a file
@@ -208,15 +210,20 @@ def allocations(http):
     return None
 
 
-def shadow_counts(http):
-    """arbiter's `arbiter_shadow_*` counters (evaluated, dropped, disagreements)."""
+def counters(http, prefix):
+    """arbiter's counters whose names start with `prefix` (prefix removed)."""
     out = {}
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("arbiter_shadow_"):
+            if line.startswith(prefix):
                 k, v = line.rsplit(" ", 1)
-                out[k.replace("arbiter_shadow_", "")] = int(float(v))
+                out[k.replace(prefix, "")] = int(float(v))
     return out
+
+
+def shadow_counts(http):
+    """arbiter's `arbiter_shadow_*` counters (evaluated, dropped, disagreements)."""
+    return counters(http, "arbiter_shadow_")
 
 
 def context_switches(pid):
@@ -287,6 +294,24 @@ class Procs:
         self.procs = []
 
 
+# An OTLP/HTTP collector that takes every export and answers 200 (the spans are not decoded):
+# what a local collector costs arbiter, without a collector's own work in the picture.
+OTLP_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
 def taskset(core, args):
     return ["taskset", "-c", str(core)] + args if shutil.which("taskset") else args
 
@@ -329,6 +354,7 @@ def run_variant(name, args, work):
                 "arbiter-rego": [os.path.join(work, "rego")],
                 "arbiter-rego-http": [os.path.join(work, "rego")],
                 "arbiter-rego-log": [os.path.join(work, "rego")],
+                "arbiter-rego-trace": [os.path.join(work, "rego")],
                 "arbiter-cel": [os.path.join(work, "cel")],
                 "arbiter-rego-cel": [os.path.join(REPO, "policies")],
                 "arbiter-rego-cel-log": [os.path.join(REPO, "policies")],
@@ -337,6 +363,12 @@ def run_variant(name, args, work):
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
             if name.endswith("-log"):
                 cmd += ["--decision-log", os.path.join(work, "decisions.log")]
+            if name.endswith("-trace"):
+                sink_port = free_port()
+                sink = procs.start(taskset(0, [sys.executable, "-c", OTLP_SINK, str(sink_port)]))
+                wait_port(sink_port, sink, "otlp sink")
+                cmd += ["--otlp-endpoint", f"http://127.0.0.1:{sink_port}",
+                        "--otlp-protocol", "http/protobuf"]
             authz_port = port
             if name.endswith("-http"):
                 # Envoy's HTTP ext_authz protocol instead of gRPC.
@@ -388,6 +420,10 @@ def run_variant(name, args, work):
                 # and how many went unshadowed because the side thread was behind.
                 r["shadow"] = shadow_counts(http)
                 print(f"  shadow: {r['shadow']}", flush=True)
+            if name.endswith("-trace"):
+                # Spans exported and dropped: a run whose spans were lost measured nothing.
+                r["spans"] = counters(http, "arbiter_trace_spans_")
+                print(f"  spans: {r['spans']}", flush=True)
             mem = rss_kib(server_pid)
             r["rss_mib"] = mem.get("VmRSS", 0) / 1024
             r["hwm_mib"] = mem.get("VmHWM", 0) / 1024
@@ -467,7 +503,7 @@ def main():
         n, addr = spec.split("=", 1)
         args.extra[n] = addr
     variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-allow-http", "arbiter-rego",
-                "arbiter-rego-http", "arbiter-rego-log", "arbiter-cel",
+                "arbiter-rego-http", "arbiter-rego-log", "arbiter-rego-trace", "arbiter-cel",
                 "arbiter-rego-cel", "arbiter-rego-cel-log", "opa-envoy-allow", "opa-envoy-rego",
                 "opa-envoy-rego-log"] + [f"extra:{n}" for n in args.extra]
     if args.only:

@@ -1891,6 +1891,107 @@ mod tests {
         }
     }
 
+    /// Span export from the flags, arbiter's keys, or OPA's `distributed_tracing`; what arbiter
+    /// cannot do (TLS to the collector, a blocking queue) is an error naming the key.
+    #[test]
+    fn tracing_comes_from_flags_keys_or_opas_distributed_tracing() {
+        use arbiter_ext_authz::otel::Protocol;
+        let flags = Args {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            otlp_protocol: Some("http/protobuf".into()),
+            otlp_header: vec!["x-key=abc".into()],
+            trace_sample_percentage: Some(25.0),
+            ..Args::default()
+        }
+        .settings()
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(flags.protocol, Protocol::HttpProtobuf);
+        assert_eq!(flags.headers, [("x-key".to_string(), "abc".to_string())]);
+        assert!((flags.sample_ratio - 0.25).abs() < 1e-9);
+        assert_eq!(flags.service_name, "arbiter");
+        assert_eq!(Args::default().settings().unwrap().otlp, None);
+        let orphan = Args {
+            otlp_protocol: Some("grpc".into()),
+            ..Args::default()
+        };
+        assert!(orphan.settings().unwrap_err().contains("--otlp-endpoint"));
+
+        let dir = ConfigDir::new("tracing");
+        let keys = dir
+            .settings(
+                "otlp-endpoint: http://c:4317\notlp-service-name: authz\notlp-headers: {x-a: b}\n",
+            )
+            .unwrap()
+            .otlp
+            .unwrap();
+        assert_eq!(
+            (keys.endpoint.as_str(), keys.protocol),
+            ("http://c:4317", Protocol::Grpc)
+        );
+        assert_eq!(keys.service_name, "authz");
+        assert_eq!(keys.headers, [("x-a".to_string(), "b".to_string())]);
+
+        let opa = dir
+            .settings(
+                "distributed_tracing:\n  type: grpc\n  address: otel:4317\n  service_name: opa\n  sample_percentage: 10\n  resource: {service_namespace: mesh}\n  batch_span_processor_options: {max_queue_size: 100, batch_timeout_ms: 200}\n",
+            )
+            .unwrap()
+            .otlp
+            .unwrap();
+        assert_eq!(opa.endpoint, "http://otel:4317");
+        assert_eq!(opa.service_name, "opa");
+        assert!((opa.sample_ratio - 0.1).abs() < 1e-9);
+        assert_eq!(
+            opa.resource,
+            [("service.namespace".to_string(), "mesh".to_string())]
+        );
+        assert_eq!(
+            (opa.max_queue, opa.delay),
+            (100, Duration::from_millis(200))
+        );
+        // OPA's default address, and no `type`: no tracing (as OPA).
+        let default = dir
+            .settings("distributed_tracing: {type: http}\n")
+            .unwrap()
+            .otlp
+            .unwrap();
+        assert_eq!(
+            (default.endpoint.as_str(), default.protocol),
+            ("http://localhost:4317", Protocol::HttpProtobuf)
+        );
+        assert_eq!(
+            dir.settings("distributed_tracing: {address: x:1}\n")
+                .unwrap()
+                .otlp,
+            None
+        );
+        for (yaml, names) in [
+            (
+                "distributed_tracing: {type: grpc, encryption: tls}\n",
+                "encryption",
+            ),
+            ("distributed_tracing: {type: zipkin}\n", "type"),
+            (
+                "distributed_tracing: {type: grpc, batch_span_processor_options: {blocking: true}}\n",
+                "blocking",
+            ),
+            (
+                "distributed_tracing: {type: grpc, sample_percentage: 150}\n",
+                "percent",
+            ),
+            (
+                "distributed_tracing: {type: grpc, exporter: x}\n",
+                "exporter",
+            ),
+            ("otlp-endpoint: https://c:4317\n", "TLS"),
+        ] {
+            let e = dir.settings(yaml).unwrap_err();
+            assert!(e.contains(names), "{yaml}: {e}");
+        }
+    }
+
     /// `--shadow` and the `shadow` key (paths relative to the file); the shadow's settings are
     /// the live ones with its policies and no bundles.
     #[test]
