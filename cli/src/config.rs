@@ -2,9 +2,9 @@
 //!
 //! Keys are arbiter's (written with dashes, as the flags; the underscore spelling is accepted
 //! as an alias) and the parts of OPA's configuration an Envoy deployment uses (`plugins`,
-//! `services`, `bundles`, `keys`, `decision_logs`, `distributed_tracing`), with OPA's spellings. A key the structure
-//! does not know is an error naming the key, the file, its line and column: a typo in a
-//! security configuration must not be silently ignored.
+//! `services`, `bundles`, `keys`, `decision_logs`, `distributed_tracing`), with OPA's
+//! spellings. A key the structure does not know is an error naming the key, the file, its line
+//! and column: a typo in a security configuration must not be silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -488,3 +488,30 @@ fn through_envoy_the_span_is_the_child_of_envoys() {
     );
     drop(rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_the_spans_still_queued() {
+    let dir = policy_dir();
+    let receiver = Receiver::grpc().await.unwrap();
+    let mut config = loopback_config(None);
+    let mut o = otlp(receiver.addr, Protocol::Grpc);
+    // No batch would leave within the test but for the shutdown.
+    o.delay = Duration::from_secs(600);
+    config.otlp = Some(o);
+    let authorizer = authorizer_for(&dir.0.join("policy"), "envoy/authz/allow").unwrap();
+    let server = arbiter_ext_authz::start(config, authorizer).await.unwrap();
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    for path in ["/public/1", "/public/2", "/private"] {
+        client.check(check(path, None)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        receiver.spans.all().is_empty(),
+        "nothing sent before the delay"
+    );
+    drop(client);
+    server.shutdown().await.unwrap();
+    assert_eq!(receiver.spans.all().len(), 3);
+}

@@ -217,6 +217,11 @@ pub struct Finished {
 #[derive(Debug)]
 pub struct Tracer {
     tx: mpsc::Sender<Finished>,
+    /// Tells the exporter to send what is queued and end; its task, awaited by [`Tracer::close`].
+    stop: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// How long closing may wait for the last exports.
+    timeout: Duration,
     /// Sample a new trace when its id's last 63 bits are below this (`TraceIdRatioBased`).
     bound: u64,
     always: bool,
@@ -235,24 +240,26 @@ fn random<const N: usize>(rng: &aws_lc_rs::rand::SystemRandom) -> [u8; N] {
 }
 
 impl Tracer {
-    /// Start the exporter task on the current runtime; it flushes what is queued and ends when
-    /// `stopped` turns true.
+    /// Start the exporter task on the current runtime (it runs until [`Tracer::close`]).
     pub fn start(
         config: &OtlpConfig,
         resource: ResourceInfo,
         metrics: Arc<Metrics>,
-        stopped: watch::Receiver<bool>,
     ) -> Result<Self, String> {
         config.validate()?;
         let exporter = Exporter::new(config, &resource)?;
         let (tx, rx) = mpsc::channel(config.max_queue);
+        let (stop, stopped) = watch::channel(false);
         metrics.tracing_enabled();
-        tokio::spawn(exporter.run(rx, stopped, metrics.clone()));
+        let task = tokio::spawn(exporter.run(rx, stopped, metrics.clone()));
         // `as` saturates: 1.0 · 2^63 is u64's 2^63, the bound that takes every trace.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let bound = (config.sample_ratio * (1u64 << 63) as f64) as u64;
         Ok(Tracer {
             tx,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+            timeout: config.timeout,
             bound,
             always: config.sample_ratio >= 1.0,
             rng: aws_lc_rs::rand::SystemRandom::new(),
@@ -286,6 +293,21 @@ impl Tracer {
                     start_unix_ns,
                 })
             }
+        }
+    }
+
+    /// Send what is queued (each export within its time limit) and stop exporting: called at
+    /// shutdown, once the servers make no more spans. Later spans are dropped.
+    pub async fn close(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            // What the queue can hold is a few batches: a few export time limits at most.
+            let _ = tokio::time::timeout(self.timeout.saturating_mul(4), task).await;
         }
     }
 
@@ -608,10 +630,14 @@ mod tests {
 
     fn tracer(ratio: f64) -> Tracer {
         let (tx, _rx) = mpsc::channel(1);
+        let (stop, _) = watch::channel(false);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let bound = (ratio * (1u64 << 63) as f64) as u64;
         Tracer {
             tx,
+            stop,
+            task: std::sync::Mutex::new(None),
+            timeout: Duration::from_secs(1),
             bound,
             always: ratio >= 1.0,
             rng: aws_lc_rs::rand::SystemRandom::new(),

@@ -163,7 +163,6 @@ pub async fn start_with(
         ),
         None => None,
     };
-    let (stop, stopped) = watch::channel(false);
     let tracer = match &config.otlp {
         Some(c) => Some(
             crate::otel::Tracer::start(
@@ -173,7 +172,6 @@ pub async fn start_with(
                     version: config.options.labels.version.clone(),
                 },
                 metrics.clone(),
-                stopped.clone(),
             )
             .map_err(anyhow::Error::msg)
             .context("cannot start exporting traces")?,
@@ -199,6 +197,7 @@ pub async fn start_with(
         shadow: std::sync::OnceLock::new(),
         tracer,
     });
+    let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -406,8 +405,12 @@ impl RunningServer {
                 }
             }
         }
-        // The servers are gone: drain the decision log now, whoever else holds the state.
+        // The servers are gone: send the last spans, and drain the decision log, whoever else
+        // holds the state.
         let state = self.state;
+        if let Some(tracer) = &state.tracer {
+            tracer.close().await;
+        }
         let closed = tokio::task::spawn_blocking(move || {
             // The shadow first: the events it holds go on to the log.
             if let Some(shadow) = state.shadow.get() {
