@@ -2098,8 +2098,14 @@ mod tests {
             "https://bundles.example/v1/bundles/envoy/authz"
         );
         assert_eq!(roles.location, "https://bundles.example/v1/roles.tar.gz");
-        let auth = authz.auth.header_lines().unwrap();
-        assert_eq!(auth, "X-Tenant: acme\r\nAuthorization: Bearer t0k\r\n");
+        let auth = authz.auth.request_headers().unwrap();
+        assert_eq!(
+            auth,
+            [
+                ("X-Tenant".to_string(), "acme".to_string()),
+                ("Authorization".to_string(), "Bearer t0k".to_string())
+            ]
+        );
         assert_eq!(roles.auth, authz.auth);
         // OPA's default polling, and the configured one; each delay falls inside it.
         assert_eq!(authz.polling, OPA_POLLING);

@@ -93,9 +93,13 @@ impl OAuth2 {
             form.push_str("&scope=");
             form.push_str(&form_encode(&self.scopes.join(" ")));
         }
-        let headers = format!(
-            "Authorization: Basic {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-        );
+        let headers = [
+            ("Authorization".to_string(), format!("Basic {basic}")),
+            (
+                "Content-Type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
         let (status, _, body) = crate::fetch::request(
             "POST",
             &self.token_url,
@@ -248,25 +252,22 @@ impl ServiceAuth {
         Ok(())
     }
 
-    /// The header lines (each ending in CRLF) for one request; an OAuth2 token is fetched
-    /// (or taken from the cache) within `timeout`.
-    pub fn header_lines_within(&self, timeout: Duration) -> Result<String, String> {
-        let mut out = self.header_lines()?;
+    /// The headers for one request; an OAuth2 token is fetched (or taken from the cache)
+    /// within `timeout`.
+    pub fn headers_within(&self, timeout: Duration) -> Result<Vec<(String, String)>, String> {
+        let mut out = self.request_headers()?;
         if let Some(o) = &self.oauth2 {
-            out.push_str(&format!(
-                "Authorization: Bearer {}\r\n",
-                o.token(&self.tls, timeout)?
+            out.push((
+                "Authorization".into(),
+                format!("Bearer {}", o.token(&self.tls, timeout)?),
             ));
         }
         Ok(out)
     }
 
-    /// The static and bearer header lines (each ending in CRLF) for one request.
-    pub fn header_lines(&self) -> Result<String, String> {
-        let mut out = String::new();
-        for (k, v) in &self.headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
-        }
+    /// The static and bearer headers for one request.
+    pub fn request_headers(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out = self.headers.clone();
         if let Some(b) = &self.bearer {
             let token = match &b.token {
                 BearerToken::Literal(t) => t.clone(),
@@ -279,7 +280,7 @@ impl ServiceAuth {
                     t
                 }
             };
-            out.push_str(&format!("Authorization: {} {token}\r\n", b.scheme));
+            out.push(("Authorization".into(), format!("{} {token}", b.scheme)));
         }
         Ok(out)
     }
@@ -315,18 +316,25 @@ mod tests {
             ..ServiceAuth::default()
         };
         auth.validate().unwrap();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
-            auth.header_lines().unwrap(),
-            "X-Tenant: acme\r\nAuthorization: Token first\r\n"
+            auth.request_headers().unwrap(),
+            [
+                pair("X-Tenant", "acme"),
+                pair("Authorization", "Token first")
+            ]
         );
         std::fs::write(&file, "second").unwrap();
-        assert!(auth.header_lines().unwrap().ends_with("Token second\r\n"));
+        assert_eq!(
+            auth.request_headers().unwrap().last(),
+            Some(&pair("Authorization", "Token second"))
+        );
         std::fs::remove_file(&file).unwrap();
-        assert!(auth.header_lines().unwrap_err().contains("token_path"));
+        assert!(auth.request_headers().unwrap_err().contains("token_path"));
         let _ = std::fs::remove_dir_all(dir);
         assert_eq!(
-            ServiceAuth::bearer("t0k").header_lines().unwrap(),
-            "Authorization: Bearer t0k\r\n"
+            ServiceAuth::bearer("t0k").request_headers().unwrap(),
+            [pair("Authorization", "Bearer t0k")]
         );
     }
 

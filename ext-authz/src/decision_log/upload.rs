@@ -62,36 +62,52 @@ pub(crate) struct Target {
     pub(crate) path: String,
 }
 
+/// Read by `http::Uri` (IPv6 literals in brackets, ports, no user information); a URL without
+/// a path posts to `/logs`, OPA's default `decision_logs.resource`.
 pub(crate) fn parse_url(url: &str) -> Result<Target, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(format!(
+                "`{url}`: the collector URL must start with http:// or https://"
+            ));
+        }
+    };
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
         return Err(format!(
-            "`{url}`: the collector URL must start with http:// or https://"
+            "`{url}`: user information in the URL is not supported (give credentials)"
         ));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/logs"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("`{url}`: bad port `{p}`"))?,
-        ),
-        _ => (authority.to_string(), if tls { 443 } else { 80 }),
-    };
+    }
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("`{url}`: no host"));
     }
+    // `http::Uri` takes `host:junk` with no port: a port that is written must be one.
+    if let Some((_, p)) = authority.rsplit_once(':')
+        && !p.contains(']')
+        && p.parse::<u16>().is_err()
+    {
+        return Err(format!("`{url}`: bad port `{p}`"));
+    }
+    let explicit_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    let path = match uri.path_and_query() {
+        Some(p) if explicit_path => p.as_str().to_string(),
+        _ => "/logs".to_string(),
+    };
     Ok(Target {
         tls,
-        host,
-        port,
-        path: path.to_string(),
+        host: host.to_string(),
+        port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        path,
     })
 }
 
@@ -312,8 +328,11 @@ fn post(
     json_array: &[u8],
 ) -> Result<(), String> {
     let body = gzip(json_array).map_err(|e| e.to_string())?;
-    let mut headers = String::from("Content-Type: application/json\r\nContent-Encoding: gzip\r\n");
-    headers.push_str(&config.auth.header_lines_within(config.timeout)?);
+    let mut headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Content-Encoding".to_string(), "gzip".to_string()),
+    ];
+    headers.extend(config.auth.headers_within(config.timeout)?);
     let (status, _, _) =
         crate::fetch::request("POST", &config.url, &headers, &body, tls, config.timeout)?;
     if (200..300).contains(&status) {
@@ -344,6 +363,10 @@ mod tests {
         assert_eq!(parse_url("http://[::1]:81/x").unwrap().host, "::1");
         assert!(parse_url("ftp://c").is_err());
         assert!(parse_url("http://c:port").is_err());
+        assert!(parse_url("http://user:pw@c/x").is_err());
+        assert!(parse_url("http:///x").is_err());
+        assert_eq!(parse_url("http://c/a?b=1").unwrap().path, "/a?b=1");
+        assert_eq!(parse_url("http://c:8080").unwrap().port, 8080);
     }
 
     #[test]
