@@ -381,39 +381,27 @@ pub fn sign_pem(pem: &str, alg: &str, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// DER `RSAPrivateKey` (PKCS #1) from a private RSA JWK.
+fn uint(b: &[u8]) -> anyhow::Result<pkcs1::UintRef<'_>> {
+    pkcs1::UintRef::new(b).map_err(|err| anyhow::anyhow!("invalid RSA private key: {err}"))
+}
+
+/// DER `RSAPrivateKey` (PKCS #1) from a private RSA JWK, encoded by the `pkcs1` crate.
 fn rsa_private_der(jwk: &Json) -> anyhow::Result<Vec<u8>> {
-    let mut body = der_integer(&[0]);
-    for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
-        body.extend(der_integer(&b64_field(jwk, name)?));
-    }
-    Ok(der_tlv(0x30, &body))
-}
-
-fn der_integer(bytes: &[u8]) -> Vec<u8> {
-    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut v = trimmed;
-    if v.is_empty() || v[0] & 0x80 != 0 {
-        v.insert(0, 0);
-    }
-    der_tlv(0x02, &v)
-}
-
-fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(u8::try_from(len).unwrap_or(0));
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
-        out.extend(bytes);
-    }
-    out.extend_from_slice(body);
-    out
+    use pkcs1::der::Encode;
+    let [n, e, d, p, q, dp, dq, qi] =
+        ["n", "e", "d", "p", "q", "dp", "dq", "qi"].map(|name| b64_field(jwk, name));
+    let (n, e, d, p, q, dp, dq, qi) = (n?, e?, d?, p?, q?, dp?, dq?, qi?);
+    let key = pkcs1::RsaPrivateKey {
+        modulus: uint(&n)?,
+        public_exponent: uint(&e)?,
+        private_exponent: uint(&d)?,
+        prime1: uint(&p)?,
+        prime2: uint(&q)?,
+        exponent1: uint(&dp)?,
+        exponent2: uint(&dq)?,
+        coefficient: uint(&qi)?,
+        other_prime_infos: None,
+    };
+    key.to_der()
+        .map_err(|err| anyhow::anyhow!("invalid RSA private key: {err}"))
 }
