@@ -416,6 +416,56 @@ fn verdicts_equal_opa_test() {
 /// Decision tests of gRPC calls: the file's `proto_descriptor` (relative to the file) decodes
 /// each case's `grpc` message as `serve --proto-descriptor` decodes a real call's body, so the
 /// policy reads the message's fields in `parsed_body`.
+/// CEL policies read a decoded gRPC message as `input.parsed_body`, in the protobuf JSON
+/// mapping: `kind` is the enum's name, and `count`, an `int64`, a string (`int()` reads it).
+#[test]
+fn cel_policies_read_the_decoded_grpc_message() {
+    let dir = std::env::temp_dir().join(format!("arbiter-test-grpc-cel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("protos")).unwrap();
+    arbiter_conformance::grpc_body::write_descriptor_set(&dir.join("protos/greeter.pb")).unwrap();
+    std::fs::write(
+        dir.join("greeter.cel.yaml"),
+        "name: greeter
+rules:
+  - name: small-user-calls
+    effect: allow
+    when: >
+      input.parsed_body.kind == \"USER\" && int(input.parsed_body.count) < 5 &&
+      input.parsed_body.userName.startsWith(\"a\")
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("greeter_test.yaml"),
+        "proto_descriptor: protos/greeter.pb
+request: {path: /arbiter.test.Greeter/Hello}
+cases:
+  - name: ann, three
+    request: {grpc: {userName: ann, kind: USER, count: 3}}
+    expect: {allowed: true, rule: small-user-calls}
+  - name: ann, nine
+    request: {grpc: {userName: ann, kind: USER, count: 9}}
+    expect: {allowed: false}
+  - name: ann as an admin
+    request: {grpc: {userName: ann, kind: ADMIN, count: 1}}
+    expect: {allowed: false}
+  - name: bob
+    request: {grpc: {userName: bob, kind: USER, count: 1}}
+    expect: {allowed: false}
+",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["test", "-v"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("PASS: 4/4"), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn decision_tests_send_grpc_messages() {
     let dir = std::env::temp_dir().join(format!("arbiter-test-grpc-{}", std::process::id()));
