@@ -4,10 +4,11 @@
 //!
 //! - Served by `arbiter audit serve FILE…` (after the fact) and mounted at `/ui/` by
 //!   `arbiter serve --ui` (live, following the log as it grows and rotates).
-//! - Server-rendered HTML with hand-written SVG charts, one small stylesheet and one small
-//!   script, all compiled into the binary: no CDN, no network. Everything shown is escaped
-//!   (paths, headers and identities come from callers), and a strict Content-Security-Policy
-//!   allows only the page's own script and stylesheet.
+//! - Server-rendered HTML (maud templates, checked when compiled) with SVG charts, one small
+//!   stylesheet and one small script, all compiled into the binary: no CDN, no network.
+//!   Everything shown is escaped by maud, control characters spelled out (`Shown`): paths,
+//!   headers and identities come from callers. A strict Content-Security-Policy allows only
+//!   the page's own script and stylesheet.
 //! - The log is indexed once ([`LogIndex`]) and re-read incrementally by a background thread;
 //!   requests only read the index. Totals come from the same code as `arbiter audit summary`.
 //! - Access: a bearer token (header, or a cookie set by `/login`), or mTLS on the listener
@@ -28,6 +29,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use maud::{DOCTYPE, Markup, Render, html};
 
 const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
@@ -354,10 +356,9 @@ fn unauthorized(d: &Dashboard) -> Response {
         layout(
             d,
             "sign in",
-            &format!(
-                "<p>This dashboard needs its bearer token. <a href=\"{}/login\">Sign in</a>.</p>",
-                esc(&d.prefix)
-            ),
+            html! {
+                p { "This dashboard needs its bearer token. " a href={ (d.prefix) "/login" } { "Sign in" } "." }
+            },
         ),
     );
     r.headers_mut()
@@ -365,23 +366,29 @@ fn unauthorized(d: &Dashboard) -> Response {
     r
 }
 
-/// HTML-escape text for element content and quoted attributes.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => {
-                let _ = write!(o, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => o.push(c),
+/// Text as the page shows it, escaped by maud: the control characters a log line can carry
+/// (but newlines and tabs) spelled out (`\u{1b}`), so an event cannot hide or fake text.
+struct Shown<'a>(&'a str);
+
+fn hidden(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+impl Render for Shown<'_> {
+    fn render_to(&self, buf: &mut String) {
+        if !self.0.chars().any(hidden) {
+            return self.0.render_to(buf);
         }
+        let mut spelled = String::with_capacity(self.0.len() + 8);
+        for c in self.0.chars() {
+            if hidden(c) {
+                let _ = write!(spelled, "\\u{{{:x}}}", u32::from(c));
+            } else {
+                spelled.push(c);
+            }
+        }
+        spelled.render_to(buf);
     }
-    o
 }
 
 /// Percent-encode a query value.
@@ -389,19 +396,34 @@ fn enc(s: &str) -> String {
     arbiter_engine::path::encode_component(s)
 }
 
-fn layout(d: &Dashboard, title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{} · arbiter audit</title><link rel=\"stylesheet\" href=\"{p}/assets/app.css\"><script src=\"{p}/assets/app.js\" defer></script></head>\
-<body><header><a class=\"brand\" href=\"{p}/\">arbiter audit</a> <a href=\"{p}/impact\">impact</a>{live}</header><main>{body}</main></body></html>\n",
-        esc(title),
-        p = esc(&d.prefix),
-        live = if d.live {
-            "<label class=\"live\"><input type=\"checkbox\" id=\"autorefresh\"> refresh every 5 s</label>"
-        } else {
-            ""
-        },
-    )
+fn layout(d: &Dashboard, title: &str, body: Markup) -> String {
+    let p = &d.prefix;
+    let mut page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (Shown(title)) " · arbiter audit" }
+                link rel="stylesheet" href={ (p) "/assets/app.css" };
+                script src={ (p) "/assets/app.js" } defer {}
+            }
+            body {
+                header {
+                    a.brand href={ (p) "/" } { "arbiter audit" }
+                    " "
+                    a href={ (p) "/impact" } { "impact" }
+                    @if d.live {
+                        label.live { input type="checkbox" id="autorefresh"; " refresh every 5 s" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string();
+    page.push('\n');
+    page
 }
 
 /// The filter as given in the query string.
@@ -503,46 +525,51 @@ fn fmt_time(ns: i64) -> String {
     arbiter_engine::record::rfc3339_nanos(i128::from(ns))
 }
 
-fn verdict_html(v: &Verdict, files: &[String]) -> String {
-    let files = files.iter().map(|f| esc(f)).collect::<Vec<_>>().join(", ");
+fn verdict_html(v: &Verdict, files: &[String]) -> Markup {
+    let files = files.join(", ");
     match &v.failure {
         None => {
             let start = match v.first_prev_hash.as_deref() {
                 Some(arbiter_engine::audit::chain::GENESIS) => {
                     "from the start of the chain".to_string()
                 }
-                Some(h) => format!("continuing after event {}", esc(&h[..h.len().min(16)])),
+                Some(h) => format!("continuing after event {}", &h[..h.len().min(16)]),
                 None => "no events".to_string(),
             };
-            format!(
-                "<section class=\"verdict ok\" data-k=\"chain\" data-ok=\"true\"><strong>Hash chain verified</strong>: <span data-k=\"verified\">{}</span> events, {start}. <span class=\"files\">Files: {files}</span></section>",
-                v.verified
-            )
+            html! {
+                section.verdict.ok data-k="chain" data-ok="true" {
+                    strong { "Hash chain verified" } ": "
+                    span data-k="verified" { (v.verified) } " events, " (Shown(&start)) ". "
+                    span.files { "Files: " (Shown(&files)) }
+                }
+            }
         }
-        Some(f) => format!(
-            "<section class=\"verdict broken\" data-k=\"chain\" data-ok=\"false\"><strong>Hash chain BROKEN</strong> at <span data-k=\"broken-at\">{}:{}</span>: {}. {} events verified before it. <span class=\"files\">Files: {files}</span></section>",
-            esc(&f.file),
-            f.line,
-            esc(&f.error.to_string()),
-            v.verified
-        ),
+        Some(f) => html! {
+            section.verdict.broken data-k="chain" data-ok="false" {
+                strong { "Hash chain BROKEN" } " at "
+                span data-k="broken-at" { (Shown(&f.file)) ":" (f.line) } ": "
+                (Shown(&f.error.to_string())) ". " (v.verified) " events verified before it. "
+                span.files { "Files: " (Shown(&files)) }
+            }
+        },
     }
 }
 
-fn card(key: &str, label: &str, value: &str, note: &str) -> String {
-    format!(
-        "<div class=\"card\"><div class=\"label\">{}</div><div class=\"value\" data-k=\"{key}\">{}</div><div class=\"note\">{}</div></div>",
-        esc(label),
-        esc(value),
-        esc(note)
-    )
+fn card(key: &str, label: &str, value: &str, note: &str) -> Markup {
+    html! {
+        div.card {
+            div.label { (Shown(label)) }
+            div.value data-k=(key) { (Shown(value)) }
+            div.note { (Shown(note)) }
+        }
+    }
 }
 
 /// Stacked bars per time bucket: allowed, denied by policy, errors.
-fn timeline_svg(s: &Summary) -> String {
-    if s.timeline.is_empty() {
-        return "<p class=\"empty\">No timestamps.</p>".into();
-    }
+fn timeline_svg(s: &Summary) -> Markup {
+    let (Some(first), Some(last)) = (s.timeline.first(), s.timeline.last()) else {
+        return html! { p.empty { "No timestamps." } };
+    };
     let (w, h, pad) = (960.0_f64, 180.0_f64, 24.0_f64);
     let max = s
         .timeline
@@ -553,44 +580,42 @@ fn timeline_svg(s: &Summary) -> String {
         .max(1) as f64;
     let n = s.timeline.len() as f64;
     let bw = ((w - 2.0 * pad) / n).max(1.0);
-    let mut o = format!(
-        "<svg class=\"timeline\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"decisions over time\">",
-        h + 20.0
-    );
-    for (i, b) in s.timeline.iter().enumerate() {
+    let scale = |v: u64| v as f64 / max * (h - pad);
+    // Each bar's segments bottom up: (class, count, y, height).
+    let bars = s.timeline.iter().enumerate().map(|(i, b)| {
         let x = pad + i as f64 * bw;
-        let scale = |v: u64| v as f64 / max * (h - pad);
-        let policy_denied = b.denied.saturating_sub(b.errors);
         let mut y = h;
+        let mut segments = Vec::with_capacity(3);
         for (v, class) in [
             (b.allowed, "allowed"),
-            (policy_denied, "denied"),
+            (b.denied.saturating_sub(b.errors), "denied"),
             (b.errors, "error"),
         ] {
             let bh = scale(v);
             if bh > 0.0 {
                 y -= bh;
-                let _ = write!(
-                    o,
-                    "<rect class=\"{class}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{}: {v} {class}</title></rect>",
-                    (bw - 1.0).max(0.5),
-                    esc(&b.start)
-                );
+                segments.push((class, v, y, bh));
+            }
+        }
+        (x, &b.start, segments)
+    });
+    html! {
+        svg.timeline viewBox={ "0 0 " (w) " " (h + 20.0) } role="img" aria-label="decisions over time" {
+            @for (x, start, segments) in bars {
+                @for (class, v, y, bh) in segments {
+                    rect class=(class) x=(format!("{x:.1}")) y=(format!("{y:.1}"))
+                        width=(format!("{:.1}", (bw - 1.0).max(0.5))) height=(format!("{bh:.1}")) {
+                        title { (Shown(start)) ": " (v) " " (class) }
+                    }
+                }
+            }
+            text x=(pad) y=(h + 16.0) class="axis" { (Shown(&first.start)) }
+            text x=(w - pad) y=(h + 16.0) class="axis" text-anchor="end" { (Shown(&last.start)) }
+            text x=(pad) y="12" class="axis" {
+                (bucket_name(s.bucket_seconds)) " per bar (max " (max as u64) ")"
             }
         }
     }
-    let _ = write!(
-        o,
-        "<text x=\"{pad}\" y=\"{}\" class=\"axis\">{}</text><text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"end\">{}</text><text x=\"{pad}\" y=\"12\" class=\"axis\">{} per bar (max {})</text></svg>",
-        h + 16.0,
-        esc(&s.timeline[0].start),
-        w - pad,
-        h + 16.0,
-        esc(&s.timeline[s.timeline.len() - 1].start),
-        esc(&bucket_name(s.bucket_seconds)),
-        max as u64
-    );
-    o
 }
 
 fn bucket_name(s: i64) -> String {
@@ -606,36 +631,34 @@ fn bucket_name(s: i64) -> String {
     }
 }
 
-fn ranking(d: &Dashboard, key: &str, title: &str, list: &[Count], of: u64, param: &str) -> String {
-    let mut o = format!(
-        "<section class=\"rank\"><h3>{}</h3><table data-k=\"{key}\"><tbody>",
-        esc(title)
-    );
-    if list.is_empty() {
-        o.push_str("<tr><td class=\"empty\">none</td></tr>");
+fn ranking(d: &Dashboard, key: &str, title: &str, list: &[Count], of: u64, param: &str) -> Markup {
+    html! {
+        section.rank {
+            h3 { (Shown(title)) }
+            table data-k=(key) {
+                tbody {
+                    @if list.is_empty() {
+                        tr { td.empty { "none" } }
+                    }
+                    @for c in list {
+                        tr data-name=(Shown(&c.name)) data-count=(c.count) {
+                            td.name {
+                                @if param.is_empty() {
+                                    (Shown(&c.name))
+                                } @else {
+                                    a href={ (d.prefix) "/?" (param) "=" (enc(&c.name)) "&decision=denied#events" } {
+                                        (Shown(&c.name))
+                                    }
+                                }
+                            }
+                            td.num { (c.count) }
+                            td.num { (percent(c.count, of)) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    for c in list {
-        let name = if param.is_empty() {
-            esc(&c.name)
-        } else {
-            format!(
-                "<a href=\"{}/?{param}={}&amp;decision=denied#events\">{}</a>",
-                esc(&d.prefix),
-                enc(&c.name),
-                esc(&c.name)
-            )
-        };
-        let _ = write!(
-            o,
-            "<tr data-name=\"{}\" data-count=\"{}\"><td class=\"name\">{name}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            esc(&c.name),
-            c.count,
-            c.count,
-            percent(c.count, of)
-        );
-    }
-    o.push_str("</tbody></table></section>");
-    o
 }
 
 async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Response {
@@ -643,7 +666,6 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
     let Ok(index) = d.index.read() else {
         return index_unavailable();
     };
-    let mut o = String::with_capacity(64 << 10);
     let files: Vec<String> = index
         .files()
         .iter()
@@ -653,194 +675,125 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
         (Some(f), Some(l)) => format!("from {f} to {l}"),
         _ => String::new(),
     };
-    let _ = write!(
-        o,
-        "<h1>{} decisions <small>{}</small></h1>",
-        s.events,
-        esc(&range)
-    );
-    o.push_str(&verdict_html(&index.verdict(), &files));
-    o.push_str("<section class=\"cards\">");
-    o.push_str(&card(
-        "events",
-        "decisions",
-        &s.events.to_string(),
-        &format!("{} unreadable lines", s.unreadable),
-    ));
-    o.push_str(&card(
-        "allowed",
-        "allowed",
-        &s.allowed.to_string(),
-        &percent(s.allowed, s.events),
-    ));
-    o.push_str(&card(
-        "denied",
-        "denied",
-        &s.denied.to_string(),
-        &format!("deny rate {}", percent(s.denied, s.events)),
-    ));
-    o.push_str(&card(
-        "errors",
-        "errors",
-        &s.errors.to_string(),
-        "denials caused by errors",
-    ));
-    o.push_str(&card(
-        "dry_run",
-        "dry-run",
-        &s.dry_run.to_string(),
-        "decisions not enforced",
-    ));
     let l = &s.latency;
-    o.push_str(&card(
-        "p99",
-        "latency p99",
-        &dur(l.p99_ns),
-        &format!(
-            "p50 {} · p90 {} · max {}",
-            dur(l.p50_ns),
-            dur(l.p90_ns),
-            dur(l.max_ns)
-        ),
-    ));
-    o.push_str("</section>");
-    o.push_str("<section><h2>Decisions over time</h2><div class=\"legend\"><span class=\"allowed\">allowed</span><span class=\"denied\">denied</span><span class=\"error\">errors</span></div>");
-    o.push_str(&timeline_svg(&s));
-    o.push_str("</section><section class=\"ranks\">");
-    o.push_str(&ranking(
-        &d,
-        "top_denied_identities",
-        "Top denied identities",
-        &s.top_denied_identities,
-        s.denied,
-        "identity",
-    ));
-    o.push_str(&ranking(
-        &d,
-        "top_denied_paths",
-        "Top denied paths",
-        &s.top_denied_paths,
-        s.denied,
-        "path",
-    ));
-    o.push_str(&ranking(
-        &d,
-        "top_deny_rules",
-        "Top denying rules",
-        &s.top_deny_rules,
-        s.denied,
-        "rule",
-    ));
-    o.push_str(&ranking(
-        &d,
-        "reasons",
-        "Denial reasons",
-        &s.reasons,
-        s.denied,
-        "",
-    ));
-    o.push_str("</section>");
-    o.push_str("<section><h2>Per policy revision</h2><table data-k=\"revisions\"><thead><tr><th>revision</th><th>decisions</th><th>allowed</th><th>denied</th><th>first</th><th>last</th></tr></thead><tbody>");
-    for r in &s.revisions {
-        let _ = write!(
-            o,
-            "<tr data-name=\"{}\" data-count=\"{}\"><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.revision),
-            r.events,
-            esc(&r.revision),
-            r.events,
-            r.allowed,
-            r.denied,
-            esc(&r.first),
-            esc(&r.last)
-        );
-    }
-    o.push_str("</tbody></table></section>");
-    events_section(&d, &index, &p, &mut o);
+    let body = html! {
+        h1 { (s.events) " decisions " small { (Shown(&range)) } }
+        (verdict_html(&index.verdict(), &files))
+        section.cards {
+            (card("events", "decisions", &s.events.to_string(), &format!("{} unreadable lines", s.unreadable)))
+            (card("allowed", "allowed", &s.allowed.to_string(), &percent(s.allowed, s.events)))
+            (card("denied", "denied", &s.denied.to_string(), &format!("deny rate {}", percent(s.denied, s.events))))
+            (card("errors", "errors", &s.errors.to_string(), "denials caused by errors"))
+            (card("dry_run", "dry-run", &s.dry_run.to_string(), "decisions not enforced"))
+            (card("p99", "latency p99", &dur(l.p99_ns), &format!("p50 {} · p90 {} · max {}", dur(l.p50_ns), dur(l.p90_ns), dur(l.max_ns))))
+        }
+        section {
+            h2 { "Decisions over time" }
+            div.legend { span.allowed { "allowed" } span.denied { "denied" } span.error { "errors" } }
+            (timeline_svg(&s))
+        }
+        section.ranks {
+            (ranking(&d, "top_denied_identities", "Top denied identities", &s.top_denied_identities, s.denied, "identity"))
+            (ranking(&d, "top_denied_paths", "Top denied paths", &s.top_denied_paths, s.denied, "path"))
+            (ranking(&d, "top_deny_rules", "Top denying rules", &s.top_deny_rules, s.denied, "rule"))
+            (ranking(&d, "reasons", "Denial reasons", &s.reasons, s.denied, ""))
+        }
+        section {
+            h2 { "Per policy revision" }
+            table data-k="revisions" {
+                thead { tr { th { "revision" } th { "decisions" } th { "allowed" } th { "denied" } th { "first" } th { "last" } } }
+                tbody {
+                    @for r in &s.revisions {
+                        tr data-name=(Shown(&r.revision)) data-count=(r.events) {
+                            td.mono { (Shown(&r.revision)) }
+                            td.num { (r.events) }
+                            td.num { (r.allowed) }
+                            td.num { (r.denied) }
+                            td { (Shown(&r.first)) }
+                            td { (Shown(&r.last)) }
+                        }
+                    }
+                }
+            }
+        }
+        (events_section(&d, &index, &p))
+    };
     drop(index);
-    html(StatusCode::OK, layout(&d, "dashboard", &o))
+    html(StatusCode::OK, layout(&d, "dashboard", body))
 }
 
-fn events_section(d: &Dashboard, index: &LogIndex, p: &Params, o: &mut String) {
-    let sel = |v: &str| if p.decision == v { " selected" } else { "" };
-    let _ = write!(
-        o,
-        "<section id=\"events\"><h2>Events</h2><form class=\"filter\" method=\"get\" action=\"{pre}/#events\" id=\"filter\">\
-<label>identity <input name=\"identity\" value=\"{}\" placeholder=\"spiffe://…\"></label>\
-<label>path <input name=\"path\" value=\"{}\" placeholder=\"/api\"></label>\
-<label>rule <input name=\"rule\" value=\"{}\"></label>\
-<label>decision <select name=\"decision\" id=\"decision\"><option value=\"\">all</option><option value=\"allowed\"{}>allowed</option><option value=\"denied\"{}>denied</option><option value=\"error\"{}>error</option></select></label>\
-<label>from <input name=\"from\" value=\"{}\" placeholder=\"2026-11-26T10:00:00Z\"></label>\
-<label>to <input name=\"to\" value=\"{}\" placeholder=\"2026-11-26T11:00:00Z\"></label>\
-<button type=\"submit\">filter</button> <a href=\"{pre}/#events\">clear</a></form>",
-        esc(&p.identity),
-        esc(&p.path),
-        esc(&p.rule),
-        sel("allowed"),
-        sel("denied"),
-        sel("error"),
-        esc(&p.from),
-        esc(&p.to),
-        pre = esc(&d.prefix),
-    );
-    let filter = match p.filter() {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = write!(
-                o,
-                "<p class=\"error\" data-k=\"filter-error\">{}</p></section>",
-                esc(&e)
-            );
-            return;
+fn events_section(d: &Dashboard, index: &LogIndex, p: &Params) -> Markup {
+    let pre = &d.prefix;
+    html! {
+        section id="events" {
+            h2 { "Events" }
+            form.filter method="get" action={ (pre) "/#events" } id="filter" {
+                label { "identity " input name="identity" value=(Shown(&p.identity)) placeholder="spiffe://…"; }
+                label { "path " input name="path" value=(Shown(&p.path)) placeholder="/api"; }
+                label { "rule " input name="rule" value=(Shown(&p.rule)); }
+                label {
+                    "decision "
+                    select name="decision" id="decision" {
+                        option value="" { "all" }
+                        option value="allowed" selected[p.decision == "allowed"] { "allowed" }
+                        option value="denied" selected[p.decision == "denied"] { "denied" }
+                        option value="error" selected[p.decision == "error"] { "error" }
+                    }
+                }
+                label { "from " input name="from" value=(Shown(&p.from)) placeholder="2026-11-26T10:00:00Z"; }
+                label { "to " input name="to" value=(Shown(&p.to)) placeholder="2026-11-26T11:00:00Z"; }
+                button type="submit" { "filter" }
+                " "
+                a href={ (pre) "/#events" } { "clear" }
+            }
+            @match p.filter() {
+                Err(e) => p.error data-k="filter-error" { (Shown(&e)) },
+                Ok(filter) => (events_table(d, index, p, &filter)),
+            }
         }
-    };
+    }
+}
+
+/// The events matching `filter`, one page of them, and the links to the pages beside it.
+fn events_table(d: &Dashboard, index: &LogIndex, p: &Params, filter: &Filter) -> Markup {
+    let pre = &d.prefix;
     let page = p.page.unwrap_or(0);
-    let (total, rows) = index.query(&filter, page, PER_PAGE);
+    let (total, rows) = index.query(filter, page, PER_PAGE);
     let first = page * PER_PAGE;
-    let _ = write!(
-        o,
-        "<p class=\"count\"><span data-k=\"matching\">{total}</span> matching events{}</p>",
-        if total > 0 {
-            format!(", showing {}–{}", first + 1, first + rows.len())
-        } else {
-            String::new()
+    html! {
+        p.count {
+            span data-k="matching" { (total) } " matching events"
+            @if total > 0 { ", showing " (first + 1) "–" (first + rows.len()) }
         }
-    );
-    o.push_str("<table class=\"events\" data-k=\"events-table\"><thead><tr><th>time</th><th>decision</th><th>identity</th><th>path</th><th>rule</th><th>reason</th><th>latency</th></tr></thead><tbody>");
-    for i in rows {
-        let r = index.rows[i];
-        let link = format!("{}/event/{i}", esc(&d.prefix));
-        let _ = write!(
-            o,
-            "<tr class=\"{}\" data-href=\"{link}\"><td><a href=\"{link}\">{}</a></td><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
-            r.outcome.as_str(),
-            esc(&fmt_time(r.time_ns)),
-            r.outcome.as_str(),
-            esc(index.strings.get(r.identity)),
-            esc(index.strings.get(r.path)),
-            esc(index.strings.get(r.rule)),
-            esc(index.strings.get(r.reason)),
-            dur(r.latency_ns)
-        );
+        table.events data-k="events-table" {
+            thead {
+                tr { th { "time" } th { "decision" } th { "identity" } th { "path" } th { "rule" } th { "reason" } th { "latency" } }
+            }
+            tbody {
+                @for i in rows {
+                    @let r = index.rows[i];
+                    @let link = format!("{pre}/event/{i}");
+                    tr class=(r.outcome.as_str()) data-href=(link) {
+                        td { a href=(link) { (Shown(&fmt_time(r.time_ns))) } }
+                        td { (r.outcome.as_str()) }
+                        td.mono { (Shown(index.strings.get(r.identity))) }
+                        td.mono { (Shown(index.strings.get(r.path))) }
+                        td.mono { (Shown(index.strings.get(r.rule))) }
+                        td { (Shown(index.strings.get(r.reason))) }
+                        td.num { (dur(r.latency_ns)) }
+                    }
+                }
+            }
+        }
+        nav.pages {
+            @if page > 0 {
+                a rel="prev" href={ (pre) "/" (p.query(page - 1)) "#events" } { "← newer" }
+            }
+            @if (page + 1) * PER_PAGE < total {
+                a rel="next" href={ (pre) "/" (p.query(page + 1)) "#events" } { "older →" }
+            }
+        }
     }
-    o.push_str("</tbody></table><nav class=\"pages\">");
-    if page > 0 {
-        let _ = write!(
-            o,
-            "<a rel=\"prev\" href=\"{}/{}#events\">← newer</a>",
-            esc(&d.prefix),
-            esc(&p.query(page - 1))
-        );
-    }
-    if (page + 1) * PER_PAGE < total {
-        let _ = write!(
-            o,
-            "<a rel=\"next\" href=\"{}/{}#events\">older →</a>",
-            esc(&d.prefix),
-            esc(&p.query(page + 1))
-        );
-    }
-    o.push_str("</nav></section>");
 }
 
 async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Response {
@@ -851,126 +804,119 @@ async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Re
         (index.event(n), index.location(n))
     };
     let body = match event {
-        Ok(e) => format!(
-            "<h1>Event <span class=\"mono\">{}</span></h1><p class=\"where\">{} · <a href=\"{}/#events\">back</a></p><pre class=\"event\" data-k=\"event\">{}</pre>",
-            esc(e
-                .get("decision_id")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")),
-            esc(&location),
-            esc(&d.prefix),
-            esc(&serde_json::to_string_pretty(&e).unwrap_or_default())
-        ),
+        Ok(e) => html! {
+            h1 {
+                "Event "
+                span.mono { (Shown(e.get("decision_id").and_then(serde_json::Value::as_str).unwrap_or(""))) }
+            }
+            p.where { (Shown(&location)) " · " a href={ (d.prefix) "/#events" } { "back" } }
+            pre.event data-k="event" { (Shown(&serde_json::to_string_pretty(&e).unwrap_or_default())) }
+        },
         Err(e) => {
             return html(
                 StatusCode::NOT_FOUND,
-                layout(
-                    &d,
-                    "event",
-                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
-                ),
+                layout(&d, "event", html! { p.error { (Shown(&e.to_string())) } }),
             );
         }
     };
-    html(StatusCode::OK, layout(&d, "event", &body))
+    html(StatusCode::OK, layout(&d, "event", body))
 }
 
 /// Who gains or loses access to what: the shadow set's disagreements recorded in the log, and
 /// a replay of the log under candidate policies.
 async fn impact_page(State(d): State<Arc<Dashboard>>) -> Response {
+    use arbiter_engine::audit::replay::Direction;
     let s = d.summary();
-    let mut o = String::with_capacity(16 << 10);
-    o.push_str("<h1>Impact of a policy change</h1>");
-    o.push_str("<section><h2>Shadow disagreements</h2>");
-    if s.shadow_new_access + s.shadow_new_denials == 0 {
-        o.push_str("<p class=\"note\">None in this log. <code>arbiter serve --shadow DIR</code> records in each decision event what a second policy set decided when it disagrees.</p>");
-    } else {
-        let _ = write!(
-            o,
-            "<p>{} checks the shadow set would have <b>allowed</b> (new access), {} it would have <b>denied</b> (new denials).</p>",
-            s.shadow_new_access, s.shadow_new_denials
-        );
-        o.push_str("<table><thead><tr><th>direction</th><th>identity</th><th>request</th><th>events</th></tr></thead><tbody>");
-        for c in &s.shadow_disagreements {
-            let _ = write!(
-                o,
-                "<tr><td class=\"{cls}\">{dir}</td><td><a href=\"{p}/?identity={ie}\">{i}</a></td><td>{m} <a href=\"{p}/?path={pe}\">{path}</a></td><td>{n}</td></tr>",
-                cls = if c.direction == "new_access" {
-                    "denied"
-                } else {
-                    "allowed"
-                },
-                dir = esc(&c.direction.replace('_', " ")),
-                p = esc(&d.prefix),
-                ie = enc(&c.identity),
-                i = esc(&c.identity),
-                m = esc(&c.method),
-                pe = enc(&c.path),
-                path = esc(&c.path),
-                n = c.count
-            );
-        }
-        o.push_str("</tbody></table>");
-    }
-    o.push_str("</section><section><h2>Replay under candidate policies</h2>");
+    let p = &d.prefix;
     let impact = d.impact.read().map(|i| i.clone()).unwrap_or_default();
-    match impact {
-        Impact::None => o.push_str("<p class=\"note\">None asked for. <code>arbiter audit serve --candidate DIR FILE…</code> replays these files under the policies in DIR; <code>arbiter replay</code> does the same on the command line.</p>"),
-        Impact::Running { candidate } => {
-            let _ = write!(o, "<p>Replaying under <code>{}</code>…</p>", esc(&candidate));
-        }
-        Impact::Failed(why) => {
-            let _ = write!(o, "<p class=\"error\">The replay failed: {}</p>", esc(&why));
-        }
-        Impact::Done { candidate, baseline, report: r, seconds } => {
-            let _ = write!(
-                o,
-                "<p>{} events replayed under <code>{}</code> against {} in {seconds:.1} s: {} compared, {} unchanged, <b>{} new access</b>, <b>{} new denials</b>{}.</p>",
-                r.lines,
-                esc(&candidate),
-                esc(&baseline),
-                r.compared,
-                r.unchanged,
-                r.new_access,
-                r.new_denials,
-                if r.approximate > 0 {
-                    format!(" ({} compared events approximate: masked fields the policies may read; {} of them flipped)", r.approximate, r.approximate_flips)
-                } else {
-                    String::new()
+    let body = html! {
+        h1 { "Impact of a policy change" }
+        section {
+            h2 { "Shadow disagreements" }
+            @if s.shadow_new_access + s.shadow_new_denials == 0 {
+                p.note {
+                    "None in this log. " code { "arbiter serve --shadow DIR" }
+                    " records in each decision event what a second policy set decided when it disagrees."
                 }
-            );
-            for (direction, title) in [
-                (arbiter_engine::audit::replay::Direction::NewAccess, "New access (denied before, allowed under the candidate)"),
-                (arbiter_engine::audit::replay::Direction::NewDenial, "New denials (allowed before, denied under the candidate)"),
-            ] {
-                let groups = r.requests(direction);
-                if groups.is_empty() {
-                    continue;
+            } @else {
+                p {
+                    (s.shadow_new_access) " checks the shadow set would have " b { "allowed" }
+                    " (new access), " (s.shadow_new_denials) " it would have " b { "denied" } " (new denials)."
                 }
-                let _ = write!(o, "<h3>{}</h3><table><thead><tr><th>identity</th><th>request</th><th>events</th><th>examples</th></tr></thead><tbody>", esc(title));
-                for ((_, identity, path, method), g) in groups.iter().take(50) {
-                    let examples: Vec<String> = g
-                        .examples
-                        .iter()
-                        .map(|x| format!("<code title=\"{}\">{}</code>", esc(&x.at), esc(&x.decision_id)))
-                        .collect();
-                    let _ = write!(
-                        o,
-                        "<tr><td>{}</td><td>{} {}</td><td>{}{}</td><td>{}</td></tr>",
-                        esc(identity),
-                        esc(method),
-                        esc(path),
-                        g.count,
-                        if g.approximate > 0 { format!(" ({} approximate)", g.approximate) } else { String::new() },
-                        examples.join(" ")
-                    );
+                table {
+                    thead { tr { th { "direction" } th { "identity" } th { "request" } th { "events" } } }
+                    tbody {
+                        @for c in &s.shadow_disagreements {
+                            tr {
+                                td class=(if c.direction == "new_access" { "denied" } else { "allowed" }) {
+                                    (Shown(&c.direction.replace('_', " ")))
+                                }
+                                td { a href={ (p) "/?identity=" (enc(&c.identity)) } { (Shown(&c.identity)) } }
+                                td { (Shown(&c.method)) " " a href={ (p) "/?path=" (enc(&c.path)) } { (Shown(&c.path)) } }
+                                td { (c.count) }
+                            }
+                        }
+                    }
                 }
-                o.push_str("</tbody></table>");
             }
         }
-    }
-    o.push_str("</section>");
-    html(StatusCode::OK, layout(&d, "impact", &o))
+        section {
+            h2 { "Replay under candidate policies" }
+            @match &impact {
+                Impact::None => p.note {
+                    "None asked for. " code { "arbiter audit serve --candidate DIR FILE…" }
+                    " replays these files under the policies in DIR; " code { "arbiter replay" }
+                    " does the same on the command line."
+                },
+                Impact::Running { candidate } => p { "Replaying under " code { (Shown(candidate)) } "…" },
+                Impact::Failed(why) => p.error { "The replay failed: " (Shown(why)) },
+                Impact::Done { candidate, baseline, report: r, seconds } => {
+                    p {
+                        (r.lines) " events replayed under " code { (Shown(candidate)) } " against "
+                        (Shown(baseline)) " in " (format!("{seconds:.1}")) " s: " (r.compared)
+                        " compared, " (r.unchanged) " unchanged, " b { (r.new_access) " new access" }
+                        ", " b { (r.new_denials) " new denials" }
+                        @if r.approximate > 0 {
+                            " (" (r.approximate) " compared events approximate: masked fields the policies may read; "
+                            (r.approximate_flips) " of them flipped)"
+                        }
+                        "."
+                    }
+                    @for (direction, title) in [
+                        (Direction::NewAccess, "New access (denied before, allowed under the candidate)"),
+                        (Direction::NewDenial, "New denials (allowed before, denied under the candidate)"),
+                    ] {
+                        @let groups = r.requests(direction);
+                        @if !groups.is_empty() {
+                            h3 { (title) }
+                            table {
+                                thead { tr { th { "identity" } th { "request" } th { "events" } th { "examples" } } }
+                                tbody {
+                                    @for ((_, identity, path, method), g) in groups.iter().take(50) {
+                                        tr {
+                                            td { (Shown(identity)) }
+                                            td { (Shown(method)) " " (Shown(path)) }
+                                            td {
+                                                (g.count)
+                                                @if g.approximate > 0 { " (" (g.approximate) " approximate)" }
+                                            }
+                                            td {
+                                                @for (k, x) in g.examples.iter().enumerate() {
+                                                    @if k > 0 { " " }
+                                                    code title=(Shown(&x.at)) { (Shown(&x.decision_id)) }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html(StatusCode::OK, layout(&d, "impact", body))
 }
 
 async fn api_impact(State(d): State<Arc<Dashboard>>) -> Response {
@@ -1057,10 +1003,13 @@ async fn login_form(State(d): State<Arc<Dashboard>>) -> Response {
         layout(
             &d,
             "sign in",
-            &format!(
-                "<form class=\"login\" method=\"post\" action=\"{}/login\"><label>token <input type=\"password\" name=\"token\" autocomplete=\"current-password\"></label> <button type=\"submit\">sign in</button></form>",
-                esc(&d.prefix)
-            ),
+            html! {
+                form.login method="post" action={ (d.prefix) "/login" } {
+                    label { "token " input type="password" name="token" autocomplete="current-password"; }
+                    " "
+                    button type="submit" { "sign in" }
+                }
+            },
         ),
     )
 }

@@ -217,3 +217,17 @@ fn a_live_log_is_followed() {
     assert_eq!(d.events(), 13);
     assert_eq!(d.summary().events, 13);
 }
+
+/// Text and attribute values: markup escaped by maud, control characters (a terminal escape,
+/// a NUL, a carriage return) spelled out; newlines and tabs kept.
+#[test]
+fn shown_text_escapes_markup_and_spells_control_characters() {
+    let m = html! {
+        p title=(Shown("x\" onmouseover=\"alert(1)")) { (Shown("a\u{1b}[31m<b>\0\r\n\tz")) }
+    }
+    .into_string();
+    assert_eq!(
+        m,
+        "<p title=\"x&quot; onmouseover=&quot;alert(1)\">a\\u{1b}[31m&lt;b&gt;\\u{0}\\u{d}\n\tz</p>"
+    );
+}
