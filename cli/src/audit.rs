@@ -75,10 +75,26 @@ pub struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "nats", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     #[arg(short, long, value_enum, default_value = "pretty")]
     pub format: Format,
+    /// Verify every instance's chain in a NATS JetStream stream (`serve --decision-log-nats`)
+    /// at this URL; with FILEs, also compare them with their instance's events in the stream.
+    #[arg(long, value_name = "URL", requires = "stream")]
+    pub nats: Option<String>,
+    /// The stream.
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub stream: Option<String>,
+    /// Only this instance (`labels.id`).
+    #[arg(long, value_name = "ID", requires = "nats")]
+    pub instance: Option<String>,
+    /// A NATS credentials file.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) of a TLS NATS server.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub nats_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -300,6 +316,9 @@ fn open_all(files: &[PathBuf], err: &mut dyn Write) -> Option<Vec<(String, BufRe
 }
 
 fn verify(a: &VerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    if let (Some(url), Some(stream)) = (&a.nats, &a.stream) {
+        return crate::audit_nats::verify(a, url, stream, out, err);
+    }
     let Some(readers) = open_all(&a.files, err) else {
         return Exit::Usage;
     };

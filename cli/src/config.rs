@@ -134,6 +134,28 @@ pub struct ConfigFile {
     pub decision_log: Option<String>,
     #[serde(rename = "decision-log-url", alias = "decision_log_url")]
     pub decision_log_url: Option<String>,
+    /// `--decision-log-nats` and its companions (files relative to this file).
+    #[serde(rename = "decision-log-nats", alias = "decision_log_nats")]
+    pub decision_log_nats: Option<String>,
+    #[serde(
+        rename = "decision-log-nats-subject",
+        alias = "decision_log_nats_subject"
+    )]
+    pub decision_log_nats_subject: Option<String>,
+    #[serde(
+        rename = "decision-log-nats-stream",
+        alias = "decision_log_nats_stream"
+    )]
+    pub decision_log_nats_stream: Option<String>,
+    #[serde(
+        rename = "decision-log-nats-replicas",
+        alias = "decision_log_nats_replicas"
+    )]
+    pub decision_log_nats_replicas: Option<usize>,
+    #[serde(rename = "decision-log-nats-creds", alias = "decision_log_nats_creds")]
+    pub decision_log_nats_creds: Option<String>,
+    #[serde(rename = "decision-log-nats-ca", alias = "decision_log_nats_ca")]
+    pub decision_log_nats_ca: Option<String>,
     #[serde(
         rename = "decision-log-upload-interval",
         alias = "decision_log_upload_interval"

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod audit;
+pub mod audit_nats;
 pub mod bench;
 pub mod build;
 pub mod check;

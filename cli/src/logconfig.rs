@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arbiter_engine::DataRef;
 use arbiter_ext_authz::decision_log::{
-    DecisionLogConfig, FileSinkConfig, Fsync, LogTarget, UploadConfig,
+    DecisionLogConfig, FileSinkConfig, Fsync, LogTarget, NatsConfig, UploadConfig,
 };
 
 use crate::config::ConfigFile;
@@ -47,6 +47,27 @@ pub struct LogArgs {
     /// Events that may wait for the log writer [default: 10000].
     #[arg(long, value_name = "N")]
     pub decision_log_queue: Option<usize>,
+    /// Also ship every event of the decision-log file (the spool) to NATS JetStream at this
+    /// URL (`nats://host:4222`, comma-separated for a cluster), at least once, de-duplicated
+    /// by the stream on `decision_id`. Needs `--decision-log FILE`.
+    #[arg(long, value_name = "URL")]
+    pub decision_log_nats: Option<String>,
+    /// The subject events are published on [default: arbiter.decisions.<instance id>].
+    #[arg(long, value_name = "SUBJECT")]
+    pub decision_log_nats_subject: Option<String>,
+    /// Create this JetStream stream (for `arbiter.decisions.>`) when it does not exist
+    /// [default: a stream for the subject must exist].
+    #[arg(long, value_name = "NAME")]
+    pub decision_log_nats_stream: Option<String>,
+    /// Replicas of a stream created with `--decision-log-nats-stream` [default: 1].
+    #[arg(long, value_name = "N")]
+    pub decision_log_nats_replicas: Option<usize>,
+    /// A NATS credentials file (`.creds`: the user's JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
+    pub decision_log_nats_creds: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that sign the NATS server's certificate (TLS required).
+    #[arg(long, value_name = "FILE")]
+    pub decision_log_nats_ca: Option<std::path::PathBuf>,
     /// `required`: deny a request whose decision event cannot be queued [default: best-effort].
     #[arg(long, value_enum, value_name = "MODE")]
     pub audit: Option<AuditMode>,
@@ -211,6 +232,54 @@ pub fn decision_log_config(
         },
     };
     config.audit_required = audit == AuditMode::Required;
+    if let Some(url) = args
+        .decision_log_nats
+        .clone()
+        .or_else(|| file.decision_log_nats.clone())
+    {
+        if config.file.is_none() {
+            return Err("--decision-log-nats needs --decision-log FILE: the file is the spool events are shipped from".into());
+        }
+        let rel = |p: &std::path::PathBuf, flag: bool| {
+            if p.is_relative() && !flag {
+                base.join(p)
+            } else {
+                p.clone()
+            }
+        };
+        // An empty subject is filled in with the instance's id when the server starts.
+        let mut n = NatsConfig::new(
+            url,
+            args.decision_log_nats_subject
+                .clone()
+                .or_else(|| file.decision_log_nats_subject.clone())
+                .unwrap_or_default(),
+        );
+        n.stream = args
+            .decision_log_nats_stream
+            .clone()
+            .or_else(|| file.decision_log_nats_stream.clone());
+        n.replicas = args
+            .decision_log_nats_replicas
+            .or(file.decision_log_nats_replicas)
+            .unwrap_or(1);
+        n.creds = match (&args.decision_log_nats_creds, &file.decision_log_nats_creds) {
+            (Some(p), _) => Some(rel(p, true)),
+            (None, Some(p)) => Some(rel(&std::path::PathBuf::from(p), false)),
+            _ => None,
+        };
+        n.ca = match (&args.decision_log_nats_ca, &file.decision_log_nats_ca) {
+            (Some(p), _) => Some(rel(p, true)),
+            (None, Some(p)) => Some(rel(&std::path::PathBuf::from(p), false)),
+            _ => None,
+        };
+        let mut check = n.clone();
+        if check.subject.is_empty() {
+            check.subject = "arbiter.decisions.x".into();
+        }
+        check.validate()?;
+        config.nats = Some(n);
+    }
     let any_sink = config.file.is_some() || config.stdout || config.upload.is_some();
     if !any_sink {
         if config.audit_required {
@@ -231,6 +300,56 @@ mod tests {
 
     fn config(j: Json) -> ConfigFile {
         ConfigFile::parse("test.yaml", &j.to_string()).unwrap()
+    }
+
+    /// `--decision-log-nats` needs the file it ships from; its settings from flags or keys,
+    /// files relative to the configuration file; the subject is left for the instance id.
+    #[test]
+    fn nats_shipping_needs_the_file_and_reads_its_settings() {
+        let no_file = LogArgs {
+            decision_log_nats: Some("nats://127.0.0.1:4222".into()),
+            ..LogArgs::default()
+        };
+        let e = decision_log_config(&no_file, &ConfigFile::default(), Path::new("")).unwrap_err();
+        assert!(e.contains("needs --decision-log FILE"), "{e}");
+        let args = LogArgs {
+            decision_log: Some("/var/log/d.log".into()),
+            decision_log_nats: Some("nats://a:4222,nats://b:4222".into()),
+            decision_log_nats_stream: Some("DECISIONS".into()),
+            ..LogArgs::default()
+        };
+        let c = decision_log_config(&args, &ConfigFile::default(), Path::new(""))
+            .unwrap()
+            .unwrap();
+        let n = c.nats.unwrap();
+        assert_eq!(n.url, "nats://a:4222,nats://b:4222");
+        assert_eq!(
+            (n.subject.as_str(), n.stream.as_deref()),
+            ("", Some("DECISIONS"))
+        );
+        let keys = config(json!({
+            "decision-log": "d.log",
+            "decision-log-nats": "nats://n:4222",
+            "decision-log-nats-subject": "audit.mesh",
+            "decision-log-nats-creds": "nats.creds",
+            "decision-log-nats-replicas": 3
+        }));
+        let n = decision_log_config(&LogArgs::default(), &keys, Path::new("/etc/arbiter"))
+            .unwrap()
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(n.subject, "audit.mesh");
+        assert_eq!(n.replicas, 3);
+        assert_eq!(
+            n.creds.as_deref(),
+            Some(Path::new("/etc/arbiter/nats.creds"))
+        );
+        let bad = LogArgs {
+            decision_log_nats_subject: Some("a.*".into()),
+            ..args
+        };
+        assert!(decision_log_config(&bad, &ConfigFile::default(), Path::new("")).is_err());
     }
 
     #[test]

@@ -1311,8 +1311,40 @@ pub fn validated_authorizer(
     Ok(a)
 }
 
+/// The instance's id (`labels.id`): a new UUID per start, as OPA; when events are shipped to
+/// NATS, one kept beside the decision-log file (`<log>.instance-id`), so each instance's chain
+/// in the stream keeps one name across restarts.
+fn instance_id(s: &Settings) -> Result<String, String> {
+    let Some(log) = s.decision_log.as_ref().filter(|l| l.nats.is_some()) else {
+        return Ok(uuid::Uuid::new_v4().to_string());
+    };
+    let Some(file) = &log.file else {
+        return Ok(uuid::Uuid::new_v4().to_string());
+    };
+    let path = std::path::PathBuf::from(format!("{}.instance-id", file.path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            std::fs::write(&path, format!("{id}\n"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
 /// The server configuration the settings describe.
 pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
+    let id = instance_id(s)?;
+    let mut decision_log = s.decision_log.clone();
+    if let Some(n) = decision_log.as_mut().and_then(|l| l.nats.as_mut())
+        && n.subject.is_empty()
+    {
+        n.subject = format!("arbiter.decisions.{id}");
+    }
     Ok(ServerConfig {
         grpc: s.grpc_addr.parse::<ListenAddr>()?,
         http: Some(s.http_addr.parse::<ListenAddr>()?),
@@ -1320,7 +1352,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
             dry_run: s.dry_run,
             deadline: s.eval_timeout,
             labels: InstanceLabels {
-                id: uuid::Uuid::new_v4().to_string(),
+                id,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 extra: s.labels.clone(),
             },
@@ -1330,7 +1362,7 @@ pub fn server_config(s: &Settings) -> Result<ServerConfig, String> {
         },
         workers: s.workers,
         queue: s.queue,
-        decision_log: s.decision_log.clone(),
+        decision_log,
         tls: s.tls.clone(),
         limits: s.limits,
         ui: ui_dashboard(s)?,

@@ -11,6 +11,7 @@ pub mod envoy;
 pub mod grpc_body;
 pub mod harness;
 pub mod istio_envoy;
+pub mod nats;
 pub mod opa;
 pub mod otlp;
 pub mod pki;

@@ -143,6 +143,13 @@ pub struct Metrics {
     shadow_evaluated: AtomicU64,
     shadow_disagreements: [AtomicU64; 2],
     shadow_dropped: AtomicU64,
+    /// Shipping to NATS JetStream (`--decision-log-nats`): on, events acknowledged, failed
+    /// attempts, events lost to rotation before they were shipped, bytes not yet shipped.
+    ship_on: std::sync::atomic::AtomicBool,
+    shipped: AtomicU64,
+    ship_failures: AtomicU64,
+    ship_lost: AtomicU64,
+    ship_lag_bytes: AtomicU64,
     /// OpenTelemetry spans (`--otlp-endpoint`): on, exported, dropped by [`SpanDrop`].
     trace_on: std::sync::atomic::AtomicBool,
     trace_exported: AtomicU64,
@@ -249,6 +256,39 @@ impl Metrics {
             };
         }
         self.latency.0.observe(latency_ns);
+    }
+
+    /// Events are shipped to NATS: their families are served.
+    pub fn shipping_enabled(&self) {
+        self.ship_on.store(true, Ordering::Relaxed);
+    }
+
+    pub fn log_shipped(&self, n: usize) {
+        self.shipped
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn ship_failed(&self) {
+        self.ship_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ship_lost(&self, n: u64) {
+        self.ship_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_ship_lag(&self, bytes: u64) {
+        self.ship_lag_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Shipped, failed attempts, lost, lag in bytes.
+    pub fn ship_counts(&self) -> [u64; 4] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            l(&self.shipped),
+            l(&self.ship_failures),
+            l(&self.ship_lost),
+            l(&self.ship_lag_bytes),
+        ]
     }
 
     /// Spans are exported: their families are served.
@@ -470,6 +510,39 @@ impl Metrics {
             );
             let _ = writeln!(s, "# TYPE arbiter_shadow_dropped_total counter");
             let _ = writeln!(s, "arbiter_shadow_dropped_total {dropped}");
+        }
+        if self.ship_on.load(Ordering::Relaxed) {
+            let [shipped, failures, lost, lag] = self.ship_counts();
+            for (name, kind, help, v) in [
+                (
+                    "arbiter_decision_logs_shipped_total",
+                    "counter",
+                    "Decision events NATS JetStream acknowledged.",
+                    shipped,
+                ),
+                (
+                    "arbiter_decision_logs_ship_failures_total",
+                    "counter",
+                    "Failed attempts to connect to NATS or to have a batch acknowledged (retried).",
+                    failures,
+                ),
+                (
+                    "arbiter_decision_logs_ship_lost_total",
+                    "counter",
+                    "Times the spool file being shipped was rotated away before it was shipped.",
+                    lost,
+                ),
+                (
+                    "arbiter_decision_logs_ship_lag_bytes",
+                    "gauge",
+                    "Bytes of the decision-log spool not yet acknowledged by NATS.",
+                    lag,
+                ),
+            ] {
+                let _ = writeln!(s, "# HELP {name} {help}");
+                let _ = writeln!(s, "# TYPE {name} {kind}");
+                let _ = writeln!(s, "{name} {v}");
+            }
         }
         if self.trace_on.load(Ordering::Relaxed) {
             let (exported, dropped) = self.span_counts();

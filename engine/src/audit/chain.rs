@@ -310,6 +310,99 @@ pub fn verify<R: BufRead>(files: Vec<(String, R)>) -> std::io::Result<VerifyRepo
     Ok(report)
 }
 
+/// One chain verified from events in any order (a stream's, where a retried publish can
+/// land after a later event): each event's own hash is checked, then the events are put in
+/// chain order by their links.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkedReport {
+    /// Events given.
+    pub events: usize,
+    /// Indices of the events in chain order, from the first (the one whose `prev_hash` is no
+    /// given event's hash) along the links.
+    pub order: Vec<usize>,
+    /// `prev_hash` of the first event: [`GENESIS`] when the chain is whole from its start.
+    pub first_prev_hash: Option<String>,
+    /// Hash of the last event in chain order.
+    pub last_hash: Option<String>,
+    /// What is wrong, each with the index of the event it concerns: an event that does not
+    /// match its hash, a gap (an event whose predecessor is not among the events, besides the
+    /// first), a fork (two events naming the same predecessor). Empty when the chain is whole.
+    pub problems: Vec<(usize, String)>,
+}
+
+/// Verify `lines` (events of one writer, each without its newline) as one chain, in whatever
+/// order they come; duplicates (the same hash twice) count once.
+pub fn verify_linked(lines: &[&[u8]]) -> LinkedReport {
+    use std::collections::{HashMap, HashSet};
+    let mut report = LinkedReport {
+        events: lines.len(),
+        ..LinkedReport::default()
+    };
+    // Each distinct event once: (index, prev_hash, hash).
+    let mut by_hash: HashMap<String, usize> = HashMap::new();
+    let mut hash_of: Vec<Option<String>> = vec![None; lines.len()];
+    let mut prev_of: Vec<Option<String>> = vec![None; lines.len()];
+    for (i, line) in lines.iter().enumerate() {
+        match check_line(line) {
+            Ok((prev, hash)) => {
+                if let std::collections::hash_map::Entry::Vacant(v) = by_hash.entry(hash.clone()) {
+                    v.insert(i);
+                    hash_of[i] = Some(hash);
+                    prev_of[i] = Some(prev);
+                }
+            }
+            Err(e) => report.problems.push((i, e.to_string())),
+        }
+    }
+    let mut next: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut heads = Vec::new();
+    for (i, prev) in prev_of.iter().enumerate() {
+        let Some(prev) = prev else { continue };
+        next.entry(prev.as_str()).or_default().push(i);
+        if !by_hash.contains_key(prev) {
+            heads.push(i);
+        }
+    }
+    for &h in heads.iter().skip(1) {
+        report.problems.push((
+            h,
+            format!(
+                "events are missing before this one: its prev_hash {} is not among the events",
+                prev_of[h].as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    let mut seen: HashSet<usize> = HashSet::new();
+    for &head in &heads {
+        if report.first_prev_hash.is_none() {
+            report.first_prev_hash = prev_of[head].clone();
+        }
+        let mut at = Some(head);
+        while let Some(i) = at {
+            if !seen.insert(i) {
+                break;
+            }
+            report.order.push(i);
+            let hash = hash_of[i].as_deref().unwrap_or_default();
+            report.last_hash = Some(hash.to_string());
+            at = match next.get(hash).map(Vec::as_slice) {
+                None | Some([]) => None,
+                Some([one]) => Some(*one),
+                Some([first, rest @ ..]) => {
+                    for r in rest {
+                        report.problems.push((
+                            *r,
+                            format!("a fork: this event and another both follow {hash}"),
+                        ));
+                    }
+                    Some(*first)
+                }
+            };
+        }
+    }
+    report
+}
+
 /// The hash of the last complete, sealed line of `text` (how a writer continues a chain).
 pub fn last_hash(text: &[u8]) -> Option<String> {
     text.split(|b| *b == b'\n')
@@ -323,6 +416,64 @@ pub fn last_hash(text: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chain_of(n: usize) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS.to_string();
+        (0..n)
+            .map(|i| {
+                let mut m = Map::new();
+                m.insert("decision_id".into(), Json::from(format!("d-{i}")));
+                let (mut line, h) = seal(m, &prev);
+                prev = h;
+                line.pop();
+                line
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_in_any_order_is_put_back_in_order() {
+        let c = chain_of(5);
+        let shuffled: Vec<&[u8]> = [3, 0, 4, 1, 2, 1]
+            .iter()
+            .map(|&i| c[i].as_slice())
+            .collect();
+        let r = verify_linked(&shuffled);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.order, [1, 3, 4, 0, 2], "chain order, the duplicate once");
+        assert_eq!(r.first_prev_hash.as_deref(), Some(GENESIS));
+    }
+
+    #[test]
+    fn gaps_forks_and_changed_events_are_named() {
+        let c = chain_of(5);
+        // Event 2 missing: a gap before event 3.
+        let gap: Vec<&[u8]> = [0, 1, 3, 4].iter().map(|&i| c[i].as_slice()).collect();
+        let r = verify_linked(&gap);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(r.problems[0].0, 2);
+        assert!(r.problems[0].1.contains("missing before"));
+        // A changed byte.
+        let mut changed = c[1].clone();
+        let at = changed.iter().position(|b| *b == b'd').unwrap_or(0);
+        changed[at + 12] ^= 1;
+        let lines: Vec<&[u8]> = vec![&c[0], &changed, &c[2]];
+        let r = verify_linked(&lines);
+        assert!(r.problems.iter().any(|(i, _)| *i == 1), "{:?}", r.problems);
+        // Two events after the same one.
+        let mut other = Map::new();
+        other.insert("decision_id".into(), Json::from("fork"));
+        let prev = check_line(&c[0]).unwrap().1;
+        let (mut fork, _) = seal(other, &prev);
+        fork.pop();
+        let lines: Vec<&[u8]> = vec![&c[0], &c[1], &fork];
+        let r = verify_linked(&lines);
+        assert!(
+            r.problems.iter().any(|(_, p)| p.contains("fork")),
+            "{:?}",
+            r.problems
+        );
+    }
     use serde_json::json;
 
     /// U+2028, U+2029 and U+0085 in a value are written escaped: one event, one line, for

@@ -23,9 +23,11 @@ use serde_json::{Map, Value as Json};
 use crate::metrics::{DropReason, Metrics};
 
 pub mod file;
+pub mod nats;
 pub mod upload;
 
 pub use file::{FileSinkConfig, Fsync};
+pub use nats::NatsConfig;
 pub use upload::UploadConfig;
 
 /// Where events go (`--decision-log`): `-` is stdout, anything else a file.
@@ -51,6 +53,8 @@ pub struct DecisionLogConfig {
     pub file: Option<FileSinkConfig>,
     pub stdout: bool,
     pub upload: Option<UploadConfig>,
+    /// Ship the file's events to NATS JetStream (needs `file`: it is the spool).
+    pub nats: Option<NatsConfig>,
     /// Events that may wait for the writer.
     pub queue: usize,
     /// Request headers erased from every event (lower case).
@@ -74,6 +78,7 @@ impl DecisionLogConfig {
             file,
             stdout,
             upload: None,
+            nats: None,
             queue: 10_000,
             mask_headers: mask::DEFAULT_MASKED_HEADERS
                 .iter()
@@ -126,6 +131,7 @@ struct Sinks {
     file: Option<file::FileSink>,
     stdout: Option<std::io::Stdout>,
     upload: Option<upload::Uploader>,
+    shipper: Option<nats::Shipper>,
 }
 
 impl DecisionLog {
@@ -153,10 +159,26 @@ impl DecisionLog {
             ),
             None => None,
         };
+        let shipper = match (&config.nats, &config.file) {
+            (Some(n), Some(f)) => {
+                metrics.shipping_enabled();
+                Some(
+                    nats::Shipper::start(n.clone(), f.path.clone(), metrics.clone())
+                        .map_err(std::io::Error::other)?,
+                )
+            }
+            (Some(_), None) => {
+                return Err(std::io::Error::other(
+                    "shipping to NATS needs a decision-log file (it is the spool)",
+                ));
+            }
+            _ => None,
+        };
         let sinks = Sinks {
             file,
             stdout: config.stdout.then(std::io::stdout),
             upload,
+            shipper,
         };
         let (tx, rx) = bounded(config.queue.max(1));
         let m = metrics.clone();
@@ -355,6 +377,10 @@ impl Writer {
         self.end_batch();
         if let Some(u) = self.sinks.upload.as_mut() {
             u.shutdown();
+        }
+        // The file has every event now: the shipper ships what it holds, up to its grace.
+        if let Some(s) = self.sinks.shipper.as_mut() {
+            s.shutdown(std::time::Duration::from_secs(10));
         }
     }
 
