@@ -429,32 +429,10 @@ impl State {
             (None, Some(c)) => Some((c.parent.trace_hex(), c.parent.span_hex())),
             (None, None) => None,
         };
-        if let (Some(tracer), Some(started)) = (&self.tracer, span) {
-            let first = d.decided_by.first();
-            tracer.end(crate::otel::Finished {
-                end_unix_ns: started.start_unix_ns.saturating_add(server_ns),
-                started,
-                origin,
-                fields: crate::otel::SpanFields {
-                    allowed: d.allowed,
-                    reason: d.reason_code(),
-                    error: d
-                        .reason
-                        .as_ref()
-                        .filter(|r| origin.engine().is_error(r))
-                        .map(ToString::to_string),
-                    policy: first.map(|b| b.policy.clone()),
-                    rule: first.and_then(|b| b.rule.clone()),
-                    identity: outcome.identity.identity().map(|i| i.id.to_string()),
-                    revision: f.policies.revision().to_string(),
-                    decision_id: f.decision_id.to_string(),
-                    path: f.path.clone(),
-                    dry_run: self.options.dry_run && origin != Origin::DataApi,
-                    input_ns: outcome.timings.input_ns,
-                    eval_ns: outcome.timings.eval_ns,
-                },
-            });
-        }
+        // What the span needs of what the record takes.
+        let span_names = span
+            .as_ref()
+            .map(|_| (f.policies.revision().to_string(), f.path.clone()));
         let mut record = self.decision_log.as_ref().map(|_| {
             let (trace_id, span_id) = ids.map_or((None, None), |(t, s)| (Some(t), Some(s)));
             Box::new(DecisionRecord {
@@ -523,6 +501,35 @@ impl State {
                 .map(|r| (r.code(), origin.engine().is_error(r))),
             server_ns,
         );
+        // The span says what the caller was told, as the metrics do.
+        if let (Some(tracer), Some(started), Some((revision, path))) =
+            (&self.tracer, span, span_names)
+        {
+            let first = told.decided_by.first();
+            tracer.end(crate::otel::Finished {
+                end_unix_ns: started.start_unix_ns.saturating_add(server_ns),
+                started,
+                origin,
+                fields: crate::otel::SpanFields {
+                    allowed: told.allowed,
+                    reason: told.reason_code(),
+                    error: told
+                        .reason
+                        .as_ref()
+                        .filter(|r| origin.engine().is_error(r))
+                        .map(ToString::to_string),
+                    policy: first.map(|b| b.policy.clone()),
+                    rule: first.and_then(|b| b.rule.clone()),
+                    identity: outcome.identity.identity().map(|i| i.id.to_string()),
+                    revision,
+                    decision_id: f.decision_id.to_string(),
+                    path,
+                    dry_run: self.options.dry_run && origin != Origin::DataApi,
+                    input_ns: outcome.timings.input_ns,
+                    eval_ns: outcome.timings.eval_ns,
+                },
+            });
+        }
         logged
     }
 }

@@ -383,6 +383,16 @@ async fn ship(config: NatsConfig, log: PathBuf, metrics: Arc<Metrics>, stop: Arc
     let mut cursor: Option<Cursor> = None;
     let mut backoff = Duration::from_millis(100);
     let mut stop_deadline: Option<Instant> = None;
+    // The position is recorded (a synced write) at most every 100 ms while busy, and whenever
+    // the shipper catches up or stops: a crash in between sends some events again, which the
+    // stream drops.
+    let mut unsaved: Option<Position> = None;
+    let mut saved_at = Instant::now();
+    let save = |p: Position| {
+        if let Err(e) = save_position(&log, p) {
+            tracing::warn!(event = "decision_log_sink", sink = "nats", error = %e, "decision log: cannot record the NATS position: {e}");
+        }
+    };
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if stopping && stop_deadline.is_none() {
@@ -430,6 +440,10 @@ async fn ship(config: NatsConfig, log: PathBuf, metrics: Arc<Metrics>, stop: Arc
             }
         };
         if lines.is_empty() {
+            if let Some(p) = unsaved.take() {
+                save(p);
+                saved_at = Instant::now();
+            }
             metrics.set_ship_lag(lag_bytes(&log, c));
             match next_file(&log, c) {
                 Some(next) => match Cursor::open(&next, 0) {
@@ -461,8 +475,13 @@ async fn ship(config: NatsConfig, log: PathBuf, metrics: Arc<Metrics>, stop: Arc
                     ino: c.id.1,
                     offset: c.offset,
                 };
-                if let Err(e) = save_position(&log, p) {
-                    tracing::warn!(event = "decision_log_sink", sink = "nats", error = %e, "decision log: cannot record the NATS position: {e}");
+                if saved_at.elapsed() >= Duration::from_millis(100) {
+                    save(p);
+                    saved_at = Instant::now();
+                    unsaved = None;
+                    metrics.set_ship_lag(lag_bytes(&log, c));
+                } else {
+                    unsaved = Some(p);
                 }
                 backoff = Duration::from_millis(100);
             }
@@ -481,6 +500,9 @@ async fn ship(config: NatsConfig, log: PathBuf, metrics: Arc<Metrics>, stop: Arc
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+    if let Some(p) = unsaved {
+        save(p);
     }
 }
 
