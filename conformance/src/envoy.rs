@@ -161,19 +161,7 @@ pub fn envoy_config(listen: u16, admin: u16, o: &EnvoyOptions) -> String {
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
 {chain}
   clusters:
-  - name: ext_authz
-    type: STATIC
-    connect_timeout: 0.25s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: ext_authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {authz_port}}}}}}}
-{authz_extra}
+{authz_cluster}{authz_extra}
   - name: upstream
     type: STATIC
     connect_timeout: 0.25s
@@ -197,11 +185,31 @@ admin:
         },
         before = o.http_filters_before.trim_end(),
         chain = o.filter_chain_extra,
-        authz_port = o.authz.port(),
+        authz_cluster = http2_cluster("ext_authz", o.authz.port()),
         authz_extra = o.authz_cluster_extra,
         up_port = o.upstream.port(),
         upstream_extra = o.upstream_cluster_extra.trim_end(),
         extra_clusters = o.extra_clusters.trim_end(),
+    )
+}
+
+/// A cluster (a list item indented 2 spaces) of one HTTP/2 endpoint on 127.0.0.1: a gRPC
+/// service such as the authorizer or an OTLP collector.
+pub fn http2_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#
     )
 }
 

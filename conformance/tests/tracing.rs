@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use arbiter_conformance::envoy::{TempDir, get, request};
+use arbiter_conformance::envoy::{TempDir, get, http2_cluster, request};
 use arbiter_conformance::harness::{Harness, authorizer_for, loopback_config, read_events};
 use arbiter_conformance::otlp::{Received, Receiver};
 use arbiter_ext_authz::decision_log::{DecisionLogConfig, LogTarget};
@@ -47,6 +47,25 @@ fn otlp(addr: std::net::SocketAddr, protocol: Protocol) -> OtlpConfig {
     c.timeout = Duration::from_secs(2);
     c.headers = vec![("x-collector-key".into(), "k1".into())];
     c
+}
+
+/// arbiter exporting spans with `o` (and a decision log, when given), and a client for it.
+async fn serve_traced(
+    dir: &TempDir,
+    o: OtlpConfig,
+    log: Option<DecisionLogConfig>,
+) -> (
+    arbiter_ext_authz::RunningServer,
+    AuthorizationClient<tonic::transport::Channel>,
+) {
+    let mut config = loopback_config(log);
+    config.otlp = Some(o);
+    let authorizer = authorizer_for(&dir.0.join("policy"), "envoy/authz/allow").unwrap();
+    let server = arbiter_ext_authz::start(config, authorizer).await.unwrap();
+    let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    (server, client)
 }
 
 fn check(path: &str, traceparent: Option<&str>) -> CheckRequest {
@@ -99,13 +118,12 @@ async fn checks_continue_the_callers_trace_over_otlp_grpc() {
     let dir = policy_dir();
     let receiver = Receiver::grpc().await.unwrap();
     let log = dir.0.join("decisions.log");
-    let mut config = loopback_config(Some(DecisionLogConfig::to(LogTarget::File(log.clone()))));
-    config.otlp = Some(otlp(receiver.addr, Protocol::Grpc));
-    let authorizer = authorizer_for(&dir.0.join("policy"), "envoy/authz/allow").unwrap();
-    let server = arbiter_ext_authz::start(config, authorizer).await.unwrap();
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let (server, mut client) = serve_traced(
+        &dir,
+        otlp(receiver.addr, Protocol::Grpc),
+        Some(DecisionLogConfig::to(LogTarget::File(log.clone()))),
+    )
+    .await;
     let call = |req: CheckRequest, meta: &[(&'static str, &str)]| {
         let mut r = tonic::Request::new(req);
         for (k, v) in meta {
@@ -248,15 +266,9 @@ async fn http_export_counts_what_a_failing_collector_loses() {
         .spans
         .failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut config = loopback_config(None);
     let mut o = otlp(receiver.addr, Protocol::HttpProtobuf);
     o.sample_ratio = 0.0;
-    config.otlp = Some(o);
-    let authorizer = authorizer_for(&dir.0.join("policy"), "envoy/authz/allow").unwrap();
-    let server = arbiter_ext_authz::start(config, authorizer).await.unwrap();
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let (server, mut client) = serve_traced(&dir, o, None).await;
     let sampled = format!("00-{TRACE}-{PARENT}-01");
     for _ in 0..2 {
         let r = client
@@ -368,24 +380,6 @@ fn envoy_tracing() -> (String, String) {
     )
 }
 
-fn otlp_cluster(port: u16) -> String {
-    format!(
-        r#"  - name: otlp
-    type: STATIC
-    connect_timeout: 0.25s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: otlp
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
-"#
-    )
-}
-
 #[test]
 fn through_envoy_the_span_is_the_child_of_envoys() {
     let dir = policy_dir();
@@ -405,7 +399,7 @@ fn through_envoy_the_span_is_the_child_of_envoys() {
         |o| {
             o.hcm_extra = hcm;
             o.bootstrap_extra = bootstrap;
-            o.extra_clusters = otlp_cluster(receiver.addr.port());
+            o.extra_clusters = http2_cluster("otlp", receiver.addr.port());
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -493,16 +487,10 @@ fn through_envoy_the_span_is_the_child_of_envoys() {
 async fn shutdown_sends_the_spans_still_queued() {
     let dir = policy_dir();
     let receiver = Receiver::grpc().await.unwrap();
-    let mut config = loopback_config(None);
     let mut o = otlp(receiver.addr, Protocol::Grpc);
     // No batch would leave within the test but for the shutdown.
     o.delay = Duration::from_secs(600);
-    config.otlp = Some(o);
-    let authorizer = authorizer_for(&dir.0.join("policy"), "envoy/authz/allow").unwrap();
-    let server = arbiter_ext_authz::start(config, authorizer).await.unwrap();
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let (server, mut client) = serve_traced(&dir, o, None).await;
     for path in ["/public/1", "/public/2", "/private"] {
         client.check(check(path, None)).await.unwrap();
     }
