@@ -410,6 +410,22 @@ pub fn to_span(f: Finished) -> Span {
     }
 }
 
+/// An error and what caused it (`client error (Connect): tcp connect error: Connection
+/// refused`), for the operator.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
@@ -600,7 +616,7 @@ impl Exporter {
                     .body(Full::new(Bytes::from(request.encode_to_vec())))
                     .map_err(|e| e.to_string())?;
                 let send = async {
-                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                    let resp = client.request(req).await.map_err(|e| with_causes(&e))?;
                     let status = resp.status();
                     let body = resp
                         .into_body()
