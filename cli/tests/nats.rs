@@ -1,7 +1,8 @@
 //! Shipping decision events to a real NATS JetStream (`nats-server -js` on 127.0.0.1): every
 //! event of the decision-log file reaches the stream exactly once per decision id — through a
 //! SIGKILL of arbiter mid-run and its restart, and through the NATS server being down while
-//! decisions go on — and the instance keeps one id across restarts.
+//! decisions go on, the log rotating every few events — and the instance keeps one id across
+//! restarts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -24,7 +25,14 @@ fn start(dir: &Path, url: &str) -> (Child, String) {
         .arg("--decision-log")
         .arg(dir.join("decisions.log"))
         .args(["--decision-log-nats", url])
-        .args(["--decision-log-nats-stream", STREAM]);
+        .args(["--decision-log-nats-stream", STREAM])
+        // Small files: the shipper follows the spool across many rotations.
+        .args([
+            "--decision-log-max-size",
+            "8KiB",
+            "--decision-log-max-files",
+            "200",
+        ]);
     let (child, _grpc, http) = serve(cmd);
     (child, http)
 }
@@ -55,7 +63,7 @@ fn stream(url: &str) -> Vec<Stored> {
 /// event: the next run cuts it off).
 fn file_ids(log: &Path) -> Vec<String> {
     let mut files = vec![log.to_path_buf()];
-    for n in 1..10 {
+    for n in 1..200 {
         let p = std::path::PathBuf::from(format!("{}.{n}", log.display()));
         if p.exists() {
             files.insert(0, p);
@@ -188,8 +196,18 @@ fn every_event_reaches_the_stream_once_through_a_sigkill_and_an_outage() {
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
         )
     };
-    let log_arg = log.display().to_string();
-    let (code, text) = verify(&[&log_arg]);
+    let mut files: Vec<String> = (1..200)
+        .map(|n| format!("{}.{n}", log.display()))
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    assert!(
+        files.len() > 5,
+        "the log rotated: {} files",
+        files.len() + 1
+    );
+    files.push(log.display().to_string());
+    let file_args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (code, text) = verify(&file_args);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(&format!(
@@ -203,20 +221,30 @@ fn every_event_reaches_the_stream_once_through_a_sigkill_and_an_outage() {
         "{text}"
     );
     // Deleting the newest events of the file is no longer invisible.
-    let whole = std::fs::read_to_string(&log).unwrap();
+    // (The newest file that has events loses its last ones.)
+    let newest = files
+        .iter()
+        .rev()
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
+        .unwrap()
+        .clone();
+    let whole = std::fs::read_to_string(&newest).unwrap();
     let kept: Vec<&str> = whole.split_inclusive('\n').collect();
-    std::fs::write(&log, kept[..kept.len() - 5].concat()).unwrap();
-    let (code, text) = verify(&[&log_arg]);
+    let cut = kept.len().min(3);
+    std::fs::write(&newest, kept[..kept.len() - cut].concat()).unwrap();
+    let (code, text) = verify(&file_args);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("the stream has 5 events after the files' last one"),
+        text.contains(&format!(
+            "the stream has {cut} events after the files' last one"
+        )),
         "{text}"
     );
     // An event forged into the stream (a changed decision, its hash kept) fails the chain.
-    let forged = kept[3]
-        .trim_end()
-        .replace("\"allowed\":true", "\"allowed\":false");
-    assert_ne!(forged, kept[3].trim_end());
+    let first = std::fs::read_to_string(&files[0]).unwrap();
+    let original = first.lines().next().unwrap();
+    let forged = original.replace("\"allowed\":true", "\"allowed\":false");
+    assert_ne!(forged, original);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -205,6 +205,27 @@ impl Cursor {
         Ok(out)
     }
 
+    /// Whether a whole line follows the last one read (read without moving: data the writer
+    /// appended after a read found the end).
+    fn whole_line_left(&self) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let f = self.reader.get_ref();
+        let len = f.metadata()?.len();
+        let mut at = self.offset;
+        let mut buf = vec![0u8; 64 << 10];
+        while at < len {
+            let n = f.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].contains(&b'\n') {
+                return Ok(true);
+            }
+            at += n as u64;
+        }
+        Ok(false)
+    }
+
     fn rewind(&mut self, offset: u64) -> std::io::Result<()> {
         self.reader.seek(SeekFrom::Start(offset))?;
         self.offset = offset;
@@ -446,6 +467,10 @@ async fn ship(config: NatsConfig, log: PathBuf, metrics: Arc<Metrics>, stop: Arc
             }
             metrics.set_ship_lag(lag_bytes(&log, c));
             match next_file(&log, c) {
+                // A newer file exists, so the writer is done with this one; but it may have
+                // appended to it after the read above found the end: those lines first. (A
+                // partial line a crash left at its end is not an event: it is passed over.)
+                Some(_) if c.whole_line_left().unwrap_or(false) => {}
                 Some(next) => match Cursor::open(&next, 0) {
                     Ok(n) => {
                         *c = n;
@@ -651,6 +676,7 @@ mod tests {
         assert_eq!(&lines[1].0[..], b"{\"b\":2}");
         assert_eq!(lines[1].1, 17);
         assert!(c.lines(10).unwrap().is_empty(), "the partial line waits");
+        assert!(!c.whole_line_left().unwrap());
         use std::io::Write as _;
         std::fs::OpenOptions::new()
             .append(true)
@@ -658,6 +684,10 @@ mod tests {
             .unwrap()
             .write_all(b"3}\n")
             .unwrap();
+        assert!(
+            c.whole_line_left().unwrap(),
+            "appended after the end was found"
+        );
         let lines = c.lines(10).unwrap();
         assert_eq!(&lines[0].0[..], b"{\"c\":3}");
         // A recorded position past the end of a replaced file starts it over.
