@@ -12,6 +12,8 @@ Variants, in one run:
   arbiter-allow      ext_authz -> arbiter serving `allow := true`
   arbiter-rego       ext_authz -> arbiter, reference Rego policy
   arbiter-rego-log   the same with decision logging to a file
+  arbiter-rego-log-nats  arbiter-rego-log, the file also shipped to NATS JetStream (a
+                     `nats-server -js` on core 0, started here; Debian's nats-server)
   arbiter-rego-trace the same with an OpenTelemetry span per check (every check sampled: Envoy
                      sends no trace context), exported over OTLP/HTTP to a sink on core 0
   arbiter-cel        ext_authz -> arbiter, reference CEL policy
@@ -354,6 +356,7 @@ def run_variant(name, args, work):
                 "arbiter-rego": [os.path.join(work, "rego")],
                 "arbiter-rego-http": [os.path.join(work, "rego")],
                 "arbiter-rego-log": [os.path.join(work, "rego")],
+                "arbiter-rego-log-nats": [os.path.join(work, "rego")],
                 "arbiter-rego-trace": [os.path.join(work, "rego")],
                 "arbiter-cel": [os.path.join(work, "cel")],
                 "arbiter-rego-cel": [os.path.join(REPO, "policies")],
@@ -361,8 +364,19 @@ def run_variant(name, args, work):
             }[name]
             cmd = [args.arbiter, "serve", *policies, "--grpc-addr", f"127.0.0.1:{port}",
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
-            if name.endswith("-log"):
-                cmd += ["--decision-log", os.path.join(work, "decisions.log")]
+            if name.endswith("-log") or name.endswith("-log-nats"):
+                # A fresh log per run: the NATS variant ships from its start.
+                log_dir = tempfile.mkdtemp(prefix="log-", dir=work)
+                cmd += ["--decision-log", os.path.join(log_dir, "decisions.log")]
+            if name.endswith("-nats"):
+                nats_port = free_port()
+                store = tempfile.mkdtemp(prefix="js-", dir=work)
+                nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+                nats = procs.start(taskset(0, [nats_bin, "-a", "127.0.0.1", "-p", str(nats_port),
+                                               "-js", "-sd", store]))
+                wait_port(nats_port, nats, "nats-server")
+                cmd += ["--decision-log-nats", f"nats://127.0.0.1:{nats_port}",
+                        "--decision-log-nats-stream", "BENCH"]
             if name.endswith("-trace"):
                 sink_port = free_port()
                 sink = procs.start(taskset(0, [sys.executable, "-c", OTLP_SINK, str(sink_port)]))
@@ -420,6 +434,11 @@ def run_variant(name, args, work):
                 # and how many went unshadowed because the side thread was behind.
                 r["shadow"] = shadow_counts(http)
                 print(f"  shadow: {r['shadow']}", flush=True)
+            if name.endswith("-nats"):
+                # Events shipped, and how far behind the shipper was when the run ended.
+                r["shipped"] = {k: v for k, v in counters(http, "arbiter_decision_logs_").items()
+                                if k.startswith("ship")}
+                print(f"  shipped: {r['shipped']}", flush=True)
             if name.endswith("-trace"):
                 # Spans exported and dropped: a run whose spans were lost measured nothing.
                 r["spans"] = counters(http, "arbiter_trace_spans_")
@@ -503,7 +522,7 @@ def main():
         n, addr = spec.split("=", 1)
         args.extra[n] = addr
     variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-allow-http", "arbiter-rego",
-                "arbiter-rego-http", "arbiter-rego-log", "arbiter-rego-trace", "arbiter-cel",
+                "arbiter-rego-http", "arbiter-rego-log", "arbiter-rego-log-nats", "arbiter-rego-trace", "arbiter-cel",
                 "arbiter-rego-cel", "arbiter-rego-cel-log", "opa-envoy-allow", "opa-envoy-rego",
                 "opa-envoy-rego-log"] + [f"extra:{n}" for n in args.extra]
     if args.only:

@@ -234,17 +234,41 @@ impl Cursor {
 }
 
 /// The event's `decision_id` (the stream's de-duplication key), or its `hash` for a line
-/// without one.
+/// without one. serde_json reads the event only up to its top-level `decision_id` (the writer
+/// puts it second, after `labels`): the input and result after it are not parsed.
 fn message_id(line: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct UpToDecisionId<'s>(&'s mut Option<String>);
+    impl<'de> Visitor<'de> for UpToDecisionId<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a decision event")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "decision_id" {
+                    *self.0 = Some(map.next_value::<String>()?);
+                    // The rest is left unread (the deserializer then reports the unread
+                    // entries, which is of no concern here).
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut found = None;
+    let _ = serde_json::Deserializer::from_slice(line).deserialize_map(UpToDecisionId(&mut found));
+    if found.is_some() {
+        return found;
+    }
     #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(borrow, default)]
-        decision_id: Option<std::borrow::Cow<'a, str>>,
+    struct Hash<'a> {
         #[serde(borrow, default)]
         hash: Option<std::borrow::Cow<'a, str>>,
     }
-    let h: Head<'_> = serde_json::from_slice(line).ok()?;
-    h.decision_id.or(h.hash).map(|s| s.into_owned())
+    let h: Hash<'_> = serde_json::from_slice(line).ok()?;
+    h.hash.map(|s| s.into_owned())
 }
 
 /// The shipper thread's handle, held by the log writer.
@@ -538,6 +562,8 @@ async fn publish(
     lines: &[(Bytes, u64)],
 ) -> Result<(), String> {
     let mut acks = Vec::with_capacity(lines.len());
+    // One subject for the batch (its clones share the bytes).
+    let subject = async_nats::Subject::from(config.subject.as_str());
     for (line, _) in lines {
         let mut message = jetstream::message::PublishMessage::build().payload(line.clone());
         if let Some(id) = message_id(line) {
@@ -545,7 +571,7 @@ async fn publish(
         }
         let ack = tokio::time::timeout(
             config.timeout,
-            js.send_publish(config.subject.clone(), message),
+            js.send_publish(subject.clone(), message),
         )
         .await
         .map_err(|_| "publishing timed out".to_string())?
@@ -660,6 +686,17 @@ mod tests {
             Some("d-1")
         );
         assert_eq!(message_id(br#"{"hash":"h2"}"#).as_deref(), Some("h2"));
+        // The top-level one, not one inside `labels` or the input.
+        assert_eq!(
+            message_id(br#"{"labels":{"decision_id":"fake"},"decision_id":"d-2","input":{"decision_id":"x"}}"#)
+                .as_deref(),
+            Some("d-2")
+        );
+        // Escapes are read as JSON.
+        assert_eq!(
+            message_id(br#"{"decision_id":"a\u0062c","hash":"h"}"#).as_deref(),
+            Some("abc")
+        );
         assert_eq!(message_id(b"not json"), None);
     }
 
