@@ -569,13 +569,10 @@ async fn publish(
         if let Some(id) = message_id(line) {
             message = message.message_id(id);
         }
-        let ack = tokio::time::timeout(
-            config.timeout,
-            js.send_publish(subject.clone(), message),
-        )
-        .await
-        .map_err(|_| "publishing timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        let ack = tokio::time::timeout(config.timeout, js.send_publish(subject.clone(), message))
+            .await
+            .map_err(|_| "publishing timed out".to_string())?
+            .map_err(|e| e.to_string())?;
         acks.push(ack);
     }
     for ack in acks {
