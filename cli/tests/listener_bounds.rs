@@ -8,10 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context,
-};
 
 mod common;
 use common::{http, stop};
@@ -60,20 +58,7 @@ fn metric(http_addr: &str, name: &str) -> u64 {
 }
 
 fn check(path: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "svc".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    common::check_request(path, Vec::new())
 }
 
 /// A gRPC `Check` whose 5-byte prefix declares `declared` bytes, and nothing after it.

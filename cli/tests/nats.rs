@@ -13,6 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, Stored, read_stream};
+use arbiter_engine::audit::index::with_rotated;
 use common::{http, serve, stop, tmp};
 
 const STREAM: &str = "DECISIONS";
@@ -62,14 +63,7 @@ fn stream(url: &str) -> Vec<Stored> {
 /// The decision ids of the log's whole lines, in order (a line a SIGKILL cut short is not an
 /// event: the next run cuts it off).
 fn file_ids(log: &Path) -> Vec<String> {
-    let mut files = vec![log.to_path_buf()];
-    for n in 1..200 {
-        let p = std::path::PathBuf::from(format!("{}.{n}", log.display()));
-        if p.exists() {
-            files.insert(0, p);
-        }
-    }
-    files
+    with_rotated(&[log.to_path_buf()])
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
@@ -196,16 +190,11 @@ fn every_event_reaches_the_stream_once_through_a_sigkill_and_an_outage() {
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
         )
     };
-    let mut files: Vec<String> = (1..200)
-        .map(|n| format!("{}.{n}", log.display()))
-        .filter(|p| Path::new(p).exists())
+    let files: Vec<String> = with_rotated(&[log.to_path_buf()])
+        .iter()
+        .map(|p| p.display().to_string())
         .collect();
-    assert!(
-        files.len() > 5,
-        "the log rotated: {} files",
-        files.len() + 1
-    );
-    files.push(log.display().to_string());
+    assert!(files.len() > 6, "the log rotated: {} files", files.len());
     let file_args: Vec<&str> = files.iter().map(String::as_str).collect();
     let (code, text) = verify(&file_args);
     assert_eq!(code, Some(0), "{text}");

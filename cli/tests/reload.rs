@@ -53,30 +53,12 @@ fn check_code(
     headers: Vec<(String, String)>,
 ) -> i32 {
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    use envoy_types::pb::envoy::service::auth::v3::{
-        AttributeContext, CheckRequest, attribute_context,
-    };
     runtime.block_on(async {
         let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
             .await
             .unwrap();
-        let request = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(attribute_context::Request {
-                    time: None,
-                    http: Some(attribute_context::HttpRequest {
-                        method: "GET".into(),
-                        path: path.into(),
-                        host: "svc".into(),
-                        headers: headers.into_iter().collect(),
-                        ..Default::default()
-                    }),
-                }),
-                ..Default::default()
-            }),
-        };
         client
-            .check(request)
+            .check(common::check_request(path, headers))
             .await
             .unwrap()
             .into_inner()

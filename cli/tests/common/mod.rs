@@ -103,3 +103,28 @@ pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>)
         before.push(line);
     }
 }
+
+/// A `Check` for `GET path` to host `svc`, with `headers`.
+pub fn check_request(
+    path: &str,
+    headers: Vec<(String, String)>,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: "svc".into(),
+                    headers: headers.into_iter().collect(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
