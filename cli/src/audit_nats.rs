@@ -46,11 +46,6 @@ struct Checked {
 fn check(id: &str, inst: &Instance) -> Checked {
     let lines: Vec<&[u8]> = inst.events.iter().map(|(_, _, l)| l.as_slice()).collect();
     let r = chain::verify_linked(&lines);
-    let order = r
-        .order
-        .iter()
-        .filter_map(|&i| chain::check_line(lines[i]).ok().map(|(_, h)| h))
-        .collect();
     Checked {
         id: id.to_string(),
         events: r.order.len(),
@@ -62,7 +57,7 @@ fn check(id: &str, inst: &Instance) -> Checked {
             .into_iter()
             .map(|(i, p)| (inst.events[i].0, inst.events[i].1.clone(), p))
             .collect(),
-        order,
+        order: r.hashes,
     }
 }
 
@@ -93,10 +88,13 @@ fn compare(
             let Some(line) = line.strip_suffix(b"\n") else {
                 continue;
             };
-            let Ok((_, hash)) = chain::check_line(line) else {
+            // One parse per line: the chain's check and the fields read from the same event.
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
                 continue;
             };
-            let event: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+            let Ok((_, hash)) = chain::check_parsed(line, &event) else {
+                continue;
+            };
             if c.instance.is_empty() {
                 c.instance = field(&event, "/labels/id");
             }

@@ -240,13 +240,6 @@ pub fn decision_log_config(
         if config.file.is_none() {
             return Err("--decision-log-nats needs --decision-log FILE: the file is the spool events are shipped from".into());
         }
-        let rel = |p: &std::path::PathBuf, flag: bool| {
-            if p.is_relative() && !flag {
-                base.join(p)
-            } else {
-                p.clone()
-            }
-        };
         // An empty subject is filled in with the instance's id when the server starts.
         let mut n = NatsConfig::new(
             url,
@@ -263,16 +256,15 @@ pub fn decision_log_config(
             .decision_log_nats_replicas
             .or(file.decision_log_nats_replicas)
             .unwrap_or(1);
-        n.creds = match (&args.decision_log_nats_creds, &file.decision_log_nats_creds) {
-            (Some(p), _) => Some(rel(p, true)),
-            (None, Some(p)) => Some(rel(&std::path::PathBuf::from(p), false)),
-            _ => None,
-        };
-        n.ca = match (&args.decision_log_nats_ca, &file.decision_log_nats_ca) {
-            (Some(p), _) => Some(rel(p, true)),
-            (None, Some(p)) => Some(rel(&std::path::PathBuf::from(p), false)),
-            _ => None,
-        };
+        // Files named in the configuration file are relative to it.
+        n.creds = args
+            .decision_log_nats_creds
+            .clone()
+            .or_else(|| file.decision_log_nats_creds.as_ref().map(|p| base.join(p)));
+        n.ca = args
+            .decision_log_nats_ca
+            .clone()
+            .or_else(|| file.decision_log_nats_ca.as_ref().map(|p| base.join(p)));
         let mut check = n.clone();
         if check.subject.is_empty() {
             check.subject = "arbiter.decisions.x".into();

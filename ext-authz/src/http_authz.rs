@@ -157,9 +157,9 @@ pub fn authz_request(
         ..HttpRequest::default()
     };
     let header = |name: &str| http.header(name).unwrap_or_default();
-    let grpc = header("content-type")
-        .to_ascii_lowercase()
-        .starts_with("application/grpc");
+    // gRPC as the input builder reads it (the same media type), so its bytes stay bytes.
+    let grpc =
+        arbiter_engine::body::media_type(&header("content-type")).starts_with("application/grpc");
     let (id, host, scheme) = (
         header("x-request-id"),
         header("host"),

@@ -222,11 +222,18 @@ pub struct Tracer {
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How long closing may wait for the last exports.
     timeout: Duration,
-    /// Sample a new trace when its id's last 63 bits are below this (`TraceIdRatioBased`).
+    /// Sample a new trace when its id's last 63 bits are below this (`TraceIdRatioBased`;
+    /// 2^63 for a ratio of 1 takes every trace).
     bound: u64,
-    always: bool,
     rng: aws_lc_rs::rand::SystemRandom,
     metrics: Arc<Metrics>,
+}
+
+/// The sampling bound of a ratio: `ratio` · 2^63 (`as` saturates, so 1.0 gives 2^63, above
+/// every 63-bit value).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn ratio_bound(ratio: f64) -> u64 {
+    (ratio * (1u64 << 63) as f64) as u64
 }
 
 fn random<const N: usize>(rng: &aws_lc_rs::rand::SystemRandom) -> [u8; N] {
@@ -252,16 +259,12 @@ impl Tracer {
         let (stop, stopped) = watch::channel(false);
         metrics.tracing_enabled();
         let task = tokio::spawn(exporter.run(rx, stopped, metrics.clone()));
-        // `as` saturates: 1.0 · 2^63 is u64's 2^63, the bound that takes every trace.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let bound = (config.sample_ratio * (1u64 << 63) as f64) as u64;
         Ok(Tracer {
             tx,
             stop,
             task: std::sync::Mutex::new(Some(task)),
             timeout: config.timeout,
-            bound,
-            always: config.sample_ratio >= 1.0,
+            bound: ratio_bound(config.sample_ratio),
             rng: aws_lc_rs::rand::SystemRandom::new(),
             metrics,
         })
@@ -270,11 +273,10 @@ impl Tracer {
     /// Begin a span for a request that arrived with `incoming` (or none) at `start_unix_ns`;
     /// `None` when it is not sampled.
     pub fn begin(&self, incoming: Option<&TraceContext>, start_unix_ns: u64) -> Option<Started> {
-        let span_id = random::<8>(&self.rng);
         match incoming {
             Some(c) => c.parent.sampled().then(|| Started {
                 trace_id: c.parent.trace_id,
-                span_id,
+                span_id: random::<8>(&self.rng),
                 parent: Some(c.parent.span_id),
                 state: c.state.clone(),
                 flags: c.parent.flags,
@@ -284,9 +286,9 @@ impl Tracer {
                 let trace_id = random::<16>(&self.rng);
                 let mut low = [0u8; 8];
                 low.copy_from_slice(&trace_id[8..]);
-                (self.always || u64::from_be_bytes(low) >> 1 < self.bound).then_some(Started {
+                (u64::from_be_bytes(low) >> 1 < self.bound).then(|| Started {
                     trace_id,
-                    span_id,
+                    span_id: random::<8>(&self.rng),
                     parent: None,
                     state: None,
                     flags: 1,
@@ -647,15 +649,12 @@ mod tests {
     fn tracer(ratio: f64) -> Tracer {
         let (tx, _rx) = mpsc::channel(1);
         let (stop, _) = watch::channel(false);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let bound = (ratio * (1u64 << 63) as f64) as u64;
         Tracer {
             tx,
             stop,
             task: std::sync::Mutex::new(None),
             timeout: Duration::from_secs(1),
-            bound,
-            always: ratio >= 1.0,
+            bound: ratio_bound(ratio),
             rng: aws_lc_rs::rand::SystemRandom::new(),
             metrics: Arc::new(Metrics::default()),
         }

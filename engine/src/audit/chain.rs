@@ -320,6 +320,8 @@ pub struct LinkedReport {
     /// Indices of the events in chain order, from the first (the one whose `prev_hash` is no
     /// given event's hash) along the links.
     pub order: Vec<usize>,
+    /// The hashes of the events in `order`, in that order.
+    pub hashes: Vec<String>,
     /// `prev_hash` of the first event: [`GENESIS`] when the chain is whole from its start.
     pub first_prev_hash: Option<String>,
     /// Hash of the last event in chain order.
@@ -384,6 +386,7 @@ pub fn verify_linked(lines: &[&[u8]]) -> LinkedReport {
             }
             report.order.push(i);
             let hash = hash_of[i].as_deref().unwrap_or_default();
+            report.hashes.push(hash.to_string());
             report.last_hash = Some(hash.to_string());
             at = match next.get(hash).map(Vec::as_slice) {
                 None | Some([]) => None,
@@ -441,6 +444,8 @@ mod tests {
         let r = verify_linked(&shuffled);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.order, [1, 3, 4, 0, 2], "chain order, the duplicate once");
+        let in_order: Vec<String> = c.iter().map(|l| check_line(l).unwrap().1).collect();
+        assert_eq!(r.hashes, in_order);
         assert_eq!(r.first_prev_hash.as_deref(), Some(GENESIS));
     }
 

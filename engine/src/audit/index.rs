@@ -185,7 +185,9 @@ pub fn with_rotated(given: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+/// A file's identity (device, inode; a rename keeps it): how the log's readers and writer tell
+/// a rotated file from its successor at the same name.
+pub fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

@@ -19,6 +19,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use arbiter_engine::audit::chain;
+use arbiter_engine::audit::index::file_id;
 
 /// When written events are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,11 +87,6 @@ pub struct FileSink {
 /// Events kept while the file refuses them, at most; beyond, the oldest are given up (and
 /// counted by the caller), so a disk that stays full cannot exhaust memory.
 pub const MAX_PENDING_BYTES: usize = 16 << 20;
-
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -28,6 +28,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 
 use crate::metrics::Metrics;
+use arbiter_engine::audit::index::file_id;
 
 /// Where and how events are shipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,16 +138,8 @@ fn save_position(log: &Path, p: Position) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
-fn file_id(f: &File) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = f.metadata()?;
-    Ok((m.dev(), m.ino()))
-}
-
 fn id_of(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino()))
+    std::fs::metadata(path).ok().map(|m| file_id(&m))
 }
 
 /// The log's files, oldest first, with their identities.
@@ -168,7 +161,7 @@ struct Cursor {
 impl Cursor {
     fn open(path: &Path, offset: u64) -> std::io::Result<Self> {
         let mut f = File::open(path)?;
-        let id = file_id(&f)?;
+        let id = file_id(&f.metadata()?);
         let len = f.metadata()?.len();
         // A file shorter than the position was replaced or cut: from its start.
         let offset = if offset > len { 0 } else { offset };
