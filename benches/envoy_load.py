@@ -98,55 +98,49 @@ def envoy_config(listen, admin, authz, with_body=False):
                     principals:
                     - header: {name: authorization, string_match: {prefix: "Bearer "}}
 """
-    elif http_mode:
+    else:
+        # The same filter either way; only how it reaches the server differs.
         filters = """
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
-              http_service:
+"""
+        if http_mode:
+            filters += """              http_service:
                 server_uri: {uri: "http://127.0.0.1", cluster: authz, timeout: 0.5s}
                 authorization_request:
                   allowed_headers:
                     patterns: [{safe_regex: {regex: ".*"}}]
 """
-    else:
-        filters = """
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              grpc_service:
+        else:
+            filters += """              grpc_service:
                 envoy_grpc: {cluster_name: authz}
                 timeout: 0.5s
-""" + ("""              with_request_body: {max_request_bytes: 8192, allow_partial_message: true}
-""" if with_body else "")
-    clusters = "" if authz in (None, "rbac") else f"""
-  clusters:
-  - name: authz
-    type: STATIC
-    connect_timeout: 0.25s
-    load_assignment:
-      cluster_name: authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {authz[1]}, port_value: {authz[2]}}}}}}}
-""" if http_mode else f"""
-  clusters:
-  - name: authz
-    type: STATIC
-    connect_timeout: 0.25s
-    typed_extension_protocol_options:
+"""
+            if with_body:
+                filters += """              with_request_body: {max_request_bytes: 8192, allow_partial_message: true}
+"""
+    clusters = ""
+    if authz not in (None, "rbac"):
+        host, port = authz[1:] if http_mode else authz
+        # gRPC needs HTTP/2 to the server; Envoy's HTTP protocol speaks HTTP/1.1.
+        h2 = "" if http_mode else """    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
+        explicit_http_config: {http2_protocol_options: {}}
+"""
+        clusters = f"""
+  clusters:
+  - name: authz
+    type: STATIC
+    connect_timeout: 0.25s
+{h2}    load_assignment:
       cluster_name: authz
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {authz[0]}, port_value: {authz[1]}}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}
 """
     return f"""static_resources:
   listeners:
