@@ -17,7 +17,8 @@ use crate::serve::parse_duration;
 pub enum AuditMode {
     /// Log what can be logged; count what is dropped.
     BestEffort,
-    /// Deny a request when its event cannot be queued.
+    /// Answer a request only once its event is written; deny it (`audit_unavailable`) when the
+    /// event cannot be written within a second.
     Required,
 }
 

@@ -13,9 +13,10 @@
 //! straight to the log, and the drop is counted (`arbiter_shadow_dropped_total`): the live path
 //! never waits for the shadow.
 //!
-//! With `--audit required`, an event is handed to the shadow only while the log's sinks take
-//! events; the side thread then waits for room in the log's queue, so an event it accepted
-//! reaches the writer as one queued directly does (unless the process ends first).
+//! With `--audit required` the live answer waits until its event is written, so the event is
+//! never handed to the shadow: the shadow still decides and counts disagreements
+//! (`arbiter_shadow_disagreements_total`), and the event is written without the shadow's
+//! verdict.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};

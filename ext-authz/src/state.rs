@@ -300,21 +300,23 @@ impl State {
             }
         };
         let mut outcome = outcome;
-        let logged = self.finish(
-            origin,
-            &outcome,
-            received,
-            Finish {
-                decision_id: &decision_id,
-                timestamp_ns,
-                path,
-                requested_by,
-                policies,
-                trace,
-                request: request_line,
-                shadow: shadow_request,
-            },
-        );
+        let logged = self
+            .finish(
+                origin,
+                &outcome,
+                received,
+                Finish {
+                    decision_id: &decision_id,
+                    timestamp_ns,
+                    path,
+                    requested_by,
+                    policies,
+                    trace,
+                    request: request_line,
+                    shadow: shadow_request,
+                },
+            )
+            .await;
         if !logged {
             // `audit: required`: no event, no access.
             outcome.decision = Decision::deny(DenyReason::AuditUnavailable);
@@ -384,21 +386,23 @@ impl State {
             input: logged_input,
             ..outcome
         };
-        let logged = self.finish(
-            Origin::DataApi,
-            &outcome,
-            received,
-            Finish {
-                decision_id: &decision_id,
-                timestamp_ns,
-                path,
-                requested_by,
-                policies,
-                trace,
-                request: None,
-                shadow: None,
-            },
-        );
+        let logged = self
+            .finish(
+                Origin::DataApi,
+                &outcome,
+                received,
+                Finish {
+                    decision_id: &decision_id,
+                    timestamp_ns,
+                    path,
+                    requested_by,
+                    policies,
+                    trace,
+                    request: None,
+                    shadow: None,
+                },
+            )
+            .await;
         let result = if logged {
             result
         } else {
@@ -407,9 +411,12 @@ impl State {
         (result, decision_id)
     }
 
-    /// Count the decision and queue its event. False only when the event could not be
-    /// queued and auditing is required: the caller must then deny.
-    fn finish(
+    /// Count the decision and queue its event. False only when auditing is required and the
+    /// event could not be written (refused, or not in its sinks within
+    /// [`AUDIT_WRITE_TIMEOUT`](crate::decision_log::AUDIT_WRITE_TIMEOUT)): the caller must then
+    /// deny. Under `--audit required` this waits for the write, so an answered decision
+    /// survives a crash of the server.
+    async fn finish(
         &self,
         origin: Origin,
         outcome: &CheckOutcome,
@@ -459,28 +466,41 @@ impl State {
         // With auditing required it takes events only while the log's sinks take them. A check
         // the live set could not decide (overload, a timeout) is not shadowed: there is
         // nothing to compare, and no time to spare.
+        // Under `--audit required` the answer waits for its event, so the event does not wait
+        // for the shadow: the shadow still decides (and counts disagreements), the event goes
+        // straight to the log without the shadow's verdict.
+        let audit_required = self
+            .decision_log
+            .as_ref()
+            .is_some_and(DecisionLog::audit_required);
         if let (Some(request), Some(shadow)) = (f.shadow, self.shadow.get())
             && !arbiter_engine::audit::replay::NOT_DECISIONS.contains(&d.reason_code())
         {
-            let log_refuses = self
-                .decision_log
-                .as_ref()
-                .is_some_and(|l| l.audit_required() && !l.healthy());
-            if !log_refuses {
-                let job = crate::shadow::Job {
-                    request,
-                    live_allowed: d.allowed,
-                    timestamp_ns: f.timestamp_ns,
-                    record: record.take(),
-                };
-                if let Err(job) = shadow.submit(job) {
-                    self.metrics.shadow_dropped();
+            let job = crate::shadow::Job {
+                request,
+                live_allowed: d.allowed,
+                timestamp_ns: f.timestamp_ns,
+                record: if audit_required { None } else { record.take() },
+            };
+            if let Err(job) = shadow.submit(job) {
+                self.metrics.shadow_dropped();
+                if job.record.is_some() {
                     record = job.record;
                 }
             }
         }
         let logged = match (&self.decision_log, record) {
-            (Some(log), Some(record)) => log.submit(record) || !log.audit_required(),
+            (Some(log), Some(record)) if audit_required => match log.submit_acked(record) {
+                Some(written) => matches!(
+                    tokio::time::timeout(crate::decision_log::AUDIT_WRITE_TIMEOUT, written).await,
+                    Ok(Ok(true))
+                ),
+                None => false,
+            },
+            (Some(log), Some(record)) => {
+                log.submit(record);
+                true
+            }
             // No log, or the shadow took the event.
             _ => true,
         };

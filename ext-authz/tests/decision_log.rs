@@ -633,6 +633,40 @@ mask contains "/input/x" if {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// With `audit: required` the answer waits for its event: when a check is answered, its
+    /// event is already in the file (a crash right after cannot lose it). Without the wait the
+    /// writer thread runs behind the answers and the file lacks the newest events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn audit_required_answers_after_the_event_is_written() {
+        let dir = tmp("audit-written");
+        let file = dir.join("d.log");
+        let (s, client) = audited_server(&file).await;
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let mut client = client.clone();
+            let file = file.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50 {
+                    let path = if (t + i) % 2 == 0 { "/ok" } else { "/no" };
+                    let r = client.check(check(path)).await.unwrap().into_inner();
+                    assert_ne!(meta(&r, "arbiter_reason"), "audit_unavailable");
+                    let id = meta(&r, "decision_id");
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    assert!(
+                        text.contains(&format!("\"decision_id\":\"{id}\"")),
+                        "check {t}/{i} was answered before its event {id} was written"
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+        assert_eq!(read_events(&file).len(), 200);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A small tmpfs, unmounted when dropped: a disk that really fills. Mounting needs root,
     /// which CI and the development machines have; without it the test fails, never skips.
     struct Tmpfs(PathBuf);

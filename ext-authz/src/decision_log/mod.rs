@@ -7,7 +7,11 @@
 //! stdout, and an HTTP uploader with its own bounded buffer. When the queue is full the event
 //! is dropped and counted (`arbiter_decision_logs_dropped_total{reason="queue_full"}`), and
 //! with `audit: required` the server denies the request instead (see
-//! [`crate::state::State::check`]). Shutdown drains the queue, then the upload buffer.
+//! [`crate::state::State::check`]). With `audit: required` the answer also waits until the
+//! event is in its sinks (for a file: written, and synced as its fsync setting says): the
+//! writer tells each waiting check after the batch that held its event
+//! ([`DecisionLog::submit_acked`]), so a crash of the server cannot lose a decision it had
+//! answered. Shutdown drains the queue, then the upload buffer.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -113,11 +117,25 @@ fn unreachable_ref() -> DataRef {
     panic!("constant decision-log policy paths parse")
 }
 
+/// Told whether an event reached its sinks (`--audit required`: the answer waits for it).
+pub type Written = tokio::sync::oneshot::Receiver<bool>;
+
+/// How long a check waits for its event to be written under `--audit required` before it is
+/// denied (`audit_unavailable`). The event may still be written after that: an auditor then
+/// sees a decision the caller was denied, never the other way round.
+pub const AUDIT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An event waiting for the writer, with whom to tell when it is written.
+struct Queued {
+    record: Box<DecisionRecord>,
+    written: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
 /// The sending half, held by the servers.
 #[derive(Debug)]
 pub struct DecisionLog {
     /// `None` on the queue tells the writer to finish: write what is queued and stop.
-    tx: Sender<Option<Box<DecisionRecord>>>,
+    tx: Sender<Option<Queued>>,
     closed: std::sync::atomic::AtomicBool,
     /// Taken once, by [`DecisionLog::close`]; never touched on the decision path.
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -196,6 +214,7 @@ impl DecisionLog {
                     prev,
                     policy_flags: HashMap::new(),
                     healthy: h,
+                    acks: Vec::new(),
                 };
                 w.run(&rx);
             })?;
@@ -227,11 +246,30 @@ impl DecisionLog {
             self.metrics.log_dropped(DropReason::SinkError);
             return false;
         }
+        self.queue(record, None)
+    }
+
+    /// Queue an event without waiting, to be told when it is in its sinks (`--audit
+    /// required`). `None` when it was refused, as [`DecisionLog::submit`] refuses.
+    pub fn submit_acked(&self, record: Box<DecisionRecord>) -> Option<Written> {
+        if self.audit_required && !self.healthy() {
+            self.metrics.log_dropped(DropReason::SinkError);
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(record, Some(tx)).then_some(rx)
+    }
+
+    fn queue(
+        &self,
+        record: Box<DecisionRecord>,
+        written: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> bool {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             self.metrics.log_dropped(DropReason::QueueFull);
             return false;
         }
-        match self.tx.try_send(Some(record)) {
+        match self.tx.try_send(Some(Queued { record, written })) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.metrics.log_dropped(DropReason::QueueFull);
@@ -244,7 +282,13 @@ impl DecisionLog {
     /// decision path until their shadow decision is made. False when the log is closed.
     pub fn submit_waiting(&self, record: Box<DecisionRecord>) -> bool {
         if self.closed.load(std::sync::atomic::Ordering::Acquire)
-            || self.tx.send(Some(record)).is_err()
+            || self
+                .tx
+                .send(Some(Queued {
+                    record,
+                    written: None,
+                }))
+                .is_err()
         {
             self.metrics.log_dropped(DropReason::QueueFull);
             return false;
@@ -286,6 +330,8 @@ struct Writer {
     /// Per policy revision: (defines the mask policy, defines the drop policy).
     policy_flags: HashMap<String, (bool, bool)>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Checks waiting for this batch's events, with whether each event went to its sinks.
+    acks: Vec<(tokio::sync::oneshot::Sender<bool>, bool)>,
 }
 
 /// How often a writer whose file refuses events tries again.
@@ -326,12 +372,12 @@ impl Writer {
         }
     }
 
-    fn run(&mut self, rx: &Receiver<Option<Box<DecisionRecord>>>) {
+    fn run(&mut self, rx: &Receiver<Option<Queued>>) {
         loop {
             // While a sync is pending, or events wait for a file that refused them, wake up for
             // it even if no event comes.
             let retry = !self.healthy.load(std::sync::atomic::Ordering::Acquire);
-            let first: Option<Option<Box<DecisionRecord>>> = if retry
+            let first: Option<Option<Queued>> = if retry
                 || self
                     .sinks
                     .file
@@ -359,7 +405,12 @@ impl Writer {
             let mut stop = false;
             while let Some(msg) = next.take() {
                 match msg {
-                    Some(record) => self.one(&record),
+                    Some(Queued { record, written }) => {
+                        let went = self.one(&record);
+                        if let Some(tx) = written {
+                            self.acks.push((tx, went));
+                        }
+                    }
                     None => stop = true,
                 }
                 next = rx.try_recv().ok();
@@ -386,6 +437,7 @@ impl Writer {
 
     fn end_batch(&mut self) {
         let outcome = self.sinks.file.as_mut().map(file::FileSink::end_batch);
+        let file_took = !matches!(outcome, Some(Err(_)));
         match outcome {
             Some(Ok(())) => self.file_state(None),
             Some(Err(e)) => self.file_state(Some(e)),
@@ -393,6 +445,11 @@ impl Writer {
         }
         if let Some(s) = self.sinks.stdout.as_mut() {
             let _ = s.flush();
+        }
+        // The batch is written (and synced, when due): tell the checks waiting for it. An event
+        // the file refused waits in the sink, but its check is not told yes.
+        for (tx, went) in self.acks.drain(..) {
+            let _ = tx.send(went && file_took);
         }
     }
 
@@ -408,7 +465,9 @@ impl Writer {
         }
     }
 
-    fn one(&mut self, record: &DecisionRecord) {
+    /// Seal and write one event; false when it reached no sink (not encodable, refused).
+    /// An event the drop policy drops went where it should: true.
+    fn one(&mut self, record: &DecisionRecord) -> bool {
         let (has_mask, has_drop) = match &record.policies {
             // Looked up by reference: a new revision's key is copied once, not every event's.
             Some(p) => match self.policy_flags.get(p.revision()) {
@@ -429,11 +488,11 @@ impl Writer {
                 // OPA's mask and drop policies see the whole event as JSON.
                 let Json::Object(mut event) = record.to_event(&self.labels) else {
                     self.metrics.log_dropped(DropReason::Encode);
-                    return;
+                    return false;
                 };
                 if has_drop && policy_says_drop(p, &self.config.drop_decision, &event) {
                     self.metrics.log_dropped(DropReason::Policy);
-                    return;
+                    return true;
                 }
                 let mut ops = mask::header_ops(&event, &self.config.mask_headers);
                 if has_mask {
@@ -496,6 +555,7 @@ impl Writer {
         if written {
             self.metrics.log_written();
         }
+        written
     }
 }
 
