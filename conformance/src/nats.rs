@@ -28,6 +28,8 @@ pub struct NatsServer {
     pub port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// Its cluster's arguments, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -38,6 +40,11 @@ impl NatsServer {
 
     /// Start on `port` (a restart keeps the port and the store).
     pub fn start_on(store: &Path, port: u16) -> Result<Self, String> {
+        Self::spawn(store, port, Vec::new())
+    }
+
+    /// Start on `port` with more command-line arguments (a cluster's).
+    fn spawn(store: &Path, port: u16, extra: Vec<String>) -> Result<Self, String> {
         std::fs::create_dir_all(store).map_err(|e| e.to_string())?;
         let log = store.join(format!("nats-{port}.log"));
         let child = Command::new(binary()?)
@@ -45,6 +52,7 @@ impl NatsServer {
             .arg(store)
             .arg("-l")
             .arg(&log)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -54,6 +62,7 @@ impl NatsServer {
             port,
             store: store.to_path_buf(),
             log,
+            extra,
         };
         let until = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -88,7 +97,7 @@ impl NatsServer {
     /// Start it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();
-        let again = Self::start_on(&self.store, self.port)?;
+        let again = Self::spawn(&self.store, self.port, self.extra.clone())?;
         *self = again;
         Ok(())
     }
@@ -97,6 +106,66 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A JetStream cluster of `nats-server` processes on 127.0.0.1 (each with its own store and
+/// routes to the others), as a fleet runs one: streams with several replicas, RAFT between the
+/// nodes, a node that dies leaving the others serving.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// `size` nodes storing under `dir/node-N`; returns once each listens for clients (the
+    /// cluster elects its JetStream leader soon after: clients retry until it has).
+    pub fn start(dir: &Path, size: usize) -> Result<Self, String> {
+        let client_ports: Vec<u16> = (0..size).map(|_| crate::envoy::free_port()).collect();
+        let route_ports: Vec<u16> = (0..size).map(|_| crate::envoy::free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, (&port, &route)) in client_ports.iter().zip(&route_ports).enumerate() {
+            let extra = vec![
+                "-n".to_string(),
+                format!("node-{i}"),
+                "--cluster_name".to_string(),
+                "arbiter-fleet".to_string(),
+                "--cluster".to_string(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_string(),
+                routes.clone(),
+            ];
+            nodes.push(NatsServer::spawn(
+                &dir.join(format!("node-{i}")),
+                port,
+                extra,
+            )?);
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's URL, comma-separated (as `--decision-log-nats` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URLs of the nodes still running.
+    pub fn live_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

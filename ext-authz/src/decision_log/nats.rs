@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use tokio_stream::StreamExt;
 
 use crate::metrics::Metrics;
 use arbiter_engine::audit::index::file_id;
@@ -616,6 +617,16 @@ pub async fn read_stream_async(config: &NatsConfig, stream: &str) -> Result<Vec<
     if state.messages == 0 {
         return Ok(out);
     }
+    // An ordered consumer (ephemeral, flow-controlled, no acknowledgements) streams the
+    // messages in order. Its creation can fail while a node of a cluster is down (it may be
+    // placed there): tried twice, then the messages are fetched one by one, slower but through
+    // the stream's leader alone.
+    for _ in 0..2 {
+        match read_ordered(&s, stream, &state, config.timeout).await {
+            Ok(all) => return Ok(all),
+            Err(e) => tracing::debug!(error = %e, "reading the stream with an ordered consumer"),
+        }
+    }
     for seq in state.first_sequence..=state.last_sequence {
         let m = match s.get_raw_message(seq).await {
             Ok(m) => m,
@@ -633,6 +644,60 @@ pub async fn read_stream_async(config: &NatsConfig, stream: &str) -> Result<Vec<
         });
     }
     Ok(out)
+}
+
+/// Every message up to `state.last_sequence`, through an ordered consumer (a gap, a deleted
+/// message, is simply not delivered); what arrives meanwhile is left for the next reader.
+async fn read_ordered(
+    s: &jetstream::stream::Stream,
+    stream: &str,
+    state: &jetstream::stream::State,
+    timeout: Duration,
+) -> Result<Vec<Stored>, String> {
+    let mut out = Vec::with_capacity(usize::try_from(state.messages).unwrap_or(0));
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("NATS stream `{stream}`: cannot read it: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("NATS stream `{stream}`: cannot read it: {e}"))?;
+    loop {
+        let next = tokio::time::timeout(timeout, messages.next())
+            .await
+            .map_err(|_| {
+                format!(
+                    "NATS stream `{stream}`: no message for {timeout:?} after {} of {}",
+                    out.len(),
+                    state.messages
+                )
+            })?;
+        let Some(m) = next else {
+            return Err(format!("NATS stream `{stream}`: the reader stopped"));
+        };
+        let m = m.map_err(|e| format!("NATS stream `{stream}`: {e}"))?;
+        let sequence = m
+            .info()
+            .map_err(|e| format!("NATS stream `{stream}`: {e}"))?
+            .stream_sequence;
+        out.push(Stored {
+            sequence,
+            subject: m.subject.to_string(),
+            msg_id: m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_string()),
+            payload: m.payload.clone(),
+        });
+        if sequence >= state.last_sequence {
+            return Ok(out);
+        }
+    }
 }
 
 #[cfg(test)]
