@@ -12,6 +12,8 @@ Variants, in one run:
   arbiter-allow      ext_authz -> arbiter serving `allow := true`
   arbiter-rego       ext_authz -> arbiter, reference Rego policy
   arbiter-rego-log   the same with decision logging to a file
+  arbiter-rego-log-required  arbiter-rego-log with --audit required: each answer waits until
+                     its event is written
   arbiter-rego-log-nats  arbiter-rego-log, the file also shipped to NATS JetStream (a
                      `nats-server -js` on core 0, started here; Debian's nats-server)
   arbiter-rego-trace the same with an OpenTelemetry span per check (every check sampled: Envoy
@@ -351,6 +353,7 @@ def run_variant(name, args, work):
                 "arbiter-rego-http": [os.path.join(work, "rego")],
                 "arbiter-rego-log": [os.path.join(work, "rego")],
                 "arbiter-rego-log-nats": [os.path.join(work, "rego")],
+                "arbiter-rego-log-required": [os.path.join(work, "rego")],
                 "arbiter-rego-trace": [os.path.join(work, "rego")],
                 "arbiter-cel": [os.path.join(work, "cel")],
                 "arbiter-rego-cel": [os.path.join(REPO, "policies")],
@@ -358,10 +361,12 @@ def run_variant(name, args, work):
             }[name]
             cmd = [args.arbiter, "serve", *policies, "--grpc-addr", f"127.0.0.1:{port}",
                    "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers)]
-            if name.endswith("-log") or name.endswith("-log-nats"):
+            if name.endswith(("-log", "-log-nats", "-log-required")):
                 # A fresh log per run: the NATS variant ships from its start.
                 log_dir = tempfile.mkdtemp(prefix="log-", dir=work)
                 cmd += ["--decision-log", os.path.join(log_dir, "decisions.log")]
+            if name.endswith("-required"):
+                cmd += ["--audit", "required"]
             if name.endswith("-nats"):
                 nats_port = free_port()
                 store = tempfile.mkdtemp(prefix="js-", dir=work)
@@ -516,7 +521,7 @@ def main():
         n, addr = spec.split("=", 1)
         args.extra[n] = addr
     variants = ["envoy-alone", "envoy-rbac", "arbiter-allow", "arbiter-allow-http", "arbiter-rego",
-                "arbiter-rego-http", "arbiter-rego-log", "arbiter-rego-log-nats", "arbiter-rego-trace", "arbiter-cel",
+                "arbiter-rego-http", "arbiter-rego-log", "arbiter-rego-log-required", "arbiter-rego-log-nats", "arbiter-rego-trace", "arbiter-cel",
                 "arbiter-rego-cel", "arbiter-rego-cel-log", "opa-envoy-allow", "opa-envoy-rego",
                 "opa-envoy-rego-log"] + [f"extra:{n}" for n in args.extra]
     if args.only:
