@@ -171,7 +171,7 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Answers
                 let mut a = Answers::default();
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let verdict = if n % 2 == 0 { "ok" } else { "no" };
+                    let verdict = if n.is_multiple_of(2) { "ok" } else { "no" };
                     let path = format!("/{verdict}/c{c}/n{n}");
                     match get(port, &path) {
                         Ok(r) => {
