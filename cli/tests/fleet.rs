@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use arbiter_conformance::envoy::{Envoy, EnvoyOptions, free_port, get};
 use arbiter_conformance::nats::{NatsCluster, Stored, read_stream};
 use arbiter_engine::audit::index::with_rotated;
-use common::{serve, tmp};
+use common::{file_ids, serve, tmp};
 
 const STREAM: &str = "FLEET";
 const INSTANCES: usize = 3;
@@ -133,24 +133,6 @@ fn stream_leader(urls: &str) -> String {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
-}
-
-/// The decision ids of an instance's whole lines, every rotated file in order.
-fn file_ids(log: &Path) -> Vec<String> {
-    with_rotated(&[log.to_path_buf()])
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n') && l.len() > 1)
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    v["decision_id"].as_str().unwrap().to_string()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[derive(Debug, Default)]

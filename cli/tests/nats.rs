@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, Stored, read_stream};
 use arbiter_engine::audit::index::with_rotated;
-use common::{http, serve, stop, tmp};
+use common::{file_ids, http, serve, stop, tmp};
 
 const STREAM: &str = "DECISIONS";
 
@@ -58,25 +58,6 @@ fn stream(url: &str) -> Vec<Stored> {
         .unwrap()
         .block_on(read_stream(url, STREAM))
         .unwrap_or_default()
-}
-
-/// The decision ids of the log's whole lines, in order (a line a SIGKILL cut short is not an
-/// event: the next run cuts it off).
-fn file_ids(log: &Path) -> Vec<String> {
-    with_rotated(&[log.to_path_buf()])
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n') && l.len() > 1)
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    v["decision_id"].as_str().unwrap().to_string()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Wait until the stream holds as many messages as the file holds events; both, then.

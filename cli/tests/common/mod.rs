@@ -128,3 +128,22 @@ pub fn check_request(
         }),
     }
 }
+
+/// The decision ids of a decision log's whole lines, its rotated files included, oldest first
+/// (a line a SIGKILL cut short is not an event: the next run cuts it off).
+pub fn file_ids(log: &std::path::Path) -> Vec<String> {
+    arbiter_engine::audit::index::with_rotated(&[log.to_path_buf()])
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && l.len() > 1)
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["decision_id"].as_str().unwrap().to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
