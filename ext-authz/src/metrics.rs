@@ -130,6 +130,8 @@ pub struct Metrics {
     latency: DecisionLatency,
     log_dropped: [AtomicU64; DROP_REASONS.len()],
     log_written: AtomicU64,
+    /// `--audit required`: checks denied because their event was not written in time.
+    audit_write_timeouts: AtomicU64,
     log_uploaded: AtomicU64,
     log_upload_failures: AtomicU64,
     log_upload_buffered: AtomicU64,
@@ -359,6 +361,15 @@ impl Metrics {
         self.log_written.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Under `--audit required`, a check's event was not written within the bound.
+    pub fn audit_write_timeout(&self) {
+        self.audit_write_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_write_timeouts(&self) -> u64 {
+        self.audit_write_timeouts.load(Ordering::Relaxed)
+    }
+
     /// A policy reload attempt.
     pub fn reload(&self, ok: bool) {
         if ok {
@@ -483,6 +494,16 @@ impl Metrics {
                 l(&self.log_dropped[i])
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP arbiter_audit_write_timeouts_total Checks denied (audit_unavailable) under --audit required because their event was not written within 1 s; the event may still be written."
+        );
+        let _ = writeln!(s, "# TYPE arbiter_audit_write_timeouts_total counter");
+        let _ = writeln!(
+            s,
+            "arbiter_audit_write_timeouts_total {}",
+            l(&self.audit_write_timeouts)
+        );
         if self.shadow_on.load(Ordering::Relaxed) {
             let [evaluated, new_access, new_denial, dropped] = self.shadow_counts();
             let _ = writeln!(

@@ -491,10 +491,19 @@ impl State {
         }
         let logged = match (&self.decision_log, record) {
             (Some(log), Some(record)) if audit_required => match log.submit_acked(record) {
-                Some(written) => matches!(
-                    tokio::time::timeout(crate::decision_log::AUDIT_WRITE_TIMEOUT, written).await,
-                    Ok(Ok(true))
-                ),
+                Some(written) => {
+                    match tokio::time::timeout(crate::decision_log::AUDIT_WRITE_TIMEOUT, written)
+                        .await
+                    {
+                        Ok(Ok(went)) => went,
+                        // The writer stopped (shutdown) without saying.
+                        Ok(Err(_)) => false,
+                        Err(_) => {
+                            self.metrics.audit_write_timeout();
+                            false
+                        }
+                    }
+                }
                 None => false,
             },
             (Some(log), Some(record)) => {

@@ -667,6 +667,79 @@ mask contains "/input/x" if {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// With `audit: required`, a check whose event is not written within the bound is denied
+    /// `audit_unavailable` and counted; its event is still written afterwards — the log may
+    /// hold a decision its caller was denied, never the reverse. The writer is slowed by a mask
+    /// policy that runs into the evaluation deadline (50 ms) on every event: 40 checks at once
+    /// queue 2 s of writing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_required_denies_a_check_whose_event_is_written_too_late() {
+        let dir = tmp("audit-late");
+        let file = dir.join("d.log");
+        let slow_mask = r#"
+package system.log
+mask contains "/input/x" if {
+    some i in numbers.range(1, 100000)
+    some j in numbers.range(1, 100000)
+    i + j < 0
+}
+"#;
+        let config = DecisionLogConfig {
+            audit_required: true,
+            ..DecisionLogConfig::to(LogTarget::File(file.clone()))
+        };
+        let s = arbiter_ext_authz::start(server_config(config), authorizer(policies(slow_mask)))
+            .await
+            .unwrap();
+        let client = AuthorizationClient::connect(format!("http://{}", s.grpc_addr.unwrap()))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let r = client.check(check("/ok")).await.unwrap().into_inner();
+                (r, started.elapsed())
+            }));
+        }
+        let mut late = Vec::new();
+        let mut answered = 0;
+        for t in tasks {
+            let (r, waited) = t.await.unwrap();
+            if meta(&r, "arbiter_reason") == "audit_unavailable" {
+                assert!(
+                    waited >= arbiter_ext_authz::decision_log::AUDIT_WRITE_TIMEOUT,
+                    "denied after {waited:?}"
+                );
+                late.push(meta(&r, "decision_id"));
+            } else {
+                assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+                answered += 1;
+            }
+        }
+        assert!(
+            !late.is_empty() && answered > 0,
+            "{answered} answered, {} late",
+            late.len()
+        );
+        assert_eq!(s.state.metrics.audit_write_timeouts(), late.len() as u64);
+        s.shutdown().await.unwrap();
+        let events = read_events(&file);
+        assert_eq!(
+            events.len(),
+            40,
+            "every event is written, the late ones too"
+        );
+        for id in &late {
+            assert!(
+                events.iter().any(|e| e["decision_id"] == id.as_str()),
+                "the late event {id} was never written"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A small tmpfs, unmounted when dropped: a disk that really fills. Mounting needs root,
     /// which CI and the development machines have; without it the test fails, never skips.
     struct Tmpfs(PathBuf);

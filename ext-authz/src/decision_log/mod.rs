@@ -334,6 +334,11 @@ struct Writer {
     acks: Vec<(tokio::sync::oneshot::Sender<bool>, bool)>,
 }
 
+/// While checks wait for their events, the most events and the longest time one batch holds
+/// before it is written and they are told.
+const ACKED_BATCH_EVENTS: usize = 256;
+const ACKED_BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// How often a writer whose file refuses events tries again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -400,9 +405,14 @@ impl Writer {
                     Err(_) => break,
                 }
             };
-            // Write what is queued, then flush (and sync when due) once.
+            // Write what is queued, then flush (and sync when due) once. While checks wait for
+            // their events (`--audit required`), a batch ends after `ACKED_BATCH_TIME` or
+            // `ACKED_BATCH_EVENTS`, so a long queue does not make the first check wait for the
+            // last event's write.
             let mut next = first;
             let mut stop = false;
+            let mut batch_start = std::time::Instant::now();
+            let mut in_batch = 0usize;
             while let Some(msg) = next.take() {
                 match msg {
                     Some(Queued { record, written }) => {
@@ -410,8 +420,16 @@ impl Writer {
                         if let Some(tx) = written {
                             self.acks.push((tx, went));
                         }
+                        in_batch += 1;
                     }
                     None => stop = true,
+                }
+                if !self.acks.is_empty()
+                    && (in_batch >= ACKED_BATCH_EVENTS || batch_start.elapsed() >= ACKED_BATCH_TIME)
+                {
+                    self.end_batch();
+                    batch_start = std::time::Instant::now();
+                    in_batch = 0;
                 }
                 next = rx.try_recv().ok();
             }
