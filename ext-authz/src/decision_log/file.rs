@@ -222,14 +222,20 @@ impl FileSink {
     /// go to the new file).
     fn flush_pending(&mut self) -> io::Result<()> {
         if !self.still_ours() {
+            // A new file at the path takes the events at once (the chain continues in it):
+            // said on stderr, not an error — checks waiting for their events under `--audit
+            // required` are not denied for a file that was replaced.
             self.file = open_append(&self.config.path)?;
             let meta = self.file.metadata()?;
             self.id = file_id(&meta);
             self.size = meta.len();
-            return Err(io::Error::other(format!(
-                "{} was deleted or replaced; writing to a new file at that path",
+            tracing::warn!(
+                event = "decision_log_sink",
+                sink = "file",
+                path = %self.config.path.display(),
+                "decision log: {} was deleted or replaced; writing to a new file at that path",
                 self.config.path.display()
-            )));
+            );
         }
         if self.pending.is_empty() {
             return Ok(());
