@@ -332,13 +332,15 @@ impl DecisionRecord {
     ) -> (Vec<u8>, String) {
         let mut body = Vec::with_capacity(2048);
         self.write_fields(labels, &mut body);
-        let mut input = self.input.clone();
-        if let Some(i) = input.as_mut() {
-            let erased = crate::audit::mask::mask_input_headers(i, masked_headers);
-            if !erased.is_empty() {
-                Obj::reopen(&mut body).value("erased", &erased);
-                body.push(b'}');
-            }
+        // The credential headers are left out while the input is serialized (no copy of it).
+        let mask = self
+            .input
+            .as_ref()
+            .map(|i| crate::audit::mask::header_mask(i, masked_headers))
+            .unwrap_or_default();
+        if !mask.erased.is_empty() {
+            Obj::reopen(&mut body).value("erased", &mask.erased);
+            body.push(b'}');
         }
         if console {
             let mut e = Obj::reopen(&mut body);
@@ -347,6 +349,10 @@ impl DecisionRecord {
             }
             e.close();
         }
+        let input = self
+            .input
+            .as_ref()
+            .map(|input| crate::audit::mask::Masked { input, mask: &mask });
         crate::audit::chain::seal_object(body, input.as_ref(), prev_hash)
     }
 }

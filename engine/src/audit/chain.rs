@@ -108,9 +108,9 @@ pub fn seal_with_input(
 /// [`seal_with_input`] for an event already written as one JSON object without `prev_hash`,
 /// `input` or `hash` (what [`crate::record::DecisionRecord::write_fields`] writes): adds them
 /// and encodes the line.
-pub fn seal_object(
+pub fn seal_object<I: serde::Serialize>(
     mut body: Vec<u8>,
-    input: Option<&regorus::Value>,
+    input: Option<&I>,
     prev_hash: &str,
 ) -> (Vec<u8>, String) {
     body.pop(); // the closing brace

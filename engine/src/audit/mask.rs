@@ -193,6 +193,195 @@ pub fn header_ops(event: &Map<String, Json>, headers: &[String]) -> Vec<MaskOp> 
     ops
 }
 
+/// The credential headers of an OPA-Envoy input, found without copying it: what
+/// [`mask_input_headers`] would take out, for a writer that leaves them out while serializing
+/// ([`Masked`]) instead of copying the objects on the way and removing them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderMask {
+    /// Keys of `attributes.request.http.headers` to leave out.
+    keys: Vec<String>,
+    /// Indices of `attributes.request.http.headerMap.headers` to leave out.
+    map_indices: Vec<usize>,
+    /// The pointers erased, as [`mask_input_headers`] returns them (in its order).
+    pub erased: Vec<String>,
+}
+
+impl HeaderMask {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.map_indices.is_empty()
+    }
+}
+
+fn http_of(input: &regorus::Value) -> Option<&regorus::Value> {
+    let key = |s: &str| regorus::Value::from(s);
+    input
+        .as_object()
+        .ok()?
+        .get(&key("attributes"))?
+        .as_object()
+        .ok()?
+        .get(&key("request"))?
+        .as_object()
+        .ok()?
+        .get(&key("http"))
+}
+
+/// What [`mask_input_headers`] would erase from `input`, found by reading it.
+pub fn header_mask(input: &regorus::Value, headers: &[String]) -> HeaderMask {
+    use regorus::Value;
+    let mut mask = HeaderMask::default();
+    if headers.is_empty() {
+        return mask;
+    }
+    let hit = |k: &str| headers.iter().any(|n| n.eq_ignore_ascii_case(k));
+    let Some(http) = http_of(input).and_then(|h| h.as_object().ok()) else {
+        return mask;
+    };
+    if let Some(Value::Object(h)) = http.get(&Value::from("headers")) {
+        for k in h.keys() {
+            if let Value::String(s) = k
+                && hit(s)
+            {
+                mask.erased.push(format!(
+                    "/input/attributes/request/http/headers/{}",
+                    s.replace('~', "~0").replace('/', "~1")
+                ));
+                mask.keys.push(s.to_string());
+            }
+        }
+    }
+    if let Some(Value::Array(list)) = http
+        .get(&Value::from("headerMap"))
+        .and_then(|m| m.as_object().ok())
+        .and_then(|m| m.get(&Value::from("headers")))
+    {
+        for (i, e) in list.iter().enumerate() {
+            let is_hit = e
+                .as_object()
+                .ok()
+                .and_then(|o| o.get(&Value::from("key")))
+                .is_some_and(|k| matches!(k, Value::String(s) if hit(s)));
+            if is_hit {
+                mask.map_indices.push(i);
+            }
+        }
+        // Named from the last, as the copying version removes them.
+        for i in mask.map_indices.iter().rev() {
+            mask.erased.push(format!(
+                "/input/attributes/request/http/headerMap/headers/{i}"
+            ));
+        }
+    }
+    mask
+}
+
+/// An input serialized without the headers its [`HeaderMask`] names: the same bytes as
+/// [`mask_input_headers`] on a copy, then serializing the copy — without the copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Masked<'a> {
+    pub input: &'a regorus::Value,
+    pub mask: &'a HeaderMask,
+}
+
+/// Where a value sits on the way to the masked headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spine {
+    Root,
+    Attributes,
+    Request,
+    Http,
+    Headers,
+    HeaderMap,
+    HeaderMapHeaders,
+}
+
+impl Spine {
+    fn child(self, key: &str) -> Option<Spine> {
+        match (self, key) {
+            (Spine::Root, "attributes") => Some(Spine::Attributes),
+            (Spine::Attributes, "request") => Some(Spine::Request),
+            (Spine::Request, "http") => Some(Spine::Http),
+            (Spine::Http, "headers") => Some(Spine::Headers),
+            (Spine::Http, "headerMap") => Some(Spine::HeaderMap),
+            (Spine::HeaderMap, "headers") => Some(Spine::HeaderMapHeaders),
+            _ => None,
+        }
+    }
+}
+
+struct Node<'a> {
+    value: &'a regorus::Value,
+    at: Spine,
+    mask: &'a HeaderMask,
+}
+
+impl serde::Serialize for Masked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.mask.is_empty() {
+            return self.input.serialize(serializer);
+        }
+        Node {
+            value: self.input,
+            at: Spine::Root,
+            mask: self.mask,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl serde::Serialize for Node<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use regorus::Value;
+        use serde::ser::{Error, SerializeMap, SerializeSeq};
+        match (self.value, self.at) {
+            (Value::Array(list), Spine::HeaderMapHeaders) => {
+                let kept = list.len() - self.mask.map_indices.len();
+                let mut seq = serializer.serialize_seq(Some(kept))?;
+                for (i, e) in list.iter().enumerate() {
+                    if !self.mask.map_indices.contains(&i) {
+                        seq.serialize_element(e)?;
+                    }
+                }
+                seq.end()
+            }
+            (Value::Object(o), at) if at != Spine::HeaderMapHeaders => {
+                let skip = |k: &Value| {
+                    at == Spine::Headers
+                        && matches!(k, Value::String(s) if self.mask.keys.iter().any(|m| **m == **s))
+                };
+                let kept = o.len() - o.keys().filter(|k| skip(k)).count();
+                let mut map = serializer.serialize_map(Some(kept))?;
+                // As regorus serializes an object: sorted keys, a key that is not a string
+                // written as its JSON text.
+                for (k, v) in o.iter_sorted() {
+                    if skip(k) {
+                        continue;
+                    }
+                    let child = match k {
+                        Value::String(s) => at.child(s),
+                        _ => None,
+                    };
+                    let value = Node {
+                        value: v,
+                        at: child.unwrap_or(Spine::Root),
+                        mask: self.mask,
+                    };
+                    match (k, child) {
+                        (Value::String(_), Some(_)) => map.serialize_entry(k, &value)?,
+                        (Value::String(_), None) => map.serialize_entry(k, v)?,
+                        _ => {
+                            let key = serde_json::to_string(k).map_err(S::Error::custom)?;
+                            map.serialize_entry(&key, v)?;
+                        }
+                    }
+                }
+                map.end()
+            }
+            (v, _) => v.serialize(serializer),
+        }
+    }
+}
+
 /// Erase `headers` (lower-case names) from an OPA-Envoy input held as a Rego value, in
 /// `headers` and in `headerMap`; returns the pointers erased, as [`header_ops`] names them.
 /// Only the objects on the way are copied: the rest stays shared with the decision's input.
@@ -360,6 +549,71 @@ mod tests {
             &json!({"attributes": {"request": {"http": {"headers": {"x": "1"}}}}}),
         );
         assert!(mask_input_headers(&mut plain, &names).is_empty());
+    }
+
+    /// Leaving the headers out while serializing writes the same bytes, and names the same
+    /// pointers, as copying the input, erasing them and serializing the copy — over inputs
+    /// that hit every branch: headers in any case, several `headerMap` entries, keys that need
+    /// escaping in a pointer, a non-string key, shapes that are not objects on the way.
+    #[test]
+    fn leaving_headers_out_while_serializing_matches_erasing_a_copy() {
+        let names: Vec<String> = DEFAULT_MASKED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let inputs = [
+            event()["input"].clone(),
+            json!({"attributes": {"request": {"http": {"headers": {"x": "1"}}}}}),
+            json!({"attributes": {"request": {"http": {
+                "headers": {"Authorization": "a", "COOKIE": "c", "x-api-key": "k", "a/b~c": "1", "z": "2"},
+                "headerMap": {"headers": [
+                    {"key": "cookie", "value": "1"}, {"key": "x", "value": "2"},
+                    {"key": "Proxy-Authorization", "value": "3"}, {"nokey": true},
+                    {"key": "authorization", "value": "4"}
+                ], "other": 1},
+                "method": "GET"
+            }, "time": "t"}, "source": {"address": "a"}}, "parsed_path": ["a"], "version": {}}),
+            json!({"attributes": {"request": {"http": {"headers": ["authorization"], "headerMap": {"headers": {"authorization": 1}}}}}}),
+            json!({"attributes": {"request": {"http": "authorization"}}}),
+            json!({"attributes": {"request": 1}}),
+            json!(["authorization"]),
+            json!("plain"),
+            json!({}),
+        ];
+        let mut values: Vec<regorus::Value> = inputs.iter().map(crate::value::from_json).collect();
+        // A key that is not a string, beside the headers.
+        let mut odd = values[2].clone();
+        if let Ok(o) = odd.as_object_mut() {
+            o.insert(regorus::Value::from(7u64), regorus::Value::from("seven"));
+        }
+        values.push(odd);
+        for v in &values {
+            let mut copy = v.clone();
+            let erased = mask_input_headers(&mut copy, &names);
+            let mask = header_mask(v, &names);
+            assert_eq!(mask.erased, erased, "{v:?}");
+            let by_copy = serde_json::to_string(&copy).unwrap();
+            let by_skipping = serde_json::to_string(&Masked {
+                input: v,
+                mask: &mask,
+            })
+            .unwrap();
+            assert_eq!(by_skipping, by_copy);
+        }
+        // The credentials are gone from what is written.
+        let written = serde_json::to_string(&Masked {
+            input: &values[2],
+            mask: &header_mask(&values[2], &names),
+        })
+        .unwrap();
+        assert!(
+            !written.contains("authorization") && !written.contains("COOKIE"),
+            "{written}"
+        );
+        assert!(
+            written.contains("a/b~c") && written.contains("\"z\""),
+            "{written}"
+        );
     }
 
     trait Dump {
