@@ -384,94 +384,50 @@ impl serde::Serialize for Node<'_> {
 
 /// Erase `headers` (lower-case names) from an OPA-Envoy input held as a Rego value, in
 /// `headers` and in `headerMap`; returns the pointers erased, as [`header_ops`] names them.
-/// Only the objects on the way are copied: the rest stays shared with the decision's input.
+/// Which headers: [`header_mask`]. Only the objects on the way are copied: the rest stays
+/// shared with the decision's input.
 pub fn mask_input_headers(input: &mut regorus::Value, headers: &[String]) -> Vec<String> {
     use regorus::Value;
-    let mut erased = Vec::new();
-    if headers.is_empty() {
-        return erased;
+    let mask = header_mask(input, headers);
+    if mask.is_empty() {
+        return mask.erased;
     }
-    let hit = |k: &str| headers.iter().any(|n| n.eq_ignore_ascii_case(k));
-    let key = |s: &str| Value::from(s);
     let Some(http) = input
         .as_object_mut()
         .ok()
-        .and_then(|o| o.get_mut(&key("attributes")))
+        .and_then(|o| o.get_mut(&Value::from("attributes")))
         .and_then(|a| a.as_object_mut().ok())
-        .and_then(|a| a.get_mut(&key("request")))
+        .and_then(|a| a.get_mut(&Value::from("request")))
         .and_then(|r| r.as_object_mut().ok())
-        .and_then(|r| r.get_mut(&key("http")))
+        .and_then(|r| r.get_mut(&Value::from("http")))
+        .and_then(|h| h.as_object_mut().ok())
     else {
-        return erased;
+        return Vec::new();
     };
-    // Look before copying: most requests carry none of the masked headers.
-    let in_headers: Vec<String> = match http.as_object().ok().and_then(|h| h.get(&key("headers"))) {
-        Some(Value::Object(h)) => h
-            .keys()
-            .filter_map(|k| match k {
-                Value::String(s) if hit(s) => Some(s.to_string()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    if !in_headers.is_empty()
+    if !mask.keys.is_empty()
         && let Some(h) = http
-            .as_object_mut()
-            .ok()
-            .and_then(|o| o.get_mut(&key("headers")))
+            .get_mut(&Value::from("headers"))
             .and_then(|h| h.as_object_mut().ok())
     {
-        for k in in_headers {
-            h.remove(&key(&k));
-            erased.push(format!(
-                "/input/attributes/request/http/headers/{}",
-                k.replace('~', "~0").replace('/', "~1")
-            ));
+        for k in &mask.keys {
+            h.remove(&Value::from(k.as_str()));
         }
     }
-    let map_hits: Vec<usize> = match http
-        .as_object()
-        .ok()
-        .and_then(|o| o.get(&key("headerMap")))
-        .and_then(|m| m.as_object().ok())
-        .and_then(|m| m.get(&key("headers")))
-    {
-        Some(Value::Array(list)) => list
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| {
-                e.as_object()
-                    .ok()
-                    .and_then(|o| o.get(&key("key")))
-                    .is_some_and(|k| matches!(k, Value::String(s) if hit(s)))
-            })
-            .map(|(i, _)| i)
-            .collect(),
-        _ => Vec::new(),
-    };
-    if !map_hits.is_empty()
+    if !mask.map_indices.is_empty()
         && let Some(list) = http
-            .as_object_mut()
-            .ok()
-            .and_then(|o| o.get_mut(&key("headerMap")))
+            .get_mut(&Value::from("headerMap"))
             .and_then(|m| m.as_object_mut().ok())
-            .and_then(|m| m.get_mut(&key("headers")))
+            .and_then(|m| m.get_mut(&Value::from("headers")))
             .and_then(|l| l.as_array_mut().ok())
     {
-        for i in map_hits.into_iter().rev() {
-            let mut n = 0usize;
-            list.retain(|_| {
-                let keep = n != i;
-                n += 1;
-                keep
-            });
-            erased.push(format!(
-                "/input/attributes/request/http/headerMap/headers/{i}"
-            ));
-        }
+        let mut n = 0usize;
+        list.retain(|_| {
+            let keep = !mask.map_indices.contains(&n);
+            n += 1;
+            keep
+        });
     }
-    erased
+    mask.erased
 }
 
 #[cfg(test)]
