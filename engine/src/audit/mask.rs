@@ -335,7 +335,8 @@ impl serde::Serialize for Node<'_> {
         use serde::ser::{Error, SerializeMap, SerializeSeq};
         match (self.value, self.at) {
             (Value::Array(list), Spine::HeaderMapHeaders) => {
-                let kept = list.len() - self.mask.map_indices.len();
+                // (A mask made for another input cannot underflow the length hint.)
+                let kept = list.len().saturating_sub(self.mask.map_indices.len());
                 let mut seq = serializer.serialize_seq(Some(kept))?;
                 for (i, e) in list.iter().enumerate() {
                     if !self.mask.map_indices.contains(&i) {
