@@ -241,7 +241,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     children.0[1].kill().unwrap();
     children.0[1].wait().unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let live = cluster.live_urls();
+    let live = cluster.urls();
     children.0[1] = start_instance(&homes[1], ports[1], &live);
     std::thread::sleep(LOAD.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);

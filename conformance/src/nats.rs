@@ -149,17 +149,8 @@ impl NatsCluster {
         Ok(NatsCluster { nodes })
     }
 
-    /// Every node's URL, comma-separated (as `--decision-log-nats` takes them).
+    /// The URLs of the nodes running, comma-separated (as `--decision-log-nats` takes them).
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The URLs of the nodes still running.
-    pub fn live_urls(&self) -> String {
         self.nodes
             .iter()
             .filter(|n| n.child.is_some())

@@ -362,13 +362,15 @@ impl serde::Serialize for Node<'_> {
                         Value::String(s) => at.child(s),
                         _ => None,
                     };
-                    let value = Node {
-                        value: v,
-                        at: child.unwrap_or(Spine::Root),
-                        mask: self.mask,
-                    };
                     match (k, child) {
-                        (Value::String(_), Some(_)) => map.serialize_entry(k, &value)?,
+                        (Value::String(_), Some(at)) => {
+                            let node = Node {
+                                value: v,
+                                at,
+                                mask: self.mask,
+                            };
+                            map.serialize_entry(k, &node)?;
+                        }
                         (Value::String(_), None) => map.serialize_entry(k, v)?,
                         _ => {
                             let key = serde_json::to_string(k).map_err(S::Error::custom)?;

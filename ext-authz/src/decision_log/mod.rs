@@ -233,7 +233,7 @@ impl DecisionLog {
         self.healthy.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Whether requests must be denied when their event cannot be queued.
+    /// Whether a request is answered only once its event is written (denied when it cannot be).
     pub fn audit_required(&self) -> bool {
         self.audit_required
     }
@@ -242,22 +242,26 @@ impl DecisionLog {
     /// required, an event is refused while the file refuses writes: the caller denies
     /// (`audit_unavailable`) instead of allowing what cannot be recorded.
     pub fn submit(&self, record: Box<DecisionRecord>) -> bool {
-        if self.audit_required && !self.healthy() {
-            self.metrics.log_dropped(DropReason::SinkError);
-            return false;
-        }
-        self.queue(record, None)
+        self.admits() && self.queue(record, None)
     }
 
     /// Queue an event without waiting, to be told when it is in its sinks (`--audit
     /// required`). `None` when it was refused, as [`DecisionLog::submit`] refuses.
     pub fn submit_acked(&self, record: Box<DecisionRecord>) -> Option<Written> {
-        if self.audit_required && !self.healthy() {
-            self.metrics.log_dropped(DropReason::SinkError);
+        if !self.admits() {
             return None;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue(record, Some(tx)).then_some(rx)
+    }
+
+    /// With auditing required, no event is taken while the file refuses writes (counted).
+    fn admits(&self) -> bool {
+        if self.audit_required && !self.healthy() {
+            self.metrics.log_dropped(DropReason::SinkError);
+            return false;
+        }
+        true
     }
 
     fn queue(

@@ -13,8 +13,8 @@
 //!
 //! The shipper never blocks a decision: with `--audit required` a decision waits for its event
 //! to be written to the file (and is denied when the file does not take it within a second),
-//! never for NATS; so an answered decision is in the spool, and a SIGKILL loses none. A NATS server that is down
-//! makes the spool grow within the file's rotation limits
+//! never for NATS; so an answered decision is in the spool, and a SIGKILL loses none. A NATS
+//! server that is down makes the spool grow within the file's rotation limits
 //! (`arbiter_decision_logs_ship_lag_bytes`); events rotated away before they were shipped are
 //! counted (`arbiter_decision_logs_ship_lost_total`), never silently skipped.
 
