@@ -5,6 +5,7 @@
 //! that calls it runs off the decision path.
 
 pub mod chain;
+pub mod fleet;
 pub mod index;
 pub mod mask;
 pub mod replay;

@@ -13,13 +13,16 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::chain::{self, LineError, VerifyFailure};
-use super::summary::{Summary, SummaryBuilder, identity_of, is_policy_reason, path_of, rule_of};
+use super::summary::{
+    Summary, SummaryBuilder, identity_of, instance_of, is_policy_reason, path_of, rule_of,
+};
 
 /// What a decision was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Allowed,
     /// Denied by policy.
@@ -38,14 +41,27 @@ impl Outcome {
     }
 }
 
+/// Where an event is kept, to read it whole again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum At {
+    /// A line of a file of the index: the file's place, the line's first byte and length, and
+    /// its 1-based number.
+    Line {
+        file: u32,
+        offset: u64,
+        len: u32,
+        line: u32,
+    },
+    /// A message of a JetStream stream ([`super::fleet::FleetIndex`]).
+    Stream { sequence: u64 },
+}
+
 /// One event, as the index keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
-    pub file: u32,
-    pub offset: u64,
-    pub len: u32,
-    /// 1-based line in its file.
-    pub line: u32,
+    pub at: At,
+    /// The instance that decided (`labels.id`), interned.
+    pub instance: u32,
     /// Nanoseconds since the epoch; `i64::MIN` without a readable timestamp.
     pub time_ns: i64,
     pub outcome: Outcome,
@@ -80,14 +96,41 @@ struct Seen {
 type Looked = (PathBuf, (u64, u64), u64);
 
 /// Interned strings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<String>", into = "Vec<String>")]
 pub struct Strings {
     list: Vec<String>,
     ids: HashMap<String, u32>,
 }
 
+impl From<Vec<String>> for Strings {
+    fn from(list: Vec<String>) -> Self {
+        let ids = list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        Strings { list, ids }
+    }
+}
+
+impl From<Strings> for Vec<String> {
+    fn from(s: Strings) -> Self {
+        s.list
+    }
+}
+
 impl Strings {
-    fn intern(&mut self, s: &str) -> u32 {
+    /// How many strings are held.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
             return id;
         }
@@ -121,6 +164,86 @@ pub struct Filter {
     /// Inclusive bounds, nanoseconds since the epoch.
     pub from_ns: Option<i64>,
     pub to_ns: Option<i64>,
+    /// The instance (`labels.id`), exactly.
+    pub instance: Option<String>,
+}
+
+/// The rows of `rows` (oldest first) matching `f`, newest first: how many, and the positions
+/// of those on page `page` (0-based) — the one filter of the file index and the fleet's.
+pub fn select<'a, I>(
+    rows: I,
+    strings: &Strings,
+    f: &Filter,
+    page: usize,
+    per_page: usize,
+) -> (usize, Vec<usize>)
+where
+    I: DoubleEndedIterator<Item = &'a Row> + ExactSizeIterator,
+{
+    let ids = |needle: &Option<String>| needle.as_ref().map(|n| strings.matching(n));
+    let (identity, path, rule) = (ids(&f.identity), ids(&f.path), ids(&f.rule));
+    // An instance is named exactly: `node-1` is not `node-10`.
+    let instance: Option<Option<u32>> = f
+        .instance
+        .as_ref()
+        .map(|want| strings.ids.get(want.as_str()).copied());
+    let hit = |set: &Option<Vec<bool>>, id: u32| {
+        set.as_ref()
+            .is_none_or(|s| s.get(id as usize).copied().unwrap_or(false))
+    };
+    let mut total = 0;
+    let mut out = Vec::new();
+    let skip = page.saturating_mul(per_page);
+    for (i, r) in rows.enumerate().rev() {
+        let ok = f.outcome.is_none_or(|o| o == r.outcome)
+            && f.from_ns.is_none_or(|t| r.time_ns >= t)
+            && f.to_ns.is_none_or(|t| r.time_ns <= t)
+            && instance.is_none_or(|want| want == Some(r.instance))
+            && hit(&identity, r.identity)
+            && hit(&path, r.path)
+            && hit(&rule, r.rule);
+        if ok {
+            if total >= skip && out.len() < per_page {
+                out.push(i);
+            }
+            total += 1;
+        }
+    }
+    (total, out)
+}
+
+/// The compact row of event `e` kept `at`.
+pub(crate) fn row_of(e: &Json, at: At, strings: &mut Strings) -> Row {
+    let allowed = e.get("allowed").and_then(Json::as_bool).unwrap_or(false);
+    let reason = e
+        .get("reason")
+        .and_then(Json::as_str)
+        .unwrap_or(if allowed { "allowed" } else { "unknown" });
+    let outcome = if allowed {
+        Outcome::Allowed
+    } else if is_policy_reason(reason) {
+        Outcome::Denied
+    } else {
+        Outcome::Error
+    };
+    Row {
+        at,
+        instance: strings.intern(&instance_of(e)),
+        time_ns: e
+            .get("timestamp")
+            .and_then(Json::as_str)
+            .and_then(parse_ts)
+            .unwrap_or(i64::MIN),
+        outcome,
+        identity: strings.intern(&identity_of(e)),
+        path: strings.intern(&path_of(e)),
+        rule: strings.intern(&rule_of(e)),
+        reason: strings.intern(reason),
+        latency_ns: e
+            .pointer("/metrics/timer_server_handler_ns")
+            .and_then(Json::as_u64)
+            .unwrap_or(0),
+    }
 }
 
 /// The index of a set of decision-log files.
@@ -206,7 +329,7 @@ fn parse_ts(s: &str) -> Option<i64> {
 }
 
 /// A line parsed and its own hash checked.
-type Prepared = (
+pub(crate) type Prepared = (
     u64,
     u32,
     Result<Json, String>,
@@ -215,7 +338,7 @@ type Prepared = (
 );
 
 /// Parse and hash-check `batch` on all cores, keeping its order.
-fn prepare(batch: Vec<(u64, u32, Vec<u8>)>) -> Vec<Prepared> {
+pub(crate) fn prepare(batch: Vec<(u64, u32, Vec<u8>)>) -> Vec<Prepared> {
     let one = |(at, no, bytes): (u64, u32, Vec<u8>)| -> Prepared {
         let parsed: Result<Json, String> =
             serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON: {e}"));
@@ -488,38 +611,13 @@ impl LogIndex {
             }
         };
         self.summary.add(&e);
-        let allowed = e.get("allowed").and_then(Json::as_bool).unwrap_or(false);
-        let reason = e
-            .get("reason")
-            .and_then(Json::as_str)
-            .unwrap_or(if allowed { "allowed" } else { "unknown" });
-        let outcome = if allowed {
-            Outcome::Allowed
-        } else if is_policy_reason(reason) {
-            Outcome::Denied
-        } else {
-            Outcome::Error
-        };
-        let row = Row {
+        let at = At::Line {
             file: u32::try_from(file).unwrap_or(u32::MAX),
             offset,
             len: u32::try_from(line.len()).unwrap_or(u32::MAX),
             line: line_no,
-            time_ns: e
-                .get("timestamp")
-                .and_then(Json::as_str)
-                .and_then(parse_ts)
-                .unwrap_or(i64::MIN),
-            outcome,
-            identity: self.strings.intern(&identity_of(&e)),
-            path: self.strings.intern(&path_of(&e)),
-            rule: self.strings.intern(&rule_of(&e)),
-            reason: self.strings.intern(reason),
-            latency_ns: e
-                .pointer("/metrics/timer_server_handler_ns")
-                .and_then(Json::as_u64)
-                .unwrap_or(0),
         };
+        let row = row_of(&e, at, &mut self.strings);
         self.rows.push(row);
     }
 
@@ -546,42 +644,22 @@ impl LogIndex {
 
     /// Rows matching `f`, newest first: how many, and those of page `page` (0-based).
     pub fn query(&self, f: &Filter, page: usize, per_page: usize) -> (usize, Vec<usize>) {
-        let ids = |needle: &Option<String>| needle.as_ref().map(|n| self.strings.matching(n));
-        let (identity, path, rule) = (ids(&f.identity), ids(&f.path), ids(&f.rule));
-        let hit = |set: &Option<Vec<bool>>, id: u32| {
-            set.as_ref()
-                .is_none_or(|s| s.get(id as usize).copied().unwrap_or(false))
-        };
-        let mut total = 0;
-        let mut out = Vec::new();
-        let skip = page.saturating_mul(per_page);
-        for (i, r) in self.rows.iter().enumerate().rev() {
-            let ok = f.outcome.is_none_or(|o| o == r.outcome)
-                && f.from_ns.is_none_or(|t| r.time_ns >= t)
-                && f.to_ns.is_none_or(|t| r.time_ns <= t)
-                && hit(&identity, r.identity)
-                && hit(&path, r.path)
-                && hit(&rule, r.rule);
-            if ok {
-                if total >= skip && out.len() < per_page {
-                    out.push(i);
-                }
-                total += 1;
-            }
-        }
-        (total, out)
+        select(self.rows.iter(), &self.strings, f, page, per_page)
     }
 
     /// The whole event of row `i`, read back from its file.
     pub fn event(&self, i: usize) -> std::io::Result<Json> {
-        let r = self
-            .rows
-            .get(i)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such event"))?;
-        let path = &self.seen[r.file as usize].path;
+        let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such event");
+        let Some(At::Line {
+            file, offset, len, ..
+        }) = self.rows.get(i).map(|r| r.at)
+        else {
+            return Err(not_found());
+        };
+        let path = &self.seen.get(file as usize).ok_or_else(not_found)?.path;
         let mut f = File::open(path)?;
-        f.seek(SeekFrom::Start(r.offset))?;
-        let mut buf = vec![0u8; r.len as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; len as usize];
         f.read_exact(&mut buf)?;
         serde_json::from_slice(&buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
@@ -589,9 +667,14 @@ impl LogIndex {
 
     /// Where row `i` is: `file:line`.
     pub fn location(&self, i: usize) -> String {
-        self.rows.get(i).map_or_else(String::new, |r| {
-            format!("{}:{}", self.seen[r.file as usize].path.display(), r.line)
-        })
+        match self.rows.get(i).map(|r| r.at) {
+            Some(At::Line { file, line, .. }) => self
+                .seen
+                .get(file as usize)
+                .map_or_else(String::new, |s| format!("{}:{line}", s.path.display())),
+            Some(At::Stream { sequence }) => format!("stream message {sequence}"),
+            None => String::new(),
+        }
     }
 }
 

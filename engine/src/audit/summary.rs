@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 /// Counts per bucket of time.
@@ -27,7 +27,7 @@ pub struct Latency {
 }
 
 /// One policy revision's share.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Revision {
     pub revision: String,
     pub events: u64,
@@ -82,11 +82,29 @@ pub struct Summary {
     pub shadow_new_denials: u64,
     /// The most frequent shadow disagreements, by direction, identity, method and path.
     pub shadow_disagreements: Vec<ShadowCount>,
+    /// What a bounded summary ([`SummaryBuilder::bounded`]) gave up exactness for, in words;
+    /// empty when every figure is exact.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approximate: Vec<String>,
 }
 
 /// Collects events one at a time.
-#[derive(Debug, Clone, Default)]
+///
+/// By default it keeps every timestamp and latency (exact percentiles and timeline for any
+/// span). [`SummaryBuilder::bounded`] keeps memory bounded however many events it counts, for
+/// the fleet dashboard that follows a stream without end: see there what that costs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SummaryBuilder {
+    bounded: bool,
+    /// Bounded: counts per bucket of `grid_seconds` (aligned to the epoch) instead of `times`.
+    grid_seconds: i64,
+    grid: BTreeMap<i64, (u64, u64, u64)>,
+    /// Bounded, once `latencies` reached [`EXACT_LATENCIES`]: a log-linear histogram
+    /// ([`latency_bucket`]) and the largest value.
+    histogram: Vec<u64>,
+    max_latency: u64,
+    /// Bounded: a ranking held more than [`RANKED`] names and lost its smallest.
+    pruned: bool,
     events: u64,
     allowed: u64,
     denied: u64,
@@ -105,6 +123,53 @@ pub struct SummaryBuilder {
     revisions: BTreeMap<String, Revision>,
     /// (new access?, identity, method, path) → events.
     shadow: HashMap<(bool, String, String, String), u64>,
+}
+
+/// Bounded: latencies kept exactly before the histogram takes over.
+const EXACT_LATENCIES: usize = 65_536;
+/// Bounded: timeline buckets of one minute before they become days.
+const GRID_MINUTES: usize = 50_000;
+/// Bounded: names kept per ranking (twice as many before the smallest are dropped).
+const RANKED: usize = 10_000;
+/// Significant bits of a latency histogram bucket: values within 1/128 (0.8 %).
+const HIST_BITS: u32 = 7;
+const HIST_BUCKETS: usize = (1 << HIST_BITS) * (64 - HIST_BITS as usize + 1);
+
+/// A latency's histogram bucket: exact below 128 ns, then 128 buckets per power of two.
+fn latency_bucket(v: u64) -> usize {
+    let sub = 1u64 << HIST_BITS;
+    if v < sub {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros(); // >= HIST_BITS
+    let shift = e - HIST_BITS;
+    let m = (v >> shift) & (sub - 1);
+    (sub as usize) * (shift as usize + 1) + m as usize
+}
+
+/// The largest value of histogram bucket `b` (percentiles are reported at the bucket's top,
+/// never below the true value).
+fn bucket_top(b: usize) -> u64 {
+    let sub = 1usize << HIST_BITS;
+    if b < sub {
+        return b as u64;
+    }
+    let shift = (b / sub - 1) as u32;
+    let m = (b % sub) as u64;
+    let low = ((1u64 << HIST_BITS) | m) << shift;
+    low.saturating_add((1u64 << shift) - 1)
+}
+
+/// Keep the `RANKED` largest counts of a ranking that grew past twice as many.
+fn prune<K: Clone + Eq + std::hash::Hash + Ord>(m: &mut HashMap<K, u64>) -> bool {
+    if m.len() <= 2 * RANKED {
+        return false;
+    }
+    let mut v: Vec<(K, u64)> = m.drain().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(RANKED);
+    m.extend(v);
+    true
 }
 
 /// Reasons that are the policy saying no rather than something failing.
@@ -128,6 +193,13 @@ pub fn identity_of(e: &Json) -> String {
             .map_or_else(|| "(invalid identity)".to_string(), str::to_string),
         _ => "(no identity)".to_string(),
     }
+}
+
+/// The instance that decided (`labels.id`), or `(unnamed)`.
+pub fn instance_of(e: &Json) -> String {
+    e.pointer("/labels/id")
+        .and_then(Json::as_str)
+        .map_or_else(|| "(unnamed)".to_string(), str::to_string)
 }
 
 /// What an event asked for: the canonical path of an Envoy check (`parsed_path`, the path
@@ -252,7 +324,7 @@ impl SummaryBuilder {
             .pointer("/metrics/timer_server_handler_ns")
             .and_then(Json::as_u64)
         {
-            self.latencies.push(ns);
+            self.add_latency(ns);
         }
         let ts = e.get("timestamp").and_then(Json::as_str).unwrap_or("");
         if let Some(t) = parse_ts(ts) {
@@ -262,8 +334,7 @@ impl SummaryBuilder {
             if self.last.as_ref().is_none_or(|(l, _)| t > *l) {
                 self.last = Some((t, ts.to_string()));
             }
-            self.times
-                .push((t, allowed, !allowed && !is_policy_reason(reason)));
+            self.add_time(t, allowed, !allowed && !is_policy_reason(reason));
         }
         // arbiter's `revision`, else OPA's `bundles` (name=revision for each, in name order).
         let from_bundles = e.get("bundles").and_then(Json::as_object).map(|b| {
@@ -305,6 +376,100 @@ impl SummaryBuilder {
         if parse_ts(&r.last).is_none_or(|l| parse_ts(ts).is_some_and(|t| t > l)) {
             r.last = ts.to_string();
         }
+        if self.bounded {
+            let mut pruned = false;
+            for m in [
+                &mut self.identities,
+                &mut self.paths,
+                &mut self.rules,
+                &mut self.reasons,
+            ] {
+                pruned |= prune(m);
+            }
+            pruned |= prune(&mut self.shadow);
+            if self.revisions.len() > 2 * RANKED {
+                let mut v: Vec<Revision> =
+                    std::mem::take(&mut self.revisions).into_values().collect();
+                v.sort_by(|a, b| {
+                    b.events
+                        .cmp(&a.events)
+                        .then_with(|| a.revision.cmp(&b.revision))
+                });
+                v.truncate(RANKED);
+                self.revisions = v.into_iter().map(|r| (r.revision.clone(), r)).collect();
+                pruned = true;
+            }
+            self.pruned |= pruned;
+        }
+    }
+
+    /// A builder whose memory is bounded however many events it counts, for a stream without
+    /// end. What it gives up, and only once there is that much to count:
+    /// - latency percentiles: exact for the first 65,536 latencies, then from a log-linear
+    ///   histogram (7 significant bits: each percentile at most 0.8 % above the true value;
+    ///   the maximum stays exact);
+    /// - the timeline: counts per minute, per day after 50,000 minutes with events (the
+    ///   buckets [`finish`](Self::finish) draws are then a week or longer: still exact);
+    /// - rankings (identities, paths, rules, reasons, revisions, shadow disagreements): exact
+    ///   up to 20,000 names each; past that the 10,000 most frequent are kept, so a name that
+    ///   comes back later is counted from then on.
+    ///
+    /// [`Summary::approximate`] says which of these happened. Totals are always exact.
+    pub fn bounded() -> Self {
+        SummaryBuilder {
+            bounded: true,
+            grid_seconds: 60,
+            ..SummaryBuilder::default()
+        }
+    }
+
+    fn add_latency(&mut self, ns: u64) {
+        if !self.bounded {
+            self.latencies.push(ns);
+            return;
+        }
+        self.max_latency = self.max_latency.max(ns);
+        if self.histogram.is_empty() {
+            self.latencies.push(ns);
+            if self.latencies.len() < EXACT_LATENCIES {
+                return;
+            }
+            self.histogram = vec![0; HIST_BUCKETS];
+            for v in std::mem::take(&mut self.latencies) {
+                self.histogram[latency_bucket(v)] += 1;
+            }
+            return;
+        }
+        self.histogram[latency_bucket(ns)] += 1;
+    }
+
+    fn add_time(&mut self, t: i128, allowed: bool, error: bool) {
+        if !self.bounded {
+            self.times.push((t, allowed, error));
+            return;
+        }
+        let g = i128::from(self.grid_seconds) * 1_000_000_000;
+        let k = i64::try_from(t.div_euclid(g)).unwrap_or(i64::MAX);
+        let c = self.grid.entry(k).or_default();
+        if allowed {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+        if error {
+            c.2 += 1;
+        }
+        if self.grid_seconds == 60 && self.grid.len() > GRID_MINUTES {
+            let mut days: BTreeMap<i64, (u64, u64, u64)> = BTreeMap::new();
+            for (k, (a, d, e)) in std::mem::take(&mut self.grid) {
+                let c = days.entry(k.div_euclid(1440)).or_default();
+                c.0 += a;
+                c.1 += d;
+                c.2 += e;
+            }
+            self.grid = days;
+            self.grid_seconds = 86_400;
+        }
     }
 
     /// The summary, with `top` entries in each ranking.
@@ -318,21 +483,53 @@ impl SummaryBuilder {
             v.truncate(top);
             v
         };
-        self.latencies.sort_unstable();
-        let pct = |p: usize| -> u64 {
-            if self.latencies.is_empty() {
-                return 0;
+        let mut approximate = Vec::new();
+        let latency = if self.histogram.is_empty() {
+            self.latencies.sort_unstable();
+            let pct = |p: usize| -> u64 {
+                if self.latencies.is_empty() {
+                    return 0;
+                }
+                let idx = (self.latencies.len() * p).div_ceil(100).saturating_sub(1);
+                self.latencies[idx.min(self.latencies.len() - 1)]
+            };
+            Latency {
+                count: self.latencies.len() as u64,
+                p50_ns: pct(50),
+                p90_ns: pct(90),
+                p99_ns: pct(99),
+                max_ns: self.latencies.last().copied().unwrap_or(0),
             }
-            let idx = (self.latencies.len() * p).div_ceil(100).saturating_sub(1);
-            self.latencies[idx.min(self.latencies.len() - 1)]
+        } else {
+            approximate.push(
+                "latency percentiles from a histogram (at most 0.8 % above the true value)".into(),
+            );
+            let count: u64 = self.histogram.iter().sum();
+            let pct = |p: u64| -> u64 {
+                let rank = (count * p).div_ceil(100).max(1);
+                let mut seen = 0;
+                for (b, n) in self.histogram.iter().enumerate() {
+                    seen += n;
+                    if seen >= rank {
+                        return bucket_top(b).min(self.max_latency);
+                    }
+                }
+                self.max_latency
+            };
+            Latency {
+                count,
+                p50_ns: pct(50),
+                p90_ns: pct(90),
+                p99_ns: pct(99),
+                max_ns: self.max_latency,
+            }
         };
-        let latency = Latency {
-            count: self.latencies.len() as u64,
-            p50_ns: pct(50),
-            p90_ns: pct(90),
-            p99_ns: pct(99),
-            max_ns: self.latencies.last().copied().unwrap_or(0),
-        };
+        if self.pruned {
+            approximate.push(
+                "rankings keep the 10,000 most frequent names each; names dropped and seen again are counted from then on"
+                    .into(),
+            );
+        }
         let (bucket_seconds, timeline) = match (&self.first, &self.last) {
             (Some((f, _)), Some((l, _))) => {
                 let span_s = ((l - f) / 1_000_000_000) as i64;
@@ -343,6 +540,17 @@ impl SummaryBuilder {
                 let size_ns = i128::from(size) * 1_000_000_000;
                 let start = f - f.rem_euclid(size_ns);
                 let mut buckets: BTreeMap<i128, (u64, u64, u64)> = BTreeMap::new();
+                // Bounded: grid buckets, each inside one of these (both aligned to the epoch,
+                // the grid's size divides this one's).
+                let g = i128::from(self.grid_seconds) * 1_000_000_000;
+                for (k, (a, d, e)) in &self.grid {
+                    let b = buckets
+                        .entry((i128::from(*k) * g - start) / size_ns)
+                        .or_default();
+                    b.0 += a;
+                    b.1 += d;
+                    b.2 += e;
+                }
                 for (t, allowed, error) in &self.times {
                     let b = buckets.entry((t - start) / size_ns).or_default();
                     if *allowed {
@@ -420,6 +628,7 @@ impl SummaryBuilder {
                 });
                 v
             },
+            approximate,
         }
     }
 }
@@ -505,5 +714,48 @@ mod tests {
         assert_eq!(s.timeline[0].start, "2026-11-26T10:00:00Z");
         assert_eq!(s.timeline.iter().map(|b| b.errors).sum::<u64>(), 12);
         assert_eq!(s.first.as_deref(), Some("2026-11-26T10:00:00Z"));
+    }
+
+    #[test]
+    fn a_bounded_summary_stays_bounded_and_says_what_is_approximate() {
+        let mut b = SummaryBuilder::bounded();
+        for i in 0..100_000u64 {
+            b.add(&json!({
+                "decision_id": i.to_string(),
+                // one event a minute: 100,000 minutes (≈ 69 days) become days.
+                "timestamp": crate::record::rfc3339_nanos(i128::from(i) * 60_000_000_000 + 1_700_000_000_000_000_000),
+                "allowed": false,
+                "reason": "policy_denied",
+                "input": {"attributes": {"request": {"http": {"path": format!("/u/{i}")}}}},
+                "metrics": {"timer_server_handler_ns": 1000 + i},
+            }));
+        }
+        let s = b.clone().finish(3);
+        assert_eq!((s.events, s.denied), (100_000, 100_000));
+        assert_eq!(s.timeline.iter().map(|t| t.denied).sum::<u64>(), 100_000);
+        assert_eq!(s.bucket_seconds, 604_800);
+        // The exact timeline, from the same events kept whole.
+        let mut exact = SummaryBuilder::default();
+        for i in (0..100_000u64).step_by(1) {
+            exact.add(&json!({
+                "decision_id": i.to_string(),
+                "timestamp": crate::record::rfc3339_nanos(i128::from(i) * 60_000_000_000 + 1_700_000_000_000_000_000),
+                "allowed": false, "reason": "policy_denied",
+                "metrics": {"timer_server_handler_ns": 1000 + i},
+            }));
+        }
+        let e = exact.finish(3);
+        assert_eq!(s.timeline, e.timeline);
+        assert_eq!(s.latency.max_ns, e.latency.max_ns);
+        for (got, want) in [
+            (s.latency.p50_ns, e.latency.p50_ns),
+            (s.latency.p90_ns, e.latency.p90_ns),
+            (s.latency.p99_ns, e.latency.p99_ns),
+        ] {
+            assert!(got >= want && got <= want + want / 128, "{got} vs {want}");
+        }
+        assert_eq!(s.approximate.len(), 2, "{:?}", s.approximate);
+        assert!(b.paths.len() <= 2 * RANKED);
+        assert!(b.latencies.is_empty() && b.grid.len() < 100);
     }
 }

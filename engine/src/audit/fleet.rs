@@ -1,0 +1,422 @@
+//! The index behind the fleet dashboard (`arbiter audit serve --nats URL --stream S`): the
+//! decision events of every instance, read from the JetStream stream they are shipped to, in
+//! memory that stays bounded however long the stream grows.
+//!
+//! - **A window of recent events** in compact [`Row`]s (the same rows and the same filter as
+//!   the file index, [`select`]), at most [`FleetIndex::window`] of them; an event shown whole
+//!   is read back from the stream by its sequence. Older events leave the window but stay
+//!   counted.
+//! - **Totals over everything read**, from a [`SummaryBuilder::bounded`]: exact counts;
+//!   timeline, latency percentiles and rankings bounded as that builder says.
+//! - **Each instance's hash chain**, checked as events arrive with a bounded state per
+//!   instance: its last hash, the recent hashes (a copy the stream did not deduplicate is
+//!   counted once, as a duplicate), and events that arrived before their predecessor (a
+//!   shipper that re-sent after a lost acknowledgement can put an event after its successor):
+//!   they wait, linked as soon as the predecessor comes. An event that does not fit is a
+//!   problem of that instance's chain, named by stream sequence and decision id.
+//! - **Saved and restored** ([`FleetIndex::save`], [`FleetIndex::load`]): the whole state is a
+//!   few MiB at most, so the dashboard resumes after a restart from the sequence it saved.
+//!
+//! No networking here: the caller feeds messages in stream order ([`FleetIndex::add_batch`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::chain::{GENESIS, LineError};
+use super::index::{At, Filter, Row, Strings, prepare, row_of, select};
+use super::summary::{Summary, SummaryBuilder, instance_of};
+
+/// Recent hashes kept per instance, to recognize a copy of an event already read.
+const RECENT: usize = 4096;
+/// Events per instance that may wait for their predecessor before it counts as missing.
+const WAITING: usize = 4096;
+
+/// A problem in an instance's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub sequence: u64,
+    pub decision_id: String,
+    pub error: String,
+}
+
+/// An event read before the one it links to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiting {
+    hash: String,
+    sequence: u64,
+    decision_id: String,
+}
+
+/// One instance, as the stream shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Events read (copies excluded).
+    pub events: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    /// Of `denied`, those caused by errors.
+    pub errors: u64,
+    /// Events whose hash and link verified.
+    pub verified: u64,
+    /// Copies of events already read (beyond the stream's duplicate window).
+    pub duplicates: u64,
+    /// `prev_hash` of the instance's first event ([`GENESIS`] for a chain from its start).
+    pub first_prev_hash: Option<String>,
+    pub last_hash: Option<String>,
+    pub last_sequence: u64,
+    /// The newest timestamp seen (ns since the epoch), `i64::MIN` before any.
+    pub last_time_ns: i64,
+    /// Problems found, and the first of them.
+    pub problems: u64,
+    pub first_problem: Option<Problem>,
+    recent: VecDeque<String>,
+    recent_set: HashSet<String>,
+    /// prev_hash → the event waiting for it.
+    waiting: HashMap<String, Waiting>,
+}
+
+impl Instance {
+    /// Whether the chain read so far is whole: no problem, nothing waiting.
+    pub fn intact(&self) -> bool {
+        self.problems == 0 && self.waiting.is_empty()
+    }
+
+    /// Events read before their predecessor, still waiting for it.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The oldest event still waiting: (sequence, decision id).
+    pub fn first_waiting(&self) -> Option<(u64, &str)> {
+        self.waiting
+            .values()
+            .min_by_key(|w| w.sequence)
+            .map(|w| (w.sequence, w.decision_id.as_str()))
+    }
+
+    pub fn from_genesis(&self) -> bool {
+        self.first_prev_hash.as_deref() == Some(GENESIS)
+    }
+
+    fn problem(&mut self, sequence: u64, decision_id: &str, error: String) {
+        self.problems += 1;
+        self.first_problem.get_or_insert_with(|| Problem {
+            sequence,
+            decision_id: decision_id.to_string(),
+            error,
+        });
+    }
+
+    fn remember(&mut self, hash: &str) {
+        if self.recent.len() >= RECENT
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
+        }
+        self.recent.push_back(hash.to_string());
+        self.recent_set.insert(hash.to_string());
+    }
+
+    /// Whether an event with this hash was read already.
+    fn seen(&self, hash: &str) -> bool {
+        self.recent_set.contains(hash) || self.waiting.values().any(|w| w.hash == hash)
+    }
+
+    /// Link an event with a verified hash; returns false for a copy of one already read.
+    fn link(&mut self, sequence: u64, decision_id: &str, prev: String, hash: String) -> bool {
+        if self.recent_set.contains(&hash)
+            || self.waiting.get(&prev).is_some_and(|w| w.hash == hash)
+        {
+            self.duplicates += 1;
+            return false;
+        }
+        match &self.last_hash {
+            None => self.first_prev_hash = Some(prev),
+            Some(last) if *last == prev => {}
+            Some(_) => {
+                if self.waiting.len() >= WAITING {
+                    // Too many waiting: the oldest one's predecessor is taken as missing, and
+                    // the chain continues from the newest event.
+                    let oldest = self.first_waiting().map(|(s, d)| (s, d.to_string()));
+                    if let Some((s, d)) = oldest {
+                        self.problem(
+                            s,
+                            &d,
+                            format!(
+                                "events are missing: {} events waited for predecessors that never came",
+                                self.waiting.len()
+                            ),
+                        );
+                    }
+                    self.waiting.clear();
+                    self.last_hash = Some(hash.clone());
+                    self.remember(&hash);
+                    return true;
+                }
+                if let Some(other) = self.waiting.get(&prev) {
+                    let d = other.decision_id.clone();
+                    self.problem(
+                        sequence,
+                        decision_id,
+                        format!("a fork: this event and decision {d} both follow {prev}"),
+                    );
+                    return true;
+                }
+                self.waiting.insert(
+                    prev,
+                    Waiting {
+                        hash,
+                        sequence,
+                        decision_id: decision_id.to_string(),
+                    },
+                );
+                return true;
+            }
+        }
+        self.verified += 1;
+        self.last_hash = Some(hash.clone());
+        self.remember(&hash);
+        // Whatever waited for this one follows.
+        let mut at = hash;
+        while let Some(next) = self.waiting.remove(&at) {
+            self.verified += 1;
+            self.last_hash = Some(next.hash.clone());
+            self.remember(&next.hash);
+            at = next.hash;
+        }
+        true
+    }
+}
+
+/// The fleet's index. See the module's documentation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetIndex {
+    window: usize,
+    rows: VecDeque<Row>,
+    strings: Strings,
+    /// Strings in use after the last compaction.
+    strings_in_use: usize,
+    summary: SummaryBuilder,
+    instances: BTreeMap<String, Instance>,
+    /// The last stream sequence read.
+    last_sequence: u64,
+    /// Messages read (copies included).
+    messages: u64,
+    /// Messages that are not decision events, and the first of them.
+    unreadable: u64,
+    first_unreadable: Option<u64>,
+    /// Events that left the window (still counted in the totals).
+    folded: u64,
+}
+
+/// The file format's version, first in a saved state.
+const SAVED_VERSION: u32 = 1;
+
+impl FleetIndex {
+    /// An empty index keeping at most `window` recent events in rows (at least 1).
+    pub fn new(window: usize) -> Self {
+        FleetIndex {
+            window: window.max(1),
+            rows: VecDeque::new(),
+            strings: Strings::default(),
+            strings_in_use: 0,
+            summary: SummaryBuilder::bounded(),
+            instances: BTreeMap::new(),
+            last_sequence: 0,
+            messages: 0,
+            unreadable: 0,
+            first_unreadable: None,
+            folded: 0,
+        }
+    }
+
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// The last stream sequence read: resume after it.
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence
+    }
+
+    /// Messages read, copies included.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    pub fn unreadable(&self) -> (u64, Option<u64>) {
+        (self.unreadable, self.first_unreadable)
+    }
+
+    /// Events read that are no longer in the window.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+
+    pub fn rows(&self) -> &VecDeque<Row> {
+        &self.rows
+    }
+
+    pub fn strings(&self) -> &Strings {
+        &self.strings
+    }
+
+    pub fn instances(&self) -> &BTreeMap<String, Instance> {
+        &self.instances
+    }
+
+    /// Read messages `(sequence, payload)` in stream order; messages at or before
+    /// [`last_sequence`](Self::last_sequence) (delivered again after a restart) are skipped.
+    /// Parsing and hashing run on all cores; linking and counting in order.
+    pub fn add_batch(&mut self, batch: Vec<(u64, Vec<u8>)>) {
+        let fresh: Vec<(u64, u32, Vec<u8>)> = batch
+            .into_iter()
+            .filter(|(seq, _)| *seq > self.last_sequence)
+            .map(|(seq, bytes)| (seq, 0, bytes))
+            .collect();
+        for (seq, _, parsed, checked, _) in prepare(fresh) {
+            self.add_prepared(seq, parsed, checked);
+        }
+        self.evict();
+    }
+
+    fn add_prepared(
+        &mut self,
+        sequence: u64,
+        parsed: Result<Json, String>,
+        checked: Result<(String, String), LineError>,
+    ) {
+        if sequence <= self.last_sequence {
+            return;
+        }
+        self.last_sequence = sequence;
+        self.messages += 1;
+        let e = match parsed {
+            Ok(e) if e.get("decision_id").is_some() => e,
+            _ => {
+                self.unreadable += 1;
+                self.first_unreadable.get_or_insert(sequence);
+                return;
+            }
+        };
+        let decision_id = e.get("decision_id").and_then(Json::as_str).unwrap_or("");
+        let inst = self.instances.entry(instance_of(&e)).or_default();
+        match checked {
+            Ok((prev, hash)) => {
+                if !inst.link(sequence, decision_id, prev, hash) {
+                    return;
+                }
+            }
+            Err(err) => {
+                // A copy of an event already read is still a copy, whatever else is wrong.
+                if let Some(h) = e.get("hash").and_then(Json::as_str)
+                    && inst.seen(h)
+                {
+                    inst.duplicates += 1;
+                    return;
+                }
+                inst.problem(sequence, decision_id, err.to_string());
+            }
+        }
+        self.summary.add(&e);
+        let row = row_of(&e, At::Stream { sequence }, &mut self.strings);
+        inst.events += 1;
+        inst.last_sequence = sequence;
+        inst.last_time_ns = inst.last_time_ns.max(row.time_ns);
+        match row.outcome {
+            super::index::Outcome::Allowed => inst.allowed += 1,
+            super::index::Outcome::Denied => inst.denied += 1,
+            super::index::Outcome::Error => {
+                inst.denied += 1;
+                inst.errors += 1;
+            }
+        }
+        self.rows.push_back(row);
+    }
+
+    /// Keep the window's bound; drop strings no row names any more once they are the larger
+    /// part.
+    fn evict(&mut self) {
+        while self.rows.len() > self.window {
+            self.rows.pop_front();
+            self.folded += 1;
+        }
+        if self.strings.len() > 2 * self.strings_in_use + 4096 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut fresh = Strings::default();
+        let mut map: HashMap<u32, u32> = HashMap::new();
+        let old = &self.strings;
+        let mut keep =
+            |id: u32| -> u32 { *map.entry(id).or_insert_with(|| fresh.intern(old.get(id))) };
+        for r in &mut self.rows {
+            r.instance = keep(r.instance);
+            r.identity = keep(r.identity);
+            r.path = keep(r.path);
+            r.rule = keep(r.rule);
+            r.reason = keep(r.reason);
+        }
+        self.strings_in_use = fresh.len();
+        self.strings = fresh;
+    }
+
+    /// Totals, rankings and percentiles over every event read.
+    pub fn summary(&self, top: usize) -> Summary {
+        self.summary.clone().finish(top)
+    }
+
+    /// Rows of the window matching `f`, newest first: how many, and the positions of those on
+    /// page `page`.
+    pub fn query(&self, f: &Filter, page: usize, per_page: usize) -> (usize, Vec<usize>) {
+        select(self.rows.iter(), &self.strings, f, page, per_page)
+    }
+
+    /// The position in the window of the event at stream sequence `sequence`.
+    pub fn find(&self, sequence: u64) -> Option<usize> {
+        let key = |r: &Row| match r.at {
+            At::Stream { sequence } => sequence,
+            At::Line { .. } => 0,
+        };
+        self.rows.binary_search_by_key(&sequence, key).ok()
+    }
+
+    /// The whole state, to [`load`](Self::load) after a restart.
+    pub fn save(&self) -> Vec<u8> {
+        let mut out = SAVED_VERSION.to_le_bytes().to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// A state written by [`save`](Self::save); `window` replaces the saved one (a smaller
+    /// window folds the oldest rows now).
+    pub fn load(bytes: &[u8], window: usize) -> Result<Self, String> {
+        let (version, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("the saved dashboard state is empty")?;
+        if u32::from_le_bytes(*version) != SAVED_VERSION {
+            return Err(format!(
+                "the saved dashboard state has version {}, this arbiter reads {SAVED_VERSION}",
+                u32::from_le_bytes(*version)
+            ));
+        }
+        let mut index: FleetIndex = postcard::from_bytes(rest)
+            .map_err(|e| format!("the saved dashboard state is unreadable: {e}"))?;
+        index.window = window.max(1);
+        index.evict();
+        Ok(index)
+    }
+}
+
+/// Whether every instance's chain is whole and every message an event.
+pub fn all_intact(index: &FleetIndex) -> bool {
+    index.unreadable == 0 && index.instances.values().all(Instance::intact)
+}
+
+#[cfg(test)]
+mod tests;
