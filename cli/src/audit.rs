@@ -29,14 +29,58 @@ pub enum Command {
     /// A read-only web page over decision-log files: decisions over time, top denied
     /// identities, paths and rules, latency, revisions, a filterable table of events and the
     /// hash chain's verdict. Loopback by default; any other address needs a token or mTLS.
+    /// With --nats and --stream: the same page over every instance's events in a JetStream
+    /// stream, live, in bounded memory.
     Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Decision-log files (a rotated set in any order: `x.2 x.1 x`).
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(
+        required_unless_present = "nats",
+        conflicts_with = "nats",
+        value_name = "FILE"
+    )]
     pub files: Vec<PathBuf>,
+    /// Show every instance's events from a NATS JetStream stream (`serve
+    /// --decision-log-nats`) at this URL (several, comma-separated, for a cluster), live.
+    #[arg(long, value_name = "URL", requires = "stream")]
+    pub nats: Option<String>,
+    /// The stream.
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub stream: Option<String>,
+    /// Keep the index in this file and read the stream with a durable consumer: a restart
+    /// resumes where the last save left off. Without it, the stream is read from its first
+    /// message at every start.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub state: Option<PathBuf>,
+    /// With --state: the durable consumer's name.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "arbiter-dashboard",
+        requires = "state"
+    )]
+    pub durable: String,
+    /// With --state: how often the index is saved (and the consumer acknowledged).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        requires = "state"
+    )]
+    pub save_every: String,
+    /// With --nats: the newest events kept in rows for the events table (≈ 80 bytes each);
+    /// older ones stay in the totals.
+    #[arg(long, value_name = "N", default_value_t = 100_000, requires = "nats")]
+    pub window: usize,
+    /// A NATS credentials file.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) of a TLS NATS server.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    pub nats_ca: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8282", value_name = "HOST:PORT")]
     pub addr: String,
     /// A file holding the bearer token callers must present (required off loopback unless
@@ -189,6 +233,43 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
     Ok(token)
 }
 
+/// The fleet dashboard's reader, from `--nats` and the flags beside it.
+fn fleet_reader(a: &ServeArgs) -> Result<Option<arbiter_ext_authz::fleet::Reader>, String> {
+    let (Some(url), Some(stream)) = (&a.nats, &a.stream) else {
+        return Ok(None);
+    };
+    let mut nats = arbiter_ext_authz::decision_log::NatsConfig::new(url, "unused");
+    nats.creds = a.nats_creds.clone();
+    nats.ca = a.nats_ca.clone();
+    nats.validate().map_err(|e| format!("--nats: {e}"))?;
+    if a.window == 0 {
+        return Err("--window must be at least 1".into());
+    }
+    let durable = match &a.state {
+        None => None,
+        Some(state) => {
+            if a.durable.is_empty() || a.durable.bytes().any(|b| b"\t .*>/\\".contains(&b)) {
+                return Err(format!(
+                    "--durable `{}`: no spaces, dots or wildcards",
+                    a.durable
+                ));
+            }
+            Some(arbiter_ext_authz::fleet::Durable {
+                name: a.durable.clone(),
+                state: state.clone(),
+                every: crate::serve::parse_duration(&a.save_every)
+                    .map_err(|e| format!("--save-every: {e}"))?,
+            })
+        }
+    };
+    Ok(Some(arbiter_ext_authz::fleet::Reader {
+        nats,
+        stream: stream.clone(),
+        durable,
+        batch: 1024,
+    }))
+}
+
 fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
     use arbiter_ext_authz::dashboard::{Auth, Dashboard, check_exposure};
     let addr: std::net::SocketAddr = match a.addr.parse() {
@@ -228,17 +309,47 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
         let _ = writeln!(err, "arbiter audit: refusing to start: {e}");
         return Exit::Usage;
     }
-    let dashboard = match Dashboard::open(&a.files, auth, "") {
-        Ok(d) => d,
+    let reader = match fleet_reader(a) {
+        Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "arbiter audit: {e}");
             return Exit::Usage;
         }
     };
+    let dashboard = match &reader {
+        Some(r) => {
+            let index = match &r.durable {
+                Some(dur) => arbiter_ext_authz::fleet::load_state(&dur.state, a.window),
+                None => Ok(arbiter_engine::audit::fleet::FleetIndex::new(a.window)),
+            };
+            match index {
+                Ok(i) => Dashboard::fleet(&r.stream, i, auth, ""),
+                Err(e) => {
+                    let _ = writeln!(err, "arbiter audit: --state {e}");
+                    return Exit::Usage;
+                }
+            }
+        }
+        None => match Dashboard::open(&a.files, auth, "") {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = writeln!(err, "arbiter audit: {e}");
+                return Exit::Usage;
+            }
+        },
+    };
     // Indexing peaks well above what the index keeps (every line parsed, in batches, on
     // several threads): give the difference back before serving.
     arbiter_alloc_counter::release_free_memory();
-    dashboard.spawn_refresher(refresh);
+    if reader.is_none() {
+        dashboard.spawn_refresher(refresh);
+    } else if !a.candidate.is_empty() {
+        let _ = writeln!(
+            err,
+            "arbiter audit: --candidate replays files; with --nats, replay the instances' files with `arbiter replay`"
+        );
+        return Exit::Usage;
+    }
     if !a.candidate.is_empty() {
         let replay = crate::replay::Args {
             logs: a.files.clone(),
@@ -276,21 +387,49 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr()?;
-        let stop = crate::serve::shutdown_signal();
-        eprintln!(
-            "arbiter audit: indexed {} events in {:.2} s; serving {}://{local}/",
-            dashboard.events(),
-            dashboard.loaded_in.as_secs_f64(),
-            if tls.is_some() { "https" } else { "http" }
-        );
-        arbiter_ext_authz::dashboard::serve(
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::serve::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let reading = reader.map(|r| {
+            eprintln!(
+                "arbiter audit: reading stream `{}` at {} ({} events in the saved index); serving {}://{local}/",
+                r.stream,
+                r.nats.url,
+                dashboard.with_fleet(|i| i.messages()).unwrap_or(0),
+                if tls.is_some() { "https" } else { "http" }
+            );
+            tokio::spawn(arbiter_ext_authz::fleet::run(
+                dashboard.clone(),
+                r,
+                stopped(stop_rx.clone()),
+            ))
+        });
+        if reading.is_none() {
+            eprintln!(
+                "arbiter audit: indexed {} events in {:.2} s; serving {}://{local}/",
+                dashboard.events(),
+                dashboard.loaded_in.as_secs_f64(),
+                if tls.is_some() { "https" } else { "http" }
+            );
+        }
+        let served = arbiter_ext_authz::dashboard::serve(
             dashboard.clone(),
             listener,
             tls.as_ref(),
             Default::default(),
-            stop,
+            stopped(stop_rx),
         )
-        .await
+        .await;
+        // The reader saves its index when it stops.
+        if let Some(r) = reading {
+            let _ = r.await;
+        }
+        served
     });
     match result {
         Ok(()) => Exit::Ok,

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use arbiter_engine::audit::index::{Filter, LogIndex, Outcome, Verdict};
+use arbiter_engine::audit::fleet::FleetIndex;
+use arbiter_engine::audit::index::{At, Filter, LogIndex, Outcome, Row, Strings, Verdict};
 use arbiter_engine::audit::summary::{Count, Summary, percent};
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -71,10 +72,92 @@ pub fn check_exposure(
     }
 }
 
-/// A dashboard over one set of files.
+/// What a dashboard shows: decision-log files, or a stream of every instance's events.
+#[derive(Debug)]
+pub enum Source {
+    Files(LogIndex),
+    /// The fleet's stream (`arbiter audit serve --nats`), named.
+    Fleet {
+        stream: String,
+        index: FleetIndex,
+    },
+}
+
+impl Source {
+    fn summary(&self, top: usize) -> Summary {
+        match self {
+            Source::Files(i) => i.summary(top),
+            Source::Fleet { index, .. } => index.summary(top),
+        }
+    }
+
+    /// Events held in rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Source::Files(i) => i.rows.len(),
+            Source::Fleet { index, .. } => index.rows().len(),
+        }
+    }
+
+    fn row(&self, i: usize) -> Option<Row> {
+        match self {
+            Source::Files(x) => x.rows.get(i).copied(),
+            Source::Fleet { index, .. } => index.rows().get(i).copied(),
+        }
+    }
+
+    fn strings(&self) -> &Strings {
+        match self {
+            Source::Files(i) => &i.strings,
+            Source::Fleet { index, .. } => index.strings(),
+        }
+    }
+
+    fn query(&self, f: &Filter, page: usize, per_page: usize) -> (usize, Vec<usize>) {
+        match self {
+            Source::Files(i) => i.query(f, page, per_page),
+            Source::Fleet { index, .. } => index.query(f, page, per_page),
+        }
+    }
+
+    /// The number in an event's link: its row for files (rows never move), its stream
+    /// sequence for the fleet (rows leave the window).
+    fn link_id(&self, i: usize) -> u64 {
+        match self.row(i).map(|r| r.at) {
+            Some(At::Stream { sequence }) => sequence,
+            _ => i as u64,
+        }
+    }
+
+    fn location(&self, i: usize) -> String {
+        match self {
+            Source::Files(x) => x.location(i),
+            Source::Fleet { stream, .. } => match self.row(i).map(|r| r.at) {
+                Some(At::Stream { sequence }) => format!("{stream}, message {sequence}"),
+                _ => String::new(),
+            },
+        }
+    }
+
+    /// Whether every chain read is whole, and the count verified.
+    fn chain_ok(&self) -> (bool, u64) {
+        match self {
+            Source::Files(i) => {
+                let v = i.verdict();
+                (v.failure.is_none(), v.verified as u64)
+            }
+            Source::Fleet { index, .. } => (
+                arbiter_engine::audit::fleet::all_intact(index),
+                index.instances().values().map(|i| i.verified).sum(),
+            ),
+        }
+    }
+}
+
+/// A dashboard over one set of files, or over a fleet's stream.
 #[derive(Debug)]
 pub struct Dashboard {
-    index: RwLock<LogIndex>,
+    index: RwLock<Source>,
     summary: RwLock<(u64, Arc<Summary>)>,
     generation: AtomicU64,
     auth: Auth,
@@ -85,6 +168,8 @@ pub struct Dashboard {
     pub loaded_in: Duration,
     /// A replay of the files under candidate policies, for the impact page.
     impact: RwLock<Impact>,
+    /// The fleet's stream, to read an event whole (set once connected).
+    stream: std::sync::OnceLock<async_nats::jetstream::stream::Stream>,
 }
 
 /// The replay behind the impact page (`arbiter audit serve --candidate`).
@@ -112,22 +197,42 @@ impl Dashboard {
     pub fn open(files: &[PathBuf], auth: Auth, prefix: &str) -> std::io::Result<Arc<Self>> {
         let start = Instant::now();
         let index = LogIndex::open(files)?;
-        Ok(Self::new(index, auth, prefix, false, start.elapsed()))
+        Ok(Self::new(
+            Source::Files(index),
+            auth,
+            prefix,
+            false,
+            start.elapsed(),
+        ))
     }
 
     /// Follow a live log file and its rotations. Nothing is read here: the refresher (or
     /// [`Dashboard::refresh`]) reads the log, so a large one does not delay the server.
     pub fn follow(file: &std::path::Path, auth: Auth, prefix: &str) -> Arc<Self> {
-        Self::new(LogIndex::unread(file), auth, prefix, true, Duration::ZERO)
+        Self::new(
+            Source::Files(LogIndex::unread(file)),
+            auth,
+            prefix,
+            true,
+            Duration::ZERO,
+        )
     }
 
-    fn new(
-        index: LogIndex,
-        auth: Auth,
-        prefix: &str,
-        live: bool,
-        loaded_in: Duration,
-    ) -> Arc<Self> {
+    /// Show the events of stream `stream`, as [`crate::fleet`] reads them into `index`.
+    pub fn fleet(stream: &str, index: FleetIndex, auth: Auth, prefix: &str) -> Arc<Self> {
+        Self::new(
+            Source::Fleet {
+                stream: stream.to_string(),
+                index,
+            },
+            auth,
+            prefix,
+            true,
+            Duration::ZERO,
+        )
+    }
+
+    fn new(index: Source, auth: Auth, prefix: &str, live: bool, loaded_in: Duration) -> Arc<Self> {
         let summary = Arc::new(index.summary(TOP));
         Arc::new(Self {
             index: RwLock::new(index),
@@ -138,7 +243,34 @@ impl Dashboard {
             live,
             loaded_in,
             impact: RwLock::new(Impact::None),
+            stream: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where events shown whole are read from (the fleet's stream).
+    pub fn set_stream(&self, s: async_nats::jetstream::stream::Stream) {
+        let _ = self.stream.set(s);
+    }
+
+    /// Read messages `(sequence, payload)` of the fleet's stream into the index.
+    pub fn ingest(&self, batch: Vec<(u64, Vec<u8>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Ok(mut s) = self.index.write()
+            && let Source::Fleet { index, .. } = &mut *s
+        {
+            index.add_batch(batch);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// With the fleet's index: `f` of it (saving it, the last sequence read).
+    pub fn with_fleet<T>(&self, f: impl FnOnce(&FleetIndex) -> T) -> Option<T> {
+        match &*self.index.read().ok()? {
+            Source::Fleet { index, .. } => Some(f(index)),
+            Source::Files(_) => None,
+        }
     }
 
     /// What the impact page shows of a replay.
@@ -150,27 +282,28 @@ impl Dashboard {
 
     /// Events indexed.
     pub fn events(&self) -> usize {
-        self.index.read().map(|i| i.rows.len()).unwrap_or(0)
+        self.index.read().map(|i| i.rows()).unwrap_or(0)
     }
 
     /// Re-read what changed. Appended events are read under the write lock (a few, between
     /// two looks); a rebuild (rotation) happens on a new index beside the one pages read.
     pub fn refresh(&self) -> std::io::Result<bool> {
-        let rebuild = match self.index.read() {
-            Ok(i) => i.needs_rebuild()?.then(|| i.reopen()),
-            Err(_) => return Ok(false),
+        let rebuild = match self.index.read().as_deref() {
+            Ok(Source::Files(i)) => i.needs_rebuild()?.then(|| i.reopen()),
+            // The fleet's index is fed by its reader.
+            Ok(Source::Fleet { .. }) | Err(_) => return Ok(false),
         };
         let changed = match rebuild {
             Some(fresh) => {
                 let fresh = fresh?;
                 if let Ok(mut i) = self.index.write() {
-                    *i = fresh;
+                    *i = Source::Files(fresh);
                 }
                 true
             }
-            None => match self.index.write() {
-                Ok(mut i) => i.refresh()?,
-                Err(_) => false,
+            None => match self.index.write().as_deref_mut() {
+                Ok(Source::Files(i)) => i.refresh()?,
+                _ => false,
             },
         };
         if changed {
@@ -442,6 +575,8 @@ pub struct Params {
     #[serde(default)]
     to: String,
     #[serde(default)]
+    instance: String,
+    #[serde(default)]
     page: Option<usize>,
 }
 
@@ -481,6 +616,7 @@ impl Params {
             },
             from_ns: parse_time(&self.from)?,
             to_ns: parse_time(&self.to)?.map(|t| t.saturating_add(999_999_999)),
+            instance: opt(&self.instance),
         })
     }
 
@@ -494,6 +630,7 @@ impl Params {
             ("decision", &self.decision),
             ("from", &self.from),
             ("to", &self.to),
+            ("instance", &self.instance),
         ] {
             if !v.is_empty() {
                 q.push(format!("{k}={}", enc(v)));
@@ -666,11 +803,6 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
     let Ok(index) = d.index.read() else {
         return index_unavailable();
     };
-    let files: Vec<String> = index
-        .files()
-        .iter()
-        .map(|f| f.display().to_string())
-        .collect();
     let range = match (&s.first, &s.last) {
         (Some(f), Some(l)) => format!("from {f} to {l}"),
         _ => String::new(),
@@ -678,7 +810,13 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
     let l = &s.latency;
     let body = html! {
         h1 { (s.events) " decisions " small { (Shown(&range)) } }
-        (verdict_html(&index.verdict(), &files))
+        @match &*index {
+            Source::Files(i) => {
+                @let files: Vec<String> = i.files().iter().map(|f| f.display().to_string()).collect();
+                (verdict_html(&i.verdict(), &files))
+            }
+            Source::Fleet { stream, index } => (fleet_html(&d, stream, index)),
+        }
         section.cards {
             (card("events", "decisions", &s.events.to_string(), &format!("{} unreadable lines", s.unreadable)))
             (card("allowed", "allowed", &s.allowed.to_string(), &percent(s.allowed, s.events)))
@@ -722,7 +860,7 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
     html(StatusCode::OK, layout(&d, "dashboard", body))
 }
 
-fn events_section(d: &Dashboard, index: &LogIndex, p: &Params) -> Markup {
+fn events_section(d: &Dashboard, index: &Source, p: &Params) -> Markup {
     let pre = &d.prefix;
     html! {
         section id="events" {
@@ -731,6 +869,9 @@ fn events_section(d: &Dashboard, index: &LogIndex, p: &Params) -> Markup {
                 label { "identity " input name="identity" value=(Shown(&p.identity)) placeholder="spiffe://…"; }
                 label { "path " input name="path" value=(Shown(&p.path)) placeholder="/api"; }
                 label { "rule " input name="rule" value=(Shown(&p.rule)); }
+                @if matches!(index, Source::Fleet { .. }) {
+                    label { "instance " input name="instance" value=(Shown(&p.instance)); }
+                }
                 label {
                     "decision "
                     select name="decision" id="decision" {
@@ -755,31 +896,41 @@ fn events_section(d: &Dashboard, index: &LogIndex, p: &Params) -> Markup {
 }
 
 /// The events matching `filter`, one page of them, and the links to the pages beside it.
-fn events_table(d: &Dashboard, index: &LogIndex, p: &Params, filter: &Filter) -> Markup {
+fn events_table(d: &Dashboard, index: &Source, p: &Params, filter: &Filter) -> Markup {
     let pre = &d.prefix;
     let page = p.page.unwrap_or(0);
     let (total, rows) = index.query(filter, page, PER_PAGE);
     let first = page * PER_PAGE;
+    let fleet = matches!(index, Source::Fleet { .. });
+    let strings = index.strings();
     html! {
         p.count {
             span data-k="matching" { (total) } " matching events"
             @if total > 0 { ", showing " (first + 1) "–" (first + rows.len()) }
+            @if let Source::Fleet { index, .. } = index && index.folded() > 0 {
+                " (of the newest " (index.rows().len()) " events; "
+                (index.folded()) " older ones are counted above but not listed)"
+            }
         }
         table.events data-k="events-table" {
             thead {
-                tr { th { "time" } th { "decision" } th { "identity" } th { "path" } th { "rule" } th { "reason" } th { "latency" } }
+                tr {
+                    th { "time" }
+                    @if fleet { th { "instance" } }
+                    th { "decision" } th { "identity" } th { "path" } th { "rule" } th { "reason" } th { "latency" }
+                }
             }
             tbody {
-                @for i in rows {
-                    @let r = index.rows[i];
-                    @let link = format!("{pre}/event/{i}");
+                @for (i, r) in rows.iter().filter_map(|&i| Some((i, index.row(i)?))) {
+                    @let link = format!("{pre}/event/{}", index.link_id(i));
                     tr class=(r.outcome.as_str()) data-href=(link) {
                         td { a href=(link) { (Shown(&fmt_time(r.time_ns))) } }
+                        @if fleet { td.mono { (Shown(strings.get(r.instance))) } }
                         td { (r.outcome.as_str()) }
-                        td.mono { (Shown(index.strings.get(r.identity))) }
-                        td.mono { (Shown(index.strings.get(r.path))) }
-                        td.mono { (Shown(index.strings.get(r.rule))) }
-                        td { (Shown(index.strings.get(r.reason))) }
+                        td.mono { (Shown(strings.get(r.identity))) }
+                        td.mono { (Shown(strings.get(r.path))) }
+                        td.mono { (Shown(strings.get(r.rule))) }
+                        td { (Shown(strings.get(r.reason))) }
                         td.num { (dur(r.latency_ns)) }
                     }
                 }
@@ -796,12 +947,22 @@ fn events_table(d: &Dashboard, index: &LogIndex, p: &Params, filter: &Filter) ->
     }
 }
 
-async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Response {
-    let (event, location) = {
+async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<u64>) -> Response {
+    let read = {
         let Ok(index) = d.index.read() else {
             return index_unavailable();
         };
-        (index.event(n), index.location(n))
+        match &*index {
+            Source::Files(i) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                Ok((i.event(n), i.location(n)))
+            }
+            Source::Fleet { stream, .. } => Err(format!("{stream}, message {n}")),
+        }
+    };
+    let (event, location) = match read {
+        Ok(found) => found,
+        Err(location) => (stream_event(&d, n).await, location),
     };
     let body = match event {
         Ok(e) => html! {
@@ -820,6 +981,79 @@ async fn event_page(State(d): State<Arc<Dashboard>>, Path(n): Path<usize>) -> Re
         }
     };
     html(StatusCode::OK, layout(&d, "event", body))
+}
+
+/// Message `sequence` of the fleet's stream, read back whole.
+async fn stream_event(d: &Dashboard, sequence: u64) -> std::io::Result<serde_json::Value> {
+    let other = |e: String| std::io::Error::other(e);
+    let s = d
+        .stream
+        .get()
+        .ok_or_else(|| other("not connected to the stream yet".into()))?;
+    let m = s.get_raw_message(sequence).await.map_err(|e| {
+        if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such event")
+        } else {
+            other(format!("message {sequence}: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&m.payload)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Every instance of the fleet: its events, its chain's state, when it was last heard of.
+fn fleet_html(d: &Dashboard, stream: &str, index: &FleetIndex) -> Markup {
+    let ok = arbiter_engine::audit::fleet::all_intact(index);
+    let (unreadable, first_unreadable) = index.unreadable();
+    html! {
+        section.verdict.(if ok { "ok" } else { "broken" }) data-k="chain" data-ok=(ok) {
+            @if ok {
+                strong { "Every instance's hash chain verified" }
+            } @else {
+                strong { "Hash chain BROKEN or incomplete" }
+            }
+            ": " (index.instances().len()) " instances, " (index.messages()) " messages of stream "
+            span.mono { (Shown(stream)) } " read (to sequence " (index.last_sequence()) ")."
+            @if unreadable > 0 {
+                " " (unreadable) " messages are not decision events (the first: message "
+                (first_unreadable.unwrap_or(0)) ")."
+            }
+        }
+        section {
+            h2 { "Instances" }
+            table data-k="instances" {
+                thead { tr {
+                    th { "instance" } th { "decisions" } th { "allowed" } th { "denied" } th { "errors" }
+                    th { "chain" } th { "last event" }
+                } }
+                tbody {
+                    @for (id, i) in index.instances() {
+                        tr data-name=(Shown(id)) data-count=(i.events) data-ok=(i.intact()) {
+                            td.mono { a href={ (d.prefix) "/?instance=" (enc(id)) "#events" } { (Shown(id)) } }
+                            td.num { (i.events) }
+                            td.num { (i.allowed) }
+                            td.num { (i.denied) }
+                            td.num { (i.errors) }
+                            td {
+                                @if let Some(p) = &i.first_problem {
+                                    "BROKEN: " (i.problems) " problems; the first at message " (p.sequence)
+                                    " (decision " span.mono { (Shown(&p.decision_id)) } "): " (Shown(&p.error))
+                                } @else if let Some((seq, id)) = i.first_waiting() {
+                                    "INCOMPLETE: " (i.waiting()) " events wait for the one before them (the first: message "
+                                    (seq) ", decision " span.mono { (Shown(id)) } ")"
+                                } @else {
+                                    "verified: " (i.verified) " events, "
+                                    @if i.from_genesis() { "from the start of its chain" } @else { "continuing an earlier chain" }
+                                    @if i.duplicates > 0 { ", " (i.duplicates) " copies counted once" }
+                                }
+                            }
+                            td { (Shown(&fmt_time(i.last_time_ns))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Who gains or loses access to what: the shadow set's disagreements recorded in the log, and
@@ -968,33 +1202,87 @@ async fn api_events(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) ->
         return index_unavailable();
     };
     let (total, rows) = index.query(&filter, p.page.unwrap_or(0), PER_PAGE);
-    let v = index.verdict();
+    let strings = index.strings();
     let events: Vec<serde_json::Value> = rows
         .iter()
-        .map(|&i| {
-            let r = index.rows[i];
+        .filter_map(|&i| Some((i, index.row(i)?)))
+        .map(|(i, r)| {
             serde_json::json!({
-                "id": i,
+                "id": index.link_id(i),
                 "time": fmt_time(r.time_ns),
+                "instance": strings.get(r.instance),
                 "decision": r.outcome.as_str(),
-                "identity": index.strings.get(r.identity),
-                "path": index.strings.get(r.path),
-                "rule": index.strings.get(r.rule),
-                "reason": index.strings.get(r.reason),
+                "identity": strings.get(r.identity),
+                "path": strings.get(r.path),
+                "rule": strings.get(r.rule),
+                "reason": strings.get(r.reason),
                 "latency_ns": r.latency_ns,
                 "location": index.location(i),
             })
         })
         .collect();
-    json(&serde_json::json!({
+    let chain = match &*index {
+        Source::Files(i) => {
+            let v = i.verdict();
+            serde_json::json!({
+                "ok": v.failure.is_none(),
+                "verified": v.verified,
+                "failure": v.failure.map(|f| serde_json::json!({"file": f.file, "line": f.line, "error": f.error.to_string()})),
+            })
+        }
+        Source::Fleet { index: f, .. } => {
+            let (ok, verified) = index.chain_ok();
+            serde_json::json!({
+                "ok": ok,
+                "verified": verified,
+                "instances": fleet_instances(f),
+            })
+        }
+    };
+    let mut v = serde_json::json!({
         "matching": total,
         "events": events,
-        "chain": {
-            "ok": v.failure.is_none(),
-            "verified": v.verified,
-            "failure": v.failure.map(|f| serde_json::json!({"file": f.file, "line": f.line, "error": f.error.to_string()})),
-        },
-    }))
+        "chain": chain,
+    });
+    if let Source::Fleet { index: f, stream } = &*index {
+        v["stream"] = serde_json::json!({
+            "name": stream,
+            "last_sequence": f.last_sequence(),
+            "messages": f.messages(),
+            "unreadable": f.unreadable().0,
+            "window": f.window(),
+            "in_window": f.rows().len(),
+            "folded": f.folded(),
+        });
+    }
+    json(&v)
+}
+
+/// Each instance's counts and chain, as `/api/events` gives them.
+fn fleet_instances(f: &FleetIndex) -> serde_json::Value {
+    f.instances()
+        .iter()
+        .map(|(id, i)| {
+            serde_json::json!({
+                "id": id,
+                "events": i.events,
+                "allowed": i.allowed,
+                "denied": i.denied,
+                "errors": i.errors,
+                "verified": i.verified,
+                "duplicates": i.duplicates,
+                "from_genesis": i.from_genesis(),
+                "last_sequence": i.last_sequence,
+                "last_time": fmt_time(i.last_time_ns),
+                "ok": i.intact(),
+                "waiting": i.waiting(),
+                "problems": i.problems,
+                "first_problem": i.first_problem.as_ref().map(|p| serde_json::json!({
+                    "sequence": p.sequence, "decision_id": p.decision_id, "error": p.error,
+                })),
+            })
+        })
+        .collect()
 }
 
 async fn login_form(State(d): State<Arc<Dashboard>>) -> Response {

@@ -18,6 +18,7 @@ pub mod convert;
 pub mod dashboard;
 pub mod decision_log;
 pub mod fetch;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod http_authz;

@@ -29,9 +29,16 @@ use super::index::{At, Filter, Row, Strings, prepare, row_of, select};
 use super::summary::{Summary, SummaryBuilder, instance_of};
 
 /// Recent hashes kept per instance, to recognize a copy of an event already read.
-const RECENT: usize = 4096;
+const RECENT: usize = 1024;
 /// Events per instance that may wait for their predecessor before it counts as missing.
 const WAITING: usize = 4096;
+
+/// A hash's key among the recent ones.
+fn key(hash: &str) -> u128 {
+    hash.get(..32)
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
 
 /// A problem in an instance's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +78,9 @@ pub struct Instance {
     /// Problems found, and the first of them.
     pub problems: u64,
     pub first_problem: Option<Problem>,
-    recent: VecDeque<String>,
-    recent_set: HashSet<String>,
+    /// The first 128 bits of recent hashes (a verified SHA-256: a key as good as the whole).
+    recent: VecDeque<u128>,
+    recent_set: HashSet<u128>,
     /// prev_hash → the event waiting for it.
     waiting: HashMap<String, Waiting>,
 }
@@ -115,18 +123,18 @@ impl Instance {
         {
             self.recent_set.remove(&old);
         }
-        self.recent.push_back(hash.to_string());
-        self.recent_set.insert(hash.to_string());
+        self.recent.push_back(key(hash));
+        self.recent_set.insert(key(hash));
     }
 
     /// Whether an event with this hash was read already.
     fn seen(&self, hash: &str) -> bool {
-        self.recent_set.contains(hash) || self.waiting.values().any(|w| w.hash == hash)
+        self.recent_set.contains(&key(hash)) || self.waiting.values().any(|w| w.hash == hash)
     }
 
     /// Link an event with a verified hash; returns false for a copy of one already read.
     fn link(&mut self, sequence: u64, decision_id: &str, prev: String, hash: String) -> bool {
-        if self.recent_set.contains(&hash)
+        if self.recent_set.contains(&key(&hash))
             || self.waiting.get(&prev).is_some_and(|w| w.hash == hash)
         {
             self.duplicates += 1;

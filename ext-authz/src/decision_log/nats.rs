@@ -322,6 +322,13 @@ impl Drop for Shipper {
     }
 }
 
+/// A JetStream context on `config`'s servers, with its credentials; no stream created.
+pub(crate) async fn connect_only(config: &NatsConfig) -> Result<jetstream::Context, String> {
+    let mut c = config.clone();
+    c.stream = None;
+    connect(&c).await
+}
+
 async fn connect(config: &NatsConfig) -> Result<jetstream::Context, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name("arbiter decision log")
@@ -600,9 +607,7 @@ pub fn read_stream(config: &NatsConfig, stream: &str) -> Result<Vec<Stored>, Str
 
 /// [`read_stream`] on the caller's runtime.
 pub async fn read_stream_async(config: &NatsConfig, stream: &str) -> Result<Vec<Stored>, String> {
-    let mut c = config.clone();
-    c.stream = None;
-    let js = connect(&c).await?;
+    let js = connect_only(config).await?;
     let mut s = js
         .get_stream(stream)
         .await

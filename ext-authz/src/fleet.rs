@@ -1,0 +1,274 @@
+//! The fleet dashboard's reader: every instance's decision events from the JetStream stream
+//! they are shipped to (`serve --decision-log-nats`), into the dashboard's
+//! [`FleetIndex`](arbiter_engine::audit::fleet::FleetIndex), live.
+//!
+//! - **With a state file** (`--state FILE`): a durable pull consumer (acknowledge-all) whose
+//!   acknowledged position is the index last saved. Every few seconds the index is written to
+//!   the state file (a new file, synced, renamed over the old one) and only then is the last
+//!   message read acknowledged. A restart loads the state and goes on from the consumer. The
+//!   consumer may have delivered messages after the saved position that the stopped process
+//!   never saved; JetStream would send those again only after their acknowledgement wait, out
+//!   of order, so the consumer is then re-created at the saved position (same name) and the
+//!   messages come again, in order. Nothing is counted twice (the index skips sequences it
+//!   has read) or missed.
+//! - **Without one**: an ordered consumer from the stream's first message, in memory; a
+//!   restart reads the stream again.
+//!
+//! A lost connection or a failed read is retried every second; the page keeps showing what
+//! was read.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arbiter_engine::audit::fleet::FleetIndex;
+use async_nats::jetstream::{self, consumer};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::dashboard::Dashboard;
+use crate::decision_log::NatsConfig;
+
+/// How the dashboard reads the stream.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// The servers and credentials (`url`, `creds`, `ca`, `timeout`).
+    pub nats: NatsConfig,
+    pub stream: String,
+    /// A durable consumer and where the index is saved; `None`: read from the stream's first
+    /// message at every start.
+    pub durable: Option<Durable>,
+    /// Messages indexed together (parsed and hashed on all cores).
+    pub batch: usize,
+}
+
+/// The durable consumer and the state saved for it.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub name: String,
+    pub state: PathBuf,
+    /// How often the index is saved (and the consumer acknowledged).
+    pub every: Duration,
+}
+
+/// The index saved at `path`, or a new one when there is none; a state that cannot be read is
+/// an error, never silently replaced.
+pub fn load_state(path: &Path, window: usize) -> Result<FleetIndex, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            FleetIndex::load(&bytes, window).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FleetIndex::new(window)),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Write `bytes` to `path` whole or not at all: a new file beside it, synced, renamed over it,
+/// the folder synced.
+pub fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+type Messages = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send>>;
+
+/// Read the stream into `d` until `stop` resolves; then save the index a last time.
+pub async fn run(d: Arc<Dashboard>, r: Reader, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            res = read(&d, &r) => {
+                if let Err(e) = res {
+                    tracing::warn!(stream = %r.stream, error = %e, "reading the fleet's stream; retrying in 1 s");
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    // What was read since the last save is read again after a restart: nothing is lost by
+    // stopping between saves, but save now so that little is.
+    if let Some(dur) = &r.durable
+        && let Some(bytes) = d.with_fleet(FleetIndex::save)
+        && let Err(e) = save_state(&dur.state, &bytes)
+    {
+        tracing::warn!(state = %dur.state.display(), error = %e, "saving the dashboard's state");
+    }
+}
+
+/// Connect, open the consumer, and index what comes until an error.
+async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
+    let js = crate::decision_log::nats::connect_only(&r.nats).await?;
+    let stream = js
+        .get_stream(&r.stream)
+        .await
+        .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?;
+    d.set_stream(stream.clone());
+    let from = d.with_fleet(FleetIndex::last_sequence).unwrap_or(0) + 1;
+    let mut messages: Messages = match &r.durable {
+        Some(dur) => {
+            let c = durable_consumer(&stream, &dur.name, from).await?;
+            Box::pin(
+                c.stream()
+                    .max_messages_per_batch(r.batch.max(1))
+                    .messages()
+                    .await
+                    .map_err(|e| format!("consumer `{}`: {e}", dur.name))?
+                    .map(|m| m.map_err(|e| e.to_string())),
+            )
+        }
+        None => {
+            let c = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: deliver_from(from),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("NATS stream `{}`: cannot read it: {e}", r.stream))?;
+            Box::pin(
+                c.messages()
+                    .await
+                    .map_err(|e| format!("NATS stream `{}`: cannot read it: {e}", r.stream))?
+                    .map(|m| m.map_err(|e| e.to_string())),
+            )
+        }
+    };
+    let mut saved_at = Instant::now();
+    let mut unsaved: Option<jetstream::Message> = None;
+    loop {
+        // Wait for a message (no longer than until the next save is due), then take what
+        // else has arrived, up to a batch.
+        let mut batch = Vec::new();
+        let mut last = None;
+        let wait = match (&r.durable, &unsaved) {
+            (Some(dur), Some(_)) => dur.every.saturating_sub(saved_at.elapsed()),
+            _ => Duration::from_secs(1),
+        };
+        if let Ok(next) = tokio::time::timeout(wait, messages.next()).await {
+            let m = next.ok_or("the consumer stopped")??;
+            push(&mut batch, &mut last, m)?;
+            while batch.len() < r.batch {
+                match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
+                    Ok(Some(m)) => push(&mut batch, &mut last, m?)?,
+                    Ok(None) => return Err("the consumer stopped".into()),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let d2 = d.clone();
+            tokio::task::spawn_blocking(move || d2.ingest(batch))
+                .await
+                .map_err(|e| e.to_string())?;
+            if last.is_some() {
+                unsaved = last;
+            }
+        }
+        if let Some(dur) = &r.durable
+            && unsaved.is_some()
+            && saved_at.elapsed() >= dur.every
+        {
+            checkpoint(d, dur, unsaved.take()).await?;
+            saved_at = Instant::now();
+        }
+    }
+}
+
+fn push(
+    batch: &mut Vec<(u64, Vec<u8>)>,
+    last: &mut Option<jetstream::Message>,
+    m: jetstream::Message,
+) -> Result<(), String> {
+    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+    batch.push((seq, m.payload.to_vec()));
+    *last = Some(m);
+    Ok(())
+}
+
+/// Save the index, then acknowledge `last` (and with it every message before it).
+async fn checkpoint(
+    d: &Arc<Dashboard>,
+    dur: &Durable,
+    last: Option<jetstream::Message>,
+) -> Result<(), String> {
+    let d2 = d.clone();
+    let path = dur.state.clone();
+    tokio::task::spawn_blocking(move || match d2.with_fleet(FleetIndex::save) {
+        Some(bytes) => save_state(&path, &bytes),
+        None => Ok(()),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("saving {}: {e}", dur.state.display()))?;
+    if let Some(m) = last {
+        m.ack()
+            .await
+            .map_err(|e| format!("acknowledging to consumer `{}`: {e}", dur.name))?;
+    }
+    Ok(())
+}
+
+fn deliver_from(from: u64) -> consumer::DeliverPolicy {
+    if from <= 1 {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        }
+    }
+}
+
+/// The durable consumer `name`, delivering from stream sequence `from`: the existing one when
+/// it has delivered nothing after `from - 1` (a clean stop: it resumes where it is), else
+/// created again at `from` (see the module's documentation).
+async fn durable_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    from: u64,
+) -> Result<consumer::PullConsumer, String> {
+    let err = |e: &dyn std::fmt::Display| format!("consumer `{name}`: {e}");
+    if let Ok(info) = stream.consumer_info(name).await {
+        let usable = info.config.ack_policy == consumer::AckPolicy::All
+            && info.config.filter_subject.is_empty()
+            && info.delivered.stream_sequence < from;
+        if usable {
+            return stream.get_consumer(name).await.map_err(|e| err(&e));
+        }
+        tracing::info!(
+            consumer = name,
+            delivered = info.delivered.stream_sequence,
+            saved = from - 1,
+            "re-creating the dashboard's consumer at the saved position"
+        );
+        stream.delete_consumer(name).await.map_err(|e| err(&e))?;
+    }
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            description: Some(
+                "arbiter audit serve: the fleet dashboard (acknowledged = saved in its state file)"
+                    .into(),
+            ),
+            deliver_policy: deliver_from(from),
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(120),
+            max_ack_pending: -1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&e))
+}
