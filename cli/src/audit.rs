@@ -203,8 +203,10 @@ fn spawn_replay(
 
 pub fn run(cmd: &Command) -> Exit {
     let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    run_to(cmd, &mut stdout.lock(), &mut stderr.lock())
+    // Not locked for the command's whole run: `audit serve`'s threads log to it (a lock held
+    // here would block them for good).
+    let mut stderr = std::io::stderr();
+    run_to(cmd, &mut stdout.lock(), &mut stderr)
 }
 
 pub fn run_to(cmd: &Command, out: &mut dyn Write, err: &mut dyn Write) -> Exit {

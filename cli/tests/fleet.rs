@@ -11,7 +11,11 @@
 //! - no decision id is in the stream twice, and the stream holds exactly the events of the
 //!   three instances' files (rotated many times);
 //! - `arbiter audit verify --nats` finds each instance's chain intact, and each instance's
-//!   files end where the stream does.
+//!   files end where the stream does;
+//! - the fleet dashboard (`arbiter audit serve --nats --state`), reading the stream through the
+//!   leader's death and SIGKILLed and started again mid-load, resumes from its saved index and
+//!   durable consumer and ends up with every event of the stream once, per instance, each
+//!   chain verified.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 use arbiter_conformance::envoy::{Envoy, EnvoyOptions, free_port, get};
 use arbiter_conformance::nats::{NatsCluster, Stored, read_stream};
 use arbiter_engine::audit::index::with_rotated;
-use common::{file_ids, serve, tmp};
+use common::{audit_serve, file_ids, http, serve, tmp};
 
 const STREAM: &str = "FLEET";
 const INSTANCES: usize = 3;
@@ -169,6 +173,10 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Answers
         .collect()
 }
 
+fn as_args(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(std::ffi::OsString::as_os_str).collect()
+}
+
 /// The instances, killed (by their pids) when the test ends, however it ends.
 struct Instances(Vec<Child>);
 
@@ -224,6 +232,23 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     // The stream exists (the instances create it) and has a leader before the load starts.
     let leader = stream_leader(&urls);
 
+    // The fleet dashboard, reading as events arrive, saving its index every 300 ms.
+    let state = dir.join("dashboard.state");
+    let dashboard_args = |urls: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "--nats".into(),
+            urls.into(),
+            "--stream".into(),
+            STREAM.into(),
+            "--state".into(),
+            state.clone().into(),
+            "--save-every".into(),
+            "300ms".into(),
+        ]
+    };
+    let (child, _, _) = audit_serve(&as_args(&dashboard_args(&urls)));
+    let mut dashboard = Instances(vec![child]);
+
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let clients = load(envoy.port, stop.clone());
@@ -243,6 +268,22 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     std::thread::sleep(Duration::from_secs(1));
     let live = cluster.urls();
     children.0[1] = start_instance(&homes[1], ports[1], &live);
+    // The dashboard dies too, and comes back on its saved state.
+    std::thread::sleep(Duration::from_millis(500));
+    dashboard.0[0].kill().unwrap();
+    dashboard.0[0].wait().unwrap();
+    let (child, dashboard_addr, announced) = audit_serve(&as_args(&dashboard_args(&live)));
+    dashboard.0[0] = child;
+    let resumed_at: u64 = announced
+        .split(" (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        resumed_at > 0,
+        "the dashboard resumed from nothing: {announced}"
+    );
     std::thread::sleep(LOAD.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     let mut answers = Answers::default();
@@ -358,6 +399,42 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
         }
     }
 
+    // The dashboard read the stream to its end: every event once, per instance, every chain
+    // intact.
+    let last = stored.iter().map(|s| s.sequence).max().unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let read = loop {
+        let (status, body) = http(&dashboard_addr, "GET", "/api/events", "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["stream"]["last_sequence"].as_u64() == Some(last) {
+            break v;
+        }
+        assert!(
+            Instant::now() < until,
+            "the dashboard did not read to message {last}: {}",
+            v["stream"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, summary) = http(&dashboard_addr, "GET", "/api/summary", "");
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["events"].as_u64(), Some(stored.len() as u64));
+    let seen: BTreeMap<String, usize> = read["chain"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["events"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!(seen, per_instance, "the dashboard's count per instance");
+    assert_eq!(read["chain"]["ok"], true, "{}", read["chain"]);
+    drop(dashboard);
+
     // Each instance's chain verifies from the stream; each instance's files end where the
     // stream does (the restarted instance kept its id: one chain across its two runs).
     let (code, text) = verify(&live, &[]);
@@ -388,7 +465,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
 
     drop(children);
     eprintln!(
-        "fleet: {} answers through Envoy ({allowed} allowed, {denied} denied, {errors} failed checks, {} requests without an answer); {} events in the stream, once each ({per_instance:?}); {decided_unanswered} decided but answered 503; stream leader {leader} killed; {rotations} rotations",
+        "fleet: {} answers through Envoy ({allowed} allowed, {denied} denied, {errors} failed checks, {} requests without an answer); {} events in the stream, once each ({per_instance:?}); {decided_unanswered} decided but answered 503; stream leader {leader} killed; {rotations} rotations; the dashboard resumed at {resumed_at} messages and read all",
         answers.by_path.len(),
         answers.failed,
         stored.len()

@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, read_stream};
-use common::{file_ids, http, serve, stop, tmp};
+use common::{audit_serve, file_ids, http, serve, stop, tmp};
 use serde_json::Value as Json;
 
 const STREAM: &str = "DECISIONS";
@@ -87,31 +86,22 @@ struct Dashboard {
 }
 
 fn start_dashboard(url: &str, state: &Path) -> Dashboard {
-    let child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["audit", "serve", "--addr", "127.0.0.1:0"])
-        .args(["--nats", url, "--stream", STREAM])
-        .arg("--state")
-        .arg(state)
-        .args(["--save-every", "200ms", "--window", "50"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Killed when dropped, whatever happens next.
-    let mut child = Guard(Some(child));
-    let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(30), "no announcement");
-        let line = lines.next().unwrap().unwrap();
-        if let Some(u) = line.split("serving http://").nth(1) {
-            std::thread::spawn(move || for _ in lines {});
-            return Dashboard {
-                child,
-                addr: u.trim_end_matches('/').to_string(),
-                announced: line,
-            };
-        }
+    let (child, addr, announced) = audit_serve(&[
+        "--nats".as_ref(),
+        url.as_ref(),
+        "--stream".as_ref(),
+        STREAM.as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        "--save-every".as_ref(),
+        "200ms".as_ref(),
+        "--window".as_ref(),
+        "50".as_ref(),
+    ]);
+    Dashboard {
+        child: Guard(Some(child)),
+        addr,
+        announced,
     }
 }
 

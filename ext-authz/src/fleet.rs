@@ -91,7 +91,7 @@ pub async fn run(d: Arc<Dashboard>, r: Reader, stop: impl std::future::Future<Ou
             () = &mut stop => break,
             res = read(&d, &r) => {
                 if let Err(e) = res {
-                    tracing::warn!(stream = %r.stream, error = %e, "reading the fleet's stream; retrying in 1 s");
+                    tracing::warn!(stream = %r.stream, error = %e, "reading stream `{}`: {e}; retrying in 1 s", r.stream);
                 }
             }
         }
@@ -106,7 +106,7 @@ pub async fn run(d: Arc<Dashboard>, r: Reader, stop: impl std::future::Future<Ou
         && let Some(bytes) = d.with_fleet(FleetIndex::save)
         && let Err(e) = save_state(&dur.state, &bytes)
     {
-        tracing::warn!(state = %dur.state.display(), error = %e, "saving the dashboard's state");
+        tracing::warn!(state = %dur.state.display(), error = %e, "saving the dashboard's state to {}: {e}", dur.state.display());
     }
 }
 
@@ -119,6 +119,7 @@ async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
         .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?;
     d.set_stream(stream.clone());
     let from = d.with_fleet(FleetIndex::last_sequence).unwrap_or(0) + 1;
+    tracing::info!(stream = %r.stream, from, "reading stream `{}` from message {from}", r.stream);
     let mut messages: Messages = match &r.durable {
         Some(dur) => {
             let c = durable_consumer(&stream, &dur.name, from).await?;
@@ -252,7 +253,9 @@ async fn durable_consumer(
             consumer = name,
             delivered = info.delivered.stream_sequence,
             saved = from - 1,
-            "re-creating the dashboard's consumer at the saved position"
+            "consumer `{name}` delivered up to message {} but the index was saved at {}: re-created at the saved position",
+            info.delivered.stream_sequence,
+            from - 1
         );
         stream.delete_consumer(name).await.map_err(|e| err(&e))?;
     }

@@ -104,6 +104,44 @@ pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>)
     }
 }
 
+/// Start `arbiter audit serve` with `args` (`--addr 127.0.0.1:0` is added) and wait up to 30 s
+/// for its announcement: the child, the address it serves (`host:port`) and the announcement.
+/// Stderr keeps being drained.
+#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
+pub fn audit_serve(args: &[&std::ffi::OsStr]) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args(["audit", "serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    loop {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("audit serve did not start");
+        }
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("audit serve stopped before serving");
+        };
+        if let Some(u) = line.split("serving http://").nth(1) {
+            // What it says later goes to the test's stderr (past the harness's capture: a
+            // thread of its own): a reader's warnings explain a failure.
+            std::thread::spawn(move || {
+                for l in lines.map_while(Result::ok) {
+                    let _ = writeln!(std::io::stderr(), "audit serve: {l}");
+                }
+            });
+            let addr = u.trim_end_matches('/').to_string();
+            return (child, addr, line);
+        }
+    }
+}
+
 /// A `Check` for `GET path` to host `svc`, with `headers`.
 pub fn check_request(
     path: &str,
