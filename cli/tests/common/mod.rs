@@ -107,7 +107,6 @@ pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>)
 /// Start `arbiter audit serve` with `args` (`--addr 127.0.0.1:0` is added) and wait up to 30 s
 /// for its announcement: the child, the address it serves (`host:port`) and the announcement.
 /// Stderr keeps being drained.
-#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
 pub fn audit_serve(args: &[&std::ffi::OsStr]) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args(["audit", "serve", "--addr", "127.0.0.1:0"])
