@@ -67,7 +67,11 @@ pub fn load_state(path: &Path, window: usize) -> Result<FleetIndex, String> {
 /// the folder synced.
 pub fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    // A name of its own for each write: the indexer and the last save at a stop may overlap
+    // (either state is whole; the consumer is re-pointed at whichever is loaded).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = PathBuf::from(format!("{}.tmp.{}.{n}", path.display(), std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -148,18 +152,33 @@ async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
             )
         }
     };
-    let mut saved_at = Instant::now();
-    let mut unsaved: Option<jetstream::Message> = None;
+    // Receiving and indexing overlap: batches go to a thread of their own, which also saves
+    // the index and then acknowledges what it holds.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+    let ingester = {
+        let d = d.clone();
+        let durable = r.durable.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("arbiter-fleet-index".into())
+            .spawn(move || index_batches(&d, durable.as_ref(), &handle, rx))
+            .map_err(|e| e.to_string())?
+    };
+    let failed = |ingester: std::thread::JoinHandle<Result<(), String>>| async move {
+        match tokio::task::spawn_blocking(move || ingester.join()).await {
+            Ok(Ok(Err(e))) => e,
+            _ => "the indexing thread stopped".to_string(),
+        }
+    };
+    // Without a message for this long, an empty batch tells the indexer to save if due.
+    let tick = r.durable.as_ref().map_or(Duration::from_secs(1), |d| {
+        d.every.min(Duration::from_secs(1))
+    });
     loop {
-        // Wait for a message (no longer than until the next save is due), then take what
-        // else has arrived, up to a batch.
+        // Wait for a message, then take what else has arrived, up to a batch.
         let mut batch = Vec::new();
         let mut last = None;
-        let wait = match (&r.durable, &unsaved) {
-            (Some(dur), Some(_)) => dur.every.saturating_sub(saved_at.elapsed()),
-            _ => Duration::from_secs(1),
-        };
-        if let Ok(next) = tokio::time::timeout(wait, messages.next()).await {
+        if let Ok(next) = tokio::time::timeout(tick, messages.next()).await {
             let m = next.ok_or("the consumer stopped")??;
             push(&mut batch, &mut last, m)?;
             while batch.len() < r.batch {
@@ -170,23 +189,45 @@ async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
                 }
             }
         }
-        if !batch.is_empty() {
-            let d2 = d.clone();
-            tokio::task::spawn_blocking(move || d2.ingest(batch))
-                .await
-                .map_err(|e| e.to_string())?;
-            if last.is_some() {
-                unsaved = last;
-            }
+        if tx.send((batch, last)).await.is_err() {
+            return Err(failed(ingester).await);
         }
-        if let Some(dur) = &r.durable
-            && unsaved.is_some()
+    }
+}
+
+/// Messages `(sequence, payload)` and the last of them, to acknowledge once saved.
+type Batch = (Vec<(u64, Vec<u8>)>, Option<jetstream::Message>);
+
+/// Index batches as they come; with a durable consumer, every `every` save the index and
+/// then acknowledge the last message it holds (and with it every one before).
+fn index_batches(
+    d: &Dashboard,
+    durable: Option<&Durable>,
+    handle: &tokio::runtime::Handle,
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+) -> Result<(), String> {
+    let mut saved_at = Instant::now();
+    let mut unsaved: Option<jetstream::Message> = None;
+    while let Some((batch, last)) = rx.blocking_recv() {
+        d.ingest(batch);
+        if last.is_some() {
+            unsaved = last;
+        }
+        if let Some(dur) = durable
             && saved_at.elapsed() >= dur.every
+            && let Some(m) = unsaved.take()
         {
-            checkpoint(d, dur, unsaved.take()).await?;
+            if let Some(bytes) = d.with_fleet(FleetIndex::save) {
+                save_state(&dur.state, &bytes)
+                    .map_err(|e| format!("saving {}: {e}", dur.state.display()))?;
+            }
+            handle
+                .block_on(m.ack())
+                .map_err(|e| format!("acknowledging to consumer `{}`: {e}", dur.name))?;
             saved_at = Instant::now();
         }
     }
+    Ok(())
 }
 
 fn push(
@@ -197,29 +238,6 @@ fn push(
     let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
     batch.push((seq, m.payload.to_vec()));
     *last = Some(m);
-    Ok(())
-}
-
-/// Save the index, then acknowledge `last` (and with it every message before it).
-async fn checkpoint(
-    d: &Arc<Dashboard>,
-    dur: &Durable,
-    last: Option<jetstream::Message>,
-) -> Result<(), String> {
-    let d2 = d.clone();
-    let path = dur.state.clone();
-    tokio::task::spawn_blocking(move || match d2.with_fleet(FleetIndex::save) {
-        Some(bytes) => save_state(&path, &bytes),
-        None => Ok(()),
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("saving {}: {e}", dur.state.display()))?;
-    if let Some(m) = last {
-        m.ack()
-            .await
-            .map_err(|e| format!("acknowledging to consumer `{}`: {e}", dur.name))?;
-    }
     Ok(())
 }
 
