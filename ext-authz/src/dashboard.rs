@@ -2,8 +2,11 @@
 //! deny rate, top denied identities, paths and rules, latency percentiles, counts per policy
 //! revision, a filterable, paged table of events that open whole, and the hash chain's verdict.
 //!
-//! - Served by `arbiter audit serve FILE…` (after the fact) and mounted at `/ui/` by
-//!   `arbiter serve --ui` (live, following the log as it grows and rotates).
+//! - Served by `arbiter audit serve FILE…` (after the fact), mounted at `/ui/` by
+//!   `arbiter serve --ui` (live, following the log as it grows and rotates), and served by
+//!   `arbiter audit serve --nats URL --stream S` over every instance's events in a JetStream
+//!   stream ([`Source::Fleet`], fed by [`crate::fleet`]): the same pages, plus the instances
+//!   and their chains.
 //! - Server-rendered HTML (maud templates, checked when compiled) with SVG charts, one small
 //!   stylesheet and one small script, all compiled into the binary: no CDN, no network.
 //!   Everything shown is escaped by maud, control characters spelled out (`Shown`): paths,
@@ -138,20 +141,6 @@ impl Source {
             },
         }
     }
-
-    /// Whether every chain read is whole, and the count verified.
-    fn chain_ok(&self) -> (bool, u64) {
-        match self {
-            Source::Files(i) => {
-                let v = i.verdict();
-                (v.failure.is_none(), v.verified as u64)
-            }
-            Source::Fleet { index, .. } => (
-                arbiter_engine::audit::fleet::all_intact(index),
-                index.instances().values().map(|i| i.verified).sum(),
-            ),
-        }
-    }
 }
 
 /// A dashboard over one set of files, or over a fleet's stream.
@@ -257,10 +246,12 @@ impl Dashboard {
         if batch.is_empty() {
             return;
         }
+        // Parsed before the lock: pages wait only for the linking and counting.
+        let parsed = FleetIndex::parse(batch);
         if let Ok(mut s) = self.index.write()
             && let Source::Fleet { index, .. } = &mut *s
         {
-            index.add_batch(batch);
+            index.add_parsed(parsed);
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -1231,10 +1222,9 @@ async fn api_events(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) ->
             })
         }
         Source::Fleet { index: f, .. } => {
-            let (ok, verified) = index.chain_ok();
             serde_json::json!({
-                "ok": ok,
-                "verified": verified,
+                "ok": arbiter_engine::audit::fleet::all_intact(f),
+                "verified": f.instances().values().map(|i| i.verified).sum::<u64>(),
                 "instances": fleet_instances(f),
             })
         }

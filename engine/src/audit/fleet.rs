@@ -198,6 +198,10 @@ impl Instance {
     }
 }
 
+/// Messages parsed and hash-checked, to add in order ([`FleetIndex::add_parsed`]).
+#[derive(Debug)]
+pub struct Parsed(Vec<super::index::Prepared>);
+
 /// The fleet's index. See the module's documentation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetIndex {
@@ -279,12 +283,27 @@ impl FleetIndex {
     /// [`last_sequence`](Self::last_sequence) (delivered again after a restart) are skipped.
     /// Parsing and hashing run on all cores; linking and counting in order.
     pub fn add_batch(&mut self, batch: Vec<(u64, Vec<u8>)>) {
-        let fresh: Vec<(u64, u32, Vec<u8>)> = batch
+        let fresh: Vec<(u64, Vec<u8>)> = batch
             .into_iter()
             .filter(|(seq, _)| *seq > self.last_sequence)
-            .map(|(seq, bytes)| (seq, 0, bytes))
             .collect();
-        for (seq, _, parsed, checked, _) in prepare(fresh) {
+        self.add_parsed(Self::parse(fresh));
+    }
+
+    /// The parsing and hashing part of [`add_batch`](Self::add_batch), on all cores, apart
+    /// from the index: a caller that shares the index parses before it takes its lock.
+    pub fn parse(batch: Vec<(u64, Vec<u8>)>) -> Parsed {
+        Parsed(prepare(
+            batch
+                .into_iter()
+                .map(|(seq, bytes)| (seq, 0, bytes))
+                .collect(),
+        ))
+    }
+
+    /// Link and count messages [`parse`](Self::parse)d, in stream order.
+    pub fn add_parsed(&mut self, parsed: Parsed) {
+        for (seq, _, parsed, checked, _) in parsed.0 {
             self.add_prepared(seq, parsed, checked);
         }
         self.evict();
