@@ -3,7 +3,7 @@
 //! it counts every instance's events once, checks each instance's chain, filters by instance,
 //! shows an event whole from the stream, follows the stream live, and — SIGKILLed and started
 //! again — resumes from its durable consumer and saved index without counting anything twice
-//! or missing anything.
+//! or missing anything; a stream deleted and created again starts a new index.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -277,6 +277,49 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
         "{}",
         d.announced
     );
+
+    // The stream deleted and created again: its sequences start over, so the saved index
+    // (read to message 104) would skip every new message. The dashboard starts a new index.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+            js.delete_stream(STREAM).await.unwrap();
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: STREAM.into(),
+                subjects: vec!["arbiter.decisions.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut prev = arbiter_engine::audit::chain::GENESIS.to_string();
+            for i in 0..3 {
+                let e = serde_json::json!({"decision_id": format!("fresh-{i}"), "labels": {"id": "fresh"},
+                    "timestamp": "2026-12-04T10:00:00Z", "allowed": true, "reason": "allowed"});
+                let (mut line, hash) =
+                    arbiter_engine::audit::chain::seal(e.as_object().unwrap().clone(), &prev);
+                line.pop();
+                prev = hash;
+                js.publish("arbiter.decisions.fresh", line.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        });
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(&d.addr, "/api/events");
+        if v["stream"]["last_sequence"] == 3 && v["stream"]["messages"] == 3 {
+            assert_eq!(per_instance(&v), [("fresh".to_string(), 3, true)]);
+            break;
+        }
+        assert!(Instant::now() < until, "no new index: {}", v["stream"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&d.addr, "/api/summary")["events"], 3);
     d.child.stop();
     a.stop();
     b.stop();

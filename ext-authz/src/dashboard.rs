@@ -256,6 +256,16 @@ impl Dashboard {
         }
     }
 
+    /// Start the fleet's index again, empty, with the same window.
+    pub fn reset_fleet(&self) {
+        if let Ok(mut s) = self.index.write()
+            && let Source::Fleet { index, .. } = &mut *s
+        {
+            *index = FleetIndex::new(index.window());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// With the fleet's index: `f` of it (saving it, the last sequence read).
     pub fn with_fleet<T>(&self, f: impl FnOnce(&FleetIndex) -> T) -> Option<T> {
         match &*self.index.read().ok()? {

@@ -117,11 +117,37 @@ pub async fn run(d: Arc<Dashboard>, r: Reader, stop: impl std::future::Future<Ou
 /// Connect, open the consumer, and index what comes until an error.
 async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
     let js = crate::decision_log::nats::connect_only(&r.nats).await?;
-    let stream = js
+    let mut stream = js
         .get_stream(&r.stream)
         .await
         .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?;
     d.set_stream(stream.clone());
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?
+        .state
+        .clone();
+    let read = d.with_fleet(FleetIndex::last_sequence).unwrap_or(0);
+    if state.last_sequence < read {
+        // Purged or re-created: its sequences start again, and would all be skipped.
+        tracing::warn!(
+            stream = %r.stream,
+            "stream `{}` ends at message {} but the index read to message {read}: the stream was purged or re-created; starting a new index",
+            r.stream,
+            state.last_sequence
+        );
+        d.reset_fleet();
+    } else if state.first_sequence > read + 1 && state.messages > 0 {
+        tracing::warn!(
+            stream = %r.stream,
+            "stream `{}` starts at message {}: messages {}..{} left the stream (its limits) before the dashboard read them; they are not counted",
+            r.stream,
+            state.first_sequence,
+            read + 1,
+            state.first_sequence - 1
+        );
+    }
     let from = d.with_fleet(FleetIndex::last_sequence).unwrap_or(0) + 1;
     tracing::info!(stream = %r.stream, from, "reading stream `{}` from message {from}", r.stream);
     let mut messages: Messages = match &r.durable {

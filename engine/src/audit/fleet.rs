@@ -144,6 +144,18 @@ impl Instance {
             None => self.first_prev_hash = Some(prev),
             Some(last) if *last == prev => {}
             Some(_) => {
+                if self.recent_set.contains(&key(&prev)) {
+                    // It follows an event already followed: a second chain from the same point
+                    // (an instance restarted on a truncated or restored file).
+                    self.problem(
+                        sequence,
+                        decision_id,
+                        format!(
+                            "a fork: this event follows {prev}, which another event already follows"
+                        ),
+                    );
+                    return true;
+                }
                 if self.waiting.len() >= WAITING {
                     // Too many waiting: the oldest one's predecessor is taken as missing, and
                     // the chain continues from the newest event.

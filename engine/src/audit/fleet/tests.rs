@@ -160,12 +160,14 @@ fn a_missing_event_a_tampered_one_and_a_fork_are_problems() {
     ]);
     let inst = &idx.instances()["node-a"];
     assert!(!inst.intact());
-    assert_eq!(
-        inst.waiting(),
-        1,
-        "the fork waits for a predecessor that was passed"
-    );
-    assert_eq!(inst.first_waiting(), Some((4, "other")));
+    assert_eq!(inst.waiting(), 0, "a fork is not waiting for anything");
+    let p = inst.first_problem.as_ref().unwrap();
+    assert_eq!((p.sequence, p.decision_id.as_str()), (4, "other"));
+    assert!(p.error.contains("a fork"), "{}", p.error);
+    // The chain goes on from its last event.
+    idx.add_batch(vec![(5, a[3].clone())]);
+    let inst = &idx.instances()["node-a"];
+    assert_eq!((inst.verified, inst.problems), (4, 1));
 }
 
 #[test]
