@@ -9,12 +9,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 
 use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, read_stream};
-use common::{audit_serve, file_ids, http, serve, stop, tmp};
+use common::{audit_serve, decide, file_ids, http, serve, serve_shipping, stop, tmp};
 use serde_json::Value as Json;
 
 const STREAM: &str = "DECISIONS";
@@ -54,28 +54,8 @@ fn start_instance(dir: &Path, url: &str) -> (Guard, String) {
         "package envoy.authz\n\nallow if input.n % 3 != 0\n",
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.arg("serve")
-        .arg(dir.join("policy"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .arg("--decision-log")
-        .arg(dir.join("decisions.log"))
-        .args(["--decision-log-nats", url])
-        .args(["--decision-log-nats-stream", STREAM]);
-    let (child, _grpc, http) = serve(cmd);
+    let (child, _grpc, http) = serve(serve_shipping(dir, url, STREAM));
     (Guard(Some(child)), http)
-}
-
-fn decide(http_addr: &str, from: usize, n: usize) {
-    for i in from..from + n {
-        let (status, body) = http(
-            http_addr,
-            "POST",
-            "/v1/data/envoy/authz/allow",
-            &format!("{{\"input\": {{\"n\": {i}}}}}"),
-        );
-        assert_eq!(status, 200, "{body}");
-    }
 }
 
 /// The dashboard, its address, and what it said when it started.
@@ -169,8 +149,8 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     let (b, b_http) = start_instance(&dir.join("b"), &url);
     let (a_log, b_log) = (dir.join("a/decisions.log"), dir.join("b/decisions.log"));
     let logs = [a_log.as_path(), b_log.as_path()];
-    decide(&a_http, 0, 30);
-    decide(&b_http, 0, 45);
+    decide(&a_http, 0..30);
+    decide(&b_http, 0..45);
 
     let state = dir.join("dashboard.state");
     let d = start_dashboard(&url, &state);
@@ -221,7 +201,7 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     assert!(page.contains("data-k=\"instances\"") && page.contains(&b_id));
 
     // Live: new events appear without a restart.
-    decide(&a_http, 30, 12);
+    decide(&a_http, 30..42);
     caught_up(&d, &url, &logs);
     assert_eq!(get(&d.addr, "/api/summary")["events"], 87);
 
@@ -229,8 +209,8 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     std::thread::sleep(Duration::from_millis(600));
     d.child.kill();
     assert!(state.is_file(), "the index was saved");
-    decide(&a_http, 42, 8);
-    decide(&b_http, 45, 9);
+    decide(&a_http, 42..50);
+    decide(&b_http, 45..54);
     let d = start_dashboard(&url, &state);
     // Resumed from the saved index, not read again from the start.
     let saved: u64 = d

@@ -14,41 +14,21 @@ use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, Stored, read_stream};
 use arbiter_engine::audit::index::with_rotated;
-use common::{file_ids, http, serve, stop, tmp};
+use common::{decide, file_ids, serve, serve_shipping, stop, tmp};
 
 const STREAM: &str = "DECISIONS";
 
 fn start(dir: &Path, url: &str) -> (Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.arg("serve")
-        .arg(dir.join("policy"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .arg("--decision-log")
-        .arg(dir.join("decisions.log"))
-        .args(["--decision-log-nats", url])
-        .args(["--decision-log-nats-stream", STREAM])
-        // Small files: the shipper follows the spool across many rotations.
-        .args([
-            "--decision-log-max-size",
-            "8KiB",
-            "--decision-log-max-files",
-            "200",
-        ]);
+    let mut cmd = serve_shipping(dir, url, STREAM);
+    // Small files: the shipper follows the spool across many rotations.
+    cmd.args([
+        "--decision-log-max-size",
+        "8KiB",
+        "--decision-log-max-files",
+        "200",
+    ]);
     let (child, _grpc, http) = serve(cmd);
     (child, http)
-}
-
-/// `n` Data API queries, each a decision with its event.
-fn decide(http_addr: &str, n: usize) {
-    for i in 0..n {
-        let (status, body) = http(
-            http_addr,
-            "POST",
-            "/v1/data/envoy/authz/allow",
-            &format!("{{\"input\": {{\"n\": {i}}}}}"),
-        );
-        assert_eq!(status, 200, "{body}");
-    }
 }
 
 fn stream(url: &str) -> Vec<Stored> {
@@ -116,7 +96,7 @@ fn every_event_reaches_the_stream_once_through_a_sigkill_and_an_outage() {
 
     // 1. Shipping as decisions are made.
     let (mut first, http_addr) = start(&dir, &url);
-    decide(&http_addr, 40);
+    decide(&http_addr, 0..40);
     let (ids, stored) = settle(&url, &log);
     assert_eq!(ids.len(), 40);
     assert_exactly_once(&ids, &stored, "while serving");
@@ -129,22 +109,22 @@ fn every_event_reaches_the_stream_once_through_a_sigkill_and_an_outage() {
     // 2. SIGKILL in the middle of a burst: what reached the file is shipped by the next run,
     //    once (what was shipped but not yet recorded as shipped is sent again and dropped by
     //    the stream's duplicate window).
-    decide(&http_addr, 60);
+    decide(&http_addr, 0..60);
     first.kill().unwrap();
     first.wait().unwrap();
     let killed_at = file_ids(&log).len();
     let (second, http_addr) = start(&dir, &url);
-    decide(&http_addr, 20);
+    decide(&http_addr, 0..20);
     let (ids, stored) = settle(&url, &log);
     assert_eq!(ids.len(), killed_at + 20);
     assert_exactly_once(&ids, &stored, "after the SIGKILL and the restart");
 
     // 3. NATS down while decisions go on; back up: the spool is caught up.
     nats.kill();
-    decide(&http_addr, 30);
+    decide(&http_addr, 0..30);
     std::thread::sleep(Duration::from_millis(500));
     nats.restart().unwrap();
-    decide(&http_addr, 10);
+    decide(&http_addr, 0..10);
     let (ids, stored) = settle(&url, &log);
     assert_eq!(ids.len(), killed_at + 60);
     assert_exactly_once(&ids, &stored, "after the outage");

@@ -104,6 +104,34 @@ pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>)
     }
 }
 
+/// `arbiter serve DIR/policy` on ephemeral loopback ports, its decision log in
+/// `DIR/decisions.log` shipped to the JetStream at `url` (stream `stream`, created if missing);
+/// add arguments, then [`serve`] it.
+pub fn serve_shipping(dir: &std::path::Path, url: &str, stream: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.arg("serve")
+        .arg(dir.join("policy"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--decision-log")
+        .arg(dir.join("decisions.log"))
+        .args(["--decision-log-nats", url])
+        .args(["--decision-log-nats-stream", stream]);
+    cmd
+}
+
+/// Data API queries `{"input": {"n": i}}` for each `i` of `ns`, each a decision with its event.
+pub fn decide(http_addr: &str, ns: std::ops::Range<usize>) {
+    for i in ns {
+        let (status, body) = http(
+            http_addr,
+            "POST",
+            "/v1/data/envoy/authz/allow",
+            &format!("{{\"input\": {{\"n\": {i}}}}}"),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// Start `arbiter audit serve` with `args` (`--addr 127.0.0.1:0` is added) and wait up to 30 s
 /// for its announcement: the child, the address it serves (`host:port`) and the announcement.
 /// Stderr keeps being drained.
