@@ -157,6 +157,26 @@ pub fn apply(event: &mut Map<String, Json>, ops: &[MaskOp]) -> bool {
     changed
 }
 
+/// Whether header `name` is one of `headers` (the credential headers): by name, ignoring
+/// case. The one reading of "a masked header" for the JSON event ([`header_ops`]) and the
+/// input value ([`header_mask`]).
+fn is_masked_header(headers: &[String], name: &str) -> bool {
+    headers.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The pointer of `headers[name]` in an event's OPA-Envoy input.
+fn header_pointer(name: &str) -> String {
+    format!(
+        "/input/attributes/request/http/headers/{}",
+        name.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// The pointer of `headerMap.headers[i]` in an event's OPA-Envoy input.
+fn header_map_pointer(i: usize) -> String {
+    format!("/input/attributes/request/http/headerMap/headers/{i}")
+}
+
 /// Operations erasing `headers` (lower-case names) from an OPA-Envoy input in `event`:
 /// the `headers` map entries and the `headerMap` entries with those keys.
 pub fn header_ops(event: &Map<String, Json>, headers: &[String]) -> Vec<MaskOp> {
@@ -171,11 +191,8 @@ pub fn header_ops(event: &Map<String, Json>, headers: &[String]) -> Vec<MaskOp> 
     };
     if let Some(Json::Object(h)) = http.get("headers") {
         for k in h.keys() {
-            if headers.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                ops.push(MaskOp::Remove(format!(
-                    "/input/attributes/request/http/headers/{}",
-                    k.replace('~', "~0").replace('/', "~1")
-                )));
+            if is_masked_header(headers, k) {
+                ops.push(MaskOp::Remove(header_pointer(k)));
             }
         }
     }
@@ -183,10 +200,8 @@ pub fn header_ops(event: &Map<String, Json>, headers: &[String]) -> Vec<MaskOp> 
         // From the end, so earlier indices stay valid while removing.
         for (i, entry) in list.iter().enumerate().rev() {
             let key = entry.get("key").and_then(Json::as_str).unwrap_or("");
-            if headers.iter().any(|n| n.eq_ignore_ascii_case(key)) {
-                ops.push(MaskOp::Remove(format!(
-                    "/input/attributes/request/http/headerMap/headers/{i}"
-                )));
+            if is_masked_header(headers, key) {
+                ops.push(MaskOp::Remove(header_map_pointer(i)));
             }
         }
     }
@@ -233,7 +248,7 @@ pub fn header_mask(input: &regorus::Value, headers: &[String]) -> HeaderMask {
     if headers.is_empty() {
         return mask;
     }
-    let hit = |k: &str| headers.iter().any(|n| n.eq_ignore_ascii_case(k));
+    let hit = |k: &str| is_masked_header(headers, k);
     let Some(http) = http_of(input).and_then(|h| h.as_object().ok()) else {
         return mask;
     };
@@ -242,10 +257,7 @@ pub fn header_mask(input: &regorus::Value, headers: &[String]) -> HeaderMask {
             if let Value::String(s) = k
                 && hit(s)
             {
-                mask.erased.push(format!(
-                    "/input/attributes/request/http/headers/{}",
-                    s.replace('~', "~0").replace('/', "~1")
-                ));
+                mask.erased.push(header_pointer(s));
                 mask.keys.push(s.to_string());
             }
         }
@@ -266,10 +278,8 @@ pub fn header_mask(input: &regorus::Value, headers: &[String]) -> HeaderMask {
             }
         }
         // Named from the last, as the copying version removes them.
-        for i in mask.map_indices.iter().rev() {
-            mask.erased.push(format!(
-                "/input/attributes/request/http/headerMap/headers/{i}"
-            ));
+        for &i in mask.map_indices.iter().rev() {
+            mask.erased.push(header_map_pointer(i));
         }
     }
     mask
