@@ -818,6 +818,11 @@ async fn page(State(d): State<Arc<Dashboard>>, Query(p): Query<Params>) -> Respo
             }
             Source::Fleet { stream, index } => (fleet_html(&d, stream, index)),
         }
+        @if !s.approximate.is_empty() {
+            p.note data-k="approximate" {
+                "Bounded memory: " (Shown(&s.approximate.join("; "))) "."
+            }
+        }
         section.cards {
             (card("events", "decisions", &s.events.to_string(), &format!("{} unreadable lines", s.unreadable)))
             (card("allowed", "allowed", &s.allowed.to_string(), &percent(s.allowed, s.events)))

@@ -235,7 +235,8 @@ pub struct FleetIndex {
     folded: u64,
 }
 
-/// The file format's version, first in a saved state.
+/// What a saved state starts with: a name, then the format's version.
+const SAVED_MAGIC: &[u8; 8] = b"ARBFLEET";
 const SAVED_VERSION: u32 = 1;
 
 impl FleetIndex {
@@ -426,7 +427,8 @@ impl FleetIndex {
 
     /// The whole state, to [`load`](Self::load) after a restart.
     pub fn save(&self) -> Vec<u8> {
-        let mut out = SAVED_VERSION.to_le_bytes().to_vec();
+        let mut out = SAVED_MAGIC.to_vec();
+        out.extend(SAVED_VERSION.to_le_bytes());
         // Serializing plain data into a Vec cannot fail.
         out.extend(postcard::to_allocvec(self).unwrap_or_default());
         out
@@ -435,9 +437,12 @@ impl FleetIndex {
     /// A state written by [`save`](Self::save); `window` replaces the saved one (a smaller
     /// window folds the oldest rows now).
     pub fn load(bytes: &[u8], window: usize) -> Result<Self, String> {
-        let (version, rest) = bytes
+        let rest = bytes
+            .strip_prefix(SAVED_MAGIC.as_slice())
+            .ok_or("not a saved dashboard state (written by `arbiter audit serve --state`)")?;
+        let (version, rest) = rest
             .split_first_chunk::<4>()
-            .ok_or("the saved dashboard state is empty")?;
+            .ok_or("the saved dashboard state is cut short")?;
         if u32::from_le_bytes(*version) != SAVED_VERSION {
             return Err(format!(
                 "the saved dashboard state has version {}, this arbiter reads {SAVED_VERSION}",

@@ -232,9 +232,11 @@ fn saved_and_loaded_it_resumes_where_it_stopped() {
     assert_eq!(resumed.rows(), whole.rows());
     assert!(all_intact(&resumed));
 
-    assert!(FleetIndex::load(&saved[..10], 300).is_err());
+    assert!(FleetIndex::load(&saved[..20], 300).is_err());
+    let e = FleetIndex::load(b"junk\n", 300).unwrap_err();
+    assert!(e.contains("not a saved dashboard state"), "{e}");
     let mut other = saved.clone();
-    other[0] = 9;
+    other[8] = 9;
     let e = FleetIndex::load(&other, 300).unwrap_err();
     assert!(e.contains("version 9"), "{e}");
     // A smaller window folds the oldest rows.
