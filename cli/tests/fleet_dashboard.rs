@@ -257,9 +257,12 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
         "{}",
         d.announced
     );
+    d.child.stop();
 
-    // The stream deleted and created again: its sequences start over, so the saved index
-    // (read to message 104) would skip every new message. The dashboard starts a new index.
+    // While it is stopped, the stream is deleted and created again with more messages than
+    // the saved index read: its sequences start over, so the index (read to message 104)
+    // would skip the new stream's first 104 messages. The dashboard tells the streams apart
+    // (by creation time) and starts a new index.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -275,7 +278,7 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
             .await
             .unwrap();
             let mut prev = arbiter_engine::audit::chain::GENESIS.to_string();
-            for i in 0..3 {
+            for i in 0..110 {
                 let e = serde_json::json!({"decision_id": format!("fresh-{i}"), "labels": {"id": "fresh"},
                     "timestamp": "2026-12-04T10:00:00Z", "allowed": true, "reason": "allowed"});
                 let (mut line, hash) =
@@ -289,17 +292,23 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
                     .unwrap();
             }
         });
+    let d = start_dashboard(&url, &state);
+    assert!(
+        d.announced.contains("(104 events in the saved index)"),
+        "{}",
+        d.announced
+    );
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let v = get(&d.addr, "/api/events");
-        if v["stream"]["last_sequence"] == 3 && v["stream"]["messages"] == 3 {
-            assert_eq!(per_instance(&v), [("fresh".to_string(), 3, true)]);
+        if v["stream"]["last_sequence"] == 110 && v["stream"]["messages"] == 110 {
+            assert_eq!(per_instance(&v), [("fresh".to_string(), 110, true)]);
             break;
         }
         assert!(Instant::now() < until, "no new index: {}", v["stream"]);
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(get(&d.addr, "/api/summary")["events"], 3);
+    assert_eq!(get(&d.addr, "/api/summary")["events"], 110);
     d.child.stop();
     a.stop();
     b.stop();

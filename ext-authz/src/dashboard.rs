@@ -256,14 +256,24 @@ impl Dashboard {
         }
     }
 
-    /// Start the fleet's index again, empty, with the same window.
-    pub fn reset_fleet(&self) {
-        if let Ok(mut s) = self.index.write()
-            && let Source::Fleet { index, .. } = &mut *s
-        {
+    /// Read from the stream known as `id` (see [`FleetIndex::stream_id`]): an index of another
+    /// stream — one that was deleted and created again under the same name — or one read past
+    /// the stream's last message (`last_sequence`) starts again, empty. Returns whether it did.
+    pub fn fleet_stream(&self, id: &str, last_sequence: u64) -> bool {
+        let Ok(mut s) = self.index.write() else {
+            return false;
+        };
+        let Source::Fleet { index, .. } = &mut *s else {
+            return false;
+        };
+        let other = !index.stream_id().is_empty() && index.stream_id() != id;
+        let reset = other || index.last_sequence() > last_sequence;
+        if reset {
             *index = FleetIndex::new(index.window());
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        index.set_stream_id(id);
+        reset
     }
 
     /// With the fleet's index: `f` of it (saving it, the last sequence read).

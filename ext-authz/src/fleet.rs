@@ -122,22 +122,22 @@ async fn read(d: &Arc<Dashboard>, r: &Reader) -> Result<(), String> {
         .await
         .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?;
     d.set_stream(stream.clone());
-    let state = stream
+    let info = stream
         .info()
         .await
         .map_err(|e| format!("NATS stream `{}`: {e}", r.stream))?
-        .state
         .clone();
+    let state = &info.state;
     let read = d.with_fleet(FleetIndex::last_sequence).unwrap_or(0);
-    if state.last_sequence < read {
-        // Purged or re-created: its sequences start again, and would all be skipped.
+    // A stream deleted and created again numbers its messages from 1 again: an index of the
+    // old one would skip them. Told apart by the stream's creation time.
+    let id = info.created.unix_timestamp_nanos().to_string();
+    if d.fleet_stream(&id, state.last_sequence) {
         tracing::warn!(
             stream = %r.stream,
-            "stream `{}` ends at message {} but the index read to message {read}: the stream was purged or re-created; starting a new index",
-            r.stream,
-            state.last_sequence
+            "stream `{}` is not the one the index read (created again; the index had read to message {read}): starting a new index",
+            r.stream
         );
-        d.reset_fleet();
     } else if state.first_sequence > read + 1 && state.messages > 0 {
         tracing::warn!(
             stream = %r.stream,

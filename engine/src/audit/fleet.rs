@@ -233,6 +233,9 @@ pub struct FleetIndex {
     first_unreadable: Option<u64>,
     /// Events that left the window (still counted in the totals).
     folded: u64,
+    /// Which stream was read (the caller's name for it, e.g. its creation time): a stream
+    /// created again under the same name numbers its messages from 1 again.
+    stream_id: String,
 }
 
 /// What a saved state starts with: a name, then the format's version.
@@ -254,7 +257,17 @@ impl FleetIndex {
             unreadable: 0,
             first_unreadable: None,
             folded: 0,
+            stream_id: String::new(),
         }
+    }
+
+    /// Which stream was read ([`FleetIndex::set_stream_id`]); empty before.
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    pub fn set_stream_id(&mut self, id: &str) {
+        self.stream_id = id.to_string();
     }
 
     pub fn window(&self) -> usize {
