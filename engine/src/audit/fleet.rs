@@ -144,6 +144,14 @@ impl Instance {
             None => self.first_prev_hash = Some(prev),
             Some(last) if *last == prev => {}
             Some(_) => {
+                if self.first_prev_hash.as_deref() == Some(hash.as_str()) {
+                    // The event before the first one read (the instance's first events came
+                    // out of order): the chain now starts one earlier.
+                    self.first_prev_hash = Some(prev);
+                    self.verified += 1;
+                    self.remember(&hash);
+                    return true;
+                }
                 if self.recent_set.contains(&key(&prev)) {
                     // It follows an event already followed: a second chain from the same point
                     // (an instance restarted on a truncated or restored file).

@@ -119,6 +119,22 @@ fn copies_are_counted_once_and_late_events_are_linked_when_their_predecessor_com
 }
 
 #[test]
+fn an_instances_first_events_out_of_order_still_make_one_chain() {
+    let a = chain_of("node-a", 4);
+    let mut idx = FleetIndex::new(100);
+    // 1 0 2 3: the first event read is the second of the chain.
+    let msgs: Vec<(u64, Vec<u8>)> = [1, 0, 2, 3]
+        .iter()
+        .enumerate()
+        .map(|(s, &i)| (s as u64 + 1, a[i].clone()))
+        .collect();
+    idx.add_batch(msgs);
+    let inst = &idx.instances()["node-a"];
+    assert!(inst.intact() && inst.from_genesis(), "{inst:?}");
+    assert_eq!((inst.events, inst.verified), (4, 4));
+}
+
+#[test]
 fn a_missing_event_a_tampered_one_and_a_fork_are_problems() {
     let a = chain_of("node-a", 6);
     // Event 2 never arrives; the rest wait for it.
