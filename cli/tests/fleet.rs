@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arbiter_conformance::envoy::{Envoy, EnvoyOptions, free_port, get};
-use arbiter_conformance::nats::{NatsCluster, Stored, read_stream};
+use arbiter_conformance::nats::{NatsCluster, Stored};
 use arbiter_engine::audit::index::with_rotated;
-use common::{audit_serve, file_ids, http, serve, tmp};
+use common::{audit_serve, block_on, file_ids, http, serve, stream_messages, tmp};
 
 const STREAM: &str = "FLEET";
 const INSTANCES: usize = 3;
@@ -111,16 +111,9 @@ fn envoy(ports: &[u16]) -> Envoy {
     Envoy::start(&o).unwrap()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The name of the node leading the stream, once it has one.
 fn stream_leader(urls: &str) -> String {
-    runtime().block_on(async {
+    block_on(async {
         let servers: Vec<async_nats::ServerAddr> =
             urls.split(',').map(|u| u.parse().unwrap()).collect();
         let client = async_nats::connect(servers).await.unwrap();
@@ -334,9 +327,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     );
     let until = Instant::now() + Duration::from_secs(60);
     let stored: Vec<Stored> = loop {
-        let s = runtime()
-            .block_on(read_stream(&live, STREAM))
-            .unwrap_or_default();
+        let s = stream_messages(&live, STREAM).unwrap_or_default();
         if s.len() >= all_ids.len() || Instant::now() > until {
             break s;
         }

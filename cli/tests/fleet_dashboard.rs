@@ -13,8 +13,11 @@ use std::process::Child;
 
 use std::time::{Duration, Instant};
 
-use arbiter_conformance::nats::{NatsServer, read_stream};
-use common::{audit_serve, decide, file_ids, http, serve, serve_shipping, stop, tmp};
+use arbiter_conformance::nats::NatsServer;
+use common::{
+    audit_serve, block_on, decide, file_ids, http, serve, serve_shipping, stop, stream_messages,
+    tmp,
+};
 use serde_json::Value as Json;
 
 const STREAM: &str = "DECISIONS";
@@ -92,11 +95,7 @@ fn get(addr: &str, target: &str) -> Json {
 }
 
 fn last_sequence(url: &str) -> u64 {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(read_stream(url, STREAM))
+    stream_messages(url, STREAM)
         .unwrap()
         .iter()
         .map(|s| s.sequence)
@@ -232,21 +231,17 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     assert_eq!(counts, [50, 54]);
     assert_eq!(v["chain"]["ok"], true, "{v}");
     // The durable consumer is there, acknowledged up to a saved position.
-    let acked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-            let s = js.get_stream(STREAM).await.unwrap();
-            // Saved every 200 ms: wait for one.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            s.consumer_info("arbiter-dashboard")
-                .await
-                .unwrap()
-                .ack_floor
-                .stream_sequence
-        });
+    let acked = block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let s = js.get_stream(STREAM).await.unwrap();
+        // Saved every 200 ms: wait for one.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.consumer_info("arbiter-dashboard")
+            .await
+            .unwrap()
+            .ack_floor
+            .stream_sequence
+    });
     assert_eq!(acked, last_sequence(&url), "acknowledged = saved = read");
 
     // A clean stop saves; the next start resumes with everything.
@@ -263,35 +258,31 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     // the saved index read: its sequences start over, so the index (read to message 104)
     // would skip the new stream's first 104 messages. The dashboard tells the streams apart
     // (by creation time) and starts a new index.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-            js.delete_stream(STREAM).await.unwrap();
-            js.create_stream(async_nats::jetstream::stream::Config {
-                name: STREAM.into(),
-                subjects: vec!["arbiter.decisions.>".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-            let mut prev = arbiter_engine::audit::chain::GENESIS.to_string();
-            for i in 0..110 {
-                let e = serde_json::json!({"decision_id": format!("fresh-{i}"), "labels": {"id": "fresh"},
+    block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        js.delete_stream(STREAM).await.unwrap();
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["arbiter.decisions.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut prev = arbiter_engine::audit::chain::GENESIS.to_string();
+        for i in 0..110 {
+            let e = serde_json::json!({"decision_id": format!("fresh-{i}"), "labels": {"id": "fresh"},
                     "timestamp": "2026-12-04T10:00:00Z", "allowed": true, "reason": "allowed"});
-                let (mut line, hash) =
-                    arbiter_engine::audit::chain::seal(e.as_object().unwrap().clone(), &prev);
-                line.pop();
-                prev = hash;
-                js.publish("arbiter.decisions.fresh", line.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-        });
+            let (mut line, hash) =
+                arbiter_engine::audit::chain::seal(e.as_object().unwrap().clone(), &prev);
+            line.pop();
+            prev = hash;
+            js.publish("arbiter.decisions.fresh", line.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
     let d = start_dashboard(&url, &state);
     assert!(
         d.announced.contains("(104 events in the saved index)"),

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use arbiter_conformance::nats::{NatsServer, Stored, read_stream};
+use arbiter_conformance::nats::{NatsServer, Stored};
 use arbiter_engine::audit::index::with_rotated;
-use common::{decide, file_ids, serve, serve_shipping, stop, tmp};
+use common::{decide, file_ids, serve, serve_shipping, stop, stream_messages, tmp};
 
 const STREAM: &str = "DECISIONS";
 
@@ -32,12 +32,7 @@ fn start(dir: &Path, url: &str) -> (Child, String) {
 }
 
 fn stream(url: &str) -> Vec<Stored> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(read_stream(url, STREAM))
-        .unwrap_or_default()
+    stream_messages(url, STREAM).unwrap_or_default()
 }
 
 /// Wait until the stream holds as many messages as the file holds events; both, then.

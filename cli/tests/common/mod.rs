@@ -132,6 +132,23 @@ pub fn decide(http_addr: &str, ns: std::ops::Range<usize>) {
     }
 }
 
+/// Run `f` to its end on a runtime of its own (for the NATS client in a synchronous test).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Every message of JetStream stream `stream` at `url`, in sequence order.
+pub fn stream_messages(
+    url: &str,
+    stream: &str,
+) -> Result<Vec<arbiter_conformance::nats::Stored>, String> {
+    block_on(arbiter_conformance::nats::read_stream(url, stream))
+}
+
 /// Start `arbiter audit serve` with `args` (`--addr 127.0.0.1:0` is added) and wait up to 30 s
 /// for its announcement: the child, the address it serves (`host:port`) and the announcement.
 /// Stderr keeps being drained.
@@ -197,6 +214,21 @@ pub fn check_request(
 /// The decision ids of a decision log's whole lines, its rotated files included, oldest first
 /// (a line a SIGKILL cut short is not an event: the next run cuts it off).
 pub fn file_ids(log: &std::path::Path) -> Vec<String> {
+    // A rotation renames `x.1` to `x.2` before `x` to `x.1`: read in between, the set looks
+    // like `x` alone. Read until two readings agree (a log still being written: at most 5 s).
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut last = read_ids(log);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read_ids(log);
+        if now == last || Instant::now() > until {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn read_ids(log: &std::path::Path) -> Vec<String> {
     arbiter_engine::audit::index::with_rotated(&[log.to_path_buf()])
         .iter()
         .flat_map(|f| {

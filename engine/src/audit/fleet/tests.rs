@@ -48,6 +48,15 @@ fn interleaved(n: usize) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// `msgs` indexed in batches of `batch`, keeping `window` rows.
+fn indexed(msgs: &[(u64, Vec<u8>)], window: usize, batch: usize) -> FleetIndex {
+    let mut idx = FleetIndex::new(window);
+    for chunk in msgs.chunks(batch) {
+        idx.add_batch(chunk.to_vec());
+    }
+    idx
+}
+
 fn summary_of(lines: &[(u64, Vec<u8>)]) -> Summary {
     let mut b = SummaryBuilder::default();
     for (_, l) in lines {
@@ -59,10 +68,7 @@ fn summary_of(lines: &[(u64, Vec<u8>)]) -> Summary {
 #[test]
 fn counts_like_the_summary_and_checks_each_instances_chain() {
     let msgs = interleaved(300);
-    let mut idx = FleetIndex::new(1000);
-    for chunk in msgs.chunks(97) {
-        idx.add_batch(chunk.to_vec());
-    }
+    let idx = indexed(&msgs, 1000, 97);
     // Below every bound, the bounded summary is the exact one.
     assert_eq!(idx.summary(10), summary_of(&msgs));
     assert_eq!(idx.rows().len(), 600);
@@ -189,10 +195,7 @@ fn a_missing_event_a_tampered_one_and_a_fork_are_problems() {
 #[test]
 fn the_window_is_bounded_and_the_totals_keep_everything() {
     let msgs = interleaved(2000);
-    let mut idx = FleetIndex::new(500);
-    for chunk in msgs.chunks(256) {
-        idx.add_batch(chunk.to_vec());
-    }
+    let idx = indexed(&msgs, 500, 256);
     assert_eq!(idx.rows().len(), 500);
     assert_eq!(idx.folded(), 3500);
     assert_eq!(idx.summary(10), summary_of(&msgs));
