@@ -304,4 +304,5 @@ fn the_fleet_dashboard_counts_every_instance_once_live_and_across_a_sigkill() {
     a.stop();
     b.stop();
     nats.kill();
+    let _ = std::fs::remove_dir_all(&dir);
 }

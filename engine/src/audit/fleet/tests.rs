@@ -48,6 +48,15 @@ fn interleaved(n: usize) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// Events of `chain` in the order `order` names them, numbered from 1 as a stream would.
+fn in_order(chain: &[Vec<u8>], order: &[usize]) -> Vec<(u64, Vec<u8>)> {
+    order
+        .iter()
+        .enumerate()
+        .map(|(s, &i)| (s as u64 + 1, chain[i].clone()))
+        .collect()
+}
+
 /// `msgs` indexed in batches of `batch`, keeping `window` rows.
 fn indexed(msgs: &[(u64, Vec<u8>)], window: usize, batch: usize) -> FleetIndex {
     let mut idx = FleetIndex::new(window);
@@ -105,11 +114,7 @@ fn copies_are_counted_once_and_late_events_are_linked_when_their_predecessor_com
     // The stream got 0 1 2 4 3 5 5 6 …: event 4 before 3 (a re-send after a lost ack), and
     // a copy of 5 past the duplicate window.
     let order = [0, 1, 2, 4, 3, 5, 5, 6, 7, 8, 9];
-    let msgs: Vec<(u64, Vec<u8>)> = order
-        .iter()
-        .enumerate()
-        .map(|(s, &i)| (s as u64 + 1, a[i].clone()))
-        .collect();
+    let msgs = in_order(&a, &order);
     let mut idx = FleetIndex::new(100);
     idx.add_batch(msgs[..4].to_vec());
     let inst = &idx.instances()["node-a"];
@@ -129,11 +134,7 @@ fn an_instances_first_events_out_of_order_still_make_one_chain() {
     let a = chain_of("node-a", 4);
     let mut idx = FleetIndex::new(100);
     // 1 0 2 3: the first event read is the second of the chain.
-    let msgs: Vec<(u64, Vec<u8>)> = [1, 0, 2, 3]
-        .iter()
-        .enumerate()
-        .map(|(s, &i)| (s as u64 + 1, a[i].clone()))
-        .collect();
+    let msgs = in_order(&a, &[1, 0, 2, 3]);
     idx.add_batch(msgs);
     let inst = &idx.instances()["node-a"];
     assert!(inst.intact() && inst.from_genesis(), "{inst:?}");
@@ -145,11 +146,7 @@ fn a_missing_event_a_tampered_one_and_a_fork_are_problems() {
     let a = chain_of("node-a", 6);
     // Event 2 never arrives; the rest wait for it.
     let mut idx = FleetIndex::new(100);
-    let msgs: Vec<(u64, Vec<u8>)> = [0, 1, 3, 4, 5]
-        .iter()
-        .enumerate()
-        .map(|(s, &i)| (s as u64 + 1, a[i].clone()))
-        .collect();
+    let msgs = in_order(&a, &[0, 1, 3, 4, 5]);
     idx.add_batch(msgs);
     let inst = &idx.instances()["node-a"];
     assert_eq!((inst.verified, inst.waiting()), (2, 3));
