@@ -123,8 +123,24 @@ impl Instance {
         {
             self.recent_set.remove(&old);
         }
-        self.recent.push_back(key(hash));
-        self.recent_set.insert(key(hash));
+        let k = key(hash);
+        self.recent.push_back(k);
+        self.recent_set.insert(k);
+    }
+
+    /// `hash` follows the chain's last event: it becomes the last, and so do the events that
+    /// waited for it, in turn.
+    fn advance(&mut self, mut hash: String) {
+        loop {
+            self.verified += 1;
+            self.remember(&hash);
+            let next = self.waiting.remove(&hash);
+            self.last_hash = Some(hash);
+            match next {
+                Some(n) => hash = n.hash,
+                None => return,
+            }
+        }
     }
 
     /// Whether an event with this hash was read already.
@@ -203,17 +219,7 @@ impl Instance {
                 return true;
             }
         }
-        self.verified += 1;
-        self.last_hash = Some(hash.clone());
-        self.remember(&hash);
-        // Whatever waited for this one follows.
-        let mut at = hash;
-        while let Some(next) = self.waiting.remove(&at) {
-            self.verified += 1;
-            self.last_hash = Some(next.hash.clone());
-            self.remember(&next.hash);
-            at = next.hash;
-        }
+        self.advance(hash);
         true
     }
 }
