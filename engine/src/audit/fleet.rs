@@ -57,7 +57,7 @@ struct Waiting {
 }
 
 /// One instance, as the stream shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// Events read (copies excluded).
     pub events: u64,
@@ -83,6 +83,30 @@ pub struct Instance {
     recent_set: HashSet<u128>,
     /// prev_hash → the event waiting for it.
     waiting: HashMap<String, Waiting>,
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Instance {
+            events: 0,
+            allowed: 0,
+            denied: 0,
+            errors: 0,
+            verified: 0,
+            duplicates: 0,
+            first_prev_hash: None,
+            last_hash: None,
+            last_sequence: 0,
+            // Not 0: an instance whose events carry no readable timestamp has no last time,
+            // not 1970's.
+            last_time_ns: i64::MIN,
+            problems: 0,
+            first_problem: None,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+            waiting: HashMap::new(),
+        }
+    }
 }
 
 impl Instance {

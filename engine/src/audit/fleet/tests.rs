@@ -142,6 +142,19 @@ fn an_instances_first_events_out_of_order_still_make_one_chain() {
 }
 
 #[test]
+fn an_instance_without_timestamps_has_no_last_time() {
+    let mut e = event("node-a", 0);
+    e.remove("timestamp");
+    let (mut line, _) = seal(e, GENESIS);
+    line.pop();
+    let mut idx = FleetIndex::new(10);
+    idx.add_batch(vec![(1, line)]);
+    assert_eq!(idx.instances()["node-a"].last_time_ns, i64::MIN);
+    let with_time = indexed(&interleaved(1), 10, 1);
+    assert!(with_time.instances()["node-a"].last_time_ns > 0);
+}
+
+#[test]
 fn a_missing_event_a_tampered_one_and_a_fork_are_problems() {
     let a = chain_of("node-a", 6);
     // Event 2 never arrives; the rest wait for it.
