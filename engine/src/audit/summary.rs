@@ -160,15 +160,21 @@ fn bucket_top(b: usize) -> u64 {
     low.saturating_add((1u64 << shift) - 1)
 }
 
+/// The `RANKED` entries of `v` with the largest `count`, ties by key: what a ranking that grew
+/// past twice as many keeps.
+fn largest<K: Ord, V>(mut v: Vec<(K, V)>, count: impl Fn(&V) -> u64) -> Vec<(K, V)> {
+    v.sort_by(|a, b| count(&b.1).cmp(&count(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(RANKED);
+    v
+}
+
 /// Keep the `RANKED` largest counts of a ranking that grew past twice as many.
-fn prune<K: Clone + Eq + std::hash::Hash + Ord>(m: &mut HashMap<K, u64>) -> bool {
+fn prune<K: Eq + std::hash::Hash + Ord>(m: &mut HashMap<K, u64>) -> bool {
     if m.len() <= 2 * RANKED {
         return false;
     }
-    let mut v: Vec<(K, u64)> = m.drain().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    v.truncate(RANKED);
-    m.extend(v);
+    let kept = largest(m.drain().collect(), |n| *n);
+    m.extend(kept);
     true
 }
 
@@ -388,15 +394,8 @@ impl SummaryBuilder {
             }
             pruned |= prune(&mut self.shadow);
             if self.revisions.len() > 2 * RANKED {
-                let mut v: Vec<Revision> =
-                    std::mem::take(&mut self.revisions).into_values().collect();
-                v.sort_by(|a, b| {
-                    b.events
-                        .cmp(&a.events)
-                        .then_with(|| a.revision.cmp(&b.revision))
-                });
-                v.truncate(RANKED);
-                self.revisions = v.into_iter().map(|r| (r.revision.clone(), r)).collect();
+                let all = std::mem::take(&mut self.revisions).into_iter().collect();
+                self.revisions = largest(all, |r: &Revision| r.events).into_iter().collect();
                 pruned = true;
             }
             self.pruned |= pruned;
