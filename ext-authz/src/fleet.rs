@@ -85,6 +85,19 @@ pub fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Save the dashboard's index to the durable state file.
+fn save(d: &Dashboard, dur: &Durable) -> Result<(), String> {
+    match d.with_fleet(FleetIndex::save) {
+        Some(bytes) => save_state(&dur.state, &bytes).map_err(|e| {
+            format!(
+                "saving the dashboard's state to {}: {e}",
+                dur.state.display()
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
 type Messages = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send>>;
 
 /// Read the stream into `d` until `stop` resolves; then save the index a last time.
@@ -107,10 +120,9 @@ pub async fn run(d: Arc<Dashboard>, r: Reader, stop: impl std::future::Future<Ou
     // What was read since the last save is read again after a restart: nothing is lost by
     // stopping between saves, but save now so that little is.
     if let Some(dur) = &r.durable
-        && let Some(bytes) = d.with_fleet(FleetIndex::save)
-        && let Err(e) = save_state(&dur.state, &bytes)
+        && let Err(e) = save(&d, dur)
     {
-        tracing::warn!(state = %dur.state.display(), error = %e, "saving the dashboard's state to {}: {e}", dur.state.display());
+        tracing::warn!(state = %dur.state.display(), error = %e, "{e}");
     }
 }
 
@@ -243,10 +255,7 @@ fn index_batches(
             && saved_at.elapsed() >= dur.every
             && let Some(m) = unsaved.take()
         {
-            if let Some(bytes) = d.with_fleet(FleetIndex::save) {
-                save_state(&dur.state, &bytes)
-                    .map_err(|e| format!("saving {}: {e}", dur.state.display()))?;
-            }
+            save(d, dur)?;
             handle
                 .block_on(m.ack())
                 .map_err(|e| format!("acknowledging to consumer `{}`: {e}", dur.name))?;
