@@ -250,12 +250,8 @@ fn fleet_reader(a: &ServeArgs) -> Result<Option<arbiter_ext_authz::fleet::Reader
     let durable = match &a.state {
         None => None,
         Some(state) => {
-            if a.durable.is_empty() || a.durable.bytes().any(|b| b"\t .*>/\\".contains(&b)) {
-                return Err(format!(
-                    "--durable `{}`: no spaces, dots or wildcards",
-                    a.durable
-                ));
-            }
+            arbiter_ext_authz::decision_log::nats::check_name("consumer", &a.durable)
+                .map_err(|e| format!("--durable: {e}"))?;
             Some(arbiter_ext_authz::fleet::Durable {
                 name: a.durable.clone(),
                 state: state.clone(),

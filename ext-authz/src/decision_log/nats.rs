@@ -90,12 +90,8 @@ impl NatsConfig {
                 self.subject
             ));
         }
-        if let Some(s) = &self.stream
-            && (s.is_empty() || s.bytes().any(|b| b"\t .*>/\\".contains(&b)))
-        {
-            return Err(format!(
-                "NATS stream name `{s}`: no spaces, dots or wildcards"
-            ));
+        if let Some(s) = &self.stream {
+            check_name("stream", s)?;
         }
         if self.batch == 0 {
             return Err("the NATS batch must be at least 1".into());
@@ -110,6 +106,17 @@ impl NatsConfig {
             None => vec![self.subject.clone()],
         }
     }
+}
+
+/// A JetStream stream or consumer name as the server takes it: not empty, no whitespace,
+/// dots, wildcards or path separators.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.bytes().any(|b| b"\t .*>/\\".contains(&b)) {
+        return Err(format!(
+            "NATS {kind} name `{name}`: no spaces, dots or wildcards"
+        ));
+    }
+    Ok(())
 }
 
 /// Where the shipper got to: the file (by identity) and the byte after the last acknowledged
