@@ -240,12 +240,20 @@ fn fleet_reader(a: &ServeArgs) -> Result<Option<arbiter_ext_authz::fleet::Reader
     let (Some(url), Some(stream)) = (&a.nats, &a.stream) else {
         return Ok(None);
     };
-    let mut nats = arbiter_ext_authz::decision_log::NatsConfig::new(url, "unused");
-    nats.creds = a.nats_creds.clone();
-    nats.ca = a.nats_ca.clone();
+    let nats = arbiter_ext_authz::decision_log::NatsConfig::reader(
+        url,
+        a.nats_creds.clone(),
+        a.nats_ca.clone(),
+    );
     nats.validate().map_err(|e| format!("--nats: {e}"))?;
     if a.window == 0 {
         return Err("--window must be at least 1".into());
+    }
+    if !a.candidate.is_empty() {
+        return Err(
+            "--candidate replays files; with --nats, replay the instances' files with `arbiter replay`"
+                .into(),
+        );
     }
     let durable = match &a.state {
         None => None,
@@ -341,12 +349,6 @@ fn serve(a: &ServeArgs, err: &mut dyn Write) -> Exit {
     arbiter_alloc_counter::release_free_memory();
     if reader.is_none() {
         dashboard.spawn_refresher(refresh);
-    } else if !a.candidate.is_empty() {
-        let _ = writeln!(
-            err,
-            "arbiter audit: --candidate replays files; with --nats, replay the instances' files with `arbiter replay`"
-        );
-        return Exit::Usage;
     }
     if !a.candidate.is_empty() {
         let replay = crate::replay::Args {

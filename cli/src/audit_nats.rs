@@ -134,9 +134,7 @@ pub fn verify(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Exit {
-    let mut config = NatsConfig::new(url, "unused");
-    config.creds = a.nats_creds.clone();
-    config.ca = a.nats_ca.clone();
+    let config = NatsConfig::reader(url, a.nats_creds.clone(), a.nats_ca.clone());
     let stored: Vec<Stored> = match read_stream(&config, stream) {
         Ok(s) => s,
         Err(e) => {

@@ -70,6 +70,16 @@ impl NatsConfig {
         }
     }
 
+    /// A config for reading a stream (no subject to publish on): `audit verify --nats` and
+    /// the fleet dashboard.
+    pub fn reader(url: &str, creds: Option<PathBuf>, ca: Option<PathBuf>) -> Self {
+        NatsConfig {
+            creds,
+            ca,
+            ..NatsConfig::new(url, "unused")
+        }
+    }
+
     /// What is wrong with it, before anything starts.
     pub fn validate(&self) -> Result<(), String> {
         for server in self.url.split(',') {
