@@ -672,8 +672,9 @@ impl LogIndex {
                 .seen
                 .get(file as usize)
                 .map_or_else(String::new, |s| format!("{}:{line}", s.path.display())),
-            Some(At::Stream { sequence }) => format!("stream message {sequence}"),
-            None => String::new(),
+            // A file index holds lines only; the fleet's stream messages are located by the
+            // dashboard, which knows the stream's name.
+            Some(At::Stream { .. }) | None => String::new(),
         }
     }
 }
