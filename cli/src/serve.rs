@@ -942,6 +942,9 @@ impl Args {
     }
 }
 
+/// How the start-up line names the current-thread runtime.
+const ONE_IO_THREAD: &str = "one I/O thread";
+
 /// The runtime for `--io-threads`, and how the start-up line names it. One thread is the
 /// current-thread scheduler, where a task another wakes runs after the tasks already queued
 /// (the multi-threaded one runs it next), so the connection writes the responses of a read's
@@ -956,7 +959,7 @@ fn runtime_builder(io_threads: usize) -> (tokio::runtime::Builder, String) {
     if threads == 1 {
         (
             tokio::runtime::Builder::new_current_thread(),
-            "one I/O thread".into(),
+            ONE_IO_THREAD.into(),
         )
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -1607,6 +1610,17 @@ pub fn run(args: &Args) -> Exit {
         }
     };
     let (mut builder, runtime_name) = runtime_builder(settings.io_threads);
+    // With one I/O thread, a shadow set decides in that thread's idle time (its queued checks
+    // when the runtime is about to wait for I/O); with several, on a side thread.
+    let shadow_runner = match (settings.shadow.is_empty(), runtime_name.as_str()) {
+        (false, ONE_IO_THREAD) => {
+            let slot = arbiter_ext_authz::shadow::IdleSlot::default();
+            let hook = slot.clone();
+            builder.on_thread_park(move || hook.on_park());
+            arbiter_ext_authz::shadow::Runner::Idle(slot)
+        }
+        _ => arbiter_ext_authz::shadow::Runner::Thread,
+    };
     let runtime = match builder.enable_all().thread_name("arbiter-io").build() {
         Ok(r) => r,
         Err(e) => {
@@ -1633,9 +1647,13 @@ pub fn run(args: &Args) -> Exit {
             let revision = a.policies().revision().to_string();
             running
                 .state
-                .start_shadow(a)
+                .start_shadow_with(a, &shadow_runner)
                 .map_err(|e| anyhow::anyhow!(e))?;
-            tracing::info!(event = "shadow_start", revision = %revision, "shadowing every check with revision {revision} (never enforced)");
+            let place = match shadow_runner {
+                arbiter_ext_authz::shadow::Runner::Idle(_) => "in the I/O thread's idle time",
+                arbiter_ext_authz::shadow::Runner::Thread => "on a side thread",
+            };
+            tracing::info!(event = "shadow_start", revision = %revision, "shadowing every check with revision {revision} {place} (never enforced)");
         }
         for (name, outcome) in &first_downloads {
             let opa = &running.state.metrics.opa;

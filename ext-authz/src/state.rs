@@ -235,12 +235,25 @@ impl State {
         Ok(self.swap_data(&current, next))
     }
 
-    /// Shadow every Envoy check from now on with `authorizer` (see [`crate::shadow`]). Once;
-    /// later sets replace it with [`crate::shadow::Shadow::replace`].
+    /// Shadow every Envoy check from now on with `authorizer` (see [`crate::shadow`]), on a
+    /// side thread. Once; later sets replace it with [`crate::shadow::Shadow::replace`].
     pub fn start_shadow(self: &Arc<Self>, authorizer: Authorizer) -> Result<(), String> {
-        let shadow =
-            crate::shadow::Shadow::start(authorizer, Arc::downgrade(self), self.metrics.clone())
-                .map_err(|e| format!("cannot start the shadow thread: {e}"))?;
+        self.start_shadow_with(authorizer, &crate::shadow::Runner::Thread)
+    }
+
+    /// [`State::start_shadow`], deciding where `runner` says.
+    pub fn start_shadow_with(
+        self: &Arc<Self>,
+        authorizer: Authorizer,
+        runner: &crate::shadow::Runner,
+    ) -> Result<(), String> {
+        let shadow = crate::shadow::Shadow::start(
+            authorizer,
+            Arc::downgrade(self),
+            self.metrics.clone(),
+            runner,
+        )
+        .map_err(|e| format!("cannot start the shadow: {e}"))?;
         self.shadow
             .set(shadow)
             .map_err(|_| "a shadow set is already running".to_string())
@@ -462,7 +475,8 @@ impl State {
                 shadow: None,
             })
         });
-        // The shadow decides after this answer, on its own thread, and sends the event on.
+        // The shadow decides after this answer (in idle time or on its own thread) and sends
+        // the event on.
         // With auditing required it takes events only while the log's sinks take them. A check
         // the live set could not decide (overload, a timeout) is not shadowed: there is
         // nothing to compare, and no time to spare.
