@@ -122,26 +122,6 @@ fn bundle_server(up: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Seen>>>) -> u16 {
     port
 }
 
-/// An upstream that answers 200 to everything.
-fn upstream() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-                let _ = conn.read(&mut buf);
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
-}
-
 /// HS256 JWTs signed with the quick start's secret.
 fn jwt(claims: &Json) -> String {
     use arbiter_engine::builtins::{encoding::base64url_encode_raw as b64, jose::hmac_sign};
@@ -339,7 +319,7 @@ fn the_quick_start_deployment_runs_on_arbiter_as_on_opa_envoy() {
     // The quick start's requests through a real Envoy.
     let envoy = Envoy::start(&EnvoyOptions::new(
         format!("127.0.0.1:{grpc_port}").parse().unwrap(),
-        upstream(),
+        common::upstream(),
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     let tokens = scenario["tokens"].as_object().unwrap();
@@ -464,7 +444,7 @@ fn input_documents_are_opa_envoys_through_real_envoy() {
         }
         let envoy = Envoy::start(&EnvoyOptions::new(
             format!("127.0.0.1:{grpc_port}").parse().unwrap(),
-            upstream(),
+            common::upstream(),
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         for r in parity {

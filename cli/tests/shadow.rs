@@ -1,6 +1,7 @@
-//! `serve --shadow` with one I/O thread: the shadow set decides in that thread's idle time, and
-//! a shadow set too slow for it moves to a side thread. (The shadow through a real Envoy, on a
-//! side thread: `conformance/tests/shadow_e2e.rs`; its reload: `reload.rs`.)
+//! `serve --shadow` with one I/O thread: the shadow set decides in that thread's idle time
+//! (through a real Envoy 1.40 too), and a shadow set too slow for it moves to a side thread.
+//! (The shadow on a side thread through Envoy: `conformance/tests/shadow_e2e.rs`; its reload:
+//! `reload.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -223,5 +224,59 @@ fn a_slow_shadow_set_moves_to_a_side_thread() {
         .cloned()
         .collect();
     assert_eq!(moved.len(), 1, "{:?}", lines.lock().unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Through a real Envoy: the live set is enforced (`/a` passes, `/b` is denied), the shadow,
+/// deciding in the idle time of the one I/O thread, disagrees on every request, and each
+/// event carries its verdict.
+#[test]
+fn through_envoy_the_idle_time_shadow_is_never_enforced() {
+    use arbiter_conformance::envoy::{Envoy, EnvoyOptions, request};
+    let dir = common::tmp("shadow", "envoy");
+    let log = dir.join("decisions.log");
+    let (child, grpc, addr, lines) = serve(&dir, SHADOW);
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("in the I/O thread's idle time")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let envoy = Envoy::start(&EnvoyOptions::new(
+        grpc.parse().unwrap(),
+        common::upstream(),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let n = 30;
+    for i in 0..n {
+        let (path, status) = if i % 2 == 0 { ("/a", 200) } else { ("/b", 403) };
+        let r = request(envoy.port, "GET", path, &[], b"")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", envoy.log_text()));
+        assert_eq!(r.status, status, "GET {path}: the live set decides");
+    }
+    let written = wait_for_events(&log, n, Duration::from_secs(30));
+    assert_eq!(written.len(), n);
+    for e in &written {
+        let path = e["request"]["path"].as_str().unwrap();
+        assert_eq!(e["allowed"], path == "/a", "{e}");
+        assert_eq!(e["shadow"]["allowed"], path == "/b", "{e}");
+        assert_eq!(
+            e["shadow"]["reason"],
+            if path == "/b" {
+                "allowed"
+            } else {
+                "policy_denied"
+            },
+            "{e}"
+        );
+    }
+    let direction = |d: &str| format!("arbiter_shadow_disagreements_total{{direction=\"{d}\"}}");
+    assert_eq!(metric(&addr, &direction("new_access")), n as u64 / 2);
+    assert_eq!(metric(&addr, &direction("new_denial")), n as u64 / 2);
+    drop(envoy);
+    child.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
