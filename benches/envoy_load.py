@@ -219,6 +219,28 @@ def counters(http, prefix):
     return out
 
 
+def envoy_error_stats(admin):
+    """Envoy's non-zero counters that tell why a request was not answered 2xx: the ext_authz
+    filter's (denied, error, failure-mode), the ext_authz and upstream clusters' resets,
+    timeouts and 5xx, and the listener's downstream 4xx/5xx."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError as e:
+        return {"error": str(e)}
+    keep = ("ext_authz.", "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_rx_reset",
+            "upstream_rq_tx_reset", "upstream_cx_destroy_remote_with_active_rq",
+            "upstream_cx_destroy_local_with_active_rq", "upstream_cx_connect_fail",
+            "downstream_rq_4xx", "downstream_rq_5xx", "upstream_cx_protocol_error",
+            "rq_reset_after_downstream_response_started")
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if any(k in name for k in keep) and value.strip().isdigit() and int(value) > 0:
+            out[name] = int(value)
+    return out
+
+
 def shadow_counts(http):
     """arbiter's `arbiter_shadow_*` counters (evaluated, dropped, disagreements)."""
     return counters(http, "arbiter_shadow_")
@@ -419,6 +441,10 @@ def run_variant(name, args, work):
                              text=True, timeout=args.duration + 30, check=True).stdout
         wall = time.time() - t0
         r = parse_wrk(out)
+        if r["non2xx"]:
+            # Say why: Envoy's counters of ext_authz answers and of its calls to the server.
+            r["envoy_errors"] = envoy_error_stats(admin)
+            print(f"  non-2xx: {r['non2xx']}; Envoy: {r['envoy_errors']}", flush=True)
         if server_pid:
             cpu = cpu_seconds(server_pid) - cpu0
             r["cpu"] = 100 * cpu / wall
