@@ -168,6 +168,21 @@ fn bench_event_encoding(c: &mut Criterion) {
     g.bench_function("record_seal", |b| {
         b.iter(|| record.seal(&labels, &headers, false, chain::GENESIS))
     });
+    // The same into the last line's buffer, as the writer does.
+    g.bench_function("record_seal_into", |b| {
+        let mut line = Vec::new();
+        b.iter(|| {
+            let (l, hash) = record.seal_into(
+                std::mem::take(&mut line),
+                &labels,
+                &headers,
+                false,
+                chain::GENESIS,
+            );
+            line = l;
+            hash
+        })
+    });
     // The writer's path before `DecisionRecord::seal`: the fields as a JSON tree (now read
     // back from the bytes `write_fields` writes), serialized with the input.
     g.bench_function("fields_mask_seal_from_rego_value", |b| {

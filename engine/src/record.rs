@@ -330,7 +330,28 @@ impl DecisionRecord {
         console: bool,
         prev_hash: &str,
     ) -> (Vec<u8>, String) {
-        let mut body = Vec::with_capacity(2048);
+        self.seal_into(
+            Vec::with_capacity(2048),
+            labels,
+            masked_headers,
+            console,
+            prev_hash,
+        )
+    }
+
+    /// [`DecisionRecord::seal`] into `buffer` (emptied first): a writer that hands each line's
+    /// buffer back keeps one allocation, grown once to its largest event, instead of one per
+    /// event (and a copy each time an event outgrows a fresh one).
+    pub fn seal_into(
+        &self,
+        mut buffer: Vec<u8>,
+        labels: &InstanceLabels,
+        masked_headers: &[String],
+        console: bool,
+        prev_hash: &str,
+    ) -> (Vec<u8>, String) {
+        buffer.clear();
+        let mut body = buffer;
         self.write_fields(labels, &mut body);
         // The credential headers are left out while the input is serialized (no copy of it).
         let mask = self

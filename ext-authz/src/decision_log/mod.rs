@@ -215,6 +215,7 @@ impl DecisionLog {
                     policy_flags: HashMap::new(),
                     healthy: h,
                     acks: Vec::new(),
+                    line: Vec::new(),
                 };
                 w.run(&rx);
             })?;
@@ -336,12 +337,18 @@ struct Writer {
     healthy: Arc<std::sync::atomic::AtomicBool>,
     /// Checks waiting for this batch's events, with whether each event went to its sinks.
     acks: Vec<(tokio::sync::oneshot::Sender<bool>, bool)>,
+    /// The last line's buffer, sealed into again by the next event (one allocation, not one
+    /// per event).
+    line: Vec<u8>,
 }
 
 /// While checks wait for their events, the most events and the longest time one batch holds
 /// before it is written and they are told.
 const ACKED_BATCH_EVENTS: usize = 256;
 const ACKED_BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The largest line buffer the writer keeps for the next event.
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
 
 /// How often a writer whose file refuses events tries again.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -537,7 +544,8 @@ impl Writer {
                 // The common case: the event is written straight to bytes from the record
                 // (no JSON tree), the input from the Rego value with the credential headers
                 // taken out of a copy-on-write view of it.
-                record.seal(
+                record.seal_into(
+                    std::mem::take(&mut self.line),
                     &self.labels,
                     &self.config.mask_headers,
                     self.sinks.stdout.is_some(),
@@ -576,6 +584,10 @@ impl Writer {
         }
         if written {
             self.metrics.log_written();
+        }
+        // A buffer grown by an unusually large event is not kept.
+        if line.capacity() <= LINE_BUFFER_KEPT {
+            self.line = line;
         }
         written
     }
