@@ -2091,9 +2091,8 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_opa_config_is_read() {
-        let dir = std::env::temp_dir().join(format!("arbiter-serve-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("config.yaml");
+        let dir = ConfigDir::new("cfg");
+        let file = dir.0.join("config.yaml");
         std::fs::write(
             &file,
             "plugins:\n  envoy_ext_authz_grpc:\n    addr: :9292\n    path: envoy/authz/result\n    dry-run: true\ndecision-log: '-'\neval-timeout: 20ms\npolicies: [p1, p2]\n",
@@ -2111,7 +2110,7 @@ mod tests {
         assert!(s.dry_run);
         assert!(s.decision_log.as_ref().is_some_and(|l| l.stdout));
         assert_eq!(s.eval_timeout, Duration::from_millis(20));
-        assert_eq!(s.policies, vec![dir.join("p1"), dir.join("p2")]);
+        assert_eq!(s.policies, vec![dir.0.join("p1"), dir.0.join("p2")]);
 
         let args = Args {
             config: args.config.clone(),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output};
 mod common;
 use common::stop;
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
     common::tmp("audit", name)
 }
 

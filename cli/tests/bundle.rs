@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::stop;
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
     common::tmp("bundle-cli", name)
 }
 

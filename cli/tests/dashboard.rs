@@ -27,11 +27,8 @@ fn arbiter() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arbiter"))
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-dash-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
+    arbiter_engine::scratch::ScratchDir::new(&format!("arbiter-dash-{}-{name}", std::process::id()))
 }
 
 /// 400 sealed events: seven callers (one with markup in its SPIFFE ID path), six paths (one

@@ -115,14 +115,11 @@ fn eval_builtin_errors_and_big_numbers_as_opa() {
 }
 
 /// An empty folder of this test process's own under the system's temporary folder.
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("arbiter-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn fresh_dir(name: &str) -> arbiter_engine::scratch::ScratchDir {
+    arbiter_engine::scratch::ScratchDir::new(&format!("arbiter-cli-{name}-{}", std::process::id()))
 }
 
-fn broken_policy_dir(name: &str) -> PathBuf {
+fn broken_policy_dir(name: &str) -> arbiter_engine::scratch::ScratchDir {
     let dir = fresh_dir(name);
     std::fs::write(
         dir.join("broken.rego"),

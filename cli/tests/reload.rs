@@ -3,14 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{http, stop};
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
     common::tmp("reload-cli", name)
 }
 

@@ -2,14 +2,14 @@
 //! replay of a log recorded through real Envoy is `conformance/tests/replay_e2e.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::{Value as Json, json};
 
 mod common;
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
     common::tmp("replay", name)
 }
 

@@ -52,6 +52,9 @@ pub mod record;
 pub mod rego;
 pub mod request;
 pub mod rvm;
+#[cfg(any(test, feature = "scratch"))]
+#[doc(hidden)]
+pub mod scratch;
 pub mod testing;
 pub mod trace_context;
 pub mod typecheck;

@@ -649,11 +649,8 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("arbiter-loader-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new(&format!("arbiter-loader-{name}-{}", std::process::id()))
     }
 
     /// A large document parsed again from the same bytes is the value parsed before; changed

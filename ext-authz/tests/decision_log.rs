@@ -3,6 +3,7 @@
 //! `audit: required`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use arbiter_engine::scratch::ScratchDir;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,11 +29,8 @@ default allow := false
 allow if input.parsed_path[0] == "ok"
 "#;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-dl-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("arbiter-dl-{}-{name}", std::process::id()))
 }
 
 fn policies(extra: &str) -> Arc<PolicySet> {

@@ -239,8 +239,8 @@ async fn overload_is_shed_as_denials() {
 
 #[tokio::test]
 async fn dry_run_allows_and_logs_the_real_decision() {
-    let dir = std::env::temp_dir().join(format!("arbiter-dryrun-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir =
+        arbiter_engine::scratch::ScratchDir::new(&format!("arbiter-dryrun-{}", std::process::id()));
     let log = dir.join("decisions.jsonl");
     let _ = std::fs::remove_file(&log);
     let s = arbiter_ext_authz::start(

@@ -171,8 +171,8 @@ async fn start(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_dropping_connections() {
-    let dir = std::env::temp_dir().join(format!("arbiter-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir =
+        arbiter_engine::scratch::ScratchDir::new(&format!("arbiter-tls-{}", std::process::id()));
     let ca = ca();
     let (cert_a, key_a) = server_cert(&ca, "first");
     let (cert_path, key_path) = (dir.join("tls.pem"), dir.join("tls.key"));
@@ -243,8 +243,10 @@ async fn certificates_reload_without_dropping_connections() {
 async fn downloads_present_the_client_certificate_of_the_service() {
     use arbiter_ext_authz::fetch::{Fetched, get};
     use arbiter_ext_authz::service::{ServiceAuth, ServiceTls};
-    let dir = std::env::temp_dir().join(format!("arbiter-client-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = arbiter_engine::scratch::ScratchDir::new(&format!(
+        "arbiter-client-tls-{}",
+        std::process::id()
+    ));
     let ca = ca();
     let write = |name: &str, text: &str| {
         let p = dir.join(name);

@@ -6,16 +6,16 @@
 )]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// An empty folder for this test process: `$TMPDIR/arbiter-<suite>-<pid>-<name>`.
-pub fn tmp(suite: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-{suite}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An empty folder for this test process, `$TMPDIR/arbiter-<suite>-<pid>-<name>`, removed
+/// when dropped (kept when its test fails).
+pub fn tmp(suite: &str, name: &str) -> arbiter_engine::scratch::ScratchDir {
+    arbiter_engine::scratch::ScratchDir::new(&format!(
+        "arbiter-{suite}-{}-{name}",
+        std::process::id()
+    ))
 }
 
 /// One request with `connection: close`; the status and the body.

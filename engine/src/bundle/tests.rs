@@ -1,18 +1,14 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use super::*;
 use crate::{DataRef, LoadOptions, PolicySet};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-bundle-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> crate::scratch::ScratchDir {
+    crate::scratch::ScratchDir::new(&format!("arbiter-bundle-{}-{name}", std::process::id()))
 }
 
 /// A policy folder: a module under `example/`, data under `example/`, a CEL file, a test.
-fn policy_dir(name: &str) -> PathBuf {
+fn policy_dir(name: &str) -> crate::scratch::ScratchDir {
     let d = tmp(name);
     std::fs::create_dir_all(d.join("example")).unwrap();
     std::fs::write(
@@ -400,7 +396,8 @@ fn every_loader_applies_the_same_load_limits() {
         .unwrap()
         .len();
     let bytes = build(&dir, "r1", None, None).unwrap();
-    let tarball = tmp("limits-tar").join("bundle.tar.gz");
+    let tar_dir = tmp("limits-tar");
+    let tarball = tar_dir.join("bundle.tar.gz");
     std::fs::write(&tarball, &bytes).unwrap();
 
     type Loader<'a> = (

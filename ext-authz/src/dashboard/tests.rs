@@ -3,6 +3,7 @@
 use std::io::Write as _;
 
 use arbiter_engine::audit::chain::{GENESIS, seal};
+use arbiter_engine::scratch::ScratchDir;
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::json;
@@ -12,10 +13,9 @@ use super::*;
 
 const SCRIPT: &str = "<script>alert(1)</script>";
 
-fn log(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("arbiter-dashboard-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A log of 12 events in a scratch folder (removed when the folder is dropped).
+fn log(name: &str) -> (ScratchDir, PathBuf) {
+    let dir = ScratchDir::new(&format!("arbiter-dashboard-{}-{name}", std::process::id()));
     let f = dir.join("decisions.log");
     let mut out = std::fs::File::create(&f).unwrap();
     let mut prev = GENESIS.to_string();
@@ -37,7 +37,7 @@ fn log(name: &str) -> PathBuf {
         out.write_all(&line).unwrap();
         prev = hash;
     }
-    f
+    (dir, f)
 }
 
 async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
@@ -60,7 +60,8 @@ async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, 
 
 #[tokio::test]
 async fn everything_rendered_is_escaped_and_the_page_is_locked_down() {
-    let d = Dashboard::open(&[log("escape")], Auth::None, "").unwrap();
+    let (_dir, f) = log("escape");
+    let d = Dashboard::open(&[f], Auth::None, "").unwrap();
     let app = router(d);
     let (status, headers, body) = get(&app, "/", &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -92,7 +93,8 @@ async fn everything_rendered_is_escaped_and_the_page_is_locked_down() {
 
 #[tokio::test]
 async fn filters_and_api() {
-    let d = Dashboard::open(&[log("filter")], Auth::None, "").unwrap();
+    let (_dir, f) = log("filter");
+    let d = Dashboard::open(&[f], Auth::None, "").unwrap();
     let app = router(d);
     let (_, _, body) = get(&app, "/?decision=denied", &[]).await;
     assert!(body.contains("data-k=\"matching\">4<"), "{body}");
@@ -123,12 +125,8 @@ async fn filters_and_api() {
 
 #[tokio::test]
 async fn a_token_guards_every_page_but_the_login() {
-    let d = Dashboard::open(
-        &[log("token")],
-        Auth::Token("s3cret-token-0123456789".into()),
-        "/ui",
-    )
-    .unwrap();
+    let (_dir, f) = log("token");
+    let d = Dashboard::open(&[f], Auth::Token("s3cret-token-0123456789".into()), "/ui").unwrap();
     let app = router(d);
     for uri in ["/", "/event/0", "/api/summary", "/api/events"] {
         let (status, _, body) = get(&app, uri, &[]).await;
@@ -192,7 +190,7 @@ fn exposure_needs_loopback_a_token_or_mtls() {
 
 #[test]
 fn a_live_log_is_followed() {
-    let f = log("live");
+    let (_dir, f) = log("live");
     let d = Dashboard::follow(&f, Auth::None, "/ui");
     assert_eq!(d.events(), 0, "nothing read yet");
     assert!(d.refresh().unwrap());

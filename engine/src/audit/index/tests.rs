@@ -5,11 +5,8 @@ use serde_json::json;
 use super::*;
 use crate::audit::chain::{GENESIS, seal};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("arbiter-index-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(name: &str) -> crate::scratch::ScratchDir {
+    crate::scratch::ScratchDir::new(&format!("arbiter-index-{}-{name}", std::process::id()))
 }
 
 fn event(i: usize) -> serde_json::Map<String, Json> {
