@@ -130,6 +130,33 @@ fn events(log: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Whether the server wrote a line holding `text` to stderr.
+fn said(lines: &Mutex<Vec<String>>, text: &str) -> bool {
+    lines.lock().unwrap().iter().any(|l| l.contains(text))
+}
+
+/// The live set allowed `/a` and denied `/b`; the shadow decided each the other way, wrote
+/// so in the event (its reason too) and counted it; no check went unshadowed.
+fn every_check_disagrees(written: &[serde_json::Value], addr: &str) {
+    for e in written {
+        let path = e["request"]["path"].as_str().unwrap();
+        assert_eq!(e["allowed"], path == "/a", "{e}");
+        assert_eq!(e["shadow"]["allowed"], path == "/b", "{e}");
+        let reason = if path == "/b" {
+            "allowed"
+        } else {
+            "policy_denied"
+        };
+        assert_eq!(e["shadow"]["reason"], reason, "{e}");
+    }
+    let n = written.len() as u64;
+    assert_eq!(metric(addr, "arbiter_shadow_evaluations_total"), n);
+    let direction = |d: &str| format!("arbiter_shadow_disagreements_total{{direction=\"{d}\"}}");
+    assert_eq!(metric(addr, &direction("new_access")), n / 2);
+    assert_eq!(metric(addr, &direction("new_denial")), n / 2);
+    assert_eq!(metric(addr, "arbiter_shadow_dropped_total"), 0);
+}
+
 /// Waits, without a request to the server, until its log holds `n` events; at most `bound`.
 fn wait_for_events(log: &Path, n: usize, bound: Duration) -> Vec<serde_json::Value> {
     let start = Instant::now();
@@ -155,15 +182,7 @@ fn with_one_io_thread_the_shadow_decides_in_idle_time() {
     let dir = common::tmp("shadow", "idle");
     let log = dir.join("decisions.log");
     let (child, grpc, addr, lines) = serve(&dir, SHADOW);
-    assert!(
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("in the I/O thread's idle time")),
-        "{:?}",
-        lines.lock().unwrap()
-    );
+    assert!(said(&lines, "in the I/O thread's idle time"), "{lines:?}");
     let n = 200;
     let codes = checks(&grpc, n);
     // The live set decides: `/a` allowed (0), `/b` denied (7).
@@ -176,24 +195,10 @@ fn with_one_io_thread_the_shadow_decides_in_idle_time() {
     // apart on a loaded machine.
     let written = wait_for_events(&log, n, Duration::from_secs(5));
     assert_eq!(written.len(), n);
-    for e in &written {
-        let path = e["request"]["path"].as_str().unwrap();
-        assert_eq!(e["allowed"], path == "/a", "{e}");
-        assert_eq!(e["shadow"]["allowed"], path == "/b", "{e}");
-    }
-    assert_eq!(metric(&addr, "arbiter_shadow_evaluations_total"), n as u64);
-    let direction = |d: &str| format!("arbiter_shadow_disagreements_total{{direction=\"{d}\"}}");
-    assert_eq!(metric(&addr, &direction("new_access")), n as u64 / 2);
-    assert_eq!(metric(&addr, &direction("new_denial")), n as u64 / 2);
-    assert_eq!(metric(&addr, "arbiter_shadow_dropped_total"), 0);
+    every_check_disagrees(&written, &addr);
     assert!(
-        !lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("on a side thread from now on")),
-        "a fast shadow set stays in idle time: {:?}",
-        lines.lock().unwrap()
+        !said(&lines, "on a side thread from now on"),
+        "a fast shadow set stays in idle time: {lines:?}"
     );
     child.stop();
     let _ = std::fs::remove_dir_all(dir);
@@ -210,11 +215,8 @@ fn a_slow_shadow_set_moves_to_a_side_thread() {
     let codes = checks(&grpc, n);
     assert_eq!(codes.iter().filter(|c| **c == 0).count(), n / 2);
     let written = wait_for_events(&log, n, Duration::from_secs(30));
-    for e in &written {
-        let path = e["request"]["path"].as_str().unwrap();
-        assert_eq!(e["shadow"]["allowed"], path == "/b", "{e}");
-    }
-    assert_eq!(metric(&addr, "arbiter_shadow_evaluations_total"), n as u64);
+    assert_eq!(written.len(), n);
+    every_check_disagrees(&written, &addr);
     child.stop();
     let moved: Vec<String> = lines
         .lock()
@@ -236,15 +238,7 @@ fn through_envoy_the_idle_time_shadow_is_never_enforced() {
     let dir = common::tmp("shadow", "envoy");
     let log = dir.join("decisions.log");
     let (child, grpc, addr, lines) = serve(&dir, SHADOW);
-    assert!(
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("in the I/O thread's idle time")),
-        "{:?}",
-        lines.lock().unwrap()
-    );
+    assert!(said(&lines, "in the I/O thread's idle time"), "{lines:?}");
     let envoy = Envoy::start(&EnvoyOptions::new(
         grpc.parse().unwrap(),
         common::upstream(),
@@ -259,23 +253,7 @@ fn through_envoy_the_idle_time_shadow_is_never_enforced() {
     }
     let written = wait_for_events(&log, n, Duration::from_secs(30));
     assert_eq!(written.len(), n);
-    for e in &written {
-        let path = e["request"]["path"].as_str().unwrap();
-        assert_eq!(e["allowed"], path == "/a", "{e}");
-        assert_eq!(e["shadow"]["allowed"], path == "/b", "{e}");
-        assert_eq!(
-            e["shadow"]["reason"],
-            if path == "/b" {
-                "allowed"
-            } else {
-                "policy_denied"
-            },
-            "{e}"
-        );
-    }
-    let direction = |d: &str| format!("arbiter_shadow_disagreements_total{{direction=\"{d}\"}}");
-    assert_eq!(metric(&addr, &direction("new_access")), n as u64 / 2);
-    assert_eq!(metric(&addr, &direction("new_denial")), n as u64 / 2);
+    every_check_disagrees(&written, &addr);
     drop(envoy);
     child.stop();
     let _ = std::fs::remove_dir_all(dir);
