@@ -22,7 +22,10 @@
 //!   p99 1.0–1.4× (`benches/RESULTS.md`, "`serve --shadow`"): what the live checks paid was the
 //!   switch back from it. Shadow evaluations that take more than [`IDLE_BUDGET`] of CPU
 //!   time three times in a row move the shadow to a side thread from then on (logged), so a
-//!   slow candidate set does not stall the I/O thread.
+//!   slow candidate set does not stall the I/O thread. A server so loaded that its runtime
+//!   never runs out of tasks has no idle time: its queue fills and further checks go
+//!   unshadowed (counted), and the queued checks' events wait for the load to drop (or for
+//!   shutdown, which decides and writes them) — written late, not lost.
 //! - **On a side thread at the lowest scheduling priority** (several I/O threads, or a
 //!   runtime arbiter did not build: an embedding program's, the tests').
 //!
@@ -160,7 +163,8 @@ impl Side {
         }
     }
 
-    /// From now on decide on a side thread (a shadow evaluation outlasted [`IDLE_BUDGET`]).
+    /// From now on decide on a side thread ([`SLOW_IN_A_ROW`] evaluations over
+    /// [`IDLE_BUDGET`]).
     fn move_to_thread(self: &Arc<Self>, took: Duration) {
         if self.moved.swap(true, Ordering::AcqRel) {
             return;
