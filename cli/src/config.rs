@@ -889,8 +889,10 @@ mod tests {
             substitute_env("a: ${TOKEN} b: ${EMPTY} c: ${NOPE} d: ${", env),
             "a: t0k b: ${EMPTY} c: ${NOPE} d: ${"
         );
-        let dir = std::env::temp_dir().join(format!("arbiter-config-set-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = arbiter_engine::scratch::ScratchDir::new(&format!(
+            "arbiter-config-set-{}",
+            std::process::id()
+        ));
         let file = dir.join("config.yaml");
         std::fs::write(
             &file,

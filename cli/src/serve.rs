@@ -942,16 +942,14 @@ impl Args {
     }
 }
 
-/// How the start-up line names the current-thread runtime.
-const ONE_IO_THREAD: &str = "one I/O thread";
-
-/// The runtime for `--io-threads`, and how the start-up line names it. One thread is the
+/// The runtime for `--io-threads`, how the start-up line names it, and whether it is the
+/// current-thread scheduler. One thread is the
 /// current-thread scheduler, where a task another wakes runs after the tasks already queued
 /// (the multi-threaded one runs it next), so the connection writes the responses of a read's
 /// checks together instead of one each: about a third less CPU per check and a lower p99
 /// behind Envoy, at some throughput (`benches/RESULTS.md`). 0 chooses it where the process has
 /// one CPU (a sidecar's limit, a pinned process), else a thread per CPU.
-fn runtime_builder(io_threads: usize) -> (tokio::runtime::Builder, String) {
+fn runtime_builder(io_threads: usize) -> (tokio::runtime::Builder, String, bool) {
     let threads = match io_threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         n => n,
@@ -959,12 +957,13 @@ fn runtime_builder(io_threads: usize) -> (tokio::runtime::Builder, String) {
     if threads == 1 {
         (
             tokio::runtime::Builder::new_current_thread(),
-            ONE_IO_THREAD.into(),
+            "one I/O thread".into(),
+            true,
         )
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(threads);
-        (b, format!("{threads} I/O threads"))
+        (b, format!("{threads} I/O threads"), false)
     }
 }
 
@@ -1609,11 +1608,11 @@ pub fn run(args: &Args) -> Exit {
             return Exit::Usage;
         }
     };
-    let (mut builder, runtime_name) = runtime_builder(settings.io_threads);
+    let (mut builder, runtime_name, one_thread) = runtime_builder(settings.io_threads);
     // With one I/O thread, a shadow set decides in that thread's idle time (its queued checks
     // when the runtime is about to wait for I/O); with several, on a side thread.
-    let shadow_runner = match (settings.shadow.is_empty(), runtime_name.as_str()) {
-        (false, ONE_IO_THREAD) => {
+    let shadow_runner = match (settings.shadow.is_empty(), one_thread) {
+        (false, true) => {
             let slot = arbiter_ext_authz::shadow::IdleSlot::default();
             let hook = slot.clone();
             builder.on_thread_park(move || hook.on_park());
@@ -1913,14 +1912,14 @@ mod tests {
     use super::*;
 
     /// A scratch folder with a `config.yaml`, removed when dropped.
-    struct ConfigDir(PathBuf);
+    struct ConfigDir(arbiter_engine::scratch::ScratchDir);
 
     impl ConfigDir {
         fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("arbiter-serve-{name}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            ConfigDir(dir)
+            ConfigDir(arbiter_engine::scratch::ScratchDir::new(&format!(
+                "arbiter-serve-{name}-{}",
+                std::process::id()
+            )))
         }
 
         /// The settings `serve --config` reads from `yaml`.
@@ -1932,12 +1931,6 @@ mod tests {
                 ..Args::default()
             }
             .settings()
-        }
-    }
-
-    impl Drop for ConfigDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -112,7 +112,8 @@ impl IdleSlot {
 
 /// What decides a queued check, wherever it runs.
 struct Side {
-    set: Arc<ArcSwap<Authorizer>>,
+    /// The shadow set (replaced by [`Shadow::replace`]).
+    set: ArcSwap<Authorizer>,
     rx: Receiver<Option<Job>>,
     metrics: Arc<Metrics>,
     state: Weak<State>,
@@ -267,7 +268,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The shadow set and where it decides.
 pub struct Shadow {
-    authorizer: Arc<ArcSwap<Authorizer>>,
     tx: Sender<Option<Job>>,
     closed: AtomicBool,
     side: Arc<Side>,
@@ -276,7 +276,7 @@ pub struct Shadow {
 impl std::fmt::Debug for Shadow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shadow")
-            .field("revision", &self.authorizer.load().policies().revision())
+            .field("revision", &self.side.set.load().policies().revision())
             .finish_non_exhaustive()
     }
 }
@@ -289,11 +289,10 @@ impl Shadow {
         metrics: Arc<Metrics>,
         runner: &Runner,
     ) -> std::io::Result<Self> {
-        let authorizer = Arc::new(ArcSwap::from_pointee(authorizer));
         let (tx, rx) = bounded::<Option<Job>>(QUEUE);
         metrics.shadow_enabled();
         let side = Arc::new(Side {
-            set: authorizer.clone(),
+            set: ArcSwap::from_pointee(authorizer),
             rx,
             metrics,
             state,
@@ -316,7 +315,6 @@ impl Shadow {
             }
         }
         Ok(Shadow {
-            authorizer,
             tx,
             closed: AtomicBool::new(false),
             side,
@@ -325,12 +323,12 @@ impl Shadow {
 
     /// Serve `next` as the shadow set from now on (a reload).
     pub fn replace(&self, next: Authorizer) {
-        self.authorizer.store(Arc::new(next));
+        self.side.set.store(Arc::new(next));
     }
 
     /// The shadow set's revision.
     pub fn revision(&self) -> String {
-        self.authorizer.load().policies().revision().to_string()
+        self.side.set.load().policies().revision().to_string()
     }
 
     /// Whether checks are taken.
