@@ -5,12 +5,11 @@
 //! CEL values directly (no serde round trip), and only for the variables the loaded policies
 //! use.
 
-use std::collections::HashMap;
-
 use cel::ExecutionError;
 use cel::common::traits::{Container, Indexer, Iterable, Sizer, Zeroer};
 use cel::common::types::{
-    self, CelBool, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, Type,
+    self, CelBool, CelInt, CelList, CelMap, CelMapEntries, CelMapKey, CelNull, CelString,
+    CelTimestamp, Type, cel_map_entries,
 };
 use cel::common::value::{CowVal, Val};
 
@@ -98,15 +97,15 @@ impl Indexer for LenientMap {
 }
 
 /// Build maps of attribute name → value.
-pub struct MapBuilder(HashMap<CelMapKey<'static>, Box<dyn Val>>);
+pub struct MapBuilder(CelMapEntries<'static>);
 
 impl MapBuilder {
     pub fn new() -> Self {
-        Self(HashMap::with_capacity(16))
+        Self(cel_map_entries(16))
     }
     /// Room for `n` entries.
     pub fn with_capacity(n: usize) -> Self {
-        Self(HashMap::with_capacity(n))
+        Self(cel_map_entries(n))
     }
     /// An entry under one of the vocabulary's names: the key is borrowed, not copied.
     pub fn val(mut self, k: &'static str, v: Box<dyn Val>) -> Self {
@@ -194,7 +193,7 @@ pub fn from_rego(v: &regorus::Value) -> Box<dyn Val> {
             items.iter().map(from_rego).collect::<Vec<_>>(),
         )),
         R::Object(o) => {
-            let mut m: HashMap<CelMapKey<'static>, Box<dyn Val>> = HashMap::with_capacity(o.len());
+            let mut m = cel_map_entries(o.len());
             for (k, val) in o.iter() {
                 let key = match k {
                     R::String(s) => CelMapKey::String(CelString::from(s.to_string())),

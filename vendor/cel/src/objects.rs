@@ -986,7 +986,7 @@ impl TryFrom<Value> for Box<dyn Val> {
                 Ok(Box::new(CelList::from(result?)))
             }
             Value::Map(map) => {
-                let result: Result<HashMap<CelMapKey, Box<dyn Val>>, ExecutionError> = (*map.map)
+                let result: Result<crate::common::types::CelMapEntries, ExecutionError> = (*map.map)
                     .clone()
                     .into_iter()
                     .map(|(k, v)| v.clone().try_into().map(|v| (k.clone().into(), v)))
@@ -1450,8 +1450,7 @@ impl Value {
                 Ok(CowVal::owned(CelList::from(list)))
             }
             Expr::Map(map_expr) => {
-                let mut map: HashMap<CelMapKey<'v>, Box<dyn Val + 'v>> =
-                    HashMap::with_capacity(map_expr.entries.len());
+                let mut map = crate::common::types::cel_map_entries(map_expr.entries.len());
                 for entry in map_expr.entries.iter() {
                     let (k, v, is_optional) = match &entry.expr {
                         EntryExpr::StructField(_) => panic!("WAT?"),

@@ -64,6 +64,9 @@ impl<T: StructType + 'static> From<T> for TypeDecl {
 #[derive(Default)]
 pub struct TypeRegistry {
     types: BTreeMap<String, Type>,
+    /// arbiter patch: the first segment of every type's name (`google` for
+    /// `google.protobuf.Any`), for [`Self::has_type_under`].
+    roots: std::collections::HashSet<String, foldhash::fast::RandomState>,
     structs: BTreeMap<String, Box<dyn StructType>>,
 }
 
@@ -112,6 +115,10 @@ impl TypeRegistry {
             Some(existing) if *existing == t => Ok(()),
             Some(_) => Err(DeclarationError::type_conflict(t.name())),
             None => {
+                let root = t.name().split('.').next().unwrap_or_default();
+                if !self.roots.contains(root) {
+                    self.roots.insert(root.to_owned());
+                }
                 self.types.insert(t.name().to_owned(), t);
                 Ok(())
             }
@@ -124,6 +131,10 @@ impl TypeRegistry {
     /// any, are the first ones from `first` on.
     pub(crate) fn has_type_under(&self, first: &str) -> bool {
         use std::ops::Bound;
+        // One segment (every caller's case, an evaluation's every selection): a hash look-up.
+        if !first.contains('.') {
+            return self.roots.contains(first);
+        }
         self.types
             .range::<str, _>((Bound::Included(first), Bound::Unbounded))
             .next()

@@ -14,7 +14,6 @@ use crate::common::types::{CelMap, CelMapKey, Kind, DYN_TYPE, MAP_TYPE};
 use crate::common::value::{Builtin, CowVal, Val};
 use crate::parser::{Macro, MacroExprHelper, ParseError};
 use crate::{DeclarationError, Env, ExecutionError};
-use std::collections::HashMap;
 
 /// The accumulator of the macros here, as cel-go names it.
 const RESULT: &str = "@result";
@@ -405,7 +404,7 @@ fn map_insert<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Execu
 /// The entries of a map: moved out of an owned `CelMap`, copied otherwise.
 fn entries_of<'v>(
     map: CowVal<'_, 'v>,
-) -> Result<HashMap<CelMapKey<'v>, Box<dyn Val + 'v>>, ExecutionError> {
+) -> Result<crate::common::types::CelMapEntries<'v>, ExecutionError> {
     let not_a_map = |got: &dyn Val| ExecutionError::UnexpectedType {
         got: got.get_type().name().to_owned(),
         want: "map".to_owned(),
@@ -425,7 +424,7 @@ fn entries_of<'v>(
     let (Some(keys), Some(indexer)) = (map.as_iterable(), map.as_indexer()) else {
         return Err(not_a_map(map));
     };
-    let mut entries = HashMap::new();
+    let mut entries = crate::common::types::cel_map_entries(0);
     let mut keys = keys.iter();
     while let Some(key) = keys.next() {
         let value = indexer.get(key)?.into_owned();
