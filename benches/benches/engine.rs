@@ -88,6 +88,13 @@ fn decisions(c: &mut Criterion) {
         print_allocations(&format!("check_{name}"), || {
             black_box(a.check(&req).decision.allowed);
         });
+        // The server without a decision log: no input document unless a policy reads it.
+        g.bench_function(format!("check_unlogged_{name}"), |b| {
+            b.iter(|| black_box(a.check_with(&req, false).decision.allowed))
+        });
+        print_allocations(&format!("check_unlogged_{name}"), || {
+            black_box(a.check_with(&req, false).decision.allowed);
+        });
     }
     // The load harness's request: a customer's bearer token (JWT verification, token roles).
     let mut token = req.clone();

@@ -15,7 +15,7 @@ use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
 use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
-use crate::input::{Input, InputOptions, build_input_with_identity};
+use crate::input::{Attributes, InputOptions, read_request};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
 use crate::rvm::RvmDecider;
@@ -53,6 +53,8 @@ pub struct Authorizer {
     identity_options: IdentityOptions,
     /// Whether Rego defines the decision path (computed once).
     rego_decides: bool,
+    /// Whether a policy reads the input document: Rego deciding, or CEL's `input`.
+    reads_document: bool,
     /// The decision path compiled for the RVM, when it compiles (see [`crate::rvm`]).
     rvm: Option<Arc<RvmDecider>>,
     /// Why the RVM is not used, when it is not.
@@ -136,6 +138,7 @@ fn elapsed_ns(since: Instant) -> u64 {
 impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
         let rego_decides = policies.defines(&path);
+        let reads_document = rego_decides || policies.cel().is_some_and(|c| c.uses().input);
         let (rvm, rvm_unavailable) = if rego_decides {
             match RvmDecider::compile(&policies, &path) {
                 Ok(d) => (Some(Arc::new(d)), None),
@@ -150,6 +153,7 @@ impl Authorizer {
             input_options,
             identity_options: IdentityOptions::default(),
             rego_decides,
+            reads_document,
             rvm,
             rvm_unavailable,
             use_rvm: true,
@@ -186,6 +190,7 @@ impl Authorizer {
             })
             .unwrap_or_default();
         Self {
+            reads_document: self.rego_decides || policies.cel().is_some_and(|c| c.uses().input),
             policies,
             rvm,
             rvm_unavailable,
@@ -248,15 +253,19 @@ impl Authorizer {
 
     /// Decide one request.
     pub fn check(&self, request: &AuthzRequest) -> CheckOutcome {
+        self.check_with(request, true)
+    }
+
+    /// [`Self::check`]; with `keep_input` false, a caller that does not need the input
+    /// document (no decision record holds it) saves building it when no loaded policy reads it
+    /// (CEL and Istio sets without Rego; CEL's `input` reads it): the outcome's `input` is
+    /// then `None`. The request is read, checked and refused exactly as with it.
+    pub fn check_with(&self, request: &AuthzRequest, keep_input: bool) -> CheckOutcome {
         let start = Instant::now();
         let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
         let identity_value = identity.identity().map(Identity::to_value);
-        let input = match build_input_with_identity(
-            request,
-            &self.input_options,
-            identity_value.as_ref(),
-        ) {
-            Ok(i) => i,
+        let reading = match read_request(request, &self.input_options) {
+            Ok(r) => r,
             Err(reason) => {
                 return CheckOutcome {
                     decision: Decision::deny(reason),
@@ -269,10 +278,16 @@ impl Authorizer {
                 };
             }
         };
+        let document = (keep_input || self.reads_document)
+            .then(|| reading.document(request, identity_value.as_ref()));
+        let attributes = Attributes {
+            document: document.as_ref(),
+            ..reading.attributes()
+        };
         let input_ns = elapsed_ns(start);
         let eval_start = Instant::now();
         let decision = match catch_unwind(AssertUnwindSafe(|| {
-            self.decide_request(request, &input, identity_value.as_ref())
+            self.decide_request(request, attributes, identity_value.as_ref())
         })) {
             Ok(d) => d,
             Err(_) => Decision::deny(DenyReason::EvalError(
@@ -281,7 +296,7 @@ impl Authorizer {
         };
         CheckOutcome {
             decision,
-            input: Some(input.value),
+            input: document,
             timings: Timings {
                 input_ns,
                 eval_ns: elapsed_ns(eval_start),
@@ -295,7 +310,7 @@ impl Authorizer {
     fn decide_request(
         &self,
         request: &AuthzRequest,
-        input: &Input,
+        input: Attributes<'_>,
         identity: Option<&Value>,
     ) -> Decision {
         // Istio's AuthorizationPolicies first: a denial there decides; an allow is one vote
@@ -347,21 +362,27 @@ impl Authorizer {
     fn decide_cel_and_rego(
         &self,
         request: &AuthzRequest,
-        input: &Input,
+        input: Attributes<'_>,
         identity: Option<&Value>,
     ) -> Decision {
         let cel = self.policies.cel().map(|c| {
             c.evaluate(&CelRequest {
                 request,
-                path: &input.path,
-                host: &input.host,
-                headers: &input.headers,
-                input: Some(&input.value),
+                path: input.path,
+                host: input.host,
+                headers: input.headers,
+                input: input.document,
                 identity,
             })
         });
         let rego = || {
-            let mut d = self.decide_rego(&input.value);
+            // Rego deciding, the document is built (`reads_document`).
+            let Some(document) = input.document else {
+                return Decision::deny(DenyReason::EvalError(
+                    "the input document was not built".into(),
+                ));
+            };
+            let mut d = self.decide_rego(document);
             d.decided_by.push(DecidedBy {
                 policy: self.path.as_rego().to_string(),
                 rule: None,
@@ -449,5 +470,123 @@ impl Authorizer {
             known.insert(path.clone(), program.clone());
         }
         program
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Authorizer;
+    use crate::data_ref::DataRef;
+    use crate::input::InputOptions;
+    use crate::loader::{PolicySources, SourceFile};
+    use crate::policy_set::{LoadOptions, PolicySet};
+    use crate::request::{AuthzRequest, HttpRequest};
+
+    fn authorizer(rego: Option<&str>, cel: Option<&str>) -> Authorizer {
+        let mut sources = PolicySources::default();
+        if let Some(r) = rego {
+            sources.add_rego("authz.rego", r);
+        }
+        if let Some(when) = cel {
+            sources.cel.push(SourceFile {
+                name: "authz.cel.yaml".into(),
+                text: format!(
+                    "name: t\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"
+                ),
+            });
+        }
+        let set = PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap();
+        Authorizer::new(
+            Arc::new(set),
+            DataRef::parse("envoy/authz/allow").unwrap(),
+            InputOptions::default(),
+        )
+    }
+
+    fn request(method: &str, path: &str, body: &str) -> AuthzRequest {
+        let mut headers = vec![(":path".to_string(), path.to_string())];
+        if !body.is_empty() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        AuthzRequest {
+            http: Some(HttpRequest {
+                method: method.into(),
+                path: path.into(),
+                host: "shop.example.com".into(),
+                headers,
+                body: body.into(),
+                ..HttpRequest::default()
+            }),
+            ..AuthzRequest::default()
+        }
+    }
+
+    /// Requests a CEL-only set allows, denies, and refuses before any policy (a body that is
+    /// not JSON, a path with `..`, a query that does not parse).
+    fn cases() -> Vec<(AuthzRequest, bool, &'static str)> {
+        vec![
+            (request("GET", "/api/items", ""), true, "allowed"),
+            (
+                request("POST", "/api/items", "{\"a\": 1}"),
+                false,
+                "policy_denied",
+            ),
+            (
+                request("GET", "/api/items", "{not json"),
+                false,
+                "body_parse_error",
+            ),
+            (
+                request("GET", "/api/../admin", ""),
+                false,
+                "non_canonical_path",
+            ),
+            (request("GET", "/api/items?a=%zz", ""), false, "bad_input"),
+        ]
+    }
+
+    #[test]
+    fn a_set_that_reads_no_input_decides_alike_without_building_it() {
+        let a = authorizer(None, Some("request.method == \"GET\""));
+        for (req, allowed, code) in cases() {
+            let kept = a.check(&req);
+            let lean = a.check_with(&req, false);
+            let http = req.http.as_ref().unwrap();
+            let path = format!("{} {}", http.method, http.path);
+            assert_eq!(kept.decision.allowed, allowed, "{path}");
+            assert_eq!(
+                kept.decision.reason_code(),
+                code,
+                "{path}: {:?}",
+                kept.decision
+            );
+            assert_eq!(lean.decision, kept.decision, "{path}");
+            assert!(lean.input.is_none(), "{path}: no document was asked for");
+            // A request refused before any policy has no document either way.
+            let refused = ["body_parse_error", "non_canonical_path", "bad_input"].contains(&code);
+            assert_eq!(kept.input.is_some(), !refused, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_document_is_built_when_a_policy_reads_it() {
+        let req = request("GET", "/api/items", "");
+        let cel = authorizer(
+            None,
+            Some("input.attributes.request.http.method == \"GET\""),
+        );
+        let rego = authorizer(
+            Some("package envoy.authz\nallow if input.attributes.request.http.method == \"GET\"\n"),
+            None,
+        );
+        for a in [cel, rego] {
+            let out = a.check_with(&req, false);
+            assert!(out.decision.allowed, "{:?}", out.decision);
+            let method = &out.input.as_ref().expect("the document")["attributes"]["request"]["http"]
+                ["method"];
+            assert_eq!(method.as_string().unwrap().as_ref(), "GET");
+        }
     }
 }

@@ -415,7 +415,64 @@ pub fn build_input_with_identity(
     opts: &InputOptions,
     identity: Option<&Value>,
 ) -> Result<Input, DenyReason> {
-    let k = &*KEYS;
+    Ok(read_request(req, opts)?.into_input(req, identity))
+}
+
+/// The request as every language reads it: checked against the limits, its path, host and
+/// headers read once, its query and body parsed. What refuses a request before any policy runs
+/// is all here; the Rego document ([`Input`]) is built from it only when something reads it
+/// ([`Reading::into_input`]).
+#[derive(Debug)]
+pub struct Reading {
+    /// The canonical path.
+    pub path: CanonicalPath,
+    /// The host, read once.
+    pub host: crate::path::Host,
+    /// Header values by lower-case name (see [`Input::headers`]).
+    pub headers: Vec<(String, String)>,
+    query: Vec<(String, Vec<String>)>,
+    body: Option<body::ParsedBody>,
+    path_policy: PathPolicy,
+}
+
+/// The attributes every language reads, borrowed from a [`Reading`] or an [`Input`], with the
+/// Rego document when it was built.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    pub path: &'a CanonicalPath,
+    pub host: &'a crate::path::Host,
+    pub headers: &'a [(String, String)],
+    /// The Rego `input` document, when built.
+    pub document: Option<&'a Value>,
+}
+
+impl Reading {
+    /// The attributes, without a document.
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            path: &self.path,
+            host: &self.host,
+            headers: &self.headers,
+            document: None,
+        }
+    }
+}
+
+impl Input {
+    /// The attributes, with the document.
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            path: &self.path,
+            host: &self.host,
+            headers: &self.headers,
+            document: Some(&self.value),
+        }
+    }
+}
+
+/// Read `req` as every language does, or the reason it is refused before any policy runs
+/// (the same reasons, in the same order, as [`build_input`]).
+pub fn read_request(req: &AuthzRequest, opts: &InputOptions) -> Result<Reading, DenyReason> {
     let empty = HttpRequest::default();
     let http = req.http.as_ref().unwrap_or(&empty);
     if http.path.len() > opts.max_path_bytes {
@@ -475,67 +532,9 @@ pub fn build_input_with_identity(
         PathPolicy::Lenient => path::parse_query_lossy(&canonical.raw_query),
     };
 
-    let mut attributes = Obj::with_capacity(4);
-    if let Some(s) = &req.source {
-        attributes.set(&k.source, peer(s));
-    }
-    if let Some(d) = &req.destination {
-        attributes.set(&k.destination, peer(d));
-    }
-    if req.time.is_some() || req.http.is_some() {
-        let mut r = Obj::with_capacity(2);
-        if let Some(t) = req.time {
-            let mut to = Obj::with_capacity(2);
-            if t.seconds != 0 {
-                to.set(&k.seconds, Value::from(t.seconds));
-            }
-            if t.nanos != 0 {
-                to.set(&k.nanos, Value::from(i64::from(t.nanos)));
-            }
-            r.set(&k.time, to.done());
-        }
-        if req.http.is_some() {
-            r.set(
-                &k.http,
-                http_request(http, &headers, &host, opts.path_policy),
-            );
-        }
-        attributes.set(&k.request, r.done());
-    }
-    attributes.map(&k.context_extensions, &req.context_extensions);
-    if let Some(m) = &req.metadata_context {
-        attributes.set(&k.metadata_context, metadata(m));
-    }
-    if let Some(m) = &req.route_metadata_context {
-        attributes.set(&k.route_metadata_context, metadata(m));
-    }
-    if let Some(t) = &req.tls_session {
-        let mut to = Obj::with_capacity(1);
-        to.str(&k.sni, &t.sni);
-        attributes.set(&k.tls_session, to.done());
-    }
-
-    let mut input = Obj::with_capacity(8);
-    input.set(&k.attributes, attributes.done());
-    input.set(
-        &k.parsed_path,
-        Value::from(
-            canonical
-                .segments
-                .iter()
-                .map(|s| Value::from(s.as_str()))
-                .collect::<Vec<_>>(),
-        ),
-    );
-    let mut q = Obj::with_capacity(query.len());
-    for (name, vs) in query {
-        q.set_named(
-            &name,
-            Value::from(vs.into_iter().map(Value::from).collect::<Vec<_>>()),
-        );
-    }
-    input.set(&k.parsed_query, q.done());
-    if !opts.skip_body_parse {
+    let body = if opts.skip_body_parse {
+        None
+    } else {
         let body_bytes: &[u8] = if http.body.is_empty() {
             &http.raw_body
         } else {
@@ -564,27 +563,122 @@ pub fn build_input_with_identity(
             ),
         }
         .map_err(|e| DenyReason::BodyParseError(e.0))?;
-        input.set(&k.parsed_body, parsed.value);
-        input.set(&k.truncated_body, Value::Bool(parsed.truncated));
-    }
-    let mut version = Obj::with_capacity(2);
-    version.set(&k.encoding, k.protojson.clone());
-    version.set(&k.ext_authz, k.v3.clone());
-    input.set(&k.version, version.done());
-    if let Some(p) = req.source.as_ref().map(|s| s.principal.as_str())
-        && !p.is_empty()
-    {
-        input.set(&k.source_principal, Value::from(p));
-    }
-    if let Some(v) = identity {
-        input.set(&k.identity, v.clone());
-    }
-    Ok(Input {
-        value: input.done(),
+        Some(parsed)
+    };
+    Ok(Reading {
         path: canonical,
         host,
         headers,
+        query,
+        body,
+        path_policy: opts.path_policy,
     })
+}
+
+impl Reading {
+    /// The request's [`Input`]: `self` and its document.
+    pub fn into_input(self, req: &AuthzRequest, identity: Option<&Value>) -> Input {
+        Input {
+            value: self.document(req, identity),
+            path: self.path,
+            host: self.host,
+            headers: self.headers,
+        }
+    }
+
+    /// The Rego `input` document (OPA-Envoy's shape) for `req`, read as `self`, with the
+    /// caller's identity as `input.identity`.
+    pub fn document(&self, req: &AuthzRequest, identity: Option<&Value>) -> Value {
+        let k = &*KEYS;
+        let empty = HttpRequest::default();
+        let http = req.http.as_ref().unwrap_or(&empty);
+        let Reading {
+            path: canonical,
+            host,
+            headers,
+            query,
+            body,
+            path_policy,
+        } = self;
+        let mut attributes = Obj::with_capacity(4);
+        if let Some(s) = &req.source {
+            attributes.set(&k.source, peer(s));
+        }
+        if let Some(d) = &req.destination {
+            attributes.set(&k.destination, peer(d));
+        }
+        if req.time.is_some() || req.http.is_some() {
+            let mut r = Obj::with_capacity(2);
+            if let Some(t) = req.time {
+                let mut to = Obj::with_capacity(2);
+                if t.seconds != 0 {
+                    to.set(&k.seconds, Value::from(t.seconds));
+                }
+                if t.nanos != 0 {
+                    to.set(&k.nanos, Value::from(i64::from(t.nanos)));
+                }
+                r.set(&k.time, to.done());
+            }
+            if req.http.is_some() {
+                r.set(&k.http, http_request(http, headers, host, *path_policy));
+            }
+            attributes.set(&k.request, r.done());
+        }
+        attributes.map(&k.context_extensions, &req.context_extensions);
+        if let Some(m) = &req.metadata_context {
+            attributes.set(&k.metadata_context, metadata(m));
+        }
+        if let Some(m) = &req.route_metadata_context {
+            attributes.set(&k.route_metadata_context, metadata(m));
+        }
+        if let Some(t) = &req.tls_session {
+            let mut to = Obj::with_capacity(1);
+            to.str(&k.sni, &t.sni);
+            attributes.set(&k.tls_session, to.done());
+        }
+
+        let mut input = Obj::with_capacity(8);
+        input.set(&k.attributes, attributes.done());
+        input.set(
+            &k.parsed_path,
+            Value::from(
+                canonical
+                    .segments
+                    .iter()
+                    .map(|s| Value::from(s.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        let mut q = Obj::with_capacity(query.len());
+        for (name, vs) in query {
+            q.set_named(
+                name,
+                Value::from(
+                    vs.iter()
+                        .map(|v| Value::from(v.as_str()))
+                        .collect::<Vec<_>>(),
+                ),
+            );
+        }
+        input.set(&k.parsed_query, q.done());
+        if let Some(parsed) = body {
+            input.set(&k.parsed_body, parsed.value.clone());
+            input.set(&k.truncated_body, Value::Bool(parsed.truncated));
+        }
+        let mut version = Obj::with_capacity(2);
+        version.set(&k.encoding, k.protojson.clone());
+        version.set(&k.ext_authz, k.v3.clone());
+        input.set(&k.version, version.done());
+        if let Some(p) = req.source.as_ref().map(|s| s.principal.as_str())
+            && !p.is_empty()
+        {
+            input.set(&k.source_principal, Value::from(p));
+        }
+        if let Some(v) = identity {
+            input.set(&k.identity, v.clone());
+        }
+        input.done()
+    }
 }
 
 #[cfg(test)]

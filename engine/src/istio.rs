@@ -263,12 +263,12 @@ fn socket(p: Option<&crate::request::Peer>) -> (String, u32) {
 }
 
 impl<'a> Request<'a> {
-    /// The attributes of a check, projected from the request as the input was built
-    /// (`input`: its canonical path, host and headers); `identity` is the caller's verified
-    /// identity (`input.identity`).
+    /// The attributes of a check, projected from the request as it was read
+    /// ([`crate::input::read_request`]: its canonical path, host and headers); `identity` is
+    /// the caller's verified identity (`input.identity`).
     pub fn from_check(
         req: &'a crate::request::AuthzRequest,
-        input: &'a crate::input::Input,
+        input: crate::input::Attributes<'a>,
         identity: Option<&regorus::Value>,
     ) -> Self {
         static EMPTY: std::sync::OnceLock<crate::request::HttpRequest> = std::sync::OnceLock::new();
@@ -317,7 +317,7 @@ impl<'a> Request<'a> {
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect()
         } else {
-            input.headers.clone()
+            input.headers.to_vec()
         };
         let mut labels: BTreeMap<String, String> = req.context_extensions.iter().cloned().collect();
         let workload_namespace = labels.remove("namespace").unwrap_or_else(|| {

@@ -399,7 +399,7 @@ fn decide(
     let authorizer = set.load_full();
     let decision = {
         let _at = arbiter_engine::clock::freeze(i64::try_from(job.timestamp_ns).unwrap_or(0));
-        authorizer.check(&job.request).decision
+        authorizer.check_with(&job.request, false).decision
     };
     metrics.shadow_evaluated(job.live_allowed, decision.allowed);
     if decision.allowed != job.live_allowed

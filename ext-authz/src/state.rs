@@ -297,17 +297,24 @@ impl State {
             .decision_log
             .as_ref()
             .and_then(|_| arbiter_engine::record::RequestLine::of(&request));
+        // The input document is built for the event that holds it, or for a policy that reads
+        // it; not otherwise.
+        let keep_input = self.decision_log.is_some();
         // With a shadow set, the request is kept for it (shared, not copied).
         let (outcome, shadow_request) = match self.shadow.get().filter(|s| s.open()) {
             None => (
-                self.run(received, move || authorizer.check(&request)).await,
+                self.run(received, move || {
+                    authorizer.check_with(&request, keep_input)
+                })
+                .await,
                 None,
             ),
             Some(_) => {
                 let request = Arc::new(request);
                 let r = request.clone();
                 (
-                    self.run(received, move || authorizer.check(&r)).await,
+                    self.run(received, move || authorizer.check_with(&r, keep_input))
+                        .await,
                     Some(request),
                 )
             }

@@ -697,7 +697,7 @@ fn request_attributes_come_from_the_check() {
     let input = crate::input::build_input(&r, &InputOptions::default()).unwrap();
     let identity = json!({"spiffe_id": "spiffe://cluster.local/ns/default/sa/sleep"});
     let identity = crate::value::from_json(&identity);
-    let a = Request::from_check(&r, &input, Some(&identity));
+    let a = Request::from_check(&r, input.attributes(), Some(&identity));
     assert_eq!(a.principal, "cluster.local/ns/default/sa/sleep");
     assert_eq!(
         a.request_principal.as_deref(),
@@ -716,7 +716,7 @@ fn request_attributes_come_from_the_check() {
     );
     assert!(a.headers.contains(&("x-token".into(), "admin".into())));
     // Without a verified identity there is no principal, whatever Envoy's field says.
-    let b = Request::from_check(&r, &input, None);
+    let b = Request::from_check(&r, input.attributes(), None);
     assert_eq!(b.principal, "");
 }
 
