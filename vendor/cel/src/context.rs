@@ -133,6 +133,17 @@ impl<'p, 'v> Context<'p, 'v> {
         }
     }
 
+    /// arbiter patch (11): [`Self::add_variable_as_val`] for a comprehension's variables,
+    /// bound again on every iteration: the value replaces the one bound in this scope without
+    /// a new name (an allocation and a free per variable and iteration).
+    pub(crate) fn rebind_variable(&mut self, name: &str, value: Box<dyn Val + 'v>) {
+        let (Context::Root { variables, .. } | Context::Child { variables, .. }) = self;
+        match variables.get_mut(name) {
+            Some(slot) => *slot = value,
+            None => self.add_variable_as_val(name, value),
+        }
+    }
+
     pub fn set_variable_resolver(&mut self, r: &'v dyn VariableResolver) {
         match self {
             Context::Root { resolver, .. } => {

@@ -1526,7 +1526,7 @@ impl Value {
                     }
                     match pairs {
                         None => {
-                            ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
+                            ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
                         }
                         Some((second, true)) => {
                             let value = iter
@@ -1537,21 +1537,21 @@ impl Value {
                                 })?
                                 .get(item)?
                                 .into_owned();
-                            ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
-                            ctx.add_variable_as_val(second, value);
+                            ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
+                            ctx.rebind_variable(second, value);
                         }
                         Some((second, false)) => {
-                            ctx.add_variable_as_val(
+                            ctx.rebind_variable(
                                 &comprehension.iter_var,
                                 Box::new(crate::common::types::CelInt::from(index)),
                             );
-                            ctx.add_variable_as_val(second, item.clone_as_boxed());
+                            ctx.rebind_variable(second, item.clone_as_boxed());
                         }
                     }
                     index += 1;
                     let step = Value::resolve_val(&comprehension.loop_step, &ctx);
                     if let Some(accu) = deferred.step(step)? {
-                        ctx.add_variable_as_val(&comprehension.accu_var, accu.into_owned());
+                        ctx.rebind_variable(&comprehension.accu_var, accu.into_owned());
                     }
                 }
                 deferred.finish()?;
@@ -1800,7 +1800,7 @@ impl<'e> AppendStep<'e> {
             if !try_bool(Value::resolve_val(&comprehension.loop_cond, &ctx))? {
                 break;
             }
-            ctx.add_variable_as_val(&comprehension.iter_var, item.clone_as_boxed());
+            ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
             if let Some(guard) = self.guard {
                 if !try_bool(Value::resolve_val(guard, &ctx))? {
                     continue;

@@ -22,8 +22,11 @@ use std::sync::Arc;
 ///
 /// Numeric keys are looked up by numeric value, as the spec requires:
 /// `{1u: 'one'}[1]` and `{1: 'one'}[1.0]` both find `'one'`.
+///
+/// arbiter patch (11): the entries are shared, so a copy (a comprehension's
+/// variable bound to a map of `data`) is a reference count.
 #[derive(Debug, Default)]
-pub struct DefaultMap<'v>(Entries<'v>);
+pub struct DefaultMap<'v>(Arc<Entries<'v>>);
 
 /// How a map's keys are hashed (arbiter patch 10): foldhash, seeded at random per process, in
 /// place of the standard library's SipHash-1-3, whose cost was a tenth of a policy's
@@ -39,9 +42,9 @@ pub fn entries_with_capacity<'v>(n: usize) -> Entries<'v> {
 }
 
 impl<'v> DefaultMap<'v> {
-    /// The entries.
+    /// The entries: moved out when this map is their only holder, copied otherwise.
     pub fn into_inner(self) -> Entries<'v> {
-        self.0
+        Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// The entries, borrowed from `self`.
@@ -60,7 +63,7 @@ impl<'v> Deref for DefaultMap<'v> {
 
 impl<'v> Clone for DefaultMap<'v> {
     fn clone(&self) -> Self {
-        Self(self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Self(Arc::clone(&self.0))
     }
 }
 
@@ -273,8 +276,11 @@ impl<'v> Indexer for DefaultMap<'v> {
     where
         Self: 'w,
     {
-        let mut map = self;
-        match lookup(key, |k| map.0.remove(k)) {
+        let found = match Arc::try_unwrap(self.0) {
+            Ok(mut entries) => lookup(key, |k| entries.remove(k)),
+            Err(shared) => lookup(key, |k| shared.get(k).cloned()),
+        };
+        match found {
             Some(v) => Ok(v as Box<dyn Val + 'w>),
             None if is_lookup_key(key) => Err(no_such_key(key)),
             None => Err(unsupported_key(key)),
@@ -305,7 +311,7 @@ impl Zeroer for DefaultMap<'_> {
 
 impl<'v> From<Entries<'v>> for DefaultMap<'v> {
     fn from(value: Entries<'v>) -> Self {
-        Self(value)
+        Self(Arc::new(value))
     }
 }
 
@@ -313,7 +319,7 @@ impl<'v> From<Entries<'v>> for DefaultMap<'v> {
 /// build [`Entries`] to move them in.
 impl<'v> From<HashMap<Key<'v>, Box<dyn Val + 'v>>> for DefaultMap<'v> {
     fn from(value: HashMap<Key<'v>, Box<dyn Val + 'v>>) -> Self {
-        Self(value.into_iter().collect())
+        Self(Arc::new(value.into_iter().collect()))
     }
 }
 
