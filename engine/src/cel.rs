@@ -158,23 +158,29 @@ pub fn env() -> Env {
         cel::extensions::two_var_comprehensions,
         network::extension,
         sets::extension,
+        path_extension,
     ] {
         let _ = env.add_extension(ext);
     }
     env
 }
 
-/// Add arbiter's helper functions to a root context: `path.glob(pattern, path)`,
-/// `net.cidr_contains(cidr, ip_or_cidr)`, `spiffe.match(id, pattern)`, `spiffe.parse(id)` and
-/// `jwt.decode_verify(token, constraints)` (OPA's `io.jwt.decode_verify`: `[valid, header,
-/// claims]`).
+/// `path.glob(pattern, path)` ([`crate::path::glob_match`]): an overload of the environment,
+/// which reads its two strings where they are (a function of the context is given copies).
+fn path_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
+    use cel::common::types::{CelBool, CelString};
+    fn path_glob(pattern: &CelString<'_>, path: &CelString<'_>) -> CelBool {
+        crate::path::glob_match(pattern.inner(), path.inner()).into()
+    }
+    cel::add_overload!(env, fn path_glob: (CelString, CelString) -> CelBool, name = "path.glob")?;
+    Ok(())
+}
+
+/// Add arbiter's helper functions to a root context: `net.cidr_contains(cidr, ip_or_cidr)`,
+/// `spiffe.match(id, pattern)`, `spiffe.parse(id)` and `jwt.decode_verify(token, constraints)`
+/// (OPA's `io.jwt.decode_verify`: `[valid, header, claims]`); `path.glob` is the
+/// environment's ([`path_extension`]).
 pub fn add_functions(ctx: &mut Context<'static, 'static>) {
-    let _ = ctx.add_function(
-        "path.glob",
-        |pattern: Arc<String>, path: Arc<String>| -> bool {
-            crate::path::glob_match(&pattern, &path)
-        },
-    );
     let _ = ctx.add_function(
         "net.cidr_contains",
         |cidr: Arc<String>, ip: Arc<String>| -> Result<bool, ExecutionError> {

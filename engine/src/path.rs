@@ -354,9 +354,33 @@ pub fn canonical_host(host: &str, scheme: &str) -> String {
 /// compared as written (pass the canonical path).
 pub fn glob_match(pattern: &str, path: &str) -> bool {
     // Empty pattern segments (`//`) carry nothing: `"/" + [].join("/") + "/**"` means `/**`.
-    let p: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
-    let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match_segments(&p, &s)
+    with_segments(pattern.split('/').filter(|s| !s.is_empty()), |p| {
+        with_segments(path.trim_start_matches('/').split('/'), |s| {
+            match_segments(p, s)
+        })
+    })
+}
+
+/// `f` of the segments `it` yields, collected on the stack when there are few (every check
+/// matches globs: no allocation for the usual path).
+fn with_segments<'a, R>(
+    mut it: impl Iterator<Item = &'a str>,
+    f: impl FnOnce(&[&'a str]) -> R,
+) -> R {
+    const ON_STACK: usize = 16;
+    let mut buf = [""; ON_STACK];
+    let mut n = 0;
+    while let Some(seg) = it.next() {
+        if n == ON_STACK {
+            let mut all = buf.to_vec();
+            all.push(seg);
+            all.extend(it);
+            return f(&all);
+        }
+        buf[n] = seg;
+        n += 1;
+    }
+    f(&buf[..n])
 }
 
 fn match_segments(p: &[&str], s: &[&str]) -> bool {
@@ -373,6 +397,9 @@ fn match_segments(p: &[&str], s: &[&str]) -> bool {
 fn segment_match(p: &str, s: &str) -> bool {
     if p == "*" {
         return true;
+    }
+    if !p.contains('*') {
+        return p == s;
     }
     let parts: Vec<&str> = p.split('*').collect();
     if parts.len() == 1 {
@@ -428,6 +455,20 @@ mod tests {
         assert!(glob_match("//**", "/api/v1"));
         assert!(glob_match("/**", "/"));
         assert!(glob_match("/api//v1/**", "/api/v1/x"));
+    }
+
+    #[test]
+    fn globs_over_more_segments_than_the_stack_holds() {
+        // 16 segments are collected on the stack; more go to the heap, read the same way.
+        let long: String = (0..20).map(|i| format!("/s{i}")).collect();
+        assert!(glob_match("/s0/**", &long));
+        assert!(glob_match(&long, &long));
+        assert!(glob_match(&format!("{long}/**"), &long));
+        assert!(!glob_match(&format!("{long}/x"), &long));
+        assert!(!glob_match(&long.replace("/s19", "/t19"), &long));
+        assert!(glob_match(&long.replace("/s19", "/*"), &long));
+        assert!(glob_match(&long.replace("/s17", "/*7"), &long));
+        assert!(!glob_match(&long.replace("/s17", "/*8"), &long));
     }
 
     fn ok(p: &str) -> CanonicalPath {
