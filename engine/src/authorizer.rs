@@ -55,6 +55,9 @@ pub struct Authorizer {
     rego_decides: bool,
     /// Whether a policy reads the input document: Rego deciding, or CEL's `input`.
     reads_document: bool,
+    /// Whether a policy reads the identity document without the input document: CEL's
+    /// `identity`, Istio's principals.
+    reads_identity: bool,
     /// The decision path compiled for the RVM, when it compiles (see [`crate::rvm`]).
     rvm: Option<Arc<RvmDecider>>,
     /// Why the RVM is not used, when it is not.
@@ -64,6 +67,12 @@ pub struct Authorizer {
     /// Other paths the Data API asked for, compiled for the RVM on first use (`None`: the VM
     /// cannot run that path). Shared by clones; at most [`DATA_API_PROGRAMS`] paths.
     data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
+}
+
+/// Whether a set's CEL reads `identity` or it has Istio policies (their principals are the
+/// identity's).
+fn reads_identity(policies: &PolicySet) -> bool {
+    policies.istio().is_some() || policies.cel().is_some_and(|c| c.uses().identity)
 }
 
 /// Run `input` on the VM: `None` when the interpreter must answer instead, which is when a run
@@ -139,6 +148,7 @@ impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
         let rego_decides = policies.defines(&path);
         let reads_document = rego_decides || policies.cel().is_some_and(|c| c.uses().input);
+        let reads_identity = reads_identity(&policies);
         let (rvm, rvm_unavailable) = if rego_decides {
             match RvmDecider::compile(&policies, &path) {
                 Ok(d) => (Some(Arc::new(d)), None),
@@ -154,6 +164,7 @@ impl Authorizer {
             identity_options: IdentityOptions::default(),
             rego_decides,
             reads_document,
+            reads_identity,
             rvm,
             rvm_unavailable,
             use_rvm: true,
@@ -191,6 +202,7 @@ impl Authorizer {
             .unwrap_or_default();
         Self {
             reads_document: self.rego_decides || policies.cel().is_some_and(|c| c.uses().input),
+            reads_identity: reads_identity(&policies),
             policies,
             rvm,
             rvm_unavailable,
@@ -263,7 +275,12 @@ impl Authorizer {
     pub fn check_with(&self, request: &AuthzRequest, keep_input: bool) -> CheckOutcome {
         let start = Instant::now();
         let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
-        let identity_value = identity.identity().map(Identity::to_value);
+        let document = keep_input || self.reads_document;
+        // The identity as a document: for `input.identity`, CEL's `identity` and Istio's
+        // principals; a set that reads none of them does not build it.
+        let identity_value = (document || self.reads_identity)
+            .then(|| identity.identity().map(Identity::to_value))
+            .flatten();
         let reading = match read_request(request, &self.input_options) {
             Ok(r) => r,
             Err(reason) => {
@@ -278,8 +295,7 @@ impl Authorizer {
                 };
             }
         };
-        let document = (keep_input || self.reads_document)
-            .then(|| reading.document(request, identity_value.as_ref()));
+        let document = document.then(|| reading.document(request, identity_value.as_ref()));
         let attributes = Attributes {
             document: document.as_ref(),
             ..reading.attributes()
@@ -567,6 +583,41 @@ mod tests {
             // A request refused before any policy has no document either way.
             let refused = ["body_parse_error", "non_canonical_path", "bad_input"].contains(&code);
             assert_eq!(kept.input.is_some(), !refused, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_identity_reaches_cel_and_istio_without_a_document() {
+        let caller = "spiffe://cluster.local/ns/default/sa/frontend";
+        let from = |principal: &str| AuthzRequest {
+            source: Some(crate::request::Peer {
+                principal: principal.into(),
+                ..Default::default()
+            }),
+            // The workload an Istio policy of namespace `default` selects.
+            destination: Some(crate::request::Peer {
+                principal: "spiffe://cluster.local/ns/default/sa/products".into(),
+                ..Default::default()
+            }),
+            ..request("GET", "/api/items", "")
+        };
+        let cel = authorizer(None, Some(&format!("identity.spiffe_id == \"{caller}\"")));
+        let mut sources = PolicySources::default();
+        sources.istio.push(SourceFile {
+            name: "p.istio.yaml".into(),
+            text: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: default\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/frontend\"]\n".into(),
+        });
+        let istio = Authorizer::new(
+            Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap()),
+            DataRef::parse("envoy/authz/allow").unwrap(),
+            InputOptions::default(),
+        );
+        for (name, a) in [("cel", cel), ("istio", istio)] {
+            let allowed = a.check_with(&from(caller), false);
+            assert!(allowed.decision.allowed, "{name}: {:?}", allowed.decision);
+            assert!(allowed.input.is_none(), "{name}");
+            let other = a.check_with(&from("spiffe://cluster.local/ns/default/sa/other"), false);
+            assert!(!other.decision.allowed, "{name}: {:?}", other.decision);
         }
     }
 
