@@ -68,11 +68,42 @@ pub struct CelFile {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Uses {
     pub request: bool,
+    /// Which of `request`'s attributes ([`REQUEST_FIELDS`], one bit each) are read: all of
+    /// them when `request` is used otherwise than by selecting an attribute.
+    pub request_fields: u16,
     pub source: bool,
     pub destination: bool,
     pub connection: bool,
     pub identity: bool,
     pub input: bool,
+}
+
+/// The attributes of `request`, in the order of [`Uses::request_fields`]' bits.
+pub const REQUEST_FIELDS: [&str; 14] = [
+    "method",
+    "path",
+    "url_path",
+    "host",
+    "scheme",
+    "headers",
+    "query",
+    "time",
+    "id",
+    "protocol",
+    "body",
+    "size",
+    "useragent",
+    "referer",
+];
+
+impl Uses {
+    /// Whether `request.<field>` is read.
+    pub fn reads_request_field(&self, field: &str) -> bool {
+        REQUEST_FIELDS
+            .iter()
+            .position(|f| *f == field)
+            .is_some_and(|i| self.request_fields & (1 << i) != 0)
+    }
 }
 
 /// Compiled CEL policy files, ready to evaluate from many threads.
@@ -369,12 +400,25 @@ fn compile_expr(
     Ok((Compiled { expr }, roots))
 }
 
+/// The variables an expression reads: their names, or `request.<field>` where `request`'s
+/// attribute is selected directly.
 fn root_idents(e: &IdedExpr) -> Vec<String> {
     use cel::common::ast::Expr;
     fn go(e: &IdedExpr, out: &mut Vec<String>) {
         match &e.expr {
             Expr::Ident(n) => out.push(n.clone()),
+            // An attribute of `request`: `request.<field>` (see `Uses::request_fields`).
+            Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(n) if n == "request") => {
+                out.push(format!("request.{}", s.field));
+            }
             Expr::Select(s) => go(&s.operand, out),
+            Expr::Struct(st) => {
+                for en in &st.entries {
+                    if let cel::common::ast::EntryExpr::StructField(f) = &en.expr {
+                        go(&f.value, out);
+                    }
+                }
+            }
             Expr::Call(c) => {
                 if let Some(t) = &c.target {
                     go(t, out);
@@ -442,6 +486,7 @@ impl ProbeInputs {
         };
         let all = Uses {
             request: true,
+            request_fields: u16::MAX,
             source: true,
             destination: true,
             connection: true,
@@ -476,33 +521,63 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
                 .find(|(k, _)| k == n)
                 .map_or("", |(_, v)| v.as_str())
         };
-        let body = if http.body.is_empty() {
-            String::from_utf8_lossy(&http.raw_body).into_owned()
-        } else {
-            http.body.clone()
-        };
-        let time = r.request.time.unwrap_or_default();
-        let m = MapBuilder::new()
-            .str("method", &http.method)
-            .str("path", &http.path)
-            .str("url_path", &r.path.path)
-            .string("host", r.host.canonical())
-            .str("scheme", &http.scheme)
-            .val(
+        // Only the attributes the policies read (`Uses::request_fields`).
+        let want = |f: &str| uses.reads_request_field(f);
+        let mut m = MapBuilder::new();
+        if want("method") {
+            m = m.str("method", &http.method);
+        }
+        if want("path") {
+            m = m.str("path", &http.path);
+        }
+        if want("url_path") {
+            m = m.str("url_path", &r.path.path);
+        }
+        if want("host") {
+            m = m.string("host", r.host.canonical());
+        }
+        if want("scheme") {
+            m = m.str("scheme", &http.scheme);
+        }
+        if want("headers") {
+            m = m.val(
                 "headers",
                 Box::new(vars::string_map(
                     headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 )),
-            )
-            .str("query", &r.path.raw_query)
-            .val("time", vars::timestamp(time.seconds, time.nanos))
-            .str("id", &http.id)
-            .str("protocol", &http.protocol)
-            .string("body", body)
-            .int("size", http.size)
-            .str("useragent", header("user-agent"))
-            .str("referer", header("referer"))
-            .lenient();
+            );
+        }
+        if want("query") {
+            m = m.str("query", &r.path.raw_query);
+        }
+        if want("time") {
+            let time = r.request.time.unwrap_or_default();
+            m = m.val("time", vars::timestamp(time.seconds, time.nanos));
+        }
+        if want("id") {
+            m = m.str("id", &http.id);
+        }
+        if want("protocol") {
+            m = m.str("protocol", &http.protocol);
+        }
+        if want("body") {
+            let body = if http.body.is_empty() {
+                String::from_utf8_lossy(&http.raw_body).into_owned()
+            } else {
+                http.body.clone()
+            };
+            m = m.string("body", body);
+        }
+        if want("size") {
+            m = m.int("size", http.size);
+        }
+        if want("useragent") {
+            m = m.str("useragent", header("user-agent"));
+        }
+        if want("referer") {
+            m = m.str("referer", header("referer"));
+        }
+        let m = m.lenient();
         ctx.add_variable_as_val("request", Box::new(m));
     }
     if uses.source {
@@ -730,8 +805,19 @@ impl CelPolicies {
             return Err(errors);
         }
         let used = |v: &str| roots.iter().any(|r| r == v);
+        // `request.f` alone reads one attribute; `request` used any other way reads them all.
+        let request_fields = if used("request") {
+            u16::MAX
+        } else {
+            roots
+                .iter()
+                .filter_map(|r| r.strip_prefix("request."))
+                .filter_map(|f| REQUEST_FIELDS.iter().position(|x| *x == f))
+                .fold(0, |m, i| m | (1 << i))
+        };
         let uses = Uses {
-            request: used("request"),
+            request: used("request") || roots.iter().any(|r| r.starts_with("request.")),
+            request_fields,
             source: used("source"),
             destination: used("destination"),
             connection: used("connection"),

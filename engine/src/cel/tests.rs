@@ -506,3 +506,44 @@ fn qualified_names_resolve_as_cel_go_does_on_both_paths() {
     inner.add_variable("data", map(4)).unwrap();
     assert_eq!(eval(&inner, "data.authz"), cel::Value::Int(4));
 }
+
+#[test]
+fn only_the_request_attributes_read_are_built() {
+    let one = |when: &str| {
+        policies(&[(
+            "a.cel.yaml",
+            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
+        )])
+        .unwrap()
+    };
+    let bits = |fields: &[&str]| {
+        fields.iter().fold(0u16, |m, f| {
+            m | 1 << REQUEST_FIELDS.iter().position(|x| x == f).unwrap()
+        })
+    };
+    // Attributes selected directly: those alone, `has()` included (every attribute is present,
+    // so `has(request.body)` holds only when `body` was built).
+    let p = one("request.method == \"GET\" && has(request.body) && request.headers[\"x\"] == \"\"");
+    assert!(p.uses().request);
+    assert_eq!(
+        p.uses().request_fields,
+        bits(&["method", "body", "headers"])
+    );
+    let get = req("GET", "/a", "", &[]);
+    assert!(decide(&p, &get).allowed);
+    assert!(!decide(&p, &req("POST", "/a", "", &[])).allowed);
+    // `request` used whole: every attribute.
+    for whole in [
+        "request.size() > 3",
+        "\"method\" in request",
+        "request[\"method\"] == \"GET\"",
+    ] {
+        let p = one(whole);
+        assert_eq!(p.uses().request_fields, u16::MAX, "{whole}");
+        assert!(decide(&p, &get).allowed, "{whole}");
+    }
+    // No `request` at all.
+    let p = one("source.principal == \"\"");
+    assert!(!p.uses().request);
+    assert_eq!(p.uses().request_fields, 0);
+}
