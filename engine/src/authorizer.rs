@@ -69,10 +69,15 @@ pub struct Authorizer {
     data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
 }
 
-/// Whether a set's CEL reads `identity` or it has Istio policies (their principals are the
+/// Whether a policy reads the input document (Rego deciding, CEL's `input`), and whether one
+/// reads the identity document (CEL's `identity`, Istio's principals, which are the
 /// identity's).
-fn reads_identity(policies: &PolicySet) -> bool {
-    policies.istio().is_some() || policies.cel().is_some_and(|c| c.uses().identity)
+fn reads_documents(policies: &PolicySet, rego_decides: bool) -> (bool, bool) {
+    let cel = policies.cel().map(|c| c.uses()).unwrap_or_default();
+    (
+        rego_decides || cel.input,
+        policies.istio().is_some() || cel.identity,
+    )
 }
 
 /// Run `input` on the VM: `None` when the interpreter must answer instead, which is when a run
@@ -147,8 +152,7 @@ fn elapsed_ns(since: Instant) -> u64 {
 impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
         let rego_decides = policies.defines(&path);
-        let reads_document = rego_decides || policies.cel().is_some_and(|c| c.uses().input);
-        let reads_identity = reads_identity(&policies);
+        let (reads_document, reads_identity) = reads_documents(&policies, rego_decides);
         let (rvm, rvm_unavailable) = if rego_decides {
             match RvmDecider::compile(&policies, &path) {
                 Ok(d) => (Some(Arc::new(d)), None),
@@ -200,9 +204,10 @@ impl Authorizer {
                     .collect()
             })
             .unwrap_or_default();
+        let (reads_document, reads_identity) = reads_documents(&policies, self.rego_decides);
         Self {
-            reads_document: self.rego_decides || policies.cel().is_some_and(|c| c.uses().input),
-            reads_identity: reads_identity(&policies),
+            reads_document,
+            reads_identity,
             policies,
             rvm,
             rvm_unavailable,

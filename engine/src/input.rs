@@ -446,18 +446,6 @@ pub struct Attributes<'a> {
     pub document: Option<&'a Value>,
 }
 
-impl Reading {
-    /// The attributes, without a document.
-    pub fn attributes(&self) -> Attributes<'_> {
-        Attributes {
-            path: &self.path,
-            host: &self.host,
-            headers: &self.headers,
-            document: None,
-        }
-    }
-}
-
 impl Input {
     /// The attributes, with the document.
     pub fn attributes(&self) -> Attributes<'_> {
@@ -576,6 +564,16 @@ pub fn read_request(req: &AuthzRequest, opts: &InputOptions) -> Result<Reading, 
 }
 
 impl Reading {
+    /// The attributes, without a document.
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            path: &self.path,
+            host: &self.host,
+            headers: &self.headers,
+            document: None,
+        }
+    }
+
     /// The request's [`Input`]: `self` and its document.
     pub fn into_input(self, req: &AuthzRequest, identity: Option<&Value>) -> Input {
         Input {
