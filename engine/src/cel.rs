@@ -578,13 +578,13 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             m = m.str("referer", header("referer"));
         }
         let m = m.lenient();
-        ctx.add_variable_as_val("request", Box::new(m));
+        ctx.add_variable_named("request", Box::new(m));
     }
     if uses.source {
-        ctx.add_variable_as_val("source", Box::new(peer_map(r.request.source.as_ref())));
+        ctx.add_variable_named("source", Box::new(peer_map(r.request.source.as_ref())));
     }
     if uses.destination {
-        ctx.add_variable_as_val(
+        ctx.add_variable_named(
             "destination",
             Box::new(peer_map(r.request.destination.as_ref())),
         );
@@ -606,7 +606,7 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             .str("requested_server_name", sni)
             .str("uri_san_peer_certificate", uri_san)
             .lenient();
-        ctx.add_variable_as_val("connection", Box::new(m));
+        ctx.add_variable_named("connection", Box::new(m));
     }
     if uses.identity {
         let v: Box<dyn Val> = match r.identity {
@@ -621,14 +621,14 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             }
             None => Box::new(LenientMap::default()),
         };
-        ctx.add_variable_as_val("identity", v);
+        ctx.add_variable_named("identity", v);
     }
     if uses.input {
         let v = match r.input {
             Some(i) => vars::from_rego(i),
             None => Box::new(LenientMap::default()),
         };
-        ctx.add_variable_as_val("input", v);
+        ctx.add_variable_named("input", v);
     }
 }
 
@@ -718,7 +718,7 @@ fn truthy(r: Result<CelValue, ExecutionError>) -> Result<bool, Failed> {
 fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'static> {
     let mut root = Context::with_env(env.clone());
     add_functions(&mut root);
-    root.add_variable_as_val("data", vars::from_rego(data));
+    root.add_variable_named("data", vars::from_rego(data));
     root
 }
 

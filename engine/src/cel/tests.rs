@@ -505,6 +505,77 @@ fn qualified_names_resolve_as_cel_go_does_on_both_paths() {
     let mut inner = root.new_inner_scope();
     inner.add_variable("data", map(4)).unwrap();
     assert_eq!(eval(&inner, "data.authz"), cel::Value::Int(4));
+    // An inner scope without it, made under a root with a dotted name, is not plain either
+    // (cel patch 13 keeps that per scope): the root's longest name still wins.
+    let empty = root.new_inner_scope();
+    assert_eq!(eval(&empty, "data.authz"), cel::Value::Int(3));
+    assert_eq!(
+        eval(&empty, "[0].map(x, data.authz)"),
+        cel::Value::List(Arc::new(vec![cel::Value::Int(3)]))
+    );
+}
+
+/// cel patch 13: a scope's variables are searched in order, then through an index past 16
+/// names; binding a name again replaces its value on either side; a function called on a
+/// qualified name (`a.b.f(...)`) is found whether its name is spelled on the stack or, past
+/// 64 bytes or 8 segments, on the heap.
+#[test]
+fn scope_variables_and_qualified_function_names() {
+    let mut env = cel::Env::stdlib();
+    let long = format!("{}.f", ["n"; 9].join("."));
+    let wide = format!("w.{}.f", "x".repeat(70));
+    for (name, id) in [
+        ("a.b.f", "ab_f"),
+        (long.as_str(), "long_f"),
+        (wide.as_str(), "wide_f"),
+    ] {
+        env.add_overload(name, id, vec![cel::common::types::INT_TYPE], |args| {
+            let n = args[0]
+                .downcast_ref::<cel::common::types::CelInt>()
+                .map_or(0, |i| *i.inner());
+            Ok(cel::common::value::CowVal::owned(
+                cel::common::types::CelInt::from(n + 1),
+            ))
+        })
+        .unwrap();
+    }
+    let env = Arc::new(env);
+    let eval = |ctx: &cel::Context, text: &str| -> cel::Value {
+        let program = env.compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        program
+            .execute(ctx)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    let mut root = cel::Context::with_env(env.clone());
+    for count in [3_i64, 40] {
+        for i in 0..count {
+            root.add_variable(format!("v{i}"), i).unwrap();
+        }
+        for i in 0..count {
+            assert_eq!(
+                eval(&root, &format!("v{i}")),
+                cel::Value::Int(i),
+                "{count}: v{i}"
+            );
+        }
+        root.add_variable("v2", 100).unwrap();
+        root.add_variable_named("v1", Box::new(cel::common::types::CelInt::from(200)));
+        assert_eq!(eval(&root, "v1 + v2"), cel::Value::Int(300), "{count}");
+    }
+    let mut inner = root.new_inner_scope();
+    inner.add_variable_named("v2", Box::new(cel::common::types::CelInt::from(-1)));
+    assert_eq!(eval(&inner, "v2 + v39"), cel::Value::Int(38));
+    assert_eq!(
+        eval(&inner, "[5, 6].map(v2, v2 + v1)"),
+        eval(&root, "[205, 206]")
+    );
+
+    assert_eq!(eval(&root, "a.b.f(1)"), cel::Value::Int(2));
+    assert_eq!(eval(&root, &format!("{}(2)", long)), cel::Value::Int(3));
+    assert_eq!(eval(&root, &format!("{}(3)", wide)), cel::Value::Int(4));
+    // `a.b.g` names no function: a call of `g` on the value `a.b`, undeclared here.
+    let other = env.compile("a.b.g(1)").unwrap().execute(&root);
+    assert!(other.is_err(), "{other:?}");
 }
 
 #[test]

@@ -5,7 +5,6 @@ use crate::objects::{TryIntoValue, Value};
 use crate::parser::Expression;
 use crate::{DeclarationError, Env, ExecutionError};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Context is a collection of variables and functions that can be used
@@ -43,7 +42,7 @@ use std::sync::Arc;
 pub enum Context<'p, 'v> {
     Root {
         functions: FunctionRegistry,
-        variables: BTreeMap<String, Box<dyn Val + 'v>>,
+        variables: Variables<'p, 'v>,
         resolver: Option<&'v dyn VariableResolver>,
         env: Arc<Env>,
         /// arbiter patch: a variable's name has a dot (see `resolve_qualified`).
@@ -51,11 +50,79 @@ pub enum Context<'p, 'v> {
     },
     Child {
         parent: &'p Context<'p, 'v>,
-        variables: BTreeMap<String, Box<dyn Val + 'v>>,
+        variables: Variables<'p, 'v>,
         resolver: Option<&'v dyn VariableResolver>,
         /// arbiter patch: a variable's name has a dot (see `resolve_qualified`).
         dotted: bool,
+        /// arbiter patch 13: the root's environment, not looked up through the parents.
+        env: &'p Env,
+        /// arbiter patch 13: whether the parent scopes are all plain (see [`Context::is_plain`]),
+        /// as it was when this scope was made (a parent cannot change while borrowed).
+        parents_plain: bool,
     },
+}
+
+/// arbiter patch 13: the variables of one scope, searched in order. A scope holds a few (a
+/// comprehension's one to three, arbiter's request scope up to six): a search comparing
+/// lengths first is quicker there than a tree's string comparisons, and a name borrowed from
+/// the expression (a comprehension's variables) or a literal costs no allocation. Past
+/// [`Variables::INDEXED`] names, a hash index finds them.
+pub struct Variables<'p, 'v> {
+    entries: Vec<(Cow<'p, str>, Box<dyn Val + 'v>)>,
+    index: Option<std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>>,
+}
+
+impl Default for Variables<'_, '_> {
+    fn default() -> Self {
+        Variables {
+            entries: Vec::new(),
+            index: None,
+        }
+    }
+}
+
+impl<'p, 'v> Variables<'p, 'v> {
+    /// How many names a scope holds before it indexes them.
+    const INDEXED: usize = 16;
+
+    fn position(&self, name: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(name).copied(),
+            None => self
+                .entries
+                .iter()
+                .position(|(key, _)| key.len() == name.len() && key.as_ref() == name),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&(dyn Val + 'v)> {
+        self.position(name).map(|i| self.entries[i].1.as_ref())
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Box<dyn Val + 'v>> {
+        self.position(name).map(|i| &mut self.entries[i].1)
+    }
+
+    /// Binds `name`, replacing the value it had in this scope.
+    fn insert(&mut self, name: Cow<'p, str>, value: Box<dyn Val + 'v>) {
+        if let Some(slot) = self.get_mut(&name) {
+            *slot = value;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(name.as_ref().into(), self.entries.len());
+        }
+        self.entries.push((name, value));
+        if self.index.is_none() && self.entries.len() > Self::INDEXED {
+            self.index = Some(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, _))| (key.as_ref().into(), i))
+                    .collect(),
+            );
+        }
+    }
 }
 
 impl<'p, 'v> Context<'p, 'v> {
@@ -119,28 +186,34 @@ impl<'p, 'v> Context<'p, 'v> {
     where
         S: Into<String>,
     {
-        let name = name.into();
-        match self {
-            Context::Root {
-                variables, dotted, ..
-            }
-            | Context::Child {
-                variables, dotted, ..
-            } => {
-                *dotted |= name.contains('.');
-                variables.insert(name, value);
-            }
-        }
+        self.bind_variable(Cow::Owned(name.into()), value);
     }
 
-    /// arbiter patch (11): [`Self::add_variable_as_val`] for a comprehension's variables,
-    /// bound again on every iteration: the value replaces the one bound in this scope without
-    /// a new name (an allocation and a free per variable and iteration).
-    pub(crate) fn rebind_variable(&mut self, name: &str, value: Box<dyn Val + 'v>) {
+    /// arbiter patch 13: [`Self::add_variable_as_val`] with a name the context may borrow
+    /// for as long as its parent: a literal, or a name from the expression being evaluated
+    /// (a comprehension's variables), bound without a copy of the name.
+    pub fn add_variable_named(&mut self, name: &'p str, value: Box<dyn Val + 'v>) {
+        self.bind_variable(Cow::Borrowed(name), value);
+    }
+
+    fn bind_variable(&mut self, name: Cow<'p, str>, value: Box<dyn Val + 'v>) {
+        let (Context::Root {
+            variables, dotted, ..
+        }
+        | Context::Child {
+            variables, dotted, ..
+        }) = self;
+        *dotted |= name.contains('.');
+        variables.insert(name, value);
+    }
+
+    /// arbiter patch (11): [`Self::add_variable_named`] for a comprehension's variables,
+    /// bound again on every iteration: the value replaces the one bound in this scope.
+    pub(crate) fn rebind_variable(&mut self, name: &'p str, value: Box<dyn Val + 'v>) {
         let (Context::Root { variables, .. } | Context::Child { variables, .. }) = self;
         match variables.get_mut(name) {
             Some(slot) => *slot = value,
-            None => self.add_variable_as_val(name, value),
+            None => self.add_variable_named(name, value),
         }
     }
 
@@ -199,13 +272,29 @@ impl<'p, 'v> Context<'p, 'v> {
         };
         resolver
             .and_then(|r| r.resolve(name))
-            .or_else(|| variables.get(name).map(|v| CowVal::Borrowed(v.as_ref())))
+            .or_else(|| variables.get(name).map(CowVal::Borrowed))
     }
 
     pub(crate) fn env(&self) -> &Env {
         match self {
             Context::Root { env, .. } => env.as_ref(),
-            Context::Child { parent, .. } => parent.env(),
+            Context::Child { env, .. } => env,
+        }
+    }
+
+    /// arbiter patch 13: no scope from this one to the root has a resolver or a variable with
+    /// a dot in its name.
+    fn is_plain(&self) -> bool {
+        match self {
+            Context::Root {
+                dotted, resolver, ..
+            } => !*dotted && resolver.is_none(),
+            Context::Child {
+                dotted,
+                resolver,
+                parents_plain,
+                ..
+            } => *parents_plain && !*dotted && resolver.is_none(),
         }
     }
 
@@ -225,6 +314,15 @@ impl<'p, 'v> Context<'p, 'v> {
     /// container candidate in turn, most specific first. An absolute name
     /// skips the inner scopes.
     pub(crate) fn resolve_ident(&self, name: &str) -> Option<CowVal<'_, 'v>> {
+        // arbiter patch 13: without a container, a name that is not absolute is its only
+        // candidate: each scope's variable, innermost first, then the root's type.
+        if self.env().container().is_empty() && !name.starts_with('.') {
+            if let Some(value) = self.scopes().find_map(|scope| scope.own_variable(name)) {
+                return Some(value);
+            }
+            let t = self.env().types().find_type(name)?;
+            return Some(CowVal::owned(CelType::from(t)));
+        }
         self.scopes_for(name)
             .find_map(|scope| scope.resolve_own(name, true))
     }
@@ -269,21 +367,10 @@ impl<'p, 'v> Context<'p, 'v> {
     /// `first` decides (as resolving `first` alone does, there being no such type).
     pub(crate) fn names_are_plain(&self, first: &str) -> bool {
         let env = self.env();
-        if first.starts_with('.')
-            || !env.container().is_empty()
-            || env.types().has_type_under(first)
-        {
-            return false;
-        }
-        self.scopes().all(|scope| {
-            let (Context::Root {
-                dotted, resolver, ..
-            }
-            | Context::Child {
-                dotted, resolver, ..
-            }) = scope;
-            !*dotted && resolver.is_none()
-        })
+        !first.starts_with('.')
+            && env.container().is_empty()
+            && self.is_plain()
+            && !env.types().has_type_under(first)
     }
 
     /// arbiter patch: [`Self::resolve_qualified`] without building any longer name, when
@@ -357,7 +444,7 @@ impl<'p, 'v> Context<'p, 'v> {
         &self,
         target: &Expression,
         func_name: &str,
-    ) -> Option<String> {
+    ) -> Option<FunctionName> {
         let container = self.env().container();
         let root = target.expr.qualified_name_root()?;
         if !container
@@ -366,12 +453,20 @@ impl<'p, 'v> Context<'p, 'v> {
         {
             return None;
         }
+        // arbiter patch 13: without a container, the name is the only candidate: spelled on
+        // the stack when it fits, as a call such as `path.glob(...)` is made on every
+        // evaluation.
+        if container.is_empty() && !root.starts_with('.') {
+            if let Some(name) = FunctionName::spell(&target.expr, func_name) {
+                return self.has_function(name.as_str()).then_some(name);
+            }
+        }
         let segments = target.expr.qualified_name_segments()?;
         let name = format!("{}.{func_name}", segments.join("."));
         let found = container
             .candidates(&name)
             .find(|candidate| self.has_function(candidate))
-            .map(Cow::into_owned);
+            .map(|candidate| FunctionName::Long(candidate.into_owned()));
         found
     }
 
@@ -444,6 +539,8 @@ impl<'p, 'v> Context<'p, 'v> {
             variables: Default::default(),
             resolver: None,
             dotted: false,
+            env: self.env(),
+            parents_plain: self.is_plain(),
         }
     }
 
@@ -487,6 +584,65 @@ impl Default for Context<'_, '_> {
             functions: Default::default(),
             resolver: None,
             dotted: false,
+        }
+    }
+}
+
+/// arbiter patch 13: the name of a function called on a qualified name, `a.b.f` for
+/// `a.b.f(...)`: on the stack when it is short, as most are.
+pub(crate) enum FunctionName {
+    Short { bytes: [u8; FunctionName::SHORT], len: usize },
+    Long(String),
+}
+
+impl FunctionName {
+    const SHORT: usize = 64;
+    /// The most segments a name spelled on the stack has.
+    const SEGMENTS: usize = 8;
+
+    /// `target`'s segments and `func_name`, joined with dots, if `target` spells a qualified
+    /// name of at most [`Self::SEGMENTS`] segments and the whole fits in [`Self::SHORT`]
+    /// bytes.
+    fn spell(target: &crate::common::ast::Expr, func_name: &str) -> Option<Self> {
+        use crate::common::ast::Expr;
+        let mut segments = [""; Self::SEGMENTS];
+        let mut count = 0;
+        let mut expr = target;
+        loop {
+            let segment = match expr {
+                Expr::Ident(name) => name.as_str(),
+                Expr::Select(select) if !select.test => select.field.as_str(),
+                _ => return None,
+            };
+            *segments.get_mut(count)? = segment;
+            count += 1;
+            match expr {
+                Expr::Select(select) => expr = &select.operand.expr,
+                _ => break,
+            }
+        }
+        let mut bytes = [0u8; Self::SHORT];
+        let mut len = 0;
+        for part in segments[..count].iter().rev().chain(std::iter::once(&func_name)) {
+            let end = len + part.len() + usize::from(len > 0);
+            if end > Self::SHORT {
+                return None;
+            }
+            if len > 0 {
+                bytes[len] = b'.';
+                len += 1;
+            }
+            bytes[len..end].copy_from_slice(part.as_bytes());
+            len = end;
+        }
+        Some(FunctionName::Short { bytes, len })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // whole `str`s and ASCII dots: always UTF-8
+            FunctionName::Short { bytes, len } => std::str::from_utf8(&bytes[..*len]).unwrap_or(""),
+            FunctionName::Long(name) => name,
         }
     }
 }

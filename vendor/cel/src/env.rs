@@ -10,8 +10,8 @@ use crate::registry::{TypeDecl, TypeRegistry};
 use crate::{common::types::CelStruct, common::value::Val, ExecutionError, StructType};
 use crate::{DeclarationError, ParseErrors, Program};
 use std::collections::{
-    btree_map::Entry::{Occupied, Vacant},
-    BTreeMap, BTreeSet,
+    hash_map::Entry::{Occupied, Vacant},
+    BTreeMap, HashMap, HashSet,
 };
 use std::sync::Arc;
 
@@ -52,8 +52,11 @@ use std::sync::Arc;
 /// }).unwrap();
 /// ```
 pub struct Env {
-    functions: BTreeMap<String, FunctionDecl>,
-    namespaces: BTreeSet<String>,
+    // arbiter patch 13: functions and their namespaces hashed (foldhash), not in trees: each
+    // call looks its function up by name, where a tree of the standard library's names
+    // compared strings eight times or so.
+    functions: HashMap<String, FunctionDecl, foldhash::fast::RandomState>,
+    namespaces: HashSet<String, foldhash::fast::RandomState>,
     types: TypeRegistry,
     macros: Arc<Macros>,
     error_on_duplicate_map_keys: bool,
@@ -66,8 +69,8 @@ pub struct Env {
 impl Default for Env {
     fn default() -> Self {
         Env {
-            functions: BTreeMap::new(),
-            namespaces: BTreeSet::new(),
+            functions: HashMap::default(),
+            namespaces: HashSet::default(),
             types: TypeRegistry::default(),
             macros: Arc::default(),
             error_on_duplicate_map_keys: true,

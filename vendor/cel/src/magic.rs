@@ -6,7 +6,7 @@ use crate::macros::{impl_conversions, impl_handler};
 use crate::objects::Opaque;
 use crate::resolvers::AllArguments;
 use crate::{ExecutionError, FunctionContext, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 impl_conversions!(
@@ -474,10 +474,11 @@ impl_handler!(C1, C2, C3, C4, C5, C6, C7, C8, C9);
 // Heavily inspired by https://users.rust-lang.org/t/common-data-type-for-functions-with-different-parameters-e-g-axum-route-handlers/90207/6
 // and https://play.rust-lang.org/?version=stable&mode=debug&edition=2021&gist=c6744c27c2358ec1d1196033a0ec11e4
 
+// arbiter patch 13: hashed (foldhash), as the `Env`'s functions are.
 #[derive(Default)]
 pub struct FunctionRegistry {
-    functions: BTreeMap<String, Function>,
-    namespaces: BTreeSet<String>,
+    functions: HashMap<String, Function, foldhash::fast::RandomState>,
+    namespaces: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl FunctionRegistry {

@@ -1357,12 +1357,12 @@ impl Value {
                         call_function(ctx, &name, &call.func_name, args?)
                     }
                     Some(target_expr) => {
-                        let args: Result<Vec<CowVal<'e, 'v>>, ExecutionError> = call
-                            .args
-                            .iter()
-                            .map(|a| Value::resolve_val(a, ctx))
-                            .collect();
-                        let mut args = args?;
+                        // arbiter patch 13: room for the target, inserted first below, so
+                        // that inserting it does not grow the vector again
+                        let mut args: Vec<CowVal<'e, 'v>> = Vec::with_capacity(call.args.len() + 1);
+                        for a in &call.args {
+                            args.push(Value::resolve_val(a, ctx)?);
+                        }
                         // As in cel-go, a call whose target spells a qualified
                         // name that, with the function's, names a function is
                         // a call to that function: `optional.of(x)` calls
@@ -1370,7 +1370,7 @@ impl Value {
                         if let Some(name) =
                             ctx.resolve_qualified_function(target_expr, &call.func_name)
                         {
-                            return call_function(ctx, &name, &call.func_name, args);
+                            return call_function(ctx, name.as_str(), &call.func_name, args);
                         }
                         let target = Value::resolve_val(target_expr, ctx)?;
                         args.insert(0, target);
@@ -1501,7 +1501,7 @@ impl Value {
                 }
 
                 let mut ctx = ctx.new_inner_scope();
-                ctx.add_variable_as_val(&comprehension.accu_var, accu_init.into_owned());
+                ctx.add_variable_named(&comprehension.accu_var, accu_init.into_owned());
 
                 let mut items = iter
                     .as_iterable()
