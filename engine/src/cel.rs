@@ -190,6 +190,7 @@ pub fn env() -> Env {
         network::extension,
         sets::extension,
         path_extension,
+        jwt_extension,
     ] {
         let _ = env.add_extension(ext);
     }
@@ -207,10 +208,38 @@ fn path_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
     Ok(())
 }
 
+/// `jwt.decode_verify(token, constraints)`, OPA's `io.jwt.decode_verify` (`[valid, header,
+/// claims]`, [`crate::builtins::jwt::decode_verify`]): an overload of the environment, which
+/// reads the token where it is and returns the result as built from Rego's value (a function
+/// of the context is given copies, and its result is converted twice more).
+fn jwt_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
+    use cel::common::types::{CelString, DYN_TYPE, STRING_TYPE};
+    use cel::common::value::CowVal;
+    fn decode_verify<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+        let fail = |e: String| ExecutionError::function_error("jwt.decode_verify", e);
+        let token = args
+            .first()
+            .and_then(|t| t.downcast_ref::<CelString>())
+            .ok_or_else(|| fail("the token is not a string".into()))?;
+        let constraints = match args.get(1) {
+            Some(c) => cel_to_rego(&CelValue::try_from(c.as_ref())?),
+            None => regorus::Value::Null,
+        };
+        crate::builtins::jwt::decode_verify(&regorus::Value::from(token.inner()), &constraints)
+            .map(|v| CowVal::Owned(vars::from_rego(&v)))
+            .map_err(|e| fail(e.to_string()))
+    }
+    env.add_overload(
+        "jwt.decode_verify",
+        "string_dyn_jwt_decode_verify",
+        vec![STRING_TYPE, DYN_TYPE],
+        decode_verify,
+    )
+}
+
 /// Add arbiter's helper functions to a root context: `net.cidr_contains(cidr, ip_or_cidr)`,
-/// `spiffe.match(id, pattern)`, `spiffe.parse(id)` and `jwt.decode_verify(token, constraints)`
-/// (OPA's `io.jwt.decode_verify`: `[valid, header, claims]`); `path.glob` is the
-/// environment's ([`path_extension`]).
+/// `spiffe.match(id, pattern)` and `spiffe.parse(id)`; `path.glob` and `jwt.decode_verify`
+/// are the environment's ([`path_extension`], [`jwt_extension`]).
 pub fn add_functions(ctx: &mut Context<'static, 'static>) {
     let _ = ctx.add_function(
         "net.cidr_contains",
@@ -232,15 +261,6 @@ pub fn add_functions(ctx: &mut Context<'static, 'static>) {
                 Ok(s) => Ok(rego_to_cel_value(&s.to_value())),
                 Err(e) => Err(ExecutionError::function_error("spiffe.parse", e)),
             }
-        },
-    );
-    let _ = ctx.add_function(
-        "jwt.decode_verify",
-        |token: Arc<String>, constraints: CelValue| -> Result<CelValue, ExecutionError> {
-            let c = cel_to_rego(&constraints);
-            crate::builtins::jwt::decode_verify(&regorus::Value::from(token.as_str()), &c)
-                .map(|v| rego_to_cel_value(&v))
-                .map_err(|e| ExecutionError::function_error("jwt.decode_verify", e))
         },
     );
 }

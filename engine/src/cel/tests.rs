@@ -618,3 +618,59 @@ fn only_the_request_attributes_read_are_built() {
     assert!(!p.uses().request);
     assert_eq!(p.uses().request_fields, 0);
 }
+
+/// `jwt.decode_verify` is an overload of the environment (it reads the token in place): a
+/// valid token's claims are read, a tampered one is not valid, and anything but a string
+/// token is an error, which denies. The token is `policies/authz_test.yaml`'s customer's.
+#[test]
+fn jwt_decode_verify_reads_claims_and_refuses_what_is_not_a_token() {
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJzaG9wIiwiZXhwIjo0MTAyNDQ0ODAwLCJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJyb2xlIjoiY3VzdG9tZXIiLCJzdWIiOiJjMSJ9.0M_Xr1S-nkvGiFI704lNLoNPGxRRqclKtsleIpkrnoM";
+    let one = |when: &str| {
+        policies(&[(
+            "a.cel.yaml",
+            &format!(
+                "name: a\nrules:\n  - name: r\n    effect: allow\n    when: >\n      {when}\n"
+            ),
+        )])
+        .unwrap()
+    };
+    let verify = |token: &str, secret: &str| {
+        format!("jwt.decode_verify({token}, {{\"secret\": \"{secret}\", \"aud\": \"shop\"}})")
+    };
+    let header = |token: &str| req("GET", "/a", "", &[("x-token", token)]);
+    let claims = one(&format!(
+        "{v}[0] && {v}[2].role == \"customer\" && {v}[1].alg == \"HS256\"",
+        v = verify("request.headers[\"x-token\"]", "arbiter-demo-secret")
+    ));
+    let v = decide(&claims, &header(TOKEN));
+    assert!(v.allowed && v.errors.is_empty(), "{v:?}");
+    let wrong_secret = one(&format!(
+        "{}[0]",
+        verify("request.headers[\"x-token\"]", "another-secret")
+    ));
+    assert!(!decide(&wrong_secret, &header(TOKEN)).allowed);
+    let tampered = format!("{}x", &TOKEN[..TOKEN.len() - 1]);
+    assert!(!decide(&claims, &header(&tampered)).allowed);
+    // A token that is not a string on the empty request is refused at load (the load's probe),
+    // with the place; one that is not a string only on some request is an error there, which
+    // denies.
+    let rule = format!(
+        "name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{}[0]'\n",
+        verify("42", "s")
+    );
+    let refused = policies(&[("a.cel.yaml", &rule)]).unwrap_err();
+    assert!(
+        refused[0].message.contains("jwt.decode_verify") && refused[0].line == 5,
+        "{refused:?}"
+    );
+    let not_a_string = one(&format!(
+        "{}[0]",
+        verify(
+            "(request.method == \"POST\" ? dyn(42) : request.headers[\"x-token\"])",
+            "arbiter-demo-secret"
+        )
+    ));
+    assert!(decide(&not_a_string, &header(TOKEN)).allowed);
+    let v = decide(&not_a_string, &req("POST", "/a", "", &[("x-token", TOKEN)]));
+    assert!(!v.allowed && !v.errors.is_empty(), "{v:?}");
+}
