@@ -7,7 +7,6 @@
 pub mod chain;
 pub mod fleet;
 pub mod index;
-pub mod json;
 pub mod mask;
 pub mod replay;
 pub mod summary;

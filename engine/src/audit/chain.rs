@@ -108,7 +108,7 @@ pub fn seal_with_input(
 /// [`seal_with_input`] for an event already written as one JSON object without `prev_hash`,
 /// `input` or `hash` (what [`crate::record::DecisionRecord::write_fields`] writes): adds them
 /// and encodes the line.
-pub fn seal_object<I: crate::audit::json::WriteJson>(
+pub fn seal_object<I: serde::Serialize>(
     mut body: Vec<u8>,
     input: Option<&I>,
     prev_hash: &str,
@@ -123,7 +123,7 @@ pub fn seal_object<I: crate::audit::json::WriteJson>(
     if let Some(input) = input {
         let mark = body.len();
         body.extend_from_slice(b",\"input\":");
-        if input.write_json(&mut body).is_err() {
+        if serde_json::to_writer(&mut body, input).is_err() {
             body.truncate(mark);
         }
     }

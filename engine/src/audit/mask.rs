@@ -319,71 +319,80 @@ impl Spine {
     }
 }
 
-impl crate::audit::json::WriteJson for Masked<'_> {
-    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), crate::audit::json::NotJson> {
+struct Node<'a> {
+    value: &'a regorus::Value,
+    at: Spine,
+    mask: &'a HeaderMask,
+}
+
+impl serde::Serialize for Masked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if self.mask.is_empty() {
-            return crate::audit::json::write_value(out, self.input);
+            return self.input.serialize(serializer);
         }
-        write_masked(out, self.input, Spine::Root, self.mask)
+        Node {
+            value: self.input,
+            at: Spine::Root,
+            mask: self.mask,
+        }
+        .serialize(serializer)
     }
 }
 
-/// `value`, at `at` on the way to the masked headers, written without them.
-fn write_masked(
-    out: &mut Vec<u8>,
-    value: &regorus::Value,
-    at: Spine,
-    mask: &HeaderMask,
-) -> Result<(), crate::audit::json::NotJson> {
-    use crate::audit::json::{write_key, write_value};
-    use regorus::Value;
-    match (value, at) {
-        (Value::Array(list), Spine::HeaderMapHeaders) => {
-            out.push(b'[');
-            let kept = list
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !mask.map_indices.contains(i));
-            for (n, (_, e)) in kept.enumerate() {
-                if n > 0 {
-                    out.push(b',');
+impl serde::Serialize for Node<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use regorus::Value;
+        use serde::ser::{Error, SerializeMap, SerializeSeq};
+        match (self.value, self.at) {
+            (Value::Array(list), Spine::HeaderMapHeaders) => {
+                // (A mask made for another input cannot underflow the length hint.)
+                let kept = list.len().saturating_sub(self.mask.map_indices.len());
+                let mut seq = serializer.serialize_seq(Some(kept))?;
+                for (i, e) in list.iter().enumerate() {
+                    if !self.mask.map_indices.contains(&i) {
+                        seq.serialize_element(e)?;
+                    }
                 }
-                write_value(out, e)?;
+                seq.end()
             }
-            out.push(b']');
-        }
-        (Value::Object(o), at) if at != Spine::HeaderMapHeaders => {
-            let skip = |k: &Value| {
-                at == Spine::Headers
-                    && matches!(k, Value::String(s) if mask.keys.iter().any(|m| **m == **s))
-            };
-            out.push(b'{');
-            // As regorus serializes an object: sorted keys, a key that is not a string
-            // written as its JSON text.
-            let mut first = true;
-            for (k, v) in o.iter_sorted() {
-                if skip(k) {
-                    continue;
+            (Value::Object(o), at) if at != Spine::HeaderMapHeaders => {
+                let skip = |k: &Value| {
+                    at == Spine::Headers
+                        && matches!(k, Value::String(s) if self.mask.keys.iter().any(|m| **m == **s))
+                };
+                let kept = o.len() - o.keys().filter(|k| skip(k)).count();
+                let mut map = serializer.serialize_map(Some(kept))?;
+                // As regorus serializes an object: sorted keys, a key that is not a string
+                // written as its JSON text.
+                for (k, v) in o.iter_sorted() {
+                    if skip(k) {
+                        continue;
+                    }
+                    let child = match k {
+                        Value::String(s) => at.child(s),
+                        _ => None,
+                    };
+                    match (k, child) {
+                        (Value::String(_), Some(at)) => {
+                            let node = Node {
+                                value: v,
+                                at,
+                                mask: self.mask,
+                            };
+                            map.serialize_entry(k, &node)?;
+                        }
+                        (Value::String(_), None) => map.serialize_entry(k, v)?,
+                        _ => {
+                            let key = serde_json::to_string(k).map_err(S::Error::custom)?;
+                            map.serialize_entry(&key, v)?;
+                        }
+                    }
                 }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                write_key(out, k)?;
-                out.push(b':');
-                match k {
-                    Value::String(s) => match at.child(s) {
-                        Some(at) => write_masked(out, v, at, mask)?,
-                        None => write_value(out, v)?,
-                    },
-                    _ => write_value(out, v)?,
-                }
+                map.end()
             }
-            out.push(b'}');
+            (v, _) => v.serialize(serializer),
         }
-        (v, _) => write_value(out, v)?,
     }
-    Ok(())
 }
 
 /// Erase `headers` (lower-case names) from an OPA-Envoy input held as a Rego value, in
@@ -553,17 +562,19 @@ mod tests {
             let mask = header_mask(v, &names);
             assert_eq!(mask.erased, erased, "{v:?}");
             let by_copy = serde_json::to_string(&copy).unwrap();
-            let by_skipping = written(&Masked {
+            let by_skipping = serde_json::to_string(&Masked {
                 input: v,
                 mask: &mask,
-            });
+            })
+            .unwrap();
             assert_eq!(by_skipping, by_copy);
         }
         // The credentials are gone from what is written.
-        let written = written(&Masked {
+        let written = serde_json::to_string(&Masked {
             input: &values[2],
             mask: &header_mask(&values[2], &names),
-        });
+        })
+        .unwrap();
         assert!(
             !written.contains("authorization") && !written.contains("COOKIE"),
             "{written}"
@@ -572,13 +583,6 @@ mod tests {
             written.contains("a/b~c") && written.contains("\"z\""),
             "{written}"
         );
-    }
-
-    fn written(masked: &Masked<'_>) -> String {
-        use crate::audit::json::WriteJson;
-        let mut out = Vec::new();
-        masked.write_json(&mut out).unwrap();
-        String::from_utf8(out).unwrap()
     }
 
     trait Dump {
