@@ -402,9 +402,6 @@ fn segment_match(p: &str, s: &str) -> bool {
         return p == s;
     }
     let parts: Vec<&str> = p.split('*').collect();
-    if parts.len() == 1 {
-        return p == s;
-    }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
     if !s.starts_with(first)
         || !s[first.len()..].ends_with(last)
