@@ -96,14 +96,36 @@ pub const REQUEST_FIELDS: [&str; 14] = [
     "referer",
 ];
 
-impl Uses {
-    /// Whether `request.<field>` is read.
-    pub fn reads_request_field(&self, field: &str) -> bool {
-        REQUEST_FIELDS
-            .iter()
-            .position(|f| *f == field)
-            .is_some_and(|i| self.request_fields & (1 << i) != 0)
+/// The bit of `request.<field>` in [`Uses::request_fields`]. Evaluated at compile time where
+/// it is used (`const { request_field_bit("method") }`): a name that is not in
+/// [`REQUEST_FIELDS`] does not compile, and a check pays no search.
+#[expect(
+    clippy::panic,
+    reason = "called only in const blocks: the panic is a compile error, never a run-time one"
+)]
+const fn request_field_bit(field: &str) -> u16 {
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
     }
+    let mut i = 0;
+    while i < REQUEST_FIELDS.len() {
+        if same(REQUEST_FIELDS[i], field) {
+            return 1 << i;
+        }
+        i += 1;
+    }
+    panic!("not an attribute of `request`")
 }
 
 /// Compiled CEL policy files, ready to evaluate from many threads.
@@ -542,24 +564,24 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
                 .map_or("", |(_, v)| v.as_str())
         };
         // Only the attributes the policies read (`Uses::request_fields`).
-        let want = |f: &str| uses.reads_request_field(f);
+        let want = |bit: u16| uses.request_fields & bit != 0;
         let mut m = MapBuilder::new();
-        if want("method") {
+        if want(const { request_field_bit("method") }) {
             m = m.str("method", &http.method);
         }
-        if want("path") {
+        if want(const { request_field_bit("path") }) {
             m = m.str("path", &http.path);
         }
-        if want("url_path") {
+        if want(const { request_field_bit("url_path") }) {
             m = m.str("url_path", &r.path.path);
         }
-        if want("host") {
+        if want(const { request_field_bit("host") }) {
             m = m.string("host", r.host.canonical());
         }
-        if want("scheme") {
+        if want(const { request_field_bit("scheme") }) {
             m = m.str("scheme", &http.scheme);
         }
-        if want("headers") {
+        if want(const { request_field_bit("headers") }) {
             m = m.val(
                 "headers",
                 Box::new(vars::string_map(
@@ -567,20 +589,20 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
                 )),
             );
         }
-        if want("query") {
+        if want(const { request_field_bit("query") }) {
             m = m.str("query", &r.path.raw_query);
         }
-        if want("time") {
+        if want(const { request_field_bit("time") }) {
             let time = r.request.time.unwrap_or_default();
             m = m.val("time", vars::timestamp(time.seconds, time.nanos));
         }
-        if want("id") {
+        if want(const { request_field_bit("id") }) {
             m = m.str("id", &http.id);
         }
-        if want("protocol") {
+        if want(const { request_field_bit("protocol") }) {
             m = m.str("protocol", &http.protocol);
         }
-        if want("body") {
+        if want(const { request_field_bit("body") }) {
             let body = if http.body.is_empty() {
                 String::from_utf8_lossy(&http.raw_body).into_owned()
             } else {
@@ -588,13 +610,13 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             };
             m = m.string("body", body);
         }
-        if want("size") {
+        if want(const { request_field_bit("size") }) {
             m = m.int("size", http.size);
         }
-        if want("useragent") {
+        if want(const { request_field_bit("useragent") }) {
             m = m.str("useragent", header("user-agent"));
         }
-        if want("referer") {
+        if want(const { request_field_bit("referer") }) {
             m = m.str("referer", header("referer"));
         }
         let m = m.lenient();
