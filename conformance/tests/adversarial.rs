@@ -660,7 +660,7 @@ async fn adversarial_cases_in_process_and_over_grpc() {
             if let Some(p) = &proto
                 && !case.server_only
             {
-                let d = authorizer.check(&authz_request(p)).decision;
+                let d = authorizer.check(&authz_request(p).unwrap()).decision;
                 if let Err(e) = verdict(&case.expect, d.allowed, d.reason_code(), d.http_status) {
                     fail("in-process", e);
                 }

@@ -16,14 +16,12 @@ use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
 use serde_json::{Value as Json, json};
 
 /// A JSON CheckRequest as the server receives it: Envoy's protobuf message, as bytes on the
-/// wire, decoded and converted by the server's converter.
+/// wire, read by the server's reader.
 fn over_the_wire(json: &Json) -> Result<arbiter_engine::request::AuthzRequest, String> {
     use prost::Message;
     let message = arbiter_ext_authz::protojson::check_request(json)?;
     let bytes = message.encode_to_vec();
-    let decoded = envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
-        .map_err(|e| e.to_string())?;
-    Ok(arbiter_ext_authz::convert::authz_request(&decoded))
+    arbiter_ext_authz::wire::authz_request(&bytes).map_err(|e| e.to_string())
 }
 
 fn suite() -> PathBuf {

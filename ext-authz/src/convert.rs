@@ -1,10 +1,7 @@
 //! Envoy's protobuf types in and out: `CheckRequest` → the engine's request model, and a
 //! `Decision` → `CheckResponse` exactly as OPA-Envoy maps results.
 
-use arbiter_engine::request::{
-    Address, AuthzRequest, HttpRequest, Metadata, Peer, RawHeader, SocketAddress, Timestamp,
-    TlsSession,
-};
+use arbiter_engine::request::{Address, AuthzRequest, Metadata, RawHeader, SocketAddress};
 use arbiter_engine::{Decision, Header};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::auth::v3 as auth;
@@ -17,27 +14,7 @@ use serde_json::Value as Json;
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
 
-fn sorted(map: &std::collections::HashMap<String, String>) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort();
-    v
-}
-
-fn peer(p: &auth::attribute_context::Peer) -> Peer {
-    Peer {
-        address: p
-            .address
-            .as_ref()
-            .and_then(|a| a.address.as_ref())
-            .map(address),
-        service: p.service.clone(),
-        labels: sorted(&p.labels),
-        principal: p.principal.clone(),
-        certificate: p.certificate.clone(),
-    }
-}
-
-fn address(a: &core::address::Address) -> Address {
+pub(crate) fn address(a: &core::address::Address) -> Address {
     match a {
         core::address::Address::SocketAddress(s) => {
             use core::socket_address::PortSpecifier;
@@ -106,7 +83,7 @@ pub fn struct_to_json(s: &pbuf::Struct) -> Json {
     )
 }
 
-fn metadata(m: &core::Metadata) -> Metadata {
+pub(crate) fn metadata(m: &core::Metadata) -> Metadata {
     let mut filter_metadata: Vec<(String, Json)> = m
         .filter_metadata
         .iter()
@@ -125,51 +102,25 @@ fn metadata(m: &core::Metadata) -> Metadata {
     }
 }
 
-/// The engine's view of a `CheckRequest`.
-pub fn authz_request(req: &auth::CheckRequest) -> AuthzRequest {
-    let Some(a) = &req.attributes else {
-        return AuthzRequest::default();
-    };
-    let request = a.request.as_ref();
-    AuthzRequest {
-        source: a.source.as_ref().map(peer),
-        destination: a.destination.as_ref().map(peer),
-        time: request.and_then(|r| r.time.as_ref()).map(|t| Timestamp {
-            seconds: t.seconds,
-            nanos: t.nanos,
-        }),
-        http: request.and_then(|r| r.http.as_ref()).map(|h| HttpRequest {
-            id: h.id.clone(),
-            method: h.method.clone(),
-            headers: sorted(&h.headers),
-            header_map: h.header_map.as_ref().map(|m| {
-                m.headers
-                    .iter()
-                    .map(|hv| RawHeader {
-                        key: hv.key.clone(),
-                        value: hv.value.clone(),
-                        raw_value: hv.raw_value.clone(),
-                    })
-                    .collect()
-            }),
-            path: h.path.clone(),
-            host: h.host.clone(),
-            scheme: h.scheme.clone(),
-            query: h.query.clone(),
-            fragment: h.fragment.clone(),
-            size: h.size,
-            protocol: h.protocol.clone(),
-            body: h.body.clone(),
-            raw_body: h.raw_body.clone(),
-        }),
-        context_extensions: sorted(&a.context_extensions),
-        metadata_context: a.metadata_context.as_ref().map(metadata),
-        route_metadata_context: a.route_metadata_context.as_ref().map(metadata),
-        tls_session: a
-            .tls_session
-            .as_ref()
-            .map(|t| TlsSession { sni: t.sni.clone() }),
-    }
+/// The engine's view of a `CheckRequest` already in memory (protobuf JSON, tests): encoded and
+/// read back by [`crate::wire::authz_request`], the one converter, as the server reads every
+/// check off the wire. It fails only where decoding the encoding fails: a metadata `Struct`
+/// nested deeper than protobuf's limit of 100.
+pub fn authz_request(req: &auth::CheckRequest) -> Result<AuthzRequest, crate::wire::WireError> {
+    use prost::Message;
+    crate::wire::authz_request(&req.encode_to_vec())
+}
+
+/// `HttpRequest.header_map`'s headers.
+pub(crate) fn header_map(m: &core::HeaderMap) -> Vec<RawHeader> {
+    m.headers
+        .iter()
+        .map(|hv| RawHeader {
+            key: hv.key.clone(),
+            value: hv.value.clone(),
+            raw_value: hv.raw_value.clone(),
+        })
+        .collect()
 }
 
 /// JSON as a protobuf `Value`.

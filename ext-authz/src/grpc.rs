@@ -1,57 +1,199 @@
 //! `envoy.service.auth.v3.Authorization/Check`.
+//!
+//! The service tonic would generate, with one difference: the request is read off the wire
+//! by [`crate::wire`] straight into the engine's [`AuthzRequest`] instead of being decoded by
+//! prost into a `CheckRequest` and then copied. The response is prost's `CheckResponse`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arbiter_engine::DenyReason;
+use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::trace_context::TraceContext;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use bytes::Buf;
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, Service};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, ResponseContext};
 use crate::metrics::Origin;
 use crate::state::State;
 
+/// The gRPC service's name, as Envoy and gRPC health know it.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
 /// The ext_authz service. Every request it can decode gets a `CheckResponse`: errors are
 /// denials with a reason, never gRPC errors, so Envoy's `failure_mode_allow` never decides.
 #[derive(Debug, Clone)]
 pub struct AuthzService {
     state: Arc<State>,
+    max_decoding_message_size: Option<usize>,
+    max_encoding_message_size: Option<usize>,
 }
 
 impl AuthzService {
     pub fn new(state: Arc<State>) -> Self {
-        Self { state }
+        Self {
+            state,
+            max_decoding_message_size: None,
+            max_encoding_message_size: None,
+        }
+    }
+
+    /// The largest request message accepted (tonic's default: 4 MiB).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+
+    /// The largest response message sent.
+    #[must_use]
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+        self.max_encoding_message_size = Some(limit);
+        self
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let requested_by = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        // Envoy's span for this call (its ext_authz client injects it into the call's
-        // metadata), before the checked request's own `traceparent`.
-        let meta = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
-        let trace = TraceContext::from_headers(meta("traceparent"), meta("tracestate"));
-        let authz_request = convert::authz_request(request.get_ref());
-        let (outcome, decision_id) = self
-            .state
-            .check_as(Origin::Grpc, authz_request, requested_by, trace)
-            .await;
-        Ok(Response::new(convert::check_response(
-            &outcome.decision,
-            ResponseContext {
-                decision_id: &decision_id,
-                // An unaudited request is denied even in dry-run mode.
-                dry_run: self.state.options.dry_run
-                    && !matches!(outcome.decision.reason, Some(DenyReason::AuditUnavailable)),
-            },
-        )))
+impl tonic::server::NamedService for AuthzService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for AuthzService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let check = Check(self.state.clone());
+        let mut grpc = tonic::server::Grpc::new(CheckCodec).apply_max_message_size_config(
+            self.max_decoding_message_size,
+            self.max_encoding_message_size,
+        );
+        Box::pin(async move {
+            let mut response = grpc.unary(check, request).await;
+            too_large_as_resource_exhausted(&mut response);
+            Ok(response)
+        })
+    }
+}
+
+/// One `Check` call.
+struct Check(Arc<State>);
+
+impl tonic::server::UnaryService<AuthzRequest> for Check {
+    type Response = CheckResponse;
+    type Future = BoxFuture<Response<CheckResponse>, Status>;
+
+    fn call(&mut self, request: Request<AuthzRequest>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let requested_by = request
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            // Envoy's span for this call (its ext_authz client injects it into the call's
+            // metadata), before the checked request's own `traceparent`.
+            let meta = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
+            let trace = TraceContext::from_headers(meta("traceparent"), meta("tracestate"));
+            let authz_request = request.into_inner();
+            let (outcome, decision_id) = state
+                .check_as(Origin::Grpc, authz_request, requested_by, trace)
+                .await;
+            Ok(Response::new(convert::check_response(
+                &outcome.decision,
+                ResponseContext {
+                    decision_id: &decision_id,
+                    // An unaudited request is denied even in dry-run mode.
+                    dry_run: state.options.dry_run
+                        && !matches!(outcome.decision.reason, Some(DenyReason::AuditUnavailable)),
+                },
+            )))
+        })
+    }
+}
+
+/// The gRPC status-code guide (`doc/statuscodes.md`) answers a request message larger than the
+/// server's maximum receive size with RESOURCE_EXHAUSTED, as grpc-go (and so OPA-Envoy) do;
+/// tonic's decoder says OUT_OF_RANGE. This gives clients the documented code.
+fn too_large_as_resource_exhausted(response: &mut http::Response<tonic::body::Body>) {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_none_or(|s| s != "11") {
+        return;
+    }
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        // Percent-encoded, as gRPC sends messages.
+        .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if too_large {
+        let code = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&code) {
+            headers.insert("grpc-status", v);
+        }
+    }
+}
+
+/// Requests read by [`crate::wire`], responses encoded by prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct CheckCodec;
+
+impl Codec for CheckCodec {
+    type Encode = CheckResponse;
+    type Decode = AuthzRequest;
+    type Encoder = CheckCodec;
+    type Decoder = CheckCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        CheckCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckCodec
+    }
+}
+
+impl Encoder for CheckCodec {
+    type Item = CheckResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: CheckResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // `EncodeBuf` grows as it is written, so encoding cannot run out of space.
+        prost::Message::encode(&item, buf).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for CheckCodec {
+    type Item = AuthzRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<AuthzRequest>, Status> {
+        let len = buf.remaining();
+        // A gRPC message is one contiguous buffer; copy it only if it is not.
+        let request = if buf.chunk().len() == len {
+            crate::wire::authz_request(buf.chunk())
+        } else {
+            crate::wire::authz_request(&buf.copy_to_bytes(len))
+        };
+        buf.advance(buf.remaining());
+        // As prost's codec answers a message it cannot decode.
+        request
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }

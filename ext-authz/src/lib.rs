@@ -34,6 +34,7 @@ pub mod service;
 pub mod shadow;
 pub mod state;
 pub mod tls;
+pub mod wire;
 
 pub use server::{ListenAddr, RunningServer, ServerConfig, start, start_with};
 pub use state::ServeOptions;

@@ -20,7 +20,7 @@ type Object = Map<String, Json>;
 /// The engine's request for a `CheckRequest` in protobuf JSON: decoded into the protobuf
 /// message, then converted as the server converts every check.
 pub fn authz_request(json: &Json) -> Result<AuthzRequest, String> {
-    check_request(json).map(|c| crate::convert::authz_request(&c))
+    crate::convert::authz_request(&check_request(json)?).map_err(|e| e.to_string())
 }
 
 fn obj<'a>(v: &'a Json, what: &str) -> Result<Option<&'a Object>, String> {
@@ -317,7 +317,7 @@ mod tests {
         let decoded = check_request(&j).unwrap();
         let wire = auth::CheckRequest::decode(decoded.encode_to_vec().as_slice()).unwrap();
         assert_eq!(
-            crate::convert::authz_request(&wire),
+            crate::convert::authz_request(&wire).unwrap(),
             authz_request(&j).unwrap()
         );
         let r = authz_request(&j).unwrap();

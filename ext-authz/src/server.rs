@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use arbiter_engine::authorizer::Authorizer;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -132,10 +131,7 @@ async fn report_health(
     status: tonic_health::ServingStatus,
 ) {
     reporter
-        .set_service_status(
-            <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
-            status,
-        )
+        .set_service_status(crate::grpc::SERVICE_NAME, status)
         .await;
     reporter.set_service_status("", status).await;
 }
@@ -234,11 +230,11 @@ pub async fn start_with(
         .tcp_nodelay(true)
         .layer(crate::listener::IntakeLayer(intake))
         .add_service(health_service)
-        .add_service(TooLarge(
-            AuthorizationServer::new(AuthzService::new(state.clone()))
+        .add_service(
+            AuthzService::new(state.clone())
                 .max_decoding_message_size(limits.max_request_bytes)
                 .max_encoding_message_size(limits.max_response_bytes),
-        ));
+        );
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
     match &config.grpc {
@@ -434,56 +430,5 @@ impl RunningServer {
     ) -> anyhow::Result<()> {
         signal.await;
         self.shutdown().await
-    }
-}
-
-/// The gRPC status-code guide (`doc/statuscodes.md`) answers a request message larger than the
-/// server's maximum receive size with RESOURCE_EXHAUSTED, as grpc-go (and so OPA-Envoy) do;
-/// tonic's decoder says OUT_OF_RANGE. This wrapper gives clients the documented code.
-#[derive(Debug, Clone)]
-struct TooLarge<S>(S);
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for TooLarge<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for TooLarge<S>
-where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<B>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        >,
-    S::Future: Send + 'static,
-{
-    type Response = tonic::codegen::http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let response = self.0.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            let headers = response.headers_mut();
-            let too_large = headers
-                .get("grpc-message")
-                .and_then(|m| m.to_str().ok())
-                // Percent-encoded, as gRPC sends messages.
-                .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-            if too_large && headers.get("grpc-status").is_some_and(|s| s == "11") {
-                let code = (tonic::Code::ResourceExhausted as i32).to_string();
-                if let Ok(v) = tonic::codegen::http::HeaderValue::from_str(&code) {
-                    headers.insert("grpc-status", v);
-                }
-            }
-            Ok(response)
-        })
     }
 }

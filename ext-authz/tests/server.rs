@@ -517,7 +517,7 @@ async fn the_deadline_counts_from_arrival() {
             .await
             .unwrap();
         let a = authorizer(POLICY);
-        let request = arbiter_ext_authz::convert::authz_request(&check_request("/ok"));
+        let request = arbiter_ext_authz::convert::authz_request(&check_request("/ok")).unwrap();
         let fresh = a.check(&request);
         assert!(fresh.decision.allowed, "the work alone allows");
         // Arrived 100 ms ago (the deadline is 40 ms): refused without evaluating.

@@ -26,8 +26,14 @@ fn authorizer() -> &'static Authorizer {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = CheckRequest::decode(data) else { return };
-    let model = arbiter_ext_authz::convert::authz_request(&req);
+    // The server's own reading of the bytes. Where prost decodes them too, its message
+    // re-encoded (canonical: no repeats, no unknown fields) reads as the same request, so the
+    // reading follows prost's rules for repeated, merged and unknown fields.
+    let Ok(model) = arbiter_ext_authz::wire::authz_request(data) else { return };
+    if let Ok(req) = CheckRequest::decode(data) {
+        let again = arbiter_ext_authz::convert::authz_request(&req).expect("prost's message reads back");
+        assert_eq!(model, again, "the wire reading and prost's differ");
+    }
     let outcome = authorizer().check(&model);
     let d = &outcome.decision;
     assert!(!(d.allowed && d.reason.is_some()), "an allow with a denial reason: {d:?}");
