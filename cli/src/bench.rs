@@ -174,7 +174,11 @@ pub fn run(args: &Args) -> Exit {
             } else {
                 "interpreter"
             };
-            measure(budget, engine, || a.check(&request).decision.allowed)
+            // As `serve` decides without a decision log: the input document holds only what
+            // the policies read (a log keeps the whole document, `check`).
+            measure(budget, engine, || {
+                a.check_with(&request, false).decision.allowed
+            })
         } else {
             let input = input_json.as_ref().map(from_json);
             let reference = DataRef::parse(&args.query).ok().filter(|r| {

@@ -150,8 +150,13 @@ fn authorizer(policy: &str, path: &str) -> Authorizer {
     )
 }
 
+/// The decision with the whole input document (as with a decision log), checked to be the one
+/// made with only the parts the policy reads (as without one).
 fn decide(a: &Authorizer, request: &Json) -> bool {
-    a.check(&over_the_wire(request).unwrap()).decision.allowed
+    let r = over_the_wire(request).unwrap();
+    let whole = a.check(&r).decision;
+    assert_eq!(whole, a.check_with(&r, false).decision, "{request}");
+    whole.allowed
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
 use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
-use crate::input::{Attributes, InputOptions, read_request};
+use crate::input::{Attributes, InputOptions, Needs, read_request};
 use crate::policy_set::PolicySet;
 use crate::request::AuthzRequest;
 use crate::rvm::RvmDecider;
@@ -53,8 +53,9 @@ pub struct Authorizer {
     identity_options: IdentityOptions,
     /// Whether Rego defines the decision path (computed once).
     rego_decides: bool,
-    /// Whether a policy reads the input document: Rego deciding, or CEL's `input`.
-    reads_document: bool,
+    /// What the policies read of the input document (`None`: nothing): the parts Rego's
+    /// references name when Rego decides, all of it for CEL's `input`.
+    reads_document: Option<Arc<Needs>>,
     /// Whether a policy reads the identity document without the input document: CEL's
     /// `identity`, Istio's principals.
     reads_identity: bool,
@@ -69,15 +70,17 @@ pub struct Authorizer {
     data_api_programs: Arc<RwLock<HashMap<DataRef, Option<Arc<RvmDecider>>>>>,
 }
 
-/// Whether a policy reads the input document (Rego deciding, CEL's `input`), and whether one
-/// reads the identity document (CEL's `identity`, Istio's principals, which are the
-/// identity's).
-fn reads_documents(policies: &PolicySet, rego_decides: bool) -> (bool, bool) {
+/// What a policy reads of the input document (Rego deciding: what its references name; CEL's
+/// `input`: all of it), and whether one reads the identity document (CEL's `identity`,
+/// Istio's principals, which are the identity's).
+fn reads_documents(policies: &PolicySet, rego_decides: bool) -> (Option<Arc<Needs>>, bool) {
     let cel = policies.cel().map(|c| c.uses()).unwrap_or_default();
-    (
-        rego_decides || cel.input,
-        policies.istio().is_some() || cel.identity,
-    )
+    let document = if cel.input {
+        Some(Arc::new(Needs::Whole))
+    } else {
+        rego_decides.then(|| policies.rego_input_reads().clone())
+    };
+    (document, policies.istio().is_some() || cel.identity)
 }
 
 /// Run `input` on the VM: `None` when the interpreter must answer instead, which is when a run
@@ -280,10 +283,17 @@ impl Authorizer {
     pub fn check_with(&self, request: &AuthzRequest, keep_input: bool) -> CheckOutcome {
         let start = Instant::now();
         let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
-        let document = keep_input || self.reads_document;
+        // The parts of the input document built: all of it for a caller that keeps it (a
+        // decision record), else what the policies read.
+        let needs = if keep_input {
+            Some(&Needs::Whole)
+        } else {
+            self.reads_document.as_deref()
+        };
         // The identity as a document: for `input.identity`, CEL's `identity` and Istio's
         // principals; a set that reads none of them does not build it.
-        let identity_value = (document || self.reads_identity)
+        let identity_value = (needs.is_some_and(|n| n.get("identity").is_some())
+            || self.reads_identity)
             .then(|| identity.identity().map(Identity::to_value))
             .flatten();
         let reading = match read_request(request, &self.input_options) {
@@ -300,7 +310,7 @@ impl Authorizer {
                 };
             }
         };
-        let document = document.then(|| reading.document(request, identity_value.as_ref()));
+        let document = needs.map(|n| reading.document_of(request, identity_value.as_ref(), n));
         let attributes = Attributes {
             document: document.as_ref(),
             ..reading.attributes()
@@ -317,7 +327,8 @@ impl Authorizer {
         };
         CheckOutcome {
             decision,
-            input: document,
+            // Only the whole document is the request's input; a part of it is not kept.
+            input: document.filter(|_| needs.is_some_and(Needs::is_whole)),
             timings: Timings {
                 input_ns,
                 eval_ns: elapsed_ns(eval_start),
@@ -591,6 +602,83 @@ mod tests {
         }
     }
 
+    /// Rego reads only some of the input document: without a decision log it gets only those
+    /// parts, and decides exactly as with the whole document, whatever it reads and however
+    /// (constant keys, a variable index, `input` whole, a header by name, `object.get`).
+    #[test]
+    fn rego_decides_alike_on_the_parts_of_the_document_it_reads() {
+        let full = |method: &str, path: &str, body: &str| {
+            let mut r = request(method, path, body);
+            r.source = Some(crate::request::Peer {
+                principal: "spiffe://cluster.local/ns/a/sa/b".into(),
+                address: Some(crate::request::Address::Socket(
+                    crate::request::SocketAddress {
+                        address: "10.0.0.1".into(),
+                        port_value: 4000,
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            });
+            r.context_extensions = vec![("vh".into(), "shop".into())];
+            if let Some(h) = r.http.as_mut() {
+                h.headers.push(("x-tenant".into(), "acme".into()));
+                h.headers.push(("x-other".into(), "1".into()));
+            }
+            r
+        };
+        let requests = [
+            full("GET", "/api/items?a=1", ""),
+            full("POST", "/api/items", "{\"a\": 1}"),
+            request("GET", "/admin", ""),
+            full("DELETE", "/api/../x", ""),
+        ];
+        let policies = [
+            // A header by name, a peer's principal, the path: a small part.
+            "package envoy.authz\nallow if { input.attributes.request.http.headers[\"x-tenant\"] == \"acme\"; input.attributes.source.principal != \"\"; input.parsed_path[0] == \"api\" }",
+            // Absent parts read as absent: no `x-other` when only `x-tenant` is named.
+            "package envoy.authz\nallow if not input.attributes.request.http.headers[\"x-missing\"]\nallow if count(input.attributes.request.http.headers) > 3",
+            // A variable index, a count of a whole object, the parsed body and query.
+            "package envoy.authz\nallow if { some k; input.attributes.contextExtensions[k] == \"shop\"; input.parsed_body.a == 1 }\nallow if input.parsed_query.a[0] == \"1\"",
+            // `input` whole, and through a built-in.
+            "package envoy.authz\nallow if count(object.keys(input)) > 5\nallow if object.get(input, [\"version\", \"encoding\"], \"\") == \"x\"",
+            // An object result built from input: the same object.
+            "package envoy.authz\nallow := {\"allowed\": true, \"headers\": {\"x-peer\": input.attributes.source.principal}, \"body\": input.attributes.request.http.method}",
+            // Nothing read at all.
+            "package envoy.authz\nallow := true",
+        ];
+        for policy in policies {
+            let a = authorizer(Some(policy), None);
+            for r in &requests {
+                let whole = a.check(r);
+                let lean = a.check_with(r, false);
+                assert_eq!(lean.decision, whole.decision, "{policy}\n{r:?}");
+                // A part of the document is not the request's input, and is not kept.
+                if !a.reads_document.as_ref().unwrap().is_whole() {
+                    assert!(lean.input.is_none(), "{policy}");
+                }
+            }
+        }
+        // The first policy was given only what it reads, and allowed on it.
+        let a = authorizer(Some(policies[0]), None);
+        let reads = a.reads_document.as_deref().unwrap();
+        assert!(reads.get("version").is_none() && reads.get("attributes").is_some());
+        assert!(a.check_with(&requests[0], false).decision.allowed);
+        let doc = crate::input::read_request(&requests[0], &InputOptions::default())
+            .unwrap()
+            .document_of(&requests[0], None, reads);
+        assert_eq!(
+            crate::value::to_json(&doc),
+            serde_json::json!({
+                "attributes": {
+                    "request": {"http": {"headers": {"x-tenant": "acme"}}},
+                    "source": {"principal": "spiffe://cluster.local/ns/a/sa/b"}
+                },
+                "parsed_path": ["api", "items"]
+            })
+        );
+    }
+
     #[test]
     fn the_identity_reaches_cel_and_istio_without_a_document() {
         let caller = "spiffe://cluster.local/ns/default/sa/frontend";
@@ -637,12 +725,18 @@ mod tests {
             Some("package envoy.authz\nallow if input.attributes.request.http.method == \"GET\"\n"),
             None,
         );
-        for a in [cel, rego] {
+        // CEL's `input` is the whole document, which the outcome keeps; Rego here reads one
+        // field, so only that part is built, and it is not kept as the request's input.
+        for (a, kept) in [(cel, true), (rego, false)] {
             let out = a.check_with(&req, false);
             assert!(out.decision.allowed, "{:?}", out.decision);
+            assert_eq!(out.input.is_some(), kept);
+            // Kept for a decision record: the whole document either way.
+            let out = a.check_with(&req, true);
             let method = &out.input.as_ref().expect("the document")["attributes"]["request"]["http"]
                 ["method"];
             assert_eq!(method.as_string().unwrap().as_ref(), "GET");
+            assert!(out.input.as_ref().unwrap()["version"] != regorus::Value::Undefined);
         }
     }
 }

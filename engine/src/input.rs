@@ -24,6 +24,9 @@ use crate::path::{self, CanonicalPath, PathPolicy};
 use crate::request::{Address, AuthzRequest, HttpRequest, Metadata, Peer};
 use crate::value::from_json;
 
+pub mod needs;
+pub use needs::Needs;
+
 /// How the input document is built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputOptions {
@@ -198,17 +201,40 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn peer(p: &Peer) -> Value {
+fn peer(p: &Peer, n: &Needs) -> Value {
     let k = &*KEYS;
     let mut o = Obj::with_capacity(4);
-    if let Some(a) = &p.address {
+    if let Some(a) = &p.address
+        && wants(n, &k.address)
+    {
         o.set(&k.address, address(a));
     }
-    o.str(&k.service, &p.service);
-    o.map(&k.labels, &p.labels);
-    o.str(&k.principal, &p.principal);
-    o.str(&k.certificate, &p.certificate);
+    if wants(n, &k.service) {
+        o.str(&k.service, &p.service);
+    }
+    if wants(n, &k.labels) {
+        o.map(&k.labels, &p.labels);
+    }
+    if wants(n, &k.principal) {
+        o.str(&k.principal, &p.principal);
+    }
+    if wants(n, &k.certificate) {
+        o.str(&k.certificate, &p.certificate);
+    }
     o.done()
+}
+
+/// What `n` reads below `key`.
+fn below<'n>(n: &'n Needs, key: &Value) -> Option<&'n Needs> {
+    match n {
+        Needs::Whole => Some(n),
+        Needs::Keys(_) => key.as_string().ok().and_then(|s| n.get(s)),
+    }
+}
+
+/// Whether `n` reads anything below `key`.
+fn wants(n: &Needs, key: &Value) -> bool {
+    below(n, key).is_some()
 }
 
 fn address(a: &Address) -> Value {
@@ -357,13 +383,35 @@ fn http_request(
     headers: &[(String, String)],
     host: &crate::path::Host,
     policy: PathPolicy,
+    n: &Needs,
 ) -> Value {
     let k = &*KEYS;
     let mut o = Obj::with_capacity(8);
-    o.str(&k.id, &h.id);
-    o.str(&k.method, &h.method);
-    o.map(&k.headers, headers);
-    if let Some(raw) = &h.header_map {
+    if wants(n, &k.id) {
+        o.str(&k.id, &h.id);
+    }
+    if wants(n, &k.method) {
+        o.str(&k.method, &h.method);
+    }
+    match below(n, &k.headers) {
+        None => {}
+        Some(Needs::Whole) => o.map(&k.headers, headers),
+        // Only the headers read by name (a reference with a constant name).
+        Some(Needs::Keys(names)) => {
+            let mut read = Obj::with_capacity(names.len());
+            for (name, value) in headers {
+                if names.contains_key(name.as_str()) {
+                    read.set_named(name, Value::from(value.as_str()));
+                }
+            }
+            if !read.0.is_empty() {
+                o.set(&k.headers, read.done());
+            }
+        }
+    }
+    if let Some(raw) = &h.header_map
+        && wants(n, &k.header_map)
+    {
         let items: Vec<Value> = raw
             .iter()
             .map(|r| {
@@ -382,21 +430,35 @@ fn http_request(
         }
         o.set(&k.header_map, hm.done());
     }
-    o.str(&k.path, &h.path);
-    // Strict mode gives the host one spelling, as it gives the path one (see the README).
-    match policy {
-        PathPolicy::Strict => o.str(&k.host, &host.canonical()),
-        PathPolicy::Lenient => o.str(&k.host, &h.host),
+    if wants(n, &k.path) {
+        o.str(&k.path, &h.path);
     }
-    o.str(&k.scheme, &h.scheme);
-    o.str(&k.query, &h.query);
-    o.str(&k.fragment, &h.fragment);
-    if h.size != 0 {
+    // Strict mode gives the host one spelling, as it gives the path one (see the README).
+    if wants(n, &k.host) {
+        match policy {
+            PathPolicy::Strict => o.str(&k.host, &host.canonical()),
+            PathPolicy::Lenient => o.str(&k.host, &h.host),
+        }
+    }
+    if wants(n, &k.scheme) {
+        o.str(&k.scheme, &h.scheme);
+    }
+    if wants(n, &k.query) {
+        o.str(&k.query, &h.query);
+    }
+    if wants(n, &k.fragment) {
+        o.str(&k.fragment, &h.fragment);
+    }
+    if h.size != 0 && wants(n, &k.size) {
         o.set(&k.size, Value::from(h.size));
     }
-    o.str(&k.protocol, &h.protocol);
-    o.str(&k.body, &h.body);
-    if !h.raw_body.is_empty() {
+    if wants(n, &k.protocol) {
+        o.str(&k.protocol, &h.protocol);
+    }
+    if wants(n, &k.body) {
+        o.str(&k.body, &h.body);
+    }
+    if !h.raw_body.is_empty() && wants(n, &k.raw_body) {
         o.set(&k.raw_body, Value::from(base64(&h.raw_body)));
     }
     o.done()
@@ -587,6 +649,17 @@ impl Reading {
     /// The Rego `input` document (OPA-Envoy's shape) for `req`, read as `self`, with the
     /// caller's identity as `input.identity`.
     pub fn document(&self, req: &AuthzRequest, identity: Option<&Value>) -> Value {
+        self.document_of(req, identity, &Needs::Whole)
+    }
+
+    /// The parts of [`Self::document`] that `needs` names, and nothing else: what a policy set
+    /// that reads only those parts gets (see [`needs`]). With [`Needs::Whole`], the document.
+    pub fn document_of(
+        &self,
+        req: &AuthzRequest,
+        identity: Option<&Value>,
+        needs: &Needs,
+    ) -> Value {
         let k = &*KEYS;
         let empty = HttpRequest::default();
         let http = req.http.as_ref().unwrap_or(&empty);
@@ -598,81 +671,113 @@ impl Reading {
             body,
             path_policy,
         } = self;
-        let mut attributes = Obj::with_capacity(4);
-        if let Some(s) = &req.source {
-            attributes.set(&k.source, peer(s));
-        }
-        if let Some(d) = &req.destination {
-            attributes.set(&k.destination, peer(d));
-        }
-        if req.time.is_some() || req.http.is_some() {
-            let mut r = Obj::with_capacity(2);
-            if let Some(t) = req.time {
-                let mut to = Obj::with_capacity(2);
-                if t.seconds != 0 {
-                    to.set(&k.seconds, Value::from(t.seconds));
-                }
-                if t.nanos != 0 {
-                    to.set(&k.nanos, Value::from(i64::from(t.nanos)));
-                }
-                r.set(&k.time, to.done());
-            }
-            if req.http.is_some() {
-                r.set(&k.http, http_request(http, headers, host, *path_policy));
-            }
-            attributes.set(&k.request, r.done());
-        }
-        attributes.map(&k.context_extensions, &req.context_extensions);
-        if let Some(m) = &req.metadata_context {
-            attributes.set(&k.metadata_context, metadata(m));
-        }
-        if let Some(m) = &req.route_metadata_context {
-            attributes.set(&k.route_metadata_context, metadata(m));
-        }
-        if let Some(t) = &req.tls_session {
-            let mut to = Obj::with_capacity(1);
-            to.str(&k.sni, &t.sni);
-            attributes.set(&k.tls_session, to.done());
-        }
-
         let mut input = Obj::with_capacity(8);
-        input.set(&k.attributes, attributes.done());
-        input.set(
-            &k.parsed_path,
-            Value::from(
-                canonical
-                    .segments
-                    .iter()
-                    .map(|s| Value::from(s.as_str()))
-                    .collect::<Vec<_>>(),
-            ),
-        );
-        let mut q = Obj::with_capacity(query.len());
-        for (name, vs) in query {
-            q.set_named(
-                name,
+        if let Some(an) = below(needs, &k.attributes) {
+            let mut attributes = Obj::with_capacity(4);
+            if let Some(s) = &req.source
+                && let Some(n) = below(an, &k.source)
+            {
+                attributes.set(&k.source, peer(s, n));
+            }
+            if let Some(d) = &req.destination
+                && let Some(n) = below(an, &k.destination)
+            {
+                attributes.set(&k.destination, peer(d, n));
+            }
+            if (req.time.is_some() || req.http.is_some())
+                && let Some(rn) = below(an, &k.request)
+            {
+                let mut r = Obj::with_capacity(2);
+                if let Some(t) = req.time
+                    && wants(rn, &k.time)
+                {
+                    let mut to = Obj::with_capacity(2);
+                    if t.seconds != 0 {
+                        to.set(&k.seconds, Value::from(t.seconds));
+                    }
+                    if t.nanos != 0 {
+                        to.set(&k.nanos, Value::from(i64::from(t.nanos)));
+                    }
+                    r.set(&k.time, to.done());
+                }
+                if req.http.is_some()
+                    && let Some(hn) = below(rn, &k.http)
+                {
+                    r.set(&k.http, http_request(http, headers, host, *path_policy, hn));
+                }
+                attributes.set(&k.request, r.done());
+            }
+            if wants(an, &k.context_extensions) {
+                attributes.map(&k.context_extensions, &req.context_extensions);
+            }
+            if let Some(m) = &req.metadata_context
+                && wants(an, &k.metadata_context)
+            {
+                attributes.set(&k.metadata_context, metadata(m));
+            }
+            if let Some(m) = &req.route_metadata_context
+                && wants(an, &k.route_metadata_context)
+            {
+                attributes.set(&k.route_metadata_context, metadata(m));
+            }
+            if let Some(t) = &req.tls_session
+                && wants(an, &k.tls_session)
+            {
+                let mut to = Obj::with_capacity(1);
+                to.str(&k.sni, &t.sni);
+                attributes.set(&k.tls_session, to.done());
+            }
+            input.set(&k.attributes, attributes.done());
+        }
+        if wants(needs, &k.parsed_path) {
+            input.set(
+                &k.parsed_path,
                 Value::from(
-                    vs.iter()
-                        .map(|v| Value::from(v.as_str()))
+                    canonical
+                        .segments
+                        .iter()
+                        .map(|s| Value::from(s.as_str()))
                         .collect::<Vec<_>>(),
                 ),
             );
         }
-        input.set(&k.parsed_query, q.done());
-        if let Some(parsed) = body {
-            input.set(&k.parsed_body, parsed.value.clone());
-            input.set(&k.truncated_body, Value::Bool(parsed.truncated));
+        if wants(needs, &k.parsed_query) {
+            let mut q = Obj::with_capacity(query.len());
+            for (name, vs) in query {
+                q.set_named(
+                    name,
+                    Value::from(
+                        vs.iter()
+                            .map(|v| Value::from(v.as_str()))
+                            .collect::<Vec<_>>(),
+                    ),
+                );
+            }
+            input.set(&k.parsed_query, q.done());
         }
-        let mut version = Obj::with_capacity(2);
-        version.set(&k.encoding, k.protojson.clone());
-        version.set(&k.ext_authz, k.v3.clone());
-        input.set(&k.version, version.done());
+        if let Some(parsed) = body {
+            if wants(needs, &k.parsed_body) {
+                input.set(&k.parsed_body, parsed.value.clone());
+            }
+            if wants(needs, &k.truncated_body) {
+                input.set(&k.truncated_body, Value::Bool(parsed.truncated));
+            }
+        }
+        if wants(needs, &k.version) {
+            let mut version = Obj::with_capacity(2);
+            version.set(&k.encoding, k.protojson.clone());
+            version.set(&k.ext_authz, k.v3.clone());
+            input.set(&k.version, version.done());
+        }
         if let Some(p) = req.source.as_ref().map(|s| s.principal.as_str())
             && !p.is_empty()
+            && wants(needs, &k.source_principal)
         {
             input.set(&k.source_principal, Value::from(p));
         }
-        if let Some(v) = identity {
+        if let Some(v) = identity
+            && wants(needs, &k.identity)
+        {
             input.set(&k.identity, v.clone());
         }
         input.done()

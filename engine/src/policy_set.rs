@@ -96,6 +96,8 @@ pub struct PolicySet {
     /// The revision of the sources, when data writes have changed the set since (its own
     /// revision is then this one with the writes' digest).
     base_revision: Option<String>,
+    /// What the Rego modules can read of `input` ([`crate::input::needs`]).
+    rego_input_reads: Arc<crate::input::Needs>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -243,6 +245,7 @@ impl PolicySet {
             return Err(LoadError::one(d.with_code(code)));
         }
         let revision = revision_of(sources, options.include_tests);
+        let rego_input_reads = Arc::new(crate::input::Needs::of_rego(engine.get_modules()));
         Ok(PolicySet {
             prototype: engine,
             modules,
@@ -254,6 +257,7 @@ impl PolicySet {
             options: options.clone(),
             rule_paths: Arc::new(rules),
             base_revision: None,
+            rego_input_reads,
         })
     }
 
@@ -271,6 +275,12 @@ impl PolicySet {
     /// Rego, CEL deny rules on exact paths): not errors; `arbiter check --strict` fails on them.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
+    }
+
+    /// What the Rego modules can read of `input`: the parts of the input document a check
+    /// builds for them ([`crate::input::needs`]).
+    pub fn rego_input_reads(&self) -> &Arc<crate::input::Needs> {
+        &self.rego_input_reads
     }
 
     /// The CEL policies, when any are loaded.
