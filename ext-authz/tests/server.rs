@@ -204,7 +204,100 @@ async fn every_failure_is_a_denial_with_a_reason() {
     let r = c.check(CheckRequest::default()).await.unwrap().into_inner();
     assert_eq!(status(&r), 7);
 
+    // Bytes that are not a CheckRequest: a gRPC error (INTERNAL, as prost's codec answers),
+    // never a response that could be read as a decision; another method: UNIMPLEMENTED.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", s.grpc_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    let call = |path: &'static str, bytes: Vec<u8>| {
+        let mut raw = raw.clone();
+        async move {
+            raw.ready().await.unwrap();
+            raw.unary(
+                tonic::Request::new(bytes),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+        }
+    };
+    let check = "/envoy.service.auth.v3.Authorization/Check";
+    // Field 1 (attributes) as a varint: the wrong wire type.
+    let e = call(check, vec![0x08, 0x01]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    // A path that is not UTF-8, deep inside.
+    let e = call(
+        check,
+        vec![0x0a, 0x07, 0x22, 0x05, 0x12, 0x03, 0x22, 0x01, 0xe9],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    // The same bytes with a valid path decide.
+    let r = call(
+        check,
+        vec![0x0a, 0x07, 0x22, 0x05, 0x12, 0x03, 0x22, 0x01, b'/'],
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(r.status.is_some());
+    let e = call("/envoy.service.auth.v3.Authorization/Other", Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    raw.ready().await.unwrap();
+
     s.shutdown().await.unwrap();
+}
+
+/// A client codec that sends bytes as they are and reads a `CheckResponse`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = CheckResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = CheckResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<CheckResponse>, tonic::Status> {
+        use prost::Message;
+        CheckResponse::decode(buf)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
 }
 
 #[tokio::test]
