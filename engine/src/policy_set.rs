@@ -1249,6 +1249,22 @@ mod tests {
         let d = p.decide(&DataRef::parse("slow/allow").unwrap(), Value::new_object());
         assert!(!d.allowed);
         assert_eq!(d.reason_code(), "limit_exceeded:time", "{:?}", d.reason);
+        // On the VM too (its clock is read every 512 instructions): stopped, not run to its
+        // end (10^10 iterations).
+        let a = crate::authorizer::Authorizer::new(
+            Arc::new(p),
+            DataRef::parse("slow/allow").unwrap(),
+            crate::input::InputOptions::default(),
+        );
+        assert!(a.rego_engine().is_ok(), "runs on the VM");
+        let start = std::time::Instant::now();
+        let d = a.check(&crate::request::AuthzRequest::default()).decision;
+        assert_eq!(d.reason_code(), "limit_exceeded:time", "{:?}", d.reason);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     /// A runaway CEL rule, a comprehension over a list of 1,000,000 elements from `data`, is

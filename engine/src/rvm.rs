@@ -100,7 +100,9 @@ impl RvmDecider {
         if let Some(limit) = self.timeout {
             vm.set_execution_timer_config(Some(ExecutionTimerConfig {
                 limit,
-                check_interval: NonZeroU32::MIN.saturating_add(63),
+                // The clock is read every 512 instructions (≈ 10 µs of evaluation): a runaway
+                // loop still stops within a small fraction of a millisecond of the limit.
+                check_interval: NonZeroU32::MIN.saturating_add(511),
             }));
         }
         Ok(vm)

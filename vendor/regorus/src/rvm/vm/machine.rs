@@ -922,10 +922,18 @@ impl RegoVM {
             .or_else(fallback_execution_timer_config)
     }
 
+    #[inline]
     pub(super) fn execution_timer_tick(&mut self, work_units: u32) -> Result<()> {
         if !self.execution_timer.accumulate(work_units) {
             return Ok(());
         }
+        self.execution_timer_check()
+    }
+
+    /// The clock read and the limit check, once per check interval (arbiter patch 36: out of
+    /// line, so the per-instruction tick above inlines into the dispatch loop).
+    #[inline(never)]
+    fn execution_timer_check(&mut self) -> Result<()> {
 
         let Some(now) = monotonic_now() else {
             return Ok(());
