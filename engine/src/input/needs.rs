@@ -152,13 +152,7 @@ fn query(q: &Query, n: &mut Needs) {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(k) = key {
-                    expr(k, n);
-                }
-                expr(value, n);
-                expr(collection, n);
-            }
+            } => membership(key.as_deref(), value, collection, n),
             Literal::Expr { expr: e, .. } | Literal::NotExpr { expr: e, .. } => expr(e, n),
             Literal::Every {
                 domain, query: q, ..
@@ -280,14 +274,17 @@ fn expr(e: &Expr, n: &mut Needs) {
             value,
             collection,
             ..
-        } => {
-            if let Some(k) = key {
-                expr(k, n);
-            }
-            expr(value, n);
-            expr(collection, n);
-        }
+        } => membership(key.as_deref(), value, collection, n),
     }
+}
+
+/// `key, value in collection` (a `some … in` or a membership test).
+fn membership(key: Option<&Expr>, value: &Expr, collection: &Expr, n: &mut Needs) {
+    if let Some(k) = key {
+        expr(k, n);
+    }
+    expr(value, n);
+    expr(collection, n);
 }
 
 #[cfg(test)]
