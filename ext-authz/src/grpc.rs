@@ -24,7 +24,7 @@ use crate::state::State;
 
 /// The gRPC service's name, as Envoy and gRPC health know it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+pub(crate) const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The ext_authz service. Every request it can decode gets a `CheckResponse`: errors are
 /// denials with a reason, never gRPC errors, so Envoy's `failure_mode_allow` never decides.

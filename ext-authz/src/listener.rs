@@ -198,9 +198,10 @@ impl Drop for Receiving<'_> {
     }
 }
 
-/// The [`tower::Layer`] that puts [`Intake`] in front of the gRPC services.
+/// The [`tower::Layer`] that puts [`Intake`] in front of the gRPC services; with the Check
+/// service, a check goes to it directly instead of through the router.
 #[derive(Debug, Clone)]
-pub struct IntakeLayer(pub Arc<IntakeLimits>);
+pub struct IntakeLayer(pub Arc<IntakeLimits>, pub Option<crate::grpc::AuthzService>);
 
 impl<S> tower::Layer<S> for IntakeLayer {
     type Service = Intake<S>;
@@ -208,15 +209,18 @@ impl<S> tower::Layer<S> for IntakeLayer {
         Intake {
             inner,
             limits: self.0.clone(),
+            check: self.1.clone(),
         }
     }
 }
 
-/// Receives a gRPC request's message within the limits, then hands it to `inner`.
+/// Receives a gRPC request's message within the limits, then hands it to `inner`, or a check
+/// to `check` (the service `inner` routes it to, without the router's work on every call).
 #[derive(Debug, Clone)]
 pub struct Intake<S> {
     inner: S,
     limits: Arc<IntakeLimits>,
+    check: Option<crate::grpc::AuthzService>,
 }
 
 fn refuse(code: tonic::Code, message: String) -> Response<tonic::body::Body> {
@@ -307,6 +311,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();
+        let check = self
+            .check
+            .clone()
+            .filter(|_| request.uri().path() == crate::grpc::CHECK_PATH);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             // The slot is released once the message is in: evaluation is bounded by the pool's
@@ -326,7 +334,10 @@ where
             let body = tonic::body::Body::new(
                 http_body_util::Full::new(message).map_err(|e: Infallible| match e {}),
             );
-            inner.call(Request::from_parts(parts, body)).await
+            match check {
+                Some(mut check) => check.call(Request::from_parts(parts, body)).await,
+                None => inner.call(Request::from_parts(parts, body)).await,
+            }
         })
     }
 }

@@ -222,19 +222,18 @@ pub async fn start_with(
     }
     let limits = config.limits;
     let intake = crate::listener::IntakeLimits::new(&limits, state.metrics.clone());
+    let check = AuthzService::new(state.clone())
+        .max_decoding_message_size(limits.max_request_bytes)
+        .max_encoding_message_size(limits.max_response_bytes);
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams)
         .http2_max_header_list_size(u32::try_from(limits.max_header_list_bytes).unwrap_or(u32::MAX))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
-        .layer(crate::listener::IntakeLayer(intake))
+        .layer(crate::listener::IntakeLayer(intake, Some(check.clone())))
         .add_service(health_service)
-        .add_service(
-            AuthzService::new(state.clone())
-                .max_decoding_message_size(limits.max_request_bytes)
-                .max_encoding_message_size(limits.max_response_bytes),
-        );
+        .add_service(check);
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
     match &config.grpc {
