@@ -59,10 +59,6 @@ impl AuthzService {
     }
 }
 
-impl tonic::server::NamedService for AuthzService {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
 impl<B> Service<http::Request<B>> for AuthzService
 where
     B: tonic::codegen::Body + Send + 'static,

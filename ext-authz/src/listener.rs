@@ -198,10 +198,10 @@ impl Drop for Receiving<'_> {
     }
 }
 
-/// The [`tower::Layer`] that puts [`Intake`] in front of the gRPC services; with the Check
-/// service, a check goes to it directly instead of through the router.
+/// The [`tower::Layer`] that puts [`Intake`] in front of the gRPC services: a check goes to
+/// the Check service directly, anything else through the router.
 #[derive(Debug, Clone)]
-pub struct IntakeLayer(pub Arc<IntakeLimits>, pub Option<crate::grpc::AuthzService>);
+pub struct IntakeLayer(pub Arc<IntakeLimits>, pub crate::grpc::AuthzService);
 
 impl<S> tower::Layer<S> for IntakeLayer {
     type Service = Intake<S>;
@@ -214,13 +214,21 @@ impl<S> tower::Layer<S> for IntakeLayer {
     }
 }
 
-/// Receives a gRPC request's message within the limits, then hands it to `inner`, or a check
-/// to `check` (the service `inner` routes it to, without the router's work on every call).
+/// Receives a gRPC request's message within the limits, then hands a check to `check` and
+/// anything else to `inner` (the router: health, and UNIMPLEMENTED for other methods). The
+/// router would do for a check what it does for every call (a boxed service clone, URL
+/// parameters in the extensions) only to reach the same service.
 #[derive(Debug, Clone)]
 pub struct Intake<S> {
     inner: S,
     limits: Arc<IntakeLimits>,
-    check: Option<crate::grpc::AuthzService>,
+    check: crate::grpc::AuthzService,
+}
+
+/// Where [`Intake`] hands a received request.
+enum Target<S> {
+    Check(crate::grpc::AuthzService),
+    Router(S),
 }
 
 fn refuse(code: tonic::Code, message: String) -> Response<tonic::body::Body> {
@@ -307,14 +315,14 @@ where
     }
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        // The ready service answers this request; a fresh clone waits for the next one.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let target = if request.uri().path() == crate::grpc::CHECK_PATH {
+            Target::Check(self.check.clone())
+        } else {
+            // The ready router answers this request; a fresh clone waits for the next one.
+            let clone = self.inner.clone();
+            Target::Router(std::mem::replace(&mut self.inner, clone))
+        };
         let limits = self.limits.clone();
-        let check = self
-            .check
-            .clone()
-            .filter(|_| request.uri().path() == crate::grpc::CHECK_PATH);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             // The slot is released once the message is in: evaluation is bounded by the pool's
@@ -334,9 +342,10 @@ where
             let body = tonic::body::Body::new(
                 http_body_util::Full::new(message).map_err(|e: Infallible| match e {}),
             );
-            match check {
-                Some(mut check) => check.call(Request::from_parts(parts, body)).await,
-                None => inner.call(Request::from_parts(parts, body)).await,
+            let request = Request::from_parts(parts, body);
+            match target {
+                Target::Check(mut check) => check.call(request).await,
+                Target::Router(mut inner) => inner.call(request).await,
             }
         })
     }

@@ -231,9 +231,9 @@ pub async fn start_with(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
-        .layer(crate::listener::IntakeLayer(intake, Some(check.clone())))
-        .add_service(health_service)
-        .add_service(check);
+        // The Check service is reached from the intake layer, not through the router.
+        .layer(crate::listener::IntakeLayer(intake, check))
+        .add_service(health_service);
     let mut grpc_addr = None;
     let shutdown = wait_for(stopped.clone());
     match &config.grpc {
