@@ -38,18 +38,34 @@ pub enum WireError {
 type Result<T> = std::result::Result<T, WireError>;
 
 /// The engine's request for a `CheckRequest`'s protobuf encoding.
-pub fn authz_request(mut buf: &[u8]) -> Result<AuthzRequest> {
+pub fn authz_request(buf: &[u8]) -> Result<AuthzRequest> {
     let mut attributes: Option<Attributes> = None;
-    while !buf.is_empty() {
-        let (tag, wt) = decode_key(&mut buf)?;
+    fields(buf, |tag, wt, buf| {
         match tag {
             1 => attributes
                 .get_or_insert_default()
-                .merge(delimited(wt, &mut buf)?)?,
-            _ => skip(wt, tag, &mut buf)?,
+                .merge(delimited(wt, buf)?)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    Ok(attributes.map(Attributes::finish).unwrap_or_default())
+}
+
+/// Each field of a message, given to `field` (its tag, its wire type, and the buffer to read
+/// it from), which reads the ones it knows and says whether it did; the others are skipped,
+/// as prost skips unknown fields.
+fn fields(
+    mut buf: &[u8],
+    mut field: impl FnMut(u32, WireType, &mut &[u8]) -> Result<bool>,
+) -> Result<()> {
+    while !buf.is_empty() {
+        let (tag, wt) = decode_key(&mut buf)?;
+        if !field(tag, wt, &mut buf)? {
+            skip(wt, tag, &mut buf)?;
         }
     }
-    Ok(attributes.map(Attributes::finish).unwrap_or_default())
+    Ok(())
 }
 
 /// `AttributeContext` as it is read: what needs converting at the end is kept in prost's form.
@@ -81,68 +97,60 @@ struct HttpFields {
 }
 
 impl Attributes {
-    fn merge(&mut self, mut buf: &[u8]) -> Result<()> {
-        while !buf.is_empty() {
-            let (tag, wt) = decode_key(&mut buf)?;
+    fn merge(&mut self, buf: &[u8]) -> Result<()> {
+        fields(buf, |tag, wt, buf| {
             match tag {
                 1 => self
                     .source
                     .get_or_insert_default()
-                    .merge(delimited(wt, &mut buf)?)?,
+                    .merge(delimited(wt, buf)?)?,
                 2 => self
                     .destination
                     .get_or_insert_default()
-                    .merge(delimited(wt, &mut buf)?)?,
-                4 => self.merge_request(delimited(wt, &mut buf)?)?,
-                10 => map_entry(&mut self.context_extensions, delimited(wt, &mut buf)?)?,
-                11 => merge_prost(self.metadata_context.get_or_insert_default(), wt, &mut buf)?,
+                    .merge(delimited(wt, buf)?)?,
+                4 => self.merge_request(delimited(wt, buf)?)?,
+                10 => map_entry(&mut self.context_extensions, delimited(wt, buf)?)?,
+                11 => merge_prost(self.metadata_context.get_or_insert_default(), wt, buf)?,
                 12 => {
                     let sni = &mut self.tls_session.get_or_insert_default().sni;
-                    let mut tls = delimited(wt, &mut buf)?;
-                    while !tls.is_empty() {
-                        let (tag, wt) = decode_key(&mut tls)?;
+                    fields(delimited(wt, buf)?, |tag, wt, tls| {
                         match tag {
-                            1 => string(sni, wt, &mut tls)?,
-                            _ => skip(wt, tag, &mut tls)?,
+                            1 => string(sni, wt, tls)?,
+                            _ => return Ok(false),
                         }
-                    }
+                        Ok(true)
+                    })?;
                 }
-                13 => merge_prost(
-                    self.route_metadata_context.get_or_insert_default(),
-                    wt,
-                    &mut buf,
-                )?,
-                _ => skip(wt, tag, &mut buf)?,
+                13 => merge_prost(self.route_metadata_context.get_or_insert_default(), wt, buf)?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     /// `AttributeContext.Request`: its time and its HTTP request.
-    fn merge_request(&mut self, mut buf: &[u8]) -> Result<()> {
-        while !buf.is_empty() {
-            let (tag, wt) = decode_key(&mut buf)?;
+    fn merge_request(&mut self, buf: &[u8]) -> Result<()> {
+        fields(buf, |tag, wt, buf| {
             match tag {
                 1 => {
                     let time = self.time.get_or_insert_default();
-                    let mut t = delimited(wt, &mut buf)?;
-                    while !t.is_empty() {
-                        let (tag, wt) = decode_key(&mut t)?;
+                    fields(delimited(wt, buf)?, |tag, wt, t| {
                         match tag {
-                            1 => time.seconds = varint(wt, &mut t)? as i64,
-                            2 => time.nanos = varint(wt, &mut t)? as i32,
-                            _ => skip(wt, tag, &mut t)?,
+                            1 => time.seconds = varint(wt, t)? as i64,
+                            2 => time.nanos = varint(wt, t)? as i32,
+                            _ => return Ok(false),
                         }
-                    }
+                        Ok(true)
+                    })?;
                 }
                 2 => self
                     .http
                     .get_or_insert_default()
-                    .merge(delimited(wt, &mut buf)?)?,
-                _ => skip(wt, tag, &mut buf)?,
+                    .merge(delimited(wt, buf)?)?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     fn finish(self) -> AuthzRequest {
@@ -163,19 +171,18 @@ impl Attributes {
 }
 
 impl PeerFields {
-    fn merge(&mut self, mut buf: &[u8]) -> Result<()> {
-        while !buf.is_empty() {
-            let (tag, wt) = decode_key(&mut buf)?;
+    fn merge(&mut self, buf: &[u8]) -> Result<()> {
+        fields(buf, |tag, wt, buf| {
             match tag {
-                1 => merge_prost(self.address.get_or_insert_default(), wt, &mut buf)?,
-                2 => string(&mut self.service, wt, &mut buf)?,
-                3 => map_entry(&mut self.labels, delimited(wt, &mut buf)?)?,
-                4 => string(&mut self.principal, wt, &mut buf)?,
-                5 => string(&mut self.certificate, wt, &mut buf)?,
-                _ => skip(wt, tag, &mut buf)?,
+                1 => merge_prost(self.address.get_or_insert_default(), wt, buf)?,
+                2 => string(&mut self.service, wt, buf)?,
+                3 => map_entry(&mut self.labels, delimited(wt, buf)?)?,
+                4 => string(&mut self.principal, wt, buf)?,
+                5 => string(&mut self.certificate, wt, buf)?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     fn finish(self) -> Peer {
@@ -194,32 +201,31 @@ impl PeerFields {
 }
 
 impl HttpFields {
-    fn merge(&mut self, mut buf: &[u8]) -> Result<()> {
+    fn merge(&mut self, buf: &[u8]) -> Result<()> {
         let h = &mut self.request;
-        while !buf.is_empty() {
-            let (tag, wt) = decode_key(&mut buf)?;
+        fields(buf, |tag, wt, buf| {
             match tag {
-                1 => string(&mut h.id, wt, &mut buf)?,
-                2 => string(&mut h.method, wt, &mut buf)?,
-                3 => map_entry(&mut h.headers, delimited(wt, &mut buf)?)?,
-                4 => string(&mut h.path, wt, &mut buf)?,
-                5 => string(&mut h.host, wt, &mut buf)?,
-                6 => string(&mut h.scheme, wt, &mut buf)?,
-                7 => string(&mut h.query, wt, &mut buf)?,
-                8 => string(&mut h.fragment, wt, &mut buf)?,
-                9 => h.size = varint(wt, &mut buf)? as i64,
-                10 => string(&mut h.protocol, wt, &mut buf)?,
-                11 => string(&mut h.body, wt, &mut buf)?,
+                1 => string(&mut h.id, wt, buf)?,
+                2 => string(&mut h.method, wt, buf)?,
+                3 => map_entry(&mut h.headers, delimited(wt, buf)?)?,
+                4 => string(&mut h.path, wt, buf)?,
+                5 => string(&mut h.host, wt, buf)?,
+                6 => string(&mut h.scheme, wt, buf)?,
+                7 => string(&mut h.query, wt, buf)?,
+                8 => string(&mut h.fragment, wt, buf)?,
+                9 => h.size = varint(wt, buf)? as i64,
+                10 => string(&mut h.protocol, wt, buf)?,
+                11 => string(&mut h.body, wt, buf)?,
                 12 => {
-                    let bytes = delimited(wt, &mut buf)?;
+                    let bytes = delimited(wt, buf)?;
                     h.raw_body.clear();
                     h.raw_body.extend_from_slice(bytes);
                 }
-                13 => merge_prost(self.header_map.get_or_insert_default(), wt, &mut buf)?,
-                _ => skip(wt, tag, &mut buf)?,
+                13 => merge_prost(self.header_map.get_or_insert_default(), wt, buf)?,
+                _ => return Ok(false),
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     fn finish(self) -> HttpRequest {
@@ -257,16 +263,16 @@ fn string(into: &mut String, wt: WireType, buf: &mut &[u8]) -> Result<()> {
 }
 
 /// One entry of a `map<string, string>`: a missing key or value is empty, as in prost.
-fn map_entry(into: &mut Vec<(String, String)>, mut buf: &[u8]) -> Result<()> {
+fn map_entry(into: &mut Vec<(String, String)>, buf: &[u8]) -> Result<()> {
     let (mut key, mut value) = (String::new(), String::new());
-    while !buf.is_empty() {
-        let (tag, wt) = decode_key(&mut buf)?;
+    fields(buf, |tag, wt, buf| {
         match tag {
-            1 => string(&mut key, wt, &mut buf)?,
-            2 => string(&mut value, wt, &mut buf)?,
-            _ => skip(wt, tag, &mut buf)?,
+            1 => string(&mut key, wt, buf)?,
+            2 => string(&mut value, wt, buf)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     into.push((key, value));
     Ok(())
 }
