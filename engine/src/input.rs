@@ -183,6 +183,18 @@ impl Obj {
             self.set(k, string_map(pairs));
         }
     }
+    /// [`Self::str`] where `n` reads `k`.
+    fn str_read(&mut self, n: &Needs, k: &Value, s: &str) {
+        if wants(n, k) {
+            self.str(k, s);
+        }
+    }
+    /// [`Self::map`] where `n` reads `k`.
+    fn map_read(&mut self, n: &Needs, k: &Value, pairs: &[(String, String)]) {
+        if wants(n, k) {
+            self.map(k, pairs);
+        }
+    }
     fn done(self) -> Value {
         Value::from(regorus::value::Object::from_entries(self.0))
     }
@@ -209,27 +221,16 @@ fn peer(p: &Peer, n: &Needs) -> Value {
     {
         o.set(&k.address, address(a));
     }
-    if wants(n, &k.service) {
-        o.str(&k.service, &p.service);
-    }
-    if wants(n, &k.labels) {
-        o.map(&k.labels, &p.labels);
-    }
-    if wants(n, &k.principal) {
-        o.str(&k.principal, &p.principal);
-    }
-    if wants(n, &k.certificate) {
-        o.str(&k.certificate, &p.certificate);
-    }
+    o.str_read(n, &k.service, &p.service);
+    o.map_read(n, &k.labels, &p.labels);
+    o.str_read(n, &k.principal, &p.principal);
+    o.str_read(n, &k.certificate, &p.certificate);
     o.done()
 }
 
 /// What `n` reads below `key`.
 fn below<'n>(n: &'n Needs, key: &Value) -> Option<&'n Needs> {
-    match n {
-        Needs::Whole => Some(n),
-        Needs::Keys(_) => key.as_string().ok().and_then(|s| n.get(s)),
-    }
+    key.as_string().ok().and_then(|s| n.get(s))
 }
 
 /// Whether `n` reads anything below `key`.
@@ -387,12 +388,8 @@ fn http_request(
 ) -> Value {
     let k = &*KEYS;
     let mut o = Obj::with_capacity(8);
-    if wants(n, &k.id) {
-        o.str(&k.id, &h.id);
-    }
-    if wants(n, &k.method) {
-        o.str(&k.method, &h.method);
-    }
+    o.str_read(n, &k.id, &h.id);
+    o.str_read(n, &k.method, &h.method);
     match below(n, &k.headers) {
         None => {}
         Some(Needs::Whole) => o.map(&k.headers, headers),
@@ -430,9 +427,7 @@ fn http_request(
         }
         o.set(&k.header_map, hm.done());
     }
-    if wants(n, &k.path) {
-        o.str(&k.path, &h.path);
-    }
+    o.str_read(n, &k.path, &h.path);
     // Strict mode gives the host one spelling, as it gives the path one (see the README).
     if wants(n, &k.host) {
         match policy {
@@ -440,24 +435,14 @@ fn http_request(
             PathPolicy::Lenient => o.str(&k.host, &h.host),
         }
     }
-    if wants(n, &k.scheme) {
-        o.str(&k.scheme, &h.scheme);
-    }
-    if wants(n, &k.query) {
-        o.str(&k.query, &h.query);
-    }
-    if wants(n, &k.fragment) {
-        o.str(&k.fragment, &h.fragment);
-    }
+    o.str_read(n, &k.scheme, &h.scheme);
+    o.str_read(n, &k.query, &h.query);
+    o.str_read(n, &k.fragment, &h.fragment);
     if h.size != 0 && wants(n, &k.size) {
         o.set(&k.size, Value::from(h.size));
     }
-    if wants(n, &k.protocol) {
-        o.str(&k.protocol, &h.protocol);
-    }
-    if wants(n, &k.body) {
-        o.str(&k.body, &h.body);
-    }
+    o.str_read(n, &k.protocol, &h.protocol);
+    o.str_read(n, &k.body, &h.body);
     if !h.raw_body.is_empty() && wants(n, &k.raw_body) {
         o.set(&k.raw_body, Value::from(base64(&h.raw_body)));
     }
@@ -707,9 +692,7 @@ impl Reading {
                 }
                 attributes.set(&k.request, r.done());
             }
-            if wants(an, &k.context_extensions) {
-                attributes.map(&k.context_extensions, &req.context_extensions);
-            }
+            attributes.map_read(an, &k.context_extensions, &req.context_extensions);
             if let Some(m) = &req.metadata_context
                 && wants(an, &k.metadata_context)
             {
