@@ -21,9 +21,9 @@ use regorus::Value;
 use crate::body;
 use crate::decision::DenyReason;
 use crate::path::{self, CanonicalPath, PathPolicy};
-use crate::request::{Address, AuthzRequest, HttpRequest, Metadata, Peer};
-use crate::value::from_json;
+use crate::request::{AuthzRequest, HttpRequest};
 
+mod document;
 pub mod needs;
 pub use needs::Needs;
 
@@ -157,75 +157,9 @@ keys! {
     version = "version",
 }
 
-/// An object under construction: only non-empty fields are set, as protojson does. Its
-/// entries go straight into the object's compact storage when it is done.
-struct Obj(Vec<(Value, Value)>);
-
-impl Obj {
-    /// Room for the fields a typical request sets (a `Vec` that grows past it still works).
-    fn with_capacity(n: usize) -> Self {
-        Obj(Vec::with_capacity(n))
-    }
-    fn set(&mut self, k: &Value, v: Value) {
-        self.0.push((k.clone(), v));
-    }
-    /// A key only known at run time (a header name, a metadata namespace).
-    fn set_named(&mut self, k: &str, v: Value) {
-        self.0.push((Value::from(k), v));
-    }
-    fn str(&mut self, k: &Value, s: &str) {
-        if !s.is_empty() {
-            self.set(k, Value::from(s));
-        }
-    }
-    fn map(&mut self, k: &Value, pairs: &[(String, String)]) {
-        if !pairs.is_empty() {
-            self.set(k, string_map(pairs));
-        }
-    }
-    /// [`Self::str`] where `n` reads `k`.
-    fn str_read(&mut self, n: &Needs, k: &Value, s: &str) {
-        if wants(n, k) {
-            self.str(k, s);
-        }
-    }
-    /// [`Self::map`] where `n` reads `k`.
-    fn map_read(&mut self, n: &Needs, k: &Value, pairs: &[(String, String)]) {
-        if wants(n, k) {
-            self.map(k, pairs);
-        }
-    }
-    fn done(self) -> Value {
-        Value::from(regorus::value::Object::from_entries(self.0))
-    }
-}
-
-fn string_map(pairs: &[(String, String)]) -> Value {
-    let mut o = Obj::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        o.set_named(k, Value::from(v.as_str()));
-    }
-    o.done()
-}
-
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn peer(p: &Peer, n: &Needs) -> Value {
-    let k = &*KEYS;
-    let mut o = Obj::with_capacity(4);
-    if let Some(a) = &p.address
-        && wants(n, &k.address)
-    {
-        o.set(&k.address, address(a));
-    }
-    o.str_read(n, &k.service, &p.service);
-    o.map_read(n, &k.labels, &p.labels);
-    o.str_read(n, &k.principal, &p.principal);
-    o.str_read(n, &k.certificate, &p.certificate);
-    o.done()
 }
 
 /// What `n` reads below `key`.
@@ -236,69 +170,6 @@ fn below<'n>(n: &'n Needs, key: &Value) -> Option<&'n Needs> {
 /// Whether `n` reads anything below `key`.
 fn wants(n: &Needs, key: &Value) -> bool {
     below(n, key).is_some()
-}
-
-fn address(a: &Address) -> Value {
-    let k = &*KEYS;
-    let mut o = Obj::with_capacity(1);
-    match a {
-        Address::Socket(s) => {
-            let mut so = Obj::with_capacity(2);
-            if let Some(p) = &s.protocol {
-                so.str(&k.protocol, p);
-            }
-            so.str(&k.address, &s.address);
-            if s.port_value != 0 {
-                so.set(&k.port_value, Value::from(u64::from(s.port_value)));
-            }
-            so.str(&k.named_port, &s.named_port);
-            so.str(&k.resolver_name, &s.resolver_name);
-            if s.ipv4_compat {
-                so.set(&k.ipv4_compat, Value::Bool(true));
-            }
-            o.set(&k.socket_address, so.done());
-        }
-        Address::Pipe { path, mode } => {
-            let mut po = Obj::with_capacity(2);
-            po.str(&k.path, path);
-            if *mode != 0 {
-                po.set(&k.mode, Value::from(u64::from(*mode)));
-            }
-            o.set(&k.pipe, po.done());
-        }
-        Address::EnvoyInternal {
-            server_listener_name,
-            endpoint_id,
-        } => {
-            let mut eo = Obj::with_capacity(2);
-            eo.str(&k.server_listener_name, server_listener_name);
-            eo.str(&k.endpoint_id, endpoint_id);
-            o.set(&k.envoy_internal_address, eo.done());
-        }
-    }
-    o.done()
-}
-
-fn metadata(m: &Metadata) -> Value {
-    let k = &*KEYS;
-    let mut o = Obj::with_capacity(2);
-    if !m.filter_metadata.is_empty() {
-        let mut f = Obj::with_capacity(m.filter_metadata.len());
-        for (ns, v) in &m.filter_metadata {
-            f.set_named(ns, from_json(v));
-        }
-        o.set(&k.filter_metadata, f.done());
-    }
-    if !m.typed_filter_metadata.is_empty() {
-        let mut t = Obj::with_capacity(m.typed_filter_metadata.len());
-        for (ns, url) in &m.typed_filter_metadata {
-            let mut any = Obj::with_capacity(1);
-            any.str(&k.at_type, url);
-            t.set_named(ns, any.done());
-        }
-        o.set(&k.typed_filter_metadata, t.done());
-    }
-    o.done()
 }
 
 /// Reject header names or values that carry NUL, CR or LF (CVE-2019-9900's class).
@@ -379,76 +250,6 @@ fn header_too_large(name: &str, opts: &InputOptions) -> DenyReason {
     ))
 }
 
-fn http_request(
-    h: &HttpRequest,
-    headers: &[(String, String)],
-    host: &crate::path::Host,
-    policy: PathPolicy,
-    n: &Needs,
-) -> Value {
-    let k = &*KEYS;
-    let mut o = Obj::with_capacity(8);
-    o.str_read(n, &k.id, &h.id);
-    o.str_read(n, &k.method, &h.method);
-    match below(n, &k.headers) {
-        None => {}
-        Some(Needs::Whole) => o.map(&k.headers, headers),
-        // Only the headers read by name (a reference with a constant name).
-        Some(Needs::Keys(names)) => {
-            let mut read = Obj::with_capacity(names.len());
-            for (name, value) in headers {
-                if names.contains_key(name.as_str()) {
-                    read.set_named(name, Value::from(value.as_str()));
-                }
-            }
-            if !read.0.is_empty() {
-                o.set(&k.headers, read.done());
-            }
-        }
-    }
-    if let Some(raw) = &h.header_map
-        && wants(n, &k.header_map)
-    {
-        let items: Vec<Value> = raw
-            .iter()
-            .map(|r| {
-                let mut ho = Obj::with_capacity(3);
-                ho.str(&k.key, &r.key);
-                ho.str(&k.value, &r.value);
-                if !r.raw_value.is_empty() {
-                    ho.set(&k.raw_value, Value::from(base64(&r.raw_value)));
-                }
-                ho.done()
-            })
-            .collect();
-        let mut hm = Obj::with_capacity(1);
-        if !items.is_empty() {
-            hm.set(&k.headers, Value::from(items));
-        }
-        o.set(&k.header_map, hm.done());
-    }
-    o.str_read(n, &k.path, &h.path);
-    // Strict mode gives the host one spelling, as it gives the path one (see the README).
-    if wants(n, &k.host) {
-        match policy {
-            PathPolicy::Strict => o.str(&k.host, &host.canonical()),
-            PathPolicy::Lenient => o.str(&k.host, &h.host),
-        }
-    }
-    o.str_read(n, &k.scheme, &h.scheme);
-    o.str_read(n, &k.query, &h.query);
-    o.str_read(n, &k.fragment, &h.fragment);
-    if h.size != 0 && wants(n, &k.size) {
-        o.set(&k.size, Value::from(h.size));
-    }
-    o.str_read(n, &k.protocol, &h.protocol);
-    o.str_read(n, &k.body, &h.body);
-    if !h.raw_body.is_empty() && wants(n, &k.raw_body) {
-        o.set(&k.raw_body, Value::from(base64(&h.raw_body)));
-    }
-    o.done()
-}
-
 /// Build the input document for `req`, or the reason the request is refused before any policy
 /// runs.
 pub fn build_input(req: &AuthzRequest, opts: &InputOptions) -> Result<Input, DenyReason> {
@@ -469,7 +270,7 @@ pub fn build_input_with_identity(
 /// headers read once, its query and body parsed. What refuses a request before any policy runs
 /// is all here; the Rego document ([`Input`]) is built from it only when something reads it
 /// ([`Reading::into_input`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reading {
     /// The canonical path.
     pub path: CanonicalPath,
@@ -645,125 +446,50 @@ impl Reading {
         identity: Option<&Value>,
         needs: &Needs,
     ) -> Value {
-        let k = &*KEYS;
-        let empty = HttpRequest::default();
-        let http = req.http.as_ref().unwrap_or(&empty);
-        let Reading {
-            path: canonical,
-            host,
-            headers,
-            query,
-            body,
-            path_policy,
-        } = self;
-        let mut input = Obj::with_capacity(8);
-        if let Some(an) = below(needs, &k.attributes) {
-            let mut attributes = Obj::with_capacity(4);
-            if let Some(s) = &req.source
-                && let Some(n) = below(an, &k.source)
-            {
-                attributes.set(&k.source, peer(s, n));
-            }
-            if let Some(d) = &req.destination
-                && let Some(n) = below(an, &k.destination)
-            {
-                attributes.set(&k.destination, peer(d, n));
-            }
-            if (req.time.is_some() || req.http.is_some())
-                && let Some(rn) = below(an, &k.request)
-            {
-                let mut r = Obj::with_capacity(2);
-                if let Some(t) = req.time
-                    && wants(rn, &k.time)
-                {
-                    let mut to = Obj::with_capacity(2);
-                    if t.seconds != 0 {
-                        to.set(&k.seconds, Value::from(t.seconds));
-                    }
-                    if t.nanos != 0 {
-                        to.set(&k.nanos, Value::from(i64::from(t.nanos)));
-                    }
-                    r.set(&k.time, to.done());
-                }
-                if req.http.is_some()
-                    && let Some(hn) = below(rn, &k.http)
-                {
-                    r.set(&k.http, http_request(http, headers, host, *path_policy, hn));
-                }
-                attributes.set(&k.request, r.done());
-            }
-            attributes.map_read(an, &k.context_extensions, &req.context_extensions);
-            if let Some(m) = &req.metadata_context
-                && wants(an, &k.metadata_context)
-            {
-                attributes.set(&k.metadata_context, metadata(m));
-            }
-            if let Some(m) = &req.route_metadata_context
-                && wants(an, &k.route_metadata_context)
-            {
-                attributes.set(&k.route_metadata_context, metadata(m));
-            }
-            if let Some(t) = &req.tls_session
-                && wants(an, &k.tls_session)
-            {
-                let mut to = Obj::with_capacity(1);
-                to.str(&k.sni, &t.sni);
-                attributes.set(&k.tls_session, to.done());
-            }
-            input.set(&k.attributes, attributes.done());
+        let mut tree = document::Tree::new();
+        document::Walk {
+            req,
+            reading: self,
+            identity,
+            needs,
+            masked: &[],
         }
-        if wants(needs, &k.parsed_path) {
-            input.set(
-                &k.parsed_path,
-                Value::from(
-                    canonical
-                        .segments
-                        .iter()
-                        .map(|s| Value::from(s.as_str()))
-                        .collect::<Vec<_>>(),
-                ),
-            );
+        .document(&mut tree);
+        tree.done()
+    }
+
+    /// [`Self::document`] as JSON text, appended to `out`, without the headers `masked` names
+    /// (in `headers` and in `headerMap`, as a decision record leaves out credentials): the bytes
+    /// serde_json writes for the document's value with those headers taken out
+    /// ([`crate::audit::mask::Masked`]), written from the request with no value built.
+    /// Which headers were left out: [`Self::masked_pointers`].
+    pub fn write_document(
+        &self,
+        req: &AuthzRequest,
+        identity: Option<&Value>,
+        masked: &[String],
+        out: &mut Vec<u8>,
+    ) {
+        let mut text = document::Text::new(out);
+        document::Walk {
+            req,
+            reading: self,
+            identity,
+            needs: &Needs::Whole,
+            masked,
         }
-        if wants(needs, &k.parsed_query) {
-            let mut q = Obj::with_capacity(query.len());
-            for (name, vs) in query {
-                q.set_named(
-                    name,
-                    Value::from(
-                        vs.iter()
-                            .map(|v| Value::from(v.as_str()))
-                            .collect::<Vec<_>>(),
-                    ),
-                );
-            }
-            input.set(&k.parsed_query, q.done());
-        }
-        if let Some(parsed) = body {
-            if wants(needs, &k.parsed_body) {
-                input.set(&k.parsed_body, parsed.value.clone());
-            }
-            if wants(needs, &k.truncated_body) {
-                input.set(&k.truncated_body, Value::Bool(parsed.truncated));
-            }
-        }
-        if wants(needs, &k.version) {
-            let mut version = Obj::with_capacity(2);
-            version.set(&k.encoding, k.protojson.clone());
-            version.set(&k.ext_authz, k.v3.clone());
-            input.set(&k.version, version.done());
-        }
-        if let Some(p) = req.source.as_ref().map(|s| s.principal.as_str())
-            && !p.is_empty()
-            && wants(needs, &k.source_principal)
-        {
-            input.set(&k.source_principal, Value::from(p));
-        }
-        if let Some(v) = identity
-            && wants(needs, &k.identity)
-        {
-            input.set(&k.identity, v.clone());
-        }
-        input.done()
+        .document(&mut text);
+        text.done();
+    }
+
+    /// The pointers of the headers [`Self::write_document`] leaves out, as
+    /// [`crate::audit::mask::header_mask`] names them in the document.
+    pub fn masked_pointers(&self, req: &AuthzRequest, masked: &[String]) -> Vec<String> {
+        crate::audit::mask::request_header_pointers(
+            &self.headers,
+            req.http.as_ref().and_then(|h| h.header_map.as_deref()),
+            masked,
+        )
     }
 }
 

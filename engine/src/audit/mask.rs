@@ -160,7 +160,7 @@ pub fn apply(event: &mut Map<String, Json>, ops: &[MaskOp]) -> bool {
 /// Whether header `name` is one of `headers` (the credential headers): by name, ignoring
 /// case. The one reading of "a masked header" for the JSON event ([`header_ops`]) and the
 /// input value ([`header_mask`]).
-fn is_masked_header(headers: &[String], name: &str) -> bool {
+pub(crate) fn is_masked_header(headers: &[String], name: &str) -> bool {
     headers.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
@@ -283,6 +283,34 @@ pub fn header_mask(input: &regorus::Value, headers: &[String]) -> HeaderMask {
         }
     }
     mask
+}
+
+/// The pointers [`header_mask`] names in the document of a request read as `headers` (its
+/// effective headers) and `header_map` (Envoy's `headerMap`, when sent), found without the
+/// document: for a writer that writes the document from the request
+/// ([`crate::input::Reading::write_document`]). Header names in order (as the document's
+/// `headers` object holds them), then the `headerMap` entries from the last.
+pub fn request_header_pointers(
+    headers: &[(String, String)],
+    header_map: Option<&[crate::request::RawHeader]>,
+    masked: &[String],
+) -> Vec<String> {
+    let mut names: Vec<&str> = headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| is_masked_header(masked, n))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut erased: Vec<String> = names.into_iter().map(header_pointer).collect();
+    if let Some(map) = header_map {
+        for (i, r) in map.iter().enumerate().rev() {
+            if is_masked_header(masked, &r.key) {
+                erased.push(header_map_pointer(i));
+            }
+        }
+    }
+    erased
 }
 
 /// An input serialized without the headers its [`HeaderMask`] names: the same bytes as

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::request::{RawHeader, SocketAddress};
+use crate::request::{Address, Metadata, Peer, RawHeader, SocketAddress, Timestamp, TlsSession};
 use crate::value::to_json;
 
 fn req(path: &str, headers: &[(&str, &str)]) -> AuthzRequest {
@@ -206,4 +206,269 @@ fn bodies() {
     }
     let e = build_input(&r, &InputOptions::default()).unwrap_err();
     assert_eq!(e.code(), "body_parse_error");
+}
+
+/// Every field of the request model set (repeats, credential headers in any case, strings that
+/// need escapes), for [`written_documents_are_the_values_bytes`].
+fn every_field() -> AuthzRequest {
+    let s = |v: &str| v.to_string();
+    let peer = |addr: Address, principal: &str| Peer {
+        address: Some(addr),
+        service: s("svc \"quoted\""),
+        labels: vec![(s("b"), s("2")), (s("a"), s("1")), (s("b"), s("3"))],
+        principal: s(principal),
+        certificate: s("-----BEGIN CERTIFICATE-----\nMIIB\n"),
+    };
+    AuthzRequest {
+        source: Some(peer(
+            Address::Socket(SocketAddress {
+                protocol: Some(s("TCP")),
+                address: s("10.0.0.1"),
+                port_value: 4000,
+                named_port: s("http"),
+                resolver_name: s("dns"),
+                ipv4_compat: true,
+            }),
+            "spiffe://example.org/ns/prod/sa/web",
+        )),
+        destination: Some(peer(
+            Address::Pipe {
+                path: s("/run/x.sock"),
+                mode: 0o600,
+            },
+            "",
+        )),
+        time: Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: -5,
+        }),
+        http: Some(HttpRequest {
+            id: s("42"),
+            method: s("POST"),
+            headers: vec![
+                (s("content-type"), s("application/json")),
+                (s("Authorization"), s("Bearer x")),
+                (s("x-b"), s("line\u{2028}sep \u{1}")),
+                (s("x-a"), s("1")),
+                (s("x-a"), s("2")),
+                (s("cookie"), s("c=1")),
+                (s("X-Api-Key"), s("k")),
+            ],
+            header_map: None,
+            path: s("/api/v1/orders?a=1&b=x%20y&a=2"),
+            host: s("Example.COM:443"),
+            scheme: s("https"),
+            query: s("a=1&b=x%20y&a=2"),
+            fragment: s("frag"),
+            size: 17,
+            protocol: s("HTTP/1.1"),
+            body: s(r#"{"amount": 10.5, "to": ["\u00e9", null, true]}"#),
+            raw_body: vec![0, 1, 2, 255],
+        }),
+        context_extensions: vec![(s("z"), s("1")), (s("k\"ey"), s("v")), (s("z"), s("2"))],
+        metadata_context: Some(Metadata {
+            filter_metadata: vec![
+                (s("istio"), json!({"n": 1.5, "big": 12345678901234567890u64, "s": "x"})),
+                (s("envoy.filters"), json!([1, {"b": 2, "a": 1}])),
+            ],
+            typed_filter_metadata: vec![(s("t"), s("type.googleapis.com/x.Y"))],
+        }),
+        route_metadata_context: Some(Metadata {
+            filter_metadata: vec![(s("r"), json!(null))],
+            typed_filter_metadata: vec![],
+        }),
+        tls_session: Some(TlsSession { sni: s("example.com") }),
+    }
+}
+
+/// What a record held before: the document's value, its credential headers found in it and
+/// left out while serializing.
+fn value_bytes(
+    reading: &Reading,
+    r: &AuthzRequest,
+    identity: Option<&Value>,
+    masked: &[String],
+) -> (Vec<u8>, Vec<String>) {
+    use crate::audit::mask::{Masked, header_mask};
+    let doc = reading.document(r, identity);
+    let mask = header_mask(&doc, masked);
+    let bytes = serde_json::to_vec(&Masked {
+        input: &doc,
+        mask: &mask,
+    })
+    .unwrap();
+    (bytes, mask.erased)
+}
+
+/// Whether `r` was read (a request refused before any policy has no document) and its
+/// document written as its value's bytes.
+fn written_as_value(r: &AuthzRequest, opts: &InputOptions, identity: Option<&Value>) -> bool {
+    let Ok(reading) = read_request(r, opts) else {
+        return false;
+    };
+    let defaults: Vec<String> = crate::audit::mask::DEFAULT_MASKED_HEADERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for masked in [&defaults[..], &[], &["X-A".to_string()]] {
+        let (want, erased) = value_bytes(&reading, r, identity, masked);
+        let mut got = b"prefix".to_vec();
+        reading.write_document(r, identity, masked, &mut got);
+        assert_eq!(
+            String::from_utf8_lossy(&got[6..]),
+            String::from_utf8_lossy(&want),
+            "masked {masked:?}"
+        );
+        assert_eq!(reading.masked_pointers(r, masked), erased, "masked {masked:?}");
+    }
+    true
+}
+
+fn assert_written_as_value(r: &AuthzRequest, opts: &InputOptions, identity: Option<&Value>) {
+    assert!(
+        written_as_value(r, opts, identity),
+        "refused: {:?}",
+        read_request(r, opts).err()
+    );
+}
+
+#[test]
+fn written_documents_are_the_values_bytes() {
+    // The text a decision record writes from the request is byte for byte what serializing
+    // the policies' value (with the same headers masked) writes: every field, repeated keys
+    // (the last kept), the canonical host, escapes, numbers, metadata and the identity.
+    let identity = Value::from_json_str(
+        r#"{"spiffe_id": "spiffe://example.org/ns/prod/sa/web", "trust_domain": "example.org"}"#,
+    )
+    .unwrap();
+    let lenient = InputOptions {
+        path_policy: PathPolicy::Lenient,
+        ..InputOptions::default()
+    };
+    let mut r = every_field();
+    for opts in [&InputOptions::default(), &lenient] {
+        assert_written_as_value(&r, opts, Some(&identity));
+        assert_written_as_value(&r, opts, None);
+    }
+    // Envoy's raw header map (headers built from it), with a credential in it twice.
+    if let Some(h) = r.http.as_mut() {
+        h.headers.clear();
+        h.header_map = Some(vec![
+            RawHeader {
+                key: "authorization".into(),
+                value: "Bearer a".into(),
+                raw_value: vec![],
+            },
+            RawHeader {
+                key: "x-raw".into(),
+                value: String::new(),
+                raw_value: b"\xffbin".to_vec(),
+            },
+            RawHeader {
+                key: "Authorization".into(),
+                value: "Bearer b".into(),
+                raw_value: vec![],
+            },
+            RawHeader {
+                key: String::new(),
+                value: "no name".into(),
+                raw_value: vec![],
+            },
+        ]);
+        h.body.clear();
+    }
+    assert_written_as_value(&r, &InputOptions::default(), Some(&identity));
+    // The address kinds not above, and requests with little or nothing set.
+    if let Some(src) = r.source.as_mut() {
+        src.address = Some(Address::EnvoyInternal {
+            server_listener_name: "l".into(),
+            endpoint_id: "e\"1".into(),
+        });
+    }
+    assert_written_as_value(&r, &InputOptions::default(), None);
+    r.http = None;
+    assert_written_as_value(&r, &InputOptions::default(), None);
+    assert_written_as_value(&AuthzRequest::default(), &InputOptions::default(), None);
+    assert_written_as_value(&req("/", &[]), &InputOptions::default(), None);
+}
+
+mod written {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-c]{1,2}",
+            Just("Authorization".to_string()),
+            Just("cookie".to_string()),
+            "\\PC{0,6}",
+        ]
+    }
+
+    fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+        proptest::collection::vec((text(), text()), 0..5)
+    }
+
+    prop_compose! {
+        fn request()(
+            source in proptest::option::of((text(), text(), pairs(), any::<u32>())),
+            headers in pairs(),
+            raw in proptest::option::of(proptest::collection::vec((text(), text()), 0..4)),
+            path in prop_oneof![Just("/a/b?x=1&x=2&y".to_string()), "/[a-c/]{0,6}"],
+            host in text(),
+            method in text(),
+            extensions in pairs(),
+            size in any::<i64>(),
+            time in proptest::option::of((any::<i64>(), any::<i32>())),
+            http in any::<bool>(),
+        ) -> AuthzRequest {
+            AuthzRequest {
+                source: source.map(|(address, principal, labels, port)| Peer {
+                    address: Some(Address::Socket(SocketAddress {
+                        address,
+                        port_value: port,
+                        ..SocketAddress::default()
+                    })),
+                    principal,
+                    labels,
+                    ..Peer::default()
+                }),
+                time: time.map(|(seconds, nanos)| Timestamp { seconds, nanos }),
+                http: http.then(|| HttpRequest {
+                    method,
+                    headers,
+                    header_map: raw.map(|r| {
+                        r.into_iter()
+                            .map(|(key, value)| RawHeader {
+                                key,
+                                raw_value: value.as_bytes().to_vec(),
+                                value,
+                            })
+                            .collect()
+                    }),
+                    path,
+                    host,
+                    size,
+                    ..HttpRequest::default()
+                }),
+                context_extensions: extensions,
+                ..AuthzRequest::default()
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_request_is_written_as_its_value(r in request()) {
+            // (A request refused before any policy, a bad header, has no document.)
+            written_as_value(&r, &InputOptions::default(), None);
+            written_as_value(
+                &r,
+                &InputOptions { path_policy: PathPolicy::Lenient, ..InputOptions::default() },
+                None,
+            );
+        }
+    }
 }
