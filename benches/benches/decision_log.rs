@@ -183,12 +183,41 @@ fn bench_event_encoding(c: &mut Criterion) {
             hash
         })
     });
+    // The same for a check's record as the server keeps it: the request as read, the
+    // document written from it (no value built, serialized and dropped).
+    let from_request = arbiter_engine::record::DecisionRecord {
+        input: authorizer.check_for_record(request.clone()).input,
+        ..record.clone()
+    };
+    assert!(
+        from_request.seal(&labels, &headers, false, chain::GENESIS)
+            == record.seal(&labels, &headers, false, chain::GENESIS),
+        "the same event either way"
+    );
+    g.bench_function("record_seal_into_from_request", |b| {
+        let mut line = Vec::new();
+        b.iter(|| {
+            let (l, hash) = from_request.seal_into(
+                std::mem::take(&mut line),
+                &labels,
+                &headers,
+                false,
+                chain::GENESIS,
+            );
+            line = l;
+            hash
+        })
+    });
     // The writer's path before `DecisionRecord::seal`: the fields as a JSON tree (now read
     // back from the bytes `write_fields` writes), serialized with the input.
     g.bench_function("fields_mask_seal_from_rego_value", |b| {
         b.iter(|| {
             let fields = record.event_fields(&labels);
-            let mut input = record.input.clone();
+            let mut input = record
+                .input
+                .as_ref()
+                .and_then(arbiter_engine::record::RecordInput::document)
+                .cloned();
             if let Some(i) = input.as_mut() {
                 std::hint::black_box(mask::mask_input_headers(i, &headers));
             }

@@ -15,8 +15,9 @@ use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
 use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
-use crate::input::{Attributes, InputOptions, Needs, read_request};
+use crate::input::{Attributes, InputOptions, Needs, Reading, read_request};
 use crate::policy_set::PolicySet;
+use crate::record::{RecordInput, RequestInput};
 use crate::request::AuthzRequest;
 use crate::rvm::RvmDecider;
 
@@ -33,8 +34,10 @@ pub struct Timings {
 #[derive(Debug, Clone)]
 pub struct CheckOutcome {
     pub decision: Decision,
-    /// The input document the policy saw (`None` when the request was refused before).
-    pub input: Option<Value>,
+    /// The input document the policy saw, whole, when the caller asked to keep it: as a value
+    /// ([`Authorizer::check`]), or as the request it is written from
+    /// ([`Authorizer::check_for_record`]). `None` when the request was refused before.
+    pub input: Option<RecordInput>,
     pub timings: Timings,
     /// Who the caller is, or why that is not known.
     pub identity: IdentityOutcome,
@@ -281,6 +284,26 @@ impl Authorizer {
     /// (CEL and Istio sets without Rego; CEL's `input` reads it): the outcome's `input` is
     /// then `None`. The request is read, checked and refused exactly as with it.
     pub fn check_with(&self, request: &AuthzRequest, keep_input: bool) -> CheckOutcome {
+        self.check_reading(request, keep_input).0
+    }
+
+    /// [`Self::check_with`] without keeping the document, for a decision record: the outcome's
+    /// `input` is `request` itself with how it was read ([`RecordInput::Request`]), from which
+    /// the record's writer writes the whole document, off the decision path and without
+    /// building it. The decision builds only what its policies read.
+    pub fn check_for_record(&self, request: AuthzRequest) -> CheckOutcome {
+        let (mut outcome, reading) = self.check_reading(&request, false);
+        outcome.input = reading
+            .map(|reading| RecordInput::Request(Box::new(RequestInput { request, reading })));
+        outcome
+    }
+
+    /// [`Self::check_with`], and the request as read (`None` when it was refused before).
+    fn check_reading(
+        &self,
+        request: &AuthzRequest,
+        keep_input: bool,
+    ) -> (CheckOutcome, Option<Reading>) {
         let start = Instant::now();
         let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
         // The parts of the input document built: all of it for a caller that keeps it (a
@@ -299,7 +322,7 @@ impl Authorizer {
         let reading = match read_request(request, &self.input_options) {
             Ok(r) => r,
             Err(reason) => {
-                return CheckOutcome {
+                let outcome = CheckOutcome {
                     decision: Decision::deny(reason),
                     input: None,
                     timings: Timings {
@@ -308,6 +331,7 @@ impl Authorizer {
                     },
                     identity,
                 };
+                return (outcome, None);
             }
         };
         let document = needs.map(|n| reading.document_of(request, identity_value.as_ref(), n));
@@ -325,16 +349,19 @@ impl Authorizer {
                 "the policy engine panicked while evaluating this request".into(),
             )),
         };
-        CheckOutcome {
+        let outcome = CheckOutcome {
             decision,
             // Only the whole document is the request's input; a part of it is not kept.
-            input: document.filter(|_| needs.is_some_and(Needs::is_whole)),
+            input: document
+                .filter(|_| needs.is_some_and(Needs::is_whole))
+                .map(RecordInput::Document),
             timings: Timings {
                 input_ns,
                 eval_ns: elapsed_ns(eval_start),
             },
             identity,
-        }
+        };
+        (outcome, Some(reading))
     }
 
     /// Istio first (a DENY or a missing ALLOW decides alone; an allow is one vote), then CEL and
@@ -509,7 +536,7 @@ impl Authorizer {
 mod tests {
     use std::sync::Arc;
 
-    use super::Authorizer;
+    use super::{Authorizer, RecordInput};
     use crate::data_ref::DataRef;
     use crate::input::InputOptions;
     use crate::loader::{PolicySources, SourceFile};
@@ -733,10 +760,16 @@ mod tests {
             assert_eq!(out.input.is_some(), kept);
             // Kept for a decision record: the whole document either way.
             let out = a.check_with(&req, true);
-            let method = &out.input.as_ref().expect("the document")["attributes"]["request"]["http"]
-                ["method"];
+            let method = &out
+                .input
+                .as_ref()
+                .and_then(RecordInput::document)
+                .expect("the document")["attributes"]["request"]["http"]["method"];
             assert_eq!(method.as_string().unwrap().as_ref(), "GET");
-            assert!(out.input.as_ref().unwrap()["version"] != regorus::Value::Undefined);
+            assert!(
+                out.input.as_ref().and_then(RecordInput::document).unwrap()["version"]
+                    != regorus::Value::Undefined
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Decision records: who asked what, what was decided, why, under which policy revision.
 //!
-//! A [`DecisionRecord`] is captured on the decision path with no encoding work (the input stays a
-//! shared Rego value); [`DecisionRecord::to_event`] turns it into OPA's decision-log event
+//! A [`DecisionRecord`] is captured on the decision path with no encoding work (a check's input
+//! stays its request as read, written as JSON text when the event is: [`RecordInput`]);
+//! [`DecisionRecord::to_event`] turns it into OPA's decision-log event
 //! (`decision_id`, `timestamp`, `path`, `input`, `result`, `labels`, `bundles`, `metrics`,
 //! `error`, `requested_by`) plus arbiter's own fields (`allowed`, `http_status`, `reason`,
 //! `revision`, `dry_run`) — off the decision path, on the log writer.
@@ -66,7 +67,7 @@ pub struct DecisionRecord {
     pub timestamp_ns: i128,
     /// Decision path in slash form (`envoy/authz/allow`).
     pub path: String,
-    pub input: Option<Value>,
+    pub input: Option<RecordInput>,
     pub decision: Decision,
     pub timings: Timings,
     /// Whole handling time, from receipt to answer.
@@ -94,6 +95,51 @@ pub struct DecisionRecord {
     /// What the shadow policy set (`serve --shadow`) decided, when it disagreed with the
     /// decision enforced.
     pub shadow: Option<ShadowVerdict>,
+}
+
+/// A record's `input`.
+#[derive(Debug, Clone)]
+pub enum RecordInput {
+    /// A document as given: the Data API's input, a shadowed check's document.
+    Document(Value),
+    /// A check's request as read: its document is written from it when the event is
+    /// ([`crate::input::Reading::write_document`]), so the decision path builds only the parts
+    /// its policies read and no value is built, serialized and dropped for the log.
+    Request(Box<RequestInput>),
+}
+
+/// A check's request and how it was read: what its input document is made of.
+#[derive(Debug, Clone)]
+pub struct RequestInput {
+    pub request: crate::request::AuthzRequest,
+    pub reading: crate::input::Reading,
+}
+
+impl RecordInput {
+    /// The document, when it is held as one.
+    pub fn document(&self) -> Option<&Value> {
+        match self {
+            RecordInput::Document(v) => Some(v),
+            RecordInput::Request(_) => None,
+        }
+    }
+
+    /// The document as a Rego value (a check's with the caller's `identity`, as the policies
+    /// saw it), for the writers that need a value: the mask and drop policies, tests.
+    pub fn to_value(&self, identity: &crate::identity::IdentityOutcome) -> Value {
+        match self {
+            RecordInput::Document(v) => v.clone(),
+            RecordInput::Request(r) => r
+                .reading
+                .document(&r.request, identity_value(identity).as_ref()),
+        }
+    }
+}
+
+/// `input.identity`: what the authorizer gave the policies (see
+/// [`crate::authorizer::Authorizer::check_with`]).
+fn identity_value(identity: &crate::identity::IdentityOutcome) -> Option<Value> {
+    identity.identity().map(crate::identity::Identity::to_value)
 }
 
 /// A shadow set's decision of a check, never enforced.
@@ -194,7 +240,7 @@ impl DecisionRecord {
     pub fn to_event(&self, labels: &InstanceLabels) -> Json {
         let mut e = self.event_fields(labels);
         if let Some(input) = &self.input {
-            e.insert("input".into(), to_json(input));
+            e.insert("input".into(), to_json(&input.to_value(&self.identity)));
         }
         Json::Object(e)
     }
@@ -353,14 +399,19 @@ impl DecisionRecord {
         buffer.clear();
         let mut body = buffer;
         self.write_fields(labels, &mut body);
-        // The credential headers are left out while the input is serialized (no copy of it).
-        let mask = self
-            .input
-            .as_ref()
-            .map(|i| crate::audit::mask::header_mask(i, masked_headers))
-            .unwrap_or_default();
-        if !mask.erased.is_empty() {
-            Obj::reopen(&mut body).value("erased", &mask.erased);
+        // The credential headers are left out while the input is written (no copy of it).
+        let (erased, mask) = match &self.input {
+            None => (Vec::new(), None),
+            Some(RecordInput::Document(v)) => {
+                let mask = crate::audit::mask::header_mask(v, masked_headers);
+                (mask.erased.clone(), Some(mask))
+            }
+            Some(RecordInput::Request(r)) => {
+                (r.reading.masked_pointers(&r.request, masked_headers), None)
+            }
+        };
+        if !erased.is_empty() {
+            Obj::reopen(&mut body).value("erased", &erased);
             body.push(b'}');
         }
         if console {
@@ -370,11 +421,26 @@ impl DecisionRecord {
             }
             e.close();
         }
-        let input = self
-            .input
-            .as_ref()
-            .map(|input| crate::audit::mask::Masked { input, mask: &mask });
-        crate::audit::chain::seal_object(body, input.as_ref(), prev_hash)
+        let write_input = |out: &mut Vec<u8>| match (&self.input, &mask) {
+            (Some(RecordInput::Document(input)), Some(mask)) => {
+                serde_json::to_writer(out, &crate::audit::mask::Masked { input, mask }).is_ok()
+            }
+            (Some(RecordInput::Request(r)), _) => {
+                r.reading.write_document(
+                    &r.request,
+                    identity_value(&self.identity).as_ref(),
+                    masked_headers,
+                    out,
+                );
+                true
+            }
+            _ => false,
+        };
+        crate::audit::chain::seal_written(
+            body,
+            self.input.is_some().then_some(write_input),
+            prev_hash,
+        )
     }
 }
 
@@ -465,7 +531,9 @@ mod tests {
             decision_id: "d-1".into(),
             timestamp_ns: 1_795_690_800_123_456_789,
             path: "envoy/authz/allow".into(),
-            input: Some(Value::from_json_str(r#"{"a": 1}"#).unwrap()),
+            input: Some(RecordInput::Document(
+                Value::from_json_str(r#"{"a": 1}"#).unwrap(),
+            )),
             decision,
             timings: Timings {
                 input_ns: 10,
@@ -630,12 +698,12 @@ allow := true
             host: "h".into(),
         });
         allow.identity = crate::identity::IdentityOutcome::Invalid("bad \u{85} id".into());
-        allow.input = Some(
+        allow.input = Some(RecordInput::Document(
             Value::from_json_str(
                 r#"{"attributes": {"request": {"http": {"headers": {"authorization": "Bearer x", "a": "\u2028"}}}}}"#,
             )
             .unwrap(),
-        );
+        ));
         let mut deny = record(Decision::deny(DenyReason::Timeout));
         deny.dry_run = true;
         deny.input = None;
@@ -669,7 +737,7 @@ allow := true
         prev: &str,
     ) -> (Vec<u8>, String) {
         let mut fields = r.event_fields(labels);
-        let mut input = r.input.clone();
+        let mut input = r.input.as_ref().map(|i| i.to_value(&r.identity));
         if let Some(i) = input.as_mut() {
             let erased = crate::audit::mask::mask_input_headers(i, &["authorization".to_string()]);
             if !erased.is_empty() {
@@ -689,6 +757,96 @@ allow := true
 "##;
     const GOLDEN_DENY: &str = r##"{"labels":{"id":"i-1","region":"eu-1","version":"v\u20282"},"decision_id":"d-1","path":"envoy/authz/allow","error":{"code":"timeout","message":"timeout"},"requested_by":"127.0.0.1:5000","timestamp":"2026-11-26T11:00:00.123456789Z","metrics":{"timer_rego_input_parse_ns":10,"timer_rego_query_eval_ns":20,"timer_server_handler_ns":40},"allowed":false,"http_status":403,"reason":"timeout","identity":null,"revision":"rev","dry_run":true,"origin":"grpc","level":"info","prev_hash":"91b5558f358a08e16552e53da7b362c2c805f72c79da8f67736eddc9380fda09","hash":"53324449a906a34d7e639c1c88dab4e7f48c6c786f3a4e8dfe8aa5e60b539ca2"}
 "##;
+
+    /// A check's record holds its request as read; the event written from it is byte for
+    /// byte the event of the same record holding the document's value (what the server wrote
+    /// before): credential headers erased from `headers` and `headerMap`, the caller's identity
+    /// as `input.identity`, with and without OPA's console envelope.
+    #[test]
+    fn a_checks_input_is_written_from_its_request_as_from_its_value() {
+        use crate::request::{AuthzRequest, HttpRequest, Peer, RawHeader};
+        let labels = InstanceLabels {
+            id: "i".into(),
+            version: "v".into(),
+            extra: Default::default(),
+        };
+        let mut request = AuthzRequest {
+            source: Some(Peer {
+                principal: "spiffe://example.org/ns/prod/sa/web".into(),
+                ..Peer::default()
+            }),
+            http: Some(HttpRequest {
+                method: "GET".into(),
+                path: "/api/v1/products?x=1".into(),
+                host: "shop.example.org".into(),
+                headers: vec![
+                    ("authorization".into(), "Bearer secret".into()),
+                    ("x-tenant".into(), "acme".into()),
+                    ("Cookie".into(), "sid=1".into()),
+                ],
+                ..HttpRequest::default()
+            }),
+            ..AuthzRequest::default()
+        };
+        let masked: Vec<String> = crate::audit::mask::DEFAULT_MASKED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut checked = 0;
+        for raw in [false, true] {
+            if raw && let Some(h) = request.http.as_mut() {
+                h.header_map = Some(
+                    std::mem::take(&mut h.headers)
+                        .into_iter()
+                        .map(|(key, value)| RawHeader {
+                            key,
+                            value,
+                            raw_value: vec![],
+                        })
+                        .collect(),
+                );
+            }
+            let reading =
+                crate::input::read_request(&request, &crate::input::InputOptions::default())
+                    .unwrap();
+            let identity = crate::identity::resolve(&request, &Default::default(), 0);
+            assert!(identity.identity().is_some(), "a valid identity");
+            let mut from_value = record(Decision::allow());
+            from_value.identity = identity;
+            from_value.input = Some(RecordInput::Document(
+                reading.document(&request, identity_value(&from_value.identity).as_ref()),
+            ));
+            let from_request = DecisionRecord {
+                input: Some(RecordInput::Request(Box::new(RequestInput {
+                    request: request.clone(),
+                    reading,
+                }))),
+                ..from_value.clone()
+            };
+            for console in [false, true] {
+                let (want, want_hash) =
+                    from_value.seal(&labels, &masked, console, crate::audit::chain::GENESIS);
+                let (got, got_hash) =
+                    from_request.seal(&labels, &masked, console, crate::audit::chain::GENESIS);
+                let text = String::from_utf8_lossy(&got);
+                assert_eq!(text, String::from_utf8_lossy(&want));
+                assert_eq!(got_hash, want_hash);
+                assert!(
+                    text.contains(r#""erased":["/input/attributes/request/http/"#),
+                    "{text}"
+                );
+                assert!(
+                    !text.contains("secret") && !text.contains("sid=1"),
+                    "{text}"
+                );
+                assert!(text.contains(r#""identity":{"spiffe_id":"#), "{text}");
+                checked += 1;
+            }
+            // The JSON tree (mask and drop policies) holds the same input.
+            assert_eq!(from_request.to_event(&labels), from_value.to_event(&labels));
+        }
+        assert_eq!(checked, 4);
+    }
 
     /// The labels written field by field are the JSON `to_json` gives (`/v1/status` serves that),
     /// whatever the configured names.

@@ -9,7 +9,7 @@ use arbiter_engine::authorizer::{Authorizer, CheckOutcome, Timings};
 use arbiter_engine::bundle::Manifest;
 use arbiter_engine::data_write::{DataOverlay, DataWrite, WriteError};
 use arbiter_engine::identity::IdentityOutcome;
-use arbiter_engine::record::{DecisionRecord, InstanceLabels};
+use arbiter_engine::record::{DecisionRecord, InstanceLabels, RecordInput};
 use arbiter_engine::regorus::Value;
 use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::trace_context::TraceContext;
@@ -297,14 +297,19 @@ impl State {
             .decision_log
             .as_ref()
             .and_then(|_| arbiter_engine::record::RequestLine::of(&request));
-        // The input document is built for the event that holds it, or for a policy that reads
-        // it; not otherwise.
+        // The input document is built for a policy that reads it (the parts it reads); an
+        // event holds the request, from which the log's writer writes the whole document.
         let keep_input = self.decision_log.is_some();
-        // With a shadow set, the request is kept for it (shared, not copied).
+        // With a shadow set, the request is kept for it (shared, not copied), and an event holds
+        // the document.
         let (outcome, shadow_request) = match self.shadow.get().filter(|s| s.open()) {
             None => (
                 self.run(received, move || {
-                    authorizer.check_with(&request, keep_input)
+                    if keep_input {
+                        authorizer.check_for_record(request)
+                    } else {
+                        authorizer.check_with(&request, false)
+                    }
                 })
                 .await,
                 None,
@@ -323,7 +328,7 @@ impl State {
         let logged = self
             .finish(
                 origin,
-                &outcome,
+                &mut outcome,
                 received,
                 Finish {
                     decision_id: &decision_id,
@@ -402,14 +407,14 @@ impl State {
                 .as_ref()
                 .map_or_else(|| "evaluation failed".to_string(), ToString::to_string)),
         };
-        let outcome = CheckOutcome {
-            input: logged_input,
+        let mut outcome = CheckOutcome {
+            input: logged_input.map(RecordInput::Document),
             ..outcome
         };
         let logged = self
             .finish(
                 Origin::DataApi,
-                &outcome,
+                &mut outcome,
                 received,
                 Finish {
                     decision_id: &decision_id,
@@ -439,10 +444,12 @@ impl State {
     async fn finish(
         &self,
         origin: Origin,
-        outcome: &CheckOutcome,
+        outcome: &mut CheckOutcome,
         received: Instant,
         f: Finish<'_>,
     ) -> bool {
+        // The event takes the input: the caller answers from the decision.
+        let input = outcome.input.take();
         let server_ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let d = &outcome.decision;
         // The span starts when the request arrived; the record names it (OPA logs its own
@@ -466,7 +473,7 @@ impl State {
                 decision_id: f.decision_id.to_string(),
                 timestamp_ns: f.timestamp_ns,
                 path: f.path,
-                input: outcome.input.clone(),
+                input,
                 decision: d.clone(),
                 timings: outcome.timings,
                 server_ns,

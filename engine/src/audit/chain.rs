@@ -109,8 +109,22 @@ pub fn seal_with_input(
 /// `input` or `hash` (what [`crate::record::DecisionRecord::write_fields`] writes): adds them
 /// and encodes the line.
 pub fn seal_object<I: serde::Serialize>(
-    mut body: Vec<u8>,
+    body: Vec<u8>,
     input: Option<&I>,
+    prev_hash: &str,
+) -> (Vec<u8>, String) {
+    seal_written(
+        body,
+        input.map(|i| move |out: &mut Vec<u8>| serde_json::to_writer(out, i).is_ok()),
+        prev_hash,
+    )
+}
+
+/// [`seal_object`] with the input written by `write_input` (false: it could not be, and the
+/// event has no `input`).
+pub fn seal_written(
+    mut body: Vec<u8>,
+    write_input: Option<impl FnOnce(&mut Vec<u8>) -> bool>,
     prev_hash: &str,
 ) -> (Vec<u8>, String) {
     body.pop(); // the closing brace
@@ -120,10 +134,10 @@ pub fn seal_object<I: serde::Serialize>(
     body.extend_from_slice(b"\"prev_hash\":\"");
     body.extend_from_slice(prev_hash.as_bytes());
     body.push(b'"');
-    if let Some(input) = input {
+    if let Some(write) = write_input {
         let mark = body.len();
         body.extend_from_slice(b",\"input\":");
-        if serde_json::to_writer(&mut body, input).is_err() {
+        if !write(&mut body) {
             body.truncate(mark);
         }
     }

@@ -53,7 +53,7 @@ fn fixed(v: &Value) -> Key<'_> {
 
 /// The entries of `pairs` as `S` needs them: in order, the last of equal keys kept, for an
 /// ordered sink; as given otherwise (a Rego object orders and keeps the last itself).
-fn entries<'a, T, S: Sink>(pairs: &'a [(String, T)]) -> impl Iterator<Item = &'a (String, T)> {
+fn entries<T, S: Sink>(pairs: &[(String, T)]) -> impl Iterator<Item = &(String, T)> {
     let mut order: Vec<usize> = Vec::new();
     if S::ORDERED && pairs.len() > 1 {
         order.extend(0..pairs.len());
@@ -258,17 +258,16 @@ impl Walk<'_> {
         }
         match below(n, &k.headers) {
             None => {}
-            Some(Needs::Whole) => {
-                if !headers.is_empty() {
-                    s.open(fixed(&k.headers), headers.len());
-                    for (name, value) in entries::<_, S>(headers) {
-                        if !is_masked(masked, name) {
-                            s.str(Key::Named(name), value);
-                        }
+            Some(Needs::Whole) if !headers.is_empty() => {
+                s.open(fixed(&k.headers), headers.len());
+                for (name, value) in entries::<_, S>(headers) {
+                    if !is_masked(masked, name) {
+                        s.str(Key::Named(name), value);
                     }
-                    s.close();
                 }
+                s.close();
             }
+            Some(Needs::Whole) => {}
             // Only the headers read by name (a reference with a constant name).
             Some(Needs::Keys(names)) => {
                 let read = |(name, _): &&(String, String)| {
@@ -394,7 +393,10 @@ fn metadata<S: Sink>(s: &mut S, key: &Value, m: &Metadata) {
         s.close();
     }
     if !m.typed_filter_metadata.is_empty() {
-        s.open(fixed(&k.typed_filter_metadata), m.typed_filter_metadata.len());
+        s.open(
+            fixed(&k.typed_filter_metadata),
+            m.typed_filter_metadata.len(),
+        );
         for (ns, url) in entries::<_, S>(&m.typed_filter_metadata) {
             s.open(Key::Named(ns), 1);
             text(s, &k.at_type, url);
@@ -459,12 +461,15 @@ impl Sink for Tree {
     const ORDERED: bool = false;
 
     fn open(&mut self, key: Key<'_>, room: usize) {
-        self.stack
-            .push(Frame::Object(Some(Self::key(key)), Vec::with_capacity(room)));
+        self.stack.push(Frame::Object(
+            Some(Self::key(key)),
+            Vec::with_capacity(room),
+        ));
     }
 
     fn open_item(&mut self, room: usize) {
-        self.stack.push(Frame::Object(None, Vec::with_capacity(room)));
+        self.stack
+            .push(Frame::Object(None, Vec::with_capacity(room)));
     }
 
     fn close(&mut self) {

@@ -268,7 +268,10 @@ fn every_field() -> AuthzRequest {
         context_extensions: vec![(s("z"), s("1")), (s("k\"ey"), s("v")), (s("z"), s("2"))],
         metadata_context: Some(Metadata {
             filter_metadata: vec![
-                (s("istio"), json!({"n": 1.5, "big": 12345678901234567890u64, "s": "x"})),
+                (
+                    s("istio"),
+                    json!({"n": 1.5, "big": 12345678901234567890u64, "s": "x"}),
+                ),
                 (s("envoy.filters"), json!([1, {"b": 2, "a": 1}])),
             ],
             typed_filter_metadata: vec![(s("t"), s("type.googleapis.com/x.Y"))],
@@ -277,7 +280,9 @@ fn every_field() -> AuthzRequest {
             filter_metadata: vec![(s("r"), json!(null))],
             typed_filter_metadata: vec![],
         }),
-        tls_session: Some(TlsSession { sni: s("example.com") }),
+        tls_session: Some(TlsSession {
+            sni: s("example.com"),
+        }),
     }
 }
 
@@ -319,7 +324,11 @@ fn written_as_value(r: &AuthzRequest, opts: &InputOptions, identity: Option<&Val
             String::from_utf8_lossy(&want),
             "masked {masked:?}"
         );
-        assert_eq!(reading.masked_pointers(r, masked), erased, "masked {masked:?}");
+        assert_eq!(
+            reading.masked_pointers(r, masked),
+            erased,
+            "masked {masked:?}"
+        );
     }
     true
 }
