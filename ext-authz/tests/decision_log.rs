@@ -50,9 +50,14 @@ fn labels() -> InstanceLabels {
     }
 }
 
-/// Decide `request` and capture the record, as the server does.
+/// Decide `request` and capture the record, as the server does: for odd `id`s holding the
+/// request as read (a check's record), for even ones the document's value (a shadowed check's).
 fn record(authorizer: &Authorizer, request: &AuthzRequest, id: usize) -> Box<DecisionRecord> {
-    let outcome = authorizer.check(request);
+    let outcome = if id % 2 == 1 {
+        authorizer.check_for_record(request.clone())
+    } else {
+        authorizer.check(request)
+    };
     Box::new(DecisionRecord {
         decision_id: format!("{id:08}"),
         timestamp_ns: 1_795_690_800_000_000_000 + i128::try_from(id).unwrap(),
