@@ -410,23 +410,29 @@ fn metadata<S: Sink>(s: &mut S, key: &Value, m: &Metadata) {
 /// The document as a Rego value: each object's entries gathered, then made an object (which
 /// orders them and keeps the last of equal keys).
 pub(crate) struct Tree {
-    stack: Vec<Frame>,
+    /// The objects open, the root first, each with its key in the object above (none for the
+    /// root and for a list's element): inline, as deep as the document's shape goes (seven),
+    /// so the walk itself allocates nothing.
+    objects: smallvec::SmallVec<[OpenObject; 8]>,
+    /// The lists open, with their keys.
+    lists: smallvec::SmallVec<[(Value, Vec<Value>); 2]>,
 }
 
-enum Frame {
-    /// An object's entries, and its key in the object above (none for the root and for a
-    /// list's element).
-    Object(Option<Value>, Vec<(Value, Value)>),
-    List(Value, Vec<Value>),
-}
+/// An object being built: its key in the object above (none for the root and for a list's
+/// element), and its entries.
+type OpenObject = (Option<Value>, Vec<(Value, Value)>);
 
 impl Tree {
     pub(crate) fn new() -> Self {
-        let mut stack = Vec::with_capacity(8);
-        stack.push(Frame::Object(None, Vec::with_capacity(8)));
-        Tree { stack }
+        let mut objects = smallvec::SmallVec::new();
+        objects.push((None, Vec::with_capacity(8)));
+        Tree {
+            objects,
+            lists: smallvec::SmallVec::new(),
+        }
     }
 
+    #[inline(always)]
     fn key(key: Key<'_>) -> Value {
         match key {
             Key::Fixed(v) => v.clone(),
@@ -434,25 +440,25 @@ impl Tree {
         }
     }
 
+    #[inline(always)]
     fn entry(&mut self, key: Value, v: Value) {
-        if let Some(Frame::Object(_, entries)) = self.stack.last_mut() {
+        if let Some((_, entries)) = self.objects.last_mut() {
             entries.push((key, v));
         }
     }
 
+    #[inline(always)]
     fn item(&mut self, v: Value) {
-        if let Some(Frame::List(_, items)) = self.stack.last_mut() {
+        if let Some((_, items)) = self.lists.last_mut() {
             items.push(v);
         }
     }
 
     /// The root object, once the walk is done.
     pub(crate) fn done(mut self) -> Value {
-        match self.stack.pop() {
-            Some(Frame::Object(_, entries)) => {
-                Value::from(regorus::value::Object::from_entries(entries))
-            }
-            _ => Value::Undefined,
+        match self.objects.pop() {
+            Some((_, entries)) => Value::from(regorus::value::Object::from_entries(entries)),
+            None => Value::Undefined,
         }
     }
 }
@@ -460,20 +466,20 @@ impl Tree {
 impl Sink for Tree {
     const ORDERED: bool = false;
 
+    #[inline]
     fn open(&mut self, key: Key<'_>, room: usize) {
-        self.stack.push(Frame::Object(
-            Some(Self::key(key)),
-            Vec::with_capacity(room),
-        ));
+        self.objects
+            .push((Some(Self::key(key)), Vec::with_capacity(room)));
     }
 
+    #[inline]
     fn open_item(&mut self, room: usize) {
-        self.stack
-            .push(Frame::Object(None, Vec::with_capacity(room)));
+        self.objects.push((None, Vec::with_capacity(room)));
     }
 
+    #[inline]
     fn close(&mut self) {
-        if let Some(Frame::Object(key, entries)) = self.stack.pop() {
+        if let Some((key, entries)) = self.objects.pop() {
             let v = Value::from(regorus::value::Object::from_entries(entries));
             match key {
                 Some(key) => self.entry(key, v),
@@ -482,37 +488,44 @@ impl Sink for Tree {
         }
     }
 
+    #[inline]
     fn open_list(&mut self, key: Key<'_>, room: usize) {
-        self.stack
-            .push(Frame::List(Self::key(key), Vec::with_capacity(room)));
+        self.lists.push((Self::key(key), Vec::with_capacity(room)));
     }
 
+    #[inline]
     fn close_list(&mut self) {
-        if let Some(Frame::List(key, items)) = self.stack.pop() {
+        if let Some((key, items)) = self.lists.pop() {
             self.entry(key, Value::from(items));
         }
     }
 
+    #[inline]
     fn str(&mut self, key: Key<'_>, s: &str) {
         self.entry(Self::key(key), Value::from(s));
     }
 
+    #[inline]
     fn item_str(&mut self, s: &str) {
         self.item(Value::from(s));
     }
 
+    #[inline]
     fn uint(&mut self, key: Key<'_>, n: u64) {
         self.entry(Self::key(key), Value::from(n));
     }
 
+    #[inline]
     fn int(&mut self, key: Key<'_>, n: i64) {
         self.entry(Self::key(key), Value::from(n));
     }
 
+    #[inline]
     fn bool(&mut self, key: Key<'_>, b: bool) {
         self.entry(Self::key(key), Value::Bool(b));
     }
 
+    #[inline]
     fn value(&mut self, key: Key<'_>, v: &Value) {
         self.entry(Self::key(key), v.clone());
     }
@@ -523,14 +536,14 @@ impl Sink for Tree {
 pub(crate) struct Text<'a> {
     out: &'a mut Vec<u8>,
     /// Per open object or list, whether nothing was written in it yet.
-    first: Vec<bool>,
+    first: smallvec::SmallVec<[bool; 16]>,
 }
 
 impl<'a> Text<'a> {
     /// The root object opened in `out`.
     pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
-        let mut first = Vec::with_capacity(8);
+        let mut first = smallvec::SmallVec::new();
         first.push(true);
         Text { out, first }
     }
