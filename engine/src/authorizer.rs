@@ -14,7 +14,7 @@ use regorus::Value;
 use crate::cel::{CelRequest, CelVerdict};
 use crate::data_ref::DataRef;
 use crate::decision::{DecidedBy, Decision, DenyReason};
-use crate::identity::{self, Identity, IdentityOptions, IdentityOutcome};
+use crate::identity::{self, IdentityOptions, IdentityOutcome};
 use crate::input::{Attributes, InputOptions, Needs, Reading, read_request};
 use crate::policy_set::PolicySet;
 use crate::record::{RecordInput, RequestInput};
@@ -287,14 +287,17 @@ impl Authorizer {
         self.check_reading(request, keep_input).0
     }
 
-    /// [`Self::check_with`] without keeping the document, for a decision record: the outcome's
+    /// [`Self::check_with`] for a decision record, which holds the whole document: the outcome's
     /// `input` is `request` itself with how it was read ([`RecordInput::Request`]), from which
-    /// the record's writer writes the whole document, off the decision path and without
-    /// building it. The decision builds only what its policies read.
+    /// the record's writer writes the document, off the decision path and without building it;
+    /// the decision builds only what its policies read. When they read it whole, the document
+    /// built for them is the record's ([`RecordInput::Document`]), not built twice.
     pub fn check_for_record(&self, request: AuthzRequest) -> CheckOutcome {
         let (mut outcome, reading) = self.check_reading(&request, false);
-        outcome.input = reading
-            .map(|reading| RecordInput::Request(Box::new(RequestInput { request, reading })));
+        if outcome.input.is_none() {
+            outcome.input = reading
+                .map(|reading| RecordInput::Request(Box::new(RequestInput { request, reading })));
+        }
         outcome
     }
 
@@ -317,7 +320,7 @@ impl Authorizer {
         // principals; a set that reads none of them does not build it.
         let identity_value = (needs.is_some_and(|n| n.get("identity").is_some())
             || self.reads_identity)
-            .then(|| identity.identity().map(Identity::to_value))
+            .then(|| identity.to_value())
             .flatten();
         let reading = match read_request(request, &self.input_options) {
             Ok(r) => r,
@@ -681,8 +684,26 @@ mod tests {
                 let lean = a.check_with(r, false);
                 assert_eq!(lean.decision, whole.decision, "{policy}\n{r:?}");
                 // A part of the document is not the request's input, and is not kept.
-                if !a.reads_document.as_ref().unwrap().is_whole() {
+                let whole_read = a.reads_document.as_ref().unwrap().is_whole();
+                if !whole_read {
                     assert!(lean.input.is_none(), "{policy}");
+                }
+                // For a record: the same decision, and an input that is the whole document —
+                // the request as read when the policies read a part, the document built for
+                // them when they read it whole.
+                let recorded = a.check_for_record(r.clone());
+                assert_eq!(recorded.decision, whole.decision, "{policy}\n{r:?}");
+                match (&recorded.input, &whole.input) {
+                    (None, None) => {}
+                    (Some(got), Some(RecordInput::Document(want))) => {
+                        assert_eq!(&got.to_value(&recorded.identity), want, "{policy}");
+                        assert_eq!(
+                            matches!(got, RecordInput::Document(_)),
+                            whole_read,
+                            "{policy}"
+                        );
+                    }
+                    (got, want) => panic!("{policy}: {got:?} against {want:?}"),
                 }
             }
         }

@@ -129,17 +129,9 @@ impl RecordInput {
     pub fn to_value(&self, identity: &crate::identity::IdentityOutcome) -> Value {
         match self {
             RecordInput::Document(v) => v.clone(),
-            RecordInput::Request(r) => r
-                .reading
-                .document(&r.request, identity_value(identity).as_ref()),
+            RecordInput::Request(r) => r.reading.document(&r.request, identity.to_value().as_ref()),
         }
     }
-}
-
-/// `input.identity`: what the authorizer gave the policies (see
-/// [`crate::authorizer::Authorizer::check_with`]).
-fn identity_value(identity: &crate::identity::IdentityOutcome) -> Option<Value> {
-    identity.identity().map(crate::identity::Identity::to_value)
 }
 
 /// A shadow set's decision of a check, never enforced.
@@ -428,7 +420,7 @@ impl DecisionRecord {
             (Some(RecordInput::Request(r)), _) => {
                 r.reading.write_document(
                     &r.request,
-                    identity_value(&self.identity).as_ref(),
+                    self.identity.to_value().as_ref(),
                     masked_headers,
                     out,
                 );
@@ -814,7 +806,7 @@ allow := true
             let mut from_value = record(Decision::allow());
             from_value.identity = identity;
             from_value.input = Some(RecordInput::Document(
-                reading.document(&request, identity_value(&from_value.identity).as_ref()),
+                reading.document(&request, from_value.identity.to_value().as_ref()),
             ));
             let from_request = DecisionRecord {
                 input: Some(RecordInput::Request(Box::new(RequestInput {

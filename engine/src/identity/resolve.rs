@@ -137,6 +137,13 @@ impl IdentityOutcome {
             _ => None,
         }
     }
+
+    /// The caller's identity as the policies see it (Rego's `input.identity`, CEL's
+    /// `identity`, Istio's principals), and as a decision record's input holds it: none unless
+    /// it was established.
+    pub fn to_value(&self) -> Option<regorus::Value> {
+        self.identity().map(Identity::to_value)
+    }
 }
 
 /// How identities are established.
