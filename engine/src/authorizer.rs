@@ -76,12 +76,16 @@ pub struct Authorizer {
 /// What a policy reads of the input document (Rego deciding: what its references name; CEL's
 /// `input`: all of it), and whether one reads the identity document (CEL's `identity`,
 /// Istio's principals, which are the identity's).
-fn reads_documents(policies: &PolicySet, rego_decides: bool) -> (Option<Arc<Needs>>, bool) {
+fn reads_documents(
+    policies: &PolicySet,
+    path: &DataRef,
+    rego_decides: bool,
+) -> (Option<Arc<Needs>>, bool) {
     let cel = policies.cel().map(|c| c.uses()).unwrap_or_default();
     let document = if cel.input {
         Some(Arc::new(Needs::Whole))
     } else {
-        rego_decides.then(|| policies.rego_input_reads().clone())
+        rego_decides.then(|| Arc::new(policies.rego_input_reads().at(path.segments())))
     };
     (document, policies.istio().is_some() || cel.identity)
 }
@@ -158,7 +162,7 @@ fn elapsed_ns(since: Instant) -> u64 {
 impl Authorizer {
     pub fn new(policies: Arc<PolicySet>, path: DataRef, input_options: InputOptions) -> Self {
         let rego_decides = policies.defines(&path);
-        let (reads_document, reads_identity) = reads_documents(&policies, rego_decides);
+        let (reads_document, reads_identity) = reads_documents(&policies, &path, rego_decides);
         let (rvm, rvm_unavailable) = if rego_decides {
             match RvmDecider::compile(&policies, &path) {
                 Ok(d) => (Some(Arc::new(d)), None),
@@ -210,7 +214,8 @@ impl Authorizer {
                     .collect()
             })
             .unwrap_or_default();
-        let (reads_document, reads_identity) = reads_documents(&policies, self.rego_decides);
+        let (reads_document, reads_identity) =
+            reads_documents(&policies, &self.path, self.rego_decides);
         Self {
             reads_document,
             reads_identity,
@@ -676,6 +681,10 @@ mod tests {
             "package envoy.authz\nallow := {\"allowed\": true, \"headers\": {\"x-peer\": input.attributes.source.principal}, \"body\": input.attributes.request.http.method}",
             // Nothing read at all.
             "package envoy.authz\nallow := true",
+            // Through an alias of a part of `input` (OPA-Envoy policies' first line): the
+            // fields read through it, a header's absence, the alias whole.
+            "package envoy.authz\nhttp := input.attributes.request.http\nallow if { http.headers[\"x-tenant\"] == \"acme\"; not http.headers[\"x-missing\"]; http.method == \"GET\" }",
+            "package envoy.authz\nhttp := input.attributes.request.http\nallow if count(http.headers) > 3\nallow if data.envoy.authz.http.method == \"POST\"",
         ];
         for policy in policies {
             let a = authorizer(Some(policy), None);
@@ -707,6 +716,17 @@ mod tests {
                 }
             }
         }
+        // Through the alias, only the fields read are built (not `http` whole).
+        let a = authorizer(Some(policies[6]), None);
+        let http = a
+            .reads_document
+            .as_deref()
+            .and_then(|n| n.get("attributes"))
+            .and_then(|n| n.get("request"))
+            .and_then(|n| n.get("http"))
+            .unwrap();
+        assert!(!http.is_whole() && http.get("method").is_some() && http.get("path").is_none());
+        assert!(a.check_with(&requests[0], false).decision.allowed);
         // The first policy was given only what it reads, and allowed on it.
         let a = authorizer(Some(policies[0]), None);
         let reads = a.reads_document.as_deref().unwrap();

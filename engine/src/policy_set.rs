@@ -97,7 +97,7 @@ pub struct PolicySet {
     /// revision is then this one with the writes' digest).
     base_revision: Option<String>,
     /// What the Rego modules can read of `input` ([`crate::input::needs`]).
-    rego_input_reads: Arc<crate::input::Needs>,
+    rego_input_reads: Arc<crate::input::needs::RegoReads>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -245,7 +245,7 @@ impl PolicySet {
             return Err(LoadError::one(d.with_code(code)));
         }
         let revision = revision_of(sources, options.include_tests);
-        let rego_input_reads = Arc::new(crate::input::Needs::of_rego(engine.get_modules()));
+        let rego_input_reads = Arc::new(crate::input::needs::RegoReads::of(engine.get_modules()));
         Ok(PolicySet {
             prototype: engine,
             modules,
@@ -279,7 +279,7 @@ impl PolicySet {
 
     /// What the Rego modules can read of `input`: the parts of the input document a check
     /// builds for them ([`crate::input::needs`]).
-    pub fn rego_input_reads(&self) -> &Arc<crate::input::Needs> {
+    pub fn rego_input_reads(&self) -> &Arc<crate::input::needs::RegoReads> {
         &self.rego_input_reads
     }
 

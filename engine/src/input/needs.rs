@@ -14,6 +14,16 @@
 //! from the replaced document. The walk matches every expression and statement kind of the
 //! syntax tree without a catch-all arm, so a kind added to regorus does not compile until
 //! it is handled here.
+//!
+//! OPA-Envoy policies begin with an alias, `http := input.attributes.request.http`: a read
+//! through it (`http.method`, `data.envoy.authz.http.headers["x"]`) reads that part of
+//! `input`, so it is followed ([`RegoReads`]). An alias is a complete rule with no body whose
+//! value is a constant reference into `input`, the only rule of its name in its package, with
+//! no package below it. Whatever could observe it whole takes its part whole: the name alone
+//! or with a key that is not constant, a reference to `data` that stops short of it or leaves
+//! it by a key that is not constant (`data.envoy.authz[k]`, `walk(data)`), an import of it or
+//! of its package, and evaluating it or its package ([`RegoReads::at`]). Any variable of the
+//! alias's name in its package counts as the alias (a local of that name only adds reads).
 
 use std::collections::BTreeMap;
 
@@ -81,94 +91,434 @@ impl Needs {
         }
     }
 
-    /// What `modules` read of `input`.
+    /// What `modules` read of `input`, whatever is evaluated (see [`RegoReads::anywhere`]).
     pub fn of_rego(modules: &[Ref<Module>]) -> Self {
-        let mut n = Needs::nothing();
+        RegoReads::of(modules).anywhere()
+    }
+}
+
+/// A rule that is a name for a part of `input`, as OPA-Envoy policies begin:
+/// `http := input.attributes.request.http`. A read through it (`http.method`,
+/// `data.envoy.authz.http.headers["x"]`) is a read of that part of `input`, not of the whole
+/// part the rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alias {
+    /// The rule's path below `data`: its package's keys, then its name.
+    path: Vec<String>,
+    /// The part of `input` it names.
+    input: Vec<String>,
+}
+
+/// What a set of Rego modules reads of `input`, with reads through aliases followed, and the
+/// aliases themselves: what is read then depends on what is evaluated ([`RegoReads::at`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegoReads {
+    /// Every read, those through aliases followed to the parts they read.
+    followed: Needs,
+    aliases: Vec<Alias>,
+}
+
+impl RegoReads {
+    /// Read `modules`.
+    pub fn of(modules: &[Ref<Module>]) -> Self {
+        let aliases = find_aliases(modules);
+        let mut w = Walk {
+            n: Needs::nothing(),
+            aliases: &aliases,
+            package: Vec::new(),
+        };
         for m in modules {
+            let package = ref_keys(&m.package.refr)
+                .filter(|(_, _, constant)| *constant)
+                .map(|(root, mut keys, _)| {
+                    keys.insert(0, root);
+                    keys
+                })
+                .unwrap_or_default();
+            w.package = package;
             for i in &m.imports {
-                expr(&i.refr, &mut n);
+                w.import(&i.refr);
             }
             for r in &m.policy {
-                rule(r, &mut n);
+                w.rule(r);
             }
+        }
+        let followed = w.n;
+        RegoReads { followed, aliases }
+    }
+
+    /// What evaluating `data.<entry>` reads: the reads followed, and the whole part each alias
+    /// names when `entry` holds or is below the alias (its value is then part of the result).
+    pub fn at(&self, entry: &[String]) -> Needs {
+        let mut n = self.followed.clone();
+        for a in &self.aliases {
+            if a.path.starts_with(entry) || entry.starts_with(&a.path) {
+                n.add(&a.input);
+            }
+        }
+        n
+    }
+
+    /// What evaluating anything reads: every alias's part whole.
+    pub fn anywhere(&self) -> Needs {
+        let mut n = self.followed.clone();
+        for a in &self.aliases {
+            n.add(&a.input);
         }
         n
     }
 }
 
-fn rule(r: &Rule, n: &mut Needs) {
-    match r {
-        Rule::Spec { head, bodies, .. } => {
-            match head {
-                RuleHead::Compr { refr, assign, .. } => {
-                    expr(refr, n);
-                    if let Some(a) = assign {
-                        expr(&a.value, n);
-                    }
-                }
-                RuleHead::Set { refr, key, .. } => {
-                    expr(refr, n);
-                    if let Some(k) = key {
-                        expr(k, n);
-                    }
-                }
-                RuleHead::Func {
-                    refr, args, assign, ..
-                } => {
-                    expr(refr, n);
-                    for a in args {
-                        expr(a, n);
-                    }
-                    if let Some(a) = assign {
-                        expr(&a.value, n);
-                    }
-                }
+/// `e` as a reference from a variable: the variable, its keys up to the first that is not a
+/// constant string, and whether every key is constant.
+fn ref_keys(e: &Expr) -> Option<(String, Vec<String>, bool)> {
+    let mut chain: Vec<&Expr> = Vec::new();
+    let mut at = e;
+    let root = loop {
+        match at {
+            Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => {
+                chain.push(at);
+                at = refr;
             }
-            for b in bodies {
-                if let Some(a) = &b.assign {
-                    expr(&a.value, n);
-                }
-                query(&b.query, n);
-            }
+            Expr::Var { value, .. } => break value.as_string().ok()?.to_string(),
+            _ => return None,
         }
-        Rule::Default {
-            refr, args, value, ..
-        } => {
-            expr(refr, n);
-            for a in args {
-                expr(a, n);
-            }
-            expr(value, n);
+    };
+    let mut keys = Vec::new();
+    for link in chain.iter().rev() {
+        match constant_key(link) {
+            Some(k) => keys.push(k),
+            None => return Some((root, keys, false)),
         }
+    }
+    Some((root, keys, true))
+}
+
+/// The key a selection names when it is a constant string.
+fn constant_key(link: &Expr) -> Option<String> {
+    match link {
+        Expr::RefDot { field, .. } => field.1.as_string().ok().map(|s| s.to_string()),
+        Expr::RefBrack { index, .. } => match &**index {
+            Expr::String { value, .. } | Expr::RawString { value, .. } => {
+                value.as_string().ok().map(|s| s.to_string())
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
-fn query(q: &Query, n: &mut Needs) {
-    for s in &q.stmts {
-        match &s.literal {
-            Literal::SomeVars { .. } => {}
-            Literal::SomeIn {
+/// The rules that name a part of `input` and nothing else: a complete rule with no body whose
+/// value is a reference into `input` with constant keys, the only rule of its name in its
+/// package (no `default`, no other definition).
+fn find_aliases(modules: &[Ref<Module>]) -> Vec<Alias> {
+    let mut found: BTreeMap<Vec<String>, Option<Vec<String>>> = BTreeMap::new();
+    for m in modules {
+        let Some((root, mut package, true)) = ref_keys(&m.package.refr) else {
+            continue;
+        };
+        package.insert(0, root);
+        for r in &m.policy {
+            let (refr, alias) = match &**r {
+                Rule::Spec { head, bodies, .. } => match head {
+                    RuleHead::Compr { refr, assign, .. } => {
+                        let input = assign
+                            .as_ref()
+                            .filter(|_| bodies.is_empty())
+                            .and_then(|a| ref_keys(&a.value))
+                            .filter(|(root, _, constant)| root == "input" && *constant)
+                            .map(|(_, keys, _)| keys);
+                        (refr, input)
+                    }
+                    RuleHead::Set { refr, .. } | RuleHead::Func { refr, .. } => (refr, None),
+                },
+                Rule::Default { refr, .. } => (refr, None),
+            };
+            // The rule's path: its package, then its head's keys.
+            let Some((name, keys, _)) = ref_keys(refr) else {
+                continue;
+            };
+            // Only a rule named by one key (`http`, not `a.b := …` or `a[x] := …`).
+            let alias = alias.filter(|_| keys.is_empty());
+            let mut path = package.clone();
+            path.push(name);
+            path.extend(keys);
+            match found.get_mut(&path) {
+                // A second rule of the name: not an alias.
+                Some(seen) => *seen = None,
+                None => {
+                    found.insert(path, alias);
+                }
+            }
+        }
+    }
+    // Not where a package lies at or below the rule's path (`package envoy.authz.http`): what
+    // `data.envoy.authz.http` is is then not the rule's value alone.
+    let packages: Vec<Vec<String>> = modules
+        .iter()
+        .filter_map(|m| ref_keys(&m.package.refr))
+        .map(|(root, mut keys, _)| {
+            keys.insert(0, root);
+            keys
+        })
+        .collect();
+    found
+        .into_iter()
+        .filter_map(|(path, input)| {
+            Some(Alias {
+                path,
+                input: input?,
+            })
+        })
+        .filter(|a| !packages.iter().any(|p| p.starts_with(&a.path)))
+        .collect()
+}
+
+/// The walk of the syntax tree: what is read, the aliases, and the package of the module
+/// walked.
+struct Walk<'a> {
+    n: Needs,
+    aliases: &'a [Alias],
+    /// The keys of the walked module's package.
+    package: Vec<String>,
+}
+
+impl Walk<'_> {
+    /// The alias `path` names, if any.
+    fn alias(&self, path: &[String]) -> Option<&Alias> {
+        self.aliases.iter().find(|a| a.path == path)
+    }
+
+    /// An import: of `input` or a part, that part whole; of `data` at or around an alias, the
+    /// alias's part whole (its name then reads anything of it).
+    fn import(&mut self, refr: &Expr) {
+        self.expr(refr);
+        if let Some((root, keys, _)) = ref_keys(refr)
+            && root == "data"
+        {
+            for a in self.aliases {
+                if a.path.starts_with(&keys) || keys.starts_with(&a.path) {
+                    self.n.add(&a.input);
+                }
+            }
+        }
+    }
+
+    /// A read through an alias: `name…` in the alias's package, or `data.<path>…` anywhere.
+    /// `true` when `e` was one (and is accounted for).
+    fn through_alias(&mut self, e: &Expr) -> bool {
+        let Some((root, keys, _)) = ref_keys(e) else {
+            return false;
+        };
+        let (alias, below) = if root == "data" {
+            // `data.<path>…`, taken whole here (its prefixes are not references of their own):
+            // the alias at the path's start; a reference that stops short of an alias, or
+            // leaves it by a key that is not constant, takes it whole.
+            let mut matched = None;
+            for a in self.aliases {
+                if keys.starts_with(&a.path) {
+                    matched = Some((a, keys.len() - a.path.len()));
+                } else if a.path.starts_with(&keys) {
+                    self.n.add(&a.input);
+                }
+            }
+            match matched {
+                Some((a, below)) => (a, below),
+                None => {
+                    self.indexes(e);
+                    return true;
+                }
+            }
+        } else {
+            let mut path = self.package.to_vec();
+            path.push(root);
+            match self.alias(&path) {
+                Some(a) => (a, keys.len()),
+                None => return false,
+            }
+        };
+        let mut read = alias.input.clone();
+        read.extend_from_slice(&keys[keys.len() - below..]);
+        self.n.add(&read);
+        self.indexes(e);
+        true
+    }
+
+    /// The indexes of a reference, each read on its own.
+    fn indexes(&mut self, e: &Expr) {
+        let mut at = e;
+        while let Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } = at {
+            if let Expr::RefBrack { index, .. } = at {
+                self.expr(index);
+            }
+            at = refr;
+        }
+    }
+    fn rule(&mut self, r: &Rule) {
+        // An alias is not a read of what it names: the reads through it are.
+        if let Rule::Spec {
+            head: RuleHead::Compr { refr, .. },
+            ..
+        } = r
+            && let Some((name, keys, _)) = ref_keys(refr)
+            && keys.is_empty()
+        {
+            let mut path = self.package.to_vec();
+            path.push(name);
+            if self.alias(&path).is_some() {
+                return;
+            }
+        }
+        match r {
+            Rule::Spec { head, bodies, .. } => {
+                match head {
+                    RuleHead::Compr { refr, assign, .. } => {
+                        self.expr(refr);
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                    RuleHead::Set { refr, key, .. } => {
+                        self.expr(refr);
+                        if let Some(k) = key {
+                            self.expr(k);
+                        }
+                    }
+                    RuleHead::Func {
+                        refr, args, assign, ..
+                    } => {
+                        self.expr(refr);
+                        for a in args {
+                            self.expr(a);
+                        }
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                }
+                for b in bodies {
+                    if let Some(a) = &b.assign {
+                        self.expr(&a.value);
+                    }
+                    self.query(&b.query);
+                }
+            }
+            Rule::Default {
+                refr, args, value, ..
+            } => {
+                self.expr(refr);
+                for a in args {
+                    self.expr(a);
+                }
+                self.expr(value);
+            }
+        }
+    }
+
+    fn query(&mut self, q: &Query) {
+        for s in &q.stmts {
+            match &s.literal {
+                Literal::SomeVars { .. } => {}
+                Literal::SomeIn {
+                    key,
+                    value,
+                    collection,
+                    ..
+                } => self.membership(key.as_deref(), value, collection),
+                Literal::Expr { expr: e, .. } | Literal::NotExpr { expr: e, .. } => self.expr(e),
+                Literal::Every {
+                    domain, query: q, ..
+                } => {
+                    self.expr(domain);
+                    self.query(q);
+                }
+            }
+            for w in &s.with_mods {
+                // The target is written, not read; the indexes in it are read.
+                match input_ref(&w.refr) {
+                    Some((_, indexes)) => indexes.into_iter().for_each(|i| self.expr(i)),
+                    None => self.expr(&w.refr),
+                }
+                self.expr(&w.r#as);
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        if self.through_alias(e) {
+            return;
+        }
+        if let Some((keys, indexes)) = input_ref(e) {
+            self.n.add(&keys);
+            for i in indexes {
+                self.expr(i);
+            }
+            return;
+        }
+        match e {
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. } => {}
+            // `input` alone was matched above; any other variable reads nothing of it.
+            Expr::Var { .. } => {}
+            Expr::Array { items, .. } | Expr::Set { items, .. } => {
+                items.iter().for_each(|i| self.expr(i));
+            }
+            Expr::Object { fields, .. } => {
+                for (_, k, v) in fields {
+                    self.expr(k);
+                    self.expr(v);
+                }
+            }
+            Expr::ArrayCompr { term, query: q, .. } | Expr::SetCompr { term, query: q, .. } => {
+                self.expr(term);
+                self.query(q);
+            }
+            Expr::ObjectCompr {
+                key,
+                value,
+                query: q,
+                ..
+            } => {
+                self.expr(key);
+                self.expr(value);
+                self.query(q);
+            }
+            Expr::Call { fcn, params, .. } => {
+                self.expr(fcn);
+                params.iter().for_each(|p| self.expr(p));
+            }
+            Expr::UnaryExpr { expr: inner, .. } => self.expr(inner),
+            Expr::RefDot { refr, .. } => self.expr(refr),
+            Expr::RefBrack { refr, index, .. } => {
+                self.expr(refr);
+                self.expr(index);
+            }
+            Expr::BinExpr { lhs, rhs, .. }
+            | Expr::BoolExpr { lhs, rhs, .. }
+            | Expr::ArithExpr { lhs, rhs, .. }
+            | Expr::AssignExpr { lhs, rhs, .. } => {
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            Expr::Membership {
                 key,
                 value,
                 collection,
                 ..
-            } => membership(key.as_deref(), value, collection, n),
-            Literal::Expr { expr: e, .. } | Literal::NotExpr { expr: e, .. } => expr(e, n),
-            Literal::Every {
-                domain, query: q, ..
-            } => {
-                expr(domain, n);
-                query(q, n);
-            }
+            } => self.membership(key.as_deref(), value, collection),
         }
-        for w in &s.with_mods {
-            // The target is written, not read; the indexes in it are read.
-            match input_ref(&w.refr) {
-                Some((_, indexes)) => indexes.into_iter().for_each(|i| expr(i, n)),
-                None => expr(&w.refr, n),
-            }
-            expr(&w.r#as, n);
+    }
+
+    /// `key, value in collection` (a `some … in` or a membership test).
+    fn membership(&mut self, key: Option<&Expr>, value: &Expr, collection: &Expr) {
+        if let Some(k) = key {
+            self.expr(k);
         }
+        self.expr(value);
+        self.expr(collection);
     }
 }
 
@@ -211,80 +561,6 @@ fn input_ref(e: &Expr) -> Option<(Vec<String>, Vec<&Expr>)> {
         }
     }
     Some((keys, indexes))
-}
-
-fn expr(e: &Expr, n: &mut Needs) {
-    if let Some((keys, indexes)) = input_ref(e) {
-        n.add(&keys);
-        for i in indexes {
-            expr(i, n);
-        }
-        return;
-    }
-    match e {
-        Expr::String { .. }
-        | Expr::RawString { .. }
-        | Expr::Number { .. }
-        | Expr::Bool { .. }
-        | Expr::Null { .. } => {}
-        // `input` alone was matched above; any other variable reads nothing of it.
-        Expr::Var { .. } => {}
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            items.iter().for_each(|i| expr(i, n));
-        }
-        Expr::Object { fields, .. } => {
-            for (_, k, v) in fields {
-                expr(k, n);
-                expr(v, n);
-            }
-        }
-        Expr::ArrayCompr { term, query: q, .. } | Expr::SetCompr { term, query: q, .. } => {
-            expr(term, n);
-            query(q, n);
-        }
-        Expr::ObjectCompr {
-            key,
-            value,
-            query: q,
-            ..
-        } => {
-            expr(key, n);
-            expr(value, n);
-            query(q, n);
-        }
-        Expr::Call { fcn, params, .. } => {
-            expr(fcn, n);
-            params.iter().for_each(|p| expr(p, n));
-        }
-        Expr::UnaryExpr { expr: inner, .. } => expr(inner, n),
-        Expr::RefDot { refr, .. } => expr(refr, n),
-        Expr::RefBrack { refr, index, .. } => {
-            expr(refr, n);
-            expr(index, n);
-        }
-        Expr::BinExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::AssignExpr { lhs, rhs, .. } => {
-            expr(lhs, n);
-            expr(rhs, n);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => membership(key.as_deref(), value, collection, n),
-    }
-}
-
-/// `key, value in collection` (a `some … in` or a membership test).
-fn membership(key: Option<&Expr>, value: &Expr, collection: &Expr, n: &mut Needs) {
-    if let Some(k) = key {
-        expr(k, n);
-    }
-    expr(value, n);
-    expr(collection, n);
 }
 
 #[cfg(test)]
@@ -407,6 +683,135 @@ allow if input.m in {1}
                 "package p\nallow if input.a == 1\nt if allow with input as {\"a\": 1}\nu if allow with input.b as input.c"
             ),
             tree(&["a", "c"])
+        );
+    }
+
+    /// What `modules` read when `entry` (a dotted path below `data`) is evaluated.
+    fn reads_at(modules: &[&str], entry: &str) -> Needs {
+        let mut engine = regorus::Engine::new();
+        for (i, m) in modules.iter().enumerate() {
+            engine
+                .add_policy(format!("m{i}.rego"), (*m).into())
+                .expect("the test policy parses");
+        }
+        let entry: Vec<String> = entry.split('.').map(str::to_string).collect();
+        RegoReads::of(engine.get_modules()).at(&entry)
+    }
+
+    #[test]
+    fn reads_through_an_alias_of_an_input_part_are_reads_of_that_part() {
+        let p = "package p\nhttp := input.attributes.request.http\n";
+        // By its name in its package, or by its path from anywhere: what is read below it.
+        assert_eq!(
+            reads_at(
+                &[
+                    &format!("{p}allow if http.method == \"GET\"\nallow if http.headers[\"x-a\"]"),
+                    "package q\nok if data.p.http.headers.authorization\nok if data.p.allow",
+                ],
+                "p.allow"
+            ),
+            tree(&[
+                "attributes.request.http.method",
+                "attributes.request.http.headers.x-a",
+                "attributes.request.http.headers.authorization",
+            ])
+        );
+        // Nothing read through it: nothing of it built.
+        assert_eq!(
+            reads_at(&[&format!("{p}allow := true")], "p.allow"),
+            Needs::nothing()
+        );
+        // Whatever takes the alias whole, or could, reads its part whole.
+        for whole in [
+            // The alias itself, a key that is not constant, an argument, an iteration.
+            "allow if count(http) > 1",
+            "allow if http[k] == 1",
+            "allow if object.get(http, \"method\", \"\") == \"GET\"",
+            "allow if { some k, v in http; v == k }",
+            // The package or `data` read whole or with a key that is not constant.
+            "allow if count(data.p) > 1",
+            "allow if data.p[k] == 1",
+            "allow if walk(data, [_, _])",
+            "allow if data[k]",
+        ] {
+            let n = reads_at(&[&format!("{p}{whole}")], "p.allow");
+            assert_eq!(n, tree(&["attributes.request.http"]), "{whole}");
+        }
+        // Evaluating the package (or the alias) returns the alias's value: its part whole.
+        for entry in ["p", "p.http", "p.http.method"] {
+            assert_eq!(
+                reads_at(&[&format!("{p}allow if http.method")], entry),
+                tree(&["attributes.request.http"]),
+                "{entry}"
+            );
+        }
+        // An import of the package or the alias: its name reads anything of it.
+        for import in ["import data.p", "import data.p.http", "import data.p as pp"] {
+            assert_eq!(
+                reads_at(
+                    &[
+                        &format!("{p}allow if http.method"),
+                        &format!("package q\n{import}\nok if true"),
+                    ],
+                    "p.allow"
+                ),
+                tree(&["attributes.request.http"]),
+                "{import}"
+            );
+        }
+        // Not an alias: a rule with a body, a default, two definitions, a part under it
+        // declared as a package, a value that is not only a constant reference into `input`.
+        for not_alias in [
+            "package p\nhttp := input.attributes.request.http if true\nallow if http.method",
+            "package p\ndefault http := {}\nhttp := input.attributes.request.http\nallow if http.method",
+            "package p\nhttp := input.attributes.request.http\nhttp := input.x\nallow if http.method",
+            "package p\nhttp := input.attributes.request[k]\nallow if http.method",
+        ] {
+            let n = reads_at(&[not_alias], "p.allow");
+            assert!(
+                n.get("attributes")
+                    .and_then(|a| a.get("request"))
+                    .is_some_and(|r| r.get("http").is_some_and(Needs::is_whole) || r.is_whole()),
+                "{not_alias}: {n:?}"
+            );
+        }
+        let n = reads_at(
+            &[
+                &format!("{p}allow if http.method"),
+                "package p.http\nx := 1",
+            ],
+            "p.allow",
+        );
+        assert_eq!(n, tree(&["attributes.request.http"]));
+        // The same name in another package is its own.
+        assert_eq!(
+            reads_at(
+                &[
+                    &format!("{p}allow if http.method"),
+                    "package q\nhttp := {\"a\": 1}\nok if http.a",
+                ],
+                "p.allow"
+            ),
+            tree(&["attributes.request.http.method"])
+        );
+    }
+
+    #[test]
+    fn the_reference_policy_reads_a_few_fields_through_its_alias() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/envoy/authz.rego"
+        ))
+        .unwrap();
+        assert_eq!(
+            reads_at(&[&text], "envoy.authz.allow"),
+            tree(&[
+                "attributes.request.http.method",
+                "attributes.request.http.headers.x-tenant-id",
+                "attributes.request.http.headers.authorization",
+                "attributes.source.principal",
+                "parsed_path"
+            ])
         );
     }
 
