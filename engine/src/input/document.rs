@@ -92,6 +92,20 @@ fn text<S: Sink>(s: &mut S, key: &Value, v: &str) {
     }
 }
 
+/// [`text`] where `n` reads `key`.
+fn text_read<S: Sink>(s: &mut S, n: &Needs, key: &Value, v: &str) {
+    if wants(n, key) {
+        text(s, key, v);
+    }
+}
+
+/// [`string_map`] where `n` reads `key`.
+fn map_read<S: Sink>(s: &mut S, n: &Needs, key: &Value, pairs: &[(String, String)]) {
+    if wants(n, key) {
+        string_map(s, key, pairs);
+    }
+}
+
 /// What the walk reads: the request, as read, and the parts wanted.
 pub(crate) struct Walk<'a> {
     pub req: &'a AuthzRequest,
@@ -168,9 +182,7 @@ impl Walk<'_> {
         let k = &*KEYS;
         let req = self.req;
         s.open(fixed(&k.attributes), 4);
-        if wants(an, &k.context_extensions) {
-            string_map(s, &k.context_extensions, &req.context_extensions);
-        }
+        map_read(s, an, &k.context_extensions, &req.context_extensions);
         if let Some(d) = &req.destination
             && let Some(n) = below(an, &k.destination)
         {
@@ -231,12 +243,8 @@ impl Walk<'_> {
         let headers = &self.reading.headers;
         let masked = self.masked;
         s.open(fixed(&k.http), 8);
-        if wants(n, &k.body) {
-            text(s, &k.body, &h.body);
-        }
-        if wants(n, &k.fragment) {
-            text(s, &k.fragment, &h.fragment);
-        }
+        text_read(s, n, &k.body, &h.body);
+        text_read(s, n, &k.fragment, &h.fragment);
         if let Some(raw) = &h.header_map
             && wants(n, &k.header_map)
         {
@@ -290,27 +298,15 @@ impl Walk<'_> {
                 PathPolicy::Lenient => text(s, &k.host, &h.host),
             }
         }
-        if wants(n, &k.id) {
-            text(s, &k.id, &h.id);
-        }
-        if wants(n, &k.method) {
-            text(s, &k.method, &h.method);
-        }
-        if wants(n, &k.path) {
-            text(s, &k.path, &h.path);
-        }
-        if wants(n, &k.protocol) {
-            text(s, &k.protocol, &h.protocol);
-        }
-        if wants(n, &k.query) {
-            text(s, &k.query, &h.query);
-        }
+        text_read(s, n, &k.id, &h.id);
+        text_read(s, n, &k.method, &h.method);
+        text_read(s, n, &k.path, &h.path);
+        text_read(s, n, &k.protocol, &h.protocol);
+        text_read(s, n, &k.query, &h.query);
         if !h.raw_body.is_empty() && wants(n, &k.raw_body) {
             s.str(fixed(&k.raw_body), &base64(&h.raw_body));
         }
-        if wants(n, &k.scheme) {
-            text(s, &k.scheme, &h.scheme);
-        }
+        text_read(s, n, &k.scheme, &h.scheme);
         if h.size != 0 && wants(n, &k.size) {
             s.int(fixed(&k.size), h.size);
         }
@@ -326,18 +322,10 @@ fn peer<S: Sink>(s: &mut S, key: &Value, p: &Peer, n: &Needs) {
     {
         address(s, a);
     }
-    if wants(n, &k.certificate) {
-        text(s, &k.certificate, &p.certificate);
-    }
-    if wants(n, &k.labels) {
-        string_map(s, &k.labels, &p.labels);
-    }
-    if wants(n, &k.principal) {
-        text(s, &k.principal, &p.principal);
-    }
-    if wants(n, &k.service) {
-        text(s, &k.service, &p.service);
-    }
+    text_read(s, n, &k.certificate, &p.certificate);
+    map_read(s, n, &k.labels, &p.labels);
+    text_read(s, n, &k.principal, &p.principal);
+    text_read(s, n, &k.service, &p.service);
     s.close();
 }
 
