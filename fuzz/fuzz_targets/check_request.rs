@@ -39,9 +39,26 @@ fuzz_target!(|data: &[u8]| {
     assert!(!(d.allowed && d.reason.is_some()), "an allow with a denial reason: {d:?}");
     if d.allowed {
         // An allowed request was canonical, and not under /admin.
-        let input = outcome.input.as_ref().expect("an allowed request has an input");
+        let input = outcome
+            .input
+            .as_ref()
+            .and_then(arbiter_engine::record::RecordInput::document)
+            .expect("an allowed request has an input");
         let first = &input["parsed_path"][0];
         assert_ne!(*first, arbiter_engine::regorus::Value::from("admin"));
+    }
+    // A decision record writes the input from the request: byte for byte what serializing the
+    // policies' value gives, the credential headers left out alike.
+    if let Ok(reading) = arbiter_engine::input::read_request(&model, &Default::default()) {
+        use arbiter_engine::audit::mask::{header_mask, Masked, DEFAULT_MASKED_HEADERS};
+        let masked: Vec<String> = DEFAULT_MASKED_HEADERS.iter().map(|s| s.to_string()).collect();
+        let doc = reading.document(&model, None);
+        let mask = header_mask(&doc, &masked);
+        let want = serde_json::to_vec(&Masked { input: &doc, mask: &mask }).expect("a document encodes");
+        let mut got = Vec::new();
+        reading.write_document(&model, None, &masked, &mut got);
+        assert_eq!(got, want, "the written document differs from the value's");
+        assert_eq!(reading.masked_pointers(&model, &masked), mask.erased);
     }
     let _ = arbiter_ext_authz::convert::check_response(
         d,
