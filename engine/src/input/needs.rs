@@ -109,6 +109,27 @@ struct Alias {
     input: Vec<String>,
 }
 
+impl Alias {
+    /// Whether `data.<path>` holds the alias or lies within it: what is read there can show
+    /// the alias's value whole.
+    fn overlaps(&self, path: &[String]) -> bool {
+        self.path.starts_with(path) || path.starts_with(&self.path)
+    }
+
+    /// Whether the alias is `name` in `package`.
+    fn is(&self, package: &[String], name: &str) -> bool {
+        matches!(self.path.split_last(), Some((last, rest)) if last == name && rest == package)
+    }
+}
+
+/// A module's package as keys below `data`, and whether every key is a constant.
+fn package_of(m: &Module) -> Option<(Vec<String>, bool)> {
+    ref_keys(&m.package.refr).map(|(root, mut keys, constant)| {
+        keys.insert(0, root);
+        (keys, constant)
+    })
+}
+
 /// What a set of Rego modules reads of `input`, with reads through aliases followed, and the
 /// aliases themselves: what is read then depends on what is evaluated ([`RegoReads::at`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -128,14 +149,10 @@ impl RegoReads {
             package: Vec::new(),
         };
         for m in modules {
-            let package = ref_keys(&m.package.refr)
-                .filter(|(_, _, constant)| *constant)
-                .map(|(root, mut keys, _)| {
-                    keys.insert(0, root);
-                    keys
-                })
+            w.package = package_of(m)
+                .filter(|(_, constant)| *constant)
+                .map(|(keys, _)| keys)
                 .unwrap_or_default();
-            w.package = package;
             for i in &m.imports {
                 w.import(&i.refr);
             }
@@ -151,21 +168,15 @@ impl RegoReads {
     /// names when `entry` holds or is below the alias (its value is then part of the result).
     pub fn at(&self, entry: &[String]) -> Needs {
         let mut n = self.followed.clone();
-        for a in &self.aliases {
-            if a.path.starts_with(entry) || entry.starts_with(&a.path) {
-                n.add(&a.input);
-            }
+        for a in self.aliases.iter().filter(|a| a.overlaps(entry)) {
+            n.add(&a.input);
         }
         n
     }
 
-    /// What evaluating anything reads: every alias's part whole.
+    /// What evaluating anything reads: every alias's part whole (as evaluating `data` does).
     pub fn anywhere(&self) -> Needs {
-        let mut n = self.followed.clone();
-        for a in &self.aliases {
-            n.add(&a.input);
-        }
-        n
+        self.at(&[])
     }
 }
 
@@ -214,10 +225,9 @@ fn constant_key(link: &Expr) -> Option<String> {
 fn find_aliases(modules: &[Ref<Module>]) -> Vec<Alias> {
     let mut found: BTreeMap<Vec<String>, Option<Vec<String>>> = BTreeMap::new();
     for m in modules {
-        let Some((root, mut package, true)) = ref_keys(&m.package.refr) else {
+        let Some((package, true)) = package_of(m) else {
             continue;
         };
-        package.insert(0, root);
         for r in &m.policy {
             let (refr, alias) = match &**r {
                 Rule::Spec { head, bodies, .. } => match head {
@@ -256,11 +266,8 @@ fn find_aliases(modules: &[Ref<Module>]) -> Vec<Alias> {
     // `data.envoy.authz.http` is is then not the rule's value alone.
     let packages: Vec<Vec<String>> = modules
         .iter()
-        .filter_map(|m| ref_keys(&m.package.refr))
-        .map(|(root, mut keys, _)| {
-            keys.insert(0, root);
-            keys
-        })
+        .filter_map(|m| package_of(m))
+        .map(|(keys, _)| keys)
         .collect();
     found
         .into_iter()
@@ -284,9 +291,9 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// The alias `path` names, if any.
-    fn alias(&self, path: &[String]) -> Option<&Alias> {
-        self.aliases.iter().find(|a| a.path == path)
+    /// The alias named `name` in the walked module's package, if any.
+    fn local_alias(&self, name: &str) -> Option<&Alias> {
+        self.aliases.iter().find(|a| a.is(&self.package, name))
     }
 
     /// An import: of `input` or a part, that part whole; of `data` at or around an alias, the
@@ -296,10 +303,8 @@ impl Walk<'_> {
         if let Some((root, keys, _)) = ref_keys(refr)
             && root == "data"
         {
-            for a in self.aliases {
-                if a.path.starts_with(&keys) || keys.starts_with(&a.path) {
-                    self.n.add(&a.input);
-                }
+            for a in self.aliases.iter().filter(|a| a.overlaps(&keys)) {
+                self.n.add(&a.input);
             }
         }
     }
@@ -330,9 +335,7 @@ impl Walk<'_> {
                 }
             }
         } else {
-            let mut path = self.package.to_vec();
-            path.push(root);
-            match self.alias(&path) {
+            match self.local_alias(&root) {
                 Some(a) => (a, keys.len()),
                 None => return false,
             }
@@ -362,39 +365,20 @@ impl Walk<'_> {
         } = r
             && let Some((name, keys, _)) = ref_keys(refr)
             && keys.is_empty()
+            && self.local_alias(&name).is_some()
         {
-            let mut path = self.package.to_vec();
-            path.push(name);
-            if self.alias(&path).is_some() {
-                return;
-            }
+            return;
         }
         match r {
             Rule::Spec { head, bodies, .. } => {
                 match head {
                     RuleHead::Compr { refr, assign, .. } => {
-                        self.expr(refr);
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
+                        self.head(refr, &[], assign.as_ref().map(|a| &*a.value));
                     }
-                    RuleHead::Set { refr, key, .. } => {
-                        self.expr(refr);
-                        if let Some(k) = key {
-                            self.expr(k);
-                        }
-                    }
+                    RuleHead::Set { refr, key, .. } => self.head(refr, &[], key.as_deref()),
                     RuleHead::Func {
                         refr, args, assign, ..
-                    } => {
-                        self.expr(refr);
-                        for a in args {
-                            self.expr(a);
-                        }
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
-                    }
+                    } => self.head(refr, args, assign.as_ref().map(|a| &*a.value)),
                 }
                 for b in bodies {
                     if let Some(a) = &b.assign {
@@ -405,13 +389,18 @@ impl Walk<'_> {
             }
             Rule::Default {
                 refr, args, value, ..
-            } => {
-                self.expr(refr);
-                for a in args {
-                    self.expr(a);
-                }
-                self.expr(value);
-            }
+            } => self.head(refr, args, Some(value)),
+        }
+    }
+
+    /// A rule's head: its reference, a function's arguments, its value or key.
+    fn head(&mut self, refr: &Expr, args: &[Ref<Expr>], value: Option<&Expr>) {
+        self.expr(refr);
+        for a in args {
+            self.expr(a);
+        }
+        if let Some(v) = value {
+            self.expr(v);
         }
     }
 
@@ -435,9 +424,10 @@ impl Walk<'_> {
             }
             for w in &s.with_mods {
                 // The target is written, not read; the indexes in it are read.
-                match input_ref(&w.refr) {
-                    Some((_, indexes)) => indexes.into_iter().for_each(|i| self.expr(i)),
-                    None => self.expr(&w.refr),
+                if input_keys(&w.refr).is_some() {
+                    self.indexes(&w.refr);
+                } else {
+                    self.expr(&w.refr);
                 }
                 self.expr(&w.r#as);
             }
@@ -448,11 +438,9 @@ impl Walk<'_> {
         if self.through_alias(e) {
             return;
         }
-        if let Some((keys, indexes)) = input_ref(e) {
+        if let Some(keys) = input_keys(e) {
             self.n.add(&keys);
-            for i in indexes {
-                self.expr(i);
-            }
+            self.indexes(e);
             return;
         }
         match e {
@@ -523,44 +511,11 @@ impl Walk<'_> {
 }
 
 /// `e` as a reference into `input`: the keys up to the first one that is not a constant
-/// string, and every index expression in it (to be walked for their own reads).
-fn input_ref(e: &Expr) -> Option<(Vec<String>, Vec<&Expr>)> {
-    // The chain from the outermost selection down to its base.
-    let mut chain: Vec<&Expr> = Vec::new();
-    let mut at = e;
-    loop {
-        match at {
-            Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => {
-                chain.push(at);
-                at = refr;
-            }
-            Expr::Var { value, .. } if value.as_string().is_ok_and(|s| &**s == "input") => break,
-            _ => return None,
-        }
-    }
-    let mut keys = Vec::new();
-    let mut indexes = Vec::new();
-    let mut constant = true;
-    for link in chain.iter().rev() {
-        let key = match link {
-            Expr::RefDot { field, .. } => field.1.as_string().ok().map(|s| s.to_string()),
-            Expr::RefBrack { index, .. } => {
-                indexes.push(&**index);
-                match &**index {
-                    Expr::String { value, .. } | Expr::RawString { value, .. } => {
-                        value.as_string().ok().map(|s| s.to_string())
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        match key {
-            Some(k) if constant => keys.push(k),
-            _ => constant = false,
-        }
-    }
-    Some((keys, indexes))
+/// string (the reference's indexes are read on their own: [`Walk::indexes`]).
+fn input_keys(e: &Expr) -> Option<Vec<String>> {
+    ref_keys(e)
+        .filter(|(root, _, _)| root == "input")
+        .map(|(_, keys, _)| keys)
 }
 
 #[cfg(test)]
