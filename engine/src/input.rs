@@ -462,14 +462,16 @@ impl Reading {
     /// (in `headers` and in `headerMap`, as a decision record leaves out credentials): the bytes
     /// serde_json writes for the document's value with those headers taken out
     /// ([`crate::audit::mask::Masked`]), written from the request with no value built.
-    /// Which headers were left out: [`Self::masked_pointers`].
+    /// Which headers were left out: [`Self::masked_pointers`]. False when a value in it (a
+    /// parsed body, metadata, the identity) did not encode: what was appended is then not the
+    /// document, as serializing its value would have failed.
     pub fn write_document(
         &self,
         req: &AuthzRequest,
         identity: Option<&Value>,
         masked: &[String],
         out: &mut Vec<u8>,
-    ) {
+    ) -> bool {
         let mut text = document::Text::new(out);
         document::Walk {
             req,
@@ -479,7 +481,7 @@ impl Reading {
             masked,
         }
         .document(&mut text);
-        text.done();
+        text.done()
     }
 
     /// The pointers of the headers [`Self::write_document`] leaves out, as

@@ -417,15 +417,12 @@ impl DecisionRecord {
             (Some(RecordInput::Document(input)), Some(mask)) => {
                 serde_json::to_writer(out, &crate::audit::mask::Masked { input, mask }).is_ok()
             }
-            (Some(RecordInput::Request(r)), _) => {
-                r.reading.write_document(
-                    &r.request,
-                    self.identity.to_value().as_ref(),
-                    masked_headers,
-                    out,
-                );
-                true
-            }
+            (Some(RecordInput::Request(r)), _) => r.reading.write_document(
+                &r.request,
+                self.identity.to_value().as_ref(),
+                masked_headers,
+                out,
+            ),
             _ => false,
         };
         crate::audit::chain::seal_written(

@@ -278,13 +278,15 @@ impl Walk<'_> {
             Some(Needs::Whole) => {}
             // Only the headers read by name (a reference with a constant name).
             Some(Needs::Keys(names)) => {
-                let read = |(name, _): &&(String, String)| {
-                    names.contains_key(name.as_str()) && !is_masked(masked, name)
-                };
-                let count = headers.iter().filter(read).count();
-                if count > 0 {
-                    s.open(fixed(&k.headers), count);
-                    for (name, value) in entries::<_, S>(headers).filter(read) {
+                // Each name looked up once (a check's hot path: the policy's headers by name).
+                let read: smallvec::SmallVec<[&(String, String); 8]> = entries::<_, S>(headers)
+                    .filter(|(name, _)| {
+                        names.contains_key(name.as_str()) && !is_masked(masked, name)
+                    })
+                    .collect();
+                if !read.is_empty() {
+                    s.open(fixed(&k.headers), read.len());
+                    for (name, value) in read {
                         s.str(Key::Named(name), value);
                     }
                     s.close();
@@ -525,6 +527,8 @@ pub(crate) struct Text<'a> {
     out: &'a mut Vec<u8>,
     /// Per open object or list, whether nothing was written in it yet.
     first: smallvec::SmallVec<[bool; 16]>,
+    /// Whether a value did not encode.
+    failed: bool,
 }
 
 impl<'a> Text<'a> {
@@ -533,12 +537,18 @@ impl<'a> Text<'a> {
         out.push(b'{');
         let mut first = smallvec::SmallVec::new();
         first.push(true);
-        Text { out, first }
+        Text {
+            out,
+            first,
+            failed: false,
+        }
     }
 
-    /// The root object closed.
-    pub(crate) fn done(self) {
+    /// The root object closed; false when a value in it did not encode (the text is then not
+    /// the document, and the caller leaves it out as it leaves out a value that does not encode).
+    pub(crate) fn done(self) -> bool {
         self.out.push(b'}');
+        !self.failed
     }
 
     fn comma(&mut self) {
@@ -635,12 +645,8 @@ impl Sink for Text<'_> {
 
     fn value(&mut self, key: Key<'_>, v: &Value) {
         self.key(key);
-        let mark = self.out.len();
         if serde_json::to_writer(&mut *self.out, v).is_err() {
-            // A value that does not encode (a set with an undefined member cannot be built
-            // here, but say so rather than leave half a value).
-            self.out.truncate(mark);
-            self.out.extend_from_slice(b"null");
+            self.failed = true;
         }
     }
 }

@@ -318,7 +318,10 @@ fn written_as_value(r: &AuthzRequest, opts: &InputOptions, identity: Option<&Val
     for masked in [&defaults[..], &[], &["X-A".to_string()]] {
         let (want, erased) = value_bytes(&reading, r, identity, masked);
         let mut got = b"prefix".to_vec();
-        reading.write_document(r, identity, masked, &mut got);
+        assert!(
+            reading.write_document(r, identity, masked, &mut got),
+            "written"
+        );
         assert_eq!(
             String::from_utf8_lossy(&got[6..]),
             String::from_utf8_lossy(&want),
