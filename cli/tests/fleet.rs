@@ -37,7 +37,10 @@ const INSTANCES: usize = 3;
 const CLIENTS: usize = 6;
 const LOAD: Duration = Duration::from_secs(9);
 
-fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> Child {
+/// An instance serving gRPC on `grpc_port` (0: one the kernel picks); the child and its port.
+/// The first start takes the kernel's port: a port picked beforehand and bound later can be
+/// taken meanwhile (the NATS nodes' route connections use ephemeral ports of the same range).
+fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> (Child, u16) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
     cmd.arg("serve")
         .arg(dir.parent().unwrap().join("policy"))
@@ -56,8 +59,13 @@ fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> Child {
             "--decision-log-max-files",
             "1000",
         ]);
-    let (child, _grpc, _http) = serve(cmd);
-    child
+    let (child, grpc, _http) = serve(cmd);
+    let port = grpc
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("serve announced gRPC on {grpc}"));
+    (child, port)
 }
 
 /// Envoy with one ext_authz cluster of the three instances; the route answers 200 itself (no
@@ -213,14 +221,11 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
             home
         })
         .collect();
-    let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
-    let mut children = Instances(
-        homes
-            .iter()
-            .zip(&ports)
-            .map(|(home, &port)| start_instance(home, port, &urls))
-            .collect(),
-    );
+    let (started_children, ports): (Vec<Child>, Vec<u16>) = homes
+        .iter()
+        .map(|home| start_instance(home, 0, &urls))
+        .unzip();
+    let mut children = Instances(started_children);
     let envoy = envoy(&ports);
     // The stream exists (the instances create it) and has a leader before the load starts.
     let leader = stream_leader(&urls);
@@ -260,7 +265,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     children.0[1].wait().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let live = cluster.urls();
-    children.0[1] = start_instance(&homes[1], ports[1], &live);
+    children.0[1] = start_instance(&homes[1], ports[1], &live).0;
     // The dashboard dies too, and comes back on its saved state.
     std::thread::sleep(Duration::from_millis(500));
     dashboard.0[0].kill().unwrap();

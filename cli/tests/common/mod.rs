@@ -75,7 +75,6 @@ pub fn serve(cmd: Command) -> (Child, String, String) {
 }
 
 /// [`serve`], and the lines `serve` wrote up to its announcement.
-#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
 pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -86,7 +85,14 @@ pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>)
             start.elapsed() < Duration::from_secs(30),
             "serve did not start"
         );
-        let line = lines.next().unwrap().unwrap();
+        let Some(Ok(line)) = lines.next() else {
+            // Serve ended (or closed stderr) before announcing: say what it said and how it ended.
+            let status = child.wait();
+            panic!(
+                "serve ended before announcing its addresses ({status:?}); it wrote:\n{}",
+                before.join("\n")
+            );
+        };
         if let Some(rest) = line.split("gRPC ext_authz on ").nth(1) {
             let (grpc, http) = rest
                 .split_once(", HTTP (health, metrics, Data API) on ")
@@ -232,12 +238,17 @@ fn read_ids(log: &std::path::Path) -> Vec<String> {
     arbiter_engine::audit::index::with_rotated(&[log.to_path_buf()])
         .iter()
         .flat_map(|f| {
+            // Only whole lines (the newest file may end in a write in progress); each one an
+            // event — a restart cuts back what a killed run left half-written.
             std::fs::read_to_string(f)
                 .unwrap_or_default()
                 .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n') && l.len() > 1)
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                .enumerate()
+                .filter(|(_, l)| l.ends_with('\n') && l.len() > 1)
+                .map(|(n, l)| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                        panic!("{} line {}: not an event ({e}): {l}", f.display(), n + 1)
+                    });
                     v["decision_id"].as_str().unwrap().to_string()
                 })
                 .collect::<Vec<_>>()

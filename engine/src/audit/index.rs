@@ -283,20 +283,45 @@ pub fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
     v
 }
 
+/// The rotated siblings of `log` on disk, `x.1`, `x.2`, … by number (newest first), each file
+/// named `x.N` for a number N ≥ 1 written without leading zeros. Numbers may be missing — a
+/// writer killed mid-rotation leaves a gap (`x.8` moved, `x.9` not yet) — and every file
+/// present is listed all the same: a file skipped for a gap would drop its events from every
+/// reader without a word. (An event really missing still breaks the chain.)
+pub fn rotated_siblings(log: &Path) -> Vec<(u32, PathBuf)> {
+    let Some(name) = log.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let dir = match log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let file_name = e.file_name();
+            let digits = file_name.to_str()?.strip_prefix(name)?.strip_prefix('.')?;
+            let n: u32 = digits.parse().ok()?;
+            let canonical =
+                n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()) && n.to_string() == digits;
+            let path = log.with_file_name(&file_name);
+            (canonical && path.is_file()).then_some((n, path))
+        })
+        .collect();
+    out.sort_by_key(|(n, _)| *n);
+    out
+}
+
 /// `x`, plus its rotated siblings `x.1`, `x.2`, … (oldest first), for each file given; files
 /// given explicitly keep their place.
 pub fn with_rotated(given: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for g in given {
-        let mut rotated = Vec::new();
-        for n in 1.. {
-            let p = PathBuf::from(format!("{}.{n}", g.display()));
-            if !p.is_file() {
-                break;
-            }
-            rotated.push(p);
-        }
-        for p in rotated.into_iter().rev() {
+        let rotated = rotated_siblings(g).into_iter().map(|(_, p)| p);
+        for p in rotated.rev() {
             if !out.contains(&p) && !given.contains(&p) {
                 out.push(p);
             }

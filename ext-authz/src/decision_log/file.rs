@@ -9,7 +9,8 @@
 //! Only whole events reach the file. Events wait in memory until the end of their batch and
 //! are written together; when that write fails (a full disk, an I/O error) the file is cut
 //! back to its last whole event and the events are kept, to be written in order when the file
-//! takes them again — so no partial line is left and the chain goes on unbroken. Before each
+//! takes them again — so no partial line is left and the chain goes on unbroken. A write a
+//! crash cut short is cut back the same way when the log is opened again. Before each
 //! write the sink checks that its path still names the file it has open: a log deleted or
 //! replaced under it is noticed, and the events go to a new file at the path instead of to a
 //! deleted inode.
@@ -111,6 +112,35 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Where the last whole line of `file` (`size` bytes) ends: just after its last newline, 0
+/// when it has none.
+fn whole_lines_end(file: &mut File, size: u64) -> io::Result<u64> {
+    let mut end = size;
+    let mut chunk = vec![0u8; 64 << 10];
+    while end > 0 {
+        let step = end.min(chunk.len() as u64);
+        let start = end - step;
+        let buf = &mut chunk[..usize::try_from(step).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(buf)?;
+        if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The `decision_id` a cut-short event names, when its first bytes hold it whole.
+fn cut_decision_id(cut: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(cut);
+    let rest = text.split_once("\"decision_id\":\"")?.1;
+    let id = rest.split_once('"')?.0;
+    id.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        .then(|| id.to_string())
+}
+
 /// The hash of the last sealed event of a file, reading only its end.
 pub fn tail_hash(path: &Path) -> io::Result<Option<String>> {
     let mut f = match File::open(path) {
@@ -157,16 +187,31 @@ impl FileSink {
         let meta = file.metadata()?;
         let id = file_id(&meta);
         let mut size = meta.len();
-        // A line cut short by a crash stays visible to `audit verify`, but the next event must
-        // start on its own line.
-        if size > 0 {
-            let mut last = [0u8; 1];
-            file.seek(SeekFrom::Start(size - 1))?;
-            file.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                file.write_all(b"\n")?;
-                size += 1;
-            }
+        // A write cut short by a crash (SIGKILL mid-`write`, a power cut) left part of an event
+        // after the last whole one: cut back to it, as a failed write is. That event's
+        // decision was never answered under `--audit required` (a check waits for its whole
+        // batch to be written), and a part of an event verifies nothing: left in place it
+        // would stop `audit verify` at it for good. Said on stderr.
+        let whole = whole_lines_end(&mut file, size)?;
+        if whole < size {
+            let mut cut = vec![0u8; usize::try_from(size - whole).unwrap_or(0).min(4096)];
+            file.seek(SeekFrom::Start(whole))?;
+            let read = file.read(&mut cut)?;
+            cut.truncate(read);
+            let decision_id = cut_decision_id(&cut).unwrap_or_default();
+            file.set_len(whole)?;
+            tracing::warn!(
+                event = "decision_log_sink",
+                sink = "file",
+                path = %config.path.display(),
+                bytes = size - whole,
+                decision_id = %decision_id,
+                "decision log: {} ended in {} bytes of an event cut short (the last run was killed mid-write{}); cut back to the last whole event",
+                config.path.display(),
+                size - whole,
+                if decision_id.is_empty() { String::new() } else { format!("; its decision_id {decision_id}") },
+            );
+            size = whole;
         }
         Ok((
             Self {
@@ -287,11 +332,32 @@ impl FileSink {
         self.file.sync_data()?;
         let p = &self.config.path;
         let keep = self.config.max_files.max(1);
-        let _ = std::fs::remove_file(rotated(p, keep));
-        for n in (1..keep).rev() {
-            let from = rotated(p, n);
-            if from.exists() {
-                std::fs::rename(&from, rotated(p, n + 1))?;
+        // The rotated files present, newest first, each moved to the place after its rank —
+        // the k-th (from 1) becomes `x.(k+1)` — and those that would pass `x.keep` deleted.
+        // Usually that is `x.n` → `x.(n+1)`; after a run killed mid-rotation (`x.1` … `x.8`,
+        // `x.10`: `x.9` had moved, `x.8` not yet) it closes the gap. Files moving down (into
+        // a gap) go in ascending order, those moving up in descending order: no rename lands
+        // on a file not yet moved, and at every step the numbers keep the files' age order, so
+        // a kill between two renames leaves a log every reader reads in order.
+        let present = arbiter_engine::audit::index::rotated_siblings(p);
+        let stays = usize::try_from(keep - 1)
+            .unwrap_or(usize::MAX)
+            .min(present.len());
+        for (_, path) in present[stays..].iter().rev() {
+            let _ = std::fs::remove_file(path);
+        }
+        let moves: Vec<(u32, u32, &PathBuf)> = (2..)
+            .zip(&present[..stays])
+            .map(|(to, (from, path))| (*from, to, path))
+            .collect();
+        for (from, to, path) in &moves {
+            if from > to {
+                std::fs::rename(path, rotated(p, *to))?;
+            }
+        }
+        for (from, to, path) in moves.iter().rev() {
+            if from < to {
+                std::fs::rename(path, rotated(p, *to))?;
             }
         }
         std::fs::rename(p, rotated(p, 1))?;
@@ -383,8 +449,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A run killed between two renames of a rotation leaves a gap in the numbers; the next
+    /// rotation closes it, keeping every file and their order, and deletes only past the limit.
     #[test]
-    fn a_cut_short_line_is_closed_and_left_for_verify() {
+    fn a_rotation_closes_a_gap_a_killed_rotation_left() {
+        let dir = tmp("gap");
+        let path = dir.join("d.log");
+        let name = |n: u32| format!("d.log.{n}");
+        let contents = |dir: &Path| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(e.path()).unwrap())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        for (present, keep, want) in [
+            // x.9 had moved to x.10, x.8 not yet to x.9.
+            (
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 10],
+                1000,
+                vec![
+                    (1, 0),
+                    (2, 1),
+                    (3, 2),
+                    (4, 3),
+                    (5, 4),
+                    (6, 5),
+                    (7, 6),
+                    (8, 7),
+                    (9, 8),
+                    (10, 10),
+                ],
+            ),
+            // Gaps at both ends, and a limit: the oldest beyond x.4 go.
+            (vec![3, 4, 7, 9], 4, vec![(1, 0), (2, 3), (3, 4), (4, 7)]),
+            (vec![2, 5], 1000, vec![(1, 0), (2, 2), (3, 5)]),
+            (vec![], 3, vec![(1, 0)]),
+        ] {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for n in &present {
+                std::fs::write(dir.join(name(*n)), format!("was {n}\n")).unwrap();
+            }
+            std::fs::write(&path, "was 0\n").unwrap();
+            let mut config = FileSinkConfig::new(&path);
+            config.max_files = keep;
+            let (mut sink, _) = FileSink::open(config).unwrap();
+            sink.rotate().unwrap();
+            let mut expected: Vec<(String, String)> = want
+                .iter()
+                .map(|(to, from)| (name(*to), format!("was {from}\n")))
+                .collect();
+            expected.push(("d.log".into(), String::new()));
+            expected.sort();
+            assert_eq!(contents(&dir), expected, "from {present:?}, keeping {keep}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_cut_short_event_is_cut_back_and_the_chain_goes_on() {
         let dir = tmp("partial");
         let path = dir.join("d.log");
         let serde_json::Value::Object(m) = json!({"decision_id": "a"}) else {
@@ -400,9 +529,24 @@ mod tests {
         sink.write(&seal(m, &h).0).unwrap();
         sink.end_batch().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 3);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains("cut"), "{text}");
         let r = chain::verify(vec![("d.log".into(), io::Cursor::new(text.into_bytes()))]).unwrap();
-        assert_eq!(r.failure.unwrap().line, 2);
+        assert_eq!(r.failure, None);
+        assert_eq!(r.events, 2);
+        // Nothing but a cut event: an empty file, the chain from genesis.
+        std::fs::write(&path, b"{\"labels\":{},\"decision_id\":\"d-1\",\"inp").unwrap();
+        let (_sink, tail) = FileSink::open(FileSinkConfig::new(&path)).unwrap();
+        assert_eq!(tail, None);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(
+            cut_decision_id(b"{\"labels\":{},\"decision_id\":\"d-1\",\"inp").as_deref(),
+            Some("d-1")
+        );
+        assert_eq!(
+            cut_decision_id(b"{\"labels\":{},\"decision_id\":\"d-"),
+            None
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

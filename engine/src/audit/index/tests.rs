@@ -136,6 +136,61 @@ fn follows_appends_and_rotation() {
     assert_eq!(idx.verdict().failure, None);
 }
 
+/// A writer killed mid-rotation leaves a gap in the numbers (`x.9` moved to `x.10`, `x.8` not
+/// yet to `x.9`): every file present is read, in order, and the chain verifies across the gap.
+#[test]
+fn a_gap_in_the_rotated_numbers_loses_no_file() {
+    let d = dir("gap");
+    let f = d.join("decisions.log");
+    let mut prev = GENESIS.to_string();
+    // Oldest first: x.10, x.8, …, x.1, x; each file two events.
+    let numbers = [
+        Some(10),
+        Some(8),
+        Some(7),
+        Some(6),
+        Some(5),
+        Some(4),
+        Some(3),
+        Some(2),
+        Some(1),
+        None,
+    ];
+    for (k, n) in numbers.iter().enumerate() {
+        let (text, h) = log(2 * k..2 * k + 2, prev);
+        prev = h;
+        let p = n.map_or(f.clone(), |n| d.join(format!("decisions.log.{n}")));
+        std::fs::write(&p, &text).unwrap();
+    }
+    // Not siblings: other suffixes, a leading zero, zero.
+    for other in [
+        "decisions.log.instance-id",
+        "decisions.log.012",
+        "decisions.log.0",
+        "decisions.log.1x",
+    ] {
+        std::fs::write(d.join(other), "{}\n").unwrap();
+    }
+    let files = with_rotated(std::slice::from_ref(&f));
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let want: Vec<String> = numbers
+        .iter()
+        .map(|n| {
+            n.map_or("decisions.log".to_string(), |n| {
+                format!("decisions.log.{n}")
+            })
+        })
+        .collect();
+    assert_eq!(names, want);
+    let mut idx = LogIndex::follow(&f).unwrap();
+    idx.refresh().unwrap();
+    assert_eq!(idx.verdict().verified, 20, "{:?}", idx.verdict().failure);
+    assert_eq!(idx.verdict().failure, None);
+}
+
 #[test]
 fn a_tampered_event_is_found_where_verify_finds_it() {
     let d = dir("tamper");
