@@ -558,3 +558,48 @@ fn eval_stops_quietly_when_the_reader_goes() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// `arbiter bench` as `opa bench` reports: samples, time and allocations per operation, the
+/// allocations counted (in a pass of their own, apart from the timed one) and the same in every
+/// run of one benchmark — a decision allocates as much each time.
+#[test]
+fn bench_reports_time_and_allocations_per_operation() {
+    let out = arbiter(&[
+        "bench",
+        "-d",
+        "policies/envoy/authz.rego",
+        "-d",
+        "policies/authz/data.json",
+        "-i",
+        "policies/inputs/frontend-get-products.json",
+        "--decision",
+        "--benchtime",
+        "50ms",
+        "--count",
+        "2",
+        "-f",
+        "json",
+        "data.envoy.authz.allow",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = json(&out);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for r in runs {
+        assert!(r["samples"].as_u64().unwrap() >= 10, "{r}");
+        assert!(r["ns_per_op"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["p50_ns"].as_u64() <= r["p99_ns"].as_u64(), "{r}");
+        let allocs = r["allocs_per_op"].as_f64().unwrap();
+        assert!(allocs >= 10.0, "a decision allocates: {r}");
+        assert!(r["bytes_per_op"].as_f64().unwrap() > allocs, "{r}");
+    }
+    let allocs = |i: usize| runs[i]["allocs_per_op"].as_f64().unwrap();
+    assert!(
+        (allocs(0) - allocs(1)).abs() < 1.0,
+        "the same allocations per decision in both runs: {runs:?}"
+    );
+}
