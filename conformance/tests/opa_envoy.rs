@@ -205,6 +205,29 @@ fn quick_start_policy_decides_as_opa_envoy() {
     let policy = std::fs::read_to_string(dir.join("extracted/quick_start-policy.rego")).unwrap();
     let (from_yaml, path) = example_policy(&dir.join("quick_start.yaml"));
     assert_eq!(policy.trim(), from_yaml.trim());
+    // Its `import input.attributes.request.http as http_request` is followed: a check builds
+    // the method, path and authorization header of `http`, not every header and field.
+    let mut engine = arbiter_engine::regorus::Engine::new();
+    engine
+        .add_policy("quick_start.rego".into(), policy.clone())
+        .unwrap();
+    let reads = arbiter_engine::input::needs::RegoReads::of(engine.get_modules()).at(&[
+        "envoy".to_string(),
+        "authz".to_string(),
+        "allow".to_string(),
+    ]);
+    let http = reads
+        .get("attributes")
+        .and_then(|n| n.get("request"))
+        .and_then(|n| n.get("http"))
+        .unwrap();
+    assert!(!http.is_whole(), "{reads:?}");
+    assert!(http.get("method").is_some() && http.get("path").is_some());
+    assert!(
+        http.get("headers")
+            .is_some_and(|h| !h.is_whole() && h.get("authorization").is_some())
+    );
+    assert!(http.get("host").is_none() && reads.get("parsed_body").is_some());
     let a = authorizer(&policy, &path);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

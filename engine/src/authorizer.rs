@@ -685,6 +685,10 @@ mod tests {
             // fields read through it, a header's absence, the alias whole.
             "package envoy.authz\nhttp := input.attributes.request.http\nallow if { http.headers[\"x-tenant\"] == \"acme\"; not http.headers[\"x-missing\"]; http.method == \"GET\" }",
             "package envoy.authz\nhttp := input.attributes.request.http\nallow if count(http.headers) > 3\nallow if data.envoy.authz.http.method == \"POST\"",
+            // Through an import of a part (OPA-Envoy's examples), with `as` and without; the
+            // name with a variable key, and whole.
+            "package envoy.authz\nimport input.attributes.request.http as http_request\nallow if { http_request.headers[\"x-tenant\"] == \"acme\"; not http_request.headers[\"x-missing\"]; http_request.method == \"GET\" }",
+            "package envoy.authz\nimport input.attributes.request.http\nallow if { some k; http.headers[k] == \"1\"; http.method == \"POST\" }\nallow if count(http) > 7",
         ];
         for policy in policies {
             let a = authorizer(Some(policy), None);
@@ -727,6 +731,18 @@ mod tests {
             .unwrap();
         assert!(!http.is_whole() && http.get("method").is_some() && http.get("path").is_none());
         assert!(a.check_with(&requests[0], false).decision.allowed);
+        // Through the import, the same.
+        let a = authorizer(Some(policies[8]), None);
+        let http = a
+            .reads_document
+            .as_deref()
+            .and_then(|n| n.get("attributes"))
+            .and_then(|n| n.get("request"))
+            .and_then(|n| n.get("http"))
+            .unwrap();
+        assert!(!http.is_whole() && http.get("method").is_some() && http.get("path").is_none());
+        assert!(a.check_with(&requests[0], false).decision.allowed);
+        assert!(!a.check_with(&requests[1], false).decision.allowed);
         // The first policy was given only what it reads, and allowed on it.
         let a = authorizer(Some(policies[0]), None);
         let reads = a.reads_document.as_deref().unwrap();

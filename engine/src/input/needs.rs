@@ -9,7 +9,7 @@
 //!
 //! The analysis is conservative: any use of `input` that is not a reference with constant
 //! keys — `input` alone, `input[k]`, `walk(input)`, `import input` — needs the whole document
-//! from that point; an import of a part of `input` needs that part whole. A `with input…`
+//! from that point. A `with input…`
 //! target is not a read: the rules evaluated under it read what their own references say,
 //! from the replaced document. The walk matches every expression and statement kind of the
 //! syntax tree without a catch-all arm, so a kind added to regorus does not compile until
@@ -24,6 +24,13 @@
 //! it by a key that is not constant (`data.envoy.authz[k]`, `walk(data)`), an import of it or
 //! of its package, and evaluating it or its package ([`RegoReads::at`]). Any variable of the
 //! alias's name in its package counts as the alias (a local of that name only adds reads).
+//!
+//! An import of a part of `input` (`import input.attributes.request.http as http_request`,
+//! the form of OPA-Envoy's own examples) is followed the same way: `http_request.headers.x`
+//! reads `input.attributes.request.http.headers.x`, and the name alone or with a key that is
+//! not constant reads the part whole. regorus resolves an import's name in every module of the
+//! import's package (after local variables and rules), so any variable of that name in the
+//! package counts as the import; an import is not a rule, so `data` never reaches it.
 
 use std::collections::BTreeMap;
 
@@ -139,21 +146,60 @@ pub struct RegoReads {
     aliases: Vec<Alias>,
 }
 
+/// `import input.<keys> [as name]` with constant keys: the part of `input` it names and the
+/// name it binds (the alias, else the last key); `None` for any other import.
+fn input_import(i: &regorus::unstable::Import) -> Option<(String, Vec<String>)> {
+    let (root, keys, constant) = ref_keys(&i.refr)?;
+    if root != "input" || !constant {
+        return None;
+    }
+    let name = match &i.r#as {
+        Some(a) => a.text().to_string(),
+        None => keys.last()?.clone(),
+    };
+    Some((name, keys))
+}
+
+/// The imports of parts of `input`, each as an [`Alias`] in its module's package (where
+/// regorus resolves its name).
+fn find_input_imports(modules: &[Ref<Module>]) -> Vec<Alias> {
+    let mut out = Vec::new();
+    for m in modules {
+        let Some((package, true)) = package_of(m) else {
+            continue;
+        };
+        for i in &m.imports {
+            if let Some((name, input)) = input_import(i) {
+                let mut path = package.clone();
+                path.push(name);
+                out.push(Alias { path, input });
+            }
+        }
+    }
+    out
+}
+
 impl RegoReads {
     /// Read `modules`.
     pub fn of(modules: &[Ref<Module>]) -> Self {
         let aliases = find_aliases(modules);
+        let imports = find_input_imports(modules);
         let mut w = Walk {
             n: Needs::nothing(),
             aliases: &aliases,
+            imports: &imports,
             package: Vec::new(),
+            package_known: false,
         };
         for m in modules {
-            w.package = package_of(m)
-                .filter(|(_, constant)| *constant)
-                .map(|(keys, _)| keys)
-                .unwrap_or_default();
+            let package = package_of(m).filter(|(_, constant)| *constant);
+            w.package_known = package.is_some();
+            w.package = package.map(|(keys, _)| keys).unwrap_or_default();
             for i in &m.imports {
+                if w.package_known && input_import(i).is_some() {
+                    // Followed through the reads of its name.
+                    continue;
+                }
                 w.import(&i.refr);
             }
             for r in &m.policy {
@@ -286,8 +332,12 @@ fn find_aliases(modules: &[Ref<Module>]) -> Vec<Alias> {
 struct Walk<'a> {
     n: Needs,
     aliases: &'a [Alias],
+    /// The imports of parts of `input`, in their packages.
+    imports: &'a [Alias],
     /// The keys of the walked module's package.
     package: Vec<String>,
+    /// Whether that package is known (every key constant).
+    package_known: bool,
 }
 
 impl Walk<'_> {
@@ -335,10 +385,26 @@ impl Walk<'_> {
                 }
             }
         } else {
-            match self.local_alias(&root) {
-                Some(a) => (a, keys.len()),
-                None => return false,
+            // A name in the module's package: a rule alias, an import of a part of `input`, or
+            // both (each is read through).
+            let package = &self.package;
+            let imported: Vec<Vec<String>> = self
+                .imports
+                .iter()
+                .filter(|i| self.package_known && i.is(package, &root))
+                .map(|i| i.input.clone())
+                .collect();
+            let local = self.local_alias(&root).map(|a| a.input.clone());
+            if imported.is_empty() && local.is_none() {
+                return false;
             }
+            for input in imported.into_iter().chain(local) {
+                let mut read = input;
+                read.extend_from_slice(&keys);
+                self.n.add(&read);
+            }
+            self.indexes(e);
+            return true;
         };
         let mut read = alias.input.clone();
         read.extend_from_slice(&keys[keys.len() - below..]);
@@ -601,12 +667,73 @@ allow if {
         ] {
             assert!(reads(whole).is_whole(), "{whole}");
         }
-        // An import of a part: that part whole (its alias reads anything below it).
+        // An import of a part, followed: reads through its name are reads of that part
+        // (OPA-Envoy's examples: `import input.attributes.request.http as http_request`).
         assert_eq!(
             reads(
                 "package p\nimport input.attributes.request.http as h\nallow if h.method == \"GET\""
             ),
-            tree(&["attributes.request.http"])
+            tree(&["attributes.request.http.method"])
+        );
+        assert_eq!(
+            reads(
+                "package p\nimport input.attributes.request.http\nallow if { http.headers[\"x-a\"] == \"1\"; input.parsed_path[0] == \"api\" }"
+            ),
+            tree(&["attributes.request.http.headers.x-a", "parsed_path"])
+        );
+        // Its name alone, by a key that is not constant, passed on, iterated, a local of the
+        // same name: the part whole (from where the constant keys stop).
+        for (rego, part) in [
+            ("allow if count(h) > 1", "attributes.request.http"),
+            ("allow if walk(h, [p, v])", "attributes.request.http"),
+            (
+                "allow if { some k; h.headers[k] == \"x\" }",
+                "attributes.request.http.headers",
+            ),
+            (
+                "allow if { some x in h.headers; x }",
+                "attributes.request.http.headers",
+            ),
+            ("x := h\nallow if x.method", "attributes.request.http"),
+            (
+                "f(h) := h.method\nallow if f({})",
+                "attributes.request.http",
+            ),
+            (
+                "allow if { h := {\"method\": 1}; h.method }",
+                "attributes.request.http",
+            ),
+        ] {
+            let n = reads(&format!(
+                "package p\nimport input.attributes.request.http as h\n{rego}"
+            ));
+            assert!(
+                n.get("attributes")
+                    .and_then(|n| n.get("request"))
+                    .and_then(|n| n.get("http"))
+                    .is_some(),
+                "{rego}: {n:?}"
+            );
+            let mut want = tree(&[part]);
+            want.merge(&n);
+            assert_eq!(want, n, "{rego}: {part} whole, in {n:?}");
+        }
+        // regorus resolves an import's name in every module of its package: a read there is
+        // followed too; in another package the name is not the import.
+        let mut engine = regorus::Engine::new();
+        for (file, rego) in [
+            (
+                "a.rego",
+                "package p\nimport input.attributes.request.http as h\nallow if true",
+            ),
+            ("b.rego", "package p\nok if h.method == \"GET\""),
+            ("c.rego", "package q\nh := {\"path\": 1}\nok if h.path"),
+        ] {
+            engine.add_policy(file.into(), rego.into()).unwrap();
+        }
+        assert_eq!(
+            Needs::of_rego(engine.get_modules()),
+            tree(&["attributes.request.http.method"])
         );
         // References inside indexes, comprehensions, `every`, `else`, function bodies, rule
         // heads, defaults and `some … in` are all found.
