@@ -26,6 +26,12 @@ fn arbiter(args: &[&str]) -> Output {
 /// `arbiter serve` on free ports with a small rotating log; returns the child and the HTTP
 /// address (Data API requests are decisions too, and need no gRPC client).
 fn serve(log: &Path) -> (Child, String) {
+    let (child, _, http) = common::serve(serve_command(log));
+    (child, http)
+}
+
+/// The command [`serve`] runs.
+fn serve_command(log: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
     cmd.args([
         "serve",
@@ -37,8 +43,7 @@ fn serve(log: &Path) -> (Child, String) {
     .args(["--decision-log", log.to_str().unwrap()])
     .args(["--decision-log-max-size", "6KiB"])
     .current_dir(repo());
-    let (child, _, http) = common::serve(cmd);
-    (child, http)
+    cmd
 }
 
 fn post(addr: &str, body: &str) {
@@ -210,8 +215,16 @@ fn a_log_killed_mid_rotation_and_mid_write_verifies_after_the_restart() {
         .next()
         .expect("an event in the current file")[..300];
     std::fs::write(&log, format!("{current}{half}")).unwrap();
+    let cut_id: serde_json::Value = serde_json::from_str(current.lines().next().unwrap()).unwrap();
+    let cut_id = cut_id["decision_id"].as_str().unwrap().to_string();
 
-    let (child, addr) = serve(&log);
+    // The next run says what it cut, naming the cut event's decision_id.
+    let (child, _, addr, said) = common::serve_announced(serve_command(&log));
+    assert!(
+        said.iter()
+            .any(|l| l.contains("300 bytes of an event cut short") && l.contains(&cut_id)),
+        "{said:?}"
+    );
     decide(&addr, 25);
     stop(child);
     let files = log_files(&dir);
