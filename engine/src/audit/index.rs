@@ -283,35 +283,33 @@ pub fn chronological(paths: &[PathBuf]) -> Vec<PathBuf> {
     v
 }
 
-/// The rotated siblings of `log` on disk, `x.1`, `x.2`, … by number (newest first), each file
-/// named `x.N` for a number N ≥ 1 written without leading zeros. Numbers may be missing — a
-/// writer killed mid-rotation leaves a gap (`x.8` moved, `x.9` not yet) — and every file
-/// present is listed all the same: a file skipped for a gap would drop its events from every
-/// reader without a word. (An event really missing still breaks the chain.)
+/// Numbers past the last rotated file found that are still looked at: a gap this long or
+/// shorter is read past. A writer killed mid-rotation leaves one missing number, and the next
+/// rotation closes it; 16 leaves room for kills in a row.
+const ROTATED_GAP: u32 = 16;
+
+/// The rotated siblings of `log` on disk, `x.1`, `x.2`, … by number (newest first). Numbers
+/// may be missing — a writer killed mid-rotation leaves a gap (`x.9` moved to `x.10`, `x.8`
+/// not yet to `x.9`) — and the files after a gap are listed all the same (up to
+/// [`ROTATED_GAP`] missing numbers in a row): a file skipped for a gap would drop its events
+/// from every reader without a word. (An event really missing still breaks the chain.) Found
+/// by looking up each name, not by listing the folder, so that the cost does not grow with
+/// the folder (the NATS shipper looks while idle).
 pub fn rotated_siblings(log: &Path) -> Vec<(u32, PathBuf)> {
-    let Some(name) = log.file_name().and_then(|n| n.to_str()) else {
-        return Vec::new();
-    };
-    let dir = match log.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(u32, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let file_name = e.file_name();
-            let digits = file_name.to_str()?.strip_prefix(name)?.strip_prefix('.')?;
-            let n: u32 = digits.parse().ok()?;
-            let canonical =
-                n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()) && n.to_string() == digits;
-            let path = log.with_file_name(&file_name);
-            (canonical && path.is_file()).then_some((n, path))
-        })
-        .collect();
-    out.sort_by_key(|(n, _)| *n);
+    let mut out = Vec::new();
+    let mut missing = 0;
+    let mut n: u32 = 1;
+    while missing < ROTATED_GAP {
+        let p = PathBuf::from(format!("{}.{n}", log.display()));
+        if p.is_file() {
+            out.push((n, p));
+            missing = 0;
+        } else {
+            missing += 1;
+        }
+        let Some(next) = n.checked_add(1) else { break };
+        n = next;
+    }
     out
 }
 

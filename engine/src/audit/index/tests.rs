@@ -162,8 +162,10 @@ fn a_gap_in_the_rotated_numbers_loses_no_file() {
         let p = n.map_or(f.clone(), |n| d.join(format!("decisions.log.{n}")));
         std::fs::write(&p, &text).unwrap();
     }
-    // Not siblings: other suffixes, a leading zero, zero.
+    // Not siblings: other suffixes, a leading zero, zero, a number past a gap longer than
+    // the readers look (16 missing in a row after `x.10`).
     for other in [
+        "decisions.log.27",
         "decisions.log.instance-id",
         "decisions.log.012",
         "decisions.log.0",
