@@ -97,14 +97,7 @@ fn verify_across_a_restart_and_rotation_then_catch_tampering() {
 
     let mut args = vec!["audit", "verify"];
     args.extend(files.iter().map(String::as_str)); // any order: rotation suffixes sort them
-    let o = arbiter(&args);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = succeeded(&args);
     assert!(out.starts_with("OK: 30 events in"), "{out}");
     assert!(out.contains("at the beginning of the chain"), "{out}");
 
@@ -257,24 +250,29 @@ fn a_log_killed_mid_rotation_and_mid_write_verifies_after_the_restart() {
 
     let mut args = vec!["audit", "verify"];
     args.extend(files.iter().map(String::as_str));
-    let o = arbiter(&args);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = succeeded(&args);
+    assert!(out.starts_with(&format!("OK: {whole} events in")), "{out}");
+    assert!(out.contains("at the beginning of the chain"), "{out}");
+    args[1] = "summary";
+    let out = succeeded(&args);
+    assert!(
+        out.starts_with(&format!("{whole} decisions from ")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `arbiter ARGS` run to success: its stdout.
+fn succeeded(args: &[&str]) -> String {
+    let o = arbiter(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(
         o.status.code(),
         Some(0),
         "{out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.starts_with(&format!("OK: {whole} events in")), "{out}");
-    assert!(out.contains("at the beginning of the chain"), "{out}");
-    args[1] = "summary";
-    let o = arbiter(&args);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.starts_with(&format!("{whole} decisions from ")),
-        "{out}"
-    );
-    let _ = std::fs::remove_dir_all(dir);
+    out
 }
 
 /// Lines in a file.

@@ -720,29 +720,30 @@ mod tests {
                 }
             }
         }
-        // Through the alias, only the fields read are built (not `http` whole).
-        let a = authorizer(Some(policies[6]), None);
-        let http = a
-            .reads_document
-            .as_deref()
-            .and_then(|n| n.get("attributes"))
-            .and_then(|n| n.get("request"))
-            .and_then(|n| n.get("http"))
-            .unwrap();
-        assert!(!http.is_whole() && http.get("method").is_some() && http.get("path").is_none());
-        assert!(a.check_with(&requests[0], false).decision.allowed);
-        // Through the import, the same.
-        let a = authorizer(Some(policies[8]), None);
-        let http = a
-            .reads_document
-            .as_deref()
-            .and_then(|n| n.get("attributes"))
-            .and_then(|n| n.get("request"))
-            .and_then(|n| n.get("http"))
-            .unwrap();
-        assert!(!http.is_whole() && http.get("method").is_some() && http.get("path").is_none());
-        assert!(a.check_with(&requests[0], false).decision.allowed);
-        assert!(!a.check_with(&requests[1], false).decision.allowed);
+        // Through the alias and through the import, only the fields read are built (not
+        // `http` whole).
+        for policy in [policies[6], policies[8]] {
+            let a = authorizer(Some(policy), None);
+            let http = a
+                .reads_document
+                .as_deref()
+                .and_then(|n| n.get("attributes"))
+                .and_then(|n| n.get("request"))
+                .and_then(|n| n.get("http"))
+                .unwrap();
+            assert!(
+                !http.is_whole() && http.get("method").is_some() && http.get("path").is_none(),
+                "{policy}"
+            );
+            assert!(
+                a.check_with(&requests[0], false).decision.allowed,
+                "{policy}"
+            );
+            assert!(
+                !a.check_with(&requests[1], false).decision.allowed,
+                "{policy}"
+            );
+        }
         // The first policy was given only what it reads, and allowed on it.
         let a = authorizer(Some(policies[0]), None);
         let reads = a.reads_document.as_deref().unwrap();
