@@ -247,8 +247,9 @@ pub fn parse_query_lossy(raw: &str) -> Vec<(String, Vec<String>)> {
 fn parse_query_pairs(raw: &str, skip_bad: bool) -> Result<Vec<(String, Vec<String>)>, String> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     // Linear in the number of pairs: a target of thousands of distinct names costs no more
-    // than reading it.
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // than reading it. The index is built once there are more than a few names (a scan of a
+    // handful is cheaper than hashing; a query usually has one or two).
+    let mut index: Option<std::collections::HashMap<String, usize>> = None;
     for pair in raw.split('&') {
         if pair.is_empty() {
             continue;
@@ -265,10 +266,24 @@ fn parse_query_pairs(raw: &str, skip_bad: bool) -> Result<Vec<(String, Vec<Strin
             (Err(_), _) | (_, Err(_)) if skip_bad => continue,
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
-        match index.get(&k) {
-            Some(&i) => out[i].1.push(v),
+        let seen = match &index {
+            Some(index) => index.get(&k).copied(),
+            None => out.iter().position(|(name, _)| *name == k),
+        };
+        match seen {
+            Some(i) => out[i].1.push(v),
             None => {
-                index.insert(k.clone(), out.len());
+                if let Some(index) = index.as_mut() {
+                    index.insert(k.clone(), out.len());
+                } else if out.len() >= QUERY_SCAN {
+                    let mut built: std::collections::HashMap<String, usize> = out
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (name, _))| (name.clone(), i))
+                        .collect();
+                    built.insert(k.clone(), out.len());
+                    index = Some(built);
+                }
                 out.push((k, vec![v]));
             }
         }
@@ -276,7 +291,14 @@ fn parse_query_pairs(raw: &str, skip_bad: bool) -> Result<Vec<(String, Vec<Strin
     Ok(out)
 }
 
+/// Names a query's pairs are matched by scanning before they are indexed.
+const QUERY_SCAN: usize = 8;
+
 fn query_unescape(s: &str) -> Result<String, String> {
+    // Nothing to replace or decode (most names and values): the text as it is.
+    if !s.bytes().any(|b| b == b'+' || b == b'%') {
+        return Ok(s.to_string());
+    }
     let plus = s.replace('+', " ");
     let bytes =
         percent_decode(&plus).ok_or_else(|| format!("invalid URL escape in query: {s:?}"))?;
@@ -612,6 +634,21 @@ mod tests {
         );
         assert!(parse_query("a=1;b=2").is_err());
         assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%").is_err());
         assert!(parse_query("").unwrap().is_empty());
+        // Many names, repeated across the point where the names are indexed: each value under
+        // its name, names in first-seen order (as a plain scan gives them).
+        let pairs: Vec<(String, String)> = (0..60)
+            .map(|i| (format!("n{}", (i * 7) % 23), format!("v{i}")))
+            .collect();
+        let raw: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut want: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in &pairs {
+            match want.iter_mut().find(|(name, _)| name == k) {
+                Some((_, vs)) => vs.push(v.clone()),
+                None => want.push((k.clone(), vec![v.clone()])),
+            }
+        }
+        assert_eq!(parse_query(&raw.join("&")).unwrap(), want);
     }
 }
