@@ -134,6 +134,9 @@ pub struct CelPolicies {
     env: Arc<Env>,
     root: Context<'static, 'static>,
     uses: Uses,
+    /// The headers `request.headers` is read for, each by a constant name, when that is the
+    /// only way it is read; `None`: all of them.
+    headers_read: Option<Arc<[String]>>,
     warnings: Vec<Diagnostic>,
     /// How long one evaluation may run.
     time_limit: Option<std::time::Duration>,
@@ -448,6 +451,18 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
     use cel::common::ast::Expr;
     fn go(e: &IdedExpr, out: &mut Vec<String>) {
         match &e.expr {
+            // A header by a constant name: `request.headers["x-tenant-id"]` reads that header
+            // alone (see `CelPolicies::headers_read`).
+            Expr::Call(c)
+                if c.func_name == cel::common::ast::operators::INDEX
+                    && c.target.is_none()
+                    && c.args.len() == 2
+                    && is_request_headers(&c.args[0])
+                    && let Expr::Literal(cel::common::ast::LiteralValue::String(name)) =
+                        &c.args[1].expr =>
+            {
+                out.push(format!("{HEADER_ROOT}{}", name.inner()));
+            }
             Expr::Ident(n) => out.push(n.clone()),
             // An attribute of `request`: `request.<field>` (see `Uses::request_fields`).
             Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(n) if n == "request") => {
@@ -495,6 +510,17 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
     out
 }
 
+/// How [`root_idents`] names a header read by a constant name: this, then the name.
+const HEADER_ROOT: &str = "request.headers[]";
+
+/// Whether `e` is `request.headers`.
+fn is_request_headers(e: &IdedExpr) -> bool {
+    use cel::common::ast::Expr;
+    matches!(&e.expr, Expr::Select(s)
+        if !s.test && s.field == "headers"
+            && matches!(&s.operand.expr, Expr::Ident(n) if n == "request"))
+}
+
 /// The empty request used by the load-time probe, and the cost limit it is held to.
 struct ProbeInputs {
     request: AuthzRequest,
@@ -535,7 +561,7 @@ impl ProbeInputs {
             identity: true,
             input: true,
         };
-        bind_variables(ctx, &req, all);
+        bind_variables(ctx, &req, all, None);
     }
 }
 
@@ -552,7 +578,12 @@ fn peer_map(p: Option<&Peer>) -> LenientMap {
         .lenient()
 }
 
-fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: Uses) {
+fn bind_variables<'p>(
+    ctx: &mut Context<'p, 'static>,
+    r: &CelRequest<'_>,
+    uses: Uses,
+    headers_read: Option<&[String]>,
+) {
     let empty_http = crate::request::HttpRequest::default();
     let http = r.request.http.as_ref().unwrap_or(&empty_http);
     if uses.request {
@@ -582,12 +613,20 @@ fn bind_variables<'p>(ctx: &mut Context<'p, 'static>, r: &CelRequest<'_>, uses: 
             m = m.str("scheme", &http.scheme);
         }
         if want(const { request_field_bit("headers") }) {
-            m = m.val(
-                "headers",
-                Box::new(vars::string_map(
-                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                )),
-            );
+            let map = match headers_read {
+                None => vars::string_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                // Only the headers read by name: a map with the same entry for each of them,
+                // in the same order (of a repeated name, the one a whole map keeps).
+                Some(names) => {
+                    let read: smallvec::SmallVec<[(&str, &str); 4]> = headers
+                        .iter()
+                        .filter(|(k, _)| names.iter().any(|n| n == k))
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    vars::string_map(read.into_iter())
+                }
+            };
+            m = m.val("headers", Box::new(map));
         }
         if want(const { request_field_bit("query") }) {
             m = m.str("query", &r.path.raw_query);
@@ -854,9 +893,28 @@ impl CelPolicies {
             roots
                 .iter()
                 .filter_map(|r| r.strip_prefix("request."))
+                .map(|f| {
+                    if f.starts_with("headers[]") {
+                        "headers"
+                    } else {
+                        f
+                    }
+                })
                 .filter_map(|f| REQUEST_FIELDS.iter().position(|x| *x == f))
                 .fold(0, |m, i| m | (1 << i))
         };
+        // `request.headers["name"]` alone reads those headers; `request.headers` used any
+        // other way (iterated, `size`, `in`, a field, passed on) reads them all.
+        let headers_read = (!used("request") && !used("request.headers")).then(|| {
+            let mut names: Vec<String> = roots
+                .iter()
+                .filter_map(|r| r.strip_prefix(HEADER_ROOT))
+                .map(str::to_string)
+                .collect();
+            names.sort();
+            names.dedup();
+            Arc::from(names)
+        });
         let uses = Uses {
             request: used("request") || roots.iter().any(|r| r.starts_with("request.")),
             request_fields,
@@ -871,6 +929,7 @@ impl CelPolicies {
             env,
             root,
             uses,
+            headers_read,
             warnings,
             time_limit: None,
             cost_limit,
@@ -885,6 +944,7 @@ impl CelPolicies {
             env: self.env.clone(),
             root: root_context(&self.env, data),
             uses: self.uses,
+            headers_read: self.headers_read.clone(),
             warnings: self.warnings.clone(),
             time_limit: self.time_limit,
             cost_limit: self.cost_limit,
@@ -910,6 +970,12 @@ impl CelPolicies {
         self.uses
     }
 
+    /// The headers `request.headers` is built with when the policies read it only by constant
+    /// names (`request.headers["x-tenant-id"]`); `None`: every header.
+    pub fn headers_read(&self) -> Option<&[String]> {
+        self.headers_read.as_deref()
+    }
+
     /// Stop every evaluation after `limit` (the policy set's evaluation time limit).
     pub fn set_time_limit(&mut self, limit: Option<std::time::Duration>) {
         self.time_limit = limit;
@@ -925,7 +991,7 @@ impl CelPolicies {
 
     fn evaluate_within(&self, req: &CelRequest<'_>) -> CelVerdict {
         let mut ctx = self.root.new_inner_scope();
-        bind_variables(&mut ctx, req, self.uses);
+        bind_variables(&mut ctx, req, self.uses, self.headers_read.as_deref());
         let mut verdict = CelVerdict::default();
         let mut applicable: Vec<&CelFile> = Vec::with_capacity(self.files.len());
         for f in self.files.iter() {

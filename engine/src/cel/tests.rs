@@ -619,6 +619,64 @@ fn only_the_request_attributes_read_are_built() {
     assert_eq!(p.uses().request_fields, 0);
 }
 
+/// `request.headers["name"]` alone builds a map of the headers named, not of every header;
+/// any other use of `request.headers` builds it whole. Both decide alike.
+#[test]
+fn only_the_headers_read_by_name_are_built() {
+    let one = |when: &str| {
+        policies(&[(
+            "a.cel.yaml",
+            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
+        )])
+        .unwrap()
+    };
+    let by_name = "request.headers[\"x-a\"] == \"1\" && !(request.headers[\"x-b\"] == \"2\") && request.method == \"GET\"";
+    let p = one(by_name);
+    assert_eq!(
+        p.headers_read(),
+        Some(&["x-a".to_string(), "x-b".to_string()][..])
+    );
+    // The same rule with the map read whole besides: the same decisions.
+    let whole = one(&format!("{by_name} && size(request.headers) >= 0"));
+    assert_eq!(whole.headers_read(), None);
+    let requests = [
+        req("GET", "/a", "", &[("x-a", "1")]),
+        req("GET", "/a", "", &[("x-a", "1"), ("x-b", "2")]),
+        req("GET", "/a", "", &[("x-a", "2"), ("x-c", "1")]),
+        req("GET", "/a", "", &[("X-A", "1"), ("other", "x")]),
+        req("GET", "/a", "", &[("x-a", "0"), ("x-a", "1")]),
+        req("GET", "/a", "", &[("x-a", "1"), ("x-a", "0")]),
+        req("POST", "/a", "", &[("x-a", "1")]),
+        req("GET", "/a", "", &[]),
+    ];
+    let mut allowed = 0;
+    for r in &requests {
+        let (lean, full) = (decide(&p, r), decide(&whole, r));
+        assert_eq!(lean.allowed, full.allowed, "{r:?}");
+        assert_eq!(lean.errors, full.errors, "{r:?}");
+        allowed += usize::from(lean.allowed);
+    }
+    assert!(allowed >= 2, "the rule allows some of them");
+    // Any other use of the map: all of it.
+    for other in [
+        "size(request.headers) > 0",
+        "\"x-a\" in request.headers",
+        "request.headers.exists(k, k == \"x-a\")",
+        "request.headers.x == \"1\"",
+        "has(request.headers.x)",
+        "[request.headers][0][\"x-a\"] == \"1\"",
+        "request.headers[request.method] == \"1\"",
+        "request.size() > 0 && request.headers[\"x-a\"] == \"1\"",
+    ] {
+        assert_eq!(one(other).headers_read(), None, "{other}");
+    }
+    // Not read at all: no names (and no map: the attribute's bit is off).
+    assert_eq!(
+        one("request.method == \"GET\"").headers_read(),
+        Some(&[][..])
+    );
+}
+
 /// `jwt.decode_verify` is an overload of the environment (it reads the token in place): a
 /// valid token's claims are read, a tampered one is not valid, and anything but a string
 /// token is an error, which denies. The token is `policies/authz_test.yaml`'s customer's.
