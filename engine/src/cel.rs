@@ -72,7 +72,12 @@ pub struct Uses {
     /// them when `request` is used otherwise than by selecting an attribute.
     pub request_fields: u16,
     pub source: bool,
+    /// Which of `source`'s attributes ([`PEER_FIELDS`], one bit each) are read: all of them
+    /// when `source` is used otherwise than by selecting an attribute.
+    pub source_fields: u8,
     pub destination: bool,
+    /// The same for `destination`.
+    pub destination_fields: u8,
     pub connection: bool,
     pub identity: bool,
     pub input: bool,
@@ -95,6 +100,10 @@ pub const REQUEST_FIELDS: [&str; 14] = [
     "useragent",
     "referer",
 ];
+
+/// The attributes of `source` and `destination`, in the order of [`Uses::source_fields`]'
+/// bits.
+pub const PEER_FIELDS: [&str; 3] = ["address", "port", "principal"];
 
 /// The bit of `request.<field>` in [`Uses::request_fields`]. Evaluated at compile time where
 /// it is used (`const { request_field_bit("method") }`): a name that is not in
@@ -464,9 +473,15 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
                 out.push(format!("{HEADER_ROOT}{}", name.inner()));
             }
             Expr::Ident(n) => out.push(n.clone()),
-            // An attribute of `request`: `request.<field>` (see `Uses::request_fields`).
-            Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(n) if n == "request") => {
-                out.push(format!("request.{}", s.field));
+            // An attribute of `request`, `source` or `destination`: `request.<field>` (see
+            // `Uses::request_fields`, `Uses::source_fields`).
+            Expr::Select(s)
+                if matches!(&s.operand.expr, Expr::Ident(n)
+                    if n == "request" || n == "source" || n == "destination") =>
+            {
+                if let Expr::Ident(n) = &s.operand.expr {
+                    out.push(format!("{n}.{}", s.field));
+                }
             }
             Expr::Select(s) => go(&s.operand, out),
             Expr::Struct(st) => {
@@ -556,7 +571,9 @@ impl ProbeInputs {
             request: true,
             request_fields: u16::MAX,
             source: true,
+            source_fields: u8::MAX,
             destination: true,
+            destination_fields: u8::MAX,
             connection: true,
             identity: true,
             input: true,
@@ -565,17 +582,25 @@ impl ProbeInputs {
     }
 }
 
-fn peer_map(p: Option<&Peer>) -> LenientMap {
+/// `source` or `destination`: the attributes `fields` names ([`PEER_FIELDS`]' bits).
+fn peer_map(p: Option<&Peer>, fields: u8) -> LenientMap {
     let (address, port) = match p.and_then(|p| p.address.as_ref()) {
         Some(Address::Socket(s)) => (s.address.as_str(), i64::from(s.port_value)),
         Some(Address::Pipe { path, .. }) => (path.as_str(), 0),
         _ => ("", 0),
     };
-    MapBuilder::new()
-        .str("address", address)
-        .int("port", port)
-        .str("principal", p.map_or("", |p| p.principal.as_str()))
-        .lenient()
+    let want = |i: usize| fields & (1 << i) != 0;
+    let mut m = MapBuilder::with_capacity(fields.count_ones() as usize);
+    if want(0) {
+        m = m.str("address", address);
+    }
+    if want(1) {
+        m = m.int("port", port);
+    }
+    if want(2) {
+        m = m.str("principal", p.map_or("", |p| p.principal.as_str()));
+    }
+    m.lenient()
 }
 
 fn bind_variables<'p>(
@@ -662,12 +687,18 @@ fn bind_variables<'p>(
         ctx.add_variable_named("request", Box::new(m));
     }
     if uses.source {
-        ctx.add_variable_named("source", Box::new(peer_map(r.request.source.as_ref())));
+        ctx.add_variable_named(
+            "source",
+            Box::new(peer_map(r.request.source.as_ref(), uses.source_fields)),
+        );
     }
     if uses.destination {
         ctx.add_variable_named(
             "destination",
-            Box::new(peer_map(r.request.destination.as_ref())),
+            Box::new(peer_map(
+                r.request.destination.as_ref(),
+                uses.destination_fields,
+            )),
         );
     }
     if uses.connection {
@@ -915,11 +946,31 @@ impl CelPolicies {
             names.dedup();
             Arc::from(names)
         });
+        // `source.f` alone reads one attribute; `source` used any other way reads them all.
+        let peer_fields = |peer: &str| -> (bool, u8) {
+            if used(peer) {
+                return (true, u8::MAX);
+            }
+            let prefix = format!("{peer}.");
+            let fields: Vec<&str> = roots
+                .iter()
+                .filter_map(|r| r.strip_prefix(prefix.as_str()))
+                .collect();
+            let bits = fields
+                .iter()
+                .filter_map(|f| PEER_FIELDS.iter().position(|x| x == f))
+                .fold(0u8, |m, i| m | (1 << i));
+            (!fields.is_empty(), bits)
+        };
+        let (source, source_fields) = peer_fields("source");
+        let (destination, destination_fields) = peer_fields("destination");
         let uses = Uses {
             request: used("request") || roots.iter().any(|r| r.starts_with("request.")),
             request_fields,
-            source: used("source"),
-            destination: used("destination"),
+            source,
+            source_fields,
+            destination,
+            destination_fields,
             connection: used("connection"),
             identity: used("identity"),
             input: used("input"),

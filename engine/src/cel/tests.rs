@@ -619,6 +619,59 @@ fn only_the_request_attributes_read_are_built() {
     assert_eq!(p.uses().request_fields, 0);
 }
 
+/// `source.<attribute>` and `destination.<attribute>` alone build those attributes; any other
+/// use builds the map whole. Both decide alike.
+#[test]
+fn only_the_peer_attributes_read_are_built() {
+    let one = |when: &str| {
+        policies(&[(
+            "a.cel.yaml",
+            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
+        )])
+        .unwrap()
+    };
+    let bits = |fields: &[&str]| {
+        fields.iter().fold(0u8, |m, f| {
+            m | 1 << PEER_FIELDS.iter().position(|x| x == f).unwrap()
+        })
+    };
+    let by_field = "source.principal.startsWith(\"spiffe://\") && has(source.port) && destination.address != \"10.9.9.9\"";
+    let p = one(by_field);
+    let u = p.uses();
+    assert!(u.source && u.destination);
+    assert_eq!(u.source_fields, bits(&["principal", "port"]));
+    assert_eq!(u.destination_fields, bits(&["address"]));
+    let whole = one(&format!(
+        "{by_field} && size(source) >= 0 && size(destination) >= 0"
+    ));
+    assert_eq!(whole.uses().source_fields, u8::MAX);
+    assert_eq!(whole.uses().destination_fields, u8::MAX);
+    let requests = [
+        req("GET", "/a", "spiffe://cluster.local/ns/a/sa/b", &[]),
+        req("GET", "/a", "", &[]),
+        req("GET", "/a", "user@example", &[]),
+    ];
+    for r in &requests {
+        let (lean, full) = (decide(&p, r), decide(&whole, r));
+        assert_eq!(lean.allowed, full.allowed, "{r:?}");
+        assert_eq!(lean.errors, full.errors, "{r:?}");
+    }
+    assert!(decide(&p, &requests[0]).allowed);
+    assert!(!decide(&p, &requests[1]).allowed);
+    // Any other use: every attribute.
+    for other in [
+        "size(source) > 0",
+        "\"principal\" in source",
+        "source[\"principal\"] == \"\"",
+        "[source][0].principal == \"\"",
+        "source.exists(k, k == \"port\")",
+    ] {
+        assert_eq!(one(other).uses().source_fields, u8::MAX, "{other}");
+    }
+    // Not used: no map.
+    assert!(!one("request.method == \"GET\"").uses().source);
+}
+
 /// `request.headers["name"]` alone builds a map of the headers named, not of every header;
 /// any other use of `request.headers` builds it whole. Both decide alike.
 #[test]
