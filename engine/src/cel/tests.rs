@@ -578,15 +578,17 @@ fn scope_variables_and_qualified_function_names() {
     assert!(other.is_err(), "{other:?}");
 }
 
+/// One file with one allow rule, `when`.
+fn one(when: &str) -> CelPolicies {
+    policies(&[(
+        "a.cel.yaml",
+        &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
+    )])
+    .unwrap()
+}
+
 #[test]
 fn only_the_request_attributes_read_are_built() {
-    let one = |when: &str| {
-        policies(&[(
-            "a.cel.yaml",
-            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
-        )])
-        .unwrap()
-    };
     let bits = |fields: &[&str]| {
         fields.iter().fold(0u16, |m, f| {
             m | 1 << REQUEST_FIELDS.iter().position(|x| x == f).unwrap()
@@ -623,13 +625,6 @@ fn only_the_request_attributes_read_are_built() {
 /// use builds the map whole. Both decide alike.
 #[test]
 fn only_the_peer_attributes_read_are_built() {
-    let one = |when: &str| {
-        policies(&[(
-            "a.cel.yaml",
-            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
-        )])
-        .unwrap()
-    };
     let bits = |fields: &[&str]| {
         fields.iter().fold(0u8, |m, f| {
             m | 1 << PEER_FIELDS.iter().position(|x| x == f).unwrap()
@@ -676,13 +671,6 @@ fn only_the_peer_attributes_read_are_built() {
 /// any other use of `request.headers` builds it whole. Both decide alike.
 #[test]
 fn only_the_headers_read_by_name_are_built() {
-    let one = |when: &str| {
-        policies(&[(
-            "a.cel.yaml",
-            &format!("name: a\nrules:\n  - name: r\n    effect: allow\n    when: '{when}'\n"),
-        )])
-        .unwrap()
-    };
     let by_name = "request.headers[\"x-a\"] == \"1\" && !(request.headers[\"x-b\"] == \"2\") && request.method == \"GET\"";
     let p = one(by_name);
     assert_eq!(
