@@ -189,14 +189,13 @@ impl RegoReads {
             aliases: &aliases,
             imports: &imports,
             package: Vec::new(),
-            package_known: false,
         };
         for m in modules {
             let package = package_of(m).filter(|(_, constant)| *constant);
-            w.package_known = package.is_some();
+            let known = package.is_some();
             w.package = package.map(|(keys, _)| keys).unwrap_or_default();
             for i in &m.imports {
-                if w.package_known && input_import(i).is_some() {
+                if known && input_import(i).is_some() {
                     // Followed through the reads of its name.
                     continue;
                 }
@@ -334,10 +333,9 @@ struct Walk<'a> {
     aliases: &'a [Alias],
     /// The imports of parts of `input`, in their packages.
     imports: &'a [Alias],
-    /// The keys of the walked module's package.
+    /// The keys of the walked module's package (none when a key is not constant: then no
+    /// alias or import is its).
     package: Vec<String>,
-    /// Whether that package is known (every key constant).
-    package_known: bool,
 }
 
 impl Walk<'_> {
@@ -365,50 +363,40 @@ impl Walk<'_> {
         let Some((root, keys, _)) = ref_keys(e) else {
             return false;
         };
-        let (alias, below) = if root == "data" {
+        // Each alias the reference reads through, with how many of its keys lie below it.
+        let aliases = self.aliases;
+        let through: Vec<(&Alias, usize)> = if root == "data" {
             // `data.<path>…`, taken whole here (its prefixes are not references of their own):
             // the alias at the path's start; a reference that stops short of an alias, or
             // leaves it by a key that is not constant, takes it whole.
-            let mut matched = None;
-            for a in self.aliases {
+            let mut matched = Vec::new();
+            for a in aliases {
                 if keys.starts_with(&a.path) {
-                    matched = Some((a, keys.len() - a.path.len()));
+                    matched.push((a, keys.len() - a.path.len()));
                 } else if a.path.starts_with(&keys) {
                     self.n.add(&a.input);
                 }
             }
-            match matched {
-                Some((a, below)) => (a, below),
-                None => {
-                    self.indexes(e);
-                    return true;
-                }
-            }
+            matched
         } else {
             // A name in the module's package: a rule alias, an import of a part of `input`, or
             // both (each is read through).
-            let package = &self.package;
-            let imported: Vec<Vec<String>> = self
-                .imports
+            let named: Vec<(&Alias, usize)> = aliases
                 .iter()
-                .filter(|i| self.package_known && i.is(package, &root))
-                .map(|i| i.input.clone())
+                .chain(self.imports)
+                .filter(|a| a.is(&self.package, &root))
+                .map(|a| (a, keys.len()))
                 .collect();
-            let local = self.local_alias(&root).map(|a| a.input.clone());
-            if imported.is_empty() && local.is_none() {
+            if named.is_empty() {
                 return false;
             }
-            for input in imported.into_iter().chain(local) {
-                let mut read = input;
-                read.extend_from_slice(&keys);
-                self.n.add(&read);
-            }
-            self.indexes(e);
-            return true;
+            named
         };
-        let mut read = alias.input.clone();
-        read.extend_from_slice(&keys[keys.len() - below..]);
-        self.n.add(&read);
+        for (alias, below) in through {
+            let mut read = alias.input.clone();
+            read.extend_from_slice(&keys[keys.len() - below..]);
+            self.n.add(&read);
+        }
         self.indexes(e);
         true
     }
