@@ -525,6 +525,30 @@ fn root_idents(e: &IdedExpr) -> Vec<String> {
     out
 }
 
+/// Whether the expressions whose [`root_idents`] are `roots` use the variable `var`, and which
+/// of its attributes `fields` they read (bit `i`: `fields[i]`): all of them (`u32::MAX`) when
+/// `var` is used otherwise than by selecting an attribute (`var.f`, or a header of
+/// `request.headers` by name).
+fn attributes_read(roots: &[String], var: &str, fields: &[&str]) -> (bool, u32) {
+    if roots.iter().any(|r| r == var) {
+        return (true, u32::MAX);
+    }
+    let mut used = false;
+    let mut bits = 0;
+    for r in roots {
+        let Some(f) = r.strip_prefix(var).and_then(|r| r.strip_prefix('.')) else {
+            continue;
+        };
+        used = true;
+        // `headers[]<name>` (see `HEADER_ROOT`) reads the attribute `headers`.
+        let f = f.split_once("[]").map_or(f, |(attribute, _)| attribute);
+        if let Some(i) = fields.iter().position(|x| *x == f) {
+            bits |= 1 << i;
+        }
+    }
+    (used, bits)
+}
+
 /// How [`root_idents`] names a header read by a constant name: this, then the name.
 const HEADER_ROOT: &str = "request.headers[]";
 
@@ -918,22 +942,7 @@ impl CelPolicies {
         }
         let used = |v: &str| roots.iter().any(|r| r == v);
         // `request.f` alone reads one attribute; `request` used any other way reads them all.
-        let request_fields = if used("request") {
-            u16::MAX
-        } else {
-            roots
-                .iter()
-                .filter_map(|r| r.strip_prefix("request."))
-                .map(|f| {
-                    if f.starts_with("headers[]") {
-                        "headers"
-                    } else {
-                        f
-                    }
-                })
-                .filter_map(|f| REQUEST_FIELDS.iter().position(|x| *x == f))
-                .fold(0, |m, i| m | (1 << i))
-        };
+        let (request, request_fields) = attributes_read(&roots, "request", &REQUEST_FIELDS);
         // `request.headers["name"]` alone reads those headers; `request.headers` used any
         // other way (iterated, `size`, `in`, a field, passed on) reads them all.
         let headers_read = (!used("request") && !used("request.headers")).then(|| {
@@ -946,31 +955,17 @@ impl CelPolicies {
             names.dedup();
             Arc::from(names)
         });
-        // `source.f` alone reads one attribute; `source` used any other way reads them all.
-        let peer_fields = |peer: &str| -> (bool, u8) {
-            if used(peer) {
-                return (true, u8::MAX);
-            }
-            let prefix = format!("{peer}.");
-            let fields: Vec<&str> = roots
-                .iter()
-                .filter_map(|r| r.strip_prefix(prefix.as_str()))
-                .collect();
-            let bits = fields
-                .iter()
-                .filter_map(|f| PEER_FIELDS.iter().position(|x| x == f))
-                .fold(0u8, |m, i| m | (1 << i));
-            (!fields.is_empty(), bits)
-        };
-        let (source, source_fields) = peer_fields("source");
-        let (destination, destination_fields) = peer_fields("destination");
+        let (source, source_fields) = attributes_read(&roots, "source", &PEER_FIELDS);
+        let (destination, destination_fields) =
+            attributes_read(&roots, "destination", &PEER_FIELDS);
         let uses = Uses {
-            request: used("request") || roots.iter().any(|r| r.starts_with("request.")),
-            request_fields,
+            request,
+            // Partial masks fit (14 and 3 attributes); all of them is the type's every bit.
+            request_fields: u16::try_from(request_fields).unwrap_or(u16::MAX),
             source,
-            source_fields,
+            source_fields: u8::try_from(source_fields).unwrap_or(u8::MAX),
             destination,
-            destination_fields,
+            destination_fields: u8::try_from(destination_fields).unwrap_or(u8::MAX),
             connection: used("connection"),
             identity: used("identity"),
             input: used("input"),
