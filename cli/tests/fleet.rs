@@ -60,12 +60,10 @@ fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> (Child, u16) {
             "1000",
         ]);
     let (child, grpc, _http) = serve(cmd);
-    let port = grpc
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("serve announced gRPC on {grpc}"));
-    (child, port)
+    let addr: std::net::SocketAddr = grpc
+        .parse()
+        .unwrap_or_else(|e| panic!("serve announced gRPC on {grpc}: {e}"));
+    (child, addr.port())
 }
 
 /// Envoy with one ext_authz cluster of the three instances; the route answers 200 itself (no
