@@ -96,7 +96,7 @@ fn bench_logging(c: &mut Criterion) {
                         let (state, request) = (state.clone(), request.clone());
                         tasks.push(tokio::spawn(async move {
                             for _ in 0..per_task {
-                                let (o, _) = state.check(request.clone(), "bench".into()).await;
+                                let (o, _) = state.check(request.clone(), None).await;
                                 assert!(o.decision.allowed);
                             }
                         }));

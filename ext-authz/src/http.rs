@@ -428,7 +428,7 @@ async fn data_api(
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));
-    let (result, decision_id) = state.data(reference, input, peer.to_string(), trace).await;
+    let (result, decision_id) = state.data(reference, input, Some(peer), trace).await;
     match result {
         Ok(v) => {
             let mut body = serde_json::Map::new();

@@ -80,7 +80,7 @@ async fn check(
         .state
         // Envoy puts its span's context in the headers of the authorization request, where
         // the check's input reads it (`State::check_as` looks there).
-        .check_as(Origin::HttpAuthz, request, peer.to_string(), None)
+        .check_as(Origin::HttpAuthz, Box::new(request), Some(peer), None)
         .await;
     let d = &outcome.decision;
     // An unaudited request is denied even in dry-run mode.

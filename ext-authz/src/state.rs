@@ -1,6 +1,7 @@
 //! What the gRPC and HTTP servers share: the active authorizer, the evaluation pool, metrics and
 //! the decision log, and the one function that runs a decision with a deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -125,6 +126,11 @@ impl State {
             ),
             ("decision_logs", self.audit_available()),
         ]
+    }
+
+    /// Whether a check's trace context is used: for its span, or its event's trace ids.
+    pub fn traces(&self) -> bool {
+        self.tracer.is_some() || self.decision_log.is_some()
     }
 
     /// False while auditing is required and the decision log refuses events (checks are then
@@ -263,35 +269,37 @@ impl State {
     pub async fn check(
         &self,
         request: AuthzRequest,
-        requested_by: String,
+        requested_by: Option<SocketAddr>,
     ) -> (CheckOutcome, String) {
-        self.check_as(Origin::Grpc, request, requested_by, None)
+        self.check_as(Origin::Grpc, Box::new(request), requested_by, None)
             .await
     }
 
     /// Decide an Envoy check that came by `origin` (gRPC or the HTTP protocol). `trace` is the
     /// trace context of the call itself (Envoy's span for the check, in the gRPC metadata or
     /// the HTTP headers); without one, the checked request's own `traceparent` is the parent.
+    /// The request comes boxed: this future, and the work it hands to the pool, hold a
+    /// pointer rather than the request's bytes, which each move of a future copies.
     pub async fn check_as(
         &self,
         origin: Origin,
-        request: AuthzRequest,
-        requested_by: String,
+        request: Box<AuthzRequest>,
+        requested_by: Option<SocketAddr>,
         trace: Option<TraceContext>,
     ) -> (CheckOutcome, String) {
         let received = Instant::now();
         let timestamp_ns = now_ns();
         let decision_id = uuid::Uuid::new_v4().to_string();
         let trace = trace.or_else(|| {
-            let h = request.http.as_ref()?;
+            let h = request.http.as_ref().filter(|_| self.traces())?;
             TraceContext::from_headers(
                 h.header("traceparent").as_deref(),
                 h.header("tracestate").as_deref(),
             )
         });
+        // One for the work (on a pool thread), one for the event's path and revision.
         let authorizer = self.authorizer.load_full();
-        let path = authorizer.path().slash_path();
-        let policies = authorizer.policies().clone();
+        let set = authorizer.clone();
         // Only an event carries the request line: no copies when nothing is logged.
         let request_line = self
             .decision_log
@@ -306,7 +314,7 @@ impl State {
             None => (
                 self.run(received, move || {
                     if keep_input {
-                        authorizer.check_for_record(request)
+                        authorizer.check_for_record(*request)
                     } else {
                         authorizer.check_with(&request, false)
                     }
@@ -315,7 +323,7 @@ impl State {
                 None,
             ),
             Some(_) => {
-                let request = Arc::new(request);
+                let request = Arc::new(*request);
                 let r = request.clone();
                 (
                     self.run(received, move || authorizer.check_with(&r, keep_input))
@@ -333,9 +341,9 @@ impl State {
                 Finish {
                     decision_id: &decision_id,
                     timestamp_ns,
-                    path,
+                    path: set.path(),
                     requested_by,
-                    policies,
+                    policies: set.policies(),
                     trace,
                     request: request_line,
                     shadow: shadow_request,
@@ -354,7 +362,7 @@ impl State {
         &self,
         reference: DataRef,
         input: Option<Value>,
-        requested_by: String,
+        requested_by: Option<SocketAddr>,
         trace: Option<TraceContext>,
     ) -> (Result<Value, String>, String) {
         let received = Instant::now();
@@ -362,7 +370,7 @@ impl State {
         let decision_id = uuid::Uuid::new_v4().to_string();
         let authorizer = self.authorizer.load_full();
         let policies = authorizer.policies().clone();
-        let path = reference.slash_path();
+        let path = reference.clone();
         let logged_input = input.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let outcome = self
@@ -419,9 +427,9 @@ impl State {
                 Finish {
                     decision_id: &decision_id,
                     timestamp_ns,
-                    path,
+                    path: &path,
                     requested_by,
-                    policies,
+                    policies: &policies,
                     trace,
                     request: None,
                     shadow: None,
@@ -466,24 +474,24 @@ impl State {
         // What the span needs of what the record takes.
         let span_names = span
             .as_ref()
-            .map(|_| (f.policies.revision().to_string(), f.path.clone()));
+            .map(|_| (f.policies.revision().to_string(), f.path.slash_path()));
         let mut record = self.decision_log.as_ref().map(|_| {
             let (trace_id, span_id) = ids.map_or((None, None), |(t, s)| (Some(t), Some(s)));
             Box::new(DecisionRecord {
                 decision_id: f.decision_id.to_string(),
                 timestamp_ns: f.timestamp_ns,
-                path: f.path,
+                path: f.path.slash_path(),
                 input,
                 decision: d.clone(),
                 timings: outcome.timings,
                 server_ns,
-                requested_by: f.requested_by,
+                requested_by: f.requested_by.map(|a| a.to_string()).unwrap_or_default(),
                 revision: f.policies.revision().to_string(),
                 dry_run: self.options.dry_run && origin != Origin::DataApi,
                 trace_id,
                 span_id,
                 identity: outcome.identity.clone(),
-                policies: Some(f.policies),
+                policies: Some(f.policies.clone()),
                 origin: origin.engine(),
                 request: f.request,
                 shadow: None,
@@ -591,12 +599,15 @@ impl State {
     }
 }
 
+/// What an event and a span are made of besides the outcome. Borrowed, and the peer's address
+/// as it came: the texts are made only for an event or a span, not for every check.
 struct Finish<'a> {
     decision_id: &'a str,
     timestamp_ns: i128,
-    path: String,
-    requested_by: String,
-    policies: Arc<arbiter_engine::PolicySet>,
+    path: &'a DataRef,
+    /// The peer that asked (`requested_by`); none on a socket without an address.
+    requested_by: Option<SocketAddr>,
+    policies: &'a Arc<arbiter_engine::PolicySet>,
     /// The caller's trace context.
     trace: Option<TraceContext>,
     /// The check's request as sent (none for the Data API).
