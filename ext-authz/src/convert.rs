@@ -1,18 +1,11 @@
-//! Envoy's protobuf types in and out: `CheckRequest` → the engine's request model, and a
-//! `Decision` → `CheckResponse` exactly as OPA-Envoy maps results.
+//! Envoy's protobuf types into the engine's request model: `CheckRequest` → [`AuthzRequest`]
+//! (the answer, a `CheckResponse`, is written by [`crate::response`]).
 
 use arbiter_engine::request::{Address, AuthzRequest, Metadata, RawHeader, SocketAddress};
-use arbiter_engine::{Decision, Header};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::auth::v3 as auth;
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{self as pbuf, value::Kind};
-use envoy_types::pb::google::rpc;
 use serde_json::Value as Json;
-
-/// gRPC status codes used in `CheckResponse.status`.
-const OK: i32 = 0;
-const PERMISSION_DENIED: i32 = 7;
 
 pub(crate) fn address(a: &core::address::Address) -> Address {
     match a {
@@ -144,119 +137,5 @@ pub fn json_to_struct(o: &serde_json::Map<String, Json>) -> pbuf::Struct {
             .iter()
             .map(|(k, v)| (k.clone(), json_to_value(v)))
             .collect(),
-    }
-}
-
-/// Headers as `HeaderValueOption`s. The first value of a name is set as OPA-Envoy sets it
-/// (Envoy overwrites an existing header); further values of the same name are appended, so a
-/// policy that returns `{"x": ["a", "b"]}` gets both values through, where OPA-Envoy keeps only
-/// the last.
-#[expect(
-    deprecated,
-    reason = "ext_authz reads the deprecated `append` to tell append from set; `append_action`'s default is indistinguishable from unset"
-)]
-fn header_options(headers: &[Header]) -> Vec<core::HeaderValueOption> {
-    let mut seen: Vec<&str> = Vec::new();
-    headers
-        .iter()
-        .map(|h| {
-            let repeated = seen.iter().any(|n| n.eq_ignore_ascii_case(&h.name));
-            seen.push(&h.name);
-            core::HeaderValueOption {
-                header: Some(core::HeaderValue {
-                    key: h.name.clone(),
-                    value: h.value.clone(),
-                    raw_value: Vec::new(),
-                }),
-                append: repeated.then_some(pbuf::BoolValue { value: true }),
-                ..core::HeaderValueOption::default()
-            }
-        })
-        .collect()
-}
-
-/// What the server adds to every response besides the policy's own fields.
-#[derive(Debug, Clone, Copy)]
-pub struct ResponseContext<'a> {
-    pub decision_id: &'a str,
-    /// OPA-Envoy's `dry-run`: always answer OK.
-    pub dry_run: bool,
-}
-
-/// Map a decision to a `CheckResponse` the way OPA-Envoy does, with `decision_id` in the
-/// dynamic metadata. Errors are denials too, carrying the reason code in the gRPC status message
-/// and the dynamic metadata, so the outcome never depends on Envoy's `failure_mode_allow`.
-pub fn check_response(decision: &Decision, ctx: ResponseContext<'_>) -> auth::CheckResponse {
-    let mut metadata = decision.dynamic_metadata.clone().unwrap_or_default();
-    metadata.insert("decision_id".into(), Json::String(ctx.decision_id.into()));
-    if let Some(reason) = &decision.reason
-        && reason.is_error()
-    {
-        metadata.insert("arbiter_reason".into(), Json::String(reason.code().into()));
-    }
-    let dynamic_metadata = Some(json_to_struct(&metadata));
-    if ctx.dry_run {
-        return auth::CheckResponse {
-            status: Some(rpc::Status {
-                code: OK,
-                ..rpc::Status::default()
-            }),
-            dynamic_metadata,
-            http_response: Some(auth::check_response::HttpResponse::OkResponse(
-                auth::OkHttpResponse::default(),
-            )),
-        };
-    }
-    if decision.allowed {
-        return auth::CheckResponse {
-            status: Some(rpc::Status {
-                code: OK,
-                ..rpc::Status::default()
-            }),
-            dynamic_metadata,
-            http_response: Some(auth::check_response::HttpResponse::OkResponse(
-                auth::OkHttpResponse {
-                    headers: header_options(&decision.headers),
-                    headers_to_remove: decision.request_headers_to_remove.clone(),
-                    response_headers_to_add: header_options(&decision.response_headers_to_add),
-                    query_parameters_to_set: decision
-                        .query_parameters_to_set
-                        .iter()
-                        .map(|(k, v)| core::QueryParameter {
-                            key: k.clone(),
-                            value: v.clone(),
-                        })
-                        .collect(),
-                    query_parameters_to_remove: decision.query_parameters_to_remove.clone(),
-                    ..auth::OkHttpResponse::default()
-                },
-            )),
-        };
-    }
-    let reason = decision.reason.as_ref();
-    let message = reason.map_or_else(|| "denied".to_string(), ToString::to_string);
-    // A policy's own denial carries the policy's body; an error carries its reason code so the
-    // client learns what kind of problem it was, not the internals.
-    let body = match (&decision.body, reason) {
-        (Some(b), _) => b.clone(),
-        (None, Some(r)) if r.is_error() => r.code().to_string(),
-        _ => String::new(),
-    };
-    auth::CheckResponse {
-        status: Some(rpc::Status {
-            code: PERMISSION_DENIED,
-            message,
-            details: Vec::new(),
-        }),
-        dynamic_metadata,
-        http_response: Some(auth::check_response::HttpResponse::DeniedResponse(
-            auth::DeniedHttpResponse {
-                status: Some(HttpStatus {
-                    code: i32::from(decision.http_status),
-                }),
-                headers: header_options(&decision.headers),
-                body,
-            },
-        )),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The service tonic would generate, with one difference: the request is read off the wire
 //! by [`crate::wire`] straight into the engine's [`AuthzRequest`] instead of being decoded by
-//! prost into a `CheckRequest` and then copied. The response is prost's `CheckResponse`.
+//! prost into a `CheckRequest` and then copied; the response is written by
+//! [`crate::response`] straight from the decision instead of being built as prost's
+//! `CheckResponse` and encoded.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,14 +14,13 @@ use arbiter_engine::DenyReason;
 use arbiter_engine::request::AuthzRequest;
 use arbiter_engine::trace_context::TraceContext;
 use bytes::Buf;
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, ResponseContext};
 use crate::metrics::Origin;
+use crate::response::{self, ResponseContext};
 use crate::state::State;
 
 /// The gRPC service's name, as Envoy and gRPC health know it.
@@ -93,8 +94,8 @@ where
 struct Check(Arc<State>);
 
 impl tonic::server::UnaryService<Box<AuthzRequest>> for Check {
-    type Response = CheckResponse;
-    type Future = BoxFuture<Response<CheckResponse>, Status>;
+    type Response = Encoded;
+    type Future = BoxFuture<Response<Encoded>, Status>;
 
     fn call(&mut self, request: Request<Box<AuthzRequest>>) -> Self::Future {
         let state = self.0.clone();
@@ -113,7 +114,7 @@ impl tonic::server::UnaryService<Box<AuthzRequest>> for Check {
             let (outcome, decision_id) = state
                 .check_as(Origin::Grpc, authz_request, requested_by, trace)
                 .await;
-            Ok(Response::new(convert::check_response(
+            Ok(Response::new(Encoded(response::check_response(
                 &outcome.decision,
                 ResponseContext {
                     decision_id: &decision_id,
@@ -121,7 +122,7 @@ impl tonic::server::UnaryService<Box<AuthzRequest>> for Check {
                     dry_run: state.options.dry_run
                         && !matches!(outcome.decision.reason, Some(DenyReason::AuditUnavailable)),
                 },
-            )))
+            ))))
         })
     }
 }
@@ -147,12 +148,16 @@ fn too_large_as_resource_exhausted(response: &mut http::Response<tonic::body::Bo
     }
 }
 
-/// Requests read by [`crate::wire`], responses encoded by prost.
+/// An encoded `CheckResponse` ([`response::check_response`]).
+#[derive(Debug)]
+struct Encoded(Vec<u8>);
+
+/// Requests read by [`crate::wire`], responses written by [`crate::response`].
 #[derive(Debug, Clone, Copy, Default)]
 struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = CheckResponse;
+    type Encode = Encoded;
     type Decode = Box<AuthzRequest>;
     type Encoder = CheckCodec;
     type Decoder = CheckCodec;
@@ -167,12 +172,13 @@ impl Codec for CheckCodec {
 }
 
 impl Encoder for CheckCodec {
-    type Item = CheckResponse;
+    type Item = Encoded;
     type Error = Status;
 
-    fn encode(&mut self, item: CheckResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // `EncodeBuf` grows as it is written, so encoding cannot run out of space.
-        prost::Message::encode(&item, buf).map_err(|e| Status::internal(e.to_string()))
+    fn encode(&mut self, item: Encoded, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // `EncodeBuf` grows as it is written.
+        bytes::BufMut::put_slice(buf, &item.0);
+        Ok(())
     }
 }
 

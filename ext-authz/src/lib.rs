@@ -29,6 +29,7 @@ pub mod otel;
 pub mod pool;
 pub mod protojson;
 pub mod reload;
+pub mod response;
 pub mod server;
 pub mod service;
 pub mod shadow;

@@ -60,8 +60,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(got, want, "the written document differs from the value's");
         assert_eq!(reading.masked_pointers(&model, &masked), mask.erased);
     }
-    let _ = arbiter_ext_authz::convert::check_response(
+    // Every decision is answered with a `CheckResponse` protobuf reads back.
+    let answer = arbiter_ext_authz::response::check_response(
         d,
-        arbiter_ext_authz::convert::ResponseContext { decision_id: "fuzz", dry_run: false },
+        arbiter_ext_authz::response::ResponseContext { decision_id: "fuzz", dry_run: false },
     );
+    let _ = <envoy_types::pb::envoy::service::auth::v3::CheckResponse as prost::Message>::decode(
+        answer.as_slice(),
+    )
+    .expect("the answer decodes");
 });
