@@ -573,11 +573,7 @@ impl ProbeInputs {
         Self {
             cost_limit,
             request: AuthzRequest::default(),
-            path: CanonicalPath {
-                path: String::new(),
-                segments: vec![String::new()],
-                raw_query: String::new(),
-            },
+            path: CanonicalPath::empty(),
             host: crate::path::Host::default(),
         }
     }

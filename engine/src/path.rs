@@ -87,11 +87,37 @@ impl std::error::Error for PathError {}
 pub struct CanonicalPath {
     /// The decoded path, starting with `/` (empty when the request had no path).
     pub path: String,
-    /// Decoded segments as OPA-Envoy's `parsed_path` has them: leading `/` trimmed, split on
-    /// `/` (`/` → `[""]`, `/a/b/` → `["a", "b", ""]`).
-    pub segments: Vec<String>,
+    /// Where [`Self::segments`] start in `path`: past its leading `/` (all of them in lenient
+    /// mode, as OPA-Envoy trims them).
+    segments_from: usize,
     /// The raw query string (without `?`), not decoded.
     pub raw_query: String,
+}
+
+impl CanonicalPath {
+    /// A request without a path (Envoy sends none only for CONNECT): `parsed_path` `[""]`.
+    pub fn empty() -> Self {
+        CanonicalPath {
+            path: String::new(),
+            segments_from: 0,
+            raw_query: String::new(),
+        }
+    }
+
+    /// Decoded segments as OPA-Envoy's `parsed_path` has them: leading `/` trimmed, split on
+    /// `/` (`/` → `[""]`, `/a/b/` → `["a", "b", ""]`). Read from the path, not kept apart.
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.path[self.segments_from..].split('/')
+    }
+
+    /// How many [`Self::segments`] there are.
+    pub fn segment_count(&self) -> usize {
+        self.path[self.segments_from..]
+            .bytes()
+            .filter(|b| *b == b'/')
+            .count()
+            + 1
+    }
 }
 
 /// Canonicalize a raw request target (`attributes.request.http.path`).
@@ -99,11 +125,7 @@ pub fn canonicalize(target: &str, policy: PathPolicy) -> Result<CanonicalPath, P
     // A request without a path (Envoy sends none only for CONNECT) has nothing to confuse:
     // OPA-Envoy gives it `parsed_path` [""].
     if target.is_empty() {
-        return Ok(CanonicalPath {
-            path: String::new(),
-            segments: vec![String::new()],
-            raw_query: String::new(),
-        });
+        return Ok(CanonicalPath::empty());
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     match policy {
@@ -113,7 +135,7 @@ pub fn canonicalize(target: &str, policy: PathPolicy) -> Result<CanonicalPath, P
             let path = String::from_utf8_lossy(&decoded).into_owned();
             Ok(CanonicalPath {
                 // OPA-Envoy trims every leading `/`.
-                segments: segments_of(path.trim_start_matches('/')),
+                segments_from: path.len() - path.trim_start_matches('/').len(),
                 path,
                 raw_query: raw_query.to_string(),
             })
@@ -135,6 +157,38 @@ fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
     if raw_path.contains('\\') {
         return Err(PathError::RawBackslash);
     }
+    // Without an escape the path is the target's, whose bytes were checked above: what the
+    // decoding's checks look for needs a `%`.
+    let escaped = raw_path.contains('%');
+    let path = if escaped {
+        decoded_path(raw_path)?
+    } else {
+        raw_path.to_string()
+    };
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        if s == "." || s == ".." {
+            return Err(PathError::DotSegment);
+        }
+        // `/` alone and a trailing `/` leave one empty segment at the end; anything else empty
+        // is `//`.
+        if s.is_empty() && segments.peek().is_some() {
+            return Err(PathError::EmptySegment);
+        }
+    }
+    if escaped {
+        encoded_unreserved(raw_path)?;
+    }
+    Ok(CanonicalPath {
+        path,
+        segments_from: 1,
+        raw_query: raw_query.to_string(),
+    })
+}
+
+/// A path with escapes, decoded, and refused when the decoding would let one path be spelled
+/// two ways.
+fn decoded_path(raw_path: &str) -> Result<String, PathError> {
     let decoded = percent_decode(raw_path).ok_or(PathError::InvalidEscape)?;
     for (b, name) in [
         (b'/', "/"),
@@ -158,42 +212,24 @@ fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
     if has_escape(&path) {
         return Err(PathError::DoubleEncoding);
     }
-    let segments = segments_of(path.strip_prefix('/').unwrap_or(&path));
-    let last = segments.len().saturating_sub(1);
-    for (i, s) in segments.iter().enumerate() {
-        if s == "." || s == ".." {
-            return Err(PathError::DotSegment);
-        }
-        // `/` alone and a trailing `/` leave one empty segment at the end; anything else empty
-        // is `//`.
-        if s.is_empty() && i != last {
-            return Err(PathError::EmptySegment);
-        }
-    }
-    // RFC 3986 §6.2.2.2: an encoded unreserved character is the character itself. Refused,
-    // so that the raw target a policy may read (`attributes.request.http.path`, CEL's
-    // `request.path`) never spells a path in a second way.
-    for (i, w) in raw_path.as_bytes().windows(3).enumerate() {
+    Ok(path)
+}
+
+/// RFC 3986 §6.2.2.2: an encoded unreserved character is the character itself. Refused, so
+/// that the raw target a policy may read (`attributes.request.http.path`, CEL's
+/// `request.path`) never spells a path in a second way.
+fn encoded_unreserved(raw_path: &str) -> Result<(), PathError> {
+    for w in raw_path.as_bytes().windows(3) {
         if w[0] == b'%'
             && let (Some(hi), Some(lo)) = (hex(w[1]), hex(w[2]))
         {
             let c = char::from(hi << 4 | lo);
             if c.is_ascii_alphanumeric() || "-._~".contains(c) {
-                let _ = i;
                 return Err(PathError::EncodedUnreserved(c));
             }
         }
     }
-    Ok(CanonicalPath {
-        path,
-        segments,
-        raw_query: raw_query.to_string(),
-    })
-}
-
-/// Split a path (without its leading `/`) into segments.
-fn segments_of(path: &str) -> Vec<String> {
-    path.split('/').map(str::to_string).collect()
+    Ok(())
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -500,18 +536,24 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths() {
-        assert_eq!(ok("/").segments, vec![""]);
+        assert_eq!(ok("/").segments().collect::<Vec<_>>(), vec![""]);
         assert_eq!(
-            ok("/api/v1/orders/123?x=1").segments,
+            ok("/api/v1/orders/123?x=1").segments().collect::<Vec<_>>(),
             vec!["api", "v1", "orders", "123"]
         );
         assert_eq!(ok("/api/v1/orders/123?x=1").raw_query, "x=1");
-        assert_eq!(ok("/a/b/").segments, vec!["a", "b", ""]);
+        assert_eq!(
+            ok("/a/b/").segments().collect::<Vec<_>>(),
+            vec!["a", "b", ""]
+        );
         assert_eq!(ok("/caf%C3%A9").path, "/café");
-        assert_eq!(ok("/a%20b").segments, vec!["a b"]);
-        assert_eq!(ok("/.well-known/x").segments, vec![".well-known", "x"]);
+        assert_eq!(ok("/a%20b").segments().collect::<Vec<_>>(), vec!["a b"]);
+        assert_eq!(
+            ok("/.well-known/x").segments().collect::<Vec<_>>(),
+            vec![".well-known", "x"]
+        );
         assert_eq!(ok("/public?next=/admin").path, "/public");
-        assert_eq!(ok("").segments, vec![""]);
+        assert_eq!(ok("").segments().collect::<Vec<_>>(), vec![""]);
     }
 
     #[test]
@@ -553,10 +595,10 @@ mod tests {
         // OPA-Envoy trims every leading `/`, decodes once and splits: `//admin/people` becomes
         // ["admin", "people"] and is evaluated, where the strict profile refuses it.
         let p = canonicalize("//admin/people?x=1", PathPolicy::Lenient).unwrap();
-        assert_eq!(p.segments, vec!["admin", "people"]);
+        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["admin", "people"]);
         assert_eq!(p.raw_query, "x=1");
         let p = canonicalize("/a%2Fb", PathPolicy::Lenient).unwrap();
-        assert_eq!(p.segments, vec!["a", "b"]);
+        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["a", "b"]);
     }
 
     /// Percent-encode what a request target may not carry raw.

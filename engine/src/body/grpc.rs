@@ -217,7 +217,7 @@ pub struct GrpcCall<'a> {
     /// False when Envoy sent the body as text (`body`, not `raw_body`).
     pub packed: bool,
     /// The canonical path's segments: `[service, method]`.
-    pub segments: &'a [String],
+    pub segments: &'a [&'a str],
 }
 
 /// Accept protobuf-coded gRPC and gRPC-Web; name any other codec.
@@ -317,14 +317,11 @@ mod tests {
         f
     }
 
-    fn segs(p: &str) -> Vec<String> {
-        p.split('/')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+    fn segs(p: &str) -> Vec<&str> {
+        p.split('/').filter(|s| !s.is_empty()).collect()
     }
 
-    fn call<'a>(body: &'a [u8], segments: &'a [String]) -> GrpcCall<'a> {
+    fn call<'a>(body: &'a [u8], segments: &'a [&'a str]) -> GrpcCall<'a> {
         GrpcCall {
             media: "application/grpc",
             encoding: None,

@@ -141,9 +141,8 @@ impl Walk<'_> {
             s.value(fixed(&k.parsed_body), &parsed.value);
         }
         if wants(needs, &k.parsed_path) {
-            let segments = &reading.path.segments;
-            s.open_list(fixed(&k.parsed_path), segments.len());
-            for seg in segments {
+            s.open_list(fixed(&k.parsed_path), reading.path.segment_count());
+            for seg in reading.path.segments() {
                 s.item_str(seg);
             }
             s.close_list();
