@@ -345,7 +345,7 @@ impl Authorizer {
         let document = needs.map(|n| reading.document_of(request, identity_value.as_ref(), n));
         let attributes = Attributes {
             document: document.as_ref(),
-            ..reading.attributes()
+            ..reading.attributes(request)
         };
         let input_ns = elapsed_ns(start);
         let eval_start = Instant::now();

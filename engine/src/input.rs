@@ -185,14 +185,37 @@ fn check_header(name: &str, value: &str) -> Result<(), DenyReason> {
 }
 
 /// `headers` as policies see it: Envoy's map, or one built from `headerMap`, names lower-cased.
+/// The headers as every language reads them, checked: `None` when they are the request's
+/// own `headers` as they are (names in lower case, none repeated: what Envoy sends), which
+/// are then read from the request instead of being copied; otherwise the merged copy.
 fn effective_headers(
     h: &HttpRequest,
     opts: &InputOptions,
-) -> Result<Vec<(String, String)>, DenyReason> {
-    let raw = h.header_lines().lines;
+) -> Result<Option<Vec<(String, String)>>, DenyReason> {
+    let lines = h.header_lines();
+    let raw = lines.lines;
     // Bound the work before doing it: the count is checked on the raw entries.
     if raw.len() > opts.max_headers.saturating_mul(4) {
         return Err(too_many_headers(raw.len(), opts));
+    }
+    let as_sent = !lines.separate
+        && raw.len() <= INDEX_HEADERS_ABOVE
+        && raw.iter().enumerate().all(|(i, (name, _))| {
+            matches!(name, std::borrow::Cow::Borrowed(_))
+                && !raw[..i].iter().any(|(seen, _)| seen == name)
+        });
+    if as_sent {
+        // The checks of the loop below, in its order, for lines that are each kept as sent.
+        for (name, value) in &raw {
+            check_header(name, value)?;
+            if value.len() > opts.max_header_bytes {
+                return Err(header_too_large(name, opts));
+            }
+        }
+        if raw.len() > opts.max_headers {
+            return Err(too_many_headers(raw.len(), opts));
+        }
+        return Ok(None);
     }
     let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
     // Names repeat rarely and requests carry a few dozen: a scan of what is kept finds a
@@ -229,7 +252,7 @@ fn effective_headers(
     if out.len() > opts.max_headers {
         return Err(too_many_headers(out.len(), opts));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Above this many header lines, repeats are found with a map (see [`effective_headers`]).
@@ -276,8 +299,9 @@ pub struct Reading {
     pub path: CanonicalPath,
     /// The host, read once.
     pub host: crate::path::Host,
-    /// Header values by lower-case name (see [`Input::headers`]).
-    pub headers: Vec<(String, String)>,
+    /// Header values by lower-case name (see [`Input::headers`]), when they are not the
+    /// request's own as sent ([`Reading::headers`]).
+    headers: Option<Vec<(String, String)>>,
     query: Vec<(String, Vec<String>)>,
     body: Option<body::ParsedBody>,
     path_policy: PathPolicy,
@@ -325,7 +349,8 @@ pub fn read_request(req: &AuthzRequest, opts: &InputOptions) -> Result<Reading, 
             opts.max_body_bytes
         )));
     }
-    let headers = effective_headers(http, opts)?;
+    let merged = effective_headers(http, opts)?;
+    let headers: &[(String, String)] = merged.as_deref().unwrap_or(&http.headers);
     let host = crate::path::Host::parse(&http.host, &http.scheme);
     let header = |name: &str| {
         headers
@@ -404,7 +429,7 @@ pub fn read_request(req: &AuthzRequest, opts: &InputOptions) -> Result<Reading, 
     Ok(Reading {
         path: canonical,
         host,
-        headers,
+        headers: merged,
         query,
         body,
         path_policy: opts.path_policy,
@@ -412,12 +437,22 @@ pub fn read_request(req: &AuthzRequest, opts: &InputOptions) -> Result<Reading, 
 }
 
 impl Reading {
-    /// The attributes, without a document.
-    pub fn attributes(&self) -> Attributes<'_> {
+    /// Header values by lower-case name (see [`Input::headers`]) of `req`, the request this
+    /// reads.
+    pub fn headers<'a>(&'a self, req: &'a AuthzRequest) -> &'a [(String, String)] {
+        match (&self.headers, &req.http) {
+            (Some(merged), _) => merged,
+            (None, Some(http)) => &http.headers,
+            (None, None) => &[],
+        }
+    }
+
+    /// The attributes of `req`, the request this reads, without a document.
+    pub fn attributes<'a>(&'a self, req: &'a AuthzRequest) -> Attributes<'a> {
         Attributes {
             path: &self.path,
             host: &self.host,
-            headers: &self.headers,
+            headers: self.headers(req),
             document: None,
         }
     }
@@ -426,9 +461,9 @@ impl Reading {
     pub fn into_input(self, req: &AuthzRequest, identity: Option<&Value>) -> Input {
         Input {
             value: self.document(req, identity),
+            headers: self.headers(req).to_vec(),
             path: self.path,
             host: self.host,
-            headers: self.headers,
         }
     }
 
@@ -488,7 +523,7 @@ impl Reading {
     /// [`crate::audit::mask::header_mask`] names them in the document.
     pub fn masked_pointers(&self, req: &AuthzRequest, masked: &[String]) -> Vec<String> {
         crate::audit::mask::request_header_pointers(
-            &self.headers,
+            self.headers(req),
             req.http.as_ref().and_then(|h| h.header_map.as_deref()),
             masked,
         )

@@ -239,7 +239,7 @@ impl Walk<'_> {
         let k = &*KEYS;
         let empty = HttpRequest::default();
         let h = self.req.http.as_ref().unwrap_or(&empty);
-        let headers = &self.reading.headers;
+        let headers = self.reading.headers(self.req);
         let masked = self.masked;
         s.open(fixed(&k.http), 8);
         text_read(s, n, &k.body, &h.body);

@@ -484,3 +484,60 @@ mod written {
         }
     }
 }
+
+/// Headers as Envoy sends them (lower case, each name once) are read from the request, not
+/// copied; any other set is merged into a copy. Both are checked alike.
+#[test]
+fn headers_as_sent_are_read_in_place_and_others_merged() {
+    let opts = InputOptions::default();
+    let as_sent = req("/x", &[("x-a", "1"), ("x-b", "2")]);
+    let reading = read_request(&as_sent, &opts).unwrap();
+    let sent = &as_sent.http.as_ref().unwrap().headers;
+    assert_eq!(reading.headers(&as_sent), sent.as_slice());
+    assert!(
+        std::ptr::eq(reading.headers(&as_sent).as_ptr(), sent.as_ptr()),
+        "not copied"
+    );
+    for (headers, want) in [
+        (vec![("X-A", "1")], vec![("x-a", "1")]),
+        (vec![("x-a", "1"), ("x-a", "2")], vec![("x-a", "1,2")]),
+        (
+            vec![("x-a", "1"), ("x-b", "2"), ("X-A", "3")],
+            vec![("x-a", "1,3"), ("x-b", "2")],
+        ),
+    ] {
+        let r = req("/x", &headers);
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let reading = read_request(&r, &opts).unwrap();
+        assert_eq!(reading.headers(&r), want.as_slice(), "{headers:?}");
+        let input = build_input(&r, &opts).unwrap();
+        assert_eq!(input.headers, want, "{headers:?}");
+    }
+    // The checks of a merged set hold for one read in place.
+    let refused = |headers: &[(&str, &str)], opts: &InputOptions| {
+        read_request(&req("/x", headers), opts)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let bad = refused(&[("x-a", "1"), ("x-b", "a\r\nb")], &opts).unwrap();
+    assert!(bad.contains("x-b"), "{bad}");
+    let small = InputOptions {
+        max_header_bytes: 4,
+        max_headers: 2,
+        ..InputOptions::default()
+    };
+    let large = refused(&[("x-a", "12345")], &small).unwrap();
+    assert!(
+        large.contains("larger than the limit of 4 bytes"),
+        "{large}"
+    );
+    let many = refused(&[("x-a", "1"), ("x-b", "2"), ("x-c", "3")], &small).unwrap();
+    assert!(
+        many.contains("3 headers, more than the limit of 2"),
+        "{many}"
+    );
+    assert_eq!(refused(&[("x-a", "1234"), ("x-b", "2")], &small), None);
+}
