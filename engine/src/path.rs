@@ -347,14 +347,13 @@ fn query_unescape(s: &str) -> Result<String, String> {
 /// an Istio DENY rule also matches the canonical spelling (stricter than Envoy, never looser).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Host {
-    /// Lower case, without the trailing dot of a fully qualified name (RFC 4343, RFC 3986
-    /// §6.2.3). `[v6]` keeps its brackets.
-    pub name: String,
-    /// The port as written, when the authority carries one.
-    pub port: Option<String>,
     /// The authority as sent, lower-cased (trailing dot and port kept): what Envoy's RBAC
     /// filter compares case-insensitively with Istio's `hosts`.
     pub authority: String,
+    /// Where [`Host::name`] ends in `authority`.
+    name_end: usize,
+    /// Where [`Host::port`] starts in `authority`, when it carries one.
+    port_start: Option<usize>,
     /// The port is the scheme's default (`:80` for `http`, `:443` for `https`).
     default_port: bool,
 }
@@ -374,20 +373,33 @@ impl Host {
             }
             _ => (authority.as_str(), None),
         };
-        let name = name.strip_suffix('.').unwrap_or(name).to_string();
-        let default = match scheme.to_ascii_lowercase().as_str() {
-            "http" => Some("80"),
-            "https" => Some("443"),
-            _ => None,
+        let name_end = name.strip_suffix('.').unwrap_or(name).len();
+        let default = if scheme.eq_ignore_ascii_case("http") {
+            Some("80")
+        } else if scheme.eq_ignore_ascii_case("https") {
+            Some("443")
+        } else {
+            None
         };
         let default_port = port.is_some() && port == default;
-        let port = port.map(str::to_string);
+        let port_start = port.map(|p| authority.len() - p.len());
         Host {
-            name,
-            port,
+            name_end,
+            port_start,
             default_port,
             authority,
         }
+    }
+
+    /// Lower case, without the trailing dot of a fully qualified name (RFC 4343, RFC 3986
+    /// §6.2.3). `[v6]` keeps its brackets.
+    pub fn name(&self) -> &str {
+        &self.authority[..self.name_end]
+    }
+
+    /// The port as written, when the authority carries one.
+    pub fn port(&self) -> Option<&str> {
+        self.port_start.map(|i| &self.authority[i..])
     }
 
     /// One spelling: `Secret.COM`, `secret.com.` and, over https, `secret.com:443` all read
@@ -395,9 +407,9 @@ impl Host {
     /// (CVE-2021-39155). Other ports stay: `secret.com:8443` is another origin, and a rule
     /// about it names it.
     pub fn canonical(&self) -> String {
-        match &self.port {
-            Some(p) if !self.default_port => format!("{}:{p}", self.name),
-            _ => self.name.clone(),
+        match self.port() {
+            Some(p) if !self.default_port => format!("{}:{p}", self.name()),
+            _ => self.name().to_string(),
         }
     }
 }
@@ -625,6 +637,7 @@ mod tests {
             ("secret.com:443", "http", "secret.com:443"),
             ("secret.com:8443", "https", "secret.com:8443"),
             ("secret.com:80", "", "secret.com:80"),
+            ("secret.com:443", "HTTPS", "secret.com"),
             ("[::1]:443", "https", "[::1]"),
             ("[::1]:8080", "https", "[::1]:8080"),
             ("::1", "https", "::1"),
@@ -634,6 +647,11 @@ mod tests {
             // Idempotent.
             assert_eq!(canonical_host(want, scheme), want);
         }
+        let h = Host::parse("Api.Example.COM.:8443", "https");
+        assert_eq!((h.name(), h.port()), ("api.example.com", Some("8443")));
+        assert_eq!(h.authority, "api.example.com.:8443");
+        let h = Host::parse("[::1]", "http");
+        assert_eq!((h.name(), h.port()), ("[::1]", None));
     }
 
     #[test]

@@ -410,9 +410,9 @@ fn hosts(t: &Tests, filler: &str) -> Vec<String> {
         }
         // Name and port as a request's host is read.
         let h = crate::path::Host::parse(&c, "http");
-        let name = &h.name;
+        let name = h.name();
         out.insert(c.clone());
-        match &h.port {
+        match h.port() {
             Some(port) => {
                 out.insert(format!("{name}.:{port}"));
             }
