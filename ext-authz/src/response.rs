@@ -80,7 +80,7 @@ pub fn check_response(decision: &Decision, ctx: ResponseContext<'_>) -> Vec<u8> 
         message(b, 2, |b| {
             // envoy.type.v3.HttpStatus.
             message(b, 1, |b| {
-                varint_field(b, 1, i64::from(decision.http_status) as u64)
+                varint_field(b, 1, u64::from(decision.http_status))
             });
             for h in header_options(&decision.headers) {
                 message(b, 2, |b| h.write(b));
