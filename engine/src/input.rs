@@ -184,10 +184,10 @@ fn check_header(name: &str, value: &str) -> Result<(), DenyReason> {
     Ok(())
 }
 
-/// `headers` as policies see it: Envoy's map, or one built from `headerMap`, names lower-cased.
-/// The headers as every language reads them, checked: `None` when they are the request's
-/// own `headers` as they are (names in lower case, none repeated: what Envoy sends), which
-/// are then read from the request instead of being copied; otherwise the merged copy.
+/// `headers` as policies see it: Envoy's map, or one built from `headerMap`, names lower-cased,
+/// checked. `None` when that is the request's own `headers` as they are (names in lower case,
+/// none repeated: what Envoy sends), which are then read from the request instead of being
+/// copied; otherwise the merged copy.
 fn effective_headers(
     h: &HttpRequest,
     opts: &InputOptions,
