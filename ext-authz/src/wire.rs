@@ -19,7 +19,9 @@
 //! own start, so a metadata `Struct` nested 96 to 100 deep is accepted here and refused by
 //! prost. Envoy's own messages never come near either limit.
 
-use arbiter_engine::request::{AuthzRequest, HttpRequest, Peer, Timestamp, TlsSession};
+use arbiter_engine::request::{
+    Address, AuthzRequest, HttpRequest, Peer, SocketAddress, Timestamp, TlsSession,
+};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_key, decode_varint};
 
@@ -83,11 +85,87 @@ struct Attributes {
 
 #[derive(Default)]
 struct PeerFields {
-    address: Option<core::Address>,
+    address: Option<AddressFields>,
     service: String,
     labels: Vec<(String, String)>,
     principal: String,
     certificate: String,
+}
+
+/// `Peer.address` as it is read: the one Envoy sends (a socket address of an IP and a port,
+/// once) directly, anything else (another kind, more fields, a second occurrence) merged by
+/// prost into its own struct, as every sub-message Envoy rarely sends is.
+enum AddressFields {
+    Socket { address: String, port: Option<u32> },
+    Prost(core::Address),
+}
+
+impl AddressFields {
+    /// Merge one occurrence of the field (the message's bytes).
+    fn merge(slot: &mut Option<AddressFields>, bytes: &[u8]) -> Result<()> {
+        if slot.is_none()
+            && let Some((address, port)) = plain_socket_address(bytes)
+        {
+            *slot = Some(AddressFields::Socket {
+                address: address.to_string(),
+                port,
+            });
+            return Ok(());
+        }
+        let mut merged = match slot.take() {
+            None => core::Address::default(),
+            Some(AddressFields::Prost(a)) => a,
+            Some(AddressFields::Socket { address, port }) => core::Address {
+                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                    address,
+                    port_specifier: port.map(core::socket_address::PortSpecifier::PortValue),
+                    ..core::SocketAddress::default()
+                })),
+            },
+        };
+        prost::Message::merge(&mut merged, bytes)?;
+        *slot = Some(AddressFields::Prost(merged));
+        Ok(())
+    }
+
+    fn finish(self) -> Option<Address> {
+        match self {
+            AddressFields::Socket { address, port } => Some(Address::Socket(SocketAddress {
+                address,
+                port_value: port.unwrap_or(0),
+                ..SocketAddress::default()
+            })),
+            AddressFields::Prost(a) => a.address.as_ref().map(crate::convert::address),
+        }
+    }
+}
+
+/// An `Address` that is one `socket_address` holding at most an address (a UTF-8 string) and
+/// a port (a varint that fits 32 bits), each once: its address and port. `None` for any other
+/// encoding, which prost then reads.
+fn plain_socket_address(mut buf: &[u8]) -> Option<(&str, Option<u32>)> {
+    let (tag, wt) = decode_key(&mut buf).ok()?;
+    if tag != 1 {
+        return None;
+    }
+    let mut socket = delimited(wt, &mut buf).ok()?;
+    if !buf.is_empty() {
+        return None;
+    }
+    let (mut address, mut port) = (None, None);
+    while !socket.is_empty() {
+        match decode_key(&mut socket).ok()? {
+            (2, WireType::LengthDelimited) if address.is_none() => {
+                let bytes = delimited(WireType::LengthDelimited, &mut socket).ok()?;
+                address = Some(std::str::from_utf8(bytes).ok()?);
+            }
+            (3, WireType::Varint) if port.is_none() => {
+                port = Some(u32::try_from(decode_varint(&mut socket).ok()?).ok()?);
+            }
+            _ => return None,
+        }
+    }
+    Some((address.unwrap_or(""), port))
 }
 
 #[derive(Default)]
@@ -174,7 +252,7 @@ impl PeerFields {
     fn merge(&mut self, buf: &[u8]) -> Result<()> {
         fields(buf, |tag, wt, buf| {
             match tag {
-                1 => merge_prost(self.address.get_or_insert_default(), wt, buf)?,
+                1 => AddressFields::merge(&mut self.address, delimited(wt, buf)?)?,
                 2 => string(&mut self.service, wt, buf)?,
                 3 => map_entry(&mut self.labels, delimited(wt, buf)?)?,
                 4 => string(&mut self.principal, wt, buf)?,
@@ -187,11 +265,7 @@ impl PeerFields {
 
     fn finish(self) -> Peer {
         Peer {
-            address: self
-                .address
-                .as_ref()
-                .and_then(|a| a.address.as_ref())
-                .map(crate::convert::address),
+            address: self.address.and_then(AddressFields::finish),
             service: self.service,
             labels: last_of_each_sorted(self.labels),
             principal: self.principal,
@@ -684,5 +758,72 @@ mod tests {
             Err(WireError::NotUtf8)
         ));
         assert!(!agree(&latin1_path));
+    }
+
+    /// A peer's address is read directly when it is Envoy's usual one and by prost otherwise;
+    /// both read it as prost does, on either side of the boundary, and repeated.
+    #[test]
+    fn socket_addresses_read_directly_or_by_prost_alike() {
+        fn field(tag: u32, body: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            prost::encoding::encode_key(tag, WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(body.len() as u64, &mut out);
+            out.extend_from_slice(body);
+            out
+        }
+        fn varint(tag: u32, v: u64) -> Vec<u8> {
+            let mut out = Vec::new();
+            prost::encoding::encode_key(tag, WireType::Varint, &mut out);
+            prost::encoding::encode_varint(v, &mut out);
+            out
+        }
+        // A CheckRequest whose source and destination have `address` (an `Address` message).
+        let check = |address: &[u8]| {
+            let peer = field(1, address);
+            field(1, &[field(1, &peer), field(2, &peer)].concat())
+        };
+        let socket = |parts: &[Vec<u8>]| field(1, &parts.concat());
+        let ip = field(2, b"10.0.0.1");
+        let port = varint(3, 8080);
+        let cases: Vec<Vec<u8>> = vec![
+            socket(&[ip.clone(), port.clone()]),
+            socket(&[port.clone(), ip.clone()]),
+            socket(std::slice::from_ref(&ip)),
+            socket(std::slice::from_ref(&port)),
+            socket(&[]),
+            Vec::new(),
+            // What only prost reads: UDP, a named port, a resolver, IPv4-compat, a field twice,
+            // a port past 32 bits (prost keeps its low bits), an address that is a pipe.
+            socket(&[varint(1, 1), ip.clone(), port.clone()]),
+            socket(&[ip.clone(), field(4, b"http")]),
+            socket(&[ip.clone(), port.clone(), field(5, b"dns")]),
+            socket(&[ip.clone(), port.clone(), varint(6, 1)]),
+            socket(&[ip.clone(), field(2, b"10.0.0.2"), port.clone()]),
+            socket(&[ip.clone(), port.clone(), varint(3, 9090)]),
+            socket(&[ip.clone(), varint(3, (1 << 32) + 5)]),
+            [socket(&[ip.clone()]), socket(&[port.clone()])].concat(),
+            field(2, &field(1, b"/run/envoy.sock")),
+        ];
+        for address in &cases {
+            assert!(agree(&check(address)), "{address:02x?}");
+            // Twice: the second occurrence merges into the first, whichever way each was read.
+            for other in &cases {
+                let peer = [field(1, address), field(1, other)].concat();
+                assert!(
+                    agree(&field(1, &field(1, &peer))),
+                    "{address:02x?} {other:02x?}"
+                );
+            }
+        }
+        // The usual one is read as it was sent.
+        let r = authz_request(&check(&cases[0])).unwrap();
+        assert_eq!(
+            r.source.and_then(|p| p.address),
+            Some(Address::Socket(SocketAddress {
+                address: "10.0.0.1".into(),
+                port_value: 8080,
+                ..SocketAddress::default()
+            }))
+        );
     }
 }
