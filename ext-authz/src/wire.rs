@@ -801,7 +801,11 @@ mod tests {
             socket(&[ip.clone(), field(2, b"10.0.0.2"), port.clone()]),
             socket(&[ip.clone(), port.clone(), varint(3, 9090)]),
             socket(&[ip.clone(), varint(3, (1 << 32) + 5)]),
-            [socket(&[ip.clone()]), socket(&[port.clone()])].concat(),
+            [
+                socket(std::slice::from_ref(&ip)),
+                socket(std::slice::from_ref(&port)),
+            ]
+            .concat(),
             field(2, &field(1, b"/run/envoy.sock")),
         ];
         for address in &cases {
