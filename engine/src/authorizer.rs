@@ -156,7 +156,11 @@ fn cel_decision(v: CelVerdict) -> Decision {
 }
 
 fn elapsed_ns(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    ns_between(since, Instant::now())
+}
+
+fn ns_between(start: Instant, end: Instant) -> u64 {
+    u64::try_from(end.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Authorizer {
@@ -347,8 +351,9 @@ impl Authorizer {
             document: document.as_ref(),
             ..reading.attributes(request)
         };
-        let input_ns = elapsed_ns(start);
+        // One clock reading ends the input's time and starts the evaluation's.
         let eval_start = Instant::now();
+        let input_ns = ns_between(start, eval_start);
         let decision = match catch_unwind(AssertUnwindSafe(|| {
             self.decide_request(request, attributes, identity_value.as_ref())
         })) {
