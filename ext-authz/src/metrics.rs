@@ -33,11 +33,14 @@ const BUCKETS: &[f64] = &[
     0.25,
 ];
 
-/// A histogram in atomics: cumulative bucket counts, the count and the sum of the observed
-/// durations. arbiter's decision latency and OPA's duration families are each one.
+/// A histogram in atomics: bucket counts, the count and the sum of the observed durations.
+/// arbiter's decision latency and OPA's duration families are each one. An observation adds
+/// one to its own bucket only (a check adds to one counter, not to every bucket above it);
+/// rendering sums them into Prometheus' cumulative buckets.
 #[derive(Debug)]
 pub(crate) struct Histogram {
     bounds: Vec<f64>,
+    /// Observations in `(bounds[i - 1], bounds[i]]`, not cumulative.
     counts: Vec<AtomicU64>,
     count: AtomicU64,
     sum_ns: AtomicU64,
@@ -57,10 +60,14 @@ impl Histogram {
     pub(crate) fn observe(&self, ns: u64) {
         #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
         let secs = ns as f64 / 1e9;
-        for (c, bound) in self.counts.iter().zip(&self.bounds) {
-            if secs <= *bound {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+        // Above the last bound, only `+Inf` (the count) holds it.
+        if let Some(c) = self
+            .bounds
+            .iter()
+            .position(|bound| secs <= *bound)
+            .and_then(|i| self.counts.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
@@ -69,14 +76,16 @@ impl Histogram {
     /// The `_bucket`, `_sum` and `_count` lines of `name`, each with `labels` (`a="b",…`).
     pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
         for (c, bound) in self.counts.iter().zip(&self.bounds) {
+            cumulative += c.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                c.load(Ordering::Relaxed)
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count = self.count.load(Ordering::Relaxed);
+        // Read after the buckets, which an observation counts in first: never below them.
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         #[expect(clippy::cast_precision_loss, reason = "seconds for a histogram")]
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
@@ -729,6 +738,35 @@ mod tests {
         assert!(text.contains("arbiter_decision_denials_total{reason=\"timeout\"} 1"));
         assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 2"));
         assert!(text.contains("arbiter_decision_duration_seconds_count 3"));
+        // Every bucket, cumulative: 30 and 40 µs in the second, 50 ms in the eleventh.
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("arbiter_decision_duration_seconds_bucket"))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "arbiter_decision_duration_seconds_bucket{le=\"0.000025\"} 0",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.00005\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.0001\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.00025\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.0005\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.001\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.0025\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.005\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.01\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.025\"} 2",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.05\"} 3",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.1\"} 3",
+                "arbiter_decision_duration_seconds_bucket{le=\"0.25\"} 3",
+                "arbiter_decision_duration_seconds_bucket{le=\"+Inf\"} 3",
+            ]
+        );
+        // Past the last bound: in `+Inf` alone.
+        m.record(Origin::Grpc, true, None, 2_000_000_000);
+        let text = m.render("abc", "envoy/authz/allow", false, true, &[]);
+        assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"0.25\"} 3\n"));
+        assert!(text.contains("arbiter_decision_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
         assert!(
             text.contains("arbiter_policy_info{revision=\"abc\",path=\"envoy/authz/allow\"} 1")
         );
