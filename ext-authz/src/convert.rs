@@ -7,36 +7,37 @@ use envoy_types::pb::envoy::service::auth::v3 as auth;
 use envoy_types::pb::google::protobuf::{self as pbuf, value::Kind};
 use serde_json::Value as Json;
 
-pub(crate) fn address(a: &core::address::Address) -> Address {
+/// An address in Envoy's protobuf form as the model's (its strings moved, not copied).
+pub(crate) fn address(a: core::address::Address) -> Address {
     match a {
         core::address::Address::SocketAddress(s) => {
             use core::socket_address::PortSpecifier;
-            let (port_value, named_port) = match &s.port_specifier {
-                Some(PortSpecifier::PortValue(p)) => (*p, String::new()),
-                Some(PortSpecifier::NamedPort(n)) => (0, n.clone()),
+            let (port_value, named_port) = match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => (p, String::new()),
+                Some(PortSpecifier::NamedPort(n)) => (0, n),
                 None => (0, String::new()),
             };
             Address::Socket(SocketAddress {
                 protocol: (s.protocol != 0).then(|| "UDP".to_string()),
-                address: s.address.clone(),
+                address: s.address,
                 port_value,
                 named_port,
-                resolver_name: s.resolver_name.clone(),
+                resolver_name: s.resolver_name,
                 ipv4_compat: s.ipv4_compat,
             })
         }
         core::address::Address::Pipe(p) => Address::Pipe {
-            path: p.path.clone(),
+            path: p.path,
             mode: p.mode,
         },
         core::address::Address::EnvoyInternalAddress(e) => Address::EnvoyInternal {
-            server_listener_name: match &e.address_name_specifier {
+            server_listener_name: match e.address_name_specifier {
                 Some(core::envoy_internal_address::AddressNameSpecifier::ServerListenerName(n)) => {
-                    n.clone()
+                    n
                 }
                 None => String::new(),
             },
-            endpoint_id: e.endpoint_id.clone(),
+            endpoint_id: e.endpoint_id,
         },
     }
 }

@@ -19,9 +19,7 @@
 //! own start, so a metadata `Struct` nested 96 to 100 deep is accepted here and refused by
 //! prost. Envoy's own messages never come near either limit.
 
-use arbiter_engine::request::{
-    Address, AuthzRequest, HttpRequest, Peer, SocketAddress, Timestamp, TlsSession,
-};
+use arbiter_engine::request::{Address, AuthzRequest, HttpRequest, Peer, Timestamp, TlsSession};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_key, decode_varint};
 
@@ -112,31 +110,31 @@ impl AddressFields {
             });
             return Ok(());
         }
-        let mut merged = match slot.take() {
-            None => core::Address::default(),
-            Some(AddressFields::Prost(a)) => a,
-            Some(AddressFields::Socket { address, port }) => core::Address {
+        let mut merged = slot
+            .take()
+            .map(AddressFields::into_prost)
+            .unwrap_or_default();
+        prost::Message::merge(&mut merged, bytes)?;
+        *slot = Some(AddressFields::Prost(merged));
+        Ok(())
+    }
+
+    /// The address in prost's form: the one [`crate::convert::address`] converts.
+    fn into_prost(self) -> core::Address {
+        match self {
+            AddressFields::Socket { address, port } => core::Address {
                 address: Some(core::address::Address::SocketAddress(core::SocketAddress {
                     address,
                     port_specifier: port.map(core::socket_address::PortSpecifier::PortValue),
                     ..core::SocketAddress::default()
                 })),
             },
-        };
-        prost::Message::merge(&mut merged, bytes)?;
-        *slot = Some(AddressFields::Prost(merged));
-        Ok(())
+            AddressFields::Prost(a) => a,
+        }
     }
 
     fn finish(self) -> Option<Address> {
-        match self {
-            AddressFields::Socket { address, port } => Some(Address::Socket(SocketAddress {
-                address,
-                port_value: port.unwrap_or(0),
-                ..SocketAddress::default()
-            })),
-            AddressFields::Prost(a) => a.address.as_ref().map(crate::convert::address),
-        }
+        self.into_prost().address.map(crate::convert::address)
     }
 }
 
@@ -403,7 +401,7 @@ fn skip(wt: WireType, tag: u32, buf: &mut &[u8]) -> Result<()> {
 mod tests {
     use std::collections::HashMap;
 
-    use arbiter_engine::request::{HttpRequest, Peer, Timestamp, TlsSession};
+    use arbiter_engine::request::{HttpRequest, Peer, SocketAddress, Timestamp, TlsSession};
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::envoy::service::auth::v3 as auth;
     use envoy_types::pb::google::protobuf as pbuf;
@@ -425,7 +423,7 @@ mod tests {
                 address: p
                     .address
                     .as_ref()
-                    .and_then(|a| a.address.as_ref())
+                    .and_then(|a| a.address.clone())
                     .map(crate::convert::address),
                 service: p.service.clone(),
                 labels: sorted(&p.labels),
