@@ -112,11 +112,7 @@ impl CanonicalPath {
 
     /// How many [`Self::segments`] there are.
     pub fn segment_count(&self) -> usize {
-        self.path[self.segments_from..]
-            .bytes()
-            .filter(|b| *b == b'/')
-            .count()
-            + 1
+        self.segments().count()
     }
 }
 
@@ -165,7 +161,12 @@ fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
     } else {
         raw_path.to_string()
     };
-    let mut segments = path[1..].split('/').peekable();
+    let canonical = CanonicalPath {
+        path,
+        segments_from: 1,
+        raw_query: raw_query.to_string(),
+    };
+    let mut segments = canonical.segments().peekable();
     while let Some(s) = segments.next() {
         if s == "." || s == ".." {
             return Err(PathError::DotSegment);
@@ -179,11 +180,7 @@ fn strict(raw_path: &str, raw_query: &str) -> Result<CanonicalPath, PathError> {
     if escaped {
         encoded_unreserved(raw_path)?;
     }
-    Ok(CanonicalPath {
-        path,
-        segments_from: 1,
-        raw_query: raw_query.to_string(),
-    })
+    Ok(canonical)
 }
 
 /// A path with escapes, decoded, and refused when the decoding would let one path be spelled
