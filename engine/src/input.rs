@@ -204,20 +204,10 @@ fn effective_headers(
             matches!(name, std::borrow::Cow::Borrowed(_))
                 && !raw[..i].iter().any(|(seen, _)| seen == name)
         });
-    if as_sent {
-        // The checks of the loop below, in its order, for lines that are each kept as sent.
-        for (name, value) in &raw {
-            check_header(name, value)?;
-            if value.len() > opts.max_header_bytes {
-                return Err(header_too_large(name, opts));
-            }
-        }
-        if raw.len() > opts.max_headers {
-            return Err(too_many_headers(raw.len(), opts));
-        }
-        return Ok(None);
-    }
-    let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
+    let lines_read = raw.len();
+    // Lines kept as sent are checked alone; the others are merged into a copy (nothing is
+    // allocated for it when they are kept as sent).
+    let mut out: Vec<(String, String)> = Vec::with_capacity(if as_sent { 0 } else { raw.len() });
     // Names repeat rarely and requests carry a few dozen: a scan of what is kept finds a
     // repeat without a map, which only many names need.
     let mut index: Option<std::collections::HashMap<String, usize>> = (raw.len()
@@ -225,6 +215,7 @@ fn effective_headers(
         .then(|| std::collections::HashMap::with_capacity(raw.len()));
     for (name, value) in raw {
         check_header(&name, &value)?;
+        // Kept as sent, nothing is in `out` and no name repeats: never seen.
         let seen = match &index {
             Some(m) => m.get(name.as_ref()).copied(),
             None => out.iter().position(|(n, _)| *n == name),
@@ -242,6 +233,9 @@ fn effective_headers(
                 if value.len() > opts.max_header_bytes {
                     return Err(header_too_large(&name, opts));
                 }
+                if as_sent {
+                    continue;
+                }
                 if let Some(m) = &mut index {
                     m.insert(name.to_string(), out.len());
                 }
@@ -249,10 +243,11 @@ fn effective_headers(
             }
         }
     }
-    if out.len() > opts.max_headers {
-        return Err(too_many_headers(out.len(), opts));
+    let kept = if as_sent { lines_read } else { out.len() };
+    if kept > opts.max_headers {
+        return Err(too_many_headers(kept, opts));
     }
-    Ok(Some(out))
+    Ok((!as_sent).then_some(out))
 }
 
 /// Above this many header lines, repeats are found with a map (see [`effective_headers`]).
