@@ -3,7 +3,9 @@
 
 Layout (as in ../shared/reference/feasibility.md): Envoy with --concurrency 1 pinned to core 0;
 the authorization server and wrk pinned to core 1. Each variant: start the servers, check one
-request by hand, warm up, then `wrk -t1 -c50 -d<duration> --latency`. Every process is ours,
+request by hand, warm up, then `wrk -t1 -c50 -d<duration> --latency`, while the server's
+`/health` and `/metrics` are asked once a second (as a kubelet's probes and a Prometheus scrape
+ask; --no-probes leaves them out). RSS is read at the end of that window. Every process is ours,
 started here and stopped here by its pid; every wrk run is bounded by -d.
 
 Variants, in one run:
@@ -58,10 +60,21 @@ PATH = "/api/v1/orders"
 HEADERS = {"authorization": "Bearer " + TOKEN}
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before by this run: the kernel may give the
+    port it just gave (and that was closed again) to the next bind, and two of a variant's
+    servers then asked for the same port (an arbiter that exited 1, an Envoy listener that
+    was arbiter's HTTP port and answered 404)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def envoy_path():
@@ -174,7 +187,10 @@ def wait_port(port, proc, what, limit=30):
     start = time.time()
     while time.time() - start < limit:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
+            said = ""
+            if proc.stderr is not None:
+                said = proc.stderr.read().decode(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"{what} exited with {proc.returncode}" + (f": {said}" if said else ""))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -190,6 +206,39 @@ def get(port):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+class Probes:
+    """While the load runs, `/health` and `/metrics` asked once a second, as a kubelet's probes
+    and a Prometheus scrape ask a deployed server: the memory measured is then that of a
+    server that answers them too (their code is part of what stays resident)."""
+
+    def __init__(self, port):
+        import threading
+        self.done = threading.Event()
+        self.answered = 0
+        self.thread = None
+        if port is not None:
+            self.thread = threading.Thread(target=self.run, args=(port,), daemon=True)
+            self.thread.start()
+
+    def run(self, port):
+        while not self.done.is_set():
+            for path in ("/health", "/metrics"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                        r.read()
+                        self.answered += 1
+                except OSError:
+                    pass
+            self.done.wait(1.0)
+
+    def stop(self):
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+            if self.answered == 0:
+                raise RuntimeError("the server answered no /health or /metrics probe")
 
 
 def cpu_seconds(pid):
@@ -292,6 +341,15 @@ def parse_wrk(text):
     return r
 
 
+def server_env(**extra):
+    """The servers' environment: this one without the backtrace switches a developer's shell
+    often sets (RUST_BACKTRACE=1 makes every error built at start capture a backtrace, reading
+    the unwind tables into memory), so that runs in different shells measure the same server."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    env.update(extra)
+    return env
+
+
 class Procs:
     def __init__(self):
         self.procs = []
@@ -342,6 +400,7 @@ def run_variant(name, args, work):
         listen, admin = free_port(), free_port()
         server_pid = None
         server_http = None
+        probe_port = None
         authz = None
         if name == "envoy-rbac":
             authz = "rbac"
@@ -350,6 +409,7 @@ def run_variant(name, args, work):
             authz = (host, int(port))
         elif name.startswith("opa-envoy"):
             port, http, diag = free_port(), free_port(), free_port()
+            probe_port = diag
             folder = os.path.join(work, "allow" if name == "opa-envoy-allow" else "rego")
             cmd = [args.opa, "run", "--server", "--addr", f"127.0.0.1:{http}",
                    f"--diagnostic-addr=127.0.0.1:{diag}",
@@ -362,12 +422,13 @@ def run_variant(name, args, work):
             # OPA writes its log, console decision logs included, to stderr: a file, so that
             # a full pipe never stalls it
             log = open(os.path.join(work, f"{name}.log"), "w")
-            server = procs.start(taskset(1, cmd), stdout=log, stderr=subprocess.STDOUT)
+            server = procs.start(taskset(1, cmd), stdout=log, stderr=subprocess.STDOUT, env=server_env())
             wait_port(port, server, "opa-envoy")
             server_pid = server.pid
             authz = ("127.0.0.1", port)
         elif name.startswith("arbiter"):
             port, http = free_port(), free_port()
+            probe_port = http
             policies = {
                 "arbiter-allow": [os.path.join(work, "allow")],
                 "arbiter-allow-http": [os.path.join(work, "allow")],
@@ -410,9 +471,9 @@ def run_variant(name, args, work):
                 authz_port = free_port()
                 cmd += ["--http-authz-addr", f"127.0.0.1:{authz_port}"]
             cmd += args.serve_arg
-            env = None
+            env = server_env()
             if args.allocations:
-                env = dict(os.environ, ARBITER_COUNT_ALLOCATIONS="1")
+                env = server_env(ARBITER_COUNT_ALLOCATIONS="1")
                 server_http = http
             server = procs.start(taskset(1, cmd), env=env)
             wait_port(authz_port, server, "arbiter")
@@ -436,10 +497,12 @@ def run_variant(name, args, work):
         cpu0 = cpu_seconds(server_pid) if server_pid else None
         cs0 = context_switches(server_pid) if server_pid else None
         al0 = allocations(server_http) if server_http else None
+        probing = Probes(probe_port if args.probes else None)
         t0 = time.time()
         out = subprocess.run(taskset(1, wrk + [f"-d{args.duration}s", url]), capture_output=True,
                              text=True, timeout=args.duration + 30, check=True).stdout
         wall = time.time() - t0
+        probing.stop()
         r = parse_wrk(out)
         if r["non2xx"]:
             # Say why: Envoy's counters of ext_authz answers and of its calls to the server.
@@ -488,7 +551,7 @@ def soak(args, work):
         cmd = [args.arbiter, "serve", os.path.join(REPO, "policies"), "--grpc-addr", f"127.0.0.1:{port}",
                "--http-addr", f"127.0.0.1:{http}", "--workers", str(args.workers),
                "--decision-log", os.path.join(work, "soak.log")]
-        server = procs.start(taskset(1, cmd))
+        server = procs.start(taskset(1, cmd), env=server_env())
         wait_port(port, server, "arbiter")
         cfg = os.path.join(work, "soak.yaml")
         with open(cfg, "w") as f:
@@ -535,6 +598,9 @@ def main():
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="one more argument for every `arbiter serve` (repeat it; e.g. "
                          "--serve-arg=--decision-log-fsync --serve-arg=never)")
+    ap.add_argument("--no-probes", dest="probes", action="store_false",
+                    help="do not ask the server's /health and /metrics once a second during the "
+                         "measured window (asked by default, as probes and scrapes do when deployed)")
     ap.add_argument("--allocations", action="store_true",
                     help="count arbiter's allocations per check (ARBITER_COUNT_ALLOCATIONS=1; "
                          "the counting costs two atomic adds per allocation)")
