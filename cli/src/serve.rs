@@ -1448,6 +1448,25 @@ fn ui_dashboard(
 /// not when the future is first polled: call it before announcing that the server is up, so
 /// a signal sent right after the announcement drains gracefully instead of killing the
 /// process with the default action.
+/// The code and constants only starting (or a reload) used — arguments, configuration, the
+/// policy compilers — taken out of the resident set once the server serves: about 7 MiB of the
+/// binary stays mapped otherwise, though checks never use it
+/// (`arbiter_alloc_counter::release_executable_pages`).
+fn release_startup_code() {
+    match arbiter_alloc_counter::release_executable_pages() {
+        Ok(bytes) => tracing::debug!(
+            event = "code_pages_released",
+            bytes,
+            "the executable's pages unmapped until used again: {bytes} bytes advised"
+        ),
+        Err(e) => tracing::debug!(
+            event = "code_pages_released",
+            error = %e,
+            "the executable's pages stay mapped: {e}"
+        ),
+    }
+}
+
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
@@ -1726,8 +1745,10 @@ pub fn run(args: &Args) -> Exit {
                     }
                 }
                 // The set replaced (or built and refused) is freed by now unless a check still
-                // holds it: give its pages back, so that RSS after reloads stays at one set's.
+                // holds it: give its pages back, so that RSS after reloads stays at one set's;
+                // and the compiler's code, run again, leaves the resident set again.
                 arbiter_alloc_counter::release_free_memory();
+                release_startup_code();
                 true
             }
         };
@@ -1894,6 +1915,7 @@ pub fn run(args: &Args) -> Exit {
                 "awaiting the bundle, denying every check and reporting NOT_SERVING until it loads: {why}"
             );
         }
+        release_startup_code();
         running.wait_for_signal(stop).await?;
         tracing::info!(event = "stopped", "stopped");
         Ok(())
