@@ -7,10 +7,11 @@
 //! profile. See `benches/RESULTS.md` for the measured difference.
 //!
 //! This is the only crate of arbiter with `unsafe` code: `GlobalAlloc` is an unsafe trait, and
-//! [`release_executable_pages`] asks the kernel (`madvise`) to unmap the code and constants only starting used
-//! (its safety argument is in `code_pages.rs`). Each allocator method forwards to [`MiMalloc`] with the caller's arguments unchanged (or, inside
-//! [`in_own_heap`], to the same mimalloc call on a heap of its own), so the safety contract the
-//! caller upholds for this allocator is exactly the one it upholds for `MiMalloc`.
+//! [`release_executable_pages`] asks the kernel (`madvise`) to unmap the executable's pages
+//! that only starting used (its safety argument is in `code_pages.rs`). Each allocator method
+//! forwards to [`MiMalloc`] with the caller's arguments unchanged (or, inside [`in_own_heap`],
+//! to the same mimalloc call on a heap of its own), so the safety contract the caller upholds
+//! for this allocator is exactly the one it upholds for `MiMalloc`.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;

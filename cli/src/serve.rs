@@ -1444,10 +1444,6 @@ fn ui_dashboard(
     Ok(Some(d))
 }
 
-/// SIGTERM or Ctrl-C. The handlers are installed when this is called (inside the runtime),
-/// not when the future is first polled: call it before announcing that the server is up, so
-/// a signal sent right after the announcement drains gracefully instead of killing the
-/// process with the default action.
 /// The code and constants only starting (or a reload) used — arguments, configuration, the
 /// policy compilers — taken out of the resident set once the server serves: about 7 MiB of the
 /// binary stays mapped otherwise, though checks never use it
@@ -1467,6 +1463,10 @@ fn release_startup_code() {
     }
 }
 
+/// SIGTERM or Ctrl-C. The handlers are installed when this is called (inside the runtime),
+/// not when the future is first polled: call it before announcing that the server is up, so
+/// a signal sent right after the announcement drains gracefully instead of killing the
+/// process with the default action.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
