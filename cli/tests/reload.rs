@@ -475,3 +475,91 @@ fn server_logs_are_structured_when_asked() {
     assert!(seen.iter().all(|v| v["level"] != "INFO"), "{seen:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Once serving, and again after each reload, `serve` takes its executable's pages that only
+/// starting used out of its resident set (`code_pages_released`, with the bytes advised: the
+/// executable's code at least), and goes on answering with the code mapped back as it runs.
+#[test]
+fn the_executables_startup_pages_are_released_at_start_and_after_each_reload() {
+    let dir = tmp("release-pages");
+    std::fs::write(dir.join("authz.rego"), policy("a")).unwrap();
+    /// Ends the server however the test ends (a failed assertion must not leave it running).
+    struct Server(Option<std::process::Child>);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut server = Server(Some(
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["serve", dir.to_str().unwrap()])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-level", "debug"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = server.0.as_ref().unwrap().id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = server.0.as_mut().unwrap().stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // Lines up to the next logged release: the bytes it advised, and the HTTP address if
+    // announced meanwhile.
+    let released = |addr: &mut Option<String>| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no release of the executable's pages was logged");
+        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
+            *addr = Some(rest.trim().to_string());
+        }
+        assert!(!line.contains("pages stay mapped"), "{line}");
+        if let Some(rest) = line.split("unmapped until used again: ").nth(1) {
+            return rest.split(' ').next().unwrap().parse::<usize>().unwrap();
+        }
+    };
+    let mut addr = None;
+    let first = released(&mut addr);
+    let addr = addr.expect("announced before the release");
+    // The code the executable maps (read-only and executable), from the kernel's view.
+    let code_bytes: usize = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" r-xp ") && l.ends_with("/arbiter"))
+        .map(|l| {
+            let (a, b) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            usize::from_str_radix(b, 16).unwrap() - usize::from_str_radix(a, 16).unwrap()
+        })
+        .sum();
+    assert!(code_bytes > 0);
+    assert!(
+        first >= code_bytes,
+        "{first} bytes advised, the code is {code_bytes}"
+    );
+    assert!(allowed(&addr, "a"));
+    std::fs::write(dir.join("authz.rego"), policy("b")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let again = released(&mut None);
+    assert!(
+        again >= code_bytes,
+        "{again} bytes advised, the code is {code_bytes}"
+    );
+    wait("the reload", || health(&addr)["reloads"] != 0);
+    assert!(allowed(&addr, "b"));
+    assert!(!allowed(&addr, "a"));
+    stop(server.0.take().unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}
