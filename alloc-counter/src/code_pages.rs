@@ -23,20 +23,23 @@ pub fn release_executable_pages() -> std::io::Result<usize> {
     imp::release()
 }
 
-/// The mappings of the file that holds this function which hold only that file's pages:
-/// readable, not writable, private, and without a page of their own — from
-/// `/proc/self/smaps`, each mapping's start and end.
+/// One mapping of `/proc/self/smaps`: its range, permissions, device and inode, and the two
+/// of its fields this module reads (in KiB).
 #[cfg(target_os = "linux")]
-pub(crate) fn file_only_mappings() -> std::io::Result<Vec<(usize, usize)>> {
-    struct Mapping<'a> {
-        start: usize,
-        end: usize,
-        perms: &'a str,
-        dev: &'a str,
-        inode: &'a str,
-        anonymous_kib: Option<u64>,
-    }
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+struct Mapping<'a> {
+    start: usize,
+    end: usize,
+    perms: &'a str,
+    dev: &'a str,
+    inode: &'a str,
+    rss_kib: Option<u64>,
+    anonymous_kib: Option<u64>,
+}
+
+/// The mappings of `/proc/self/smaps`' text: a mapping's header starts with its range
+/// (`start-end perms offset dev inode [path]`), its fields follow (`Rss:   12 kB`).
+#[cfg(target_os = "linux")]
+fn mappings(smaps: &str) -> Vec<Mapping<'_>> {
     let mut maps: Vec<Mapping<'_>> = Vec::new();
     for line in smaps.lines() {
         let mut f = line.split_ascii_whitespace();
@@ -47,7 +50,6 @@ pub(crate) fn file_only_mappings() -> std::io::Result<Vec<(usize, usize)>> {
                 usize::from_str_radix(end, 16),
             )
         {
-            // start-end perms offset dev inode [path]
             let (perms, _offset, dev, inode) = (f.next(), f.next(), f.next(), f.next());
             maps.push(Mapping {
                 start,
@@ -55,14 +57,28 @@ pub(crate) fn file_only_mappings() -> std::io::Result<Vec<(usize, usize)>> {
                 perms: perms.unwrap_or(""),
                 dev: dev.unwrap_or(""),
                 inode: inode.unwrap_or("0"),
+                rss_kib: None,
                 anonymous_kib: None,
             });
-        } else if first == "Anonymous:"
-            && let Some(m) = maps.last_mut()
-        {
-            m.anonymous_kib = f.next().and_then(|v| v.parse().ok());
+        } else if let Some(m) = maps.last_mut() {
+            let kib = f.next().and_then(|v| v.parse().ok());
+            match first {
+                "Rss:" => m.rss_kib = kib,
+                "Anonymous:" => m.anonymous_kib = kib,
+                _ => {}
+            }
         }
     }
+    maps
+}
+
+/// The mappings of the file that holds this function which hold only that file's pages:
+/// readable, not writable, private, and without a page of their own — from
+/// `/proc/self/smaps`, each mapping's start and end.
+#[cfg(target_os = "linux")]
+pub(crate) fn file_only_mappings() -> std::io::Result<Vec<(usize, usize)>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let maps = mappings(&smaps);
     let here = file_only_mappings as fn() -> std::io::Result<Vec<(usize, usize)>> as usize;
     // The file is the one whose code holds this function (by device and inode, as the kernel
     // maps it: its path may have been replaced or removed since the start).
@@ -129,27 +145,13 @@ mod imp {
 #[cfg(target_os = "linux")]
 mod tests {
     /// KiB resident of the mappings that start at `starts` (`/proc/self/smaps`).
-    fn resident_kib(starts: &[usize]) -> usize {
+    fn resident_kib(starts: &[usize]) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        let mut kib = 0;
-        for line in smaps.lines() {
-            // A mapping's header starts with its range; its fields follow ("Rss:   12 kB").
-            let first = line.split_ascii_whitespace().next().unwrap_or("");
-            if let Some((start, _)) = first.split_once('-')
-                && let Ok(start) = usize::from_str_radix(start, 16)
-            {
-                inside = starts.contains(&start);
-            } else if inside && let Some(v) = line.strip_prefix("Rss:") {
-                kib += v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<usize>()
-                    .unwrap();
-            }
-        }
-        kib
+        super::mappings(&smaps)
+            .iter()
+            .filter(|m| starts.contains(&m.start))
+            .map(|m| m.rss_kib.unwrap())
+            .sum()
     }
 
     /// The mappings found are this test binary's code and constants, never its relocated or
