@@ -119,7 +119,7 @@ def steady_functions(binary, data):
         # A sample: `ip (dso)`; a fault: `addr (dso) ip (dso)`. The first address whose dso is
         # the binary is the function run (sample) or the code touched (fault).
         for i in range(3, len(f) - 1):
-            if f[i + 1] == f"({binary})" or f[i + 1].endswith(f"/{name})"):
+            if f[i + 1].endswith(f"/{name})"):
                 try:
                     va = int(f[i], 16) - base[pid]
                 except ValueError:

@@ -49,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -214,7 +215,6 @@ class Probes:
     server that answers them too (their code is part of what stays resident)."""
 
     def __init__(self, port):
-        import threading
         self.done = threading.Event()
         self.answered = 0
         self.thread = None
