@@ -786,3 +786,60 @@ fn jwt_decode_verify_reads_claims_and_refuses_what_is_not_a_token() {
     let v = decide(&not_a_string, &req("POST", "/a", "", &[("x-token", TOKEN)]));
     assert!(!v.allowed && !v.errors.is_empty(), "{v:?}");
 }
+
+/// The CEL evaluator's step budget (vendor/cel patches 3 and 14) ends an evaluation at the
+/// step after its last: a budget of exactly the steps an expression takes lets it finish,
+/// one less stops it with the budget's error, and every later step fails too (a macro that
+/// defers errors, `exists`, cannot go on). Nested evaluations keep the outer one's count.
+#[test]
+fn the_step_budget_ends_an_evaluation_at_its_last_step() {
+    let env = Arc::new(Env::stdlib());
+    let program = env
+        .compile("[1, 2, 3, 4].exists(x, x == 4) && 2 + 2 == 4")
+        .unwrap();
+    let context = Context::with_env(env.clone());
+    let (value, steps) = cel::deadline::with_budget(None, None, || {
+        (program.execute(&context), cel::deadline::steps())
+    });
+    assert_eq!(value, Ok(CelValue::Bool(true)));
+    assert!(steps > 10, "{steps}");
+    let run = |budget: u64| {
+        cel::deadline::with_budget(None, Some(budget), || {
+            let value = program.execute(&context);
+            (value, cel::deadline::steps())
+        })
+    };
+    assert_eq!(run(steps), (Ok(CelValue::Bool(true)), steps));
+    let (value, taken) = run(steps - 1);
+    let error = value.unwrap_err();
+    assert!(cel::deadline::over_budget(&error), "{error:?}");
+    assert_eq!(
+        taken, steps,
+        "the failing step is counted, no later one runs on"
+    );
+    // A budget spent early: `exists` stops at the first failing step instead of iterating.
+    let (value, taken) = run(3);
+    assert!(cel::deadline::over_budget(&value.unwrap_err()));
+    assert!(taken < steps, "{taken} of {steps}");
+    // An evaluation inside another leaves the outer count and budget as they were.
+    let (inner, outer_steps) = cel::deadline::with_budget(None, Some(steps + 100), || {
+        let before = cel::deadline::steps();
+        let inner = run(steps - 1).0;
+        assert_eq!(cel::deadline::steps(), before);
+        (inner, program.execute(&context))
+    });
+    assert!(cel::deadline::over_budget(&inner.unwrap_err()));
+    assert_eq!(outer_steps, Ok(CelValue::Bool(true)));
+    // A deadline already past stops the evaluation at its first clock reading.
+    let past = std::time::Instant::now();
+    let long = env
+        .compile("[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))")
+        .unwrap();
+    let (value, taken) = cel::deadline::with_budget(Some(past), None, || {
+        (long.execute(&context), cel::deadline::steps())
+    });
+    assert!(cel::deadline::exceeded(&value.unwrap_err()));
+    // The clock is read at step 256; the enclosing `all`s each try one more step, which fails
+    // at once (the whole expression takes thousands).
+    assert!((256..266).contains(&taken), "{taken}");
+}

@@ -7,6 +7,14 @@ use crate::{DeclarationError, Env, ExecutionError};
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// arbiter patch 14: whether `name` is absolute (has a leading dot), by its first byte: the
+/// `char` pattern of `starts_with('.')` compiled to a call of `memcmp`, made for every
+/// identifier an evaluation resolves.
+#[inline]
+pub(crate) fn is_absolute(name: &str) -> bool {
+    name.as_bytes().first() == Some(&b'.')
+}
+
 /// Context is a collection of variables and functions that can be used
 /// by the interpreter to resolve expressions.
 ///
@@ -251,7 +259,7 @@ impl<'p, 'v> Context<'p, 'v> {
     /// The scopes `name` may be resolved in: an absolute name, one with a
     /// leading dot, skips the inner ones.
     fn scopes_for<'b>(&'b self, name: &str) -> impl Iterator<Item = &'b Context<'p, 'v>> {
-        let absolute = name.starts_with('.');
+        let absolute = is_absolute(name);
         self.scopes()
             .filter(move |scope| !absolute || matches!(scope, Context::Root { .. }))
     }
@@ -316,7 +324,7 @@ impl<'p, 'v> Context<'p, 'v> {
     pub(crate) fn resolve_ident(&self, name: &str) -> Option<CowVal<'_, 'v>> {
         // arbiter patch 13: without a container, a name that is not absolute is its only
         // candidate: each scope's variable, innermost first, then the root's type.
-        if self.env().container().is_empty() && !name.starts_with('.') {
+        if self.env().container().is_empty() && !is_absolute(name) {
             if let Some(value) = self.scopes().find_map(|scope| scope.own_variable(name)) {
                 return Some(value);
             }
@@ -367,7 +375,7 @@ impl<'p, 'v> Context<'p, 'v> {
     /// `first` decides (as resolving `first` alone does, there being no such type).
     pub(crate) fn names_are_plain(&self, first: &str) -> bool {
         let env = self.env();
-        !first.starts_with('.')
+        !is_absolute(first)
             && env.container().is_empty()
             && self.is_plain()
             && !env.types().has_type_under(first)
@@ -456,7 +464,7 @@ impl<'p, 'v> Context<'p, 'v> {
         // arbiter patch 13: without a container, the name is the only candidate: spelled on
         // the stack when it fits, as a call such as `path.glob(...)` is made on every
         // evaluation.
-        if container.is_empty() && !root.starts_with('.') {
+        if container.is_empty() && !is_absolute(root) {
             if let Some(name) = FunctionName::spell(&target.expr, func_name) {
                 return self.has_function(name.as_str()).then_some(name);
             }
