@@ -1,4 +1,6 @@
-use crate::common::ast::{operators, ComprehensionExpr, EntryExpr, Expr};
+use crate::common::ast::{
+    operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, ListExpr, MapExpr, SelectExpr, StructExpr,
+};
 use crate::common::types::bool::Bool;
 use crate::common::types::map;
 use crate::common::types::optional::{unwrap_optional, Unwrapped};
@@ -1044,569 +1046,718 @@ impl Value {
         crate::deadline::check()?;
         match &expr.expr {
             Expr::Literal(literal) => Ok(literal.to_val()),
-            Expr::Call(call) => {
-                // START OF SPECIAL CASES FOR operators::...
-                if call.args.len() == 3 && call.func_name == operators::CONDITIONAL {
-                    let cond = Value::resolve_val(&call.args[0], ctx);
-                    return if try_bool(cond)? {
-                        Value::resolve_val(&call.args[1], ctx)
-                    } else {
-                        Value::resolve_val(&call.args[2], ctx)
-                    };
-                }
-                if call.args.len() == 2 {
-                    match call.func_name.as_str() {
-                        operators::LOGICAL_OR => {
-                            let left = try_bool(Value::resolve_val(&call.args[0], ctx));
-                            return if Ok(true) == left {
-                                Ok(bool(true))
-                            } else {
-                                let right_value = Value::resolve_val(&call.args[1], ctx)?;
-                                let right =
-                                    right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
-                                match (left, right) {
-                                    (Ok(false), Some(right)) => Ok(bool(right)),
-                                    (Err(_), Some(true)) => Ok(bool(true)),
-                                    (left, _) => Err(boolean_operator_error(
-                                        &call.func_name,
-                                        left,
-                                        right_value.as_ref(),
-                                    )),
-                                }
-                            };
-                        }
-                        operators::LOGICAL_AND => {
-                            let left = try_bool(Value::resolve_val(&call.args[0], ctx));
-                            return if Ok(false) == left {
-                                Ok(bool(false))
-                            } else {
-                                let right_value = Value::resolve_val(&call.args[1], ctx)?;
-                                let right =
-                                    right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
-                                match (left, right) {
-                                    (Ok(true), Some(right)) => Ok(bool(right)),
-                                    (Err(_), Some(false)) => Ok(bool(false)),
-                                    (left, _) => Err(boolean_operator_error(
-                                        &call.func_name,
-                                        left,
-                                        right_value.as_ref(),
-                                    )),
-                                }
-                            };
-                        }
-                        operators::EQUALS => {
-                            return Ok(bool(
-                                Value::resolve_val(&call.args[0], ctx)?
-                                    == Value::resolve_val(&call.args[1], ctx)?,
-                            ))
-                        }
-                        operators::NOT_EQUALS => {
-                            return Ok(bool(
-                                Value::resolve_val(&call.args[0], ctx)?
-                                    != Value::resolve_val(&call.args[1], ctx)?,
-                            ))
-                        }
-                        operators::INDEX | operators::OPT_INDEX => {
-                            let mut is_optional = call.func_name == operators::OPT_INDEX;
-                            let value = Value::resolve_val(&call.args[0], ctx)?;
-
-                            let value = match unwrap_optional(value) {
-                                Unwrapped::NotOptional(value) => value,
-                                Unwrapped::Some(value) => {
-                                    is_optional = true;
-                                    value
-                                }
-                                Unwrapped::None => return Ok(CowVal::owned(CelOptional::none())),
-                            };
-
-                            let index = Self::resolve_val(&call.args[1], ctx)?;
-                            let result =
-                                index_into(value, index.as_ref(), &call.func_name, |value| {
-                                    ExecutionError::overload_for_values(
-                                        &call.func_name,
-                                        [value, index.as_ref()],
-                                        false,
-                                    )
-                                });
-                            return if is_optional {
-                                Ok(CowVal::owned(match result {
-                                    Ok(val) => CelOptional::of(val.into_owned()),
-                                    Err(_) => CelOptional::none(),
-                                }))
-                            } else {
-                                result
-                            };
-                        }
-                        operators::OPT_SELECT => {
-                            let operand = Value::resolve_val(&call.args[0], ctx)?;
-                            let field_literal = Value::resolve_val(&call.args[1], ctx)?;
-                            let field = match field_literal.get_type().kind() {
-                                Kind::String => field_literal
-                                    .downcast_ref::<CelString>()
-                                    .expect("field must be string"),
-                                _ => {
-                                    return Err(ExecutionError::function_error(
-                                        "_?._",
-                                        "field must be string",
-                                    ))
-                                }
-                            };
-                            // Unwrap outer optional if present — a `None`
-                            // short-circuits to `Optional::none()`. Otherwise
-                            // the operand is the target itself. A missing
-                            // key/field maps to `Optional::none()` per
-                            // cel-spec (mirrors OPT_INDEX semantics).
-                            let target = match unwrap_optional(operand) {
-                                Unwrapped::NotOptional(v) | Unwrapped::Some(v) => v,
-                                Unwrapped::None => return Ok(CowVal::owned(CelOptional::none())),
-                            };
-                            // arbiter patch 6: an absent message field is `optional.none()`
-                            if let Some(has) = target.as_indexer().and_then(|i| i.presence(field)) {
-                                if !has? {
-                                    return Ok(CowVal::owned(CelOptional::none()));
-                                }
-                            }
-                            let result = match index_into(target, field, "_?._", |value| {
-                                ExecutionError::overload_for_values("_?._", [value, field], false)
-                            }) {
-                                Ok(v) => CelOptional::of(v.into_owned()),
-                                Err(_) => CelOptional::none(),
-                            };
-                            return Ok(CowVal::owned(result));
-                        }
-                        // END OF SPECIAL CASES
-
-                        // all below is NOT special in the interpreter
-                        operators::ADD => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(CowVal::Owned(
-                                lhs.as_adder()
-                                    .ok_or_else(|| {
-                                        ExecutionError::unsupported_binary_operator(
-                                            "add",
-                                            lhs.as_ref(),
-                                            rhs.as_ref(),
-                                        )
-                                    })?
-                                    .add(rhs.as_ref())?
-                                    .into_owned(),
-                            ));
-                        }
-                        operators::SUBSTRACT => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(CowVal::Owned(
-                                lhs.as_subtractor()
-                                    .ok_or_else(|| {
-                                        ExecutionError::unsupported_binary_operator(
-                                            "sub",
-                                            lhs.as_ref(),
-                                            rhs.as_ref(),
-                                        )
-                                    })?
-                                    .sub(rhs.as_ref())?
-                                    .into_owned(),
-                            ));
-                        }
-                        operators::DIVIDE => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(CowVal::Owned(
-                                lhs.as_divider()
-                                    .ok_or_else(|| {
-                                        ExecutionError::unsupported_binary_operator(
-                                            "div",
-                                            lhs.as_ref(),
-                                            rhs.as_ref(),
-                                        )
-                                    })?
-                                    .div(rhs.as_ref())?
-                                    .into_owned(),
-                            ));
-                        }
-                        operators::MULTIPLY => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(CowVal::Owned(
-                                lhs.as_multiplier()
-                                    .ok_or_else(|| {
-                                        ExecutionError::unsupported_binary_operator(
-                                            "mul",
-                                            lhs.as_ref(),
-                                            rhs.as_ref(),
-                                        )
-                                    })?
-                                    .mul(rhs.as_ref())?
-                                    .into_owned(),
-                            ));
-                        }
-                        operators::MODULO => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(CowVal::Owned(
-                                lhs.as_modder()
-                                    .ok_or_else(|| {
-                                        ExecutionError::unsupported_binary_operator(
-                                            "rem",
-                                            lhs.as_ref(),
-                                            rhs.as_ref(),
-                                        )
-                                    })?
-                                    .modulo(rhs.as_ref())?
-                                    .into_owned(),
-                            ));
-                        }
-                        operators::LESS => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(bool(
-                                compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                                    == Ordering::Less,
-                            ));
-                        }
-                        operators::LESS_EQUALS => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(bool(
-                                compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                                    != Ordering::Greater,
-                            ));
-                        }
-                        operators::GREATER => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(bool(
-                                compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                                    == Ordering::Greater,
-                            ));
-                        }
-                        operators::GREATER_EQUALS => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            return Ok(bool(
-                                compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                                    != Ordering::Less,
-                            ));
-                        }
-                        operators::IN => {
-                            let lhs = Value::resolve_val(&call.args[0], ctx)?;
-                            let rhs = Value::resolve_val(&call.args[1], ctx)?;
-                            let overload_error = || {
-                                ExecutionError::overload_for_values(
-                                    &call.func_name,
-                                    [lhs.as_ref(), rhs.as_ref()],
-                                    false,
-                                )
-                            };
-                            let container = rhs.as_container().ok_or_else(overload_error)?;
-                            return container
-                                .contains(lhs.as_ref())
-                                .map(bool)
-                                .map_err(|error| error.with_overload_context(overload_error()));
-                        }
-                        _ => (),
-                    }
-                }
-                if call.args.len() == 1 {
-                    match call.func_name.as_str() {
-                        operators::LOGICAL_NOT => {
-                            let expr = Value::resolve_val(&call.args[0], ctx)?;
-                            // arbiter patch: the error (its message formatted) only when `!`
-                            // is given something other than a bool.
-                            return match expr.downcast_ref::<CelBool>() {
-                                Some(b) => Ok(bool(b.negate().into_inner())),
-                                None => Err(ExecutionError::overload_for_values(
-                                    &call.func_name,
-                                    [expr.as_ref()],
-                                    false,
-                                )),
-                            };
-                        }
-                        operators::NEGATE => {
-                            let val = Value::resolve_val(&call.args[0], ctx)?;
-                            let overload_error = ExecutionError::overload_for_values(
-                                &call.func_name,
-                                [val.as_ref()],
-                                false,
-                            );
-                            return Ok(CowVal::Owned(
-                                val.as_negator()
-                                    .ok_or_else(|| overload_error.clone())?
-                                    .negate()
-                                    .map_err(|error| error.with_overload_context(overload_error))?,
-                            ));
-                        }
-                        operators::NOT_STRICTLY_FALSE => {
-                            return Ok(bool(
-                                try_bool(Value::resolve_val(&call.args[0], ctx)).unwrap_or(true),
-                            ));
-                        }
-                        _ => (),
-                    }
-                }
-                match &call.target {
-                    None => {
-                        // TODO: Optimize for the 1 and 2 arg cases and avoid the Vec altogether
-                        let args: Result<Vec<CowVal<'e, 'v>>, ExecutionError> = call
-                            .args
-                            .iter()
-                            .map(|a| Value::resolve_val(a, ctx))
-                            .collect();
-                        let name = ctx.resolve_function(&call.func_name);
-                        call_function(ctx, &name, &call.func_name, args?)
-                    }
-                    Some(target_expr) => {
-                        // arbiter patch 13: room for the target, inserted first below, so
-                        // that inserting it does not grow the vector again
-                        let mut args: Vec<CowVal<'e, 'v>> = Vec::with_capacity(call.args.len() + 1);
-                        for a in &call.args {
-                            args.push(Value::resolve_val(a, ctx)?);
-                        }
-                        // As in cel-go, a call whose target spells a qualified
-                        // name that, with the function's, names a function is
-                        // a call to that function: `optional.of(x)` calls
-                        // `optional.of`.
-                        if let Some(name) =
-                            ctx.resolve_qualified_function(target_expr, &call.func_name)
-                        {
-                            return call_function(ctx, name.as_str(), &call.func_name, args);
-                        }
-                        let target = Value::resolve_val(target_expr, ctx)?;
-                        args.insert(0, target);
-                        if let Some(op) = ctx.env().find_member_overload(&call.func_name, &args) {
-                            return op(args);
-                        }
-                        let func = match ctx.get_function(&call.func_name) {
-                            Some(func) => func,
-                            None => {
-                                return Err(if ctx.env().has_member_overload(&call.func_name) {
-                                    ExecutionError::overload_for_values(
-                                        &call.func_name,
-                                        args.iter().map(|arg| arg.as_ref()),
-                                        true,
-                                    )
-                                } else {
-                                    ExecutionError::UndeclaredReference(
-                                        call.func_name.clone().into(),
-                                    )
-                                });
-                            }
-                        };
-                        let target = args.remove(0);
-                        let mut ctx =
-                            FunctionContext::new(&call.func_name, Some(target), ctx, args);
-                        (func)(&mut ctx)
-                    }
-                }
-            }
+            Expr::Call(call) => Value::resolve_call(call, ctx),
             Expr::Ident(name) => ctx
                 .resolve_ident(name)
                 .ok_or_else(|| ExecutionError::UndeclaredReference(Arc::new(name.to_string()))),
-            Expr::Select(select) => {
-                // arbiter patch (8): where a name can only be a variable and its fields, a
-                // selection is its operand's field, without the name's segments collected.
-                if let Some(root) = select.operand.expr.qualified_name_root() {
-                    if ctx.names_are_plain(root) {
-                        let left = Value::resolve_val(select.operand.deref(), ctx)?;
-                        return select_field(left, &select.field, select.test);
-                    }
-                }
-                // `has(a.b.c)` tests for `c` on `a.b`: only its operand is a name
-                let name = if select.test {
-                    select.operand.expr.qualified_name_segments()
-                } else {
-                    expr.expr.qualified_name_segments()
-                };
-                let Some(name) = name else {
-                    let left = Value::resolve_val(select.operand.deref(), ctx)?;
-                    return select_field(left, &select.field, select.test);
-                };
-                let (mut value, fields) = ctx.resolve_qualified(&name)?;
-                for field in fields {
-                    value = select_field(value, field, false)?;
-                }
-                if select.test {
-                    select_field(value, &select.field, true)
-                } else {
-                    Ok(value)
-                }
-            }
-            Expr::List(list_expr) => {
-                let mut list: Vec<Box<dyn Val + 'v>> = Vec::with_capacity(list_expr.elements.len());
-                for (idx, element) in list_expr.elements.iter().enumerate() {
-                    let value = Value::resolve_val(element, ctx)?;
-                    if list_expr.optional_indices.contains(&idx) {
-                        match unwrap_optional(value) {
-                            Unwrapped::NotOptional(v) | Unwrapped::Some(v) => {
-                                list.push(v.into_owned())
-                            }
-                            Unwrapped::None => {}
-                        }
-                    } else {
-                        list.push(value.into_owned());
-                    }
-                }
-                Ok(CowVal::owned(CelList::from(list)))
-            }
-            Expr::Map(map_expr) => {
-                let mut map = crate::common::types::cel_map_entries(map_expr.entries.len());
-                for entry in map_expr.entries.iter() {
-                    let (k, v, is_optional) = match &entry.expr {
-                        EntryExpr::StructField(_) => panic!("WAT?"),
-                        EntryExpr::MapEntry(e) => (&e.key, &e.value, e.optional),
-                    };
-                    let key: CelMapKey<'v> = Value::resolve_val(k, ctx)?.try_into()?;
-                    let value = Value::resolve_val(v, ctx)?;
-
-                    // An optional entry holding no value adds nothing, not even its key.
-                    let value = if is_optional {
-                        match unwrap_optional(value) {
-                            Unwrapped::NotOptional(v) | Unwrapped::Some(v) => Some(v),
-                            Unwrapped::None => None,
-                        }
-                    } else {
-                        Some(value)
-                    };
-
-                    if let Some(value) = value {
-                        if ctx.env().error_on_duplicate_map_keys() && map::has_key(&map, &key) {
-                            return Err(ExecutionError::DuplicateKey(Key::from(key).into()));
-                        }
-                        map.insert(key, value.into_owned());
-                    }
-                }
-                Ok(CowVal::owned(CelMap::from(map)))
-            }
-            Expr::Comprehension(comprehension) => {
-                let accu_init = Value::resolve_val(&comprehension.accu_init, ctx)?;
-                let iter = Value::resolve_val(&comprehension.iter_range, ctx)?;
-
-                // Mirror cel-go's optimization (see `folder.ResolveName` in
-                // `cel-go/interpreter/interpretable.go`): when the
-                // accumulator starts out as an empty list and the loop step
-                // only ever appends to it (`map` / `filter`), build the
-                // result in a single preallocated `MutableList` instead of
-                // paying O(n) clone-and-extend on every iteration
-                // (`@result + [expr]`).
-                if let Some(step) =
-                    AppendStep::of(comprehension).filter(|_| comprehension.iter_var2.is_none())
-                {
-                    if accu_init
-                        .downcast_ref::<CelList>()
-                        .is_some_and(|list| list.inner().is_empty())
-                    {
-                        return step.run(comprehension, &iter, ctx);
-                    }
-                }
-
-                let mut ctx = ctx.new_inner_scope();
-                ctx.add_variable_named(&comprehension.accu_var, accu_init.into_owned());
-
-                let mut items = iter
-                    .as_iterable()
-                    .ok_or_else(|| ExecutionError::UnexpectedType {
-                        got: iter.get_type().name().to_owned(),
-                        want: "iterable".to_owned(),
-                    })?
-                    .iter();
-                let mut deferred = DeferredErrors::of(comprehension);
-                // arbiter patch 2: with a second variable, a list binds the index and the
-                // element, a map the key and its value (cel-go's two-variable comprehensions).
-                let pairs = comprehension.iter_var2.as_deref().map(|second| {
-                    (
-                        second,
-                        iter.get_type().kind() == crate::common::types::Kind::Map,
-                    )
-                });
-                let mut index: i64 = 0;
-                while let Some(item) = items.next() {
-                    if !try_bool(Value::resolve_val(&comprehension.loop_cond, &ctx))? {
-                        break;
-                    }
-                    match pairs {
-                        None => {
-                            ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
-                        }
-                        Some((second, true)) => {
-                            let value = iter
-                                .as_indexer()
-                                .ok_or_else(|| ExecutionError::UnexpectedType {
-                                    got: iter.get_type().name().to_owned(),
-                                    want: "map".to_owned(),
-                                })?
-                                .get(item)?
-                                .into_owned();
-                            ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
-                            ctx.rebind_variable(second, value);
-                        }
-                        Some((second, false)) => {
-                            ctx.rebind_variable(
-                                &comprehension.iter_var,
-                                Box::new(crate::common::types::CelInt::from(index)),
-                            );
-                            ctx.rebind_variable(second, item.clone_as_boxed());
-                        }
-                    }
-                    index += 1;
-                    let step = Value::resolve_val(&comprehension.loop_step, &ctx);
-                    if let Some(accu) = deferred.step(step)? {
-                        ctx.rebind_variable(&comprehension.accu_var, accu.into_owned());
-                    }
-                }
-                deferred.finish()?;
-                Ok(CowVal::Owned(
-                    Value::resolve_val(&comprehension.result, &ctx)?.into_owned(),
-                ))
-            }
-            Expr::Struct(strct) => {
-                let name = strct.type_name.clone();
-                let struct_type =
-                    ctx.find_struct(&name)
-                        .ok_or_else(|| ExecutionError::UnexpectedType {
-                            got: name.to_owned(),
-                            want: "known struct".to_owned(),
-                        })?;
-                let mut fields = std::collections::BTreeMap::new();
-                for entry in &strct.entries {
-                    match &entry.expr {
-                        EntryExpr::StructField(expr) => {
-                            let f = expr.field.clone();
-                            let value = Value::resolve_val(&expr.value, ctx)?;
-                            // arbiter patch 6: `{?f: v}` sets `f` only when the optional
-                            // `v` has a value
-                            if expr.optional {
-                                match unwrap_optional(value) {
-                                    Unwrapped::None => {}
-                                    Unwrapped::Some(v) => {
-                                        fields.insert(f, v);
-                                    }
-                                    Unwrapped::NotOptional(v) => {
-                                        return Err(ExecutionError::function_error(
-                                            "_?_",
-                                            format!(
-                                                "an optional field `{}` wants an optional value, got {}",
-                                                expr.field,
-                                                v.get_type().name()
-                                            ),
-                                        ))
-                                    }
-                                }
-                            } else {
-                                fields.insert(f, value);
-                            }
-                        }
-                        EntryExpr::MapEntry(entry) => {
-                            return Err(ExecutionError::InternalError(format!(
-                                "Expected struct_field_expr, got {entry:?}"
-                            )))
-                        }
-                    }
-                }
-                Ok(CowVal::Owned(struct_type.new_value(fields)?))
-            }
+            Expr::Select(select) => Value::resolve_select(expr, select, ctx),
+            Expr::List(list_expr) => Value::resolve_list(list_expr, ctx),
+            Expr::Map(map_expr) => Value::resolve_map(map_expr, ctx),
+            Expr::Comprehension(comprehension) => Value::resolve_comprehension(comprehension, ctx),
+            Expr::Struct(strct) => Value::resolve_struct(strct, ctx),
             Expr::Unspecified => panic!("Can't evaluate Unspecified Expr"),
         }
+    }
+
+    /// A call: an operator the interpreter treats specially, else a function. arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_call<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        // START OF SPECIAL CASES FOR operators::...
+        if call.args.len() == 3 && call.func_name == operators::CONDITIONAL {
+            let cond = Value::resolve_val(&call.args[0], ctx);
+            return if try_bool(cond)? {
+                Value::resolve_val(&call.args[1], ctx)
+            } else {
+                Value::resolve_val(&call.args[2], ctx)
+            };
+        }
+        if call.args.len() == 2 {
+            match call.func_name.as_str() {
+                operators::LOGICAL_OR => {
+                    let left = try_bool(Value::resolve_val(&call.args[0], ctx));
+                    return if Ok(true) == left {
+                        Ok(bool(true))
+                    } else {
+                        let right_value = Value::resolve_val(&call.args[1], ctx)?;
+                        let right =
+                            right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
+                        match (left, right) {
+                            (Ok(false), Some(right)) => Ok(bool(right)),
+                            (Err(_), Some(true)) => Ok(bool(true)),
+                            (left, _) => Err(boolean_operator_error(
+                                &call.func_name,
+                                left,
+                                right_value.as_ref(),
+                            )),
+                        }
+                    };
+                }
+                operators::LOGICAL_AND => {
+                    let left = try_bool(Value::resolve_val(&call.args[0], ctx));
+                    return if Ok(false) == left {
+                        Ok(bool(false))
+                    } else {
+                        let right_value = Value::resolve_val(&call.args[1], ctx)?;
+                        let right =
+                            right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
+                        match (left, right) {
+                            (Ok(true), Some(right)) => Ok(bool(right)),
+                            (Err(_), Some(false)) => Ok(bool(false)),
+                            (left, _) => Err(boolean_operator_error(
+                                &call.func_name,
+                                left,
+                                right_value.as_ref(),
+                            )),
+                        }
+                    };
+                }
+                operators::EQUALS => {
+                    return Ok(bool(
+                        Value::resolve_val(&call.args[0], ctx)?
+                            == Value::resolve_val(&call.args[1], ctx)?,
+                    ))
+                }
+                operators::NOT_EQUALS => {
+                    return Ok(bool(
+                        Value::resolve_val(&call.args[0], ctx)?
+                            != Value::resolve_val(&call.args[1], ctx)?,
+                    ))
+                }
+                operators::INDEX | operators::OPT_INDEX => return Value::resolve_index(call, ctx),
+                operators::OPT_SELECT => return Value::resolve_opt_select(call, ctx),
+                // END OF SPECIAL CASES
+
+                // all below is NOT special in the interpreter
+                operators::ADD => return Value::resolve_add(call, ctx),
+                operators::SUBSTRACT => return Value::resolve_subtract(call, ctx),
+                operators::DIVIDE => return Value::resolve_divide(call, ctx),
+                operators::MULTIPLY => return Value::resolve_multiply(call, ctx),
+                operators::MODULO => return Value::resolve_modulo(call, ctx),
+                operators::LESS => return Value::resolve_less(call, ctx),
+                operators::LESS_EQUALS => return Value::resolve_less_equals(call, ctx),
+                operators::GREATER => return Value::resolve_greater(call, ctx),
+                operators::GREATER_EQUALS => return Value::resolve_greater_equals(call, ctx),
+                operators::IN => {
+                    let lhs = Value::resolve_val(&call.args[0], ctx)?;
+                    let rhs = Value::resolve_val(&call.args[1], ctx)?;
+                    let overload_error = || {
+                        ExecutionError::overload_for_values(
+                            &call.func_name,
+                            [lhs.as_ref(), rhs.as_ref()],
+                            false,
+                        )
+                    };
+                    let container = rhs.as_container().ok_or_else(overload_error)?;
+                    return container
+                        .contains(lhs.as_ref())
+                        .map(bool)
+                        .map_err(|error| error.with_overload_context(overload_error()));
+                }
+                _ => (),
+            }
+        }
+        if call.args.len() == 1 {
+            match call.func_name.as_str() {
+                operators::LOGICAL_NOT => {
+                    let expr = Value::resolve_val(&call.args[0], ctx)?;
+                    // arbiter patch: the error (its message formatted) only when `!`
+                    // is given something other than a bool.
+                    return match expr.downcast_ref::<CelBool>() {
+                        Some(b) => Ok(bool(b.negate().into_inner())),
+                        None => Err(ExecutionError::overload_for_values(
+                            &call.func_name,
+                            [expr.as_ref()],
+                            false,
+                        )),
+                    };
+                }
+                operators::NEGATE => return Value::resolve_negate(call, ctx),
+                operators::NOT_STRICTLY_FALSE => {
+                    return Ok(bool(
+                        try_bool(Value::resolve_val(&call.args[0], ctx)).unwrap_or(true),
+                    ));
+                }
+                _ => (),
+            }
+        }
+        Value::resolve_function(call, ctx)
+
+    }
+
+
+    /// `_[_]` and `_[?_]`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_index<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let mut is_optional = call.func_name == operators::OPT_INDEX;
+        let value = Value::resolve_val(&call.args[0], ctx)?;
+
+        let value = match unwrap_optional(value) {
+            Unwrapped::NotOptional(value) => value,
+            Unwrapped::Some(value) => {
+                is_optional = true;
+                value
+            }
+            Unwrapped::None => return Ok(CowVal::owned(CelOptional::none())),
+        };
+
+        let index = Self::resolve_val(&call.args[1], ctx)?;
+        let result =
+            index_into(value, index.as_ref(), &call.func_name, |value| {
+                ExecutionError::overload_for_values(
+                    &call.func_name,
+                    [value, index.as_ref()],
+                    false,
+                )
+            });
+        return if is_optional {
+            Ok(CowVal::owned(match result {
+                Ok(val) => CelOptional::of(val.into_owned()),
+                Err(_) => CelOptional::none(),
+            }))
+        } else {
+            result
+        };
+    }
+
+    /// `_?._`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_opt_select<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let operand = Value::resolve_val(&call.args[0], ctx)?;
+        let field_literal = Value::resolve_val(&call.args[1], ctx)?;
+        let field = match field_literal.get_type().kind() {
+            Kind::String => field_literal
+                .downcast_ref::<CelString>()
+                .expect("field must be string"),
+            _ => {
+                return Err(ExecutionError::function_error(
+                    "_?._",
+                    "field must be string",
+                ))
+            }
+        };
+        // Unwrap outer optional if present — a `None`
+        // short-circuits to `Optional::none()`. Otherwise
+        // the operand is the target itself. A missing
+        // key/field maps to `Optional::none()` per
+        // cel-spec (mirrors OPT_INDEX semantics).
+        let target = match unwrap_optional(operand) {
+            Unwrapped::NotOptional(v) | Unwrapped::Some(v) => v,
+            Unwrapped::None => return Ok(CowVal::owned(CelOptional::none())),
+        };
+        // arbiter patch 6: an absent message field is `optional.none()`
+        if let Some(has) = target.as_indexer().and_then(|i| i.presence(field)) {
+            if !has? {
+                return Ok(CowVal::owned(CelOptional::none()));
+            }
+        }
+        let result = match index_into(target, field, "_?._", |value| {
+            ExecutionError::overload_for_values("_?._", [value, field], false)
+        }) {
+            Ok(v) => CelOptional::of(v.into_owned()),
+            Err(_) => CelOptional::none(),
+        };
+        return Ok(CowVal::owned(result));
+    }
+
+    /// `_+_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_add<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(CowVal::Owned(
+            lhs.as_adder()
+                .ok_or_else(|| {
+                    ExecutionError::unsupported_binary_operator(
+                        "add",
+                        lhs.as_ref(),
+                        rhs.as_ref(),
+                    )
+                })?
+                .add(rhs.as_ref())?
+                .into_owned(),
+        ));
+    }
+
+    /// `_-_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_subtract<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(CowVal::Owned(
+            lhs.as_subtractor()
+                .ok_or_else(|| {
+                    ExecutionError::unsupported_binary_operator(
+                        "sub",
+                        lhs.as_ref(),
+                        rhs.as_ref(),
+                    )
+                })?
+                .sub(rhs.as_ref())?
+                .into_owned(),
+        ));
+    }
+
+    /// `_/_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_divide<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(CowVal::Owned(
+            lhs.as_divider()
+                .ok_or_else(|| {
+                    ExecutionError::unsupported_binary_operator(
+                        "div",
+                        lhs.as_ref(),
+                        rhs.as_ref(),
+                    )
+                })?
+                .div(rhs.as_ref())?
+                .into_owned(),
+        ));
+    }
+
+    /// `_*_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_multiply<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(CowVal::Owned(
+            lhs.as_multiplier()
+                .ok_or_else(|| {
+                    ExecutionError::unsupported_binary_operator(
+                        "mul",
+                        lhs.as_ref(),
+                        rhs.as_ref(),
+                    )
+                })?
+                .mul(rhs.as_ref())?
+                .into_owned(),
+        ));
+    }
+
+    /// `_%_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_modulo<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(CowVal::Owned(
+            lhs.as_modder()
+                .ok_or_else(|| {
+                    ExecutionError::unsupported_binary_operator(
+                        "rem",
+                        lhs.as_ref(),
+                        rhs.as_ref(),
+                    )
+                })?
+                .modulo(rhs.as_ref())?
+                .into_owned(),
+        ));
+    }
+
+    /// `_<_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_less<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(bool(
+            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
+                == Ordering::Less,
+        ));
+    }
+
+    /// `_<=_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_less_equals<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(bool(
+            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
+                != Ordering::Greater,
+        ));
+    }
+
+    /// `_>_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_greater<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(bool(
+            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
+                == Ordering::Greater,
+        ));
+    }
+
+    /// `_>=_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_greater_equals<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let lhs = Value::resolve_val(&call.args[0], ctx)?;
+        let rhs = Value::resolve_val(&call.args[1], ctx)?;
+        return Ok(bool(
+            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
+                != Ordering::Less,
+        ));
+    }
+
+    /// `-_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_negate<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let val = Value::resolve_val(&call.args[0], ctx)?;
+        let overload_error = ExecutionError::overload_for_values(
+            &call.func_name,
+            [val.as_ref()],
+            false,
+        );
+        return Ok(CowVal::Owned(
+            val.as_negator()
+                .ok_or_else(|| overload_error.clone())?
+                .negate()
+                .map_err(|error| error.with_overload_context(overload_error))?,
+        ));
+    }
+
+    /// A function's call (after the operators the interpreter treats specially). arbiter
+    /// patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    #[inline(never)]
+    fn resolve_function<'e, 'p, 'v>(
+        call: &'e CallExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        match &call.target {
+            None => {
+                // TODO: Optimize for the 1 and 2 arg cases and avoid the Vec altogether
+                let args: Result<Vec<CowVal<'e, 'v>>, ExecutionError> = call
+                    .args
+                    .iter()
+                    .map(|a| Value::resolve_val(a, ctx))
+                    .collect();
+                let name = ctx.resolve_function(&call.func_name);
+                call_function(ctx, &name, &call.func_name, args?)
+            }
+            Some(target_expr) => {
+                // arbiter patch 13: room for the target, inserted first below, so
+                // that inserting it does not grow the vector again
+                let mut args: Vec<CowVal<'e, 'v>> = Vec::with_capacity(call.args.len() + 1);
+                for a in &call.args {
+                    args.push(Value::resolve_val(a, ctx)?);
+                }
+                // As in cel-go, a call whose target spells a qualified
+                // name that, with the function's, names a function is
+                // a call to that function: `optional.of(x)` calls
+                // `optional.of`.
+                if let Some(name) =
+                    ctx.resolve_qualified_function(target_expr, &call.func_name)
+                {
+                    return call_function(ctx, name.as_str(), &call.func_name, args);
+                }
+                let target = Value::resolve_val(target_expr, ctx)?;
+                args.insert(0, target);
+                if let Some(op) = ctx.env().find_member_overload(&call.func_name, &args) {
+                    return op(args);
+                }
+                let func = match ctx.get_function(&call.func_name) {
+                    Some(func) => func,
+                    None => {
+                        return Err(if ctx.env().has_member_overload(&call.func_name) {
+                            ExecutionError::overload_for_values(
+                                &call.func_name,
+                                args.iter().map(|arg| arg.as_ref()),
+                                true,
+                            )
+                        } else {
+                            ExecutionError::UndeclaredReference(
+                                call.func_name.clone().into(),
+                            )
+                        });
+                    }
+                };
+                let target = args.remove(0);
+                let mut ctx =
+                    FunctionContext::new(&call.func_name, Some(target), ctx, args);
+                (func)(&mut ctx)
+            }
+        }
+    }
+    /// A field selection, or a qualified name. arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_select<'e, 'p, 'v>(
+        expr: &'e Expression,
+        select: &'e SelectExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        // arbiter patch (8): where a name can only be a variable and its fields, a
+        // selection is its operand's field, without the name's segments collected.
+        if let Some(root) = select.operand.expr.qualified_name_root() {
+            if ctx.names_are_plain(root) {
+                let left = Value::resolve_val(select.operand.deref(), ctx)?;
+                return select_field(left, &select.field, select.test);
+            }
+        }
+        // `has(a.b.c)` tests for `c` on `a.b`: only its operand is a name
+        let name = if select.test {
+            select.operand.expr.qualified_name_segments()
+        } else {
+            expr.expr.qualified_name_segments()
+        };
+        let Some(name) = name else {
+            let left = Value::resolve_val(select.operand.deref(), ctx)?;
+            return select_field(left, &select.field, select.test);
+        };
+        let (mut value, fields) = ctx.resolve_qualified(&name)?;
+        for field in fields {
+            value = select_field(value, field, false)?;
+        }
+        if select.test {
+            select_field(value, &select.field, true)
+        } else {
+            Ok(value)
+        }
+
+    }
+
+    /// A list literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_list<'e, 'p, 'v>(
+        list_expr: &'e ListExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let mut list: Vec<Box<dyn Val + 'v>> = Vec::with_capacity(list_expr.elements.len());
+        for (idx, element) in list_expr.elements.iter().enumerate() {
+            let value = Value::resolve_val(element, ctx)?;
+            if list_expr.optional_indices.contains(&idx) {
+                match unwrap_optional(value) {
+                    Unwrapped::NotOptional(v) | Unwrapped::Some(v) => {
+                        list.push(v.into_owned())
+                    }
+                    Unwrapped::None => {}
+                }
+            } else {
+                list.push(value.into_owned());
+            }
+        }
+        Ok(CowVal::owned(CelList::from(list)))
+
+    }
+
+    /// A map literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_map<'e, 'p, 'v>(
+        map_expr: &'e MapExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let mut map = crate::common::types::cel_map_entries(map_expr.entries.len());
+        for entry in map_expr.entries.iter() {
+            let (k, v, is_optional) = match &entry.expr {
+                EntryExpr::StructField(_) => panic!("WAT?"),
+                EntryExpr::MapEntry(e) => (&e.key, &e.value, e.optional),
+            };
+            let key: CelMapKey<'v> = Value::resolve_val(k, ctx)?.try_into()?;
+            let value = Value::resolve_val(v, ctx)?;
+
+            // An optional entry holding no value adds nothing, not even its key.
+            let value = if is_optional {
+                match unwrap_optional(value) {
+                    Unwrapped::NotOptional(v) | Unwrapped::Some(v) => Some(v),
+                    Unwrapped::None => None,
+                }
+            } else {
+                Some(value)
+            };
+
+            if let Some(value) = value {
+                if ctx.env().error_on_duplicate_map_keys() && map::has_key(&map, &key) {
+                    return Err(ExecutionError::DuplicateKey(Key::from(key).into()));
+                }
+                map.insert(key, value.into_owned());
+            }
+        }
+        Ok(CowVal::owned(CelMap::from(map)))
+
+    }
+
+    /// A comprehension (the expansion of a macro). arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_comprehension<'e, 'p, 'v>(
+        comprehension: &'e ComprehensionExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let accu_init = Value::resolve_val(&comprehension.accu_init, ctx)?;
+        let iter = Value::resolve_val(&comprehension.iter_range, ctx)?;
+
+        // Mirror cel-go's optimization (see `folder.ResolveName` in
+        // `cel-go/interpreter/interpretable.go`): when the
+        // accumulator starts out as an empty list and the loop step
+        // only ever appends to it (`map` / `filter`), build the
+        // result in a single preallocated `MutableList` instead of
+        // paying O(n) clone-and-extend on every iteration
+        // (`@result + [expr]`).
+        if let Some(step) =
+            AppendStep::of(comprehension).filter(|_| comprehension.iter_var2.is_none())
+        {
+            if accu_init
+                .downcast_ref::<CelList>()
+                .is_some_and(|list| list.inner().is_empty())
+            {
+                return step.run(comprehension, &iter, ctx);
+            }
+        }
+
+        let mut ctx = ctx.new_inner_scope();
+        ctx.add_variable_named(&comprehension.accu_var, accu_init.into_owned());
+
+        let mut items = iter
+            .as_iterable()
+            .ok_or_else(|| ExecutionError::UnexpectedType {
+                got: iter.get_type().name().to_owned(),
+                want: "iterable".to_owned(),
+            })?
+            .iter();
+        let mut deferred = DeferredErrors::of(comprehension);
+        // arbiter patch 2: with a second variable, a list binds the index and the
+        // element, a map the key and its value (cel-go's two-variable comprehensions).
+        let pairs = comprehension.iter_var2.as_deref().map(|second| {
+            (
+                second,
+                iter.get_type().kind() == crate::common::types::Kind::Map,
+            )
+        });
+        let mut index: i64 = 0;
+        while let Some(item) = items.next() {
+            if !try_bool(Value::resolve_val(&comprehension.loop_cond, &ctx))? {
+                break;
+            }
+            match pairs {
+                None => {
+                    ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
+                }
+                Some((second, true)) => {
+                    let value = iter
+                        .as_indexer()
+                        .ok_or_else(|| ExecutionError::UnexpectedType {
+                            got: iter.get_type().name().to_owned(),
+                            want: "map".to_owned(),
+                        })?
+                        .get(item)?
+                        .into_owned();
+                    ctx.rebind_variable(&comprehension.iter_var, item.clone_as_boxed());
+                    ctx.rebind_variable(second, value);
+                }
+                Some((second, false)) => {
+                    ctx.rebind_variable(
+                        &comprehension.iter_var,
+                        Box::new(crate::common::types::CelInt::from(index)),
+                    );
+                    ctx.rebind_variable(second, item.clone_as_boxed());
+                }
+            }
+            index += 1;
+            let step = Value::resolve_val(&comprehension.loop_step, &ctx);
+            if let Some(accu) = deferred.step(step)? {
+                ctx.rebind_variable(&comprehension.accu_var, accu.into_owned());
+            }
+        }
+        deferred.finish()?;
+        Ok(CowVal::Owned(
+            Value::resolve_val(&comprehension.result, &ctx)?.into_owned(),
+        ))
+
+    }
+
+    /// A message literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
+    /// recursion's frame is each kind's own, not the largest of all.
+    #[inline(never)]
+    fn resolve_struct<'e, 'p, 'v>(
+        strct: &'e StructExpr,
+        ctx: &'e Context<'p, 'v>,
+    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        let name = strct.type_name.clone();
+        let struct_type =
+            ctx.find_struct(&name)
+                .ok_or_else(|| ExecutionError::UnexpectedType {
+                    got: name.to_owned(),
+                    want: "known struct".to_owned(),
+                })?;
+        let mut fields = std::collections::BTreeMap::new();
+        for entry in &strct.entries {
+            match &entry.expr {
+                EntryExpr::StructField(expr) => {
+                    let f = expr.field.clone();
+                    let value = Value::resolve_val(&expr.value, ctx)?;
+                    // arbiter patch 6: `{?f: v}` sets `f` only when the optional
+                    // `v` has a value
+                    if expr.optional {
+                        match unwrap_optional(value) {
+                            Unwrapped::None => {}
+                            Unwrapped::Some(v) => {
+                                fields.insert(f, v);
+                            }
+                            Unwrapped::NotOptional(v) => {
+                                return Err(ExecutionError::function_error(
+                                    "_?_",
+                                    format!(
+                                        "an optional field `{}` wants an optional value, got {}",
+                                        expr.field,
+                                        v.get_type().name()
+                                    ),
+                                ))
+                            }
+                        }
+                    } else {
+                        fields.insert(f, value);
+                    }
+                }
+                EntryExpr::MapEntry(entry) => {
+                    return Err(ExecutionError::InternalError(format!(
+                        "Expected struct_field_expr, got {entry:?}"
+                    )))
+                }
+            }
+        }
+        Ok(CowVal::Owned(struct_type.new_value(fields)?))
+
     }
 }
 
