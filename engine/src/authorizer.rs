@@ -317,7 +317,8 @@ impl Authorizer {
         keep_input: bool,
     ) -> (CheckOutcome, Option<Reading>) {
         let start = Instant::now();
-        let identity = identity::resolve(request, &self.identity_options, crate::clock::now_secs());
+        let identity =
+            identity::resolve_at(request, &self.identity_options, crate::clock::now_secs);
         // The parts of the input document built: all of it for a caller that keeps it (a
         // decision record), else what the policies read.
         let needs = if keep_input {
@@ -355,7 +356,7 @@ impl Authorizer {
         let eval_start = Instant::now();
         let input_ns = ns_between(start, eval_start);
         let decision = match catch_unwind(AssertUnwindSafe(|| {
-            self.decide_request(request, attributes, identity_value.as_ref())
+            self.decide_request(request, attributes, identity_value.as_ref(), eval_start)
         })) {
             Ok(d) => d,
             Err(_) => Decision::deny(DenyReason::EvalError(
@@ -384,11 +385,12 @@ impl Authorizer {
         request: &AuthzRequest,
         input: Attributes<'_>,
         identity: Option<&Value>,
+        started: Instant,
     ) -> Decision {
         // Istio's AuthorizationPolicies first: a denial there decides; an allow is one vote
         // among the languages loaded (deny overrides).
         let Some(istio) = self.policies.istio() else {
-            return self.decide_cel_and_rego(request, input, identity);
+            return self.decide_cel_and_rego(request, input, identity, started);
         };
         let v = istio.evaluate(&crate::istio::Request::from_check(request, input, identity));
         let decided_by = v.decided_by.as_ref().map(|(policy, rule)| DecidedBy {
@@ -417,7 +419,7 @@ impl Authorizer {
             return d;
         }
         let mut d = if others {
-            self.decide_cel_and_rego(request, input, identity)
+            self.decide_cel_and_rego(request, input, identity, started)
         } else {
             Decision::allow()
         };
@@ -436,16 +438,20 @@ impl Authorizer {
         request: &AuthzRequest,
         input: Attributes<'_>,
         identity: Option<&Value>,
+        started: Instant,
     ) -> Decision {
         let cel = self.policies.cel().map(|c| {
-            c.evaluate(&CelRequest {
-                request,
-                path: input.path,
-                host: input.host,
-                headers: input.headers,
-                input: input.document,
-                identity,
-            })
+            c.evaluate_since(
+                &CelRequest {
+                    request,
+                    path: input.path,
+                    host: input.host,
+                    headers: input.headers,
+                    input: input.document,
+                    identity,
+                },
+                started,
+            )
         });
         let rego = || {
             // Rego deciding, the document is built (`reads_document`).

@@ -1027,7 +1027,13 @@ impl CelPolicies {
     /// limit: work that grows with the request (comprehensions over its parts) cannot hold a
     /// thread past the deadline; a stopped evaluation is a denial.
     pub fn evaluate(&self, req: &CelRequest<'_>) -> CelVerdict {
-        let deadline = self.time_limit.map(|t| std::time::Instant::now() + t);
+        self.evaluate_since(req, std::time::Instant::now())
+    }
+
+    /// [`Self::evaluate`], with the time limit counted from `started` (the caller's clock
+    /// reading that began the evaluation: one reading fewer per request).
+    pub fn evaluate_since(&self, req: &CelRequest<'_>, started: std::time::Instant) -> CelVerdict {
+        let deadline = self.time_limit.map(|t| started + t);
         cel::deadline::with_budget(deadline, self.cost_limit, || self.evaluate_within(req))
     }
 

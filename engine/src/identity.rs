@@ -19,7 +19,7 @@ pub mod xfcc;
 
 pub use jwt_svid::{JwtSvidInfo, JwtSvidOptions};
 pub use resolve::{
-    Identity, IdentityOptions, IdentityOutcome, IdentitySource, SvidInfo, resolve,
+    Identity, IdentityOptions, IdentityOutcome, IdentitySource, SvidInfo, resolve, resolve_at,
     svid_from_certificate,
 };
 

@@ -843,3 +843,37 @@ fn the_step_budget_ends_an_evaluation_at_its_last_step() {
     // at once (the whole expression takes thousands).
     assert!((256..266).contains(&taken), "{taken}");
 }
+
+/// `evaluate_since` counts the time limit from the caller's clock reading: an evaluation
+/// begun (by that reading) longer ago than the limit stops at its first clock check, the
+/// same one begun now runs to its end.
+#[test]
+fn the_time_limit_counts_from_the_callers_start() {
+    let mut p = policies_with(
+        &[(
+            "long.cel.yaml",
+            "name: long\nrules:\n  - name: long\n    effect: allow\n    when: \"[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))\"\n",
+        )],
+        None,
+    )
+    .unwrap();
+    p.set_time_limit(Some(std::time::Duration::from_secs(5)));
+    let r = req("GET", "/", "", &[]);
+    let input = build_input(&r, &InputOptions::default()).unwrap();
+    let request = CelRequest {
+        request: &r,
+        path: &input.path,
+        host: &input.host,
+        headers: &input.headers,
+        input: Some(&input.value),
+        identity: None,
+    };
+    let now = std::time::Instant::now();
+    let v = p.evaluate_since(&request, now);
+    assert!(v.allowed && !v.timed_out, "{v:?}");
+    let long_ago = now
+        .checked_sub(std::time::Duration::from_secs(6))
+        .expect("a monotonic clock older than 6 s");
+    let v = p.evaluate_since(&request, long_ago);
+    assert!(v.timed_out && !v.allowed, "{v:?}");
+}

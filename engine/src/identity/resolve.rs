@@ -181,10 +181,21 @@ impl IdentityOptions {
 
 /// Resolve the caller's identity for `req` at `now` (seconds since the epoch).
 pub fn resolve(req: &AuthzRequest, opts: &IdentityOptions, now: i64) -> IdentityOutcome {
+    resolve_at(req, opts, || now)
+}
+
+/// [`resolve`], with the clock read only when a credential's validity period is checked (a
+/// peer certificate or a JWT-SVID): a caller named by its principal, or none, costs no clock
+/// reading.
+pub fn resolve_at(
+    req: &AuthzRequest,
+    opts: &IdentityOptions,
+    now: impl FnOnce() -> i64,
+) -> IdentityOutcome {
     let source = req.source.as_ref();
     let certificate = source.map(|s| s.certificate.as_str()).unwrap_or("");
     if !certificate.is_empty() {
-        return match svid_from_certificate(certificate, opts, now) {
+        return match svid_from_certificate(certificate, opts, now()) {
             Ok(i) => IdentityOutcome::Valid(i),
             Err(e) => IdentityOutcome::Invalid(format!("peer certificate: {e}")),
         };
@@ -226,7 +237,7 @@ pub fn resolve(req: &AuthzRequest, opts: &IdentityOptions, now: i64) -> Identity
         && let Some(value) = req.http.as_ref().and_then(|h| h.header(&j.header))
         && let Some(token) = j.token(&value)
     {
-        return match jwt_svid::validate(token, j, now) {
+        return match jwt_svid::validate(token, j, now()) {
             Ok((id, info)) => IdentityOutcome::Valid(Identity {
                 id,
                 source: IdentitySource::JwtSvid,

@@ -297,3 +297,38 @@ fn principal_and_xfcc_sources() {
     let quoted = r#"By=spiffe://example.org/ns/edge/sa/proxy;Subject="CN=a,URI=spiffe://example.org/ns/prod/sa/frontend""#;
     assert!(invalid(resolve(&req_with(None, "", Some(quoted)), &opts, now())).contains("no URI"));
 }
+
+/// The clock is read only to check a credential's validity period: a caller named by its
+/// principal (Envoy's `source.principal`), or none, costs no clock reading; a peer
+/// certificate is checked at the time read, and one outside its validity then is refused.
+#[test]
+fn the_clock_is_read_only_for_a_credential_with_a_validity_period() {
+    let example = ca("example.org CA");
+    let mut opts = IdentityOptions::default();
+    opts.add_bundle_pem("example.org", &example.cert.pem())
+        .unwrap();
+    let reads = std::cell::Cell::new(0);
+    let at = |t: i64| {
+        let reads = &reads;
+        move || {
+            reads.set(reads.get() + 1);
+            t
+        }
+    };
+    let named = resolve_at(&req_with(None, WEB, None), &opts, at(now()));
+    assert!(named.identity().is_some());
+    let absent = resolve_at(&req_with(None, "", None), &opts, at(now()));
+    assert!(absent.identity().is_none());
+    assert_eq!(reads.get(), 0);
+    let good = leaf(&example, &[WEB], |p| {
+        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    });
+    let valid = resolve_at(&req_with(Some(&good), "", None), &opts, at(now()));
+    assert!(valid.identity().is_some());
+    assert_eq!(reads.get(), 1);
+    // The same certificate in 2101 (4,133,980,800 s): the time read is the time checked.
+    let later = resolve_at(&req_with(Some(&good), "", None), &opts, at(4_133_980_800));
+    assert!(later.identity().is_none());
+    assert_eq!(reads.get(), 2);
+}
