@@ -122,12 +122,11 @@ pub enum RegoEngine {
 }
 
 /// A CEL verdict as a decision.
-fn cel_decision(v: CelVerdict) -> Decision {
-    let decided_by = match (&v.file, &v.rule) {
-        (Some(f), r) => vec![DecidedBy {
-            policy: f.clone(),
-            rule: r.clone(),
-        }],
+fn cel_decision(mut v: CelVerdict) -> Decision {
+    let ruled = v.rule.is_some();
+    // The verdict's names moved into the decision, not copied.
+    let decided_by = match (v.file.take(), v.rule.take()) {
+        (Some(policy), rule) => vec![DecidedBy { policy, rule }],
         _ => Vec::new(),
     };
     if v.timed_out {
@@ -140,7 +139,7 @@ fn cel_decision(v: CelVerdict) -> Decision {
         let mut d = Decision::allow();
         d.headers = v.headers;
         d
-    } else if v.rule.is_some() && v.errored {
+    } else if ruled && v.errored {
         Decision::deny(DenyReason::EvalError(v.errors.join("; ")))
     } else {
         let mut d = Decision::deny(DenyReason::PolicyDenied);

@@ -877,3 +877,27 @@ fn the_time_limit_counts_from_the_callers_start() {
     let v = p.evaluate_since(&request, long_ago);
     assert!(v.timed_out && !v.allowed, "{v:?}");
 }
+
+/// A list of literals is made once and kept in the expression (vendor/cel patch 16): what
+/// is built from it (a concatenation, a comprehension's result from `[]`) is a new list, and
+/// evaluating the same program again gives the same answers; a list with any other element
+/// is still made per evaluation, from the variables of that evaluation.
+#[test]
+fn list_literals_made_once_are_never_changed() {
+    let env = Arc::new(Env::stdlib());
+    let program = env
+        .compile(
+            "([1] + [2]).size() == 2 && [1] == [1] && [1, 2, 3].filter(x, x > 1) == [2, 3] \
+             && [].size() == 0 && [1, 2, 3].map(x, x * 2) == [2, 4, 6] && [m, \"HEAD\"][0] == m",
+        )
+        .unwrap();
+    for method in ["GET", "POST", "GET"] {
+        let mut context = Context::with_env(env.clone());
+        context.add_variable_from_value("m", method);
+        assert_eq!(
+            program.execute(&context),
+            Ok(CelValue::Bool(true)),
+            "{method}"
+        );
+    }
+}

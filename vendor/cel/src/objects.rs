@@ -1562,6 +1562,12 @@ impl Value {
         list_expr: &'e ListExpr,
         ctx: &'e Context<'p, 'v>,
     ) -> Result<CowVal<'e, 'v>, ExecutionError> {
+        // arbiter patch 16: a list of literals is made once
+        if list_expr.optional_indices.is_empty() {
+            if let Some(constant) = list_expr.constant.get(&list_expr.elements) {
+                return Ok(CowVal::Borrowed(constant));
+            }
+        }
         let mut list: Vec<Box<dyn Val + 'v>> = Vec::with_capacity(list_expr.elements.len());
         for (idx, element) in list_expr.elements.iter().enumerate() {
             let value = Value::resolve_val(element, ctx)?;

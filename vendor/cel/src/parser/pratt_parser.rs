@@ -2077,10 +2077,7 @@ impl<'a> PrattParserWorker<'a> {
         self.expect(TokenKind::TokRightBracket, "expected ']'");
         IdedExpr {
             id: list_id,
-            expr: Expr::List(ListExpr {
-                elements: elems,
-                optional_indices: optionals,
-            }),
+            expr: Expr::List(ListExpr::new_with_optionals(elems, optionals)),
         }
     }
 

@@ -152,6 +152,46 @@ pub struct MapExpr {
 pub struct ListExpr {
     pub elements: Vec<IdedExpr>,
     pub optional_indices: Vec<usize>,
+    /// arbiter patch 16: the list's value, when every element is a literal, built on its
+    /// first evaluation and kept.
+    pub constant: ConstantList,
+}
+
+/// arbiter patch 16: the value of a list literal of literals (`["GET", "HEAD"]`), made once
+/// instead of on every evaluation (a vector, a copy of each element and the list: an
+/// allocation each). A cache, not part of the expression: every two compare equal.
+#[derive(Clone, Debug, Default)]
+pub struct ConstantList(std::sync::OnceLock<Option<crate::common::types::CelList<'static>>>);
+
+impl PartialEq for ConstantList {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl ConstantList {
+    /// The list's value if all of `elements` are literals.
+    pub(crate) fn get(
+        &self,
+        elements: &[IdedExpr],
+    ) -> Option<&crate::common::types::CelList<'static>> {
+        self.0
+            .get_or_init(|| {
+                let mut values: Vec<Box<dyn crate::common::value::Val>> =
+                    Vec::with_capacity(elements.len());
+                for element in elements {
+                    match &element.expr {
+                        Expr::Literal(literal) => {
+                            let value: CowVal<'_, 'static> = literal.to_val();
+                            values.push(value.into_owned())
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(crate::common::types::CelList::from(values))
+            })
+            .as_ref()
+    }
 }
 
 impl ListExpr {
@@ -163,6 +203,7 @@ impl ListExpr {
         Self {
             elements,
             optional_indices,
+            constant: ConstantList::default(),
         }
     }
 }
