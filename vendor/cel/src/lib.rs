@@ -101,7 +101,7 @@ pub mod deadline {
                 None => u64::MAX,
             };
             let budget = match self.budget.get() {
-                Some(budget) => budget.saturating_add(1).max(n + 1),
+                Some(budget) => budget.saturating_add(1).max(n.saturating_add(1)),
                 None => u64::MAX,
             };
             clock.min(budget)
