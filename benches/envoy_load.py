@@ -189,8 +189,10 @@ def wait_port(port, proc, what, limit=30):
     while time.time() - start < limit:
         if proc is not None and proc.poll() is not None:
             said = ""
-            if proc.stderr is not None:
-                said = proc.stderr.read().decode(errors="replace").strip()[-2000:]
+            err = getattr(proc, "stderr_file", None)
+            if err is not None:
+                err.seek(0)
+                said = err.read().decode(errors="replace").strip()[-2000:]
             raise RuntimeError(f"{what} exited with {proc.returncode}" + (f": {said}" if said else ""))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -354,8 +356,15 @@ class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw):
+    def start(self, args, stdout=subprocess.DEVNULL, stderr=None, **kw):
+        # A process's stderr goes to a file unless told otherwise: a pipe nobody reads during
+        # the run would stop the process once 64 KiB of warnings filled it. wait_port shows
+        # its end when the process exits before listening.
+        err = None
+        if stderr is None:
+            err = stderr = tempfile.TemporaryFile()
         p = subprocess.Popen(args, stdout=stdout, stderr=stderr, **kw)
+        p.stderr_file = err
         self.procs.append(p)
         return p
 
@@ -369,6 +378,8 @@ class Procs:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            if p.stderr_file is not None:
+                p.stderr_file.close()
         self.procs = []
 
 
