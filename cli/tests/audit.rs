@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 mod common;
 use common::stop;
@@ -25,7 +25,7 @@ fn arbiter(args: &[&str]) -> Output {
 
 /// `arbiter serve` on free ports with a small rotating log; returns the child and the HTTP
 /// address (Data API requests are decisions too, and need no gRPC client).
-fn serve(log: &Path) -> (Child, String) {
+fn serve(log: &Path) -> (common::Server, String) {
     let (child, _, http) = common::serve(serve_command(log));
     (child, http)
 }

@@ -22,7 +22,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ const LOAD: Duration = Duration::from_secs(9);
 /// An instance serving gRPC on `grpc_port` (0: one the kernel picks); the child and its port.
 /// The first start takes the kernel's port: a port picked beforehand and bound later can be
 /// taken meanwhile (the NATS nodes' route connections use ephemeral ports of the same range).
-fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> (Child, u16) {
+fn start_instance(dir: &Path, grpc_port: u16, urls: &str) -> (common::Server, u16) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
     cmd.arg("serve")
         .arg(dir.parent().unwrap().join("policy"))
@@ -177,7 +177,7 @@ fn as_args(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
 }
 
 /// The instances, killed (by their pids) when the test ends, however it ends.
-struct Instances(Vec<Child>);
+struct Instances(Vec<common::Server>);
 
 impl Drop for Instances {
     fn drop(&mut self) {
@@ -219,7 +219,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
             home
         })
         .collect();
-    let (started_children, ports): (Vec<Child>, Vec<u16>) = homes
+    let (started_children, ports): (Vec<common::Server>, Vec<u16>) = homes
         .iter()
         .map(|home| start_instance(home, 0, &urls))
         .unzip();

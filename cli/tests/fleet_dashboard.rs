@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use serde_json::Value as Json;
 const STREAM: &str = "DECISIONS";
 
 /// A process killed when the test ends, whatever the outcome.
-struct Guard(Option<Child>);
+struct Guard(Option<common::Server>);
 
 impl Guard {
     /// SIGTERM, and wait for it to stop.

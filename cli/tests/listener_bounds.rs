@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -17,7 +17,7 @@ use common::{http, stop};
 /// The bound the stalled-stream attack must stay under (issue 16).
 const RSS_BOUND_KIB: u64 = 128 * 1024;
 
-fn serve(dir: &Path, extra: &[&str]) -> (Child, String, String) {
+fn serve(dir: &Path, extra: &[&str]) -> (common::Server, String, String) {
     std::fs::write(
         dir.join("policy.rego"),
         "package envoy.authz\n\ndefault allow := false\n\nallow if input.parsed_path[0] == \"ok\"\n",
@@ -34,7 +34,7 @@ fn serve(dir: &Path, extra: &[&str]) -> (Child, String, String) {
 }
 
 /// Stops the server when the test ends, passed or failed.
-struct Stopper(Option<Child>);
+struct Stopper(Option<common::Server>);
 
 impl Drop for Stopper {
     fn drop(&mut self) {

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arbiter_conformance::nats::{NatsServer, Stored};
@@ -18,7 +18,7 @@ use common::{decide, file_ids, serve, serve_shipping, stop, stream_messages, tmp
 
 const STREAM: &str = "DECISIONS";
 
-fn start(dir: &Path, url: &str) -> (Child, String) {
+fn start(dir: &Path, url: &str) -> (common::Server, String) {
     let mut cmd = serve_shipping(dir, url, STREAM);
     // Small files: the shipper follows the spool across many rotations.
     cmd.args([

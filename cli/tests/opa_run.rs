@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -12,15 +12,16 @@ use common::{http, stop};
 
 /// Start `arbiter <args>` and wait for its announcement: the child, the HTTP address and the
 /// diagnostic address.
-#[expect(clippy::zombie_processes, reason = "the caller stops and waits for it")]
-fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn start(args: &[&str], env: &[(&str, &str)]) -> (common::Server, String, String) {
+    let mut child = common::Server::from(
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (mut http_addr, mut seen) = (None, String::new());
     let started = Instant::now();

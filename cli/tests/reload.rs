@@ -14,7 +14,7 @@ fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
     common::tmp("reload-cli", name)
 }
 
-fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
+fn serve(dir: &Path, extra: &[&str]) -> (common::Server, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
     cmd.args(["serve", dir.to_str().unwrap()])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])

@@ -227,19 +227,21 @@ fn the_dashboard_shows_the_impact_of_a_candidate_and_of_the_shadow() {
         event("d-4", "/private", false, json!({})),
     ];
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args([
-            "audit",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--candidate",
-            &candidate,
-        ])
-        .arg(&log)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::Server::from(
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args([
+                "audit",
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--candidate",
+                &candidate,
+            ])
+            .arg(&log)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = stderr.next().unwrap().unwrap();

@@ -6,8 +6,44 @@
 )]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A server under test, killed when dropped: a failed assertion unwinds through it, so the
+/// server never outlives its test (holding the output pipe the test runner waits on).
+#[derive(Debug)]
+pub struct Server(Option<Child>);
+
+impl From<Child> for Server {
+    fn from(child: Child) -> Self {
+        Server(Some(child))
+    }
+}
+
+impl Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a server is held until dropped")
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a server is held until dropped")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 /// An empty folder for this test process, `$TMPDIR/arbiter-<suite>-<pid>-<name>`, removed
 /// when dropped (kept when its test fails).
@@ -52,7 +88,8 @@ pub fn http_with(
 }
 
 /// SIGTERM (the server drains its decision log first), then wait up to 20 s for the exit.
-pub fn stop(mut child: Child) {
+pub fn stop(child: impl Into<Server>) {
+    let mut child: Server = child.into();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -69,14 +106,14 @@ pub fn stop(mut child: Child) {
 /// Start `arbiter serve` (`cmd` holds the arguments; its stderr is taken) and wait up to 30 s for
 /// its announcement: the child, the gRPC address and the HTTP address. Stderr keeps being
 /// drained so the server never blocks on it.
-pub fn serve(cmd: Command) -> (Child, String, String) {
+pub fn serve(cmd: Command) -> (Server, String, String) {
     let (child, grpc, http, _) = serve_announced(cmd);
     (child, grpc, http)
 }
 
 /// [`serve`], and the lines `serve` wrote up to its announcement.
-pub fn serve_announced(mut cmd: Command) -> (Child, String, String, Vec<String>) {
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+pub fn serve_announced(mut cmd: Command) -> (Server, String, String, Vec<String>) {
+    let mut child = Server::from(cmd.stderr(Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let start = Instant::now();
     let mut before = Vec::new();
@@ -158,13 +195,15 @@ pub fn stream_messages(
 /// Start `arbiter audit serve` with `args` (`--addr 127.0.0.1:0` is added) and wait up to 30 s
 /// for its announcement: the child, the address it serves (`host:port`) and the announcement.
 /// Stderr keeps being drained.
-pub fn audit_serve(args: &[&std::ffi::OsStr]) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
-        .args(["audit", "serve", "--addr", "127.0.0.1:0"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+pub fn audit_serve(args: &[&std::ffi::OsStr]) -> (Server, String, String) {
+    let mut child = Server::from(
+        Command::new(env!("CARGO_BIN_EXE_arbiter"))
+            .args(["audit", "serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let start = Instant::now();
     loop {
