@@ -51,14 +51,19 @@ fn req(method: &str, path: &str, principal: &str, headers: &[(&str, &str)]) -> A
 
 fn decide(p: &CelPolicies, r: &AuthzRequest) -> CelVerdict {
     let input = build_input(r, &InputOptions::default()).unwrap();
-    p.evaluate(&CelRequest {
+    p.evaluate(&cel_request(r, &input))
+}
+
+/// `r` as CEL reads it, with the input built from it.
+fn cel_request<'a>(r: &'a AuthzRequest, input: &'a crate::input::Input) -> CelRequest<'a> {
+    CelRequest {
         request: r,
         path: &input.path,
         host: &input.host,
         headers: &input.headers,
         input: Some(&input.value),
         identity: None,
-    })
+    }
 }
 
 const ORDERS: &str = r#"name: orders-api
@@ -261,14 +266,7 @@ rules:
     let r = req("GET", &format!("/x?{}", query.join("&")), "", &[]);
     let input = build_input(&r, &InputOptions::default()).unwrap();
     let started = std::time::Instant::now();
-    let v = p.evaluate(&CelRequest {
-        request: &r,
-        path: &input.path,
-        host: &input.host,
-        headers: &input.headers,
-        input: Some(&input.value),
-        identity: None,
-    });
+    let v = p.evaluate(&cel_request(&r, &input));
     let took = started.elapsed();
     assert!(v.timed_out, "{v:?}");
     assert!(!v.allowed);
@@ -860,14 +858,7 @@ fn the_time_limit_counts_from_the_callers_start() {
     p.set_time_limit(Some(std::time::Duration::from_secs(5)));
     let r = req("GET", "/", "", &[]);
     let input = build_input(&r, &InputOptions::default()).unwrap();
-    let request = CelRequest {
-        request: &r,
-        path: &input.path,
-        host: &input.host,
-        headers: &input.headers,
-        input: Some(&input.value),
-        identity: None,
-    };
+    let request = cel_request(&r, &input);
     let now = std::time::Instant::now();
     let v = p.evaluate_since(&request, now);
     assert!(v.allowed && !v.timed_out, "{v:?}");
