@@ -176,18 +176,6 @@ fn as_args(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
     v.iter().map(std::ffi::OsString::as_os_str).collect()
 }
 
-/// The instances, killed (by their pids) when the test ends, however it ends.
-struct Instances(Vec<common::Server>);
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn verify(urls: &str, extra: &[String]) -> (Option<i32>, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args(["audit", "verify", "--nats", urls, "--stream", STREAM])
@@ -219,11 +207,11 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
             home
         })
         .collect();
-    let (started_children, ports): (Vec<common::Server>, Vec<u16>) = homes
+    // Each instance is killed when the test ends, however it ends (`common::Server`).
+    let (mut children, ports): (Vec<common::Server>, Vec<u16>) = homes
         .iter()
         .map(|home| start_instance(home, 0, &urls))
         .unzip();
-    let mut children = Instances(started_children);
     let envoy = envoy(&ports);
     // The stream exists (the instances create it) and has a leader before the load starts.
     let leader = stream_leader(&urls);
@@ -243,7 +231,7 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
         ]
     };
     let (child, _, _) = audit_serve(&as_args(&dashboard_args(&urls)));
-    let mut dashboard = Instances(vec![child]);
+    let mut dashboard = child;
 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -259,17 +247,17 @@ fn a_fleet_behind_envoy_loses_no_decision_through_a_broker_and_an_instance_dying
     // An instance dies mid-load (SIGKILL: no shutdown, its writer and shipper cut off) and is
     // started again on its port with the same files.
     std::thread::sleep(Duration::from_secs(2));
-    children.0[1].kill().unwrap();
-    children.0[1].wait().unwrap();
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let live = cluster.urls();
-    children.0[1] = start_instance(&homes[1], ports[1], &live).0;
+    children[1] = start_instance(&homes[1], ports[1], &live).0;
     // The dashboard dies too, and comes back on its saved state.
     std::thread::sleep(Duration::from_millis(500));
-    dashboard.0[0].kill().unwrap();
-    dashboard.0[0].wait().unwrap();
+    dashboard.kill().unwrap();
+    dashboard.wait().unwrap();
     let (child, dashboard_addr, announced) = audit_serve(&as_args(&dashboard_args(&live)));
-    dashboard.0[0] = child;
+    dashboard = child;
     let resumed_at: u64 = announced
         .split(" (")
         .nth(1)

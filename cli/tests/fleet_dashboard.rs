@@ -21,7 +21,8 @@ use serde_json::Value as Json;
 
 const STREAM: &str = "DECISIONS";
 
-/// A process killed when the test ends, whatever the outcome.
+/// A process killed when the test ends, whatever the outcome (`common::Server`), or stopped
+/// or killed before.
 struct Guard(Option<common::Server>);
 
 impl Guard {
@@ -36,15 +37,6 @@ impl Guard {
         if let Some(mut c) = self.0.take() {
             c.kill().unwrap();
             c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -483,17 +483,8 @@ fn server_logs_are_structured_when_asked() {
 fn the_executables_startup_pages_are_released_at_start_and_after_each_reload() {
     let dir = tmp("release-pages");
     std::fs::write(dir.join("authz.rego"), policy("a")).unwrap();
-    /// Ends the server however the test ends (a failed assertion must not leave it running).
-    struct Server(Option<std::process::Child>);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            if let Some(mut c) = self.0.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-    let mut server = Server(Some(
+    // Ended however the test ends (a failed assertion must not leave it running).
+    let mut server = common::Server::from(
         Command::new(env!("CARGO_BIN_EXE_arbiter"))
             .args(["serve", dir.to_str().unwrap()])
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -502,10 +493,10 @@ fn the_executables_startup_pages_are_released_at_start_and_after_each_reload() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    ));
-    let pid = server.0.as_ref().unwrap().id().to_string();
+    );
+    let pid = server.id().to_string();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = server.0.as_mut().unwrap().stderr.take().unwrap();
+    let stderr = server.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -560,6 +551,6 @@ fn the_executables_startup_pages_are_released_at_start_and_after_each_reload() {
     wait("the reload", || health(&addr)["reloads"] != 0);
     assert!(allowed(&addr, "b"));
     assert!(!allowed(&addr, "a"));
-    stop(server.0.take().unwrap());
+    stop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
