@@ -15,8 +15,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+mod common;
 
 use arbiter_engine::audit::chain::{GENESIS, seal};
 use serde_json::{Value as Json, json};
@@ -198,17 +200,12 @@ fn dom(url: &str) -> String {
     text
 }
 
-/// `arbiter audit serve` on an ephemeral loopback port, stopped (by its pid) when dropped.
+/// `arbiter audit serve` on an ephemeral loopback port, killed when dropped
+/// (`common::Server`).
 struct Served {
-    child: Child,
+    /// Held for its drop.
+    _child: common::Server,
     url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve(files: &[&Path], extra: &[&str]) -> Served {
@@ -239,7 +236,10 @@ fn serve_at(addr: &str, files: &[&Path], extra: &[&str]) -> Served {
     };
     // Keep draining stderr so the server never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    Served { child, url }
+    Served {
+        _child: child.into(),
+        url,
+    }
 }
 
 fn unescape(s: &str) -> String {
@@ -548,7 +548,7 @@ fn serve_ui_follows_the_live_log() {
     // Stopped by its pid when dropped, also when an assertion below fails (it used to be left
     // running then, e.g. without Chromium).
     let _server = Served {
-        child,
+        _child: child.into(),
         url: String::new(),
     };
     let mut lines = BufReader::new(stderr).lines();

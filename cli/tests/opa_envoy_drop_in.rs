@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -36,16 +36,6 @@ fn fixtures() -> PathBuf {
 
 fn read_json(p: &Path) -> Json {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-/// The arbiter process, killed if the test ends early.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +194,7 @@ fn start_arbiter(
     bundle_port: u16,
     grpc_port: u16,
     extra: &[&str],
-) -> (Running, mpsc::Receiver<String>, String) {
+) -> (common::Server, mpsc::Receiver<String>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .args([
             "run".to_string(),
@@ -225,7 +215,8 @@ fn start_arbiter(
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let running = Running(child);
+    // Killed if the test ends early.
+    let running = common::Server::from(child);
     // The console: decision-log lines, collected as they come.
     let (lines_tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {

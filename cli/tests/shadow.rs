@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,8 @@ const SLOW_SHADOW: &str = "package envoy.authz\n\ndefault allow := false\n\nallo
 
 /// `arbiter serve` with one I/O thread, `live` enforced, `shadow` beside it, a file log: the
 /// child, the gRPC and HTTP addresses, and every line it writes to stderr (kept as they come).
-fn serve(dir: &Path, shadow: &str) -> (Server, String, String, Arc<Mutex<Vec<String>>>) {
+/// The server is killed if a test fails before it stops it (`common::Server`).
+fn serve(dir: &Path, shadow: &str) -> (common::Server, String, String, Arc<Mutex<Vec<String>>>) {
     std::fs::create_dir_all(dir.join("live")).unwrap();
     std::fs::create_dir_all(dir.join("shadow")).unwrap();
     std::fs::write(dir.join("live/authz.rego"), LIVE).unwrap();
@@ -63,7 +64,7 @@ fn serve(dir: &Path, shadow: &str) -> (Server, String, String, Arc<Mutex<Vec<Str
             Some((grpc.trim().to_string(), http.trim().to_string()))
         });
         if let Some((grpc, http)) = announced {
-            return (Server(Some(child)), grpc, http, lines);
+            return (common::Server::from(child), grpc, http, lines);
         }
         if start.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
@@ -71,24 +72,6 @@ fn serve(dir: &Path, shadow: &str) -> (Server, String, String, Arc<Mutex<Vec<Str
             panic!("serve did not start: {:?}", lines.lock().unwrap());
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The server, killed if a test fails before it stops it.
-struct Server(Option<Child>);
-
-impl Server {
-    fn stop(mut self) {
-        stop(self.0.take().unwrap());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -202,7 +185,7 @@ fn with_one_io_thread_the_shadow_decides_in_idle_time() {
         !said(&lines, "on a side thread from now on"),
         "a fast shadow set stays in idle time: {lines:?}"
     );
-    child.stop();
+    stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -219,7 +202,7 @@ fn a_slow_shadow_set_moves_to_a_side_thread() {
     let written = wait_for_events(&log, n, Duration::from_secs(30));
     assert_eq!(written.len(), n);
     every_check_disagrees(&written, &addr);
-    child.stop();
+    stop(child);
     let moved: Vec<String> = lines
         .lock()
         .unwrap()
@@ -257,6 +240,6 @@ fn through_envoy_the_idle_time_shadow_is_never_enforced() {
     assert_eq!(written.len(), n);
     every_check_disagrees(&written, &addr);
     drop(envoy);
-    child.stop();
+    stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
