@@ -1,5 +1,6 @@
 use crate::common::ast::{
-    operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, ListExpr, MapExpr, SelectExpr, StructExpr,
+    operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, ListExpr, MapExpr, SelectExpr,
+    StructExpr,
 };
 use crate::common::types::bool::Bool;
 use crate::common::types::map;
@@ -988,7 +989,8 @@ impl TryFrom<Value> for Box<dyn Val> {
                 Ok(Box::new(CelList::from(result?)))
             }
             Value::Map(map) => {
-                let result: Result<crate::common::types::CelMapEntries, ExecutionError> = (*map.map)
+                let result: Result<crate::common::types::CelMapEntries, ExecutionError> = (*map
+                    .map)
                     .clone()
                     .into_iter()
                     .map(|(k, v)| v.clone().try_into().map(|v| (k.clone().into(), v)))
@@ -1083,8 +1085,7 @@ impl Value {
                         Ok(bool(true))
                     } else {
                         let right_value = Value::resolve_val(&call.args[1], ctx)?;
-                        let right =
-                            right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
+                        let right = right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
                         match (left, right) {
                             (Ok(false), Some(right)) => Ok(bool(right)),
                             (Err(_), Some(true)) => Ok(bool(true)),
@@ -1102,8 +1103,7 @@ impl Value {
                         Ok(bool(false))
                     } else {
                         let right_value = Value::resolve_val(&call.args[1], ctx)?;
-                        let right =
-                            right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
+                        let right = right_value.downcast_ref::<CelBool>().map(|b| *b.inner());
                         match (left, right) {
                             (Ok(true), Some(right)) => Ok(bool(right)),
                             (Err(_), Some(false)) => Ok(bool(false)),
@@ -1132,15 +1132,15 @@ impl Value {
                 // END OF SPECIAL CASES
 
                 // all below is NOT special in the interpreter
-                operators::ADD => return Value::resolve_add(call, ctx),
-                operators::SUBSTRACT => return Value::resolve_subtract(call, ctx),
-                operators::DIVIDE => return Value::resolve_divide(call, ctx),
-                operators::MULTIPLY => return Value::resolve_multiply(call, ctx),
-                operators::MODULO => return Value::resolve_modulo(call, ctx),
-                operators::LESS => return Value::resolve_less(call, ctx),
-                operators::LESS_EQUALS => return Value::resolve_less_equals(call, ctx),
-                operators::GREATER => return Value::resolve_greater(call, ctx),
-                operators::GREATER_EQUALS => return Value::resolve_greater_equals(call, ctx),
+                operators::ADD
+                | operators::SUBSTRACT
+                | operators::DIVIDE
+                | operators::MULTIPLY
+                | operators::MODULO => return Value::resolve_arithmetic(call, ctx),
+                operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS => return Value::resolve_comparison(call, ctx),
                 operators::IN => {
                     let lhs = Value::resolve_val(&call.args[0], ctx)?;
                     let rhs = Value::resolve_val(&call.args[1], ctx)?;
@@ -1185,9 +1185,7 @@ impl Value {
             }
         }
         Value::resolve_function(call, ctx)
-
     }
-
 
     /// `_[_]` and `_[?_]`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
     #[inline(never)]
@@ -1208,14 +1206,9 @@ impl Value {
         };
 
         let index = Self::resolve_val(&call.args[1], ctx)?;
-        let result =
-            index_into(value, index.as_ref(), &call.func_name, |value| {
-                ExecutionError::overload_for_values(
-                    &call.func_name,
-                    [value, index.as_ref()],
-                    false,
-                )
-            });
+        let result = index_into(value, index.as_ref(), &call.func_name, |value| {
+            ExecutionError::overload_for_values(&call.func_name, [value, index.as_ref()], false)
+        });
         return if is_optional {
             Ok(CowVal::owned(match result {
                 Ok(val) => CelOptional::of(val.into_owned()),
@@ -1269,170 +1262,65 @@ impl Value {
         return Ok(CowVal::owned(result));
     }
 
-    /// `_+_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    /// `_+_`, `_-_`, `_/_`, `_*_` and `_%_`. arbiter patch 15: out of [`Self::resolve_call`],
+    /// whose frame every nested call pays.
     #[inline(never)]
-    fn resolve_add<'e, 'p, 'v>(
+    fn resolve_arithmetic<'e, 'p, 'v>(
         call: &'e CallExpr,
         ctx: &'e Context<'p, 'v>,
     ) -> Result<CowVal<'e, 'v>, ExecutionError> {
         let lhs = Value::resolve_val(&call.args[0], ctx)?;
         let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(CowVal::Owned(
-            lhs.as_adder()
-                .ok_or_else(|| {
-                    ExecutionError::unsupported_binary_operator(
-                        "add",
-                        lhs.as_ref(),
-                        rhs.as_ref(),
-                    )
-                })?
-                .add(rhs.as_ref())?
+        let (l, r) = (lhs.as_ref(), rhs.as_ref());
+        let unsupported =
+            |name: &'static str| move || ExecutionError::unsupported_binary_operator(name, l, r);
+        Ok(CowVal::Owned(match call.func_name.as_str() {
+            operators::ADD => l
+                .as_adder()
+                .ok_or_else(unsupported("add"))?
+                .add(r)?
                 .into_owned(),
-        ));
-    }
-
-    /// `_-_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_subtract<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(CowVal::Owned(
-            lhs.as_subtractor()
-                .ok_or_else(|| {
-                    ExecutionError::unsupported_binary_operator(
-                        "sub",
-                        lhs.as_ref(),
-                        rhs.as_ref(),
-                    )
-                })?
-                .sub(rhs.as_ref())?
+            operators::SUBSTRACT => l
+                .as_subtractor()
+                .ok_or_else(unsupported("sub"))?
+                .sub(r)?
                 .into_owned(),
-        ));
-    }
-
-    /// `_/_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_divide<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(CowVal::Owned(
-            lhs.as_divider()
-                .ok_or_else(|| {
-                    ExecutionError::unsupported_binary_operator(
-                        "div",
-                        lhs.as_ref(),
-                        rhs.as_ref(),
-                    )
-                })?
-                .div(rhs.as_ref())?
+            operators::DIVIDE => l
+                .as_divider()
+                .ok_or_else(unsupported("div"))?
+                .div(r)?
                 .into_owned(),
-        ));
-    }
-
-    /// `_*_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_multiply<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(CowVal::Owned(
-            lhs.as_multiplier()
-                .ok_or_else(|| {
-                    ExecutionError::unsupported_binary_operator(
-                        "mul",
-                        lhs.as_ref(),
-                        rhs.as_ref(),
-                    )
-                })?
-                .mul(rhs.as_ref())?
+            operators::MULTIPLY => l
+                .as_multiplier()
+                .ok_or_else(unsupported("mul"))?
+                .mul(r)?
                 .into_owned(),
-        ));
-    }
-
-    /// `_%_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_modulo<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(CowVal::Owned(
-            lhs.as_modder()
-                .ok_or_else(|| {
-                    ExecutionError::unsupported_binary_operator(
-                        "rem",
-                        lhs.as_ref(),
-                        rhs.as_ref(),
-                    )
-                })?
-                .modulo(rhs.as_ref())?
+            // operators::MODULO, the only other operator dispatched here
+            _ => l
+                .as_modder()
+                .ok_or_else(unsupported("rem"))?
+                .modulo(r)?
                 .into_owned(),
-        ));
+        }))
     }
 
-    /// `_<_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
+    /// `_<_`, `_<=_`, `_>_` and `_>=_`. arbiter patch 15: out of [`Self::resolve_call`], whose
+    /// frame every nested call pays.
     #[inline(never)]
-    fn resolve_less<'e, 'p, 'v>(
+    fn resolve_comparison<'e, 'p, 'v>(
         call: &'e CallExpr,
         ctx: &'e Context<'p, 'v>,
     ) -> Result<CowVal<'e, 'v>, ExecutionError> {
         let lhs = Value::resolve_val(&call.args[0], ctx)?;
         let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(bool(
-            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                == Ordering::Less,
-        ));
-    }
-
-    /// `_<=_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_less_equals<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(bool(
-            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                != Ordering::Greater,
-        ));
-    }
-
-    /// `_>_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_greater<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(bool(
-            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                == Ordering::Greater,
-        ));
-    }
-
-    /// `_>=_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
-    #[inline(never)]
-    fn resolve_greater_equals<'e, 'p, 'v>(
-        call: &'e CallExpr,
-        ctx: &'e Context<'p, 'v>,
-    ) -> Result<CowVal<'e, 'v>, ExecutionError> {
-        let lhs = Value::resolve_val(&call.args[0], ctx)?;
-        let rhs = Value::resolve_val(&call.args[1], ctx)?;
-        return Ok(bool(
-            compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?
-                != Ordering::Less,
-        ));
+        let ordering = compare_values(&call.func_name, lhs.as_ref(), rhs.as_ref())?;
+        Ok(bool(match call.func_name.as_str() {
+            operators::LESS => ordering == Ordering::Less,
+            operators::LESS_EQUALS => ordering != Ordering::Greater,
+            operators::GREATER => ordering == Ordering::Greater,
+            // operators::GREATER_EQUALS, the only other operator dispatched here
+            _ => ordering != Ordering::Less,
+        }))
     }
 
     /// `-_`. arbiter patch 15: out of [`Self::resolve_call`], whose frame every nested call pays.
@@ -1442,11 +1330,8 @@ impl Value {
         ctx: &'e Context<'p, 'v>,
     ) -> Result<CowVal<'e, 'v>, ExecutionError> {
         let val = Value::resolve_val(&call.args[0], ctx)?;
-        let overload_error = ExecutionError::overload_for_values(
-            &call.func_name,
-            [val.as_ref()],
-            false,
-        );
+        let overload_error =
+            ExecutionError::overload_for_values(&call.func_name, [val.as_ref()], false);
         return Ok(CowVal::Owned(
             val.as_negator()
                 .ok_or_else(|| overload_error.clone())?
@@ -1484,9 +1369,7 @@ impl Value {
                 // name that, with the function's, names a function is
                 // a call to that function: `optional.of(x)` calls
                 // `optional.of`.
-                if let Some(name) =
-                    ctx.resolve_qualified_function(target_expr, &call.func_name)
-                {
+                if let Some(name) = ctx.resolve_qualified_function(target_expr, &call.func_name) {
                     return call_function(ctx, name.as_str(), &call.func_name, args);
                 }
                 let target = Value::resolve_val(target_expr, ctx)?;
@@ -1504,15 +1387,12 @@ impl Value {
                                 true,
                             )
                         } else {
-                            ExecutionError::UndeclaredReference(
-                                call.func_name.clone().into(),
-                            )
+                            ExecutionError::UndeclaredReference(call.func_name.clone().into())
                         });
                     }
                 };
                 let target = args.remove(0);
-                let mut ctx =
-                    FunctionContext::new(&call.func_name, Some(target), ctx, args);
+                let mut ctx = FunctionContext::new(&call.func_name, Some(target), ctx, args);
                 (func)(&mut ctx)
             }
         }
@@ -1552,7 +1432,6 @@ impl Value {
         } else {
             Ok(value)
         }
-
     }
 
     /// A list literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
@@ -1573,9 +1452,7 @@ impl Value {
             let value = Value::resolve_val(element, ctx)?;
             if list_expr.optional_indices.contains(&idx) {
                 match unwrap_optional(value) {
-                    Unwrapped::NotOptional(v) | Unwrapped::Some(v) => {
-                        list.push(v.into_owned())
-                    }
+                    Unwrapped::NotOptional(v) | Unwrapped::Some(v) => list.push(v.into_owned()),
                     Unwrapped::None => {}
                 }
             } else {
@@ -1583,7 +1460,6 @@ impl Value {
             }
         }
         Ok(CowVal::owned(CelList::from(list)))
-
     }
 
     /// A map literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
@@ -1620,7 +1496,6 @@ impl Value {
             }
         }
         Ok(CowVal::owned(CelMap::from(map)))
-
     }
 
     /// A comprehension (the expansion of a macro). arbiter patch 15: apart from [`Self::resolve_val`], so that the
@@ -1709,7 +1584,6 @@ impl Value {
         Ok(CowVal::Owned(
             Value::resolve_val(&comprehension.result, &ctx)?.into_owned(),
         ))
-
     }
 
     /// A message literal. arbiter patch 15: apart from [`Self::resolve_val`], so that the
@@ -1720,12 +1594,12 @@ impl Value {
         ctx: &'e Context<'p, 'v>,
     ) -> Result<CowVal<'e, 'v>, ExecutionError> {
         let name = strct.type_name.clone();
-        let struct_type =
-            ctx.find_struct(&name)
-                .ok_or_else(|| ExecutionError::UnexpectedType {
-                    got: name.to_owned(),
-                    want: "known struct".to_owned(),
-                })?;
+        let struct_type = ctx
+            .find_struct(&name)
+            .ok_or_else(|| ExecutionError::UnexpectedType {
+                got: name.to_owned(),
+                want: "known struct".to_owned(),
+            })?;
         let mut fields = std::collections::BTreeMap::new();
         for entry in &strct.entries {
             match &entry.expr {
@@ -1763,7 +1637,6 @@ impl Value {
             }
         }
         Ok(CowVal::Owned(struct_type.new_value(fields)?))
-
     }
 }
 
