@@ -785,6 +785,9 @@ fn jwt_decode_verify_reads_claims_and_refuses_what_is_not_a_token() {
     assert!(!v.allowed && !v.errors.is_empty(), "{v:?}");
 }
 
+/// An expression of 512 iterations of three nested comprehensions: thousands of steps.
+const NESTED_ALLS: &str = "[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))";
+
 /// The CEL evaluator's step budget (vendor/cel patches 3 and 14) ends an evaluation at the
 /// step after its last: a budget of exactly the steps an expression takes lets it finish,
 /// one less stops it with the budget's error, and every later step fails too (a macro that
@@ -830,9 +833,7 @@ fn the_step_budget_ends_an_evaluation_at_its_last_step() {
     assert_eq!(outer_steps, Ok(CelValue::Bool(true)));
     // A deadline already past stops the evaluation at its first clock reading.
     let past = std::time::Instant::now();
-    let long = env
-        .compile("[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))")
-        .unwrap();
+    let long = env.compile(NESTED_ALLS).unwrap();
     let (value, taken) = cel::deadline::with_budget(Some(past), None, || {
         (long.execute(&context), cel::deadline::steps())
     });
@@ -850,7 +851,9 @@ fn the_time_limit_counts_from_the_callers_start() {
     let mut p = policies_with(
         &[(
             "long.cel.yaml",
-            "name: long\nrules:\n  - name: long\n    effect: allow\n    when: \"[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))\"\n",
+            &format!(
+                "name: long\nrules:\n  - name: long\n    effect: allow\n    when: \"{NESTED_ALLS}\"\n"
+            ),
         )],
         None,
     )
