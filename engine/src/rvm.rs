@@ -463,6 +463,90 @@ allow if data.roles[input] == \"admin\"\n");
         }
     }
 
+    /// regorus patch 37: an `every`'s key is bound in its body. `path[i]` there indexes `path`
+    /// at the quantifier's `i`; before, the VM read it as "some element of `path`", and the
+    /// reference policy's `path_has_prefix` let a grant on `/api/v1/orders` open
+    /// `/v1/orders/api`.
+    #[test]
+    fn an_every_key_indexes_in_its_body_on_the_vm() {
+        let bodies = [
+            "seg in {\"*\", path[i]}",
+            "seg == path[i]",
+            "x := path[i]\n    seg == x",
+            "s := {\"*\", path[i]}\n    seg in s",
+            "seg in [\"*\", path[i]]",
+            "path[i] == seg",
+        ];
+        for body in bodies {
+            let set = set(&format!(
+                "package p
+import rego.v1
+prefixed if {{
+  path := input.path
+  every i, seg in input.prefix {{
+    {body}
+  }}
+}}
+"
+            ));
+            let path = DataRef::parse("p/prefixed").unwrap();
+            let d = RvmDecider::compile(&set, &path).unwrap();
+            for (prefix, of, want) in [
+                (vec!["v1"], vec!["api", "v1", "products"], false),
+                (vec!["api", "v1", "orders"], vec!["v1", "orders", "api"], false),
+                (vec!["api", "v1"], vec!["api", "v1", "products"], true),
+                (vec!["api"], vec!["api"], true),
+                (vec!["api", "v1"], vec!["api"], false),
+            ] {
+                let input =
+                    crate::value::from_json(&serde_json::json!({"prefix": prefix, "path": of}));
+                let want = if want {
+                    Value::Bool(true)
+                } else {
+                    Value::Undefined
+                };
+                assert_eq!(
+                    d.evaluate(input.clone()).unwrap(),
+                    want,
+                    "VM: {body} / {prefix:?} of {of:?}"
+                );
+                assert_eq!(
+                    set.evaluate(&path, input).unwrap(),
+                    want,
+                    "interpreter: {body} / {prefix:?} of {of:?}"
+                );
+            }
+        }
+    }
+
+    /// The reference policy on the VM, as served: a mesh caller's grant on a path does not
+    /// open the same segments in another order.
+    #[test]
+    fn a_grants_segments_in_another_order_are_not_its_path() {
+        let (rvm, interp) = reference();
+        let check = |path: &str| {
+            let req = AuthzRequest {
+                source: Some(Peer {
+                    principal: "spiffe://cluster.local/ns/default/sa/frontend".into(),
+                    ..Peer::default()
+                }),
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers: vec![("x-tenant-id".into(), "acme".into())],
+                    ..HttpRequest::default()
+                }),
+                ..AuthzRequest::default()
+            };
+            (rvm.check(&req).decision.allowed, interp.check(&req).decision.allowed)
+        };
+        assert_eq!(check("/api/v1/orders"), (true, true), "the grant itself");
+        assert_eq!(check("/api/v1/products/7"), (true, true), "below the grant");
+        for path in ["/v1/orders/api", "/orders/api/v1", "/v1/api/products", "/products/v1/api"] {
+            assert_eq!(check(path), (false, false), "{path}");
+        }
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();
@@ -499,6 +583,9 @@ allow if data.roles[input] == \"admin\"\n");
             path in prop::sample::select(vec![
                 "/public/x", "/public", "/api/v1/products", "/api/v1/products/1", "/api/v1/orders",
                 "/api/v1/orders/7/items", "/admin", "/", "/api/v1", "/publicity",
+                // A grant's segments in another order: `path_has_prefix` compares them by
+                // position (regorus patch 37).
+                "/v1/orders/api", "/orders/api/v1", "/v1/api/products", "/products/v1/api/x",
             ]),
             principal in prop::sample::select(vec![
                 "", "spiffe://cluster.local/ns/default/sa/frontend",

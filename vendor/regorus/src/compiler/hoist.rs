@@ -620,10 +620,25 @@ impl LoopHoister {
             Expr { expr, .. } => {
                 self.analyze_expr(module_idx, expr, context, loops)?;
             }
-            Every { domain, query, .. } => {
+            Every {
+                key,
+                value,
+                domain,
+                query,
+                ..
+            } => {
                 self.analyze_expr(module_idx, domain, context, loops)?;
 
-                let every_context = context.child_with_output_exprs(ContextType::Every, None, None);
+                // arbiter patch (37): the quantifier's key and value are bound in its body.
+                // Without this, `path[i]` in `every i, seg in prefix { … path[i] … }` was
+                // planned as a loop over `path` binding a fresh `i`: the RVM then asked
+                // whether some element of `path` matched, not the one at `i`.
+                let mut every_context =
+                    context.child_with_output_exprs(ContextType::Every, None, None);
+                every_context.bind_variable(value.text());
+                if let Some(key) = key {
+                    every_context.bind_variable(key.text());
+                }
                 let populated_context =
                     self.populate_query(module_idx, query.as_ref(), &every_context)?;
                 self.lookup.ensure_query_capacity(module_idx, query.qidx);
