@@ -493,7 +493,11 @@ prefixed if {{
             let d = RvmDecider::compile(&set, &path).unwrap();
             for (prefix, of, want) in [
                 (vec!["v1"], vec!["api", "v1", "products"], false),
-                (vec!["api", "v1", "orders"], vec!["v1", "orders", "api"], false),
+                (
+                    vec!["api", "v1", "orders"],
+                    vec!["v1", "orders", "api"],
+                    false,
+                ),
                 (vec!["api", "v1"], vec!["api", "v1", "products"], true),
                 (vec!["api"], vec!["api"], true),
                 (vec!["api", "v1"], vec!["api"], false),
@@ -538,13 +542,56 @@ prefixed if {{
                 }),
                 ..AuthzRequest::default()
             };
-            (rvm.check(&req).decision.allowed, interp.check(&req).decision.allowed)
+            (
+                rvm.check(&req).decision.allowed,
+                interp.check(&req).decision.allowed,
+            )
         };
         assert_eq!(check("/api/v1/orders"), (true, true), "the grant itself");
         assert_eq!(check("/api/v1/products/7"), (true, true), "below the grant");
-        for path in ["/v1/orders/api", "/orders/api/v1", "/v1/api/products", "/products/v1/api"] {
+        for path in [
+            "/v1/orders/api",
+            "/orders/api/v1",
+            "/v1/api/products",
+            "/products/v1/api",
+        ] {
             assert_eq!(check(path), (false, false), "{path}");
         }
+    }
+
+    /// regorus patches 38 and 39: a default function's value applies on the VM; a default
+    /// computed from data is left to the interpreter (the VM's would be from no data, and
+    /// stale after a data write); an undefined rule is no key of its package's document.
+    #[test]
+    fn defaults_and_package_documents_on_the_vm_are_opas() {
+        let s = set("package t
+import rego.v1
+default f(_) := 1
+f(x) := x if x > 0
+calls := [f(-1), f(2)]
+default from_data := [x | some x in data.a]
+");
+        let calls = RvmDecider::compile(&s, &DataRef::parse("t/calls").unwrap()).unwrap();
+        assert_eq!(
+            calls.evaluate(Value::Undefined).unwrap(),
+            crate::value::from_json(&serde_json::json!([1, 2]))
+        );
+        let err = RvmDecider::compile(&s, &DataRef::parse("t/from_data").unwrap())
+            .expect_err("a default computed from data compiled for the VM");
+        assert!(err.contains("not a constant"), "{err}");
+
+        let mut sources = PolicySources::default();
+        sources.add_rego(
+            "sub.rego",
+            "package t.sub\nimport rego.v1\na := 1\nb if false\nc := input.missing\n",
+        );
+        sources.add_rego("t.rego", "package t\ndoc := data.t.sub\n");
+        let s = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let doc = RvmDecider::compile(&s, &DataRef::parse("t/doc").unwrap()).unwrap();
+        assert_eq!(
+            doc.evaluate(Value::new_object()).unwrap(),
+            crate::value::from_json(&serde_json::json!({"a": 1})),
+        );
     }
 
     fn reference() -> (Authorizer, Authorizer) {

@@ -536,22 +536,6 @@ impl Interpreter {
         bail!("internal error: walk loop missing output parameter expression")
     }
 
-    fn ensure_loop_var_values_capacity(&mut self) {
-        for (module_idx, module) in self.compiled_policy.modules.iter().enumerate() {
-            if let Ok(idx_u32) = u32::try_from(module_idx) {
-                self.loop_var_values
-                    .ensure_capacity(idx_u32, module.num_expressions);
-            }
-        }
-        if let Some(query_module) = &self.query_module {
-            let query_module_idx = self.compiled_policy.modules.len();
-            let eidx = query_module.num_expressions;
-            if let Ok(idx_u32) = u32::try_from(query_module_idx) {
-                self.loop_var_values.ensure_capacity(idx_u32, eidx);
-            }
-        }
-    }
-
     fn current_module(&self) -> Result<Ref<Module>> {
         self.module
             .clone()
@@ -4123,61 +4107,6 @@ impl Interpreter {
         }
 
         Ok(())
-    }
-
-    /// Evaluate a default rule and return the resulting value for compiler consumers.
-    #[cfg(feature = "rvm")]
-    pub fn eval_default_rule_for_compiler(&mut self, rule_path: &str) -> Result<Value> {
-        self.check_execution_time()?;
-        self.input = Value::Undefined;
-        self.data = Value::Undefined;
-        // arbiter patch 25: the compiler evaluates every default rule with one interpreter; its
-        // tables are sized for every module once (each call sizing them was quadratic).
-        if self.loop_var_values.module_count() < self.compiled_policy.modules.len() {
-            self.ensure_loop_var_values_capacity();
-        }
-
-        let default_rules = self.compiled_policy.default_rules.get(rule_path).cloned();
-
-        if let Some(rules) = default_rules {
-            for (rule, _) in rules {
-                // arbiter patch 25: the rule's module by lookup (was a scan of every module).
-                if let Ok(module) = self.get_rule_module(&rule) {
-                    let prev_module = self.set_current_module(Some(module.clone()))?;
-                    let result = self.eval_default_rule(&rule);
-                    self.set_current_module(prev_module)?;
-
-                    if result.is_ok() {
-                        let registered_components = self
-                            .compiled_policy
-                            .rule_path_components
-                            .get(rule_path)
-                            .ok_or_else(|| {
-                                anyhow!(
-                                    "missing components for registered rule path {rule_path}"
-                                )
-                            })?;
-                        let (root, tail) =
-                            registered_components.split_first().ok_or_else(|| {
-                                anyhow!("internal error: expected rule path components")
-                            })?;
-                        if root != "data" {
-                            bail!("internal error: rule path must start with data");
-                        }
-                        let value_path: Vec<&str> = tail.iter().map(String::as_str).collect();
-                        let value = Self::get_value_chained(self.data.clone(), &value_path);
-
-                        if value != Value::Undefined {
-                            return Ok(value);
-                        }
-                    }
-
-                    return result.map(|_| Value::Undefined);
-                }
-            }
-        }
-
-        bail!("Could not find default rule for path: {}", rule_path);
     }
 
     fn update_data(

@@ -75,11 +75,6 @@ impl<T: Clone> Lookup<T> {
         Self { slots: Vec::new() }
     }
 
-    /// How many modules have slots (arbiter patch 25).
-    pub(crate) fn module_count(&self) -> usize {
-        self.slots.len()
-    }
-
     /// Ensure the lookup table has capacity for the given module and node index.
     pub(crate) fn ensure_capacity(&mut self, module_idx: u32, node_idx: u32) {
         let Some(module_idx) = usize_from_u32(module_idx) else {

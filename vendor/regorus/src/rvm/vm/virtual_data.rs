@@ -74,6 +74,31 @@ impl RegoVM {
         Ok(())
     }
 
+    /// The object at `path` under `target`, made (empty) where it is missing.
+    fn ensure_nested_object(target: &mut Value, path: &[Value]) -> Result<()> {
+        if *target == Value::Undefined {
+            *target = Value::new_object();
+        }
+        let Some((head, tail)) = path.split_first() else {
+            return Ok(());
+        };
+        if let Value::Object(ref mut map) = *target {
+            let map = crate::Rc::make_mut(map);
+            if !map.contains_key(head) {
+                map.insert(head.clone(), Value::new_object());
+            }
+            if let Some(next_target) = map.get_mut(head) {
+                Self::ensure_nested_object(next_target, tail)?;
+            }
+            Ok(())
+        } else {
+            Err(VmError::InvalidRuleTreeEntry {
+                value: target.clone(),
+                pc: 0,
+            })
+        }
+    }
+
     fn traverse_rule_tree_subobject(
         &mut self,
         rule_tree_node: &Value,
@@ -177,7 +202,16 @@ impl RegoVM {
                         result
                     };
 
-                    Self::set_nested_value(result_subobject, relative_path, rule_result)?;
+                    // arbiter patch (39): an undefined rule is no key of its package's
+                    // document (OPA's `data.pkg` holds the rules that are defined); its
+                    // package still is one, empty if nothing in it is defined.
+                    if rule_result == Value::Undefined {
+                        if let Some((_, package)) = relative_path.split_last() {
+                            Self::ensure_nested_object(result_subobject, package)?;
+                        }
+                    } else {
+                        Self::set_nested_value(result_subobject, relative_path, rule_result)?;
+                    }
                 } else {
                     return Err(VmError::InvalidRuleIndex {
                         rule_index: Value::Number(rule_idx.clone()),

@@ -183,9 +183,6 @@ pub struct Compiler<'a> {
     /// When the compiler encounters a call to one of these names, it emits a
     /// `HostAwait` instruction instead of a regular function or builtin call.
     host_await_builtins: BTreeMap<String, usize>,
-    /// arbiter patch 25: one interpreter evaluates every default rule's value. A new one per
-    /// rule sized its lookup tables for every module, quadratic in the number of packages.
-    default_rule_interpreter: Option<crate::interpreter::Interpreter>,
     /// arbiter patch 25: the first index of every literal value, for `add_literal`'s
     /// de-duplication (was a scan of the whole table per literal, quadratic in the number of
     /// packages); `literal_index_len` literals of the table are indexed.
@@ -227,7 +224,6 @@ impl<'a> Compiler<'a> {
             entry_points: IndexMap::new(),
             soft_assert_mode: false,
             host_await_builtins: BTreeMap::new(),
-            default_rule_interpreter: None,
             literal_index: BTreeMap::new(),
             literal_index_len: 0,
         }

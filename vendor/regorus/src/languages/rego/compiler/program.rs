@@ -8,7 +8,6 @@
 )]
 
 use super::{Compiler, CompilerError, Result};
-use crate::interpreter::Interpreter;
 use crate::rvm::program::{Program, RuleType, SpanInfo};
 use crate::rvm::Instruction;
 use crate::Rc;
@@ -159,7 +158,7 @@ impl<'a> Compiler<'a> {
             .collect();
 
         for (rule_path, rule_index) in rule_paths_to_evaluate {
-            if let Some(default_literal_index) = self.evaluate_default_rule(&rule_path) {
+            if let Some(default_literal_index) = self.evaluate_default_rule(&rule_path)? {
                 if let Some(rule_info) = rule_infos_map.get_mut(&rule_index) {
                     rule_info.set_default_literal_index(default_literal_index);
                 }
@@ -191,27 +190,34 @@ impl<'a> Compiler<'a> {
         Ok(self.program)
     }
 
-    fn evaluate_default_rule(&mut self, rule_path: &str) -> Option<u32> {
-        if !self.policy.inner.default_rules.contains_key(rule_path) {
-            return None;
-        }
-
-        let policy = &self.policy.inner;
-        let interpreter = self
-            .default_rule_interpreter
-            .get_or_insert_with(|| Interpreter::new_from_compiled_policy(policy.clone()));
-
-        match interpreter.eval_default_rule_for_compiler(rule_path) {
-            Ok(computed_value) => {
-                if computed_value != Value::Undefined {
-                    let literal_index = self.add_literal(computed_value);
-                    return Some(literal_index);
+    /// arbiter patch (38): a default's value read from the rule, as a constant. The compiler
+    /// evaluated it with an interpreter holding neither data nor input, and only for rules
+    /// without arguments: a default function (`default f(_) := 1`) was undefined on the VM
+    /// when no definition applied, and a default built from data (`default p := [x |
+    /// data.a[_] = x]`) was computed from no data (and would be stale after a data write).
+    /// A default that is not a constant is a compile error here: the interpreter decides such
+    /// a set.
+    fn evaluate_default_rule(&mut self, rule_path: &str) -> Result<Option<u32>> {
+        let Some(rules) = self.policy.inner.default_rules.get(rule_path) else {
+            return Ok(None);
+        };
+        let mut value = None;
+        for (rule, _) in rules {
+            if let crate::ast::Rule::Default { value: expr, .. } = rule.as_ref() {
+                match super::expressions::try_eval_const(expr.as_ref()) {
+                    Some(v) => value = Some(v),
+                    None => {
+                        return Err(CompilerError::General {
+                            message: format!(
+                                "the default value of `{rule_path}` is not a constant; the RVM does not compute defaults"
+                            ),
+                        }
+                        .into())
+                    }
                 }
             }
-            Err(_e) => {}
         }
-
-        None
+        Ok(value.map(|v| self.add_literal(v)))
     }
 
     fn extract_destructuring_blocks(&self, rule_index: u32) -> Vec<Option<u32>> {
