@@ -502,6 +502,157 @@ fn generalize(why: &str) -> String {
     why.to_string()
 }
 
+/// What the bytecode VM (RVM), which decides every served request it can compile, answers for
+/// a case whose query is `data.<path> = x` (all but a few dozen of the suite's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// Another kind of query, or policies that do not load (the interpreter's run covers those).
+    NotApplicable,
+    /// The VM does not compile the path, or stops with an error: the interpreter decides, as
+    /// `arbiter serve` does then.
+    Interpreter,
+    /// The VM's answer is OPA's.
+    Agrees,
+    /// The VM answers, and not as OPA does: a served decision would be wrong.
+    Disagrees(String),
+}
+
+/// The rule path of a `data.<path> = x` query.
+fn queried_path(query: &str) -> Option<&str> {
+    let (lhs, rhs) = query.split_once('=')?;
+    let lhs = lhs.trim();
+    let plain = lhs.strip_prefix("data.")?.split('.').all(|s| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    (rhs.trim() == "x" && plain).then_some(lhs)
+}
+
+/// Run one case on the VM, through arbiter's loader and `RvmDecider` as `arbiter serve` does.
+pub fn run_case_on_vm(case: &Case) -> VmOutcome {
+    match catch_unwind(AssertUnwindSafe(|| run_case_on_vm_inner(case))) {
+        Ok(o) => o,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            VmOutcome::Disagrees(format!("panic: {}", first_line(&msg)))
+        }
+    }
+}
+
+fn run_case_on_vm_inner(case: &Case) -> VmOutcome {
+    use arbiter_engine::rvm::RvmDecider;
+    use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
+
+    let Some(path) = queried_path(&case.query).and_then(|p| DataRef::parse(p).ok()) else {
+        return VmOutcome::NotApplicable;
+    };
+    let mut sources = PolicySources::default();
+    for (i, m) in case.modules.iter().enumerate() {
+        sources.add_rego(format!("test-{i}.rego"), m.clone());
+    }
+    if let Some(d) = &case.data {
+        sources.add_data("data.json", d.clone());
+    }
+    let options = LoadOptions {
+        eval_timeout: Some(Duration::from_secs(10)),
+        strict_builtin_errors: case.strict_error,
+        ..LoadOptions::default()
+    };
+    let Ok(set) = PolicySet::from_sources(&sources, &options) else {
+        return VmOutcome::NotApplicable;
+    };
+    let Ok(vm) = RvmDecider::compile(&set, &path) else {
+        return VmOutcome::Interpreter;
+    };
+    let input = if let Some(i) = &case.input {
+        from_json(i)
+    } else if let Some(term) = &case.input_term {
+        let mut term_engine = regorus::Engine::new();
+        match term_engine.eval_query(term.clone(), false) {
+            Ok(r) => r
+                .result
+                .first()
+                .and_then(|r| r.expressions.first())
+                .map_or(Value::Undefined, |e| e.value.clone()),
+            Err(_) => return VmOutcome::NotApplicable,
+        }
+    } else {
+        Value::Undefined
+    };
+    let Ok(got) = vm.evaluate(input) else {
+        return VmOutcome::Interpreter;
+    };
+    let got_text = first_line(&got.to_string());
+    let Some(want) = &case.want_result else {
+        return VmOutcome::Disagrees(format!(
+            "OPA raises `{}`, the VM answers {got_text}",
+            case.want_error_code
+                .as_deref()
+                .or(case.want_error.as_deref())
+                .unwrap_or("an error"),
+        ));
+    };
+    let want = want.first().and_then(|b| b.get("x")).cloned();
+    let agrees = match (&got, want) {
+        (Value::Undefined, None) => true,
+        (Value::Undefined, Some(_)) | (_, None) => false,
+        (got, Some(mut want)) => {
+            let mut got = to_json(got);
+            if case.sort_bindings {
+                sort_array(&mut got);
+                sort_array(&mut want);
+            }
+            json_eq(&got, &want)
+        }
+    };
+    if agrees {
+        VmOutcome::Agrees
+    } else {
+        VmOutcome::Disagrees(format!("the VM answers {got_text}"))
+    }
+}
+
+/// [`run_case_on_vm`] for every case, on `threads` threads with large stacks.
+pub fn run_all_on_vm(cases: &[SuiteCase], threads: usize) -> Vec<VmOutcome> {
+    let next = AtomicUsize::new(0);
+    let out: Vec<Mutex<Option<VmOutcome>>> = (0..cases.len()).map(|_| Mutex::new(None)).collect();
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(c) = cases.get(i) else { break };
+            let o = run_case_on_vm(&c.case);
+            if let Ok(mut slot) = out[i].lock() {
+                *slot = Some(o);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            if std::thread::Builder::new()
+                .stack_size(256 << 20)
+                .spawn_scoped(s, work)
+                .is_err()
+            {
+                work();
+            }
+        }
+    });
+    out.into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| VmOutcome::Disagrees("not run".to_string()))
+        })
+        .collect()
+}
+
 fn run_all(cases: &[SuiteCase], setup: Setup, threads: usize) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
     let out: Vec<Mutex<Option<Outcome>>> = (0..cases.len()).map(|_| Mutex::new(None)).collect();

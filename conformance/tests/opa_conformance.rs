@@ -67,3 +67,79 @@ fn dump_failures() {
         }
     }
 }
+
+/// Cases the VM answers as OPA does, at least (1,581 of the 1,593 it runs, 2026-12-06): a VM
+/// that gave up on more cases would leave them to the interpreter and still pass the list.
+const VM_AGREES_FLOOR: usize = 1_581;
+
+/// The suite's `data.<path> = x` cases on the bytecode VM (RVM), which decides every served
+/// request whose path it compiles; the test above runs them on the interpreter. Fails when the
+/// VM answers a case otherwise than OPA and the case is not in `conformance/opa-vm-known.txt`,
+/// when a listed case no longer disagrees (take it off the list), or when fewer cases than
+/// the floor agree.
+#[test]
+fn the_vm_answers_as_opa_wherever_it_answers() {
+    use arbiter_conformance::opa::{VmOutcome, run_all_on_vm};
+    use std::collections::BTreeSet;
+
+    let dir = match arbiter_conformance::suite_dir(ENV, "opa-cases") {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let cases = match load_cases(&dir) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot load the OPA suite: {e}"),
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let outcomes = run_all_on_vm(&cases, threads);
+
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let listed =
+        std::fs::read_to_string(here.join("opa-vm-known.txt")).expect("read opa-vm-known.txt");
+    let known: BTreeSet<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+
+    let mut agrees = 0;
+    let mut on_interpreter = 0;
+    let mut disagreeing = BTreeSet::new();
+    let mut new = Vec::new();
+    for (c, o) in cases.iter().zip(&outcomes) {
+        match o {
+            VmOutcome::Agrees => agrees += 1,
+            VmOutcome::Interpreter => on_interpreter += 1,
+            VmOutcome::NotApplicable => {}
+            VmOutcome::Disagrees(why) => {
+                let key = format!("{} | {}", c.case.note, c.case.query);
+                if !known.contains(key.as_str()) {
+                    new.push(format!("{key}: {why}"));
+                }
+                disagreeing.insert(key);
+            }
+        }
+    }
+    let fixed: Vec<&&str> = known
+        .iter()
+        .filter(|k| !disagreeing.contains(**k))
+        .collect();
+    println!(
+        "OPA conformance on the VM: {agrees} agree, {} disagree ({} listed), {on_interpreter} left to the interpreter",
+        disagreeing.len(),
+        known.len()
+    );
+    assert!(
+        new.is_empty(),
+        "the VM answers these cases otherwise than OPA:\n{}",
+        new.join("\n")
+    );
+    assert!(
+        fixed.is_empty(),
+        "listed in opa-vm-known.txt but no longer disagreeing (take them off): {fixed:?}"
+    );
+    assert!(
+        agrees >= VM_AGREES_FLOOR,
+        "{agrees} cases agree on the VM, floor {VM_AGREES_FLOOR}"
+    );
+}
