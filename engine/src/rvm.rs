@@ -594,6 +594,64 @@ default from_data := [x | some x in data.a]
         );
     }
 
+    /// regorus patch 40: a complete rule, a function or an object rule whose body succeeds
+    /// with two different values is OPA's conflict error on the VM too; the VM answered with
+    /// the last value, so `allow := v if some v in input.votes` allowed `[false, true]`.
+    #[test]
+    fn conflicts_on_the_vm_are_errors_as_in_opa() {
+        let s = set("package t
+import rego.v1
+allow := v if some v in input.votes
+f(xs) := x if some x in xs
+called := f(input.votes)
+obj[k] := v if {
+  some v in input.votes
+  k := \"key\"
+}
+compr := {\"key\": v | some v in input.votes}
+");
+        let split = crate::value::from_json(&serde_json::json!({"votes": [false, true]}));
+        let agreed = crate::value::from_json(&serde_json::json!({"votes": [true, true]}));
+        for rule in ["allow", "called", "obj", "compr"] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            let vm = RvmDecider::compile(&s, &path).unwrap();
+            let err = vm.evaluate(split.clone()).expect_err(rule);
+            assert!(
+                format!("{err:#}").contains("eval_conflict_error"),
+                "{rule}: {err:#}"
+            );
+            assert!(
+                s.evaluate(&path, split.clone()).is_err(),
+                "{rule} on the interpreter"
+            );
+            // One value, however often it is found, is no conflict.
+            assert!(vm.evaluate(agreed.clone()).is_ok(), "{rule}");
+        }
+        // As served: the VM's error hands the request to the interpreter, whose conflict
+        // error denies.
+        let authorizer = Authorizer::new(
+            s,
+            DataRef::parse("t/allow").unwrap(),
+            InputOptions::default(),
+        );
+        assert_eq!(authorizer.rego_engine(), Ok(RegoEngine::Rvm));
+        let err = authorizer
+            .evaluate_value(&DataRef::parse("t/allow").unwrap(), split)
+            .expect_err("a conflict is no answer");
+        assert_eq!(
+            err.kind.opa_code(),
+            "eval_conflict_error",
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            authorizer
+                .evaluate_value(&DataRef::parse("t/allow").unwrap(), agreed)
+                .unwrap(),
+            Value::Bool(true)
+        );
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();

@@ -416,6 +416,14 @@ pub enum Instruction {
         /// Register that accumulates the result.
         result: u8,
     },
+
+    /// arbiter patch (40): a complete rule's or a function's body yields its value. As `Move`,
+    /// but a second, different value in the same evaluation of the rule (a body whose loops
+    /// succeed with other values) is a conflict error, as in OPA; an undefined value is none.
+    RuleYield {
+        dest: u8,
+        src: u8,
+    },
 }
 
 impl Instruction {

@@ -259,6 +259,12 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
+                    // arbiter patch (40): one key with two values is OPA's conflict error.
+                    if obj.get(&key).is_some_and(|held| *held != value_to_add) {
+                        self.set_register(result_reg, current_result)?;
+                        self.comprehension_stack.push(comprehension_context);
+                        return Err(object_key_conflict(self.pc));
+                    }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {
                     self.set_register(result_reg, current_result)?;
@@ -373,6 +379,10 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
+                    if obj.get(&key).is_some_and(|held| *held != value_to_add) {
+                        self.set_register(result_reg_idx, current_result)?;
+                        return Err(object_key_conflict(self.pc));
+                    }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {
                     self.set_register(result_reg_idx, current_result)?;
@@ -610,5 +620,13 @@ impl RegoVM {
                 }
             }
         }
+    }
+}
+
+/// OPA's conflict error for one key of an object built with two values (arbiter patch 40).
+pub(super) fn object_key_conflict(pc: usize) -> VmError {
+    VmError::Internal {
+        message: "eval_conflict_error: object keys must be unique".into(),
+        pc,
     }
 }

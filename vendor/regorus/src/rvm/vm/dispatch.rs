@@ -83,6 +83,25 @@ impl RegoVM {
                 self.set_register(dest, value)?;
                 Ok(InstructionOutcome::Continue)
             }
+            RuleYield { dest, src } => {
+                let value = self.get_register(src)?;
+                if *value == Value::Undefined {
+                    return Ok(InstructionOutcome::Continue);
+                }
+                let held = self.get_register(dest)?;
+                if *held != Value::Undefined {
+                    if held != value {
+                        return Err(VmError::Internal {
+                            message: "eval_conflict_error: complete rules must not produce multiple outputs".into(),
+                            pc: self.pc,
+                        });
+                    }
+                    return Ok(InstructionOutcome::Continue);
+                }
+                let value = value.clone();
+                self.set_register(dest, value)?;
+                Ok(InstructionOutcome::Continue)
+            }
             other => self.execute_arithmetic_instruction(program, other),
         }
     }
@@ -452,6 +471,15 @@ impl RegoVM {
                 let mut obj_value = self.take_register(obj)?;
 
                 if let Ok(obj_mut) = obj_value.as_object_mut() {
+                    // arbiter patch (40): two values for one key of a partial object rule
+                    // are a conflict error, as in OPA (the later one replaced the earlier).
+                    if obj_mut
+                        .get(&key_value)
+                        .is_some_and(|held| *held != value_value)
+                    {
+                        self.set_register(obj, obj_value)?;
+                        return Err(super::comprehension::object_key_conflict(self.pc));
+                    }
                     obj_mut.insert(key_value, value_value);
                     self.set_register(obj, obj_value)?;
                 } else {
