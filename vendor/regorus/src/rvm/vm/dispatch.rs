@@ -20,12 +20,81 @@ pub(super) enum InstructionOutcome {
 }
 
 impl RegoVM {
+    /// arbiter patch (41): the instruction goes straight to the function for its kind. Each of
+    /// those handed what it did not handle to the next (`other => …`), so that `LoopNext` or a
+    /// `Guard` passed through up to six matches and calls per instruction.
     pub(super) fn execute_instruction(
         &mut self,
         program: &Program,
         instruction: Instruction,
     ) -> Result<InstructionOutcome> {
-        self.execute_load_and_move(program, instruction)
+        use Instruction::*;
+        match instruction {
+            Load { .. }
+            | LoadBool { .. }
+            | LoadContext { .. }
+            | LoadData { .. }
+            | LoadFalse { .. }
+            | LoadInput { .. }
+            | LoadMetadata { .. }
+            | LoadNull { .. }
+            | LoadTrue { .. }
+            | Move { .. }
+            | RuleYield { .. } => self.execute_load_and_move(program, instruction),
+            Add { .. } | Div { .. } | Mod { .. } | Mul { .. } | Sub { .. } => {
+                self.execute_arithmetic_instruction(program, instruction)
+            }
+            And { .. }
+            | AssertEq { .. }
+            | CoalesceUndefinedToNull { .. }
+            | Eq { .. }
+            | Ge { .. }
+            | Gt { .. }
+            | Guard { .. }
+            | Le { .. }
+            | Lt { .. }
+            | Ne { .. }
+            | Not { .. }
+            | Or { .. }
+            | ReturnUndefinedIfNotTrue { .. } => {
+                self.execute_comparison_instruction(program, instruction)
+            }
+            BuiltinCall { .. }
+            | CallRule { .. }
+            | DestructuringSuccess { .. }
+            | FunctionCall { .. }
+            | HostAwait { .. }
+            | Return { .. }
+            | RuleInit { .. }
+            | RuleReturn { .. } => self.execute_call_instruction(program, instruction),
+            ArrayCreate { .. }
+            | ArrayNew { .. }
+            | ArrayPush { .. }
+            | ArrayPushDefined { .. }
+            | Contains { .. }
+            | Count { .. }
+            | Index { .. }
+            | IndexLiteral { .. }
+            | ObjectCreate { .. }
+            | ObjectSet { .. }
+            | SetAdd { .. }
+            | SetCreate { .. }
+            | SetNew { .. } => self.execute_collection_instruction(program, instruction),
+            AnyOfNext { .. } | Halt { .. } | LoopNext { .. } | LoopStart { .. } => {
+                self.execute_loop_instruction(program, instruction)
+            }
+            AllOfNext { .. }
+            | LogicalBlockEnd { .. }
+            | LogicalBlockStart { .. }
+            | PolicyCondition { .. } => self.execute_policy_instruction(program, instruction),
+            ChainedIndex { .. }
+            | ComprehensionBegin { .. }
+            | ComprehensionEnd { .. }
+            | ComprehensionYield { .. }
+            | VirtualDataDocumentLookup { .. } => {
+                self.execute_virtual_instruction(program, instruction)
+            }
+        }
     }
 
     fn execute_load_and_move(
