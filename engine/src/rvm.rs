@@ -144,6 +144,9 @@ impl RvmDecider {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::authorizer::{Authorizer, RegoEngine};
@@ -650,6 +653,45 @@ compr := {\"key\": v | some v in input.votes}
                 .unwrap(),
             Value::Bool(true)
         );
+    }
+
+    /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
+    /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
+    /// 43: a `some j` met again in a later iteration of an enclosing loop is no second
+    /// declaration (the interpreter said "duplicated definition of local variable j"). Both
+    /// found by `differential::the_vm_decides_generated_policies_as_the_interpreter`.
+    #[test]
+    fn else_after_an_empty_loop_and_some_in_a_loop() {
+        let s = set("package t
+import rego.v1
+r := true if {
+  some q in input.b
+  q == input.n
+} else := 7 if {
+  input.n > 0
+}
+pairs if {
+  v := input.a[i]
+  some j
+  input.a[j] == input.b[j]
+}
+");
+        let input = crate::value::from_json(&serde_json::json!({"a": [0, 1], "b": [1], "n": 2}));
+        for (rule, want) in [("r", Value::from(7)), ("pairs", Value::Undefined)] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            let vm = RvmDecider::compile(&s, &path).unwrap();
+            assert_eq!(
+                vm.evaluate(input.clone()).unwrap(),
+                want,
+                "{rule} on the VM"
+            );
+            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+        }
+        // The body's own answer still comes first.
+        let found = crate::value::from_json(&serde_json::json!({"a": [], "b": [1], "n": 1}));
+        let path = DataRef::parse("t/r").unwrap();
+        let vm = RvmDecider::compile(&s, &path).unwrap();
+        assert_eq!(vm.evaluate(found).unwrap(), Value::Bool(true));
     }
 
     fn reference() -> (Authorizer, Authorizer) {

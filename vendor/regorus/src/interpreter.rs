@@ -1312,7 +1312,14 @@ impl Interpreter {
             Literal::SomeVars { span, vars, .. } => {
                 for var in vars {
                     let name = var.source_str();
-                    if self.current_scope()?.get(&name).is_some() {
+                    // arbiter patch (43): a loop's scope is cleared between iterations by
+                    // making its variables undefined (`clear_scope`); a declaration met again
+                    // in the next iteration is not a second one.
+                    if self
+                        .current_scope()?
+                        .get(&name)
+                        .is_some_and(|v| *v != Value::Undefined)
+                    {
                         bail!("duplicated definition of local variable {}", name);
                     }
                     self.add_variable_or(&name)?;

@@ -183,11 +183,15 @@ impl RegoVM {
                             })
                             .copied()
                             .unwrap_or(false);
-                        if !matches!(
-                            rule_info.rule_type,
-                            RuleType::PartialSet | RuleType::PartialObject
-                        ) || next_is_else
-                        {
+                        let complete =
+                            matches!(rule_info.rule_type, RuleType::Complete) || is_function_call;
+                        if complete {
+                            // arbiter patch (42): a body that ran to its end without a value
+                            // (a loop that found nothing) is undefined: its `else` is next.
+                            if *self.get_register(result_reg)? != Value::Undefined {
+                                break;
+                            }
+                        } else if next_is_else {
                             break;
                         }
                     }
@@ -739,7 +743,17 @@ impl RegoVM {
             }
         }
 
-        if let Some(definition_bodies) = rule_info
+        // arbiter patch (42): a complete rule's body that ran to its end without a value is
+        // undefined: its `else` body is next, as when it fails.
+        let produced = !(matches!(frame_data.rule_type, RuleType::Complete)
+            || frame_data.is_function_rule)
+            || self
+                .registers
+                .get(usize::from(frame_data.result_reg))
+                .is_some_and(|v| *v != Value::Undefined);
+        if !produced {
+            self.increment_counter(&mut frame_data.current_body_index, "rule body index")?;
+        } else if let Some(definition_bodies) = rule_info
             .definitions
             .get(frame_data.current_definition_index)
         {
