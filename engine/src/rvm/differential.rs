@@ -48,6 +48,20 @@ const CONDITIONS: &[&str] = &[
     "count(h) > 0",
     "not input.n in h",
     "every k, q in input.o { every w in input.b { w <= q } }",
+    "input.n in {input.a[0], 2}",
+    "not input.n in [input.b[1], 3]",
+    "input.n + 1 == count(input.a)",
+    "input.n / 2 < 1",
+    "input.n % 2 == 0",
+    "sprintf(\"%d\", [input.n]) == \"1\"",
+    "concat(\",\", [k | some k, _ in input.o]) == \"a,b\"",
+    "object.get(input.o, \"a\", 0) > 1",
+    "input.a[count(input.a) - 1] == 3",
+    "not input.missing",
+    "input.missing == 1",
+    "s[_] == input.n",
+    "t[input.n]",
+    "some k in object.keys(input.o)\n  input.o2[k] > input.o[k]",
 ];
 
 /// Conditions that read the bound `i` and `v`.
@@ -78,6 +92,11 @@ g(xs) := count(xs) if count(xs) > 0
 h contains q if {
   some q in input.b
   q > 1
+}
+s := [q | some q in input.a; not q in h]
+t[k] := true if {
+  some k in input.b
+  k > 0
 }
 ";
 
