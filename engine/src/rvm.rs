@@ -694,6 +694,49 @@ pairs if {
         assert_eq!(vm.evaluate(found).unwrap(), Value::Bool(true));
     }
 
+    /// regorus patch 44: OPA evaluates the references inside a negated expression's
+    /// composite literals before the negation; one that is undefined fails the literal (both
+    /// engines made the array undefined, and `not` of it true). Recorded from OPA 1.7.1 by
+    /// `conformance/opa-diff/record-generated.py`'s policies: `not 1 in [input.missing, 3]`
+    /// is undefined in OPA.
+    #[test]
+    fn not_over_a_composite_with_an_undefined_reference_fails_as_in_opa() {
+        let s = set("package t
+import rego.v1
+in_array if not 1 in [input.missing, 3]
+in_set if not 1 in {input.missing, 3}
+in_call if not count([input.missing]) == 0
+in_object if not input.x == {\"k\": input.missing}
+direct if not input.missing == 1
+blocked if not input.role in [data.blocked[input.tenant], \"guest\"]
+");
+        let input =
+            crate::value::from_json(&serde_json::json!({"x": 1, "role": "admin", "tenant": "t"}));
+        for (rule, want) in [
+            ("in_array", Value::Undefined),
+            ("in_set", Value::Undefined),
+            ("in_call", Value::Undefined),
+            ("in_object", Value::Undefined),
+            ("direct", Value::Bool(true)),
+            ("blocked", Value::Undefined),
+        ] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            let vm = RvmDecider::compile(&s, &path).unwrap();
+            assert_eq!(
+                vm.evaluate(input.clone()).unwrap(),
+                want,
+                "{rule} on the VM"
+            );
+            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+        }
+        // Defined references: the negation decides.
+        let defined = crate::value::from_json(&serde_json::json!({"missing": 2, "x": 1}));
+        let path = DataRef::parse("t/in_array").unwrap();
+        let vm = RvmDecider::compile(&s, &path).unwrap();
+        assert_eq!(vm.evaluate(defined.clone()).unwrap(), Value::Bool(true));
+        assert_eq!(s.evaluate(&path, defined).unwrap(), Value::Bool(true));
+    }
+
     fn reference() -> (Authorizer, Authorizer) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let mut sources = PolicySources::discover(&[dir]).unwrap();

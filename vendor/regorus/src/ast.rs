@@ -317,6 +317,92 @@ impl Drop for Expr {
 }
 
 impl Expr {
+    /// arbiter patch (44): the references inside this expression's composite literals (array,
+    /// set and object terms, under operators and call arguments too), which OPA evaluates
+    /// before the expression itself. Under `not`, one that is undefined makes the literal fail:
+    /// OPA's `not 1 in [input.missing, 3]` is undefined, where evaluating the array first as
+    /// undefined made the negation succeed. Only references whose indices are constants or
+    /// such references are listed (no iteration); comprehensions are left alone.
+    pub(crate) fn composite_refs(&self, out: &mut Vec<Ref<Expr>>) {
+        self.collect_composite_refs(false, out);
+    }
+
+    fn collect_composite_refs(&self, in_composite: bool, out: &mut Vec<Ref<Expr>>) {
+        match self {
+            Self::Array { items, .. } | Self::Set { items, .. } => {
+                for item in items {
+                    Self::collect_composite_item(item, out);
+                }
+            }
+            Self::Object { fields, .. } => {
+                for (_, key, value) in fields {
+                    Self::collect_composite_item(key, out);
+                    Self::collect_composite_item(value, out);
+                }
+            }
+            Self::Call { params, .. } => {
+                for param in params {
+                    param.collect_composite_refs(in_composite, out);
+                }
+            }
+            Self::UnaryExpr { expr, .. } => expr.collect_composite_refs(in_composite, out),
+            Self::BinExpr { lhs, rhs, .. }
+            | Self::BoolExpr { lhs, rhs, .. }
+            | Self::ArithExpr { lhs, rhs, .. }
+            | Self::AssignExpr { lhs, rhs, .. } => {
+                lhs.collect_composite_refs(in_composite, out);
+                rhs.collect_composite_refs(in_composite, out);
+            }
+            Self::Membership {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(key) = key {
+                    key.collect_composite_refs(in_composite, out);
+                }
+                value.collect_composite_refs(in_composite, out);
+                collection.collect_composite_refs(in_composite, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn collect_composite_item(item: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
+        match item.as_ref() {
+            Self::RefDot { .. } | Self::RefBrack { .. } => {
+                if item.is_constant_path_ref() {
+                    out.push(item.clone());
+                }
+            }
+            _ => item.collect_composite_refs(true, out),
+        }
+    }
+
+    /// A reference from a variable through fields and constant (or such referenced) indices.
+    fn is_constant_path_ref(&self) -> bool {
+        match self {
+            Self::Var { value, .. } => value.as_string().is_ok_and(|s| s.as_ref() != "_"),
+            Self::RefDot { refr, .. } => refr.is_constant_path_ref(),
+            Self::RefBrack { refr, index, .. } => {
+                refr.is_constant_path_ref()
+                    && match index.as_ref() {
+                        Self::String { .. }
+                        | Self::RawString { .. }
+                        | Self::Number { .. }
+                        | Self::Bool { .. }
+                        | Self::Null { .. } => true,
+                        Self::RefDot { .. } | Self::RefBrack { .. } => index.is_constant_path_ref(),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Expr {
     pub const fn span(&self) -> &Span {
         match *self {
             Self::String { ref span, .. }

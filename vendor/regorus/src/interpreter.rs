@@ -1276,6 +1276,15 @@ impl Interpreter {
                 }
             }
             Literal::NotExpr { span, expr, .. } => {
+                // arbiter patch (44): the references in the expression's composite literals
+                // first, as OPA evaluates them: one that is undefined fails the literal.
+                let mut composite_refs = Vec::new();
+                expr.composite_refs(&mut composite_refs);
+                for r in &composite_refs {
+                    if self.eval_expr(r)? == Value::Undefined {
+                        return Ok(false);
+                    }
+                }
                 let value = match expr.as_ref() {
                     // Extra parameter is allowed; but a return argument is not allowed.
                     Expr::Call {

@@ -258,6 +258,20 @@ impl<'a> Compiler<'a> {
                 }
             }
             ast::Literal::NotExpr { expr, .. } => {
+                // arbiter patch (44): the references in the expression's composite literals
+                // first, as OPA evaluates them: one that is undefined fails the literal.
+                let mut composite_refs = Vec::new();
+                expr.composite_refs(&mut composite_refs);
+                for r in &composite_refs {
+                    let reg = self.compile_rego_expr(r)?;
+                    self.emit_instruction(
+                        Instruction::Guard {
+                            register: reg,
+                            mode: GuardMode::NotUndefined,
+                        },
+                        &stmt.span,
+                    );
+                }
                 let expr_reg = self.with_soft_assert_mode(true, |compiler| {
                     compiler.compile_rego_expr_with_span(expr, expr.span(), false)
                 })?;
