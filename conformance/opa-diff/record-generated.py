@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Generate small access policies and record what real OPA decides for each.
+
+    ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa python3 conformance/opa-diff/record-generated.py
+
+writes conformance/cases/opa-diff/generated.jsonl: one policy per line (package `gen`, rule
+`r`), its inputs, and `opa`, the JSON `opa eval -f json data.gen.r` printed for each input.
+`cargo test -p arbiter-conformance --test opa_generated` decides every case on arbiter's
+interpreter and on its bytecode VM and compares both with the recording; CI never needs OPA.
+
+The policies are put together, with a fixed seed, from rule heads (a complete value, a
+partial set, a partial object, a value with `else`, a boolean) and body literals that bind,
+iterate, quantify and compare as access policies do: an `every` over a list indexing another
+by the quantifier's key (a grant's path segments against the request's), `some` over arrays
+and objects, comprehensions, functions with defaults and conflicting definitions, negation,
+arithmetic, and references that are undefined. engine/src/rvm/differential.rs generates
+the same kind of policies for a property test of the VM against the interpreter; this corpus
+holds both to OPA's answers.
+"""
+
+import concurrent.futures
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from importlib import import_module
+
+record = import_module("record")
+
+REPO = record.REPO
+OUT = os.path.join(REPO, "conformance", "cases", "opa-diff", "generated.jsonl")
+SEED = 20261206
+POLICIES = 400
+INPUTS_PER_POLICY = 3
+
+BINDERS = [
+    "some i, v in input.a",
+    "v := input.a[i]",
+    "some i, v in input.o",
+    "v := input.o[i]",
+    "some v in input.a\n  i := v",
+]
+
+CONDITIONS = [
+    "input.n > 1",
+    "count(input.a) >= 2",
+    "input.a[0] == input.n",
+    "not input.a[0] == 1",
+    "every p, q in input.a { input.b[p] == q }",
+    "every p, q in input.a { q >= input.n }",
+    "every p, q in input.o { input.o2[p] == q }",
+    'every q in input.a { q in {"*", input.n} }',
+    "count([y | some y in input.a; y > input.n]) > 0",
+    "{y | y := input.a[_]} == {1, 2}",
+    "some q in input.b\n  q == input.n",
+    "input.b[_] == 3",
+    "f(input.n) == 1",
+    "g(input.a) > 1",
+    "some j\n  input.a[j] == input.b[j]",
+    "input.a[j] == input.b[j]",
+    'x := {k: q | some k, q in input.o}\n  x["a"] == 1',
+    "count({q: 1 | some q in input.a}) > 1",
+    "count(h) > 0",
+    "not input.n in h",
+    "every k, q in input.o { every w in input.b { w <= q } }",
+    "input.n in {input.a[0], 2}",
+    "not input.n in [input.b[1], 3]",
+    "input.n + 1 == count(input.a)",
+    "input.n / 2 < 1",
+    "input.n % 2 == 0",
+    'sprintf("%d", [input.n]) == "1"',
+    'concat(",", [k | some k, _ in input.o]) == "a,b"',
+    'object.get(input.o, "a", 0) > 1',
+    "input.a[count(input.a) - 1] == 3",
+    "not input.missing",
+    "input.missing == 1",
+    "s[_] == input.n",
+    "t[input.n]",
+    "some k in object.keys(input.o)\n  input.o2[k] > input.o[k]",
+]
+
+BOUND_CONDITIONS = [
+    "v > input.n",
+    "input.b[i] == v",
+    "input.o2[i] == v",
+    "every q in input.b { q != v }",
+    "v in input.b",
+    "not v == 2",
+    "count([q | some q in input.b; q == v]) == 1",
+    "f(v) == 1",
+    "input.a[i] == v",
+    "some w in input.b\n  w == v",
+    "not input.o[i]",
+]
+
+BOUND_VALUES = ["v", "[i, v]", "true", '{"at": i}']
+VALUES = ["true", "input.n", "count(input.a)", "[1, input.n]"]
+
+HELPERS = """default f(_) := 0
+f(x) := 1 if x > 1
+f(x) := 1 if x == 3
+g(xs) := count(xs) if count(xs) > 0
+h contains q if {
+  some q in input.b
+  q > 1
+}
+s := [q | some q in input.a; not q in h]
+t[k] := true if {
+  some k in input.b
+  k > 0
+}
+"""
+
+
+def definition(rng, kind):
+    binder = rng.choice([None] + list(range(len(BINDERS))))
+    body = []
+    if binder is not None:
+        body.append(BINDERS[binder])
+        body += [rng.choice(BOUND_CONDITIONS) for _ in range(rng.randrange(0, 2))]
+    body += [rng.choice(CONDITIONS) for _ in range(rng.randrange(0, 3))]
+    if not body:
+        body = ["true"]
+    bound = binder is not None
+    value = rng.choice(BOUND_VALUES if bound else VALUES)
+    body = "\n  ".join(body)
+    if kind == 0:
+        return f"r := {value} if {{\n  {body}\n}}\n"
+    if kind == 1:
+        return f"r contains {value} if {{\n  {body}\n}}\n"
+    if kind == 2:
+        key = "i" if bound else '"k"'
+        return f"r[{key}] := {value} if {{\n  {body}\n}}\n"
+    if kind == 3:
+        return f"r := {value} if {{\n  {body}\n}} else := 7 if {{\n  input.n > 0\n}}\n"
+    return f"r if {{\n  {body}\n}}\n"
+
+
+def small_input(rng):
+    ints = lambda: [rng.randrange(0, 4) for _ in range(rng.randrange(0, 4))]
+    obj = lambda: {k: rng.randrange(0, 4) for k in rng.sample(["a", "b", "c"], rng.randrange(0, 3))}
+    return {"a": ints(), "b": ints(), "o": obj(), "o2": obj(), "n": rng.randrange(0, 4)}
+
+
+def policies():
+    rng = random.Random(SEED)
+    out = []
+    for p in range(POLICIES):
+        kind = rng.randrange(0, 5)
+        rules = "".join(definition(rng, kind) for _ in range(rng.randrange(1, 4)))
+        module = f"package gen\nimport rego.v1\n{HELPERS}{rules}"
+        inputs = [small_input(rng) for _ in range(INPUTS_PER_POLICY)]
+        out.append({"id": f"gen/{p}", "module": module, "inputs": inputs})
+    return out
+
+
+def main():
+    all_policies = policies()
+    runs = [{"query": "data.gen.r", "modules": [["gen.rego", p["module"]]], "input": i}
+            for p in all_policies for i in p["inputs"]]
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        results = iter(list(ex.map(record.run_opa, runs)))
+    version = record.subprocess.run([record.OPA, "version"], capture_output=True,
+                                    text=True).stdout.splitlines()[0]
+    with open(OUT, "w") as fh:
+        fh.write(json.dumps({"recorded_with": version, "policies": len(all_policies),
+                             "cases": len(runs), "seed": SEED,
+                             "command": "ARBITER_REFERENCE_OPA=~/.cache/arbiter-ref/opa python3 conformance/opa-diff/record-generated.py"}) + "\n")
+        for p in all_policies:
+            p = dict(p, opa=[next(results) for _ in p["inputs"]])
+            fh.write(record.dump(p) + "\n")
+    print(f"{len(runs)} cases of {len(all_policies)} policies written to "
+          f"{os.path.relpath(OUT, REPO)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
