@@ -35,83 +35,15 @@ SEED = 20261206
 POLICIES = 400
 INPUTS_PER_POLICY = 3
 
-BINDERS = [
-    "some i, v in input.a",
-    "v := input.a[i]",
-    "some i, v in input.o",
-    "v := input.o[i]",
-    "some v in input.a\n  i := v",
-]
-
-CONDITIONS = [
-    "input.n > 1",
-    "count(input.a) >= 2",
-    "input.a[0] == input.n",
-    "not input.a[0] == 1",
-    "every p, q in input.a { input.b[p] == q }",
-    "every p, q in input.a { q >= input.n }",
-    "every p, q in input.o { input.o2[p] == q }",
-    'every q in input.a { q in {"*", input.n} }',
-    "count([y | some y in input.a; y > input.n]) > 0",
-    "{y | y := input.a[_]} == {1, 2}",
-    "some q in input.b\n  q == input.n",
-    "input.b[_] == 3",
-    "f(input.n) == 1",
-    "g(input.a) > 1",
-    "some j\n  input.a[j] == input.b[j]",
-    "input.a[j] == input.b[j]",
-    'x := {k: q | some k, q in input.o}\n  x["a"] == 1',
-    "count({q: 1 | some q in input.a}) > 1",
-    "count(h) > 0",
-    "not input.n in h",
-    "every k, q in input.o { every w in input.b { w <= q } }",
-    "input.n in {input.a[0], 2}",
-    "not input.n in [input.b[1], 3]",
-    "input.n + 1 == count(input.a)",
-    "input.n / 2 < 1",
-    "input.n % 2 == 0",
-    'sprintf("%d", [input.n]) == "1"',
-    'concat(",", [k | some k, _ in input.o]) == "a,b"',
-    'object.get(input.o, "a", 0) > 1',
-    "input.a[count(input.a) - 1] == 3",
-    "not input.missing",
-    "input.missing == 1",
-    "s[_] == input.n",
-    "t[input.n]",
-    "some k in object.keys(input.o)\n  input.o2[k] > input.o[k]",
-]
-
-BOUND_CONDITIONS = [
-    "v > input.n",
-    "input.b[i] == v",
-    "input.o2[i] == v",
-    "every q in input.b { q != v }",
-    "v in input.b",
-    "not v == 2",
-    "count([q | some q in input.b; q == v]) == 1",
-    "f(v) == 1",
-    "input.a[i] == v",
-    "some w in input.b\n  w == v",
-    "not input.o[i]",
-]
-
-BOUND_VALUES = ["v", "[i, v]", "true", '{"at": i}']
-VALUES = ["true", "input.n", "count(input.a)", "[1, input.n]"]
-
-HELPERS = """default f(_) := 0
-f(x) := 1 if x > 1
-f(x) := 1 if x == 3
-g(xs) := count(xs) if count(xs) > 0
-h contains q if {
-  some q in input.b
-  q > 1
-}
-s := [q | some q in input.a; not q in h]
-t[k] := true if {
-  some k in input.b
-  k > 0
-}
-"""
+# The pieces, shared with engine/src/rvm/differential.rs.
+with open(os.path.join(REPO, "engine", "src", "rvm", "policy-pieces.json")) as fh:
+    PIECES = json.load(fh)
+BINDERS = PIECES["binders"]
+CONDITIONS = PIECES["conditions"]
+BOUND_CONDITIONS = PIECES["bound_conditions"]
+BOUND_VALUES = PIECES["bound_values"]
+VALUES = PIECES["values"]
+HELPERS = PIECES["helpers"]
 
 
 def definition(rng, kind):

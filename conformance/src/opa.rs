@@ -166,15 +166,18 @@ fn no_length_limit() -> regorus::PolicyLengthConfig {
 pub fn run_case(setup: Setup, case: &Case) -> Outcome {
     match catch_unwind(AssertUnwindSafe(|| run_case_inner(setup, case))) {
         Ok(o) => o,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Outcome::Fail(format!("panic: {}", first_line(&msg)))
-        }
+        Err(p) => Outcome::Fail(format!("panic: {}", panic_text(p.as_ref()))),
     }
+}
+
+/// The first line of a panic's message.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    first_line(&msg)
 }
 
 fn first_line(s: &str) -> String {
@@ -363,8 +366,8 @@ fn canonical(v: &Json) -> String {
     }
 }
 
-/// JSON equality where `1` equals `1.0`.
-fn json_eq(a: &Json, b: &Json) -> bool {
+/// JSON equality where `1` equals `1.0` (arrays in order, objects by key).
+pub fn json_eq(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => {
             x == y || x.as_f64().zip(y.as_f64()).is_some_and(|(p, q)| p == q)
@@ -534,14 +537,7 @@ fn queried_path(query: &str) -> Option<&str> {
 pub fn run_case_on_vm(case: &Case) -> VmOutcome {
     match catch_unwind(AssertUnwindSafe(|| run_case_on_vm_inner(case))) {
         Ok(o) => o,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            VmOutcome::Disagrees(format!("panic: {}", first_line(&msg)))
-        }
+        Err(p) => VmOutcome::Disagrees(format!("panic: {}", panic_text(p.as_ref()))),
     }
 }
 
@@ -620,47 +616,35 @@ fn run_case_on_vm_inner(case: &Case) -> VmOutcome {
 
 /// [`run_case_on_vm`] for every case, on `threads` threads with large stacks.
 pub fn run_all_on_vm(cases: &[SuiteCase], threads: usize) -> Vec<VmOutcome> {
-    let next = AtomicUsize::new(0);
-    let out: Vec<Mutex<Option<VmOutcome>>> = (0..cases.len()).map(|_| Mutex::new(None)).collect();
-    let work = || {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(c) = cases.get(i) else { break };
-            let o = run_case_on_vm(&c.case);
-            if let Ok(mut slot) = out[i].lock() {
-                *slot = Some(o);
-            }
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            if std::thread::Builder::new()
-                .stack_size(256 << 20)
-                .spawn_scoped(s, work)
-                .is_err()
-            {
-                work();
-            }
-        }
-    });
-    out.into_iter()
-        .map(|m| {
-            m.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| VmOutcome::Disagrees("not run".to_string()))
-        })
-        .collect()
+    run_parallel(cases, threads, run_case_on_vm, || {
+        VmOutcome::Disagrees("not run".to_string())
+    })
 }
 
 fn run_all(cases: &[SuiteCase], setup: Setup, threads: usize) -> Vec<Outcome> {
+    run_parallel(
+        cases,
+        threads,
+        |case| run_case(setup, case),
+        || Outcome::Fail("not run".to_string()),
+    )
+}
+
+/// `run` for every case, on `threads` threads with large stacks, in the cases' order;
+/// `not_run` for a case no thread reached.
+fn run_parallel<T: Send>(
+    cases: &[SuiteCase],
+    threads: usize,
+    run: impl Fn(&Case) -> T + Sync,
+    not_run: impl Fn() -> T,
+) -> Vec<T> {
     let next = AtomicUsize::new(0);
-    let out: Vec<Mutex<Option<Outcome>>> = (0..cases.len()).map(|_| Mutex::new(None)).collect();
+    let out: Vec<Mutex<Option<T>>> = (0..cases.len()).map(|_| Mutex::new(None)).collect();
     let work = || {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(c) = cases.get(i) else { break };
-            let o = run_case(setup, &c.case);
+            let o = run(&c.case);
             if let Ok(mut slot) = out[i].lock() {
                 *slot = Some(o);
             }
@@ -679,11 +663,6 @@ fn run_all(cases: &[SuiteCase], setup: Setup, threads: usize) -> Vec<Outcome> {
         }
     });
     out.into_iter()
-        .map(|m| {
-            m.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Outcome::Fail("not run".to_string()))
-        })
+        .map(|m| m.into_inner().ok().flatten().unwrap_or_else(&not_run))
         .collect()
 }

@@ -7,16 +7,23 @@ use std::path::PathBuf;
 
 use arbiter_conformance::opa::{ENV, Report, load_cases};
 
-#[test]
-fn opa_conformance_suite() {
+/// OPA's suite, read from `../shared/conformance` (or `ARBITER_OPA_CASES`); a test helper,
+/// so a suite that is missing fails the test.
+#[allow(clippy::panic)]
+fn suite() -> Vec<arbiter_conformance::opa::SuiteCase> {
     let dir = match arbiter_conformance::suite_dir(ENV, "opa-cases") {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let cases = match load_cases(&dir) {
+    match load_cases(&dir) {
         Ok(c) => c,
         Err(e) => panic!("cannot load the OPA suite: {e}"),
-    };
+    }
+}
+
+#[test]
+fn opa_conformance_suite() {
+    let cases = suite();
     let total = cases.len();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let report = Report::run(cases, threads);
@@ -82,14 +89,7 @@ fn the_vm_answers_as_opa_wherever_it_answers() {
     use arbiter_conformance::opa::{VmOutcome, run_all_on_vm};
     use std::collections::BTreeSet;
 
-    let dir = match arbiter_conformance::suite_dir(ENV, "opa-cases") {
-        Ok(d) => d,
-        Err(e) => panic!("{e}"),
-    };
-    let cases = match load_cases(&dir) {
-        Ok(c) => c,
-        Err(e) => panic!("cannot load the OPA suite: {e}"),
-    };
+    let cases = suite();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let outcomes = run_all_on_vm(&cases, threads);
 

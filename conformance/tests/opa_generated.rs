@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arbiter_conformance::opa::json_eq;
 use arbiter_engine::rvm::RvmDecider;
 use arbiter_engine::value::{from_json, to_json};
 use arbiter_engine::{DataRef, LoadOptions, PolicySet, PolicySources};
@@ -50,24 +51,6 @@ fn opa_message(doc: &Json) -> &str {
 /// needs a fix of its own.
 const OPA_REFUSES_DECLARATIONS: &str = "OPA refuses a declared variable that is unused (`every p, q in xs { q > 0 }`: `declared var p unused`) or declared twice (`var j declared above`); arbiter loads the policy";
 const ARBITER_REFUSES_ASSIGNMENT: &str = "arbiter refuses `i := v` when the scheduler put a statement that uses `i` first (`var `i` used before definition below`); OPA loads the policy";
-
-/// JSON equality where `1` equals `1.0` and sets (arrays) compare in order, as both print them.
-fn json_eq(a: &Json, b: &Json) -> bool {
-    match (a, b) {
-        (Json::Number(x), Json::Number(y)) => {
-            x == y || x.as_f64().zip(y.as_f64()).is_some_and(|(p, q)| p == q)
-        }
-        (Json::Array(x), Json::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
-        }
-        (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
-}
 
 fn same(got: &Result<Option<Json>, String>, want: &Result<Option<Json>, String>) -> bool {
     match (got, want) {

@@ -655,6 +655,16 @@ compr := {\"key\": v | some v in input.votes}
         );
     }
 
+    /// Package `t`'s `rule` for `input` on the VM and on the interpreter.
+    fn on_both(s: &Arc<PolicySet>, rule: &str, input: &Value) -> (Value, Value) {
+        let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+        let vm = RvmDecider::compile(s, &path).unwrap();
+        (
+            vm.evaluate(input.clone()).unwrap(),
+            s.evaluate(&path, input.clone()).unwrap(),
+        )
+    }
+
     /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
     /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
     /// 43: a `some j` met again in a later iteration of an enclosing loop is no second
@@ -678,14 +688,7 @@ pairs if {
 ");
         let input = crate::value::from_json(&serde_json::json!({"a": [0, 1], "b": [1], "n": 2}));
         for (rule, want) in [("r", Value::from(7)), ("pairs", Value::Undefined)] {
-            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
-            let vm = RvmDecider::compile(&s, &path).unwrap();
-            assert_eq!(
-                vm.evaluate(input.clone()).unwrap(),
-                want,
-                "{rule} on the VM"
-            );
-            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
         }
         // The body's own answer still comes first.
         let found = crate::value::from_json(&serde_json::json!({"a": [], "b": [1], "n": 1}));
@@ -720,14 +723,7 @@ blocked if not input.role in [data.blocked[input.tenant], \"guest\"]
             ("direct", Value::Bool(true)),
             ("blocked", Value::Undefined),
         ] {
-            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
-            let vm = RvmDecider::compile(&s, &path).unwrap();
-            assert_eq!(
-                vm.evaluate(input.clone()).unwrap(),
-                want,
-                "{rule} on the VM"
-            );
-            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
         }
         // Defined references: the negation decides.
         let defined = crate::value::from_json(&serde_json::json!({"missing": 2, "x": 1}));

@@ -15,90 +15,28 @@ use crate::data_ref::DataRef;
 use crate::loader::PolicySources;
 use crate::policy_set::{LoadOptions, PolicySet};
 
-/// Literals that bind `i` and `v` (an index or key and its value).
-const BINDERS: &[&str] = &[
-    "some i, v in input.a",
-    "v := input.a[i]",
-    "some i, v in input.o",
-    "v := input.o[i]",
-    "some v in input.a\n  i := v",
-];
-
-/// Conditions over the input alone.
-const CONDITIONS: &[&str] = &[
-    "input.n > 1",
-    "count(input.a) >= 2",
-    "input.a[0] == input.n",
-    "not input.a[0] == 1",
-    "every p, q in input.a { input.b[p] == q }",
-    "every p, q in input.a { q >= input.n }",
-    "every p, q in input.o { input.o2[p] == q }",
-    "every q in input.a { q in {\"*\", input.n} }",
-    "count([y | some y in input.a; y > input.n]) > 0",
-    "{y | y := input.a[_]} == {1, 2}",
-    "some q in input.b\n  q == input.n",
-    "input.b[_] == 3",
-    "not every q in input.b { q > 0 }",
-    "f(input.n) == 1",
-    "g(input.a) > 1",
-    "some j\n  input.a[j] == input.b[j]",
-    "input.a[j] == input.b[j]",
-    "x := {k: q | some k, q in input.o}\n  x[\"a\"] == 1",
-    "count({q: 1 | some q in input.a}) > 1",
-    "count(h) > 0",
-    "not input.n in h",
-    "every k, q in input.o { every w in input.b { w <= q } }",
-    "input.n in {input.a[0], 2}",
-    "not input.n in [input.b[1], 3]",
-    "input.n + 1 == count(input.a)",
-    "input.n / 2 < 1",
-    "input.n % 2 == 0",
-    "sprintf(\"%d\", [input.n]) == \"1\"",
-    "concat(\",\", [k | some k, _ in input.o]) == \"a,b\"",
-    "object.get(input.o, \"a\", 0) > 1",
-    "input.a[count(input.a) - 1] == 3",
-    "not input.missing",
-    "input.missing == 1",
-    "s[_] == input.n",
-    "t[input.n]",
-    "some k in object.keys(input.o)\n  input.o2[k] > input.o[k]",
-];
-
-/// Conditions that read the bound `i` and `v`.
-const BOUND_CONDITIONS: &[&str] = &[
-    "v > input.n",
-    "input.b[i] == v",
-    "input.o2[i] == v",
-    "every q in input.b { q != v }",
-    "v in input.b",
-    "not v == 2",
-    "count([q | some q in input.b; q == v]) == 1",
-    "f(v) == 1",
-    "input.a[i] == v",
-    "some w in input.b\n  w == v",
-    "not input.o[i]",
-];
-
-/// What a rule with bound `i` and `v` may produce, and one without.
-const BOUND_VALUES: &[&str] = &["v", "[i, v]", "true", "{\"at\": i}"];
-const VALUES: &[&str] = &["true", "input.n", "count(input.a)", "[1, input.n]"];
-
-/// Helpers every generated policy has: a function with a default and one with two
-/// definitions (conflicting when both apply, as OPA says).
-const HELPERS: &str = "default f(_) := 0
-f(x) := 1 if x > 1
-f(x) := 1 if x == 3
-g(xs) := count(xs) if count(xs) > 0
-h contains q if {
-  some q in input.b
-  q > 1
+/// The pieces policies are put together from (`policy-pieces.json`, which
+/// `conformance/opa-diff/record-generated.py` reads too): literals that bind `i` and `v` (an
+/// index or key and its value), conditions over the input alone, conditions that read the
+/// bound `i` and `v`, what a rule with and without them may produce, and helper rules every
+/// policy has (a function with a default and two definitions that conflict when both apply,
+/// partial sets and objects read back).
+#[derive(Debug, serde::Deserialize)]
+struct Pieces {
+    binders: Vec<String>,
+    conditions: Vec<String>,
+    bound_conditions: Vec<String>,
+    bound_values: Vec<String>,
+    values: Vec<String>,
+    helpers: String,
 }
-s := [q | some q in input.a; not q in h]
-t[k] := true if {
-  some k in input.b
-  k > 0
+
+fn pieces() -> &'static Pieces {
+    static PIECES: std::sync::OnceLock<Pieces> = std::sync::OnceLock::new();
+    PIECES.get_or_init(|| {
+        serde_json::from_str(include_str!("policy-pieces.json")).expect("policy-pieces.json")
+    })
 }
-";
 
 #[derive(Debug, Clone)]
 struct Definition {
@@ -110,9 +48,9 @@ struct Definition {
 
 fn definition() -> impl Strategy<Value = Definition> {
     (
-        prop::option::of(0..BINDERS.len()),
-        prop::collection::vec(0..CONDITIONS.len(), 0..3),
-        prop::collection::vec(0..BOUND_CONDITIONS.len(), 0..2),
+        prop::option::of(0..pieces().binders.len()),
+        prop::collection::vec(0..pieces().conditions.len(), 0..3),
+        prop::collection::vec(0..pieces().bound_conditions.len(), 0..2),
         0..8usize,
     )
         .prop_map(|(binder, conditions, bound_conditions, value)| Definition {
@@ -125,20 +63,25 @@ fn definition() -> impl Strategy<Value = Definition> {
 
 /// The rule `r` for `head` kind (the same for every definition: one rule, one kind).
 fn render(kind: usize, d: &Definition) -> String {
+    let p = pieces();
     let mut body: Vec<&str> = Vec::new();
     if let Some(b) = d.binder {
-        body.push(BINDERS[b]);
-        body.extend(d.bound_conditions.iter().map(|&c| BOUND_CONDITIONS[c]));
+        body.push(&p.binders[b]);
+        body.extend(
+            d.bound_conditions
+                .iter()
+                .map(|&c| p.bound_conditions[c].as_str()),
+        );
     }
-    body.extend(d.conditions.iter().map(|&c| CONDITIONS[c]));
+    body.extend(d.conditions.iter().map(|&c| p.conditions[c].as_str()));
     if body.is_empty() {
         body.push("true");
     }
     let bound = d.binder.is_some();
     let value = if bound {
-        BOUND_VALUES[d.value % BOUND_VALUES.len()]
+        &p.bound_values[d.value % p.bound_values.len()]
     } else {
-        VALUES[d.value % VALUES.len()]
+        &p.values[d.value % p.values.len()]
     };
     let body = body.join("\n  ");
     match kind {
@@ -168,10 +111,11 @@ fn small_input() -> impl Strategy<Value = serde_json::Value> {
 type Answers = (Result<Value, String>, Result<Value, String>);
 
 fn decide_both(policy: &str, inputs: &[serde_json::Value]) -> Option<Vec<Answers>> {
+    let helpers = &pieces().helpers;
     let mut sources = PolicySources::default();
     sources.add_rego(
         "gen.rego",
-        format!("package gen\nimport rego.v1\n{HELPERS}{policy}"),
+        format!("package gen\nimport rego.v1\n{helpers}{policy}"),
     );
     // No deadline: a debug build on a loaded machine is slow, and a timeout on one side only
     // is not a disagreement.
