@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::{Bench, Failure, Mismatch, Outcome, TestKind, TestOptions, TestResult};
-use crate::authorizer::Authorizer;
+use crate::authorizer::{Authorizer, RegoEngine};
 use crate::data_ref::DataRef;
 use crate::decision::{Decision, DenyReason};
 use crate::diagnostic::{Diagnostic, LoadError};
@@ -710,14 +710,11 @@ pub(crate) fn run(
                     }
                 }
             };
-            let authorizer = Authorizer::new(
-                set,
-                f.path.clone(),
-                InputOptions {
-                    grpc: f.grpc.clone(),
-                    ..InputOptions::default()
-                },
-            );
+            let input_options = InputOptions {
+                grpc: f.grpc.clone(),
+                ..InputOptions::default()
+            };
+            let authorizer = Authorizer::new(set.clone(), f.path.clone(), input_options.clone());
             let decide = || {
                 let _frozen = case.now_ns.map(crate::clock::freeze);
                 authorizer.check(&case.request).decision
@@ -725,7 +722,30 @@ pub(crate) fn run(
             let start = Instant::now();
             let decision = decide();
             result.duration = start.elapsed();
+            // Served requests are decided on the bytecode VM where the path compiles for it; the
+            // interpreter is the reference. Where they decide a case differently, one of them
+            // is wrong whatever the test expects: the case fails, saying so.
+            let reference = (authorizer.rego_engine() == Ok(RegoEngine::Rvm)).then(|| {
+                let _frozen = case.now_ns.map(crate::clock::freeze);
+                Authorizer::new(set, f.path.clone(), input_options)
+                    .with_rego_engine(RegoEngine::Interpreter)
+                    .check(&case.request)
+                    .decision
+            });
+            let engines_differ = reference.as_ref().is_some_and(|r| {
+                (r.allowed, r.http_status, r.reason_code())
+                    != (
+                        decision.allowed,
+                        decision.http_status,
+                        decision.reason_code(),
+                    )
+            });
             result.outcome = match &decision.reason {
+                _ if engines_differ => Outcome::Error(format!(
+                    "arbiter's two Rego engines decide this request differently — the bytecode VM (which serves it): {}; the interpreter: {}. A bug in arbiter: please report it with this test",
+                    describe(&decision),
+                    reference.as_ref().map(describe).unwrap_or_default()
+                )),
                 Some(r) if is_policy_failure(r) && case.expect.reason.is_none() => {
                     Outcome::Error(format!("the decision failed: {r}"))
                 }
@@ -1028,6 +1048,56 @@ rules:
             ],
             "{r:#?}"
         );
+    }
+
+    /// A case the bytecode VM (which serves the request) and the interpreter decide
+    /// differently is an error of the test, whatever it expects. The policy uses one of the
+    /// VM's known differences (`conformance/opa-vm-known.txt`: a number indexing a base
+    /// document's object, which OPA and the interpreter read as the key "2"); when that is
+    /// fixed, this test needs another.
+    #[test]
+    fn the_two_rego_engines_deciding_differently_fails_the_case() {
+        let rego = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if data.nested[2] == "bar"
+"#;
+        let mut s = sources(
+            rego,
+            None,
+            r#"
+- name: expects the allow
+  request: {path: /x}
+  expect: {allowed: true}
+- name: expects the denial
+  request: {path: /x}
+  expect: {allowed: false}
+"#,
+        );
+        s.add_data("data.json", serde_json::json!({"nested": {"2": "bar"}}));
+        let r = run_all(&s, &TestOptions::default()).unwrap();
+        assert_eq!(
+            labels(&r),
+            vec![
+                ("expects the allow", "ERROR"),
+                ("expects the denial", "ERROR")
+            ],
+            "{r:#?}"
+        );
+        for t in &r.results {
+            let Outcome::Error(why) = &t.outcome else {
+                panic!("{t:?}")
+            };
+            assert!(why.contains("two Rego engines decide"), "{why}");
+        }
+        // Where they agree, the expectation decides as before.
+        let agreeing = sources(
+            "package envoy.authz\nimport rego.v1\nallow if input.parsed_path == [\"x\"]\n",
+            None,
+            "- name: allowed\n  request: {path: /x}\n  expect: {allowed: true}\n",
+        );
+        let r = run_all(&agreeing, &TestOptions::default()).unwrap();
+        assert_eq!(labels(&r), vec![("allowed", "PASS")], "{r:#?}");
     }
 
     #[test]
