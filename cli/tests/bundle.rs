@@ -42,39 +42,20 @@ fn policy(dir: &Path, allow: &str) {
     .unwrap();
 }
 
-/// Start `arbiter serve`; `Err(stderr)` if it exits instead of listening.
+/// Start `arbiter serve`: the server and its HTTP address, or `Err` with what it wrote if it
+/// exits instead of listening.
 fn serve(args: &[&str]) -> Result<(common::Server, String), String> {
-    let mut child = common::Server::from(
-        Command::new(env!("CARGO_BIN_EXE_arbiter"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.wait();
-            return Err(seen);
-        };
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.split("HTTP (health, metrics, Data API) on ").nth(1) {
-            std::thread::spawn(move || for _ in lines {});
-            return Ok((child, rest.trim().to_string()));
-        }
-    }
-    panic!("serve did not start: {seen}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .args(args)
+    .stdout(Stdio::null());
+    common::try_serve_announced(cmd).map(|(child, _, http, _)| (child, http))
 }
 
 fn revision(addr: &str) -> String {

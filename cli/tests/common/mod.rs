@@ -112,7 +112,15 @@ pub fn serve(cmd: Command) -> (Server, String, String) {
 }
 
 /// [`serve`], and the lines `serve` wrote up to its announcement.
-pub fn serve_announced(mut cmd: Command) -> (Server, String, String, Vec<String>) {
+pub fn serve_announced(cmd: Command) -> (Server, String, String, Vec<String>) {
+    try_serve_announced(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`serve_announced`], or `Err` with what `serve` wrote when it ended before announcing its
+/// addresses (a refused configuration, for a test that expects one).
+pub fn try_serve_announced(
+    mut cmd: Command,
+) -> Result<(Server, String, String, Vec<String>), String> {
     let mut child = Server::from(cmd.stderr(Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let start = Instant::now();
@@ -120,15 +128,16 @@ pub fn serve_announced(mut cmd: Command) -> (Server, String, String, Vec<String>
     loop {
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "serve did not start"
+            "serve did not start: {}",
+            before.join("\n")
         );
         let Some(Ok(line)) = lines.next() else {
             // Serve ended (or closed stderr) before announcing: say what it said and how it ended.
             let status = child.wait();
-            panic!(
+            return Err(format!(
                 "serve ended before announcing its addresses ({status:?}); it wrote:\n{}",
                 before.join("\n")
-            );
+            ));
         };
         if let Some(rest) = line.split("gRPC ext_authz on ").nth(1) {
             let (grpc, http) = rest
@@ -136,12 +145,12 @@ pub fn serve_announced(mut cmd: Command) -> (Server, String, String, Vec<String>
                 .unwrap();
             std::thread::spawn(move || for _ in lines {});
             before.push(line.clone());
-            return (
+            return Ok((
                 child,
                 grpc.trim().to_string(),
                 http.trim().to_string(),
                 before,
-            );
+            ));
         }
         before.push(line);
     }
