@@ -710,11 +710,14 @@ pub(crate) fn run(
                     }
                 }
             };
-            let input_options = InputOptions {
-                grpc: f.grpc.clone(),
-                ..InputOptions::default()
-            };
-            let authorizer = Authorizer::new(set.clone(), f.path.clone(), input_options.clone());
+            let authorizer = Authorizer::new(
+                set,
+                f.path.clone(),
+                InputOptions {
+                    grpc: f.grpc.clone(),
+                    ..InputOptions::default()
+                },
+            );
             let decide = || {
                 let _frozen = case.now_ns.map(crate::clock::freeze);
                 authorizer.check(&case.request).decision
@@ -727,7 +730,9 @@ pub(crate) fn run(
             // is wrong whatever the test expects: the case fails, saying so.
             let reference = (authorizer.rego_engine() == Ok(RegoEngine::Rvm)).then(|| {
                 let _frozen = case.now_ns.map(crate::clock::freeze);
-                Authorizer::new(set, f.path.clone(), input_options)
+                // The same authorizer on the interpreter (nothing compiled again).
+                authorizer
+                    .clone()
                     .with_rego_engine(RegoEngine::Interpreter)
                     .check(&case.request)
                     .decision
