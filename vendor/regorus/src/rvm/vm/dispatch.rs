@@ -22,7 +22,16 @@ pub(super) enum InstructionOutcome {
 impl RegoVM {
     /// arbiter patch (41): the instruction goes straight to the function for its kind. Each of
     /// those handed what it did not handle to the next (`other => …`), so that `LoopNext` or a
-    /// `Guard` passed through up to six matches and calls per instruction.
+    /// `Guard` passed through up to six matches and calls per instruction; now an instruction
+    /// a kind's function does not handle is an error there.
+    /// An instruction routed to a function that does not handle it.
+    fn unhandled(&self, instruction: Instruction) -> VmError {
+        VmError::UnhandledInstruction {
+            instruction: alloc::format!("{:?}", instruction),
+            pc: self.pc,
+        }
+    }
+
     pub(super) fn execute_instruction(
         &mut self,
         program: &Program,
@@ -42,7 +51,7 @@ impl RegoVM {
             | Move { .. }
             | RuleYield { .. } => self.execute_load_and_move(program, instruction),
             Add { .. } | Div { .. } | Mod { .. } | Mul { .. } | Sub { .. } => {
-                self.execute_arithmetic_instruction(program, instruction)
+                self.execute_arithmetic_instruction(instruction)
             }
             And { .. }
             | AssertEq { .. }
@@ -56,9 +65,7 @@ impl RegoVM {
             | Ne { .. }
             | Not { .. }
             | Or { .. }
-            | ReturnUndefinedIfNotTrue { .. } => {
-                self.execute_comparison_instruction(program, instruction)
-            }
+            | ReturnUndefinedIfNotTrue { .. } => self.execute_comparison_instruction(instruction),
             BuiltinCall { .. }
             | CallRule { .. }
             | DestructuringSuccess { .. }
@@ -66,7 +73,7 @@ impl RegoVM {
             | HostAwait { .. }
             | Return { .. }
             | RuleInit { .. }
-            | RuleReturn { .. } => self.execute_call_instruction(program, instruction),
+            | RuleReturn { .. } => self.execute_call_instruction(instruction),
             ArrayCreate { .. }
             | ArrayNew { .. }
             | ArrayPush { .. }
@@ -171,13 +178,12 @@ impl RegoVM {
                 self.set_register(dest, value)?;
                 Ok(InstructionOutcome::Continue)
             }
-            other => self.execute_arithmetic_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
     fn execute_arithmetic_instruction(
         &mut self,
-        program: &Program,
         instruction: Instruction,
     ) -> Result<InstructionOutcome> {
         use Instruction::*;
@@ -247,13 +253,12 @@ impl RegoVM {
                 self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }
-            other => self.execute_comparison_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
     fn execute_comparison_instruction(
         &mut self,
-        program: &Program,
         instruction: Instruction,
     ) -> Result<InstructionOutcome> {
         use Instruction::*;
@@ -460,15 +465,11 @@ impl RegoVM {
                 }
                 Ok(InstructionOutcome::Continue)
             }
-            other => self.execute_call_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
-    fn execute_call_instruction(
-        &mut self,
-        program: &Program,
-        instruction: Instruction,
-    ) -> Result<InstructionOutcome> {
+    fn execute_call_instruction(&mut self, instruction: Instruction) -> Result<InstructionOutcome> {
         use Instruction::*;
         match instruction {
             BuiltinCall { params_index } => {
@@ -521,7 +522,7 @@ impl RegoVM {
                 self.execute_rule_return()?;
                 Ok(InstructionOutcome::Break)
             }
-            other => self.execute_collection_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
@@ -859,7 +860,7 @@ impl RegoVM {
                 self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }
-            other => self.execute_loop_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
@@ -918,14 +919,14 @@ impl RegoVM {
                 let result = self.get_register(0)?.clone();
                 Ok(InstructionOutcome::Return(result))
             }
-            other => self.execute_policy_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
     #[cfg(not(feature = "azure_policy"))]
     fn execute_policy_instruction(
         &mut self,
-        program: &Program,
+        _program: &Program,
         instruction: Instruction,
     ) -> Result<InstructionOutcome> {
         match instruction {
@@ -936,7 +937,7 @@ impl RegoVM {
                 instruction: alloc::format!("{:?} requires the azure_policy feature", instruction),
                 pc: self.pc,
             }),
-            other => self.execute_virtual_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
@@ -1195,7 +1196,7 @@ impl RegoVM {
                 Ok(InstructionOutcome::Continue)
             }
 
-            other => self.execute_virtual_instruction(program, other),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 
@@ -1266,10 +1267,7 @@ impl RegoVM {
                 self.execute_comprehension_end()?;
                 Ok(InstructionOutcome::Continue)
             }
-            unexpected => Err(VmError::UnhandledInstruction {
-                instruction: alloc::format!("{:?}", unexpected),
-                pc: self.pc,
-            }),
+            unexpected => Err(self.unhandled(unexpected)),
         }
     }
 }
