@@ -193,6 +193,26 @@ fn first_line(s: &str) -> String {
     out
 }
 
+/// The case's input: `input`, or the value of `input_term` (a query's first expression), or
+/// none.
+fn case_input(case: &Case) -> Result<Option<Value>, EvalError> {
+    if let Some(i) = &case.input {
+        return Ok(Some(from_json(i)));
+    }
+    let Some(term) = &case.input_term else {
+        return Ok(None);
+    };
+    let r = regorus::Engine::new()
+        .eval_query(term.clone(), false)
+        .map_err(|e| EvalError::from_regorus(&e))?;
+    Ok(Some(
+        r.result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map_or(Value::Undefined, |e| e.value.clone()),
+    ))
+}
+
 fn run_case_inner(setup: Setup, case: &Case) -> Outcome {
     let mut engine = engine_for(setup, case);
     let result = (|| -> Result<regorus::QueryResults, EvalError> {
@@ -206,19 +226,8 @@ fn run_case_inner(setup: Setup, case: &Case) -> Outcome {
                 .add_data(from_json(d))
                 .map_err(|e| EvalError::from_regorus(&e))?;
         }
-        if let Some(i) = &case.input {
-            engine.set_input(from_json(i));
-        } else if let Some(term) = &case.input_term {
-            let mut term_engine = regorus::Engine::new();
-            let r = term_engine
-                .eval_query(term.clone(), false)
-                .map_err(|e| EvalError::from_regorus(&e))?;
-            let v = r
-                .result
-                .first()
-                .and_then(|r| r.expressions.first())
-                .map_or(Value::Undefined, |e| e.value.clone());
-            engine.set_input(v);
+        if let Some(input) = case_input(case)? {
+            engine.set_input(input);
         }
         if setup == Setup::Arbiter {
             // What arbiter adds to regorus's compiler: OPA's type check of built-in calls.
@@ -566,21 +575,10 @@ fn run_case_on_vm_inner(case: &Case) -> VmOutcome {
     let Ok(vm) = RvmDecider::compile(&set, &path) else {
         return VmOutcome::Interpreter;
     };
-    let input = if let Some(i) = &case.input {
-        from_json(i)
-    } else if let Some(term) = &case.input_term {
-        let mut term_engine = regorus::Engine::new();
-        match term_engine.eval_query(term.clone(), false) {
-            Ok(r) => r
-                .result
-                .first()
-                .and_then(|r| r.expressions.first())
-                .map_or(Value::Undefined, |e| e.value.clone()),
-            Err(_) => return VmOutcome::NotApplicable,
-        }
-    } else {
-        Value::Undefined
+    let Ok(input) = case_input(case) else {
+        return VmOutcome::NotApplicable;
     };
+    let input = input.unwrap_or(Value::Undefined);
     let Ok(got) = vm.evaluate(input) else {
         return VmOutcome::Interpreter;
     };
