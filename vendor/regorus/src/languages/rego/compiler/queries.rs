@@ -260,8 +260,10 @@ impl<'a> Compiler<'a> {
             ast::Literal::NotExpr { expr, .. } => {
                 // arbiter patch (44): the references in the expression's composite literals
                 // first, as OPA evaluates them: one that is undefined fails the literal.
+                // The expression then reads each from its register, not evaluating it again.
                 let mut composite_refs = Vec::new();
                 expr.composite_refs(&mut composite_refs);
+                let mut evaluated = Vec::new();
                 for r in &composite_refs {
                     let reg = self.compile_rego_expr(r)?;
                     self.emit_instruction(
@@ -271,10 +273,18 @@ impl<'a> Compiler<'a> {
                         },
                         &stmt.span,
                     );
+                    if !self.loop_expr_register_map.contains_key(r) {
+                        self.loop_expr_register_map.insert(r.clone(), reg);
+                        evaluated.push(r);
+                    }
                 }
                 let expr_reg = self.with_soft_assert_mode(true, |compiler| {
                     compiler.compile_rego_expr_with_span(expr, expr.span(), false)
-                })?;
+                });
+                for r in evaluated {
+                    self.loop_expr_register_map.remove(r);
+                }
+                let expr_reg = expr_reg?;
 
                 let negated_reg = self.alloc_register()?;
                 self.emit_instruction(
