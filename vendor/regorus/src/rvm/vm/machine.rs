@@ -95,6 +95,8 @@ pub struct RegoVM {
     /// Object pools for performance optimization
     /// Pool of register windows for reuse during rule calls
     pub(super) register_window_pool: Vec<Vec<Value>>,
+    /// arbiter patch (45): emptied loop stacks of returned rule calls, for the next call.
+    pub(super) loop_stack_pool: Vec<Vec<LoopContext>>,
 
     /// Maximum number of instructions to execute (default: 25000)
     pub(super) max_instructions: usize,
@@ -258,6 +260,7 @@ impl RegoVM {
             comprehension_stack: Vec::new(),
             base_register_count: 2, // Default to 2 registers for basic operations
             register_window_pool: Vec::new(), // Initialize register window pool
+            loop_stack_pool: Vec::new(),
             max_instructions: 25000, // Default maximum instruction limit
             executed_instructions: 0,
             #[cfg(test)]
@@ -934,7 +937,6 @@ impl RegoVM {
     /// line, so the per-instruction tick above inlines into the dispatch loop).
     #[inline(never)]
     fn execution_timer_check(&mut self) -> Result<()> {
-
         let Some(now) = monotonic_now() else {
             return Ok(());
         };

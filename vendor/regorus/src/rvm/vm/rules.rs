@@ -53,6 +53,7 @@ impl RegoVM {
             self.registers = restored_registers;
         }
         mem::swap(&mut self.loop_stack, previous_loop_stack);
+        self.return_loop_stack(mem::take(previous_loop_stack));
         mem::swap(&mut self.comprehension_stack, previous_comprehension_stack);
     }
 
@@ -90,7 +91,9 @@ impl RegoVM {
         let mut previous_registers = Vec::default();
         mem::swap(&mut previous_registers, &mut self.registers);
 
-        let mut previous_loop_stack = Vec::default();
+        // arbiter patch (45): the rule's loop stack taken from a pool (and given back at its
+        // end), not a new vector that its first loop allocates and its return frees.
+        let mut previous_loop_stack = self.loop_stack_pool.pop().unwrap_or_default();
         mem::swap(&mut previous_loop_stack, &mut self.loop_stack);
 
         let mut previous_comprehension_stack = Vec::default();
@@ -228,7 +231,8 @@ impl RegoVM {
             self.registers = restored_registers;
         }
 
-        self.loop_stack = previous_loop_stack;
+        let rule_loop_stack = mem::replace(&mut self.loop_stack, previous_loop_stack);
+        self.return_loop_stack(rule_loop_stack);
         self.comprehension_stack = previous_comprehension_stack;
 
         Ok((final_result, rule_failed_due_to_inconsistency))
@@ -282,7 +286,9 @@ impl RegoVM {
         }
 
         let rule_type = rule_info.rule_type.clone();
-        let rule_definitions = rule_info.definitions.clone();
+        // arbiter patch (45): the definitions' entry points borrowed from the program this
+        // call holds, not counted again (an atomic increment and decrement per call).
+        let rule_definitions = &rule_info.definitions;
 
         if rule_definitions.is_empty() {
             // No compiled definitions — check for a default value before returning Undefined.
@@ -319,7 +325,7 @@ impl RegoVM {
         });
 
         let (final_result, rule_failed_due_to_inconsistency) = self
-            .execute_rule_definitions_common(&rule_definitions, &rule_info, function_call_params)?;
+            .execute_rule_definitions_common(rule_definitions, rule_info, function_call_params)?;
 
         self.set_register(dest, Value::Undefined)?;
 

@@ -279,6 +279,14 @@ impl RegoVM {
         self.register_window_pool.pop().unwrap_or_default()
     }
 
+    /// A rule's loop stack back to the pool, emptied (arbiter patch 45).
+    pub(super) fn return_loop_stack(&mut self, mut stack: Vec<super::context::LoopContext>) {
+        stack.clear();
+        if stack.capacity() > 0 {
+            self.loop_stack_pool.push(stack);
+        }
+    }
+
     /// Return a register window to the pool for reuse
     pub(super) fn return_register_window(&mut self, mut window: Vec<Value>) {
         window.clear(); // Clear contents for reuse
