@@ -665,6 +665,38 @@ compr := {\"key\": v | some v in input.votes}
         )
     }
 
+    /// A function called with an undefined argument is undefined, its default included, as in
+    /// OPA (`opa eval` of this package: `{"b": 1, "e": 3, "m": 4}`). Regorus patch 46 binds plain-variable
+    /// parameters to the argument registers without a destructuring block; the undefined check
+    /// that block made is now the call's own.
+    #[test]
+    fn a_function_called_with_an_undefined_argument_is_undefined() {
+        let s = set("package t
+import rego.v1
+default f(_) := 1
+f(x) := 2 if x == 5
+a := f(input.missing)
+b := f(input.v)
+g(x, y) := x + y
+c := g(1, input.missing)
+e := g(1, 2)
+k(x, [y, _]) := x + y
+m := k(1, [input.v, 0])
+n := k(1, input.missing)
+");
+        let input = crate::value::from_json(&serde_json::json!({"v": 3}));
+        for (rule, want) in [
+            ("a", Value::Undefined),
+            ("b", Value::from(1)),
+            ("c", Value::Undefined),
+            ("e", Value::from(3)),
+            ("m", Value::from(4)),
+            ("n", Value::Undefined),
+        ] {
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
+        }
+    }
+
     /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
     /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
     /// 43: a `some j` met again in a later iteration of an enclosing loop is no second

@@ -19,6 +19,15 @@ impl RegoVM {
                 pc: self.pc,
                 available: self.program.instruction_data.function_call_params.len(),
             })?;
+        // arbiter patch (46): a call with an undefined argument is undefined, as in OPA, whatever
+        // the function's definitions and default (the VM answered a default function's default).
+        // Plain-variable parameters have no destructuring block that would check it.
+        for &arg in params.arg_registers() {
+            if matches!(self.get_register(arg)?, Value::Undefined) {
+                self.set_register(params.dest, Value::Undefined)?;
+                return Ok(());
+            }
+        }
         let call_result = match self.execution_mode {
             ExecutionMode::RunToCompletion => {
                 self.execute_call_rule_common(params.dest, params.func_rule_index, Some(&params))

@@ -89,6 +89,41 @@ impl<'a> Compiler<'a> {
         })
     }
 
+    /// arbiter patch (46): the parameters' names when each is a plain variable or `_` and no
+    /// name repeats (`f(x, x)` compares its arguments: it keeps its destructuring block), else
+    /// `None`.
+    fn plain_parameter_names(&self, args: &[ExprRef]) -> Result<Option<Vec<String>>> {
+        use crate::compiler::destructuring_planner::plans::DestructuringPlan;
+        let mut names: Vec<String> = Vec::with_capacity(args.len());
+        for (arg_idx, arg) in args.iter().enumerate() {
+            let Expr::Var {
+                value: Value::String(name),
+                ..
+            } = arg.as_ref()
+            else {
+                return Ok(None);
+            };
+            let plan =
+                self.expect_binding_plan_for_expr(arg, &format!("function parameter {arg_idx}"))?;
+            let plain = match &plan {
+                BindingPlan::Parameter {
+                    destructuring_plan: DestructuringPlan::Var(span),
+                    ..
+                } => span.text() == name.as_ref(),
+                BindingPlan::Parameter {
+                    destructuring_plan: DestructuringPlan::Ignore,
+                    ..
+                } => name.as_ref() == "_",
+                _ => false,
+            };
+            if !plain || (name.as_ref() != "_" && names.iter().any(|n| n == name.as_ref())) {
+                return Ok(None);
+            }
+            names.push(name.to_string());
+        }
+        Ok(Some(names))
+    }
+
     fn validate_partial_object_shape(&self, refr: &ExprRef) -> Result<()> {
         let Expr::RefBrack {
             refr: prefix,
@@ -477,17 +512,33 @@ impl<'a> Compiler<'a> {
                             let mut param_names = Vec::new();
                             let mut last_param_span: Option<Span> = None;
 
-                            let destructuring_entry = if args.is_empty() {
+                            let param_base_register = self.register_counter;
+                            self.register_counter =
+                                self.register_counter.saturating_add(args.len() as u8);
+
+                            // arbiter patch (46): parameters that are distinct plain variables
+                            // (or `_`) name their argument registers: no destructuring block
+                            // copies them and checks them defined (the call does that, for every
+                            // function) and no second dispatch loop runs per definition.
+                            let direct_names = self.plain_parameter_names(args)?;
+
+                            let destructuring_entry = if args.is_empty() || direct_names.is_some() {
                                 None
                             } else {
                                 Some(self.program.instructions.len())
                             };
 
-                            let param_base_register = self.register_counter;
-                            self.register_counter =
-                                self.register_counter.saturating_add(args.len() as u8);
-
                             for (arg_idx, arg) in args.iter().enumerate() {
+                                if let Some(name) =
+                                    direct_names.as_ref().and_then(|n| n.get(arg_idx))
+                                {
+                                    let param_reg = param_base_register + arg_idx as u8;
+                                    // `_` binds nothing (`add_variable` skips it).
+                                    self.add_variable(name, param_reg);
+                                    param_names.push(name.clone());
+                                    last_param_span = Some(arg.span().clone());
+                                    continue;
+                                }
                                 let param_reg = param_base_register + arg_idx as u8;
 
                                 let param_name = match arg.as_ref() {
