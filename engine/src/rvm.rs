@@ -697,6 +697,49 @@ n := k(1, input.missing)
         }
     }
 
+    /// Regorus patch 47: membership in an array or set literal with computed elements compares
+    /// with the elements' registers instead of building the array. An undefined element makes
+    /// the test fail even when another element matches, as building the array did and as OPA
+    /// answers (`opa eval` of this package for the three inputs: `{}`, `{"k": true, "m": true,
+    /// "seg": true}`, `{"nm": true, "z": true}`).
+    #[test]
+    fn membership_among_computed_elements_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+m if input.n in {input.a[0], 2}
+k if input.n in [input.a[1], input.n]
+z if input.n in [input.a[0], 3]
+nm if not input.n in [input.a[0], 2]
+seg if every i, s in input.p { s in {"*", input.q[i]} }
+"#);
+        let cases = [
+            (serde_json::json!({"n": 2, "a": []}), vec![]),
+            (
+                serde_json::json!({"n": 2, "a": [1, 5], "p": ["x", "*"], "q": ["x", "y"]}),
+                vec!["k", "m", "seg"],
+            ),
+            (
+                serde_json::json!({"n": 3, "a": [1], "p": ["y", "x"], "q": ["x", "y"]}),
+                vec!["nm", "z"],
+            ),
+        ];
+        for (input, defined) in cases {
+            let input = crate::value::from_json(&input);
+            for rule in ["m", "k", "z", "nm", "seg"] {
+                let want = if defined.contains(&rule) {
+                    Value::Bool(true)
+                } else {
+                    Value::Undefined
+                };
+                assert_eq!(
+                    on_both(&s, rule, &input),
+                    (want.clone(), want),
+                    "{rule} for {input}"
+                );
+            }
+        }
+    }
+
     /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
     /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
     /// 43: a `some j` met again in a later iteration of an enclosing loop is no second

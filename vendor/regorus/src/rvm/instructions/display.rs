@@ -229,6 +229,14 @@ impl core::fmt::Display for Instruction {
             Instruction::ArrayCreate { params_index } => {
                 format!("ARRAY_CREATE P({})", params_index)
             }
+            Instruction::ContainsElement {
+                dest,
+                value,
+                params_index,
+            } => format!(
+                "CONTAINS_ELEMENT R({}) R({}) P({})",
+                dest, value, params_index
+            ),
             Instruction::SetNew { dest } => format!("SET_NEW R({})", dest),
             Instruction::SetAdd { set, value } => format!("SET_ADD R({}) R({})", set, value),
             Instruction::SetCreate { params_index } => {

@@ -424,6 +424,17 @@ pub enum Instruction {
         dest: u8,
         src: u8,
     },
+
+    /// arbiter patch (47): whether `value` equals one of the registers of an array-create
+    /// parameter entry (`x in {"*", path[i]}`, `x in [a, b]`): `Contains` over the array
+    /// `ArrayCreate` would build, without building it. False when an element is undefined,
+    /// as `Contains` answers for the undefined array.
+    ContainsElement {
+        dest: u8,
+        value: u8,
+        /// Index into program's instruction_data.array_create_params table (its `dest` unused)
+        params_index: u32,
+    },
 }
 
 impl Instruction {

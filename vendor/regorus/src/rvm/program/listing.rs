@@ -605,6 +605,37 @@ fn format_instruction_readable(
                     align_comment(&base, &comment, config.comment_column)
                 },
             ),
+        Instruction::ContainsElement {
+            dest,
+            value,
+            params_index,
+        } => instruction_data
+            .get_array_create_params(params_index)
+            .map_or_else(
+                || {
+                    format!(
+                        "{}ContainsElement <invalid params P{}>",
+                        indent, params_index
+                    )
+                },
+                |params| {
+                    let elements = params
+                        .element_registers()
+                        .iter()
+                        .map(|r| format!("r{}", r))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let base = format!(
+                        "{}ContainsElement r{} ← (r{} ∈ [{}])",
+                        indent, dest, value, elements
+                    );
+                    let comment = format!(
+                        "Membership among {} registers (false if any is undefined)",
+                        params.element_count()
+                    );
+                    align_comment(&base, &comment, config.comment_column)
+                },
+            ),
         Instruction::SetNew { dest } => {
             let base = format!("{}SetNew       r{} ← set()", indent, dest);
             align_comment(&base, "Create new empty set", config.comment_column)
@@ -1038,6 +1069,7 @@ const fn get_instruction_name(instruction: &Instruction) -> &'static str {
         Instruction::ArrayPush { .. } => "ARRAY_PUSH",
         Instruction::ArrayPushDefined { .. } => "ARRAY_PUSH_DEF",
         Instruction::ArrayCreate { .. } => "ARRAY_CREATE",
+        Instruction::ContainsElement { .. } => "CONTAINS_ELEMENT",
         Instruction::SetNew { .. } => "SET_NEW",
         Instruction::SetAdd { .. } => "SET_ADD",
         Instruction::SetCreate { .. } => "SET_CREATE",

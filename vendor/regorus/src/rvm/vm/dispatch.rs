@@ -79,6 +79,7 @@ impl RegoVM {
             | ArrayPush { .. }
             | ArrayPushDefined { .. }
             | Contains { .. }
+            | ContainsElement { .. }
             | Count { .. }
             | Index { .. }
             | IndexLiteral { .. }
@@ -845,6 +846,32 @@ impl RegoVM {
                 };
 
                 self.set_register(dest, result)?;
+                Ok(InstructionOutcome::Continue)
+            }
+            ContainsElement {
+                dest,
+                value,
+                params_index,
+            } => {
+                let params = program
+                    .instruction_data
+                    .get_array_create_params(params_index)
+                    .ok_or(VmError::InvalidArrayCreateParams {
+                        index: params_index,
+                        pc: self.pc,
+                        available: program.instruction_data.array_create_params.len(),
+                    })?;
+                let value_to_check = self.get_register(value)?;
+                let mut found = false;
+                for &reg in params.element_registers() {
+                    let element = self.get_register(reg)?;
+                    if matches!(element, Value::Undefined) {
+                        found = false;
+                        break;
+                    }
+                    found = found || element == value_to_check;
+                }
+                self.set_register(dest, Value::Bool(found))?;
                 Ok(InstructionOutcome::Continue)
             }
             Count { dest, collection } => {

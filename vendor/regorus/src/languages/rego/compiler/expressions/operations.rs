@@ -185,16 +185,34 @@ impl<'a> Compiler<'a> {
             // arbiter patch (34): `x in {a, path[i]}`, a set literal whose elements are
             // computed at run time, asks what `x in [a, path[i]]` asks: whether `x` equals one
             // of the elements (`Value`'s equality is its order's, so the set's membership
-            // test and the array's agree), undefined when an element is. The array costs one
-            // vector instead of a B-tree built, searched and dropped on every evaluation.
-            // A set of constants stays the constant set it is compiled to (searched, not scanned).
-            crate::ast::Expr::Set { items, .. }
+            // test and the array's agree), undefined when an element is. A set of constants
+            // stays the constant set it is compiled to (searched, not scanned).
+            // arbiter patch (47): and neither is built: `ContainsElement` compares `x` with
+            // the elements' registers (an array allocated, filled and dropped per evaluation
+            // before, in a grant's path check once per segment).
+            crate::ast::Expr::Set { items, .. } | crate::ast::Expr::Array { items, .. }
                 if !self.loop_expr_register_map.contains_key(collection)
                     && items.iter().any(|i| {
                         super::collection_literals::try_eval_const(i.as_ref()).is_none()
                     }) =>
             {
-                self.compile_array_literal(items, collection.span())?
+                let mut elements = alloc::vec::Vec::with_capacity(items.len());
+                for item in items {
+                    elements.push(self.compile_rego_expr_with_span(item, item.span(), false)?);
+                }
+                let dest = self.alloc_register()?;
+                let params_index = self.program.instruction_data.add_array_create_params(
+                    crate::rvm::instructions::ArrayCreateParams { dest, elements },
+                );
+                self.emit_instruction(
+                    Instruction::ContainsElement {
+                        dest,
+                        value: value_reg,
+                        params_index,
+                    },
+                    span,
+                );
+                return Ok(dest);
             }
             _ => self.compile_rego_expr_with_span(collection, collection.span(), false)?,
         };
