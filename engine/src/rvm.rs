@@ -740,6 +740,54 @@ seg if every i, s in input.p { s in {"*", input.q[i]} }
         }
     }
 
+    /// Regorus patches 48 and 49: policies OPA loads that arbiter refused with "var `i` used
+    /// before definition below" — a reference indexing by a variable declared with `:=`
+    /// (scheduled as another way to bind it), and a comprehension's `some q` shadowing an outer
+    /// `q` — load and decide as OPA does (`opa eval` of this package for this input:
+    /// `{"r": {"0": 0, "2": 2}, "s": [3, [2, 3]]}`); what OPA refuses stays refused.
+    #[test]
+    fn declarations_bind_as_in_opa() {
+        let s = set("package t
+import rego.v1
+r[i] := v if {
+  some v in input.a
+  i := v
+  input.b[i] == 1
+}
+s := [q, x] if {
+  some q in input.c
+  q > 2
+  x := [q | some q in input.c; q > 1]
+}
+");
+        let input = crate::value::from_json(
+            &serde_json::json!({"a": [0, 1, 2], "b": [1, 5, 1], "c": [1, 2, 3]}),
+        );
+        // Its keys are numbers; JSON writes them as strings.
+        let (vm, interpreted) = on_both(&s, "r", &input);
+        assert_eq!(vm, interpreted);
+        assert_eq!(
+            serde_json::to_value(&vm).unwrap(),
+            serde_json::json!({"0": 0, "2": 2})
+        );
+        let want = crate::value::from_json(&serde_json::json!([3, [2, 3]]));
+        assert_eq!(on_both(&s, "s", &input), (want.clone(), want));
+        // OPA: "var i referenced above", "var q declared above" (twice), "var q assigned above".
+        for refused in [
+            "r if {\n  input.a[i] == 1\n  i := 2\n}",
+            "r if {\n  some q in input.b\n  some q in input.c\n}",
+            "r if {\n  some q\n  input.b[q]\n  some q in input.c\n}",
+            "r if {\n  q := 1\n  some q in input.b\n}",
+        ] {
+            let mut sources = PolicySources::default();
+            sources.add_rego("p.rego", format!("package t\nimport rego.v1\n{refused}\n"));
+            assert!(
+                PolicySet::from_sources(&sources, &LoadOptions::default()).is_err(),
+                "{refused}"
+            );
+        }
+    }
+
     /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
     /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
     /// 43: a `some j` met again in a later iteration of an enclosing loop is no second

@@ -610,6 +610,16 @@ impl Analyzer {
 
             RefBrack { refr, index, .. } => {
                 traverse(index, &mut |e| match e.as_ref() {
+                    // arbiter patch (48): a variable declared with `:=` in this query is only
+                    // used by an index (OPA: `some v in xs; i := v; input.b[i] == 1` binds `i`
+                    // by its `:=`); as a definition, the index could be scheduled first and the
+                    // `:=` then failed with "var `i` used before definition below".
+                    Var { span: v, .. } if scope.declared.contains(&v.source_str()) => {
+                        let var = v.source_str();
+                        first_use.entry(var.clone()).or_insert(v.clone());
+                        used_vars.push(var);
+                        Ok(false)
+                    }
                     Var { span: v, .. } => {
                         let var = v.source_str();
                         if scope.locals.contains_key(&var) || scope.unscoped.contains(&var) {

@@ -22,6 +22,10 @@ pub struct Scope {
     pub unscoped: BTreeSet<SourceStr>,
     pub inputs: BTreeSet<SourceStr>,
     pub uses_input: bool,
+    /// arbiter patch (48): variables this query declares with `:=`. A reference's index
+    /// elsewhere in the query only uses such a variable (`input.b[i]` after `i := v`); it is
+    /// not another statement that could bind it first.
+    pub declared: BTreeSet<SourceStr>,
 }
 
 pub fn traverse(expr: &ExprRef, f: &mut dyn FnMut(&ExprRef) -> Result<bool>) -> Result<()> {
@@ -181,6 +185,16 @@ pub fn gather_vars(
     scope: &mut Scope,
 ) -> Result<()> {
     if let AssignExpr { op, lhs, rhs, .. } = expr.as_ref() {
+        if *op == AssignOp::ColEq {
+            traverse(lhs, &mut |node| match node.as_ref() {
+                Var { span, .. } if !matches!(span.text(), "_" | "input" | "data") => {
+                    scope.declared.insert(span.source_str());
+                    Ok(false)
+                }
+                Array { .. } | Object { .. } => Ok(true),
+                _ => Ok(false),
+            })?;
+        }
         gather_assigned_vars(lhs, *op == AssignOp::ColEq, parent_scopes, scope)?;
         gather_assigned_vars(rhs, false, parent_scopes, scope)?;
     } else {

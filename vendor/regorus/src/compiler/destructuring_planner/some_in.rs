@@ -17,6 +17,27 @@ use crate::compiler::destructuring_planner::{
     BindingPlan, BindingPlannerError, Result, ScopingMode, VariableBindingContext,
 };
 
+/// arbiter patch (49): a `some .. in` declares its variables, shadowing those of enclosing
+/// queries (`some q in input.b; x := [q | some q in input.o]`, which OPA loads, was refused
+/// with "var `q` used before definition below"); one declared before in the same query is
+/// still an error, as in OPA (`var q declared above`).
+fn ensure_not_declared_in_scope<T: VariableBindingContext>(
+    newly_bound: &BTreeSet<String>,
+    pattern: &ExprRef,
+    context: &T,
+) -> Result<()> {
+    match newly_bound
+        .iter()
+        .find(|name| context.has_same_scope_binding(name))
+    {
+        Some(name) => Err(BindingPlannerError::VariableAlreadyDefined {
+            var: name.clone(),
+            span: pattern.span().clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Convenience function for some..in expressions (always allow shadowing for new bindings).
 pub fn create_some_in_binding_plan<T: VariableBindingContext>(
     key_expr: &Option<ExprRef>,
@@ -29,10 +50,11 @@ pub fn create_some_in_binding_plan<T: VariableBindingContext>(
         let plan = create_destructuring_plan_with_tracking(
             key,
             context,
-            ScopingMode::RespectParent,
+            ScopingMode::AllowShadowing,
             &mut newly_bound,
         );
         if let Some(plan) = plan {
+            ensure_not_declared_in_scope(&newly_bound, key, context)?;
             validate_pattern_bindings(key, &newly_bound, context)?;
             Some(plan)
         } else {
@@ -46,7 +68,7 @@ pub fn create_some_in_binding_plan<T: VariableBindingContext>(
     let value_plan = create_destructuring_plan_with_tracking(
         value_expr,
         context,
-        ScopingMode::RespectParent,
+        ScopingMode::AllowShadowing,
         &mut newly_bound_value,
     )
     .ok_or_else(|| BindingPlannerError::FailedToCreateDestructuringPlan {
@@ -54,6 +76,7 @@ pub fn create_some_in_binding_plan<T: VariableBindingContext>(
         span: value_expr.span().clone(),
     })?;
 
+    ensure_not_declared_in_scope(&newly_bound_value, value_expr, context)?;
     validate_pattern_bindings(value_expr, &newly_bound_value, context)?;
 
     if let Expr::Array { items, .. } = collection_expr.as_ref() {
