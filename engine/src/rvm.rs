@@ -788,6 +788,61 @@ s := [q, x] if {
         }
     }
 
+    /// Regorus patch 50: under `not`, a call's reference operands (and those of calls nested
+    /// in it, and references in a reference's indices) are evaluated first, as OPA's compiler
+    /// moves them out of the negation: `allow if not blocked(input.user)` allowed a request
+    /// without a user, which OPA denies. Equality and a bare reference keep the reference under
+    /// the negation. The rules defined, by `opa eval` of this package, for the three inputs:
+    /// `a4 a5 a6`, `a4 a6 a8 a9`, and all but `a5`.
+    #[test]
+    fn a_negated_call_evaluates_its_arguments_first_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+blocked(u) if u in {"mallory"}
+deny := {"mallory": true}
+a1 if not blocked(input.user)
+a2 if not startswith(input.user, "m")
+a3 if not count(input.roles) > 3
+a4 if not input.user == "admin"
+a5 if not input.user
+a6 if not input.roles[0] == "x"
+a7 if not deny[input.user]
+a8 if not lower(input.user) == "x"
+a9 if not input.user in {"x"}
+a10 if not input.n + 1 > 3
+a11 if not input.user != "bob"
+"#);
+        let rules = [
+            "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "a11",
+        ];
+        let cases = [
+            (serde_json::json!({}), vec!["a4", "a5", "a6"]),
+            (
+                serde_json::json!({"user": "mallory", "roles": [1, 2, 3, 4, 5], "n": 5}),
+                vec!["a4", "a6", "a8", "a9"],
+            ),
+            (
+                serde_json::json!({"user": "bob", "roles": [1], "n": 1}),
+                rules.iter().copied().filter(|r| *r != "a5").collect(),
+            ),
+        ];
+        for (input, defined) in cases {
+            let input = crate::value::from_json(&input);
+            for rule in rules {
+                let want = if defined.contains(&rule) {
+                    Value::Bool(true)
+                } else {
+                    Value::Undefined
+                };
+                assert_eq!(
+                    on_both(&s, rule, &input),
+                    (want.clone(), want),
+                    "{rule} for {input}"
+                );
+            }
+        }
+    }
+
     /// regorus patch 42: a body whose loop finds nothing is undefined, so its `else` decides
     /// (the VM took a body that ran to its end as the answer, and skipped the `else`); patch
     /// 43: a `some j` met again in a later iteration of an enclosing loop is no second

@@ -317,41 +317,68 @@ impl Drop for Expr {
 }
 
 impl Expr {
-    /// arbiter patch (44): the references inside this expression's composite literals (array,
-    /// set and object terms, under operators and call arguments too), which OPA evaluates
-    /// before the expression itself. Under `not`, one that is undefined makes the literal fail:
-    /// OPA's `not 1 in [input.missing, 3]` is undefined, where evaluating the array first as
-    /// undefined made the negation succeed. Only references whose indices are constants or
-    /// such references are listed (no iteration); comprehensions are left alone.
-    pub(crate) fn composite_refs(&self, out: &mut Vec<Ref<Expr>>) {
-        self.collect_composite_refs(false, out);
+    /// arbiter patches (44, 50): the references OPA's compiler moves out of an expression and
+    /// evaluates before it (its `RewriteDynamicTerms` stage, and `RewriteExprTerms` for calls
+    /// nested in calls); under `not`, one that is undefined makes the literal fail instead of
+    /// the negation succeeding. Per OPA:
+    /// - a call's operands — built-in or user function, and the operators that are calls
+    ///   (`in`, `<`, `<=`, `>`, `>=`, `!=`, arithmetic, `|`, `&`): a reference operand is
+    ///   evaluated first (`not blocked(input.user)`, `not input.user in deny` are undefined
+    ///   when `input.user` is), and so are the operands of calls nested in them
+    ///   (`not count(input.roles) > 3`);
+    /// - equality (`==`, `=`, `:=`) and a bare reference: only the references in a
+    ///   reference's indices (`not data.blocked[input.user]`); the reference itself stays
+    ///   under the negation (`not input.user == "admin"` is true without a user);
+    /// - composite literals (arrays, sets, objects) anywhere: the references they hold
+    ///   (`not 1 in [input.missing, 3]`).
+    /// Only references through constant (or such referenced) indices are listed (no
+    /// iteration); comprehensions are left alone.
+    pub(crate) fn refs_evaluated_before_negation(this: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
+        Self::collect_negated(this, false, out);
     }
 
-    fn collect_composite_refs(&self, in_composite: bool, out: &mut Vec<Ref<Expr>>) {
-        match self {
+    /// `operand`: whether `e` is an operand of a call (evaluated first when a reference).
+    fn collect_negated(e: &Ref<Expr>, operand: bool, out: &mut Vec<Ref<Expr>>) {
+        match e.as_ref() {
+            Self::RefDot { .. } | Self::RefBrack { .. } => {
+                if operand && e.is_constant_path_ref() {
+                    out.push(e.clone());
+                } else {
+                    Self::collect_index_refs(e, out);
+                }
+            }
             Self::Array { items, .. } | Self::Set { items, .. } => {
                 for item in items {
-                    Self::collect_composite_item(item, out);
+                    Self::collect_negated(item, true, out);
                 }
             }
             Self::Object { fields, .. } => {
                 for (_, key, value) in fields {
-                    Self::collect_composite_item(key, out);
-                    Self::collect_composite_item(value, out);
+                    Self::collect_negated(key, true, out);
+                    Self::collect_negated(value, true, out);
                 }
             }
             Self::Call { params, .. } => {
                 for param in params {
-                    param.collect_composite_refs(in_composite, out);
+                    Self::collect_negated(param, true, out);
                 }
             }
-            Self::UnaryExpr { expr, .. } => expr.collect_composite_refs(in_composite, out),
-            Self::BinExpr { lhs, rhs, .. }
-            | Self::BoolExpr { lhs, rhs, .. }
-            | Self::ArithExpr { lhs, rhs, .. }
+            Self::UnaryExpr { expr, .. } => Self::collect_negated(expr, true, out),
+            Self::BoolExpr {
+                op: BoolOp::Eq,
+                lhs,
+                rhs,
+                ..
+            }
             | Self::AssignExpr { lhs, rhs, .. } => {
-                lhs.collect_composite_refs(in_composite, out);
-                rhs.collect_composite_refs(in_composite, out);
+                Self::collect_negated(lhs, false, out);
+                Self::collect_negated(rhs, false, out);
+            }
+            Self::BoolExpr { lhs, rhs, .. }
+            | Self::BinExpr { lhs, rhs, .. }
+            | Self::ArithExpr { lhs, rhs, .. } => {
+                Self::collect_negated(lhs, true, out);
+                Self::collect_negated(rhs, true, out);
             }
             Self::Membership {
                 key,
@@ -360,23 +387,24 @@ impl Expr {
                 ..
             } => {
                 if let Some(key) = key {
-                    key.collect_composite_refs(in_composite, out);
+                    Self::collect_negated(key, true, out);
                 }
-                value.collect_composite_refs(in_composite, out);
-                collection.collect_composite_refs(in_composite, out);
+                Self::collect_negated(value, true, out);
+                Self::collect_negated(collection, true, out);
             }
             _ => {}
         }
     }
 
-    fn collect_composite_item(item: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
-        match item.as_ref() {
-            Self::RefDot { .. } | Self::RefBrack { .. } => {
-                if item.is_constant_path_ref() {
-                    out.push(item.clone());
-                }
+    /// The references in a reference's indices (`input.user` in `data.blocked[input.user]`).
+    fn collect_index_refs(e: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
+        match e.as_ref() {
+            Self::RefDot { refr, .. } => Self::collect_index_refs(refr, out),
+            Self::RefBrack { refr, index, .. } => {
+                Self::collect_index_refs(refr, out);
+                Self::collect_negated(index, true, out);
             }
-            _ => item.collect_composite_refs(true, out),
+            _ => {}
         }
     }
 

@@ -1279,7 +1279,7 @@ impl Interpreter {
                 // arbiter patch (44): the references in the expression's composite literals
                 // first, as OPA evaluates them: one that is undefined fails the literal.
                 let mut composite_refs = Vec::new();
-                expr.composite_refs(&mut composite_refs);
+                Expr::refs_evaluated_before_negation(expr, &mut composite_refs);
                 for r in &composite_refs {
                     if self.eval_expr(r)? == Value::Undefined {
                         return Ok(false);

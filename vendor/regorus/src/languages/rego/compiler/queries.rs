@@ -262,7 +262,7 @@ impl<'a> Compiler<'a> {
                 // first, as OPA evaluates them: one that is undefined fails the literal.
                 // The expression then reads each from its register, not evaluating it again.
                 let mut composite_refs = Vec::new();
-                expr.composite_refs(&mut composite_refs);
+                ast::Expr::refs_evaluated_before_negation(expr, &mut composite_refs);
                 let mut evaluated = Vec::new();
                 for r in &composite_refs {
                     let reg = self.compile_rego_expr(r)?;
