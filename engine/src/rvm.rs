@@ -723,21 +723,7 @@ seg if every i, s in input.p { s in {"*", input.q[i]} }
                 vec!["nm", "z"],
             ),
         ];
-        for (input, defined) in cases {
-            let input = crate::value::from_json(&input);
-            for rule in ["m", "k", "z", "nm", "seg"] {
-                let want = if defined.contains(&rule) {
-                    Value::Bool(true)
-                } else {
-                    Value::Undefined
-                };
-                assert_eq!(
-                    on_both(&s, rule, &input),
-                    (want.clone(), want),
-                    "{rule} for {input}"
-                );
-            }
-        }
+        assert_true_rules(&s, &["m", "k", "z", "nm", "seg"], &cases);
     }
 
     /// Regorus patches 48 and 49: policies OPA loads that arbiter refused with "var `i` used
@@ -826,16 +812,116 @@ a11 if not input.user != "bob"
                 rules.iter().copied().filter(|r| *r != "a5").collect(),
             ),
         ];
+        assert_true_rules(&s, &rules, &cases);
+    }
+
+    /// Regorus patch 51: patch 50's references indexed by a variable that holds a value (`some
+    /// u in input.users; not deny[input.names[u]]`) are evaluated before the negation too;
+    /// without, a missing name allowed. `opa eval` of this package: no rule defined for
+    /// `{"users": [0], "names": []}` or `{"users": [0], "names": ["mallory"]}`, all four for
+    /// `{"users": [0], "names": ["bob"]}`.
+    #[test]
+    fn a_negated_reference_indexed_by_a_bound_variable_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+deny := {"mallory": true}
+c1 if { some u in input.users; not deny[input.names[u]] }
+c2 if { u := input.users[0]; not deny[input.names[u]] }
+c3 if { u := 0; not deny[input.names[u]] }
+c4 if { some u in input.users; x := input.names[u]; not deny[x] }
+"#);
+        let rules = ["c1", "c2", "c3", "c4"];
+        let input = |names| serde_json::json!({"users": [0], "names": names});
+        let cases = [
+            (input(serde_json::json!([])), vec![]),
+            (input(serde_json::json!(["mallory"])), vec![]),
+            (input(serde_json::json!(["bob"])), rules.to_vec()),
+        ];
+        assert_true_rules(&s, &rules, &cases);
+    }
+
+    /// Regorus patch 52: `x := <undefined>` fails its body on the VM, as on the interpreter and
+    /// in OPA. The VM bound `x` to undefined and went on, so `x := input.names[0]; not
+    /// deny[x]` allowed without a name. `opa eval` of this package for `names` `[]`, `["bob"]`
+    /// and `[false]`: `{}`, `{"c4": true, "c5": true, "c6": true, "c8": "bob"}`, and
+    /// `{"c4": true, "c5": true, "c6": true, "c7": true, "c8": false}`.
+    #[test]
+    fn an_assignment_of_undefined_fails_its_body_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+deny := {"mallory": true}
+c4 if { some u in input.users; x := input.names[u]; not deny[x] }
+c5 if { x := input.names[0]; true }
+c6 if { x := input.names[0]; not deny[x] }
+c7 if { some u in input.users; x := input.names[u]; not x }
+c8 := y if { y := input.names[0] }
+"#);
+        let t = Value::Bool(true);
+        let u = Value::Undefined;
+        for (names, want) in [
+            (serde_json::json!([]), [&u, &u, &u, &u, &u]),
+            (
+                serde_json::json!(["bob"]),
+                [&t, &t, &t, &u, &Value::from("bob")],
+            ),
+            (
+                serde_json::json!([false]),
+                [&t, &t, &t, &t, &Value::Bool(false)],
+            ),
+        ] {
+            let input = crate::value::from_json(&serde_json::json!({"users": [0], "names": names}));
+            for (rule, want) in ["c4", "c5", "c6", "c7", "c8"].into_iter().zip(want) {
+                assert_eq!(
+                    on_both(&s, rule, &input),
+                    (want.clone(), want.clone()),
+                    "{rule} for {input}"
+                );
+            }
+        }
+    }
+
+    /// Regorus patch 53: a condition failing in a comprehension's body ends that comprehension
+    /// on the VM. It skipped the comprehension's end (an enclosing comprehension's next value
+    /// went into the inner one: `r` was `[]`) and, inside a loop, gave up the loop's iteration
+    /// instead (`w` was undefined). Both came to light when patch 52 made `u := input.b` a
+    /// condition that fails. `opa eval` of this package for `{"a": [1, 2]}`: `{"p": [], "q":
+    /// [[], 1], "r": [[[], 1]], "w": true, "z": [[2], []]}`.
+    #[test]
+    fn a_failing_comprehension_body_ends_its_comprehension_as_in_opa() {
+        let s = set("package t
+import rego.v1
+p := [u | u := input.b]
+q := [[u | u := input.b], 1]
+r := [v | v := [[u | u := input.b], 1]]
+w if { some v in input.a; x := [u | u := 1; u > 2]; count(x) == 0 }
+z := [x | some v in input.a; x := [u | some u in input.a; u > v]]
+");
+        let input = crate::value::from_json(&serde_json::json!({"a": [1, 2]}));
+        let want =
+            serde_json::json!({"p": [], "q": [[], 1], "r": [[[], 1]], "w": true, "z": [[2], []]});
+        for rule in ["p", "q", "r", "w", "z"] {
+            let want = crate::value::from_json(&want[rule]);
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
+        }
+    }
+
+    /// For each input, the rules among `rules` (package `t`) that are `true` on both engines
+    /// are exactly those listed with it; the others are undefined on both.
+    fn assert_true_rules(
+        s: &Arc<PolicySet>,
+        rules: &[&str],
+        cases: &[(serde_json::Value, Vec<&str>)],
+    ) {
         for (input, defined) in cases {
-            let input = crate::value::from_json(&input);
+            let input = crate::value::from_json(input);
             for rule in rules {
-                let want = if defined.contains(&rule) {
+                let want = if defined.contains(rule) {
                     Value::Bool(true)
                 } else {
                     Value::Undefined
                 };
                 assert_eq!(
-                    on_both(&s, rule, &input),
+                    on_both(s, rule, &input),
                     (want.clone(), want),
                     "{rule} for {input}"
                 );

@@ -331,39 +331,49 @@ impl Expr {
     ///   under the negation (`not input.user == "admin"` is true without a user);
     /// - composite literals (arrays, sets, objects) anywhere: the references they hold
     ///   (`not 1 in [input.missing, 3]`).
-    /// Only references through constant (or such referenced) indices are listed (no
-    /// iteration); comprehensions are left alone.
-    pub(crate) fn refs_evaluated_before_negation(this: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
-        Self::collect_negated(this, false, out);
+    /// Only references through constant indices, such references, or variables `is_bound`
+    /// says hold a value are listed (no iteration: `input.names[u]` after `some u in …`,
+    /// not `input.names[_]`); comprehensions are left alone.
+    pub(crate) fn refs_evaluated_before_negation(
+        this: &Ref<Expr>,
+        is_bound: &dyn Fn(&Span) -> bool,
+        out: &mut Vec<Ref<Expr>>,
+    ) {
+        Self::collect_negated(this, false, is_bound, out);
     }
 
     /// `operand`: whether `e` is an operand of a call (evaluated first when a reference).
-    fn collect_negated(e: &Ref<Expr>, operand: bool, out: &mut Vec<Ref<Expr>>) {
+    fn collect_negated(
+        e: &Ref<Expr>,
+        operand: bool,
+        is_bound: &dyn Fn(&Span) -> bool,
+        out: &mut Vec<Ref<Expr>>,
+    ) {
         match e.as_ref() {
             Self::RefDot { .. } | Self::RefBrack { .. } => {
-                if operand && e.is_constant_path_ref() {
+                if operand && e.is_bound_path_ref(is_bound) {
                     out.push(e.clone());
                 } else {
-                    Self::collect_index_refs(e, out);
+                    Self::collect_index_refs(e, is_bound, out);
                 }
             }
             Self::Array { items, .. } | Self::Set { items, .. } => {
                 for item in items {
-                    Self::collect_negated(item, true, out);
+                    Self::collect_negated(item, true, is_bound, out);
                 }
             }
             Self::Object { fields, .. } => {
                 for (_, key, value) in fields {
-                    Self::collect_negated(key, true, out);
-                    Self::collect_negated(value, true, out);
+                    Self::collect_negated(key, true, is_bound, out);
+                    Self::collect_negated(value, true, is_bound, out);
                 }
             }
             Self::Call { params, .. } => {
                 for param in params {
-                    Self::collect_negated(param, true, out);
+                    Self::collect_negated(param, true, is_bound, out);
                 }
             }
-            Self::UnaryExpr { expr, .. } => Self::collect_negated(expr, true, out),
+            Self::UnaryExpr { expr, .. } => Self::collect_negated(expr, true, is_bound, out),
             Self::BoolExpr {
                 op: BoolOp::Eq,
                 lhs,
@@ -371,14 +381,14 @@ impl Expr {
                 ..
             }
             | Self::AssignExpr { lhs, rhs, .. } => {
-                Self::collect_negated(lhs, false, out);
-                Self::collect_negated(rhs, false, out);
+                Self::collect_negated(lhs, false, is_bound, out);
+                Self::collect_negated(rhs, false, is_bound, out);
             }
             Self::BoolExpr { lhs, rhs, .. }
             | Self::BinExpr { lhs, rhs, .. }
             | Self::ArithExpr { lhs, rhs, .. } => {
-                Self::collect_negated(lhs, true, out);
-                Self::collect_negated(rhs, true, out);
+                Self::collect_negated(lhs, true, is_bound, out);
+                Self::collect_negated(rhs, true, is_bound, out);
             }
             Self::Membership {
                 key,
@@ -387,41 +397,51 @@ impl Expr {
                 ..
             } => {
                 if let Some(key) = key {
-                    Self::collect_negated(key, true, out);
+                    Self::collect_negated(key, true, is_bound, out);
                 }
-                Self::collect_negated(value, true, out);
-                Self::collect_negated(collection, true, out);
+                Self::collect_negated(value, true, is_bound, out);
+                Self::collect_negated(collection, true, is_bound, out);
             }
             _ => {}
         }
     }
 
     /// The references in a reference's indices (`input.user` in `data.blocked[input.user]`).
-    fn collect_index_refs(e: &Ref<Expr>, out: &mut Vec<Ref<Expr>>) {
+    fn collect_index_refs(
+        e: &Ref<Expr>,
+        is_bound: &dyn Fn(&Span) -> bool,
+        out: &mut Vec<Ref<Expr>>,
+    ) {
         match e.as_ref() {
-            Self::RefDot { refr, .. } => Self::collect_index_refs(refr, out),
+            Self::RefDot { refr, .. } => Self::collect_index_refs(refr, is_bound, out),
             Self::RefBrack { refr, index, .. } => {
-                Self::collect_index_refs(refr, out);
-                Self::collect_negated(index, true, out);
+                Self::collect_index_refs(refr, is_bound, out);
+                Self::collect_negated(index, true, is_bound, out);
             }
             _ => {}
         }
     }
 
-    /// A reference from a variable through fields and constant (or such referenced) indices.
-    fn is_constant_path_ref(&self) -> bool {
+    /// A reference from a variable through fields and indices that are constants, such
+    /// references, or variables holding a value (`is_bound`).
+    fn is_bound_path_ref(&self, is_bound: &dyn Fn(&Span) -> bool) -> bool {
         match self {
             Self::Var { value, .. } => value.as_string().is_ok_and(|s| s.as_ref() != "_"),
-            Self::RefDot { refr, .. } => refr.is_constant_path_ref(),
+            Self::RefDot { refr, .. } => refr.is_bound_path_ref(is_bound),
             Self::RefBrack { refr, index, .. } => {
-                refr.is_constant_path_ref()
+                refr.is_bound_path_ref(is_bound)
                     && match index.as_ref() {
                         Self::String { .. }
                         | Self::RawString { .. }
                         | Self::Number { .. }
                         | Self::Bool { .. }
                         | Self::Null { .. } => true,
-                        Self::RefDot { .. } | Self::RefBrack { .. } => index.is_constant_path_ref(),
+                        Self::RefDot { .. } | Self::RefBrack { .. } => {
+                            index.is_bound_path_ref(is_bound)
+                        }
+                        Self::Var { span, value, .. } => {
+                            value.as_string().is_ok_and(|s| s.as_ref() != "_") && is_bound(span)
+                        }
                         _ => false,
                     }
             }

@@ -1276,10 +1276,18 @@ impl Interpreter {
                 }
             }
             Literal::NotExpr { span, expr, .. } => {
-                // arbiter patch (44): the references in the expression's composite literals
-                // first, as OPA evaluates them: one that is undefined fails the literal.
+                // arbiter patches (44, 50, 51): the references OPA moves out of a negated
+                // expression (its calls' operands, its composite literals' references, the
+                // references in indices) first: one that is undefined fails the literal.
                 let mut composite_refs = Vec::new();
-                Expr::refs_evaluated_before_negation(expr, &mut composite_refs);
+                Expr::refs_evaluated_before_negation(
+                    expr,
+                    &|var: &Span| {
+                        self.lookup_local_var(&var.source_str())
+                            .is_some_and(|v| v != Value::Undefined)
+                    },
+                    &mut composite_refs,
+                );
                 for r in &composite_refs {
                     if self.eval_expr(r)? == Value::Undefined {
                         return Ok(false);

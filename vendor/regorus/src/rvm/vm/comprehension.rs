@@ -94,6 +94,7 @@ impl RegoVM {
             comprehension_end: params.comprehension_end,
             iteration_state,
             resume_pc,
+            loop_depth: self.loop_stack.len(),
         };
 
         if auto_iterate {
@@ -177,6 +178,7 @@ impl RegoVM {
             comprehension_end: params.comprehension_end,
             iteration_state,
             resume_pc,
+            loop_depth: self.loop_stack.len(),
         };
 
         let next_pc = if auto_iterate {
@@ -481,7 +483,17 @@ impl RegoVM {
         &mut self,
     ) -> Result<bool> {
         if let Some(mut context) = self.comprehension_stack.pop() {
-            self.advance_comprehension_after_failure(&mut context)?;
+            if context.iteration_state.is_none() {
+                // arbiter patch (53): a body driven by its own loops (or none) ends at the
+                // comprehension's `ComprehensionEnd` (the instruction before
+                // `comprehension_end`; the dispatch loop advances to it), which closes the
+                // comprehension. Landing one further skipped it: the context stayed on the
+                // stack, and an enclosing comprehension's next yield went into this one
+                // (`[v | v := [[u | u := input.b], 1]]` was `[]` without `input.b`).
+                self.pc = (context.comprehension_end.saturating_sub(2)) as usize;
+            } else {
+                self.advance_comprehension_after_failure(&mut context)?;
+            }
             self.comprehension_stack.push(context);
             Ok(true)
         } else {

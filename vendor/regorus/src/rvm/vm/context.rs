@@ -119,6 +119,9 @@ pub(super) struct ComprehensionContext {
     pub(super) iteration_state: Option<IterationState>,
     /// Resume location for the parent frame once this comprehension completes
     pub(super) resume_pc: usize,
+    /// arbiter patch (53): loops active when the comprehension began. A condition failing
+    /// with no more loops than this is the comprehension's (its body ends), not a loop's.
+    pub(super) loop_depth: usize,
 }
 
 #[cfg(test)]

@@ -598,7 +598,14 @@ impl RegoVM {
             return Ok(());
         }
 
-        if !self.loop_stack.is_empty() {
+        // arbiter patch (53): a comprehension begun inside the innermost loop (and with no
+        // loop of its own running) owns the failure: its body ends, the loop's iteration goes
+        // on (`some v in xs; x := [u | u := input.b; u > 1]` gave up the iteration).
+        let comprehension_innermost = self
+            .comprehension_stack
+            .last()
+            .is_some_and(|c| c.loop_depth >= self.loop_stack.len());
+        if !self.loop_stack.is_empty() && !comprehension_innermost {
             let (loop_mode, loop_next_pc, loop_end, result_reg) = {
                 let loop_ctx = self
                     .loop_stack

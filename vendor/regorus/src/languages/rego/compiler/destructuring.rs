@@ -21,10 +21,15 @@ pub enum PlanContext {
 }
 
 impl PlanContext {
+    /// arbiter patch (52): `x := <undefined>` fails its body, as every other binding does and
+    /// as in OPA. `ColonAssignment` was left out, so that on the VM `x := input.user` bound
+    /// `x` to undefined and went on: `x := input.user; not deny[x]` allowed a request without
+    /// a user (the interpreter and OPA: undefined).
     fn require_defined_values(self) -> bool {
         matches!(
             self,
-            PlanContext::Assignment
+            PlanContext::ColonAssignment
+                | PlanContext::Assignment
                 | PlanContext::FunctionParameter
                 | PlanContext::LoopIndex
                 | PlanContext::SomeIn

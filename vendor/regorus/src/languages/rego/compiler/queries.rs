@@ -258,11 +258,14 @@ impl<'a> Compiler<'a> {
                 }
             }
             ast::Literal::NotExpr { expr, .. } => {
-                // arbiter patch (44): the references in the expression's composite literals
-                // first, as OPA evaluates them: one that is undefined fails the literal.
+                // arbiter patches (44, 50, 51): the references OPA moves out of a negated
+                // expression (its calls' operands, its composite literals' references, the
+                // references in indices) first: one that is undefined fails the literal.
                 // The expression then reads each from its register, not evaluating it again.
                 let mut composite_refs = Vec::new();
-                ast::Expr::refs_evaluated_before_negation(expr, &mut composite_refs);
+                let is_bound =
+                    |var: &crate::lexer::Span| self.lookup_local_var(var.text()).is_some();
+                ast::Expr::refs_evaluated_before_negation(expr, &is_bound, &mut composite_refs);
                 let mut evaluated = Vec::new();
                 for r in &composite_refs {
                     let reg = self.compile_rego_expr(r)?;
