@@ -815,6 +815,30 @@ a11 if not input.user != "bob"
         assert_true_rules(&s, &rules, &cases);
     }
 
+    /// Regorus patch 54: a call nested in a negated expression is evaluated before the
+    /// negation, as OPA does: a function undefined for its arguments fails the literal (`not
+    /// g(input.user) > 3` was true for a user `g` does not define). `opa eval` of this package:
+    /// `{"e3": true}` for `{"user": "b", "xs": []}`, `{"e1": true, "e2": true}` for `{"user":
+    /// "a", "xs": ["a"]}`.
+    #[test]
+    fn a_call_nested_in_a_negation_is_evaluated_first_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+g(x) := 1 if x == "a"
+e1 if not g(input.user) > 3
+e2 if not g(input.user) == 5
+e3 if not count([x | some x in input.xs; g(x) == 1]) > 0
+"#);
+        let cases = [
+            (serde_json::json!({"user": "b", "xs": []}), vec!["e3"]),
+            (
+                serde_json::json!({"user": "a", "xs": ["a"]}),
+                vec!["e1", "e2"],
+            ),
+        ];
+        assert_true_rules(&s, &["e1", "e2", "e3"], &cases);
+    }
+
     /// Regorus patch 51: patch 50's references indexed by a variable that holds a value (`some
     /// u in input.users; not deny[input.names[u]]`) are evaluated before the negation too;
     /// without, a missing name allowed. `opa eval` of this package: no rule defined for

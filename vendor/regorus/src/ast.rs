@@ -334,12 +334,52 @@ impl Expr {
     /// Only references through constant indices, such references, or variables `is_bound`
     /// says hold a value are listed (no iteration: `input.names[u]` after `some u in …`,
     /// not `input.names[_]`); comprehensions are left alone.
+    ///
+    /// arbiter patch (54): a call nested in the expression (`g(input.user)` in `not
+    /// g(input.user) > 3`) is evaluated first as a whole, as OPA's `RewriteExprTerms` does: a
+    /// function undefined for its arguments fails the literal, where `not undefined > 3` was
+    /// true. Only calls whose arguments are constants, bound variables and such references
+    /// and calls are moved; the negated call itself stays under the negation.
     pub(crate) fn refs_evaluated_before_negation(
         this: &Ref<Expr>,
         is_bound: &dyn Fn(&Span) -> bool,
         out: &mut Vec<Ref<Expr>>,
     ) {
-        Self::collect_negated(this, false, is_bound, out);
+        match this.as_ref() {
+            Self::Call { params, .. } => {
+                for param in params {
+                    Self::collect_negated(param, true, is_bound, out);
+                }
+            }
+            _ => Self::collect_negated(this, false, is_bound, out),
+        }
+    }
+
+    /// Whether a nested call can be evaluated before the negation: its arguments are
+    /// constants, variables holding a value, `input`/`data`, and such references, composites
+    /// and calls (nothing that iterates).
+    fn is_evaluable_call_arg(e: &Ref<Expr>, is_bound: &dyn Fn(&Span) -> bool) -> bool {
+        match e.as_ref() {
+            Self::String { .. }
+            | Self::RawString { .. }
+            | Self::Number { .. }
+            | Self::Bool { .. }
+            | Self::Null { .. } => true,
+            Self::Var { span, .. } => {
+                matches!(span.text(), "input" | "data") || (span.text() != "_" && is_bound(span))
+            }
+            Self::RefDot { .. } | Self::RefBrack { .. } => e.is_bound_path_ref(is_bound),
+            Self::Array { items, .. } | Self::Set { items, .. } => items
+                .iter()
+                .all(|i| Self::is_evaluable_call_arg(i, is_bound)),
+            Self::Object { fields, .. } => fields.iter().all(|(_, k, v)| {
+                Self::is_evaluable_call_arg(k, is_bound) && Self::is_evaluable_call_arg(v, is_bound)
+            }),
+            Self::Call { params, .. } => params
+                .iter()
+                .all(|p| Self::is_evaluable_call_arg(p, is_bound)),
+            _ => false,
+        }
     }
 
     /// `operand`: whether `e` is an operand of a call (evaluated first when a reference).
@@ -368,9 +408,14 @@ impl Expr {
                     Self::collect_negated(value, true, is_bound, out);
                 }
             }
+            // A nested call (the negated call itself is the caller's): evaluated first whole.
             Self::Call { params, .. } => {
-                for param in params {
-                    Self::collect_negated(param, true, is_bound, out);
+                if Self::is_evaluable_call_arg(e, is_bound) {
+                    out.push(e.clone());
+                } else {
+                    for param in params {
+                        Self::collect_negated(param, true, is_bound, out);
+                    }
                 }
             }
             Self::UnaryExpr { expr, .. } => Self::collect_negated(expr, true, is_bound, out),
