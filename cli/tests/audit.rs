@@ -32,17 +32,10 @@ fn serve(log: &Path) -> (common::Server, String) {
 
 /// The command [`serve`] runs.
 fn serve_command(log: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args([
-        "serve",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ])
-    .args(["--decision-log", log.to_str().unwrap()])
-    .args(["--decision-log-max-size", "6KiB"])
-    .current_dir(repo());
+    let mut cmd = common::serve_command();
+    cmd.args(["--decision-log", log.to_str().unwrap()])
+        .args(["--decision-log-max-size", "6KiB"])
+        .current_dir(repo());
     cmd
 }
 

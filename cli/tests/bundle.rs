@@ -45,16 +45,8 @@ fn policy(dir: &Path, allow: &str) {
 /// Start `arbiter serve`: the server and its HTTP address, or `Err` with what it wrote if it
 /// exits instead of listening.
 fn serve(args: &[&str]) -> Result<(common::Server, String), String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args([
-        "serve",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ])
-    .args(args)
-    .stdout(Stdio::null());
+    let mut cmd = common::serve_command();
+    cmd.args(args).stdout(Stdio::null());
     common::try_serve_announced(cmd).map(|(child, _, http, _)| (child, http))
 }
 

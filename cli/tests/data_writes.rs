@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value as Json;
 
@@ -32,13 +31,8 @@ fn same_words(message: &str) -> bool {
 
 fn replay(setup: &str, args: &[&str]) {
     let recorded = answers();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.current_dir(here()).arg("serve").args(args).args([
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]);
+    let mut cmd = common::serve_command();
+    cmd.current_dir(here()).args(args);
     let (child, _, http) = common::serve(cmd);
     let mut failures = Vec::new();
     for (i, case) in recorded[setup].as_array().unwrap().iter().enumerate() {
@@ -133,10 +127,8 @@ fn writes_beside_a_bundle_as_opa_answers_them() {
 /// would lift the bundle's claim, then overwrite its data).
 #[test]
 fn the_bundle_manifests_are_not_writable() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.current_dir(here())
-        .args(["serve", "--bundle", "bundle"])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let mut cmd = common::serve_command();
+    cmd.current_dir(here()).args(["--bundle", "bundle"]);
     let (child, _, http) = common::serve(cmd);
     for (method, path, body) in [
         ("PUT", "/v1/data/system/bundles/bundle/manifest/roots", "[]"),
@@ -157,10 +149,9 @@ fn the_bundle_manifests_are_not_writable() {
 /// it; other requests keep the Data API's 4 MiB.
 #[test]
 fn a_write_body_is_under_the_data_file_limit() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    let mut cmd = common::serve_command();
     cmd.current_dir(here())
-        .args(["serve", "folder", "--max-data-file-bytes", "1KiB"])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        .args(["folder", "--max-data-file-bytes", "1KiB"]);
     let (child, _, http) = common::serve(cmd);
     let big = format!("\"{}\"", "x".repeat(2000));
     let (status, body) = common::http(&http, "PUT", "/v1/data/big", &big);

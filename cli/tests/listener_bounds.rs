@@ -25,10 +25,9 @@ fn serve(dir: &Path, extra: &[&str]) -> (common::Server, String, String) {
     .unwrap();
     let config = dir.join("config.yaml");
     std::fs::write(&config, "limits:\n  request_timeout: 3s\n").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args(["serve", dir.join("policy.rego").to_str().unwrap()])
+    let mut cmd = common::serve_command();
+    cmd.arg(dir.join("policy.rego"))
         .args(["--config", config.to_str().unwrap()])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(extra);
     common::serve(cmd)
 }

@@ -15,10 +15,8 @@ fn tmp(name: &str) -> arbiter_engine::scratch::ScratchDir {
 }
 
 fn serve(dir: &Path, extra: &[&str]) -> (common::Server, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args(["serve", dir.to_str().unwrap()])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(extra);
+    let mut cmd = common::serve_command();
+    cmd.arg(dir).args(extra);
     let (child, _, http) = common::serve(cmd);
     (child, http)
 }
@@ -220,14 +218,8 @@ fn the_shadow_set_reloads_with_sighup() {
     std::fs::create_dir_all(&shadow).unwrap();
     std::fs::write(live.join("authz.rego"), policy("a")).unwrap();
     std::fs::write(shadow.join("authz.rego"), policy("a")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args([
-        "serve",
-        live.to_str().unwrap(),
-        "--shadow",
-        shadow.to_str().unwrap(),
-    ])
-    .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let mut cmd = common::serve_command();
+    cmd.arg(&live).arg("--shadow").arg(&shadow);
     let (child, grpc, addr) = common::serve(cmd);
     let metric = |name: &str| -> u64 {
         let (_, text) = http(&addr, "GET", "/metrics", "");
@@ -271,13 +263,8 @@ fn an_unresponsive_client_does_not_hold_the_shutdown() {
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     let dir = tmp("drain");
     std::fs::write(dir.join("authz.rego"), policy("a")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args(["serve", dir.to_str().unwrap()]).args([
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]);
+    let mut cmd = common::serve_command();
+    cmd.arg(&*dir);
     let (child, grpc, _) = common::serve(cmd);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -320,11 +307,10 @@ fn jwt_bundles_are_re_read_when_they_change() {
     let (old, new) = (Signer::new(), Signer::new());
     let bundle = dir.join("example.jwks");
     std::fs::write(&bundle, &old.jwks).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.args(["serve", policies.to_str().unwrap()])
+    let mut cmd = common::serve_command();
+    cmd.arg(&policies)
         .arg(format!("--jwt-bundle=example.org={}", bundle.display()))
-        .args(["--jwt-audience", "orders"])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        .args(["--jwt-audience", "orders"]);
     let (child, grpc, _) = common::serve(cmd);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

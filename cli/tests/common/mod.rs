@@ -156,14 +156,26 @@ pub fn try_serve_announced(
     }
 }
 
+/// `arbiter serve` on ephemeral loopback ports (gRPC and HTTP); add the policies and flags,
+/// then [`serve`] it.
+pub fn serve_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 /// `arbiter serve DIR/policy` on ephemeral loopback ports, its decision log in
 /// `DIR/decisions.log` shipped to the JetStream at `url` (stream `stream`, created if missing);
 /// add arguments, then [`serve`] it.
 pub fn serve_shipping(dir: &std::path::Path, url: &str, stream: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbiter"));
-    cmd.arg("serve")
-        .arg(dir.join("policy"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+    let mut cmd = serve_command();
+    cmd.arg(dir.join("policy"))
         .arg("--decision-log")
         .arg(dir.join("decisions.log"))
         .args(["--decision-log-nats", url])
