@@ -718,10 +718,11 @@ pub(crate) fn run(
                     ..InputOptions::default()
                 },
             );
-            let decide = || {
+            let decide_on = |authorizer: &Authorizer| {
                 let _frozen = case.now_ns.map(crate::clock::freeze);
                 authorizer.check(&case.request).decision
             };
+            let decide = || decide_on(&authorizer);
             let start = Instant::now();
             let decision = decide();
             result.duration = start.elapsed();
@@ -729,13 +730,8 @@ pub(crate) fn run(
             // interpreter is the reference. Where they decide a case differently, one of them
             // is wrong whatever the test expects: the case fails, saying so.
             let reference = (authorizer.rego_engine() == Ok(RegoEngine::Rvm)).then(|| {
-                let _frozen = case.now_ns.map(crate::clock::freeze);
                 // The same authorizer on the interpreter (nothing compiled again).
-                authorizer
-                    .clone()
-                    .with_rego_engine(RegoEngine::Interpreter)
-                    .check(&case.request)
-                    .decision
+                decide_on(&authorizer.clone().with_rego_engine(RegoEngine::Interpreter))
             });
             let engines_differ = reference.as_ref().is_some_and(|r| {
                 (r.allowed, r.http_status, r.reason_code())

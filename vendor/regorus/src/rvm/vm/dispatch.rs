@@ -20,11 +20,7 @@ pub(super) enum InstructionOutcome {
 }
 
 impl RegoVM {
-    /// arbiter patch (41): the instruction goes straight to the function for its kind. Each of
-    /// those handed what it did not handle to the next (`other => …`), so that `LoopNext` or a
-    /// `Guard` passed through up to six matches and calls per instruction; now an instruction
-    /// a kind's function does not handle is an error there.
-    /// An instruction routed to a function that does not handle it.
+    /// An instruction routed to a function that does not handle it (arbiter patch 41).
     fn unhandled(&self, instruction: Instruction) -> VmError {
         VmError::UnhandledInstruction {
             instruction: alloc::format!("{:?}", instruction),
@@ -32,6 +28,10 @@ impl RegoVM {
         }
     }
 
+    /// arbiter patch (41): the instruction goes straight to the function for its kind. Each of
+    /// those handed what it did not handle to the next (`other => …`), so that `LoopNext` or a
+    /// `Guard` passed through up to six matches and calls per instruction; now an instruction
+    /// a kind's function does not handle is an error there.
     pub(super) fn execute_instruction(
         &mut self,
         program: &Program,

@@ -66,6 +66,8 @@ impl RegoVM {
         let mut first_successful_result: Option<Value> = None;
         let mut rule_failed_due_to_inconsistency = false;
         let is_function_call = rule_info.function_info.is_some();
+        // A complete rule or a function: one value, first success decides.
+        let single_valued = matches!(rule_info.rule_type, RuleType::Complete) || is_function_call;
         let result_reg = rule_info.result_reg;
 
         let num_registers = usize::from(rule_info.num_registers);
@@ -139,7 +141,7 @@ impl RegoVM {
 
                 match self.jump_to(*body_entry_point) {
                     Ok(_) => {
-                        if matches!(rule_info.rule_type, RuleType::Complete) || is_function_call {
+                        if single_valued {
                             let current_result = self.get_register(result_reg)?.clone();
                             if current_result != Value::Undefined {
                                 if let Some(ref expected) = first_successful_result {
@@ -186,9 +188,7 @@ impl RegoVM {
                             })
                             .copied()
                             .unwrap_or(false);
-                        let complete =
-                            matches!(rule_info.rule_type, RuleType::Complete) || is_function_call;
-                        if complete {
+                        if single_valued {
                             // arbiter patch (42): a body that ran to its end without a value
                             // (a loop that found nothing) is undefined: its `else` is next.
                             if *self.get_register(result_reg)? != Value::Undefined {

@@ -529,17 +529,16 @@ impl<'a> Compiler<'a> {
                             };
 
                             for (arg_idx, arg) in args.iter().enumerate() {
+                                let param_reg = param_base_register + arg_idx as u8;
                                 if let Some(name) =
                                     direct_names.as_ref().and_then(|n| n.get(arg_idx))
                                 {
-                                    let param_reg = param_base_register + arg_idx as u8;
                                     // `_` binds nothing (`add_variable` skips it).
                                     self.add_variable(name, param_reg);
                                     param_names.push(name.clone());
                                     last_param_span = Some(arg.span().clone());
                                     continue;
                                 }
-                                let param_reg = param_base_register + arg_idx as u8;
 
                                 let param_name = match arg.as_ref() {
                                     Expr::Var {

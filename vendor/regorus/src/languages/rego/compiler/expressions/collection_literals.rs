@@ -52,6 +52,16 @@ pub(in crate::languages::rego::compiler) fn try_eval_const(expr: &Expr) -> Optio
 }
 
 impl<'a> Compiler<'a> {
+    /// Each item into a register of its own, in order (arbiter patch 47: shared by the array
+    /// and set literals and by membership among computed elements).
+    pub(super) fn compile_items(&mut self, items: &[ExprRef]) -> Result<Vec<Register>> {
+        let mut registers = Vec::with_capacity(items.len());
+        for item in items {
+            registers.push(self.compile_rego_expr_with_span(item, item.span(), false)?);
+        }
+        Ok(registers)
+    }
+
     pub(super) fn compile_array_literal(
         &mut self,
         items: &[ExprRef],
@@ -65,11 +75,7 @@ impl<'a> Compiler<'a> {
             return Ok(dest);
         }
 
-        let mut element_registers = Vec::with_capacity(items.len());
-        for item in items {
-            let item_reg = self.compile_rego_expr_with_span(item, item.span(), false)?;
-            element_registers.push(item_reg);
-        }
+        let element_registers = self.compile_items(items)?;
 
         let dest = self.alloc_register()?;
         let params = ArrayCreateParams {
@@ -98,11 +104,7 @@ impl<'a> Compiler<'a> {
             return Ok(dest);
         }
 
-        let mut element_registers = Vec::with_capacity(items.len());
-        for item in items {
-            let item_reg = self.compile_rego_expr_with_span(item, item.span(), false)?;
-            element_registers.push(item_reg);
-        }
+        let element_registers = self.compile_items(items)?;
 
         let dest = self.alloc_register()?;
         let params = SetCreateParams {

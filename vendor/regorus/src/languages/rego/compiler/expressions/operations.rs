@@ -196,10 +196,7 @@ impl<'a> Compiler<'a> {
                         super::collection_literals::try_eval_const(i.as_ref()).is_none()
                     }) =>
             {
-                let mut elements = alloc::vec::Vec::with_capacity(items.len());
-                for item in items {
-                    elements.push(self.compile_rego_expr_with_span(item, item.span(), false)?);
-                }
+                let elements = self.compile_items(items)?;
                 let dest = self.alloc_register()?;
                 let params_index = self.program.instruction_data.add_array_create_params(
                     crate::rvm::instructions::ArrayCreateParams { dest, elements },
