@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod file;
+mod fold;
 pub mod guard;
 pub mod network;
 pub mod proto;
@@ -41,12 +42,33 @@ fn check_decls() -> &'static check::Decls {
     DECLS.get_or_init(check::Decls::arbiter)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Compiled {
+    /// The expression as written: what was checked and probed, and what each data document
+    /// is folded into.
     expr: IdedExpr,
+    /// What is evaluated: `expr` with `data`'s selections folded against the bound document
+    /// ([`fold`]).
+    run: IdedExpr,
 }
 
-#[derive(Debug)]
+impl Compiled {
+    fn new(expr: IdedExpr) -> Self {
+        Self {
+            run: expr.clone(),
+            expr,
+        }
+    }
+
+    fn folded(&self, data: &(dyn Val + 'static), folds: &mut fold::Folds) -> Self {
+        Self {
+            expr: self.expr.clone(),
+            run: fold::fold(&self.expr, data, folds),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct CelRule {
     pub name: String,
     pub effect: Effect,
@@ -56,7 +78,7 @@ pub struct CelRule {
     pub body: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CelFile {
     pub file: String,
     pub name: String,
@@ -451,7 +473,7 @@ fn compile_expr(
         }
         _ => {}
     }
-    Ok((Compiled { expr }, roots))
+    Ok((Compiled::new(expr), roots))
 }
 
 /// The variables an expression reads: their names, or `request.<field>` where `request`'s
@@ -854,6 +876,37 @@ fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'stat
     root
 }
 
+/// `files` with their expressions folded against `root`'s `data` ([`fold`]), and the values
+/// folded bound in `root`.
+fn fold_files(files: &[CelFile], root: &mut Context<'static, 'static>) -> Vec<CelFile> {
+    let mut folds = fold::Folds::default();
+    let folded = match root.get_variable("data") {
+        Some(data) => files
+            .iter()
+            .map(|f| CelFile {
+                matcher: f
+                    .matcher
+                    .as_ref()
+                    .map(|m| m.folded(data.as_ref(), &mut folds)),
+                rules: f
+                    .rules
+                    .iter()
+                    .map(|r| CelRule {
+                        when: r.when.folded(data.as_ref(), &mut folds),
+                        ..r.clone()
+                    })
+                    .collect(),
+                ..f.clone()
+            })
+            .collect(),
+        None => files.to_vec(),
+    };
+    for (name, value) in folds.into_variables() {
+        root.add_variable_as_val(name, value);
+    }
+    folded
+}
+
 impl CelPolicies {
     /// Compile CEL policy files, with `data` bound once for every evaluation, and the default
     /// cost limit ([`DEFAULT_COST_LIMIT`]).
@@ -966,6 +1019,8 @@ impl CelPolicies {
             identity: used("identity"),
             input: used("input"),
         };
+        let mut root = root;
+        let files = fold_files(&files, &mut root);
         Ok(Self {
             files: Arc::new(files),
             env,
@@ -979,12 +1034,14 @@ impl CelPolicies {
     }
 
     /// The same policies with `data` bound to another document (a data write): nothing is
-    /// compiled again.
+    /// compiled again; `data`'s selections are folded again against the new document.
     pub fn with_data(&self, data: &regorus::Value) -> Self {
+        let mut root = root_context(&self.env, data);
+        let files = fold_files(&self.files, &mut root);
         Self {
-            files: self.files.clone(),
+            files: Arc::new(files),
             env: self.env.clone(),
-            root: root_context(&self.env, data),
+            root,
             uses: self.uses,
             headers_read: self.headers_read.clone(),
             warnings: self.warnings.clone(),
@@ -1045,7 +1102,7 @@ impl CelPolicies {
         for f in self.files.iter() {
             match &f.matcher {
                 None => applicable.push(f),
-                Some(m) => match truthy(CelValue::resolve(&m.expr, &ctx)) {
+                Some(m) => match truthy(CelValue::resolve(&m.run, &ctx)) {
                     Ok(true) => applicable.push(f),
                     Ok(false) => {}
                     Err(stop @ (Failed::Stopped | Failed::OverBudget)) => {
@@ -1061,7 +1118,7 @@ impl CelPolicies {
         // Deny rules first: any match (or error) denies.
         for f in &applicable {
             for r in f.rules.iter().filter(|r| r.effect == Effect::Deny) {
-                let (hit, errored) = match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
+                let (hit, errored) = match truthy(CelValue::resolve(&r.when.run, &ctx)) {
                     Ok(b) => (b, false),
                     Err(stop @ (Failed::Stopped | Failed::OverBudget)) => {
                         return stopped(&stop, &f.file, &r.name);
@@ -1085,7 +1142,7 @@ impl CelPolicies {
         }
         for f in &applicable {
             for r in f.rules.iter().filter(|r| r.effect == Effect::Allow) {
-                match truthy(CelValue::resolve(&r.when.expr, &ctx)) {
+                match truthy(CelValue::resolve(&r.when.run, &ctx)) {
                     Ok(true) => {
                         verdict.allowed = true;
                         verdict.file = Some(f.file.clone());

@@ -895,3 +895,123 @@ fn list_literals_made_once_are_never_changed() {
         );
     }
 }
+
+/// `data`'s selections are folded into variables bound once per data document (`fold.rs`):
+/// each rule's folded expression answers as the expression as written does — values, errors
+/// and presence tests — on the document it was bound to and after a data write; a `data`
+/// bound by a comprehension is not the document.
+#[test]
+fn selections_of_data_are_folded_and_answer_as_written() {
+    let rules = [
+        // (rule, folded: whether the expression evaluated reads a folded variable)
+        (
+            "source.principal in data.authz.principals && data.authz.principals[source.principal].roles.exists(r, r in data.authz.roles && data.authz.roles[r].size() > 0)",
+            true,
+        ),
+        (
+            "has(data.authz.principals) && !has(data.authz.missing)",
+            true,
+        ),
+        ("has(data.nothing.x)", false),
+        ("data.authz.missing.x == 1", true),
+        (
+            "data.authz.list[1] == \"b\" && data.authz.list.size() == 2",
+            true,
+        ),
+        ("data.x == 2", true),
+        ("[{\"x\": 1}].exists(data, data.x == 1)", false),
+        ("cel.bind(data, {\"x\": 1}, data.x == 1)", false),
+        (
+            "[1].exists(x, data.x == 2 && data.authz.list.exists(data, data == \"a\"))",
+            true,
+        ),
+    ];
+    let mut text = String::from("name: f\nrules:\n");
+    for (i, (when, _)) in rules.iter().enumerate() {
+        text.push_str(&format!(
+            "  - name: r{i}\n    effect: allow\n    when: '{}'\n",
+            when.replace('\'', "''")
+        ));
+    }
+    let sources = vec![SourceFile {
+        name: "f.cel.yaml".into(),
+        text,
+    }];
+    let fe = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let data = crate::value::from_json(&serde_json::json!({
+        "x": 2,
+        "authz": {
+            "principals": {fe: {"roles": ["reader"]}},
+            "roles": {"reader": [{"methods": ["GET"]}]},
+            "list": ["a", "b"],
+        },
+    }));
+    let p = CelPolicies::compile(&sources, &data).unwrap();
+    let r = req("GET", "/x", fe, &[]);
+    let input = build_input(&r, &InputOptions::default()).unwrap();
+    // Each rule's expression as written and as evaluated, side by side in one context.
+    let both = |p: &CelPolicies| -> Vec<(String, String)> {
+        let mut ctx = p.root.new_inner_scope();
+        bind_variables(&mut ctx, &cel_request(&r, &input), p.uses, p.headers_read());
+        p.files[0]
+            .rules
+            .iter()
+            .map(|rule| {
+                (
+                    format!("{:?}", CelValue::resolve(&rule.when.expr, &ctx)),
+                    format!("{:?}", CelValue::resolve(&rule.when.run, &ctx)),
+                )
+            })
+            .collect()
+    };
+    let answers = both(&p);
+    for ((when, folded), ((written, run), rule)) in
+        rules.iter().zip(answers.iter().zip(&p.files[0].rules))
+    {
+        assert_eq!(written, run, "{when}");
+        assert_eq!(
+            format!("{:?}", rule.when.run).contains("@data"),
+            *folded,
+            "{when}: {:?}",
+            rule.when.run
+        );
+    }
+    let values: Vec<&str> = answers.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(
+        values,
+        [
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Err(NoSuchKey(\"nothing\"))",
+            "Err(NoSuchKey(\"missing\"))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+        ]
+    );
+    // A data write: the folded values are the new document's, and a selection it no longer
+    // has fails as written.
+    let written = crate::value::from_json(&serde_json::json!({"x": 3, "authz": {"list": ["a"]}}));
+    let q = p.with_data(&written);
+    let answers = both(&q);
+    for ((when, _), (written, run)) in rules.iter().zip(&answers) {
+        assert_eq!(written, run, "{when}");
+    }
+    let values: Vec<&str> = answers.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(
+        values,
+        [
+            "Err(NoSuchKey(\"principals\"))",
+            "Ok(Bool(false))",
+            "Err(NoSuchKey(\"nothing\"))",
+            "Err(NoSuchKey(\"missing\"))",
+            "Ok(Bool(false))",
+            "Ok(Bool(false))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Ok(Bool(false))",
+        ]
+    );
+}

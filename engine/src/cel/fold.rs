@@ -1,0 +1,173 @@
+//! `data`'s selections read once per data document, not once per request.
+//!
+//! `data` is bound when the policies are compiled and again at each data write
+//! ([`super::CelPolicies::with_data`]), never per request: `data.authz.principals` has the same
+//! value on every evaluation until the next write. The reference policy reads
+//! `data.authz.principals` four times and `data.authz.roles` twice per grant, each read a
+//! variable look-up and two hash look-ups. Folding replaces each selection of `data` by
+//! constant field names with a variable of the root context bound to the value the data has
+//! there, found once, when the data is bound.
+//!
+//! Only what the data has is folded: the longest prefix of a selection whose every field is a
+//! key of a map (`data.authz.missing.x` becomes `@dataN.missing.x`, which fails as the
+//! selection did). A `data` bound by a comprehension (`m.exists(data, data.x)`, `cel.bind`) is
+//! not the document and is left alone. `has(data.a.b)` tests `b` on the folded `data.a`. The
+//! folded value is the same value (maps and lists share their entries with `data`'s), so every
+//! operation on it answers as before; an evaluation takes fewer steps against its cost limit.
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::traits::Indexer;
+use cel::common::types::{CelMap, CelString};
+use cel::common::value::Val;
+
+/// The variables folding introduced: each name, and the value it is bound to.
+#[derive(Default)]
+pub(super) struct Folds {
+    paths: Vec<(Vec<String>, String, Box<dyn Val>)>,
+}
+
+impl Folds {
+    /// The variable for `path`, introduced if new.
+    fn name_for(&mut self, path: &[&str], value: Box<dyn Val>) -> String {
+        if let Some((_, name, _)) = self
+            .paths
+            .iter()
+            .find(|(p, _, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
+        {
+            return name.clone();
+        }
+        // `@` starts no identifier a policy can write (cel.block's slots are `@index…`).
+        let name = format!("@data{}", self.paths.len());
+        self.paths.push((
+            path.iter().map(|s| (*s).to_string()).collect(),
+            name.clone(),
+            value,
+        ));
+        name
+    }
+
+    /// The variables to bind in the root context, beside `data`.
+    pub(super) fn into_variables(self) -> impl Iterator<Item = (String, Box<dyn Val>)> {
+        self.paths.into_iter().map(|(_, name, value)| (name, value))
+    }
+}
+
+/// `e` with its selections of `data` folded against `data`, the bound document.
+pub(super) fn fold(e: &IdedExpr, data: &(dyn Val + 'static), folds: &mut Folds) -> IdedExpr {
+    let mut e = e.clone();
+    walk(&mut e, data, false, folds);
+    e
+}
+
+/// The fields of `e` when it is a selection chain on the identifier `data` (`data.a.b`:
+/// `["a", "b"]`), outermost last; `None` for anything else, `data` alone included.
+fn data_path(e: &IdedExpr) -> Option<Vec<&str>> {
+    let mut fields = Vec::new();
+    let mut at = e;
+    loop {
+        match &at.expr {
+            Expr::Select(s) if !s.test => {
+                fields.push(s.field.as_str());
+                at = &s.operand;
+            }
+            Expr::Ident(name) if name == "data" && !fields.is_empty() => {
+                fields.reverse();
+                return Some(fields);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The value at the longest prefix of `path` that `data` has, with that prefix's length.
+fn resolve(data: &(dyn Val + 'static), path: &[&str]) -> Option<(usize, Box<dyn Val>)> {
+    let mut found: Option<Box<dyn Val>> = None;
+    let mut depth = 0;
+    for field in path {
+        let here: &(dyn Val + 'static) = found.as_deref().unwrap_or(data);
+        // Only a map's key: a message's field, a list or a scalar is left to the interpreter.
+        let Some(map) = here.downcast_ref::<CelMap>() else {
+            break;
+        };
+        let key = CelString::from((*field).to_string());
+        let Ok(value) = map.get(&key) else {
+            break;
+        };
+        found = Some(value.into_owned());
+        depth += 1;
+    }
+    found.map(|v| (depth, v))
+}
+
+fn walk(e: &mut IdedExpr, data: &(dyn Val + 'static), shadowed: bool, folds: &mut Folds) {
+    let chain = data_path(e).map(|path| {
+        let folded = (!shadowed)
+            .then(|| resolve(data, &path))
+            .flatten()
+            .map(|(depth, value)| (depth, folds.name_for(&path[..depth], value)));
+        (path.len(), folded)
+    });
+    if let Some((len, folded)) = chain {
+        let Some((depth, name)) = folded else {
+            return;
+        };
+        // The node of the folded prefix: `len - depth` selections below `e`.
+        let mut at = e;
+        for _ in depth..len {
+            let Expr::Select(s) = &mut at.expr else {
+                return;
+            };
+            at = &mut s.operand;
+        }
+        at.expr = Expr::Ident(name);
+        return;
+    }
+    match &mut e.expr {
+        Expr::Call(c) => {
+            if let Some(t) = c.target.as_deref_mut() {
+                walk(t, data, shadowed, folds);
+            }
+            for a in &mut c.args {
+                walk(a, data, shadowed, folds);
+            }
+        }
+        Expr::Comprehension(c) => {
+            // The range and the accumulator's start are read outside the loop's variables.
+            walk(&mut c.iter_range, data, shadowed, folds);
+            walk(&mut c.accu_init, data, shadowed, folds);
+            let inner = shadowed
+                || c.iter_var == "data"
+                || c.iter_var2.as_deref() == Some("data")
+                || c.accu_var == "data";
+            walk(&mut c.loop_cond, data, inner, folds);
+            walk(&mut c.loop_step, data, inner, folds);
+            walk(&mut c.result, data, inner, folds);
+        }
+        Expr::List(l) => {
+            for x in &mut l.elements {
+                walk(x, data, shadowed, folds);
+            }
+        }
+        Expr::Map(m) => {
+            for en in &mut m.entries {
+                if let EntryExpr::MapEntry(me) = &mut en.expr {
+                    walk(&mut me.key, data, shadowed, folds);
+                    walk(&mut me.value, data, shadowed, folds);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for en in &mut s.entries {
+                match &mut en.expr {
+                    EntryExpr::StructField(f) => walk(&mut f.value, data, shadowed, folds),
+                    EntryExpr::MapEntry(me) => {
+                        walk(&mut me.key, data, shadowed, folds);
+                        walk(&mut me.value, data, shadowed, folds);
+                    }
+                }
+            }
+        }
+        Expr::Select(s) => walk(&mut s.operand, data, shadowed, folds),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
