@@ -278,11 +278,11 @@ fn jwt_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
             .and_then(|t| t.downcast_ref::<CelString>())
             .ok_or_else(|| fail("the token is not a string".into()))?;
         let constraints = match args.get(1) {
-            Some(c) => cel_to_rego(&CelValue::try_from(c.as_ref())?),
+            Some(c) => jwt_constraints(c.as_ref())?,
             None => regorus::Value::Null,
         };
         crate::builtins::jwt::decode_verify(&regorus::Value::from(token.inner()), &constraints)
-            .map(|v| CowVal::Owned(vars::from_rego(&v)))
+            .map(|v| CowVal::Owned(jwt_result(&v)))
             .map_err(|e| fail(e.to_string()))
     }
     env.add_overload(
@@ -291,6 +291,95 @@ fn jwt_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
         vec![STRING_TYPE, DYN_TYPE],
         decode_verify,
     )
+}
+
+/// Values converted for `jwt.decode_verify` recently on this thread. A policy passes the
+/// same constraints on every request (`{"secret": data.…, …}`), and the token cache
+/// (`builtins::jwt`) hands out the same header and claims for the same token: converting them
+/// between CEL and Rego again on each call was most of the call's allocations (issue 20).
+struct JwtConversions {
+    /// The last constraints, as CEL gave them and as Rego's.
+    constraints: Option<(Box<dyn Val>, regorus::Value)>,
+    /// Headers and claims from the token cache, Rego's values (kept, so that their
+    /// allocations cannot be reused by others while compared by address) and CEL's.
+    decoded: Vec<(regorus::Value, regorus::Value, Box<dyn Val>, Box<dyn Val>)>,
+}
+
+/// Decoded tokens whose conversion is kept per thread; the list is emptied when full.
+const JWT_CONVERSIONS: usize = 16;
+
+thread_local! {
+    static JWT_CONVERTED: std::cell::RefCell<JwtConversions> =
+        const { std::cell::RefCell::new(JwtConversions { constraints: None, decoded: Vec::new() }) };
+}
+
+/// `jwt.decode_verify`'s constraints as Rego's value: the last conversion again when the
+/// constraints are equal to the last ones (CEL's equality: numbers equal across types are
+/// the same number to the verification).
+fn jwt_constraints(c: &dyn Val) -> Result<regorus::Value, ExecutionError> {
+    let hit = JWT_CONVERTED.with(|k| {
+        k.borrow()
+            .constraints
+            .as_ref()
+            .filter(|(cel, _)| cel.equals(c))
+            .map(|(_, rego)| rego.clone())
+    });
+    if let Some(rego) = hit {
+        return Ok(rego);
+    }
+    let value = CelValue::try_from(c)?;
+    let rego = cel_to_rego(&value);
+    if let Ok(kept) = Box::<dyn Val>::try_from(value) {
+        JWT_CONVERTED.with(|k| k.borrow_mut().constraints = Some((kept, rego.clone())));
+    }
+    Ok(rego)
+}
+
+/// `[valid, header, claims]` as CEL's value; a verified token's header and claims converted
+/// once per token the token cache holds (the same allocations: compared by address).
+fn jwt_result(v: &regorus::Value) -> Box<dyn Val> {
+    use cel::common::types::{CelBool, CelList};
+    use regorus::Value as R;
+    let (valid, header, payload) = match v.as_array().map(|a| a.as_slice()) {
+        // A token that did not verify has new, empty maps: nothing to keep.
+        Ok([R::Bool(true), h @ R::Object(_), p @ R::Object(_)]) => (true, h, p),
+        _ => return vars::from_rego(v),
+    };
+    let same = |a: &R, b: &R| match (a, b) {
+        (R::Object(a), R::Object(b)) => std::ptr::eq(&**a, &**b),
+        _ => false,
+    };
+    let found = JWT_CONVERTED.with(|k| {
+        k.borrow()
+            .decoded
+            .iter()
+            .find(|(h, p, _, _)| same(h, header) && same(p, payload))
+            .map(|(_, _, h, p)| (h.clone_as_boxed(), p.clone_as_boxed()))
+    });
+    let (h, p) = match found {
+        Some(hp) => hp,
+        None => {
+            let (h, p) = (vars::from_rego(header), vars::from_rego(payload));
+            JWT_CONVERTED.with(|k| {
+                let mut k = k.borrow_mut();
+                if k.decoded.len() >= JWT_CONVERSIONS {
+                    k.decoded.clear();
+                }
+                k.decoded.push((
+                    header.clone(),
+                    payload.clone(),
+                    h.clone_as_boxed(),
+                    p.clone_as_boxed(),
+                ));
+            });
+            (h, p)
+        }
+    };
+    Box::new(CelList::from(vec![
+        Box::new(CelBool::from(valid)) as Box<dyn Val>,
+        h,
+        p,
+    ]))
 }
 
 /// Add arbiter's helper functions to a root context: `net.cidr_contains(cidr, ip_or_cidr)`,

@@ -578,4 +578,4 @@ pub(crate) fn go_json(v: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

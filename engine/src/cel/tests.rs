@@ -785,6 +785,42 @@ fn jwt_decode_verify_reads_claims_and_refuses_what_is_not_a_token() {
     assert!(!v.allowed && !v.errors.is_empty(), "{v:?}");
 }
 
+/// `jwt.decode_verify`'s conversions kept per thread (the last constraints; a verified
+/// token's header and claims) answer as converting again would: tokens and constraints
+/// alternating on one thread each read their own.
+#[test]
+fn jwt_conversions_kept_per_thread_answer_for_their_own_token() {
+    use serde_json::json;
+    let token = |role: &str| {
+        crate::builtins::jwt::tests::hs256(
+            "s3cret",
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"role": role, "aud": "shop"}),
+        )
+    };
+    let (reader, writer) = (token("reader"), token("writer"));
+    let p = one(
+        r#"jwt.decode_verify(request.headers["x-token"], {"secret": request.headers["x-secret"], "aud": "shop"})[2].role == request.headers["x-role"]"#,
+    );
+    let ask = |token: &str, secret: &str, role: &str| {
+        let r = req(
+            "GET",
+            "/a",
+            "",
+            &[("x-token", token), ("x-secret", secret), ("x-role", role)],
+        );
+        decide(&p, &r).allowed
+    };
+    for _ in 0..2 {
+        assert!(ask(&reader, "s3cret", "reader"));
+        assert!(ask(&writer, "s3cret", "writer"));
+        assert!(!ask(&reader, "s3cret", "writer"));
+        assert!(!ask(&writer, "another", "writer"));
+        assert!(ask(&writer, "s3cret", "writer"));
+        assert!(!ask(&writer, "s3cret", "reader"));
+    }
+}
+
 /// An expression of 512 iterations of three nested comprehensions: thousands of steps.
 const NESTED_ALLS: &str = "[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))";
 

@@ -31,7 +31,7 @@ fn signing_input(header: &Json, payload: &Json) -> String {
     )
 }
 
-fn hs256(secret: &str, header: &Json, payload: &Json) -> String {
+pub(crate) fn hs256(secret: &str, header: &Json, payload: &Json) -> String {
     let input = signing_input(header, payload);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
     let sig = aws_lc_rs::hmac::sign(&key, input.as_bytes());
