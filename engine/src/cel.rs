@@ -60,10 +60,10 @@ impl Compiled {
         }
     }
 
-    fn folded(&self, data: &(dyn Val + 'static), folds: &mut fold::Folds) -> Self {
+    fn folded(&self, bound: &fold::Bound<'_>, folds: &mut fold::Folds) -> Self {
         Self {
             expr: self.expr.clone(),
-            run: fold::fold(&self.expr, data, folds),
+            run: fold::fold(&self.expr, bound, folds),
         }
     }
 }
@@ -970,24 +970,28 @@ fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'stat
 fn fold_files(files: &[CelFile], root: &mut Context<'static, 'static>) -> Vec<CelFile> {
     let mut folds = fold::Folds::default();
     let folded = match root.get_variable("data") {
-        Some(data) => files
-            .iter()
-            .map(|f| CelFile {
-                matcher: f
-                    .matcher
-                    .as_ref()
-                    .map(|m| m.folded(data.as_ref(), &mut folds)),
-                rules: f
-                    .rules
-                    .iter()
-                    .map(|r| CelRule {
-                        when: r.when.folded(data.as_ref(), &mut folds),
-                        ..r.clone()
-                    })
-                    .collect(),
-                ..f.clone()
-            })
-            .collect(),
+        Some(data) => {
+            let bound = fold::Bound {
+                data: data.as_ref(),
+                root,
+            };
+            let fold = |c: &Compiled, folds: &mut fold::Folds| c.folded(&bound, folds);
+            files
+                .iter()
+                .map(|f| CelFile {
+                    matcher: f.matcher.as_ref().map(|m| fold(m, &mut folds)),
+                    rules: f
+                        .rules
+                        .iter()
+                        .map(|r| CelRule {
+                            when: fold(&r.when, &mut folds),
+                            ..r.clone()
+                        })
+                        .collect(),
+                    ..f.clone()
+                })
+                .collect()
+        }
         None => files.to_vec(),
     };
     for (name, value) in folds.into_variables() {

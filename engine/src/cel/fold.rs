@@ -19,6 +19,7 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::common::traits::Indexer;
 use cel::common::types::{CelMap, CelString};
 use cel::common::value::Val;
+use cel::{Context, Value as CelValue};
 
 /// The variables folding introduced: each name, and the value it is bound to.
 #[derive(Default)]
@@ -46,17 +47,48 @@ impl Folds {
         name
     }
 
+    /// A variable for a value made by folding (not a selection: each is its own).
+    fn name_for_value(&mut self, value: Box<dyn Val>) -> String {
+        let name = format!("@data{}", self.paths.len());
+        self.paths.push((Vec::new(), name.clone(), value));
+        name
+    }
+
     /// The variables to bind in the root context, beside `data`.
     pub(super) fn into_variables(self) -> impl Iterator<Item = (String, Box<dyn Val>)> {
         self.paths.into_iter().map(|(_, name, value)| (name, value))
     }
 }
 
-/// `e` with its selections of `data` folded against `data`, the bound document.
-pub(super) fn fold(e: &IdedExpr, data: &(dyn Val + 'static), folds: &mut Folds) -> IdedExpr {
+/// What folding reads: the bound document, and the root context it is bound in (which
+/// evaluates a literal of constants, [`is_constant`]).
+pub(super) struct Bound<'r> {
+    pub data: &'r (dyn Val + 'static),
+    pub root: &'r Context<'static, 'static>,
+}
+
+/// `e` with its selections of `data`, and its map and list literals of constants, folded
+/// against the bound document.
+pub(super) fn fold(e: &IdedExpr, bound: &Bound<'_>, folds: &mut Folds) -> IdedExpr {
     let mut e = e.clone();
-    walk(&mut e, data, false, folds);
+    walk(&mut e, bound, false, folds);
     e
+}
+
+/// Whether `e` has the same value on every evaluation against one document: a literal, a
+/// selection of `data` by field names, or a map or list literal of such (no optional
+/// entries). Calls other than none are not: a function may read the clock.
+fn is_constant(e: &IdedExpr) -> bool {
+    match &e.expr {
+        Expr::Literal(_) => true,
+        Expr::Select(_) => data_path(e).is_some(),
+        Expr::List(l) => l.optional_indices.is_empty() && l.elements.iter().all(is_constant),
+        Expr::Map(m) => m.entries.iter().all(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => !me.optional && is_constant(&me.key) && is_constant(&me.value),
+            EntryExpr::StructField(_) => false,
+        }),
+        _ => false,
+    }
 }
 
 /// The fields of `e` when it is a selection chain on the identifier `data` (`data.a.b`:
@@ -99,7 +131,19 @@ fn resolve(data: &(dyn Val + 'static), path: &[&str]) -> Option<(usize, Box<dyn 
     found.map(|v| (depth, v))
 }
 
-fn walk(e: &mut IdedExpr, data: &(dyn Val + 'static), shadowed: bool, folds: &mut Folds) {
+fn walk(e: &mut IdedExpr, bound: &Bound<'_>, shadowed: bool, folds: &mut Folds) {
+    let data = bound.data;
+    // A map literal of constants (`{"secret": data.jwt.secret, "aud": "shop"}`) is made once:
+    // evaluated here, as it would be on each request; one that fails is left to fail there.
+    if !shadowed && matches!(e.expr, Expr::Map(_)) && is_constant(e) {
+        if let Some(value) = CelValue::resolve(e, bound.root)
+            .ok()
+            .and_then(|v| Box::<dyn Val>::try_from(v).ok())
+        {
+            e.expr = Expr::Ident(folds.name_for_value(value));
+            return;
+        }
+    }
     let chain = data_path(e).map(|path| {
         let folded = (!shadowed)
             .then(|| resolve(data, &path))
@@ -125,49 +169,49 @@ fn walk(e: &mut IdedExpr, data: &(dyn Val + 'static), shadowed: bool, folds: &mu
     match &mut e.expr {
         Expr::Call(c) => {
             if let Some(t) = c.target.as_deref_mut() {
-                walk(t, data, shadowed, folds);
+                walk(t, bound, shadowed, folds);
             }
             for a in &mut c.args {
-                walk(a, data, shadowed, folds);
+                walk(a, bound, shadowed, folds);
             }
         }
         Expr::Comprehension(c) => {
             // The range and the accumulator's start are read outside the loop's variables.
-            walk(&mut c.iter_range, data, shadowed, folds);
-            walk(&mut c.accu_init, data, shadowed, folds);
+            walk(&mut c.iter_range, bound, shadowed, folds);
+            walk(&mut c.accu_init, bound, shadowed, folds);
             let inner = shadowed
                 || c.iter_var == "data"
                 || c.iter_var2.as_deref() == Some("data")
                 || c.accu_var == "data";
-            walk(&mut c.loop_cond, data, inner, folds);
-            walk(&mut c.loop_step, data, inner, folds);
-            walk(&mut c.result, data, inner, folds);
+            walk(&mut c.loop_cond, bound, inner, folds);
+            walk(&mut c.loop_step, bound, inner, folds);
+            walk(&mut c.result, bound, inner, folds);
         }
         Expr::List(l) => {
             for x in &mut l.elements {
-                walk(x, data, shadowed, folds);
+                walk(x, bound, shadowed, folds);
             }
         }
         Expr::Map(m) => {
             for en in &mut m.entries {
                 if let EntryExpr::MapEntry(me) = &mut en.expr {
-                    walk(&mut me.key, data, shadowed, folds);
-                    walk(&mut me.value, data, shadowed, folds);
+                    walk(&mut me.key, bound, shadowed, folds);
+                    walk(&mut me.value, bound, shadowed, folds);
                 }
             }
         }
         Expr::Struct(s) => {
             for en in &mut s.entries {
                 match &mut en.expr {
-                    EntryExpr::StructField(f) => walk(&mut f.value, data, shadowed, folds),
+                    EntryExpr::StructField(f) => walk(&mut f.value, bound, shadowed, folds),
                     EntryExpr::MapEntry(me) => {
-                        walk(&mut me.key, data, shadowed, folds);
-                        walk(&mut me.value, data, shadowed, folds);
+                        walk(&mut me.key, bound, shadowed, folds);
+                        walk(&mut me.value, bound, shadowed, folds);
                     }
                 }
             }
         }
-        Expr::Select(s) => walk(&mut s.operand, data, shadowed, folds),
+        Expr::Select(s) => walk(&mut s.operand, bound, shadowed, folds),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
     }
 }

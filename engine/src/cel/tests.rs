@@ -955,11 +955,28 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             true,
         ),
         ("data.x == 2", true),
-        ("[{\"x\": 1}].exists(data, data.x == 1)", false),
-        ("cel.bind(data, {\"x\": 1}, data.x == 1)", false),
+        (
+            "[{\"x\": request.method}].exists(data, data.x == \"GET\")",
+            false,
+        ),
+        (
+            "cel.bind(data, {\"x\": request.method}, data.x == \"GET\")",
+            false,
+        ),
         (
             "[1].exists(x, data.x == 2 && data.authz.list.exists(data, data == \"a\"))",
             true,
+        ),
+        // Map literals of constants: made once; one that fails, or reads a bound `data`, not.
+        (
+            "{\"s\": data.x, \"k\": [\"v\", data.authz.list]}.s == 2",
+            true,
+        ),
+        ("{\"s\": data.authz.missing}.size() == 1", true),
+        ("{\"a\": 1, \"a\": data.x}.a == 1", true),
+        (
+            "[request.method].exists(data, {\"v\": data}.v == \"GET\")",
+            false,
         ),
     ];
     let mut text = String::from("name: f\nrules:\n");
@@ -1012,6 +1029,9 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             rule.when.run
         );
     }
+    // The map of constants is one variable; the one that fails stays a literal.
+    let literal = |i: usize| format!("{:?}", p.files[0].rules[i].when.run).contains("Map(");
+    assert!(!literal(9) && literal(10) && literal(11));
     let values: Vec<&str> = answers.iter().map(|(w, _)| w.as_str()).collect();
     assert_eq!(
         values,
@@ -1024,6 +1044,10 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             "Ok(Bool(true))",
             "Ok(Bool(true))",
             "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Ok(Bool(true))",
+            "Err(NoSuchKey(\"missing\"))",
+            "Err(DuplicateKey(String(\"a\")))",
             "Ok(Bool(true))",
         ]
     );
@@ -1048,6 +1072,10 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             "Ok(Bool(true))",
             "Ok(Bool(true))",
             "Ok(Bool(false))",
+            "Ok(Bool(false))",
+            "Err(NoSuchKey(\"missing\"))",
+            "Err(DuplicateKey(String(\"a\")))",
+            "Ok(Bool(true))",
         ]
     );
 }
