@@ -300,9 +300,17 @@ fn jwt_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
 struct JwtConversions {
     /// The last constraints, as CEL gave them and as Rego's.
     constraints: Option<(Box<dyn Val>, regorus::Value)>,
-    /// Headers and claims from the token cache, Rego's values (kept, so that their
-    /// allocations cannot be reused by others while compared by address) and CEL's.
-    decoded: Vec<(regorus::Value, regorus::Value, Box<dyn Val>, Box<dyn Val>)>,
+    /// Verified tokens' headers and claims from the token cache.
+    decoded: Vec<Decoded>,
+}
+
+/// A verified token's header and claims: Rego's values (kept, so that their allocations cannot
+/// be reused by others while compared by address) and CEL's.
+struct Decoded {
+    header: regorus::Value,
+    payload: regorus::Value,
+    cel_header: Box<dyn Val>,
+    cel_payload: Box<dyn Val>,
 }
 
 /// Decoded tokens whose conversion is kept per thread; the list is emptied when full.
@@ -353,8 +361,13 @@ fn jwt_result(v: &regorus::Value) -> Box<dyn Val> {
         k.borrow()
             .decoded
             .iter()
-            .find(|(h, p, _, _)| same(h, header) && same(p, payload))
-            .map(|(_, _, h, p)| (h.clone_as_boxed(), p.clone_as_boxed()))
+            .find(|d| same(&d.header, header) && same(&d.payload, payload))
+            .map(|d| {
+                (
+                    d.cel_header.clone_as_boxed(),
+                    d.cel_payload.clone_as_boxed(),
+                )
+            })
     });
     let (h, p) = match found {
         Some(hp) => hp,
@@ -365,12 +378,12 @@ fn jwt_result(v: &regorus::Value) -> Box<dyn Val> {
                 if k.decoded.len() >= JWT_CONVERSIONS {
                     k.decoded.clear();
                 }
-                k.decoded.push((
-                    header.clone(),
-                    payload.clone(),
-                    h.clone_as_boxed(),
-                    p.clone_as_boxed(),
-                ));
+                k.decoded.push(Decoded {
+                    header: header.clone(),
+                    payload: payload.clone(),
+                    cel_header: h.clone_as_boxed(),
+                    cel_payload: p.clone_as_boxed(),
+                });
             });
             (h, p)
         }

@@ -14,6 +14,10 @@
 //! not the document and is left alone. `has(data.a.b)` tests `b` on the folded `data.a`. The
 //! folded value is the same value (maps and lists share their entries with `data`'s), so every
 //! operation on it answers as before; an evaluation takes fewer steps against its cost limit.
+//!
+//! A map literal of constants (`{"secret": data.authz.jwt.secret, "aud": "shop"}`) is made
+//! once the same way: evaluated when the data is bound, as it would be on each request; one
+//! whose evaluation fails (a key the data lacks, a duplicate key) is left to fail there.
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::common::traits::Indexer;
@@ -21,42 +25,52 @@ use cel::common::types::{CelMap, CelString};
 use cel::common::value::Val;
 use cel::{Context, Value as CelValue};
 
-/// The variables folding introduced: each name, and the value it is bound to.
+/// The variables folding introduced: each one's selection of `data` (none for a map literal
+/// made once), name, and the value it is bound to.
 #[derive(Default)]
 pub(super) struct Folds {
-    paths: Vec<(Vec<String>, String, Box<dyn Val>)>,
+    variables: Vec<Folded>,
+}
+
+struct Folded {
+    path: Option<Vec<String>>,
+    name: String,
+    value: Box<dyn Val>,
 }
 
 impl Folds {
-    /// The variable for `path`, introduced if new.
+    /// The variable for the selection `path` of `data`, introduced if new.
     fn name_for(&mut self, path: &[&str], value: Box<dyn Val>) -> String {
-        if let Some((_, name, _)) = self
-            .paths
+        let same = |p: &Vec<String>| p.iter().map(String::as_str).eq(path.iter().copied());
+        match self
+            .variables
             .iter()
-            .find(|(p, _, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
+            .find(|v| v.path.as_ref().is_some_and(same))
         {
-            return name.clone();
+            Some(v) => v.name.clone(),
+            None => self.add(Some(path.iter().map(|s| (*s).to_string()).collect()), value),
         }
-        // `@` starts no identifier a policy can write (cel.block's slots are `@index…`).
-        let name = format!("@data{}", self.paths.len());
-        self.paths.push((
-            path.iter().map(|s| (*s).to_string()).collect(),
-            name.clone(),
-            value,
-        ));
-        name
     }
 
-    /// A variable for a value made by folding (not a selection: each is its own).
-    fn name_for_value(&mut self, value: Box<dyn Val>) -> String {
-        let name = format!("@data{}", self.paths.len());
-        self.paths.push((Vec::new(), name.clone(), value));
+    /// A variable for a map literal made once (each literal its own).
+    fn name_for_literal(&mut self, value: Box<dyn Val>) -> String {
+        self.add(None, value)
+    }
+
+    fn add(&mut self, path: Option<Vec<String>>, value: Box<dyn Val>) -> String {
+        // `@` starts no identifier a policy can write (cel.block's slots are `@index…`).
+        let name = format!("@data{}", self.variables.len());
+        self.variables.push(Folded {
+            path,
+            name: name.clone(),
+            value,
+        });
         name
     }
 
     /// The variables to bind in the root context, beside `data`.
     pub(super) fn into_variables(self) -> impl Iterator<Item = (String, Box<dyn Val>)> {
-        self.paths.into_iter().map(|(_, name, value)| (name, value))
+        self.variables.into_iter().map(|v| (v.name, v.value))
     }
 }
 
@@ -67,8 +81,8 @@ pub(super) struct Bound<'r> {
     pub root: &'r Context<'static, 'static>,
 }
 
-/// `e` with its selections of `data`, and its map and list literals of constants, folded
-/// against the bound document.
+/// `e` with its selections of `data`, and its map literals of constants, folded against the
+/// bound document.
 pub(super) fn fold(e: &IdedExpr, bound: &Bound<'_>, folds: &mut Folds) -> IdedExpr {
     let mut e = e.clone();
     walk(&mut e, bound, false, folds);
@@ -77,14 +91,16 @@ pub(super) fn fold(e: &IdedExpr, bound: &Bound<'_>, folds: &mut Folds) -> IdedEx
 
 /// Whether `e` has the same value on every evaluation against one document: a literal, a
 /// selection of `data` by field names, or a map or list literal of such (no optional
-/// entries). Calls other than none are not: a function may read the clock.
+/// entries). No call is: a function may read the clock or the request.
 fn is_constant(e: &IdedExpr) -> bool {
     match &e.expr {
         Expr::Literal(_) => true,
         Expr::Select(_) => data_path(e).is_some(),
         Expr::List(l) => l.optional_indices.is_empty() && l.elements.iter().all(is_constant),
         Expr::Map(m) => m.entries.iter().all(|en| match &en.expr {
-            EntryExpr::MapEntry(me) => !me.optional && is_constant(&me.key) && is_constant(&me.value),
+            EntryExpr::MapEntry(me) => {
+                !me.optional && is_constant(&me.key) && is_constant(&me.value)
+            }
             EntryExpr::StructField(_) => false,
         }),
         _ => false,
@@ -135,14 +151,15 @@ fn walk(e: &mut IdedExpr, bound: &Bound<'_>, shadowed: bool, folds: &mut Folds) 
     let data = bound.data;
     // A map literal of constants (`{"secret": data.jwt.secret, "aud": "shop"}`) is made once:
     // evaluated here, as it would be on each request; one that fails is left to fail there.
-    if !shadowed && matches!(e.expr, Expr::Map(_)) && is_constant(e) {
-        if let Some(value) = CelValue::resolve(e, bound.root)
+    if !shadowed
+        && matches!(e.expr, Expr::Map(_))
+        && is_constant(e)
+        && let Some(value) = CelValue::resolve(e, bound.root)
             .ok()
             .and_then(|v| Box::<dyn Val>::try_from(v).ok())
-        {
-            e.expr = Expr::Ident(folds.name_for_value(value));
-            return;
-        }
+    {
+        e.expr = Expr::Ident(folds.name_for_literal(value));
+        return;
     }
     let chain = data_path(e).map(|path| {
         let folded = (!shadowed)
