@@ -17,11 +17,12 @@
 //!
 //! A map literal of constants (`{"secret": data.authz.jwt.secret, "aud": "shop"}`) is made
 //! once the same way: evaluated when the data is bound, as it would be on each request; one
-//! whose evaluation fails (a key the data lacks, a duplicate key) is left to fail there.
+//! whose evaluation fails (a key the data lacks, a duplicate key) is left to fail there, and
+//! one holding a map or list of the document's (a copy of that part) is not made.
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::common::traits::Indexer;
-use cel::common::types::{CelMap, CelString};
+use cel::common::types::{CelList, CelMap, CelString};
 use cel::common::value::Val;
 use cel::{Context, Value as CelValue};
 
@@ -89,17 +90,27 @@ pub(super) fn fold(e: &IdedExpr, bound: &Bound<'_>, folds: &mut Folds) -> IdedEx
     e
 }
 
-/// Whether `e` has the same value on every evaluation against one document: a literal, a
-/// selection of `data` by field names, or a map or list literal of such (no optional
-/// entries). No call is: a function may read the clock or the request.
-fn is_constant(e: &IdedExpr) -> bool {
+/// Whether `e` has the same value on every evaluation against `data`, and is small to make
+/// once: a literal, a selection of `data` by field names that reaches a value other than a
+/// map or a list (a map literal holding `data.authz.principals` would be a copy of the whole
+/// document's part), or a map or list literal of such (no optional entries). No call is: a
+/// function may read the clock or the request.
+fn is_constant(e: &IdedExpr, data: &(dyn Val + 'static)) -> bool {
     match &e.expr {
         Expr::Literal(_) => true,
-        Expr::Select(_) => data_path(e).is_some(),
-        Expr::List(l) => l.optional_indices.is_empty() && l.elements.iter().all(is_constant),
+        Expr::Select(_) => data_path(e).is_some_and(|path| {
+            resolve(data, &path).is_some_and(|(depth, value)| {
+                depth == path.len()
+                    && value.downcast_ref::<CelMap>().is_none()
+                    && value.downcast_ref::<CelList>().is_none()
+            })
+        }),
+        Expr::List(l) => {
+            l.optional_indices.is_empty() && l.elements.iter().all(|x| is_constant(x, data))
+        }
         Expr::Map(m) => m.entries.iter().all(|en| match &en.expr {
             EntryExpr::MapEntry(me) => {
-                !me.optional && is_constant(&me.key) && is_constant(&me.value)
+                !me.optional && is_constant(&me.key, data) && is_constant(&me.value, data)
             }
             EntryExpr::StructField(_) => false,
         }),
@@ -153,7 +164,7 @@ fn walk(e: &mut IdedExpr, bound: &Bound<'_>, shadowed: bool, folds: &mut Folds) 
     // evaluated here, as it would be on each request; one that fails is left to fail there.
     if !shadowed
         && matches!(e.expr, Expr::Map(_))
-        && is_constant(e)
+        && is_constant(e, data)
         && let Some(value) = CelValue::resolve(e, bound.root)
             .ok()
             .and_then(|v| Box::<dyn Val>::try_from(v).ok())

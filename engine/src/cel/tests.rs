@@ -967,17 +967,16 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             "[1].exists(x, data.x == 2 && data.authz.list.exists(data, data == \"a\"))",
             true,
         ),
-        // Map literals of constants: made once; one that fails, or reads a bound `data`, not.
-        (
-            "{\"s\": data.x, \"k\": [\"v\", data.authz.list]}.s == 2",
-            true,
-        ),
+        // Map literals of constants: made once; one that fails, reads a bound `data` or holds
+        // a map or list of the document's, not.
+        ("{\"s\": data.x, \"k\": [\"v\", \"w\"]}.s == 2", true),
         ("{\"s\": data.authz.missing}.size() == 1", true),
         ("{\"a\": 1, \"a\": data.x}.a == 1", true),
         (
             "[request.method].exists(data, {\"v\": data}.v == \"GET\")",
             false,
         ),
+        ("{\"l\": data.authz.list}.l.size() == 2", true),
     ];
     let mut text = String::from("name: f\nrules:\n");
     for (i, (when, _)) in rules.iter().enumerate() {
@@ -1031,7 +1030,7 @@ fn selections_of_data_are_folded_and_answer_as_written() {
     }
     // The map of constants is one variable; the one that fails stays a literal.
     let literal = |i: usize| format!("{:?}", p.files[0].rules[i].when.run).contains("Map(");
-    assert!(!literal(9) && literal(10) && literal(11));
+    assert!(!literal(9) && literal(10) && literal(11) && literal(13));
     let values: Vec<&str> = answers.iter().map(|(w, _)| w.as_str()).collect();
     assert_eq!(
         values,
@@ -1048,6 +1047,7 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             "Ok(Bool(true))",
             "Err(NoSuchKey(\"missing\"))",
             "Err(DuplicateKey(String(\"a\")))",
+            "Ok(Bool(true))",
             "Ok(Bool(true))",
         ]
     );
@@ -1076,6 +1076,7 @@ fn selections_of_data_are_folded_and_answer_as_written() {
             "Err(NoSuchKey(\"missing\"))",
             "Err(DuplicateKey(String(\"a\")))",
             "Ok(Bool(true))",
+            "Ok(Bool(false))",
         ]
     );
 }
