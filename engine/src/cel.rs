@@ -59,13 +59,6 @@ impl Compiled {
             expr,
         }
     }
-
-    fn folded(&self, bound: &fold::Bound<'_>, folds: &mut fold::Folds) -> Self {
-        Self {
-            expr: self.expr.clone(),
-            run: fold::fold(&self.expr, bound, folds),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -978,39 +971,25 @@ fn root_context(env: &Arc<Env>, data: &regorus::Value) -> Context<'static, 'stat
     root
 }
 
-/// `files` with their expressions folded against `root`'s `data` ([`fold`]), and the values
-/// folded bound in `root`.
-fn fold_files(files: &[CelFile], root: &mut Context<'static, 'static>) -> Vec<CelFile> {
+/// Fold each of `files`' expressions against `root`'s `data` ([`fold`]) into what is
+/// evaluated, and bind the values folded in `root`.
+fn fold_files(files: &mut [CelFile], root: &mut Context<'static, 'static>) {
     let mut folds = fold::Folds::default();
-    let folded = match root.get_variable("data") {
-        Some(data) => {
-            let bound = fold::Bound {
-                data: data.as_ref(),
-                root,
-            };
-            let fold = |c: &Compiled, folds: &mut fold::Folds| c.folded(&bound, folds);
-            files
-                .iter()
-                .map(|f| CelFile {
-                    matcher: f.matcher.as_ref().map(|m| fold(m, &mut folds)),
-                    rules: f
-                        .rules
-                        .iter()
-                        .map(|r| CelRule {
-                            when: fold(&r.when, &mut folds),
-                            ..r.clone()
-                        })
-                        .collect(),
-                    ..f.clone()
-                })
-                .collect()
+    if let Some(data) = root.get_variable("data") {
+        let bound = fold::Bound {
+            data: data.as_ref(),
+            root,
+        };
+        for f in files.iter_mut() {
+            let rules = f.rules.iter_mut().map(|r| &mut r.when);
+            for c in f.matcher.iter_mut().chain(rules) {
+                c.run = fold::fold(&c.expr, &bound, &mut folds);
+            }
         }
-        None => files.to_vec(),
-    };
+    }
     for (name, value) in folds.into_variables() {
         root.add_variable_as_val(name, value);
     }
-    folded
 }
 
 impl CelPolicies {
@@ -1126,7 +1105,7 @@ impl CelPolicies {
             input: used("input"),
         };
         let mut root = root;
-        let files = fold_files(&files, &mut root);
+        fold_files(&mut files, &mut root);
         Ok(Self {
             files: Arc::new(files),
             env,
@@ -1143,7 +1122,8 @@ impl CelPolicies {
     /// compiled again; `data`'s selections are folded again against the new document.
     pub fn with_data(&self, data: &regorus::Value) -> Self {
         let mut root = root_context(&self.env, data);
-        let files = fold_files(&self.files, &mut root);
+        let mut files = self.files.to_vec();
+        fold_files(&mut files, &mut root);
         Self {
             files: Arc::new(files),
             env: self.env.clone(),
