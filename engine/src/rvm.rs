@@ -931,6 +931,27 @@ z := [x | some v in input.a; x := [u | some u in input.a; u > v]]
 
     /// For each input, the rules among `rules` (package `t`) that are `true` on both engines
     /// are exactly those listed with it; the others are undefined on both.
+    /// Regorus patch 55: a membership whose value, collection or literal element is undefined
+    /// is undefined, as in OPA — both engines answered `false`, so `y := x in [input.a[0], 2];
+    /// not y` held for an input without `a[0]` (fail open). `opa eval -d <this package> -i
+    /// '{"n": 2, "a": []}' data.t` (OPA 1.7.1): `{"x": true}`; with `"a": [9]`: `{"q": true,
+    /// "x": true}`.
+    #[test]
+    fn a_membership_with_an_undefined_operand_is_undefined_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+r if { y := input.n in [input.a[0], 2]; not y }
+q if { y := input.n in {input.a[0], 3}; y == false }
+w if input.n in [input.a[0], 5]
+x if { y := input.n in input.missing; not y } else if { y := input.n in input.a; not y }
+"#);
+        let cases = [
+            (serde_json::json!({"n": 2, "a": []}), vec!["x"]),
+            (serde_json::json!({"n": 2, "a": [9]}), vec!["q", "x"]),
+        ];
+        assert_true_rules(&s, &["r", "q", "w", "x"], &cases);
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

@@ -2531,6 +2531,12 @@ impl Interpreter {
         self.check_execution_time()?;
         let value = self.eval_expr(value)?;
         let collection = self.eval_expr(collection)?;
+        // arbiter patch (55): an undefined value or collection makes the membership undefined,
+        // as in OPA (its operands are evaluated first); `false` here let `y := x in c; not y`
+        // succeed for a collection the input lacks.
+        if value == Value::Undefined || collection == Value::Undefined {
+            return Ok(Value::Undefined);
+        }
 
         let result = match &collection {
             Value::Array(array) => {

@@ -833,6 +833,10 @@ impl RegoVM {
                 let collection_value = self.get_register(collection)?;
 
                 let result = match *collection_value {
+                    // arbiter patch (55): undefined operands make the membership undefined,
+                    // as in OPA.
+                    _ if matches!(value_to_check, Value::Undefined) => Value::Undefined,
+                    Value::Undefined => Value::Undefined,
                     Value::Set(ref set_elements) => {
                         Value::Bool(set_elements.contains(value_to_check))
                     }
@@ -862,16 +866,18 @@ impl RegoVM {
                         available: program.instruction_data.array_create_params.len(),
                     })?;
                 let value_to_check = self.get_register(value)?;
-                let mut found = false;
+                // arbiter patch (55): undefined when the value or an element is, as in OPA
+                // (`false` before).
+                let mut found = Some(false).filter(|_| !matches!(value_to_check, Value::Undefined));
                 for &reg in params.element_registers() {
                     let element = self.get_register(reg)?;
                     if matches!(element, Value::Undefined) {
-                        found = false;
+                        found = None;
                         break;
                     }
-                    found = found || element == value_to_check;
+                    found = found.map(|f| f || element == value_to_check);
                 }
-                self.set_register(dest, Value::Bool(found))?;
+                self.set_register(dest, found.map_or(Value::Undefined, Value::Bool))?;
                 Ok(InstructionOutcome::Continue)
             }
             Count { dest, collection } => {
