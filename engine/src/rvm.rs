@@ -952,6 +952,56 @@ x if { y := input.n in input.missing; not y } else if { y := input.n in input.a;
         assert_true_rules(&s, &["r", "q", "w", "x"], &cases);
     }
 
+    /// regorus patch 56: `k, v in c` asks whether `c` has `v` at `k`, as OPA's
+    /// `internal.member_3` does: an object's key, an array's index; a set, a string or any
+    /// other collection has nothing at a key; any operand undefined makes it undefined. The
+    /// VM compiled it as `v in c`, the key dropped (`"y", 2 in {"x": 2}` was true), and the
+    /// interpreter answered `false` for an undefined key. Answers recorded from OPA 1.7.1
+    /// (`opa eval -d <this package> -i <input> data.t`).
+    #[test]
+    fn a_membership_with_a_key_is_looked_up_at_that_key_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+k1 if "x", 2 in {"x": 2}
+k2 if { y := "y", 2 in {"x": 2}; not y }
+k3 if { y := input.k, 2 in {"x": 2}; not y }
+k4 if 1, "b" in ["a", "b"]
+k5 if { y := 2, "b" in ["a", "b"]; not y }
+k6 if { y := 1, 1 in {1}; not y }
+k7 if { y := 0, "a" in "abc"; not y }
+k8 if input.i, input.v in input.c
+k9 if { y := input.i, input.v in input.c; not y }
+k10 if { y := "x", input.v in {"x": input.w}; not y }
+"#);
+        let always = ["k1", "k2", "k4", "k5", "k6", "k7"];
+        let with = |more: &[&'static str]| always.iter().chain(more).copied().collect::<Vec<_>>();
+        let cases = [
+            (serde_json::json!({}), with(&[])),
+            (
+                serde_json::json!({"i": "x", "v": 2, "c": {"x": 2}}),
+                with(&["k8"]),
+            ),
+            (
+                serde_json::json!({"i": 1, "v": "b", "c": ["a", "b"]}),
+                with(&["k8"]),
+            ),
+            (
+                serde_json::json!({"i": "x", "v": 3, "c": {"x": 2}, "w": 3}),
+                with(&["k9"]),
+            ),
+            (
+                serde_json::json!({"i": "x", "c": {"x": 2}, "w": 3}),
+                with(&[]),
+            ),
+            (
+                serde_json::json!({"i": "x", "v": 3, "c": {"x": 2}}),
+                with(&["k9"]),
+            ),
+        ];
+        let rules = ["k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10"];
+        assert_true_rules(&s, &rules, &cases);
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

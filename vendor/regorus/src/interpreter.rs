@@ -2531,26 +2531,32 @@ impl Interpreter {
         self.check_execution_time()?;
         let value = self.eval_expr(value)?;
         let collection = self.eval_expr(collection)?;
+        // arbiter patch (56): and so does an undefined key (`false` before).
+        let key = match key {
+            Some(key) => Some(self.eval_expr(key)?),
+            None => None,
+        };
         // arbiter patch (55): an undefined value or collection makes the membership undefined,
         // as in OPA (its operands are evaluated first); `false` here let `y := x in c; not y`
         // succeed for a collection the input lacks.
-        if value == Value::Undefined || collection == Value::Undefined {
+        if value == Value::Undefined
+            || collection == Value::Undefined
+            || key == Some(Value::Undefined)
+        {
             return Ok(Value::Undefined);
         }
 
         let result = match &collection {
             Value::Array(array) => {
-                if let Some(key) = key {
-                    let key = self.eval_expr(key)?;
-                    collection[&key] == value
+                if let Some(key) = &key {
+                    collection[key] == value
                 } else {
                     array.contains(&value)
                 }
             }
             Value::Object(object) => {
-                if let Some(key) = key {
-                    let key = self.eval_expr(key)?;
-                    collection[&key] == value
+                if let Some(key) = &key {
+                    collection[key] == value
                 } else {
                     object.values().any(|item| *item == value)
                 }

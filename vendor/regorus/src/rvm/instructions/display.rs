@@ -247,6 +247,15 @@ impl core::fmt::Display for Instruction {
                 collection,
                 value,
             } => format!("CONTAINS R({}) R({}) R({})", dest, collection, value),
+            Instruction::ContainsAt {
+                dest,
+                collection,
+                key,
+                value,
+            } => format!(
+                "CONTAINS_AT R({}) R({}) R({}) R({})",
+                dest, collection, key, value
+            ),
             Instruction::Count { dest, collection } => {
                 format!("COUNT R({}) R({})", dest, collection)
             }

@@ -435,6 +435,16 @@ pub enum Instruction {
         /// Index into program's instruction_data.array_create_params table (its `dest` unused)
         params_index: u32,
     },
+
+    /// arbiter patch (56): `key, value in collection`, OPA's `internal.member_3`: whether
+    /// the object has `value` at `key` or the array at index `key`; false for a set or any
+    /// other collection; undefined when an operand is.
+    ContainsAt {
+        dest: u8,
+        collection: u8,
+        key: u8,
+        value: u8,
+    },
 }
 
 impl Instruction {

@@ -677,6 +677,19 @@ fn format_instruction_readable(
             let comment = format!("Membership test: r{} in r{}", value, collection);
             align_comment(&base, &comment, config.comment_column)
         }
+        Instruction::ContainsAt {
+            dest,
+            collection,
+            key,
+            value,
+        } => {
+            let base = format!(
+                "{}ContainsAt   r{} ← (r{}, r{} ∈ r{})",
+                indent, dest, key, value, collection
+            );
+            let comment = format!("Membership test: r{}, r{} in r{}", key, value, collection);
+            align_comment(&base, &comment, config.comment_column)
+        }
         Instruction::Count { dest, collection } => {
             let base = format!("{}Count        r{} ← count(r{})", indent, dest, collection);
             let comment = format!("Get count/length of collection r{}", collection);
@@ -1074,6 +1087,7 @@ const fn get_instruction_name(instruction: &Instruction) -> &'static str {
         Instruction::SetAdd { .. } => "SET_ADD",
         Instruction::SetCreate { .. } => "SET_CREATE",
         Instruction::Contains { .. } => "CONTAINS",
+        Instruction::ContainsAt { .. } => "CONTAINS_AT",
         Instruction::Count { .. } => "COUNT",
         Instruction::AssertEq { .. } => "ASSERT_EQ",
         Instruction::Guard { mode, .. } => match mode {

@@ -80,6 +80,7 @@ impl RegoVM {
             | ArrayPushDefined { .. }
             | Contains { .. }
             | ContainsElement { .. }
+            | ContainsAt { .. }
             | Count { .. }
             | Index { .. }
             | IndexLiteral { .. }
@@ -878,6 +879,33 @@ impl RegoVM {
                     found = found.map(|f| f || element == value_to_check);
                 }
                 self.set_register(dest, found.map_or(Value::Undefined, Value::Bool))?;
+                Ok(InstructionOutcome::Continue)
+            }
+            ContainsAt {
+                dest,
+                collection,
+                key,
+                value,
+            } => {
+                let collection_value = self.get_register(collection)?;
+                let key_value = self.get_register(key)?;
+                let value_to_check = self.get_register(value)?;
+                // arbiter patch (56): as OPA's `internal.member_3` (`Get` of the key, then
+                // equality); undefined when an operand is.
+                let result = if [collection_value, key_value, value_to_check]
+                    .iter()
+                    .any(|v| matches!(v, Value::Undefined))
+                {
+                    Value::Undefined
+                } else {
+                    match *collection_value {
+                        Value::Array(_) | Value::Object(_) => {
+                            Value::Bool(collection_value[key_value] == *value_to_check)
+                        }
+                        _ => Value::Bool(false),
+                    }
+                };
+                self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }
             Count { dest, collection } => {

@@ -92,6 +92,14 @@ impl<'a> Compiler<'a> {
                 }
             }
             Expr::RefDot { .. } | Expr::RefBrack { .. } => self.compile_chained_ref(expr, span)?,
+            // arbiter patch (56): the key of `k, v in c` is compiled too (it was dropped, so the
+            // VM answered `v in c`).
+            Expr::Membership {
+                key: Some(key),
+                value,
+                collection,
+                ..
+            } => self.compile_keyed_membership(key, value, collection, span)?,
             Expr::Membership {
                 value, collection, ..
             } => self.compile_membership(value, collection, span)?,

@@ -226,6 +226,31 @@ impl<'a> Compiler<'a> {
         Ok(dest)
     }
 
+    /// arbiter patch (56): `key, value in collection`.
+    pub(super) fn compile_keyed_membership(
+        &mut self,
+        key: &ExprRef,
+        value: &ExprRef,
+        collection: &ExprRef,
+        span: &Span,
+    ) -> Result<Register> {
+        let key_reg = self.compile_rego_expr_with_span(key, key.span(), false)?;
+        let value_reg = self.compile_rego_expr_with_span(value, value.span(), false)?;
+        let collection_reg =
+            self.compile_rego_expr_with_span(collection, collection.span(), false)?;
+        let dest = self.alloc_register()?;
+        self.emit_instruction(
+            Instruction::ContainsAt {
+                dest,
+                collection: collection_reg,
+                key: key_reg,
+                value: value_reg,
+            },
+            span,
+        );
+        Ok(dest)
+    }
+
     pub(super) fn compile_unary_minus(&mut self, expr: &ExprRef, span: &Span) -> Result<Register> {
         match expr.as_ref() {
             // arbiter patch 22: the literal with a minus, as OPA reads it (`- 0` is `-0`).
