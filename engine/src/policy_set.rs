@@ -226,6 +226,10 @@ impl PolicySet {
                 );
             }
         }
+        // OPA's compiler stages: declared variables (`rewriteLocalVars`) before types.
+        if diagnostics.is_empty() {
+            diagnostics.extend(crate::typecheck::unused_declarations(engine.get_modules()));
+        }
         if diagnostics.is_empty() {
             diagnostics.extend(crate::typecheck::check_modules(engine.get_modules()));
         }

@@ -26,6 +26,9 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::Diagnostic;
 
+mod declared;
+pub use declared::unused_declarations;
+
 /// A type as OPA's `types` package models it.
 #[derive(Debug, Clone, PartialEq)]
 enum Ty {
