@@ -1002,6 +1002,43 @@ k10 if { y := "x", input.v in {"x": input.w}; not y }
         assert_true_rules(&s, &rules, &cases);
     }
 
+    /// regorus patch 58: an array is indexed only by a number OPA reads as an integer
+    /// (`Array.Get`, `Number.Int`): `1.0` or `1e0`, written in the policy or the input, is no
+    /// index, while an arithmetic result (`2 / 2`, `3 - 2.0`) is written as the integer it is
+    /// and indexes. Answers recorded from OPA 1.7.1 (`opa eval -d <this package> -i <input>
+    /// data.t`): `{"c": "b", "g": "b", "k": "o", "o": "b", "w": true, "z": "a"}`.
+    #[test]
+    fn an_array_is_indexed_only_by_an_integer_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+a := ["a", "b"][input.i]
+c := x if { y := 2 / 2; x := ["a", "b"][y] }
+e := x if { y := 1.0; x := ["a", "b"][y] }
+f := x if { y := 1e0; x := ["a", "b"][y] }
+g := x if { y := 3 - 2.0; x := ["a", "b"][y] }
+m := x if { x := input.arr[input.i] }
+o := x if { y := input.i + 0; x := ["a", "b"][y] }
+z := x if { y := -0; x := ["a", "b"][y] }
+k := x if { x := {1: "o"}[input.i] }
+w if { y := input.i, "b" in input.arr; not y }
+"#);
+        let input = crate::value::from_json(&serde_json::json!({"i": 1.0, "arr": ["a", "b"]}));
+        for (rule, want) in [
+            ("a", Value::Undefined),
+            ("c", Value::from("b")),
+            ("e", Value::Undefined),
+            ("f", Value::Undefined),
+            ("g", Value::from("b")),
+            ("m", Value::Undefined),
+            ("o", Value::from("b")),
+            ("z", Value::from("a")),
+            ("k", Value::from("o")),
+            ("w", Value::Bool(true)),
+        ] {
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
+        }
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

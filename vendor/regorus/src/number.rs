@@ -354,6 +354,21 @@ impl Number {
         }
     }
 
+    /// arbiter patch (58): the array index this number is, as OPA's `Array.Get` reads one
+    /// (`Number.Int`): a number written with a fraction or an exponent (`1.0`, `1e0`, from
+    /// the policy or the input) is none, while an arithmetic result (`2 / 2`, `0.5 * 2`)
+    /// is written as the integer it is and indexes.
+    pub fn array_index(&self) -> Option<usize> {
+        match self {
+            Number::Text(t) => t
+                .text
+                .parse::<i64>()
+                .ok()
+                .and_then(|i| usize::try_from(i).ok()),
+            n => n.as_u64().and_then(|i| usize::try_from(i).ok()),
+        }
+    }
+
     /// The sign `big.Float` reads from the text (`-0` is negative).
     fn go_negative(&self) -> bool {
         match self {

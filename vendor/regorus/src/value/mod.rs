@@ -1811,8 +1811,9 @@ impl ops::Index<&Value> for Value {
                 Some(v) => v,
                 _ => &Value::Undefined,
             },
-            (Value::Array(a), Value::Number(n)) => match n.as_u64() {
-                Some(index) => a.get(index as usize).unwrap_or(&Value::Undefined),
+            // arbiter patch (58): OPA's `Array.Get`: `1.0` is no index.
+            (Value::Array(a), Value::Number(n)) => match n.array_index() {
+                Some(index) => a.get(index).unwrap_or(&Value::Undefined),
                 _ => &Value::Undefined,
             },
             _ => &Value::Undefined,
