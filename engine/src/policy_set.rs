@@ -226,9 +226,13 @@ impl PolicySet {
                 );
             }
         }
-        // OPA's compiler stages: declared variables (`rewriteLocalVars`) before types.
+        // OPA's compiler stages: declared variables (`rewriteLocalVars`), then safety, then
+        // types.
         if diagnostics.is_empty() {
             diagnostics.extend(crate::typecheck::unused_declarations(engine.get_modules()));
+        }
+        if diagnostics.is_empty() {
+            diagnostics.extend(crate::typecheck::unsafe_rule_vars(engine.get_modules()));
         }
         if diagnostics.is_empty() {
             diagnostics.extend(crate::typecheck::check_modules(engine.get_modules()));

@@ -27,7 +27,9 @@ use serde_json::Value as Json;
 use crate::diagnostic::Diagnostic;
 
 mod declared;
+mod safety;
 pub use declared::unused_declarations;
+pub use safety::unsafe_rule_vars;
 
 /// A type as OPA's `types` package models it.
 #[derive(Debug, Clone, PartialEq)]
