@@ -1039,6 +1039,40 @@ w if { y := input.i, "b" in input.arr; not y }
         }
     }
 
+    /// regorus patch 59: an object pattern matches an object with exactly its keys, as OPA
+    /// unifies objects: `{"role": r} := input.claims` fails for claims with more keys than
+    /// `role` (both engines bound `r`, so `r == "admin"` allowed claims OPA denies), in `=`,
+    /// `:=`, `some … in` and a function's argument alike. Answers recorded from OPA 1.7.1
+    /// (`opa eval -d <this package> -i <input> data.t`): nothing defined for claims `{"role":
+    /// "admin", "sub": "bob"}`; every rule for claims `{"role": "admin"}`.
+    #[test]
+    fn an_object_pattern_matches_only_an_object_with_its_keys_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+a if { {"role": r} := input.claims; r == "admin" }
+b if { {"role": r} = input.claims; r == "admin" }
+c if { input.claims = {"role": r}; r == "admin" }
+e if { {"role": "admin"} = input.claims }
+f if { some {"role": r} in [input.claims]; r == "admin" }
+g(x) := r if { {"role": r} := x }
+h if g(input.claims) == "admin"
+k(x) if { {"role": "admin"} = x }
+m if k(input.claims)
+"#);
+        let rules = ["a", "b", "c", "e", "f", "h", "m"];
+        let cases = [
+            (
+                serde_json::json!({"claims": {"role": "admin", "sub": "bob"}}),
+                vec![],
+            ),
+            (
+                serde_json::json!({"claims": {"role": "admin"}}),
+                rules.to_vec(),
+            ),
+        ];
+        assert_true_rules(&s, &rules, &cases);
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

@@ -906,6 +906,11 @@ impl Interpreter {
             } => {
                 // Value must be an object with matching fields
                 if let Value::Object(obj) = value {
+                    // arbiter patch (59): and no others, as OPA unifies objects (`{"role": r}
+                    // := claims` fails for claims with more keys).
+                    if obj.len() != field_plans.len() + dynamic_fields.len() {
+                        return Ok(Value::Undefined);
+                    }
                     // Check that all required fields are present and match
                     for (key, field_plan) in field_plans {
                         if let Some(field_value) = obj.get(key) {

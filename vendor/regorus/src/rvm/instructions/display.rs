@@ -247,6 +247,9 @@ impl core::fmt::Display for Instruction {
                 collection,
                 value,
             } => format!("CONTAINS R({}) R({}) R({})", dest, collection, value),
+            Instruction::ObjectSize { dest, collection } => {
+                format!("OBJECT_SIZE R({}) R({})", dest, collection)
+            }
             Instruction::ContainsAt {
                 dest,
                 collection,

@@ -436,6 +436,14 @@ pub enum Instruction {
         params_index: u32,
     },
 
+    /// arbiter patch (59): how many keys `collection` has if it is an object; undefined for
+    /// anything else. An object pattern (`{"role": r} := x`) matches only an object with
+    /// exactly its keys, as OPA unifies objects.
+    ObjectSize {
+        dest: u8,
+        collection: u8,
+    },
+
     /// arbiter patch (56): `key, value in collection`, OPA's `internal.member_3`: whether
     /// the object has `value` at `key` or the array at index `key`; false for a set or any
     /// other collection; undefined when an operand is.

@@ -677,6 +677,11 @@ fn format_instruction_readable(
             let comment = format!("Membership test: r{} in r{}", value, collection);
             align_comment(&base, &comment, config.comment_column)
         }
+        Instruction::ObjectSize { dest, collection } => {
+            let base = format!("{}ObjectSize   r{} ← |r{}|", indent, dest, collection);
+            let comment = format!("Keys of object r{}", collection);
+            align_comment(&base, &comment, config.comment_column)
+        }
         Instruction::ContainsAt {
             dest,
             collection,
@@ -1088,6 +1093,7 @@ const fn get_instruction_name(instruction: &Instruction) -> &'static str {
         Instruction::SetCreate { .. } => "SET_CREATE",
         Instruction::Contains { .. } => "CONTAINS",
         Instruction::ContainsAt { .. } => "CONTAINS_AT",
+        Instruction::ObjectSize { .. } => "OBJECT_SIZE",
         Instruction::Count { .. } => "COUNT",
         Instruction::AssertEq { .. } => "ASSERT_EQ",
         Instruction::Guard { mode, .. } => match mode {

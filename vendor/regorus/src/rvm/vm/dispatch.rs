@@ -81,6 +81,7 @@ impl RegoVM {
             | Contains { .. }
             | ContainsElement { .. }
             | ContainsAt { .. }
+            | ObjectSize { .. }
             | Count { .. }
             | Index { .. }
             | IndexLiteral { .. }
@@ -879,6 +880,15 @@ impl RegoVM {
                     found = found.map(|f| f || element == value_to_check);
                 }
                 self.set_register(dest, found.map_or(Value::Undefined, Value::Bool))?;
+                Ok(InstructionOutcome::Continue)
+            }
+            ObjectSize { dest, collection } => {
+                // arbiter patch (59)
+                let result = match *self.get_register(collection)? {
+                    Value::Object(ref fields) => Value::from(fields.len()),
+                    _ => Value::Undefined,
+                };
+                self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }
             ContainsAt {

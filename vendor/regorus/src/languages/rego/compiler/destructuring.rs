@@ -285,6 +285,12 @@ impl<'a> Compiler<'a> {
                 field_plans,
                 dynamic_fields,
             } => {
+                // arbiter patch (59): an object with exactly the pattern's keys.
+                self.assert_object_size(
+                    value_register,
+                    field_plans.len() + dynamic_fields.len(),
+                    span,
+                )?;
                 for (key, field_plan) in field_plans {
                     let literal_idx = self.add_literal(key.clone());
                     let field_reg = self.alloc_register()?;
@@ -382,6 +388,49 @@ impl<'a> Compiler<'a> {
         let dest = self.alloc_register()?;
         self.emit_instruction(Instruction::Load { dest, literal_idx }, span);
         Ok(dest)
+    }
+
+    /// arbiter patch (59): fails unless the register holds an object of `expected` keys.
+    fn assert_object_size(
+        &mut self,
+        object_register: Register,
+        expected: usize,
+        span: &Span,
+    ) -> Result<()> {
+        let expected_literal = self.add_literal(Value::from(expected));
+        let size_reg = self.alloc_register()?;
+        self.emit_instruction(
+            Instruction::ObjectSize {
+                dest: size_reg,
+                collection: object_register,
+            },
+            span,
+        );
+        let expected_reg = self.alloc_register()?;
+        self.emit_instruction(
+            Instruction::Load {
+                dest: expected_reg,
+                literal_idx: expected_literal,
+            },
+            span,
+        );
+        let cmp_reg = self.alloc_register()?;
+        self.emit_instruction(
+            Instruction::Eq {
+                dest: cmp_reg,
+                left: size_reg,
+                right: expected_reg,
+            },
+            span,
+        );
+        self.emit_instruction(
+            Instruction::Guard {
+                register: cmp_reg,
+                mode: GuardMode::Condition,
+            },
+            span,
+        );
+        Ok(())
     }
 
     fn assert_array_length(
