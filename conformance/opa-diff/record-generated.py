@@ -13,7 +13,9 @@ partial set, a partial object, a value with `else`, a boolean) and body literals
 iterate, quantify and compare as access policies do: an `every` over a list indexing another
 by the quantifier's key (a grant's path segments against the request's), `some` over arrays
 and objects, comprehensions, functions with defaults and conflicting definitions, negation,
-arithmetic, and references that are undefined. engine/src/rvm/differential.rs generates
+arithmetic, string built-ins and CIDR checks over string inputs, object and array patterns,
+and references that are undefined. Built-in errors are recorded as `opa eval` answers them
+by default (the expression undefined); the test compares the interpreter in that mode. engine/src/rvm/differential.rs generates
 the same kind of policies for a property test of the VM against the interpreter; this corpus
 holds both to OPA's answers.
 """
@@ -73,7 +75,11 @@ def definition(rng, kind):
 def small_input(rng):
     ints = lambda: [rng.randrange(0, 4) for _ in range(rng.randrange(0, 4))]
     obj = lambda: {k: rng.randrange(0, 4) for k in rng.sample(["a", "b", "c"], rng.randrange(0, 3))}
-    return {"a": ints(), "b": ints(), "o": obj(), "o2": obj(), "n": rng.randrange(0, 4)}
+    strs = {k: rng.choice(["x", "admin", "y"]) for k in rng.sample(["admin", "bob"], rng.randrange(0, 3))}
+    return {"a": ints(), "b": ints(), "o": obj(), "o2": obj(), "n": rng.randrange(0, 4),
+            "s": rng.choice(["admin", "bob", "ad-min", "", "Admin"]),
+            "p": rng.choice([["a", "b"], ["a"], [], ["b", "a"]]), "u": strs,
+            "ip": rng.choice(["10.1.2.3", "192.168.0.1", "bad"])}
 
 
 def policies():

@@ -1073,6 +1073,37 @@ m if k(input.claims)
         assert_true_rules(&s, &rules, &cases);
     }
 
+    /// regorus patch 60: definitions that all give the same constant stop at the first that
+    /// succeeds, on the interpreter as on the VM and in OPA (its early exit): a later
+    /// definition's built-in error no longer turns the answer into an error on one engine
+    /// only. With different values every definition is evaluated, on both. OPA 1.7.1 with
+    /// `--strict-builtin-errors` (arbiter's default): `r` true, `m` an `eval_builtin_error`.
+    #[test]
+    fn definitions_of_one_constant_stop_at_the_first_success_on_both_engines() {
+        let s = set(r#"package t
+import rego.v1
+r if {
+  true
+}
+r if {
+  net.cidr_contains("10.0.0.0/8", input.ip)
+}
+m := "x" if input.n == 1
+m := "y" if {
+  net.cidr_contains("10.0.0.0/8", input.ip)
+}
+"#);
+        let input = crate::value::from_json(&serde_json::json!({"n": 1, "ip": "bad"}));
+        assert_eq!(
+            on_both(&s, "r", &input),
+            (Value::Bool(true), Value::Bool(true))
+        );
+        let path = DataRef::parse("t/m").unwrap();
+        let vm = RvmDecider::compile(&s, &path).unwrap();
+        assert!(vm.evaluate(input.clone()).is_err());
+        assert!(s.evaluate(&path, input).is_err());
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

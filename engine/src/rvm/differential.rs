@@ -103,8 +103,21 @@ fn small_input() -> impl Strategy<Value = serde_json::Value> {
     let ints = || prop::collection::vec(0..4i64, 0..4);
     let object =
         || prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), 0..4i64, 0..3);
-    (ints(), ints(), object(), object(), 0..4i64)
-        .prop_map(|(a, b, o, o2, n)| serde_json::json!({"a": a, "b": b, "o": o, "o2": o2, "n": n}))
+    let text = || prop::sample::select(vec!["admin", "bob", "ad-min", "", "Admin"]);
+    let path = prop::sample::select(vec![vec!["a", "b"], vec!["a"], vec![], vec!["b", "a"]]);
+    let strings = prop::collection::btree_map(
+        prop::sample::select(vec!["admin", "bob"]),
+        prop::sample::select(vec!["x", "admin", "y"]),
+        0..3,
+    );
+    let ip = prop::sample::select(vec!["10.1.2.3", "192.168.0.1", "bad"]);
+    (
+        (ints(), ints(), object(), object(), 0..4i64),
+        (text(), path, strings, ip),
+    )
+        .prop_map(|((a, b, o, o2, n), (s, p, u, ip))| {
+            serde_json::json!({"a": a, "b": b, "o": o, "o2": o2, "n": n, "s": s, "p": p, "u": u, "ip": ip})
+        })
 }
 
 /// One input's answers: the VM's and the interpreter's.

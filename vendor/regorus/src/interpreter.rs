@@ -3384,10 +3384,33 @@ impl Interpreter {
         let mut matched = false;
         if let Some(rules) = self.compiled_policy.rules.get(&path) {
             matched = true;
+            // arbiter patch (60): definitions that all give the same constant (`allow if …`
+            // written several times) stop at the first that succeeds, as OPA's early exit and
+            // the VM do: the rest cannot change the value, and a built-in error or a deadline
+            // in one of them must not turn an answer OPA gives into an error.
+            let early_exit = rules.len() >= 2 && Self::same_constant_value(rules);
+            let tail: Vec<String> = if early_exit {
+                self.compiled_policy
+                    .rule_path_components
+                    .get(&path)
+                    .map(|c| c.iter().skip(1).cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             for r in rules.clone() {
                 if !self.processed.contains(&r) {
                     let module = self.get_rule_module(&r)?;
                     self.eval_rule(&module, &r)?;
+                }
+                if early_exit && !tail.is_empty() {
+                    let mut value = &self.data;
+                    for c in &tail {
+                        value = &value[c.as_str()];
+                    }
+                    if *value != Value::Undefined {
+                        break;
+                    }
                 }
             }
         }
@@ -3419,6 +3442,60 @@ impl Interpreter {
             self.mark_processed(tail)?;
         }
         Ok(())
+    }
+
+    /// arbiter patch (60): whether every definition is a complete rule (its reference has no
+    /// `[…]`) whose every body yields the same scalar literal (`true` when none is written).
+    fn same_constant_value(rules: &[Ref<Rule>]) -> bool {
+        fn literal(e: Option<&ExprRef>) -> Option<Value> {
+            match e.map(|e| e.as_ref()) {
+                None => Some(Value::Bool(true)),
+                Some(
+                    Expr::Bool { value, .. }
+                    | Expr::Number { value, .. }
+                    | Expr::String { value, .. }
+                    | Expr::RawString { value, .. }
+                    | Expr::Null { value, .. },
+                ) => Some(value.clone()),
+                Some(_) => None,
+            }
+        }
+        fn plain_ref(e: &Expr) -> bool {
+            match e {
+                Expr::Var { .. } => true,
+                Expr::RefDot { refr, .. } => plain_ref(refr),
+                _ => false,
+            }
+        }
+        let mut seen: Option<Value> = None;
+        for rule in rules {
+            let Rule::Spec {
+                head: RuleHead::Compr { refr, assign, .. },
+                bodies,
+                ..
+            } = rule.as_ref()
+            else {
+                return false;
+            };
+            if !plain_ref(refr) || bodies.is_empty() {
+                return false;
+            }
+            for (i, body) in bodies.iter().enumerate() {
+                let written = match &body.assign {
+                    Some(a) => Some(&a.value),
+                    None if i == 0 => assign.as_ref().map(|a| &a.value),
+                    None => None,
+                };
+                let Some(v) = literal(written) else {
+                    return false;
+                };
+                match &seen {
+                    Some(prev) if *prev != v => return false,
+                    _ => seen = Some(v),
+                }
+            }
+        }
+        seen.is_some()
     }
 
     fn is_processed(&self, path: &[&str]) -> Result<bool> {
