@@ -606,6 +606,42 @@ test_value := 7
         assert_eq!(f.message, "`test_value` is 7, expected true");
     }
 
+    /// regorus patch 61: a function replaced by `with` is undefined where its replacement is,
+    /// even when the function has a default: `opa test` passes all three (OPA 1.7.1); arbiter
+    /// answered the replaced function's default, so the first test failed.
+    #[test]
+    fn a_mocked_default_function_is_undefined_where_its_mock_is() {
+        let s = sources(&[
+            (
+                "authz.rego",
+                r#"package authz
+default risk(_) := 0
+risk(u) := 9 if u == "mallory"
+allow if risk(input.user) < 5
+"#,
+            ),
+            (
+                "authz_test.rego",
+                r#"package authz_test
+import data.authz
+partial_risk(u) := 1 if u == "ann"
+test_mock_undefined_is_not_the_default if {
+    not authz.allow with input as {"user": "bob"} with authz.risk as partial_risk
+}
+test_mock_defined if {
+    authz.allow with input as {"user": "ann"} with authz.risk as partial_risk
+}
+test_default_unmocked if {
+    authz.allow with input as {"user": "bob"}
+}
+"#,
+            ),
+        ]);
+        let r = run(&s, &TestOptions::default()).unwrap();
+        let labels: Vec<&str> = r.results.iter().map(|t| t.outcome.label()).collect();
+        assert_eq!(labels, vec!["PASS", "PASS", "PASS"], "{r:#?}");
+    }
+
     #[test]
     fn with_mocks_input_data_and_functions_and_failures_show_values() {
         let s = sources(&[

@@ -3164,6 +3164,10 @@ impl Interpreter {
                     .cloned()
                 {
                     Some(rules) => Some(rules),
+                    // arbiter patch (61): the call's own name only when no `with` replaced
+                    // the function: `f(2) with f as g` is undefined when `g` is, as in OPA
+                    // (it answered `f`'s default).
+                    None if selected_fcn_path != orig_fcn_path => None,
                     None => {
                         let alt_fcn_path = get_path_string(fcn, Some(&self.current_module_path))?;
                         self.compiled_policy
