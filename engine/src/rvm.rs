@@ -1104,6 +1104,53 @@ m := "y" if {
         assert!(s.evaluate(&path, input).is_err());
     }
 
+    /// regorus patch 62: code after a region that may run no time (an `every`'s or a
+    /// comprehension's body, a negated comprehension) loads `input` again rather than reading
+    /// the register the region would have loaded. With `po` and `grants` empty the VM read
+    /// `input` as undefined after the loop: `s1` was undefined, and `not input.blocked` held
+    /// for a blocked request (`e1`, `e2`, `c1`, `n1` allowed it: fail open). Answers recorded
+    /// from OPA 1.7.1 (`opa eval -d <this package> -i <input> data.t`).
+    #[test]
+    fn input_is_read_again_after_a_loop_that_ran_no_time() {
+        let s = set(r#"package t
+import rego.v1
+po[k] := v if {
+  some k, v in input.o
+  v > 0
+}
+grants contains g if {
+  some g in input.g
+}
+e1 if {
+  every k, v in po { input.o2[k] != v }
+  not input.blocked
+}
+e2 if {
+  every g in grants { input.paths[g] }
+  not input.blocked
+}
+c1 if {
+  x := [1 | some g in grants; input.paths[g]]
+  count(x) == 0
+  not input.blocked
+}
+n1 if {
+  not count([1 | some g in grants; input.paths[g]]) > 0
+  not input.blocked
+}
+s1 if {
+  every k, v in po { input.o2[k] != v }
+  sort(input.a)[0] == 0
+}
+"#);
+        let input = |blocked: bool| serde_json::json!({"o": {}, "o2": {"a": 3}, "blocked": blocked, "a": [1, 0], "user": "u"});
+        let cases = [
+            (input(true), vec!["s1"]),
+            (input(false), vec!["c1", "e1", "e2", "n1", "s1"]),
+        ];
+        assert_true_rules(&s, &["e1", "e2", "c1", "n1", "s1"], &cases);
+    }
+
     fn assert_true_rules(
         s: &Arc<PolicySet>,
         rules: &[&str],

@@ -47,7 +47,8 @@ impl<'a> Compiler<'a> {
             key_value_loops_hoisted: false,
         };
         self.push_context(context);
-        self.compile_query(query)?;
+        // arbiter patch (62)
+        self.with_root_registers_kept(|c| c.compile_query(query))?;
         self.pop_context();
 
         self.emit_instruction(Instruction::ComprehensionEnd {}, span);

@@ -135,6 +135,19 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// arbiter patch (62): compiles a region that may run no time (a comprehension's or an
+    /// `every`'s body, a negated expression's iterations) without letting the code after it
+    /// read `input` or `data` from a register the region loaded: after a loop that ran no
+    /// iteration the register was never written, and the reads after it saw undefined (`every
+    /// g in data.none { input.a[g] }; not input.blocked` allowed a blocked request).
+    pub(super) fn with_root_registers_kept<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let (input, data) = (self.current_input_register, self.current_data_register);
+        let result = f(self);
+        self.current_input_register = input;
+        self.current_data_register = data;
+        result
+    }
+
     /// Reset input/data registers for a new rule definition
     /// This ensures input and data are loaded only once per rule definition
     pub fn reset_rule_definition_registers(&mut self) {

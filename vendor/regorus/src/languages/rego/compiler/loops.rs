@@ -167,7 +167,8 @@ impl<'a> Compiler<'a> {
             self.add_variable(key_name, key_reg);
         }
 
-        self.compile_query(query)?;
+        // arbiter patch (62)
+        self.with_root_registers_kept(|c| c.compile_query(query))?;
 
         self.pop_context();
         self.pop_scope();

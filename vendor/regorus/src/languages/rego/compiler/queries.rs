@@ -281,8 +281,11 @@ impl<'a> Compiler<'a> {
                         evaluated.push(r);
                     }
                 }
-                let expr_reg = self.with_soft_assert_mode(true, |compiler| {
-                    compiler.compile_rego_expr_with_span(expr, expr.span(), false)
+                // arbiter patch (62): the expression may iterate.
+                let expr_reg = self.with_root_registers_kept(|c| {
+                    c.with_soft_assert_mode(true, |compiler| {
+                        compiler.compile_rego_expr_with_span(expr, expr.span(), false)
+                    })
                 });
                 for r in evaluated {
                     self.loop_expr_register_map.remove(r);
