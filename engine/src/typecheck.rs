@@ -1443,6 +1443,16 @@ pub fn builtin_error_hook(
 mod tests {
     use super::*;
 
+    /// What loading `rules` as module `t.rego` (package `t`, Rego v1) reports, in
+    /// `file:line:col: message` form.
+    pub(super) fn load_rules(rules: &str) -> Result<(), String> {
+        let mut sources = crate::PolicySources::default();
+        sources.add_rego("t.rego", format!("package t\nimport rego.v1\n{rules}\n"));
+        crate::PolicySet::from_sources(&sources, &crate::LoadOptions::default())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     fn query_errors(q: &str) -> Vec<String> {
         let source = regorus::unstable::Source::from_contents("query".into(), q.into()).unwrap();
         let mut parser = regorus::unstable::Parser::new(&source).unwrap();

@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 
 use regorus::unstable::{AssignOp, Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span};
 
+use super::subexprs;
 use crate::diagnostic::Diagnostic;
 
 /// One diagnostic per declared variable OPA refuses as unused, in source order.
@@ -128,7 +129,7 @@ fn nested_in_expr(e: &Expr, file: &str, out: &mut Vec<Diagnostic>) {
             check_query(query, &used, file, out);
         }
         _ => {
-            for c in children(e) {
+            for c in subexprs(e) {
                 nested_in_expr(c, file, out);
             }
         }
@@ -198,7 +199,7 @@ fn expr_mentions(e: &Expr, name: &str) -> bool {
                     || expr_mentions(value, name)
                     || query_mentions(query, name))
         }
-        _ => children(e).into_iter().any(|c| expr_mentions(c, name)),
+        _ => subexprs(e).into_iter().any(|c| expr_mentions(c, name)),
     }
 }
 
@@ -248,7 +249,7 @@ fn expr_vars(e: &Expr, out: &mut BTreeSet<String>) {
             query_vars(query, out);
         }
         _ => {
-            for c in children(e) {
+            for c in subexprs(e) {
                 expr_vars(c, out);
             }
         }
@@ -275,47 +276,9 @@ fn query_vars(q: &Query, out: &mut BTreeSet<String>) {
     }
 }
 
-/// An expression's direct subexpressions other than comprehensions' (callers handle those);
-/// a call's function name is one (a variable may not be called, so it never matches).
-fn children(e: &Expr) -> Vec<&Expr> {
-    match e {
-        Expr::RefDot { refr, .. } | Expr::UnaryExpr { expr: refr, .. } => vec![refr],
-        Expr::RefBrack { refr, index, .. } => vec![refr, index],
-        Expr::Call { fcn, params, .. } => {
-            std::iter::once(fcn).chain(params).map(|p| &**p).collect()
-        }
-        Expr::Array { items, .. } | Expr::Set { items, .. } => items.iter().map(|p| &**p).collect(),
-        Expr::AssignExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::BinExpr { lhs, rhs, .. } => vec![lhs, rhs],
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => key
-            .iter()
-            .chain([value, collection])
-            .map(|x| &**x)
-            .collect(),
-        Expr::Object { fields, .. } => fields.iter().flat_map(|(_, k, v)| [&**k, &**v]).collect(),
-        _ => Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::{LoadOptions, PolicySet, PolicySources};
-
-    /// What loading `body` as a rule's body reports, in `file:line:col: message` form.
-    fn load(rules: &str) -> Result<(), String> {
-        let mut sources = PolicySources::default();
-        sources.add_rego("t.rego", format!("package t\nimport rego.v1\n{rules}\n"));
-        PolicySet::from_sources(&sources, &LoadOptions::default())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
+    use super::super::tests::load_rules as load;
 
     /// Each answer recorded from OPA 1.7.1 (`opa check` of the same module): the refused ones
     /// with OPA's message and line (the `some` or `every` statement, line 4); the loaded

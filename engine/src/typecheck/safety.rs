@@ -164,15 +164,7 @@ fn var_spans(e: &Expr) -> Vec<(&str, &Span)> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{LoadOptions, PolicySet, PolicySources};
-
-    fn load(rules: &str) -> Result<(), String> {
-        let mut sources = PolicySources::default();
-        sources.add_rego("t.rego", format!("package t\nimport rego.v1\n{rules}\n"));
-        PolicySet::from_sources(&sources, &LoadOptions::default())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
+    use super::super::tests::load_rules as load;
 
     /// Each answer recorded from OPA 1.7.1 (`opa check` of the same module, which names the
     /// line; the column here is the variable's, or the rule's for a head variable the body
