@@ -2536,50 +2536,16 @@ impl Interpreter {
         self.check_execution_time()?;
         let value = self.eval_expr(value)?;
         let collection = self.eval_expr(collection)?;
-        // arbiter patch (56): and so does an undefined key (`false` before).
-        let key = match key {
-            Some(key) => Some(self.eval_expr(key)?),
-            None => None,
-        };
+        // arbiter patch (56): the keyed form as the VM answers it (an undefined key made it
+        // `false` here).
+        if let Some(key) = key {
+            let key = self.eval_expr(key)?;
+            return Ok(collection.member_at(&key, &value));
+        }
         // arbiter patch (55): an undefined value or collection makes the membership undefined,
         // as in OPA (its operands are evaluated first); `false` here let `y := x in c; not y`
         // succeed for a collection the input lacks.
-        if value == Value::Undefined
-            || collection == Value::Undefined
-            || key == Some(Value::Undefined)
-        {
-            return Ok(Value::Undefined);
-        }
-
-        let result = match &collection {
-            Value::Array(array) => {
-                if let Some(key) = &key {
-                    collection[key] == value
-                } else {
-                    array.contains(&value)
-                }
-            }
-            Value::Object(object) => {
-                if let Some(key) = &key {
-                    collection[key] == value
-                } else {
-                    object.values().any(|item| *item == value)
-                }
-            }
-            Value::Set(set) => {
-                if key.is_some() {
-                    false
-                } else {
-                    set.contains(&value)
-                }
-            }
-            _ => {
-                false
-                //bail!(collection_expr.span().error("collection must be array, object or set"));
-            }
-        };
-
-        Ok(Value::Bool(result))
+        Ok(collection.member(&value))
     }
 
     fn eval_array_compr(&mut self, term: &ExprRef, query: &Ref<Query>) -> Result<Value> {
@@ -3393,23 +3359,18 @@ impl Interpreter {
             // the VM do: the rest cannot change the value, and a built-in error or a deadline
             // in one of them must not turn an answer OPA gives into an error.
             let early_exit = rules.len() >= 2 && Self::same_constant_value(rules);
-            let tail: Vec<String> = if early_exit {
-                self.compiled_policy
-                    .rule_path_components
-                    .get(&path)
-                    .map(|c| c.iter().skip(1).cloned().collect())
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
             for r in rules.clone() {
                 if !self.processed.contains(&r) {
                     let module = self.get_rule_module(&r)?;
                     self.eval_rule(&module, &r)?;
                 }
-                if early_exit && !tail.is_empty() {
+                if let (true, Some(components)) = (
+                    early_exit,
+                    self.compiled_policy.rule_path_components.get(&path),
+                ) {
+                    // The rule's value so far (its path below `data`).
                     let mut value = &self.data;
-                    for c in &tail {
+                    for c in components.iter().skip(1) {
                         value = &value[c.as_str()];
                     }
                     if *value != Value::Undefined {

@@ -1397,6 +1397,35 @@ impl Value {
         }
     }
 
+    /// arbiter patch (55): `value in self`, as OPA's `internal.member_2`: whether the set holds
+    /// `value`, or the array or the object's values; false for any other collection;
+    /// undefined when an operand is. Both engines ask this.
+    #[doc(hidden)]
+    pub fn member(&self, value: &Value) -> Value {
+        match self {
+            _ if *value == Value::Undefined => Value::Undefined,
+            Value::Undefined => Value::Undefined,
+            Value::Set(set) => Value::Bool(set.contains(value)),
+            Value::Array(array) => Value::Bool(array.contains(value)),
+            Value::Object(object) => Value::Bool(object.values().any(|v| v == value)),
+            _ => Value::Bool(false),
+        }
+    }
+
+    /// arbiter patch (56): `key, value in self`, as OPA's `internal.member_3`: whether the
+    /// object has `value` at `key` or the array at index `key`; false for a set or any other
+    /// collection; undefined when an operand is. Both engines ask this.
+    #[doc(hidden)]
+    pub fn member_at(&self, key: &Value, value: &Value) -> Value {
+        if [self, key, value].iter().any(|v| **v == Value::Undefined) {
+            return Value::Undefined;
+        }
+        match self {
+            Value::Array(_) | Value::Object(_) => Value::Bool(self[key] == *value),
+            _ => Value::Bool(false),
+        }
+    }
+
     #[doc(hidden)]
     pub fn as_number_mut(&mut self) -> Result<&mut Number> {
         match self {

@@ -831,26 +831,11 @@ impl RegoVM {
                 collection,
                 value,
             } => {
-                let value_to_check = self.get_register(value)?;
-                let collection_value = self.get_register(collection)?;
-
-                let result = match *collection_value {
-                    // arbiter patch (55): undefined operands make the membership undefined,
-                    // as in OPA.
-                    _ if matches!(value_to_check, Value::Undefined) => Value::Undefined,
-                    Value::Undefined => Value::Undefined,
-                    Value::Set(ref set_elements) => {
-                        Value::Bool(set_elements.contains(value_to_check))
-                    }
-                    Value::Array(ref array_items) => {
-                        Value::Bool(array_items.contains(value_to_check))
-                    }
-                    Value::Object(ref object_fields) => {
-                        Value::Bool(object_fields.values().any(|v| v == value_to_check))
-                    }
-                    _ => Value::Bool(false),
-                };
-
+                // arbiter patch (55): undefined operands make the membership undefined, as
+                // in OPA.
+                let result = self
+                    .get_register(collection)?
+                    .member(self.get_register(value)?);
                 self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }
@@ -897,24 +882,10 @@ impl RegoVM {
                 key,
                 value,
             } => {
-                let collection_value = self.get_register(collection)?;
-                let key_value = self.get_register(key)?;
-                let value_to_check = self.get_register(value)?;
-                // arbiter patch (56): as OPA's `internal.member_3` (`Get` of the key, then
-                // equality); undefined when an operand is.
-                let result = if [collection_value, key_value, value_to_check]
-                    .iter()
-                    .any(|v| matches!(v, Value::Undefined))
-                {
-                    Value::Undefined
-                } else {
-                    match *collection_value {
-                        Value::Array(_) | Value::Object(_) => {
-                            Value::Bool(collection_value[key_value] == *value_to_check)
-                        }
-                        _ => Value::Bool(false),
-                    }
-                };
+                // arbiter patch (56)
+                let result = self
+                    .get_register(collection)?
+                    .member_at(self.get_register(key)?, self.get_register(value)?);
                 self.set_register(dest, result)?;
                 Ok(InstructionOutcome::Continue)
             }

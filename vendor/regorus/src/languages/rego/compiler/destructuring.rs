@@ -397,7 +397,6 @@ impl<'a> Compiler<'a> {
         expected: usize,
         span: &Span,
     ) -> Result<()> {
-        let expected_literal = self.add_literal(Value::from(expected));
         let size_reg = self.alloc_register()?;
         self.emit_instruction(
             Instruction::ObjectSize {
@@ -406,31 +405,7 @@ impl<'a> Compiler<'a> {
             },
             span,
         );
-        let expected_reg = self.alloc_register()?;
-        self.emit_instruction(
-            Instruction::Load {
-                dest: expected_reg,
-                literal_idx: expected_literal,
-            },
-            span,
-        );
-        let cmp_reg = self.alloc_register()?;
-        self.emit_instruction(
-            Instruction::Eq {
-                dest: cmp_reg,
-                left: size_reg,
-                right: expected_reg,
-            },
-            span,
-        );
-        self.emit_instruction(
-            Instruction::Guard {
-                register: cmp_reg,
-                mode: GuardMode::Condition,
-            },
-            span,
-        );
-        Ok(())
+        self.assert_size(size_reg, expected, span)
     }
 
     fn assert_array_length(
@@ -439,7 +414,6 @@ impl<'a> Compiler<'a> {
         expected_length: usize,
         span: &Span,
     ) -> Result<()> {
-        let expected_literal = self.add_literal(Value::from(expected_length));
         let actual_len_reg = self.alloc_register()?;
         self.emit_instruction(
             Instruction::Count {
@@ -448,7 +422,18 @@ impl<'a> Compiler<'a> {
             },
             span,
         );
+        self.assert_size(actual_len_reg, expected_length, span)
+    }
 
+    /// Fails unless `actual_len_reg` holds `expected_length` (arbiter patch 59: shared by
+    /// the array and the object pattern).
+    fn assert_size(
+        &mut self,
+        actual_len_reg: Register,
+        expected_length: usize,
+        span: &Span,
+    ) -> Result<()> {
+        let expected_literal = self.add_literal(Value::from(expected_length));
         let expected_len_reg = self.alloc_register()?;
         self.emit_instruction(
             Instruction::Load {
