@@ -1075,22 +1075,12 @@ fn unsafe_query_vars(query: &Query, shadowed: &BTreeSet<String>, file: &str) -> 
     }
     let mut out = Vec::new();
     for stmt in &query.stmts {
-        let mut used = Vec::new();
-        match &stmt.literal {
-            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
-                used_vars(expr, &mut used)
-            }
-            Literal::SomeIn { collection, .. } => used_vars(collection, &mut used),
-            Literal::Every { domain, .. } => used_vars(domain, &mut used),
-            Literal::SomeVars { .. } => {}
-        }
-        for w in &stmt.with_mods {
-            used_vars(&w.r#as, &mut used);
-        }
-        if let Some(v) = used.into_iter().find(|v| {
+        let (reads, _) = stmt_reads(stmt);
+        let mut used = reads.into_iter().flat_map(var_spans).map(|(v, _)| v);
+        if let Some(v) = used.find(|&v| {
             !bound.contains(v)
                 && !shadowed.contains(v)
-                && !matches!(v.as_str(), "input" | "data" | "_")
+                && !matches!(v, "input" | "data" | "_")
                 && !v.starts_with("__")
         }) {
             out.push(
@@ -1182,16 +1172,34 @@ fn binding_sites(e: &Expr, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Variables an expression reads, outside comprehensions (their own scopes) and function names.
-fn used_vars(e: &Expr, out: &mut Vec<String>) {
-    if let Expr::Var { value, .. } = e
-        && let Ok(n) = value.as_string()
-    {
-        out.push(n.to_string());
+/// The variables `e` reads, with their positions, outside comprehensions (their own scopes)
+/// and the names of called functions.
+fn var_spans(e: &Expr) -> Vec<(&str, &regorus::unstable::Span)> {
+    fn walk<'e>(e: &'e Expr, out: &mut Vec<(&'e str, &'e regorus::unstable::Span)>) {
+        if let Expr::Var { span, .. } = e {
+            out.push((span.text(), span));
+        }
+        for s in subexprs(e) {
+            walk(s, out);
+        }
     }
-    for s in subexprs(e) {
-        used_vars(s, out);
-    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
+/// The expressions a statement reads outside its nested queries (a `some … in`'s collection,
+/// an `every`'s domain, an expression, its `with`s' values), and whether it is negated.
+fn stmt_reads(stmt: &LiteralStmt) -> (Vec<&Expr>, bool) {
+    let (mut reads, negated): (Vec<&Expr>, bool) = match &stmt.literal {
+        Literal::Expr { expr, .. } => (vec![expr], false),
+        Literal::NotExpr { expr, .. } => (vec![expr], true),
+        Literal::SomeIn { collection, .. } => (vec![collection], false),
+        Literal::Every { domain, .. } => (vec![domain], false),
+        Literal::SomeVars { .. } => (Vec::new(), false),
+    };
+    reads.extend(stmt.with_mods.iter().map(|w| &*w.r#as));
+    (reads, negated)
 }
 
 /// What OPA's compiler checks in a query before evaluating it, on `engine`'s modules: that the

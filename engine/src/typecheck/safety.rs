@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span};
 
-use super::{binding_sites, package_of, pattern_vars, shadowed_names, subexprs};
+use super::{binding_sites, package_of, pattern_vars, shadowed_names, stmt_reads, var_spans};
 use crate::diagnostic::Diagnostic;
 
 /// One diagnostic per unsafe variable of each rule body, in source order.
@@ -118,15 +118,8 @@ fn check_body(
     let first = out.len();
     // The body's, at their first use; a `_` under `not` is unsafe too (nothing binds it).
     for stmt in &q.stmts {
-        let (exprs, negated): (Vec<&Expr>, bool) = match &stmt.literal {
-            Literal::Expr { expr, .. } => (vec![expr], false),
-            Literal::NotExpr { expr, .. } => (vec![expr], true),
-            Literal::SomeIn { collection, .. } => (vec![collection], false),
-            Literal::Every { domain, .. } => (vec![domain], false),
-            Literal::SomeVars { .. } => (Vec::new(), false),
-        };
-        let withs = stmt.with_mods.iter().map(|w| &*w.r#as);
-        for e in exprs.into_iter().chain(withs) {
+        let (reads, negated) = stmt_reads(stmt);
+        for e in reads {
             for (name, span) in var_spans(e) {
                 let unsafe_var = if name == "_" { negated } else { !safe(name) };
                 if unsafe_var {
@@ -144,22 +137,6 @@ fn check_body(
         }
     }
     out[first..].sort_by_key(|d| (d.line, d.col));
-}
-
-/// The variables `e` reads, with their positions, outside comprehensions (their own scopes)
-/// and the names of called functions.
-fn var_spans(e: &Expr) -> Vec<(&str, &Span)> {
-    let mut out = Vec::new();
-    fn walk<'e>(e: &'e Expr, out: &mut Vec<(&'e str, &'e Span)>) {
-        if let Expr::Var { span, .. } = e {
-            out.push((span.text(), span));
-        }
-        for s in subexprs(e) {
-            walk(s, out);
-        }
-    }
-    walk(e, &mut out);
-    out
 }
 
 #[cfg(test)]
