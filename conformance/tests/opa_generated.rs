@@ -85,6 +85,8 @@ fn generated_policies_are_decided_as_recorded_opa_on_both_engines() {
     // Policies OPA refuses for an unused declared variable (`every p, q in xs { q > 0 }`:
     // `declared var p unused`), which arbiter loaded until engine/src/typecheck/declared.rs.
     let mut unused_declared = 0;
+    // And those OPA refuses for an unsafe variable (engine/src/typecheck/safety.rs).
+    let mut unsafe_vars = 0;
     for p in &policies {
         let mut sources = PolicySources::default();
         sources.add_rego("gen.rego", p.module.clone());
@@ -106,6 +108,12 @@ fn generated_policies_are_decided_as_recorded_opa_on_both_engines() {
                     ));
                 }
                 let message = opa_message(opa);
+                if want
+                    .as_ref()
+                    .is_err_and(|code| code == "rego_unsafe_var_error")
+                {
+                    unsafe_vars += 1;
+                }
                 if message.starts_with("declared var ") {
                     unused_declared += 1;
                     let said = set.as_ref().err().unwrap().to_string();
@@ -149,7 +157,7 @@ fn generated_policies_are_decided_as_recorded_opa_on_both_engines() {
         }
     }
     println!(
-        "generated policies: {cases} cases of {} policies, {refused} refused when loading (as by OPA), {on_vm} answered on the VM, {} differences; {unused_declared} refused for an unused declared variable",
+        "generated policies: {cases} cases of {} policies, {refused} refused when loading (as by OPA), {on_vm} answered on the VM, {} differences; {unused_declared} refused for an unused declared variable, {unsafe_vars} for an unsafe one",
         policies.len(),
         differences.len()
     );
