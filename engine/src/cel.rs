@@ -250,10 +250,10 @@ pub fn env() -> Env {
 /// which reads its two strings where they are (a function of the context is given copies).
 fn path_extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
     use cel::common::types::{CelBool, CelString};
-    fn path_glob(pattern: &CelString<'_>, path: &CelString<'_>) -> CelBool {
-        crate::path::glob_match(pattern.inner(), path.inner()).into()
+    fn path_glob(pattern: &CelString<'_>, path: &CelString<'_>) -> &'static CelBool {
+        CelBool::of(crate::path::glob_match(pattern.inner(), path.inner()))
     }
-    cel::add_overload!(env, fn path_glob: (CelString, CelString) -> CelBool, name = "path.glob")?;
+    cel::add_overload!(env, fn path_glob: (CelString, CelString) -> &CelBool, name = "path.glob")?;
     Ok(())
 }
 

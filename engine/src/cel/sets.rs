@@ -58,7 +58,7 @@ fn all_in(sub: &[&dyn Val], of: &[&dyn Val]) -> bool {
 }
 
 fn boolean<'b, 'v>(b: bool) -> CowVal<'b, 'v> {
-    CowVal::owned(CelBool::from(b))
+    CowVal::Borrowed(CelBool::of(b))
 }
 
 fn contains<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {

@@ -1642,7 +1642,7 @@ impl Value {
 
 /// A boolean result, borrowed from a constant: no allocation.
 fn bool<'b, 'v>(boolean: bool) -> CowVal<'b, 'v> {
-    CowVal::Borrowed(if boolean { &Bool::TRUE } else { &Bool::FALSE })
+    CowVal::Borrowed(Bool::of(boolean))
 }
 
 fn compare_values(

@@ -21,6 +21,16 @@ impl Bool {
     /// `false`.
     pub const FALSE: Bool = Bool(false);
 
+    /// `true` or `false` as a constant (arbiter patch 17): a function returning `&CelBool`
+    /// gives its result without boxing one.
+    pub fn of(b: bool) -> &'static Bool {
+        if b {
+            &Bool::TRUE
+        } else {
+            &Bool::FALSE
+        }
+    }
+
     /// `!self`.
     pub fn negate(&self) -> Self {
         Self(!self.0)
