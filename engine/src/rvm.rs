@@ -1205,6 +1205,62 @@ pairs if {
         assert_eq!(vm.evaluate(found).unwrap(), Value::Bool(true));
     }
 
+    /// regorus patches 63 and 64: a reference to `data` reads a number as the key written as
+    /// that number (`data.nested[2]` with `{"nested": {"2": "bar"}}`), and a package without
+    /// rules is an empty object of `data`, merged with the base document there. The VM
+    /// answered undefined for `n1`, `n2`, `n5`, `allow`, `e`, `e2` and left `inner` out of `w`.
+    /// Answers recorded from OPA 1.7.1 (`opa eval -d <these files> -i <input> data.t.<rule>`).
+    #[test]
+    fn data_read_by_a_number_and_empty_packages_answer_as_in_opa() {
+        let mut sources = PolicySources::default();
+        sources.add_rego("empty.rego", "package empty.pkg\n");
+        sources.add_rego("withsub.rego", "package withsub\nr := 1\n");
+        sources.add_rego("inner.rego", "package withsub.inner\n");
+        sources.add_rego("merged.rego", "package merged.pkg\n");
+        sources.add_rego(
+            "t.rego",
+            r#"package t
+import rego.v1
+e := data.empty.pkg
+e2 := data.empty
+w := data.withsub
+m := data.merged.pkg
+n1 := data.nested[2]
+n2 := data.nested[input.k]
+n3 := obj[2] if {
+  obj := data.nested
+}
+n4 := data.arr[1]
+n5 := data.deep[input.k].x
+n6 := data.nested["2"]
+allow if data.deep[input.k].x
+"#,
+        );
+        sources.add_data(
+            "data.json",
+            serde_json::json!({"nested": {"2": "bar"}, "arr": [10, 20],
+                "deep": {"2": {"x": true}}, "merged": {"pkg": {"v": 1}}}),
+        );
+        let s = Arc::new(PolicySet::from_sources(&sources, &LoadOptions::default()).unwrap());
+        let input = crate::value::from_json(&serde_json::json!({"k": 2}));
+        let json = |j| crate::value::from_json(&j);
+        for (rule, want) in [
+            ("e", json(serde_json::json!({}))),
+            ("e2", json(serde_json::json!({"pkg": {}}))),
+            ("w", json(serde_json::json!({"inner": {}, "r": 1}))),
+            ("m", json(serde_json::json!({"v": 1}))),
+            ("n1", Value::from("bar")),
+            ("n2", Value::from("bar")),
+            ("n3", Value::Undefined),
+            ("n4", Value::from(20)),
+            ("n5", Value::Bool(true)),
+            ("n6", Value::from("bar")),
+            ("allow", Value::Bool(true)),
+        ] {
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
+        }
+    }
+
     /// regorus patch 44: OPA evaluates the references inside a negated expression's
     /// composite literals before the negation; one that is undefined fails the literal (both
     /// engines made the array undefined, and `not` of it true). Recorded from OPA 1.7.1 by

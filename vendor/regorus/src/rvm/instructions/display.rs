@@ -221,6 +221,9 @@ impl core::fmt::Display for Instruction {
             Instruction::ChainedIndex { params_index } => {
                 format!("CHAINED_INDEX P({})", params_index)
             }
+            Instruction::DataChainedIndex { params_index } => {
+                format!("DATA_CHAINED_INDEX P({})", params_index)
+            }
             Instruction::ArrayNew { dest } => format!("ARRAY_NEW R({})", dest),
             Instruction::ArrayPush { arr, value } => format!("ARRAY_PUSH R({}) R({})", arr, value),
             Instruction::ArrayPushDefined { arr, value } => {

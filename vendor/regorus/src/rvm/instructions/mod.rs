@@ -453,6 +453,17 @@ pub enum Instruction {
         key: u8,
         value: u8,
     },
+
+    /// arbiter patch (63): [`Instruction::ChainedIndex`] on a reference to `data` (its root
+    /// register holds `data`): a number that selects nothing is looked up again as the key
+    /// written as that number (`data.nested[2]` is the key `"2"` of the JSON given), as OPA
+    /// and the interpreter read references to base documents. A value bound first and
+    /// indexed after (`obj := data.nested; obj[2]`) is not a reference to `data` and keeps
+    /// [`Instruction::ChainedIndex`].
+    DataChainedIndex {
+        /// Index into program's instruction_data.chained_index_params table
+        params_index: u32,
+    },
 }
 
 impl Instruction {

@@ -830,12 +830,18 @@ fn format_instruction_readable(
             let base = format!("{}}} return from rule", indent);
             align_comment(&base, "End of rule evaluation", config.comment_column)
         }
-        Instruction::ChainedIndex { params_index } => {
+        Instruction::ChainedIndex { params_index }
+        | Instruction::DataChainedIndex { params_index } => {
+            let name = if matches!(instruction, Instruction::DataChainedIndex { .. }) {
+                "DataChainedIndex"
+            } else {
+                "ChainedIndex"
+            };
             let (base, comment) = instruction_data
                 .get_chained_index_params(params_index)
                 .map_or_else(
                     || {
-                        let base_str = format!("{}ChainedIndex chained_index", indent);
+                        let base_str = format!("{}{} chained_index", indent, name);
                         let comment_str =
                             "Multi-level chained indexing (invalid params)".to_string();
                         (base_str, comment_str)
@@ -873,8 +879,8 @@ fn format_instruction_readable(
                         };
 
                         let base_str = format!(
-                            "{}ChainedIndex r{} ← r{}{}",
-                            indent, params.dest, params.root, chain_display
+                            "{}{} r{} ← r{}{}",
+                            indent, name, params.dest, params.root, chain_display
                         );
                         let comment_str = format!(
                             "Multi-level chained indexing: r{} → r{}",
@@ -1110,6 +1116,7 @@ const fn get_instruction_name(instruction: &Instruction) -> &'static str {
         Instruction::RuleReturn { .. } => "RULE_RET",
         Instruction::DestructuringSuccess {} => "DESTRUCT_SUCCESS",
         Instruction::ChainedIndex { .. } => "CHAINED_INDEX",
+        Instruction::DataChainedIndex { .. } => "DATA_CHAINED_INDEX",
         Instruction::VirtualDataDocumentLookup { .. } => "VIRTUAL_DATA_DOC_LOOKUP",
         Instruction::Halt {} => "HALT",
         Instruction::ComprehensionBegin { .. } => "COMP_BEGIN",

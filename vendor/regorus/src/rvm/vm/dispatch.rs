@@ -4,6 +4,7 @@
 use crate::rvm::instructions::{GuardMode, Instruction, LiteralOrRegister};
 use crate::rvm::program::Program;
 use crate::value::Value;
+use alloc::string::ToString as _;
 use alloc::vec::Vec;
 use core::mem;
 
@@ -98,6 +99,7 @@ impl RegoVM {
             | LogicalBlockStart { .. }
             | PolicyCondition { .. } => self.execute_policy_instruction(program, instruction),
             ChainedIndex { .. }
+            | DataChainedIndex { .. }
             | ComprehensionBegin { .. }
             | ComprehensionEnd { .. }
             | ComprehensionYield { .. }
@@ -1249,7 +1251,8 @@ impl RegoVM {
     ) -> Result<InstructionOutcome> {
         use Instruction::*;
         match instruction {
-            ChainedIndex { params_index } => {
+            ChainedIndex { params_index } | DataChainedIndex { params_index } => {
+                let numbers_as_keys = matches!(instruction, DataChainedIndex { .. });
                 let params = program
                     .instruction_data
                     .get_chained_index_params(params_index)
@@ -1274,7 +1277,14 @@ impl RegoVM {
                         LiteralOrRegister::Register(reg) => self.get_register(reg)?.clone(),
                     };
 
-                    current_value = current_value[&key_value].clone();
+                    let mut next = current_value[&key_value].clone();
+                    if numbers_as_keys
+                        && next == Value::Undefined
+                        && matches!(key_value, Value::Number(_))
+                    {
+                        next = current_value[&Value::from(key_value.to_string())].clone();
+                    }
+                    current_value = next;
 
                     if current_value == Value::Undefined {
                         break;

@@ -219,6 +219,10 @@ impl RegoVM {
                     });
                 }
             }
+            // arbiter patch (64): a package without rules is an empty object of the document.
+            Value::Object(ref obj) if obj.is_empty() => {
+                Self::ensure_nested_object(result_subobject, relative_path)?;
+            }
             Value::Object(ref obj) => {
                 for (key, value) in obj.iter() {
                     relative_path.push(key.clone());

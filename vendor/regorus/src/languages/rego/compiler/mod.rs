@@ -188,12 +188,45 @@ pub struct Compiler<'a> {
     /// packages); `literal_index_len` literals of the table are indexed.
     literal_index: BTreeMap<Value, u32>,
     literal_index_len: usize,
+    /// arbiter patch (64): the packages no module gives a rule, as paths from `data`; each
+    /// is an empty object of the rule tree.
+    empty_packages: Vec<Vec<String>>,
+}
+
+/// arbiter patch (64): the packages of `policy` that no module gives a rule, as paths from
+/// `data` (`["data", "a", "b"]`): OPA's `data` holds each as an empty object.
+fn empty_packages(policy: &CompiledPolicy) -> Vec<Vec<String>> {
+    let mut all = BTreeSet::new();
+    let mut with_rules = BTreeSet::new();
+    for module in policy.get_modules().iter() {
+        let Ok(components) =
+            crate::parser::Parser::get_static_string_path_components(&module.package.refr)
+        else {
+            continue;
+        };
+        let mut path = vec!["data".to_string()];
+        path.extend(components);
+        if !module.policy.is_empty() {
+            with_rules.insert(path.clone());
+        }
+        all.insert(path);
+    }
+    all.difference(&with_rules).cloned().collect()
 }
 
 impl<'a> Compiler<'a> {
     pub fn with_policy(policy: &'a CompiledPolicy) -> Self {
         let mut program = Program::new();
         program.rego_v0 = policy.is_rego_v0();
+        let empty_packages = empty_packages(policy);
+        for package in &empty_packages {
+            let path: Vec<&str> = package.iter().map(String::as_str).collect();
+            if let Ok(node) = program.rule_tree.make_or_get_value_mut(&path) {
+                if *node == Value::Undefined {
+                    *node = Value::new_object();
+                }
+            }
+        }
         Self {
             program,
             spans: Vec::new(),
@@ -226,6 +259,7 @@ impl<'a> Compiler<'a> {
             host_await_builtins: BTreeMap::new(),
             literal_index: BTreeMap::new(),
             literal_index_len: 0,
+            empty_packages,
         }
     }
 

@@ -219,9 +219,71 @@ impl<'a> Compiler<'a> {
             return self.compile_data_virtual_lookup(&chain.components, span);
         }
 
+        // arbiter patch (64): a package without rules is an empty object in OPA's `data`
+        // (merged with the base document there, if any): a reference to it, or to a
+        // document holding it, is looked up in the rule tree, where it has a node.
+        if self.reaches_empty_package(&path_pattern) {
+            return self.compile_data_virtual_lookup(&chain.components, span);
+        }
+
         // No rules involved - simple data access
         let data_reg = self.resolve_variable("data", span)?;
+        // arbiter patch (63): a computed key (a number may select the key written as that
+        // number) is looked up as a reference to `data`.
+        if chain
+            .components
+            .iter()
+            .any(|c| matches!(c, AccessComponent::Expression(_)))
+        {
+            return self.compile_data_chained_access(data_reg, &chain.components, span);
+        }
         self.compile_chain_access(data_reg, &chain.components, span)
+    }
+
+    /// arbiter patch (64): whether a reference to `data` matching `pattern` ('*' for a
+    /// computed key) names a package without rules or a document holding one.
+    fn reaches_empty_package(&self, pattern: &[Option<String>]) -> bool {
+        self.empty_packages.iter().any(|package| {
+            package.len() >= pattern.len()
+                && pattern
+                    .iter()
+                    .zip(package)
+                    .all(|(p, c)| p.as_ref().is_none_or(|p| p == c))
+        })
+    }
+
+    /// arbiter patch (63): [`Self::compile_chain_access`] for a reference to `data`, as one
+    /// [`Instruction::DataChainedIndex`] (which reads a number as the key written as it).
+    fn compile_data_chained_access(
+        &mut self,
+        root_reg: Register,
+        components: &[AccessComponent],
+        span: &Span,
+    ) -> Result<Register> {
+        let dest_reg = self.alloc_register()?;
+        let mut path_components = Vec::new();
+        for component in components {
+            match component {
+                AccessComponent::Field(field) => {
+                    let literal_idx = self.add_literal(Value::String(field.clone().into()));
+                    path_components.push(LiteralOrRegister::Literal(literal_idx));
+                }
+                AccessComponent::Expression(expr) => {
+                    let reg = self.compile_rego_expr_with_span(expr, expr.span(), false)?;
+                    path_components.push(LiteralOrRegister::Register(reg));
+                }
+            }
+        }
+        let params_index =
+            self.program
+                .instruction_data
+                .add_chained_index_params(ChainedIndexParams {
+                    dest: dest_reg,
+                    root: root_reg,
+                    path_components,
+                });
+        self.emit_instruction(Instruction::DataChainedIndex { params_index }, span);
+        Ok(dest_reg)
     }
 
     /// Create a path pattern from access components, using '*' for dynamic components
