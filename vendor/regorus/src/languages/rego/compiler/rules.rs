@@ -50,6 +50,28 @@ impl<'a> Compiler<'a> {
             .into());
         };
 
+        // arbiter patch (65): a multi-value rule whose head has a computed key (`p[q] contains
+        // r`, OPA's object of sets) was compiled as the set `p contains r`, its keys and members
+        // in one set: beside `p.b contains "foo"`, `p[input.user]` held for "foo" where OPA's
+        // `p` has no such key (failing open). The VM does not compile such a rule; the
+        // interpreter decides the paths that use it.
+        for def in definitions.iter() {
+            if let Rule::Spec {
+                head: RuleHead::Set { refr, .. },
+                ..
+            } = def.as_ref()
+            {
+                if Self::has_computed_key(refr) {
+                    return Err(CompilerError::General {
+                        message: format!(
+                            "unsupported: the multi-value rule '{rule_path}' has a computed key in its head"
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+
         let rule_types: BTreeSet<RuleType> = definitions
             .iter()
             .map(|def| {
@@ -122,6 +144,19 @@ impl<'a> Compiler<'a> {
             names.push(name.to_string());
         }
         Ok(Some(names))
+    }
+
+    /// arbiter patch (65): whether a rule head's reference has a key that is not a string
+    /// literal (`p[q]`, `p.a[q].b`).
+    fn has_computed_key(refr: &ExprRef) -> bool {
+        match refr.as_ref() {
+            Expr::RefBrack { refr, index, .. } => {
+                !matches!(index.as_ref(), Expr::String { .. } | Expr::RawString { .. })
+                    || Self::has_computed_key(refr)
+            }
+            Expr::RefDot { refr, .. } => Self::has_computed_key(refr),
+            _ => false,
+        }
     }
 
     fn validate_partial_object_shape(&self, refr: &ExprRef) -> Result<()> {
