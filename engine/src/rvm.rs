@@ -1261,6 +1261,46 @@ allow if data.deep[input.k].x
         }
     }
 
+    /// regorus patch 66: a reference with a variable in the pattern of `some … in` binds
+    /// that variable, as OPA unifies it. The scheduler refused the policy ("internal error:
+    /// non empty definitions", no line); the VM does not compile it. Answers recorded from OPA 1.7.1 (`opa eval -d <this
+    /// package> -i <input> data.t.<rule>`: `r` is `[0, 2]`, `v` `[1, 2]`).
+    #[test]
+    fn a_reference_in_the_pattern_of_some_in_binds_its_index() {
+        let s = set(r#"package t
+import rego.v1
+xs := {"k1": 1, "k2": 2}
+r contains j if {
+  some k, input.a[j] in xs
+}
+v contains x if {
+  some input.a[j] in [2, 1]
+  x := input.a[j]
+}
+"#);
+        let input = crate::value::from_json(&serde_json::json!({"a": [1, 5, 2]}));
+        let set_of = |xs: [i64; 2]| {
+            Value::from(
+                xs.into_iter()
+                    .map(Value::from)
+                    .collect::<std::collections::BTreeSet<_>>(),
+            )
+        };
+        for (rule, want) in [("r", set_of([0, 2])), ("v", set_of([1, 2]))] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            // The VM does not compile the pattern (the interpreter decides, as `serve` does
+            // for any path the VM refuses); where it does, it answers as OPA.
+            if let Ok(vm) = RvmDecider::compile(&s, &path) {
+                assert_eq!(
+                    vm.evaluate(input.clone()).unwrap(),
+                    want,
+                    "{rule} on the VM"
+                );
+            }
+        }
+    }
+
     /// regorus patch 44: OPA evaluates the references inside a negated expression's
     /// composite literals before the negation; one that is undefined fails the literal (both
     /// engines made the array undefined, and `not` of it true). Recorded from OPA 1.7.1 by

@@ -1038,20 +1038,21 @@ impl Analyzer {
 
                     let mut used_vars = vec![];
                     for e in non_vars {
-                        let mut definitions = vec![];
+                        let mut index_definitions = vec![];
                         let (mut uv, mut comprs) = Self::gather_used_vars_comprs_index_vars(
                             &e,
                             &mut scope,
                             &mut first_use,
-                            &mut definitions,
+                            &mut index_definitions,
                             &None,
                         )?;
 
                         uv.append(&mut with_mods_used_vars.clone());
                         comprs.append(&mut with_mods_comprs.clone());
-                        if !definitions.is_empty() {
-                            bail!("internal error: non empty definitions");
-                        }
+                        // arbiter patch (66): a reference in the pattern (`some k, input.a[j]
+                        // in xs`) binds its index variables, as in OPA, where this refused the
+                        // policy ("internal error: non empty definitions").
+                        definitions.append(&mut index_definitions);
                         used_vars.extend(uv);
                         self.process_comprs(
                             &comprs[..],
