@@ -1301,6 +1301,66 @@ v contains x if {
         }
     }
 
+    /// regorus patch 67: a reference to a document that holds rules (`g`, for `g.h contains
+    /// z` and `g.i contains 3`) is that document, not one of its rules. The VM compiled `g`
+    /// as the rule the policy's rule map also keeps under each prefix of its path: `g` was
+    /// the set `[1, 2, 3]`, `count(g)` 3, and `allow if g[input.k]` held for `{"k": 1}`,
+    /// which OPA denies (failing open). A reference to `data.t.g` is now the VM's lookup of
+    /// the document; a local `g` is left to the interpreter. Answers recorded from OPA 1.7.1
+    /// (`opa eval -d <this package> -i '{"k": 1}' data.t.<rule>`).
+    #[test]
+    fn a_document_holding_rules_is_not_one_of_them() {
+        let s = set(r#"package t
+import rego.v1
+g.h contains z if some z in [1, 2]
+g.i contains 3
+a1 := data.t.g
+a4 := data.t.g[1]
+a5 := count(data.t.g)
+a6 := count(g)
+x.y contains 1
+b1 := data.t.x
+q.r.s contains 5
+c2 := data.t.q.r
+allow if g[input.k]
+"#);
+        let input = crate::value::from_json(&serde_json::json!({"k": 1}));
+        let set_of = |xs: &[i64]| {
+            Value::from(
+                xs.iter()
+                    .map(|&x| Value::from(x))
+                    .collect::<std::collections::BTreeSet<_>>(),
+            )
+        };
+        let obj = |entries: Vec<(&str, Value)>| {
+            let mut o = Value::new_object();
+            for (k, v) in entries {
+                o.as_object_mut().unwrap().insert(Value::from(k), v);
+            }
+            o
+        };
+        for (rule, want) in [
+            ("a1", obj(vec![("h", set_of(&[1, 2])), ("i", set_of(&[3]))])),
+            ("a4", Value::Undefined),
+            ("a5", Value::from(2)),
+            ("b1", obj(vec![("y", set_of(&[1]))])),
+            ("c2", obj(vec![("s", set_of(&[5]))])),
+        ] {
+            assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
+        }
+        for (rule, want) in [("a6", Value::from(2)), ("allow", Value::Undefined)] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            if let Ok(vm) = RvmDecider::compile(&s, &path) {
+                assert_eq!(
+                    vm.evaluate(input.clone()).unwrap(),
+                    want,
+                    "{rule} on the VM"
+                );
+            }
+        }
+    }
+
     /// regorus patch 44: OPA evaluates the references inside a negated expression's
     /// composite literals before the negation; one that is undefined fails the literal (both
     /// engines made the array undefined, and `not` of it true). Recorded from OPA 1.7.1 by

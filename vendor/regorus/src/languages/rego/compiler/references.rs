@@ -194,11 +194,13 @@ impl<'a> Compiler<'a> {
         // Check if this path could be a prefix of any rules (for virtual document lookup)
         // Convert the full chain to a pattern that includes wildcards for dynamic components
         let path_pattern = self.create_path_pattern(&chain.components);
+        // arbiter patch (67): rules by their own paths (the rule map holds each rule under
+        // every prefix of its path too).
         let matching_rules: BTreeSet<String> = self
             .policy
             .inner
-            .rules
-            .keys()
+            .rule_paths
+            .iter()
             .chain(self.policy.inner.default_rules.keys())
             .filter(|rule_path| self.matches_path_pattern(rule_path, &path_pattern))
             .cloned()

@@ -212,6 +212,20 @@ impl<'a> Compiler<'a> {
             return Ok(index);
         }
 
+        // arbiter patch (67): the policy's rule map holds each rule under every prefix of its
+        // path too (`x.y contains 1` under `data.t.x` and `data.t.x.y`), for the interpreter's
+        // evaluation of a document by prefix. A prefix that is no rule's path is the document
+        // holding those rules (OPA's `x` is `{"y": [1]}`), not a rule: compiled as one, `x`
+        // was the set `[1]` and `x[1]` held where OPA's is undefined.
+        if !self.policy.inner.rule_paths.contains(rule_path)
+            && !self.policy.inner.default_rules.contains_key(rule_path)
+        {
+            return Err(CompilerError::General {
+                message: format!("'{rule_path}' holds rules and is not one"),
+            }
+            .into());
+        }
+
         let rule_type = self.compute_rule_type(rule_path)?;
         let index = self.rule_index_map.len() as u32;
 
