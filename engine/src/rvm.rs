@@ -1307,7 +1307,8 @@ v contains x if {
     /// the set `[1, 2, 3]`, `count(g)` 3, and `allow if g[input.k]` held for `{"k": 1}`,
     /// which OPA denies (failing open). A reference to `data.t.g` is now the VM's lookup of
     /// the document; a local `g` is left to the interpreter. Answers recorded from OPA 1.7.1
-    /// (`opa eval -d <this package> -i '{"k": 1}' data.t.<rule>`).
+    /// (`opa eval -d <this package> -i '{"k": 1}' data.t.<rule>`). A default rule is kept
+    /// under its path's prefixes too: `data.t.e` was the rule `e.g` (8).
     #[test]
     fn a_document_holding_rules_is_not_one_of_them() {
         let s = set(r#"package t
@@ -1323,6 +1324,9 @@ b1 := data.t.x
 q.r.s contains 5
 c2 := data.t.q.r
 allow if g[input.k]
+default e.f := 7
+e.g := 8
+d5 := data.t.e
 "#);
         let input = crate::value::from_json(&serde_json::json!({"k": 1}));
         let set_of = |xs: &[i64]| {
@@ -1345,6 +1349,10 @@ allow if g[input.k]
             ("a5", Value::from(2)),
             ("b1", obj(vec![("y", set_of(&[1]))])),
             ("c2", obj(vec![("s", set_of(&[5]))])),
+            (
+                "d5",
+                obj(vec![("f", Value::from(7)), ("g", Value::from(8))]),
+            ),
         ] {
             assert_eq!(on_both(&s, rule, &input), (want.clone(), want), "{rule}");
         }
@@ -1358,6 +1366,32 @@ allow if g[input.k]
                     "{rule} on the VM"
                 );
             }
+        }
+    }
+
+    /// regorus patch 68: a rule whose computed key is followed by more of its head (`h[k].v
+    /// := 1`) was recorded at the path `h.k.v`, the key's name taken for its text: `data.t.h`
+    /// was `{"k": {"v": 1}}`, and `data.t.h[input.k]` held for `{"k": "k"}`, which OPA 1.7.1
+    /// denies. The VM leaves a policy with such a head to the interpreter. Answers recorded
+    /// from OPA 1.7.1 (`opa eval -d <this package> -i '{"k": "k"}' data.t.<rule>`).
+    #[test]
+    fn a_computed_key_inside_a_rule_head_is_decided_as_in_opa() {
+        let s = set(r#"package t
+import rego.v1
+h[k].v := 1 if some k in ["a"]
+d7 := data.t.h
+allow if data.t.h[input.k]
+"#);
+        let input = crate::value::from_json(&serde_json::json!({"k": "k"}));
+        let d7 = crate::value::from_json(&serde_json::json!({"a": {"v": 1}}));
+        for (rule, want) in [("d7", d7), ("allow", Value::Undefined)] {
+            let path = DataRef::parse(&format!("t/{rule}")).unwrap();
+            assert_eq!(s.evaluate(&path, input.clone()).unwrap(), want, "{rule}");
+            let refused = RvmDecider::compile(&s, &path).err().unwrap_or_default();
+            assert!(
+                refused.contains("computed key inside its head"),
+                "{rule}: {refused}"
+            );
         }
     }
 

@@ -201,7 +201,6 @@ impl<'a> Compiler<'a> {
             .inner
             .rule_paths
             .iter()
-            .chain(self.policy.inner.default_rules.keys())
             .filter(|rule_path| self.matches_path_pattern(rule_path, &path_pattern))
             .cloned()
             .collect();

@@ -50,28 +50,6 @@ impl<'a> Compiler<'a> {
             .into());
         };
 
-        // arbiter patch (65): a multi-value rule whose head has a computed key (`p[q] contains
-        // r`, OPA's object of sets) was compiled as the set `p contains r`, its keys and members
-        // in one set: beside `p.b contains "foo"`, `p[input.user]` held for "foo" where OPA's
-        // `p` has no such key (failing open). The VM does not compile such a rule; the
-        // interpreter decides the paths that use it.
-        for def in definitions.iter() {
-            if let Rule::Spec {
-                head: RuleHead::Set { refr, .. },
-                ..
-            } = def.as_ref()
-            {
-                if Self::has_computed_key(refr) {
-                    return Err(CompilerError::General {
-                        message: format!(
-                            "unsupported: the multi-value rule '{rule_path}' has a computed key in its head"
-                        ),
-                    }
-                    .into());
-                }
-            }
-        }
-
         let rule_types: BTreeSet<RuleType> = definitions
             .iter()
             .map(|def| {
@@ -146,6 +124,37 @@ impl<'a> Compiler<'a> {
         Ok(Some(names))
     }
 
+    /// arbiter patches (65, 68): the first rule whose head the VM cannot compile as OPA
+    /// reads it, with why. A multi-value rule with a computed key in its head (`p[q] contains
+    /// r`, OPA's object of sets) was compiled as the set `p contains r`, keys and members in
+    /// one set: beside `p.b contains "foo"`, `p[input.user]` held for "foo", where OPA's `p`
+    /// has no such key (failing open). A head whose computed key is followed by more of the
+    /// reference (`h[k].v := 1`, OPA's `{"a": {"v": 1}}`) was recorded at the path
+    /// `h.k.v`, the key's name taken for its text: `h` was `{"k": {"v": 1}}`. A policy with
+    /// either is left to the interpreter. A computed key last (`h[k] := v`, a partial object)
+    /// is compiled.
+    fn unsupported_rule_head(policy: &CompiledPolicy) -> Option<(Span, &'static str)> {
+        policy.get_rules().values().flatten().find_map(|rule| {
+            let Rule::Spec { head, .. } = rule.as_ref() else {
+                return None;
+            };
+            match head {
+                RuleHead::Set { refr, .. } if Self::has_computed_key(refr) => Some((
+                    refr.span().clone(),
+                    "a multi-value rule with a computed key in its head",
+                )),
+                RuleHead::Compr { refr, .. } => match refr.as_ref() {
+                    Expr::RefDot { refr: prefix, .. } if Self::has_computed_key(prefix) => Some((
+                        refr.span().clone(),
+                        "a rule with a computed key inside its head",
+                    )),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+    }
+
     /// arbiter patch (65): whether a rule head's reference has a key that is not a string
     /// literal (`p[q]`, `p.a[q].b`).
     fn has_computed_key(refr: &ExprRef) -> bool {
@@ -212,14 +221,13 @@ impl<'a> Compiler<'a> {
             return Ok(index);
         }
 
-        // arbiter patch (67): the policy's rule map holds each rule under every prefix of its
-        // path too (`x.y contains 1` under `data.t.x` and `data.t.x.y`), for the interpreter's
-        // evaluation of a document by prefix. A prefix that is no rule's path is the document
-        // holding those rules (OPA's `x` is `{"y": [1]}`), not a rule: compiled as one, `x`
-        // was the set `[1]` and `x[1]` held where OPA's is undefined.
-        if !self.policy.inner.rule_paths.contains(rule_path)
-            && !self.policy.inner.default_rules.contains_key(rule_path)
-        {
+        // arbiter patch (67): the policy's rule maps hold each rule (and each default rule)
+        // under every prefix of its path too (`x.y contains 1` under `data.t.x` and
+        // `data.t.x.y`), for the interpreter's evaluation of a document by prefix. A prefix
+        // that is no rule's path (`rule_paths` has every rule's and default rule's own) is the
+        // document holding those rules (OPA's `x` is `{"y": [1]}`), not a rule: compiled as
+        // one, `x` was the set `[1]` and `x[1]` held where OPA's is undefined.
+        if !self.policy.inner.rule_paths.contains(rule_path) {
             return Err(CompilerError::General {
                 message: format!("'{rule_path}' holds rules and is not one"),
             }
@@ -345,6 +353,12 @@ impl<'a> Compiler<'a> {
         entry_points: &[&str],
         host_await_builtins: &[(&str, usize)],
     ) -> Result<Arc<Program>> {
+        if let Some((span, what)) = Self::unsupported_rule_head(policy) {
+            return Err(CompilerError::General {
+                message: format!("unsupported by the VM: {what}"),
+            }
+            .at(&span));
+        }
         let mut compiler = Compiler::with_policy(policy);
         for &(name, arg_count) in host_await_builtins {
             compiler.register_host_await_builtin(name, arg_count)?;
