@@ -241,6 +241,26 @@ impl<'a> Compiler<'a> {
         self.compile_chain_access(data_reg, &chain.components, span)
     }
 
+    /// arbiter patch (67): the reference `root…` of the current package's rules as one to
+    /// `data` (`p.q` in package `t` is `data.t.p.q`), when the package's path is static.
+    fn package_document_components(
+        &self,
+        root: &str,
+        components: &[AccessComponent],
+    ) -> Option<Vec<AccessComponent>> {
+        let module = self
+            .policy
+            .get_modules()
+            .get(usize::try_from(self.current_module_index).ok()?)?;
+        let package =
+            crate::parser::Parser::get_static_string_path_components(&module.package.refr).ok()?;
+        let mut all: Vec<AccessComponent> =
+            package.into_iter().map(AccessComponent::Field).collect();
+        all.push(AccessComponent::Field(root.to_string()));
+        all.extend(components.iter().cloned());
+        Some(all)
+    }
+
     /// arbiter patch (64): whether a reference to `data` matching `pattern` ('*' for a
     /// computed key) names a package without rules or a document holding one.
     fn reaches_empty_package(&self, pattern: &[Option<String>]) -> bool {
@@ -399,6 +419,25 @@ impl<'a> Compiler<'a> {
                 return Ok(import_reg);
             }
             return self.compile_chain_access(import_reg, &chain.components, span);
+        }
+
+        // arbiter patch (67): a name of the package's document that holds rules (`p` for
+        // `p.q := 1` and `p.r := 2`) is that document, compiled as `data.<package>.p` is.
+        if let Some(components) = self.package_document_components(root, &chain.components) {
+            let pattern = self.create_path_pattern(&components);
+            let holds_rules = self
+                .policy
+                .inner
+                .rule_paths
+                .iter()
+                .any(|rule_path| self.matches_path_pattern(rule_path, &pattern));
+            if holds_rules {
+                let data_chain = ReferenceChain {
+                    root: ReferenceRoot::Variable("data".to_string()),
+                    components,
+                };
+                return self.compile_data_chain(&data_chain, span);
+            }
         }
 
         // No rule or import found - undefined variable
