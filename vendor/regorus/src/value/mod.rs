@@ -1397,6 +1397,19 @@ impl Value {
         }
     }
 
+    /// arbiter patch (63): `self[key]` for `self` a base document under `data`: a number
+    /// that selects nothing selects the key written as that number (`data.nested[2]` is the
+    /// key `"2"` of the JSON given), as OPA reads references to base documents. The VM's
+    /// data references ask this.
+    #[doc(hidden)]
+    pub fn base_document_child(&self, key: &Value) -> &Value {
+        let child = &self[key];
+        if *child == Value::Undefined && matches!(key, Value::Number(_)) {
+            return &self[&Value::from(key.to_string())];
+        }
+        child
+    }
+
     /// arbiter patch (55): `value in self`, as OPA's `internal.member_2`: whether the set holds
     /// `value`, or the array or the object's values; false for any other collection;
     /// undefined when an operand is. Both engines ask this.

@@ -4,7 +4,6 @@
 use crate::rvm::instructions::{GuardMode, Instruction, LiteralOrRegister};
 use crate::rvm::program::Program;
 use crate::value::Value;
-use alloc::string::ToString as _;
 use alloc::vec::Vec;
 use core::mem;
 
@@ -1277,14 +1276,11 @@ impl RegoVM {
                         LiteralOrRegister::Register(reg) => self.get_register(reg)?.clone(),
                     };
 
-                    let mut next = current_value[&key_value].clone();
-                    if numbers_as_keys
-                        && next == Value::Undefined
-                        && matches!(key_value, Value::Number(_))
-                    {
-                        next = current_value[&Value::from(key_value.to_string())].clone();
-                    }
-                    current_value = next;
+                    current_value = if numbers_as_keys {
+                        current_value.base_document_child(&key_value).clone()
+                    } else {
+                        current_value[&key_value].clone()
+                    };
 
                     if current_value == Value::Undefined {
                         break;

@@ -319,12 +319,7 @@ impl RegoVM {
                 let mut result_ref = data_ref;
                 for component in params.path_components.iter().skip(components_consumed) {
                     let key_value = self.literal_or_register_value(component)?;
-                    let mut child = &result_ref[&key_value];
-                    if *child == Value::Undefined && matches!(key_value, Value::Number(_)) {
-                        let string_key = Value::from(key_value.to_string());
-                        child = &result_ref[&string_key];
-                    }
-                    result_ref = child;
+                    result_ref = result_ref.base_document_child(&key_value);
                 }
                 self.set_register(params.dest, result_ref.clone())?;
             }
@@ -334,12 +329,7 @@ impl RegoVM {
 
                 for component in &params.path_components {
                     let key_value = self.literal_or_register_value(component)?;
-                    let mut child = &result_data_ref[&key_value];
-                    if *child == Value::Undefined && matches!(key_value, Value::Number(_)) {
-                        let string_key = Value::from(key_value.to_string());
-                        child = &result_data_ref[&string_key];
-                    }
-                    result_data_ref = child;
+                    result_data_ref = result_data_ref.base_document_child(&key_value);
                 }
 
                 let result = result_data_ref.clone();

@@ -194,16 +194,7 @@ impl<'a> Compiler<'a> {
         // Check if this path could be a prefix of any rules (for virtual document lookup)
         // Convert the full chain to a pattern that includes wildcards for dynamic components
         let path_pattern = self.create_path_pattern(&chain.components);
-        // arbiter patch (67): rules by their own paths (the rule map holds each rule under
-        // every prefix of its path too).
-        let matching_rules: BTreeSet<String> = self
-            .policy
-            .inner
-            .rule_paths
-            .iter()
-            .filter(|rule_path| self.matches_path_pattern(rule_path, &path_pattern))
-            .cloned()
-            .collect();
+        let matching_rules = self.rule_paths_matching(&path_pattern);
 
         if !matching_rules.is_empty() {
             // This path is a prefix of some rules - use DataVirtualDocumentLookup
@@ -236,7 +227,7 @@ impl<'a> Compiler<'a> {
             .iter()
             .any(|c| matches!(c, AccessComponent::Expression(_)))
         {
-            return self.compile_data_chained_access(data_reg, &chain.components, span);
+            return self.compile_chained_index(data_reg, &chain.components, true, span);
         }
         self.compile_chain_access(data_reg, &chain.components, span)
     }
@@ -261,6 +252,19 @@ impl<'a> Compiler<'a> {
         Some(all)
     }
 
+    /// The paths of the rules a reference to `data` matching `pattern` reaches (arbiter patch
+    /// 67: rules by their own paths; the rule map holds each rule under every prefix of its
+    /// path too).
+    fn rule_paths_matching(&self, pattern: &[Option<String>]) -> BTreeSet<String> {
+        self.policy
+            .inner
+            .rule_paths
+            .iter()
+            .filter(|rule_path| self.matches_path_pattern(rule_path, pattern))
+            .cloned()
+            .collect()
+    }
+
     /// arbiter patch (64): whether a reference to `data` matching `pattern` ('*' for a
     /// computed key) names a package without rules or a document holding one.
     fn reaches_empty_package(&self, pattern: &[Option<String>]) -> bool {
@@ -273,16 +277,44 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    /// arbiter patch (63): [`Self::compile_chain_access`] for a reference to `data`, as one
-    /// [`Instruction::DataChainedIndex`] (which reads a number as the key written as it).
-    fn compile_data_chained_access(
+    /// One `ChainedIndex` of `components` from `root_reg`, or (arbiter patch 63, for a
+    /// reference to `data`) one [`Instruction::DataChainedIndex`], which reads a number as the
+    /// key written as it.
+    fn compile_chained_index(
         &mut self,
         root_reg: Register,
         components: &[AccessComponent],
+        data: bool,
         span: &Span,
     ) -> Result<Register> {
         let dest_reg = self.alloc_register()?;
-        let mut path_components = Vec::new();
+        let path_components = self.compile_path_components(components)?;
+        let params_index =
+            self.program
+                .instruction_data
+                .add_chained_index_params(ChainedIndexParams {
+                    dest: dest_reg,
+                    root: root_reg,
+                    path_components,
+                });
+        self.emit_instruction(
+            if data {
+                Instruction::DataChainedIndex { params_index }
+            } else {
+                Instruction::ChainedIndex { params_index }
+            },
+            span,
+        );
+        Ok(dest_reg)
+    }
+
+    /// Each component of a reference as a literal (a field's name) or the register of its
+    /// compiled expression.
+    fn compile_path_components(
+        &mut self,
+        components: &[AccessComponent],
+    ) -> Result<Vec<LiteralOrRegister>> {
+        let mut path_components = Vec::with_capacity(components.len());
         for component in components {
             match component {
                 AccessComponent::Field(field) => {
@@ -295,16 +327,7 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let params_index =
-            self.program
-                .instruction_data
-                .add_chained_index_params(ChainedIndexParams {
-                    dest: dest_reg,
-                    root: root_reg,
-                    path_components,
-                });
-        self.emit_instruction(Instruction::DataChainedIndex { params_index }, span);
-        Ok(dest_reg)
+        Ok(path_components)
     }
 
     /// Create a path pattern from access components, using '*' for dynamic components
@@ -425,13 +448,7 @@ impl<'a> Compiler<'a> {
         // `p.q := 1` and `p.r := 2`) is that document, compiled as `data.<package>.p` is.
         if let Some(components) = self.package_document_components(root, &chain.components) {
             let pattern = self.create_path_pattern(&components);
-            let holds_rules = self
-                .policy
-                .inner
-                .rule_paths
-                .iter()
-                .any(|rule_path| self.matches_path_pattern(rule_path, &pattern));
-            if holds_rules {
+            if !self.rule_paths_matching(&pattern).is_empty() {
                 let data_chain = ReferenceChain {
                     root: ReferenceRoot::Variable("data".to_string()),
                     components,
@@ -490,37 +507,7 @@ impl<'a> Compiler<'a> {
             }
         } else {
             // Multi-level access - use ChainedIndex
-            let dest_reg = self.alloc_register()?;
-            let mut path_components = Vec::new();
-
-            for component in components {
-                match component {
-                    AccessComponent::Field(field) => {
-                        let literal_idx = self.add_literal(Value::String(field.clone().into()));
-                        path_components.push(LiteralOrRegister::Literal(literal_idx));
-                    }
-                    AccessComponent::Expression(expr) => {
-                        let reg = self.compile_rego_expr_with_span(expr, expr.span(), false)?;
-                        path_components.push(LiteralOrRegister::Register(reg));
-                    }
-                }
-            }
-
-            let params = ChainedIndexParams {
-                dest: dest_reg,
-                root: root_reg,
-                path_components,
-            };
-
-            let params_index = self.program.instruction_data.chained_index_params.len() as u32;
-            self.program
-                .instruction_data
-                .chained_index_params
-                .push(params);
-
-            self.emit_instruction(Instruction::ChainedIndex { params_index }, span);
-
-            Ok(dest_reg)
+            self.compile_chained_index(root_reg, components, false, span)
         }
     }
 
@@ -531,20 +518,7 @@ impl<'a> Compiler<'a> {
         span: &Span,
     ) -> Result<Register> {
         let dest_reg = self.alloc_register()?;
-        let mut path_components = Vec::new();
-
-        for component in components {
-            match component {
-                AccessComponent::Field(field) => {
-                    let literal_idx = self.add_literal(Value::String(field.clone().into()));
-                    path_components.push(LiteralOrRegister::Literal(literal_idx));
-                }
-                AccessComponent::Expression(expr) => {
-                    let reg = self.compile_rego_expr_with_span(expr, expr.span(), false)?;
-                    path_components.push(LiteralOrRegister::Register(reg));
-                }
-            }
-        }
+        let path_components = self.compile_path_components(components)?;
 
         let params = VirtualDataDocumentLookupParams {
             dest: dest_reg,
